@@ -1,0 +1,34 @@
+//! The library's one error type.
+
+use std::net::SocketAddr;
+
+/// Why the demo services could not start or keep serving.
+///
+/// Errors of a single peer connection are not here: they end that connection (logged at
+/// debug) and never the server.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DemoError {
+    /// A backend name that is none of ABC, PQR, XYZ (or their `Backend_*` IDs).
+    #[error("unknown backend {0:?} (expected abc, pqr or xyz)")]
+    UnknownBackend(String),
+    /// A duration flag that could not be read, e.g. `--push-interval 2 parsecs`.
+    #[error("invalid duration {input:?}: {reason}")]
+    InvalidDuration {
+        /// What the user wrote.
+        input: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The listening socket could not be bound (port in use, bad address, no permission).
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address we tried to bind.
+        addr: SocketAddr,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
+    /// The listener handed to [`serve`](crate::serve) has no local address (not bound).
+    #[error("listener has no local address: {0}")]
+    LocalAddr(#[source] std::io::Error),
+}

@@ -1,0 +1,247 @@
+//! Accept loop and HTTP upgrade: one task per TCP connection, which answers the
+//! handshake and then runs the WebSocket session.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fastwebsockets::upgrade::{is_upgrade_request, UpgradeFut};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, UPGRADE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::{JoinHandle, JoinSet};
+use tracing::{debug, error, info, warn, Instrument};
+
+use crate::request_log::{RequestLog, LOG_LINES_PER_SECOND};
+use crate::session::{self, SessionConfig};
+use crate::{Backend, DemoError};
+
+/// How long a client may take to send its request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// First and longest pause after a failed `accept` (e.g. out of file descriptors).
+const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
+
+/// What to serve: one backend, and how often it pushes.
+#[derive(Clone, Debug)]
+pub struct ServiceOptions {
+    /// Which demo backend (its path and push text).
+    pub backend: Backend,
+    /// Period of the hello push to every open connection; `None` = no push.
+    pub push_interval: Option<Duration>,
+}
+
+/// State every connection of one backend shares.
+struct Shared {
+    /// Backend and push period.
+    opts: ServiceOptions,
+    /// The backend's rate-limited `RequestMessage` log.
+    log: RequestLog,
+}
+
+/// Binds a TCP listener on `addr`, naming the address in the error (for the CLI).
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, DemoError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| DemoError::Bind { addr, source })
+}
+
+/// Serves one demo backend on an already-bound listener until `shutdown` resolves.
+///
+/// Binding is left to the caller so tests can pass a port-0 listener. When `shutdown`
+/// resolves the listener is dropped and every open connection is aborted (closed without
+/// a close frame, as if the backend died), then this returns.
+pub async fn serve(
+    listener: TcpListener,
+    opts: ServiceOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), DemoError> {
+    let addr = listener.local_addr().map_err(DemoError::LocalAddr)?;
+    let backend = opts.backend;
+    info!(
+        backend = backend.name(),
+        %addr,
+        path = backend.path(),
+        push_interval = ?opts.push_interval,
+        "listening"
+    );
+    let shared = Arc::new(Shared {
+        log: RequestLog::new(backend, LOG_LINES_PER_SECOND),
+        opts,
+    });
+    let _reporter = AbortOnDrop(tokio::spawn({
+        let shared = Arc::clone(&shared);
+        async move { shared.log.report_every_second().await }
+    }));
+
+    let mut connections = JoinSet::new();
+    let mut backoff = ACCEPT_BACKOFF.0;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            Some(done) = connections.join_next(), if !connections.is_empty() => {
+                if let Err(e) = done {
+                    if e.is_panic() {
+                        error!(backend = backend.name(), error = %e, "connection task panicked");
+                    }
+                }
+            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    backoff = ACCEPT_BACKOFF.0;
+                    let span = tracing::debug_span!("conn", backend = backend.name(), %peer);
+                    connections.spawn(
+                        handle_connection(stream, Arc::clone(&shared)).instrument(span),
+                    );
+                }
+                Err(e) => {
+                    warn!(backend = backend.name(), error = %e, ?backoff, "accept failed; retrying");
+                    tokio::select! {
+                        () = &mut shutdown => break,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF.1);
+                }
+            },
+        }
+    }
+    drop(listener);
+    connections.shutdown().await;
+    debug!(backend = backend.name(), "stopped");
+    Ok(())
+}
+
+/// Serves one TCP connection: HTTP/1 until a WebSocket upgrade, then the session.
+///
+/// The service only stores the upgrade future and returns the 101; the connection
+/// future completes once hyper has written it and handed the socket over, and this same
+/// task then runs the session (one task per connection, so shutdown can abort it).
+async fn handle_connection(stream: TcpStream, shared: Arc<Shared>) {
+    // Batching happens above the socket; Nagle would only add latency to each flush.
+    if let Err(e) = stream.set_nodelay(true) {
+        debug!(error = %e, "set_nodelay failed");
+    }
+    let pending: Arc<Mutex<Option<UpgradeFut>>> = Arc::default();
+    let service = {
+        let pending = Arc::clone(&pending);
+        let backend = shared.opts.backend;
+        service_fn(move |req| std::future::ready(Ok::<_, Infallible>(respond(req, backend, &pending))))
+    };
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    if let Err(e) = connection.await {
+        debug!(error = %e, "http connection failed");
+        return;
+    }
+    let upgrade = match pending.lock() {
+        Ok(mut slot) => slot.take(),
+        Err(poisoned) => poisoned.into_inner().take(),
+    };
+    let Some(upgrade) = upgrade else {
+        return; // a plain HTTP connection that ended
+    };
+    let upgraded = match upgrade.await {
+        Ok(ws) => ws.into_inner().into_inner(),
+        Err(e) => {
+            debug!(error = %e, "upgrade failed");
+            return;
+        }
+    };
+
+    let started = Instant::now();
+    let cfg = SessionConfig {
+        backend: shared.opts.backend,
+        push_interval: shared.opts.push_interval,
+        log: &shared.log,
+    };
+    let (outcome, summary) = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => {
+            // Fast path: the bare socket, split without a lock. Bytes hyper read past the
+            // request go in front of the reader (copied, so hyper's buffer is freed).
+            let (read, write) = parts.io.into_inner().into_split();
+            let early = Bytes::copy_from_slice(&parts.read_buf);
+            session::run(std::io::Cursor::new(early).chain(read), write, &cfg).await
+        }
+        Err(upgraded) => {
+            let (read, write) = tokio::io::split(TokioIo::new(upgraded));
+            session::run(read, write, &cfg).await
+        }
+    };
+    debug!(
+        %outcome,
+        frames = summary.frames,
+        bytes = summary.bytes,
+        pushes = summary.pushes,
+        duration_ms = started.elapsed().as_millis() as u64,
+        "session ended"
+    );
+}
+
+/// Answers one HTTP request: the 101 for a valid upgrade on the backend's path (storing
+/// the upgrade future in `pending`), otherwise a refusal with a one-line reason.
+fn respond(
+    mut req: Request<Incoming>,
+    backend: Backend,
+    pending: &Mutex<Option<UpgradeFut>>,
+) -> Response<Full<Bytes>> {
+    if req.uri().path() != backend.path() {
+        return refuse(StatusCode::NOT_FOUND, "not found\n");
+    }
+    if req.method() != Method::GET {
+        let mut resp = refuse(StatusCode::METHOD_NOT_ALLOWED, "only GET (a WebSocket upgrade) is allowed\n");
+        resp.headers_mut().insert(ALLOW, HeaderValue::from_static("GET"));
+        return resp;
+    }
+    if !is_upgrade_request(&req) {
+        let mut resp = refuse(StatusCode::UPGRADE_REQUIRED, "this path only accepts WebSocket upgrades\n");
+        let headers = resp.headers_mut();
+        headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert("sec-websocket-version", HeaderValue::from_static("13"));
+        return resp;
+    }
+    match fastwebsockets::upgrade::upgrade(&mut req) {
+        Ok((resp, upgrade)) => {
+            match pending.lock() {
+                Ok(mut slot) => *slot = Some(upgrade),
+                Err(poisoned) => *poisoned.into_inner() = Some(upgrade),
+            }
+            resp.map(|_| Full::default())
+        }
+        Err(e) => {
+            debug!(error = %e, "invalid upgrade request");
+            refuse(StatusCode::BAD_REQUEST, "invalid WebSocket upgrade (key or version 13 missing)\n")
+        }
+    }
+}
+
+/// A plain-text refusal.
+fn refuse(status: StatusCode, reason: &'static str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(reason.as_bytes())));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}
+
+/// Aborts the task when dropped, so helper tasks end with the server future even when it
+/// is itself dropped or aborted.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -1,0 +1,78 @@
+//! Starting a backend inside a test: port 0, on the test's runtime, stopped by a handle.
+
+use std::net::{Ipv4Addr, SocketAddr};
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::{serve, Backend, DemoError, ServiceOptions};
+
+/// Binds `127.0.0.1:0`, spawns [`serve`] on the current tokio runtime and returns a
+/// handle with the bound address.
+///
+/// For the gateway's and the load generator's tests, which need real backends on free
+/// ports. Must be called inside a tokio runtime.
+pub async fn spawn_for_test(opts: ServiceOptions) -> std::io::Result<RunningBackend> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+    let addr = listener.local_addr()?;
+    let backend = opts.backend;
+    let (stop, stopped) = oneshot::channel::<()>();
+    // A dropped sender also resolves `stopped`: dropping the handle stops the server.
+    let task = tokio::spawn(serve(listener, opts, async move {
+        let _ = stopped.await;
+    }));
+    Ok(RunningBackend {
+        addr,
+        backend,
+        _stop: stop,
+        task,
+    })
+}
+
+/// A backend started by [`spawn_for_test`]; stops it (listener and every open
+/// connection) when dropped or on [`RunningBackend::stop`].
+#[derive(Debug)]
+pub struct RunningBackend {
+    /// Where it listens (`127.0.0.1:<free port>`).
+    addr: SocketAddr,
+    /// Which backend it serves (for its path).
+    backend: Backend,
+    /// Dropping this tells the server to shut down.
+    _stop: oneshot::Sender<()>,
+    /// The server task, awaited by [`RunningBackend::stop_and_wait`].
+    task: JoinHandle<Result<(), DemoError>>,
+}
+
+impl RunningBackend {
+    /// The bound address, e.g. `127.0.0.1:40123`.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Which backend this is.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The WebSocket URL to connect to, e.g. `ws://127.0.0.1:40123/backend/abc`.
+    pub fn url(&self) -> String {
+        format!("ws://{}{}", self.addr, self.backend.path())
+    }
+
+    /// Stops the server: the listener closes and open WebSocket connections are dropped
+    /// without a close frame (a backend dying mid-session). Returns at once; the sockets
+    /// close moments later on the runtime. Use [`RunningBackend::stop_and_wait`] to wait.
+    pub fn stop(self) {
+        drop(self);
+    }
+
+    /// Like [`RunningBackend::stop`], but returns only once the listener and every
+    /// connection of this backend are closed.
+    pub async fn stop_and_wait(self) {
+        let RunningBackend { _stop, task, .. } = self;
+        drop(_stop);
+        // The result only repeats `serve`'s error, which cannot occur after binding.
+        let _ = task.await;
+    }
+}

@@ -1,0 +1,118 @@
+//! Backend connect: TCP plus the WebSocket client handshake, under one timeout, made
+//! before the client is answered so that a dead backend is a 502/504, not a broken session.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::header::{self, HeaderMap};
+use tokio::net::TcpStream;
+
+use crate::checks::has_token;
+use crate::refusal::Refusal;
+use crate::route::BackendTarget;
+use crate::wsclient::{self, ClientRequest, HandshakeError};
+
+/// An open, upgraded connection to a backend.
+#[derive(Debug)]
+pub struct BackendConn {
+    /// The socket, positioned after the 101 response head.
+    pub stream: TcpStream,
+    /// Frame bytes the backend sent along with its 101.
+    pub leftover: Bytes,
+    /// The subprotocol the backend chose.
+    pub protocol: Option<String>,
+}
+
+/// Client headers never passed on: hop-by-hop, WebSocket handshake headers the gateway
+/// sets itself, and credentials meant for the gateway.
+const NOT_FORWARDED: &[&str] = &[
+    "host",
+    "connection",
+    "upgrade",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "content-length",
+    "proxy-authorization",
+    "proxy-connection",
+    "authorization",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-extensions",
+    "sec-websocket-protocol",
+    "sec-websocket-accept",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+];
+
+/// Opens the backend connection for a client at `peer`, forwarding its end-to-end headers.
+pub async fn connect(
+    target: &BackendTarget,
+    client_headers: &HeaderMap,
+    protocols: Option<&str>,
+    peer: SocketAddr,
+    timeout: Duration,
+) -> Result<BackendConn, Refusal> {
+    match tokio::time::timeout(timeout, connect_inner(target, client_headers, protocols, peer)).await {
+        Ok(result) => result,
+        Err(_) => Err(Refusal::GatewayTimeout),
+    }
+}
+
+async fn connect_inner(
+    target: &BackendTarget,
+    client_headers: &HeaderMap,
+    protocols: Option<&str>,
+    peer: SocketAddr,
+) -> Result<BackendConn, Refusal> {
+    let mut stream = open_tcp(&target.host, target.port).await?;
+    let _ = stream.set_nodelay(true);
+
+    let forwarded_for = match client_headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prior) => format!("{prior}, {}", peer.ip()),
+        None => peer.ip().to_string(),
+    };
+    let mut headers: Vec<(&str, &str)> = Vec::with_capacity(client_headers.len() + 2);
+    for (name, value) in client_headers {
+        let name = name.as_str();
+        if NOT_FORWARDED.contains(&name) || has_token(client_headers, header::CONNECTION, name) {
+            continue;
+        }
+        if let Ok(value) = value.to_str() {
+            headers.push((name, value));
+        }
+    }
+    headers.push(("X-Forwarded-For", &forwarded_for));
+    headers.push(("X-Forwarded-Proto", "https"));
+
+    let req = ClientRequest { host: &target.host_header, path: &target.path, protocols, headers: &headers };
+    let hs = wsclient::handshake(&mut stream, &req).await.map_err(|e| match e {
+        HandshakeError::Refused { status, .. } => Refusal::BadGateway(format!("backend answered HTTP {status}")),
+        HandshakeError::Io(e) => Refusal::BadGateway(format!("backend connection failed: {e}")),
+        other => Refusal::BadGateway(other.to_string()),
+    })?;
+    if hs.extensions.is_some() {
+        return Err(Refusal::BadGateway("backend negotiated an extension that was not offered".into()));
+    }
+    Ok(BackendConn { stream, leftover: hs.leftover, protocol: hs.protocol })
+}
+
+/// Connects to the first address of `host` that accepts.
+async fn open_tcp(host: &str, port: u16) -> Result<TcpStream, Refusal> {
+    let addrs = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| Refusal::BadGateway(format!("cannot resolve backend host: {e}")))?;
+    let mut last = None;
+    for addr in addrs {
+        match TcpStream::connect(addr).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(Refusal::BadGateway(match last {
+        Some(e) => format!("backend connection failed: {e}"),
+        None => "backend host has no addresses".into(),
+    }))
+}

@@ -1,0 +1,364 @@
+//! Config.toml: parsing, defaults and validation, with errors that name the key and line.
+//!
+//! Parsing is separate from loading key and certificate files (done when the gateway is
+//! built) so tests can build a config inline from a string.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::route::BackendTarget;
+
+/// The whole gateway configuration, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the client listener binds and which path it serves.
+    pub server: ServerConfig,
+    /// Certificate chain and key for WSS.
+    pub tls: TlsConfig,
+    /// How bearer tokens are checked.
+    pub auth: AuthConfig,
+    /// Backend ID -> where to connect, in ID order.
+    pub backends: BTreeMap<String, BackendTarget>,
+    /// Size and count limits.
+    pub limits: LimitsConfig,
+    /// Timeouts of each stage.
+    pub timeouts: TimeoutsConfig,
+    /// The file this came from (for messages), if any.
+    pub source: PathBuf,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address the WSS listener binds.
+    pub listen: SocketAddr,
+    /// The only path that is upgraded.
+    pub path: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self { listen: SocketAddr::from(([0, 0, 0, 0], 9090)), path: "/gateway".into() }
+    }
+}
+
+/// `[tls]`: PEM files, relative to the config file's folder.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Private key of the leaf (PKCS#8, SEC1 or PKCS#1).
+    pub key: PathBuf,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self { cert: "certs/server.crt".into(), key: "certs/server.key".into() }
+    }
+}
+
+/// `[auth]`: JWT validation settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Required `iss`.
+    pub issuer: String,
+    /// Required member of `aud`.
+    pub audience: String,
+    /// Accepted signature algorithms: RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384.
+    pub algorithms: Vec<String>,
+    /// PEM public key that verifies signatures.
+    pub public_key: PathBuf,
+    /// Claim that carries scopes (space-separated string or array of strings).
+    pub scope_claim: String,
+    /// Scopes every token must hold.
+    pub required_scopes: Vec<String>,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    pub leeway_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            issuer: "wso2".into(),
+            audience: "ballerina".into(),
+            algorithms: vec!["RS256".into()],
+            public_key: "certs/jwt-public.pem".into(),
+            scope_claim: "scp".into(),
+            required_scopes: vec!["admin".into()],
+            leeway_secs: 5,
+        }
+    }
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Most client connections open at once; more are refused with 503.
+    pub max_connections: usize,
+    /// Largest WebSocket frame payload accepted from either side, in bytes.
+    pub max_message_size: usize,
+    /// Largest HTTP request head accepted from a client, in bytes (at least 8192).
+    pub max_header_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self { max_connections: 100_000, max_message_size: 16 << 20, max_header_bytes: 16 << 10 }
+    }
+}
+
+/// `[timeouts]`: humane durations such as `"10s"` or `"500ms"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TimeoutsConfig {
+    /// TLS handshake with a client.
+    #[serde(with = "humane")]
+    pub tls_handshake: Duration,
+    /// Reading the client's HTTP request head.
+    #[serde(with = "humane")]
+    pub header_read: Duration,
+    /// TCP connect plus WebSocket handshake with the backend (then 504).
+    #[serde(with = "humane")]
+    pub backend_connect: Duration,
+    /// How long the other side gets to answer a forwarded close.
+    #[serde(with = "humane")]
+    pub close: Duration,
+}
+
+impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        Self {
+            tls_handshake: Duration::from_secs(10),
+            header_read: Duration::from_secs(10),
+            backend_connect: Duration::from_secs(10),
+            close: Duration::from_secs(5),
+        }
+    }
+}
+
+mod humane {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: ServerConfig,
+    #[serde(default)]
+    tls: TlsConfig,
+    #[serde(default)]
+    auth: AuthConfig,
+    backends: BTreeMap<String, String>,
+    #[serde(default)]
+    limits: LimitsConfig,
+    #[serde(default)]
+    timeouts: TimeoutsConfig,
+}
+
+/// A config that cannot be used: which file, line and key, and what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    /// The config file.
+    pub file: PathBuf,
+    /// 1-based line of the offending key, when known.
+    pub line: Option<usize>,
+    /// Dotted key, e.g. `tls.cert`, when known.
+    pub key: Option<String>,
+    /// What is wrong, one line.
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ": {key}")?;
+        }
+        write!(f, ": {}", self.problem)
+    }
+}
+
+impl Config {
+    /// Reads and validates the file at `path`; relative paths in it resolve against its folder.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_owned(),
+            line: None,
+            key: None,
+            problem: format!("cannot read config file: {e}"),
+        })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let mut config = Self::from_toml_str(&text, &base)?;
+        config.source = path.to_owned();
+        Ok(config)
+    }
+
+    /// Parses and validates TOML text; relative paths resolve against `base_dir`.
+    pub fn from_toml_str(text: &str, base_dir: &Path) -> Result<Config, ConfigError> {
+        let source = base_dir.join("Config.toml");
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| line_of_offset(text, s.start));
+            let key = e.span().and_then(|s| text.get(s)).map(|k| k.trim().to_owned()).filter(|k| {
+                !k.is_empty() && k.len() < 64 && !k.contains('\n')
+            });
+            ConfigError {
+                file: source.clone(),
+                line,
+                key,
+                problem: e.message().replace('\n', " ").trim().to_owned(),
+            }
+        })?;
+        let err = |section: &str, key: &str, problem: String| ConfigError {
+            file: source.clone(),
+            line: find_key_line(text, section, key),
+            key: Some(format!("{section}.{key}")),
+            problem,
+        };
+
+        let mut backends = BTreeMap::new();
+        for (id, url) in &raw.backends {
+            let target = BackendTarget::parse(id, url).map_err(|p| err("backends", id, p))?;
+            backends.insert(id.clone(), target);
+        }
+        if backends.is_empty() {
+            return Err(err("backends", "", "at least one backend is required".into()));
+        }
+        if !raw.server.path.starts_with('/') {
+            return Err(err("server", "path", "must start with '/'".into()));
+        }
+        if raw.auth.algorithms.is_empty() {
+            return Err(err("auth", "algorithms", "at least one algorithm is required".into()));
+        }
+        for alg in &raw.auth.algorithms {
+            crate::auth::parse_algorithm(alg).map_err(|p| err("auth", "algorithms", p))?;
+        }
+        if raw.limits.max_header_bytes < 8192 {
+            return Err(err("limits", "max_header_bytes", "must be at least 8192".into()));
+        }
+        if raw.limits.max_connections == 0 {
+            return Err(err("limits", "max_connections", "must be at least 1".into()));
+        }
+        let resolve = |p: &PathBuf| if p.is_absolute() { p.clone() } else { base_dir.join(p) };
+        let mut tls = raw.tls;
+        tls.cert = resolve(&tls.cert);
+        tls.key = resolve(&tls.key);
+        let mut auth = raw.auth;
+        auth.public_key = resolve(&auth.public_key);
+
+        Ok(Config {
+            server: raw.server,
+            tls,
+            auth,
+            backends,
+            limits: raw.limits,
+            timeouts: raw.timeouts,
+            source,
+        })
+    }
+
+    /// An error about `section.key` of this config, located in its source file if readable.
+    pub fn error(&self, section: &str, key: &str, problem: impl Into<String>) -> ConfigError {
+        let text = std::fs::read_to_string(&self.source).unwrap_or_default();
+        ConfigError {
+            file: self.source.clone(),
+            line: find_key_line(&text, section, key),
+            key: Some(format!("{section}.{key}")),
+            problem: problem.into(),
+        }
+    }
+}
+
+fn line_of_offset(text: &str, offset: usize) -> usize {
+    text.get(..offset).map_or(0, |t| t.matches('\n').count()) + 1
+}
+
+/// The line on which `key` is set inside `[section]`, if it is.
+fn find_key_line(text: &str, section: &str, key: &str) -> Option<usize> {
+    let mut current = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if let Some(name) = t.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
+            current = name.trim().to_owned();
+            if key.is_empty() && current == section {
+                return Some(i + 1);
+            }
+            continue;
+        }
+        if current == section && !key.is_empty() {
+            let k = t.split('=').next().unwrap_or("").trim().trim_matches('"');
+            if k == key {
+                return Some(i + 1);
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "[backends]\nBackend_ABC = \"ws://localhost:8081/backend/abc\"\n";
+
+    #[test]
+    fn defaults_match_the_design() -> Result<(), ConfigError> {
+        let c = Config::from_toml_str(MINIMAL, Path::new("/etc/wsgate"))?;
+        assert_eq!(c.server.listen.port(), 9090);
+        assert_eq!(c.server.path, "/gateway");
+        assert_eq!(c.auth.issuer, "wso2");
+        assert_eq!(c.auth.required_scopes, vec!["admin"]);
+        assert_eq!(c.tls.cert, Path::new("/etc/wsgate/certs/server.crt"));
+        assert_eq!(c.backends["Backend_ABC"].port, 8081);
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let text = format!("[server]\npath = \"/gateway\"\nlisten_addr = \"x\"\n{MINIMAL}");
+        let e = Config::from_toml_str(&text, Path::new(".")).err();
+        let msg = e.map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg.contains(":3:"), "{msg}");
+        assert!(msg.contains("listen_addr"), "{msg}");
+        assert!(!msg.contains('\n'), "{msg}");
+    }
+
+    #[test]
+    fn bad_url_names_the_backend() {
+        let text = "[backends]\nBackend_ABC = \"ws://localhost:8081/a\"\nBackend_BAD = \"http//nope\"\n";
+        let msg = Config::from_toml_str(text, Path::new(".")).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg.contains(":3: backends.Backend_BAD"), "{msg}");
+    }
+
+    #[test]
+    fn syntax_error_has_a_line() {
+        let text = "[server\nlisten = 1\n";
+        let msg = Config::from_toml_str(text, Path::new(".")).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg.contains(":1"), "{msg}");
+    }
+
+    #[test]
+    fn none_algorithm_is_rejected() {
+        let text = format!("[auth]\nalgorithms = [\"none\"]\n{MINIMAL}");
+        let msg = Config::from_toml_str(&text, Path::new(".")).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg.contains("auth.algorithms"), "{msg}");
+    }
+}

@@ -1,0 +1,105 @@
+//! wsgate: a WebSocket gateway. Clients connect over WSS, prove who they are with a JWT,
+//! name a backend in the `ID` header, and frames flow both ways between the client and
+//! that backend's `ws://` service.
+//!
+//! One connection passes through these modules, in order:
+//!
+//! | module | job |
+//! |---|---|
+//! | [`listener`] | accept TCP, connection limit, accept-error back-off |
+//! | [`tls`] | rustls server config from PEM, ALPN `http/1.1` |
+//! | [`service`] | TLS handshake, hyper HTTP/1 with upgrades, the handshake phases |
+//! | [`checks`] | path, method, WebSocket upgrade headers, `ID` |
+//! | [`auth`] | bearer JWT: pinned algorithms, signature, `exp`/`nbf`, `iss`, `aud`, scopes |
+//! | [`route`] | `ID` -> backend, in an atomically swappable table |
+//! | [`backend`] | TCP + WebSocket client handshake to the backend, under a timeout |
+//! | [`refusal`] | every pre-upgrade failure -> HTTP status and one-line reason |
+//! | [`session`] | both directions of a session, close coordination, shutdown |
+//! | [`forward`] | one direction: frames read, re-framed, batched, flushed |
+//! | [`batch`] | frame encoding into a batch buffer, masking for the client role |
+//!
+//! Support: [`config`] (Config.toml), [`state`] (what connections share), [`wsclient`]
+//! (client handshake, also used by the load generator), [`prefixed`] (bytes read ahead).
+
+pub mod auth;
+pub mod backend;
+pub mod batch;
+pub mod checks;
+pub mod config;
+pub mod forward;
+pub mod listener;
+pub mod prefixed;
+pub mod refusal;
+pub mod route;
+pub mod service;
+pub mod session;
+pub mod state;
+pub mod tls;
+pub mod wsclient;
+
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::info;
+
+pub use config::{Config, ConfigError};
+
+use crate::auth::Verifier;
+use crate::route::{RouteTable, Router};
+use crate::state::Shared;
+
+/// Why the gateway could not be built or run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GatewayError {
+    /// The config, or a file it names, is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The listener failed.
+    #[error("listener error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A gateway ready to serve: config validated, keys and certificates loaded.
+pub struct Gateway {
+    shared: Arc<Shared>,
+    shutdown_tx: watch::Sender<bool>,
+}
+
+impl Gateway {
+    /// Loads the files `config` names (TLS cert and key, JWT public key) and builds the
+    /// gateway. Errors name the config key and file at fault.
+    pub fn new(config: Config) -> Result<Self, GatewayError> {
+        let tls = tls::server_config(&config.tls.cert, &config.tls.key)
+            .map_err(|(key, problem)| config.error("tls", key, problem))?;
+        let verifier =
+            Verifier::from_config(&config.auth).map_err(|(key, problem)| config.error("auth", key, problem))?;
+        let router = Router::new(RouteTable::new(&config.backends));
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let shared = Shared::new(config, verifier, router, tokio_rustls::TlsAcceptor::from(tls), shutdown_rx);
+        Ok(Self { shared: Arc::new(shared), shutdown_tx })
+    }
+
+    /// Serves clients on `listener` until `shutdown` resolves; then stops accepting,
+    /// closes every session with 1001 and waits for them up to the close timeout.
+    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), GatewayError> {
+        let config = self.shared.config();
+        info!(listen = %listener.local_addr()?, path = %config.server.path, "wsgate listening");
+        for (id, target) in &config.backends {
+            info!(backend = %id, url = %target.url, "route");
+        }
+        listener::run(listener, self.shared.clone(), shutdown).await;
+        self.shared.draining.store(true, Ordering::Relaxed);
+        let _ = self.shutdown_tx.send(true);
+        let deadline = tokio::time::Instant::now() + config.timeouts.close + Duration::from_millis(500);
+        while self.shared.stats.active.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        info!(remaining = self.shared.stats.active.load(Ordering::Relaxed), "gateway stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,120 @@
+//! The one place a failure before the upgrade becomes what the client sees: an HTTP
+//! status with a one-line reason.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{header, Response, StatusCode};
+
+use crate::auth::AuthError;
+
+/// Why an upgrade request was refused. Each variant maps to exactly one status.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// Not a valid WebSocket upgrade (400).
+    #[error("{0}")]
+    BadRequest(&'static str),
+    /// A request that is not `GET` on the gateway path (405).
+    #[error("method not allowed: use GET with a WebSocket upgrade")]
+    MethodNotAllowed,
+    /// The path is not the gateway's (404).
+    #[error("no such path")]
+    UnknownPath,
+    /// No `ID` header (400).
+    #[error("missing ID header naming the backend")]
+    MissingId,
+    /// The `ID` names no configured backend (404).
+    #[error("unknown backend ID")]
+    UnknownBackend,
+    /// Missing or invalid token (401), or valid without the scope (403).
+    #[error("{0}")]
+    Auth(#[from] AuthError),
+    /// The backend refused the connection or the handshake (502).
+    #[error("backend unavailable: {0}")]
+    BadGateway(String),
+    /// The backend did not answer in time (504).
+    #[error("backend did not answer in time")]
+    GatewayTimeout,
+    /// Over the connection limit or shutting down (503).
+    #[error("{0}")]
+    Unavailable(&'static str),
+}
+
+impl Refusal {
+    /// The HTTP status this refusal is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Refusal::BadRequest(_) | Refusal::MissingId => StatusCode::BAD_REQUEST,
+            Refusal::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Refusal::UnknownPath | Refusal::UnknownBackend => StatusCode::NOT_FOUND,
+            Refusal::Auth(AuthError::MissingScope(_)) => StatusCode::FORBIDDEN,
+            Refusal::Auth(_) => StatusCode::UNAUTHORIZED,
+            Refusal::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            Refusal::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Refusal::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// A short stable label for logs and metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Refusal::BadRequest(_) => "bad_request",
+            Refusal::MethodNotAllowed => "method",
+            Refusal::UnknownPath => "unknown_path",
+            Refusal::MissingId => "missing_id",
+            Refusal::UnknownBackend => "unknown_backend",
+            Refusal::Auth(AuthError::MissingScope(_)) => "forbidden",
+            Refusal::Auth(_) => "unauthorized",
+            Refusal::BadGateway(_) => "bad_gateway",
+            Refusal::GatewayTimeout => "gateway_timeout",
+            Refusal::Unavailable(_) => "unavailable",
+        }
+    }
+
+    /// The HTTP response: status, a one-line plain-text reason, and the headers it implies.
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let status = self.status();
+        let mut body = self.to_string().replace(['\r', '\n'], " ");
+        body.push('\n');
+        let mut builder = Response::builder()
+            .status(status)
+            .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+            .header(header::CONNECTION, "close");
+        match &self {
+            Refusal::Auth(AuthError::MissingScope(_)) => {
+                builder = builder.header(header::WWW_AUTHENTICATE, "Bearer error=\"insufficient_scope\"");
+            }
+            Refusal::Auth(AuthError::Missing) => {
+                builder = builder.header(header::WWW_AUTHENTICATE, "Bearer");
+            }
+            Refusal::Auth(_) => {
+                builder = builder.header(header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\"");
+            }
+            Refusal::BadRequest(_) => {
+                builder = builder.header(header::SEC_WEBSOCKET_VERSION, "13");
+            }
+            _ => {}
+        }
+        builder.body(Full::new(Bytes::from(body))).unwrap_or_else(|_| {
+            let mut r = Response::new(Full::new(Bytes::from_static(b"refused\n")));
+            *r.status_mut() = status;
+            r
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_follow_the_design() {
+        assert_eq!(Refusal::MissingId.status(), 400);
+        assert_eq!(Refusal::UnknownBackend.status(), 404);
+        assert_eq!(Refusal::Auth(AuthError::Expired).status(), 401);
+        assert_eq!(Refusal::Auth(AuthError::MissingScope("admin".into())).status(), 403);
+        assert_eq!(Refusal::GatewayTimeout.status(), 504);
+        let r = Refusal::Auth(AuthError::Missing).into_response();
+        assert_eq!(r.headers()[header::WWW_AUTHENTICATE], "Bearer");
+    }
+}

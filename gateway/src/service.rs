@@ -1,0 +1,212 @@
+//! One client connection: TLS, HTTP, the handshake phases, and the upgrade into a session.
+//!
+//! Phases run in the order of DESIGN.md: checks, auth, route, backend connect, accept.
+//! A failure in any of them is a [`Refusal`], turned into the HTTP answer in one place.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_rustls::server::TlsStream;
+use tracing::{debug, info, warn};
+
+use crate::backend::{self, BackendConn};
+use crate::checks;
+use crate::refusal::Refusal;
+use crate::route::BackendTarget;
+use crate::session::{self, Side};
+use crate::state::Shared;
+use crate::wsclient::accept_key;
+
+type Body = Full<Bytes>;
+
+/// Serves one accepted TCP connection to its end. Holds `permit` (the connection-limit
+/// slot) for as long as the connection or its session lives.
+pub async fn serve_connection(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    conn_id: u64,
+    permit: Option<OwnedSemaphorePermit>,
+) {
+    let _ = tcp.set_nodelay(true);
+    let config = shared.config();
+    let tls = match tokio::time::timeout(config.timeouts.tls_handshake, shared.tls.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            debug!(conn = conn_id, %peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            debug!(conn = conn_id, %peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let permit = Arc::new(std::sync::Mutex::new(permit));
+    let svc_shared = shared.clone();
+    let service = service_fn(move |req| {
+        let shared = svc_shared.clone();
+        let permit = permit.clone();
+        async move { Ok::<_, Infallible>(handle(shared, req, peer, conn_id, permit).await) }
+    });
+    let result = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.timeouts.header_read)
+        .max_buf_size(config.limits.max_header_bytes)
+        .serve_connection(TokioIo::new(tls), service)
+        .with_upgrades()
+        .await;
+    if let Err(e) = result {
+        debug!(conn = conn_id, %peer, error = %e, "HTTP connection ended with an error");
+    }
+}
+
+type PermitSlot = Arc<std::sync::Mutex<Option<OwnedSemaphorePermit>>>;
+
+async fn handle(
+    shared: Arc<Shared>,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+    conn_id: u64,
+    permit: PermitSlot,
+) -> Response<Body> {
+    let started = std::time::Instant::now();
+    if permit.lock().map(|p| p.is_none()).unwrap_or(true) {
+        return refuse(&shared, Refusal::Unavailable("over the connection limit"), conn_id, peer, None);
+    }
+    if shared.draining.load(Ordering::Relaxed) {
+        return refuse(&shared, Refusal::Unavailable("gateway is shutting down"), conn_id, peer, None);
+    }
+    match prepare(&shared, &req, peer).await {
+        Ok((target, conn, response)) => {
+            let on_upgrade = hyper::upgrade::on(&mut req);
+            let slot = permit.lock().ok().and_then(|mut p| p.take());
+            let handshake_ms = started.elapsed().as_secs_f64() * 1e3;
+            debug!(conn = conn_id, %peer, backend = %target.id, handshake_ms, "upgrading");
+            tokio::spawn(async move {
+                let _slot = slot;
+                match on_upgrade.await {
+                    Ok(upgraded) => run_session(shared, upgraded, conn, &target, peer, conn_id).await,
+                    Err(e) => debug!(conn = conn_id, %peer, error = %e, "client upgrade failed"),
+                }
+            });
+            response
+        }
+        Err(refusal) => {
+            let id = req.headers().get("id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+            refuse(&shared, refusal, conn_id, peer, id.as_deref())
+        }
+    }
+}
+
+fn refuse(shared: &Shared, refusal: Refusal, conn_id: u64, peer: SocketAddr, backend: Option<&str>) -> Response<Body> {
+    shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+    let status = refusal.status().as_u16();
+    if refusal.status().is_server_error() {
+        warn!(conn = conn_id, %peer, backend, status, reason = %refusal, "refused");
+    } else {
+        info!(conn = conn_id, %peer, backend, status, reason = %refusal, "refused");
+    }
+    refusal.into_response()
+}
+
+/// Runs every phase up to the 101: checks, auth, route, backend connect, accept.
+async fn prepare(
+    shared: &Shared,
+    req: &Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<(Arc<BackendTarget>, BackendConn, Response<Body>), Refusal> {
+    let config = shared.config();
+    let upgrade = checks::check(req, &config.server.path)?;
+    shared.verifier().verify_header(req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes()))?;
+    let target = shared.router.lookup(upgrade.backend_id).ok_or(Refusal::UnknownBackend)?;
+    let conn = backend::connect(
+        &target,
+        req.headers(),
+        upgrade.protocols,
+        peer,
+        config.timeouts.backend_connect,
+    )
+    .await?;
+    let response = accept(upgrade.key, upgrade.protocols, conn.protocol.as_deref())?;
+    Ok((target, conn, response))
+}
+
+/// The 101 answer: the accept key and the backend's chosen subprotocol, which must be one
+/// the client offered. No extension is ever accepted.
+fn accept(key: &[u8], offered: Option<&str>, chosen: Option<&str>) -> Result<Response<Body>, Refusal> {
+    let mut builder = Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept_key(key));
+    if let Some(chosen) = chosen {
+        let was_offered = offered.is_some_and(|o| o.split(',').any(|p| p.trim() == chosen));
+        if !was_offered {
+            return Err(Refusal::BadGateway("backend chose a subprotocol the client did not offer".into()));
+        }
+        let value = HeaderValue::from_str(chosen)
+            .map_err(|_| Refusal::BadGateway("backend chose an invalid subprotocol".into()))?;
+        builder = builder.header(header::SEC_WEBSOCKET_PROTOCOL, value);
+    }
+    builder
+        .body(Full::new(Bytes::new()))
+        .map_err(|_| Refusal::BadGateway("could not build the upgrade response".into()))
+}
+
+async fn run_session(
+    shared: Arc<Shared>,
+    upgraded: hyper::upgrade::Upgraded,
+    backend: BackendConn,
+    target: &BackendTarget,
+    peer: SocketAddr,
+    conn_id: u64,
+) {
+    let parts = match upgraded.downcast::<TokioIo<TlsStream<TcpStream>>>() {
+        Ok(parts) => parts,
+        Err(_) => {
+            warn!(conn = conn_id, %peer, "upgraded connection is not the expected TLS stream");
+            return;
+        }
+    };
+    let (client_read, client_write) = tokio::io::split(parts.io.into_inner());
+    let (backend_read, backend_write) = backend.stream.into_split();
+    let config = shared.config();
+    let opts = session::SessionOptions {
+        max_message_size: config.limits.max_message_size,
+        close_timeout: config.timeouts.close,
+    };
+    drop(config);
+    shared.stats.active.fetch_add(1, Ordering::Relaxed);
+    let report = session::proxy(
+        Side { read: client_read, write: client_write, leftover: parts.read_buf },
+        Side { read: backend_read, write: backend_write, leftover: backend.leftover },
+        opts,
+        shared.shutdown_rx.clone(),
+    )
+    .await;
+    shared.stats.active.fetch_sub(1, Ordering::Relaxed);
+    info!(
+        conn = conn_id,
+        %peer,
+        backend = %target.id,
+        outcome = report.outcome(),
+        up_msgs = report.upstream.frames,
+        up_bytes = report.upstream.bytes,
+        down_msgs = report.downstream.frames,
+        down_bytes = report.downstream.bytes,
+        duration_ms = report.duration.as_millis() as u64,
+        "session ended"
+    );
+}

@@ -1,0 +1,189 @@
+//! A proxied session: both directions of one client/backend pair, and how it ends.
+//!
+//! Both pumps run in one task. When one ends, the session decides what the other side is
+//! told: a passed-on close waits (bounded) for the answering close; a side that vanished
+//! or broke the protocol gets the other side a clear close code; a gateway shutdown
+//! closes both with 1001. Then both write sides are shut down (TLS close_notify, FIN).
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fastwebsockets::{after_handshake_split, Role, WebSocketRead};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{oneshot, watch};
+
+use crate::batch::FrameWriter;
+use crate::forward::{CloseMsg, Counters, Pump, PumpEnd, StopWith};
+use crate::prefixed::Prefixed;
+
+/// Sent to the backend when the client vanishes without a close.
+pub const CLIENT_LOST: CloseMsg = CloseMsg { code: 1001, reason: "client went away" };
+/// Sent to the client when the backend vanishes without a close.
+pub const BACKEND_LOST: CloseMsg = CloseMsg { code: 1014, reason: "bad gateway: backend connection lost" };
+/// Sent to both sides when the gateway shuts down.
+pub const SHUTTING_DOWN: CloseMsg = CloseMsg { code: 1001, reason: "gateway shutting down" };
+
+/// Bytes gathered per direction before a write is forced out.
+const BATCH_LIMIT: usize = 64 * 1024;
+
+/// Settings of a session.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionOptions {
+    /// Largest frame payload accepted from either side.
+    pub max_message_size: usize,
+    /// How long a side gets to answer a close.
+    pub close_timeout: Duration,
+}
+
+/// Which way frames flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Client to backend.
+    Upstream,
+    /// Backend to client.
+    Downstream,
+}
+
+/// How a session went, for the one log line at its end and for metrics.
+#[derive(Debug, Clone)]
+pub struct SessionReport {
+    /// The direction that ended first, and how.
+    pub first: (Direction, PumpEnd),
+    /// How the other direction ended (`None`: it did not end within the close timeout).
+    pub second: Option<PumpEnd>,
+    /// Client to backend tallies.
+    pub upstream: Counters,
+    /// Backend to client tallies.
+    pub downstream: Counters,
+    /// Whether a gateway shutdown ended the session.
+    pub shutdown: bool,
+    /// Session duration.
+    pub duration: Duration,
+}
+
+impl SessionReport {
+    /// A short outcome label: `client_closed`, `backend_closed`, `client_lost`,
+    /// `backend_lost`, `client_error`, `backend_error`, `shutdown`.
+    pub fn outcome(&self) -> &'static str {
+        if self.shutdown {
+            return "shutdown";
+        }
+        match self.first {
+            (Direction::Upstream, PumpEnd::Closed(_)) => "client_closed",
+            (Direction::Downstream, PumpEnd::Closed(_)) => "backend_closed",
+            (Direction::Upstream, PumpEnd::SourceLost) | (Direction::Downstream, PumpEnd::DestLost) => "client_lost",
+            (Direction::Downstream, PumpEnd::SourceLost) | (Direction::Upstream, PumpEnd::DestLost) => "backend_lost",
+            (Direction::Upstream, _) => "client_error",
+            (Direction::Downstream, _) => "backend_error",
+        }
+    }
+}
+
+/// One side of a session: its read and write halves, and bytes already read past its
+/// handshake.
+pub struct Side<R, W> {
+    /// Read half.
+    pub read: R,
+    /// Write half.
+    pub write: W,
+    /// Bytes read ahead during the handshake.
+    pub leftover: Bytes,
+}
+
+/// Proxies frames between a client (server role) and a backend (client role) until the
+/// session ends or `shutdown` changes.
+pub async fn proxy<CR, CW, BR, BW>(
+    client: Side<CR, CW>,
+    backend: Side<BR, BW>,
+    opts: SessionOptions,
+    mut shutdown: watch::Receiver<bool>,
+) -> SessionReport
+where
+    CR: AsyncRead + Unpin,
+    CW: AsyncWrite + Unpin,
+    BR: AsyncRead + Unpin,
+    BW: AsyncWrite + Unpin,
+{
+    let started = Instant::now();
+    let (mut cread, mut cwrite) = split(client, Role::Server, opts);
+    let (mut bread, mut bwrite) = split(backend, Role::Client, opts);
+    let mut upstream = Counters::default();
+    let mut downstream = Counters::default();
+    let (up_tx, mut up_rx) = oneshot::channel();
+    let (down_tx, mut down_rx) = oneshot::channel();
+    let mut shut = false;
+
+    let (first, second) = {
+        let up = Pump { src: &mut cread, dst: &mut bwrite, lost: CLIENT_LOST, counters: &mut upstream }
+            .run(&mut up_rx);
+        let down = Pump { src: &mut bread, dst: &mut cwrite, lost: BACKEND_LOST, counters: &mut downstream }
+            .run(&mut down_rx);
+        tokio::pin!(up, down);
+        let already_shut = *shutdown.borrow_and_update();
+        let first = tokio::select! {
+            e = &mut up => (Direction::Upstream, e),
+            e = &mut down => (Direction::Downstream, e),
+            _ = shutdown.changed(), if !already_shut => (Direction::Upstream, PumpEnd::Stopped),
+        };
+        if first.1 == PumpEnd::Stopped {
+            // Gateway shutdown: both sides are told, after what was already accepted.
+            shut = true;
+            let _ = up_tx.send(StopWith::Close(SHUTTING_DOWN));
+            let _ = down_tx.send(StopWith::Close(SHUTTING_DOWN));
+            let both = async { tokio::join!(&mut up, &mut down) };
+            let _ = tokio::time::timeout(opts.close_timeout, both).await;
+            (first, Some(PumpEnd::Stopped))
+        } else {
+            let instruction = match first.1 {
+                // The other side answers the passed-on close in its own time (bounded).
+                PumpEnd::Closed(_) => None,
+                // This pump already told the other side; nothing is left to say.
+                PumpEnd::SourceLost | PumpEnd::Stopped => Some(StopWith::Nothing),
+                // The misbehaving source hears why.
+                PumpEnd::SourceViolation(code) => Some(StopWith::Close(CloseMsg { code, reason: "protocol error" })),
+                // Our destination is gone: the other pump tells its destination so.
+                PumpEnd::DestLost => Some(StopWith::LostSource),
+            };
+            let (other_tx, upstream_first) = match first.0 {
+                Direction::Upstream => (down_tx, true),
+                Direction::Downstream => (up_tx, false),
+            };
+            if let Some(how) = instruction {
+                let _ = other_tx.send(how);
+            }
+            let other_end = async {
+                if upstream_first {
+                    (&mut down).await
+                } else {
+                    (&mut up).await
+                }
+            };
+            (first, tokio::time::timeout(opts.close_timeout, other_end).await.ok())
+        }
+    };
+
+    // Both directions are done with the writers: end TLS and TCP politely, bounded.
+    let _ = tokio::time::timeout(opts.close_timeout, async {
+        let _ = cwrite.shutdown().await;
+        let _ = bwrite.shutdown().await;
+    })
+    .await;
+
+    SessionReport { first, second, upstream, downstream, shutdown: shut, duration: started.elapsed() }
+}
+
+type Reader<R> = WebSocketRead<Prefixed<R>>;
+
+fn split<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    side: Side<R, W>,
+    role: Role,
+    opts: SessionOptions,
+) -> (Reader<R>, FrameWriter<W>) {
+    // The reader half of fastwebsockets does the parsing; writes go through our batching
+    // writer, so fastwebsockets' own write half is not used.
+    let (mut read, _unused_write) = after_handshake_split(Prefixed::new(side.leftover, side.read), tokio::io::sink(), role);
+    read.set_auto_close(false);
+    read.set_auto_pong(false);
+    read.set_max_message_size(opts.max_message_size);
+    (read, FrameWriter::new(side.write, role, BATCH_LIMIT))
+}

@@ -1,0 +1,213 @@
+//! The client side of the WebSocket opening handshake (RFC 6455 §4.1), over any stream.
+//!
+//! The gateway uses it toward backends; the load generator and tests use it toward the
+//! gateway. Written on `httparse` rather than a hyper client connection so that the
+//! stream stays concrete (no boxed IO, no extra task per connection), bytes read past the
+//! response head are kept, `Sec-WebSocket-Accept` is verified, and a refusal's status and
+//! one-line reason reach the caller.
+
+use std::fmt::Write as _;
+use std::io;
+
+use base64::Engine as _;
+use bytes::{Bytes, BytesMut};
+use sha1::{Digest, Sha1};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Largest response head accepted from the server.
+const MAX_HEAD: usize = 16 * 1024;
+/// Most bytes of a refusal body kept as its reason.
+const MAX_REASON: usize = 1024;
+/// Most response headers parsed.
+const MAX_HEADERS: usize = 64;
+const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// What to ask the server for.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientRequest<'a> {
+    /// `Host` header value (`host[:port]`).
+    pub host: &'a str,
+    /// Request target: path and query.
+    pub path: &'a str,
+    /// Offered subprotocols, as the `Sec-WebSocket-Protocol` header value.
+    pub protocols: Option<&'a str>,
+    /// Further headers, sent as given (names and values must be valid header text).
+    pub headers: &'a [(&'a str, &'a str)],
+}
+
+/// A completed handshake.
+#[derive(Debug)]
+pub struct Handshake {
+    /// Bytes the server sent after its response head: the start of its first frames.
+    pub leftover: Bytes,
+    /// The subprotocol the server chose, if any.
+    pub protocol: Option<String>,
+    /// The `Sec-WebSocket-Extensions` the server answered with, if any.
+    pub extensions: Option<String>,
+}
+
+/// Why a handshake did not complete.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HandshakeError {
+    /// The stream failed or closed.
+    #[error("i/o error during handshake: {0}")]
+    Io(#[from] io::Error),
+    /// The server answered with something other than 101.
+    #[error("refused with HTTP {status}: {reason}")]
+    Refused {
+        /// HTTP status code.
+        status: u16,
+        /// The response body's first line (or the status text when empty).
+        reason: String,
+    },
+    /// The response was not valid HTTP or too large.
+    #[error("malformed handshake response: {0}")]
+    Malformed(&'static str),
+    /// A 101 that does not complete a WebSocket handshake correctly.
+    #[error("invalid 101 response: {0}")]
+    Invalid(&'static str),
+}
+
+/// A fresh random `Sec-WebSocket-Key`.
+pub fn generate_key() -> String {
+    let raw: [u8; 16] = rand::random();
+    base64::engine::general_purpose::STANDARD.encode(raw)
+}
+
+/// The `Sec-WebSocket-Accept` value a server must answer `key` with.
+pub fn accept_key(key: &[u8]) -> String {
+    let mut sha1 = Sha1::new();
+    sha1.update(key);
+    sha1.update(GUID);
+    base64::engine::general_purpose::STANDARD.encode(sha1.finalize())
+}
+
+/// Sends the upgrade request on `stream` and reads the response.
+///
+/// On success the stream is positioned right after the response head; bytes already read
+/// beyond it are in [`Handshake::leftover`].
+pub async fn handshake<S>(stream: &mut S, req: &ClientRequest<'_>) -> Result<Handshake, HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let key = generate_key();
+    let mut head = String::with_capacity(256);
+    // Writing to a String cannot fail.
+    let _ = write!(
+        head,
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n",
+        req.path, req.host
+    );
+    if let Some(p) = req.protocols {
+        let _ = write!(head, "Sec-WebSocket-Protocol: {p}\r\n");
+    }
+    for (name, value) in req.headers {
+        let _ = write!(head, "{name}: {value}\r\n");
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await?;
+    stream.flush().await?;
+
+    let mut buf = BytesMut::with_capacity(1024);
+    loop {
+        if stream.read_buf(&mut buf).await? == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed before the response").into());
+        }
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut headers);
+        let parsed = resp
+            .parse(&buf)
+            .map_err(|_| HandshakeError::Malformed("not an HTTP/1.1 response"))?;
+        let httparse::Status::Complete(head_len) = parsed else {
+            if buf.len() > MAX_HEAD {
+                return Err(HandshakeError::Malformed("response head too large"));
+            }
+            continue;
+        };
+        let status = resp.code.unwrap_or(0);
+        if status != 101 {
+            let content_length = header(resp.headers, "content-length")
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0)
+                .min(MAX_REASON);
+            let status_text = resp.reason.unwrap_or("").to_owned();
+            let _ = buf.split_to(head_len);
+            while buf.len() < content_length {
+                if stream.read_buf(&mut buf).await? == 0 {
+                    break;
+                }
+            }
+            let body = &buf[..buf.len().min(content_length)];
+            let reason = String::from_utf8_lossy(body).lines().next().unwrap_or("").trim().to_owned();
+            let reason = if reason.is_empty() { status_text } else { reason };
+            return Err(HandshakeError::Refused { status, reason });
+        }
+        if !header_has_token(resp.headers, "upgrade", "websocket") {
+            return Err(HandshakeError::Invalid("missing Upgrade: websocket"));
+        }
+        if !header_has_token(resp.headers, "connection", "upgrade") {
+            return Err(HandshakeError::Invalid("missing Connection: Upgrade"));
+        }
+        if header(resp.headers, "sec-websocket-accept") != Some(accept_key(key.as_bytes()).as_bytes()) {
+            return Err(HandshakeError::Invalid("wrong Sec-WebSocket-Accept"));
+        }
+        let text = |name| {
+            header(resp.headers, name)
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .map(|v| v.trim().to_owned())
+        };
+        let protocol = text("sec-websocket-protocol");
+        let extensions = text("sec-websocket-extensions");
+        let _ = buf.split_to(head_len);
+        return Ok(Handshake { leftover: buf.freeze(), protocol, extensions });
+    }
+}
+
+fn header<'h>(headers: &'h [httparse::Header<'_>], name: &str) -> Option<&'h [u8]> {
+    headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value)
+}
+
+/// Whether any header `name` lists `token` (comma-separated, case-insensitive).
+fn header_has_token(headers: &[httparse::Header<'_>], name: &str, token: &str) -> bool {
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case(name))
+        .filter_map(|h| std::str::from_utf8(h.value).ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_key_matches_rfc_example() {
+        assert_eq!(accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+
+    #[tokio::test]
+    async fn refusal_reports_status_and_first_body_line() -> anyhow::Result<()> {
+        let (mut client, mut server) = tokio::io::duplex(4096);
+        let srv = tokio::spawn(async move {
+            let mut buf = vec![0u8; 1024];
+            let _ = server.read(&mut buf).await;
+            let _ = server
+                .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 20\r\n\r\nunknown backend ID\r\n")
+                .await;
+        });
+        let req = ClientRequest { host: "x", path: "/", protocols: None, headers: &[] };
+        match handshake(&mut client, &req).await {
+            Err(HandshakeError::Refused { status, reason }) => {
+                assert_eq!(status, 404);
+                assert_eq!(reason, "unknown backend ID");
+            }
+            other => anyhow::bail!("expected a refusal, got {other:?}"),
+        }
+        srv.await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,80 @@
+//! Mints the demo client's JWT: RS256 with the Ballerina sample's claims.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::json;
+
+/// The `kid` header of the sample's token (the gateway does not select keys by it).
+pub const SAMPLE_KID: &str = "NTAxZmMxNDMyZDg3MTU1ZGM0MzEzODJhZWI4NDNlZDU1OGFkNjFiMQ";
+
+/// How long a minted sample token stays valid.
+pub const SAMPLE_LIFETIME_SECS: u64 = 3600;
+
+/// The claims of the sample's client token, issued now and valid for an hour.
+///
+/// `sub: ballerina`, `iss: wso2`, `aud: [ballerina, ballerina.org, ballerina.io]`, a fresh
+/// `jti`, `scp: admin`, `iat` now and `exp` one hour later.
+pub fn sample_claims() -> serde_json::Value {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    json!({
+        "sub": "ballerina",
+        "iss": "wso2",
+        "aud": ["ballerina", "ballerina.org", "ballerina.io"],
+        "jti": uuid::Uuid::new_v4().to_string(),
+        "scp": "admin",
+        "iat": now,
+        "exp": now + SAMPLE_LIFETIME_SECS,
+    })
+}
+
+/// Signs `claims` with RS256 under the RSA private key in `key_pem` (PKCS#1 or PKCS#8 PEM).
+///
+/// The header carries [`SAMPLE_KID`] as `kid`, as the sample's token does.
+pub fn mint(claims: &serde_json::Value, key_pem: &[u8]) -> anyhow::Result<String> {
+    let key = EncodingKey::from_rsa_pem(key_pem).context("not an RSA private key in PEM form")?;
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some(SAMPLE_KID.to_owned());
+    jsonwebtoken::encode(&header, claims, &key).context("signing the token")
+}
+
+/// A token with [`sample_claims`], signed by `key_pem`.
+pub fn mint_sample(key_pem: &[u8]) -> anyhow::Result<String> {
+    mint(&sample_claims(), key_pem)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{DecodingKey, Validation};
+
+    fn certs() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../certs")
+    }
+
+    #[test]
+    fn sample_token_verifies_with_the_public_key() -> anyhow::Result<()> {
+        let token = mint_sample(&std::fs::read(certs().join("jwt-private.pem"))?)?;
+        let key = DecodingKey::from_rsa_pem(&std::fs::read(certs().join("jwt-public.pem"))?)?;
+        let mut v = Validation::new(Algorithm::RS256);
+        v.set_issuer(&["wso2"]);
+        v.set_audience(&["ballerina"]);
+        let data = jsonwebtoken::decode::<serde_json::Value>(&token, &key, &v)?;
+        assert_eq!(data.claims["sub"], "ballerina");
+        assert_eq!(data.claims["scp"], "admin");
+        assert_eq!(data.header.kid.as_deref(), Some(SAMPLE_KID));
+        let exp = data.claims["exp"].as_u64().unwrap_or(0);
+        let iat = data.claims["iat"].as_u64().unwrap_or(0);
+        assert_eq!(exp - iat, SAMPLE_LIFETIME_SECS);
+        Ok(())
+    }
+
+    #[test]
+    fn a_non_rsa_key_is_an_error_not_a_panic() {
+        assert!(mint_sample(b"not a key").is_err());
+    }
+}

@@ -1,0 +1,250 @@
+//! Per-connection integrity check: every echo is matched against what was sent.
+//!
+//! Sent messages wait in send order. An echo that matches the oldest one is in order; one
+//! that matches a later one means the older ones were overtaken: they move aside and, if
+//! they still arrive, count as *reordered*, else (after the echo timeout, or at the end
+//! of the run) as *missing*. An echo of nothing outstanding is a *duplicate*; one whose
+//! bytes, length, connection id or timestamp differ from what was sent is *corrupted*.
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+
+use crate::wire::{self, Echo, Stamp};
+
+/// Integrity errors by kind.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IntegrityErrors {
+    /// Sent, never echoed (overtaken and not seen again, timed out, or unanswered at the
+    /// end of the drain).
+    pub missing: u64,
+    /// Echoed more than once.
+    pub duplicate: u64,
+    /// Echoed after a message sent later.
+    pub reordered: u64,
+    /// Echoed with different bytes, length, connection id or timestamp.
+    pub corrupted: u64,
+    /// A message that is neither an echo nor a recognised backend push (e.g. unknown text).
+    pub unexpected: u64,
+}
+
+impl IntegrityErrors {
+    /// All errors together.
+    pub fn total(&self) -> u64 {
+        self.missing + self.duplicate + self.reordered + self.corrupted + self.unexpected
+    }
+
+    /// Adds `other` into `self`.
+    pub fn add(&mut self, other: &IntegrityErrors) {
+        self.missing += other.missing;
+        self.duplicate += other.duplicate;
+        self.reordered += other.reordered;
+        self.corrupted += other.corrupted;
+        self.unexpected += other.unexpected;
+    }
+}
+
+/// A message sent and not yet accounted for.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    seq: u64,
+    /// Send (or intended send) time, ns since the run's start.
+    t_ns: u64,
+}
+
+/// The integrity state of one connection.
+#[derive(Debug)]
+pub struct Tracker {
+    conn: u32,
+    size: usize,
+    next_seq: u64,
+    /// Sent, not echoed yet, in send order.
+    outstanding: VecDeque<Pending>,
+    /// Overtaken by a later echo; still accepted (as reordered) until they time out.
+    skipped: VecDeque<Pending>,
+    /// Errors found so far.
+    pub errors: IntegrityErrors,
+}
+
+impl Tracker {
+    /// A tracker for connection `conn` sending `size`-byte messages.
+    pub fn new(conn: u32, size: usize) -> Self {
+        Self {
+            conn,
+            size,
+            next_seq: 0,
+            outstanding: VecDeque::new(),
+            skipped: VecDeque::new(),
+            errors: IntegrityErrors::default(),
+        }
+    }
+
+    /// Messages sent and awaiting their echo (not counting overtaken ones).
+    pub fn in_flight(&self) -> usize {
+        self.outstanding.len()
+    }
+
+    /// Messages sent so far.
+    pub fn sent(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Registers a message sent at `t_ns` and returns the stamp it must carry.
+    pub fn next_stamp(&mut self, t_ns: u64) -> Stamp {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.outstanding.push_back(Pending { seq, t_ns });
+        Stamp { conn: self.conn, seq, ts_ns: t_ns }
+    }
+
+    /// Checks an echoed binary message received at `now_ns`; returns its round-trip time
+    /// in ns when it is a valid echo of something sent.
+    pub fn on_echo(&mut self, payload: &[u8], now_ns: u64) -> Option<u64> {
+        let (stamp, intact) = match wire::read_payload(payload, self.size) {
+            Echo::Intact(s) => (s, true),
+            Echo::Damaged(s) => (s, false),
+            Echo::Unreadable => {
+                self.errors.corrupted += 1;
+                return None;
+            }
+        };
+        if stamp.conn != self.conn || stamp.seq >= self.next_seq {
+            self.errors.corrupted += 1;
+            return None;
+        }
+        let pending = if self.outstanding.front().is_some_and(|p| p.seq == stamp.seq) {
+            self.outstanding.pop_front()
+        } else if let Ok(i) = self.outstanding.binary_search_by_key(&stamp.seq, |p| p.seq) {
+            // Everything sent before it was overtaken.
+            self.skipped.extend(self.outstanding.drain(..i));
+            self.outstanding.pop_front()
+        } else if let Ok(i) = self.skipped.binary_search_by_key(&stamp.seq, |p| p.seq) {
+            self.errors.reordered += 1;
+            self.skipped.remove(i)
+        } else {
+            if intact {
+                self.errors.duplicate += 1;
+            } else {
+                self.errors.corrupted += 1;
+            }
+            return None;
+        };
+        let pending = pending?;
+        if !intact || stamp.ts_ns != pending.t_ns {
+            self.errors.corrupted += 1;
+            return None;
+        }
+        Some(now_ns.saturating_sub(pending.t_ns))
+    }
+
+    /// Counts as missing every message sent before `cutoff_ns` and still unanswered.
+    pub fn expire(&mut self, cutoff_ns: u64) {
+        for queue in [&mut self.outstanding, &mut self.skipped] {
+            while queue.front().is_some_and(|p| p.t_ns < cutoff_ns) {
+                queue.pop_front();
+                self.errors.missing += 1;
+            }
+        }
+    }
+
+    /// Send time of the oldest unanswered message, if any.
+    pub fn oldest_ns(&self) -> Option<u64> {
+        let a = self.outstanding.front().map(|p| p.t_ns);
+        let b = self.skipped.front().map(|p| p.t_ns);
+        match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Ends the run: every message still unanswered is missing.
+    pub fn finish(&mut self) {
+        self.errors.missing += (self.outstanding.len() + self.skipped.len()) as u64;
+        self.outstanding.clear();
+        self.skipped.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SIZE: usize = 32;
+
+    fn msg(stamp: Stamp) -> Vec<u8> {
+        let mut p = vec![0u8; SIZE];
+        wire::fill_payload(&mut p, stamp);
+        p
+    }
+
+    fn send(t: &mut Tracker, n: usize) -> Vec<Vec<u8>> {
+        (0..n).map(|i| msg(t.next_stamp(i as u64 * 10))).collect()
+    }
+
+    #[test]
+    fn in_order_echoes_give_round_trip_times() {
+        let mut t = Tracker::new(3, SIZE);
+        let sent = send(&mut t, 3);
+        assert_eq!(t.on_echo(&sent[0], 100), Some(100));
+        assert_eq!(t.on_echo(&sent[1], 100), Some(90));
+        assert_eq!(t.in_flight(), 1);
+        assert_eq!(t.on_echo(&sent[2], 100), Some(80));
+        t.finish();
+        assert_eq!(t.errors, IntegrityErrors::default());
+    }
+
+    #[test]
+    fn a_dropped_message_is_missing() {
+        let mut t = Tracker::new(0, SIZE);
+        let sent = send(&mut t, 4);
+        for i in [0, 1, 3] {
+            assert!(t.on_echo(&sent[i], 100).is_some());
+        }
+        assert_eq!(t.in_flight(), 0, "the overtaken message no longer counts as in flight");
+        t.finish();
+        assert_eq!(t.errors, IntegrityErrors { missing: 1, ..Default::default() });
+    }
+
+    #[test]
+    fn a_late_message_is_reordered_not_missing() {
+        let mut t = Tracker::new(0, SIZE);
+        let sent = send(&mut t, 3);
+        for i in [0, 2, 1] {
+            assert!(t.on_echo(&sent[i], 100).is_some());
+        }
+        t.finish();
+        assert_eq!(t.errors, IntegrityErrors { reordered: 1, ..Default::default() });
+    }
+
+    #[test]
+    fn duplicates_and_corruption_are_counted() {
+        let mut t = Tracker::new(5, SIZE);
+        let mut sent = send(&mut t, 3);
+        assert!(t.on_echo(&sent[0], 100).is_some());
+        assert_eq!(t.on_echo(&sent[0], 100), None);
+        sent[1][SIZE - 1] ^= 0xFF;
+        assert_eq!(t.on_echo(&sent[1], 100), None);
+        assert_eq!(t.on_echo(&msg(Stamp { conn: 6, seq: 2, ts_ns: 20 }), 100), None);
+        assert_eq!(t.on_echo(&msg(Stamp { conn: 5, seq: 2, ts_ns: 21 }), 100), None);
+        assert_eq!(t.on_echo(&msg(Stamp { conn: 5, seq: 9, ts_ns: 20 }), 100), None);
+        assert_eq!(t.on_echo(b"short", 100), None);
+        t.finish();
+        assert_eq!(
+            t.errors,
+            IntegrityErrors { duplicate: 1, corrupted: 5, ..Default::default() }
+        );
+    }
+
+    #[test]
+    fn old_unanswered_messages_expire_as_missing() {
+        let mut t = Tracker::new(0, SIZE);
+        let sent = send(&mut t, 3);
+        assert_eq!(t.oldest_ns(), Some(0));
+        t.expire(15);
+        assert_eq!(t.errors.missing, 2);
+        assert_eq!(t.oldest_ns(), Some(20));
+        assert!(t.on_echo(&sent[2], 30).is_some());
+        assert_eq!(t.on_echo(&sent[0], 30), None, "an expired message coming back is a duplicate");
+        assert_eq!(t.errors.duplicate, 1);
+    }
+}
