@@ -178,8 +178,10 @@ mod tests {
     async fn small_writes_become_one_write_on_flush() -> io::Result<()> {
         let mut w = BatchWriter::with_limit(Recorder::default(), 16);
         w.write_all(b"abc").await?;
-        w.write_vectored(&[IoSlice::new(b"de"), IoSlice::new(b"f")])
+        let n = w
+            .write_vectored(&[IoSlice::new(b"de"), IoSlice::new(b"f")])
             .await?;
+        assert_eq!(n, 3, "a vectored write is taken whole");
         assert!(w.inner.writes.is_empty());
         assert_eq!(w.buffered(), 6);
         w.flush().await?;

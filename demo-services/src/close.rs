@@ -72,9 +72,15 @@ mod tests {
 
     #[test]
     fn valid_close_is_echoed() {
-        assert_eq!(reply(close_payload(4001, b"bye")), close_payload(4001, b"bye"));
+        assert_eq!(
+            reply(close_payload(4001, b"bye")),
+            close_payload(4001, b"bye")
+        );
         assert_eq!(reply(close_payload(1000, b"")), close_payload(1000, b""));
-        assert_eq!(reply(close_payload(1014, b"bad gateway")), close_payload(1014, b"bad gateway"));
+        assert_eq!(
+            reply(close_payload(1014, b"bad gateway")),
+            close_payload(1014, b"bad gateway")
+        );
         assert_eq!(reply(Vec::new()), Vec::<u8>::new());
     }
 
@@ -83,7 +89,10 @@ mod tests {
         assert_eq!(reply(vec![3]), close_payload(1002, b""));
         assert_eq!(reply(close_payload(1005, b"")), close_payload(1002, b""));
         assert_eq!(reply(close_payload(999, b"")), close_payload(1002, b""));
-        assert_eq!(reply(close_payload(1000, &[0xff, 0xfe])), close_payload(1007, b""));
+        assert_eq!(
+            reply(close_payload(1000, &[0xff, 0xfe])),
+            close_payload(1007, b"")
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub enum DemoError {
         reason: &'static str,
     },
     /// The listening socket could not be bound (port in use, bad address, no permission).
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         /// The address we tried to bind.
         addr: SocketAddr,
@@ -29,6 +29,6 @@ pub enum DemoError {
         source: std::io::Error,
     },
     /// The listener handed to [`serve`](crate::serve) has no local address (not bound).
-    #[error("listener has no local address: {0}")]
+    #[error("listener has no local address")]
     LocalAddr(#[source] std::io::Error),
 }

@@ -135,7 +135,9 @@ async fn handle_connection(stream: TcpStream, shared: Arc<Shared>) {
     let service = {
         let pending = Arc::clone(&pending);
         let backend = shared.opts.backend;
-        service_fn(move |req| std::future::ready(Ok::<_, Infallible>(respond(req, backend, &pending))))
+        service_fn(move |req| {
+            std::future::ready(Ok::<_, Infallible>(respond(req, backend, &pending)))
+        })
     };
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -201,12 +203,19 @@ fn respond(
         return refuse(StatusCode::NOT_FOUND, "not found\n");
     }
     if req.method() != Method::GET {
-        let mut resp = refuse(StatusCode::METHOD_NOT_ALLOWED, "only GET (a WebSocket upgrade) is allowed\n");
-        resp.headers_mut().insert(ALLOW, HeaderValue::from_static("GET"));
+        let mut resp = refuse(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only GET (a WebSocket upgrade) is allowed\n",
+        );
+        resp.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET"));
         return resp;
     }
     if !is_upgrade_request(&req) {
-        let mut resp = refuse(StatusCode::UPGRADE_REQUIRED, "this path only accepts WebSocket upgrades\n");
+        let mut resp = refuse(
+            StatusCode::UPGRADE_REQUIRED,
+            "this path only accepts WebSocket upgrades\n",
+        );
         let headers = resp.headers_mut();
         headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
         headers.insert("sec-websocket-version", HeaderValue::from_static("13"));
@@ -222,7 +231,10 @@ fn respond(
         }
         Err(e) => {
             debug!(error = %e, "invalid upgrade request");
-            refuse(StatusCode::BAD_REQUEST, "invalid WebSocket upgrade (key or version 13 missing)\n")
+            refuse(
+                StatusCode::BAD_REQUEST,
+                "invalid WebSocket upgrade (key or version 13 missing)\n",
+            )
         }
     }
 }
@@ -231,8 +243,10 @@ fn respond(
 fn refuse(status: StatusCode, reason: &'static str) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from_static(reason.as_bytes())));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     resp
 }
 

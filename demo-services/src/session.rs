@@ -24,6 +24,9 @@ use crate::Backend;
 /// Largest frame a peer may send (fastwebsockets' default is 64 MiB); tests send 1 MiB.
 pub const MAX_FRAME_SIZE: usize = 16 << 20;
 
+/// How long the last writes of a session (close reply, owed echoes) may take.
+const FINAL_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// What a session needs besides its socket.
 pub(crate) struct SessionConfig<'a> {
     /// Which backend this is (push text, log field).
@@ -68,11 +71,7 @@ pub(crate) struct Summary {
 }
 
 /// Runs a session on the two halves of an upgraded connection until it ends.
-pub(crate) async fn run<R, W>(
-    read: R,
-    write: W,
-    cfg: &SessionConfig<'_>,
-) -> (Outcome, Summary)
+pub(crate) async fn run<R, W>(read: R, write: W, cfg: &SessionConfig<'_>) -> (Outcome, Summary)
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -129,10 +128,16 @@ where
             Err(e) => match close_for_read_error(&e) {
                 Some(close) => {
                     // Best effort: the peer already misbehaved.
-                    let _ = send_final(&mut writer, close).await;
+                    let _ = send_final(&mut writer, Some(close)).await;
                     break Outcome::ProtocolError(e);
                 }
-                None => break Outcome::Lost(e),
+                None => {
+                    // The peer may only have half-closed: deliver the echoes owed to it.
+                    if matches!(e, WebSocketError::UnexpectedEOF) {
+                        let _ = send_final(&mut writer, None).await;
+                    }
+                    break Outcome::Lost(e);
+                }
             },
         };
 
@@ -140,7 +145,8 @@ where
             OpCode::Text | OpCode::Binary | OpCode::Continuation => {
                 let starts_message = frame.opcode != OpCode::Continuation;
                 if starts_message == in_message {
-                    let _ = send_final(&mut writer, Frame::close(PROTOCOL_ERROR, b"")).await;
+                    let close = Frame::close(PROTOCOL_ERROR, b"");
+                    let _ = send_final(&mut writer, Some(close)).await;
                     break Outcome::ProtocolError(if starts_message {
                         WebSocketError::InvalidFragment
                     } else {
@@ -163,7 +169,7 @@ where
             OpCode::Close => {
                 let code = (frame.payload.len() >= 2)
                     .then(|| u16::from_be_bytes([frame.payload[0], frame.payload[1]]));
-                match send_final(&mut writer, reply_to_close(frame.payload)).await {
+                match send_final(&mut writer, Some(reply_to_close(frame.payload))).await {
                     Ok(()) => break Outcome::Closed(code),
                     Err(e) => break Outcome::Lost(e),
                 }
@@ -191,11 +197,78 @@ async fn send_push<W: AsyncWrite + Unpin>(
     writer.flush().await
 }
 
-/// Writes the session's last frame (a close) and flushes everything before it.
+/// Writes the session's last frame (a close), if any, and flushes everything before it,
+/// giving up after [`FINAL_WRITE_TIMEOUT`] so a peer that stopped reading cannot keep the
+/// session alive.
 async fn send_final<W: AsyncWrite + Unpin>(
     writer: &mut WebSocketWrite<BatchWriter<W>>,
-    frame: Frame<'_>,
+    frame: Option<Frame<'_>>,
 ) -> Result<(), WebSocketError> {
-    writer.write_frame(frame).await?;
-    writer.flush().await
+    let write = async {
+        if let Some(frame) = frame {
+            writer.write_frame(frame).await?;
+        }
+        writer.flush().await
+    };
+    match tokio::time::timeout(FINAL_WRITE_TIMEOUT, write).await {
+        Ok(result) => result,
+        Err(_) => Err(WebSocketError::IoError(std::io::ErrorKind::TimedOut.into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client frame (fin set, masked) with a payload under 126 bytes.
+    fn masked(first_byte: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [1, 2, 3, 4];
+        let mut frame = vec![first_byte, 0x80 | payload.len() as u8];
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        frame
+    }
+
+    async fn run_on(input: &[u8]) -> (Outcome, Summary, Vec<u8>) {
+        let log = RequestLog::new(Backend::Abc, 20);
+        let cfg = SessionConfig {
+            backend: Backend::Abc,
+            push_interval: None,
+            log: &log,
+        };
+        let mut out = Vec::new();
+        let (outcome, summary) = run(input, &mut out, &cfg).await;
+        (outcome, summary, out)
+    }
+
+    #[tokio::test]
+    async fn echoes_owed_at_eof_are_flushed() {
+        // Frames and EOF are available at once: the reader never waits, so only the
+        // end-of-session flush can deliver the echoes.
+        let input = [masked(0x82, b"one"), masked(0x81, b"two")].concat();
+        let (outcome, summary, out) = run_on(&input).await;
+        assert!(matches!(
+            outcome,
+            Outcome::Lost(WebSocketError::UnexpectedEOF)
+        ));
+        assert_eq!(summary.frames, 2);
+        assert_eq!(out, [&b"\x82\x03one"[..], b"\x81\x03two"].concat());
+    }
+
+    #[tokio::test]
+    async fn close_reply_follows_the_batched_echoes() {
+        let input = [
+            masked(0x82, b"x"),
+            masked(0x89, b"p"),
+            masked(0x88, b"\x03\xe8ok"),
+            masked(0x82, b"after close: ignored"),
+        ]
+        .concat();
+        let (outcome, _, out) = run_on(&input).await;
+        assert!(matches!(outcome, Outcome::Closed(Some(1000))));
+        assert_eq!(
+            out,
+            [&b"\x82\x01x"[..], b"\x8a\x01p", b"\x88\x04\x03\xe8ok"].concat()
+        );
+    }
 }
