@@ -1,5 +1,6 @@
 //! The `gateway` binary: parse flags, set up logs, load config, bind, serve.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -27,10 +28,11 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&args.log_level));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if args.log_format == "json" {
-        tracing_subscriber::fmt().with_env_filter(filter).json().init();
+        logs.json().init();
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
+        logs.with_ansi(std::io::stderr().is_terminal()).init();
     }
     let config = match gateway::Config::load(&args.config) {
         Ok(c) => c,

@@ -8,7 +8,6 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use fastwebsockets::{Role, WebSocket};
@@ -149,7 +148,6 @@ pub async fn connect(opts: &ConnectOptions) -> Result<Connected, ConnectError> {
 }
 
 /// Everything needed to open connections to one URL, prepared once.
-#[derive(Debug)]
 pub struct Connector {
     /// Whether to run TLS over the TCP stream, and with which config.
     tls: Option<TlsConnector>,
@@ -167,6 +165,17 @@ pub struct Connector {
     protocols: Option<String>,
     local_addr: Option<IpAddr>,
     timeout: Duration,
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connector")
+            .field("tls", &self.tls.is_some())
+            .field("host", &self.host_header)
+            .field("path", &self.path)
+            .field("addrs", &self.addrs)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Connector {
@@ -194,12 +203,21 @@ impl Connector {
                 let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name, port)).await?.collect();
                 (server_name, addrs)
             }
-            Some(url::Host::Ipv4(ip)) => (ServerName::IpAddress(IpAddr::V4(ip).into()), vec![SocketAddr::new(ip.into(), port)]),
-            Some(url::Host::Ipv6(ip)) => (ServerName::IpAddress(IpAddr::V6(ip).into()), vec![SocketAddr::new(ip.into(), port)]),
+            Some(url::Host::Ipv4(ip)) => (
+                ServerName::IpAddress(IpAddr::V4(ip).into()),
+                vec![SocketAddr::new(ip.into(), port)],
+            ),
+            Some(url::Host::Ipv6(ip)) => (
+                ServerName::IpAddress(IpAddr::V6(ip).into()),
+                vec![SocketAddr::new(ip.into(), port)],
+            ),
             None => return Err(ConnectError::Config(format!("URL {}: no host", opts.url))),
         };
         if addrs.is_empty() {
-            return Err(ConnectError::Config(format!("URL {}: host has no address", opts.url)));
+            return Err(ConnectError::Config(format!(
+                "URL {}: host has no address",
+                opts.url
+            )));
         }
         let host = url.host_str().unwrap_or_default();
         let host_header = match url.port() {
@@ -212,7 +230,8 @@ impl Connector {
             path.push_str(q);
         }
         let tls = if secure {
-            let config = tls::client_config(opts.ca.as_deref(), opts.insecure).map_err(ConnectError::Config)?;
+            let config = tls::client_config(opts.ca.as_deref(), opts.insecure)
+                .map_err(ConnectError::Config)?;
             Some(TlsConnector::from(config))
         } else {
             None
@@ -272,11 +291,15 @@ impl Connector {
         let mut stream = match &self.tls {
             None => ClientStream::Plain(tcp),
             Some(tls) => {
-                let s = tls.connect(self.server_name.clone(), tcp).await.map_err(ConnectError::Tls)?;
+                let s = tls
+                    .connect(self.server_name.clone(), tcp)
+                    .await
+                    .map_err(ConnectError::Tls)?;
                 ClientStream::Tls(Box::new(s))
             }
         };
-        let mut headers: Vec<(&str, &str)> = Vec::with_capacity(self.headers.len() + extra_headers.len());
+        let mut headers: Vec<(&str, &str)> =
+            Vec::with_capacity(self.headers.len() + extra_headers.len());
         headers.extend(self.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         headers.extend_from_slice(extra_headers);
         let req = ClientRequest {
@@ -314,7 +337,10 @@ impl Connector {
             }
         }
         Err(ConnectError::Io(last_err.unwrap_or_else(|| {
-            io::Error::new(io::ErrorKind::AddrNotAvailable, "no target address of the source address's family")
+            io::Error::new(
+                io::ErrorKind::AddrNotAvailable,
+                "no target address of the source address's family",
+            )
         })))
     }
 }
@@ -324,7 +350,11 @@ async fn connect_tcp_from(addr: SocketAddr, local: Option<IpAddr>) -> io::Result
     let stream = match local {
         None => TcpStream::connect(addr).await?,
         Some(ip) => {
-            let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+            let socket = if addr.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
             socket.bind(SocketAddr::new(ip, 0))?;
             socket.connect(addr).await?
         }
@@ -332,4 +362,3 @@ async fn connect_tcp_from(addr: SocketAddr, local: Option<IpAddr>) -> io::Result
     stream.set_nodelay(true)?;
     Ok(stream)
 }
-

@@ -124,7 +124,10 @@ pub async fn run(
     };
     let started = Instant::now();
     let id = shared.backends.get(plan.backend).map_or("", String::as_str);
-    let res = shared.connector.connect_raw(&[("ID", id)], plan.local).await;
+    let res = shared
+        .connector
+        .connect_raw(&[("ID", id)], plan.local)
+        .await;
     drop(permit);
     let upgraded = match res {
         Ok(u) => u,
@@ -135,13 +138,17 @@ pub async fn run(
         }
     };
     let connect_us = started.elapsed().as_micros() as u64;
-    shared.recorder.record_connect(plan.id, plan.backend, connect_us);
+    shared
+        .recorder
+        .record_connect(plan.id, plan.backend, connect_us);
     live.opened.fetch_add(1, Ordering::Relaxed);
 
     let mut session = Session::new(&shared, plan, phase);
     let end = session.drive(upgraded.stream).await;
     session.tracker.finish();
-    shared.recorder.record_rtts(plan.id, plan.backend, &session.samples);
+    shared
+        .recorder
+        .record_rtts(plan.id, plan.backend, &session.samples);
     if matches!(end, End::Dropped(_)) {
         live.dropped.fetch_add(1, Ordering::Relaxed);
     }
@@ -242,7 +249,8 @@ impl<'a> Session<'a> {
         let (mut rd, mut wr) = tokio::io::split(stream);
         let max_frame = self.shared.size.max(1 << 20);
         let mut rbuf = BytesMut::with_capacity(4096.max(self.shared.size + 14));
-        let timer = tokio::time::sleep_until(tokio::time::Instant::now() + Duration::from_secs(86_400));
+        let timer =
+            tokio::time::sleep_until(tokio::time::Instant::now() + Duration::from_secs(86_400));
         tokio::pin!(timer);
         let mut timer_at: Option<Instant> = None;
         self.apply_phase();
@@ -324,7 +332,8 @@ impl<'a> Session<'a> {
                 if interval_ns > 0 {
                     // Spread the connections' schedules over one interval (golden-ratio
                     // sequence), so they do not all send at the same instant.
-                    let frac = (u64::from(self.plan.id).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64
+                    let frac = (u64::from(self.plan.id).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11)
+                        as f64
                         / (1u64 << 53) as f64;
                     self.next_due_ns = self.now_ns() + (interval_ns as f64 * frac) as u64;
                 }
@@ -389,11 +398,14 @@ impl<'a> Session<'a> {
     fn on_timer(&mut self) -> Option<End> {
         let now = Instant::now();
         let timeout_ns = self.shared.echo_timeout.as_nanos() as u64;
-        self.tracker.expire(self.now_ns().saturating_sub(timeout_ns));
+        self.tracker
+            .expire(self.now_ns().saturating_sub(timeout_ns));
         match self.state {
             State::Draining(d) if now >= d => self.start_close(1000, b"done"),
             State::Closing(d) if now >= d => {
-                return Some(End::Dropped("no close frame from the server in time".to_owned()))
+                return Some(End::Dropped(
+                    "no close frame from the server in time".to_owned(),
+                ))
             }
             _ => {}
         }
@@ -405,7 +417,12 @@ impl<'a> Session<'a> {
         payload[..2].copy_from_slice(&code.to_be_bytes());
         let n = reason.len().min(123);
         payload[2..2 + n].copy_from_slice(&reason[..n]);
-        wire::put_control(&mut self.out, opcode::CLOSE, &payload[..2 + n], self.masks.next_key());
+        wire::put_control(
+            &mut self.out,
+            opcode::CLOSE,
+            &payload[..2 + n],
+            self.masks.next_key(),
+        );
         self.state = State::Closing(Instant::now() + self.shared.close_timeout);
     }
 
@@ -468,7 +485,9 @@ impl<'a> Session<'a> {
             opcode::CONTINUATION => {
                 if self.fragments.len() + payload.len() > self.shared.size.max(1 << 20) {
                     self.start_close(1009, b"message too big");
-                    return Some(End::Dropped("fragmented message over the size limit".to_owned()));
+                    return Some(End::Dropped(
+                        "fragmented message over the size limit".to_owned(),
+                    ));
                 }
                 self.fragments.extend_from_slice(payload);
                 if fin {
@@ -487,8 +506,17 @@ impl<'a> Session<'a> {
                     _ => {
                         let (code, reason) = describe_close(payload);
                         // Echo the code back, as RFC 6455 §5.5.1 asks.
-                        wire::put_control(&mut self.out, opcode::CLOSE, &payload[..payload.len().min(2)], self.masks.next_key());
-                        End::Dropped(format!("closed by the server: {code} {reason}").trim_end().to_owned())
+                        wire::put_control(
+                            &mut self.out,
+                            opcode::CLOSE,
+                            &payload[..payload.len().min(2)],
+                            self.masks.next_key(),
+                        );
+                        End::Dropped(
+                            format!("closed by the server: {code} {reason}")
+                                .trim_end()
+                                .to_owned(),
+                        )
                     }
                 });
             }
@@ -510,7 +538,9 @@ impl<'a> Session<'a> {
             self.echoed += 1;
             self.samples.push(rtt_ns / 1000);
             if self.samples.len() >= SAMPLE_BATCH {
-                self.shared.recorder.record_rtts(self.plan.id, self.plan.backend, &self.samples);
+                self.shared
+                    .recorder
+                    .record_rtts(self.plan.id, self.plan.backend, &self.samples);
                 self.samples.clear();
             }
         }
@@ -521,11 +551,13 @@ impl<'a> Session<'a> {
         let live = self.shared.live.backend(self.plan.backend);
         let sent = self.tracker.sent();
         if sent != self.published_sent {
-            live.sent.fetch_add(sent - self.published_sent, Ordering::Relaxed);
+            live.sent
+                .fetch_add(sent - self.published_sent, Ordering::Relaxed);
             self.published_sent = sent;
         }
         if self.echoed != self.published_echoed {
-            live.echoed.fetch_add(self.echoed - self.published_echoed, Ordering::Relaxed);
+            live.echoed
+                .fetch_add(self.echoed - self.published_echoed, Ordering::Relaxed);
             self.published_echoed = self.echoed;
         }
     }
@@ -553,7 +585,10 @@ pub fn is_push(payload: &[u8]) -> bool {
 /// Code and reason of a close frame's payload (1005 when it has none).
 pub fn describe_close(payload: &[u8]) -> (u16, String) {
     match payload {
-        [a, b, reason @ ..] => (u16::from_be_bytes([*a, *b]), String::from_utf8_lossy(reason).into_owned()),
+        [a, b, reason @ ..] => (
+            u16::from_be_bytes([*a, *b]),
+            String::from_utf8_lossy(reason).into_owned(),
+        ),
         _ => (1005, String::new()),
     }
 }

@@ -129,7 +129,9 @@ pub struct LiveTotals {
 impl Live {
     /// Zeroed counters for `backends` backends.
     pub fn new(backends: usize) -> Self {
-        Self { backends: (0..backends).map(|_| LiveBackend::default()).collect() }
+        Self {
+            backends: (0..backends).map(|_| LiveBackend::default()).collect(),
+        }
     }
 
     /// The counters of backend `i` (the first backend's if out of range).
@@ -167,6 +169,9 @@ mod tests {
         assert_eq!(rtt[0].len(), 21);
         assert_eq!(rtt[1].len(), 20);
         assert_eq!(connect[0].len() + connect[1].len(), 20);
-        assert!(rtt[0].max() >= MAX_US / 2, "huge values are clamped, not dropped");
+        assert!(
+            rtt[0].max() >= MAX_US / 2,
+            "huge values are clamped, not dropped"
+        );
     }
 }

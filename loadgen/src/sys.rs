@@ -53,7 +53,10 @@ fn parse_stat(stat: &str) -> Option<CpuTime> {
     let utime: u64 = fields.next()?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
     let ticks = |t: u64| Duration::from_millis(t * 1000 / TICKS_PER_SEC);
-    Some(CpuTime { user: ticks(utime), system: ticks(stime) })
+    Some(CpuTime {
+        user: ticks(utime),
+        system: ticks(stime),
+    })
 }
 
 /// How source addresses are chosen.
@@ -90,7 +93,10 @@ impl std::str::FromStr for SourceAddrs {
                 }
                 list.extend((a..=b).map(|x| IpAddr::V4(Ipv4Addr::from(x))));
             } else {
-                list.push(part.parse().map_err(|_| format!("{part:?} is not an IP address"))?);
+                list.push(
+                    part.parse()
+                        .map_err(|_| format!("{part:?} is not an IP address"))?,
+                );
             }
         }
         if list.is_empty() {
@@ -113,7 +119,9 @@ pub fn plan_source_addrs(
         SourceAddrs::System => Ok(Vec::new()),
         SourceAddrs::List(list) => {
             if list.iter().any(|a| a.is_loopback()) && !target_is_v4_loopback {
-                return Err("loopback source addresses need an IPv4 loopback target (127.0.0.1)".to_owned());
+                return Err(
+                    "loopback source addresses need an IPv4 loopback target (127.0.0.1)".to_owned(),
+                );
             }
             Ok(list.clone())
         }
@@ -122,7 +130,9 @@ pub fn plan_source_addrs(
                 return Ok(Vec::new());
             }
             let n = conns.div_ceil(CONNS_PER_SOURCE).min(254) as u8;
-            Ok((1..=n).map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i))).collect())
+            Ok((1..=n)
+                .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i)))
+                .collect())
         }
     }
 }

@@ -47,6 +47,34 @@ pub fn mint_sample(key_pem: &[u8]) -> anyhow::Result<String> {
     mint(&sample_claims(), key_pem)
 }
 
+/// Where a client's bearer token comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// Send no `Authorization` header.
+    None,
+    /// Send this token as is.
+    Given(String),
+    /// Mint a sample token with the RSA private key in this PEM file.
+    Mint(std::path::PathBuf),
+}
+
+impl TokenSource {
+    /// The token to send, if any (minting reads the key file).
+    pub fn token(&self) -> anyhow::Result<Option<String>> {
+        match self {
+            TokenSource::None => Ok(None),
+            TokenSource::Given(t) => Ok(Some(t.clone())),
+            TokenSource::Mint(path) => {
+                let pem = std::fs::read(path)
+                    .with_context(|| format!("reading the JWT signing key {}", path.display()))?;
+                mint_sample(&pem)
+                    .with_context(|| format!("minting a token with {}", path.display()))
+                    .map(Some)
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -94,7 +94,11 @@ impl Tracker {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.outstanding.push_back(Pending { seq, t_ns });
-        Stamp { conn: self.conn, seq, ts_ns: t_ns }
+        Stamp {
+            conn: self.conn,
+            seq,
+            ts_ns: t_ns,
+        }
     }
 
     /// Checks an echoed binary message received at `now_ns`; returns its round-trip time
@@ -200,9 +204,19 @@ mod tests {
         for i in [0, 1, 3] {
             assert!(t.on_echo(&sent[i], 100).is_some());
         }
-        assert_eq!(t.in_flight(), 0, "the overtaken message no longer counts as in flight");
+        assert_eq!(
+            t.in_flight(),
+            0,
+            "the overtaken message no longer counts as in flight"
+        );
         t.finish();
-        assert_eq!(t.errors, IntegrityErrors { missing: 1, ..Default::default() });
+        assert_eq!(
+            t.errors,
+            IntegrityErrors {
+                missing: 1,
+                ..Default::default()
+            }
+        );
     }
 
     #[test]
@@ -213,7 +227,13 @@ mod tests {
             assert!(t.on_echo(&sent[i], 100).is_some());
         }
         t.finish();
-        assert_eq!(t.errors, IntegrityErrors { reordered: 1, ..Default::default() });
+        assert_eq!(
+            t.errors,
+            IntegrityErrors {
+                reordered: 1,
+                ..Default::default()
+            }
+        );
     }
 
     #[test]
@@ -224,14 +244,48 @@ mod tests {
         assert_eq!(t.on_echo(&sent[0], 100), None);
         sent[1][SIZE - 1] ^= 0xFF;
         assert_eq!(t.on_echo(&sent[1], 100), None);
-        assert_eq!(t.on_echo(&msg(Stamp { conn: 6, seq: 2, ts_ns: 20 }), 100), None);
-        assert_eq!(t.on_echo(&msg(Stamp { conn: 5, seq: 2, ts_ns: 21 }), 100), None);
-        assert_eq!(t.on_echo(&msg(Stamp { conn: 5, seq: 9, ts_ns: 20 }), 100), None);
+        assert_eq!(
+            t.on_echo(
+                &msg(Stamp {
+                    conn: 6,
+                    seq: 2,
+                    ts_ns: 20
+                }),
+                100
+            ),
+            None
+        );
+        assert_eq!(
+            t.on_echo(
+                &msg(Stamp {
+                    conn: 5,
+                    seq: 2,
+                    ts_ns: 21
+                }),
+                100
+            ),
+            None
+        );
+        assert_eq!(
+            t.on_echo(
+                &msg(Stamp {
+                    conn: 5,
+                    seq: 9,
+                    ts_ns: 20
+                }),
+                100
+            ),
+            None
+        );
         assert_eq!(t.on_echo(b"short", 100), None);
         t.finish();
         assert_eq!(
             t.errors,
-            IntegrityErrors { duplicate: 1, corrupted: 5, ..Default::default() }
+            IntegrityErrors {
+                duplicate: 1,
+                corrupted: 5,
+                ..Default::default()
+            }
         );
     }
 
@@ -244,7 +298,11 @@ mod tests {
         assert_eq!(t.errors.missing, 2);
         assert_eq!(t.oldest_ns(), Some(20));
         assert!(t.on_echo(&sent[2], 30).is_some());
-        assert_eq!(t.on_echo(&sent[0], 30), None, "an expired message coming back is a duplicate");
+        assert_eq!(
+            t.on_echo(&sent[0], 30),
+            None,
+            "an expired message coming back is a duplicate"
+        );
         assert_eq!(t.errors.duplicate, 1);
     }
 }

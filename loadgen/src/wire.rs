@@ -75,7 +75,11 @@ pub fn read_payload(payload: &[u8], size: usize) -> Echo {
     };
     let mut c = [0u8; 4];
     c.copy_from_slice(&payload[0..4]);
-    let stamp = Stamp { conn: u32::from_le_bytes(c), seq: u64_at(4), ts_ns: u64_at(12) };
+    let stamp = Stamp {
+        conn: u32::from_le_bytes(c),
+        seq: u64_at(4),
+        ts_ns: u64_at(12),
+    };
     let s = stamp.seq as u8;
     let pad_ok = payload[HEADER_LEN..]
         .iter()
@@ -231,7 +235,13 @@ pub fn parse_head(buf: &[u8], max_payload: usize) -> Result<Option<Head>, FrameE
     } else {
         None
     };
-    Ok(Some(Head { fin, opcode: op, head_len: at, payload_len, mask }))
+    Ok(Some(Head {
+        fin,
+        opcode: op,
+        head_len: at,
+        payload_len,
+        mask,
+    }))
 }
 
 #[cfg(test)]
@@ -251,19 +261,31 @@ mod tests {
     fn message_round_trips_through_the_frame_codec() {
         for size in [HEADER_LEN, 125, 126, 1000, 65_535, 65_536, 100_000] {
             let mut out = Vec::new();
-            let stamp = Stamp { conn: 7, seq: 300, ts_ns: 123_456_789 };
+            let stamp = Stamp {
+                conn: 7,
+                seq: 300,
+                ts_ns: 123_456_789,
+            };
             put_message(&mut out, size, stamp, MaskGen::new().next_key());
             let (head, payload) = unmasked_payload(&out).expect("complete frame");
             assert_eq!(head.opcode, opcode::BINARY);
             assert!(head.fin);
             assert_eq!(head.head_len + head.payload_len, out.len());
-            assert_eq!(read_payload(&payload, size), Echo::Intact(stamp), "size {size}");
+            assert_eq!(
+                read_payload(&payload, size),
+                Echo::Intact(stamp),
+                "size {size}"
+            );
         }
     }
 
     #[test]
     fn any_flipped_byte_is_noticed() {
-        let stamp = Stamp { conn: 1, seq: 2, ts_ns: 3 };
+        let stamp = Stamp {
+            conn: 1,
+            seq: 2,
+            ts_ns: 3,
+        };
         let mut p = vec![0u8; 64];
         fill_payload(&mut p, stamp);
         for i in HEADER_LEN..64 {
@@ -278,7 +300,16 @@ mod tests {
     #[test]
     fn partial_heads_ask_for_more_bytes() {
         let mut out = Vec::new();
-        put_message(&mut out, 70_000, Stamp { conn: 0, seq: 0, ts_ns: 0 }, [1, 2, 3, 4]);
+        put_message(
+            &mut out,
+            70_000,
+            Stamp {
+                conn: 0,
+                seq: 0,
+                ts_ns: 0,
+            },
+            [1, 2, 3, 4],
+        );
         for cut in 0..14 {
             assert_eq!(parse_head(&out[..cut], 1 << 20), Ok(None), "cut at {cut}");
         }
@@ -287,12 +318,26 @@ mod tests {
 
     #[test]
     fn control_frames_are_checked() {
-        assert_eq!(parse_head(&[0x09, 0x7E, 0, 200], 1 << 20), Err(FrameError::Control));
+        assert_eq!(
+            parse_head(&[0x09, 0x7E, 0, 200], 1 << 20),
+            Err(FrameError::Control)
+        );
         assert_eq!(parse_head(&[0x0A, 0x00], 1 << 20), Err(FrameError::Control));
-        assert_eq!(parse_head(&[0x83, 0x00], 1 << 20), Err(FrameError::Opcode(3)));
-        assert_eq!(parse_head(&[0xC2, 0x00], 1 << 20), Err(FrameError::Reserved));
+        assert_eq!(
+            parse_head(&[0x83, 0x00], 1 << 20),
+            Err(FrameError::Opcode(3))
+        );
+        assert_eq!(
+            parse_head(&[0xC2, 0x00], 1 << 20),
+            Err(FrameError::Reserved)
+        );
         let mut out = Vec::new();
-        put_control(&mut out, opcode::CLOSE, &1000u16.to_be_bytes(), [9, 9, 9, 9]);
+        put_control(
+            &mut out,
+            opcode::CLOSE,
+            &1000u16.to_be_bytes(),
+            [9, 9, 9, 9],
+        );
         let (head, p) = unmasked_payload(&out).expect("complete frame");
         assert_eq!(head.opcode, opcode::CLOSE);
         assert_eq!(p, 1000u16.to_be_bytes());

@@ -1,0 +1,47 @@
+"""Third-party peers for the interop test: Python's `websockets` as client and server.
+
+server: an echo server on 127.0.0.1:0 at any path; prints its port, then serves.
+client URL CA ID TOKEN: connects through the gateway over TLS, checks text and binary
+round trips, closes with 1000, prints what it saw.
+"""
+import asyncio
+import ssl
+import sys
+
+import websockets
+
+
+async def serve():
+    async def echo(ws, *args):
+        async for message in ws:
+            await ws.send(message)
+
+    async with websockets.serve(echo, "127.0.0.1", 0) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        print(port, flush=True)
+        await asyncio.Future()
+
+
+async def client(url, ca, backend, token):
+    ctx = ssl.create_default_context(cafile=ca)
+    headers = {"ID": backend, "Authorization": f"Bearer {token}"}
+    try:
+        connect = websockets.connect(url, ssl=ctx, additional_headers=headers)
+    except TypeError:
+        connect = websockets.connect(url, ssl=ctx, extra_headers=headers)
+    async with connect as ws:
+        await ws.send("hello from python")
+        assert await ws.recv() == "hello from python"
+        print("text ok")
+        await ws.send(bytes(range(256)) * 4)
+        assert await ws.recv() == bytes(range(256)) * 4
+        print("binary ok")
+        await ws.close(1000, "done")
+        print(f"close {ws.close_code}")
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "server":
+        asyncio.run(serve())
+    else:
+        asyncio.run(client(*sys.argv[2:6]))

@@ -1,0 +1,60 @@
+//! Interop with software we did not write: Python's `websockets` as the client (over TLS,
+//! with a token) and as the backend echo server, through the real gateway binary's code.
+//!
+//! Needs `python3` with `websockets` (.ci/run installs it). Set WSGATE_SKIP_INTEROP=1 to
+//! skip where it cannot be installed; otherwise a missing module fails the test.
+
+mod support;
+
+use std::process::Stdio;
+
+use anyhow::{bail, ensure, Context, Result};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop.py");
+
+fn python_ready() -> Result<bool> {
+    if std::env::var_os("WSGATE_SKIP_INTEROP").is_some() {
+        return Ok(false);
+    }
+    let ok = std::process::Command::new("python3").args(["-c", "import websockets"]).status()?.success();
+    if !ok {
+        bail!("python3 -c 'import websockets' failed: install it (pip install websockets) or set WSGATE_SKIP_INTEROP=1");
+    }
+    Ok(true)
+}
+
+#[tokio::test]
+async fn python_websockets_client_and_server_through_the_gateway() -> Result<()> {
+    if !python_ready()? {
+        eprintln!("skipped: WSGATE_SKIP_INTEROP is set");
+        return Ok(());
+    }
+    // Third-party echo server as the backend; it prints its port.
+    let mut server = Command::new("python3")
+        .args([SCRIPT, "server"])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = server.stdout.take().context("server stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let port_line = tokio::time::timeout(support::DEADLINE, lines.next_line()).await??.context("server port")?;
+    let port: u16 = port_line.trim().parse().context("server port line")?;
+
+    let tb = support::testbed_with(&[("Backend_PY", format!("ws://127.0.0.1:{port}/echo"))]).await?;
+    let token = support::rs256(&loadgen::token::sample_claims())?;
+    let url = tb.url();
+    let ca = support::certs().join("ca.crt");
+    let out = tokio::time::timeout(
+        support::DEADLINE,
+        Command::new("python3")
+            .args([SCRIPT, "client", &url, &ca.display().to_string(), "Backend_PY", &token])
+            .output(),
+    )
+    .await??;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(out.status.success(), "python client failed: {stdout} {}", String::from_utf8_lossy(&out.stderr));
+    ensure!(stdout.contains("text ok") && stdout.contains("binary ok") && stdout.contains("close 1000"), "{stdout}");
+    Ok(())
+}

@@ -1,0 +1,137 @@
+//! Every refusal before the upgrade: its status and a body that names the reason; and
+//! the gateway keeps serving good clients afterwards.
+
+mod support;
+
+use anyhow::{ensure, Result};
+use fastwebsockets::{Frame, Payload};
+use support::*;
+
+fn without_auth(opts: &mut loadgen::client::ConnectOptions) {
+    opts.headers.retain(|(k, _)| !k.eq_ignore_ascii_case("authorization"));
+}
+
+#[tokio::test]
+async fn each_bad_request_gets_its_status_and_reason() -> Result<()> {
+    let tb = testbed().await?;
+    let now = jsonwebtoken::get_current_timestamp();
+    let bearer = |t: String| format!("Bearer {t}");
+
+    let mut cases: Vec<(&str, loadgen::client::ConnectOptions, u16, &str)> = Vec::new();
+    let base = || tb.connect_options("Backend_ABC");
+
+    let mut o = base()?;
+    without_auth(&mut o);
+    cases.push(("no token", o, 401, "missing bearer token"));
+
+    let mut o = base()?;
+    o.set_header("Authorization", "Bearer not.a.jwt");
+    cases.push(("malformed", o, 401, "malformed"));
+
+    let mut o = base()?;
+    o.set_header("Authorization", "Basic dXNlcjpwYXNz");
+    cases.push(("not bearer", o, 401, "bearer"));
+
+    let mut o = base()?;
+    o.set_header("Authorization", bearer(tampered_token()?));
+    cases.push(("bad signature", o, 401, "signature"));
+
+    let mut o = base()?;
+    o.set_header("Authorization", bearer(rs256(&claims_with(|c| {
+        c.insert("exp".into(), (now - 120).into());
+        c.insert("iat".into(), (now - 3720).into());
+    }))?));
+    cases.push(("expired", o, 401, "expired"));
+
+    let mut o = base()?;
+    o.set_header("Authorization", bearer(rs256(&claims_with(|c| {
+        c.insert("iss".into(), "someone-else".into());
+    }))?));
+    cases.push(("wrong issuer", o, 401, "issuer"));
+
+    let mut o = base()?;
+    o.set_header("Authorization", bearer(rs256(&claims_with(|c| {
+        c.insert("aud".into(), serde_json::json!(["other.org"]));
+    }))?));
+    cases.push(("wrong audience", o, 401, "audience"));
+
+    let mut o = base()?;
+    o.set_header("Authorization", bearer(alg_none_token()?));
+    cases.push(("alg none", o, 401, "token"));
+
+    let mut o = base()?;
+    o.set_header("Authorization", bearer(hs256_with_public_key_token()?));
+    cases.push(("HS256 with the public key", o, 401, "token"));
+
+    let mut o = base()?;
+    o.set_header("Authorization", bearer(rs256(&claims_with(|c| {
+        c.insert("scp".into(), "read write".into());
+    }))?));
+    cases.push(("no admin scope", o, 403, "scope"));
+
+    let mut o = base()?;
+    o.headers.retain(|(k, _)| !k.eq_ignore_ascii_case("id"));
+    cases.push(("missing ID", o, 400, "ID"));
+
+    let mut o = base()?;
+    o.set_header("ID", "Backend_NOPE");
+    cases.push(("unknown ID", o, 404, "unknown backend"));
+
+    let mut o = base()?;
+    o.url = o.url.replace("/gateway", "/elsewhere");
+    cases.push(("wrong path", o, 404, "path"));
+
+    for (what, opts, status, needle) in &cases {
+        let (got, reason) = refused(opts).await?;
+        ensure!(got == *status, "{what}: expected {status}, got {got} ({reason})");
+        ensure!(
+            reason.to_lowercase().contains(&needle.to_lowercase()),
+            "{what}: reason {reason:?} does not mention {needle:?}"
+        );
+        ensure!(!reason.contains("eyJ"), "{what}: the reason leaks a token");
+    }
+
+    // A good client still works after all of that.
+    let mut c = connect_ok(&tb, "Backend_ABC").await?;
+    send(&mut c.ws, Frame::binary(Payload::Borrowed(b"after refusals"))).await?;
+    ensure!(next_non_push(&mut c.ws).await?.payload[..] == b"after refusals"[..]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn plain_get_without_upgrade_is_400() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tb = testbed().await?;
+    let mut tls = tb.tls_connect().await?;
+    tls.write_all(b"GET /gateway HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await?;
+    let mut answer = Vec::new();
+    tls.read_to_end(&mut answer).await?;
+    let text = String::from_utf8_lossy(&answer);
+    ensure!(text.starts_with("HTTP/1.1 400"), "{text}");
+    ensure!(text.contains("not a WebSocket upgrade"), "{text}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn backend_down_refusing_or_silent_is_502_or_504() -> Result<()> {
+    // A port with nothing listening: bind, learn the port, close.
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await?.local_addr()?;
+    let refusing = probe::Probe::start(probe::Mode::Refuse(500)).await?;
+    let silent = probe::Probe::start(probe::Mode::Hang).await?;
+    let tb = testbed_with_toml(
+        &[
+            ("Backend_DEAD", format!("ws://{dead}/x")),
+            ("Backend_REFUSES", refusing.url()),
+            ("Backend_SILENT", silent.url()),
+        ],
+        "[timeouts]\nbackend_connect = \"500ms\"\n",
+    )
+    .await?;
+    let (s, r) = refused(&tb.connect_options("Backend_DEAD")?).await?;
+    ensure!(s == 502 && r.contains("backend"), "{s} {r}");
+    let (s, r) = refused(&tb.connect_options("Backend_REFUSES")?).await?;
+    ensure!(s == 502 && r.contains("500"), "{s} {r}");
+    let (s, r) = refused(&tb.connect_options("Backend_SILENT")?).await?;
+    ensure!(s == 504, "{s} {r}");
+    Ok(())
+}

@@ -1,0 +1,162 @@
+//! Shared support for the gateway's integration tests: a testbed (gateway + demo
+//! backends on port 0, from the load generator's library), token variants, a probe
+//! backend that records what reaches it, and frame helpers with deadlines.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+pub mod probe;
+
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use base64::Engine as _;
+use fastwebsockets::{Frame, OpCode, WebSocket};
+use loadgen::client::{connect, ConnectError, ConnectOptions, Connected, WsStream};
+use loadgen::testbed::{Testbed, TestbedOptions};
+use serde_json::Value;
+
+/// Generous deadline for anything that should happen "promptly".
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// Starts the gateway and the three demo backends with a fast push interval.
+pub async fn testbed() -> Result<Testbed> {
+    Testbed::start(TestbedOptions {
+        push_interval: Some(Duration::from_millis(200)),
+        ..TestbedOptions::default()
+    })
+    .await
+}
+
+/// A testbed whose gateway also routes the given extra backends.
+pub async fn testbed_with(backends: &[(&str, String)]) -> Result<Testbed> {
+    testbed_with_toml(backends, "").await
+}
+
+/// A testbed with extra backends and extra config sections.
+pub async fn testbed_with_toml(backends: &[(&str, String)], extra_toml: &str) -> Result<Testbed> {
+    Testbed::start(TestbedOptions {
+        push_interval: Some(Duration::from_millis(200)),
+        extra_backends: backends.iter().map(|(id, url)| (id.to_string(), url.clone())).collect(),
+        extra_toml: extra_toml.into(),
+    })
+    .await
+}
+
+/// Connects to `backend_id` through the gateway with a good token.
+pub async fn connect_ok(tb: &Testbed, backend_id: &str) -> Result<Connected> {
+    let opts = tb.connect_options(backend_id)?;
+    connect(&opts).await.with_context(|| format!("connect to {backend_id}"))
+}
+
+/// Connects with `opts`, expecting a refusal; returns its status and reason.
+pub async fn refused(opts: &ConnectOptions) -> Result<(u16, String)> {
+    match connect(opts).await {
+        Err(ConnectError::Refused { status, reason }) => Ok((status, reason)),
+        Err(other) => bail!("expected an HTTP refusal, got error {other}"),
+        Ok(_) => bail!("expected an HTTP refusal, got a 101"),
+    }
+}
+
+/// The repository's certs folder.
+pub fn certs() -> std::path::PathBuf {
+    loadgen::testbed::repo_root().join("certs")
+}
+
+/// Signs `claims` with the dev RS256 key.
+pub fn rs256(claims: &Value) -> Result<String> {
+    let key = std::fs::read(certs().join("jwt-private.pem"))?;
+    loadgen::token::mint(claims, &key)
+}
+
+/// The sample's claims, changed by `edit`.
+pub fn claims_with(edit: impl FnOnce(&mut serde_json::Map<String, Value>)) -> Value {
+    let mut claims = loadgen::token::sample_claims();
+    if let Value::Object(map) = &mut claims {
+        edit(map);
+    }
+    claims
+}
+
+fn b64(data: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data)
+}
+
+/// An unsigned token (`alg: none`) with the sample's claims.
+pub fn alg_none_token() -> Result<String> {
+    let header = b64(br#"{"alg":"none","typ":"JWT"}"#);
+    let payload = b64(serde_json::to_string(&loadgen::token::sample_claims())?.as_bytes());
+    Ok(format!("{header}.{payload}."))
+}
+
+/// The algorithm-confusion attack: HS256 "signed" with the public key's PEM bytes.
+pub fn hs256_with_public_key_token() -> Result<String> {
+    let public = std::fs::read(certs().join("jwt-public.pem"))?;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &loadgen::token::sample_claims(),
+        &jsonwebtoken::EncodingKey::from_secret(&public),
+    )?;
+    Ok(token)
+}
+
+/// A good token whose payload was changed after signing.
+pub fn tampered_token() -> Result<String> {
+    let good = rs256(&loadgen::token::sample_claims())?;
+    let mut parts: Vec<&str> = good.split('.').collect();
+    let forged = b64(serde_json::to_string(&claims_with(|c| {
+        c.insert("sub".into(), "mallory".into());
+    }))?
+    .as_bytes());
+    parts[1] = &forged;
+    Ok(parts.join("."))
+}
+
+/// Is this frame one of the demo backends' periodic pushes?
+pub fn is_push(frame: &Frame<'_>) -> bool {
+    frame.opcode == OpCode::Text && frame.payload.starts_with(b"{\"message\":\"Hello from")
+}
+
+/// Next frame within the deadline.
+pub async fn next_frame(ws: &mut WebSocket<WsStream>) -> Result<Frame<'static>> {
+    let frame = tokio::time::timeout(DEADLINE, ws.read_frame()).await.context("no frame before the deadline")??;
+    Ok(Frame::new(frame.fin, frame.opcode, None, fastwebsockets::Payload::Owned(frame.payload.to_vec())))
+}
+
+/// Next frame that is not a push.
+pub async fn next_non_push(ws: &mut WebSocket<WsStream>) -> Result<Frame<'static>> {
+    loop {
+        let f = next_frame(ws).await?;
+        if !is_push(&f) {
+            return Ok(f);
+        }
+    }
+}
+
+/// Sends one frame and flushes.
+pub async fn send(ws: &mut WebSocket<WsStream>, frame: Frame<'_>) -> Result<()> {
+    ws.write_frame(frame).await?;
+    ws.flush().await?;
+    Ok(())
+}
+
+/// Close code and reason of a close frame.
+pub fn close_of(frame: &Frame<'_>) -> Result<(u16, String)> {
+    if frame.opcode != OpCode::Close {
+        bail!("expected a close frame, got {:?}", frame.opcode);
+    }
+    if frame.payload.len() < 2 {
+        return Ok((1005, String::new()));
+    }
+    let code = u16::from_be_bytes([frame.payload[0], frame.payload[1]]);
+    Ok((code, String::from_utf8_lossy(&frame.payload[2..]).into_owned()))
+}
+
+/// Waits for a close frame (skipping pushes and data), returning its code and reason.
+pub async fn expect_close(ws: &mut WebSocket<WsStream>) -> Result<(u16, String)> {
+    loop {
+        let f = next_frame(ws).await?;
+        if f.opcode == OpCode::Close {
+            return close_of(&f);
+        }
+    }
+}

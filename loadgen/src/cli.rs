@@ -1,0 +1,397 @@
+//! Command line: load mode by default, `demo` as a subcommand; exit codes.
+//!
+//! Relative paths (`--ca`, `--jwt-key`, `--json`, `--report`) are relative to the current
+//! directory; the defaults (`certs/ca.crt`, `certs/jwt-private.pem`) fit a run from the
+//! repository root, as `cargo run -p loadgen` is.
+
+use std::io::{IsTerminal as _, Write as _};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::demo::{self, DemoEnd, DemoError, DemoOptions};
+use crate::load::{self, LoadOptions, UsageError, ALL_BACKENDS, DEFAULT_URL};
+use crate::sys::SourceAddrs;
+use crate::token::TokenSource;
+
+/// Exit code: a check failed (integrity errors, no connection, refused upgrade).
+pub const EXIT_FAILED: u8 = 1;
+/// Exit code: bad options or files (BSD `EX_USAGE`).
+pub const EXIT_USAGE: u8 = 64;
+
+/// Load generator and demo client for the wsgate WebSocket gateway.
+///
+/// Without a subcommand: load mode. Opens --conns WebSocket connections to --url with
+/// `ID: <backend>` and a bearer token, sends --size byte messages for --duration (closed
+/// loop with --inflight messages outstanding per connection, or open loop at --rate),
+/// checks every echo, and reports throughput, round-trip percentiles and errors.
+#[derive(Debug, Parser)]
+#[command(name = "loadgen", version, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    /// Run the sample's demo client instead of a load.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Load mode options.
+    #[command(flatten)]
+    pub load: LoadArgs,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The sample's client: send a RequestMessage every --interval, print both directions.
+    Demo(DemoArgs),
+}
+
+/// How to reach and authenticate to the gateway (shared by both modes).
+#[derive(Debug, Clone, Args)]
+pub struct TargetArgs {
+    /// Gateway URL (`ws://` also works, e.g. straight to a backend).
+    #[arg(long, default_value = DEFAULT_URL)]
+    pub url: String,
+    /// PEM CA certificate to trust for wss://.
+    #[arg(long, default_value = "certs/ca.crt")]
+    pub ca: PathBuf,
+    /// Accept any server certificate (development only).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Bearer token to send as is (default: mint one with --jwt-key).
+    #[arg(long, conflicts_with = "jwt_key")]
+    pub token: Option<String>,
+    /// RSA private key (PEM) to mint the sample's RS256 token with.
+    #[arg(long, value_name = "PATH")]
+    pub jwt_key: Option<PathBuf>,
+    /// Send no Authorization header at all.
+    #[arg(long, conflicts_with_all = ["token", "jwt_key"])]
+    pub no_token: bool,
+    /// Limit on TCP connect + TLS + WebSocket upgrade, e.g. `10s`.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+}
+
+impl TargetArgs {
+    /// Where the token comes from: --token, --jwt-key, or the default key if it exists.
+    pub fn token_source(&self) -> TokenSource {
+        const DEFAULT_KEY: &str = "certs/jwt-private.pem";
+        if self.no_token {
+            TokenSource::None
+        } else if let Some(t) = &self.token {
+            TokenSource::Given(t.clone())
+        } else if let Some(k) = &self.jwt_key {
+            TokenSource::Mint(k.clone())
+        } else if std::path::Path::new(DEFAULT_KEY).exists() {
+            TokenSource::Mint(DEFAULT_KEY.into())
+        } else {
+            tracing::warn!("{DEFAULT_KEY} not found: connecting without a token (see --jwt-key)");
+            TokenSource::None
+        }
+    }
+}
+
+/// Load mode options.
+#[derive(Debug, Clone, Args)]
+pub struct LoadArgs {
+    /// Backend ID for the `ID` header, a comma-separated list, or `all` (ABC, PQR, XYZ).
+    #[arg(long, default_value = "all")]
+    pub backend: String,
+    /// Connections to open (spread evenly over the backends).
+    #[arg(long, default_value_t = 100)]
+    pub conns: usize,
+    /// How long to send, e.g. `30s`, `2m`.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Message size in bytes (at least 20: id, sequence number, timestamp).
+    #[arg(long, default_value_t = 128)]
+    pub size: usize,
+    /// Closed loop: messages outstanding per connection.
+    #[arg(long, default_value_t = 1)]
+    pub inflight: usize,
+    /// Open loop: messages per second over all connections; latency counts from each
+    /// message's intended send time.
+    #[arg(long, value_name = "MSGS_PER_S")]
+    pub rate: Option<f64>,
+    /// Open connections at this rate (default: as fast as --connect-concurrency allows).
+    #[arg(long, value_name = "CONNS_PER_S")]
+    pub connect_rate: Option<f64>,
+    /// Handshakes in progress at once.
+    #[arg(long, default_value_t = 256)]
+    pub connect_concurrency: usize,
+    /// Extra request header `Name: value` (repeatable).
+    #[arg(long = "header", value_name = "NAME: VALUE", value_parser = parse_header)]
+    pub headers: Vec<(String, String)>,
+    /// Write the report as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Write an HTML page with the latency percentile spectrum per backend.
+    #[arg(long, value_name = "FILE.html")]
+    pub report: Option<PathBuf>,
+    /// Source addresses: `auto` (spread over 127.0.0.x beyond 20,000 connections to a
+    /// loopback target), `system`, a range `127.0.0.1-127.0.0.20`, or a list.
+    #[arg(long, default_value = "auto")]
+    pub source_addrs: SourceAddrs,
+    /// An echo not back within this long counts as missing.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub echo_timeout: Duration,
+    /// After the run, how long to wait for outstanding echoes.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+    /// No progress line on stderr (it only shows on a terminal anyway).
+    #[arg(long)]
+    pub no_progress: bool,
+    /// Target and credentials.
+    #[command(flatten)]
+    pub target: TargetArgs,
+}
+
+/// Demo mode options.
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Backend ID to talk to.
+    #[arg(long, default_value = "Backend_ABC")]
+    pub backend: String,
+    /// Pause between messages, e.g. `5s`.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+    /// Stop after this many messages (once the last is echoed).
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Target and credentials.
+    #[command(flatten)]
+    pub target: TargetArgs,
+}
+
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    let (name, value) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?} is not `Name: value`"))?;
+    let name = name.trim();
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+    {
+        return Err(format!("{name:?} is not a header name"));
+    }
+    let value = value.trim();
+    if value.bytes().any(|b| b == b'\r' || b == b'\n') {
+        return Err("header values cannot contain line breaks".to_owned());
+    }
+    Ok((name.to_owned(), value.to_owned()))
+}
+
+impl LoadArgs {
+    /// The load options these arguments ask for.
+    pub fn options(&self) -> LoadOptions {
+        let backends = if self.backend.eq_ignore_ascii_case("all") {
+            ALL_BACKENDS.iter().map(|s| (*s).to_owned()).collect()
+        } else {
+            self.backend
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect()
+        };
+        let t = &self.target;
+        LoadOptions {
+            url: t.url.clone(),
+            backends,
+            conns: self.conns,
+            duration: self.duration,
+            size: self.size,
+            inflight: self.inflight,
+            rate: self.rate,
+            connect_rate: self.connect_rate,
+            connect_concurrency: self.connect_concurrency,
+            ca: Some(t.ca.clone()),
+            insecure: t.insecure,
+            token: t.token_source(),
+            headers: self.headers.clone(),
+            source_addrs: self.source_addrs.clone(),
+            connect_timeout: t.connect_timeout,
+            echo_timeout: self.echo_timeout,
+            drain_timeout: self.drain_timeout,
+            close_timeout: Duration::from_secs(5),
+            progress: !self.no_progress && std::io::stderr().is_terminal(),
+        }
+    }
+}
+
+impl DemoArgs {
+    /// The demo options these arguments ask for.
+    pub fn options(&self) -> DemoOptions {
+        let t = &self.target;
+        DemoOptions {
+            url: t.url.clone(),
+            backend: self.backend.clone(),
+            ca: Some(t.ca.clone()),
+            insecure: t.insecure,
+            token: t.token_source(),
+            interval: self.interval,
+            count: self.count,
+            connect_timeout: t.connect_timeout,
+        }
+    }
+}
+
+async fn ctrl_c() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        // No signal handling available: never interrupt.
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Runs what `cli` asks for; returns the process exit code.
+pub async fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Some(Command::Demo(args)) => run_demo(&args.options()).await,
+        None => run_load(&cli.load).await,
+    }
+}
+
+async fn run_demo(opts: &DemoOptions) -> ExitCode {
+    let mut stdout = std::io::stdout();
+    match demo::run(opts, &mut stdout, ctrl_c()).await {
+        Ok(DemoEnd::ClosedByServer { code, .. }) if !matches!(code, 1000 | 1001) => {
+            ExitCode::from(EXIT_FAILED)
+        }
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e @ DemoError::Token(_)) => {
+            eprintln!("loadgen: {e}");
+            ExitCode::from(EXIT_USAGE)
+        }
+        Err(
+            e @ DemoError::Connect {
+                source: crate::client::ConnectError::Config(_),
+                ..
+            },
+        ) => {
+            eprintln!("loadgen: {e}");
+            ExitCode::from(EXIT_USAGE)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+async fn run_load(args: &LoadArgs) -> ExitCode {
+    let opts = args.options();
+    let run = match load::run(&opts, ctrl_c()).await {
+        Ok(run) => run,
+        Err(e) => {
+            eprintln!("loadgen: {e:#}");
+            let usage = e.downcast_ref::<UsageError>().is_some()
+                || e.chain().any(|c| c.is::<std::io::Error>());
+            return ExitCode::from(if usage { EXIT_USAGE } else { EXIT_FAILED });
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) =
+        crate::report::write_table(&run.report, &mut stdout).and_then(|()| stdout.flush())
+    {
+        eprintln!("loadgen: writing the report: {e}");
+    }
+    let mut code = if run.report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILED)
+    };
+    if let Some(path) = &args.json {
+        let written = serde_json::to_vec_pretty(&run.report)
+            .map_err(std::io::Error::from)
+            .and_then(|json| std::fs::write(path, json));
+        if let Err(e) = written {
+            eprintln!("loadgen: writing {}: {e}", path.display());
+            code = ExitCode::from(EXIT_FAILED);
+        }
+    }
+    if let Some(path) = &args.report {
+        if let Err(e) = std::fs::write(path, run.html()) {
+            eprintln!("loadgen: writing {}: {e}", path.display());
+            code = ExitCode::from(EXIT_FAILED);
+        }
+    }
+    code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_mode_is_the_default_and_demo_a_subcommand() -> anyhow::Result<()> {
+        let cli = Cli::try_parse_from(["loadgen", "--backend", "Backend_ABC", "--conns", "1000"])?;
+        assert!(cli.command.is_none());
+        let o = cli.load.options();
+        assert_eq!(
+            (o.backends, o.conns, o.size, o.inflight),
+            (vec!["Backend_ABC".to_owned()], 1000, 128, 1)
+        );
+        let cli = Cli::try_parse_from([
+            "loadgen",
+            "demo",
+            "--backend",
+            "Backend_PQR",
+            "--count",
+            "2",
+        ])?;
+        let Some(Command::Demo(d)) = cli.command else {
+            anyhow::bail!("expected demo")
+        };
+        assert_eq!(d.backend, "Backend_PQR");
+        assert_eq!(d.interval, Duration::from_secs(5));
+        assert_eq!(d.count, Some(2));
+        Ok(())
+    }
+
+    #[test]
+    fn all_flags_parse() -> anyhow::Result<()> {
+        let cli = Cli::try_parse_from([
+            "loadgen",
+            "--backend",
+            "all",
+            "--conns",
+            "30",
+            "--duration",
+            "3s",
+            "--size",
+            "256",
+            "--inflight",
+            "4",
+            "--rate",
+            "1000",
+            "--connect-rate",
+            "500",
+            "--url",
+            "ws://127.0.0.1:1/x",
+            "--insecure",
+            "--token",
+            "abc",
+            "--header",
+            "X-A: 1",
+            "--header",
+            "X-B:2",
+            "--json",
+            "r.json",
+            "--report",
+            "r.html",
+            "--source-addrs",
+            "127.0.0.1-127.0.0.4",
+        ])?;
+        let o = cli.load.options();
+        assert_eq!(o.backends.len(), 3);
+        assert_eq!(o.rate, Some(1000.0));
+        assert_eq!(o.token, TokenSource::Given("abc".into()));
+        assert_eq!(
+            o.headers,
+            vec![("X-A".into(), "1".into()), ("X-B".into(), "2".into())]
+        );
+        assert!(matches!(o.source_addrs, SourceAddrs::List(ref l) if l.len() == 4));
+        assert!(Cli::try_parse_from(["loadgen", "--header", "bad header"]).is_err());
+        assert!(Cli::try_parse_from(["loadgen", "--token", "a", "--jwt-key", "k"]).is_err());
+        Ok(())
+    }
+}

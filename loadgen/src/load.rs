@@ -1,0 +1,443 @@
+//! Load mode: open the connections, run for the duration, drain, close, report.
+//!
+//! Phases: *connect* (at `connect_rate`, at most `connect_concurrency` handshakes at a
+//! time; idle connections answer pings and count pushes), *run* (every connection sends:
+//! closed or open loop), *drain* (stop sending, wait up to `drain_timeout` for
+//! outstanding echoes), *close* (1000 to every connection), then the report.
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use hdrhistogram::Histogram;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::client::{ConnectOptions, Connector};
+use crate::conn::{self, End, Outcome, Phase, Plan, Shared};
+use crate::progress::Progress;
+use crate::report::{self, Report, Usage};
+use crate::stats::{new_histogram, Live, Recorder};
+use crate::sys::{self, CpuTime, SourceAddrs};
+use crate::token::TokenSource;
+use crate::wire;
+
+/// The three demo backends, used for `--backend all`.
+pub const ALL_BACKENDS: [&str; 3] = ["Backend_ABC", "Backend_PQR", "Backend_XYZ"];
+
+/// The gateway's default URL.
+pub const DEFAULT_URL: &str = "wss://localhost:9090/gateway";
+
+/// Everything a load run needs.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// `ws://` or `wss://` URL.
+    pub url: String,
+    /// Backend IDs sent in the `ID` header; connections are spread evenly over them.
+    pub backends: Vec<String>,
+    /// Connections to open.
+    pub conns: usize,
+    /// Length of the sending phase.
+    pub duration: Duration,
+    /// Message size in bytes (at least [`wire::HEADER_LEN`]).
+    pub size: usize,
+    /// Closed loop: messages in flight per connection.
+    pub inflight: usize,
+    /// Open loop: messages per second over all connections (`None`: closed loop).
+    pub rate: Option<f64>,
+    /// Connections opened per second (`None`: as fast as `connect_concurrency` allows).
+    pub connect_rate: Option<f64>,
+    /// Handshakes in progress at once.
+    pub connect_concurrency: usize,
+    /// PEM CA file to trust for `wss://`.
+    pub ca: Option<PathBuf>,
+    /// Accept any server certificate.
+    pub insecure: bool,
+    /// Bearer token source.
+    pub token: TokenSource,
+    /// Extra request headers.
+    pub headers: Vec<(String, String)>,
+    /// Source address policy.
+    pub source_addrs: SourceAddrs,
+    /// Limit on one connection's TCP + TLS + upgrade.
+    pub connect_timeout: Duration,
+    /// An echo not back within this long counts as missing.
+    pub echo_timeout: Duration,
+    /// After the run, how long to wait for outstanding echoes.
+    pub drain_timeout: Duration,
+    /// How long to wait for the server's close frame.
+    pub close_timeout: Duration,
+    /// Show the live progress line on stderr.
+    pub progress: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            url: DEFAULT_URL.to_owned(),
+            backends: ALL_BACKENDS.iter().map(|s| (*s).to_owned()).collect(),
+            conns: 100,
+            duration: Duration::from_secs(30),
+            size: 128,
+            inflight: 1,
+            rate: None,
+            connect_rate: None,
+            connect_concurrency: 256,
+            ca: Some(PathBuf::from("certs/ca.crt")),
+            insecure: false,
+            token: TokenSource::Mint(PathBuf::from("certs/jwt-private.pem")),
+            headers: Vec::new(),
+            source_addrs: SourceAddrs::Auto,
+            connect_timeout: Duration::from_secs(10),
+            echo_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(5),
+            close_timeout: Duration::from_secs(5),
+            progress: false,
+        }
+    }
+}
+
+/// A finished run: the report and the histograms behind it.
+pub struct LoadRun {
+    /// The numbers.
+    pub report: Report,
+    /// Round-trip histograms (µs): one per backend, then the total.
+    pub rtt: Vec<(String, Histogram<u64>)>,
+}
+
+impl LoadRun {
+    /// Writes the HTML percentile-spectrum page.
+    pub fn html(&self) -> String {
+        let series: Vec<crate::plot::Series<'_>> = self
+            .rtt
+            .iter()
+            .map(|(name, h)| crate::plot::Series { name, histogram: h })
+            .collect();
+        crate::plot::html(&self.report, &series)
+    }
+}
+
+/// A problem with the options themselves (exit code 64).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+fn validate(opts: &LoadOptions) -> Result<(), UsageError> {
+    let bad = |m: String| Err(UsageError(m));
+    if opts.size < wire::HEADER_LEN {
+        return bad(format!(
+            "--size must be at least {} bytes",
+            wire::HEADER_LEN
+        ));
+    }
+    if opts.conns == 0 || u32::try_from(opts.conns).is_err() {
+        return bad("--conns must be between 1 and 4294967295".to_owned());
+    }
+    if opts.inflight == 0 {
+        return bad("--inflight must be at least 1".to_owned());
+    }
+    if opts.backends.is_empty() {
+        return bad("no backend given".to_owned());
+    }
+    if opts.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+        return bad("--rate must be a positive number".to_owned());
+    }
+    if opts
+        .connect_rate
+        .is_some_and(|r| !(r > 0.0 && r.is_finite()))
+    {
+        return bad("--connect-rate must be a positive number".to_owned());
+    }
+    if opts.connect_concurrency == 0 {
+        return bad("--connect-concurrency must be at least 1".to_owned());
+    }
+    Ok(())
+}
+
+/// Runs the load; `stop` ends the sending phase early (e.g. Ctrl-C), still reporting.
+pub async fn run(opts: &LoadOptions, stop: impl Future<Output = ()>) -> anyhow::Result<LoadRun> {
+    validate(opts)?;
+    let nofile = match sys::raise_nofile_limit() {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!("could not raise the open-file limit: {e}");
+            0
+        }
+    };
+    if nofile > 0 && (opts.conns as u64) + 64 > nofile {
+        tracing::warn!(
+            "{} connections need more file descriptors than the limit of {nofile}: expect failures",
+            opts.conns
+        );
+    }
+    let mut headers = opts.headers.clone();
+    if let Some(token) = opts.token.token()? {
+        headers.push(("Authorization".to_owned(), format!("Bearer {token}")));
+    }
+    let connect_opts = ConnectOptions {
+        url: opts.url.clone(),
+        ca: opts.ca.clone(),
+        insecure: opts.insecure,
+        headers,
+        protocols: None,
+        local_addr: None,
+        connect_timeout: opts.connect_timeout,
+    };
+    let connector = Connector::new(&connect_opts).await.map_err(|e| match e {
+        crate::client::ConnectError::Config(m) => anyhow::Error::new(UsageError(m)),
+        other => {
+            anyhow::Error::new(other).context(format!("preparing connections to {}", opts.url))
+        }
+    })?;
+    let v4_loopback = connector
+        .addrs()
+        .iter()
+        .any(|a| a.is_ipv4() && a.ip().is_loopback());
+    let sources =
+        sys::plan_source_addrs(&opts.source_addrs, opts.conns, v4_loopback).map_err(UsageError)?;
+
+    let shared = Arc::new(Shared {
+        connector,
+        backends: opts.backends.clone(),
+        size: opts.size,
+        inflight: opts.inflight,
+        echo_timeout: opts.echo_timeout,
+        drain_timeout: opts.drain_timeout,
+        close_timeout: opts.close_timeout,
+        epoch: Instant::now(),
+        recorder: Recorder::new(opts.backends.len()),
+        live: Live::new(opts.backends.len()),
+    });
+    let (phase_tx, phase_rx) = watch::channel(Phase::Connecting);
+    let mut progress = Progress::new(opts.progress);
+    let requested = opts.conns as u64;
+    let cpu_start = sys::cpu_time().unwrap_or_default();
+    tokio::pin!(stop);
+    let mut stopped_early = false;
+
+    // Connect phase.
+    let mut spawner = tokio::spawn(spawn_connections(
+        shared.clone(),
+        opts.clone(),
+        sources.clone(),
+        phase_rx,
+    ));
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut tasks = loop {
+        tokio::select! {
+            r = &mut spawner => break r.context("connection spawner")??,
+            _ = tick.tick() => progress.update("connecting", requested, &shared.live.totals()),
+        }
+    };
+    // Every connect is bounded by the connect timeout; this bound only guards the loop.
+    let connects_done_by = Instant::now() + opts.connect_timeout + Duration::from_secs(2);
+    loop {
+        let t = shared.live.totals();
+        progress.update("connecting", requested, &t);
+        if t.opened + t.failed >= requested || Instant::now() > connects_done_by {
+            break;
+        }
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = &mut stop => { stopped_early = true; break; }
+        }
+    }
+    let cpu_connected = sys::cpu_time().unwrap_or_default();
+
+    // Run phase.
+    let opened = shared.live.totals().opened;
+    let interval_ns = match opts.rate {
+        Some(rate) if opened > 0 => (opened as f64 / rate * 1e9).max(1.0) as u64,
+        _ => 0,
+    };
+    let run_start = Instant::now();
+    if !stopped_early {
+        let _ = phase_tx.send(Phase::Run { interval_ns });
+        let end = tokio::time::Instant::now() + opts.duration;
+        loop {
+            progress.update("running", requested, &shared.live.totals());
+            tokio::select! {
+                () = tokio::time::sleep_until(end) => break,
+                _ = tick.tick() => {}
+                () = &mut stop => break,
+            }
+        }
+    }
+    let duration = run_start.elapsed();
+    let _ = phase_tx.send(Phase::Stop);
+
+    // Drain and close: every task has its own deadlines; this bound only guards against
+    // a task that would hang regardless.
+    let limit = opts.drain_timeout + opts.close_timeout + Duration::from_secs(5);
+    let outcomes = collect(&mut tasks, limit, &mut progress, requested, &shared).await;
+    let cpu_end = sys::cpu_time().unwrap_or_default();
+    progress.finish();
+    Ok(build(
+        opts,
+        &shared,
+        &outcomes,
+        duration,
+        [cpu_start, cpu_connected, cpu_end],
+        nofile,
+        sources.len(),
+    ))
+}
+
+/// Spawns one task per connection, at the connect rate and concurrency asked for.
+async fn spawn_connections(
+    shared: Arc<Shared>,
+    opts: LoadOptions,
+    sources: Vec<IpAddr>,
+    phase: watch::Receiver<Phase>,
+) -> anyhow::Result<JoinSet<Outcome>> {
+    let permits = Arc::new(Semaphore::new(opts.connect_concurrency));
+    let mut tasks = JoinSet::new();
+    let start = tokio::time::Instant::now();
+    for i in 0..opts.conns {
+        if let Some(rate) = opts.connect_rate {
+            tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / rate)).await;
+        }
+        let permit = permits
+            .clone()
+            .acquire_owned()
+            .await
+            .context("connect permits")?;
+        let plan = Plan {
+            id: i as u32,
+            backend: i % shared.backends.len(),
+            local: (!sources.is_empty()).then(|| sources[i % sources.len()]),
+        };
+        tasks.spawn(conn::run(shared.clone(), plan, permit, phase.clone()));
+    }
+    Ok(tasks)
+}
+
+/// Waits for every connection task (up to `limit`), keeping the progress line alive.
+async fn collect(
+    tasks: &mut JoinSet<Outcome>,
+    limit: Duration,
+    progress: &mut Progress,
+    requested: u64,
+    shared: &Shared,
+) -> Vec<Outcome> {
+    let mut outcomes = Vec::with_capacity(tasks.len());
+    let deadline = tokio::time::sleep(limit);
+    tokio::pin!(deadline);
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            next = tasks.join_next() => match next {
+                Some(Ok(o)) => outcomes.push(o),
+                Some(Err(e)) => tracing::warn!("a connection task failed: {e}"),
+                None => break,
+            },
+            _ = tick.tick() => progress.update("closing", requested, &shared.live.totals()),
+            () = &mut deadline => {
+                tracing::warn!("{} connections did not finish closing in time", tasks.len());
+                tasks.abort_all();
+                break;
+            }
+        }
+    }
+    outcomes
+}
+
+fn build(
+    opts: &LoadOptions,
+    shared: &Shared,
+    outcomes: &[Outcome],
+    duration: Duration,
+    [cpu_start, cpu_connected, cpu_end]: [CpuTime; 3],
+    nofile: u64,
+    source_addrs: usize,
+) -> LoadRun {
+    let (rtt, connect) = shared.recorder.merged();
+    let duration_s = duration.as_secs_f64();
+    let nb = opts.backends.len();
+    let requested_of = |b: usize| (opts.conns / nb + usize::from(b < opts.conns % nb)) as u64;
+    // Tasks that could not be collected still count as requested, and as dropped.
+    let mut counted = vec![0u64; nb];
+    for o in outcomes {
+        counted[o.backend] += 1;
+    }
+    let mut lost: Vec<Outcome> = Vec::new();
+    for (b, n) in counted.iter().enumerate() {
+        for _ in *n..requested_of(b) {
+            lost.push(Outcome {
+                backend: b,
+                end: End::Dropped("did not finish closing in time".to_owned()),
+                sent: 0,
+                echoed: 0,
+                pushes: 0,
+                errors: Default::default(),
+            });
+        }
+    }
+    let all: Vec<&Outcome> = outcomes.iter().chain(&lost).collect();
+    let backends: Vec<_> = (0..nb)
+        .map(|b| {
+            report::section(
+                &opts.backends[b],
+                requested_of(b),
+                all.iter().copied().filter(|o| o.backend == b),
+                &rtt[b],
+                &connect[b],
+                opts.size,
+                duration_s,
+            )
+        })
+        .collect();
+    let mut rtt_total = new_histogram();
+    let mut connect_total = new_histogram();
+    for h in &rtt {
+        let _ = rtt_total.add(h);
+    }
+    for h in &connect {
+        let _ = connect_total.add(h);
+    }
+    let total = report::section(
+        "total",
+        opts.conns as u64,
+        all.iter().copied(),
+        &rtt_total,
+        &connect_total,
+        opts.size,
+        duration_s,
+    );
+    let sending = cpu_end.since(&cpu_connected);
+    let echoed = total.messages.echoed;
+    let loadgen = Usage {
+        cpu_user_s: sending.user.as_secs_f64(),
+        cpu_system_s: sending.system.as_secs_f64(),
+        cpu_s: sending.total().as_secs_f64(),
+        cpu_us_per_msg: (echoed > 0).then(|| sending.total().as_secs_f64() * 1e6 / echoed as f64),
+        connect_cpu_s: cpu_connected.since(&cpu_start).total().as_secs_f64(),
+        nofile_limit: nofile,
+        source_addrs,
+    };
+    let report = Report {
+        version: 1,
+        url: opts.url.clone(),
+        mode: if opts.rate.is_some() {
+            "open"
+        } else {
+            "closed"
+        }
+        .to_owned(),
+        inflight: opts.inflight,
+        rate: opts.rate,
+        size: opts.size,
+        duration_s,
+        backends,
+        total,
+        loadgen,
+    };
+    let mut named: Vec<(String, Histogram<u64>)> = opts.backends.iter().cloned().zip(rtt).collect();
+    if nb > 1 {
+        named.push(("total".to_owned(), rtt_total));
+    }
+    LoadRun { report, rtt: named }
+}

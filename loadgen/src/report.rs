@@ -1,0 +1,454 @@
+//! The run's results, per backend and in total: built from the connections' outcomes and
+//! the histograms, written as a plain table (stdout) and as JSON (`--json FILE`).
+//!
+//! # JSON document (`version` 1)
+//!
+//! ```text
+//! {
+//!   "version": 1,
+//!   "url": "wss://localhost:9090/gateway",
+//!   "mode": "closed" | "open",
+//!   "inflight": 1,                 // closed loop: messages outstanding per connection
+//!   "rate": null | 50000.0,        // open loop: target msgs/s over all connections
+//!   "size": 128,                   // message size, bytes
+//!   "duration_s": 30.0,            // measured sending phase
+//!   "backends": [ Section, ... ],  // one per backend, in the order used
+//!   "total": Section,              // all backends together ("backend": "total")
+//!   "loadgen": { "cpu_user_s", "cpu_system_s", "cpu_s", "cpu_us_per_msg",
+//!                "connect_cpu_s", "nofile_limit", "source_addrs" }
+//! }
+//! Section = {
+//!   "backend": "Backend_ABC",
+//!   "connections": { "requested", "opened", "failed",
+//!                    "failures": [ { "reason": "HTTP 401: ...", "count": 3 } ],
+//!                    "dropped", "drops": [ { "reason", "count" } ],
+//!                    "connect_ms": { "p50", "p99", "max" } },
+//!   "messages": { "sent", "echoed", "pushes", "msgs_per_s", "bytes_per_s" },
+//!   "rtt_us": { "count", "min", "mean", "p50", "p90", "p99", "p999", "max" },
+//!   "errors": { "missing", "duplicate", "reordered", "corrupted", "unexpected", "total" }
+//! }
+//! ```
+//!
+//! Every struct below is that document; their field docs are the reference.
+
+use std::collections::HashMap;
+use std::io::{self, Write};
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+use crate::conn::{End, Outcome};
+use crate::track::IntegrityErrors;
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    /// Format version of this document: 1.
+    pub version: u32,
+    /// Target URL.
+    pub url: String,
+    /// `closed` (a fixed number of messages in flight per connection) or `open` (fixed
+    /// rate, latency from each message's intended send time).
+    pub mode: String,
+    /// Closed loop: messages in flight per connection.
+    pub inflight: usize,
+    /// Open loop: target messages per second over all connections.
+    pub rate: Option<f64>,
+    /// Message size in bytes.
+    pub size: usize,
+    /// Length of the sending phase in seconds (rates divide by this).
+    pub duration_s: f64,
+    /// One section per backend, in the order used.
+    pub backends: Vec<Section>,
+    /// All backends together; its `backend` is `total`.
+    pub total: Section,
+    /// The generator's own resource use.
+    pub loadgen: Usage,
+}
+
+/// Results for one backend (or the total).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Section {
+    /// Backend ID, or `total`.
+    pub backend: String,
+    /// Connection counts and connect times.
+    pub connections: Connections,
+    /// Message counts and rates.
+    pub messages: Messages,
+    /// Round-trip times in µs (open loop: from the intended send time).
+    pub rtt_us: Latency,
+    /// Integrity errors by kind.
+    pub errors: Errors,
+}
+
+/// Connection counts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Connections {
+    /// Connections asked for.
+    pub requested: u64,
+    /// Connections whose upgrade succeeded.
+    pub opened: u64,
+    /// Connections that never opened.
+    pub failed: u64,
+    /// Why they failed, grouped (e.g. `HTTP 401: token expired`), most frequent first.
+    pub failures: Vec<Count>,
+    /// Opened connections that ended before the run did, or did not close cleanly.
+    pub dropped: u64,
+    /// Why they ended, grouped, most frequent first.
+    pub drops: Vec<Count>,
+    /// Time to open (TCP + TLS + upgrade), ms.
+    pub connect_ms: ConnectLatency,
+}
+
+/// A reason and how many connections it applies to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Count {
+    /// The reason.
+    pub reason: String,
+    /// How many.
+    pub count: u64,
+}
+
+/// Connect-time percentiles, ms.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ConnectLatency {
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Slowest.
+    pub max: f64,
+}
+
+/// Message counts and rates.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Messages {
+    /// Test messages sent.
+    pub sent: u64,
+    /// Valid echoes received.
+    pub echoed: u64,
+    /// Backend pushes received (recognised and ignored).
+    pub pushes: u64,
+    /// Echoes per second of the sending phase.
+    pub msgs_per_s: f64,
+    /// Echoed payload bytes per second (one direction).
+    pub bytes_per_s: f64,
+}
+
+/// Round-trip percentiles, µs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Latency {
+    /// Samples.
+    pub count: u64,
+    /// Fastest.
+    pub min: u64,
+    /// Mean.
+    pub mean: f64,
+    /// Median.
+    pub p50: u64,
+    /// 90th percentile.
+    pub p90: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// 99.9th percentile.
+    pub p999: u64,
+    /// Slowest.
+    pub max: u64,
+}
+
+/// Integrity errors by kind, and their sum.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Errors {
+    /// The kinds (see [`IntegrityErrors`]).
+    #[serde(flatten)]
+    pub kinds: IntegrityErrors,
+    /// Sum of all kinds.
+    pub total: u64,
+}
+
+/// The generator's own resource use.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Usage {
+    /// User CPU seconds from the start of sending to the last connection's end.
+    pub cpu_user_s: f64,
+    /// System CPU seconds over the same span.
+    pub cpu_system_s: f64,
+    /// Their sum.
+    pub cpu_s: f64,
+    /// CPU µs per echoed message over that span (send, receive, check, record).
+    pub cpu_us_per_msg: Option<f64>,
+    /// CPU seconds spent opening connections (TLS handshakes), before sending.
+    pub connect_cpu_s: f64,
+    /// Soft open-file limit in force.
+    pub nofile_limit: u64,
+    /// Source addresses the connections were spread over (0: the system's choice).
+    pub source_addrs: usize,
+}
+
+impl Latency {
+    /// Percentiles of `h` (µs).
+    pub fn from_histogram(h: &Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return Self::default();
+        }
+        Self {
+            count: h.len(),
+            min: h.min(),
+            mean: h.mean(),
+            p50: h.value_at_quantile(0.50),
+            p90: h.value_at_quantile(0.90),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+        }
+    }
+}
+
+impl ConnectLatency {
+    /// Percentiles of `h` (µs in, ms out).
+    pub fn from_histogram(h: &Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return Self::default();
+        }
+        let ms = |us: u64| us as f64 / 1000.0;
+        Self {
+            p50: ms(h.value_at_quantile(0.5)),
+            p99: ms(h.value_at_quantile(0.99)),
+            max: ms(h.max()),
+        }
+    }
+}
+
+/// Builds the section of `name` from the outcomes of its connections.
+pub fn section<'a>(
+    name: &str,
+    requested: u64,
+    outcomes: impl Iterator<Item = &'a Outcome>,
+    rtt: &Histogram<u64>,
+    connect: &Histogram<u64>,
+    size: usize,
+    duration_s: f64,
+) -> Section {
+    let mut failures: HashMap<&str, u64> = HashMap::new();
+    let mut drops: HashMap<&str, u64> = HashMap::new();
+    let mut messages = Messages::default();
+    let mut kinds = IntegrityErrors::default();
+    let (mut opened, mut failed) = (0, 0);
+    for o in outcomes {
+        match &o.end {
+            End::Failed(reason) => {
+                failed += 1;
+                *failures.entry(reason).or_default() += 1;
+                continue;
+            }
+            End::Dropped(reason) => *drops.entry(reason).or_default() += 1,
+            End::Clean => {}
+        }
+        opened += 1;
+        messages.sent += o.sent;
+        messages.echoed += o.echoed;
+        messages.pushes += o.pushes;
+        kinds.add(&o.errors);
+    }
+    if duration_s > 0.0 {
+        messages.msgs_per_s = messages.echoed as f64 / duration_s;
+        messages.bytes_per_s = messages.msgs_per_s * size as f64;
+    }
+    let dropped = drops.values().sum();
+    Section {
+        backend: name.to_owned(),
+        connections: Connections {
+            requested,
+            opened,
+            failed,
+            failures: grouped(failures),
+            dropped,
+            drops: grouped(drops),
+            connect_ms: ConnectLatency::from_histogram(connect),
+        },
+        messages,
+        rtt_us: Latency::from_histogram(rtt),
+        errors: Errors {
+            total: kinds.total(),
+            kinds,
+        },
+    }
+}
+
+fn grouped(map: HashMap<&str, u64>) -> Vec<Count> {
+    let mut v: Vec<Count> = map
+        .into_iter()
+        .map(|(r, count)| Count {
+            reason: r.to_owned(),
+            count,
+        })
+        .collect();
+    v.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.reason.cmp(&b.reason)));
+    v
+}
+
+impl Report {
+    /// Whether the run passed: some connection opened and no integrity error was found.
+    pub fn passed(&self) -> bool {
+        self.total.connections.opened > 0 && self.total.errors.total == 0
+    }
+}
+
+/// A duration in µs in the most readable unit: `850µs`, `1.25ms`, `2.50s`.
+pub fn fmt_us(us: u64) -> String {
+    if us < 1_000 {
+        format!("{us}µs")
+    } else if us < 1_000_000 {
+        format!("{:.2}ms", us as f64 / 1e3)
+    } else {
+        format!("{:.2}s", us as f64 / 1e6)
+    }
+}
+
+fn fmt_ms(ms: f64) -> String {
+    fmt_us((ms * 1000.0) as u64)
+}
+
+/// Writes the report as a plain table.
+pub fn write_table(r: &Report, w: &mut dyn Write) -> io::Result<()> {
+    let mode = match r.rate {
+        Some(rate) => format!("open loop at {rate} msg/s"),
+        None => format!("closed loop, {} in flight per connection", r.inflight),
+    };
+    writeln!(
+        w,
+        "{} — {mode}, {} B messages, {:.1} s",
+        r.url, r.size, r.duration_s
+    )?;
+    writeln!(w)?;
+    writeln!(
+        w,
+        "{:<12} {:>13} {:>6} {:>9} {:>9} {:>11} {:>11} {:>10} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}",
+        "backend", "conns open/req", "failed", "conn p50", "conn p99", "sent", "echoed", "msg/s", "MB/s",
+        "rtt p50", "p90", "p99", "p99.9", "max", "errors"
+    )?;
+    for s in r.backends.iter().chain(std::iter::once(&r.total)) {
+        let c = &s.connections;
+        let l = &s.rtt_us;
+        writeln!(
+            w,
+            "{:<12} {:>13} {:>6} {:>9} {:>9} {:>11} {:>11} {:>10.0} {:>8.2} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}",
+            s.backend,
+            format!("{}/{}", c.opened, c.requested),
+            c.failed,
+            fmt_ms(c.connect_ms.p50),
+            fmt_ms(c.connect_ms.p99),
+            s.messages.sent,
+            s.messages.echoed,
+            s.messages.msgs_per_s,
+            s.messages.bytes_per_s / 1e6,
+            fmt_us(l.p50),
+            fmt_us(l.p90),
+            fmt_us(l.p99),
+            fmt_us(l.p999),
+            fmt_us(l.max),
+            s.errors.total,
+        )?;
+    }
+    for s in &r.backends {
+        for f in &s.connections.failures {
+            writeln!(
+                w,
+                "  {} failed to open ×{}: {}",
+                s.backend, f.count, f.reason
+            )?;
+        }
+        for f in &s.connections.drops {
+            writeln!(
+                w,
+                "  {} connections dropped ×{}: {}",
+                s.backend, f.count, f.reason
+            )?;
+        }
+        let e = &s.errors.kinds;
+        if s.errors.total > 0 {
+            writeln!(
+                w,
+                "  {} integrity errors: missing {}, duplicate {}, reordered {}, corrupted {}, unexpected {}",
+                s.backend, e.missing, e.duplicate, e.reordered, e.corrupted, e.unexpected
+            )?;
+        }
+    }
+    let u = &r.loadgen;
+    let per_msg = u
+        .cpu_us_per_msg
+        .map(|v| format!(", {v:.2} µs/msg"))
+        .unwrap_or_default();
+    writeln!(
+        w,
+        "loadgen CPU: {:.2} s user + {:.2} s system{per_msg} while sending; {:.2} s opening connections",
+        u.cpu_user_s, u.cpu_system_s, u.connect_cpu_s
+    )?;
+    let verdict = if r.passed() {
+        "PASS: no integrity errors"
+    } else if r.total.connections.opened == 0 {
+        "FAIL: no connection opened"
+    } else {
+        "FAIL: integrity errors"
+    };
+    writeln!(w, "{verdict}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(backend: usize, end: End, echoed: u64) -> Outcome {
+        Outcome {
+            backend,
+            end,
+            sent: echoed,
+            echoed,
+            pushes: 1,
+            errors: IntegrityErrors::default(),
+        }
+    }
+
+    #[test]
+    fn sections_group_failures_and_sum_messages() -> anyhow::Result<()> {
+        let outs = [
+            outcome(0, End::Clean, 10),
+            outcome(0, End::Failed("HTTP 401: expired".into()), 0),
+            outcome(0, End::Failed("HTTP 401: expired".into()), 0),
+            outcome(0, End::Dropped("closed by the server: 1011".into()), 4),
+        ];
+        let mut h = crate::stats::new_histogram();
+        h.record(100)?;
+        h.record(300)?;
+        let s = section("Backend_ABC", 4, outs.iter(), &h, &h, 128, 2.0);
+        assert_eq!(
+            (
+                s.connections.opened,
+                s.connections.failed,
+                s.connections.dropped
+            ),
+            (2, 2, 1)
+        );
+        assert_eq!(
+            s.connections.failures,
+            vec![Count {
+                reason: "HTTP 401: expired".into(),
+                count: 2
+            }]
+        );
+        assert_eq!(s.messages.echoed, 14);
+        assert!((s.messages.msgs_per_s - 7.0).abs() < 1e-9);
+        assert_eq!(s.rtt_us.count, 2);
+        let json = serde_json::to_value(&s)?;
+        assert_eq!(json["errors"]["missing"], 0);
+        assert_eq!(json["errors"]["total"], 0);
+        Ok(())
+    }
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(fmt_us(850), "850µs");
+        assert_eq!(fmt_us(1_250), "1.25ms");
+        assert_eq!(fmt_us(2_500_000), "2.50s");
+    }
+}

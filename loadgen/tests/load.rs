@@ -1,0 +1,154 @@
+//! Load mode against the real gateway and demo backends, in-process.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser as _;
+use loadgen::cli::Cli;
+use loadgen::{Testbed, TestbedOptions};
+
+fn temp_file(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("loadgen-{}-{name}", std::process::id()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_through_the_gateway_is_lossless_and_reports_json() -> anyhow::Result<()> {
+    // Short pushes, so the run also proves pushes are recognised and not counted as errors.
+    let tb = Testbed::start(TestbedOptions {
+        push_interval: Some(Duration::from_millis(300)),
+        ..Default::default()
+    })
+    .await?;
+    let (json, html) = (temp_file("load.json"), temp_file("load.html"));
+    let certs = tb.certs_dir();
+    let args = [
+        "loadgen".into(),
+        "--url".into(),
+        tb.url(),
+        "--backend".into(),
+        "all".into(),
+        "--conns".into(),
+        "30".into(),
+        "--inflight".into(),
+        "4".into(),
+        "--duration".into(),
+        "3s".into(),
+        "--ca".into(),
+        certs.join("ca.crt").display().to_string(),
+        "--jwt-key".into(),
+        certs.join("jwt-private.pem").display().to_string(),
+        "--json".into(),
+        json.display().to_string(),
+        "--report".into(),
+        html.display().to_string(),
+        "--no-progress".into(),
+    ];
+    let cli = Cli::try_parse_from(args)?;
+    let code = tokio::time::timeout(Duration::from_secs(60), loadgen::cli::run(cli)).await?;
+
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json)?)?;
+    let _ = std::fs::remove_file(&json);
+    let page = std::fs::read_to_string(&html)?;
+    let _ = std::fs::remove_file(&html);
+    assert_eq!(code, ExitCode::SUCCESS, "report: {report:#}");
+
+    assert_eq!(report["version"], 1);
+    assert_eq!(report["mode"], "closed");
+    assert_eq!(report["inflight"], 4);
+    assert_eq!(report["size"], 128);
+    assert!(report["duration_s"].as_f64().unwrap_or(0.0) >= 2.9);
+    let total = &report["total"];
+    assert_eq!(total["backend"], "total");
+    assert_eq!(total["connections"]["requested"], 30);
+    assert_eq!(
+        total["connections"]["opened"], 30,
+        "every connection opens: {total:#}"
+    );
+    assert_eq!(total["connections"]["failed"], 0);
+    assert_eq!(total["connections"]["dropped"], 0);
+    assert!(total["messages"]["echoed"].as_u64().unwrap_or(0) > 0);
+    assert!(total["messages"]["msgs_per_s"].as_f64().unwrap_or(0.0) > 0.0);
+    assert!(
+        total["messages"]["pushes"].as_u64().unwrap_or(0) > 0,
+        "pushes seen and ignored"
+    );
+    assert_eq!(
+        total["errors"]["total"], 0,
+        "no integrity errors: {:#}",
+        total["errors"]
+    );
+    for key in [
+        "missing",
+        "duplicate",
+        "reordered",
+        "corrupted",
+        "unexpected",
+    ] {
+        assert_eq!(total["errors"][key], 0, "{key}");
+    }
+    for key in ["p50", "p90", "p99", "p999", "max"] {
+        assert!(total["rtt_us"][key].as_u64().unwrap_or(0) > 0, "rtt {key}");
+    }
+    assert!(
+        total["connections"]["connect_ms"]["p99"]
+            .as_f64()
+            .unwrap_or(0.0)
+            > 0.0
+    );
+    let backends = report["backends"].as_array().cloned().unwrap_or_default();
+    let names: Vec<&str> = backends
+        .iter()
+        .filter_map(|b| b["backend"].as_str())
+        .collect();
+    assert_eq!(names, ["Backend_ABC", "Backend_PQR", "Backend_XYZ"]);
+    for b in &backends {
+        assert_eq!(b["connections"]["opened"], 10);
+        assert!(b["messages"]["echoed"].as_u64().unwrap_or(0) > 0);
+    }
+    let cpu = &report["loadgen"];
+    assert!(cpu["cpu_s"].as_f64().is_some() && cpu["nofile_limit"].as_u64().unwrap_or(0) > 0);
+
+    assert!(page.contains("<svg") && page.contains("Backend_PQR") && page.contains("polyline"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_loop_and_refusals_are_reported() -> anyhow::Result<()> {
+    let tb = Testbed::start(TestbedOptions::default()).await?;
+    let certs = tb.certs_dir();
+    let opts = loadgen::load::LoadOptions {
+        url: tb.url(),
+        backends: vec!["Backend_XYZ".into(), "Backend_NOPE".into()],
+        conns: 6,
+        duration: Duration::from_secs(1),
+        rate: Some(600.0),
+        ca: Some(certs.join("ca.crt")),
+        token: loadgen::token::TokenSource::Mint(certs.join("jwt-private.pem")),
+        ..Default::default()
+    };
+    let run = tokio::time::timeout(
+        Duration::from_secs(60),
+        loadgen::load::run(&opts, std::future::pending()),
+    )
+    .await??;
+    let r = &run.report;
+    assert_eq!(r.mode, "open");
+    let xyz = &r.backends[0].connections;
+    assert_eq!((xyz.requested, xyz.opened, xyz.failed), (3, 3, 0));
+    let nope = &r.backends[1].connections;
+    assert_eq!((nope.requested, nope.opened, nope.failed), (3, 0, 3));
+    assert_eq!(nope.failures.len(), 1, "grouped: {:?}", nope.failures);
+    assert_eq!(nope.failures[0].count, 3);
+    assert!(
+        nope.failures[0].reason.starts_with("HTTP 404"),
+        "{}",
+        nope.failures[0].reason
+    );
+    // About 600 msg/s for 1 s, all echoed.
+    let m = &r.total.messages;
+    assert!(m.echoed > 300 && m.echoed == m.sent, "{m:?}");
+    assert_eq!(r.total.errors.total, 0);
+    assert!(r.passed());
+    Ok(())
+}
