@@ -81,7 +81,12 @@ pub fn parse_algorithm(name: &str) -> Result<Algorithm, String> {
 fn is_rsa(alg: Algorithm) -> bool {
     matches!(
         alg,
-        Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 | Algorithm::PS256 | Algorithm::PS384 | Algorithm::PS512
+        Algorithm::RS256
+            | Algorithm::RS384
+            | Algorithm::RS512
+            | Algorithm::PS256
+            | Algorithm::PS384
+            | Algorithm::PS512
     )
 }
 
@@ -98,14 +103,27 @@ impl Verifier {
             .map_err(|e| ("algorithms", e))?;
         let rsa = algorithms.iter().any(|a| is_rsa(*a));
         if rsa && algorithms.iter().any(|a| !is_rsa(*a)) {
-            return Err(("algorithms", "RSA and EC algorithms cannot share one public_key".into()));
+            return Err((
+                "algorithms",
+                "RSA and EC algorithms cannot share one public_key".into(),
+            ));
         }
         let pem = read(&auth.public_key).map_err(|e| ("public_key", e))?;
-        let key = if rsa { DecodingKey::from_rsa_pem(&pem) } else { DecodingKey::from_ec_pem(&pem) }
-            .map_err(|e| {
-                let kind = if rsa { "an RSA" } else { "an EC" };
-                ("public_key", format!("{}: not {kind} public key in PEM: {e}", auth.public_key.display()))
-            })?;
+        let key = if rsa {
+            DecodingKey::from_rsa_pem(&pem)
+        } else {
+            DecodingKey::from_ec_pem(&pem)
+        }
+        .map_err(|e| {
+            let kind = if rsa { "an RSA" } else { "an EC" };
+            (
+                "public_key",
+                format!(
+                    "{}: not {kind} public key in PEM: {e}",
+                    auth.public_key.display()
+                ),
+            )
+        })?;
 
         let mut validation = Validation::new(algorithms[0]);
         validation.algorithms = algorithms;
@@ -124,9 +142,14 @@ impl Verifier {
     }
 
     /// Verifies the value of an `Authorization` header; returns the token's claims.
-    pub fn verify_header(&self, authorization: Option<&[u8]>) -> Result<Map<String, Value>, AuthError> {
+    pub fn verify_header(
+        &self,
+        authorization: Option<&[u8]>,
+    ) -> Result<Map<String, Value>, AuthError> {
         let value = authorization.ok_or(AuthError::Missing)?;
-        let value = std::str::from_utf8(value).map_err(|_| AuthError::NotBearer)?.trim();
+        let value = std::str::from_utf8(value)
+            .map_err(|_| AuthError::NotBearer)?
+            .trim();
         let (scheme, token) = value.split_once(' ').ok_or(AuthError::NotBearer)?;
         if !scheme.eq_ignore_ascii_case("bearer") {
             return Err(AuthError::NotBearer);
@@ -137,20 +160,23 @@ impl Verifier {
     /// Verifies a bare token; returns its claims.
     pub fn verify(&self, token: &str) -> Result<Map<String, Value>, AuthError> {
         use jsonwebtoken::errors::ErrorKind as K;
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation).map_err(
-            |e| match e.kind() {
-                K::InvalidSignature => AuthError::BadSignature,
-                K::ExpiredSignature => AuthError::Expired,
-                K::ImmatureSignature => AuthError::NotYetValid,
-                K::InvalidIssuer => AuthError::WrongIssuer,
-                K::InvalidAudience => AuthError::WrongAudience,
-                K::MissingRequiredClaim(c) | K::InvalidClaimFormat(c) => AuthError::BadClaim(c.clone()),
-                _ => AuthError::Malformed,
-            },
-        )?;
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation)
+            .map_err(|e| match e.kind() {
+            K::InvalidSignature => AuthError::BadSignature,
+            K::ExpiredSignature => AuthError::Expired,
+            K::ImmatureSignature => AuthError::NotYetValid,
+            K::InvalidIssuer => AuthError::WrongIssuer,
+            K::InvalidAudience => AuthError::WrongAudience,
+            K::MissingRequiredClaim(c) | K::InvalidClaimFormat(c) => AuthError::BadClaim(c.clone()),
+            _ => AuthError::Malformed,
+        })?;
         let claims = data.claims;
         let granted = scopes(claims.get(&self.scope_claim));
-        if let Some(missing) = self.required_scopes.iter().find(|s| !granted.contains(s.as_str())) {
+        if let Some(missing) = self
+            .required_scopes
+            .iter()
+            .find(|s| !granted.contains(s.as_str()))
+        {
             return Err(AuthError::MissingScope(missing.clone()));
         }
         Ok(claims)

@@ -55,7 +55,12 @@ pub async fn connect(
     peer: SocketAddr,
     timeout: Duration,
 ) -> Result<BackendConn, Refusal> {
-    match tokio::time::timeout(timeout, connect_inner(target, client_headers, protocols, peer)).await {
+    match tokio::time::timeout(
+        timeout,
+        connect_inner(target, client_headers, protocols, peer),
+    )
+    .await
+    {
         Ok(result) => result,
         Err(_) => Err(Refusal::GatewayTimeout),
     }
@@ -70,7 +75,10 @@ async fn connect_inner(
     let mut stream = open_tcp(&target.host, target.port).await?;
     let _ = stream.set_nodelay(true);
 
-    let forwarded_for = match client_headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    let forwarded_for = match client_headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+    {
         Some(prior) => format!("{prior}, {}", peer.ip()),
         None => peer.ip().to_string(),
     };
@@ -87,16 +95,31 @@ async fn connect_inner(
     headers.push(("X-Forwarded-For", &forwarded_for));
     headers.push(("X-Forwarded-Proto", "https"));
 
-    let req = ClientRequest { host: &target.host_header, path: &target.path, protocols, headers: &headers };
-    let hs = wsclient::handshake(&mut stream, &req).await.map_err(|e| match e {
-        HandshakeError::Refused { status, .. } => Refusal::BadGateway(format!("backend answered HTTP {status}")),
-        HandshakeError::Io(e) => Refusal::BadGateway(format!("backend connection failed: {e}")),
-        other => Refusal::BadGateway(other.to_string()),
-    })?;
+    let req = ClientRequest {
+        host: &target.host_header,
+        path: &target.path,
+        protocols,
+        headers: &headers,
+    };
+    let hs = wsclient::handshake(&mut stream, &req)
+        .await
+        .map_err(|e| match e {
+            HandshakeError::Refused { status, .. } => {
+                Refusal::BadGateway(format!("backend answered HTTP {status}"))
+            }
+            HandshakeError::Io(e) => Refusal::BadGateway(format!("backend connection failed: {e}")),
+            other => Refusal::BadGateway(other.to_string()),
+        })?;
     if hs.extensions.is_some() {
-        return Err(Refusal::BadGateway("backend negotiated an extension that was not offered".into()));
+        return Err(Refusal::BadGateway(
+            "backend negotiated an extension that was not offered".into(),
+        ));
     }
-    Ok(BackendConn { stream, leftover: hs.leftover, protocol: hs.protocol })
+    Ok(BackendConn {
+        stream,
+        leftover: hs.leftover,
+        protocol: hs.protocol,
+    })
 }
 
 /// Connects to the first address of `host` that accepts.

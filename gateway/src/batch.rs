@@ -30,7 +30,12 @@ pub struct FrameWriter<W> {
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// A writer for `role` buffering up to about `limit` bytes.
     pub fn new(inner: W, role: Role, limit: usize) -> Self {
-        Self { inner, buf: Vec::new(), mask: role == Role::Client, limit }
+        Self {
+            inner,
+            buf: Vec::new(),
+            mask: role == Role::Client,
+            limit,
+        }
     }
 
     /// Bytes waiting to be written.
@@ -95,14 +100,19 @@ mod tests {
     async fn frames_wait_for_flush_and_keep_order() -> io::Result<()> {
         let (a, mut b) = tokio::io::duplex(1 << 16);
         let mut w = FrameWriter::new(a, Role::Server, 1024);
-        w.write_frame(Frame::text(Payload::Borrowed(b"one"))).await?;
-        w.write_frame(Frame::binary(Payload::Borrowed(b"two"))).await?;
+        w.write_frame(Frame::text(Payload::Borrowed(b"one")))
+            .await?;
+        w.write_frame(Frame::binary(Payload::Borrowed(b"two")))
+            .await?;
         assert_eq!(w.buffered(), 10);
         w.flush().await?;
         assert_eq!(w.buffered(), 0);
         let mut out = [0u8; 10];
         b.read_exact(&mut out).await?;
-        assert_eq!(&out, &[0x81, 3, b'o', b'n', b'e', 0x82, 3, b't', b'w', b'o']);
+        assert_eq!(
+            &out,
+            &[0x81, 3, b'o', b'n', b'e', 0x82, 3, b't', b'w', b'o']
+        );
         Ok(())
     }
 
@@ -110,14 +120,24 @@ mod tests {
     async fn client_role_masks_with_a_fresh_key_and_large_frames_bypass() -> io::Result<()> {
         let (a, mut b) = tokio::io::duplex(1 << 20);
         let mut w = FrameWriter::new(a, Role::Client, 16);
-        w.write_frame(Frame::new(true, OpCode::Binary, None, Payload::Owned(vec![0u8; 100]))).await?;
+        w.write_frame(Frame::new(
+            true,
+            OpCode::Binary,
+            None,
+            Payload::Owned(vec![0u8; 100]),
+        ))
+        .await?;
         assert_eq!(w.buffered(), 0, "a frame past the limit is written through");
         w.flush().await?;
         let mut out = vec![0u8; 2 + 4 + 100];
         b.read_exact(&mut out).await?;
         assert_eq!(out[1], 0x80 | 100, "masked, length 100");
         let key = [out[2], out[3], out[4], out[5]];
-        let unmasked: Vec<u8> = out[6..].iter().enumerate().map(|(i, x)| x ^ key[i % 4]).collect();
+        let unmasked: Vec<u8> = out[6..]
+            .iter()
+            .enumerate()
+            .map(|(i, x)| x ^ key[i % 4])
+            .collect();
         assert!(unmasked.iter().all(|x| *x == 0));
         assert!(out[6..].iter().any(|x| *x != 0), "payload went out masked");
         Ok(())

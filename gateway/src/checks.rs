@@ -25,11 +25,19 @@ pub fn check<'r, B>(req: &'r Request<B>, path: &str) -> Result<UpgradeRequest<'r
         return Err(Refusal::MethodNotAllowed);
     }
     let headers = req.headers();
-    if !has_token(headers, header::UPGRADE, "websocket") || !has_token(headers, header::CONNECTION, "upgrade") {
+    if !has_token(headers, header::UPGRADE, "websocket")
+        || !has_token(headers, header::CONNECTION, "upgrade")
+    {
         return Err(Refusal::BadRequest("not a WebSocket upgrade request"));
     }
-    if headers.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
-        return Err(Refusal::BadRequest("unsupported Sec-WebSocket-Version: use 13"));
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(|v| v.as_bytes())
+        != Some(b"13")
+    {
+        return Err(Refusal::BadRequest(
+            "unsupported Sec-WebSocket-Version: use 13",
+        ));
     }
     let key = headers
         .get(header::SEC_WEBSOCKET_KEY)
@@ -45,8 +53,14 @@ pub fn check<'r, B>(req: &'r Request<B>, path: &str) -> Result<UpgradeRequest<'r
     if backend_id.is_empty() {
         return Err(Refusal::MissingId);
     }
-    let protocols = headers.get(header::SEC_WEBSOCKET_PROTOCOL).and_then(|v| v.to_str().ok());
-    Ok(UpgradeRequest { key, backend_id, protocols })
+    let protocols = headers
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok());
+    Ok(UpgradeRequest {
+        key,
+        backend_id,
+        protocols,
+    })
 }
 
 /// Whether header `name` lists `token` (comma-separated, case-insensitive).
@@ -82,9 +96,15 @@ mod tests {
     #[test]
     fn refusals_in_order() -> Result<(), Box<dyn std::error::Error>> {
         let wrong_path = Request::get("/x").body(())?;
-        assert_eq!(check(&wrong_path, "/gateway").err().map(|e| e.status()), Some(hyper::StatusCode::NOT_FOUND));
+        assert_eq!(
+            check(&wrong_path, "/gateway").err().map(|e| e.status()),
+            Some(hyper::StatusCode::NOT_FOUND)
+        );
         let plain = Request::get("/gateway").body(())?;
-        assert_eq!(check(&plain, "/gateway").err().map(|e| e.status()), Some(hyper::StatusCode::BAD_REQUEST));
+        assert_eq!(
+            check(&plain, "/gateway").err().map(|e| e.status()),
+            Some(hyper::StatusCode::BAD_REQUEST)
+        );
         let no_id = upgrade().body(())?;
         assert!(matches!(check(&no_id, "/gateway"), Err(Refusal::MissingId)));
         Ok(())

@@ -44,7 +44,10 @@ pub struct ServerConfig {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([0, 0, 0, 0], 9090)), path: "/gateway".into() }
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
+            path: "/gateway".into(),
+        }
     }
 }
 
@@ -60,7 +63,10 @@ pub struct TlsConfig {
 
 impl Default for TlsConfig {
     fn default() -> Self {
-        Self { cert: "certs/server.crt".into(), key: "certs/server.key".into() }
+        Self {
+            cert: "certs/server.crt".into(),
+            key: "certs/server.key".into(),
+        }
     }
 }
 
@@ -112,7 +118,11 @@ pub struct LimitsConfig {
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        Self { max_connections: 100_000, max_message_size: 16 << 20, max_header_bytes: 16 << 10 }
+        Self {
+            max_connections: 100_000,
+            max_message_size: 16 << 20,
+            max_header_bytes: 16 << 10,
+        }
     }
 }
 
@@ -217,9 +227,11 @@ impl Config {
         let source = base_dir.join("Config.toml");
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let line = e.span().map(|s| line_of_offset(text, s.start));
-            let key = e.span().and_then(|s| text.get(s)).map(|k| k.trim().to_owned()).filter(|k| {
-                !k.is_empty() && k.len() < 64 && !k.contains('\n')
-            });
+            let key = e
+                .span()
+                .and_then(|s| text.get(s))
+                .map(|k| k.trim().to_owned())
+                .filter(|k| !k.is_empty() && k.len() < 64 && !k.contains('\n'));
             ConfigError {
                 file: source.clone(),
                 line,
@@ -240,24 +252,46 @@ impl Config {
             backends.insert(id.clone(), target);
         }
         if backends.is_empty() {
-            return Err(err("backends", "", "at least one backend is required".into()));
+            return Err(err(
+                "backends",
+                "",
+                "at least one backend is required".into(),
+            ));
         }
         if !raw.server.path.starts_with('/') {
             return Err(err("server", "path", "must start with '/'".into()));
         }
         if raw.auth.algorithms.is_empty() {
-            return Err(err("auth", "algorithms", "at least one algorithm is required".into()));
+            return Err(err(
+                "auth",
+                "algorithms",
+                "at least one algorithm is required".into(),
+            ));
         }
         for alg in &raw.auth.algorithms {
             crate::auth::parse_algorithm(alg).map_err(|p| err("auth", "algorithms", p))?;
         }
         if raw.limits.max_header_bytes < 8192 {
-            return Err(err("limits", "max_header_bytes", "must be at least 8192".into()));
+            return Err(err(
+                "limits",
+                "max_header_bytes",
+                "must be at least 8192".into(),
+            ));
         }
         if raw.limits.max_connections == 0 {
-            return Err(err("limits", "max_connections", "must be at least 1".into()));
+            return Err(err(
+                "limits",
+                "max_connections",
+                "must be at least 1".into(),
+            ));
         }
-        let resolve = |p: &PathBuf| if p.is_absolute() { p.clone() } else { base_dir.join(p) };
+        let resolve = |p: &PathBuf| {
+            if p.is_absolute() {
+                p.clone()
+            } else {
+                base_dir.join(p)
+            }
+        };
         let mut tls = raw.tls;
         tls.cert = resolve(&tls.cert);
         tls.key = resolve(&tls.key);
@@ -343,22 +377,32 @@ mod tests {
 
     #[test]
     fn bad_url_names_the_backend() {
-        let text = "[backends]\nBackend_ABC = \"ws://localhost:8081/a\"\nBackend_BAD = \"http//nope\"\n";
-        let msg = Config::from_toml_str(text, Path::new(".")).err().map(|e| e.to_string()).unwrap_or_default();
+        let text =
+            "[backends]\nBackend_ABC = \"ws://localhost:8081/a\"\nBackend_BAD = \"http//nope\"\n";
+        let msg = Config::from_toml_str(text, Path::new("."))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(msg.contains(":3: backends.Backend_BAD"), "{msg}");
     }
 
     #[test]
     fn syntax_error_has_a_line() {
         let text = "[server\nlisten = 1\n";
-        let msg = Config::from_toml_str(text, Path::new(".")).err().map(|e| e.to_string()).unwrap_or_default();
+        let msg = Config::from_toml_str(text, Path::new("."))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(msg.contains(":1"), "{msg}");
     }
 
     #[test]
     fn none_algorithm_is_rejected() {
         let text = format!("[auth]\nalgorithms = [\"none\"]\n{MINIMAL}");
-        let msg = Config::from_toml_str(&text, Path::new(".")).err().map(|e| e.to_string()).unwrap_or_default();
+        let msg = Config::from_toml_str(&text, Path::new("."))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(msg.contains("auth.algorithms"), "{msg}");
     }
 }

@@ -12,7 +12,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::Poll;
 
-use fastwebsockets::{CloseCode, Frame, OpCode, Payload, WebSocketError, WebSocketRead};
+use fastwebsockets::{Frame, OpCode, Payload, WebSocketError, WebSocketRead};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
 
@@ -75,13 +75,21 @@ pub struct Pump<'a, R, W> {
     pub counters: &'a mut Counters,
 }
 
-const PROTOCOL_ERROR_TO_PEER: CloseMsg = CloseMsg { code: 1001, reason: "peer protocol error" };
+const PROTOCOL_ERROR_TO_PEER: CloseMsg = CloseMsg {
+    code: 1001,
+    reason: "peer protocol error",
+};
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'_, R, W> {
     /// Forwards frames until the source closes or fails, the destination fails, or `stop`
     /// delivers an instruction.
     pub async fn run(self, stop: &mut oneshot::Receiver<StopWith>) -> PumpEnd {
-        let Pump { src, dst, lost, counters } = self;
+        let Pump {
+            src,
+            dst,
+            lost,
+            counters,
+        } = self;
         let mut obligated = |_: Frame<'_>| std::future::ready(Ok::<(), std::io::Error>(()));
         let mut dirty = false;
         loop {
@@ -182,17 +190,21 @@ async fn stopped<W: AsyncWrite + Unpin>(
 }
 
 /// Sends a close frame after what is already buffered, and flushes.
-pub async fn send_close<W: AsyncWrite + Unpin>(dst: &mut FrameWriter<W>, msg: CloseMsg) -> std::io::Result<()> {
-    dst.write_frame(Frame::close(msg.code, msg.reason.as_bytes())).await?;
+pub async fn send_close<W: AsyncWrite + Unpin>(
+    dst: &mut FrameWriter<W>,
+    msg: CloseMsg,
+) -> std::io::Result<()> {
+    dst.write_frame(Frame::close(msg.code, msg.reason.as_bytes()))
+        .await?;
     dst.flush().await
 }
 
 /// Maps a read failure to how the pump ends.
 fn classify(e: &WebSocketError) -> PumpEnd {
     match e {
-        WebSocketError::UnexpectedEOF | WebSocketError::IoError(_) | WebSocketError::ConnectionClosed => {
-            PumpEnd::SourceLost
-        }
+        WebSocketError::UnexpectedEOF
+        | WebSocketError::IoError(_)
+        | WebSocketError::ConnectionClosed => PumpEnd::SourceLost,
         WebSocketError::InvalidUTF8 => PumpEnd::SourceViolation(1007),
         WebSocketError::FrameTooLarge => PumpEnd::SourceViolation(1009),
         _ => PumpEnd::SourceViolation(1002),
@@ -206,7 +218,7 @@ fn check_close(payload: &Payload<'_>) -> Result<Option<u16>, u16> {
         1 => Err(1002),
         _ => {
             let code = u16::from_be_bytes([payload[0], payload[1]]);
-            if !CloseCode::from(code).is_allowed() {
+            if !close_code_allowed(code) {
                 return Err(1002);
             }
             if std::str::from_utf8(&payload[2..]).is_err() {
@@ -215,6 +227,12 @@ fn check_close(payload: &Payload<'_>) -> Result<Option<u16>, u16> {
             Ok(Some(code))
         }
     }
+}
+
+/// Codes a peer may send (RFC 6455 §7.4 and the IANA registry): 1000-1003, 1007-1014,
+/// and 3000-4999. 1004-1006 and 1015 must never appear on the wire.
+fn close_code_allowed(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
 #[cfg(test)]
@@ -229,6 +247,14 @@ mod tests {
         assert_eq!(check_close(&Payload::Borrowed(&[3])), Err(1002));
         // 1005 must never appear on the wire.
         assert_eq!(check_close(&Payload::Borrowed(&[0x03, 0xed])), Err(1002));
-        assert_eq!(check_close(&Payload::Borrowed(&[0x03, 0xe8, 0xff])), Err(1007));
+        assert_eq!(
+            check_close(&Payload::Borrowed(&[0x03, 0xe8, 0xff])),
+            Err(1007)
+        );
+        // 1014 (bad gateway) is registered and passes.
+        assert_eq!(
+            check_close(&Payload::Borrowed(&[0x03, 0xf6])),
+            Ok(Some(1014))
+        );
     }
 }

@@ -76,17 +76,30 @@ impl Gateway {
     pub fn new(config: Config) -> Result<Self, GatewayError> {
         let tls = tls::server_config(&config.tls.cert, &config.tls.key)
             .map_err(|(key, problem)| config.error("tls", key, problem))?;
-        let verifier =
-            Verifier::from_config(&config.auth).map_err(|(key, problem)| config.error("auth", key, problem))?;
+        let verifier = Verifier::from_config(&config.auth)
+            .map_err(|(key, problem)| config.error("auth", key, problem))?;
         let router = Router::new(RouteTable::new(&config.backends));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let shared = Shared::new(config, verifier, router, tokio_rustls::TlsAcceptor::from(tls), shutdown_rx);
-        Ok(Self { shared: Arc::new(shared), shutdown_tx })
+        let shared = Shared::new(
+            config,
+            verifier,
+            router,
+            tokio_rustls::TlsAcceptor::from(tls),
+            shutdown_rx,
+        );
+        Ok(Self {
+            shared: Arc::new(shared),
+            shutdown_tx,
+        })
     }
 
     /// Serves clients on `listener` until `shutdown` resolves; then stops accepting,
     /// closes every session with 1001 and waits for them up to the close timeout.
-    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), GatewayError> {
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), GatewayError> {
         let config = self.shared.config();
         info!(listen = %listener.local_addr()?, path = %config.server.path, "wsgate listening");
         for (id, target) in &config.backends {
@@ -95,11 +108,17 @@ impl Gateway {
         listener::run(listener, self.shared.clone(), shutdown).await;
         self.shared.draining.store(true, Ordering::Relaxed);
         let _ = self.shutdown_tx.send(true);
-        let deadline = tokio::time::Instant::now() + config.timeouts.close + Duration::from_millis(500);
-        while self.shared.stats.active.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+        let deadline =
+            tokio::time::Instant::now() + config.timeouts.close + Duration::from_millis(500);
+        while self.shared.stats.active.load(Ordering::Relaxed) > 0
+            && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        info!(remaining = self.shared.stats.active.load(Ordering::Relaxed), "gateway stopped");
+        info!(
+            remaining = self.shared.stats.active.load(Ordering::Relaxed),
+            "gateway stopped"
+        );
         Ok(())
     }
 }

@@ -82,24 +82,30 @@ impl Refusal {
             .header(header::CONNECTION, "close");
         match &self {
             Refusal::Auth(AuthError::MissingScope(_)) => {
-                builder = builder.header(header::WWW_AUTHENTICATE, "Bearer error=\"insufficient_scope\"");
+                builder = builder.header(
+                    header::WWW_AUTHENTICATE,
+                    "Bearer error=\"insufficient_scope\"",
+                );
             }
             Refusal::Auth(AuthError::Missing) => {
                 builder = builder.header(header::WWW_AUTHENTICATE, "Bearer");
             }
             Refusal::Auth(_) => {
-                builder = builder.header(header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\"");
+                builder =
+                    builder.header(header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\"");
             }
             Refusal::BadRequest(_) => {
                 builder = builder.header(header::SEC_WEBSOCKET_VERSION, "13");
             }
             _ => {}
         }
-        builder.body(Full::new(Bytes::from(body))).unwrap_or_else(|_| {
-            let mut r = Response::new(Full::new(Bytes::from_static(b"refused\n")));
-            *r.status_mut() = status;
-            r
-        })
+        builder
+            .body(Full::new(Bytes::from(body)))
+            .unwrap_or_else(|_| {
+                let mut r = Response::new(Full::new(Bytes::from_static(b"refused\n")));
+                *r.status_mut() = status;
+                r
+            })
     }
 }
 
@@ -112,7 +118,10 @@ mod tests {
         assert_eq!(Refusal::MissingId.status(), 400);
         assert_eq!(Refusal::UnknownBackend.status(), 404);
         assert_eq!(Refusal::Auth(AuthError::Expired).status(), 401);
-        assert_eq!(Refusal::Auth(AuthError::MissingScope("admin".into())).status(), 403);
+        assert_eq!(
+            Refusal::Auth(AuthError::MissingScope("admin".into())).status(),
+            403
+        );
         assert_eq!(Refusal::GatewayTimeout.status(), 504);
         let r = Refusal::Auth(AuthError::Missing).into_response();
         assert_eq!(r.headers()[header::WWW_AUTHENTICATE], "Bearer");

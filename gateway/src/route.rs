@@ -34,7 +34,11 @@ impl BackendTarget {
         let parsed = url::Url::parse(url).map_err(|e| format!("invalid URL {url:?}: {e}"))?;
         match parsed.scheme() {
             "ws" => {}
-            "wss" => return Err(format!("{url:?}: wss:// backends are not supported; use ws://")),
+            "wss" => {
+                return Err(format!(
+                    "{url:?}: wss:// backends are not supported; use ws://"
+                ))
+            }
             other => return Err(format!("{url:?}: scheme must be ws://, not {other}://")),
         }
         let host = match parsed.host() {
@@ -55,7 +59,14 @@ impl BackendTarget {
             path.push('?');
             path.push_str(q);
         }
-        Ok(Self { id: Arc::from(id), url: url.to_owned(), host, port, host_header, path })
+        Ok(Self {
+            id: Arc::from(id),
+            url: url.to_owned(),
+            host,
+            port,
+            host_header,
+            path,
+        })
     }
 }
 
@@ -90,7 +101,9 @@ pub struct Router {
 impl Router {
     /// A router serving `table`.
     pub fn new(table: RouteTable) -> Self {
-        Self { table: ArcSwap::from_pointee(table) }
+        Self {
+            table: ArcSwap::from_pointee(table),
+        }
     }
 
     /// The backend for `id` in the current table.
@@ -111,10 +124,16 @@ mod tests {
     #[test]
     fn parses_host_port_path_and_query() -> Result<(), String> {
         let t = BackendTarget::parse("B", "ws://localhost:8081/backend/abc?x=1")?;
-        assert_eq!((t.host.as_str(), t.port, t.path.as_str()), ("localhost", 8081, "/backend/abc?x=1"));
+        assert_eq!(
+            (t.host.as_str(), t.port, t.path.as_str()),
+            ("localhost", 8081, "/backend/abc?x=1")
+        );
         assert_eq!(t.host_header, "localhost:8081");
         let v6 = BackendTarget::parse("B", "ws://[::1]:9/")?;
-        assert_eq!((v6.host.as_str(), v6.host_header.as_str()), ("::1", "[::1]:9"));
+        assert_eq!(
+            (v6.host.as_str(), v6.host_header.as_str()),
+            ("::1", "[::1]:9")
+        );
         assert!(BackendTarget::parse("B", "http://x/").is_err());
         assert!(BackendTarget::parse("B", "wss://x/").is_err());
         Ok(())

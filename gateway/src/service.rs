@@ -42,17 +42,18 @@ pub async fn serve_connection(
 ) {
     let _ = tcp.set_nodelay(true);
     let config = shared.config();
-    let tls = match tokio::time::timeout(config.timeouts.tls_handshake, shared.tls.accept(tcp)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            debug!(conn = conn_id, %peer, error = %e, "TLS handshake failed");
-            return;
-        }
-        Err(_) => {
-            debug!(conn = conn_id, %peer, "TLS handshake timed out");
-            return;
-        }
-    };
+    let tls =
+        match tokio::time::timeout(config.timeouts.tls_handshake, shared.tls.accept(tcp)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                debug!(conn = conn_id, %peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                debug!(conn = conn_id, %peer, "TLS handshake timed out");
+                return;
+            }
+        };
     let permit = Arc::new(std::sync::Mutex::new(permit));
     let svc_shared = shared.clone();
     let service = service_fn(move |req| {
@@ -83,10 +84,22 @@ async fn handle(
 ) -> Response<Body> {
     let started = std::time::Instant::now();
     if permit.lock().map(|p| p.is_none()).unwrap_or(true) {
-        return refuse(&shared, Refusal::Unavailable("over the connection limit"), conn_id, peer, None);
+        return refuse(
+            &shared,
+            Refusal::Unavailable("over the connection limit"),
+            conn_id,
+            peer,
+            None,
+        );
     }
     if shared.draining.load(Ordering::Relaxed) {
-        return refuse(&shared, Refusal::Unavailable("gateway is shutting down"), conn_id, peer, None);
+        return refuse(
+            &shared,
+            Refusal::Unavailable("gateway is shutting down"),
+            conn_id,
+            peer,
+            None,
+        );
     }
     match prepare(&shared, &req, peer).await {
         Ok((target, conn, response)) => {
@@ -97,20 +110,32 @@ async fn handle(
             tokio::spawn(async move {
                 let _slot = slot;
                 match on_upgrade.await {
-                    Ok(upgraded) => run_session(shared, upgraded, conn, &target, peer, conn_id).await,
+                    Ok(upgraded) => {
+                        run_session(shared, upgraded, conn, &target, peer, conn_id).await
+                    }
                     Err(e) => debug!(conn = conn_id, %peer, error = %e, "client upgrade failed"),
                 }
             });
             response
         }
         Err(refusal) => {
-            let id = req.headers().get("id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+            let id = req
+                .headers()
+                .get("id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
             refuse(&shared, refusal, conn_id, peer, id.as_deref())
         }
     }
 }
 
-fn refuse(shared: &Shared, refusal: Refusal, conn_id: u64, peer: SocketAddr, backend: Option<&str>) -> Response<Body> {
+fn refuse(
+    shared: &Shared,
+    refusal: Refusal,
+    conn_id: u64,
+    peer: SocketAddr,
+    backend: Option<&str>,
+) -> Response<Body> {
     shared.stats.refused.fetch_add(1, Ordering::Relaxed);
     let status = refusal.status().as_u16();
     if refusal.status().is_server_error() {
@@ -129,8 +154,15 @@ async fn prepare(
 ) -> Result<(Arc<BackendTarget>, BackendConn, Response<Body>), Refusal> {
     let config = shared.config();
     let upgrade = checks::check(req, &config.server.path)?;
-    shared.verifier().verify_header(req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes()))?;
-    let target = shared.router.lookup(upgrade.backend_id).ok_or(Refusal::UnknownBackend)?;
+    shared.verifier().verify_header(
+        req.headers()
+            .get(header::AUTHORIZATION)
+            .map(|v| v.as_bytes()),
+    )?;
+    let target = shared
+        .router
+        .lookup(upgrade.backend_id)
+        .ok_or(Refusal::UnknownBackend)?;
     let conn = backend::connect(
         &target,
         req.headers(),
@@ -145,7 +177,11 @@ async fn prepare(
 
 /// The 101 answer: the accept key and the backend's chosen subprotocol, which must be one
 /// the client offered. No extension is ever accepted.
-fn accept(key: &[u8], offered: Option<&str>, chosen: Option<&str>) -> Result<Response<Body>, Refusal> {
+fn accept(
+    key: &[u8],
+    offered: Option<&str>,
+    chosen: Option<&str>,
+) -> Result<Response<Body>, Refusal> {
     let mut builder = Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::CONNECTION, "Upgrade")
@@ -154,7 +190,9 @@ fn accept(key: &[u8], offered: Option<&str>, chosen: Option<&str>) -> Result<Res
     if let Some(chosen) = chosen {
         let was_offered = offered.is_some_and(|o| o.split(',').any(|p| p.trim() == chosen));
         if !was_offered {
-            return Err(Refusal::BadGateway("backend chose a subprotocol the client did not offer".into()));
+            return Err(Refusal::BadGateway(
+                "backend chose a subprotocol the client did not offer".into(),
+            ));
         }
         let value = HeaderValue::from_str(chosen)
             .map_err(|_| Refusal::BadGateway("backend chose an invalid subprotocol".into()))?;
@@ -190,8 +228,16 @@ async fn run_session(
     drop(config);
     shared.stats.active.fetch_add(1, Ordering::Relaxed);
     let report = session::proxy(
-        Side { read: client_read, write: client_write, leftover: parts.read_buf },
-        Side { read: backend_read, write: backend_write, leftover: backend.leftover },
+        Side {
+            read: client_read,
+            write: client_write,
+            leftover: parts.read_buf,
+        },
+        Side {
+            read: backend_read,
+            write: backend_write,
+            leftover: backend.leftover,
+        },
         opts,
         shared.shutdown_rx.clone(),
     )

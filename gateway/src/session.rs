@@ -17,11 +17,21 @@ use crate::forward::{CloseMsg, Counters, Pump, PumpEnd, StopWith};
 use crate::prefixed::Prefixed;
 
 /// Sent to the backend when the client vanishes without a close.
-pub const CLIENT_LOST: CloseMsg = CloseMsg { code: 1001, reason: "client went away" };
-/// Sent to the client when the backend vanishes without a close.
-pub const BACKEND_LOST: CloseMsg = CloseMsg { code: 1014, reason: "bad gateway: backend connection lost" };
+pub const CLIENT_LOST: CloseMsg = CloseMsg {
+    code: 1001,
+    reason: "client went away",
+};
+/// Sent to the client when the backend vanishes without a close. 1011 rather than 1014
+/// ("bad gateway"): several client libraries (fastwebsockets among them) reject 1014.
+pub const BACKEND_LOST: CloseMsg = CloseMsg {
+    code: 1011,
+    reason: "bad gateway: backend connection lost",
+};
 /// Sent to both sides when the gateway shuts down.
-pub const SHUTTING_DOWN: CloseMsg = CloseMsg { code: 1001, reason: "gateway shutting down" };
+pub const SHUTTING_DOWN: CloseMsg = CloseMsg {
+    code: 1001,
+    reason: "gateway shutting down",
+};
 
 /// Bytes gathered per direction before a write is forced out.
 const BATCH_LIMIT: usize = 64 * 1024;
@@ -71,8 +81,10 @@ impl SessionReport {
         match self.first {
             (Direction::Upstream, PumpEnd::Closed(_)) => "client_closed",
             (Direction::Downstream, PumpEnd::Closed(_)) => "backend_closed",
-            (Direction::Upstream, PumpEnd::SourceLost) | (Direction::Downstream, PumpEnd::DestLost) => "client_lost",
-            (Direction::Downstream, PumpEnd::SourceLost) | (Direction::Upstream, PumpEnd::DestLost) => "backend_lost",
+            (Direction::Upstream, PumpEnd::SourceLost)
+            | (Direction::Downstream, PumpEnd::DestLost) => "client_lost",
+            (Direction::Downstream, PumpEnd::SourceLost)
+            | (Direction::Upstream, PumpEnd::DestLost) => "backend_lost",
             (Direction::Upstream, _) => "client_error",
             (Direction::Downstream, _) => "backend_error",
         }
@@ -114,10 +126,20 @@ where
     let mut shut = false;
 
     let (first, second) = {
-        let up = Pump { src: &mut cread, dst: &mut bwrite, lost: CLIENT_LOST, counters: &mut upstream }
-            .run(&mut up_rx);
-        let down = Pump { src: &mut bread, dst: &mut cwrite, lost: BACKEND_LOST, counters: &mut downstream }
-            .run(&mut down_rx);
+        let up = Pump {
+            src: &mut cread,
+            dst: &mut bwrite,
+            lost: CLIENT_LOST,
+            counters: &mut upstream,
+        }
+        .run(&mut up_rx);
+        let down = Pump {
+            src: &mut bread,
+            dst: &mut cwrite,
+            lost: BACKEND_LOST,
+            counters: &mut downstream,
+        }
+        .run(&mut down_rx);
         tokio::pin!(up, down);
         let already_shut = *shutdown.borrow_and_update();
         let first = tokio::select! {
@@ -140,7 +162,10 @@ where
                 // This pump already told the other side; nothing is left to say.
                 PumpEnd::SourceLost | PumpEnd::Stopped => Some(StopWith::Nothing),
                 // The misbehaving source hears why.
-                PumpEnd::SourceViolation(code) => Some(StopWith::Close(CloseMsg { code, reason: "protocol error" })),
+                PumpEnd::SourceViolation(code) => Some(StopWith::Close(CloseMsg {
+                    code,
+                    reason: "protocol error",
+                })),
                 // Our destination is gone: the other pump tells its destination so.
                 PumpEnd::DestLost => Some(StopWith::LostSource),
             };
@@ -158,7 +183,12 @@ where
                     (&mut up).await
                 }
             };
-            (first, tokio::time::timeout(opts.close_timeout, other_end).await.ok())
+            (
+                first,
+                tokio::time::timeout(opts.close_timeout, other_end)
+                    .await
+                    .ok(),
+            )
         }
     };
 
@@ -169,7 +199,14 @@ where
     })
     .await;
 
-    SessionReport { first, second, upstream, downstream, shutdown: shut, duration: started.elapsed() }
+    SessionReport {
+        first,
+        second,
+        upstream,
+        downstream,
+        shutdown: shut,
+        duration: started.elapsed(),
+    }
 }
 
 type Reader<R> = WebSocketRead<Prefixed<R>>;
@@ -181,7 +218,11 @@ fn split<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
 ) -> (Reader<R>, FrameWriter<W>) {
     // The reader half of fastwebsockets does the parsing; writes go through our batching
     // writer, so fastwebsockets' own write half is not used.
-    let (mut read, _unused_write) = after_handshake_split(Prefixed::new(side.leftover, side.read), tokio::io::sink(), role);
+    let (mut read, _unused_write) = after_handshake_split(
+        Prefixed::new(side.leftover, side.read),
+        tokio::io::sink(),
+        role,
+    );
     read.set_auto_close(false);
     read.set_auto_pong(false);
     read.set_max_message_size(opts.max_message_size);

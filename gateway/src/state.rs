@@ -54,7 +54,9 @@ impl Shared {
         tls: TlsAcceptor,
         shutdown_rx: watch::Receiver<bool>,
     ) -> Self {
-        let slots = Arc::new(Semaphore::new(config.limits.max_connections.min(Semaphore::MAX_PERMITS)));
+        let slots = Arc::new(Semaphore::new(
+            config.limits.max_connections.min(Semaphore::MAX_PERMITS),
+        ));
         Self {
             config: ArcSwap::from_pointee(config),
             verifier: ArcSwap::from_pointee(verifier),

@@ -87,7 +87,10 @@ pub fn accept_key(key: &[u8]) -> String {
 ///
 /// On success the stream is positioned right after the response head; bytes already read
 /// beyond it are in [`Handshake::leftover`].
-pub async fn handshake<S>(stream: &mut S, req: &ClientRequest<'_>) -> Result<Handshake, HandshakeError>
+pub async fn handshake<S>(
+    stream: &mut S,
+    req: &ClientRequest<'_>,
+) -> Result<Handshake, HandshakeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -113,7 +116,9 @@ where
     let mut buf = BytesMut::with_capacity(1024);
     loop {
         if stream.read_buf(&mut buf).await? == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed before the response").into());
+            return Err(
+                io::Error::new(io::ErrorKind::UnexpectedEof, "closed before the response").into(),
+            );
         }
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut headers);
@@ -141,8 +146,17 @@ where
                 }
             }
             let body = &buf[..buf.len().min(content_length)];
-            let reason = String::from_utf8_lossy(body).lines().next().unwrap_or("").trim().to_owned();
-            let reason = if reason.is_empty() { status_text } else { reason };
+            let reason = String::from_utf8_lossy(body)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_owned();
+            let reason = if reason.is_empty() {
+                status_text
+            } else {
+                reason
+            };
             return Err(HandshakeError::Refused { status, reason });
         }
         if !header_has_token(resp.headers, "upgrade", "websocket") {
@@ -151,7 +165,9 @@ where
         if !header_has_token(resp.headers, "connection", "upgrade") {
             return Err(HandshakeError::Invalid("missing Connection: Upgrade"));
         }
-        if header(resp.headers, "sec-websocket-accept") != Some(accept_key(key.as_bytes()).as_bytes()) {
+        if header(resp.headers, "sec-websocket-accept")
+            != Some(accept_key(key.as_bytes()).as_bytes())
+        {
             return Err(HandshakeError::Invalid("wrong Sec-WebSocket-Accept"));
         }
         let text = |name| {
@@ -162,12 +178,19 @@ where
         let protocol = text("sec-websocket-protocol");
         let extensions = text("sec-websocket-extensions");
         let _ = buf.split_to(head_len);
-        return Ok(Handshake { leftover: buf.freeze(), protocol, extensions });
+        return Ok(Handshake {
+            leftover: buf.freeze(),
+            protocol,
+            extensions,
+        });
     }
 }
 
 fn header<'h>(headers: &'h [httparse::Header<'_>], name: &str) -> Option<&'h [u8]> {
-    headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value)
+    headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| h.value)
 }
 
 /// Whether any header `name` lists `token` (comma-separated, case-insensitive).
@@ -186,7 +209,10 @@ mod tests {
 
     #[test]
     fn accept_key_matches_rfc_example() {
-        assert_eq!(accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(
+            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
     }
 
     #[tokio::test]
@@ -196,10 +222,17 @@ mod tests {
             let mut buf = vec![0u8; 1024];
             let _ = server.read(&mut buf).await;
             let _ = server
-                .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 20\r\n\r\nunknown backend ID\r\n")
+                .write_all(
+                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 20\r\n\r\nunknown backend ID\r\n",
+                )
                 .await;
         });
-        let req = ClientRequest { host: "x", path: "/", protocols: None, headers: &[] };
+        let req = ClientRequest {
+            host: "x",
+            path: "/",
+            protocols: None,
+            headers: &[],
+        };
         match handshake(&mut client, &req).await {
             Err(HandshakeError::Refused { status, reason }) => {
                 assert_eq!(status, 404);

@@ -10,24 +10,40 @@ fn run_with(config: &str) -> Result<(i32, String)> {
     let dir = tempdir()?;
     let path = dir.join("Config.toml");
     std::fs::write(&path, config)?;
-    let out = Command::new(env!("CARGO_BIN_EXE_gateway")).arg("--config").arg(&path).output()?;
+    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .arg("--config")
+        .arg(&path)
+        .output()?;
     let _ = std::fs::remove_dir_all(&dir);
-    Ok((out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned()))
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
 }
 
 fn tempdir() -> Result<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!("wsgate-cfg-{}-{}", std::process::id(), rand_suffix()));
+    let dir = std::env::temp_dir().join(format!(
+        "wsgate-cfg-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }
 
 fn rand_suffix() -> u64 {
     use std::time::{SystemTime, UNIX_EPOCH};
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 fn certs() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../certs").display().to_string()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../certs")
+        .display()
+        .to_string()
 }
 
 fn check(config: &str, needles: &[&str]) -> Result<()> {
@@ -36,14 +52,20 @@ fn check(config: &str, needles: &[&str]) -> Result<()> {
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     ensure!(lines.len() == 1, "expected one line, got: {stderr}");
     for n in needles {
-        ensure!(lines[0].contains(n), "{:?} does not mention {n:?}", lines[0]);
+        ensure!(
+            lines[0].contains(n),
+            "{:?} does not mention {n:?}",
+            lines[0]
+        );
     }
     Ok(())
 }
 
 #[test]
 fn missing_file() -> Result<()> {
-    let out = Command::new(env!("CARGO_BIN_EXE_gateway")).args(["--config", "/nonexistent/Config.toml"]).output()?;
+    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["--config", "/nonexistent/Config.toml"])
+        .output()?;
     ensure!(out.status.code() == Some(64));
     ensure!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/Config.toml"));
     Ok(())
@@ -56,12 +78,18 @@ fn syntax_error() -> Result<()> {
 
 #[test]
 fn unknown_key() -> Result<()> {
-    check("[server]\nlistn = \"0.0.0.0:1\"\n[backends]\nA = \"ws://x:1/\"\n", &["Config.toml:2", "listn"])
+    check(
+        "[server]\nlistn = \"0.0.0.0:1\"\n[backends]\nA = \"ws://x:1/\"\n",
+        &["Config.toml:2", "listn"],
+    )
 }
 
 #[test]
 fn bad_url() -> Result<()> {
-    check("[backends]\nBackend_ABC = \"http://localhost:8081/x\"\n", &["Config.toml:2", "backends.Backend_ABC", "ws://"])
+    check(
+        "[backends]\nBackend_ABC = \"http://localhost:8081/x\"\n",
+        &["Config.toml:2", "backends.Backend_ABC", "ws://"],
+    )
 }
 
 #[test]
@@ -70,7 +98,10 @@ fn unreadable_cert() -> Result<()> {
     let config = format!(
         "[tls]\ncert = \"/nonexistent/server.crt\"\nkey = \"{c}/server.key\"\n[auth]\npublic_key = \"{c}/jwt-public.pem\"\n[backends]\nA = \"ws://localhost:1/\"\n"
     );
-    check(&config, &["Config.toml:2", "tls.cert", "/nonexistent/server.crt"])
+    check(
+        &config,
+        &["Config.toml:2", "tls.cert", "/nonexistent/server.crt"],
+    )
 }
 
 #[test]
@@ -84,7 +115,9 @@ fn wrong_key_type() -> Result<()> {
 
 #[test]
 fn help_documents_the_flags() -> Result<()> {
-    let out = Command::new(env!("CARGO_BIN_EXE_gateway")).arg("--help").output()?;
+    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .arg("--help")
+        .output()?;
     let text = String::from_utf8_lossy(&out.stdout);
     ensure!(out.status.success());
     for flag in ["--config", "--log-level", "--log-format"] {

@@ -18,7 +18,10 @@ fn python_ready() -> Result<bool> {
     if std::env::var_os("WSGATE_SKIP_INTEROP").is_some() {
         return Ok(false);
     }
-    let ok = std::process::Command::new("python3").args(["-c", "import websockets"]).status()?.success();
+    let ok = std::process::Command::new("python3")
+        .args(["-c", "import websockets"])
+        .status()?
+        .success();
     if !ok {
         bail!("python3 -c 'import websockets' failed: install it (pip install websockets) or set WSGATE_SKIP_INTEROP=1");
     }
@@ -39,22 +42,39 @@ async fn python_websockets_client_and_server_through_the_gateway() -> Result<()>
         .spawn()?;
     let stdout = server.stdout.take().context("server stdout")?;
     let mut lines = BufReader::new(stdout).lines();
-    let port_line = tokio::time::timeout(support::DEADLINE, lines.next_line()).await??.context("server port")?;
+    let port_line = tokio::time::timeout(support::DEADLINE, lines.next_line())
+        .await??
+        .context("server port")?;
     let port: u16 = port_line.trim().parse().context("server port line")?;
 
-    let tb = support::testbed_with(&[("Backend_PY", format!("ws://127.0.0.1:{port}/echo"))]).await?;
+    let tb =
+        support::testbed_with(&[("Backend_PY", format!("ws://127.0.0.1:{port}/echo"))]).await?;
     let token = support::rs256(&loadgen::token::sample_claims())?;
     let url = tb.url();
     let ca = support::certs().join("ca.crt");
     let out = tokio::time::timeout(
         support::DEADLINE,
         Command::new("python3")
-            .args([SCRIPT, "client", &url, &ca.display().to_string(), "Backend_PY", &token])
+            .args([
+                SCRIPT,
+                "client",
+                &url,
+                &ca.display().to_string(),
+                "Backend_PY",
+                &token,
+            ])
             .output(),
     )
     .await??;
     let stdout = String::from_utf8_lossy(&out.stdout);
-    ensure!(out.status.success(), "python client failed: {stdout} {}", String::from_utf8_lossy(&out.stderr));
-    ensure!(stdout.contains("text ok") && stdout.contains("binary ok") && stdout.contains("close 1000"), "{stdout}");
+    ensure!(
+        out.status.success(),
+        "python client failed: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        stdout.contains("text ok") && stdout.contains("binary ok") && stdout.contains("close 1000"),
+        "{stdout}"
+    );
     Ok(())
 }

@@ -8,7 +8,8 @@ use fastwebsockets::{Frame, Payload};
 use support::*;
 
 fn without_auth(opts: &mut loadgen::client::ConnectOptions) {
-    opts.headers.retain(|(k, _)| !k.eq_ignore_ascii_case("authorization"));
+    opts.headers
+        .retain(|(k, _)| !k.eq_ignore_ascii_case("authorization"));
 }
 
 #[tokio::test]
@@ -37,22 +38,31 @@ async fn each_bad_request_gets_its_status_and_reason() -> Result<()> {
     cases.push(("bad signature", o, 401, "signature"));
 
     let mut o = base()?;
-    o.set_header("Authorization", bearer(rs256(&claims_with(|c| {
-        c.insert("exp".into(), (now - 120).into());
-        c.insert("iat".into(), (now - 3720).into());
-    }))?));
+    o.set_header(
+        "Authorization",
+        bearer(rs256(&claims_with(|c| {
+            c.insert("exp".into(), (now - 120).into());
+            c.insert("iat".into(), (now - 3720).into());
+        }))?),
+    );
     cases.push(("expired", o, 401, "expired"));
 
     let mut o = base()?;
-    o.set_header("Authorization", bearer(rs256(&claims_with(|c| {
-        c.insert("iss".into(), "someone-else".into());
-    }))?));
+    o.set_header(
+        "Authorization",
+        bearer(rs256(&claims_with(|c| {
+            c.insert("iss".into(), "someone-else".into());
+        }))?),
+    );
     cases.push(("wrong issuer", o, 401, "issuer"));
 
     let mut o = base()?;
-    o.set_header("Authorization", bearer(rs256(&claims_with(|c| {
-        c.insert("aud".into(), serde_json::json!(["other.org"]));
-    }))?));
+    o.set_header(
+        "Authorization",
+        bearer(rs256(&claims_with(|c| {
+            c.insert("aud".into(), serde_json::json!(["other.org"]));
+        }))?),
+    );
     cases.push(("wrong audience", o, 401, "audience"));
 
     let mut o = base()?;
@@ -64,9 +74,12 @@ async fn each_bad_request_gets_its_status_and_reason() -> Result<()> {
     cases.push(("HS256 with the public key", o, 401, "token"));
 
     let mut o = base()?;
-    o.set_header("Authorization", bearer(rs256(&claims_with(|c| {
-        c.insert("scp".into(), "read write".into());
-    }))?));
+    o.set_header(
+        "Authorization",
+        bearer(rs256(&claims_with(|c| {
+            c.insert("scp".into(), "read write".into());
+        }))?),
+    );
     cases.push(("no admin scope", o, 403, "scope"));
 
     let mut o = base()?;
@@ -83,7 +96,10 @@ async fn each_bad_request_gets_its_status_and_reason() -> Result<()> {
 
     for (what, opts, status, needle) in &cases {
         let (got, reason) = refused(opts).await?;
-        ensure!(got == *status, "{what}: expected {status}, got {got} ({reason})");
+        ensure!(
+            got == *status,
+            "{what}: expected {status}, got {got} ({reason})"
+        );
         ensure!(
             reason.to_lowercase().contains(&needle.to_lowercase()),
             "{what}: reason {reason:?} does not mention {needle:?}"
@@ -93,7 +109,11 @@ async fn each_bad_request_gets_its_status_and_reason() -> Result<()> {
 
     // A good client still works after all of that.
     let mut c = connect_ok(&tb, "Backend_ABC").await?;
-    send(&mut c.ws, Frame::binary(Payload::Borrowed(b"after refusals"))).await?;
+    send(
+        &mut c.ws,
+        Frame::binary(Payload::Borrowed(b"after refusals")),
+    )
+    .await?;
     ensure!(next_non_push(&mut c.ws).await?.payload[..] == b"after refusals"[..]);
     Ok(())
 }
@@ -102,8 +122,9 @@ async fn each_bad_request_gets_its_status_and_reason() -> Result<()> {
 async fn plain_get_without_upgrade_is_400() -> Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let tb = testbed().await?;
-    let mut tls = tb.tls_connect().await?;
-    tls.write_all(b"GET /gateway HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await?;
+    let mut tls = tls_connect(&tb).await?;
+    tls.write_all(b"GET /gateway HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await?;
     let mut answer = Vec::new();
     tls.read_to_end(&mut answer).await?;
     let text = String::from_utf8_lossy(&answer);
@@ -115,7 +136,9 @@ async fn plain_get_without_upgrade_is_400() -> Result<()> {
 #[tokio::test]
 async fn backend_down_refusing_or_silent_is_502_or_504() -> Result<()> {
     // A port with nothing listening: bind, learn the port, close.
-    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await?.local_addr()?;
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await?
+        .local_addr()?;
     let refusing = probe::Probe::start(probe::Mode::Refuse(500)).await?;
     let silent = probe::Probe::start(probe::Mode::Hang).await?;
     let tb = testbed_with_toml(

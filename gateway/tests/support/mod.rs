@@ -34,10 +34,15 @@ pub async fn testbed_with(backends: &[(&str, String)]) -> Result<Testbed> {
 
 /// A testbed with extra backends and extra config sections.
 pub async fn testbed_with_toml(backends: &[(&str, String)], extra_toml: &str) -> Result<Testbed> {
+    // The generated config ends inside `[backends]`: extra routes go first.
+    let mut toml: String = backends
+        .iter()
+        .map(|(id, url)| format!("{id} = \"{url}\"\n"))
+        .collect();
+    toml.push_str(extra_toml);
     Testbed::start(TestbedOptions {
         push_interval: Some(Duration::from_millis(200)),
-        extra_backends: backends.iter().map(|(id, url)| (id.to_string(), url.clone())).collect(),
-        extra_toml: extra_toml.into(),
+        extra_toml: toml,
     })
     .await
 }
@@ -45,7 +50,9 @@ pub async fn testbed_with_toml(backends: &[(&str, String)], extra_toml: &str) ->
 /// Connects to `backend_id` through the gateway with a good token.
 pub async fn connect_ok(tb: &Testbed, backend_id: &str) -> Result<Connected> {
     let opts = tb.connect_options(backend_id)?;
-    connect(&opts).await.with_context(|| format!("connect to {backend_id}"))
+    connect(&opts)
+        .await
+        .with_context(|| format!("connect to {backend_id}"))
 }
 
 /// Connects with `opts`, expecting a refusal; returns its status and reason.
@@ -55,6 +62,19 @@ pub async fn refused(opts: &ConnectOptions) -> Result<(u16, String)> {
         Err(other) => bail!("expected an HTTP refusal, got error {other}"),
         Ok(_) => bail!("expected an HTTP refusal, got a 101"),
     }
+}
+
+/// A TLS connection to the gateway, trusting the dev CA, for speaking raw HTTP.
+pub async fn tls_connect(
+    tb: &Testbed,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let config = loadgen::tls::client_config(Some(&certs().join("ca.crt")), false)
+        .map_err(anyhow::Error::msg)?;
+    let tcp = tokio::net::TcpStream::connect(tb.gateway_addr()).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost")?;
+    Ok(tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await?)
 }
 
 /// The repository's certs folder.
@@ -94,7 +114,7 @@ pub fn hs256_with_public_key_token() -> Result<String> {
     let token = jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         &loadgen::token::sample_claims(),
-        &jsonwebtoken::EncodingKey::from_secret(&public),
+        &jsonwebtoken::EncodingKey::from_secret(&public)?,
     )?;
     Ok(token)
 }
@@ -118,8 +138,15 @@ pub fn is_push(frame: &Frame<'_>) -> bool {
 
 /// Next frame within the deadline.
 pub async fn next_frame(ws: &mut WebSocket<WsStream>) -> Result<Frame<'static>> {
-    let frame = tokio::time::timeout(DEADLINE, ws.read_frame()).await.context("no frame before the deadline")??;
-    Ok(Frame::new(frame.fin, frame.opcode, None, fastwebsockets::Payload::Owned(frame.payload.to_vec())))
+    let frame = tokio::time::timeout(DEADLINE, ws.read_frame())
+        .await
+        .context("no frame before the deadline")??;
+    Ok(Frame::new(
+        frame.fin,
+        frame.opcode,
+        None,
+        fastwebsockets::Payload::Owned(frame.payload.to_vec()),
+    ))
 }
 
 /// Next frame that is not a push.
@@ -148,7 +175,10 @@ pub fn close_of(frame: &Frame<'_>) -> Result<(u16, String)> {
         return Ok((1005, String::new()));
     }
     let code = u16::from_be_bytes([frame.payload[0], frame.payload[1]]);
-    Ok((code, String::from_utf8_lossy(&frame.payload[2..]).into_owned()))
+    Ok((
+        code,
+        String::from_utf8_lossy(&frame.payload[2..]).into_owned(),
+    ))
 }
 
 /// Waits for a close frame (skipping pushes and data), returning its code and reason.

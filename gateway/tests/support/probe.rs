@@ -24,6 +24,9 @@ pub enum Mode {
     Refuse(u16),
     /// Accept TCP and never answer.
     Hang,
+    /// Accept, report the first raw bytes received after the upgrade, then send
+    /// `reply` as raw bytes.
+    Raw { reply: Vec<u8> },
 }
 
 /// What the probe saw.
@@ -35,6 +38,8 @@ pub enum Event {
     Frame(OpCode, Vec<u8>),
     /// The connection ended.
     Ended,
+    /// Raw bytes received after the upgrade (Mode::Raw).
+    Raw(Vec<u8>),
 }
 
 /// A running probe.
@@ -66,7 +71,10 @@ impl Probe {
                         return;
                     }
                     let svc = service_fn(move |req| answer(req, mode.clone(), tx.clone()));
-                    let _ = http1::Builder::new().serve_connection(TokioIo::new(tcp), svc).with_upgrades().await;
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .with_upgrades()
+                        .await;
                 });
             }
         });
@@ -110,11 +118,30 @@ async fn answer(
     let protocol = match mode {
         Mode::Refuse(status) => {
             let mut r = Response::new(Empty::new());
-            *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::BAD_REQUEST);
+            *r.status_mut() =
+                hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::BAD_REQUEST);
             return Ok(r);
         }
         Mode::Accept { protocol } => protocol,
         Mode::Hang => None,
+        Mode::Raw { reply } => {
+            let Ok((response, upgrade)) = fastwebsockets::upgrade::upgrade(&mut req) else {
+                return Ok(Response::new(Empty::new()));
+            };
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let Ok(ws) = upgrade.await else { return };
+                let mut io = ws.into_inner();
+                let mut buf = vec![0u8; 4096];
+                if let Ok(n) = io.read(&mut buf).await {
+                    let _ = tx.send(Event::Raw(buf[..n].to_vec()));
+                }
+                let _ = io.write_all(&reply).await;
+                let _ = io.flush().await;
+                let _ = io.read(&mut buf).await;
+            });
+            return Ok(response);
+        }
     };
     let Ok((mut response, upgrade)) = fastwebsockets::upgrade::upgrade(&mut req) else {
         let mut r = Response::new(Empty::new());
@@ -145,7 +172,9 @@ async fn answer(
                     let _ = ws.write_frame(Frame::close(code, reason.as_bytes())).await;
                 }
                 OpCode::Text | OpCode::Binary | OpCode::Continuation => {
-                    let _ = ws.write_frame(Frame::new(frame.fin, op, None, Payload::Owned(data))).await;
+                    let _ = ws
+                        .write_frame(Frame::new(frame.fin, op, None, Payload::Owned(data)))
+                        .await;
                 }
                 _ => {}
             }
