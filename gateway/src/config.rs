@@ -110,8 +110,13 @@ impl Default for AuthConfig {
 pub struct LimitsConfig {
     /// Most client connections open at once; more are refused with 503.
     pub max_connections: usize,
-    /// Largest WebSocket frame payload accepted from either side, in bytes.
+    /// Most client connections open at once from one IP address (0: no per-IP limit).
+    pub max_connections_per_ip: usize,
+    /// Largest WebSocket message accepted from either side, in bytes, counted across its
+    /// fragments. Over it, the sender gets close 1009 and the other side 1001.
     pub max_message_size: usize,
+    /// Largest single WebSocket frame payload, in bytes (1009 past it, as above).
+    pub max_frame_size: usize,
     /// Largest HTTP request head accepted from a client, in bytes (at least 8192).
     pub max_header_bytes: usize,
 }
@@ -120,7 +125,9 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             max_connections: 100_000,
+            max_connections_per_ip: 0,
             max_message_size: 16 << 20,
+            max_frame_size: 16 << 20,
             max_header_bytes: 16 << 10,
         }
     }
@@ -142,6 +149,15 @@ pub struct TimeoutsConfig {
     /// How long the other side gets to answer a forwarded close.
     #[serde(with = "humane")]
     pub close: Duration,
+    /// A side that sends nothing for half of this is pinged; if it still sends nothing
+    /// (not even the pong) for the other half, both sides are closed with 1001.
+    /// `"0s"` disables keepalive and idle closing.
+    #[serde(with = "humane")]
+    pub idle: Duration,
+    /// On SIGTERM/Ctrl-C: how long open sessions get to finish their close handshakes
+    /// before the process exits anyway.
+    #[serde(with = "humane")]
+    pub drain: Duration,
 }
 
 impl Default for TimeoutsConfig {
@@ -151,6 +167,8 @@ impl Default for TimeoutsConfig {
             header_read: Duration::from_secs(10),
             backend_connect: Duration::from_secs(10),
             close: Duration::from_secs(5),
+            idle: Duration::from_secs(120),
+            drain: Duration::from_secs(10),
         }
     }
 }
@@ -276,6 +294,13 @@ impl Config {
                 "limits",
                 "max_header_bytes",
                 "must be at least 8192".into(),
+            ));
+        }
+        if raw.limits.max_message_size == 0 || raw.limits.max_frame_size == 0 {
+            return Err(err(
+                "limits",
+                "max_message_size",
+                "sizes must be at least 1".into(),
             ));
         }
         if raw.limits.max_connections == 0 {

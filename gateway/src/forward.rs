@@ -13,8 +13,10 @@ use std::pin::Pin;
 use std::task::Poll;
 
 use fastwebsockets::{Frame, OpCode, Payload, WebSocketError, WebSocketRead};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::oneshot;
+
+use tokio::sync::mpsc;
 
 use crate::batch::FrameWriter;
 
@@ -38,6 +40,15 @@ pub enum StopWith {
     Close(CloseMsg),
 }
 
+/// Instructions from the session (or the other pump) to a pump.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Send a keepalive ping to your destination (the other pump's silent source).
+    Ping,
+    /// Stop forwarding, send this to your destination, and end.
+    Stop(StopWith),
+}
+
 /// Why a pump ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PumpEnd {
@@ -45,9 +56,12 @@ pub enum PumpEnd {
     Closed(Option<u16>),
     /// The source ended without a close; the destination was sent the lost-source close.
     SourceLost,
-    /// The source broke the protocol and should be closed with this code; the destination
-    /// was sent 1001.
+    /// The source broke the protocol (or a size limit) and should be closed with this
+    /// code; the destination was sent 1001.
     SourceViolation(u16),
+    /// The source sent nothing, not even a pong to a keepalive ping, for the idle timeout;
+    /// the destination was sent 1001.
+    SourceIdle,
     /// Writing to the destination failed.
     DestLost,
     /// Stopped by the session.
@@ -63,6 +77,16 @@ pub struct Counters {
     pub bytes: u64,
 }
 
+/// Limits and keepalive settings a pump enforces on its source.
+#[derive(Debug, Clone, Copy)]
+pub struct PumpLimits {
+    /// Largest message, counted across its fragments (1009 past it).
+    pub max_message_size: usize,
+    /// Ping the source after this long without a frame from it; close it after a second
+    /// such period (`None`: never).
+    pub keepalive: Option<Duration>,
+}
+
 /// One direction of a session.
 pub struct Pump<'a, R, W> {
     /// Where frames come from.
@@ -73,26 +97,63 @@ pub struct Pump<'a, R, W> {
     pub lost: CloseMsg,
     /// Tallies for the session log and metrics.
     pub counters: &'a mut Counters,
+    /// Size limits and keepalive.
+    pub limits: PumpLimits,
 }
+
+/// Payload of the gateway's own keepalive pings; pongs carrying it are not forwarded.
+pub const KEEPALIVE_PAYLOAD: &[u8] = b"wsgate-keepalive";
 
 const PROTOCOL_ERROR_TO_PEER: CloseMsg = CloseMsg {
     code: 1001,
     reason: "peer protocol error",
 };
+/// Sent to both sides when one side idles past the timeout.
+pub const IDLE: CloseMsg = CloseMsg {
+    code: 1001,
+    reason: "idle timeout",
+};
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'_, R, W> {
-    /// Forwards frames until the source closes or fails, the destination fails, or `stop`
-    /// delivers an instruction.
-    pub async fn run(self, stop: &mut oneshot::Receiver<StopWith>) -> PumpEnd {
+    /// Forwards frames until the source closes or fails, the destination fails, or `ctrl`
+    /// says stop. Asks the other pump (through `peer`) to ping a silent source.
+    pub async fn run(
+        self,
+        ctrl: &mut mpsc::Receiver<Control>,
+        peer: &mpsc::Sender<Control>,
+    ) -> PumpEnd {
         let Pump {
             src,
             dst,
             lost,
             counters,
+            limits,
         } = self;
         let mut obligated = |_: Frame<'_>| std::future::ready(Ok::<(), std::io::Error>(()));
         let mut dirty = false;
+        // Keepalive: frames received from the source, as of the last tick.
+        let mut ticker = limits.keepalive.map(|period| {
+            let mut t = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        });
+        let mut received: u64 = 0;
+        let mut received_at_tick: u64 = 0;
+        let mut pinged = false;
+        // Bytes of the message being received, across its fragments.
+        let mut message_len: usize = 0;
         loop {
+            // Instructions first, so a flood from the source cannot hold off a stop.
+            match ctrl.try_recv() {
+                Ok(Control::Stop(how)) => return stopped(dst, how, lost).await,
+                Ok(Control::Ping) => {
+                    if write_ping(dst).await.is_err() {
+                        return PumpEnd::DestLost;
+                    }
+                    dirty = true;
+                }
+                Err(_) => {}
+            }
             let read = src.read_frame(&mut obligated);
             tokio::pin!(read);
             let mut next = None;
@@ -100,22 +161,53 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'_, R, W> {
                 // A frame already buffered: take it now and keep batching.
                 next = poll_once(read.as_mut()).await;
                 if next.is_none() {
-                    let flushed = tokio::select! {
-                        biased;
-                        how = &mut *stop => return stopped(dst, how.unwrap_or(StopWith::Nothing), lost).await,
-                        r = dst.flush() => r,
+                    let mut ping_due = false;
+                    let flushed = loop {
+                        tokio::select! {
+                            biased;
+                            c = ctrl.recv() => match c {
+                                Some(Control::Ping) => ping_due = true,
+                                Some(Control::Stop(how)) => return stopped(dst, how, lost).await,
+                                None => return stopped(dst, StopWith::Nothing, lost).await,
+                            },
+                            r = dst.flush() => break r,
+                        }
                     };
-                    if flushed.is_err() {
+                    if flushed.is_err() || (ping_due && write_ping(dst).await.is_err()) {
                         return PumpEnd::DestLost;
                     }
                 }
             }
             let result = match next {
                 Some(r) => r,
-                None => tokio::select! {
-                    biased;
-                    how = &mut *stop => return stopped(dst, how.unwrap_or(StopWith::Nothing), lost).await,
-                    r = &mut read => r,
+                None => loop {
+                    // The read future is never dropped mid-frame: every branch but the
+                    // read either ends the pump or loops back to the same future.
+                    tokio::select! {
+                        biased;
+                        c = ctrl.recv() => match c {
+                            Some(Control::Ping) => {
+                                if write_ping(dst).await.is_err() {
+                                    return PumpEnd::DestLost;
+                                }
+                            }
+                            Some(Control::Stop(how)) => return stopped(dst, how, lost).await,
+                            None => return stopped(dst, StopWith::Nothing, lost).await,
+                        },
+                        r = &mut read => break r,
+                        _ = tick(&mut ticker) => {
+                            if received != received_at_tick {
+                                received_at_tick = received;
+                                pinged = false;
+                            } else if pinged {
+                                let _ = send_close(dst, IDLE).await;
+                                return PumpEnd::SourceIdle;
+                            } else {
+                                pinged = true;
+                                let _ = peer.try_send(Control::Ping);
+                            }
+                        }
+                    }
                 },
             };
             let frame = match result {
@@ -130,17 +222,26 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'_, R, W> {
                     return end;
                 }
             };
+            received += 1;
             let (fin, opcode) = (frame.fin, frame.opcode);
             let len = frame.payload.len();
             let mut close_code = None;
-            if opcode == OpCode::Close {
-                match check_close(&frame.payload) {
+            match opcode {
+                OpCode::Text | OpCode::Binary => message_len = len,
+                OpCode::Continuation => message_len = message_len.saturating_add(len),
+                OpCode::Pong if frame.payload[..] == *KEEPALIVE_PAYLOAD => continue,
+                OpCode::Close => match check_close(&frame.payload) {
                     Ok(code) => close_code = code,
                     Err(code) => {
                         let _ = send_close(dst, PROTOCOL_ERROR_TO_PEER).await;
                         return PumpEnd::SourceViolation(code);
                     }
-                }
+                },
+                _ => {}
+            }
+            if message_len > limits.max_message_size {
+                let _ = send_close(dst, PROTOCOL_ERROR_TO_PEER).await;
+                return PumpEnd::SourceViolation(1009);
             }
             let out = Frame::new(fin, opcode, None, frame.payload);
             if dst.write_frame(out).await.is_err() {
@@ -157,6 +258,26 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'_, R, W> {
             dirty = true;
         }
     }
+}
+
+async fn tick(ticker: &mut Option<tokio::time::Interval>) {
+    match ticker {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+async fn write_ping<W: AsyncWrite + Unpin>(dst: &mut FrameWriter<W>) -> std::io::Result<()> {
+    dst.write_frame(Frame::new(
+        true,
+        OpCode::Ping,
+        None,
+        Payload::Borrowed(KEEPALIVE_PAYLOAD),
+    ))
+    .await?;
+    dst.flush().await
 }
 
 /// Polls `fut` once: its output if ready now, `None` if it would wait.

@@ -6,7 +6,8 @@
 //!
 //! | module | job |
 //! |---|---|
-//! | [`listener`] | accept TCP, connection limit, accept-error back-off |
+//! | [`listener`] | accept TCP, accept-error back-off |
+//! | [`limits`] | connection slots: total and per client IP |
 //! | [`tls`] | rustls server config from PEM, ALPN `http/1.1` |
 //! | [`service`] | TLS handshake, hyper HTTP/1 with upgrades, the handshake phases |
 //! | [`checks`] | path, method, WebSocket upgrade headers, `ID` |
@@ -27,6 +28,7 @@ pub mod batch;
 pub mod checks;
 pub mod config;
 pub mod forward;
+pub mod limits;
 pub mod listener;
 pub mod prefixed;
 pub mod refusal;
@@ -73,11 +75,21 @@ pub struct Gateway {
 impl Gateway {
     /// Loads the files `config` names (TLS cert and key, JWT public key) and builds the
     /// gateway. Errors name the config key and file at fault.
-    pub fn new(config: Config) -> Result<Self, GatewayError> {
+    pub fn new(mut config: Config) -> Result<Self, GatewayError> {
         let tls = tls::server_config(&config.tls.cert, &config.tls.key)
             .map_err(|(key, problem)| config.error("tls", key, problem))?;
         let verifier = Verifier::from_config(&config.auth)
             .map_err(|(key, problem)| config.error("auth", key, problem))?;
+        if let Some(capacity) = limits::fd_session_capacity() {
+            if capacity < config.limits.max_connections {
+                info!(
+                    capacity,
+                    configured = config.limits.max_connections,
+                    "open-file limit caps sessions below max_connections; using the lower"
+                );
+                config.limits.max_connections = capacity.max(1);
+            }
+        }
         let router = Router::new(RouteTable::new(&config.backends));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let shared = Shared::new(

@@ -29,8 +29,8 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Futu
                 shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
                 let conn_id = shared.next_id.fetch_add(1, Ordering::Relaxed);
                 // Over the limit the connection is still answered (503), not left hanging.
-                let permit = shared.slots.clone().try_acquire_owned().ok();
-                tokio::spawn(serve_connection(shared.clone(), tcp, peer, conn_id, permit));
+                let slot = shared.limiter.try_acquire(peer.ip());
+                tokio::spawn(serve_connection(shared.clone(), tcp, peer, conn_id, slot));
             }
             Err(e) => {
                 error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "accept failed");

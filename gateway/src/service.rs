@@ -17,12 +17,12 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::server::TlsStream;
 use tracing::{debug, info, warn};
 
 use crate::backend::{self, BackendConn};
 use crate::checks;
+use crate::limits::{LimitHit, Slot};
 use crate::refusal::Refusal;
 use crate::route::BackendTarget;
 use crate::session::{self, Side};
@@ -31,14 +31,15 @@ use crate::wsclient::accept_key;
 
 type Body = Full<Bytes>;
 
-/// Serves one accepted TCP connection to its end. Holds `permit` (the connection-limit
-/// slot) for as long as the connection or its session lives.
+/// Serves one accepted TCP connection to its end. Holds `slot` (its place under the
+/// connection limits) for as long as the connection or its session lives; without one,
+/// every request gets 503.
 pub async fn serve_connection(
     shared: Arc<Shared>,
     tcp: TcpStream,
     peer: SocketAddr,
     conn_id: u64,
-    permit: Option<OwnedSemaphorePermit>,
+    slot: Result<Slot, LimitHit>,
 ) {
     let _ = tcp.set_nodelay(true);
     let config = shared.config();
@@ -54,12 +55,16 @@ pub async fn serve_connection(
                 return;
             }
         };
-    let permit = Arc::new(std::sync::Mutex::new(permit));
+    let (slot, limit_hit) = match slot {
+        Ok(slot) => (Some(slot), None),
+        Err(hit) => (None, Some(hit)),
+    };
+    let permit = Arc::new(std::sync::Mutex::new(slot));
     let svc_shared = shared.clone();
     let service = service_fn(move |req| {
         let shared = svc_shared.clone();
         let permit = permit.clone();
-        async move { Ok::<_, Infallible>(handle(shared, req, peer, conn_id, permit).await) }
+        async move { Ok::<_, Infallible>(handle(shared, req, peer, conn_id, permit, limit_hit).await) }
     });
     let result = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -73,7 +78,7 @@ pub async fn serve_connection(
     }
 }
 
-type PermitSlot = Arc<std::sync::Mutex<Option<OwnedSemaphorePermit>>>;
+type PermitSlot = Arc<std::sync::Mutex<Option<Slot>>>;
 
 async fn handle(
     shared: Arc<Shared>,
@@ -81,12 +86,13 @@ async fn handle(
     peer: SocketAddr,
     conn_id: u64,
     permit: PermitSlot,
+    limit_hit: Option<LimitHit>,
 ) -> Response<Body> {
     let started = std::time::Instant::now();
-    if permit.lock().map(|p| p.is_none()).unwrap_or(true) {
+    if let Some(hit) = limit_hit {
         return refuse(
             &shared,
-            Refusal::Unavailable("over the connection limit"),
+            Refusal::Unavailable(hit.reason()),
             conn_id,
             peer,
             None,
@@ -223,7 +229,9 @@ async fn run_session(
     let config = shared.config();
     let opts = session::SessionOptions {
         max_message_size: config.limits.max_message_size,
+        max_frame_size: config.limits.max_frame_size,
         close_timeout: config.timeouts.close,
+        keepalive: Some(config.timeouts.idle / 2).filter(|d| !d.is_zero()),
     };
     drop(config);
     shared.stats.active.fetch_add(1, Ordering::Relaxed);

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use fastwebsockets::{after_handshake_split, Role, WebSocketRead};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
 use crate::batch::FrameWriter;
-use crate::forward::{CloseMsg, Counters, Pump, PumpEnd, StopWith};
+use crate::forward::{CloseMsg, Control, Counters, Pump, PumpEnd, PumpLimits, StopWith};
 use crate::prefixed::Prefixed;
 
 /// Sent to the backend when the client vanishes without a close.
@@ -39,8 +39,12 @@ const BATCH_LIMIT: usize = 64 * 1024;
 /// Settings of a session.
 #[derive(Debug, Clone, Copy)]
 pub struct SessionOptions {
-    /// Largest frame payload accepted from either side.
+    /// Largest message accepted from either side, counted across fragments.
     pub max_message_size: usize,
+    /// Largest single frame payload accepted from either side.
+    pub max_frame_size: usize,
+    /// Ping a side silent this long; close it after a second such period.
+    pub keepalive: Option<Duration>,
     /// How long a side gets to answer a close.
     pub close_timeout: Duration,
 }
@@ -85,6 +89,8 @@ impl SessionReport {
             | (Direction::Downstream, PumpEnd::DestLost) => "client_lost",
             (Direction::Downstream, PumpEnd::SourceLost)
             | (Direction::Upstream, PumpEnd::DestLost) => "backend_lost",
+            (Direction::Upstream, PumpEnd::SourceIdle) => "client_idle",
+            (Direction::Downstream, PumpEnd::SourceIdle) => "backend_idle",
             (Direction::Upstream, _) => "client_error",
             (Direction::Downstream, _) => "backend_error",
         }
@@ -121,8 +127,13 @@ where
     let (mut bread, mut bwrite) = split(backend, Role::Client, opts);
     let mut upstream = Counters::default();
     let mut downstream = Counters::default();
-    let (up_tx, mut up_rx) = oneshot::channel();
-    let (down_tx, mut down_rx) = oneshot::channel();
+    // Room for the few instructions a session ever sends: a stop and keepalive pings.
+    let (up_tx, mut up_rx) = mpsc::channel(8);
+    let (down_tx, mut down_rx) = mpsc::channel(8);
+    let limits = PumpLimits {
+        max_message_size: opts.max_message_size,
+        keepalive: opts.keepalive,
+    };
     let mut shut = false;
 
     let (first, second) = {
@@ -131,15 +142,17 @@ where
             dst: &mut bwrite,
             lost: CLIENT_LOST,
             counters: &mut upstream,
+            limits,
         }
-        .run(&mut up_rx);
+        .run(&mut up_rx, &down_tx);
         let down = Pump {
             src: &mut bread,
             dst: &mut cwrite,
             lost: BACKEND_LOST,
             counters: &mut downstream,
+            limits,
         }
-        .run(&mut down_rx);
+        .run(&mut down_rx, &up_tx);
         tokio::pin!(up, down);
         let already_shut = *shutdown.borrow_and_update();
         let first = tokio::select! {
@@ -150,8 +163,8 @@ where
         if first.1 == PumpEnd::Stopped {
             // Gateway shutdown: both sides are told, after what was already accepted.
             shut = true;
-            let _ = up_tx.send(StopWith::Close(SHUTTING_DOWN));
-            let _ = down_tx.send(StopWith::Close(SHUTTING_DOWN));
+            let _ = up_tx.try_send(Control::Stop(StopWith::Close(SHUTTING_DOWN)));
+            let _ = down_tx.try_send(Control::Stop(StopWith::Close(SHUTTING_DOWN)));
             let both = async { tokio::join!(&mut up, &mut down) };
             let _ = tokio::time::timeout(opts.close_timeout, both).await;
             (first, Some(PumpEnd::Stopped))
@@ -161,6 +174,8 @@ where
                 PumpEnd::Closed(_) => None,
                 // This pump already told the other side; nothing is left to say.
                 PumpEnd::SourceLost | PumpEnd::Stopped => Some(StopWith::Nothing),
+                // The idle source is told so (its peer already was).
+                PumpEnd::SourceIdle => Some(StopWith::Close(crate::forward::IDLE)),
                 // The misbehaving source hears why.
                 PumpEnd::SourceViolation(code) => Some(StopWith::Close(CloseMsg {
                     code,
@@ -170,11 +185,11 @@ where
                 PumpEnd::DestLost => Some(StopWith::LostSource),
             };
             let (other_tx, upstream_first) = match first.0 {
-                Direction::Upstream => (down_tx, true),
-                Direction::Downstream => (up_tx, false),
+                Direction::Upstream => (&down_tx, true),
+                Direction::Downstream => (&up_tx, false),
             };
             if let Some(how) = instruction {
-                let _ = other_tx.send(how);
+                let _ = other_tx.try_send(Control::Stop(how));
             }
             let other_end = async {
                 if upstream_first {
@@ -225,6 +240,7 @@ fn split<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     );
     read.set_auto_close(false);
     read.set_auto_pong(false);
-    read.set_max_message_size(opts.max_message_size);
+    // fastwebsockets refuses a frame whose length reaches this value.
+    read.set_max_message_size(opts.max_frame_size.saturating_add(1));
     (read, FrameWriter::new(side.write, role, BATCH_LIMIT))
 }

@@ -7,11 +7,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::auth::Verifier;
 use crate::config::Config;
+use crate::limits::ConnLimiter;
 use crate::route::Router;
 
 /// Process-wide counters, cheap enough to bump per connection.
@@ -34,7 +35,7 @@ pub struct Shared {
     /// TLS server side.
     pub tls: TlsAcceptor,
     /// Connection-limit slots.
-    pub slots: Arc<Semaphore>,
+    pub limiter: ConnLimiter,
     /// Counters.
     pub stats: Stats,
     /// Set once shutdown begins: new upgrades are refused with 503.
@@ -54,15 +55,16 @@ impl Shared {
         tls: TlsAcceptor,
         shutdown_rx: watch::Receiver<bool>,
     ) -> Self {
-        let slots = Arc::new(Semaphore::new(
-            config.limits.max_connections.min(Semaphore::MAX_PERMITS),
-        ));
+        let limiter = ConnLimiter::new(
+            config.limits.max_connections,
+            config.limits.max_connections_per_ip,
+        );
         Self {
             config: ArcSwap::from_pointee(config),
             verifier: ArcSwap::from_pointee(verifier),
             router,
             tls,
-            slots,
+            limiter,
             stats: Stats::default(),
             draining: AtomicBool::new(false),
             shutdown_rx,

@@ -1,0 +1,142 @@
+//! Connection limits: a total cap (a semaphore slot per connection) and an optional cap
+//! per client IP. A slot is held for the connection's whole life, session included.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Why a connection got no slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitHit {
+    /// `max_connections` are open.
+    Total,
+    /// `max_connections_per_ip` are open from this address.
+    PerIp,
+}
+
+impl LimitHit {
+    /// The one-line reason given with the 503.
+    pub fn reason(self) -> &'static str {
+        match self {
+            LimitHit::Total => "over the connection limit",
+            LimitHit::PerIp => "over the per-address connection limit",
+        }
+    }
+}
+
+/// Hands out connection slots.
+#[derive(Debug)]
+pub struct ConnLimiter {
+    total: Arc<Semaphore>,
+    per_ip: Option<(usize, Arc<Mutex<HashMap<IpAddr, usize>>>)>,
+}
+
+/// A held connection slot; dropping it frees the slot.
+#[derive(Debug)]
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+    _ip: Option<IpSlot>,
+}
+
+#[derive(Debug)]
+struct IpSlot {
+    ip: IpAddr,
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        if let Ok(mut counts) = self.counts.lock() {
+            if let Some(n) = counts.get_mut(&self.ip) {
+                *n -= 1;
+                if *n == 0 {
+                    counts.remove(&self.ip);
+                }
+            }
+        }
+    }
+}
+
+impl ConnLimiter {
+    /// `max_total` connections in all, and at most `max_per_ip` from one address (0: no
+    /// per-address cap).
+    pub fn new(max_total: usize, max_per_ip: usize) -> Self {
+        let per_ip = (max_per_ip > 0).then(|| (max_per_ip, Arc::new(Mutex::new(HashMap::new()))));
+        Self {
+            total: Arc::new(Semaphore::new(max_total.min(Semaphore::MAX_PERMITS))),
+            per_ip,
+        }
+    }
+
+    /// A slot for a connection from `ip`, if both caps allow it.
+    pub fn try_acquire(&self, ip: IpAddr) -> Result<Slot, LimitHit> {
+        let permit = self
+            .total
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| LimitHit::Total)?;
+        let ip_slot = match &self.per_ip {
+            None => None,
+            Some((max, counts)) => {
+                let mut map = counts.lock().map_err(|_| LimitHit::PerIp)?;
+                let n = map.entry(ip).or_insert(0);
+                if *n >= *max {
+                    return Err(LimitHit::PerIp);
+                }
+                *n += 1;
+                Some(IpSlot {
+                    ip,
+                    counts: counts.clone(),
+                })
+            }
+        };
+        Ok(Slot {
+            _permit: permit,
+            _ip: ip_slot,
+        })
+    }
+
+    /// Slots currently free.
+    pub fn available(&self) -> usize {
+        self.total.available_permits()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_total_and_per_ip_and_frees_on_drop() {
+        let l = ConnLimiter::new(3, 2);
+        let a: IpAddr = [10, 0, 0, 1].into();
+        let b: IpAddr = [10, 0, 0, 2].into();
+        let s1 = l.try_acquire(a);
+        let s2 = l.try_acquire(a);
+        assert!(s1.is_ok() && s2.is_ok());
+        assert_eq!(l.try_acquire(a).err(), Some(LimitHit::PerIp));
+        let s3 = l.try_acquire(b);
+        assert!(s3.is_ok());
+        assert_eq!(l.try_acquire(b).err(), Some(LimitHit::Total));
+        drop(s1);
+        assert!(l.try_acquire(a).is_ok());
+    }
+}
+
+/// Descriptors kept back for listeners, logs, DNS and the like.
+const FD_RESERVE: u64 = 64;
+
+/// How many proxied sessions this process's open-file limit allows: each costs two
+/// descriptors (client and backend sockets). `None` when the limit cannot be read.
+pub fn fd_session_capacity() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let soft = line.split_whitespace().nth(3)?;
+    if soft == "unlimited" {
+        return None;
+    }
+    let soft: u64 = soft.parse().ok()?;
+    usize::try_from(soft.saturating_sub(FD_RESERVE) / 2).ok()
+}
