@@ -26,11 +26,14 @@ impl LimitHit {
     }
 }
 
+/// Open connections per client address.
+type IpCounts = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
 /// Hands out connection slots.
 #[derive(Debug)]
 pub struct ConnLimiter {
     total: Arc<Semaphore>,
-    per_ip: Option<(usize, Arc<Mutex<HashMap<IpAddr, usize>>>)>,
+    per_ip: Option<(usize, IpCounts)>,
 }
 
 /// A held connection slot; dropping it frees the slot.
@@ -43,7 +46,7 @@ pub struct Slot {
 #[derive(Debug)]
 struct IpSlot {
     ip: IpAddr,
-    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    counts: IpCounts,
 }
 
 impl Drop for IpSlot {
