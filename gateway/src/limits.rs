@@ -107,6 +107,22 @@ impl ConnLimiter {
     }
 }
 
+/// Descriptors kept back for listeners, logs, DNS and the like.
+const FD_RESERVE: u64 = 64;
+
+/// How many proxied sessions this process's open-file limit allows: each costs two
+/// descriptors (client and backend sockets). `None` when the limit cannot be read.
+pub fn fd_session_capacity() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let soft = line.split_whitespace().nth(3)?;
+    if soft == "unlimited" {
+        return None;
+    }
+    let soft: u64 = soft.parse().ok()?;
+    usize::try_from(soft.saturating_sub(FD_RESERVE) / 2).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,20 +142,4 @@ mod tests {
         drop(s1);
         assert!(l.try_acquire(a).is_ok());
     }
-}
-
-/// Descriptors kept back for listeners, logs, DNS and the like.
-const FD_RESERVE: u64 = 64;
-
-/// How many proxied sessions this process's open-file limit allows: each costs two
-/// descriptors (client and backend sockets). `None` when the limit cannot be read.
-pub fn fd_session_capacity() -> Option<usize> {
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    let soft = line.split_whitespace().nth(3)?;
-    if soft == "unlimited" {
-        return None;
-    }
-    let soft: u64 = soft.parse().ok()?;
-    usize::try_from(soft.saturating_sub(FD_RESERVE) / 2).ok()
 }
