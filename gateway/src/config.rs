@@ -28,8 +28,32 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Timeouts of each stage.
     pub timeouts: TimeoutsConfig,
-    /// The file this came from (for messages), if any.
+    /// The admin listener.
+    pub admin: AdminConfig,
+    /// The file named in messages (the loaded file, or `Config.toml` in the base folder).
     pub source: PathBuf,
+    /// The file this was loaded from, which a reload re-reads.
+    pub loaded_from: Option<PathBuf>,
+}
+
+/// `[admin]`: the plain-HTTP admin listener (`/metrics`, `/healthz`, `/readyz`,
+/// `POST /reload`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Whether to serve it.
+    pub enabled: bool,
+    /// Where it listens: keep it on loopback or a private network.
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 9091)),
+        }
+    }
 }
 
 /// `[server]`.
@@ -197,6 +221,8 @@ struct RawConfig {
     limits: LimitsConfig,
     #[serde(default)]
     timeouts: TimeoutsConfig,
+    #[serde(default)]
+    admin: AdminConfig,
 }
 
 /// A config that cannot be used: which file, line and key, and what is wrong.
@@ -237,6 +263,7 @@ impl Config {
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let mut config = Self::from_toml_str(&text, &base)?;
         config.source = path.to_owned();
+        config.loaded_from = Some(path.to_owned());
         Ok(config)
     }
 
@@ -330,6 +357,8 @@ impl Config {
             backends,
             limits: raw.limits,
             timeouts: raw.timeouts,
+            admin: raw.admin,
+            loaded_from: None,
             source,
         })
     }

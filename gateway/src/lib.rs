@@ -19,9 +19,13 @@
 //! | [`forward`] | one direction: frames read, re-framed, batched, flushed |
 //! | [`batch`] | frame encoding into a batch buffer, masking for the client role |
 //!
+//! Operations: [`admin`] (metrics, health, readiness, reload endpoint), [`metrics`]
+//! (Prometheus), [`reload`] (re-read the config file).
+//!
 //! Support: [`config`] (Config.toml), [`state`] (what connections share), [`wsclient`]
 //! (client handshake, also used by the load generator), [`prefixed`] (bytes read ahead).
 
+pub mod admin;
 pub mod auth;
 pub mod backend;
 pub mod batch;
@@ -30,8 +34,10 @@ pub mod config;
 pub mod forward;
 pub mod limits;
 pub mod listener;
+pub mod metrics;
 pub mod prefixed;
 pub mod refusal;
+pub mod reload;
 pub mod route;
 pub mod service;
 pub mod session;
@@ -50,8 +56,6 @@ use tracing::info;
 
 pub use config::{Config, ConfigError};
 
-use crate::auth::Verifier;
-use crate::route::{RouteTable, Router};
 use crate::state::Shared;
 
 /// Why the gateway could not be built or run.
@@ -66,6 +70,17 @@ pub enum GatewayError {
     Io(#[from] std::io::Error),
 }
 
+/// Reloads the gateway's config file on demand.
+#[derive(Clone)]
+pub struct Reloader(Arc<Shared>);
+
+impl Reloader {
+    /// Re-reads the config file; on error the old config stays in force.
+    pub fn reload(&self) -> Result<(), reload::ReloadError> {
+        reload::reload(&self.0)
+    }
+}
+
 /// A gateway ready to serve: config validated, keys and certificates loaded.
 pub struct Gateway {
     shared: Arc<Shared>,
@@ -76,11 +91,9 @@ impl Gateway {
     /// Loads the files `config` names (TLS cert and key, JWT public key) and builds the
     /// gateway. Errors name the config key and file at fault.
     pub fn new(mut config: Config) -> Result<Self, GatewayError> {
-        let tls = tls::server_config(&config.tls.cert, &config.tls.key)
-            .map_err(|(key, problem)| config.error("tls", key, problem))?;
-        let verifier = Verifier::from_config(&config.auth)
-            .map_err(|(key, problem)| config.error("auth", key, problem))?;
-        if let Some(capacity) = limits::fd_session_capacity() {
+        let fd_capacity = limits::fd_session_capacity();
+        let parts = reload::build_parts(config.clone())?;
+        if let Some(capacity) = fd_capacity {
             if capacity < config.limits.max_connections {
                 info!(
                     capacity,
@@ -90,19 +103,29 @@ impl Gateway {
                 config.limits.max_connections = capacity.max(1);
             }
         }
-        let router = Router::new(RouteTable::new(&config.backends));
+        let parts = state::Parts { config, ..parts };
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let shared = Shared::new(
-            config,
-            verifier,
-            router,
-            tokio_rustls::TlsAcceptor::from(tls),
-            shutdown_rx,
-        );
+        let shared = Shared::new(parts, shutdown_rx);
         Ok(Self {
             shared: Arc::new(shared),
             shutdown_tx,
         })
+    }
+
+    /// Serves the admin endpoints (`/metrics`, `/healthz`, `/readyz`, `POST /reload`) on
+    /// `listener`, in a task that lives as long as the runtime.
+    pub fn spawn_admin(&self, listener: TcpListener) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(admin::serve(listener, self.shared.clone()))
+    }
+
+    /// The config in force now.
+    pub fn config_snapshot(&self) -> Arc<Config> {
+        self.shared.config()
+    }
+
+    /// A handle that reloads the config file (what SIGHUP and `POST /reload` do).
+    pub fn reloader(&self) -> Reloader {
+        Reloader(self.shared.clone())
     }
 
     /// Serves clients on `listener` until `shutdown` resolves; then stops accepting,
@@ -122,13 +145,13 @@ impl Gateway {
         let _ = self.shutdown_tx.send(true);
         let deadline =
             tokio::time::Instant::now() + config.timeouts.close + Duration::from_millis(500);
-        while self.shared.stats.active.load(Ordering::Relaxed) > 0
+        while self.shared.active.load(Ordering::Relaxed) > 0
             && tokio::time::Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         info!(
-            remaining = self.shared.stats.active.load(Ordering::Relaxed),
+            remaining = self.shared.active.load(Ordering::Relaxed),
             "gateway stopped"
         );
         Ok(())

@@ -26,10 +26,10 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Futu
         match accepted {
             Ok((tcp, peer)) => {
                 backoff = Duration::from_millis(5);
-                shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
+                shared.metrics.accepted.inc();
                 let conn_id = shared.next_id.fetch_add(1, Ordering::Relaxed);
                 // Over the limit the connection is still answered (503), not left hanging.
-                let slot = shared.limiter.try_acquire(peer.ip());
+                let slot = shared.limiter().try_acquire(peer.ip());
                 tokio::spawn(serve_connection(shared.clone(), tcp, peer, conn_id, slot));
             }
             Err(e) => {

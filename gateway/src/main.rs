@@ -63,6 +63,20 @@ fn main() -> ExitCode {
                 return ExitCode::from(64);
             }
         };
+        let admin = gateway.config_snapshot().admin.clone();
+        if admin.enabled {
+            match tokio::net::TcpListener::bind(admin.listen).await {
+                Ok(l) => {
+                    tracing::info!(listen = %admin.listen, "admin listening (/metrics /healthz /readyz POST /reload)");
+                    gateway.spawn_admin(l);
+                }
+                Err(e) => {
+                    eprintln!("gateway: cannot listen on admin address {}: {e}", admin.listen);
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        spawn_reload_on_sighup(gateway.reloader());
         let listener = match tokio::net::TcpListener::bind(listen).await {
             Ok(l) => l,
             Err(e) => {
@@ -78,6 +92,21 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// Reloads the config file on every SIGHUP.
+fn spawn_reload_on_sighup(reloader: gateway::Reloader) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            // The outcome is logged by the reload itself.
+            let _ = reloader.reload();
+        }
+    });
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

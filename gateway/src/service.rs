@@ -23,6 +23,7 @@ use tracing::{debug, info, warn};
 use crate::backend::{self, BackendConn};
 use crate::checks;
 use crate::limits::{LimitHit, Slot};
+use crate::metrics::{BackendLabel, Metrics};
 use crate::refusal::Refusal;
 use crate::route::BackendTarget;
 use crate::session::{self, Side};
@@ -44,7 +45,7 @@ pub async fn serve_connection(
     let _ = tcp.set_nodelay(true);
     let config = shared.config();
     let tls =
-        match tokio::time::timeout(config.timeouts.tls_handshake, shared.tls.accept(tcp)).await {
+        match tokio::time::timeout(config.timeouts.tls_handshake, shared.tls().accept(tcp)).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
                 debug!(conn = conn_id, %peer, error = %e, "TLS handshake failed");
@@ -111,6 +112,11 @@ async fn handle(
         Ok((target, conn, response)) => {
             let on_upgrade = hyper::upgrade::on(&mut req);
             let slot = permit.lock().ok().and_then(|mut p| p.take());
+            Metrics::observe(
+                &shared.metrics.handshake_seconds,
+                &target.id,
+                started.elapsed(),
+            );
             let handshake_ms = started.elapsed().as_secs_f64() * 1e3;
             debug!(conn = conn_id, %peer, backend = %target.id, handshake_ms, "upgrading");
             tokio::spawn(async move {
@@ -142,8 +148,15 @@ fn refuse(
     peer: SocketAddr,
     backend: Option<&str>,
 ) -> Response<Body> {
-    shared.stats.refused.fetch_add(1, Ordering::Relaxed);
     let status = refusal.status().as_u16();
+    shared
+        .metrics
+        .refusals
+        .get_or_create(&crate::metrics::RefusalLabels {
+            status: status.to_string(),
+            reason: refusal.label().to_owned(),
+        })
+        .inc();
     if refusal.status().is_server_error() {
         warn!(conn = conn_id, %peer, backend, status, reason = %refusal, "refused");
     } else {
@@ -169,6 +182,7 @@ async fn prepare(
         .router
         .lookup(upgrade.backend_id)
         .ok_or(Refusal::UnknownBackend)?;
+    let connect_started = std::time::Instant::now();
     let conn = backend::connect(
         &target,
         req.headers(),
@@ -176,7 +190,27 @@ async fn prepare(
         peer,
         config.timeouts.backend_connect,
     )
-    .await?;
+    .await;
+    let metrics = &shared.metrics;
+    let conn = match conn {
+        Ok(conn) => {
+            Metrics::observe(
+                &metrics.backend_connect_seconds,
+                &target.id,
+                connect_started.elapsed(),
+            );
+            conn
+        }
+        Err(refusal) => {
+            metrics
+                .backend_connect_failures
+                .get_or_create(&BackendLabel {
+                    backend: target.id.to_string(),
+                })
+                .inc();
+            return Err(refusal);
+        }
+    };
     let response = accept(upgrade.key, upgrade.protocols, conn.protocol.as_deref())?;
     Ok((target, conn, response))
 }
@@ -234,7 +268,15 @@ async fn run_session(
         keepalive: Some(config.timeouts.idle / 2).filter(|d| !d.is_zero()),
     };
     drop(config);
-    shared.stats.active.fetch_add(1, Ordering::Relaxed);
+    shared.active.fetch_add(1, Ordering::Relaxed);
+    let active = shared
+        .metrics
+        .active
+        .get_or_create(&crate::metrics::BackendLabel {
+            backend: target.id.to_string(),
+        })
+        .clone();
+    active.inc();
     let report = session::proxy(
         Side {
             read: client_read,
@@ -250,7 +292,9 @@ async fn run_session(
         shared.shutdown_rx.clone(),
     )
     .await;
-    shared.stats.active.fetch_sub(1, Ordering::Relaxed);
+    shared.active.fetch_sub(1, Ordering::Relaxed);
+    active.dec();
+    shared.metrics.session_ended(&target.id, &report);
     info!(
         conn = conn_id,
         %peer,

@@ -97,6 +97,33 @@ impl SessionReport {
     }
 }
 
+impl SessionReport {
+    /// Close frames the gateway itself sent: (`client` or `backend`, code).
+    pub fn gateway_closes(&self) -> Vec<(&'static str, u16)> {
+        use Direction::{Downstream, Upstream};
+        if self.shutdown {
+            return vec![
+                ("client", SHUTTING_DOWN.code),
+                ("backend", SHUTTING_DOWN.code),
+            ];
+        }
+        match self.first {
+            (_, PumpEnd::Closed(_)) | (_, PumpEnd::Stopped) => vec![],
+            (Upstream, PumpEnd::SourceLost) | (Downstream, PumpEnd::DestLost) => {
+                vec![("backend", CLIENT_LOST.code)]
+            }
+            (Downstream, PumpEnd::SourceLost) | (Upstream, PumpEnd::DestLost) => {
+                vec![("client", BACKEND_LOST.code)]
+            }
+            (Upstream, PumpEnd::SourceViolation(code)) => vec![("client", code), ("backend", 1001)],
+            (Downstream, PumpEnd::SourceViolation(code)) => {
+                vec![("backend", code), ("client", 1001)]
+            }
+            (_, PumpEnd::SourceIdle) => vec![("client", 1001), ("backend", 1001)],
+        }
+    }
+}
+
 /// One side of a session: its read and write halves, and bytes already read past its
 /// handshake.
 pub struct Side<R, W> {

@@ -1,75 +1,106 @@
-//! What every connection shares: config, verifier, routes, TLS, counters, shutdown signal.
+//! What every connection shares: config, verifier, routes, TLS, limits, metrics, and the
+//! shutdown signal.
 //!
-//! Config and verifier sit behind atomic pointer swaps so a reload never blocks a
-//! connection; each connection takes a snapshot at its start.
+//! Everything a reload replaces sits behind an atomic pointer swap, so a reload never
+//! blocks a connection; each connection takes a snapshot at its start and open sessions
+//! keep what they started with.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use rustls::ServerConfig;
 use tokio::sync::watch;
-use tokio_rustls::TlsAcceptor;
 
 use crate::auth::Verifier;
 use crate::config::Config;
 use crate::limits::ConnLimiter;
+use crate::metrics::Metrics;
 use crate::route::Router;
 
-/// Process-wide counters, cheap enough to bump per connection.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Sessions currently proxying.
-    pub active: AtomicU64,
-    /// Upgrade requests refused.
-    pub refused: AtomicU64,
-    /// Connections accepted.
-    pub accepted: AtomicU64,
+/// The parts of the gateway a reload rebuilds from a config file.
+pub struct Parts {
+    /// The validated config.
+    pub config: Config,
+    /// Token checks.
+    pub verifier: Verifier,
+    /// TLS server config.
+    pub tls: Arc<ServerConfig>,
 }
 
 /// State shared by the listener and every connection.
 pub struct Shared {
     config: ArcSwap<Config>,
     verifier: ArcSwap<Verifier>,
+    tls: ArcSwap<ServerConfig>,
+    limiter: ArcSwap<ConnLimiter>,
     /// Backend ID -> target.
     pub router: Router,
-    /// TLS server side.
-    pub tls: TlsAcceptor,
-    /// Connection-limit slots.
-    pub limiter: ConnLimiter,
-    /// Counters.
-    pub stats: Stats,
-    /// Set once shutdown begins: new upgrades are refused with 503.
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+    /// Sessions proxying now (all backends), for the drain wait.
+    pub active: AtomicU64,
+    /// Set once shutdown begins: new upgrades get 503 and `/readyz` turns not-ready.
     pub draining: AtomicBool,
     /// Turns `true` when sessions must close with 1001.
     pub shutdown_rx: watch::Receiver<bool>,
     /// Source of connection ids.
     pub next_id: AtomicU64,
+    /// The file a reload re-reads (`None`: config built from a string, no reload).
+    pub config_path: Option<PathBuf>,
 }
 
 impl Shared {
     /// Builds the shared state.
-    pub fn new(
-        config: Config,
-        verifier: Verifier,
-        router: Router,
-        tls: TlsAcceptor,
-        shutdown_rx: watch::Receiver<bool>,
-    ) -> Self {
+    pub fn new(parts: Parts, shutdown_rx: watch::Receiver<bool>) -> Self {
+        let Parts {
+            config,
+            verifier,
+            tls,
+        } = parts;
         let limiter = ConnLimiter::new(
             config.limits.max_connections,
             config.limits.max_connections_per_ip,
         );
+        let router = Router::new(crate::route::RouteTable::new(&config.backends));
+        let config_path = config.loaded_from.clone();
         Self {
             config: ArcSwap::from_pointee(config),
             verifier: ArcSwap::from_pointee(verifier),
+            tls: ArcSwap::new(tls),
+            limiter: ArcSwap::from_pointee(limiter),
             router,
-            tls,
-            limiter,
-            stats: Stats::default(),
+            metrics: Metrics::new(),
+            active: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             shutdown_rx,
             next_id: AtomicU64::new(1),
+            config_path,
         }
+    }
+
+    /// Puts freshly built parts in force for new connections.
+    pub fn replace(&self, parts: Parts) {
+        let Parts {
+            config,
+            verifier,
+            tls,
+        } = parts;
+        self.router
+            .replace(crate::route::RouteTable::new(&config.backends));
+        let old = self.config.load();
+        if old.limits.max_connections != config.limits.max_connections
+            || old.limits.max_connections_per_ip != config.limits.max_connections_per_ip
+        {
+            self.limiter.store(Arc::new(ConnLimiter::new(
+                config.limits.max_connections,
+                config.limits.max_connections_per_ip,
+            )));
+        }
+        self.verifier.store(Arc::new(verifier));
+        self.tls.store(tls);
+        self.config.store(Arc::new(config));
     }
 
     /// The config in force now.
@@ -80,5 +111,15 @@ impl Shared {
     /// The token verifier in force now.
     pub fn verifier(&self) -> Arc<Verifier> {
         self.verifier.load_full()
+    }
+
+    /// The TLS acceptor in force now.
+    pub fn tls(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(self.tls.load_full())
+    }
+
+    /// The connection limiter in force now.
+    pub fn limiter(&self) -> Arc<ConnLimiter> {
+        self.limiter.load_full()
     }
 }

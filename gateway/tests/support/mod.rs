@@ -5,8 +5,10 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod probe;
+pub mod process;
 
-use std::time::Duration;
+use std::future::Future;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use base64::Engine as _;
@@ -179,6 +181,42 @@ pub fn close_of(frame: &Frame<'_>) -> Result<(u16, String)> {
         code,
         String::from_utf8_lossy(&frame.payload[2..]).into_owned(),
     ))
+}
+
+/// Polls `check` every 20 ms until it holds; fails naming `what` after `within`.
+pub async fn wait_for<F, Fut>(what: &str, within: Duration, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<bool>>,
+{
+    let started = Instant::now();
+    loop {
+        if check().await? {
+            return Ok(());
+        }
+        if started.elapsed() > within {
+            bail!("timed out after {within:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Sends `payload` as a binary frame and waits for its echo (skipping pushes); returns
+/// the round-trip time.
+pub async fn echo(ws: &mut WebSocket<WsStream>, payload: &[u8]) -> Result<Duration> {
+    let started = Instant::now();
+    send(ws, Frame::binary(fastwebsockets::Payload::Borrowed(payload))).await?;
+    let f = next_non_push(ws).await?;
+    if f.opcode != OpCode::Binary || f.payload[..] != *payload {
+        bail!("expected the echo, got {:?} {:?}", f.opcode, &f.payload[..]);
+    }
+    Ok(started.elapsed())
+}
+
+/// Closes with 1000 and waits for the answering close; returns its code.
+pub async fn close_cleanly(ws: &mut WebSocket<WsStream>) -> Result<u16> {
+    send(ws, Frame::close(1000, b"bye")).await?;
+    Ok(expect_close(ws).await?.0)
 }
 
 /// Waits for a close frame (skipping pushes and data), returning its code and reason.

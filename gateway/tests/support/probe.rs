@@ -1,18 +1,23 @@
 //! A probe backend for tests: a real WebSocket server on port 0 that records the
 //! handshake it receives and the frames after it, and can be told to misbehave.
+//!
+//! Dropping a [`Probe`] stops it as a dying backend would: the listener and every open
+//! connection go at once, without close frames.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use fastwebsockets::{Frame, OpCode, Payload};
+use fastwebsockets::{Frame, OpCode, Payload, WebSocketError};
 use http_body_util::Empty;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
 
 /// How the probe answers upgrades.
 #[derive(Clone, Debug)]
@@ -27,6 +32,11 @@ pub enum Mode {
     /// Accept, report the first raw bytes received after the upgrade, then send
     /// `reply` as raw bytes.
     Raw { reply: Vec<u8> },
+    /// Accept, then send binary frames of `size` bytes (at least 8) as fast as the
+    /// connection takes them: the first 8 bytes of frame `n` hold `n` (big-endian, from
+    /// 0). Stops after `count` frames (`None`: never) or at [`Probe::stop_flood`].
+    /// Frames received meanwhile are reported as [`Event::Frame`], not echoed.
+    Flood { size: usize, count: Option<u64> },
 }
 
 /// What the probe saw.
@@ -40,6 +50,42 @@ pub enum Event {
     Ended,
     /// Raw bytes received after the upgrade (Mode::Raw).
     Raw(Vec<u8>),
+    /// A flood ended after this many frames were written (Mode::Flood).
+    Flooded(u64),
+}
+
+/// Progress of the probe's floods, shared with the test.
+#[derive(Debug, Default)]
+struct FloodState {
+    /// Frames written so far, over all connections.
+    sent: AtomicU64,
+    /// Set by the test: floods stop after their current frame.
+    stop: AtomicBool,
+    /// Floods that have ended.
+    done: AtomicU64,
+}
+
+/// What every connection of a probe shares.
+#[derive(Clone)]
+struct Ctx {
+    mode: Mode,
+    tx: mpsc::UnboundedSender<Event>,
+    /// Every task the probe spawned, aborted when it is dropped.
+    tasks: Arc<Mutex<Vec<AbortHandle>>>,
+    flood: Arc<FloodState>,
+}
+
+impl Ctx {
+    fn spawn<F>(&self, fut: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let handle = tokio::spawn(fut).abort_handle();
+        if let Ok(mut tasks) = self.tasks.lock() {
+            tasks.retain(|t| !t.is_finished());
+            tasks.push(handle);
+        }
+    }
 }
 
 /// A running probe.
@@ -47,30 +93,58 @@ pub struct Probe {
     pub addr: SocketAddr,
     pub events: mpsc::UnboundedReceiver<Event>,
     task: tokio::task::JoinHandle<()>,
+    tasks: Arc<Mutex<Vec<AbortHandle>>>,
+    flood: Arc<FloodState>,
 }
 
 impl Drop for Probe {
     fn drop(&mut self) {
         self.task.abort();
+        if let Ok(tasks) = self.tasks.lock() {
+            for t in tasks.iter() {
+                t.abort();
+            }
+        }
     }
 }
 
 impl Probe {
     /// Starts a probe on 127.0.0.1:0.
     pub async fn start(mode: Mode) -> anyhow::Result<Probe> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), mode).await
+    }
+
+    /// Starts a probe on `addr` (`SO_REUSEADDR` set, so a stopped probe's port can be
+    /// taken again while its old connections linger in TIME_WAIT).
+    pub async fn start_on(addr: SocketAddr, mode: Mode) -> anyhow::Result<Probe> {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        let listener: TcpListener = socket.listen(1024)?;
         let addr = listener.local_addr()?;
         let (tx, events) = mpsc::unbounded_channel();
+        let ctx = Ctx {
+            mode,
+            tx,
+            tasks: Arc::new(Mutex::new(Vec::new())),
+            flood: Arc::new(FloodState::default()),
+        };
+        let (tasks, flood) = (ctx.tasks.clone(), ctx.flood.clone());
         let held = Arc::new(Mutex::new(Vec::new()));
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                let (mode, tx, held) = (mode.clone(), tx.clone(), held.clone());
-                tokio::spawn(async move {
-                    if matches!(mode, Mode::Hang) {
-                        held.lock().map(|mut h| h.push(tcp)).ok();
-                        return;
-                    }
-                    let svc = service_fn(move |req| answer(req, mode.clone(), tx.clone()));
+                if matches!(ctx.mode, Mode::Hang) {
+                    held.lock().map(|mut h| h.push(tcp)).ok();
+                    continue;
+                }
+                let conn_ctx = ctx.clone();
+                ctx.spawn(async move {
+                    let svc_ctx = conn_ctx.clone();
+                    let svc = service_fn(move |req| answer(req, svc_ctx.clone()));
                     let _ = http1::Builder::new()
                         .serve_connection(TokioIo::new(tcp), svc)
                         .with_upgrades()
@@ -78,7 +152,13 @@ impl Probe {
                 });
             }
         });
-        Ok(Probe { addr, events, task })
+        Ok(Probe {
+            addr,
+            events,
+            task,
+            tasks,
+            flood,
+        })
     }
 
     /// The probe's URL for a backend table.
@@ -102,20 +182,52 @@ impl Probe {
             }
         }
     }
+
+    /// The next close frame received (skipping other events): its code and reason.
+    pub async fn next_close(&mut self) -> anyhow::Result<(u16, String)> {
+        loop {
+            let (op, data) = self.next_frame().await?;
+            if op == OpCode::Close {
+                anyhow::ensure!(data.len() >= 2, "close without a code: {data:?}");
+                let code = u16::from_be_bytes([data[0], data[1]]);
+                return Ok((code, String::from_utf8_lossy(&data[2..]).into_owned()));
+            }
+        }
+    }
+
+    /// Frames written by this probe's floods so far.
+    pub fn flooded(&self) -> u64 {
+        self.flood.sent.load(Ordering::SeqCst)
+    }
+
+    /// Floods that have ended.
+    pub fn floods_done(&self) -> u64 {
+        self.flood.done.load(Ordering::SeqCst)
+    }
+
+    /// Tells every flood to stop after the frame it is writing.
+    pub fn stop_flood(&self) {
+        self.flood.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The sequence number a flood frame carries.
+pub fn flood_seq(payload: &[u8]) -> Option<u64> {
+    let head: [u8; 8] = payload.get(..8)?.try_into().ok()?;
+    Some(u64::from_be_bytes(head))
 }
 
 async fn answer(
     mut req: Request<hyper::body::Incoming>,
-    mode: Mode,
-    tx: mpsc::UnboundedSender<Event>,
+    ctx: Ctx,
 ) -> Result<Response<Empty<Bytes>>, std::convert::Infallible> {
     let headers = req
         .headers()
         .iter()
         .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
         .collect();
-    let _ = tx.send(Event::Handshake(headers));
-    let protocol = match mode {
+    let _ = ctx.tx.send(Event::Handshake(headers));
+    let protocol = match ctx.mode.clone() {
         Mode::Refuse(status) => {
             let mut r = Response::new(Empty::new());
             *r.status_mut() =
@@ -128,7 +240,8 @@ async fn answer(
             let Ok((response, upgrade)) = fastwebsockets::upgrade::upgrade(&mut req) else {
                 return Ok(Response::new(Empty::new()));
             };
-            tokio::spawn(async move {
+            let tx = ctx.tx.clone();
+            ctx.spawn(async move {
                 use tokio::io::{AsyncReadExt, AsyncWriteExt};
                 let Ok(ws) = upgrade.await else { return };
                 let mut io = ws.into_inner();
@@ -139,6 +252,17 @@ async fn answer(
                 let _ = io.write_all(&reply).await;
                 let _ = io.flush().await;
                 let _ = io.read(&mut buf).await;
+            });
+            return Ok(response);
+        }
+        Mode::Flood { size, count } => {
+            let Ok((response, upgrade)) = fastwebsockets::upgrade::upgrade(&mut req) else {
+                return Ok(Response::new(Empty::new()));
+            };
+            let inner = ctx.clone();
+            ctx.spawn(async move {
+                let Ok(ws) = upgrade.await else { return };
+                flood(ws, size, count, inner).await;
             });
             return Ok(response);
         }
@@ -153,7 +277,8 @@ async fn answer(
             response.headers_mut().insert("sec-websocket-protocol", v);
         }
     }
-    tokio::spawn(async move {
+    let tx = ctx.tx.clone();
+    ctx.spawn(async move {
         let Ok(mut ws) = upgrade.await else { return };
         ws.set_auto_close(false);
         ws.set_auto_pong(true);
@@ -182,4 +307,41 @@ async fn answer(
         let _ = tx.send(Event::Ended);
     });
     Ok(response)
+}
+
+type Upgraded = TokioIo<hyper::upgrade::Upgraded>;
+
+/// Mode::Flood on one upgraded connection: a writer task floods, this task reports
+/// what arrives.
+async fn flood(ws: fastwebsockets::WebSocket<Upgraded>, size: usize, count: Option<u64>, ctx: Ctx) {
+    let (mut read, mut write) = ws.split(tokio::io::split);
+    read.set_auto_close(false);
+    read.set_auto_pong(false);
+    let state = ctx.flood.clone();
+    let tx = ctx.tx.clone();
+    ctx.spawn(async move {
+        let mut payload = vec![0u8; size.max(8)];
+        let mut n: u64 = 0;
+        while count.is_none_or(|c| n < c) && !state.stop.load(Ordering::SeqCst) {
+            payload[..8].copy_from_slice(&n.to_be_bytes());
+            let frame = Frame::binary(Payload::Borrowed(&payload));
+            if write.write_frame(frame).await.is_err() {
+                break;
+            }
+            n += 1;
+            state.sent.fetch_add(1, Ordering::SeqCst);
+        }
+        state.done.fetch_add(1, Ordering::SeqCst);
+        let _ = tx.send(Event::Flooded(n));
+    });
+    let mut ignore = |_: Frame<'_>| std::future::ready(Ok::<(), WebSocketError>(()));
+    while let Ok(frame) = read.read_frame(&mut ignore).await {
+        let op = frame.opcode;
+        let _ = ctx.tx.send(Event::Frame(op, frame.payload.to_vec()));
+        if op == OpCode::Close {
+            ctx.flood.stop.store(true, Ordering::SeqCst);
+            break;
+        }
+    }
+    let _ = ctx.tx.send(Event::Ended);
 }

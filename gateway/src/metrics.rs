@@ -1,0 +1,221 @@
+//! Prometheus metrics: what operators graph and alert on.
+//!
+//! Nothing here runs per message: sessions keep plain counters and fold them in when they
+//! end; refusals, handshakes and backend connects are counted once each.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::session::SessionReport;
+
+/// Labels: the backend ID.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabel {
+    /// Backend ID.
+    pub backend: String,
+}
+
+/// Labels: backend and how a session ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// Backend ID.
+    pub backend: String,
+    /// See [`SessionReport::outcome`].
+    pub outcome: String,
+}
+
+/// Labels: why an upgrade was refused.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// HTTP status.
+    pub status: String,
+    /// Short reason label, see [`crate::refusal::Refusal::label`].
+    pub reason: String,
+}
+
+/// Labels: backend and direction (`upstream` client to backend, `downstream` back).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FlowLabels {
+    /// Backend ID.
+    pub backend: String,
+    /// `upstream` or `downstream`.
+    pub direction: String,
+}
+
+/// Labels: a close frame the gateway itself sent.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CloseLabels {
+    /// `client` or `backend`: who received it.
+    pub to: String,
+    /// The close code.
+    pub code: String,
+}
+
+/// Builds latency histograms: 0.5 ms to ~16 s.
+#[derive(Clone, Debug)]
+pub struct LatencyBuckets;
+
+impl MetricConstructor<Histogram> for LatencyBuckets {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+    }
+}
+
+/// Every metric the gateway exports.
+pub struct Metrics {
+    registry: Registry,
+    /// TCP connections accepted.
+    pub accepted: Counter,
+    /// Sessions open now, per backend.
+    pub active: Family<BackendLabel, Gauge>,
+    /// Sessions ended, per backend and outcome.
+    pub sessions: Family<OutcomeLabels, Counter>,
+    /// Upgrades refused, per status and reason.
+    pub refusals: Family<RefusalLabels, Counter>,
+    /// Messages (frames) forwarded.
+    pub messages: Family<FlowLabels, Counter>,
+    /// Payload bytes forwarded.
+    pub bytes: Family<FlowLabels, Counter>,
+    /// Upgrade request to 101, per backend.
+    pub handshake_seconds: Family<BackendLabel, Histogram, LatencyBuckets>,
+    /// Backend TCP connect + WebSocket handshake, per backend.
+    pub backend_connect_seconds: Family<BackendLabel, Histogram, LatencyBuckets>,
+    /// Backend connects that failed (502/504), per backend.
+    pub backend_connect_failures: Family<BackendLabel, Counter>,
+    /// Close frames the gateway itself sent, per receiver and code.
+    pub closes_sent: Family<CloseLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric under the `wsgate_` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("wsgate");
+        let m = Self {
+            accepted: Counter::default(),
+            active: Family::default(),
+            sessions: Family::default(),
+            refusals: Family::default(),
+            messages: Family::default(),
+            bytes: Family::default(),
+            handshake_seconds: Family::new_with_constructor(LatencyBuckets),
+            backend_connect_seconds: Family::new_with_constructor(LatencyBuckets),
+            backend_connect_failures: Family::default(),
+            closes_sent: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "connections_accepted",
+            "TCP connections accepted",
+            m.accepted.clone(),
+        );
+        registry.register(
+            "sessions_active",
+            "Proxied sessions open now",
+            m.active.clone(),
+        );
+        registry.register(
+            "sessions",
+            "Proxied sessions ended, by outcome",
+            m.sessions.clone(),
+        );
+        registry.register(
+            "handshake_refusals",
+            "Upgrade requests refused, by status and reason",
+            m.refusals.clone(),
+        );
+        registry.register(
+            "messages_forwarded",
+            "WebSocket frames forwarded, by direction",
+            m.messages.clone(),
+        );
+        registry.register(
+            "bytes_forwarded",
+            "Payload bytes forwarded, by direction",
+            m.bytes.clone(),
+        );
+        registry.register(
+            "handshake_duration_seconds",
+            "Upgrade request to 101, including the backend connect",
+            m.handshake_seconds.clone(),
+        );
+        registry.register(
+            "backend_connect_duration_seconds",
+            "Backend TCP connect plus WebSocket handshake",
+            m.backend_connect_seconds.clone(),
+        );
+        registry.register(
+            "backend_connect_failures",
+            "Backend connects that failed (502/504)",
+            m.backend_connect_failures.clone(),
+        );
+        registry.register(
+            "close_frames_sent",
+            "Close frames the gateway itself sent",
+            m.closes_sent.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Folds an ended session in: outcome, tallies, and closes the gateway sent.
+    pub fn session_ended(&self, backend: &str, report: &SessionReport) {
+        let b = || backend.to_owned();
+        self.sessions
+            .get_or_create(&OutcomeLabels {
+                backend: b(),
+                outcome: report.outcome().into(),
+            })
+            .inc();
+        for (direction, c) in [
+            ("upstream", report.upstream),
+            ("downstream", report.downstream),
+        ] {
+            let labels = FlowLabels {
+                backend: b(),
+                direction: direction.into(),
+            };
+            self.messages.get_or_create(&labels).inc_by(c.frames);
+            self.bytes.get_or_create(&labels).inc_by(c.bytes);
+        }
+        for (to, code) in report.gateway_closes() {
+            self.closes_sent
+                .get_or_create(&CloseLabels {
+                    to: to.into(),
+                    code: code.to_string(),
+                })
+                .inc();
+        }
+    }
+
+    /// Observes a latency in a per-backend histogram.
+    pub fn observe(
+        family: &Family<BackendLabel, Histogram, LatencyBuckets>,
+        backend: &str,
+        took: Duration,
+    ) {
+        family
+            .get_or_create(&BackendLabel {
+                backend: backend.to_owned(),
+            })
+            .observe(took.as_secs_f64());
+    }
+}

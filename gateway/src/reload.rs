@@ -1,0 +1,54 @@
+//! Reload: re-read the config file and put the new backend table, auth settings, keys,
+//! TLS certificate and limits in force for new connections. Open sessions are untouched.
+//! An invalid file changes nothing.
+
+use tracing::{info, warn};
+
+use crate::config::{Config, ConfigError};
+use crate::state::{Parts, Shared};
+
+/// Why a reload changed nothing.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReloadError {
+    /// The gateway was built from a string, not a file.
+    #[error("no config file to reload from")]
+    NoFile,
+    /// The new file (or a file it names) is unusable; the old config stays in force.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+/// Builds every reloadable part from `config`, loading the files it names.
+pub fn build_parts(config: Config) -> Result<Parts, ConfigError> {
+    let tls = crate::tls::server_config(&config.tls.cert, &config.tls.key)
+        .map_err(|(key, problem)| config.error("tls", key, problem))?;
+    let verifier = crate::auth::Verifier::from_config(&config.auth)
+        .map_err(|(key, problem)| config.error("auth", key, problem))?;
+    Ok(Parts {
+        config,
+        verifier,
+        tls,
+    })
+}
+
+/// Re-reads the config file and applies it, or logs why not and keeps the old one.
+pub fn reload(shared: &Shared) -> Result<(), ReloadError> {
+    let result = (|| {
+        let path = shared.config_path.as_ref().ok_or(ReloadError::NoFile)?;
+        let mut config = Config::load(path)?;
+        // Limits keep the open-file cap found at start-up.
+        if let Some(cap) = crate::limits::fd_session_capacity() {
+            config.limits.max_connections = config.limits.max_connections.min(cap.max(1));
+        }
+        let parts = build_parts(config)?;
+        let backends: Vec<String> = parts.config.backends.keys().cloned().collect();
+        shared.replace(parts);
+        info!(backends = ?backends, "config reloaded");
+        Ok(())
+    })();
+    if let Err(e) = &result {
+        warn!(error = %e, "config reload rejected; the previous config stays in force");
+    }
+    result
+}

@@ -1,0 +1,277 @@
+//! Size and connection limits, and the slow or oversized request heads they guard
+//! against: over a message or frame limit the sender gets 1009 and the other side 1001;
+//! over a connection limit a client gets 503 with a reason until a slot frees; a
+//! slowloris head is cut off at the header-read timeout; an oversized head is refused.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Result};
+use fastwebsockets::{Frame, OpCode, Payload, WebSocket};
+use loadgen::client::{connect, ConnectError, ConnectOptions, Connected, WsStream};
+use support::probe::{Event, Mode, Probe};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Sends one message as fragments of these sizes (first binary, then continuations).
+async fn send_fragments(ws: &mut WebSocket<WsStream>, sizes: &[usize]) -> Result<()> {
+    for (i, &size) in sizes.iter().enumerate() {
+        let op = if i == 0 {
+            OpCode::Binary
+        } else {
+            OpCode::Continuation
+        };
+        let fin = i + 1 == sizes.len();
+        ws.write_frame(Frame::new(fin, op, None, Payload::Owned(vec![b'x'; size])))
+            .await?;
+    }
+    ws.flush().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_message_over_the_limit_in_fragments_gets_1009_and_the_backend_1001() -> Result<()> {
+    let mut probe = Probe::start(Mode::Accept { protocol: None }).await?;
+    let tb = testbed_with_toml(
+        &[("Backend_PROBE", probe.url())],
+        "[limits]\nmax_message_size = 1000\nmax_frame_size = 600\n",
+    )
+    .await?;
+    let mut c = connect_ok(&tb, "Backend_PROBE").await?;
+
+    // 900 bytes in three fragments: under both limits, passes as fragments.
+    send_fragments(&mut c.ws, &[300, 300, 300]).await?;
+    for (op, fin) in [
+        (OpCode::Binary, false),
+        (OpCode::Continuation, false),
+        (OpCode::Continuation, true),
+    ] {
+        let f = next_frame(&mut c.ws).await?;
+        ensure!(
+            f.opcode == op && f.fin == fin && f.payload.len() == 300,
+            "echo fragment: {:?} fin={} len={}",
+            f.opcode,
+            f.fin,
+            f.payload.len()
+        );
+    }
+
+    // 1200 bytes in three fragments, each under the frame limit: over the message limit.
+    send_fragments(&mut c.ws, &[400, 400, 400]).await?;
+    let (code, reason) = expect_close(&mut c.ws).await?;
+    ensure!(code == 1009, "client got close {code} {reason:?}, expected 1009");
+    let (code, reason) = probe.next_close().await?;
+    ensure!(code == 1001, "backend got close {code} {reason:?}, expected 1001");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_frame_over_the_frame_limit_gets_1009_either_way() -> Result<()> {
+    // Client to backend: one 1500-byte frame against a 1000-byte frame limit.
+    let mut probe = Probe::start(Mode::Accept { protocol: None }).await?;
+    // Backend to client: the backend sends one 2000-byte frame.
+    let mut flood = Probe::start(Mode::Flood {
+        size: 2000,
+        count: Some(1),
+    })
+    .await?;
+    let tb = testbed_with_toml(
+        &[
+            ("Backend_PROBE", probe.url()),
+            ("Backend_BIG", flood.url()),
+        ],
+        "[limits]\nmax_frame_size = 1000\n",
+    )
+    .await?;
+
+    let mut c = connect_ok(&tb, "Backend_PROBE").await?;
+    echo(&mut c.ws, &[7u8; 1000]).await?; // at the limit: fine
+    send(&mut c.ws, Frame::binary(Payload::Owned(vec![7u8; 1500]))).await?;
+    let (code, reason) = expect_close(&mut c.ws).await?;
+    ensure!(code == 1009, "client got close {code} {reason:?}, expected 1009");
+    let (code, reason) = probe.next_close().await?;
+    ensure!(code == 1001, "backend got close {code} {reason:?}, expected 1001");
+
+    let mut d = connect_ok(&tb, "Backend_BIG").await?;
+    let (code, reason) = expect_close(&mut d.ws).await?;
+    ensure!(code == 1001, "client got close {code} {reason:?}, expected 1001");
+    let (code, reason) = flood.next_close().await?;
+    ensure!(code == 1009, "backend got close {code} {reason:?}, expected 1009");
+    Ok(())
+}
+
+/// Connects with `opts`, retrying while the gateway answers 503 (a slot not yet freed).
+async fn connect_when_free(opts: &ConnectOptions) -> Result<Connected> {
+    let started = Instant::now();
+    loop {
+        match connect(opts).await {
+            Ok(c) => return Ok(c),
+            Err(ConnectError::Refused { status: 503, .. }) if started.elapsed() < DEADLINE => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => bail!("no slot freed: {e}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn over_max_connections_is_503_until_a_session_ends() -> Result<()> {
+    let tb = testbed_with_toml(&[], "[limits]\nmax_connections = 2\n").await?;
+    let mut a = connect_ok(&tb, "Backend_ABC").await?;
+    let mut b = connect_ok(&tb, "Backend_PQR").await?;
+    let (status, reason) = refused(&tb.connect_options("Backend_XYZ")?).await?;
+    ensure!(status == 503, "third client got {status} {reason:?}");
+    ensure!(
+        reason.contains("connection limit"),
+        "503 reason {reason:?} does not name the limit"
+    );
+    // The two admitted sessions are untouched by the refusal.
+    echo(&mut a.ws, b"a").await?;
+    echo(&mut b.ws, b"b").await?;
+
+    ensure!(close_cleanly(&mut a.ws).await? == 1000);
+    drop(a);
+    let mut c = connect_when_free(&tb.connect_options("Backend_XYZ")?).await?;
+    echo(&mut c.ws, b"c").await?;
+    // Full again.
+    let (status, _) = refused(&tb.connect_options("Backend_ABC")?).await?;
+    ensure!(status == 503, "over the limit again, got {status}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn over_max_connections_per_ip_is_503_for_that_address_only() -> Result<()> {
+    let tb = testbed_with_toml(&[], "[limits]\nmax_connections_per_ip = 2\n").await?;
+    let from = |ip: [u8; 4]| -> Result<ConnectOptions> {
+        let mut o = tb.connect_options("Backend_ABC")?;
+        o.local_addr = Some(ip.into());
+        Ok(o)
+    };
+    let mut a = connect(&from([127, 0, 0, 1])?).await?;
+    let mut b = connect(&from([127, 0, 0, 1])?).await?;
+    let (status, reason) = refused(&from([127, 0, 0, 1])?).await?;
+    ensure!(status == 503, "third from 127.0.0.1 got {status} {reason:?}");
+    ensure!(
+        reason.contains("per-address"),
+        "503 reason {reason:?} does not name the per-address limit"
+    );
+    // Another address is not affected.
+    let mut other = connect(&from([127, 0, 0, 2])?).await?;
+    echo(&mut other.ws, b"other").await?;
+    echo(&mut b.ws, b"b").await?;
+
+    ensure!(close_cleanly(&mut a.ws).await? == 1000);
+    drop(a);
+    let mut c = connect_when_free(&from([127, 0, 0, 1])?).await?;
+    echo(&mut c.ws, b"c").await?;
+    Ok(())
+}
+
+/// A full upgrade request head for the gateway.
+fn upgrade_head(extra: &str) -> String {
+    format!(
+        "GET /gateway HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nID: Backend_ABC\r\n{extra}\r\n"
+    )
+}
+
+#[tokio::test]
+async fn a_slowloris_head_is_cut_off_at_the_header_read_timeout() -> Result<()> {
+    let tb = testbed_with_toml(&[], "[timeouts]\nheader_read = \"500ms\"\n").await?;
+    let mut good = connect_ok(&tb, "Backend_ABC").await?;
+
+    let tls = tls_connect(&tb).await?;
+    let (mut rd, mut wr) = tokio::io::split(tls);
+    let head = upgrade_head("X-Slow: 1\r\n");
+    let total = head.len();
+    let written = Arc::new(AtomicUsize::new(0));
+    let progress = written.clone();
+    let started = Instant::now();
+    // The slow client: one byte every 50 ms, 7+ s for the whole head.
+    let trickle = tokio::spawn(async move {
+        for byte in head.into_bytes() {
+            if wr.write_all(&[byte]).await.is_err() || wr.flush().await.is_err() {
+                break;
+            }
+            progress.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    // Others are served meanwhile.
+    echo(&mut good.ws, b"during").await?;
+    let mut late = connect_ok(&tb, "Backend_PQR").await?;
+    echo(&mut late.ws, b"late").await?;
+
+    let mut answer = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(5), rd.read_to_end(&mut answer)).await;
+    let elapsed = started.elapsed();
+    trickle.abort();
+    ensure!(ended.is_ok(), "slow connection still open after {elapsed:?}");
+    let sent = written.load(Ordering::SeqCst);
+    ensure!(
+        sent < total,
+        "the whole head ({total} bytes) went through before the cut-off"
+    );
+    ensure!(
+        elapsed >= Duration::from_millis(400),
+        "cut off after {elapsed:?}, before the 500 ms timeout"
+    );
+    ensure!(
+        !answer.starts_with(b"HTTP/1.1 101"),
+        "slow client was upgraded"
+    );
+    echo(&mut good.ws, b"after").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_head_over_max_header_bytes_is_refused_and_one_under_it_is_not() -> Result<()> {
+    let tb = testbed_with_toml(&[], "[limits]\nmax_header_bytes = 8192\n").await?;
+
+    let mut tls = tls_connect(&tb).await?;
+    let big = format!("X-Big: {}\r\n", "a".repeat(12_000));
+    // The gateway may stop reading (and reset) before the whole head is written.
+    let _ = tls.write_all(upgrade_head(&big).as_bytes()).await;
+    let _ = tls.flush().await;
+    let mut answer = Vec::new();
+    let ended = tokio::time::timeout(DEADLINE, tls.read_to_end(&mut answer)).await;
+    ensure!(ended.is_ok(), "oversized head: connection still open");
+    let text = String::from_utf8_lossy(&answer);
+    ensure!(
+        answer.is_empty() || text.starts_with("HTTP/1.1 431"),
+        "oversized head answered {text:?}"
+    );
+
+    // A head well under the cap is served.
+    let mut opts = tb.connect_options("Backend_ABC")?;
+    opts.headers.push(("X-Pad".into(), "p".repeat(4000)));
+    let mut c = connect(&opts).await?;
+    echo(&mut c.ws, b"padded").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_message_at_the_limit_reaches_the_backend_whole() -> Result<()> {
+    let mut probe = Probe::start(Mode::Accept { protocol: None }).await?;
+    let tb = testbed_with_toml(
+        &[("Backend_PROBE", probe.url())],
+        "[limits]\nmax_message_size = 1000\nmax_frame_size = 600\n",
+    )
+    .await?;
+    let mut c = connect_ok(&tb, "Backend_PROBE").await?;
+    send_fragments(&mut c.ws, &[500, 500]).await?;
+    let mut got = 0;
+    while got < 1000 {
+        match probe.next().await? {
+            Event::Frame(OpCode::Binary | OpCode::Continuation, data) => got += data.len(),
+            Event::Frame(op, _) => bail!("backend got {op:?} before the message was whole"),
+            _ => {}
+        }
+    }
+    ensure!(got == 1000, "backend got {got} bytes");
+    Ok(())
+}

@@ -1,0 +1,268 @@
+//! The gateway binary as a child process, for tests that need what only a real process
+//! shows: its signals and exit status, its log output, its descriptors, memory and CPU
+//! time (read from `/proc/<pid>`).
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use loadgen::client::ConnectOptions;
+
+use super::{certs, wait_for, DEADLINE};
+
+/// How to run the gateway binary.
+#[derive(Debug, Default, Clone)]
+pub struct ProcOptions {
+    /// `ID = URL` routes.
+    pub backends: Vec<(String, String)>,
+    /// TOML appended after `[backends]` (e.g. `[limits]`, `[timeouts]`).
+    pub extra_toml: String,
+    /// Run under `prlimit --nofile=N:N`.
+    pub nofile: Option<u64>,
+    /// `RUST_LOG` for the process (default `info`).
+    pub rust_log: Option<String>,
+}
+
+/// A running gateway process; killed (SIGKILL) when dropped if still running.
+pub struct GatewayProc {
+    child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    log: Arc<Mutex<String>>,
+    dir: PathBuf,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for GatewayProc {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+static NEXT_DIR: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh, empty folder under the system temp folder.
+pub fn temp_dir(tag: &str) -> Result<PathBuf> {
+    let n = NEXT_DIR.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .subsec_nanos();
+    let dir = std::env::temp_dir().join(format!(
+        "wsgate-{tag}-{}-{n}-{nanos}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+impl GatewayProc {
+    /// Writes a config (listen on 127.0.0.1:0, the repository's certs), starts the
+    /// binary and waits for its "wsgate listening" line.
+    pub async fn start(opts: ProcOptions) -> Result<GatewayProc> {
+        let certs = certs();
+        let dir = temp_dir("gw")?;
+        let mut toml = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n\n[tls]\ncert = {:?}\nkey = {:?}\n\n\
+             [auth]\npublic_key = {:?}\n\n[backends]\n",
+            certs.join("server.crt"),
+            certs.join("server.key"),
+            certs.join("jwt-public.pem"),
+        );
+        for (id, url) in &opts.backends {
+            toml.push_str(&format!("{id} = \"{url}\"\n"));
+        }
+        toml.push_str(&opts.extra_toml);
+        toml.push('\n');
+        let config = dir.join("Config.toml");
+        std::fs::write(&config, toml)?;
+
+        let bin = env!("CARGO_BIN_EXE_gateway");
+        let mut cmd = match opts.nofile {
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        cmd.arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", opts.rust_log.as_deref().unwrap_or("info"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().context("starting the gateway binary")?;
+        let stderr = child.stderr.take().context("no stderr pipe")?;
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = log.clone();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(mut l) = sink.lock() {
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            }
+        });
+        let mut proc = GatewayProc {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            log,
+            dir,
+            reader: Some(reader),
+        };
+        let started = Instant::now();
+        loop {
+            if let Some(addr) = listen_addr(&proc.log()) {
+                proc.addr = addr;
+                return Ok(proc);
+            }
+            if let Some(status) = proc.child.try_wait()? {
+                bail!("gateway exited ({status}) before listening:\n{}", proc.log());
+            }
+            if started.elapsed() > DEADLINE {
+                bail!("gateway did not log its listen address:\n{}", proc.log());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything it logged to stderr so far.
+    pub fn log(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// The gateway URL (`wss://localhost:<port>/gateway`).
+    pub fn url(&self) -> String {
+        format!("wss://localhost:{}/gateway", self.addr.port())
+    }
+
+    /// Options for a good client of `backend_id`.
+    pub fn connect_options(&self, backend_id: &str) -> Result<ConnectOptions> {
+        client_options(&self.url(), backend_id)
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) -> Result<()> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -TERM failed: {status}");
+        Ok(())
+    }
+
+    /// Waits (polling) for the process to exit, at most `within`; then the stderr reader
+    /// has seen the whole log.
+    pub async fn wait_exit(&mut self, within: Duration) -> Result<ExitStatus> {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                if let Some(reader) = self.reader.take() {
+                    let _ = tokio::task::spawn_blocking(move || reader.join()).await;
+                }
+                return Ok(status);
+            }
+            if started.elapsed() > within {
+                bail!("gateway still running after {within:?}:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Its counters from `/proc`.
+    pub fn stats(&self) -> Result<ProcStats> {
+        ProcStats::read(self.pid())
+    }
+
+    /// Waits until its open descriptor count is at most `max`; returns the last count.
+    pub async fn wait_fds_at_most(&self, max: usize, within: Duration) -> Result<usize> {
+        let mut last = usize::MAX;
+        let reached = wait_for("gateway descriptors to settle", within, || {
+            last = self.stats().map(|s| s.fds).unwrap_or(usize::MAX);
+            std::future::ready(Ok(last <= max))
+        })
+        .await;
+        reached.with_context(|| format!("{last} descriptors open, expected at most {max}"))?;
+        Ok(last)
+    }
+}
+
+/// The address in a "wsgate listening listen=ADDR" log line.
+fn listen_addr(log: &str) -> Option<SocketAddr> {
+    let line = log.lines().find(|l| l.contains("wsgate listening"))?;
+    let rest = line.split("listen=").nth(1)?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+/// Options for a good client of `backend_id` at `url`: the dev CA, `ID`, a fresh token.
+pub fn client_options(url: &str, backend_id: &str) -> Result<ConnectOptions> {
+    let pem = std::fs::read(certs().join("jwt-private.pem"))?;
+    let token = loadgen::token::mint_sample(&pem)?;
+    let mut opts = ConnectOptions::new(url)
+        .header("ID", backend_id)
+        .header("Authorization", format!("Bearer {token}"));
+    opts.ca = Some(certs().join("ca.crt"));
+    Ok(opts)
+}
+
+/// What `/proc/<pid>` says about a process.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcStats {
+    /// Resident set size, KiB (`VmRSS`).
+    pub rss_kib: u64,
+    /// Open descriptors (entries of `/proc/<pid>/fd`).
+    pub fds: usize,
+    /// User + system CPU time, in clock ticks (1/100 s on Linux).
+    pub cpu_ticks: u64,
+    /// Threads.
+    pub threads: u64,
+}
+
+impl ProcStats {
+    /// Reads them now.
+    pub fn read(pid: u32) -> Result<ProcStats> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let field = |name: &str| -> Result<u64> {
+            let line = status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .with_context(|| format!("no {name} in /proc/{pid}/status"))?;
+            let value = line
+                .split_whitespace()
+                .nth(1)
+                .with_context(|| format!("empty {name}"))?;
+            Ok(value.parse()?)
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        // Fields after the command name (which may hold spaces) start at field 3.
+        let after = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest)
+            .context("malformed stat")?;
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        // utime and stime are fields 14 and 15, i.e. indices 11 and 12 after the name.
+        let utime: u64 = fields.get(11).context("no utime")?.parse()?;
+        let stime: u64 = fields.get(12).context("no stime")?.parse()?;
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count();
+        Ok(ProcStats {
+            rss_kib: field("VmRSS:")?,
+            fds,
+            cpu_ticks: utime + stime,
+            threads: field("Threads:")?,
+        })
+    }
+}
