@@ -141,22 +141,6 @@ impl Verifier {
         })
     }
 
-    /// Verifies the value of an `Authorization` header; returns the token's claims.
-    pub fn verify_header(
-        &self,
-        authorization: Option<&[u8]>,
-    ) -> Result<Map<String, Value>, AuthError> {
-        let value = authorization.ok_or(AuthError::Missing)?;
-        let value = std::str::from_utf8(value)
-            .map_err(|_| AuthError::NotBearer)?
-            .trim();
-        let (scheme, token) = value.split_once(' ').ok_or(AuthError::NotBearer)?;
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(AuthError::NotBearer);
-        }
-        self.verify(token.trim())
-    }
-
     /// Verifies a bare token; returns its claims.
     pub fn verify(&self, token: &str) -> Result<Map<String, Value>, AuthError> {
         use jsonwebtoken::errors::ErrorKind as K;

@@ -1,4 +1,4 @@
-//! Handshake checks: is this a WebSocket upgrade for our path, and who does it name?
+//! Handshake checks: is this a WebSocket upgrade for our path?
 
 use hyper::header::{self, HeaderMap};
 use hyper::{Method, Request};
@@ -10,8 +10,6 @@ use crate::refusal::Refusal;
 pub struct UpgradeRequest<'r> {
     /// The client's `Sec-WebSocket-Key`, answered in the 101.
     pub key: &'r [u8],
-    /// The backend ID the client asked for.
-    pub backend_id: &'r str,
     /// The subprotocols the client offered, verbatim.
     pub protocols: Option<&'r str>,
 }
@@ -44,23 +42,10 @@ pub fn check<'r, B>(req: &'r Request<B>, path: &str) -> Result<UpgradeRequest<'r
         .map(|v| v.as_bytes())
         .filter(|k| k.len() == 24)
         .ok_or(Refusal::BadRequest("missing or invalid Sec-WebSocket-Key"))?;
-    let backend_id = headers
-        .get("id")
-        .ok_or(Refusal::MissingId)?
-        .to_str()
-        .map_err(|_| Refusal::UnknownBackend)?
-        .trim();
-    if backend_id.is_empty() {
-        return Err(Refusal::MissingId);
-    }
     let protocols = headers
         .get(header::SEC_WEBSOCKET_PROTOCOL)
         .and_then(|v| v.to_str().ok());
-    Ok(UpgradeRequest {
-        key,
-        backend_id,
-        protocols,
-    })
+    Ok(UpgradeRequest { key, protocols })
 }
 
 /// Whether header `name` lists `token` (comma-separated, case-insensitive).
@@ -89,7 +74,7 @@ mod tests {
     fn accepts_a_valid_upgrade() -> Result<(), Box<dyn std::error::Error>> {
         let req = upgrade().header("ID", "Backend_ABC").body(())?;
         let u = check(&req, "/gateway").map_err(|e| e.to_string())?;
-        assert_eq!(u.backend_id, "Backend_ABC");
+        assert_eq!(u.key, b"dGhlIHNhbXBsZSBub25jZQ==");
         Ok(())
     }
 
@@ -105,8 +90,11 @@ mod tests {
             check(&plain, "/gateway").err().map(|e| e.status()),
             Some(hyper::StatusCode::BAD_REQUEST)
         );
-        let no_id = upgrade().body(())?;
-        assert!(matches!(check(&no_id, "/gateway"), Err(Refusal::MissingId)));
+        let post = Request::post("/gateway").body(())?;
+        assert!(matches!(
+            check(&post, "/gateway"),
+            Err(Refusal::MethodNotAllowed)
+        ));
         Ok(())
     }
 }

@@ -30,10 +30,29 @@ pub struct Config {
     pub timeouts: TimeoutsConfig,
     /// The admin listener.
     pub admin: AdminConfig,
+    /// Browser-friendly credential sources.
+    pub browser: BrowserConfig,
     /// The file named in messages (the loaded file, or `Config.toml` in the base folder).
     pub source: PathBuf,
     /// The file this was loaded from, which a reload re-reads.
     pub loaded_from: Option<PathBuf>,
+}
+
+/// `[browser]`: where browsers, which cannot set headers on a WebSocket, may put the
+/// backend ID and the token. Every source is off unless named here.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrowserConfig {
+    /// Query parameter holding the backend ID when there is no `ID` header (e.g. `"id"`).
+    pub id_query: Option<String>,
+    /// Query parameter holding the token when there is no `Authorization` header (e.g.
+    /// `"access_token"`). URLs end up in access logs and browser history: prefer the
+    /// subprotocol form.
+    pub token_query: Option<String>,
+    /// Prefix of a `Sec-WebSocket-Protocol` entry carrying the token (e.g. `"bearer."`:
+    /// the client offers `["chat", "bearer.<JWT>"]`). The entry is not offered to the
+    /// backend.
+    pub token_protocol_prefix: Option<String>,
 }
 
 /// `[admin]`: the plain-HTTP admin listener (`/metrics`, `/healthz`, `/readyz`,
@@ -223,6 +242,8 @@ struct RawConfig {
     timeouts: TimeoutsConfig,
     #[serde(default)]
     admin: AdminConfig,
+    #[serde(default)]
+    browser: BrowserConfig,
 }
 
 /// A config that cannot be used: which file, line and key, and what is wrong.
@@ -358,6 +379,7 @@ impl Config {
             limits: raw.limits,
             timeouts: raw.timeouts,
             admin: raw.admin,
+            browser: raw.browser,
             loaded_from: None,
             source,
         })

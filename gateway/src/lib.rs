@@ -10,7 +10,8 @@
 //! | [`limits`] | connection slots: total and per client IP |
 //! | [`tls`] | rustls server config from PEM, ALPN `http/1.1` |
 //! | [`service`] | TLS handshake, hyper HTTP/1 with upgrades, the handshake phases |
-//! | [`checks`] | path, method, WebSocket upgrade headers, `ID` |
+//! | [`checks`] | path, method, WebSocket upgrade headers |
+//! | [`credentials`] | backend ID and token: headers, or query / subprotocol for browsers |
 //! | [`auth`] | bearer JWT: pinned algorithms, signature, `exp`/`nbf`, `iss`, `aud`, scopes |
 //! | [`route`] | `ID` -> backend, in an atomically swappable table |
 //! | [`backend`] | TCP + WebSocket client handshake to the backend, under a timeout |
@@ -31,6 +32,7 @@ pub mod backend;
 pub mod batch;
 pub mod checks;
 pub mod config;
+pub mod credentials;
 pub mod forward;
 pub mod limits;
 pub mod listener;

@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 
 use crate::backend::{self, BackendConn};
 use crate::checks;
+use crate::credentials;
 use crate::limits::{LimitHit, Slot};
 use crate::metrics::{BackendLabel, Metrics};
 use crate::refusal::Refusal;
@@ -173,20 +174,19 @@ async fn prepare(
 ) -> Result<(Arc<BackendTarget>, BackendConn, Response<Body>), Refusal> {
     let config = shared.config();
     let upgrade = checks::check(req, &config.server.path)?;
-    shared.verifier().verify_header(
-        req.headers()
-            .get(header::AUTHORIZATION)
-            .map(|v| v.as_bytes()),
-    )?;
+    let creds = credentials::extract(req, &config.browser)?;
+    shared
+        .verifier()
+        .verify(creds.token.as_deref().map_err(Clone::clone)?)?;
     let target = shared
         .router
-        .lookup(upgrade.backend_id)
+        .lookup(&creds.backend_id)
         .ok_or(Refusal::UnknownBackend)?;
     let connect_started = std::time::Instant::now();
     let conn = backend::connect(
         &target,
         req.headers(),
-        upgrade.protocols,
+        creds.backend_protocols.as_deref(),
         peer,
         config.timeouts.backend_connect,
     )
@@ -211,16 +211,24 @@ async fn prepare(
             return Err(refusal);
         }
     };
-    let response = accept(upgrade.key, upgrade.protocols, conn.protocol.as_deref())?;
+    let response = accept(
+        upgrade.key,
+        creds.backend_protocols.as_deref(),
+        conn.protocol.as_deref(),
+        creds.token_protocol,
+    )?;
     Ok((target, conn, response))
 }
 
 /// The 101 answer: the accept key and the backend's chosen subprotocol, which must be one
-/// the client offered. No extension is ever accepted.
+/// the client offered. No extension is ever accepted. A client whose only offer was its
+/// token entry gets that entry back, since browsers fail a handshake that answers none
+/// of their offers.
 fn accept(
     key: &[u8],
     offered: Option<&str>,
     chosen: Option<&str>,
+    token_protocol: Option<&str>,
 ) -> Result<Response<Body>, Refusal> {
     let mut builder = Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
@@ -237,6 +245,10 @@ fn accept(
         let value = HeaderValue::from_str(chosen)
             .map_err(|_| Refusal::BadGateway("backend chose an invalid subprotocol".into()))?;
         builder = builder.header(header::SEC_WEBSOCKET_PROTOCOL, value);
+    } else if let (None, Some(entry)) = (offered, token_protocol) {
+        if let Ok(value) = HeaderValue::from_str(entry) {
+            builder = builder.header(header::SEC_WEBSOCKET_PROTOCOL, value);
+        }
     }
     builder
         .body(Full::new(Bytes::new()))

@@ -1,0 +1,164 @@
+//! Where a client's backend choice and token come from: the `ID` and `Authorization`
+//! headers, or — for browsers, which cannot set headers on a WebSocket — the query string
+//! and a `Sec-WebSocket-Protocol` entry, each only when `[browser]` enables it.
+
+use std::borrow::Cow;
+
+use hyper::header;
+use hyper::Request;
+
+use crate::auth::AuthError;
+use crate::config::BrowserConfig;
+use crate::refusal::Refusal;
+
+/// What the client asked for and proved with.
+#[derive(Debug)]
+pub struct Credentials<'r> {
+    /// The backend ID.
+    pub backend_id: Cow<'r, str>,
+    /// The bearer token, or why there is none usable.
+    pub token: Result<Cow<'r, str>, AuthError>,
+    /// The subprotocols to offer the backend: the client's, minus a token entry.
+    pub backend_protocols: Option<Cow<'r, str>>,
+    /// The token entry of `Sec-WebSocket-Protocol`, if the token came that way.
+    pub token_protocol: Option<&'r str>,
+}
+
+/// Extracts the backend ID (400 when there is none) and the token (checked later).
+pub fn extract<'r, B>(
+    req: &'r Request<B>,
+    browser: &BrowserConfig,
+) -> Result<Credentials<'r>, Refusal> {
+    let query = req.uri().query().unwrap_or("");
+    let headers = req.headers();
+
+    let backend_id = match headers.get("id") {
+        Some(v) => Cow::Borrowed(v.to_str().map_err(|_| Refusal::UnknownBackend)?.trim()),
+        None => match &browser.id_query {
+            Some(name) => query_param(query, name).ok_or(Refusal::MissingId)?,
+            None => return Err(Refusal::MissingId),
+        },
+    };
+    if backend_id.is_empty() {
+        return Err(Refusal::MissingId);
+    }
+
+    let offered = headers
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok());
+    let token_protocol = browser.token_protocol_prefix.as_deref().and_then(|prefix| {
+        offered?
+            .split(',')
+            .map(str::trim)
+            .find(|p| p.starts_with(prefix) && p.len() > prefix.len())
+    });
+    let backend_protocols = match (offered, token_protocol) {
+        (Some(all), Some(entry)) => {
+            let rest: Vec<&str> = all
+                .split(',')
+                .map(str::trim)
+                .filter(|p| *p != entry && !p.is_empty())
+                .collect();
+            (!rest.is_empty()).then(|| Cow::Owned(rest.join(", ")))
+        }
+        (offered, _) => offered.map(Cow::Borrowed),
+    };
+
+    let token = match headers.get(header::AUTHORIZATION) {
+        Some(value) => bearer(value.as_bytes()).map(Cow::Borrowed),
+        None => {
+            let from_query = browser
+                .token_query
+                .as_deref()
+                .and_then(|name| query_param(query, name));
+            let from_protocol = || {
+                let prefix = browser.token_protocol_prefix.as_deref()?;
+                token_protocol.map(|entry| Cow::Borrowed(&entry[prefix.len()..]))
+            };
+            from_query.or_else(from_protocol).ok_or(AuthError::Missing)
+        }
+    };
+    Ok(Credentials {
+        backend_id,
+        token,
+        backend_protocols,
+        token_protocol,
+    })
+}
+
+/// The token of an `Authorization: Bearer <token>` value.
+pub fn bearer(value: &[u8]) -> Result<&str, AuthError> {
+    let value = std::str::from_utf8(value)
+        .map_err(|_| AuthError::NotBearer)?
+        .trim();
+    let (scheme, token) = value.split_once(' ').ok_or(AuthError::NotBearer)?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(AuthError::NotBearer);
+    }
+    Ok(token.trim())
+}
+
+fn query_param<'q>(query: &'q str, name: &str) -> Option<Cow<'q, str>> {
+    url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v)
+        .filter(|v| !v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn browser() -> BrowserConfig {
+        BrowserConfig {
+            id_query: Some("id".into()),
+            token_query: Some("access_token".into()),
+            token_protocol_prefix: Some("bearer.".into()),
+        }
+    }
+
+    #[test]
+    fn headers_win_and_browser_sources_need_opting_in() -> Result<(), Box<dyn std::error::Error>> {
+        let req = Request::get("/gateway?id=Q&access_token=T")
+            .header("ID", "H")
+            .header("Authorization", "Bearer X")
+            .body(())?;
+        let c = extract(&req, &browser()).map_err(|e| e.to_string())?;
+        assert_eq!(
+            (c.backend_id.as_ref(), c.token.as_deref().ok()),
+            ("H", Some("X"))
+        );
+
+        let query_only = Request::get("/gateway?id=Q&access_token=T%2B").body(())?;
+        let c = extract(&query_only, &browser()).map_err(|e| e.to_string())?;
+        assert_eq!(
+            (c.backend_id.as_ref(), c.token.as_deref().ok()),
+            ("Q", Some("T+"))
+        );
+
+        let off = BrowserConfig::default();
+        let req = Request::get("/gateway?id=Q&access_token=T").body(())?;
+        assert!(matches!(extract(&req, &off), Err(Refusal::MissingId)));
+        let req = Request::get("/gateway?access_token=T")
+            .header("ID", "H")
+            .body(())?;
+        assert_eq!(
+            extract(&req, &off).map_err(|e| e.to_string())?.token.err(),
+            Some(AuthError::Missing)
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn token_in_a_subprotocol_entry_is_taken_out_of_the_backend_offer(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let req = Request::get("/gateway?id=Q")
+            .header("Sec-WebSocket-Protocol", "chat, bearer.a.b.c")
+            .body(())?;
+        let c = extract(&req, &browser()).map_err(|e| e.to_string())?;
+        assert_eq!(c.token.as_deref().ok(), Some("a.b.c"));
+        assert_eq!(c.backend_protocols.as_deref(), Some("chat"));
+        assert_eq!(c.token_protocol, Some("bearer.a.b.c"));
+        Ok(())
+    }
+}
