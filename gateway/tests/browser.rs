@@ -1,0 +1,152 @@
+//! A real browser through the gateway: headless Chromium loads a page from a loopback
+//! HTTP server, opens `wss://localhost:<port>/gateway?id=Backend_ABC` with the token in a
+//! `bearer.<JWT>` subprotocol entry (browsers cannot set headers), exchanges a message
+//! with the demo backend, and reports the outcome back to the test's HTTP server.
+//!
+//! Needs `chromium` (.ci/run installs it). Set WSGATE_SKIP_BROWSER=1 to skip where it
+//! cannot be installed; otherwise a missing browser fails the test.
+
+mod support;
+
+use std::process::Stdio;
+
+use anyhow::{bail, ensure, Context, Result};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+const BROWSER_CONFIG: &str = "[browser]\nid_query = \"id\"\ntoken_query = \"access_token\"\ntoken_protocol_prefix = \"bearer.\"\n";
+
+fn chromium() -> Result<Option<&'static str>> {
+    if std::env::var_os("WSGATE_SKIP_BROWSER").is_some() {
+        return Ok(None);
+    }
+    for candidate in ["chromium", "chromium-browser", "google-chrome"] {
+        let found = std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {candidate}")])
+            .output()?
+            .status
+            .success();
+        if found {
+            return Ok(Some(candidate));
+        }
+    }
+    bail!("no chromium found: install it (apt-get install chromium) or set WSGATE_SKIP_BROWSER=1")
+}
+
+fn page(gateway_port: u16, result_port: u16, token: &str, mode: &str) -> String {
+    let url_and_protocols = match mode {
+        "protocol" => format!(
+            "new WebSocket('wss://localhost:{gateway_port}/gateway?id=Backend_ABC', ['bearer.{token}'])"
+        ),
+        _ => format!("new WebSocket('wss://localhost:{gateway_port}/gateway?id=Backend_ABC&access_token={token}')"),
+    };
+    format!(
+        r#"<!doctype html><html><head><title>wsgate browser test</title></head><body><script>
+const report = (r) => fetch('http://127.0.0.1:{result_port}/result?' + encodeURIComponent(r));
+const ws = {url_and_protocols};
+ws.onopen = () => ws.send('hello from chromium');
+ws.onmessage = (e) => {{
+  if (e.data === 'hello from chromium') {{ report('PASS protocol=' + ws.protocol); ws.close(1000, 'done'); }}
+}};
+ws.onclose = (e) => {{ if (e.code !== 1000) report('FAIL close ' + e.code); }};
+setTimeout(() => report('FAIL timeout'), 8000);
+</script></body></html>"#
+    )
+}
+
+/// Serves the page at `/` and forwards `/result?...` query strings to `results`.
+async fn serve_page(listener: TcpListener, html: String, results: mpsc::UnboundedSender<String>) {
+    while let Ok((mut tcp, _)) = listener.accept().await {
+        let (html, results) = (html.clone(), results.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 8192];
+            let Ok(n) = tcp.read(&mut buf).await else {
+                return;
+            };
+            let request = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let target = request.split_whitespace().nth(1).unwrap_or("/").to_owned();
+            let body = if let Some(result) = target.strip_prefix("/result?") {
+                let _ = results.send(result.to_owned());
+                String::new()
+            } else {
+                html
+            };
+            let response = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nAccess-Control-Allow-Origin: *\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = tcp.write_all(response.as_bytes()).await;
+        });
+    }
+}
+
+async fn run_browser(mode: &str) -> Result<Option<String>> {
+    let Some(browser) = chromium()? else {
+        eprintln!("skipped: WSGATE_SKIP_BROWSER is set");
+        return Ok(None);
+    };
+    let tb = support::testbed_with_toml(&[], BROWSER_CONFIG).await?;
+    let token = support::rs256(&loadgen::token::sample_claims())?;
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let page_port = listener.local_addr()?.port();
+    let (tx, mut results) = mpsc::unbounded_channel();
+    let html = page(tb.gateway_addr().port(), page_port, &token, mode);
+    let server = tokio::spawn(serve_page(listener, html, tx));
+
+    let profile =
+        std::env::temp_dir().join(format!("wsgate-chromium-{}-{mode}", std::process::id()));
+    let mut child = tokio::process::Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+            // The dev certificate's CA is not in Chromium's store; this test is about
+            // the WebSocket handshake, not certificate trust.
+            "--ignore-certificate-errors",
+            "--remote-debugging-port=0",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("http://127.0.0.1:{page_port}/"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting chromium")?;
+    let result = tokio::time::timeout(std::time::Duration::from_secs(45), results.recv()).await;
+    let _ = child.kill().await;
+    server.abort();
+    let _ = std::fs::remove_dir_all(&profile);
+    let result = result
+        .context("the page reported nothing within 45 s")?
+        .context("result channel closed")?;
+    Ok(Some(result))
+}
+
+#[tokio::test]
+async fn chromium_round_trip_with_the_token_in_a_subprotocol() -> Result<()> {
+    if let Some(result) = run_browser("protocol").await? {
+        // The browser accepted the handshake only because the gateway answered with an
+        // entry it offered.
+        ensure!(result.starts_with("PASS"), "browser reported {result:?}");
+        ensure!(
+            result.contains("bearer."),
+            "browser saw protocol {result:?}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn chromium_round_trip_with_the_token_in_the_query() -> Result<()> {
+    if let Some(result) = run_browser("query").await? {
+        ensure!(result.starts_with("PASS"), "browser reported {result:?}");
+    }
+    Ok(())
+}
