@@ -167,6 +167,35 @@ impl Verifier {
     }
 }
 
+/// The identity headers `[auth.forward_claims]` asks for, from verified `claims`: strings
+/// as they are, arrays of strings joined with spaces, other values as JSON. Values that
+/// cannot be header text are left out.
+pub fn claim_headers(
+    forward: &std::collections::BTreeMap<String, String>,
+    claims: &Map<String, Value>,
+) -> Vec<(String, String)> {
+    forward
+        .iter()
+        .filter_map(|(header, claim)| {
+            let value = match claims.get(claim)? {
+                Value::String(s) => s.clone(),
+                Value::Array(items) => items
+                    .iter()
+                    .map(|v| {
+                        v.as_str()
+                            .map(str::to_owned)
+                            .unwrap_or_else(|| v.to_string())
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                other => other.to_string(),
+            };
+            let clean = !value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0);
+            clean.then(|| (header.clone(), value))
+        })
+        .collect()
+}
+
 /// Scopes from a claim that is a space-separated string or an array of strings.
 fn scopes(claim: Option<&Value>) -> HashSet<&str> {
     match claim {

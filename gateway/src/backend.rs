@@ -50,28 +50,41 @@ const NOT_FORWARDED: &[&str] = &[
 /// Opens the backend connection for a client at `peer`, forwarding its end-to-end headers.
 pub async fn connect(
     target: &BackendTarget,
-    client_headers: &HeaderMap,
-    protocols: Option<&str>,
-    peer: SocketAddr,
+    req: &BackendRequest<'_>,
     timeout: Duration,
 ) -> Result<BackendConn, Refusal> {
-    match tokio::time::timeout(
-        timeout,
-        connect_inner(target, client_headers, protocols, peer),
-    )
-    .await
-    {
+    match tokio::time::timeout(timeout, connect_inner(target, req)).await {
         Ok(result) => result,
         Err(_) => Err(Refusal::GatewayTimeout),
     }
 }
 
+/// What the backend handshake carries from the client.
+#[derive(Debug)]
+pub struct BackendRequest<'a> {
+    /// The client's request headers; end-to-end ones are passed on.
+    pub headers: &'a HeaderMap,
+    /// Subprotocols to offer.
+    pub protocols: Option<&'a str>,
+    /// The client's address, for `X-Forwarded-For`.
+    pub peer: SocketAddr,
+    /// Identity headers from verified claims (`[auth.forward_claims]`).
+    pub identity: &'a [(String, String)],
+    /// Names of identity headers: client-sent headers of these names are dropped.
+    pub identity_names: &'a [String],
+}
+
 async fn connect_inner(
     target: &BackendTarget,
-    client_headers: &HeaderMap,
-    protocols: Option<&str>,
-    peer: SocketAddr,
+    req: &BackendRequest<'_>,
 ) -> Result<BackendConn, Refusal> {
+    let BackendRequest {
+        headers: client_headers,
+        protocols,
+        peer,
+        identity,
+        identity_names,
+    } = *req;
     let mut stream = open_tcp(&target.host, target.port).await?;
     let _ = stream.set_nodelay(true);
 
@@ -85,7 +98,10 @@ async fn connect_inner(
     let mut headers: Vec<(&str, &str)> = Vec::with_capacity(client_headers.len() + 2);
     for (name, value) in client_headers {
         let name = name.as_str();
-        if NOT_FORWARDED.contains(&name) || has_token(client_headers, header::CONNECTION, name) {
+        if NOT_FORWARDED.contains(&name)
+            || has_token(client_headers, header::CONNECTION, name)
+            || identity_names.iter().any(|n| n.eq_ignore_ascii_case(name))
+        {
             continue;
         }
         if let Ok(value) = value.to_str() {
@@ -94,6 +110,7 @@ async fn connect_inner(
     }
     headers.push(("X-Forwarded-For", &forwarded_for));
     headers.push(("X-Forwarded-Proto", "https"));
+    headers.extend(identity.iter().map(|(n, v)| (n.as_str(), v.as_str())));
 
     let req = ClientRequest {
         host: &target.host_header,

@@ -131,6 +131,10 @@ pub struct AuthConfig {
     pub required_scopes: Vec<String>,
     /// Clock skew allowed on `exp` and `nbf`, in seconds.
     pub leeway_secs: u64,
+    /// `[auth.forward_claims]`: header name = claim name. Verified claims are sent to the
+    /// backend in these headers (arrays joined with spaces); client-sent headers of the
+    /// same names are dropped, so a backend can trust them.
+    pub forward_claims: BTreeMap<String, String>,
 }
 
 impl Default for AuthConfig {
@@ -143,6 +147,7 @@ impl Default for AuthConfig {
             scope_claim: "scp".into(),
             required_scopes: vec!["admin".into()],
             leeway_secs: 5,
+            forward_claims: BTreeMap::new(),
         }
     }
 }
@@ -281,7 +286,11 @@ impl Config {
             key: None,
             problem: format!("cannot read config file: {e}"),
         })?;
-        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let base = std::fs::canonicalize(base).unwrap_or_else(|_| base.to_path_buf());
         let mut config = Self::from_toml_str(&text, &base)?;
         config.source = path.to_owned();
         config.loaded_from = Some(path.to_owned());
@@ -333,6 +342,15 @@ impl Config {
                 "algorithms",
                 "at least one algorithm is required".into(),
             ));
+        }
+        for header_name in raw.auth.forward_claims.keys() {
+            if hyper::header::HeaderName::from_bytes(header_name.as_bytes()).is_err() {
+                return Err(err(
+                    "auth.forward_claims",
+                    header_name,
+                    "not a valid header name".into(),
+                ));
+            }
         }
         for alg in &raw.auth.algorithms {
             crate::auth::parse_algorithm(alg).map_err(|p| err("auth", "algorithms", p))?;
@@ -394,6 +412,80 @@ impl Config {
             key: Some(format!("{section}.{key}")),
             problem: problem.into(),
         }
+    }
+}
+
+impl Config {
+    /// The effective config as TOML: defaults filled in, paths resolved. Holds no secret:
+    /// keys are only named by path.
+    pub fn describe(&self) -> String {
+        use std::fmt::Write as _;
+        let mut o = String::new();
+        let q = |s: &str| format!("{s:?}");
+        let list = |v: &[String]| {
+            format!(
+                "[{}]",
+                v.iter().map(|s| q(s)).collect::<Vec<_>>().join(", ")
+            )
+        };
+        let secs = |d: Duration| q(&humantime::format_duration(d).to_string());
+        let opt = |v: &Option<String>| v.as_deref().map(q).unwrap_or_else(|| "\"\"  # off".into());
+        let _ = writeln!(
+            o,
+            "[server]\nlisten = {}\npath = {}\n",
+            q(&self.server.listen.to_string()),
+            q(&self.server.path)
+        );
+        let _ = writeln!(
+            o,
+            "[tls]\ncert = {}\nkey = {}\n",
+            q(&self.tls.cert.display().to_string()),
+            q(&self.tls.key.display().to_string())
+        );
+        let a = &self.auth;
+        let _ = writeln!(
+            o,
+            "[auth]\nissuer = {}\naudience = {}\nalgorithms = {}\npublic_key = {}\nscope_claim = {}\nrequired_scopes = {}\nleeway_secs = {}\n",
+            q(&a.issuer), q(&a.audience), list(&a.algorithms), q(&a.public_key.display().to_string()), q(&a.scope_claim), list(&a.required_scopes), a.leeway_secs
+        );
+        if !a.forward_claims.is_empty() {
+            let _ = writeln!(o, "[auth.forward_claims]");
+            for (h, c) in &a.forward_claims {
+                let _ = writeln!(o, "{h} = {}", q(c));
+            }
+            o.push('\n');
+        }
+        let l = &self.limits;
+        let _ = writeln!(
+            o,
+            "[limits]\nmax_connections = {}\nmax_connections_per_ip = {}\nmax_message_size = {}\nmax_frame_size = {}\nmax_header_bytes = {}\n",
+            l.max_connections, l.max_connections_per_ip, l.max_message_size, l.max_frame_size, l.max_header_bytes
+        );
+        let t = &self.timeouts;
+        let _ = writeln!(
+            o,
+            "[timeouts]\ntls_handshake = {}\nheader_read = {}\nbackend_connect = {}\nclose = {}\nidle = {}\ndrain = {}\n",
+            secs(t.tls_handshake), secs(t.header_read), secs(t.backend_connect), secs(t.close), secs(t.idle), secs(t.drain)
+        );
+        let _ = writeln!(
+            o,
+            "[admin]\nenabled = {}\nlisten = {}\n",
+            self.admin.enabled,
+            q(&self.admin.listen.to_string())
+        );
+        let b = &self.browser;
+        let _ = writeln!(
+            o,
+            "[browser]\nid_query = {}\ntoken_query = {}\ntoken_protocol_prefix = {}\n",
+            opt(&b.id_query),
+            opt(&b.token_query),
+            opt(&b.token_protocol_prefix)
+        );
+        let _ = writeln!(o, "[backends]");
+        for (id, t) in &self.backends {
+            let _ = writeln!(o, "{id} = {}", q(&t.url));
+        }
+        o
     }
 }
 

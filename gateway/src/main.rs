@@ -11,12 +11,16 @@ use tracing_subscriber::EnvFilter;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// wsgate: WebSocket gateway with WSS, JWT authentication and routing by the `ID` header.
+///
+/// Signals: SIGTERM/Ctrl-C drain and stop; SIGHUP reloads the config file.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
     /// Config file; relative paths inside it resolve against its folder.
-    #[arg(long, short, default_value = "Config.toml")]
+    #[arg(long, short, default_value = "Config.toml", global = true)]
     config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Log level (overridden by RUST_LOG).
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -25,8 +29,17 @@ struct Args {
     log_format: String,
 }
 
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Validate the config (and the files it names), print the effective config, exit.
+    CheckConfig,
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    if matches!(args.command, Some(Command::CheckConfig)) {
+        return check_config(&args.config);
+    }
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&args.log_level));
     let logs = tracing_subscriber::fmt()
@@ -92,6 +105,25 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// `gateway check-config`: 0 and the effective config, or 64 and the problem.
+fn check_config(path: &std::path::Path) -> ExitCode {
+    let checked = gateway::Config::load(path).and_then(|c| {
+        gateway::reload::build_parts(c.clone())?;
+        Ok(c)
+    });
+    match checked {
+        Ok(config) => {
+            println!("# {}: OK\n", path.display());
+            print!("{}", config.describe());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("gateway: bad config: {e}");
+            ExitCode::from(64)
+        }
+    }
 }
 
 /// Reloads the config file on every SIGHUP.

@@ -175,22 +175,24 @@ async fn prepare(
     let config = shared.config();
     let upgrade = checks::check(req, &config.server.path)?;
     let creds = credentials::extract(req, &config.browser)?;
-    shared
+    let claims = shared
         .verifier()
         .verify(creds.token.as_deref().map_err(Clone::clone)?)?;
+    let identity = crate::auth::claim_headers(&config.auth.forward_claims, &claims);
+    let identity_names: Vec<String> = config.auth.forward_claims.keys().cloned().collect();
     let target = shared
         .router
         .lookup(&creds.backend_id)
         .ok_or(Refusal::UnknownBackend)?;
     let connect_started = std::time::Instant::now();
-    let conn = backend::connect(
-        &target,
-        req.headers(),
-        creds.backend_protocols.as_deref(),
+    let backend_req = backend::BackendRequest {
+        headers: req.headers(),
+        protocols: creds.backend_protocols.as_deref(),
         peer,
-        config.timeouts.backend_connect,
-    )
-    .await;
+        identity: &identity,
+        identity_names: &identity_names,
+    };
+    let conn = backend::connect(&target, &backend_req, config.timeouts.backend_connect).await;
     let metrics = &shared.metrics;
     let conn = match conn {
         Ok(conn) => {

@@ -125,3 +125,46 @@ fn help_documents_the_flags() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn check_config_prints_the_effective_config() -> Result<()> {
+    let repo_config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Config.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .arg("check-config")
+        .arg("--config")
+        .arg(&repo_config)
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        text.contains("Backend_PQR = \"ws://localhost:8082/backend/pqr\""),
+        "{text}"
+    );
+    ensure!(
+        text.contains("idle = \"2m\""),
+        "defaults are filled in: {text}"
+    );
+    let cert_line = text
+        .lines()
+        .find(|l| l.starts_with("cert = "))
+        .unwrap_or_default();
+    ensure!(
+        cert_line.contains("/certs/server.crt\"") && cert_line.starts_with("cert = \"/"),
+        "{cert_line}"
+    );
+    ensure!(
+        !text.contains("PRIVATE KEY"),
+        "check-config must not print key material"
+    );
+
+    let (code, stderr) = run_with("[backends]\nA = \"ftp://x/\"\n")?;
+    ensure!(
+        code == 64 && stderr.contains("backends.A"),
+        "{code} {stderr}"
+    );
+    Ok(())
+}

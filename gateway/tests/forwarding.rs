@@ -315,3 +315,44 @@ async fn frames_are_remasked_toward_the_backend_and_unmasked_toward_the_client()
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn verified_claims_reach_the_backend_and_spoofed_ones_do_not() -> Result<()> {
+    let mut probe = probe::Probe::start(probe::Mode::Accept { protocol: None }).await?;
+    let tb = testbed_with_toml(
+        &[("Backend_PROBE", probe.url())],
+        "[auth.forward_claims]\nX-Auth-Subject = \"sub\"\nX-Auth-Scopes = \"scp\"\nX-Auth-Audience = \"aud\"\n",
+    )
+    .await?;
+    let mut opts = tb.connect_options("Backend_PROBE")?;
+    opts.headers
+        .push(("X-Auth-Subject".into(), "mallory".into()));
+    opts.headers.push(("x-auth-scopes".into(), "root".into()));
+    let _c = loadgen::client::connect(&opts).await?;
+    let probe::Event::Handshake(headers) = probe.next().await? else {
+        anyhow::bail!("expected the handshake")
+    };
+    let all = |name: &str| {
+        headers
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect::<Vec<_>>()
+    };
+    ensure!(
+        all("x-auth-subject") == ["ballerina"],
+        "subject headers {:?}",
+        all("x-auth-subject")
+    );
+    ensure!(
+        all("x-auth-scopes") == ["admin"],
+        "scope headers {:?}",
+        all("x-auth-scopes")
+    );
+    ensure!(
+        all("x-auth-audience") == ["ballerina ballerina.org ballerina.io"],
+        "audience headers {:?}",
+        all("x-auth-audience")
+    );
+    Ok(())
+}

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{bail, ensure, Context, Result};
 use fastwebsockets::{Frame, OpCode, Payload, WebSocket};
 use loadgen::client::{connect, ConnectError, ConnectOptions, Connected, WsStream};
 use support::probe::{Event, Mode, Probe};
@@ -62,9 +62,15 @@ async fn a_message_over_the_limit_in_fragments_gets_1009_and_the_backend_1001() 
     // 1200 bytes in three fragments, each under the frame limit: over the message limit.
     send_fragments(&mut c.ws, &[400, 400, 400]).await?;
     let (code, reason) = expect_close(&mut c.ws).await?;
-    ensure!(code == 1009, "client got close {code} {reason:?}, expected 1009");
+    ensure!(
+        code == 1009,
+        "client got close {code} {reason:?}, expected 1009"
+    );
     let (code, reason) = probe.next_close().await?;
-    ensure!(code == 1001, "backend got close {code} {reason:?}, expected 1001");
+    ensure!(
+        code == 1001,
+        "backend got close {code} {reason:?}, expected 1001"
+    );
     Ok(())
 }
 
@@ -79,10 +85,7 @@ async fn a_frame_over_the_frame_limit_gets_1009_either_way() -> Result<()> {
     })
     .await?;
     let tb = testbed_with_toml(
-        &[
-            ("Backend_PROBE", probe.url()),
-            ("Backend_BIG", flood.url()),
-        ],
+        &[("Backend_PROBE", probe.url()), ("Backend_BIG", flood.url())],
         "[limits]\nmax_frame_size = 1000\n",
     )
     .await?;
@@ -91,15 +94,27 @@ async fn a_frame_over_the_frame_limit_gets_1009_either_way() -> Result<()> {
     echo(&mut c.ws, &[7u8; 1000]).await?; // at the limit: fine
     send(&mut c.ws, Frame::binary(Payload::Owned(vec![7u8; 1500]))).await?;
     let (code, reason) = expect_close(&mut c.ws).await?;
-    ensure!(code == 1009, "client got close {code} {reason:?}, expected 1009");
+    ensure!(
+        code == 1009,
+        "client got close {code} {reason:?}, expected 1009"
+    );
     let (code, reason) = probe.next_close().await?;
-    ensure!(code == 1001, "backend got close {code} {reason:?}, expected 1001");
+    ensure!(
+        code == 1001,
+        "backend got close {code} {reason:?}, expected 1001"
+    );
 
     let mut d = connect_ok(&tb, "Backend_BIG").await?;
     let (code, reason) = expect_close(&mut d.ws).await?;
-    ensure!(code == 1001, "client got close {code} {reason:?}, expected 1001");
+    ensure!(
+        code == 1001,
+        "client got close {code} {reason:?}, expected 1001"
+    );
     let (code, reason) = flood.next_close().await?;
-    ensure!(code == 1009, "backend got close {code} {reason:?}, expected 1009");
+    ensure!(
+        code == 1009,
+        "backend got close {code} {reason:?}, expected 1009"
+    );
     Ok(())
 }
 
@@ -153,20 +168,23 @@ async fn over_max_connections_per_ip_is_503_for_that_address_only() -> Result<()
     let mut a = connect(&from([127, 0, 0, 1])?).await?;
     let mut b = connect(&from([127, 0, 0, 1])?).await?;
     let (status, reason) = refused(&from([127, 0, 0, 1])?).await?;
-    ensure!(status == 503, "third from 127.0.0.1 got {status} {reason:?}");
+    ensure!(
+        status == 503,
+        "third from 127.0.0.1 got {status} {reason:?}"
+    );
     ensure!(
         reason.contains("per-address"),
         "503 reason {reason:?} does not name the per-address limit"
     );
     // Another address is not affected.
     let mut other = connect(&from([127, 0, 0, 2])?).await?;
-    echo(&mut other.ws, b"other").await?;
-    echo(&mut b.ws, b"b").await?;
+    echo(&mut other.ws, b"other").await.context("other")?;
+    echo(&mut b.ws, b"b").await.context("b")?;
 
-    ensure!(close_cleanly(&mut a.ws).await? == 1000);
+    ensure!(close_cleanly(&mut a.ws).await.context("a close")? == 1000);
     drop(a);
     let mut c = connect_when_free(&from([127, 0, 0, 1])?).await?;
-    echo(&mut c.ws, b"c").await?;
+    echo(&mut c.ws, b"c").await.context("c")?;
     Ok(())
 }
 
@@ -210,7 +228,10 @@ async fn a_slowloris_head_is_cut_off_at_the_header_read_timeout() -> Result<()> 
     let ended = tokio::time::timeout(Duration::from_secs(5), rd.read_to_end(&mut answer)).await;
     let elapsed = started.elapsed();
     trickle.abort();
-    ensure!(ended.is_ok(), "slow connection still open after {elapsed:?}");
+    ensure!(
+        ended.is_ok(),
+        "slow connection still open after {elapsed:?}"
+    );
     let sent = written.load(Ordering::SeqCst);
     ensure!(
         sent < total,

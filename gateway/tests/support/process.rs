@@ -56,10 +56,7 @@ pub fn temp_dir(tag: &str) -> Result<PathBuf> {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .subsec_nanos();
-    let dir = std::env::temp_dir().join(format!(
-        "wsgate-{tag}-{}-{n}-{nanos}",
-        std::process::id()
-    ));
+    let dir = std::env::temp_dir().join(format!("wsgate-{tag}-{}-{n}-{nanos}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }
@@ -71,8 +68,8 @@ impl GatewayProc {
         let certs = certs();
         let dir = temp_dir("gw")?;
         let mut toml = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n\n[tls]\ncert = {:?}\nkey = {:?}\n\n\
-             [auth]\npublic_key = {:?}\n\n[backends]\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+             [tls]\ncert = {:?}\nkey = {:?}\n\n[auth]\npublic_key = {:?}\n\n[backends]\n",
             certs.join("server.crt"),
             certs.join("server.key"),
             certs.join("jwt-public.pem"),
@@ -127,7 +124,10 @@ impl GatewayProc {
                 return Ok(proc);
             }
             if let Some(status) = proc.child.try_wait()? {
-                bail!("gateway exited ({status}) before listening:\n{}", proc.log());
+                bail!(
+                    "gateway exited ({status}) before listening:\n{}",
+                    proc.log()
+                );
             }
             if started.elapsed() > DEADLINE {
                 bail!("gateway did not log its listen address:\n{}", proc.log());

@@ -1,0 +1,91 @@
+//! Keepalive and the idle timeout (`idle = "1s"`): a client that answers the gateway's
+//! pings survives long silences; one that never reads is closed, and its backend hears
+//! 1001 "idle timeout".
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use fastwebsockets::{Frame, OpCode, Payload};
+use support::probe::{Mode, Probe};
+use support::*;
+use tokio::io::AsyncReadExt;
+
+const IDLE: &str = "[timeouts]\nidle = \"1s\"\nclose = \"1s\"\n";
+
+#[tokio::test]
+async fn a_client_that_answers_pings_survives_three_idle_seconds() -> Result<()> {
+    let mut probe = Probe::start(Mode::Accept { protocol: None }).await?;
+    let tb = testbed_with_toml(&[("Backend_PROBE", probe.url())], IDLE).await?;
+    let mut c = connect_ok(&tb, "Backend_PROBE").await?;
+    // Answer pings by hand, to count them.
+    c.ws.set_auto_pong(false);
+    let started = Instant::now();
+    let mut pings = 0;
+    // Frame by frame (never cancelling a read mid-frame) until 3 s have passed.
+    while started.elapsed() < Duration::from_secs(3) {
+        let f = next_frame(&mut c.ws).await?;
+        match f.opcode {
+            OpCode::Ping => {
+                pings += 1;
+                send(&mut c.ws, Frame::pong(Payload::Owned(f.payload.to_vec()))).await?;
+            }
+            OpCode::Close => bail!(
+                "closed after {:?} of silence: {:?}",
+                started.elapsed(),
+                close_of(&f)?
+            ),
+            other => bail!("unexpected {other:?} frame"),
+        }
+    }
+    ensure!(pings >= 2, "only {pings} keepalive pings in 3 s");
+    echo(&mut c.ws, b"still open").await?;
+    // The backend saw the data, no close.
+    let (op, data) = probe.next_frame().await?;
+    ensure!(
+        op == OpCode::Binary && data == b"still open",
+        "backend got {op:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_is_closed_and_its_backend_hears_1001() -> Result<()> {
+    let mut probe = Probe::start(Mode::Accept { protocol: None }).await?;
+    let tb = testbed_with_toml(&[("Backend_PROBE", probe.url())], IDLE).await?;
+    let opts = tb.connect_options("Backend_PROBE")?;
+    let connector = loadgen::client::Connector::new(&opts).await?;
+    // Held, never read nor written: pings go unanswered.
+    let mut raw = connector.connect_raw(&[], None).await?;
+    let started = Instant::now();
+    let (code, reason) = probe.next_close().await?;
+    let elapsed = started.elapsed();
+    ensure!(
+        code == 1001 && reason == "idle timeout",
+        "backend got close {code} {reason:?}"
+    );
+    ensure!(
+        elapsed >= Duration::from_millis(500),
+        "closed after {elapsed:?}, before a keepalive period passed"
+    );
+    ensure!(
+        elapsed < Duration::from_secs(4),
+        "idle close took {elapsed:?}"
+    );
+
+    // The client was told too, then the connection ended.
+    let mut bytes = Vec::new();
+    tokio::time::timeout(DEADLINE, raw.stream.read_to_end(&mut bytes))
+        .await
+        .context("client connection not ended")??;
+    ensure!(
+        bytes.windows(12).any(|w| w == b"idle timeout"),
+        "the client got no idle-timeout close: {bytes:?}"
+    );
+
+    // A busy session on the same gateway is unaffected.
+    let mut busy = connect_ok(&tb, "Backend_ABC").await?;
+    echo(&mut busy.ws, b"busy").await?;
+    Ok(())
+}
