@@ -116,7 +116,7 @@ pub struct LoadArgs {
     #[arg(long, value_name = "CONNS_PER_S")]
     pub connect_rate: Option<f64>,
     /// Handshakes in progress at once.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 64)]
     pub connect_concurrency: usize,
     /// Extra request header `Name: value` (repeatable).
     #[arg(long = "header", value_name = "NAME: VALUE", value_parser = parse_header)]

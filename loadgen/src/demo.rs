@@ -194,7 +194,7 @@ pub async fn run<W: Write>(
                 }
                 Some(Incoming::Ping(p)) => send(&mut wr, Frame::pong(Payload::Owned(p))).await.map_err(lost)?,
                 Some(Incoming::Close(code, reason)) => {
-                    writeln!(out, "{backend} closed the connection: {code} {reason}")?;
+                    writeln!(out, "{}", format!("{backend} closed the connection: {code} {reason}").trim_end())?;
                     out.flush()?;
                     // Answer with the same code; the server may already be gone.
                     let _ = send(&mut wr, Frame::close(code_to_echo(code), b"")).await;

@@ -4,7 +4,8 @@
 //! |---|---|
 //! | [`cli`] | command line (load mode by default, `demo` subcommand), exit codes |
 //! | [`load`] | load mode: connect, run, drain, close, report |
-//! | [`conn`] | one load connection in one task: batched sends, echo checks, close |
+//! | [`conn`] | one load connection: open, run its session, sum up |
+//! | `session` | the per-connection loop: batched sends, echo checks, close |
 //! | [`wire`] | test message payload; client frame encoding and decoding |
 //! | [`track`] | integrity check of every echo (missing, duplicate, reordered, corrupted) |
 //! | [`stats`] | sharded HDR histograms and live counters |
@@ -27,6 +28,7 @@ pub mod load;
 pub mod plot;
 pub mod progress;
 pub mod report;
+mod session;
 pub mod stats;
 pub mod stream;
 pub mod sys;

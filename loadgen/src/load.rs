@@ -85,7 +85,7 @@ impl Default for LoadOptions {
             inflight: 1,
             rate: None,
             connect_rate: None,
-            connect_concurrency: 256,
+            connect_concurrency: 64,
             ca: Some(PathBuf::from("certs/ca.crt")),
             insecure: false,
             token: TokenSource::Mint(PathBuf::from("certs/jwt-private.pem")),

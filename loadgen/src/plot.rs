@@ -11,7 +11,7 @@ use crate::report::{fmt_us, Report};
 const WIDTH: f64 = 900.0;
 const HEIGHT: f64 = 460.0;
 const LEFT: f64 = 70.0;
-const RIGHT: f64 = 20.0;
+const RIGHT: f64 = 45.0;
 const TOP: f64 = 20.0;
 const BOTTOM: f64 = 50.0;
 /// Furthest percentile shown: 99.9999 % (x = 10^6).

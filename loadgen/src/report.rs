@@ -330,23 +330,37 @@ pub fn write_table(r: &Report, w: &mut dyn Write) -> io::Result<()> {
     for s in r.backends.iter().chain(std::iter::once(&r.total)) {
         let c = &s.connections;
         let l = &s.rtt_us;
+        let conn_ms = |v: f64| {
+            if c.opened == 0 {
+                "-".to_owned()
+            } else {
+                fmt_ms(v)
+            }
+        };
+        let rtt = |v: u64| {
+            if l.count == 0 {
+                "-".to_owned()
+            } else {
+                fmt_us(v)
+            }
+        };
         writeln!(
             w,
             "{:<12} {:>13} {:>6} {:>9} {:>9} {:>11} {:>11} {:>10.0} {:>8.2} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}",
             s.backend,
             format!("{}/{}", c.opened, c.requested),
             c.failed,
-            fmt_ms(c.connect_ms.p50),
-            fmt_ms(c.connect_ms.p99),
+            conn_ms(c.connect_ms.p50),
+            conn_ms(c.connect_ms.p99),
             s.messages.sent,
             s.messages.echoed,
             s.messages.msgs_per_s,
             s.messages.bytes_per_s / 1e6,
-            fmt_us(l.p50),
-            fmt_us(l.p90),
-            fmt_us(l.p99),
-            fmt_us(l.p999),
-            fmt_us(l.max),
+            rtt(l.p50),
+            rtt(l.p90),
+            rtt(l.p99),
+            rtt(l.p999),
+            rtt(l.max),
             s.errors.total,
         )?;
     }

@@ -149,3 +149,37 @@ async fn interrupting_closes_cleanly() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dying_backend_closes_the_demo_with_its_code() -> anyhow::Result<()> {
+    let mut tb = Testbed::start(TestbedOptions::default()).await?;
+    let mut opts = options(&tb, "Backend_ABC");
+    opts.count = None;
+    let out = SharedBuf::default();
+    let mut writer = out.clone();
+    let session =
+        tokio::spawn(async move { demo::run(&opts, &mut writer, std::future::pending()).await });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !out.text().contains("Backend_ABC >> Client: ") {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no echo: {}",
+            out.text()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    anyhow::ensure!(tb.kill_backend("Backend_ABC"));
+    let end = tokio::time::timeout(Duration::from_secs(20), session).await???;
+    match end {
+        DemoEnd::ClosedByServer {
+            code: 1011 | 1014, ..
+        } => {}
+        other => anyhow::bail!("expected 1011/1014 from the gateway, got {other:?}"),
+    }
+    assert!(
+        out.text().contains("Backend_ABC closed the connection: 10"),
+        "{}",
+        out.text()
+    );
+    Ok(())
+}
