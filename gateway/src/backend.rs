@@ -10,6 +10,7 @@ use tokio::net::TcpStream;
 
 use crate::checks::has_token;
 use crate::refusal::Refusal;
+use crate::resolve::Resolver;
 use crate::route::BackendTarget;
 use crate::wsclient::{self, ClientRequest, HandshakeError};
 
@@ -51,9 +52,10 @@ const NOT_FORWARDED: &[&str] = &[
 pub async fn connect(
     target: &BackendTarget,
     req: &BackendRequest<'_>,
+    resolver: &Resolver,
     timeout: Duration,
 ) -> Result<BackendConn, Refusal> {
-    match tokio::time::timeout(timeout, connect_inner(target, req)).await {
+    match tokio::time::timeout(timeout, connect_inner(target, req, resolver)).await {
         Ok(result) => result,
         Err(_) => Err(Refusal::GatewayTimeout),
     }
@@ -77,6 +79,7 @@ pub struct BackendRequest<'a> {
 async fn connect_inner(
     target: &BackendTarget,
     req: &BackendRequest<'_>,
+    resolver: &Resolver,
 ) -> Result<BackendConn, Refusal> {
     let BackendRequest {
         headers: client_headers,
@@ -85,7 +88,7 @@ async fn connect_inner(
         identity,
         identity_names,
     } = *req;
-    let mut stream = open_tcp(&target.host, target.port).await?;
+    let mut stream = open_tcp(&target.host, target.port, resolver).await?;
     let _ = stream.set_nodelay(true);
 
     let forwarded_for = match client_headers
@@ -140,14 +143,18 @@ async fn connect_inner(
 }
 
 /// Connects to the first address of `host` that accepts.
-async fn open_tcp(host: &str, port: u16) -> Result<TcpStream, Refusal> {
-    let addrs = tokio::net::lookup_host((host, port))
+async fn open_tcp(host: &str, port: u16, resolver: &Resolver) -> Result<TcpStream, Refusal> {
+    let addrs = resolver
+        .resolve(host, port)
         .await
         .map_err(|e| Refusal::BadGateway(format!("cannot resolve backend host: {e}")))?;
     let mut last = None;
     for addr in addrs {
         match TcpStream::connect(addr).await {
-            Ok(s) => return Ok(s),
+            Ok(s) => {
+                resolver.worked(host, port, addr);
+                return Ok(s);
+            }
             Err(e) => last = Some(e),
         }
     }

@@ -291,7 +291,10 @@ impl Config {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         let base = std::fs::canonicalize(base).unwrap_or_else(|_| base.to_path_buf());
-        let mut config = Self::from_toml_str(&text, &base)?;
+        let mut config = Self::from_toml_str(&text, &base).map_err(|e| ConfigError {
+            file: path.to_owned(),
+            ..e
+        })?;
         config.source = path.to_owned();
         config.loaded_from = Some(path.to_owned());
         Ok(config)

@@ -15,6 +15,7 @@
 //! | [`auth`] | bearer JWT: pinned algorithms, signature, `exp`/`nbf`, `iss`, `aud`, scopes |
 //! | [`route`] | `ID` -> backend, in an atomically swappable table |
 //! | [`backend`] | TCP + WebSocket client handshake to the backend, under a timeout |
+//! | [`resolve`] | backend name lookups, cached briefly, last good address first |
 //! | [`refusal`] | every pre-upgrade failure -> HTTP status and one-line reason |
 //! | [`session`] | both directions of a session, close coordination, shutdown |
 //! | [`forward`] | one direction: frames read, re-framed, batched, flushed |
@@ -40,6 +41,7 @@ pub mod metrics;
 pub mod prefixed;
 pub mod refusal;
 pub mod reload;
+pub mod resolve;
 pub mod route;
 pub mod service;
 pub mod session;

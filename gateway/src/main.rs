@@ -80,7 +80,8 @@ fn main() -> ExitCode {
         if admin.enabled {
             match tokio::net::TcpListener::bind(admin.listen).await {
                 Ok(l) => {
-                    tracing::info!(listen = %admin.listen, "admin listening (/metrics /healthz /readyz POST /reload)");
+                    let bound = l.local_addr().unwrap_or(admin.listen);
+                    tracing::info!(listen = %bound, "admin listening (/metrics /healthz /readyz POST /reload)");
                     gateway.spawn_admin(l);
                 }
                 Err(e) => {

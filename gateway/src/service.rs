@@ -192,7 +192,13 @@ async fn prepare(
         identity: &identity,
         identity_names: &identity_names,
     };
-    let conn = backend::connect(&target, &backend_req, config.timeouts.backend_connect).await;
+    let conn = backend::connect(
+        &target,
+        &backend_req,
+        &shared.resolver,
+        config.timeouts.backend_connect,
+    )
+    .await;
     let metrics = &shared.metrics;
     let conn = match conn {
         Ok(conn) => {

@@ -39,6 +39,8 @@ pub struct Shared {
     pub router: Router,
     /// Prometheus metrics.
     pub metrics: Metrics,
+    /// Cached backend name lookups.
+    pub resolver: crate::resolve::Resolver,
     /// Sessions proxying now (all backends), for the drain wait.
     pub active: AtomicU64,
     /// Set once shutdown begins: new upgrades get 503 and `/readyz` turns not-ready.
@@ -72,6 +74,7 @@ impl Shared {
             limiter: ArcSwap::from_pointee(limiter),
             router,
             metrics: Metrics::new(),
+            resolver: Default::default(),
             active: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             shutdown_rx,

@@ -1,0 +1,101 @@
+//! Backend name resolution with a small cache.
+//!
+//! Looking a name up on every backend connect costs a resolver round trip and a file
+//! descriptor per connect; under a connection storm that alone exhausted descriptors.
+//! Addresses are cached for a short time (so DNS changes are still followed), the
+//! address that last accepted is tried first, and a failed refresh keeps serving the last
+//! known addresses.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How long resolved addresses are used before looking the name up again.
+pub const TTL: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+struct Entry {
+    addrs: Vec<SocketAddr>,
+    fetched: Instant,
+}
+
+/// Caches `host:port` lookups.
+#[derive(Debug, Default)]
+pub struct Resolver {
+    cache: Mutex<HashMap<(String, u16), Entry>>,
+}
+
+impl Resolver {
+    /// The addresses of `host:port`, best first.
+    pub async fn resolve(&self, host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return Ok(vec![SocketAddr::new(ip, port)]);
+        }
+        let key = (host.to_owned(), port);
+        let cached = self.cache.lock().ok().and_then(|c| c.get(&key).cloned());
+        if let Some(entry) = &cached {
+            if entry.fetched.elapsed() < TTL {
+                return Ok(entry.addrs.clone());
+            }
+        }
+        match tokio::net::lookup_host((host, port)).await {
+            Ok(found) => {
+                let mut addrs: Vec<SocketAddr> = found.collect();
+                // Keep the address that last worked in front.
+                if let Some(first) = cached.as_ref().and_then(|e| e.addrs.first()) {
+                    if let Some(i) = addrs.iter().position(|a| a == first) {
+                        addrs.swap(0, i);
+                    }
+                }
+                if let Ok(mut c) = self.cache.lock() {
+                    c.insert(
+                        key,
+                        Entry {
+                            addrs: addrs.clone(),
+                            fetched: Instant::now(),
+                        },
+                    );
+                }
+                Ok(addrs)
+            }
+            Err(e) => match cached {
+                Some(entry) if !entry.addrs.is_empty() => Ok(entry.addrs),
+                _ => Err(e),
+            },
+        }
+    }
+
+    /// Records that `addr` accepted, so it is tried first next time.
+    pub fn worked(&self, host: &str, port: u16, addr: SocketAddr) {
+        if let Ok(mut c) = self.cache.lock() {
+            if let Some(entry) = c.get_mut(&(host.to_owned(), port)) {
+                if let Some(i) = entry.addrs.iter().position(|a| *a == addr) {
+                    entry.addrs.swap(0, i);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn literals_skip_lookup_and_names_are_cached_with_the_good_address_first(
+    ) -> io::Result<()> {
+        let r = Resolver::default();
+        assert_eq!(
+            r.resolve("127.0.0.1", 9).await?,
+            vec![SocketAddr::from(([127, 0, 0, 1], 9))]
+        );
+        let first = r.resolve("localhost", 9).await?;
+        assert!(!first.is_empty());
+        let last = *first.last().unwrap_or(&first[0]);
+        r.worked("localhost", 9, last);
+        assert_eq!(r.resolve("localhost", 9).await?[0], last);
+        Ok(())
+    }
+}
