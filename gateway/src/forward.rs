@@ -16,7 +16,8 @@ use fastwebsockets::{Frame, OpCode, Payload, WebSocketError, WebSocketRead};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use tokio::sync::mpsc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Mutex;
 
 use crate::batch::FrameWriter;
 
@@ -47,6 +48,75 @@ pub enum Control {
     Ping,
     /// Stop forwarding, send this to your destination, and end.
     Stop(StopWith),
+}
+
+/// A pump's inbox: instructions from the session or the other pump.
+///
+/// Both pumps and the session run in one task, so an instruction needs no channel: the
+/// sender sets a flag, and the task polls the pump again (the session does so right
+/// after sending; the other pump wakes the task, see [`wake_task`]). Checking the inbox
+/// costs one atomic load per frame.
+#[derive(Debug, Default)]
+pub struct Mailbox {
+    flags: AtomicU8,
+    stop: Mutex<Option<StopWith>>,
+}
+
+const PING: u8 = 1;
+const STOP: u8 = 2;
+
+impl Mailbox {
+    /// Asks the pump to stop; the first instruction wins.
+    pub fn stop(&self, how: StopWith) {
+        if let Ok(mut s) = self.stop.lock() {
+            s.get_or_insert(how);
+        }
+        self.flags.fetch_or(STOP, Ordering::Release);
+    }
+
+    /// Asks the pump to send a keepalive ping to its destination.
+    pub fn ping(&self) {
+        self.flags.fetch_or(PING, Ordering::Release);
+    }
+
+    /// The next instruction, if any (a stop before a ping).
+    fn take(&self) -> Option<Control> {
+        let flags = self.flags.load(Ordering::Acquire);
+        if flags == 0 {
+            return None;
+        }
+        if flags & STOP != 0 {
+            let how = self
+                .stop
+                .lock()
+                .ok()
+                .and_then(|s| *s)
+                .unwrap_or(StopWith::Nothing);
+            return Some(Control::Stop(how));
+        }
+        self.flags.fetch_and(!PING, Ordering::AcqRel);
+        Some(Control::Ping)
+    }
+
+    /// Resolves when an instruction is there. Registers no waker: senders live in the
+    /// same task and make sure it is polled again.
+    async fn next(&self) -> Control {
+        std::future::poll_fn(|_| match self.take() {
+            Some(c) => Poll::Ready(c),
+            None => Poll::Pending,
+        })
+        .await
+    }
+}
+
+/// Makes the runtime poll the current task again (so a pump in the same task sees a
+/// flag just set in its [`Mailbox`]).
+pub async fn wake_task() {
+    std::future::poll_fn(|cx| {
+        cx.waker().wake_by_ref();
+        Poll::Ready(())
+    })
+    .await
 }
 
 /// Why a pump ended.
@@ -115,13 +185,9 @@ pub const IDLE: CloseMsg = CloseMsg {
 };
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'_, R, W> {
-    /// Forwards frames until the source closes or fails, the destination fails, or `ctrl`
-    /// says stop. Asks the other pump (through `peer`) to ping a silent source.
-    pub async fn run(
-        self,
-        ctrl: &mut mpsc::Receiver<Control>,
-        peer: &mpsc::Sender<Control>,
-    ) -> PumpEnd {
+    /// Forwards frames until the source closes or fails, the destination fails, or `inbox`
+    /// says stop. Asks the other pump (through its inbox, `peer`) to ping a silent source.
+    pub async fn run(self, inbox: &Mailbox, peer: &Mailbox) -> PumpEnd {
         let Pump {
             src,
             dst,
@@ -144,15 +210,15 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'_, R, W> {
         let mut message_len: usize = 0;
         loop {
             // Instructions first, so a flood from the source cannot hold off a stop.
-            match ctrl.try_recv() {
-                Ok(Control::Stop(how)) => return stopped(dst, how, lost).await,
-                Ok(Control::Ping) => {
+            match inbox.take() {
+                Some(Control::Stop(how)) => return stopped(dst, how, lost).await,
+                Some(Control::Ping) => {
                     if write_ping(dst).await.is_err() {
                         return PumpEnd::DestLost;
                     }
                     dirty = true;
                 }
-                Err(_) => {}
+                None => {}
             }
             let read = src.read_frame(&mut obligated);
             tokio::pin!(read);
@@ -165,10 +231,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'_, R, W> {
                     let flushed = loop {
                         tokio::select! {
                             biased;
-                            c = ctrl.recv() => match c {
-                                Some(Control::Ping) => ping_due = true,
-                                Some(Control::Stop(how)) => return stopped(dst, how, lost).await,
-                                None => return stopped(dst, StopWith::Nothing, lost).await,
+                            c = inbox.next() => match c {
+                                Control::Ping => ping_due = true,
+                                Control::Stop(how) => return stopped(dst, how, lost).await,
                             },
                             r = dst.flush() => break r,
                         }
@@ -185,14 +250,13 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'_, R, W> {
                     // read either ends the pump or loops back to the same future.
                     tokio::select! {
                         biased;
-                        c = ctrl.recv() => match c {
-                            Some(Control::Ping) => {
+                        c = inbox.next() => match c {
+                            Control::Ping => {
                                 if write_ping(dst).await.is_err() {
                                     return PumpEnd::DestLost;
                                 }
                             }
-                            Some(Control::Stop(how)) => return stopped(dst, how, lost).await,
-                            None => return stopped(dst, StopWith::Nothing, lost).await,
+                            Control::Stop(how) => return stopped(dst, how, lost).await,
                         },
                         r = &mut read => break r,
                         _ = tick(&mut ticker) => {
@@ -204,7 +268,8 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'_, R, W> {
                                 return PumpEnd::SourceIdle;
                             } else {
                                 pinged = true;
-                                let _ = peer.try_send(Control::Ping);
+                                peer.ping();
+                                wake_task().await;
                             }
                         }
                     }

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use fastwebsockets::{after_handshake_split, Role, WebSocketRead};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::batch::FrameWriter;
-use crate::forward::{CloseMsg, Control, Counters, Pump, PumpEnd, PumpLimits, StopWith};
+use crate::forward::{CloseMsg, Counters, Mailbox, Pump, PumpEnd, PumpLimits, StopWith};
 use crate::prefixed::Prefixed;
 
 /// Sent to the backend when the client vanishes without a close.
@@ -154,9 +154,8 @@ where
     let (mut bread, mut bwrite) = split(backend, Role::Client, opts);
     let mut upstream = Counters::default();
     let mut downstream = Counters::default();
-    // Room for the few instructions a session ever sends: a stop and keepalive pings.
-    let (up_tx, mut up_rx) = mpsc::channel(8);
-    let (down_tx, mut down_rx) = mpsc::channel(8);
+    let up_inbox = Mailbox::default();
+    let down_inbox = Mailbox::default();
     let limits = PumpLimits {
         max_message_size: opts.max_message_size,
         keepalive: opts.keepalive,
@@ -171,7 +170,7 @@ where
             counters: &mut upstream,
             limits,
         }
-        .run(&mut up_rx, &down_tx);
+        .run(&up_inbox, &down_inbox);
         let down = Pump {
             src: &mut bread,
             dst: &mut cwrite,
@@ -179,7 +178,7 @@ where
             counters: &mut downstream,
             limits,
         }
-        .run(&mut down_rx, &up_tx);
+        .run(&down_inbox, &up_inbox);
         tokio::pin!(up, down);
         let already_shut = *shutdown.borrow_and_update();
         let first = tokio::select! {
@@ -190,8 +189,8 @@ where
         if first.1 == PumpEnd::Stopped {
             // Gateway shutdown: both sides are told, after what was already accepted.
             shut = true;
-            let _ = up_tx.try_send(Control::Stop(StopWith::Close(SHUTTING_DOWN)));
-            let _ = down_tx.try_send(Control::Stop(StopWith::Close(SHUTTING_DOWN)));
+            up_inbox.stop(StopWith::Close(SHUTTING_DOWN));
+            down_inbox.stop(StopWith::Close(SHUTTING_DOWN));
             let both = async { tokio::join!(&mut up, &mut down) };
             let _ = tokio::time::timeout(opts.close_timeout, both).await;
             (first, Some(PumpEnd::Stopped))
@@ -212,11 +211,11 @@ where
                 PumpEnd::DestLost => Some(StopWith::LostSource),
             };
             let (other_tx, upstream_first) = match first.0 {
-                Direction::Upstream => (&down_tx, true),
-                Direction::Downstream => (&up_tx, false),
+                Direction::Upstream => (&down_inbox, true),
+                Direction::Downstream => (&up_inbox, false),
             };
             if let Some(how) = instruction {
-                let _ = other_tx.try_send(Control::Stop(how));
+                other_tx.stop(how);
             }
             let other_end = async {
                 if upstream_first {
