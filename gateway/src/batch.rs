@@ -2,18 +2,20 @@
 //! reach the socket (and the TLS layer) in one write per burst, instead of one syscall and
 //! one TLS record per frame.
 //!
-//! The forwarder flushes when its reader has no further frame ready. Past `limit`
-//! buffered bytes a write drains first, which bounds memory per direction and makes a
-//! slow reader slow down the writer feeding it (backpressure).
+//! The forwarder flushes when its reader has no further bytes ready, and whenever the
+//! batch passes `limit`, which bounds memory per direction and makes a slow reader slow
+//! down the writer feeding it (backpressure).
 
 use std::io;
-use std::pin::Pin;
 
-use fastwebsockets::{Frame, Role};
+use fastwebsockets::{Frame, OpCode, Role};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-/// Largest frame head: 2 + 8 length bytes + 4 mask bytes.
-const MAX_HEAD: usize = 14;
+use crate::frames::{apply_mask, encode_head, MAX_HEAD, TEXT};
+
+/// A text frame whose payload is not UTF-8 (close 1007).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InvalidUtf8;
 
 /// Writes WebSocket frames for one role into a batch buffer over `inner`.
 #[derive(Debug)]
@@ -23,12 +25,12 @@ pub struct FrameWriter<W> {
     buf: Vec<u8>,
     /// Client role masks every frame with a fresh key; server role never masks.
     mask: bool,
-    /// Drain before buffering past this many bytes; frames this large bypass the buffer.
+    /// Flush once the batch holds this many bytes.
     limit: usize,
 }
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
-    /// A writer for `role` buffering up to about `limit` bytes.
+    /// A writer for `role` batching up to about `limit` bytes.
     pub fn new(inner: W, role: Role, limit: usize) -> Self {
         Self {
             inner,
@@ -43,24 +45,63 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.buf.len()
     }
 
-    /// Encodes `frame` into the batch (masking it in place for the client role); drains
-    /// the batch first if it would grow past the limit.
-    pub async fn write_frame(&mut self, mut frame: Frame<'_>) -> io::Result<()> {
-        if self.mask {
-            frame.mask();
-        }
+    /// Whether the batch is full enough that it should be flushed before more is pushed.
+    pub fn is_full(&self) -> bool {
+        self.buf.len() >= self.limit
+    }
+
+    /// Appends one frame to the batch: `payload` as received, masked with `src_mask` if
+    /// the sender masked it. The payload is copied once; unmasking, the UTF-8 check of a
+    /// whole text message (`check_utf8`) and masking with a fresh key happen in place in
+    /// the batch. On invalid UTF-8 nothing is appended.
+    pub fn push(
+        &mut self,
+        fin: bool,
+        opcode: u8,
+        payload: &[u8],
+        src_mask: Option<[u8; 4]>,
+        check_utf8: bool,
+    ) -> Result<(), InvalidUtf8> {
+        let key: Option<[u8; 4]> = self.mask.then(rand::random);
         let mut head = [0u8; MAX_HEAD];
-        let head_len = frame.fmt_head(&mut head);
-        let total = head_len + frame.payload.len();
-        if self.buf.len() + total > self.limit {
-            self.drain().await?;
-            if total >= self.limit {
-                self.inner.write_all(&head[..head_len]).await?;
-                return self.inner.write_all(&frame.payload).await;
+        let head_len = encode_head(&mut head, fin, opcode, payload.len(), key);
+        let start = self.buf.len();
+        self.buf.reserve(head_len + payload.len());
+        self.buf.extend_from_slice(&head[..head_len]);
+        let body_at = self.buf.len();
+        self.buf.extend_from_slice(payload);
+        let body = &mut self.buf[body_at..];
+        match (src_mask, key, check_utf8) {
+            // Re-mask in one pass: (x ^ k1) ^ (k1 ^ k2) = x ^ k2.
+            (Some(k1), Some(k2), false) => apply_mask(
+                body,
+                [k1[0] ^ k2[0], k1[1] ^ k2[1], k1[2] ^ k2[2], k1[3] ^ k2[3]],
+            ),
+            _ => {
+                if let Some(k1) = src_mask {
+                    apply_mask(body, k1);
+                }
+                if check_utf8 && std::str::from_utf8(body).is_err() {
+                    self.buf.truncate(start);
+                    return Err(InvalidUtf8);
+                }
+                if let Some(k2) = key {
+                    apply_mask(body, k2);
+                }
             }
         }
-        self.buf.extend_from_slice(&head[..head_len]);
-        self.buf.extend_from_slice(&frame.payload);
+        Ok(())
+    }
+
+    /// Appends a frame and drains the batch if it is full; for frames the gateway makes
+    /// itself (closes, pings) and for callers holding a fastwebsockets [`Frame`].
+    pub async fn write_frame(&mut self, frame: Frame<'_>) -> io::Result<()> {
+        let check = frame.opcode == OpCode::Text && frame.fin;
+        self.push(frame.fin, frame.opcode as u8, &frame.payload, None, check)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "text frame is not UTF-8"))?;
+        if self.is_full() {
+            self.drain().await?;
+        }
         Ok(())
     }
 
@@ -76,13 +117,20 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.inner.shutdown().await
     }
 
+    /// Gives the batch buffer's memory back (an idle session keeps none).
+    pub fn release(&mut self) {
+        if self.buf.is_empty() {
+            self.buf = Vec::new();
+        }
+    }
+
     async fn drain(&mut self) -> io::Result<()> {
         if self.buf.is_empty() {
             return Ok(());
         }
-        Pin::new(&mut self.inner).write_all(&self.buf).await?;
+        self.inner.write_all(&self.buf).await?;
         self.buf.clear();
-        // An idle session should not keep a burst-sized buffer.
+        // A burst of large frames should not leave a large buffer behind.
         if self.buf.capacity() > 2 * self.limit {
             self.buf = Vec::new();
         }
@@ -90,10 +138,17 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     }
 }
 
+/// Whether a frame must have its payload checked as UTF-8 here: a whole (unfragmented)
+/// text message.
+pub fn is_whole_text(fin: bool, opcode: u8) -> bool {
+    fin && opcode == TEXT
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fastwebsockets::{OpCode, Payload};
+    use crate::frames::BINARY;
+    use fastwebsockets::Payload;
     use tokio::io::AsyncReadExt;
 
     #[tokio::test]
@@ -117,29 +172,31 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn client_role_masks_with_a_fresh_key_and_large_frames_bypass() -> io::Result<()> {
+    async fn client_role_remasks_with_a_fresh_key() -> io::Result<()> {
         let (a, mut b) = tokio::io::duplex(1 << 20);
-        let mut w = FrameWriter::new(a, Role::Client, 16);
-        w.write_frame(Frame::new(
-            true,
-            OpCode::Binary,
-            None,
-            Payload::Owned(vec![0u8; 100]),
-        ))
-        .await?;
-        assert_eq!(w.buffered(), 0, "a frame past the limit is written through");
+        let mut w = FrameWriter::new(a, Role::Client, 1 << 16);
+        let k1 = [9u8, 8, 7, 6];
+        let mut masked = vec![0u8; 100];
+        apply_mask(&mut masked, k1);
+        assert!(w.push(true, BINARY, &masked, Some(k1), false).is_ok());
         w.flush().await?;
         let mut out = vec![0u8; 2 + 4 + 100];
         b.read_exact(&mut out).await?;
         assert_eq!(out[1], 0x80 | 100, "masked, length 100");
-        let key = [out[2], out[3], out[4], out[5]];
-        let unmasked: Vec<u8> = out[6..]
-            .iter()
-            .enumerate()
-            .map(|(i, x)| x ^ key[i % 4])
-            .collect();
-        assert!(unmasked.iter().all(|x| *x == 0));
-        assert!(out[6..].iter().any(|x| *x != 0), "payload went out masked");
+        let k2 = [out[2], out[3], out[4], out[5]];
+        assert_ne!(k2, k1, "the sender's key must not be reused");
+        apply_mask(&mut out[6..], k2);
+        assert!(out[6..].iter().all(|x| *x == 0));
         Ok(())
+    }
+
+    #[test]
+    fn invalid_utf8_appends_nothing() {
+        let mut w = FrameWriter::new(tokio::io::sink(), Role::Server, 1024);
+        assert_eq!(
+            w.push(true, TEXT, &[0xff, 0xfe], None, true),
+            Err(InvalidUtf8)
+        );
+        assert_eq!(w.buffered(), 0);
     }
 }

@@ -18,8 +18,11 @@
 //! | [`resolve`] | backend name lookups, cached briefly, last good address first |
 //! | [`refusal`] | every pre-upgrade failure -> HTTP status and one-line reason |
 //! | [`session`] | both directions of a session, close coordination, shutdown |
-//! | [`forward`] | one direction: frames read, re-framed, batched, flushed |
-//! | [`batch`] | frame encoding into a batch buffer, masking for the client role |
+//! | [`forward`] | one direction: frames parsed, checked, batched, flushed |
+//! | [`reader`] | reads through a per-thread scratch buffer: no read buffer while idle |
+//! | [`frames`] | frame heads: parse without consuming, encode, mask |
+//! | [`mailbox`] | instructions between a session's two pumps |
+//! | [`batch`] | frames copied once into a batch buffer, re-masked for the client role |
 //!
 //! Operations: [`admin`] (metrics, health, readiness, reload endpoint), [`metrics`]
 //! (Prometheus), [`reload`] (re-read the config file).
@@ -35,10 +38,13 @@ pub mod checks;
 pub mod config;
 pub mod credentials;
 pub mod forward;
+pub mod frames;
 pub mod limits;
 pub mod listener;
+pub mod mailbox;
 pub mod metrics;
 pub mod prefixed;
+pub mod reader;
 pub mod refusal;
 pub mod reload;
 pub mod resolve;

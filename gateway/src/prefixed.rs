@@ -25,7 +25,11 @@ impl<S> Prefixed<S> {
     /// An empty `prefix` is dropped at once: it may be a view into a handshake buffer
     /// (hyper's is 8 KiB) that would otherwise stay allocated for the session's life.
     pub fn new(prefix: Bytes, inner: S) -> Self {
-        let prefix = if prefix.is_empty() { Bytes::new() } else { prefix };
+        let prefix = if prefix.is_empty() {
+            Bytes::new()
+        } else {
+            prefix
+        };
         Self { prefix, inner }
     }
 

@@ -8,13 +8,13 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use fastwebsockets::{after_handshake_split, Role, WebSocketRead};
+use fastwebsockets::Role;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
 use crate::batch::FrameWriter;
 use crate::forward::{CloseMsg, Counters, Mailbox, Pump, PumpEnd, PumpLimits, StopWith};
-use crate::prefixed::Prefixed;
+use crate::reader::FrameReader;
 
 /// Sent to the backend when the client vanishes without a close.
 pub const CLIENT_LOST: CloseMsg = CloseMsg {
@@ -150,14 +150,15 @@ where
     BW: AsyncWrite + Unpin,
 {
     let started = Instant::now();
-    let (mut cread, mut cwrite) = split(client, Role::Server, opts);
-    let (mut bread, mut bwrite) = split(backend, Role::Client, opts);
+    let (mut cread, mut cwrite) = split(client, Role::Server);
+    let (mut bread, mut bwrite) = split(backend, Role::Client);
     let mut upstream = Counters::default();
     let mut downstream = Counters::default();
     let up_inbox = Mailbox::default();
     let down_inbox = Mailbox::default();
     let limits = PumpLimits {
         max_message_size: opts.max_message_size,
+        max_frame_size: opts.max_frame_size,
         keepalive: opts.keepalive,
     };
     let mut shut = false;
@@ -165,6 +166,7 @@ where
     let (first, second) = {
         let up = Pump {
             src: &mut cread,
+            src_is_client: true,
             dst: &mut bwrite,
             lost: CLIENT_LOST,
             counters: &mut upstream,
@@ -173,6 +175,7 @@ where
         .run(&up_inbox, &down_inbox);
         let down = Pump {
             src: &mut bread,
+            src_is_client: false,
             dst: &mut cwrite,
             lost: BACKEND_LOST,
             counters: &mut downstream,
@@ -250,23 +253,12 @@ where
     }
 }
 
-type Reader<R> = WebSocketRead<Prefixed<R>>;
-
 fn split<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     side: Side<R, W>,
     role: Role,
-    opts: SessionOptions,
-) -> (Reader<R>, FrameWriter<W>) {
-    // The reader half of fastwebsockets does the parsing; writes go through our batching
-    // writer, so fastwebsockets' own write half is not used.
-    let (mut read, _unused_write) = after_handshake_split(
-        Prefixed::new(side.leftover, side.read),
-        tokio::io::sink(),
-        role,
-    );
-    read.set_auto_close(false);
-    read.set_auto_pong(false);
-    // fastwebsockets refuses a frame whose length reaches this value.
-    read.set_max_message_size(opts.max_frame_size.saturating_add(1));
-    (read, FrameWriter::new(side.write, role, BATCH_LIMIT))
+) -> (FrameReader<R>, FrameWriter<W>) {
+    (
+        FrameReader::new(side.read, &side.leftover),
+        FrameWriter::new(side.write, role, BATCH_LIMIT),
+    )
 }

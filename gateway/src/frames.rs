@@ -1,0 +1,240 @@
+//! WebSocket frame heads (RFC 6455 §5.2): parsed from a byte slice without consuming it,
+//! and encoded for frames the gateway writes.
+//!
+//! Parsing never needs more than the bytes at hand: an incomplete frame costs nothing but
+//! waiting for more, which is what lets a session hold no read buffer while idle.
+
+/// Continuation frame.
+pub const CONTINUATION: u8 = 0x0;
+/// Text frame.
+pub const TEXT: u8 = 0x1;
+/// Binary frame.
+pub const BINARY: u8 = 0x2;
+/// Close frame.
+pub const CLOSE: u8 = 0x8;
+/// Ping frame.
+pub const PING: u8 = 0x9;
+/// Pong frame.
+pub const PONG: u8 = 0xA;
+
+/// Largest frame head: 2 + 8 length bytes + 4 mask bytes.
+pub const MAX_HEAD: usize = 14;
+
+/// A parsed frame head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    /// Final fragment of its message.
+    pub fin: bool,
+    /// One of the opcode constants.
+    pub opcode: u8,
+    /// The sender's masking key, if masked.
+    pub mask: Option<[u8; 4]>,
+    /// Bytes of head before the payload.
+    pub head_len: usize,
+    /// Payload bytes.
+    pub payload_len: usize,
+}
+
+impl Head {
+    /// Head plus payload.
+    pub fn frame_len(&self) -> usize {
+        self.head_len + self.payload_len
+    }
+
+    /// Whether this is a control frame (close, ping, pong).
+    pub fn is_control(&self) -> bool {
+        self.opcode & 0x8 != 0
+    }
+}
+
+/// What the bytes at hand hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parsed {
+    /// Not yet a whole head; or a head whose payload has not fully arrived (`Some`).
+    Incomplete(Option<Head>),
+    /// A whole frame is available.
+    Frame(Head),
+    /// The sender broke the protocol; close it with this code.
+    Violation(u16),
+}
+
+/// Parses the frame at the start of `data`.
+///
+/// `expect_masked`: frames from clients must be masked, frames from servers must not be.
+/// `max_frame`: larger payloads are refused (1009) as soon as the head is seen.
+pub fn parse(data: &[u8], expect_masked: bool, max_frame: usize) -> Parsed {
+    if data.len() < 2 {
+        return Parsed::Incomplete(None);
+    }
+    let (b0, b1) = (data[0], data[1]);
+    let fin = b0 & 0x80 != 0;
+    let opcode = b0 & 0x0F;
+    if b0 & 0x70 != 0 {
+        return Parsed::Violation(1002); // reserved bits: no extension is ever negotiated
+    }
+    if !matches!(opcode, CONTINUATION | TEXT | BINARY | CLOSE | PING | PONG) {
+        return Parsed::Violation(1002);
+    }
+    let masked = b1 & 0x80 != 0;
+    if masked != expect_masked {
+        return Parsed::Violation(1002);
+    }
+    let (len_bytes, short) = match b1 & 0x7F {
+        126 => (2, None),
+        127 => (8, None),
+        n => (0, Some(n as usize)),
+    };
+    let mask_at = 2 + len_bytes;
+    let head_len = mask_at + if masked { 4 } else { 0 };
+    if data.len() < head_len {
+        return Parsed::Incomplete(None);
+    }
+    let payload_len = match short {
+        Some(n) => n,
+        None if len_bytes == 2 => u16::from_be_bytes([data[2], data[3]]) as usize,
+        None => {
+            let mut raw = [0u8; 8];
+            raw.copy_from_slice(&data[2..10]);
+            let n = u64::from_be_bytes(raw);
+            if n >> 63 != 0 {
+                return Parsed::Violation(1002);
+            }
+            match usize::try_from(n) {
+                Ok(n) => n,
+                Err(_) => return Parsed::Violation(1009),
+            }
+        }
+    };
+    let control = opcode & 0x8 != 0;
+    if control && (!fin || payload_len > 125) {
+        return Parsed::Violation(1002);
+    }
+    if payload_len > max_frame {
+        return Parsed::Violation(1009);
+    }
+    let mask = masked.then(|| {
+        [
+            data[mask_at],
+            data[mask_at + 1],
+            data[mask_at + 2],
+            data[mask_at + 3],
+        ]
+    });
+    let head = Head {
+        fin,
+        opcode,
+        mask,
+        head_len,
+        payload_len,
+    };
+    if data.len() - head_len < payload_len {
+        Parsed::Incomplete(Some(head))
+    } else {
+        Parsed::Frame(head)
+    }
+}
+
+/// Encodes a frame head into `out`; returns its length.
+pub fn encode_head(
+    out: &mut [u8; MAX_HEAD],
+    fin: bool,
+    opcode: u8,
+    len: usize,
+    mask: Option<[u8; 4]>,
+) -> usize {
+    out[0] = (u8::from(fin) << 7) | opcode;
+    let mask_bit = if mask.is_some() { 0x80 } else { 0 };
+    let mut n = if len < 126 {
+        out[1] = mask_bit | len as u8;
+        2
+    } else if len <= 0xFFFF {
+        out[1] = mask_bit | 126;
+        out[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        4
+    } else {
+        out[1] = mask_bit | 127;
+        out[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        10
+    };
+    if let Some(key) = mask {
+        out[n..n + 4].copy_from_slice(&key);
+        n += 4;
+    }
+    n
+}
+
+/// XORs `data` with `key` (masking and unmasking are the same operation).
+pub fn apply_mask(data: &mut [u8], key: [u8; 4]) {
+    fastwebsockets::unmask(data, key);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heads_round_trip_at_every_length_size() {
+        for len in [0usize, 5, 125, 126, 65535, 65536, 1 << 20] {
+            let mut h = [0u8; MAX_HEAD];
+            let n = encode_head(&mut h, true, BINARY, len, Some([1, 2, 3, 4]));
+            let mut frame = h[..n].to_vec();
+            frame.resize(n + len, 0);
+            assert_eq!(
+                parse(&frame, true, usize::MAX),
+                Parsed::Frame(Head {
+                    fin: true,
+                    opcode: BINARY,
+                    mask: Some([1, 2, 3, 4]),
+                    head_len: n,
+                    payload_len: len
+                })
+            );
+            assert!(
+                matches!(
+                    parse(&frame[..frame.len() - 1], true, usize::MAX),
+                    Parsed::Incomplete(_)
+                ) || len == 0
+            );
+        }
+    }
+
+    #[test]
+    fn protocol_violations_are_named() {
+        assert_eq!(
+            parse(&[0x82, 0x00], true, 10),
+            Parsed::Violation(1002),
+            "unmasked from a client"
+        );
+        assert_eq!(
+            parse(&[0x82, 0x80, 0, 0, 0, 0], false, 10),
+            Parsed::Violation(1002),
+            "masked from a server"
+        );
+        assert_eq!(
+            parse(&[0xC2, 0x00], false, 10),
+            Parsed::Violation(1002),
+            "RSV1 without an extension"
+        );
+        assert_eq!(
+            parse(&[0x83, 0x00], false, 10),
+            Parsed::Violation(1002),
+            "reserved opcode"
+        );
+        assert_eq!(
+            parse(&[0x09, 0x00], false, 10),
+            Parsed::Violation(1002),
+            "fragmented ping"
+        );
+        assert_eq!(
+            parse(&[0x89, 126, 0, 200], false, 1000),
+            Parsed::Violation(1002),
+            "ping over 125"
+        );
+        assert_eq!(
+            parse(&[0x82, 11], false, 10),
+            Parsed::Violation(1009),
+            "over the frame limit"
+        );
+        assert_eq!(parse(&[0x82], false, 10), Parsed::Incomplete(None));
+    }
+}
