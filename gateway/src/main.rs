@@ -57,6 +57,8 @@ fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
+    // Each session needs two descriptors: take the hard limit, not the (often 1024) soft one.
+    let open_files = rlimit::increase_nofile_limit(u64::MAX);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -76,6 +78,15 @@ fn main() -> ExitCode {
                 return ExitCode::from(64);
             }
         };
+        match open_files {
+            Ok(limit) => tracing::info!(
+                open_files = limit,
+                session_capacity = limit.saturating_sub(64) / 2,
+                max_connections = gateway.config_snapshot().limits.max_connections,
+                "open-file limit"
+            ),
+            Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+        }
         let admin = gateway.config_snapshot().admin.clone();
         if admin.enabled {
             match tokio::net::TcpListener::bind(admin.listen).await {

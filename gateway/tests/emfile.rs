@@ -103,6 +103,7 @@ async fn out_of_descriptors_the_gateway_backs_off_refuses_cleanly_and_recovers()
     );
 
     // A client arriving now waits in the listen backlog...
+    let waiting_since = Instant::now();
     let waiting = {
         let connector = connector.clone();
         tokio::spawn(async move { connector.connect().await })
@@ -130,7 +131,10 @@ async fn out_of_descriptors_the_gateway_backs_off_refuses_cleanly_and_recovers()
     match tokio::time::timeout(Duration::from_secs(15), waiting).await {
         Err(_) => bail!("a client arriving while out of descriptors hung"),
         Ok(joined) => match joined? {
-            Err(ConnectError::Refused { status: 503, .. }) => {}
+            Err(ConnectError::Refused { status: 503, .. }) => println!(
+                "EMFILE: a client arriving while out of descriptors got 503 after {:?}",
+                waiting_since.elapsed()
+            ),
             Err(e) => bail!("waiting client: expected 503, got {e}"),
             Ok(_) => bail!("waiting client was admitted past the capacity"),
         },

@@ -122,7 +122,10 @@ async fn secrets_stay_out_of_the_log(rust_log: &str) -> Result<()> {
             ensure!(!log.contains(&line), "{file} key material is in the log");
         }
     }
-    ensure!(!log.contains("PRIVATE KEY"), "a PEM private key is in the log");
+    ensure!(
+        !log.contains("PRIVATE KEY"),
+        "a PEM private key is in the log"
+    );
     Ok(())
 }
 

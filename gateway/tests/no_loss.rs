@@ -13,6 +13,7 @@ use anyhow::{bail, ensure, Context, Result};
 use fastwebsockets::{Frame, OpCode, Payload, WebSocket};
 use loadgen::client::{Connector, WsStream};
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use support::probe::{Mode, Probe};
 use support::*;
@@ -133,8 +134,7 @@ async fn run_conn(
         sent: 0,
         echoed: 0,
     };
-    let mut close = None;
-    match fate {
+    let close = match fate {
         Fate::Lives => {
             while c.echoed < messages {
                 c.fill(messages).await?;
@@ -142,7 +142,7 @@ async fn run_conn(
                     bail!("conn {id}: closed {cl:?} after {} echoes", c.echoed);
                 }
             }
-            close = Some((close_cleanly(&mut c.ws).await?, String::new()));
+            Some((close_cleanly(&mut c.ws).await?, String::new()))
         }
         Fate::Vanishes { after, reset } => {
             while c.sent < after {
@@ -179,17 +179,18 @@ async fn run_conn(
                 Frame::text(Payload::Borrowed(b"close:4000:done")),
             )
             .await?;
-            close = loop {
+            let close = loop {
                 if let Some(cl) = c.receive().await? {
                     break Some(cl);
                 }
             };
             // The gateway passed the backend's close on; answering it ends the session.
             send(&mut c.ws, Frame::close(4000, b"done")).await?;
+            close
         }
         Fate::BackendDies => {
             let mut counted = false;
-            close = loop {
+            loop {
                 // Once the gateway has closed, writes may fail; the close is still read.
                 let _ = c.fill(usize::MAX).await;
                 if let Some(cl) = c.receive().await? {
@@ -199,9 +200,9 @@ async fn run_conn(
                     counted = true;
                     ready.fetch_add(1, Ordering::SeqCst);
                 }
-            };
+            }
         }
-    }
+    };
     Ok(Outcome {
         fate,
         sent: c.sent,
@@ -239,25 +240,29 @@ async fn no_loss(conns: u32, messages: usize) -> Result<()> {
         );
     }
 
+    // Fixed shares of each fate, in random order, at random points.
+    let mut plan: Vec<u8> = (0..conns).map(|i| (i % 20) as u8).collect();
+    plan.shuffle(&mut rng);
     let ready = Arc::new(AtomicUsize::new(0));
     let mut doomed_count = 0;
     let mut tasks = tokio::task::JoinSet::new();
-    for id in 0..conns {
-        let roll: f64 = rng.gen();
-        let (fate, backend) = if roll < 0.25 {
-            let after = rng.gen_range(1..messages);
-            let reset = rng.gen_bool(0.5);
-            let backend = ["Backend_ABC", "Backend_PQR", "Backend_XYZ"][id as usize % 3];
-            (Fate::Vanishes { after, reset }, backend)
-        } else if roll < 0.35 {
-            let after = rng.gen_range(1..messages);
-            (Fate::BackendCloses { after }, "Backend_CLOSER")
-        } else if roll < 0.45 {
-            doomed_count += 1;
-            (Fate::BackendDies, "Backend_DOOMED")
-        } else {
-            let backend = ["Backend_ABC", "Backend_PQR", "Backend_XYZ"][id as usize % 3];
-            (Fate::Lives, backend)
+    for (id, share) in (0..conns).zip(plan) {
+        let echo_backend = ["Backend_ABC", "Backend_PQR", "Backend_XYZ"][id as usize % 3];
+        let (fate, backend) = match share {
+            0..=9 => (Fate::Lives, echo_backend),
+            10..=14 => {
+                let after = rng.gen_range(1..messages);
+                let reset = rng.gen_bool(0.5);
+                (Fate::Vanishes { after, reset }, echo_backend)
+            }
+            15..=17 => {
+                let after = rng.gen_range(1..messages);
+                (Fate::BackendCloses { after }, "Backend_CLOSER")
+            }
+            _ => {
+                doomed_count += 1;
+                (Fate::BackendDies, "Backend_DOOMED")
+            }
         };
         let sizes: Vec<usize> = (0..32).map(|_| rng.gen_range(8..2048)).collect();
         let connector = connectors[backend].clone();

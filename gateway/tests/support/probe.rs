@@ -34,8 +34,9 @@ pub enum Mode {
     Raw { reply: Vec<u8> },
     /// Accept, then send binary frames of `size` bytes (at least 8) as fast as the
     /// connection takes them: the first 8 bytes of frame `n` hold `n` (big-endian, from
-    /// 0). Stops after `count` frames (`None`: never) or at [`Probe::stop_flood`].
-    /// Frames received meanwhile are reported as [`Event::Frame`], not echoed.
+    /// 0). Stops after `count` frames (`None`: never) or at [`Probe::stop_flood`], which
+    /// is followed by the text frame `flood-end:<frames sent>`. Frames received
+    /// meanwhile are reported as [`Event::Frame`], not echoed.
     Flood { size: usize, count: Option<u64> },
 }
 
@@ -330,6 +331,12 @@ async fn flood(ws: fastwebsockets::WebSocket<Upgraded>, size: usize, count: Opti
             }
             n += 1;
             state.sent.fetch_add(1, Ordering::SeqCst);
+        }
+        if state.stop.load(Ordering::SeqCst) {
+            let end = format!("flood-end:{n}");
+            let _ = write
+                .write_frame(Frame::text(Payload::Borrowed(end.as_bytes())))
+                .await;
         }
         state.done.fetch_add(1, Ordering::SeqCst);
         let _ = tx.send(Event::Flooded(n));
