@@ -305,11 +305,7 @@ impl Config {
         let source = base_dir.join("Config.toml");
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let line = e.span().map(|s| line_of_offset(text, s.start));
-            let key = e
-                .span()
-                .and_then(|s| text.get(s))
-                .map(|k| k.trim().to_owned())
-                .filter(|k| !k.is_empty() && k.len() < 64 && !k.contains('\n'));
+            let key = line.and_then(|l| dotted_key_at(text, l));
             ConfigError {
                 file: source.clone(),
                 line,
@@ -490,6 +486,27 @@ impl Config {
         }
         o
     }
+}
+
+/// `section.key` for a `key = value` line (1-based), when the line is one.
+fn dotted_key_at(text: &str, line: usize) -> Option<String> {
+    let mut section = String::new();
+    for (i, l) in text.lines().enumerate() {
+        let t = l.trim();
+        if let Some(name) = t.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
+            section = name.trim().to_owned();
+        }
+        if i + 1 == line {
+            let (key, _) = t.split_once('=')?;
+            let key = key.trim().trim_matches('"');
+            return Some(if section.is_empty() {
+                key.to_owned()
+            } else {
+                format!("{section}.{key}")
+            });
+        }
+    }
+    None
 }
 
 fn line_of_offset(text: &str, offset: usize) -> usize {

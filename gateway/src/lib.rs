@@ -153,8 +153,7 @@ impl Gateway {
         listener::run(listener, self.shared.clone(), shutdown).await;
         self.shared.draining.store(true, Ordering::Relaxed);
         let _ = self.shutdown_tx.send(true);
-        let deadline =
-            tokio::time::Instant::now() + config.timeouts.close + Duration::from_millis(500);
+        let deadline = tokio::time::Instant::now() + config.timeouts.drain;
         while self.shared.active.load(Ordering::Relaxed) > 0
             && tokio::time::Instant::now() < deadline
         {

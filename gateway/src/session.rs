@@ -190,13 +190,25 @@ where
             _ = shutdown.changed(), if !already_shut => (Direction::Upstream, PumpEnd::Stopped),
         };
         if first.1 == PumpEnd::Stopped {
-            // Gateway shutdown: both sides are told, after what was already accepted.
+            // Gateway shutdown. The backend is closed first (1001), as if the client had
+            // left; what it sends before its close answer still reaches the client, and
+            // its close answer is passed on. A backend that does not answer in time gets
+            // the client a 1001 of our own.
             shut = true;
             up_inbox.stop(StopWith::Close(SHUTTING_DOWN));
-            down_inbox.stop(StopWith::Close(SHUTTING_DOWN));
-            let both = async { tokio::join!(&mut up, &mut down) };
-            let _ = tokio::time::timeout(opts.close_timeout, both).await;
-            (first, Some(PumpEnd::Stopped))
+            let backend_answered = async {
+                let (_, d) = tokio::join!(&mut up, &mut down);
+                d
+            };
+            let second = match tokio::time::timeout(opts.close_timeout, backend_answered).await {
+                Ok(end) => Some(end),
+                Err(_) => {
+                    down_inbox.stop(StopWith::Close(SHUTTING_DOWN));
+                    let _ = tokio::time::timeout(opts.close_timeout, &mut down).await;
+                    None
+                }
+            };
+            (first, second)
         } else {
             let instruction = match first.1 {
                 // The other side answers the passed-on close in its own time (bounded).

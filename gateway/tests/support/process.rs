@@ -146,6 +146,23 @@ impl GatewayProc {
         self.log.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
+    /// The config file the process was started with (rewrite it, then reload).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("Config.toml")
+    }
+
+    /// The admin listener's address, from the start-up log.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        let log = self.log();
+        let line = log.lines().find(|l| l.contains("admin listening"))?;
+        line.split("listen=")
+            .nth(1)?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    }
+
     /// The gateway URL (`wss://localhost:<port>/gateway`).
     pub fn url(&self) -> String {
         format!("wss://localhost:{}/gateway", self.addr.port())

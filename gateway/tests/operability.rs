@@ -1,0 +1,279 @@
+//! Operations through the real binary: Prometheus metrics after a known sequence,
+//! readiness during a drain, and config reload (SIGHUP and `POST /reload`) with live
+//! sessions.
+
+mod support;
+
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use fastwebsockets::{Frame, Payload};
+use support::process::{GatewayProc, ProcOptions};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A plain HTTP/1.1 request to the admin listener; returns (status, body).
+async fn admin(proc: &GatewayProc, method: &str, path: &str) -> Result<(u16, String)> {
+    let addr = proc.admin_addr().context("no admin address in the log")?;
+    let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    tcp.write_all(req.as_bytes()).await?;
+    let mut out = Vec::new();
+    tokio::time::timeout(DEADLINE, tcp.read_to_end(&mut out)).await??;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status: u16 = text
+        .split_whitespace()
+        .nth(1)
+        .context("no status")?
+        .parse()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// The value of a metric sample line starting with `prefix` (name and labels).
+fn sample(metrics: &str, prefix: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn backends() -> Result<Vec<demo_services::RunningBackend>> {
+    let mut out = Vec::new();
+    for backend in demo_services::Backend::ALL {
+        out.push(
+            demo_services::spawn_for_test(demo_services::ServiceOptions {
+                backend,
+                push_interval: None,
+            })
+            .await?,
+        );
+    }
+    Ok(out)
+}
+
+#[tokio::test]
+async fn metrics_count_a_known_sequence_and_readyz_flips_on_drain() -> Result<()> {
+    let bs = backends().await?;
+    let mut proc = GatewayProc::start(ProcOptions {
+        backends: bs
+            .iter()
+            .map(|b| (b.backend().id().to_owned(), b.url()))
+            .collect(),
+        ..ProcOptions::default()
+    })
+    .await?;
+    ensure!(admin(&proc, "GET", "/healthz").await?.0 == 200);
+    ensure!(admin(&proc, "GET", "/readyz").await? == (200, "ready\n".into()));
+
+    // Two sessions with 3 and 2 echoed messages; one 401 and one 404.
+    for (id, n) in [("Backend_ABC", 3), ("Backend_PQR", 2)] {
+        let mut c = loadgen::client::connect(&proc.connect_options(id)?).await?;
+        for i in 0..n {
+            let msg = format!("message {i}");
+            send(
+                &mut c.ws,
+                Frame::text(Payload::Owned(msg.clone().into_bytes())),
+            )
+            .await?;
+            ensure!(next_non_push(&mut c.ws).await?.payload[..] == *msg.as_bytes());
+        }
+        send(&mut c.ws, Frame::close(1000, b"bye")).await?;
+        expect_close(&mut c.ws).await?;
+    }
+    let mut bad = proc.connect_options("Backend_ABC")?;
+    bad.set_header("Authorization", "Bearer nope");
+    ensure!(refused(&bad).await?.0 == 401);
+    let mut unknown = proc.connect_options("Backend_ABC")?;
+    unknown.set_header("ID", "Backend_NOPE");
+    ensure!(refused(&unknown).await?.0 == 404);
+
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let metrics = loop {
+        let m = admin(&proc, "GET", "/metrics").await?.1;
+        if sample(&m, "wsgate_sessions_total{backend=\"Backend_PQR\"") >= 1.0 {
+            break m;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "sessions never reached the metrics:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let m = &metrics;
+    ensure!(
+        sample(
+            m,
+            "wsgate_sessions_total{backend=\"Backend_ABC\",outcome=\"client_closed\"}"
+        ) == 1.0,
+        "{m}"
+    );
+    ensure!(
+        sample(
+            m,
+            "wsgate_messages_forwarded_total{backend=\"Backend_ABC\",direction=\"upstream\"}"
+        ) == 4.0,
+        "3 + close: {m}"
+    );
+    ensure!(
+        sample(
+            m,
+            "wsgate_messages_forwarded_total{backend=\"Backend_PQR\",direction=\"downstream\"}"
+        ) == 3.0,
+        "2 + close: {m}"
+    );
+    ensure!(
+        sample(
+            m,
+            "wsgate_bytes_forwarded_total{backend=\"Backend_PQR\",direction=\"upstream\"}"
+        ) == 2.0 * 9.0 + 5.0,
+        "{m}"
+    );
+    ensure!(
+        sample(
+            m,
+            "wsgate_handshake_refusals_total{status=\"401\",reason=\"unauthorized\"}"
+        ) == 1.0,
+        "{m}"
+    );
+    ensure!(
+        sample(
+            m,
+            "wsgate_handshake_refusals_total{status=\"404\",reason=\"unknown_backend\"}"
+        ) == 1.0,
+        "{m}"
+    );
+    ensure!(
+        sample(m, "wsgate_sessions_active{backend=\"Backend_ABC\"}") == 0.0,
+        "{m}"
+    );
+    ensure!(
+        sample(
+            m,
+            "wsgate_handshake_duration_seconds_count{backend=\"Backend_ABC\"}"
+        ) == 1.0,
+        "{m}"
+    );
+    ensure!(sample(m, "wsgate_connections_accepted_total") >= 4.0, "{m}");
+
+    // A live session keeps the drain going long enough to see /readyz turn 503.
+    let mut live = loadgen::client::connect(&proc.connect_options("Backend_XYZ")?).await?;
+    let m = admin(&proc, "GET", "/metrics").await?.1;
+    ensure!(
+        sample(&m, "wsgate_sessions_active{backend=\"Backend_XYZ\"}") == 1.0,
+        "{m}"
+    );
+    proc.terminate()?;
+    wait_for("readyz 503 while draining", DEADLINE, || {
+        let proc = &proc;
+        async move { Ok(matches!(admin(proc, "GET", "/readyz").await, Ok((503, _)))) }
+    })
+    .await?;
+    let (code, _) = expect_close(&mut live.ws).await?;
+    ensure!(code == 1001);
+    let status = proc.wait_exit(Duration::from_secs(20)).await?;
+    ensure!(status.success(), "{status}");
+    Ok(())
+}
+
+/// Asks the process to reload: SIGHUP, or `POST /reload` (which must answer 200).
+async fn reload(proc: &GatewayProc, via_signal: bool) -> Result<()> {
+    if via_signal {
+        let ok = std::process::Command::new("kill")
+            .args(["-HUP", &proc.pid().to_string()])
+            .status()?
+            .success();
+        ensure!(ok, "kill -HUP failed");
+    } else {
+        let (status, body) = admin(proc, "POST", "/reload").await?;
+        ensure!(status == 200, "{status} {body}");
+    }
+    Ok(())
+}
+
+async fn reload_case(via_signal: bool) -> Result<()> {
+    let bs = backends().await?;
+    let url = |i: usize| bs[i].url();
+    let proc = GatewayProc::start(ProcOptions {
+        backends: vec![
+            ("Backend_ABC".into(), url(0)),
+            ("Backend_PQR".into(), url(1)),
+        ],
+        ..ProcOptions::default()
+    })
+    .await?;
+    let mut old = loadgen::client::connect(&proc.connect_options("Backend_PQR")?).await?;
+
+    // New table: PQR removed, XYZ added.
+    let path = proc.config_path();
+    let text = std::fs::read_to_string(&path)?;
+    let new_text = text.replace(
+        &format!("Backend_PQR = \"{}\"", url(1)),
+        &format!("Backend_XYZ = \"{}\"", url(2)),
+    );
+    ensure!(new_text != text, "the test could not edit the config");
+    std::fs::write(&path, &new_text)?;
+    reload(&proc, via_signal).await?;
+    wait_for("the new route", DEADLINE, || {
+        let proc = &proc;
+        async move {
+            Ok(
+                loadgen::client::connect(&proc.connect_options("Backend_XYZ")?)
+                    .await
+                    .is_ok(),
+            )
+        }
+    })
+    .await?;
+    let (status, _) = refused(&proc.connect_options("Backend_PQR")?).await?;
+    ensure!(status == 404, "removed backend gave {status}");
+    // The session opened before the reload continues.
+    send(&mut old.ws, Frame::text(Payload::Borrowed(b"still routed"))).await?;
+    ensure!(next_non_push(&mut old.ws).await?.payload[..] == b"still routed"[..]);
+
+    // An invalid file is rejected and the old config stays in force.
+    std::fs::write(
+        &path,
+        format!("{new_text}\n[limits]\nmax_connections = \"lots\"\n"),
+    )?;
+    if via_signal {
+        reload(&proc, true).await?;
+        wait_for("the rejection logged", DEADLINE, || {
+            let log = proc.log();
+            async move { Ok(log.contains("config reload rejected")) }
+        })
+        .await?;
+    } else {
+        let (status, body) = admin(&proc, "POST", "/reload").await?;
+        ensure!(
+            status == 400 && body.contains("max_connections"),
+            "{status} {body}"
+        );
+    }
+    ensure!(
+        loadgen::client::connect(&proc.connect_options("Backend_XYZ")?)
+            .await
+            .is_ok()
+    );
+    if !proc.log().contains("config reload rejected") {
+        bail!("no log line for the rejected reload:\n{}", proc.log());
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn reload_by_signal_adds_and_removes_backends_without_touching_sessions() -> Result<()> {
+    reload_case(true).await
+}
+
+#[tokio::test]
+async fn reload_by_admin_endpoint_and_bad_files_are_rejected() -> Result<()> {
+    reload_case(false).await
+}
