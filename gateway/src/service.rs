@@ -281,12 +281,7 @@ async fn run_session(
     let (client_read, client_write) = tokio::io::split(parts.io.into_inner());
     let (backend_read, backend_write) = backend.stream.into_split();
     let config = shared.config();
-    let opts = session::SessionOptions {
-        max_message_size: config.limits.max_message_size,
-        max_frame_size: config.limits.max_frame_size,
-        close_timeout: config.timeouts.close,
-        keepalive: Some(config.timeouts.idle / 2).filter(|d| !d.is_zero()),
-    };
+    let opts = session::SessionOptions::from_config(&config);
     drop(config);
     shared.active.fetch_add(1, Ordering::Relaxed);
     let active = shared

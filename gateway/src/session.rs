@@ -49,6 +49,27 @@ pub struct SessionOptions {
     pub close_timeout: Duration,
 }
 
+impl SessionOptions {
+    /// The options a config asks for: size limits, close timeout, and keepalive at half
+    /// the idle timeout (none when it is zero).
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        Self::from_parts(&config.limits, &config.timeouts)
+    }
+
+    /// As [`SessionOptions::from_config`], from the two sections that matter.
+    pub fn from_parts(
+        limits: &crate::config::LimitsConfig,
+        timeouts: &crate::config::TimeoutsConfig,
+    ) -> Self {
+        Self {
+            max_message_size: limits.max_message_size,
+            max_frame_size: limits.max_frame_size,
+            close_timeout: timeouts.close,
+            keepalive: Some(timeouts.idle / 2).filter(|d| !d.is_zero()),
+        }
+    }
+}
+
 /// Which way frames flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -187,7 +208,8 @@ where
         let first = tokio::select! {
             e = &mut up => (Direction::Upstream, e),
             e = &mut down => (Direction::Downstream, e),
-            _ = shutdown.changed(), if !already_shut => (Direction::Upstream, PumpEnd::Stopped),
+            // A dropped sender means no shutdown will ever come: the branch then disables itself.
+            Ok(()) = shutdown.changed(), if !already_shut => (Direction::Upstream, PumpEnd::Stopped),
         };
         if first.1 == PumpEnd::Stopped {
             // Gateway shutdown. The backend is closed first (1001), as if the client had
