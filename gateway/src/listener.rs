@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tracing::{error, info};
+use tracing::{error, info, Instrument};
 
 use crate::service::serve_connection;
 use crate::state::Shared;
@@ -30,7 +30,10 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Futu
                 let conn_id = shared.next_id.fetch_add(1, Ordering::Relaxed);
                 // Over the limit the connection is still answered (503), not left hanging.
                 let slot = shared.limiter().try_acquire(peer.ip());
-                tokio::spawn(serve_connection(shared.clone(), tcp, peer, conn_id, slot));
+                let span = tracing::info_span!("conn", conn = conn_id, %peer);
+                tokio::spawn(
+                    serve_connection(shared.clone(), tcp, peer, conn_id, slot).instrument(span),
+                );
             }
             Err(e) => {
                 error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "accept failed");

@@ -18,7 +18,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 use crate::backend::{self, BackendConn};
 use crate::checks;
@@ -120,15 +120,21 @@ async fn handle(
             );
             let handshake_ms = started.elapsed().as_secs_f64() * 1e3;
             debug!(conn = conn_id, %peer, backend = %target.id, handshake_ms, "upgrading");
-            tokio::spawn(async move {
-                let _slot = slot;
-                match on_upgrade.await {
-                    Ok(upgraded) => {
-                        run_session(shared, upgraded, conn, &target, peer, conn_id).await
+            let span = tracing::info_span!("session", conn = conn_id, %peer, backend = %target.id);
+            tokio::spawn(
+                async move {
+                    let _slot = slot;
+                    match on_upgrade.await {
+                        Ok(upgraded) => {
+                            run_session(shared, upgraded, conn, &target, peer, conn_id).await
+                        }
+                        Err(e) => {
+                            debug!(conn = conn_id, %peer, error = %e, "client upgrade failed")
+                        }
                     }
-                    Err(e) => debug!(conn = conn_id, %peer, error = %e, "client upgrade failed"),
                 }
-            });
+                .instrument(span),
+            );
             response
         }
         Err(refusal) => {
