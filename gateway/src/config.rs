@@ -310,7 +310,7 @@ impl Config {
                 file: source.clone(),
                 line,
                 key,
-                problem: e.message().replace('\n', " ").trim().to_owned(),
+                problem: one_line(e.message(), "invalid TOML"),
             }
         })?;
         let err = |section: &str, key: &str, problem: String| ConfigError {
@@ -420,7 +420,8 @@ impl Config {
     pub fn describe(&self) -> String {
         use std::fmt::Write as _;
         let mut o = String::new();
-        let q = |s: &str| format!("{s:?}");
+        // A TOML string literal (escapes as TOML wants them, not as Rust's Debug writes them).
+        let q = |s: &str| toml::Value::String(s.to_owned()).to_string();
         let list = |v: &[String]| {
             format!(
                 "[{}]",
@@ -428,7 +429,10 @@ impl Config {
             )
         };
         let secs = |d: Duration| q(&humantime::format_duration(d).to_string());
-        let opt = |v: &Option<String>| v.as_deref().map(q).unwrap_or_else(|| "\"\"  # off".into());
+        let opt = |name: &str, v: &Option<String>| match v.as_deref() {
+            Some(v) => format!("{name} = {}", q(v)),
+            None => format!("# {name} is off"),
+        };
         let _ = writeln!(
             o,
             "[server]\nlisten = {}\npath = {}\n",
@@ -475,10 +479,10 @@ impl Config {
         let b = &self.browser;
         let _ = writeln!(
             o,
-            "[browser]\nid_query = {}\ntoken_query = {}\ntoken_protocol_prefix = {}\n",
-            opt(&b.id_query),
-            opt(&b.token_query),
-            opt(&b.token_protocol_prefix)
+            "[browser]\n{}\n{}\n{}\n",
+            opt("id_query", &b.id_query),
+            opt("token_query", &b.token_query),
+            opt("token_protocol_prefix", &b.token_protocol_prefix)
         );
         let _ = writeln!(o, "[backends]");
         for (id, t) in &self.backends {
@@ -498,15 +502,37 @@ fn dotted_key_at(text: &str, line: usize) -> Option<String> {
         }
         if i + 1 == line {
             let (key, _) = t.split_once('=')?;
-            let key = key.trim().trim_matches('"');
+            let key: String = key
+                .trim()
+                .trim_matches('"')
+                .chars()
+                .filter(|c| !c.is_control())
+                .collect();
+            if key.is_empty() {
+                return None;
+            }
             return Some(if section.is_empty() {
-                key.to_owned()
+                key
             } else {
                 format!("{section}.{key}")
             });
         }
     }
     None
+}
+
+/// `text` as one printable line (control characters become spaces), or `fallback`.
+fn one_line(text: &str, fallback: &str) -> String {
+    let line: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let line = line.split_whitespace().collect::<Vec<_>>().join(" ");
+    if line.is_empty() {
+        fallback.to_owned()
+    } else {
+        line
+    }
 }
 
 fn line_of_offset(text: &str, offset: usize) -> usize {
@@ -582,6 +608,34 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(msg.contains(":1"), "{msg}");
+    }
+
+    #[test]
+    fn errors_stay_one_printable_line() {
+        // Found by the config fuzzer: a key made of control characters.
+        let msg = Config::from_toml_str("#\r\0=", Path::new("."))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            !msg.is_empty() && !msg.chars().any(char::is_control),
+            "{msg:?}"
+        );
+        assert!(
+            !msg.trim_end().ends_with(':'),
+            "the problem is named: {msg:?}"
+        );
+    }
+
+    #[test]
+    fn describe_round_trips_through_the_parser() -> Result<(), ConfigError> {
+        // Found by the config fuzzer: Debug escapes are not TOML, and off was written as "".
+        let text = format!("[server]\npath = \"/\\u0085\"\n{MINIMAL}");
+        let c = Config::from_toml_str(&text, Path::new("/etc/wsgate"))?;
+        let again = Config::from_toml_str(&c.describe(), Path::new("/etc/wsgate"))?;
+        assert_eq!(again.server.path, "/\u{85}");
+        assert!(again.browser.id_query.is_none() && again.browser.token_query.is_none());
+        Ok(())
     }
 
     #[test]

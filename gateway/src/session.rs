@@ -204,12 +204,18 @@ where
         }
         .run(&down_inbox, &up_inbox);
         tokio::pin!(up, down);
+        // A session that starts after shutdown began (its handshake was under way) goes
+        // straight to closing.
         let already_shut = *shutdown.borrow_and_update();
-        let first = tokio::select! {
-            e = &mut up => (Direction::Upstream, e),
-            e = &mut down => (Direction::Downstream, e),
-            // A dropped sender means no shutdown will ever come: the branch then disables itself.
-            Ok(()) = shutdown.changed(), if !already_shut => (Direction::Upstream, PumpEnd::Stopped),
+        let first = if already_shut {
+            (Direction::Upstream, PumpEnd::Stopped)
+        } else {
+            tokio::select! {
+                e = &mut up => (Direction::Upstream, e),
+                e = &mut down => (Direction::Downstream, e),
+                // A dropped sender means no shutdown will ever come: the branch then disables itself.
+                Ok(()) = shutdown.changed() => (Direction::Upstream, PumpEnd::Stopped),
+            }
         };
         if first.1 == PumpEnd::Stopped {
             // Gateway shutdown. The backend is closed first (1001), as if the client had
@@ -295,4 +301,45 @@ fn split<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         FrameReader::new(side.read, &side.leftover),
         FrameWriter::new(side.write, role, BATCH_LIMIT),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_session_starting_after_shutdown_closes_at_once_even_with_stalled_peers() {
+        // Found by the session fuzzer: such a session used to miss the shutdown signal.
+        let (client_gw, _client_peer) = tokio::io::duplex(64);
+        let (backend_gw, _backend_peer) = tokio::io::duplex(64);
+        let (cr, cw) = tokio::io::split(client_gw);
+        let (br, bw) = tokio::io::split(backend_gw);
+        let (tx, rx) = watch::channel(true);
+        let opts = SessionOptions {
+            max_message_size: 1 << 20,
+            max_frame_size: 1 << 20,
+            close_timeout: Duration::from_millis(100),
+            keepalive: None,
+        };
+        let run = proxy(
+            Side {
+                read: cr,
+                write: cw,
+                leftover: Bytes::new(),
+            },
+            Side {
+                read: br,
+                write: bw,
+                leftover: Bytes::new(),
+            },
+            opts,
+            rx,
+        );
+        let report = tokio::time::timeout(Duration::from_secs(5), run).await;
+        assert!(
+            report.as_ref().is_ok_and(|r| r.shutdown),
+            "the session did not end on shutdown"
+        );
+        drop(tx);
+    }
 }
