@@ -9,20 +9,9 @@
 /// Bytes of the payload header: connection id, sequence number, timestamp.
 pub const HEADER_LEN: usize = 4 + 8 + 8;
 
-/// Frame opcodes (RFC 6455 §5.2).
+/// Frame opcodes (RFC 6455 §5.2), the gateway's own.
 pub mod opcode {
-    /// Continuation of a fragmented message.
-    pub const CONTINUATION: u8 = 0x0;
-    /// UTF-8 text message.
-    pub const TEXT: u8 = 0x1;
-    /// Binary message.
-    pub const BINARY: u8 = 0x2;
-    /// Close.
-    pub const CLOSE: u8 = 0x8;
-    /// Ping.
-    pub const PING: u8 = 0x9;
-    /// Pong.
-    pub const PONG: u8 = 0xA;
+    pub use gateway::frames::{BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT};
 }
 
 /// What a test message says about itself.
