@@ -17,6 +17,19 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Sends one message as fragments of these sizes (first binary, then continuations).
+/// A probe backend behind a gateway with a 1000-byte message and 600-byte frame limit,
+/// and a client connected to it. Keep the testbed alive for the test's length.
+async fn probe_behind_small_limits() -> Result<(Probe, loadgen::testbed::Testbed, Connected)> {
+    let probe = Probe::start(Mode::Accept { protocol: None }).await?;
+    let tb = testbed_with_toml(
+        &[("Backend_PROBE", probe.url())],
+        "[limits]\nmax_message_size = 1000\nmax_frame_size = 600\n",
+    )
+    .await?;
+    let c = connect_ok(&tb, "Backend_PROBE").await?;
+    Ok((probe, tb, c))
+}
+
 async fn send_fragments(ws: &mut WebSocket<WsStream>, sizes: &[usize]) -> Result<()> {
     for (i, &size) in sizes.iter().enumerate() {
         let op = if i == 0 {
@@ -34,13 +47,7 @@ async fn send_fragments(ws: &mut WebSocket<WsStream>, sizes: &[usize]) -> Result
 
 #[tokio::test]
 async fn a_message_over_the_limit_in_fragments_gets_1009_and_the_backend_1001() -> Result<()> {
-    let mut probe = Probe::start(Mode::Accept { protocol: None }).await?;
-    let tb = testbed_with_toml(
-        &[("Backend_PROBE", probe.url())],
-        "[limits]\nmax_message_size = 1000\nmax_frame_size = 600\n",
-    )
-    .await?;
-    let mut c = connect_ok(&tb, "Backend_PROBE").await?;
+    let (mut probe, _tb, mut c) = probe_behind_small_limits().await?;
 
     // 900 bytes in three fragments: under both limits, passes as fragments.
     send_fragments(&mut c.ws, &[300, 300, 300]).await?;
@@ -277,13 +284,7 @@ async fn a_head_over_max_header_bytes_is_refused_and_one_under_it_is_not() -> Re
 
 #[tokio::test]
 async fn a_message_at_the_limit_reaches_the_backend_whole() -> Result<()> {
-    let mut probe = Probe::start(Mode::Accept { protocol: None }).await?;
-    let tb = testbed_with_toml(
-        &[("Backend_PROBE", probe.url())],
-        "[limits]\nmax_message_size = 1000\nmax_frame_size = 600\n",
-    )
-    .await?;
-    let mut c = connect_ok(&tb, "Backend_PROBE").await?;
+    let (mut probe, _tb, mut c) = probe_behind_small_limits().await?;
     send_fragments(&mut c.ws, &[500, 500]).await?;
     let mut got = 0;
     while got < 1000 {
