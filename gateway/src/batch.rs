@@ -8,7 +8,7 @@
 
 use std::io;
 
-use fastwebsockets::{Frame, OpCode, Role};
+use fastwebsockets::Role;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::frames::{apply_mask, encode_head, MAX_HEAD, TEXT};
@@ -93,18 +93,6 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         Ok(())
     }
 
-    /// Appends a frame and drains the batch if it is full; for frames the gateway makes
-    /// itself (closes, pings) and for callers holding a fastwebsockets [`Frame`].
-    pub async fn write_frame(&mut self, frame: Frame<'_>) -> io::Result<()> {
-        let check = frame.opcode == OpCode::Text && frame.fin;
-        self.push(frame.fin, frame.opcode as u8, &frame.payload, None, check)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "text frame is not UTF-8"))?;
-        if self.is_full() {
-            self.drain().await?;
-        }
-        Ok(())
-    }
-
     /// Writes the batch out and flushes the stream below.
     pub async fn flush(&mut self) -> io::Result<()> {
         self.drain().await?;
@@ -148,17 +136,14 @@ pub fn is_whole_text(fin: bool, opcode: u8) -> bool {
 mod tests {
     use super::*;
     use crate::frames::BINARY;
-    use fastwebsockets::Payload;
     use tokio::io::AsyncReadExt;
 
     #[tokio::test]
     async fn frames_wait_for_flush_and_keep_order() -> io::Result<()> {
         let (a, mut b) = tokio::io::duplex(1 << 16);
         let mut w = FrameWriter::new(a, Role::Server, 1024);
-        w.write_frame(Frame::text(Payload::Borrowed(b"one")))
-            .await?;
-        w.write_frame(Frame::binary(Payload::Borrowed(b"two")))
-            .await?;
+        assert!(w.push(true, TEXT, b"one", None, true).is_ok());
+        assert!(w.push(true, BINARY, b"two", None, false).is_ok());
         assert_eq!(w.buffered(), 10);
         w.flush().await?;
         assert_eq!(w.buffered(), 0);

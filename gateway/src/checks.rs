@@ -10,8 +10,6 @@ use crate::refusal::Refusal;
 pub struct UpgradeRequest<'r> {
     /// The client's `Sec-WebSocket-Key`, answered in the 101.
     pub key: &'r [u8],
-    /// The subprotocols the client offered, verbatim.
-    pub protocols: Option<&'r str>,
 }
 
 /// Checks path, method and the WebSocket upgrade headers, in that order.
@@ -42,10 +40,7 @@ pub fn check<'r, B>(req: &'r Request<B>, path: &str) -> Result<UpgradeRequest<'r
         .map(|v| v.as_bytes())
         .filter(|k| k.len() == 24)
         .ok_or(Refusal::BadRequest("missing or invalid Sec-WebSocket-Key"))?;
-    let protocols = headers
-        .get(header::SEC_WEBSOCKET_PROTOCOL)
-        .and_then(|v| v.to_str().ok());
-    Ok(UpgradeRequest { key, protocols })
+    Ok(UpgradeRequest { key })
 }
 
 /// Whether header `name` lists `token` (comma-separated, case-insensitive).

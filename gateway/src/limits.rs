@@ -100,11 +100,6 @@ impl ConnLimiter {
             _ip: ip_slot,
         })
     }
-
-    /// Slots currently free.
-    pub fn available(&self) -> usize {
-        self.total.available_permits()
-    }
 }
 
 /// Descriptors kept back for listeners, logs, DNS and the like.

@@ -1,8 +1,9 @@
 //! A stream that first yields bytes already read past a handshake, then reads on.
 //!
-//! Both HTTP handshakes (hyper's on the client side, ours toward the backend) may read
-//! beyond the end of the HTTP head: a peer is free to send its first WebSocket frames in
-//! the same packet. Those bytes must reach the frame reader before anything else.
+//! A client handshake (see [`crate::wsclient`]) may read beyond the end of the HTTP head:
+//! a server is free to send its first WebSocket frames in the same packet. Those bytes
+//! must reach the frame reader before anything else. The load generator's client uses
+//! this; the gateway's own sessions hand leftovers to [`crate::reader::FrameReader`].
 
 use std::io;
 use std::pin::Pin;
