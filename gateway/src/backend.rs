@@ -1,7 +1,11 @@
 //! Backend connect: TCP plus the WebSocket client handshake, under one timeout, made
 //! before the client is answered so that a dead backend is a 502/504, not a broken session.
+//!
+//! [`connect_pool`] picks an instance of the backend's pool and, when it fails to connect,
+//! ejects it and tries another, so one dead instance costs the client nothing.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -9,6 +13,7 @@ use hyper::header::{self, HeaderMap};
 use tokio::net::TcpStream;
 
 use crate::checks::has_token;
+use crate::pool::{now_ms, Lease, Pool};
 use crate::refusal::Refusal;
 use crate::resolve::Resolver;
 use crate::route::BackendTarget;
@@ -23,6 +28,68 @@ pub struct BackendConn {
     pub leftover: Bytes,
     /// The subprotocol the backend chose.
     pub protocol: Option<String>,
+    /// The pool instance this connection counts against; held for the session's life.
+    pub lease: Option<Lease>,
+}
+
+/// A failed connect attempt: what the client would see, and whether the instance is to
+/// blame (and so is ejected and another one tried).
+#[derive(Debug)]
+pub struct AttemptError {
+    /// The refusal the client gets if no other instance does better.
+    pub refusal: Refusal,
+    /// TCP refused or timed out, the handshake broke, or the backend answered 5xx. A 4xx
+    /// answer is about this client's request and is not held against the instance.
+    pub instance_fault: bool,
+}
+
+impl AttemptError {
+    fn instance(refusal: Refusal) -> Self {
+        Self {
+            refusal,
+            instance_fault: true,
+        }
+    }
+}
+
+/// Opens a backend connection on an instance of `pool`: a healthy one by the pool's
+/// policy; on an instance fault that instance is ejected and the next one tried, up to
+/// the pool's attempt count. The connection carries a [`Lease`] on its instance.
+pub async fn connect_pool(
+    pool: &Arc<Pool>,
+    req: &BackendRequest<'_>,
+    resolver: &Resolver,
+    timeout: Duration,
+) -> Result<BackendConn, Refusal> {
+    pool.ensure_discovered(resolver.lookup()).await;
+    let list = pool.instances();
+    let attempts = pool.spec().attempts(list.len());
+    let mut tried = 0u64;
+    let mut last = None;
+    for _ in 0..attempts {
+        let Some(i) = pool.pick(&list, tried, now_ms()) else {
+            break;
+        };
+        tried |= 1u64 << i;
+        let lease = Lease::new(list[i].clone());
+        match connect(&list[i].target, req, resolver, timeout).await {
+            Ok(mut conn) => {
+                list[i].succeeded();
+                conn.lease = Some(lease);
+                return Ok(conn);
+            }
+            Err(e) => {
+                let instance = &*list[i].addr;
+                tracing::debug!(backend = &**pool.id(), instance, reason = %e.refusal, "backend connect attempt failed");
+                if !e.instance_fault {
+                    return Err(e.refusal);
+                }
+                list[i].failed(now_ms(), pool.spec().eject, &e.refusal);
+                last = Some(e.refusal);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| Refusal::BadGateway("backend name resolved to no addresses".into())))
 }
 
 /// Client headers never passed on: hop-by-hop, WebSocket handshake headers the gateway
@@ -48,16 +115,17 @@ const NOT_FORWARDED: &[&str] = &[
     "x-forwarded-proto",
 ];
 
-/// Opens the backend connection for a client at `peer`, forwarding its end-to-end headers.
+/// Opens the backend connection to `target` for a client at `peer`, forwarding its
+/// end-to-end headers.
 pub async fn connect(
     target: &BackendTarget,
     req: &BackendRequest<'_>,
     resolver: &Resolver,
     timeout: Duration,
-) -> Result<BackendConn, Refusal> {
+) -> Result<BackendConn, AttemptError> {
     match tokio::time::timeout(timeout, connect_inner(target, req, resolver)).await {
         Ok(result) => result,
-        Err(_) => Err(Refusal::GatewayTimeout),
+        Err(_) => Err(AttemptError::instance(Refusal::GatewayTimeout)),
     }
 }
 
@@ -80,7 +148,7 @@ async fn connect_inner(
     target: &BackendTarget,
     req: &BackendRequest<'_>,
     resolver: &Resolver,
-) -> Result<BackendConn, Refusal> {
+) -> Result<BackendConn, AttemptError> {
     let BackendRequest {
         headers: client_headers,
         protocols,
@@ -88,7 +156,9 @@ async fn connect_inner(
         identity,
         identity_names,
     } = *req;
-    let mut stream = open_tcp(&target.host, target.port, resolver).await?;
+    let mut stream = open_tcp(&target.host, target.port, resolver)
+        .await
+        .map_err(AttemptError::instance)?;
     let _ = stream.set_nodelay(true);
 
     let forwarded_for = match client_headers
@@ -124,21 +194,25 @@ async fn connect_inner(
     let hs = wsclient::handshake(&mut stream, &req)
         .await
         .map_err(|e| match e {
-            HandshakeError::Refused { status, .. } => {
-                Refusal::BadGateway(format!("backend answered HTTP {status}"))
-            }
-            HandshakeError::Io(e) => Refusal::BadGateway(format!("backend connection failed: {e}")),
-            other => Refusal::BadGateway(other.to_string()),
+            HandshakeError::Refused { status, .. } => AttemptError {
+                refusal: Refusal::BadGateway(format!("backend answered HTTP {status}")),
+                instance_fault: status >= 500,
+            },
+            HandshakeError::Io(e) => AttemptError::instance(Refusal::BadGateway(format!(
+                "backend connection failed: {e}"
+            ))),
+            other => AttemptError::instance(Refusal::BadGateway(other.to_string())),
         })?;
     if hs.extensions.is_some() {
-        return Err(Refusal::BadGateway(
+        return Err(AttemptError::instance(Refusal::BadGateway(
             "backend negotiated an extension that was not offered".into(),
-        ));
+        )));
     }
     Ok(BackendConn {
         stream,
         leftover: hs.leftover,
         protocol: hs.protocol,
+        lease: None,
     })
 }
 

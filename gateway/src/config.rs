@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::route::BackendTarget;
+use crate::pool_config::PoolSpec;
 
 /// The whole gateway configuration, validated.
 #[derive(Debug, Clone)]
@@ -22,8 +22,9 @@ pub struct Config {
     pub tls: TlsConfig,
     /// How bearer tokens are checked.
     pub auth: AuthConfig,
-    /// Backend ID -> where to connect, in ID order.
-    pub backends: BTreeMap<String, BackendTarget>,
+    /// Backend ID -> its instances (one URL, a list, or a DNS name) and how to balance
+    /// over them, in ID order.
+    pub backends: BTreeMap<String, PoolSpec>,
     /// Size and count limits.
     pub limits: LimitsConfig,
     /// Timeouts of each stage.
@@ -240,7 +241,7 @@ struct RawConfig {
     tls: TlsConfig,
     #[serde(default)]
     auth: AuthConfig,
-    backends: BTreeMap<String, String>,
+    backends: BTreeMap<String, toml::Value>,
     #[serde(default)]
     limits: LimitsConfig,
     #[serde(default)]
@@ -321,9 +322,29 @@ impl Config {
         };
 
         let mut backends = BTreeMap::new();
-        for (id, url) in &raw.backends {
-            let target = BackendTarget::parse(id, url).map_err(|p| err("backends", id, p))?;
-            backends.insert(id.clone(), target);
+        for (id, value) in &raw.backends {
+            let spec = PoolSpec::parse(id, value).map_err(|e| {
+                let section = format!("backends.{id}");
+                let (line, key) = match &e.key {
+                    Some(key) => (
+                        find_key_line(text, &section, key)
+                            .or_else(|| find_key_line(text, "backends", id)),
+                        format!("{section}.{key}"),
+                    ),
+                    None => (
+                        find_key_line(text, "backends", id)
+                            .or_else(|| find_key_line(text, &section, "")),
+                        section,
+                    ),
+                };
+                ConfigError {
+                    file: source.clone(),
+                    line,
+                    key: Some(one_line(&key, "backends")),
+                    problem: e.problem,
+                }
+            })?;
+            backends.insert(id.clone(), spec);
         }
         if backends.is_empty() {
             return Err(err(
@@ -485,10 +506,23 @@ impl Config {
             opt("token_protocol_prefix", &b.token_protocol_prefix)
         );
         let _ = writeln!(o, "[backends]");
-        for (id, t) in &self.backends {
-            let _ = writeln!(o, "{id} = {}", q(&t.url));
+        for (id, spec) in &self.backends {
+            let _ = writeln!(o, "{} = {}", toml_key(id), spec.describe());
         }
         o
+    }
+}
+
+/// `id` as a TOML key: bare when it can be, quoted otherwise.
+fn toml_key(id: &str) -> String {
+    let bare = !id.is_empty()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if bare {
+        id.to_owned()
+    } else {
+        toml::Value::String(id.to_owned()).to_string()
     }
 }
 
@@ -575,7 +609,9 @@ mod tests {
         assert_eq!(c.auth.issuer, "wso2");
         assert_eq!(c.auth.required_scopes, vec!["admin"]);
         assert_eq!(c.tls.cert, Path::new("/etc/wsgate/certs/server.crt"));
-        assert_eq!(c.backends["Backend_ABC"].port, 8081);
+        let abc = &c.backends["Backend_ABC"];
+        assert!(abc.single, "the one-string form stays one instance");
+        assert!(matches!(&abc.members, crate::pool_config::Members::Urls(t) if t[0].port == 8081));
         Ok(())
     }
 
@@ -598,6 +634,22 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(msg.contains(":3: backends.Backend_BAD"), "{msg}");
+    }
+
+    #[test]
+    fn pool_errors_name_backend_key_and_line() {
+        let text = "[backends]\nA = \"ws://a:1/\"\nB = { urls = [\"ws://b:1/\"], balance = \"fastest\" }\n\n[backends.C]\ndns = \"c:1\"\nrefesh = \"1s\"\n";
+        let msg = Config::from_toml_str(text, Path::new("."))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(msg.contains(":3: backends.B.balance: "), "{msg}");
+        let text = text.replace("fastest", "least_conn");
+        let msg = Config::from_toml_str(&text, Path::new("."))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(msg.contains(":7: backends.C.refesh: unknown key"), "{msg}");
     }
 
     #[test]

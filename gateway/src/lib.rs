@@ -13,8 +13,9 @@
 //! | [`checks`] | path, method, WebSocket upgrade headers |
 //! | [`credentials`] | backend ID and token: headers, or query / subprotocol for browsers |
 //! | [`auth`] | bearer JWT: pinned algorithms, signature, `exp`/`nbf`, `iss`, `aud`, scopes |
-//! | [`route`] | `ID` -> backend, in an atomically swappable table |
-//! | [`backend`] | TCP + WebSocket client handshake to the backend, under a timeout |
+//! | [`route`] | `ID` -> backend pool, in an atomically swappable table |
+//! | [`pool`] | a backend's instances: balancing, ejection, DNS discovery |
+//! | [`backend`] | TCP + WebSocket client handshake to an instance, retried on another |
 //! | [`resolve`] | backend name lookups, cached briefly, last good address first |
 //! | [`refusal`] | every pre-upgrade failure -> HTTP status and one-line reason |
 //! | [`session`] | both directions of a session, close coordination, shutdown |
@@ -27,7 +28,7 @@
 //! Operations: [`admin`] (metrics, health, readiness, reload endpoint), [`metrics`]
 //! (Prometheus), [`reload`] (re-read the config file).
 //!
-//! Support: [`config`] (Config.toml), [`state`] (what connections share), [`wsclient`]
+//! Support: [`config`] (Config.toml), [`pool_config`] (one `[backends]` entry), [`state`] (what connections share), [`wsclient`]
 //! (client handshake, also used by the load generator), [`prefixed`] (bytes read ahead).
 
 pub mod admin;
@@ -43,6 +44,8 @@ pub mod limits;
 pub mod listener;
 pub mod mailbox;
 pub mod metrics;
+pub mod pool;
+pub mod pool_config;
 pub mod prefixed;
 pub mod reader;
 pub mod refusal;
@@ -100,7 +103,16 @@ pub struct Gateway {
 impl Gateway {
     /// Loads the files `config` names (TLS cert and key, JWT public key) and builds the
     /// gateway. Errors name the config key and file at fault.
-    pub fn new(mut config: Config) -> Result<Self, GatewayError> {
+    pub fn new(config: Config) -> Result<Self, GatewayError> {
+        Self::with_lookup(config, Arc::new(resolve::SystemLookup))
+    }
+
+    /// As [`Gateway::new`], looking backend names up with `lookup` instead of the system
+    /// resolver (tests use this to change what a DNS-discovered pool sees).
+    pub fn with_lookup(
+        mut config: Config,
+        lookup: Arc<dyn resolve::Lookup>,
+    ) -> Result<Self, GatewayError> {
         let fd_capacity = limits::fd_session_capacity();
         let parts = reload::build_parts(config.clone())?;
         if let Some(capacity) = fd_capacity {
@@ -115,7 +127,7 @@ impl Gateway {
         }
         let parts = state::Parts { config, ..parts };
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let shared = Shared::new(parts, shutdown_rx);
+        let shared = Shared::with_lookup(parts, shutdown_rx, lookup);
         Ok(Self {
             shared: Arc::new(shared),
             shutdown_tx,
@@ -147,8 +159,8 @@ impl Gateway {
     ) -> Result<(), GatewayError> {
         let config = self.shared.config();
         info!(listen = %listener.local_addr()?, path = %config.server.path, "wsgate listening");
-        for (id, target) in &config.backends {
-            info!(backend = %id, url = %target.url, "route");
+        for (id, spec) in &config.backends {
+            info!(backend = %id, to = %spec.describe(), "route");
         }
         listener::run(listener, self.shared.clone(), shutdown).await;
         self.shared.draining.store(true, Ordering::Relaxed);

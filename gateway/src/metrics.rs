@@ -21,6 +21,39 @@ pub struct BackendLabel {
     pub backend: String,
 }
 
+/// Labels: one instance of a backend pool.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InstanceLabels {
+    /// Backend ID.
+    pub backend: String,
+    /// The instance's `host:port` (from config or DNS, so the set stays bounded).
+    pub instance: String,
+}
+
+/// Per-instance metrics of backend pools. Cloning shares the families; a default one is
+/// registered nowhere (for route tables built outside a gateway, e.g. benchmarks).
+#[derive(Clone, Debug, Default)]
+pub struct PoolMetrics {
+    /// Backend connections opened, per instance.
+    pub opened: Family<InstanceLabels, Counter>,
+    /// Sessions (and connects under way) on each instance now.
+    pub active: Family<InstanceLabels, Gauge>,
+    /// Failed connect attempts (TCP, handshake, timeout), per instance.
+    pub connect_failures: Family<InstanceLabels, Counter>,
+    /// Times an instance was put into its back-off period.
+    pub ejections: Family<InstanceLabels, Counter>,
+}
+
+impl PoolMetrics {
+    /// Forgets an instance that left its pool, so labels of gone instances do not pile up.
+    pub fn forget(&self, labels: &InstanceLabels) {
+        self.opened.remove(labels);
+        self.active.remove(labels);
+        self.connect_failures.remove(labels);
+        self.ejections.remove(labels);
+    }
+}
+
 /// Labels: backend and how a session ended.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
@@ -90,6 +123,8 @@ pub struct Metrics {
     pub backend_connect_failures: Family<BackendLabel, Counter>,
     /// Close frames the gateway itself sent, per receiver and code.
     pub closes_sent: Family<CloseLabels, Counter>,
+    /// Per-instance metrics of backend pools.
+    pub pools: PoolMetrics,
 }
 
 impl Default for Metrics {
@@ -113,6 +148,7 @@ impl Metrics {
             backend_connect_seconds: Family::new_with_constructor(LatencyBuckets),
             backend_connect_failures: Family::default(),
             closes_sent: Family::default(),
+            pools: PoolMetrics::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -164,6 +200,26 @@ impl Metrics {
             "close_frames_sent",
             "Close frames the gateway itself sent",
             m.closes_sent.clone(),
+        );
+        registry.register(
+            "backend_instance_connections",
+            "Backend connections opened, per pool instance",
+            m.pools.opened.clone(),
+        );
+        registry.register(
+            "backend_instance_sessions_active",
+            "Sessions open now (and connects under way), per pool instance",
+            m.pools.active.clone(),
+        );
+        registry.register(
+            "backend_instance_connect_failures",
+            "Failed connect attempts (TCP, handshake or timeout), per pool instance",
+            m.pools.connect_failures.clone(),
+        );
+        registry.register(
+            "backend_instance_ejections",
+            "Times a pool instance was ejected for its back-off period",
+            m.pools.ejections.clone(),
         );
         Self { registry, ..m }
     }

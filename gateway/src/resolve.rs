@@ -5,12 +5,39 @@
 //! Addresses are cached for a short time (so DNS changes are still followed), the
 //! address that last accepted is tried first, and a failed refresh keeps serving the last
 //! known addresses.
+//!
+//! The name service itself is a [`Lookup`]: the system resolver ([`SystemLookup`],
+//! getaddrinfo, which honours `/etc/hosts`) in production, or one a test controls.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Mutex;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// What a [`Lookup`] returns: the addresses of a name, or why there are none.
+pub type LookupFuture<'a> = Pin<Box<dyn Future<Output = io::Result<Vec<SocketAddr>>> + Send + 'a>>;
+
+/// A name service: `host:port` to socket addresses.
+///
+/// Injectable so tests can change a name's answers mid-run and watch backend pools
+/// follow; production uses [`SystemLookup`].
+pub trait Lookup: Send + Sync + 'static {
+    /// Every address `host` has, each with `port`.
+    fn lookup<'a>(&'a self, host: &'a str, port: u16) -> LookupFuture<'a>;
+}
+
+/// The system resolver (tokio's `lookup_host`, i.e. getaddrinfo).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemLookup;
+
+impl Lookup for SystemLookup {
+    fn lookup<'a>(&'a self, host: &'a str, port: u16) -> LookupFuture<'a> {
+        Box::pin(async move { Ok(tokio::net::lookup_host((host, port)).await?.collect()) })
+    }
+}
 
 /// How long resolved addresses are used before looking the name up again.
 pub const TTL: Duration = Duration::from_secs(10);
@@ -22,12 +49,39 @@ struct Entry {
 }
 
 /// Caches `host:port` lookups.
-#[derive(Debug, Default)]
 pub struct Resolver {
     cache: Mutex<HashMap<(String, u16), Entry>>,
+    /// Where names are looked up.
+    lookup: Arc<dyn Lookup>,
+}
+
+impl Default for Resolver {
+    fn default() -> Self {
+        Self::with_lookup(Arc::new(SystemLookup))
+    }
+}
+
+impl std::fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resolver").finish_non_exhaustive()
+    }
 }
 
 impl Resolver {
+    /// A resolver asking `lookup` for names.
+    pub fn with_lookup(lookup: Arc<dyn Lookup>) -> Self {
+        Self {
+            cache: Mutex::default(),
+            lookup,
+        }
+    }
+
+    /// The name service behind the cache (DNS-discovered pools ask it directly, on their
+    /// own refresh period).
+    pub fn lookup(&self) -> &Arc<dyn Lookup> {
+        &self.lookup
+    }
+
     /// The addresses of `host:port`, best first.
     pub async fn resolve(&self, host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
         if let Ok(ip) = host.parse::<IpAddr>() {
@@ -40,9 +94,8 @@ impl Resolver {
                 return Ok(entry.addrs.clone());
             }
         }
-        match tokio::net::lookup_host((host, port)).await {
-            Ok(found) => {
-                let mut addrs: Vec<SocketAddr> = found.collect();
+        match self.lookup.lookup(host, port).await {
+            Ok(mut addrs) => {
                 // Keep the address that last worked in front.
                 if let Some(first) = cached.as_ref().and_then(|e| e.addrs.first()) {
                     if let Some(i) = addrs.iter().position(|a| a == first) {

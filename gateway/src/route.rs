@@ -1,5 +1,6 @@
 //! Routing: the `ID` header names a backend; the table maps it to where to connect.
 //!
+//! Each ID names a [`Pool`] of instances (one for the sample's `ID = "ws://..."` form).
 //! The table sits behind an atomic pointer swap so a reload replaces it without ever
 //! blocking a lookup on the connection path.
 
@@ -7,6 +8,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+
+use crate::metrics::PoolMetrics;
+use crate::pool::Pool;
+use crate::pool_config::PoolSpec;
 
 /// One backend: where the gateway opens its `ws://` connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,25 +75,52 @@ impl BackendTarget {
     }
 }
 
-/// An immutable snapshot of the routes.
+/// An immutable snapshot of the routes: backend ID -> its pool of instances.
 #[derive(Debug, Default)]
 pub struct RouteTable {
-    routes: HashMap<Box<str>, Arc<BackendTarget>>,
+    routes: HashMap<Box<str>, Arc<Pool>>,
 }
 
 impl RouteTable {
-    /// Builds a table from the configured backends.
+    /// A table of one-instance pools, one per target (metrics registered nowhere).
     pub fn new(backends: &BTreeMap<String, BackendTarget>) -> Self {
-        let routes = backends
+        let specs = backends
             .iter()
-            .map(|(id, t)| (Box::from(id.as_str()), Arc::new(t.clone())))
+            .map(|(id, t)| (id.clone(), PoolSpec::single(t.clone())))
+            .collect();
+        Self::from_specs(&specs, &PoolMetrics::default(), None)
+    }
+
+    /// Builds a table from the configured backends. Pools of `previous` (the table a
+    /// reload replaces) whose entry did not change are kept as they are; changed ones
+    /// keep the instances still configured, with their load and health.
+    pub fn from_specs(
+        specs: &BTreeMap<String, PoolSpec>,
+        metrics: &PoolMetrics,
+        previous: Option<&RouteTable>,
+    ) -> Self {
+        let routes = specs
+            .iter()
+            .map(|(id, spec)| {
+                let old = previous.and_then(|t| t.get(id));
+                let pool = match old {
+                    Some(old) if old.spec() == spec => old.clone(),
+                    _ => Arc::new(Pool::new(spec.clone(), metrics, old.map(|p| &**p))),
+                };
+                (Box::from(id.as_str()), pool)
+            })
             .collect();
         Self { routes }
     }
 
-    /// The backend for `id`, if there is one.
-    pub fn get(&self, id: &str) -> Option<&Arc<BackendTarget>> {
+    /// The pool for `id`, if there is one.
+    pub fn get(&self, id: &str) -> Option<&Arc<Pool>> {
         self.routes.get(id)
+    }
+
+    /// Every pool, in no particular order.
+    pub fn pools(&self) -> impl Iterator<Item = &Arc<Pool>> {
+        self.routes.values()
     }
 }
 
@@ -106,14 +138,25 @@ impl Router {
         }
     }
 
-    /// The backend for `id` in the current table.
-    pub fn lookup(&self, id: &str) -> Option<Arc<BackendTarget>> {
+    /// The pool for `id` in the current table.
+    pub fn lookup(&self, id: &str) -> Option<Arc<Pool>> {
         self.table.load().get(id).cloned()
     }
 
-    /// Replaces the table; lookups already under way finish on the old one.
+    /// The table in force now.
+    pub fn current(&self) -> Arc<RouteTable> {
+        self.table.load_full()
+    }
+
+    /// Replaces the table; lookups already under way finish on the old one. Instances
+    /// the new table drops are retired: they take no new connections, their open
+    /// sessions go on.
     pub fn replace(&self, table: RouteTable) {
-        self.table.store(Arc::new(table));
+        let old = self.table.swap(Arc::new(table));
+        let new = self.table.load();
+        for pool in old.pools() {
+            pool.retire_all_but(new.get(pool.id()).map(|p| &**p));
+        }
     }
 }
 
@@ -149,6 +192,7 @@ mod tests {
         m.insert("B".to_owned(), BackendTarget::parse("B", "ws://b:1/")?);
         r.replace(RouteTable::new(&m));
         assert!(r.lookup("A").is_none() && r.lookup("B").is_some());
+        assert_eq!(r.lookup("B").map(|p| p.instances().len()), Some(1));
         Ok(())
     }
 }

@@ -26,7 +26,6 @@ use crate::credentials;
 use crate::limits::{LimitHit, Slot};
 use crate::metrics::{BackendLabel, Metrics};
 use crate::refusal::Refusal;
-use crate::route::BackendTarget;
 use crate::session::{self, Side};
 use crate::state::Shared;
 use crate::wsclient::accept_key;
@@ -115,12 +114,13 @@ async fn handle(
             let slot = permit.lock().ok().and_then(|mut p| p.take());
             Metrics::observe(
                 &shared.metrics.handshake_seconds,
-                &target.id,
+                &target,
                 started.elapsed(),
             );
             let handshake_ms = started.elapsed().as_secs_f64() * 1e3;
-            debug!(conn = conn_id, %peer, backend = %target.id, handshake_ms, "upgrading");
-            let span = tracing::info_span!("session", conn = conn_id, %peer, backend = %target.id);
+            let instance = conn.lease.as_ref().map(|l| l.instance().addr.clone());
+            debug!(conn = conn_id, %peer, backend = %target, instance = instance.as_deref(), handshake_ms, "upgrading");
+            let span = tracing::info_span!("session", conn = conn_id, %peer, backend = %target, instance = instance.as_deref());
             tokio::spawn(
                 async move {
                     let _slot = slot;
@@ -177,7 +177,7 @@ async fn prepare(
     shared: &Shared,
     req: &Request<Incoming>,
     peer: SocketAddr,
-) -> Result<(Arc<BackendTarget>, BackendConn, Response<Body>), Refusal> {
+) -> Result<(Arc<str>, BackendConn, Response<Body>), Refusal> {
     let config = shared.config();
     let upgrade = checks::check(req, &config.server.path)?;
     let creds = credentials::extract(req, &config.browser)?;
@@ -186,10 +186,11 @@ async fn prepare(
         .verify(creds.token.as_deref().map_err(Clone::clone)?)?;
     let identity = crate::auth::claim_headers(&config.auth.forward_claims, &claims);
     let identity_names: Vec<String> = config.auth.forward_claims.keys().cloned().collect();
-    let target = shared
+    let pool = shared
         .router
         .lookup(&creds.backend_id)
         .ok_or(Refusal::UnknownBackend)?;
+    let target = pool.id().clone();
     let connect_started = std::time::Instant::now();
     let backend_req = backend::BackendRequest {
         headers: req.headers(),
@@ -198,8 +199,8 @@ async fn prepare(
         identity: &identity,
         identity_names: &identity_names,
     };
-    let conn = backend::connect(
-        &target,
+    let conn = backend::connect_pool(
+        &pool,
         &backend_req,
         &shared.resolver,
         config.timeouts.backend_connect,
@@ -210,7 +211,7 @@ async fn prepare(
         Ok(conn) => {
             Metrics::observe(
                 &metrics.backend_connect_seconds,
-                &target.id,
+                &target,
                 connect_started.elapsed(),
             );
             conn
@@ -219,7 +220,7 @@ async fn prepare(
             metrics
                 .backend_connect_failures
                 .get_or_create(&BackendLabel {
-                    backend: target.id.to_string(),
+                    backend: target.to_string(),
                 })
                 .inc();
             return Err(refusal);
@@ -273,10 +274,12 @@ async fn run_session(
     shared: Arc<Shared>,
     upgraded: hyper::upgrade::Upgraded,
     backend: BackendConn,
-    target: &BackendTarget,
+    target: &str,
     peer: SocketAddr,
     conn_id: u64,
 ) {
+    // Counts this session against its pool instance until the session ends.
+    let _lease = backend.lease;
     let parts = match upgraded.downcast::<TokioIo<TlsStream<TcpStream>>>() {
         Ok(parts) => parts,
         Err(_) => {
@@ -294,7 +297,7 @@ async fn run_session(
         .metrics
         .active
         .get_or_create(&crate::metrics::BackendLabel {
-            backend: target.id.to_string(),
+            backend: target.to_owned(),
         })
         .clone();
     active.inc();
@@ -315,11 +318,11 @@ async fn run_session(
     .await;
     shared.active.fetch_sub(1, Ordering::Relaxed);
     active.dec();
-    shared.metrics.session_ended(&target.id, &report);
+    shared.metrics.session_ended(target, &report);
     info!(
         conn = conn_id,
         %peer,
-        backend = %target.id,
+        backend = %target,
         outcome = report.outcome(),
         up_msgs = report.upstream.frames,
         up_bytes = report.upstream.bytes,

@@ -17,7 +17,8 @@ use crate::auth::Verifier;
 use crate::config::Config;
 use crate::limits::ConnLimiter;
 use crate::metrics::Metrics;
-use crate::route::Router;
+use crate::resolve::{Lookup, Resolver, SystemLookup};
+use crate::route::{RouteTable, Router};
 
 /// The parts of the gateway a reload rebuilds from a config file.
 pub struct Parts {
@@ -35,12 +36,12 @@ pub struct Shared {
     verifier: ArcSwap<Verifier>,
     tls: ArcSwap<ServerConfig>,
     limiter: ArcSwap<ConnLimiter>,
-    /// Backend ID -> target.
+    /// Backend ID -> pool of instances.
     pub router: Router,
     /// Prometheus metrics.
     pub metrics: Metrics,
-    /// Cached backend name lookups.
-    pub resolver: crate::resolve::Resolver,
+    /// Cached backend name lookups, and the name service DNS pools ask.
+    pub resolver: Resolver,
     /// Sessions proxying now (all backends), for the drain wait.
     pub active: AtomicU64,
     /// Set once shutdown begins: new upgrades get 503 and `/readyz` turns not-ready.
@@ -54,8 +55,17 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Builds the shared state.
+    /// Builds the shared state, looking backend names up with the system resolver.
     pub fn new(parts: Parts, shutdown_rx: watch::Receiver<bool>) -> Self {
+        Self::with_lookup(parts, shutdown_rx, Arc::new(SystemLookup))
+    }
+
+    /// Builds the shared state, looking backend names up with `lookup`.
+    pub fn with_lookup(
+        parts: Parts,
+        shutdown_rx: watch::Receiver<bool>,
+        lookup: Arc<dyn Lookup>,
+    ) -> Self {
         let Parts {
             config,
             verifier,
@@ -65,7 +75,13 @@ impl Shared {
             config.limits.max_connections,
             config.limits.max_connections_per_ip,
         );
-        let router = Router::new(crate::route::RouteTable::new(&config.backends));
+        let metrics = Metrics::new();
+        let table = RouteTable::from_specs(&config.backends, &metrics.pools, None);
+        let resolver = Resolver::with_lookup(lookup);
+        for pool in table.pools() {
+            pool.start_discovery(resolver.lookup());
+        }
+        let router = Router::new(table);
         let config_path = config.loaded_from.clone();
         Self {
             config: ArcSwap::from_pointee(config),
@@ -73,8 +89,8 @@ impl Shared {
             tls: ArcSwap::new(tls),
             limiter: ArcSwap::from_pointee(limiter),
             router,
-            metrics: Metrics::new(),
-            resolver: Default::default(),
+            metrics,
+            resolver,
             active: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             shutdown_rx,
@@ -90,8 +106,15 @@ impl Shared {
             verifier,
             tls,
         } = parts;
-        self.router
-            .replace(crate::route::RouteTable::new(&config.backends));
+        let table = RouteTable::from_specs(
+            &config.backends,
+            &self.metrics.pools,
+            Some(&self.router.current()),
+        );
+        for pool in table.pools() {
+            pool.start_discovery(self.resolver.lookup());
+        }
+        self.router.replace(table);
         let old = self.config.load();
         if old.limits.max_connections != config.limits.max_connections
             || old.limits.max_connections_per_ip != config.limits.max_connections_per_ip

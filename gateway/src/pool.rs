@@ -1,0 +1,580 @@
+//! Backend pools: the instances behind one backend ID, which one a new connection gets,
+//! passive health (ejection for a back-off period after a failed connect), and DNS
+//! discovery.
+//!
+//! Picking reads a snapshot of the instance list (an atomic pointer load) and per-instance
+//! atomics: no lock, no allocation. A session holds a [`Lease`] on its instance for its
+//! whole life, which is what `least_conn` counts; instances that leave the pool (DNS
+//! change, reload) keep serving the sessions that hold them.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use tracing::{debug, info, warn};
+
+use crate::metrics::{InstanceLabels, PoolMetrics};
+use crate::pool_config::{Balance, Members, PoolSpec, MAX_INSTANCES};
+use crate::resolve::Lookup;
+use crate::route::BackendTarget;
+
+/// Milliseconds on a process-wide monotonic clock, starting at 1 (0 means "never").
+pub fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX) + 1
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// One backend instance: where to connect, and its health and load as atomics.
+pub struct Instance {
+    /// Where to connect and what to send.
+    pub target: BackendTarget,
+    /// `host:port`, for logs and metric labels.
+    pub addr: Arc<str>,
+    /// Leases held: sessions open on it plus connects under way.
+    live: AtomicUsize,
+    /// No new connections before this time (ms, [`now_ms`]) while others are healthy.
+    ejected_until: AtomicU64,
+    /// When a connect last failed (ms), to try the longest-failed first when all are out.
+    last_failure: AtomicU64,
+    /// Ejected and not yet readmitted by a good connect: logs the two transitions once.
+    down: AtomicBool,
+    /// Left its pool: its metric labels go when its last lease ends.
+    retired: AtomicBool,
+    /// This instance's metric handles and the families to drop them from.
+    metrics: InstanceMetrics,
+}
+
+struct InstanceMetrics {
+    labels: InstanceLabels,
+    families: PoolMetrics,
+    opened: Counter,
+    active: Gauge,
+    failures: Counter,
+    ejections: Counter,
+}
+
+impl std::fmt::Debug for Instance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Instance")
+            .field("addr", &self.addr)
+            .field("live", &self.live())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Instance {
+    /// An instance of backend `target.id`, counted in `metrics` under `addr`.
+    pub fn new(target: BackendTarget, metrics: &PoolMetrics) -> Self {
+        let addr: Arc<str> = if target.host.contains(':') {
+            format!("[{}]:{}", target.host, target.port).into()
+        } else {
+            format!("{}:{}", target.host, target.port).into()
+        };
+        let labels = InstanceLabels {
+            backend: target.id.to_string(),
+            instance: addr.to_string(),
+        };
+        let metrics = InstanceMetrics {
+            opened: metrics.opened.get_or_create(&labels).clone(),
+            active: metrics.active.get_or_create(&labels).clone(),
+            failures: metrics.connect_failures.get_or_create(&labels).clone(),
+            ejections: metrics.ejections.get_or_create(&labels).clone(),
+            families: metrics.clone(),
+            labels,
+        };
+        Self {
+            target,
+            addr,
+            live: AtomicUsize::new(0),
+            ejected_until: AtomicU64::new(0),
+            last_failure: AtomicU64::new(0),
+            down: AtomicBool::new(false),
+            retired: AtomicBool::new(false),
+            metrics,
+        }
+    }
+
+    /// Leases held now (sessions plus connects under way).
+    pub fn live(&self) -> usize {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    /// Whether it takes new connections at `now` (not in a back-off period).
+    pub fn available(&self, now: u64) -> bool {
+        self.ejected_until.load(Ordering::Relaxed) <= now
+    }
+
+    /// Records a failed connect at `now`: counted, and ejected for `eject` unless it
+    /// already is. Logs the ejection once per outage.
+    pub fn failed(&self, now: u64, eject: Duration, reason: &dyn std::fmt::Display) {
+        self.metrics.failures.inc();
+        self.last_failure.store(now, Ordering::Relaxed);
+        if eject.is_zero() {
+            return;
+        }
+        let until = now.saturating_add(millis(eject));
+        let previous = self.ejected_until.swap(until, Ordering::Relaxed);
+        if previous > now {
+            return; // already out; the back-off now runs from this failure
+        }
+        self.metrics.ejections.inc();
+        let backend = &*self.target.id;
+        let instance = &*self.addr;
+        let eject_ms = millis(eject);
+        if self.down.swap(true, Ordering::Relaxed) {
+            debug!(backend, instance, eject_ms, %reason, "backend instance failed again; ejected again");
+        } else {
+            warn!(backend, instance, eject_ms, %reason, "backend instance ejected");
+        }
+    }
+
+    /// Records a good connect: counted, and readmitted if it was ejected.
+    pub fn succeeded(&self) {
+        self.metrics.opened.inc();
+        if self.down.swap(false, Ordering::Relaxed) {
+            self.ejected_until.store(0, Ordering::Relaxed);
+            info!(
+                backend = &*self.target.id,
+                instance = &*self.addr,
+                "backend instance readmitted"
+            );
+        }
+    }
+
+    /// Marks it as gone from its pool; its metric labels go with its last lease.
+    pub fn retire(&self) {
+        if !self.retired.swap(true, Ordering::Relaxed) && self.live() == 0 {
+            self.metrics.families.forget(&self.metrics.labels);
+        }
+    }
+}
+
+/// A claim on one instance, held by a connect under way and then by its session: what
+/// `least_conn` counts and the live-sessions gauge shows. Released when dropped.
+#[derive(Debug)]
+pub struct Lease {
+    instance: Arc<Instance>,
+}
+
+impl Lease {
+    /// Takes a lease on `instance`.
+    pub fn new(instance: Arc<Instance>) -> Self {
+        instance.live.fetch_add(1, Ordering::Relaxed);
+        instance.metrics.active.inc();
+        Self { instance }
+    }
+
+    /// The leased instance.
+    pub fn instance(&self) -> &Arc<Instance> {
+        &self.instance
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let i = &self.instance;
+        i.metrics.active.dec();
+        if i.live.fetch_sub(1, Ordering::Relaxed) == 1 && i.retired.load(Ordering::Relaxed) {
+            i.metrics.families.forget(&i.metrics.labels);
+        }
+    }
+}
+
+/// The instances of one backend ID and how new connections are spread over them.
+pub struct Pool {
+    /// The configured entry.
+    spec: PoolSpec,
+    /// The instances in force; swapped whole by discovery, read without a lock.
+    instances: ArcSwap<Vec<Arc<Instance>>>,
+    /// Where round robin (and least_conn's tie-break) starts next.
+    cursor: AtomicUsize,
+    /// Per-instance metric families, for instances discovery adds.
+    metrics: PoolMetrics,
+    /// DNS pools: whether a lookup has ever answered.
+    resolved: AtomicBool,
+    /// DNS pools: the refresh task was started.
+    discovering: AtomicBool,
+    /// DNS pools: the last lookup failed (logged once until one works again).
+    lookup_failing: AtomicBool,
+    /// DNS pools: serialises applying lookup answers (never held across an await).
+    applying: Mutex<()>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("id", &self.spec.id)
+            .field("instances", &self.instances.load().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pool {
+    /// A pool for `spec`. Instances of `previous` (the pool this ID had before a reload)
+    /// that are still configured are kept, with their load and health.
+    pub fn new(spec: PoolSpec, metrics: &PoolMetrics, previous: Option<&Pool>) -> Self {
+        let old = previous
+            .map(|p| p.instances.load_full())
+            .unwrap_or_default();
+        let (list, resolved) = match &spec.members {
+            Members::Urls(targets) => {
+                let list = targets
+                    .iter()
+                    .map(|t| {
+                        old.iter()
+                            .find(|i| i.target == *t)
+                            .cloned()
+                            .unwrap_or_else(|| Arc::new(Instance::new(t.clone(), metrics)))
+                    })
+                    .collect();
+                (list, true)
+            }
+            Members::Dns {
+                host, port, path, ..
+            } => {
+                // Same name, port and path: the old answer holds until the next lookup.
+                let same = previous.is_some_and(|p| {
+                    matches!(&p.spec.members, Members::Dns { host: h, port: o, path: q, .. }
+                        if h == host && o == port && q == path)
+                });
+                if same {
+                    let resolved = previous.is_some_and(|p| p.resolved.load(Ordering::Relaxed));
+                    (old.to_vec(), resolved)
+                } else {
+                    (Vec::new(), false)
+                }
+            }
+        };
+        Self {
+            spec,
+            instances: ArcSwap::from_pointee(list),
+            cursor: AtomicUsize::new(0),
+            metrics: metrics.clone(),
+            resolved: AtomicBool::new(resolved),
+            discovering: AtomicBool::new(false),
+            lookup_failing: AtomicBool::new(false),
+            applying: Mutex::new(()),
+        }
+    }
+
+    /// The backend ID.
+    pub fn id(&self) -> &Arc<str> {
+        &self.spec.id
+    }
+
+    /// The configured entry.
+    pub fn spec(&self) -> &PoolSpec {
+        &self.spec
+    }
+
+    /// The instances in force now (a snapshot: discovery may replace the list meanwhile).
+    pub fn instances(&self) -> Arc<Vec<Arc<Instance>>> {
+        self.instances.load_full()
+    }
+
+    /// Picks an instance of `list` not in `tried` (bit i = index i): a healthy one by the
+    /// pool's policy, else (all ejected) the one that failed longest ago. `None` when
+    /// every instance was tried.
+    pub fn pick(&self, list: &[Arc<Instance>], tried: u64, now: u64) -> Option<usize> {
+        let n = list.len().min(MAX_INSTANCES);
+        if n == 0 {
+            return None;
+        }
+        let start = self.cursor.fetch_add(1, Ordering::Relaxed) % n;
+        let untried = |i: usize| tried & (1u64 << i) == 0;
+        let mut best: Option<(usize, usize)> = None;
+        for k in 0..n {
+            let i = (start + k) % n;
+            if !untried(i) || !list[i].available(now) {
+                continue;
+            }
+            match self.spec.balance {
+                Balance::RoundRobin => {
+                    // Skipped ejected instances do not hand their turns to the next one.
+                    if k > 0 {
+                        self.cursor.fetch_add(k, Ordering::Relaxed);
+                    }
+                    return Some(i);
+                }
+                Balance::LeastConn => {
+                    let live = list[i].live();
+                    if best.is_none_or(|(_, fewest)| live < fewest) {
+                        best = Some((i, live));
+                    }
+                }
+            }
+        }
+        if let Some((i, _)) = best {
+            return Some(i);
+        }
+        (0..n)
+            .filter(|&i| untried(i))
+            .min_by_key(|&i| list[i].last_failure.load(Ordering::Relaxed))
+    }
+
+    /// DNS pools: makes sure the name was looked up once (waiting for it the first time)
+    /// and that the refresh task runs. Other pools: nothing.
+    pub async fn ensure_discovered(self: &Arc<Self>, lookup: &Arc<dyn Lookup>) {
+        if !matches!(self.spec.members, Members::Dns { .. }) {
+            return;
+        }
+        if !self.resolved.load(Ordering::Relaxed) {
+            self.refresh(lookup.as_ref()).await;
+        }
+        self.start_discovery(lookup);
+    }
+
+    /// DNS pools: starts the task that looks the name up every `refresh` while the pool
+    /// exists (once; needs a tokio runtime, else the next connect starts it).
+    pub fn start_discovery(self: &Arc<Self>, lookup: &Arc<dyn Lookup>) {
+        let Members::Dns { refresh, .. } = self.spec.members else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.discovering.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let pool: Weak<Pool> = Arc::downgrade(self);
+        let lookup = lookup.clone();
+        runtime.spawn(async move {
+            loop {
+                match pool.upgrade() {
+                    Some(p) => p.refresh(lookup.as_ref()).await,
+                    None => return, // replaced by a reload
+                }
+                tokio::time::sleep(refresh).await;
+            }
+        });
+    }
+
+    /// Looks the name up once and applies the answer; a failed or empty answer keeps the
+    /// last known instances (logged once until a lookup works again).
+    pub async fn refresh(&self, lookup: &dyn Lookup) {
+        let Members::Dns {
+            host, port, path, ..
+        } = &self.spec.members
+        else {
+            return;
+        };
+        let answer = lookup.lookup(host, *port).await;
+        let backend = &*self.spec.id;
+        let mut addrs = match answer {
+            Ok(addrs) if !addrs.is_empty() => addrs,
+            other => {
+                let error = match other {
+                    Err(e) => e.to_string(),
+                    Ok(_) => "no addresses".to_owned(),
+                };
+                if !self.lookup_failing.swap(true, Ordering::Relaxed) {
+                    let known = self.instances.load().len();
+                    warn!(backend, name = %host, %error, known, "backend name lookup failed; keeping the last known instances");
+                }
+                return;
+            }
+        };
+        if self.lookup_failing.swap(false, Ordering::Relaxed) {
+            info!(backend, name = %host, "backend name lookup works again");
+        }
+        addrs.sort();
+        addrs.dedup();
+        if addrs.len() > MAX_INSTANCES {
+            warn!(backend, name = %host, found = addrs.len(), kept = MAX_INSTANCES, "backend name has too many addresses; using the first");
+            addrs.truncate(MAX_INSTANCES);
+        }
+        let Ok(_applying) = self.applying.lock() else {
+            return;
+        };
+        let old = self.instances.load_full();
+        let unchanged = old.len() == addrs.len()
+            && old
+                .iter()
+                .all(|i| addrs.iter().any(|a| dns_addr(i) == Some(*a)));
+        self.resolved.store(true, Ordering::Relaxed);
+        if unchanged {
+            return;
+        }
+        let list: Vec<Arc<Instance>> = addrs
+            .iter()
+            .map(|a| {
+                old.iter()
+                    .find(|i| dns_addr(i) == Some(*a))
+                    .cloned()
+                    .unwrap_or_else(|| {
+                        let target = dns_target(&self.spec.id, host, *port, path, *a);
+                        Arc::new(Instance::new(target, &self.metrics))
+                    })
+            })
+            .collect();
+        for gone in old
+            .iter()
+            .filter(|i| !list.iter().any(|n| Arc::ptr_eq(i, n)))
+        {
+            gone.retire();
+        }
+        let instances: Vec<&str> = list.iter().map(|i| &*i.addr).collect();
+        info!(backend, name = %host, ?instances, "backend instances changed");
+        self.instances.store(Arc::new(list));
+    }
+
+    /// Retires every instance of this pool that `next` (its replacement) does not keep.
+    pub fn retire_all_but(&self, next: Option<&Pool>) {
+        let kept = next.map(|p| p.instances.load_full()).unwrap_or_default();
+        for i in self.instances.load().iter() {
+            if !kept.iter().any(|k| Arc::ptr_eq(i, k)) {
+                i.retire();
+            }
+        }
+    }
+}
+
+/// The socket address of a DNS-discovered instance (its host is an IP literal).
+fn dns_addr(i: &Instance) -> Option<SocketAddr> {
+    let ip = i.target.host.parse().ok()?;
+    Some(SocketAddr::new(ip, i.target.port))
+}
+
+fn dns_target(id: &Arc<str>, host: &str, port: u16, path: &str, addr: SocketAddr) -> BackendTarget {
+    let host_header = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    BackendTarget {
+        id: id.clone(),
+        url: format!("ws://{addr}{path}"),
+        host: addr.ip().to_string(),
+        port: addr.port(),
+        host_header,
+        path: path.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool_config::{PoolSpec, DEFAULT_EJECT};
+
+    fn pool(n: usize, balance: Balance) -> Pool {
+        let targets = (0..n)
+            .map(|i| BackendTarget::parse("B", &format!("ws://127.0.0.{}:1/", i + 2)))
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap_or_default();
+        let spec = PoolSpec {
+            id: Arc::from("B"),
+            members: Members::Urls(targets),
+            balance,
+            eject: DEFAULT_EJECT,
+            connect_attempts: None,
+            single: false,
+        };
+        Pool::new(spec, &PoolMetrics::default(), None)
+    }
+
+    fn picks(p: &Pool, count: usize, now: u64) -> Vec<usize> {
+        let list = p.instances();
+        (0..count).filter_map(|_| p.pick(&list, 0, now)).collect()
+    }
+
+    #[test]
+    fn round_robin_takes_turns_and_skips_ejected_fairly() {
+        let p = pool(3, Balance::RoundRobin);
+        assert_eq!(picks(&p, 6, 1), vec![0, 1, 2, 0, 1, 2]);
+        p.instances()[1].failed(1, Duration::from_secs(1), &"refused");
+        let mut counts = [0usize; 3];
+        for i in picks(&p, 100, 2) {
+            counts[i] += 1;
+        }
+        assert_eq!(counts[1], 0, "ejected instance picked: {counts:?}");
+        assert!(counts[0].abs_diff(counts[2]) <= 2, "uneven: {counts:?}");
+        // After the back-off it is picked again.
+        assert!(picks(&p, 3, 1002).contains(&1));
+    }
+
+    #[test]
+    fn least_conn_picks_the_fewest_leases_and_leases_release() {
+        let p = pool(3, Balance::LeastConn);
+        let list = p.instances();
+        let held: Vec<Lease> = [0, 0, 2]
+            .iter()
+            .map(|&i| Lease::new(list[i].clone()))
+            .collect();
+        assert_eq!(picks(&p, 5, 1), vec![1; 5]);
+        let second = Lease::new(list[1].clone());
+        let third = Lease::new(list[1].clone());
+        // 0: 2, 1: 2, 2: 1.
+        assert_eq!(picks(&p, 3, 1), vec![2; 3]);
+        drop((held, second, third));
+        assert!(list.iter().all(|i| i.live() == 0));
+        let spread = picks(&p, 3, 1);
+        assert!(
+            spread.contains(&0) && spread.contains(&1) && spread.contains(&2),
+            "{spread:?}"
+        );
+    }
+
+    #[test]
+    fn tried_instances_are_skipped_and_all_ejected_falls_back_to_the_oldest_failure() {
+        let p = pool(3, Balance::RoundRobin);
+        let list = p.instances();
+        assert_eq!(p.pick(&list, 0b011, 1), Some(2));
+        assert_eq!(p.pick(&list, 0b111, 1), None);
+        let eject = Duration::from_secs(10);
+        list[0].failed(30, eject, &"x");
+        list[1].failed(10, eject, &"x");
+        list[2].failed(20, eject, &"x");
+        assert_eq!(p.pick(&list, 0, 40), Some(1));
+        assert_eq!(p.pick(&list, 0b010, 40), Some(2));
+        // Readmission clears the back-off at once.
+        list[0].succeeded();
+        assert!(list[0].available(40));
+    }
+
+    #[test]
+    fn ejection_is_counted_once_per_back_off() {
+        let metrics = PoolMetrics::default();
+        let p = Pool::new(pool(1, Balance::RoundRobin).spec.clone(), &metrics, None);
+        let i = p.instances()[0].clone();
+        let eject = Duration::from_millis(100);
+        i.failed(10, eject, &"x");
+        i.failed(50, eject, &"x"); // still out: no second ejection
+        i.failed(500, eject, &"x"); // back-off over, failed again
+        let labels = i.metrics.labels.clone();
+        assert_eq!(metrics.ejections.get_or_create(&labels).get(), 2);
+        assert_eq!(metrics.connect_failures.get_or_create(&labels).get(), 3);
+        assert!(!i.available(550) && i.available(600));
+    }
+
+    #[test]
+    fn a_reload_keeps_instances_still_configured() {
+        let metrics = PoolMetrics::default();
+        let old = Pool::new(pool(2, Balance::RoundRobin).spec.clone(), &metrics, None);
+        let kept = old.instances()[1].clone();
+        let lease = Lease::new(old.instances()[0].clone());
+        let mut spec = pool(3, Balance::LeastConn).spec.clone();
+        if let Members::Urls(t) = &mut spec.members {
+            t.remove(0);
+        }
+        let new = Pool::new(spec, &metrics, Some(&old));
+        old.retire_all_but(Some(&new));
+        assert!(Arc::ptr_eq(&new.instances()[0], &kept));
+        // The removed instance still serves its session; its labels go when it ends.
+        let gone = lease.instance().metrics.labels.clone();
+        assert_eq!(metrics.active.get_or_create(&gone).get(), 1);
+        drop(lease);
+        assert!(
+            !metrics.active.remove(&gone),
+            "labels of a gone instance were kept"
+        );
+    }
+}

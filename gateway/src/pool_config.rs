@@ -1,0 +1,426 @@
+//! One `[backends]` entry: a URL (the sample's form), a list of URLs, or a DNS name whose
+//! addresses are the instances, with how new connections are spread over them.
+//!
+//! ```toml
+//! [backends]
+//! Backend_ABC = "ws://localhost:8081/backend/abc"
+//! Backend_PQR = { urls = ["ws://10.0.0.2:8082/backend/pqr", "ws://10.0.0.3:8082/backend/pqr"], balance = "least_conn" }
+//! Backend_XYZ = { dns = "xyz.backends.svc:8083", path = "/backend/xyz", refresh = "10s" }
+//! ```
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::route::BackendTarget;
+
+/// Most instances one pool holds (a longer list is refused; a DNS answer is cut). Bounds
+/// the metric labels a pool creates and lets a connect attempt track tried instances in
+/// one `u64`.
+pub const MAX_INSTANCES: usize = 64;
+
+/// Back-off of an instance that failed to connect, unless `eject` says otherwise.
+pub const DEFAULT_EJECT: Duration = Duration::from_secs(10);
+
+/// How often a DNS-discovered pool looks its name up, unless `refresh` says otherwise.
+pub const DEFAULT_REFRESH: Duration = Duration::from_secs(10);
+
+/// Instances tried for one client before it gets 502/504, unless `connect_attempts`
+/// says otherwise (never more than the pool has).
+pub const DEFAULT_ATTEMPTS: usize = 3;
+
+/// How a new connection picks among healthy instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Balance {
+    /// Each instance in turn.
+    #[default]
+    RoundRobin,
+    /// The instance with the fewest live sessions (ties in turn).
+    LeastConn,
+}
+
+impl Balance {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::RoundRobin => "round_robin",
+            Balance::LeastConn => "least_conn",
+        }
+    }
+}
+
+/// Where a pool's instances come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Members {
+    /// Fixed instances, one per configured URL.
+    Urls(Vec<BackendTarget>),
+    /// Every address `host:port` resolves to is an instance, looked up every `refresh`.
+    Dns {
+        /// Name to look up.
+        host: String,
+        /// Port of every instance.
+        port: u16,
+        /// Request target (path and query) sent to every instance.
+        path: String,
+        /// How often the name is looked up again.
+        refresh: Duration,
+    },
+}
+
+/// A validated `[backends]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolSpec {
+    /// The backend ID (shared by every session to it, for logs).
+    pub id: Arc<str>,
+    /// The instances, or where to discover them.
+    pub members: Members,
+    /// How a healthy instance is picked.
+    pub balance: Balance,
+    /// How long an instance that failed to connect takes no new connections (while a
+    /// healthy one is left).
+    pub eject: Duration,
+    /// `connect_attempts`, when set: instances tried before the client sees 502/504.
+    pub connect_attempts: Option<usize>,
+    /// Written as one URL string, so [`PoolSpec::describe`] writes it back that way.
+    pub single: bool,
+}
+
+/// A problem with a `[backends]` entry: the key under the ID (`None`: the entry itself)
+/// and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{problem}")]
+pub struct SpecError {
+    /// The key inside the entry's table, e.g. `balance`.
+    pub key: Option<String>,
+    /// What is wrong, one line.
+    pub problem: String,
+}
+
+fn at(key: &str, problem: impl Into<String>) -> SpecError {
+    SpecError {
+        key: Some(key.to_owned()),
+        problem: problem.into(),
+    }
+}
+
+const KEYS: &str = "urls, dns, path, refresh, balance, eject, connect_attempts";
+
+impl PoolSpec {
+    /// One instance at `target`: the sample's `ID = "ws://..."` form.
+    pub fn single(target: BackendTarget) -> Self {
+        Self {
+            id: target.id.clone(),
+            members: Members::Urls(vec![target]),
+            balance: Balance::default(),
+            eject: DEFAULT_EJECT,
+            connect_attempts: None,
+            single: true,
+        }
+    }
+
+    /// Parses the value configured for `id`: a URL string or a table.
+    pub fn parse(id: &str, value: &toml::Value) -> Result<Self, SpecError> {
+        let whole = |problem: String| SpecError { key: None, problem };
+        let table = match value {
+            toml::Value::String(url) => return BackendTarget::parse(id, url).map(Self::single).map_err(whole),
+            toml::Value::Table(t) => t,
+            other => {
+                return Err(whole(format!(
+                    "expected a ws:// URL or a table ({{ urls = [...] }} or {{ dns = \"host:port\" }}), found {}",
+                    other.type_str()
+                )))
+            }
+        };
+        if let Some(unknown) = table
+            .keys()
+            .find(|k| !KEYS.split(", ").any(|known| known == k.as_str()))
+        {
+            let key: String = unknown.chars().filter(|c| !c.is_control()).collect();
+            return Err(at(&key, format!("unknown key (expected one of {KEYS})")));
+        }
+        let string = |key: &'static str| -> Result<Option<&str>, SpecError> {
+            match table.get(key) {
+                None => Ok(None),
+                Some(toml::Value::String(s)) => Ok(Some(s.as_str())),
+                Some(other) => Err(at(
+                    key,
+                    format!("expected a string, found {}", other.type_str()),
+                )),
+            }
+        };
+        let duration = |key: &'static str| -> Result<Option<Duration>, SpecError> {
+            string(key)?
+                .map(|s| humantime::parse_duration(s).map_err(|e| at(key, format!("{s:?}: {e}"))))
+                .transpose()
+        };
+        let balance = match string("balance")? {
+            None | Some("round_robin") => Balance::RoundRobin,
+            Some("least_conn") => Balance::LeastConn,
+            Some(other) => {
+                return Err(at(
+                    "balance",
+                    format!("{other:?}: expected \"round_robin\" or \"least_conn\""),
+                ))
+            }
+        };
+        let eject = duration("eject")?.unwrap_or(DEFAULT_EJECT);
+        let connect_attempts = match table.get("connect_attempts") {
+            None => None,
+            Some(toml::Value::Integer(n)) if *n >= 1 => {
+                Some(usize::try_from(*n).unwrap_or(usize::MAX).min(MAX_INSTANCES))
+            }
+            Some(toml::Value::Integer(_)) => {
+                return Err(at("connect_attempts", "must be at least 1"))
+            }
+            Some(other) => {
+                return Err(at(
+                    "connect_attempts",
+                    format!("expected an integer, found {}", other.type_str()),
+                ))
+            }
+        };
+        let members = match (table.get("urls"), string("dns")?) {
+            (Some(_), Some(_)) => return Err(at("dns", "give either urls or dns, not both")),
+            (None, None) => {
+                return Err(whole(
+                    "a table entry needs urls = [...] or dns = \"host:port\"".into(),
+                ))
+            }
+            (Some(urls), None) => {
+                if table.contains_key("path") {
+                    return Err(at("path", "only with dns (each URL carries its own path)"));
+                }
+                if table.contains_key("refresh") {
+                    return Err(at("refresh", "only with dns"));
+                }
+                Members::Urls(parse_urls(id, urls)?)
+            }
+            (None, Some(dns)) => {
+                if id.is_empty() || !id.bytes().all(|b| b.is_ascii_graphic()) {
+                    return Err(whole("backend ID must be non-empty visible ASCII".into()));
+                }
+                let (host, port) = split_host_port(dns)
+                    .ok_or_else(|| at("dns", format!("{dns:?}: expected host:port")))?;
+                let path = string("path")?.unwrap_or("/");
+                if !path.starts_with('/') || path.chars().any(|c| c.is_control() || c == ' ') {
+                    return Err(at(
+                        "path",
+                        format!("{path:?}: must start with '/' and hold no spaces"),
+                    ));
+                }
+                let refresh = duration("refresh")?.unwrap_or(DEFAULT_REFRESH);
+                if refresh < Duration::from_millis(100) {
+                    return Err(at("refresh", "must be at least 100ms"));
+                }
+                Members::Dns {
+                    host,
+                    port,
+                    path: path.to_owned(),
+                    refresh,
+                }
+            }
+        };
+        Ok(Self {
+            id: Arc::from(id),
+            members,
+            balance,
+            eject,
+            connect_attempts,
+            single: false,
+        })
+    }
+
+    /// Instances tried for one client when the pool holds `instances`.
+    pub fn attempts(&self, instances: usize) -> usize {
+        self.connect_attempts
+            .unwrap_or(DEFAULT_ATTEMPTS)
+            .min(instances)
+            .max(1)
+    }
+
+    /// The entry as a TOML value, as it would be written in `[backends]`.
+    pub fn describe(&self) -> String {
+        let q = |s: &str| toml::Value::String(s.to_owned()).to_string();
+        let secs = |d: Duration| q(&humantime::format_duration(d).to_string());
+        let mut o = String::new();
+        match &self.members {
+            Members::Urls(targets) if self.single && targets.len() == 1 => {
+                return q(&targets[0].url)
+            }
+            Members::Urls(targets) => {
+                let urls: Vec<String> = targets.iter().map(|t| q(&t.url)).collect();
+                let _ = write!(o, "{{ urls = [{}]", urls.join(", "));
+            }
+            Members::Dns {
+                host,
+                port,
+                path,
+                refresh,
+            } => {
+                let dns = if host.contains(':') {
+                    format!("[{host}]:{port}")
+                } else {
+                    format!("{host}:{port}")
+                };
+                let _ = write!(
+                    o,
+                    "{{ dns = {}, path = {}, refresh = {}",
+                    q(&dns),
+                    q(path),
+                    secs(*refresh)
+                );
+            }
+        }
+        let _ = write!(
+            o,
+            ", balance = {}, eject = {}",
+            q(self.balance.as_str()),
+            secs(self.eject)
+        );
+        if let Some(n) = self.connect_attempts {
+            let _ = write!(o, ", connect_attempts = {n}");
+        }
+        o.push_str(" }");
+        o
+    }
+}
+
+fn parse_urls(id: &str, urls: &toml::Value) -> Result<Vec<BackendTarget>, SpecError> {
+    let toml::Value::Array(list) = urls else {
+        return Err(at(
+            "urls",
+            format!("expected an array of ws:// URLs, found {}", urls.type_str()),
+        ));
+    };
+    if list.is_empty() {
+        return Err(at("urls", "at least one URL is required"));
+    }
+    if list.len() > MAX_INSTANCES {
+        return Err(at("urls", format!("at most {MAX_INSTANCES} URLs")));
+    }
+    let mut targets: Vec<BackendTarget> = Vec::with_capacity(list.len());
+    for v in list {
+        let toml::Value::String(url) = v else {
+            return Err(at(
+                "urls",
+                format!("expected ws:// URL strings, found {}", v.type_str()),
+            ));
+        };
+        let t = BackendTarget::parse(id, url).map_err(|p| at("urls", p))?;
+        if targets.iter().any(|o| o.url == t.url) {
+            return Err(at("urls", format!("{url:?} is listed twice")));
+        }
+        targets.push(t);
+    }
+    Ok(targets)
+}
+
+/// `host:port` or `[v6]:port`, with a non-empty host and a non-zero port.
+fn split_host_port(s: &str) -> Option<(String, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.strip_suffix(']')?,
+        None if host.contains(':') => return None,
+        None => host,
+    };
+    let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
+    let valid = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._:".contains(&b));
+    valid.then(|| (host.to_owned(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<PoolSpec, SpecError> {
+        let v: toml::Table =
+            toml::from_str(&format!("x = {text}")).map_err(|e| at("urls", e.to_string()))?;
+        PoolSpec::parse("B", &v["x"])
+    }
+
+    #[test]
+    fn the_three_forms_parse() -> Result<(), SpecError> {
+        let one = parse("\"ws://localhost:8081/a\"")?;
+        assert!(one.single && one.balance == Balance::RoundRobin && one.eject == DEFAULT_EJECT);
+        let urls = parse("{ urls = [\"ws://127.0.0.2:1/a\", \"ws://127.0.0.3:1/a\"], balance = \"least_conn\", eject = \"300ms\", connect_attempts = 2 }")?;
+        assert!(matches!(&urls.members, Members::Urls(t) if t.len() == 2));
+        assert_eq!(
+            (urls.balance, urls.eject, urls.connect_attempts),
+            (Balance::LeastConn, Duration::from_millis(300), Some(2))
+        );
+        let dns = parse("{ dns = \"abc.svc:8081\", path = \"/backend/abc\", refresh = \"2s\" }")?;
+        assert_eq!(
+            dns.members,
+            Members::Dns {
+                host: "abc.svc".into(),
+                port: 8081,
+                path: "/backend/abc".into(),
+                refresh: Duration::from_secs(2)
+            }
+        );
+        for spec in [one, urls, dns] {
+            assert_eq!(parse(&spec.describe())?, spec, "{}", spec.describe());
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let key = |text: &str| {
+            parse(text)
+                .err()
+                .map(|e| (e.key.as_deref().map(str::to_owned), e.problem))
+        };
+        assert_eq!(
+            key("{ urls = [], }").map(|k| k.0),
+            Some(Some(String::from("urls")))
+        );
+        assert_eq!(
+            key("{ urls = [\"ws://a:1/\"], balance = \"random\" }").map(|k| k.0),
+            Some(Some(String::from("balance")))
+        );
+        assert_eq!(
+            key("{ dns = \"nope\" }").map(|k| k.0),
+            Some(Some(String::from("dns")))
+        );
+        assert_eq!(
+            key("{ dns = \"a:1\", refresh = \"soon\" }").map(|k| k.0),
+            Some(Some(String::from("refresh")))
+        );
+        assert_eq!(
+            key("{ urls = [\"ws://a:1/\"], connect_attempts = 0 }").map(|k| k.0),
+            Some(Some(String::from("connect_attempts")))
+        );
+        assert_eq!(
+            key("{ urls = [\"ws://a:1/\"], path = \"/x\" }").map(|k| k.0),
+            Some(Some(String::from("path")))
+        );
+        assert_eq!(
+            key("{ urls = [\"ws://a:1/\", \"ws://a:1/\"] }").map(|k| k.0),
+            Some(Some(String::from("urls")))
+        );
+        let unknown = key("{ urls = [\"ws://a:1/\"], weight = 2 }");
+        assert!(
+            unknown
+                .as_ref()
+                .is_some_and(|(k, p)| k.as_deref() == Some("weight") && p.contains("unknown")),
+            "{unknown:?}"
+        );
+        assert!(key("{ balance = \"least_conn\" }").is_some());
+        assert!(key("3").is_some());
+    }
+
+    #[test]
+    fn attempts_never_exceed_the_instances() -> Result<(), SpecError> {
+        let spec = parse("{ urls = [\"ws://a:1/\"], connect_attempts = 5 }")?;
+        assert_eq!(
+            (spec.attempts(1), spec.attempts(4), spec.attempts(9)),
+            (1, 4, 5)
+        );
+        assert_eq!(parse("\"ws://a:1/\"")?.attempts(10), DEFAULT_ATTEMPTS);
+        Ok(())
+    }
+}
