@@ -39,6 +39,6 @@ pub use batch::BatchWriter;
 pub use error::DemoError;
 pub use message::RequestMessage;
 pub use request_log::LOG_LINES_PER_SECOND;
-pub use server::{bind, serve, ServiceOptions};
+pub use server::{bind, serve, serve_counted, ServiceOptions, SessionCounts};
 pub use session::MAX_FRAME_SIZE;
-pub use testing::{spawn_for_test, RunningBackend};
+pub use testing::{spawn_for_test, spawn_for_test_on, RunningBackend};

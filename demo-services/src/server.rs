@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -39,12 +40,53 @@ pub struct ServiceOptions {
     pub push_interval: Option<Duration>,
 }
 
+/// WebSocket sessions one server has served: lets a test with several instances of the
+/// same backend tell which instance a connection reached.
+#[derive(Debug, Default)]
+pub struct SessionCounts {
+    /// Sessions upgraded so far.
+    started: AtomicU64,
+    /// Sessions open now.
+    open: AtomicU64,
+}
+
+impl SessionCounts {
+    /// Sessions upgraded so far.
+    pub fn started(&self) -> u64 {
+        self.started.load(Ordering::Relaxed)
+    }
+
+    /// Sessions open now.
+    pub fn open(&self) -> u64 {
+        self.open.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts one session as open until dropped (also when its task is aborted).
+struct OpenSession<'a>(&'a SessionCounts);
+
+impl<'a> OpenSession<'a> {
+    fn new(counts: &'a SessionCounts) -> Self {
+        counts.started.fetch_add(1, Ordering::Relaxed);
+        counts.open.fetch_add(1, Ordering::Relaxed);
+        Self(counts)
+    }
+}
+
+impl Drop for OpenSession<'_> {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// State every connection of one backend shares.
 struct Shared {
     /// Backend and push period.
     opts: ServiceOptions,
     /// The backend's rate-limited `RequestMessage` log.
     log: RequestLog,
+    /// Sessions served, for tests.
+    counts: Arc<SessionCounts>,
 }
 
 /// Binds a TCP listener on `addr`, naming the address in the error (for the CLI).
@@ -64,6 +106,16 @@ pub async fn serve(
     opts: ServiceOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), DemoError> {
+    serve_counted(listener, opts, shutdown, Arc::default()).await
+}
+
+/// Like [`serve`], counting the sessions it serves in `counts`.
+pub async fn serve_counted(
+    listener: TcpListener,
+    opts: ServiceOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    counts: Arc<SessionCounts>,
+) -> Result<(), DemoError> {
     let addr = listener.local_addr().map_err(DemoError::LocalAddr)?;
     let backend = opts.backend;
     info!(
@@ -76,6 +128,7 @@ pub async fn serve(
     let shared = Arc::new(Shared {
         log: RequestLog::new(backend, LOG_LINES_PER_SECOND),
         opts,
+        counts,
     });
     let _reporter = AbortOnDrop(tokio::spawn({
         let shared = Arc::clone(&shared);
@@ -164,6 +217,7 @@ async fn handle_connection(stream: TcpStream, shared: Arc<Shared>) {
     };
 
     let started = Instant::now();
+    let _open = OpenSession::new(&shared.counts);
     let cfg = SessionConfig {
         backend: shared.opts.backend,
         push_interval: shared.opts.push_interval,

@@ -1,12 +1,14 @@
 //! Starting a backend inside a test: port 0, on the test's runtime, stopped by a handle.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::{serve, Backend, DemoError, ServiceOptions};
+use crate::server::{serve_counted, SessionCounts};
+use crate::{Backend, DemoError, ServiceOptions};
 
 /// Binds `127.0.0.1:0`, spawns [`serve`] on the current tokio runtime and returns a
 /// handle with the bound address.
@@ -14,17 +16,33 @@ use crate::{serve, Backend, DemoError, ServiceOptions};
 /// For the gateway's and the load generator's tests, which need real backends on free
 /// ports. Must be called inside a tokio runtime.
 pub async fn spawn_for_test(opts: ServiceOptions) -> std::io::Result<RunningBackend> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+    spawn_for_test_on(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), opts).await
+}
+
+/// Like [`spawn_for_test`], bound to `addr`: several instances of one backend on
+/// 127.0.0.2, 127.0.0.3, ... (one port), or one coming back on the address it had.
+pub async fn spawn_for_test_on(
+    addr: SocketAddr,
+    opts: ServiceOptions,
+) -> std::io::Result<RunningBackend> {
+    let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
+    let counts = Arc::new(SessionCounts::default());
     let backend = opts.backend;
     let (stop, stopped) = oneshot::channel::<()>();
     // A dropped sender also resolves `stopped`: dropping the handle stops the server.
-    let task = tokio::spawn(serve(listener, opts, async move {
-        let _ = stopped.await;
-    }));
+    let task = tokio::spawn(serve_counted(
+        listener,
+        opts,
+        async move {
+            let _ = stopped.await;
+        },
+        counts.clone(),
+    ));
     Ok(RunningBackend {
         addr,
         backend,
+        counts,
         _stop: stop,
         task,
     })
@@ -38,6 +56,8 @@ pub struct RunningBackend {
     addr: SocketAddr,
     /// Which backend it serves (for its path).
     backend: Backend,
+    /// Sessions it served.
+    counts: Arc<SessionCounts>,
     /// Dropping this tells the server to shut down.
     _stop: oneshot::Sender<()>,
     /// The server task, awaited by [`RunningBackend::stop_and_wait`].
@@ -53,6 +73,16 @@ impl RunningBackend {
     /// Which backend this is.
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// WebSocket sessions upgraded so far.
+    pub fn sessions_started(&self) -> u64 {
+        self.counts.started()
+    }
+
+    /// WebSocket sessions open now.
+    pub fn sessions_open(&self) -> u64 {
+        self.counts.open()
     }
 
     /// The WebSocket URL to connect to, e.g. `ws://127.0.0.1:40123/backend/abc`.

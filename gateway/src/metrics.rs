@@ -3,6 +3,8 @@
 //! Nothing here runs per message: sessions keep plain counters and fold them in when they
 //! end; refusals, handshakes and backend connects are counted once each.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -42,15 +44,36 @@ pub struct PoolMetrics {
     pub connect_failures: Family<InstanceLabels, Counter>,
     /// Times an instance was put into its back-off period.
     pub ejections: Family<InstanceLabels, Counter>,
+    /// Instances using each label set (an address can leave a pool while sessions still
+    /// use it and come back as a new instance); labels go when the last one is done.
+    holders: Arc<Mutex<HashMap<InstanceLabels, usize>>>,
 }
 
 impl PoolMetrics {
-    /// Forgets an instance that left its pool, so labels of gone instances do not pile up.
-    pub fn forget(&self, labels: &InstanceLabels) {
-        self.opened.remove(labels);
-        self.active.remove(labels);
-        self.connect_failures.remove(labels);
-        self.ejections.remove(labels);
+    /// Records one more instance using `labels`.
+    pub fn hold(&self, labels: &InstanceLabels) {
+        if let Ok(mut h) = self.holders.lock() {
+            *h.entry(labels.clone()).or_default() += 1;
+        }
+    }
+
+    /// Records that an instance using `labels` left its pool and has no session left;
+    /// the last one removes the labels, so gone instances do not pile up.
+    pub fn release(&self, labels: &InstanceLabels) {
+        let Ok(mut h) = self.holders.lock() else {
+            return;
+        };
+        let left = h.get_mut(labels).map(|n| {
+            *n = n.saturating_sub(1);
+            *n
+        });
+        if left == Some(0) {
+            h.remove(labels);
+            self.opened.remove(labels);
+            self.active.remove(labels);
+            self.connect_failures.remove(labels);
+            self.ejections.remove(labels);
+        }
     }
 }
 

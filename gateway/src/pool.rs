@@ -49,6 +49,8 @@ pub struct Instance {
     down: AtomicBool,
     /// Left its pool: its metric labels go when its last lease ends.
     retired: AtomicBool,
+    /// Its hold on its metric labels was given up (once).
+    released: AtomicBool,
     /// This instance's metric handles and the families to drop them from.
     metrics: InstanceMetrics,
 }
@@ -83,6 +85,7 @@ impl Instance {
             backend: target.id.to_string(),
             instance: addr.to_string(),
         };
+        metrics.hold(&labels);
         let metrics = InstanceMetrics {
             opened: metrics.opened.get_or_create(&labels).clone(),
             active: metrics.active.get_or_create(&labels).clone(),
@@ -99,6 +102,7 @@ impl Instance {
             last_failure: AtomicU64::new(0),
             down: AtomicBool::new(false),
             retired: AtomicBool::new(false),
+            released: AtomicBool::new(false),
             metrics,
         }
     }
@@ -153,7 +157,13 @@ impl Instance {
     /// Marks it as gone from its pool; its metric labels go with its last lease.
     pub fn retire(&self) {
         if !self.retired.swap(true, Ordering::Relaxed) && self.live() == 0 {
-            self.metrics.families.forget(&self.metrics.labels);
+            self.release();
+        }
+    }
+
+    fn release(&self) {
+        if !self.released.swap(true, Ordering::Relaxed) {
+            self.metrics.families.release(&self.metrics.labels);
         }
     }
 }
@@ -184,7 +194,7 @@ impl Drop for Lease {
         let i = &self.instance;
         i.metrics.active.dec();
         if i.live.fetch_sub(1, Ordering::Relaxed) == 1 && i.retired.load(Ordering::Relaxed) {
-            i.metrics.families.forget(&i.metrics.labels);
+            i.release();
         }
     }
 }

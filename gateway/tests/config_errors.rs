@@ -93,6 +93,22 @@ fn bad_url() -> Result<()> {
 }
 
 #[test]
+fn bad_pool_entries_name_the_backend_and_key() -> Result<()> {
+    check(
+        "[backends]\nA = \"ws://a:1/\"\nB = { urls = [\"ws://b:1/\"], balance = \"fastest\" }\n",
+        &["Config.toml:3", "backends.B.balance", "least_conn"],
+    )?;
+    check(
+        "[backends]\nA = \"ws://a:1/\"\n\n[backends.B]\ndns = \"b.svc:8081\"\nweight = 3\n",
+        &["Config.toml:6", "backends.B.weight", "unknown key"],
+    )?;
+    check(
+        "[backends]\nB = { dns = \"b.svc\", path = \"/x\" }\n",
+        &["Config.toml:2", "backends.B.dns", "host:port"],
+    )
+}
+
+#[test]
 fn unreadable_cert() -> Result<()> {
     let c = certs();
     let config = format!(

@@ -1,0 +1,580 @@
+//! Backend pools through the real gateway (in-process, real TLS and JWT checks) and real
+//! demo backends: three instances of Backend_ABC on 127.0.0.2/3/4 (one port), told apart
+//! by the sessions each one counts. Round robin spreads, least_conn fills the emptiest,
+//! a dead instance is ejected and retried without the client noticing and readmitted
+//! after its back-off, a DNS pool follows a name whose answers the test changes, and a
+//! reload replaces a pool while sessions on removed instances go on.
+
+mod support;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use demo_services::{Backend, RunningBackend, ServiceOptions};
+use gateway::resolve::{Lookup, LookupFuture};
+use loadgen::client::{connect, ConnectOptions, Connected};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+const ID: &str = "Backend_POOL";
+const NAME: &str = "abc.pool.test";
+/// The live-sessions gauge of one instance.
+const LIVE: &str = "backend_instance_sessions_active";
+
+/// A name service the test controls.
+#[derive(Default)]
+struct StubDns {
+    answers: Mutex<HashMap<String, Vec<IpAddr>>>,
+    /// Lookups answered so far.
+    calls: std::sync::atomic::AtomicU64,
+}
+
+impl StubDns {
+    fn set(&self, name: &str, ips: &[IpAddr]) {
+        if let Ok(mut a) = self.answers.lock() {
+            a.insert(name.to_owned(), ips.to_vec());
+        }
+    }
+}
+
+impl Lookup for StubDns {
+    fn lookup<'a>(&'a self, host: &'a str, port: u16) -> LookupFuture<'a> {
+        self.calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let found = self.answers.lock().ok().and_then(|a| a.get(host).cloned());
+        Box::pin(async move {
+            match found {
+                Some(ips) => Ok(ips
+                    .into_iter()
+                    .map(|ip| SocketAddr::new(ip, port))
+                    .collect()),
+                None => Err(io::Error::new(io::ErrorKind::NotFound, "no such name")),
+            }
+        })
+    }
+}
+
+/// The instance IPs: 127.0.0.2, .3, .4.
+fn ip(i: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + i as u8))
+}
+
+/// Three Backend_ABC instances on one port, at 127.0.0.2, .3 and .4.
+struct Instances {
+    port: u16,
+    running: Vec<Option<RunningBackend>>,
+}
+
+impl Instances {
+    async fn start() -> Result<Instances> {
+        let mut last = None;
+        for _ in 0..10 {
+            match Self::try_start().await {
+                Ok(i) => return Ok(i),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("no free port")))
+    }
+
+    async fn try_start() -> Result<Instances> {
+        let first = spawn(SocketAddr::new(ip(0), 0)).await?;
+        let port = first.addr().port();
+        let mut running = vec![Some(first)];
+        for i in 1..3 {
+            running.push(Some(spawn(SocketAddr::new(ip(i), port)).await?));
+        }
+        Ok(Instances { port, running })
+    }
+
+    fn url(&self, i: usize) -> String {
+        format!("ws://{}:{}{}", ip(i), self.port, Backend::Abc.path())
+    }
+
+    fn label(&self, i: usize) -> String {
+        format!("{}:{}", ip(i), self.port)
+    }
+
+    /// Sessions each instance has served so far (a stopped one counts 0).
+    fn started(&self) -> [u64; 3] {
+        let mut out = [0; 3];
+        for (i, r) in self.running.iter().enumerate() {
+            out[i] = r.as_ref().map_or(0, |r| r.sessions_started());
+        }
+        out
+    }
+
+    fn open(&self) -> [u64; 3] {
+        let mut out = [0; 3];
+        for (i, r) in self.running.iter().enumerate() {
+            out[i] = r.as_ref().map_or(0, |r| r.sessions_open());
+        }
+        out
+    }
+
+    async fn kill(&mut self, i: usize) -> Result<()> {
+        let r = self.running[i].take().context("already stopped")?;
+        r.stop_and_wait().await;
+        Ok(())
+    }
+
+    async fn revive(&mut self, i: usize) -> Result<()> {
+        self.running[i] = Some(spawn(SocketAddr::new(ip(i), self.port)).await?);
+        Ok(())
+    }
+}
+
+async fn spawn(addr: SocketAddr) -> Result<RunningBackend> {
+    Ok(demo_services::spawn_for_test_on(
+        addr,
+        ServiceOptions {
+            backend: Backend::Abc,
+            push_interval: None,
+        },
+    )
+    .await?)
+}
+
+/// The gateway in-process, with the test's name service and an admin listener.
+struct Gw {
+    addr: SocketAddr,
+    admin: SocketAddr,
+    reloader: gateway::Reloader,
+    _stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Gw {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Gw {
+    /// Starts a gateway whose `[backends]` holds `backends` (TOML lines), from a file in
+    /// `dir` when given (so it can be reloaded).
+    async fn start(backends: &str, dns: Arc<StubDns>, dir: Option<&PathBuf>) -> Result<Gw> {
+        let certs = certs();
+        let toml = format!(
+            "[tls]\ncert = {:?}\nkey = {:?}\n\n[auth]\npublic_key = {:?}\n\n[timeouts]\nbackend_connect = \"2s\"\n\n[backends]\n{backends}",
+            certs.join("server.crt"),
+            certs.join("server.key"),
+            certs.join("jwt-public.pem"),
+        );
+        let config = match dir {
+            Some(dir) => {
+                let path = dir.join("Config.toml");
+                std::fs::write(&path, &toml)?;
+                gateway::Config::load(&path)?
+            }
+            None => gateway::Config::from_toml_str(&toml, &loadgen::testbed::repo_root())?,
+        };
+        let gw = gateway::Gateway::with_lookup(config, dns)?;
+        let admin = TcpListener::bind("127.0.0.1:0").await?;
+        let admin_addr = admin.local_addr()?;
+        gw.spawn_admin(admin);
+        let reloader = gw.reloader();
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _ = gw
+                .serve(listener, async move {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Ok(Gw {
+            addr,
+            admin: admin_addr,
+            reloader,
+            _stop: stop,
+            task,
+        })
+    }
+
+    fn options(&self) -> Result<ConnectOptions> {
+        let pem = std::fs::read(certs().join("jwt-private.pem"))?;
+        let token = loadgen::token::mint_sample(&pem)?;
+        let mut opts = ConnectOptions::new(format!("wss://localhost:{}/gateway", self.addr.port()))
+            .header("ID", ID)
+            .header("Authorization", format!("Bearer {token}"));
+        opts.ca = Some(certs().join("ca.crt"));
+        Ok(opts)
+    }
+
+    /// Connects through the gateway and checks the session with an echo.
+    async fn session(&self) -> Result<Connected> {
+        let mut c = connect(&self.options()?)
+            .await
+            .context("connect through the gateway")?;
+        echo(&mut c.ws, b"hello pool").await?;
+        Ok(c)
+    }
+
+    async fn metrics(&self) -> Result<String> {
+        let mut tcp = tokio::net::TcpStream::connect(self.admin).await?;
+        tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut out = Vec::new();
+        tokio::time::timeout(DEADLINE, tcp.read_to_end(&mut out)).await??;
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+
+    /// A per-instance sample (`None`: the instance has no such series).
+    async fn instance_metric(&self, name: &str, instance: &str) -> Result<Option<f64>> {
+        let m = self.metrics().await?;
+        let prefix = format!("wsgate_{name}{{backend=\"{ID}\",instance=\"{instance}\"}} ");
+        Ok(m.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok()))
+    }
+}
+
+/// Polls a per-instance sample until `ok` holds; fails naming `what` after the deadline.
+async fn wait_metric(
+    gw: &Gw,
+    what: &str,
+    name: &str,
+    instance: &str,
+    ok: impl Fn(Option<f64>) -> bool,
+) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        let value = gw.instance_metric(name, instance).await?;
+        if ok(value) {
+            return Ok(());
+        }
+        if started.elapsed() > DEADLINE {
+            bail!("timed out waiting for {what} ({name} of {instance} is {value:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Opens a session and says which instance took it (the one whose count rose).
+async fn session_on(gw: &Gw, inst: &Instances) -> Result<(Connected, usize)> {
+    let before = inst.started();
+    let c = gw.session().await?;
+    let after = inst.started();
+    let rose: Vec<usize> = (0..3).filter(|&i| after[i] > before[i]).collect();
+    match rose[..] {
+        [i] => Ok((c, i)),
+        _ => bail!("expected one instance to take the session: {before:?} -> {after:?}"),
+    }
+}
+
+fn urls_entry(inst: &Instances, idx: &[usize], extra: &str) -> String {
+    let urls: Vec<String> = idx.iter().map(|&i| format!("{:?}", inst.url(i))).collect();
+    format!("{ID} = {{ urls = [{}]{extra} }}\n", urls.join(", "))
+}
+
+#[tokio::test]
+async fn round_robin_spreads_new_connections_evenly() -> Result<()> {
+    let inst = Instances::start().await?;
+    let gw = Gw::start(&urls_entry(&inst, &[0, 1, 2], ""), Arc::default(), None).await?;
+    let mut held = Vec::new();
+    for _ in 0..9 {
+        held.push(gw.session().await?);
+    }
+    ensure!(
+        inst.started() == [3, 3, 3],
+        "sessions per instance: {:?}",
+        inst.started()
+    );
+    ensure!(
+        inst.open() == [3, 3, 3],
+        "open per instance: {:?}",
+        inst.open()
+    );
+    for i in 0..3 {
+        let opened = gw
+            .instance_metric("backend_instance_connections_total", &inst.label(i))
+            .await?;
+        let live = gw.instance_metric(LIVE, &inst.label(i)).await?;
+        ensure!(
+            opened == Some(3.0) && live == Some(3.0),
+            "instance {i}: opened {opened:?}, live {live:?}"
+        );
+    }
+    // Sessions ending release their instance: the live gauge falls back to zero.
+    for mut c in held {
+        close_cleanly(&mut c.ws).await?;
+    }
+    for i in 0..3 {
+        let label = inst.label(i);
+        wait_metric(&gw, "the live gauge to drop to 0", LIVE, &label, |v| {
+            v == Some(0.0)
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn least_conn_sends_new_connections_to_the_least_loaded_instance() -> Result<()> {
+    let inst = Instances::start().await?;
+    let entry = urls_entry(&inst, &[0, 1, 2], ", balance = \"least_conn\"");
+    let gw = Gw::start(&entry, Arc::default(), None).await?;
+    // Two sessions each, remembering where each went.
+    let mut on: Vec<Vec<Connected>> = vec![Vec::new(), Vec::new(), Vec::new()];
+    for _ in 0..6 {
+        let (c, i) = session_on(&gw, &inst).await?;
+        on[i].push(c);
+    }
+    ensure!(
+        inst.open() == [2, 2, 2],
+        "least_conn with equal load spreads: {:?}",
+        inst.open()
+    );
+    // Instance 0 drops to no session, instance 1 to one: live is 0 / 1 / 2.
+    for mut c in on[0].drain(..).chain(on[1].drain(..1)) {
+        close_cleanly(&mut c.ws).await?;
+    }
+    wait_metric(&gw, "0's sessions to end", LIVE, &inst.label(0), |v| {
+        v == Some(0.0)
+    })
+    .await?;
+    wait_metric(&gw, "one of 1's to end", LIVE, &inst.label(1), |v| {
+        v == Some(1.0)
+    })
+    .await?;
+    // The emptiest instance takes the next one; then 0 and 1 tie and share; 2 gets none.
+    let (first, i) = session_on(&gw, &inst).await?;
+    ensure!(
+        i == 0,
+        "least_conn sent the first new session to instance {i}, not 0"
+    );
+    let mut more = vec![first];
+    for _ in 0..2 {
+        more.push(session_on(&gw, &inst).await?.0);
+    }
+    // 0 took the first and one of the tie with 1; 2 (busiest) took none.
+    ensure!(
+        inst.started() == [4, 3, 2],
+        "after three more: {:?}",
+        inst.started()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_dead_instance_is_ejected_retried_invisibly_and_readmitted_after_its_back_off(
+) -> Result<()> {
+    let mut inst = Instances::start().await?;
+    let eject = Duration::from_millis(1500);
+    let entry = urls_entry(&inst, &[0, 1, 2], ", eject = \"1500ms\"");
+    let gw = Gw::start(&entry, Arc::default(), None).await?;
+    for _ in 0..3 {
+        gw.session().await?;
+    }
+    ensure!(inst.started() == [1, 1, 1], "{:?}", inst.started());
+
+    inst.kill(0).await?;
+    let killed = Instant::now();
+    let dead = inst.label(0);
+    // Every new connection succeeds: the dead instance is retried on another, then ejected.
+    let before = inst.started();
+    let mut held = Vec::new();
+    for n in 0..10 {
+        held.push(
+            gw.session()
+                .await
+                .with_context(|| format!("connection {n} after the kill"))?,
+        );
+    }
+    let after = inst.started();
+    let (got1, got2) = (after[1] - before[1], after[2] - before[2]);
+    ensure!(got1 + got2 == 10, "{before:?} -> {after:?}");
+    ensure!(
+        got1 >= 3 && got2 >= 3,
+        "not spread over the two left: {got1} / {got2}"
+    );
+    let failures = gw
+        .instance_metric("backend_instance_connect_failures_total", &dead)
+        .await?;
+    let ejections = gw
+        .instance_metric("backend_instance_ejections_total", &dead)
+        .await?;
+    ensure!(
+        failures >= Some(1.0),
+        "no connect failure counted on the dead instance: {failures:?}"
+    );
+    ensure!(ejections >= Some(1.0), "no ejection counted: {ejections:?}");
+    let client_failures = gw.metrics().await?;
+    ensure!(
+        !client_failures.contains(&format!(
+            "wsgate_backend_connect_failures_total{{backend=\"{ID}\"}}"
+        )),
+        "a client saw a backend failure"
+    );
+
+    // Back on the same address: it takes sessions again once its back-off is over.
+    inst.revive(0).await?;
+    while inst.started()[0] == 0 {
+        ensure!(
+            killed.elapsed() < DEADLINE,
+            "the revived instance never got a session"
+        );
+        gw.session().await?;
+    }
+    let back_after = killed.elapsed();
+    ensure!(
+        back_after >= eject,
+        "readmitted {back_after:?} after the kill, within the {eject:?} back-off"
+    );
+    let opened = gw
+        .instance_metric("backend_instance_connections_total", &dead)
+        .await?;
+    ensure!(
+        opened >= Some(2.0),
+        "opened on the revived instance: {opened:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn connects_fail_only_when_every_instance_is_down_and_all_ejected_are_still_tried(
+) -> Result<()> {
+    let mut inst = Instances::start().await?;
+    let entry = urls_entry(&inst, &[0, 1], ", eject = \"1m\"");
+    let gw = Gw::start(&entry, Arc::default(), None).await?;
+    inst.kill(0).await?;
+    inst.kill(1).await?;
+    let (status, _) = refused(&gw.options()?).await?;
+    ensure!(status == 502, "both down: {status}");
+    // Both are ejected for a minute; one comes back and is still tried at once.
+    inst.revive(1).await?;
+    let (_c, i) = session_on(&gw, &inst).await?;
+    ensure!(i == 1, "session went to {i}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_dns_pool_follows_changed_answers_and_keeps_open_sessions() -> Result<()> {
+    let inst = Instances::start().await?;
+    let dns = Arc::new(StubDns::default());
+    dns.set(NAME, &[ip(0), ip(1)]);
+    let entry = format!(
+        "{ID} = {{ dns = \"{NAME}:{}\", path = \"{}\", refresh = \"200ms\" }}\n",
+        inst.port,
+        Backend::Abc.path()
+    );
+    let gw = Gw::start(&entry, dns.clone(), None).await?;
+    let mut on: Vec<Vec<Connected>> = vec![Vec::new(), Vec::new(), Vec::new()];
+    for _ in 0..4 {
+        let (c, i) = session_on(&gw, &inst).await?;
+        on[i].push(c);
+    }
+    ensure!(
+        inst.started() == [2, 2, 0],
+        "answers {{a,b}}: {:?}",
+        inst.started()
+    );
+    let mut on_a = on[0].pop().context("no session on a")?;
+    for mut c in on[0].drain(..) {
+        close_cleanly(&mut c.ws).await?;
+    }
+    let mut held: Vec<Connected> = on.into_iter().flatten().collect();
+
+    dns.set(NAME, &[ip(1), ip(2)]);
+    wait_metric(&gw, "the pool to pick up c", LIVE, &inst.label(2), |v| {
+        v.is_some()
+    })
+    .await?;
+    let before = inst.started();
+    for _ in 0..6 {
+        held.push(gw.session().await?);
+    }
+    let after = inst.started();
+    ensure!(
+        after[0] == before[0],
+        "a (gone from DNS) got new sessions: {before:?} -> {after:?}"
+    );
+    ensure!(
+        after[1] - before[1] == 3 && after[2] - before[2] == 3,
+        "b and c share the new sessions: {before:?} -> {after:?}"
+    );
+    // The session on a goes on; a's metrics stay while it lives and go when it ends.
+    echo(&mut on_a.ws, b"still on a").await?;
+    let a_label = inst.label(0);
+    wait_metric(&gw, "a's one open session", LIVE, &a_label, |v| {
+        v == Some(1.0)
+    })
+    .await?;
+    close_cleanly(&mut on_a.ws).await?;
+    wait_metric(&gw, "a's metric labels to go", LIVE, &a_label, |v| {
+        v.is_none()
+    })
+    .await?;
+
+    // A failed lookup keeps the last known instances.
+    if let Ok(mut a) = dns.answers.lock() {
+        a.remove(NAME);
+    }
+    let calls = |d: &StubDns| d.calls.load(std::sync::atomic::Ordering::Relaxed);
+    let asked = calls(&dns);
+    wait_for("two failed lookups", DEADLINE, || {
+        std::future::ready(Ok(calls(&dns) >= asked + 2))
+    })
+    .await?;
+    let before = inst.started();
+    for _ in 0..2 {
+        held.push(gw.session().await?);
+    }
+    let after = inst.started();
+    ensure!(
+        after[1] > before[1] && after[2] > before[2],
+        "lookup failing: {before:?} -> {after:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_reload_replaces_the_pool_and_sessions_on_removed_instances_go_on() -> Result<()> {
+    let inst = Instances::start().await?;
+    let dir = support::process::temp_dir("pools")?;
+    let gw = Gw::start(&urls_entry(&inst, &[0, 1], ""), Arc::default(), Some(&dir)).await?;
+    let (mut on_a, i) = session_on(&gw, &inst).await?;
+    ensure!(i == 0, "first session went to {i}");
+    let (_on_b, _) = session_on(&gw, &inst).await?;
+
+    let text = std::fs::read_to_string(dir.join("Config.toml"))?;
+    let text = text.replace(
+        &urls_entry(&inst, &[0, 1], ""),
+        &urls_entry(&inst, &[1, 2], ""),
+    );
+    std::fs::write(dir.join("Config.toml"), text)?;
+    gw.reloader.reload()?;
+
+    let before = inst.started();
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(gw.session().await?);
+    }
+    let after = inst.started();
+    ensure!(
+        after[0] == before[0],
+        "a removed instance got sessions: {before:?} -> {after:?}"
+    );
+    ensure!(
+        after[1] - before[1] == 2 && after[2] - before[2] == 2,
+        "{before:?} -> {after:?}"
+    );
+    // b was kept across the reload with its live count: still one session from before.
+    let b_live = gw.instance_metric(LIVE, &inst.label(1)).await?;
+    ensure!(
+        b_live == Some(3.0),
+        "b's live gauge after the reload: {b_live:?}"
+    );
+    echo(&mut on_a.ws, b"after the reload").await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
