@@ -335,7 +335,9 @@ async fn least_conn_sends_new_connections_to_the_least_loaded_instance() -> Resu
         inst.open()
     );
     // Instance 0 drops to no session, instance 1 to one: live is 0 / 1 / 2.
-    for mut c in on[0].drain(..).chain(on[1].drain(..1)) {
+    let mut closing: Vec<Connected> = on[0].drain(..).collect();
+    closing.extend(on[1].drain(..1));
+    for mut c in closing {
         close_cleanly(&mut c.ws).await?;
     }
     wait_metric(&gw, "0's sessions to end", LIVE, &inst.label(0), |v| {
