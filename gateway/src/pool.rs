@@ -154,6 +154,18 @@ impl Instance {
         }
     }
 
+    /// A health probe reached it: readmitted at once if it was ejected.
+    pub fn answered_probe(&self) {
+        if self.down.swap(false, Ordering::Relaxed) {
+            self.ejected_until.store(0, Ordering::Relaxed);
+            info!(
+                backend = &*self.target.id,
+                instance = &*self.addr,
+                "backend instance readmitted by the health check"
+            );
+        }
+    }
+
     /// Marks it as gone from its pool; its metric labels go with its last lease.
     pub fn retire(&self) {
         if !self.retired.swap(true, Ordering::Relaxed) && self.live() == 0 {
@@ -213,6 +225,8 @@ pub struct Pool {
     resolved: AtomicBool,
     /// DNS pools: the refresh task was started.
     discovering: AtomicBool,
+    /// `health_interval` set: the health-check task was started.
+    checking: AtomicBool,
     /// DNS pools: the last lookup failed (logged once until one works again).
     lookup_failing: AtomicBool,
     /// DNS pools: serialises applying lookup answers (never held across an await).
@@ -271,6 +285,7 @@ impl Pool {
             metrics: metrics.clone(),
             resolved: AtomicBool::new(resolved),
             discovering: AtomicBool::new(false),
+            checking: AtomicBool::new(false),
             lookup_failing: AtomicBool::new(false),
             applying: Mutex::new(()),
         }
@@ -368,6 +383,41 @@ impl Pool {
         });
     }
 
+    /// Starts the pool's background tasks (once each; needs a tokio runtime): DNS refresh,
+    /// and the health check when `health_interval` is set, each probe under `timeout`.
+    pub fn start_tasks(self: &Arc<Self>, lookup: &Arc<dyn Lookup>, timeout: Duration) {
+        self.start_discovery(lookup);
+        let Some(interval) = self.spec.health_interval else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.checking.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let pool: Weak<Pool> = Arc::downgrade(self);
+        let lookup = lookup.clone();
+        let timeout = timeout.min(interval);
+        // Out until a probe answers, even if `eject` is shorter than the interval.
+        let eject = self.spec.eject.max(interval);
+        runtime.spawn(async move {
+            loop {
+                let Some(list) = pool.upgrade().map(|p| p.instances()) else {
+                    return; // replaced by a reload
+                };
+                for i in list.iter() {
+                    match probe(i, lookup.as_ref(), timeout).await {
+                        Ok(()) => i.answered_probe(),
+                        Err(e) => i.failed(now_ms(), eject, &format_args!("health check: {e}")),
+                    }
+                }
+                drop(list);
+                tokio::time::sleep(interval).await;
+            }
+        });
+    }
+
     /// Looks the name up once and applies the answer; a failed or empty answer keeps the
     /// last known instances (logged once until a lookup works again).
     pub async fn refresh(&self, lookup: &dyn Lookup) {
@@ -448,6 +498,29 @@ impl Pool {
     }
 }
 
+/// One health probe: a TCP connect to the instance under `timeout`.
+async fn probe(i: &Instance, lookup: &dyn Lookup, timeout: Duration) -> std::io::Result<()> {
+    let connect = async {
+        let addr = match i.target.host.parse::<std::net::IpAddr>() {
+            Ok(ip) => SocketAddr::new(ip, i.target.port),
+            Err(_) => lookup
+                .lookup(&i.target.host, i.target.port)
+                .await?
+                .into_iter()
+                .next()
+                .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no addresses"))?,
+        };
+        tokio::net::TcpStream::connect(addr).await.map(drop)
+    };
+    match tokio::time::timeout(timeout, connect).await {
+        Ok(result) => result,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "connect timed out",
+        )),
+    }
+}
+
 /// The socket address of a DNS-discovered instance (its host is an IP literal).
 fn dns_addr(i: &Instance) -> Option<SocketAddr> {
     let ip = i.target.host.parse().ok()?;
@@ -486,6 +559,7 @@ mod tests {
             balance,
             eject: DEFAULT_EJECT,
             connect_attempts: None,
+            health_interval: None,
             single: false,
         };
         Pool::new(spec, &PoolMetrics::default(), None)

@@ -81,6 +81,9 @@ pub struct PoolSpec {
     pub eject: Duration,
     /// `connect_attempts`, when set: instances tried before the client sees 502/504.
     pub connect_attempts: Option<usize>,
+    /// `health_interval`, when set: every instance gets a TCP connect this often; one
+    /// that fails is ejected, an ejected one that answers is readmitted.
+    pub health_interval: Option<Duration>,
     /// Written as one URL string, so [`PoolSpec::describe`] writes it back that way.
     pub single: bool,
 }
@@ -103,7 +106,7 @@ fn at(key: &str, problem: impl Into<String>) -> SpecError {
     }
 }
 
-const KEYS: &str = "urls, dns, path, refresh, balance, eject, connect_attempts";
+const KEYS: &str = "urls, dns, path, refresh, balance, eject, connect_attempts, health_interval";
 
 impl PoolSpec {
     /// One instance at `target`: the sample's `ID = "ws://..."` form.
@@ -114,6 +117,7 @@ impl PoolSpec {
             balance: Balance::default(),
             eject: DEFAULT_EJECT,
             connect_attempts: None,
+            health_interval: None,
             single: true,
         }
     }
@@ -164,6 +168,10 @@ impl PoolSpec {
             }
         };
         let eject = duration("eject")?.unwrap_or(DEFAULT_EJECT);
+        let health_interval = duration("health_interval")?;
+        if health_interval.is_some_and(|d| d < Duration::from_millis(100)) {
+            return Err(at("health_interval", "must be at least 100ms"));
+        }
         let connect_attempts = match table.get("connect_attempts") {
             None => None,
             Some(toml::Value::Integer(n)) if *n >= 1 => {
@@ -226,6 +234,7 @@ impl PoolSpec {
             balance,
             eject,
             connect_attempts,
+            health_interval,
             single: false,
         })
     }
@@ -279,6 +288,9 @@ impl PoolSpec {
         );
         if let Some(n) = self.connect_attempts {
             let _ = write!(o, ", connect_attempts = {n}");
+        }
+        if let Some(d) = self.health_interval {
+            let _ = write!(o, ", health_interval = {}", secs(d));
         }
         o.push_str(" }");
         o
@@ -345,7 +357,7 @@ mod tests {
     fn the_three_forms_parse() -> Result<(), SpecError> {
         let one = parse("\"ws://localhost:8081/a\"")?;
         assert!(one.single && one.balance == Balance::RoundRobin && one.eject == DEFAULT_EJECT);
-        let urls = parse("{ urls = [\"ws://127.0.0.2:1/a\", \"ws://127.0.0.3:1/a\"], balance = \"least_conn\", eject = \"300ms\", connect_attempts = 2 }")?;
+        let urls = parse("{ urls = [\"ws://127.0.0.2:1/a\", \"ws://127.0.0.3:1/a\"], balance = \"least_conn\", eject = \"300ms\", connect_attempts = 2, health_interval = \"1s\" }")?;
         assert!(matches!(&urls.members, Members::Urls(t) if t.len() == 2));
         assert_eq!(
             (urls.balance, urls.eject, urls.connect_attempts),

@@ -79,7 +79,7 @@ impl Shared {
         let table = RouteTable::from_specs(&config.backends, &metrics.pools, None);
         let resolver = Resolver::with_lookup(lookup);
         for pool in table.pools() {
-            pool.start_discovery(resolver.lookup());
+            pool.start_tasks(resolver.lookup(), config.timeouts.backend_connect);
         }
         let router = Router::new(table);
         let config_path = config.loaded_from.clone();
@@ -112,7 +112,7 @@ impl Shared {
             Some(&self.router.current()),
         );
         for pool in table.pools() {
-            pool.start_discovery(self.resolver.lookup());
+            pool.start_tasks(self.resolver.lookup(), config.timeouts.backend_connect);
         }
         self.router.replace(table);
         let old = self.config.load();

@@ -443,6 +443,47 @@ async fn a_dead_instance_is_ejected_retried_invisibly_and_readmitted_after_its_b
 }
 
 #[tokio::test]
+async fn the_health_check_ejects_a_dead_instance_before_any_client_and_readmits_it() -> Result<()> {
+    let mut inst = Instances::start().await?;
+    // A minute's back-off: only the health check can bring the instance back in time.
+    let entry = urls_entry(
+        &inst,
+        &[0, 1, 2],
+        ", eject = \"1m\", health_interval = \"100ms\"",
+    );
+    let gw = Gw::start(&entry, Arc::default(), None).await?;
+    inst.kill(0).await?;
+    let dead = inst.label(0);
+    wait_metric(
+        &gw,
+        "the health check to eject 0",
+        "backend_instance_ejections_total",
+        &dead,
+        |v| v >= Some(1.0),
+    )
+    .await?;
+    let before = inst.started();
+    for _ in 0..6 {
+        gw.session().await?;
+    }
+    let after = inst.started();
+    ensure!(
+        after[1] - before[1] == 3 && after[2] - before[2] == 3,
+        "{before:?} -> {after:?}"
+    );
+    inst.revive(0).await?;
+    let revived = Instant::now();
+    while inst.started()[0] == 0 {
+        ensure!(
+            revived.elapsed() < DEADLINE,
+            "the health check never readmitted the instance"
+        );
+        gw.session().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
 async fn connects_fail_only_when_every_instance_is_down_and_all_ejected_are_still_tried(
 ) -> Result<()> {
     let mut inst = Instances::start().await?;
