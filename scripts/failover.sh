@@ -83,7 +83,7 @@ for i in 0 1 2; do
 done
 cat >"$tmp/haproxy.cfg" <<EOF
 # TCP mode: TLS passes through; /readyz on each gateway's admin port is the health check,
-# so a draining gateway (503) leaves the pool at once.
+# so a draining gateway (503) leaves the pool within a second.
 global
     maxconn 9000
 defaults
@@ -99,7 +99,10 @@ frontend wss
 backend gateways
     balance roundrobin
     option httpchk GET /readyz
-    default-server check inter 250ms fall 1 rise 2
+    # A check must fail twice (not once: this machine is busy) to take a server out;
+    # connections refused meanwhile are retried on another server (redispatch).
+    timeout check 2s
+    default-server check inter 300ms fall 2 rise 1
     server gw0 127.0.0.1:${gw_port[0]} port ${admin_port[0]}
     server gw1 127.0.0.1:${gw_port[1]} port ${admin_port[1]}
     server gw2 127.0.0.1:${gw_port[2]} port ${admin_port[2]}
@@ -109,7 +112,7 @@ pids+=($!)
 for p in "$b_abc" "$b_pqr" "$b_xyz" "${gw_port[@]}" "${admin_port[@]}" "$lb_port"; do
     wait_port "$p" 20 || { tail -n 5 "$tmp"/*.log; exit 1; }
 done
-sleep 1 # HAProxy's first health checks (rise 2 × 250 ms)
+sleep 1 # HAProxy's first health checks
 log "3 gateways on ${gw_port[*]} behind HAProxy 2.6 (TCP mode) on $lb_port; backends on $b_abc $b_pqr $b_xyz"
 log "loadgen: $conns connections, open loop at $rate msg/s, ${duration}s, --reconnect"
 
@@ -127,11 +130,12 @@ sessions() { # total sessions_active over the gateways given by index
 }
 deadline=$((SECONDS + 60))
 until [ "$(sessions 0 1 2)" -ge "$conns" ]; do
-    kill -0 "$lg" 2>/dev/null || { log "loadgen ended early"; cat "$tmp/loadgen.err"; exit 1; }
+    kill -0 "$lg" 2>/dev/null || { log "loadgen ended early"; cat "$tmp/loadgen.out" "$tmp/loadgen.err" "$tmp/haproxy.log"; exit 1; }
     ((SECONDS < deadline)) || { log "sessions never all open: $(sessions 0 1 2)/$conns"; exit 1; }
     sleep 0.2
 done
 log "all $conns sessions open: $(sessions 0) / $(sessions 1) / $(sessions 2) on gw0 / gw1 / gw2"
+log "connections accepted: $(metric "${admin_port[0]}" wsgate_connections_accepted_total) / $(metric "${admin_port[1]}" wsgate_connections_accepted_total) / $(metric "${admin_port[2]}" wsgate_connections_accepted_total)"
 sleep "$kill_after"
 victim=1
 held=$(sessions $victim)
