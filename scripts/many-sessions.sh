@@ -8,7 +8,8 @@
 #                            [--rate MSGS_PER_S] [--duration SECONDS] [--single N]
 #
 # Defaults: 5 gateways, 3 loadgens, 42,000 sessions, 1,000 msg/s over all of them for
-# 30 s; first a single gateway process holding --single (9,500) idle sessions.
+# 30 s (a probe loadgen measures steady-state round trips over its first two thirds); first
+# a single gateway process holding --single (9,500) idle sessions.
 # Reports: sessions held, gateway RSS per session (VmRSS summed over the gateway
 # processes while holding, minus the same sum right after start, / sessions), handshake
 # rate while opening, round-trip p99 under the light load (goal < 50 ms), and the
@@ -35,7 +36,7 @@ while (($#)); do
         --rate) rate="$2"; shift ;;
         --duration) duration="$2"; shift ;;
         --single) single="$2"; shift ;;
-        -h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "many-sessions.sh: unknown option $1" >&2; exit 64 ;;
     esac
     shift
@@ -73,7 +74,7 @@ fi
 be_pid=()
 gw_pid=()
 start_pair() { # index listen admin_port reuse_port
-    local i=$1 b
+    local i=$1 b port
     read -r -a b <<<"$(free_ports 3)"
     "$bin/demo-services" --abc-port "${b[0]}" --pqr-port "${b[1]}" --xyz-port "${b[2]}" \
         --push-interval 0 >"$tmp/backends$i.log" 2>&1 &
@@ -83,7 +84,7 @@ start_pair() { # index listen admin_port reuse_port
     RUST_LOG=warn "$bin/gateway" --config "$tmp/gateway$i.toml" >"$tmp/gateway$i.log" 2>&1 &
     gw_pid+=($!)
     pids+=($!)
-    for p in "${b[@]}" "$3"; do wait_port "$p" 30; done
+    for port in "${b[@]}" "$3"; do wait_port "$port" 30; done
 }
 
 # Sum of a metric over the admin ports given.
@@ -168,17 +169,30 @@ wait_port "$port" 30
 sleep 0.5
 rss_idle=$(sum_rss "${gw_pid[@]}")
 log "$n_gw gateways on 127.0.0.1:$port, idle RSS $rss_idle KiB in total"
+# The load: n_lg loadgens hold most sessions and send 90 % of the messages for the whole
+# --duration; a probe loadgen (300 sessions, the other 10 %) sends over its first two thirds
+# only, so its round trips are the steady state: not the opening, and not the end, when
+# 40,000 sessions close at once (which on 2 busy cores takes longer than the run).
+# Echoes are given 60 s before they count as missing: in that closing storm a late echo is
+# slow, not lost.
+probe_conns=300
+probe_s=$((duration * 2 / 3))
 lgs=()
-remaining=$sessions
+remaining=$((sessions - probe_conns))
 t0=$SECONDS
-for ((k = 0; k < n_lg; k++)); do
-    n=$((remaining / (n_lg - k)))
-    remaining=$((remaining - n))
+for ((k = 0; k <= n_lg; k++)); do
+    if ((k < n_lg)); then
+        n=$((remaining / (n_lg - k)))
+        remaining=$((remaining - n))
+        args=(--conns "$n" --rate "$(python3 -c "print($rate * 0.9 / $n_lg)")" --duration "${duration}s")
+    else
+        args=(--conns "$probe_conns" --rate "$(python3 -c "print($rate * 0.1)")" --duration "${probe_s}s")
+    fi
     # Two source addresses per loadgen (127.0.<k+1>.1-2): ~7,000 ports on each, far from
     # the 28,232 ephemeral ports one address has toward one destination.
-    "$bin/loadgen" --url "wss://localhost:$port/gateway" --backend all --conns "$n" \
-        --rate "$(python3 -c "print($rate / $n_lg)")" --hold 300s --hold-until "$tmp/go" \
-        --duration "${duration}s" --connect-timeout 30s \
+    "$bin/loadgen" --url "wss://localhost:$port/gateway" --backend all "${args[@]}" \
+        --hold 300s --hold-until "$tmp/go" --connect-timeout 30s \
+        --echo-timeout 60s --drain-timeout 20s \
         --source-addrs "127.0.$((k + 1)).1-127.0.$((k + 1)).2" \
         --no-progress --json "$tmp/lg$k.json" >"$tmp/lg$k.out" 2>&1 &
     lgs+=($!)
@@ -201,13 +215,13 @@ touch "$tmp/go"
 for pid in "${lgs[@]}"; do wait "$pid" || true; done
 
 echo
-for ((k = 0; k < n_lg; k++)); do
-    echo "--- loadgen $k"
-    grep -v '^$' "$tmp/lg$k.out" | tail -n 8
+for ((k = 0; k <= n_lg; k++)); do
+    if ((k < n_lg)); then echo "--- loadgen $k"; else echo "--- probe loadgen (steady-state round trips)"; fi
+    grep -v '^$' "$tmp/lg$k.out"
 done
 echo
 opened=0 errors=0 echoed=0 failed=0 p99max=0 p50max=0 handshake_rates=()
-for ((k = 0; k < n_lg; k++)); do
+for ((k = 0; k <= n_lg; k++)); do
     j="$tmp/lg$k.json"
     if [ ! -s "$j" ]; then log "loadgen $k wrote no report"; fail=1; continue; fi
     opened=$((opened + $(jq .total.connections.opened "$j")))
@@ -220,6 +234,11 @@ for ((k = 0; k < n_lg; k++)); do
     ((p50 > p50max)) && p50max=$p50
     handshake_rates+=("$(jq -r '.conns_per_s // 0 | floor' "$j")")
 done
+j="$tmp/lg$n_lg.json"
+probe_p50=$(jq .total.rtt_us.p50 "$j" 2>/dev/null || echo 0)
+probe_p99=$(jq .total.rtt_us.p99 "$j" 2>/dev/null || echo 0)
+probe_n=$(jq .total.rtt_us.count "$j" 2>/dev/null || echo 0)
+ms() { awk -v v="$1" 'BEGIN { printf "%.1f", v / 1000 }'; }
 rate_all=$(python3 -c "print(f'{$held / max($open_s, 1):.0f}')")
 echo "== many-sessions summary ($(date -u '+%F %H:%M UTC'), $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg))"
 echo "  single gateway process: $held1 idle sessions, $single_per KiB RSS per session (goal <= 20)"
@@ -227,10 +246,19 @@ echo "  $n_gw gateways (SO_REUSEPORT, one port) + $n_gw demo-services + $n_lg lo
 echo "  sessions held: $held of $sessions asked (opened $opened, failed $failed); per gateway: ${dist[*]}"
 echo "  gateway RSS: $rss_idle KiB idle -> $rss_held KiB held = $per KiB per session"
 echo "  handshakes: $held sessions open after $open_s s = $rate_all conns/s overall (per loadgen, over its own connect phase: ${handshake_rates[*]} conns/s)"
-echo "  light load: $rate msg/s total for ${duration}s, $echoed echoes; RTT p50 <= $(awk -v v="$p50max" 'BEGIN{printf "%.1f", v/1000}') ms, p99 <= $(awk -v v="$p99max" 'BEGIN{printf "%.1f", v/1000}') ms (largest over the loadgens; goal < 50 ms)"
+echo "  light load: $rate msg/s total for ${duration}s, $echoed echoes"
+echo "  RTT steady state (probe, first ${probe_s}s of sending, $probe_n samples): p50 $(ms "$probe_p50") ms, p99 $(ms "$probe_p99") ms (goal < 50 ms)"
+echo "  RTT whole run incl. opening and the closing storm: p50 <= $(ms "$p50max") ms, p99 <= $(ms "$p99max") ms (largest over the loadgens)"
 echo "  integrity errors: $errors"
 if ((held < sessions)); then echo "  FAIL  fewer sessions held than asked"; fail=1; fi
 if ((errors > 0)); then echo "  FAIL  integrity errors"; fail=1; fi
-if ((p99max >= 50000)); then echo "  NOTE  p99 above the 50 ms goal"; fi
-if ((fail)); then echo "MANY-SESSIONS: FAIL"; exit 1; fi
+if ((probe_p99 >= 50000)); then echo "  NOTE  steady-state p99 above the 50 ms goal"; fi
+if ((fail)); then
+    for ((i = 0; i < n_gw; i++)); do
+        echo "--- gateway $i log (warnings; tail)"
+        tail -n 5 "$tmp/gateway$i.log"
+    done
+    echo "MANY-SESSIONS: FAIL"
+    exit 1
+fi
 echo "MANY-SESSIONS: PASS"

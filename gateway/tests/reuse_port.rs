@@ -5,8 +5,6 @@
 
 mod support;
 
-use std::time::Duration;
-
 use anyhow::{ensure, Context, Result};
 use demo_services::{Backend, ServiceOptions};
 use fastwebsockets::{Frame, OpCode, Payload, WebSocket};
