@@ -581,7 +581,11 @@ mod tests {
         assert_eq!(c.server.path, "/gateway");
         assert!(!c.server.reuse_port);
         let text = format!("[server]\nreuse_port = true\n{MINIMAL}");
-        assert!(Config::from_toml_str(&text, Path::new("."))?.server.reuse_port);
+        assert!(
+            Config::from_toml_str(&text, Path::new("."))?
+                .server
+                .reuse_port
+        );
         assert_eq!(c.auth.issuer, "wso2");
         assert_eq!(c.auth.required_scopes, vec!["admin"]);
         assert_eq!(c.tls.cert, Path::new("/etc/wsgate/certs/server.crt"));

@@ -15,7 +15,11 @@ use support::*;
 const CLIENTS: usize = 32;
 const ACCEPTED: &str = "wsgate_connections_accepted_total";
 
-async fn gateway(backend_url: &str, listen: Option<std::net::SocketAddr>, reuse_port: bool) -> Result<GatewayProc> {
+async fn gateway(
+    backend_url: &str,
+    listen: Option<std::net::SocketAddr>,
+    reuse_port: bool,
+) -> Result<GatewayProc> {
     GatewayProc::start(ProcOptions {
         backends: vec![("Backend_ABC".into(), backend_url.to_owned())],
         listen,
@@ -99,11 +103,17 @@ async fn two_processes_share_a_port_and_one_can_leave() -> Result<()> {
 
     // The port still takes new connections: all go to the process left.
     for _ in 0..8 {
-        let mut ws = open_client(&b).await.context("connect after one process left")?;
+        let mut ws = open_client(&b)
+            .await
+            .context("connect after one process left")?;
         close_cleanly(&mut ws).await?;
     }
     let after = b.metric(ACCEPTED).await? as usize;
-    ensure!(after == on_b + 8, "remaining process accepted {after}, expected {}", on_b + 8);
+    ensure!(
+        after == on_b + 8,
+        "remaining process accepted {after}, expected {}",
+        on_b + 8
+    );
     for ws in &mut clients {
         let _ = send(ws, Frame::close(1000, b"")).await;
     }

@@ -68,8 +68,13 @@ async fn serve(stream: TcpStream, ending: Option<Ending>) -> anyhow::Result<()> 
                     _ => {}
                 }
                 let payload = frame.payload.to_vec();
-                ws.write_frame(Frame::new(true, OpCode::Binary, None, Payload::Owned(payload)))
-                    .await?;
+                ws.write_frame(Frame::new(
+                    true,
+                    OpCode::Binary,
+                    None,
+                    Payload::Owned(payload),
+                ))
+                .await?;
             }
             _ => {}
         }
