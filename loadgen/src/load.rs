@@ -312,11 +312,10 @@ pub async fn run(opts: &LoadOptions, stop: impl Future<Output = ()>) -> anyhow::
         opts,
         &shared,
         &outcomes,
-        duration,
+        [connect_phase, duration],
         [cpu_start, cpu_connected, cpu_end],
         nofile,
         sources.len(),
-        connect_phase,
     ))
 }
 
@@ -383,11 +382,10 @@ fn build(
     opts: &LoadOptions,
     shared: &Shared,
     outcomes: &[Outcome],
-    duration: Duration,
+    [connect_phase, duration]: [Duration; 2],
     [cpu_start, cpu_connected, cpu_end]: [CpuTime; 3],
     nofile: u64,
     source_addrs: usize,
-    connect_phase: Duration,
 ) -> LoadRun {
     let (rtt, connect) = shared.recorder.merged();
     let duration_s = duration.as_secs_f64();

@@ -94,11 +94,11 @@ async fn run(addr: SocketAddr, reconnect: Option<Reconnect>) -> anyhow::Result<L
         reconnect,
         ..Default::default()
     };
-    Ok(tokio::time::timeout(
+    tokio::time::timeout(
         Duration::from_secs(30),
         load::run(&opts, std::future::pending()),
     )
-    .await??)
+    .await?
 }
 
 fn policy(attempts: u32) -> Option<Reconnect> {
