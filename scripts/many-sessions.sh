@@ -36,7 +36,7 @@ while (($#)); do
         --rate) rate="$2"; shift ;;
         --duration) duration="$2"; shift ;;
         --single) single="$2"; shift ;;
-        -h | --help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "many-sessions.sh: unknown option $1" >&2; exit 64 ;;
     esac
     shift
