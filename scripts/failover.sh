@@ -36,7 +36,7 @@ while (($#)); do
         --rate) rate="$2"; shift ;;
         --duration) duration="$2"; shift ;;
         --kill-after) kill_after="$2"; shift ;;
-        -h | --help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "failover.sh: unknown option $1" >&2; exit 64 ;;
     esac
     shift
