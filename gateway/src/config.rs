@@ -84,6 +84,11 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// The only path that is upgraded.
     pub path: String,
+    /// Bind the listener with `SO_REUSEPORT`, so several gateway processes can listen on
+    /// the same address and the kernel spreads new connections over them (one process
+    /// per few thousand sessions when the open-file limit is low; rolling restarts).
+    /// Read at start-up only.
+    pub reuse_port: bool,
 }
 
 impl Default for ServerConfig {
@@ -91,6 +96,7 @@ impl Default for ServerConfig {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
             path: "/gateway".into(),
+            reuse_port: false,
         }
     }
 }
@@ -456,9 +462,10 @@ impl Config {
         };
         let _ = writeln!(
             o,
-            "[server]\nlisten = {}\npath = {}\n",
+            "[server]\nlisten = {}\npath = {}\nreuse_port = {}\n",
             q(&self.server.listen.to_string()),
-            q(&self.server.path)
+            q(&self.server.path),
+            self.server.reuse_port
         );
         let _ = writeln!(
             o,
@@ -606,6 +613,13 @@ mod tests {
         let c = Config::from_toml_str(MINIMAL, Path::new("/etc/wsgate"))?;
         assert_eq!(c.server.listen.port(), 9090);
         assert_eq!(c.server.path, "/gateway");
+        assert!(!c.server.reuse_port);
+        let text = format!("[server]\nreuse_port = true\n{MINIMAL}");
+        assert!(
+            Config::from_toml_str(&text, Path::new("."))?
+                .server
+                .reuse_port
+        );
         assert_eq!(c.auth.issuer, "wso2");
         assert_eq!(c.auth.required_scopes, vec!["admin"]);
         assert_eq!(c.tls.cert, Path::new("/etc/wsgate/certs/server.crt"));

@@ -1,18 +1,49 @@
 //! Listen: accept TCP connections, take a connection-limit slot, hand each to its task.
 //!
 //! Accept errors (EMFILE when descriptors run out, for one) back off and retry instead of
-//! ending or spinning the loop.
+//! ending or spinning the loop. [`bind`] opens the listening socket, optionally with
+//! `SO_REUSEPORT` so several gateway processes share one port.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tracing::{error, info, Instrument};
 
 use crate::service::serve_connection;
 use crate::state::Shared;
+
+/// Pending connections the kernel queues per listener (as `TcpListener::bind` uses; the
+/// kernel caps it at `net.core.somaxconn`).
+const BACKLOG: u32 = 1024;
+
+/// Binds the client listener on `addr`. With `reuse_port`, `SO_REUSEPORT` is set first:
+/// every process (of the same user) binding the same address with it gets its own accept
+/// queue, and the kernel spreads new connections over them by a hash of the addresses.
+/// Without it, binding an address another process holds fails (`EADDRINUSE`).
+pub fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // As `TcpListener::bind` does: a restart need not wait for TIME_WAIT sockets to expire.
+    socket.set_reuseaddr(true)?;
+    if reuse_port {
+        #[cfg(all(unix, not(any(target_os = "solaris", target_os = "illumos"))))]
+        socket.set_reuseport(true)?;
+        #[cfg(not(all(unix, not(any(target_os = "solaris", target_os = "illumos")))))]
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "[server] reuse_port is not supported on this system",
+        ));
+    }
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
 
 /// Accepts until `shutdown` resolves.
 pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future<Output = ()>) {

@@ -71,6 +71,7 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async move {
         let listen = config.server.listen;
+        let reuse_port = config.server.reuse_port;
         let gateway = match gateway::Gateway::new(config) {
             Ok(g) => g,
             Err(e) => {
@@ -102,7 +103,7 @@ fn main() -> ExitCode {
             }
         }
         spawn_reload_on_sighup(gateway.reloader());
-        let listener = match tokio::net::TcpListener::bind(listen).await {
+        let listener = match gateway::listener::bind(listen, reuse_port) {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("gateway: cannot listen on {listen}: {e}");

@@ -140,6 +140,25 @@ pub struct LoadArgs {
     /// No progress line on stderr (it only shows on a terminal anyway).
     #[arg(long)]
     pub no_progress: bool,
+    /// Reopen a connection the server closes (close frame such as 1001 on a gateway
+    /// shutdown, EOF, reset) and carry on sending; its unanswered messages count as lost
+    /// at close, not as errors.
+    #[arg(long)]
+    pub reconnect: bool,
+    /// With --reconnect: failed attempts in a row before a connection gives up.
+    #[arg(long, default_value_t = 10, requires = "reconnect")]
+    pub reconnect_attempts: u32,
+    /// With --reconnect: back-off before the first attempt; doubles after each failure
+    /// (up to 5 s), each wait a random 50-100 % of it.
+    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration, requires = "reconnect")]
+    pub reconnect_backoff: Duration,
+    /// After every connection is open, hold them idle this long before sending (e.g. to
+    /// measure memory per idle session, or to let other generators finish connecting).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub hold: Duration,
+    /// End --hold as soon as this file exists (starts several generators together).
+    #[arg(long, value_name = "FILE", requires = "hold")]
+    pub hold_until: Option<PathBuf>,
     /// Target and credentials.
     #[command(flatten)]
     pub target: TargetArgs,
@@ -214,6 +233,12 @@ impl LoadArgs {
             drain_timeout: self.drain_timeout,
             close_timeout: Duration::from_secs(5),
             progress: !self.no_progress && std::io::stderr().is_terminal(),
+            reconnect: self.reconnect.then_some(crate::conn::Reconnect {
+                attempts: self.reconnect_attempts,
+                backoff: self.reconnect_backoff,
+            }),
+            hold: self.hold,
+            hold_until: self.hold_until.clone(),
         }
     }
 }
@@ -380,6 +405,13 @@ mod tests {
             "r.html",
             "--source-addrs",
             "127.0.0.1-127.0.0.4",
+            "--reconnect",
+            "--reconnect-attempts",
+            "3",
+            "--hold",
+            "1m",
+            "--hold-until",
+            "go",
         ])?;
         let o = cli.load.options();
         assert_eq!(o.backends.len(), 3);
@@ -390,6 +422,18 @@ mod tests {
             vec![("X-A".into(), "1".into()), ("X-B".into(), "2".into())]
         );
         assert!(matches!(o.source_addrs, SourceAddrs::List(ref l) if l.len() == 4));
+        assert_eq!(
+            o.reconnect,
+            Some(crate::conn::Reconnect {
+                attempts: 3,
+                backoff: Duration::from_millis(100)
+            })
+        );
+        assert_eq!(
+            (o.hold, o.hold_until),
+            (Duration::from_secs(60), Some(PathBuf::from("go")))
+        );
+        assert!(Cli::try_parse_from(["loadgen", "--reconnect-attempts", "3"]).is_err());
         assert!(Cli::try_parse_from(["loadgen", "--header", "bad header"]).is_err());
         assert!(Cli::try_parse_from(["loadgen", "--token", "a", "--jwt-key", "k"]).is_err());
         Ok(())

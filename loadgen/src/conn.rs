@@ -1,14 +1,20 @@
 //! One load connection's life: open it (counting the failure if it does not), run its
 //! [`session`](crate::session) until the end of the run, and sum up what it did.
+//!
+//! With a [`Reconnect`] policy, a stream the server ends (close frame, EOF, reset) while
+//! the run is still sending is replaced: after a jittered, doubling back-off the same
+//! connection (same id, backend and source address) opens again and carries on, up to
+//! `attempts` failed tries in a row. Its unanswered messages count as lost at close.
 
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rand::Rng as _;
 use tokio::sync::{watch, OwnedSemaphorePermit};
 
-use crate::client::Connector;
+use crate::client::{Connector, WsStream};
 use crate::session::Session;
 use crate::stats::{Live, Recorder};
 use crate::track::IntegrityErrors;
@@ -50,6 +56,33 @@ pub struct Shared {
     pub recorder: Recorder,
     /// Counters for the progress line.
     pub live: Live,
+    /// Reopen streams the server ends (`None`: such a connection just ends).
+    pub reconnect: Option<Reconnect>,
+}
+
+/// How a connection whose stream the server ended opens a new one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Reconnect {
+    /// Failed attempts in a row before the connection gives up.
+    pub attempts: u32,
+    /// Back-off before the first attempt; doubles after each failure (capped at 5 s), and
+    /// each wait is a random 50–100 % of it, so a crowd of clients does not come back at
+    /// once.
+    pub backoff: Duration,
+}
+
+impl Reconnect {
+    /// Longest back-off.
+    const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+    /// The wait before attempt `n` (0-based).
+    pub fn delay(&self, n: u32) -> Duration {
+        let base = self
+            .backoff
+            .saturating_mul(1u32 << n.min(16))
+            .min(Self::MAX_BACKOFF);
+        base.mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
+    }
 }
 
 /// Which connection to open.
@@ -89,6 +122,33 @@ pub struct Outcome {
     pub pushes: u64,
     /// Integrity errors.
     pub errors: IntegrityErrors,
+    /// Streams the server ended, by how: close code (`1001`), `eof`, `reset`, `io error`.
+    pub closes: Vec<String>,
+    /// New streams opened after the server ended one.
+    pub reconnects: u64,
+    /// Reconnect attempts that failed.
+    pub reconnect_failures: u64,
+    /// Messages unanswered on streams the server ended (with reconnects on; without, they
+    /// are missing).
+    pub lost_at_close: u64,
+}
+
+impl Outcome {
+    /// An outcome with nothing done yet.
+    pub fn new(backend: usize, end: End) -> Self {
+        Outcome {
+            backend,
+            end,
+            sent: 0,
+            echoed: 0,
+            pushes: 0,
+            errors: IntegrityErrors::default(),
+            closes: Vec::new(),
+            reconnects: 0,
+            reconnect_failures: 0,
+            lost_at_close: 0,
+        }
+    }
 }
 
 /// Opens connection `plan` (releasing `permit` once the handshake is over) and runs it
@@ -100,23 +160,12 @@ pub async fn run(
     phase: watch::Receiver<Phase>,
 ) -> Outcome {
     let live = shared.live.backend(plan.backend);
-    let mut outcome = Outcome {
-        backend: plan.backend,
-        end: End::Clean,
-        sent: 0,
-        echoed: 0,
-        pushes: 0,
-        errors: IntegrityErrors::default(),
-    };
+    let mut outcome = Outcome::new(plan.backend, End::Clean);
     let started = Instant::now();
-    let id = shared.backends.get(plan.backend).map_or("", String::as_str);
-    let res = shared
-        .connector
-        .connect_raw(&[("ID", id)], plan.local)
-        .await;
+    let res = open(&shared, plan).await;
     drop(permit);
-    let upgraded = match res {
-        Ok(u) => u,
+    let mut stream = match res {
+        Ok(s) => s,
         Err(e) => {
             live.failed.fetch_add(1, Ordering::Relaxed);
             outcome.end = End::Failed(e.to_string());
@@ -130,7 +179,28 @@ pub async fn run(
     live.opened.fetch_add(1, Ordering::Relaxed);
 
     let mut session = Session::new(&shared, plan, phase);
-    let end = session.drive(upgraded.stream).await;
+    let end = loop {
+        let end = session.drive(stream).await;
+        let Some(how) = session.take_server_close() else {
+            break end;
+        };
+        outcome.closes.push(how);
+        let Some(policy) = shared.reconnect else {
+            break end;
+        };
+        outcome.lost_at_close += session.reset_stream();
+        if !session.wants_stream() {
+            break end;
+        }
+        match reopen(&shared, plan, policy, &mut session, &mut outcome).await {
+            Ok(s) => {
+                outcome.reconnects += 1;
+                live.reconnects.fetch_add(1, Ordering::Relaxed);
+                stream = s;
+            }
+            Err(why) => break End::Dropped(why),
+        }
+    };
     session.tracker.finish();
     shared
         .recorder
@@ -144,6 +214,59 @@ pub async fn run(
     outcome.pushes = session.pushes;
     outcome.errors = session.tracker.errors;
     outcome
+}
+
+/// One TCP (+ TLS) connect and upgrade for `plan`.
+async fn open(shared: &Shared, plan: Plan) -> Result<WsStream, crate::client::ConnectError> {
+    let id = shared.backends.get(plan.backend).map_or("", String::as_str);
+    let upgraded = shared
+        .connector
+        .connect_raw(&[("ID", id)], plan.local)
+        .await?;
+    Ok(upgraded.stream)
+}
+
+/// Opens a new stream after the server ended one: back-off, try, repeat; gives up (with
+/// the reason) after `policy.attempts` failures or when the run stops sending.
+async fn reopen(
+    shared: &Shared,
+    plan: Plan,
+    policy: Reconnect,
+    session: &mut Session<'_>,
+    outcome: &mut Outcome,
+) -> Result<WsStream, String> {
+    let mut last_error = String::from("no attempt made");
+    for n in 0..policy.attempts {
+        let wait = tokio::time::sleep(policy.delay(n));
+        tokio::pin!(wait);
+        // The back-off ends early only to give up: when the run stops sending.
+        loop {
+            if !session.wants_stream() {
+                return Err(format!(
+                    "closed by the server and the run ended before a reconnect ({last_error})"
+                ));
+            }
+            tokio::select! {
+                () = &mut wait => break,
+                changed = session.phase_mut().changed() => {
+                    if changed.is_err() {
+                        return Err("run over while reconnecting".to_owned());
+                    }
+                }
+            }
+        }
+        match open(shared, plan).await {
+            Ok(s) => return Ok(s),
+            Err(e) => {
+                outcome.reconnect_failures += 1;
+                last_error = e.to_string();
+            }
+        }
+    }
+    Err(format!(
+        "reconnect failed {} times: {last_error}",
+        policy.attempts
+    ))
 }
 
 /// Whether a text message is a demo backend's push: a JSON object with a `message` field.

@@ -1,7 +1,8 @@
 //! Load mode: open the connections, run for the duration, drain, close, report.
 //!
 //! Phases: *connect* (at `connect_rate`, at most `connect_concurrency` handshakes at a
-//! time; idle connections answer pings and count pushes), *run* (every connection sends:
+//! time; idle connections answer pings and count pushes), *hold* (optional: stay idle for
+//! `hold`, or until the file `hold_until` exists), *run* (every connection sends:
 //! closed or open loop), *drain* (stop sending, wait up to `drain_timeout` for
 //! outstanding echoes), *close* (1000 to every connection), then the report.
 
@@ -17,7 +18,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::client::{ConnectOptions, Connector};
-use crate::conn::{self, End, Outcome, Phase, Plan, Shared};
+use crate::conn::{self, End, Outcome, Phase, Plan, Reconnect, Shared};
 use crate::progress::Progress;
 use crate::report::{self, Report, Usage};
 use crate::stats::{new_histogram, Live, Recorder};
@@ -72,6 +73,13 @@ pub struct LoadOptions {
     pub close_timeout: Duration,
     /// Show the live progress line on stderr.
     pub progress: bool,
+    /// Reopen connections the server closes (`None`: they end, and their unanswered
+    /// messages count as missing).
+    pub reconnect: Option<Reconnect>,
+    /// After connecting, stay idle this long before sending (or until `hold_until`).
+    pub hold: Duration,
+    /// End the hold as soon as this file exists (to start several generators together).
+    pub hold_until: Option<PathBuf>,
 }
 
 impl Default for LoadOptions {
@@ -96,6 +104,9 @@ impl Default for LoadOptions {
             drain_timeout: Duration::from_secs(5),
             close_timeout: Duration::from_secs(5),
             progress: false,
+            reconnect: None,
+            hold: Duration::ZERO,
+            hold_until: None,
         }
     }
 }
@@ -154,6 +165,9 @@ fn validate(opts: &LoadOptions) -> Result<(), UsageError> {
     if opts.connect_concurrency == 0 {
         return bad("--connect-concurrency must be at least 1".to_owned());
     }
+    if opts.reconnect.is_some_and(|r| r.attempts == 0) {
+        return bad("--reconnect-attempts must be at least 1".to_owned());
+    }
     Ok(())
 }
 
@@ -210,6 +224,7 @@ pub async fn run(opts: &LoadOptions, stop: impl Future<Output = ()>) -> anyhow::
         epoch: Instant::now(),
         recorder: Recorder::new(opts.backends.len()),
         live: Live::new(opts.backends.len()),
+        reconnect: opts.reconnect,
     });
     let (phase_tx, phase_rx) = watch::channel(Phase::Connecting);
     let mut progress = Progress::new(opts.progress);
@@ -219,6 +234,7 @@ pub async fn run(opts: &LoadOptions, stop: impl Future<Output = ()>) -> anyhow::
     let mut stopped_early = false;
 
     // Connect phase.
+    let connect_start = Instant::now();
     let mut spawner = tokio::spawn(spawn_connections(
         shared.clone(),
         opts.clone(),
@@ -245,7 +261,24 @@ pub async fn run(opts: &LoadOptions, stop: impl Future<Output = ()>) -> anyhow::
             () = &mut stop => { stopped_early = true; break; }
         }
     }
+    let connect_phase = connect_start.elapsed();
     let cpu_connected = sys::cpu_time().unwrap_or_default();
+
+    // Hold phase.
+    if !stopped_early && !opts.hold.is_zero() {
+        let end = tokio::time::Instant::now() + opts.hold;
+        loop {
+            progress.update("holding", requested, &shared.live.totals());
+            if opts.hold_until.as_ref().is_some_and(|p| p.exists()) {
+                break;
+            }
+            tokio::select! {
+                () = tokio::time::sleep_until(end) => break,
+                _ = tick.tick() => {}
+                () = &mut stop => { stopped_early = true; break; }
+            }
+        }
+    }
 
     // Run phase.
     let opened = shared.live.totals().opened;
@@ -279,7 +312,7 @@ pub async fn run(opts: &LoadOptions, stop: impl Future<Output = ()>) -> anyhow::
         opts,
         &shared,
         &outcomes,
-        duration,
+        [connect_phase, duration],
         [cpu_start, cpu_connected, cpu_end],
         nofile,
         sources.len(),
@@ -349,7 +382,7 @@ fn build(
     opts: &LoadOptions,
     shared: &Shared,
     outcomes: &[Outcome],
-    duration: Duration,
+    [connect_phase, duration]: [Duration; 2],
     [cpu_start, cpu_connected, cpu_end]: [CpuTime; 3],
     nofile: u64,
     source_addrs: usize,
@@ -366,14 +399,10 @@ fn build(
     let mut lost: Vec<Outcome> = Vec::new();
     for (b, n) in counted.iter().enumerate() {
         for _ in *n..requested_of(b) {
-            lost.push(Outcome {
-                backend: b,
-                end: End::Dropped("did not finish closing in time".to_owned()),
-                sent: 0,
-                echoed: 0,
-                pushes: 0,
-                errors: Default::default(),
-            });
+            lost.push(Outcome::new(
+                b,
+                End::Dropped("did not finish closing in time".to_owned()),
+            ));
         }
     }
     let all: Vec<&Outcome> = outcomes.iter().chain(&lost).collect();
@@ -431,6 +460,10 @@ fn build(
         rate: opts.rate,
         size: opts.size,
         duration_s,
+        connect_phase_s: connect_phase.as_secs_f64(),
+        conns_per_s: (connect_phase > Duration::ZERO)
+            .then(|| total.connections.opened as f64 / connect_phase.as_secs_f64()),
+        reconnect: opts.reconnect.is_some(),
         backends,
         total,
         loadgen,

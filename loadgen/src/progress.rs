@@ -38,8 +38,8 @@ impl Progress {
         };
         self.last = Some((now, t.echoed));
         bar.set_message(format!(
-            "{phase}: conns {}/{} open, {} failed, {} dropped | sent {} echoed {} | {:.0} msg/s",
-            t.opened, requested, t.failed, t.dropped, t.sent, t.echoed, rate
+            "{phase}: conns {}/{} open, {} failed, {} dropped, {} reconnects | sent {} echoed {} | {:.0} msg/s",
+            t.opened, requested, t.failed, t.dropped, t.reconnects, t.sent, t.echoed, rate
         ));
     }
 

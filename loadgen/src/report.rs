@@ -12,6 +12,9 @@
 //!   "rate": null | 50000.0,        // open loop: target msgs/s over all connections
 //!   "size": 128,                   // message size, bytes
 //!   "duration_s": 30.0,            // measured sending phase
+//!   "connect_phase_s": 1.2,        // from the first connect to the last open or failure
+//!   "conns_per_s": 833.0,          // opened / connect_phase_s (null if 0 s)
+//!   "reconnect": false,            // --reconnect was on
 //!   "backends": [ Section, ... ],  // one per backend, in the order used
 //!   "total": Section,              // all backends together ("backend": "total")
 //!   "loadgen": { "cpu_user_s", "cpu_system_s", "cpu_s", "cpu_us_per_msg",
@@ -22,8 +25,10 @@
 //!   "connections": { "requested", "opened", "failed",
 //!                    "failures": [ { "reason": "HTTP 401: ...", "count": 3 } ],
 //!                    "dropped", "drops": [ { "reason", "count" } ],
+//!                    "closes": [ { "reason": "1001", "count": 40 } ],  // ended by the server
+//!                    "reconnects", "reconnect_failures",
 //!                    "connect_ms": { "p50", "p99", "max" } },
-//!   "messages": { "sent", "echoed", "pushes", "msgs_per_s", "bytes_per_s" },
+//!   "messages": { "sent", "echoed", "pushes", "lost_at_close", "msgs_per_s", "bytes_per_s" },
 //!   "rtt_us": { "count", "min", "mean", "p50", "p90", "p99", "p999", "max" },
 //!   "errors": { "missing", "duplicate", "reordered", "corrupted", "unexpected", "total" }
 //! }
@@ -58,6 +63,16 @@ pub struct Report {
     pub size: usize,
     /// Length of the sending phase in seconds (rates divide by this).
     pub duration_s: f64,
+    /// Length of the connect phase in seconds: first connect to the last connection open
+    /// or failed (measured on a 100 ms tick).
+    #[serde(default)]
+    pub connect_phase_s: f64,
+    /// Connections opened per second of the connect phase.
+    #[serde(default)]
+    pub conns_per_s: Option<f64>,
+    /// Whether connections the server closed were reopened (`--reconnect`).
+    #[serde(default)]
+    pub reconnect: bool,
     /// One section per backend, in the order used.
     pub backends: Vec<Section>,
     /// All backends together; its `backend` is `total`.
@@ -96,6 +111,17 @@ pub struct Connections {
     pub dropped: u64,
     /// Why they ended, grouped, most frequent first.
     pub drops: Vec<Count>,
+    /// Streams the server ended before we closed them, by close code (`1001`) or `eof`,
+    /// `reset`, `io error`; most frequent first. With `--reconnect` a connection may
+    /// count several.
+    #[serde(default)]
+    pub closes: Vec<Count>,
+    /// Streams reopened after the server ended one (`--reconnect`).
+    #[serde(default)]
+    pub reconnects: u64,
+    /// Reconnect attempts that failed.
+    #[serde(default)]
+    pub reconnect_failures: u64,
     /// Time to open (TCP + TLS + upgrade), ms.
     pub connect_ms: ConnectLatency,
 }
@@ -129,6 +155,10 @@ pub struct Messages {
     pub echoed: u64,
     /// Backend pushes received (recognised and ignored).
     pub pushes: u64,
+    /// With `--reconnect`: messages unanswered on streams the server ended (sent or
+    /// queued when the close arrived); not integrity errors. Without, they are missing.
+    #[serde(default)]
+    pub lost_at_close: u64,
     /// Echoes per second of the sending phase.
     pub msgs_per_s: f64,
     /// Echoed payload bytes per second (one direction).
@@ -231,6 +261,8 @@ pub fn section<'a>(
 ) -> Section {
     let mut failures: HashMap<&str, u64> = HashMap::new();
     let mut drops: HashMap<&str, u64> = HashMap::new();
+    let mut closes: HashMap<&str, u64> = HashMap::new();
+    let (mut reconnects, mut reconnect_failures) = (0, 0);
     let mut messages = Messages::default();
     let mut kinds = IntegrityErrors::default();
     let (mut opened, mut failed) = (0, 0);
@@ -245,6 +277,12 @@ pub fn section<'a>(
             End::Clean => {}
         }
         opened += 1;
+        for how in &o.closes {
+            *closes.entry(how).or_default() += 1;
+        }
+        reconnects += o.reconnects;
+        reconnect_failures += o.reconnect_failures;
+        messages.lost_at_close += o.lost_at_close;
         messages.sent += o.sent;
         messages.echoed += o.echoed;
         messages.pushes += o.pushes;
@@ -264,6 +302,9 @@ pub fn section<'a>(
             failures: grouped(failures),
             dropped,
             drops: grouped(drops),
+            closes: grouped(closes),
+            reconnects,
+            reconnect_failures,
             connect_ms: ConnectLatency::from_histogram(connect),
         },
         messages,
@@ -388,6 +429,34 @@ pub fn write_table(r: &Report, w: &mut dyn Write) -> io::Result<()> {
             )?;
         }
     }
+    let t = &r.total;
+    if r.reconnect || !t.connections.closes.is_empty() {
+        let closes: Vec<String> = t
+            .connections
+            .closes
+            .iter()
+            .map(|c| format!("{} ×{}", c.reason, c.count))
+            .collect();
+        writeln!(
+            w,
+            "closed by the server: {}; reconnects {} ({} failed attempts); messages lost at close {}",
+            if closes.is_empty() {
+                "none".to_owned()
+            } else {
+                closes.join(", ")
+            },
+            t.connections.reconnects,
+            t.connections.reconnect_failures,
+            t.messages.lost_at_close,
+        )?;
+    }
+    if let Some(rate) = r.conns_per_s {
+        writeln!(
+            w,
+            "connect phase: {:.1} s, {rate:.0} connections/s",
+            r.connect_phase_s
+        )?;
+    }
     let u = &r.loadgen;
     let per_msg = u
         .cpu_us_per_msg
@@ -413,14 +482,11 @@ mod tests {
     use super::*;
 
     fn outcome(backend: usize, end: End, echoed: u64) -> Outcome {
-        Outcome {
-            backend,
-            end,
-            sent: echoed,
-            echoed,
-            pushes: 1,
-            errors: IntegrityErrors::default(),
-        }
+        let mut o = Outcome::new(backend, end);
+        o.sent = echoed;
+        o.echoed = echoed;
+        o.pushes = 1;
+        o
     }
 
     #[test]
@@ -430,19 +496,39 @@ mod tests {
             outcome(0, End::Failed("HTTP 401: expired".into()), 0),
             outcome(0, End::Failed("HTTP 401: expired".into()), 0),
             outcome(0, End::Dropped("closed by the server: 1011".into()), 4),
+            Outcome {
+                closes: vec!["1001".into(), "eof".into(), "1001".into()],
+                reconnects: 3,
+                lost_at_close: 5,
+                ..outcome(0, End::Clean, 1)
+            },
         ];
         let mut h = crate::stats::new_histogram();
         h.record(100)?;
         h.record(300)?;
-        let s = section("Backend_ABC", 4, outs.iter(), &h, &h, 128, 2.0);
+        let s = section("Backend_ABC", 5, outs.iter(), &h, &h, 128, 2.0);
         assert_eq!(
             (
                 s.connections.opened,
                 s.connections.failed,
                 s.connections.dropped
             ),
-            (2, 2, 1)
+            (3, 2, 1)
         );
+        assert_eq!(
+            s.connections.closes,
+            vec![
+                Count {
+                    reason: "1001".into(),
+                    count: 2
+                },
+                Count {
+                    reason: "eof".into(),
+                    count: 1
+                }
+            ]
+        );
+        assert_eq!((s.connections.reconnects, s.messages.lost_at_close), (3, 5));
         assert_eq!(
             s.connections.failures,
             vec![Count {
@@ -450,12 +536,14 @@ mod tests {
                 count: 2
             }]
         );
-        assert_eq!(s.messages.echoed, 14);
-        assert!((s.messages.msgs_per_s - 7.0).abs() < 1e-9);
+        assert_eq!(s.messages.echoed, 15);
+        assert!((s.messages.msgs_per_s - 7.5).abs() < 1e-9);
         assert_eq!(s.rtt_us.count, 2);
         let json = serde_json::to_value(&s)?;
         assert_eq!(json["errors"]["missing"], 0);
         assert_eq!(json["errors"]["total"], 0);
+        assert_eq!(json["messages"]["lost_at_close"], 5);
+        assert_eq!(json["connections"]["closes"][0]["reason"], "1001");
         Ok(())
     }
 

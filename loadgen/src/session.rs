@@ -6,6 +6,10 @@
 //! with a single call per burst followed by a flush: one TLS record and one syscall for
 //! many messages. Reads, writes, the phase signal and one timer are awaited together;
 //! each of those operations is cancel-safe, so nothing is lost when another one wins.
+//!
+//! A session outlives its stream when the run reconnects: [`Session::drive`] returns when
+//! a stream ends, [`Session::server_close`] says whether the server ended it, and
+//! [`Session::reset_stream`] prepares the session for the next stream.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -68,6 +72,9 @@ pub(crate) struct Session<'a> {
     /// Counts already published to the live counters.
     published_sent: u64,
     published_echoed: u64,
+    /// Set when the server ended the last stream before we closed it: the close code
+    /// (`1001`), `eof` or `reset`/`io error`. Taken by [`Session::take_server_close`].
+    server_close: Option<String>,
 }
 
 /// What the connection's loop waits for.
@@ -99,7 +106,39 @@ impl<'a> Session<'a> {
             pushes: 0,
             published_sent: 0,
             published_echoed: 0,
+            server_close: None,
         }
+    }
+
+    /// How the server ended the last stream, if it did (a close frame's code, `eof`,
+    /// `reset`, `io error`); `None` when we ended it.
+    pub(crate) fn take_server_close(&mut self) -> Option<String> {
+        self.server_close.take()
+    }
+
+    /// Whether the session still has work for a new stream: the run has not stopped and
+    /// this session has not started draining or closing.
+    pub(crate) fn wants_stream(&self) -> bool {
+        matches!(self.state, State::Idle | State::Sending)
+            && !matches!(*self.phase.borrow(), Phase::Stop)
+    }
+
+    /// The phase receiver, to wait on while reconnecting.
+    pub(crate) fn phase_mut(&mut self) -> &mut watch::Receiver<Phase> {
+        &mut self.phase
+    }
+
+    /// Forgets the last stream: unanswered messages are lost at close (returned), unsent
+    /// bytes are dropped, and an open loop resumes from now (messages due while there was
+    /// no stream are not sent, so they show in neither the latencies nor the counts).
+    pub(crate) fn reset_stream(&mut self) -> u64 {
+        let lost = self.tracker.lose_at_close();
+        self.out.clear();
+        self.written = 0;
+        self.need_flush = false;
+        self.fragments.clear();
+        self.next_due_ns = self.next_due_ns.max(self.now_ns());
+        lost
     }
 
     fn now_ns(&self) -> u64 {
@@ -159,7 +198,10 @@ impl<'a> Session<'a> {
                 Event::Read(Ok(0)) => {
                     return match self.state {
                         State::Closing(_) => End::Clean,
-                        _ => End::Dropped("connection closed without a close frame".to_owned()),
+                        _ => {
+                            self.server_close = Some("eof".to_owned());
+                            End::Dropped("connection closed without a close frame".to_owned())
+                        }
                     };
                 }
                 Event::Read(Ok(_)) => {
@@ -175,9 +217,15 @@ impl<'a> Session<'a> {
                     }
                     self.publish();
                 }
-                Event::Read(Err(e)) => return End::Dropped(format!("read: {e}")),
+                Event::Read(Err(e)) => {
+                    self.server_close = Some(io_close_label(&e));
+                    return End::Dropped(format!("read: {e}"));
+                }
                 Event::Wrote(Ok(n)) => self.on_written(n),
-                Event::Wrote(Err(e)) => return End::Dropped(format!("write: {e}")),
+                Event::Wrote(Err(e)) => {
+                    self.server_close = Some(io_close_label(&e));
+                    return End::Dropped(format!("write: {e}"));
+                }
                 Event::Phase(alive) => {
                     if alive {
                         self.apply_phase();
@@ -378,6 +426,7 @@ impl<'a> Session<'a> {
                     State::Closing(_) => End::Clean,
                     _ => {
                         let (code, reason) = describe_close(payload);
+                        self.server_close = Some(code.to_string());
                         // Echo the code back, as RFC 6455 §5.5.1 asks.
                         wire::put_control(
                             &mut self.out,
@@ -433,6 +482,18 @@ impl<'a> Session<'a> {
                 .fetch_add(self.echoed - self.published_echoed, Ordering::Relaxed);
             self.published_echoed = self.echoed;
         }
+    }
+}
+
+/// The label of a stream the server ended with an I/O error.
+fn io_close_label(e: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe => {
+            "reset".to_owned()
+        }
+        ErrorKind::UnexpectedEof => "eof".to_owned(),
+        _ => "io error".to_owned(),
     }
 }
 

@@ -102,6 +102,8 @@ pub struct LiveBackend {
     pub echoed: AtomicU64,
     /// Connections that ended before the run did.
     pub dropped: AtomicU64,
+    /// Streams reopened after the server ended one.
+    pub reconnects: AtomicU64,
 }
 
 /// Live counters for the progress line.
@@ -124,6 +126,8 @@ pub struct LiveTotals {
     pub echoed: u64,
     /// Connections that ended early.
     pub dropped: u64,
+    /// Streams reopened after the server ended one.
+    pub reconnects: u64,
 }
 
 impl Live {
@@ -148,6 +152,7 @@ impl Live {
             t.sent += b.sent.load(Ordering::Relaxed);
             t.echoed += b.echoed.load(Ordering::Relaxed);
             t.dropped += b.dropped.load(Ordering::Relaxed);
+            t.reconnects += b.reconnects.load(Ordering::Relaxed);
         }
         t
     }

@@ -5,6 +5,10 @@
 //! they still arrive, count as *reordered*, else (after the echo timeout, or at the end
 //! of the run) as *missing*. An echo of nothing outstanding is a *duplicate*; one whose
 //! bytes, length, connection id or timestamp differ from what was sent is *corrupted*.
+//!
+//! With reconnects, a connection the server closes (close frame, EOF, reset) hands its
+//! unanswered messages to [`Tracker::lose_at_close`]: they are *lost at close*, counted
+//! apart from the errors, and sequence numbers carry on over the next connection.
 
 use std::collections::VecDeque;
 
@@ -64,6 +68,8 @@ pub struct Tracker {
     skipped: VecDeque<Pending>,
     /// Errors found so far.
     pub errors: IntegrityErrors,
+    /// Messages outstanding on connections the server closed (see [`Tracker::lose_at_close`]).
+    pub lost_at_close: u64,
 }
 
 impl Tracker {
@@ -76,6 +82,7 @@ impl Tracker {
             outstanding: VecDeque::new(),
             skipped: VecDeque::new(),
             errors: IntegrityErrors::default(),
+            lost_at_close: 0,
         }
     }
 
@@ -159,6 +166,19 @@ impl Tracker {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+
+    /// The server closed the connection: messages still awaiting their echo (sent, or
+    /// queued to send) are lost at close, not errors; ones already overtaken by a later
+    /// echo were lost on the live connection and are missing. Returns the number lost at
+    /// close.
+    pub fn lose_at_close(&mut self) -> u64 {
+        let lost = self.outstanding.len() as u64;
+        self.errors.missing += self.skipped.len() as u64;
+        self.outstanding.clear();
+        self.skipped.clear();
+        self.lost_at_close += lost;
+        lost
     }
 
     /// Ends the run: every message still unanswered is missing.
@@ -287,6 +307,20 @@ mod tests {
                 ..Default::default()
             }
         );
+    }
+
+    #[test]
+    fn a_close_loses_the_outstanding_and_sequence_numbers_carry_on() {
+        let mut t = Tracker::new(0, SIZE);
+        let sent = send(&mut t, 5);
+        assert!(t.on_echo(&sent[0], 100).is_some());
+        assert!(t.on_echo(&sent[2], 100).is_some(), "1 is overtaken");
+        assert_eq!(t.lose_at_close(), 2, "3 and 4 were outstanding");
+        assert_eq!(t.errors.missing, 1, "the overtaken one is missing");
+        let next = msg(t.next_stamp(60));
+        assert_eq!(t.on_echo(&next, 100), Some(40));
+        t.finish();
+        assert_eq!((t.sent(), t.lost_at_close), (6, 2));
     }
 
     #[test]

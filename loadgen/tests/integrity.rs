@@ -4,13 +4,12 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::BytesMut;
-use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocket};
-use gateway::prefixed::Prefixed;
+mod common;
+
+use fastwebsockets::{Frame, OpCode, Payload};
 use loadgen::load::{self, LoadOptions};
 use loadgen::token::TokenSource;
 use loadgen::track::IntegrityErrors;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// How the echo server misbehaves; `n` counts binary messages per connection from 1.
@@ -36,31 +35,8 @@ async fn start_echo(breakage: Breakage) -> anyhow::Result<SocketAddr> {
     Ok(addr)
 }
 
-async fn serve(mut stream: TcpStream, breakage: Breakage) -> anyhow::Result<()> {
-    let mut buf = BytesMut::with_capacity(4096);
-    let (key, head_len) = loop {
-        if stream.read_buf(&mut buf).await? == 0 {
-            anyhow::bail!("closed during the handshake");
-        }
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut req = httparse::Request::new(&mut headers);
-        if let httparse::Status::Complete(n) = req.parse(&buf)? {
-            let key = req
-                .headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case("sec-websocket-key"))
-                .map(|h| h.value.to_vec())
-                .ok_or_else(|| anyhow::anyhow!("no key"))?;
-            break (key, n);
-        }
-    };
-    let accept = gateway::wsclient::accept_key(&key);
-    let answer = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
-    );
-    stream.write_all(answer.as_bytes()).await?;
-    let leftover = buf.split_off(head_len).freeze();
-    let mut ws = WebSocket::after_handshake(Prefixed::new(leftover, stream), Role::Server);
+async fn serve(stream: TcpStream, breakage: Breakage) -> anyhow::Result<()> {
+    let mut ws = common::accept_ws(stream).await?;
     let mut n = 0u64;
     let mut held: Option<Vec<u8>> = None;
     loop {

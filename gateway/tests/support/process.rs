@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use loadgen::client::ConnectOptions;
 
 use super::{certs, wait_for, DEADLINE};
@@ -26,6 +26,10 @@ pub struct ProcOptions {
     pub nofile: Option<u64>,
     /// `RUST_LOG` for the process (default `info`).
     pub rust_log: Option<String>,
+    /// Where the client listener binds (default `127.0.0.1:0`).
+    pub listen: Option<SocketAddr>,
+    /// Extra lines for the `[server]` table (e.g. `reuse_port = true`).
+    pub server_toml: String,
 }
 
 /// A running gateway process; killed (SIGKILL) when dropped if still running.
@@ -62,14 +66,18 @@ pub fn temp_dir(tag: &str) -> Result<PathBuf> {
 }
 
 impl GatewayProc {
-    /// Writes a config (listen on 127.0.0.1:0, the repository's certs), starts the
+    /// Writes a config (listen on 127.0.0.1:0 unless told, the repository's certs), starts the
     /// binary and waits for its "wsgate listening" line.
     pub async fn start(opts: ProcOptions) -> Result<GatewayProc> {
         let certs = certs();
         let dir = temp_dir("gw")?;
+        let listen = opts
+            .listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
         let mut toml = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+            "[server]\nlisten = \"{listen}\"\n{}\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
              [tls]\ncert = {:?}\nkey = {:?}\n\n[auth]\npublic_key = {:?}\n\n[backends]\n",
+            opts.server_toml,
             certs.join("server.crt"),
             certs.join("server.key"),
             certs.join("jwt-public.pem"),
@@ -161,6 +169,29 @@ impl GatewayProc {
             .next()?
             .parse()
             .ok()
+    }
+
+    /// The `/metrics` page from the admin listener.
+    pub async fn metrics(&self) -> Result<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self.admin_addr().context("no admin address in the log")?;
+        let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+        tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut out = Vec::new();
+        tokio::time::timeout(DEADLINE, tcp.read_to_end(&mut out)).await??;
+        let text = String::from_utf8_lossy(&out).into_owned();
+        ensure!(text.starts_with("HTTP/1.1 200"), "metrics answered {text}");
+        Ok(text)
+    }
+
+    /// A counter or gauge without labels from `/metrics` (0 when absent).
+    pub async fn metric(&self, name: &str) -> Result<f64> {
+        let page = self.metrics().await?;
+        Ok(page
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or(0.0))
     }
 
     /// The gateway URL (`wss://localhost:<port>/gateway`).
