@@ -17,6 +17,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::backend::{self, BackendConn};
@@ -28,7 +29,6 @@ use crate::refusal::Refusal;
 use crate::route::BackendTarget;
 use crate::session::{self, Side};
 use crate::state::Shared;
-use crate::tls::{ClientStream, ReadAhead};
 use crate::wsclient::accept_key;
 
 type Body = Full<Bytes>;
@@ -45,22 +45,18 @@ pub async fn serve_connection(
 ) {
     let _ = tcp.set_nodelay(true);
     let config = shared.config();
-    let tls = match tokio::time::timeout(
-        config.timeouts.tls_handshake,
-        shared.tls().accept(ReadAhead::new(tcp)),
-    )
-    .await
-    {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            debug!(conn = conn_id, %peer, error = %e, "TLS handshake failed");
-            return;
-        }
-        Err(_) => {
-            debug!(conn = conn_id, %peer, "TLS handshake timed out");
-            return;
-        }
-    };
+    let tls =
+        match tokio::time::timeout(config.timeouts.tls_handshake, shared.tls().accept(tcp)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                debug!(conn = conn_id, %peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                debug!(conn = conn_id, %peer, "TLS handshake timed out");
+                return;
+            }
+        };
     let (slot, limit_hit) = match slot {
         Ok(slot) => (Some(slot), None),
         Err(hit) => (None, Some(hit)),
@@ -281,7 +277,7 @@ async fn run_session(
     peer: SocketAddr,
     conn_id: u64,
 ) {
-    let parts = match upgraded.downcast::<TokioIo<ClientStream>>() {
+    let parts = match upgraded.downcast::<TokioIo<TlsStream<TcpStream>>>() {
         Ok(parts) => parts,
         Err(_) => {
             warn!(conn = conn_id, %peer, "upgraded connection is not the expected TLS stream");
