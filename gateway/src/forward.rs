@@ -86,6 +86,10 @@ pub const IDLE: CloseMsg = CloseMsg {
     reason: "idle timeout",
 };
 
+// Rare paths (stop, close, keepalive ping) are awaited boxed: a future awaited inline is
+// part of the pump's state for the session's whole life, and every idle session pays for
+// the largest of them; boxed, they cost an allocation only when they run.
+
 /// How often an idle pump gives its buffers back when keepalive is off.
 const RELEASE_PERIOD: Duration = Duration::from_secs(30);
 
@@ -121,8 +125,10 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'_, R, W> {
         loop {
             // Instructions first, so a flood from the source cannot hold off a stop.
             match inbox.take() {
-                Some(Control::Stop(how)) => return stopped(dst, how, lost).await,
-                Some(Control::Ping) if write_ping(dst).await.is_err() => return PumpEnd::DestLost,
+                Some(Control::Stop(how)) => return Box::pin(stopped(dst, how, lost)).await,
+                Some(Control::Ping) if Box::pin(write_ping(dst)).await.is_err() => {
+                    return PumpEnd::DestLost
+                }
                 _ => {}
             }
             // Take whatever is ready now, without waiting: this is what batches a burst.
@@ -147,12 +153,14 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'_, R, W> {
                                 biased;
                                 c = inbox.next() => match c {
                                     Control::Ping => ping_due = true,
-                                    Control::Stop(how) => return stopped(dst, how, lost).await,
+                                    Control::Stop(how) => return Box::pin(stopped(dst, how, lost)).await,
                                 },
                                 r = dst.flush() => break r,
                             }
                         };
-                        if flushed.is_err() || (ping_due && write_ping(dst).await.is_err()) {
+                        if flushed.is_err()
+                            || (ping_due && Box::pin(write_ping(dst)).await.is_err())
+                        {
                             return PumpEnd::DestLost;
                         }
                     }
@@ -161,11 +169,11 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'_, R, W> {
                             biased;
                             c = inbox.next() => match c {
                                 Control::Ping => {
-                                    if write_ping(dst).await.is_err() {
+                                    if Box::pin(write_ping(dst)).await.is_err() {
                                         return PumpEnd::DestLost;
                                     }
                                 }
-                                Control::Stop(how) => return stopped(dst, how, lost).await,
+                                Control::Stop(how) => return Box::pin(stopped(dst, how, lost)).await,
                             },
                             r = std::future::poll_fn(|cx| {
                                 let mut process = |data: &[u8]| process(data, src_is_client, &limits, &mut progress, dst, counters);
@@ -183,7 +191,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'_, R, W> {
                                     continue;
                                 }
                                 if pinged {
-                                    let _ = send_close(dst, IDLE).await;
+                                    let _ = Box::pin(send_close(dst, IDLE)).await;
                                     return PumpEnd::SourceIdle;
                                 }
                                 pinged = true;
@@ -208,11 +216,11 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'_, R, W> {
                     };
                 }
                 Ok(Some(Stop::Violation(code))) => {
-                    let _ = send_close(dst, PROTOCOL_ERROR_TO_PEER).await;
+                    let _ = Box::pin(send_close(dst, PROTOCOL_ERROR_TO_PEER)).await;
                     return PumpEnd::SourceViolation(code);
                 }
                 Err(_) => {
-                    let _ = send_close(dst, lost).await;
+                    let _ = Box::pin(send_close(dst, lost)).await;
                     return PumpEnd::SourceLost;
                 }
             }

@@ -121,12 +121,13 @@ async fn handle(
             let instance = conn.lease.as_ref().map(|l| l.instance().addr.clone());
             debug!(conn = conn_id, %peer, backend = %target, instance = instance.as_deref(), handshake_ms, "upgrading");
             let span = tracing::info_span!("session", conn = conn_id, %peer, backend = %target, instance = instance.as_deref());
+            // This task only waits for the upgrade; the session gets a task of its own
+            // (see `start_session`), so what is needed here is not held for its life.
             tokio::spawn(
                 async move {
-                    let _slot = slot;
                     match on_upgrade.await {
                         Ok(upgraded) => {
-                            run_session(shared, upgraded, conn, &target, peer, conn_id).await
+                            start_session(shared, upgraded, conn, &target, peer, conn_id, slot)
                         }
                         Err(e) => {
                             debug!(conn = conn_id, %peer, error = %e, "client upgrade failed")
@@ -270,16 +271,19 @@ fn accept(
         .map_err(|_| Refusal::BadGateway("could not build the upgrade response".into()))
 }
 
-async fn run_session(
+/// Starts the session of an upgraded connection in a task of its own, which holds only
+/// what the session needs for its life (the proxy future, the connection-limit `slot`, the
+/// bookkeeping at its end), not what waiting for the upgrade needed.
+fn start_session(
     shared: Arc<Shared>,
     upgraded: hyper::upgrade::Upgraded,
     backend: BackendConn,
     target: &str,
     peer: SocketAddr,
     conn_id: u64,
+    slot: Option<Slot>,
 ) {
-    // Counts this session against its pool instance until the session ends.
-    let _lease = backend.lease;
+    let lease = backend.lease;
     let parts = match upgraded.downcast::<TokioIo<TlsStream<TcpStream>>>() {
         Ok(parts) => parts,
         Err(_) => {
@@ -301,7 +305,9 @@ async fn run_session(
         })
         .clone();
     active.inc();
-    let report = session::proxy(
+    // Boxed: awaiting a future held by value stores it twice in the awaiting future (the
+    // captured value and the awaited one), which was ~2 KiB per idle session.
+    let proxy = Box::pin(session::proxy(
         Side {
             read: client_read,
             write: client_write,
@@ -314,21 +320,30 @@ async fn run_session(
         },
         opts,
         shared.shutdown_rx.clone(),
-    )
-    .await;
-    shared.active.fetch_sub(1, Ordering::Relaxed);
-    active.dec();
-    shared.metrics.session_ended(target, &report);
-    info!(
-        conn = conn_id,
-        %peer,
-        backend = %target,
-        outcome = report.outcome(),
-        up_msgs = report.upstream.frames,
-        up_bytes = report.upstream.bytes,
-        down_msgs = report.downstream.frames,
-        down_bytes = report.downstream.bytes,
-        duration_ms = report.duration.as_millis() as u64,
-        "session ended"
+    ));
+    let backend_id = target.to_owned();
+    tokio::spawn(
+        async move {
+            let _slot = slot;
+            // Counts this session against its pool instance until the session ends.
+            let _lease = lease;
+            let report = proxy.await;
+            shared.active.fetch_sub(1, Ordering::Relaxed);
+            active.dec();
+            shared.metrics.session_ended(&backend_id, &report);
+            info!(
+                conn = conn_id,
+                %peer,
+                backend = %backend_id,
+                outcome = report.outcome(),
+                up_msgs = report.upstream.frames,
+                up_bytes = report.upstream.bytes,
+                down_msgs = report.downstream.frames,
+                down_bytes = report.downstream.bytes,
+                duration_ms = report.duration.as_millis() as u64,
+                "session ended"
+            );
+        }
+        .in_current_span(),
     );
 }

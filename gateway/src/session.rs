@@ -228,14 +228,15 @@ where
                 let (_, d) = tokio::join!(&mut up, &mut down);
                 d
             };
-            let second = match tokio::time::timeout(opts.close_timeout, backend_answered).await {
-                Ok(end) => Some(end),
-                Err(_) => {
-                    down_inbox.stop(StopWith::Close(SHUTTING_DOWN));
-                    let _ = tokio::time::timeout(opts.close_timeout, &mut down).await;
-                    None
-                }
-            };
+            let second =
+                match Box::pin(tokio::time::timeout(opts.close_timeout, backend_answered)).await {
+                    Ok(end) => Some(end),
+                    Err(_) => {
+                        down_inbox.stop(StopWith::Close(SHUTTING_DOWN));
+                        let _ = Box::pin(tokio::time::timeout(opts.close_timeout, &mut down)).await;
+                        None
+                    }
+                };
             (first, second)
         } else {
             let instruction = match first.1 {
@@ -269,7 +270,7 @@ where
             };
             (
                 first,
-                tokio::time::timeout(opts.close_timeout, other_end)
+                Box::pin(tokio::time::timeout(opts.close_timeout, other_end))
                     .await
                     .ok(),
             )
@@ -277,10 +278,10 @@ where
     };
 
     // Both directions are done with the writers: end TLS and TCP politely, bounded.
-    let _ = tokio::time::timeout(opts.close_timeout, async {
+    let _ = Box::pin(tokio::time::timeout(opts.close_timeout, async {
         let _ = cwrite.shutdown().await;
         let _ = bwrite.shutdown().await;
-    })
+    }))
     .await;
 
     SessionReport {
