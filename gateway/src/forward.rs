@@ -185,8 +185,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'_, R, W> {
                                     pinged = false;
                                     continue;
                                 }
-                                // Idle since the last tick: hold no batch memory.
+                                // Idle since the last tick: hold no read or batch memory.
                                 dst.release();
+                                src.release();
                                 if limits.keepalive.is_none() {
                                     continue;
                                 }

@@ -2,9 +2,11 @@
 //!
 //! Bytes are read into a per-thread scratch buffer and handed, in the same poll, to a
 //! processor that forwards every whole frame. Only an incomplete frame's bytes (or frames
-//! left over when the writer's batch filled) are kept per session, so an idle session
-//! holds no read buffer at all. Nothing is consumed before it is processed, which also
-//! makes a pending read safe to drop.
+//! left over when the writer's batch filled) are kept per session. The buffer that holds
+//! them is reused while the session is busy (a frame split across reads costs no
+//! allocation) and given back by [`FrameReader::release`] once the session idles, so an
+//! idle session holds no read buffer at all. Nothing is consumed before it is processed,
+//! which also makes a pending read safe to drop.
 
 use std::cell::RefCell;
 use std::io;
@@ -16,6 +18,10 @@ use tokio::io::{AsyncRead, ReadBuf};
 
 /// Size of each worker thread's scratch buffer: the most one read takes.
 const SCRATCH_LEN: usize = 64 * 1024;
+
+/// A drained buffer larger than this is freed at once rather than kept for reuse, so one
+/// big message does not pin its memory until the session next idles.
+const KEEP_LIMIT: usize = 2 * SCRATCH_LEN;
 
 thread_local! {
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; SCRATCH_LEN].into_boxed_slice());
@@ -36,7 +42,8 @@ pub enum Stop {
 #[derive(Debug)]
 pub struct FrameReader<R> {
     inner: R,
-    /// Bytes received but not yet processed; unallocated when empty.
+    /// Bytes received but not yet processed; its allocation is kept for reuse while the
+    /// session is busy and freed by `release`.
     pending: BytesMut,
 }
 
@@ -102,6 +109,18 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
         self.pending.advance(used);
         if self.pending.is_empty() {
+            if self.pending.capacity() > KEEP_LIMIT {
+                self.pending = BytesMut::new();
+            } else {
+                // Keeps the allocation: the next partial frame reuses it from the start.
+                self.pending.clear();
+            }
+        }
+    }
+
+    /// Frees the buffer if nothing is waiting in it; called when the session idles.
+    pub fn release(&mut self) {
+        if self.pending.is_empty() {
             self.pending = BytesMut::new();
         }
     }
@@ -127,10 +146,18 @@ mod tests {
         tokio::io::AsyncWriteExt::write_all(&mut a, b"c").await?;
         std::future::poll_fn(|cx| r.poll_process(cx, &mut threes)).await?;
         assert_eq!(r.pending(), 0);
+        let kept = r.pending.capacity();
+        assert!(kept > 0, "the buffer is kept while the session is busy");
+        tokio::io::AsyncWriteExt::write_all(&mut a, b"de").await?;
+        std::future::poll_fn(|cx| r.poll_process(cx, &mut threes)).await?;
+        assert_eq!(r.pending(), 2);
+        tokio::io::AsyncWriteExt::write_all(&mut a, b"f").await?;
+        std::future::poll_fn(|cx| r.poll_process(cx, &mut threes)).await?;
+        r.release();
         assert_eq!(
             r.pending.capacity(),
             0,
-            "no buffer is held when nothing is pending"
+            "no buffer is held once the session idles"
         );
         drop(a);
         let end = std::future::poll_fn(|cx| r.poll_process(cx, &mut threes)).await;
