@@ -120,14 +120,19 @@ async fn handle(
             let handshake_ms = started.elapsed().as_secs_f64() * 1e3;
             let instance = conn.lease.as_ref().map(|l| l.instance().addr.clone());
             debug!(conn = conn_id, %peer, backend = %target, instance = instance.as_deref(), handshake_ms, "upgrading");
-            let span = tracing::info_span!("session", conn = conn_id, %peer, backend = %target, instance = instance.as_deref());
+            // A root span carrying the connection's fields itself: as a child it would keep
+            // the connection's span (and its formatted fields) alive for the session's life.
+            let span = tracing::info_span!(parent: None, "session", conn = conn_id, %peer, backend = %target, instance = instance.as_deref());
+            // Counted from the moment the 101 goes out, so a drain that starts before the
+            // session task runs still waits for it and closes it with 1001.
+            let active = ActiveSession::start(&shared, &target);
             // This task only waits for the upgrade; the session gets a task of its own
             // (see `start_session`), so what is needed here is not held for its life.
             tokio::spawn(
                 async move {
                     match on_upgrade.await {
                         Ok(upgraded) => {
-                            start_session(shared, upgraded, conn, &target, peer, conn_id, slot)
+                            start_session(upgraded, conn, &target, peer, conn_id, slot, active)
                         }
                         Err(e) => {
                             debug!(conn = conn_id, %peer, error = %e, "client upgrade failed")
@@ -275,14 +280,15 @@ fn accept(
 /// what the session needs for its life (the proxy future, the connection-limit `slot`, the
 /// bookkeeping at its end), not what waiting for the upgrade needed.
 fn start_session(
-    shared: Arc<Shared>,
     upgraded: hyper::upgrade::Upgraded,
     backend: BackendConn,
     target: &str,
     peer: SocketAddr,
     conn_id: u64,
     slot: Option<Slot>,
+    active: ActiveSession,
 ) {
+    let shared = active.shared.clone();
     let lease = backend.lease;
     let parts = match upgraded.downcast::<TokioIo<TlsStream<TcpStream>>>() {
         Ok(parts) => parts,
@@ -296,15 +302,6 @@ fn start_session(
     let config = shared.config();
     let opts = session::SessionOptions::from_config(&config);
     drop(config);
-    shared.active.fetch_add(1, Ordering::Relaxed);
-    let active = shared
-        .metrics
-        .active
-        .get_or_create(&crate::metrics::BackendLabel {
-            backend: target.to_owned(),
-        })
-        .clone();
-    active.inc();
     // Boxed: awaiting a future held by value stores it twice in the awaiting future (the
     // captured value and the awaited one), which was ~2 KiB per idle session.
     let proxy = Box::pin(session::proxy(
@@ -328,8 +325,7 @@ fn start_session(
             // Counts this session against its pool instance until the session ends.
             let _lease = lease;
             let report = proxy.await;
-            shared.active.fetch_sub(1, Ordering::Relaxed);
-            active.dec();
+            drop(active);
             shared.metrics.session_ended(&backend_id, &report);
             info!(
                 conn = conn_id,
@@ -346,4 +342,37 @@ fn start_session(
         }
         .in_current_span(),
     );
+}
+
+/// One session counted as active, in `Shared::active` (what a drain waits for) and in the
+/// per-backend gauge, from its 101 until the value is dropped at the session's end or a
+/// failed upgrade.
+struct ActiveSession {
+    shared: Arc<Shared>,
+    gauge: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl ActiveSession {
+    fn start(shared: &Arc<Shared>, backend: &str) -> Self {
+        shared.active.fetch_add(1, Ordering::Relaxed);
+        let gauge = shared
+            .metrics
+            .active
+            .get_or_create(&BackendLabel {
+                backend: backend.to_owned(),
+            })
+            .clone();
+        gauge.inc();
+        Self {
+            shared: shared.clone(),
+            gauge,
+        }
+    }
+}
+
+impl Drop for ActiveSession {
+    fn drop(&mut self) {
+        self.shared.active.fetch_sub(1, Ordering::Relaxed);
+        self.gauge.dec();
+    }
 }

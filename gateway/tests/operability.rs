@@ -59,14 +59,58 @@ async fn backends() -> Result<Vec<demo_services::RunningBackend>> {
     Ok(out)
 }
 
+/// A WebSocket backend that accepts one upgrade and then never reads or answers: on
+/// shutdown the gateway waits for its close answer for the whole close timeout, which
+/// keeps a drain going long enough to observe. Returns its URL and the task holding it.
+async fn silent_backend() -> Result<(String, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("ws://{}/silent", listener.local_addr()?);
+    let task = tokio::spawn(async move {
+        let Ok((mut tcp, _)) = listener.accept().await else {
+            return;
+        };
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match tcp.read(&mut byte).await {
+                Ok(1) => head.push(byte[0]),
+                _ => return,
+            }
+        }
+        let text = String::from_utf8_lossy(&head);
+        let key = text
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("sec-websocket-key")
+                    .then(|| value.trim().to_owned())
+            })
+            .unwrap_or_default();
+        let reply = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+            gateway::wsclient::accept_key(key.as_bytes())
+        );
+        if tcp.write_all(reply.as_bytes()).await.is_ok() {
+            // Hold the connection, reading nothing, until the test ends.
+            std::future::pending::<()>().await;
+        }
+    });
+    Ok((url, task))
+}
+
 #[tokio::test]
 async fn metrics_count_a_known_sequence_and_readyz_flips_on_drain() -> Result<()> {
     let bs = backends().await?;
+    let (silent_url, _silent) = silent_backend().await?;
+    let mut backends: Vec<(String, String)> = bs
+        .iter()
+        .map(|b| (b.backend().id().to_owned(), b.url()))
+        .collect();
+    backends.push(("Backend_SILENT".to_owned(), silent_url));
     let mut proc = GatewayProc::start(ProcOptions {
-        backends: bs
-            .iter()
-            .map(|b| (b.backend().id().to_owned(), b.url()))
-            .collect(),
+        backends,
+        // How long the drain waits on the silent backend's close answer.
+        extra_toml: "[timeouts]\nclose = \"2s\"\n".to_owned(),
         ..ProcOptions::default()
     })
     .await?;
@@ -163,11 +207,13 @@ async fn metrics_count_a_known_sequence_and_readyz_flips_on_drain() -> Result<()
     );
     ensure!(sample(m, "wsgate_connections_accepted_total") >= 4.0, "{m}");
 
-    // A live session keeps the drain going long enough to see /readyz turn 503.
-    let mut live = loadgen::client::connect(&proc.connect_options("Backend_XYZ")?).await?;
+    // A live session to a backend that never answers a close keeps the drain going (for
+    // the close timeout) long enough to see /readyz turn 503. It counts as active as soon
+    // as the client has its 101.
+    let mut live = loadgen::client::connect(&proc.connect_options("Backend_SILENT")?).await?;
     let m = admin(&proc, "GET", "/metrics").await?.1;
     ensure!(
-        sample(&m, "wsgate_sessions_active{backend=\"Backend_XYZ\"}") == 1.0,
+        sample(&m, "wsgate_sessions_active{backend=\"Backend_SILENT\"}") == 1.0,
         "{m}"
     );
     proc.terminate()?;
