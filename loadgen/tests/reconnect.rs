@@ -14,6 +14,7 @@ use loadgen::conn::Reconnect;
 use loadgen::load::{self, LoadOptions, LoadRun};
 use loadgen::report::Count;
 use loadgen::token::TokenSource;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const CONNS: usize = 4;
@@ -50,6 +51,16 @@ async fn start(ending: Ending, accept_at_most: Option<usize>) -> anyhow::Result<
     Ok(addr)
 }
 
+/// Ends the TCP connection with a FIN, not a reset: half-closes, then discards what the
+/// client still sends until it goes. Closing with unread bytes waiting would make the
+/// kernel answer with RST, which can overtake (and discard) a close frame just written.
+async fn hang_up<S: AsyncRead + AsyncWrite + Unpin>(mut io: S) -> anyhow::Result<()> {
+    io.shutdown().await?;
+    let mut sink = [0u8; 4096];
+    while io.read(&mut sink).await? > 0 {}
+    Ok(())
+}
+
 async fn serve(stream: TcpStream, ending: Option<Ending>) -> anyhow::Result<()> {
     let mut ws = common::accept_ws(stream).await?;
     let mut n = 0u64;
@@ -62,9 +73,11 @@ async fn serve(stream: TcpStream, ending: Option<Ending>) -> anyhow::Result<()> 
                 match ending {
                     Some(Ending::GoingAway) if n > ECHOED_BEFORE_CLOSE => {
                         ws.write_frame(Frame::close(1001, b"going away")).await?;
-                        return Ok(());
+                        return hang_up(ws.into_inner()).await;
                     }
-                    Some(Ending::Eof) if n > ECHOED_BEFORE_CLOSE => return Ok(()),
+                    Some(Ending::Eof) if n > ECHOED_BEFORE_CLOSE => {
+                        return hang_up(ws.into_inner()).await;
+                    }
                     _ => {}
                 }
                 let payload = frame.payload.to_vec();
