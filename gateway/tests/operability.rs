@@ -66,31 +66,10 @@ async fn silent_backend() -> Result<(String, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("ws://{}/silent", listener.local_addr()?);
     let task = tokio::spawn(async move {
-        let Ok((mut tcp, _)) = listener.accept().await else {
+        let Ok((tcp, _)) = listener.accept().await else {
             return;
         };
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            match tcp.read(&mut byte).await {
-                Ok(1) => head.push(byte[0]),
-                _ => return,
-            }
-        }
-        let text = String::from_utf8_lossy(&head);
-        let key = text
-            .lines()
-            .find_map(|l| {
-                let (name, value) = l.split_once(':')?;
-                name.eq_ignore_ascii_case("sec-websocket-key")
-                    .then(|| value.trim().to_owned())
-            })
-            .unwrap_or_default();
-        let reply = format!(
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
-            gateway::wsclient::accept_key(key.as_bytes())
-        );
-        if tcp.write_all(reply.as_bytes()).await.is_ok() {
+        if let Ok(_ws) = loadgen::testbed::accept_ws(tcp).await {
             // Hold the connection, reading nothing, until the test ends.
             std::future::pending::<()>().await;
         }

@@ -4,10 +4,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-mod common;
-
 use fastwebsockets::{Frame, OpCode, Payload};
 use loadgen::load::{self, LoadOptions};
+use loadgen::testbed::accept_ws;
 use loadgen::token::TokenSource;
 use loadgen::track::IntegrityErrors;
 use tokio::net::{TcpListener, TcpStream};
@@ -36,7 +35,7 @@ async fn start_echo(breakage: Breakage) -> anyhow::Result<SocketAddr> {
 }
 
 async fn serve(stream: TcpStream, breakage: Breakage) -> anyhow::Result<()> {
-    let mut ws = common::accept_ws(stream).await?;
+    let mut ws = accept_ws(stream).await?;
     let mut n = 0u64;
     let mut held: Option<Vec<u8>> = None;
     loop {

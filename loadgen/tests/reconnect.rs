@@ -2,8 +2,6 @@
 //! carries on; what was unanswered at the close is counted as lost at close, not as an
 //! integrity error, while the live streams are still checked message by message.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -13,6 +11,7 @@ use fastwebsockets::{Frame, OpCode, Payload};
 use loadgen::conn::Reconnect;
 use loadgen::load::{self, LoadOptions, LoadRun};
 use loadgen::report::Count;
+use loadgen::testbed::accept_ws;
 use loadgen::token::TokenSource;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -62,7 +61,7 @@ async fn hang_up<S: AsyncRead + AsyncWrite + Unpin>(mut io: S) -> anyhow::Result
 }
 
 async fn serve(stream: TcpStream, ending: Option<Ending>) -> anyhow::Result<()> {
-    let mut ws = common::accept_ws(stream).await?;
+    let mut ws = accept_ws(stream).await?;
     let mut n = 0u64;
     loop {
         let frame = ws.read_frame().await?;
