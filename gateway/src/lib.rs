@@ -9,6 +9,7 @@
 //! | [`listener`] | accept TCP, accept-error back-off |
 //! | [`limits`] | connection slots: total and per client IP |
 //! | [`tls`] | rustls server config from PEM, ALPN `http/1.1` |
+//! | [`tls_stream`] | TLS on rustls's unbuffered API: no buffers held while idle |
 //! | [`service`] | TLS handshake, hyper HTTP/1 with upgrades, the handshake phases |
 //! | [`checks`] | path, method, WebSocket upgrade headers |
 //! | [`credentials`] | backend ID and token: headers, or query / subprotocol for browsers |
@@ -56,6 +57,7 @@ pub mod service;
 pub mod session;
 pub mod state;
 pub mod tls;
+pub mod tls_stream;
 pub mod wsclient;
 
 use std::future::Future;

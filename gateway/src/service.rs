@@ -17,7 +17,6 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::backend::{self, BackendConn};
@@ -28,6 +27,7 @@ use crate::metrics::{BackendLabel, Metrics};
 use crate::refusal::Refusal;
 use crate::session::{self, Side};
 use crate::state::Shared;
+use crate::tls_stream::{self, TlsStream};
 use crate::wsclient::accept_key;
 
 type Body = Full<Bytes>;
@@ -44,18 +44,22 @@ pub async fn serve_connection(
 ) {
     let _ = tcp.set_nodelay(true);
     let config = shared.config();
-    let tls =
-        match tokio::time::timeout(config.timeouts.tls_handshake, shared.tls().accept(tcp)).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
-                debug!(conn = conn_id, %peer, error = %e, "TLS handshake failed");
-                return;
-            }
-            Err(_) => {
-                debug!(conn = conn_id, %peer, "TLS handshake timed out");
-                return;
-            }
-        };
+    let tls = match tokio::time::timeout(
+        config.timeouts.tls_handshake,
+        tls_stream::accept(shared.tls(), tcp),
+    )
+    .await
+    {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            debug!(conn = conn_id, %peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            debug!(conn = conn_id, %peer, "TLS handshake timed out");
+            return;
+        }
+    };
     let (slot, limit_hit) = match slot {
         Ok(slot) => (Some(slot), None),
         Err(hit) => (None, Some(hit)),
@@ -290,7 +294,7 @@ fn start_session(
 ) {
     let shared = active.shared.clone();
     let lease = backend.lease;
-    let parts = match upgraded.downcast::<TokioIo<TlsStream<TcpStream>>>() {
+    let parts = match upgraded.downcast::<TokioIo<TlsStream>>() {
         Ok(parts) => parts,
         Err(_) => {
             warn!(conn = conn_id, %peer, "upgraded connection is not the expected TLS stream");

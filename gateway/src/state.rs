@@ -139,9 +139,9 @@ impl Shared {
         self.verifier.load_full()
     }
 
-    /// The TLS acceptor in force now.
-    pub fn tls(&self) -> tokio_rustls::TlsAcceptor {
-        tokio_rustls::TlsAcceptor::from(self.tls.load_full())
+    /// The TLS server config in force now.
+    pub fn tls(&self) -> Arc<ServerConfig> {
+        self.tls.load_full()
     }
 
     /// The connection limiter in force now.

@@ -1,0 +1,605 @@
+//! Server-side TLS over TCP that holds no buffers while the connection idles.
+//!
+//! rustls's buffered connection keeps a 4 KiB record buffer for the connection's whole
+//! life; with thousands of idle sessions that was the largest single cost per session.
+//! This stream drives rustls's unbuffered API instead. A read takes whatever the socket
+//! has (up to 64 KiB, one syscall) into a per-thread scratch buffer and decrypts it there;
+//! a write encrypts into another per-thread buffer and hands it to the socket at once.
+//! Only what cannot be finished within the call stays with the connection (the start of
+//! a record whose rest has not arrived, plaintext the reader had no room for, ciphertext
+//! the socket would not take yet), and that memory is given back as soon as it drains.
+
+use std::cell::RefCell;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{ConnectionState, EncodeError, UnbufferedStatus};
+use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Size of each worker thread's read and write scratch buffers.
+const SCRATCH_LEN: usize = 64 * 1024;
+
+/// Most plaintext taken by one write: what fits the write scratch with room for the
+/// per-record overhead (at most four 16 KiB records, under 64 bytes each).
+const MAX_WRITE: usize = SCRATCH_LEN - 1024;
+
+thread_local! {
+    static READ_SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; SCRATCH_LEN].into_boxed_slice());
+    static WRITE_SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; SCRATCH_LEN].into_boxed_slice());
+}
+
+/// A TLS server connection on a TCP stream; see the module docs.
+pub struct TlsStream {
+    tcp: TcpStream,
+    conn: UnbufferedServerConnection,
+    /// Received bytes rustls has not finished with: a record (or handshake message) whose
+    /// rest has not arrived.
+    incoming: Vec<u8>,
+    /// Decrypted application data not read yet, from `plain_at`.
+    plain: Vec<u8>,
+    plain_at: usize,
+    /// Encrypted bytes the socket has not taken yet, from `out_at`.
+    out: Vec<u8>,
+    out_at: usize,
+    /// The peer sent close_notify or ended its TCP stream: reads return end of stream.
+    read_closed: bool,
+    /// Our close_notify is queued: writes fail.
+    write_closed: bool,
+}
+
+impl std::fmt::Debug for TlsStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsStream")
+            .field("tcp", &self.tcp)
+            .field("read_closed", &self.read_closed)
+            .field("write_closed", &self.write_closed)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs the server side of a TLS handshake on `tcp`. Bounding its time is the caller's.
+pub async fn accept(config: Arc<ServerConfig>, tcp: TcpStream) -> io::Result<TlsStream> {
+    let conn = UnbufferedServerConnection::new(config).map_err(invalid)?;
+    let mut stream = TlsStream {
+        tcp,
+        conn,
+        incoming: Vec::new(),
+        plain: Vec::new(),
+        plain_at: 0,
+        out: Vec::new(),
+        out_at: 0,
+        read_closed: false,
+        write_closed: false,
+    };
+    std::future::poll_fn(|cx| stream.poll_handshake(cx)).await?;
+    Ok(stream)
+}
+
+fn invalid(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+/// Where decrypted application data goes: the caller's buffer first, the rest is kept.
+struct Sink<'a, 'b> {
+    read_buf: Option<&'a mut ReadBuf<'b>>,
+    plain: &'a mut Vec<u8>,
+}
+
+impl Sink<'_, '_> {
+    fn put(&mut self, mut data: &[u8]) {
+        if let Some(buf) = self.read_buf.as_deref_mut() {
+            let n = data.len().min(buf.remaining());
+            buf.put_slice(&data[..n]);
+            data = &data[n..];
+        }
+        self.plain.extend_from_slice(data);
+    }
+}
+
+/// Feeds `records` to rustls until it needs more bytes from the peer. Application data
+/// goes to `sink`; handshake and alert records rustls wants sent are appended to `out`.
+/// Returns how many bytes at the front of `records` rustls is done with.
+fn process(
+    conn: &mut UnbufferedServerConnection,
+    records: &mut [u8],
+    sink: &mut Sink<'_, '_>,
+    out: &mut Vec<u8>,
+    read_closed: &mut bool,
+) -> Result<usize, rustls::Error> {
+    let mut done = 0;
+    loop {
+        let UnbufferedStatus { mut discard, state } =
+            conn.process_tls_records(&mut records[done..]);
+        match state? {
+            ConnectionState::ReadTraffic(mut traffic) => {
+                while let Some(record) = traffic.next_record() {
+                    let record = record?;
+                    discard += record.discard;
+                    sink.put(record.payload);
+                }
+            }
+            ConnectionState::EncodeTlsData(mut data) => {
+                let start = out.len();
+                out.resize(start + 1024, 0);
+                loop {
+                    match data.encode(&mut out[start..]) {
+                        Ok(n) => {
+                            out.truncate(start + n);
+                            break;
+                        }
+                        Err(EncodeError::InsufficientSize(e)) => {
+                            out.resize(start + e.required_size, 0);
+                        }
+                        Err(EncodeError::AlreadyEncoded) => {
+                            out.truncate(start);
+                            break;
+                        }
+                    }
+                }
+            }
+            // What was encoded is in `out`, which goes out before anything written later.
+            ConnectionState::TransmitTlsData(data) => data.done(),
+            ConnectionState::PeerClosed | ConnectionState::Closed => {
+                *read_closed = true;
+                return Ok(done + discard);
+            }
+            ConnectionState::WriteTraffic(_) | ConnectionState::BlockedHandshake => {
+                return Ok(done + discard);
+            }
+            // Early data is never enabled; anything else is from a newer rustls.
+            _ => {
+                return Err(rustls::Error::General(
+                    "unexpected TLS connection state".into(),
+                ))
+            }
+        }
+        done += discard;
+    }
+}
+
+impl TlsStream {
+    fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            ready!(self.poll_send(cx))?;
+            if !self.conn.is_handshaking() {
+                return Poll::Ready(Ok(()));
+            }
+            if self.read_closed {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "peer closed the connection during the TLS handshake",
+                )));
+            }
+            ready!(self.poll_receive(cx, None))?;
+        }
+    }
+
+    /// Reads once from the socket and processes what came. Application data goes to
+    /// `read_buf` as far as it fits, the rest to `plain`.
+    fn poll_receive(
+        &mut self,
+        cx: &mut Context<'_>,
+        read_buf: Option<&mut ReadBuf<'_>>,
+    ) -> Poll<io::Result<()>> {
+        READ_SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            let mut rb = ReadBuf::new(&mut scratch[..]);
+            ready!(Pin::new(&mut self.tcp).poll_read(cx, &mut rb))?;
+            let n = rb.filled().len();
+            if n == 0 {
+                self.read_closed = true;
+                self.incoming = Vec::new();
+                return Poll::Ready(Ok(()));
+            }
+            let Self {
+                conn,
+                incoming,
+                plain,
+                out,
+                read_closed,
+                ..
+            } = self;
+            let mut sink = Sink { read_buf, plain };
+            let result = if incoming.is_empty() {
+                process(conn, &mut scratch[..n], &mut sink, out, read_closed)
+                    .map(|done| incoming.extend_from_slice(&scratch[done..n]))
+            } else {
+                incoming.extend_from_slice(&scratch[..n]);
+                process(conn, incoming, &mut sink, out, read_closed).map(|done| {
+                    incoming.drain(..done);
+                })
+            };
+            if incoming.is_empty() || *read_closed {
+                *incoming = Vec::new();
+            }
+            if let Err(e) = result {
+                // rustls queued an alert saying why: send it if the socket takes it now.
+                let _ = self.flush_alert(cx);
+                return Poll::Ready(Err(invalid(e)));
+            }
+            Poll::Ready(Ok(()))
+        })
+    }
+
+    fn flush_alert(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let UnbufferedStatus {
+            state: Ok(ConnectionState::EncodeTlsData(mut data)),
+            ..
+        } = self.conn.process_tls_records(&mut [])
+        {
+            let mut alert = [0u8; 64];
+            if let Ok(n) = data.encode(&mut alert) {
+                self.out.extend_from_slice(&alert[..n]);
+            }
+        }
+        self.poll_send(cx)
+    }
+
+    /// Writes out what `out` holds; ready once it is all with the socket.
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.out_at < self.out.len() {
+            let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, &self.out[self.out_at..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.out_at += n;
+        }
+        if !self.out.is_empty() {
+            self.out = Vec::new();
+            self.out_at = 0;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Brings rustls to the state where it encrypts (handling whatever it has pending
+    /// first), then runs `f` there.
+    fn with_write_traffic<T>(
+        &mut self,
+        f: impl FnOnce(rustls::unbuffered::WriteTraffic<'_, rustls::server::ServerConnectionData>) -> T,
+    ) -> io::Result<T> {
+        let mut sink = Sink {
+            read_buf: None,
+            plain: &mut self.plain,
+        };
+        let done = process(
+            &mut self.conn,
+            &mut self.incoming,
+            &mut sink,
+            &mut self.out,
+            &mut self.read_closed,
+        )
+        .map_err(invalid)?;
+        self.incoming.drain(..done);
+        match self.conn.process_tls_records(&mut self.incoming).state {
+            Ok(ConnectionState::WriteTraffic(traffic)) => Ok(f(traffic)),
+            Ok(_) => Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "TLS connection cannot send application data now",
+            )),
+            Err(e) => Err(invalid(e)),
+        }
+    }
+}
+
+impl AsyncRead for TlsStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if this.plain_at < this.plain.len() {
+                let n = buf.remaining().min(this.plain.len() - this.plain_at);
+                buf.put_slice(&this.plain[this.plain_at..this.plain_at + n]);
+                this.plain_at += n;
+                if this.plain_at == this.plain.len() {
+                    this.plain = Vec::new();
+                    this.plain_at = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if this.read_closed || buf.remaining() == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            // Records rustls wants sent (an alert, a key update answer) go before we wait.
+            if this.out_at < this.out.len() {
+                if let Poll::Ready(Err(e)) = this.poll_send(cx) {
+                    return Poll::Ready(Err(e));
+                }
+            }
+            let before = buf.filled().len();
+            ready!(this.poll_receive(cx, Some(buf)))?;
+            if buf.filled().len() > before {
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+}
+
+impl AsyncWrite for TlsStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.write_closed {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        // Earlier ciphertext first: a socket that does not take it is the backpressure.
+        ready!(this.poll_send(cx))?;
+        if data.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let data = &data[..data.len().min(MAX_WRITE)];
+        WRITE_SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            let n = this
+                .with_write_traffic(|mut traffic| traffic.encrypt(data, &mut scratch[..]))?
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            if this.out.is_empty() {
+                // The usual case: straight from the scratch to the socket.
+                let mut at = 0;
+                while at < n {
+                    match Pin::new(&mut this.tcp).poll_write(cx, &scratch[at..n]) {
+                        Poll::Ready(Ok(0)) => {
+                            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()))
+                        }
+                        Poll::Ready(Ok(k)) => at += k,
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => break,
+                    }
+                }
+                this.out.extend_from_slice(&scratch[at..n]);
+            } else {
+                // rustls queued records of its own just now: they go first.
+                this.out.extend_from_slice(&scratch[..n]);
+                if let Poll::Ready(Err(e)) = this.poll_send(cx) {
+                    return Poll::Ready(Err(e));
+                }
+            }
+            Poll::Ready(Ok(data.len()))
+        })
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_send(cx))?;
+        Pin::new(&mut this.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.write_closed {
+            this.write_closed = true;
+            let mut notify = [0u8; 64];
+            if let Ok(Ok(n)) =
+                this.with_write_traffic(|mut traffic| traffic.queue_close_notify(&mut notify))
+            {
+                this.out.extend_from_slice(&notify[..n]);
+            }
+        }
+        ready!(this.poll_send(cx))?;
+        Pin::new(&mut this.tcp).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    type Client = tokio_rustls::client::TlsStream<TcpStream>;
+
+    fn certs() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../certs")
+    }
+
+    /// A real TLS client and the server stream it connected to, over loopback TCP.
+    async fn pair() -> io::Result<(Client, TlsStream)> {
+        let dir = certs();
+        let server_config =
+            crate::tls::server_config(&dir.join("server.crt"), &dir.join("server.key"))
+                .map_err(|(_, e)| io::Error::other(e))?;
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in rustls::pki_types::CertificateDer::pem_file_iter(dir.join("ca.crt"))
+            .map_err(io::Error::other)?
+        {
+            roots
+                .add(ca.map_err(io::Error::other)?)
+                .map_err(io::Error::other)?;
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let client_config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(io::Error::other)?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
+        let client = async {
+            let tcp = TcpStream::connect(addr).await?;
+            let name =
+                rustls::pki_types::ServerName::try_from("localhost").map_err(io::Error::other)?;
+            connector.connect(name, tcp).await
+        };
+        let server = async {
+            let (tcp, _) = listener.accept().await?;
+            accept(server_config, tcp).await
+        };
+        tokio::try_join!(client, server)
+    }
+
+    use rustls::pki_types::pem::PemObject;
+
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn data_crosses_both_ways_intact_at_every_size() -> io::Result<()> {
+        let (mut client, mut server) = pair().await?;
+        for (i, len) in [1usize, 100, 16_384, 16_385, 70_000, 300_000]
+            .into_iter()
+            .enumerate()
+        {
+            let up = pattern(len, i as u8);
+            let down = pattern(len, 100 + i as u8);
+            let (sent, got_up) = tokio::join!(
+                async {
+                    client.write_all(&up).await?;
+                    client.flush().await
+                },
+                async {
+                    let mut got = vec![0u8; len];
+                    server.read_exact(&mut got).await.map(|_| got)
+                }
+            );
+            sent?;
+            assert!(got_up? == up, "client -> server, {len} bytes");
+            let (sent, got_down) = tokio::join!(
+                async {
+                    server.write_all(&down).await?;
+                    server.flush().await
+                },
+                async {
+                    let mut got = vec![0u8; len];
+                    client.read_exact(&mut got).await.map(|_| got)
+                }
+            );
+            sent?;
+            assert!(got_down? == down, "server -> client, {len} bytes");
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_holds_no_buffers() -> io::Result<()> {
+        let (mut client, mut server) = pair().await?;
+        // A record split across reads: its start waits in `incoming` until the rest comes.
+        let big = pattern(100_000, 7);
+        let (sent, got) = tokio::join!(
+            async {
+                client.write_all(&big).await?;
+                client.flush().await
+            },
+            async {
+                // Small reads leave decrypted data waiting in `plain` between them.
+                let mut got = Vec::new();
+                let mut chunk = [0u8; 7];
+                while got.len() < big.len() {
+                    let n = server.read(&mut chunk).await?;
+                    if n == 0 {
+                        break;
+                    }
+                    got.extend_from_slice(&chunk[..n]);
+                }
+                Ok::<_, io::Error>(got)
+            }
+        );
+        sent?;
+        assert!(got? == big);
+        server.write_all(&big).await?;
+        server.flush().await?;
+        let mut back = vec![0u8; big.len()];
+        client.read_exact(&mut back).await?;
+        assert!(back == big);
+        assert_eq!(
+            (
+                server.incoming.capacity(),
+                server.plain.capacity(),
+                server.out.capacity()
+            ),
+            (0, 0, 0),
+            "buffers held after the traffic drained"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn close_notify_ends_each_direction_cleanly() -> io::Result<()> {
+        let (mut client, mut server) = pair().await?;
+        server.write_all(b"last words").await?;
+        server.shutdown().await?;
+        let mut got = Vec::new();
+        // A clean end (close_notify then FIN): rustls's client would report a truncation
+        // as an error.
+        client.read_to_end(&mut got).await?;
+        assert_eq!(got, b"last words");
+        assert!(
+            server.write_all(b"more").await.is_err(),
+            "writes after shutdown fail"
+        );
+        client.write_all(b"bye").await?;
+        client.shutdown().await?;
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await?;
+        assert_eq!(got, b"bye");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_client_that_does_not_read_gets_backpressure_not_a_growing_buffer() -> io::Result<()>
+    {
+        let (_client, mut server) = pair().await?;
+        let chunk = vec![0x5au8; 60_000];
+        let mut written = 0usize;
+        // Write until the socket stops taking data: what waits must stay one write's worth.
+        let stalled = loop {
+            match tokio::time::timeout(std::time::Duration::from_millis(300), server.write(&chunk))
+                .await
+            {
+                Ok(Ok(n)) => written += n,
+                Ok(Err(e)) => return Err(e),
+                Err(_) => break true,
+            }
+            if written > 512 * 1024 * 1024 {
+                break false;
+            }
+        };
+        assert!(stalled, "writes never blocked");
+        assert!(
+            server.out.len() - server.out_at <= SCRATCH_LEN,
+            "{} bytes queued",
+            server.out.len() - server.out_at
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn garbage_instead_of_a_client_hello_is_an_error() -> io::Result<()> {
+        let dir = certs();
+        let config = crate::tls::server_config(&dir.join("server.crt"), &dir.join("server.key"))
+            .map_err(|(_, e)| io::Error::other(e))?;
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let client = async {
+            let mut tcp = TcpStream::connect(addr).await?;
+            tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await?;
+            let mut answer = Vec::new();
+            tcp.read_to_end(&mut answer).await?;
+            Ok::<_, io::Error>(answer)
+        };
+        let server = async {
+            let (tcp, _) = listener.accept().await?;
+            Ok::<_, io::Error>(accept(config, tcp).await)
+        };
+        let (answer, accepted) = tokio::try_join!(client, server)?;
+        let err = accepted.err().map(|e| e.kind());
+        assert_eq!(err, Some(io::ErrorKind::InvalidData));
+        // The client is told why with a TLS alert record (content type 21).
+        assert_eq!(answer.first(), Some(&21), "answer: {answer:?}");
+        Ok(())
+    }
+}
