@@ -522,7 +522,9 @@ mod tests {
                 server.out.capacity()
             ),
             (0, 0, 0),
-            "buffers held after the traffic drained"
+            "buffers held after the traffic drained (plain {} at {})",
+            server.plain.len(),
+            server.plain_at
         );
         Ok(())
     }
