@@ -214,7 +214,7 @@ where
                 e = &mut up => (Direction::Upstream, e),
                 e = &mut down => (Direction::Downstream, e),
                 // A dropped sender means no shutdown will ever come: the branch then disables itself.
-                Ok(()) = shutdown.changed() => (Direction::Upstream, PumpEnd::Stopped),
+                Ok(()) = shutdown_signal(&mut shutdown) => (Direction::Upstream, PumpEnd::Stopped),
             }
         };
         if first.1 == PumpEnd::Stopped {
@@ -292,6 +292,31 @@ where
         shutdown: shut,
         duration: started.elapsed(),
     }
+}
+
+/// Resolves (`Ok`) when the gateway starts shutting down, `Err` if it never will.
+///
+/// `watch::Receiver::changed` locks the channel's waiter list, one mutex shared by every
+/// session, each time it is polled while waiting; a session's future is polled on every
+/// burst it forwards. So once the inner future has registered this task's waker, a poll
+/// only looks at the channel's version (an atomic load), and polls the inner future
+/// again when the version moved or the task's waker is a different one.
+async fn shutdown_signal(
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), watch::error::RecvError> {
+    let probe = shutdown.clone();
+    let changed = shutdown.changed();
+    tokio::pin!(changed);
+    let mut registered: Option<std::task::Waker> = None;
+    std::future::poll_fn(|cx| {
+        let same_waker = registered.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
+        if same_waker && matches!(probe.has_changed(), Ok(false)) {
+            return std::task::Poll::Pending;
+        }
+        registered = Some(cx.waker().clone());
+        std::future::Future::poll(changed.as_mut(), cx)
+    })
+    .await
 }
 
 fn split<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
