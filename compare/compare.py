@@ -76,13 +76,18 @@ def _read(path: str) -> str | None:
         return None
 
 
-def cpu_s(pid: int) -> float:
-    """utime + stime of the whole process (all threads, live and exited), seconds."""
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(utime, stime) of the whole process (all threads, live and exited), seconds."""
     stat = _read(f"/proc/{pid}/stat")
     if stat is None:
-        return 0.0
+        return 0.0, 0.0
     fields = stat[stat.rfind(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def cpu_s(pid: int) -> float:
+    """utime + stime of the whole process (all threads, live and exited), seconds."""
+    return sum(cpu_split(pid))
 
 
 def status_kib(pid: int, key: str) -> int:
@@ -233,6 +238,9 @@ class Target:
 
     def cpu(self) -> float:
         return sum(cpu_s(p) for p in self.pids())
+
+    def cpu_kernel(self) -> float:
+        return sum(cpu_split(p)[1] for p in self.pids())
 
     def rss(self) -> int:
         return sum(status_kib(p, "VmRSS") for p in self.pids())
@@ -743,12 +751,12 @@ class Harness:
                     if t.fds() >= base_fds + 2 * conns:
                         end = time.monotonic() + duration
                         time.sleep(LEAD_IN_S)
-                        c0, t0 = t.cpu(), time.monotonic()
+                        c0, k0, t0 = t.cpu(), t.cpu_kernel(), time.monotonic()
                         rss_open = t.rss()
                         while time.monotonic() < end and p.poll() is None:
                             time.sleep(min(0.05, max(0.0, end - time.monotonic())))
                         if p.poll() is None:
-                            window = (t.cpu() - c0, time.monotonic() - t0)
+                            window = (t.cpu() - c0, time.monotonic() - t0, t.cpu_kernel() - k0)
                         break
                     time.sleep(0.01)
         except BaseException:
@@ -788,12 +796,14 @@ class Harness:
             if window is not None and window[1] >= 0.2 and echoed:
                 # Messages echoed inside the window (which lies inside the sending phase):
                 # the run's rate times the window's length.
-                cpu_w, len_w = window
+                cpu_w, len_w, kernel_w = window
                 msgs_w = min(echoed, r["msgs_per_s"] * len_w)
                 r["proxy_cpu_s_window"] = round(cpu_w, 3)
                 r["window_s"] = round(len_w, 3)
                 r["cpu_us_per_fwd_msg"] = cpu_w * 1e6 / (2 * msgs_w) if msgs_w else None
                 r["cpu_basis"] = "sending phase"
+                if cpu_w > 0:
+                    r["cpu_kernel_share"] = kernel_w / cpu_w
             elif echoed:
                 r["cpu_us_per_fwd_msg"] = cpu_total * 1e6 / (2 * echoed)
                 r["cpu_basis"] = "whole run (incl. connect/close)"
@@ -982,6 +992,8 @@ def brief(r: dict) -> str:
          f"  p99.9 {fmt_us(r['rtt_p999_us'])}  errors {r['errors']}  opened {r['opened']}")
     if r.get("cpu_us_per_fwd_msg") is not None:
         s += f"  proxy CPU {r['cpu_us_per_fwd_msg']:.2f} µs/fwd msg ({r['cpu_basis']})"
+    if r.get("cpu_kernel_share") is not None:
+        s += f", {r['cpu_kernel_share']:.0%} in the kernel"
     if r.get("failures"):
         s += f"  failures: {r['failures']}"
     return s
@@ -997,7 +1009,8 @@ METRICS = {
 
 def medians(rounds: list[dict]) -> dict:
     out: dict = {}
-    keys = {k for r in rounds for k in r if k in METRICS or k in ("errors", "failed", "opened", "echoed")}
+    keys = {k for r in rounds for k in r
+            if k in METRICS or k in ("errors", "failed", "opened", "echoed", "cpu_kernel_share")}
     for k in keys:
         vals = [r[k] for r in rounds if r.get(k) is not None]
         if not vals:
@@ -1103,6 +1116,14 @@ def render(meta: dict, res: dict, auth: list[dict], goals: list[dict]) -> str:
              "whole cycle. errors = integrity errors + connections that failed to open, summed over rounds. "
              "Demo backends and loadgen are not charged. The machine may be shared: figures are noisy.")
     L.append("")
+    shares = [(s, t, res[s]["median"][t]["cpu_kernel_share"]) for s in "abcf" if s in res
+              for t in PROXIES if res[s]["median"].get(t, {}).get("cpu_kernel_share") is not None]
+    if shares:
+        L.append("Share of each proxy's CPU spent in the kernel (system time: TCP on loopback, "
+                 "syscalls, wake-ups), medians: " + "; ".join(
+                     f"({s}) " + ", ".join(f"{t} {v:.0%}" for s2, t, v in shares if s2 == s)
+                     for s in "abcf" if any(x[0] == s for x in shares)) + ".")
+        L.append("")
     L.append("¹ nginx (open source) cannot verify a JWT without njs or NGINX Plus: it only terminates "
              "TLS, routes and tunnels, so it does less work than the gateway and HAProxy.")
     if goals:

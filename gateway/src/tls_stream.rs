@@ -15,8 +15,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use rustls::server::UnbufferedServerConnection;
-use rustls::unbuffered::{ConnectionState, EncodeError, UnbufferedStatus};
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
+use rustls::unbuffered::{ConnectionState, EncodeError, UnbufferedStatus, WriteTraffic};
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -101,16 +101,21 @@ impl Sink<'_, '_> {
     }
 }
 
+/// What rustls offers once it may encrypt application data.
+type Traffic<'c> = WriteTraffic<'c, ServerConnectionData>;
+
 /// Feeds `records` to rustls until it needs more bytes from the peer. Application data
 /// goes to `sink`; handshake and alert records rustls wants sent are appended to `out`.
-/// Returns how many bytes at the front of `records` rustls is done with.
-fn process(
+/// If rustls then may encrypt, `write` runs there (its result is returned, `None` when
+/// it did not run). Returns how many bytes at the front of `records` rustls is done with.
+fn process<T>(
     conn: &mut UnbufferedServerConnection,
     records: &mut [u8],
     sink: &mut Sink<'_, '_>,
     out: &mut Vec<u8>,
     read_closed: &mut bool,
-) -> Result<usize, rustls::Error> {
+    write: Option<impl FnOnce(Traffic<'_>) -> T>,
+) -> Result<(usize, Option<T>), rustls::Error> {
     let mut done = 0;
     loop {
         let UnbufferedStatus { mut discard, state } =
@@ -144,13 +149,16 @@ fn process(
             }
             // What was encoded is in `out`, which goes out before anything written later.
             ConnectionState::TransmitTlsData(data) => data.done(),
-            ConnectionState::PeerClosed | ConnectionState::Closed => {
+            // Said once; what follows is writing (our close_notify may still go out).
+            ConnectionState::PeerClosed => *read_closed = true,
+            ConnectionState::Closed => {
                 *read_closed = true;
-                return Ok(done + discard);
+                return Ok((done + discard, None));
             }
-            ConnectionState::WriteTraffic(_) | ConnectionState::BlockedHandshake => {
-                return Ok(done + discard);
+            ConnectionState::WriteTraffic(traffic) => {
+                return Ok((done + discard, write.map(|f| f(traffic))));
             }
+            ConnectionState::BlockedHandshake => return Ok((done + discard, None)),
             // Early data is never enabled; anything else is from a newer rustls.
             _ => {
                 return Err(rustls::Error::General(
@@ -205,12 +213,20 @@ impl TlsStream {
                 ..
             } = self;
             let mut sink = Sink { read_buf, plain };
+            let no_write = None::<fn(Traffic<'_>)>;
             let result = if incoming.is_empty() {
-                process(conn, &mut scratch[..n], &mut sink, out, read_closed)
-                    .map(|done| incoming.extend_from_slice(&scratch[done..n]))
+                process(
+                    conn,
+                    &mut scratch[..n],
+                    &mut sink,
+                    out,
+                    read_closed,
+                    no_write,
+                )
+                .map(|(done, _)| incoming.extend_from_slice(&scratch[done..n]))
             } else {
                 incoming.extend_from_slice(&scratch[..n]);
-                process(conn, incoming, &mut sink, out, read_closed).map(|done| {
+                process(conn, incoming, &mut sink, out, read_closed, no_write).map(|(done, _)| {
                     incoming.drain(..done);
                 })
             };
@@ -258,31 +274,27 @@ impl TlsStream {
 
     /// Brings rustls to the state where it encrypts (handling whatever it has pending
     /// first), then runs `f` there.
-    fn with_write_traffic<T>(
-        &mut self,
-        f: impl FnOnce(rustls::unbuffered::WriteTraffic<'_, rustls::server::ServerConnectionData>) -> T,
-    ) -> io::Result<T> {
+    fn with_write_traffic<T>(&mut self, f: impl FnOnce(Traffic<'_>) -> T) -> io::Result<T> {
         let mut sink = Sink {
             read_buf: None,
             plain: &mut self.plain,
         };
-        let done = process(
+        let (done, result) = process(
             &mut self.conn,
             &mut self.incoming,
             &mut sink,
             &mut self.out,
             &mut self.read_closed,
+            Some(f),
         )
         .map_err(invalid)?;
         self.incoming.drain(..done);
-        match self.conn.process_tls_records(&mut self.incoming).state {
-            Ok(ConnectionState::WriteTraffic(traffic)) => Ok(f(traffic)),
-            Ok(_) => Err(io::Error::new(
+        result.ok_or_else(|| {
+            io::Error::new(
                 io::ErrorKind::NotConnected,
                 "TLS connection cannot send application data now",
-            )),
-            Err(e) => Err(invalid(e)),
-        }
+            )
+        })
     }
 }
 
