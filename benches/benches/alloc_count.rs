@@ -8,6 +8,10 @@
 //! the figure and asserts nothing. The last column counts the allocations made by a fresh
 //! session's start and first batch: channels, timers, read and batch buffers.
 //!
+//! A second table counts the TLS layer the pipes leave out: the gateway's side of a real
+//! TLS connection on loopback ([`gateway::tls_stream`] over rustls), per record read and
+//! per record written, with the client's own allocations left out of the count.
+//!
 //! Run with `cargo bench --bench alloc_count`.
 
 use std::process::ExitCode;
@@ -84,6 +88,63 @@ fn counter_works() -> bool {
     ALLOC.snapshot().calls > before.calls
 }
 
+/// Record sizes measured on the TLS layer: one (b)-style batch (32 × 128 B) and a full record.
+const RECORDS: [usize; 2] = [32 * (128 + 6), 16 * 1024];
+
+/// Records counted per TLS case.
+const TLS_RECORDS: u32 = 2_000;
+
+/// Allocations on the gateway's side of a TLS connection, per record read and written.
+async fn measure_tls(record_len: usize) -> Result<(Counts, Counts), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let e = |what: &'static str| move |err: std::io::Error| format!("TLS {what}: {err}");
+    let certs = loadgen::testbed::repo_root().join("certs");
+    let server_config =
+        gateway::tls::server_config(&certs.join("server.crt"), &certs.join("server.key"))
+            .map_err(|(_, err)| err)?;
+    let client_config = loadgen::tls::client_config(Some(&certs.join("ca.crt")), false)?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(e("bind"))?;
+    let addr = listener.local_addr().map_err(e("bind"))?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").map_err(|x| x.to_string())?;
+    let connect = async {
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        tokio_rustls::TlsConnector::from(client_config)
+            .connect(name, tcp)
+            .await
+    };
+    let accept = async {
+        let (tcp, _) = listener.accept().await?;
+        gateway::tls_stream::accept(server_config, tcp).await
+    };
+    let (mut client, mut server) = tokio::try_join!(connect, accept).map_err(e("handshake"))?;
+    let data = vec![0x42u8; record_len];
+    let mut buf = vec![0u8; record_len];
+    let (mut reads, mut writes) = (Counts::default(), Counts::default());
+    for round in 0..WARM_UP_BATCHES + TLS_RECORDS {
+        let counted = round >= WARM_UP_BATCHES;
+        client.write_all(&data).await.map_err(e("client write"))?;
+        client.flush().await.map_err(e("client write"))?;
+        let before = ALLOC.snapshot();
+        server.read_exact(&mut buf).await.map_err(e("read"))?;
+        let read = ALLOC.snapshot() - before;
+        let before = ALLOC.snapshot();
+        server.write_all(&data).await.map_err(e("write"))?;
+        server.flush().await.map_err(e("write"))?;
+        let written = ALLOC.snapshot() - before;
+        client
+            .read_exact(&mut buf)
+            .await
+            .map_err(e("client read"))?;
+        if counted {
+            reads = reads + read;
+            writes = writes + written;
+        }
+    }
+    Ok((reads, writes))
+}
+
 fn run() -> Result<(), String> {
     if !counter_works() {
         return Err("the counting allocator saw no allocation: is it the global allocator?".into());
@@ -123,6 +184,21 @@ fn run() -> Result<(), String> {
         summary.push(format!("{size} B: {}", per_dir.join(", ")));
     }
     println!("allocations per forwarded message: {}", summary.join("; "));
+    println!();
+    println!("TLS layer, gateway side (tls_stream over rustls, loopback TCP), per record");
+    println!(
+        "{:>7}  {:>9} {:>13} {:>13}",
+        "record", "records", "allocs/read", "allocs/write"
+    );
+    for len in RECORDS {
+        let (reads, writes) = rt.block_on(measure_tls(len))?;
+        let n = f64::from(TLS_RECORDS);
+        println!(
+            "{len:>5} B  {TLS_RECORDS:>9} {:>13.3} {:>13.3}",
+            reads.calls as f64 / n,
+            writes.calls as f64 / n
+        );
+    }
     Ok(())
 }
 

@@ -34,6 +34,17 @@ impl std::ops::Sub for Counts {
     }
 }
 
+impl std::ops::Add for Counts {
+    type Output = Counts;
+
+    fn add(self, more: Counts) -> Counts {
+        Counts {
+            calls: self.calls + more.calls,
+            bytes: self.bytes + more.bytes,
+        }
+    }
+}
+
 impl CountingAlloc {
     /// A counter at zero (const, for a `static`).
     pub const fn new() -> Self {
