@@ -417,6 +417,13 @@ mod tests {
 
     /// A real TLS client and the server stream it connected to, over loopback TCP.
     async fn pair() -> io::Result<(Client, TlsStream)> {
+        pair_with(rustls::DEFAULT_VERSIONS).await
+    }
+
+    /// As [`pair`], the client offering only `versions`.
+    async fn pair_with(
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> io::Result<(Client, TlsStream)> {
         let dir = certs();
         let server_config =
             crate::tls::server_config(&dir.join("server.crt"), &dir.join("server.key"))
@@ -433,7 +440,7 @@ mod tests {
         }
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let client_config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
+            .with_protocol_versions(versions)
             .map_err(io::Error::other)?
             .with_root_certificates(roots)
             .with_no_client_auth();
@@ -492,6 +499,49 @@ mod tests {
             );
             sent?;
             assert!(got_down? == down, "server -> client, {len} bytes");
+        }
+        Ok(())
+    }
+
+    /// Sends `len` bytes each way and checks they arrive intact.
+    async fn round_trip(client: &mut Client, server: &mut TlsStream, len: usize) -> io::Result<()> {
+        let data = pattern(len, len as u8);
+        client.write_all(&data).await?;
+        client.flush().await?;
+        let mut got = vec![0u8; len];
+        server.read_exact(&mut got).await?;
+        assert!(got == data, "client -> server");
+        server.write_all(&data).await?;
+        server.flush().await?;
+        client.read_exact(&mut got).await?;
+        assert!(got == data, "server -> client");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_tls_1_2_client_is_served() -> io::Result<()> {
+        let (mut client, mut server) = pair_with(&[&rustls::version::TLS12]).await?;
+        assert_eq!(
+            client.get_ref().1.protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_2)
+        );
+        round_trip(&mut client, &mut server, 50_000).await
+    }
+
+    #[tokio::test]
+    async fn a_key_update_from_the_client_is_followed_both_ways() -> io::Result<()> {
+        let (mut client, mut server) = pair().await?;
+        round_trip(&mut client, &mut server, 1_000).await?;
+        // After the client's KeyUpdate the server must decrypt with the new keys, and the
+        // KeyUpdate it answers with must go out ahead of its next application record, or
+        // the client cannot decrypt that record.
+        for _ in 0..3 {
+            client
+                .get_mut()
+                .1
+                .refresh_traffic_keys()
+                .map_err(io::Error::other)?;
+            round_trip(&mut client, &mut server, 20_000).await?;
         }
         Ok(())
     }
