@@ -814,11 +814,19 @@ class Harness:
     def order(self, names: list[str]) -> list[Target]:
         return [self.targets[n] for n in TARGETS if n in self.targets and n in names]
 
+    def round_order(self, names: list[str], rnd: int) -> list[Target]:
+        """The targets for round `rnd`, rotated by one place per round (A B C D, B C D A,
+        ...), so a machine that gets busier or quieter during the run does not always
+        favour or penalise the target that goes first."""
+        order = self.order(names)
+        k = rnd % len(order) if order else 0
+        return order[k:] + order[:k]
+
     def closed_scenario(self, key: str, rounds: int, duration: float) -> dict:
         conns, inflight, size = CLOSED[key]
         per: dict[str, list] = {t.name: [] for t in self.order(TARGETS)}
         for rnd in range(rounds):
-            for t in self.order(TARGETS):
+            for t in self.round_order(TARGETS, rnd):
                 r = self.measured(t, conns=conns, duration=duration, size=size, inflight=inflight)
                 r["round"] = rnd + 1
                 per[t.name].append(r)
@@ -828,7 +836,7 @@ class Harness:
     def open_scenario(self, rate: float, rounds: int, duration: float) -> dict:
         per: dict[str, list] = {t.name: [] for t in self.order(TARGETS)}
         for rnd in range(rounds):
-            for t in self.order(TARGETS):
+            for t in self.round_order(TARGETS, rnd):
                 r = self.measured(t, conns=100, duration=duration, size=128, rate=rate)
                 r["round"] = rnd + 1
                 per[t.name].append(r)
@@ -890,7 +898,7 @@ class Harness:
         opened / wall time of the storm."""
         per: dict[str, list] = {t.name: [] for t in self.order(TARGETS)}
         for rnd in range(rounds):
-            for t in self.order(TARGETS):
+            for t in self.round_order(TARGETS, rnd):
                 t.settle(30)
                 self.check_alive()
                 cpu0 = t.cpu()
