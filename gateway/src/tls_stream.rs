@@ -243,16 +243,19 @@ impl TlsStream {
     }
 
     fn flush_alert(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if let UnbufferedStatus {
-            state: Ok(ConnectionState::EncodeTlsData(mut data)),
-            ..
-        } = self.conn.process_tls_records(&mut [])
-        {
-            let mut alert = [0u8; 64];
-            if let Ok(n) = data.encode(&mut alert) {
-                self.out.extend_from_slice(&alert[..n]);
-            }
-        }
+        // The failed connection reports its error again, after handing over the alert.
+        let mut sink = Sink {
+            read_buf: None,
+            plain: &mut self.plain,
+        };
+        let _ = process(
+            &mut self.conn,
+            &mut [],
+            &mut sink,
+            &mut self.out,
+            &mut self.read_closed,
+            None::<fn(Traffic<'_>)>,
+        );
         self.poll_send(cx)
     }
 
@@ -412,7 +415,7 @@ mod tests {
     type Client = tokio_rustls::client::TlsStream<TcpStream>;
 
     fn certs() -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../certs")
+        loadgen::testbed::repo_root().join("certs")
     }
 
     /// A real TLS client and the server stream it connected to, over loopback TCP.
@@ -469,52 +472,45 @@ mod tests {
     #[tokio::test]
     async fn data_crosses_both_ways_intact_at_every_size() -> io::Result<()> {
         let (mut client, mut server) = pair().await?;
-        for (i, len) in [1usize, 100, 16_384, 16_385, 70_000, 300_000]
-            .into_iter()
-            .enumerate()
-        {
-            let up = pattern(len, i as u8);
-            let down = pattern(len, 100 + i as u8);
-            let (sent, got_up) = tokio::join!(
-                async {
-                    client.write_all(&up).await?;
-                    client.flush().await
-                },
-                async {
-                    let mut got = vec![0u8; len];
-                    server.read_exact(&mut got).await.map(|_| got)
-                }
-            );
-            sent?;
-            assert!(got_up? == up, "client -> server, {len} bytes");
-            let (sent, got_down) = tokio::join!(
-                async {
-                    server.write_all(&down).await?;
-                    server.flush().await
-                },
-                async {
-                    let mut got = vec![0u8; len];
-                    client.read_exact(&mut got).await.map(|_| got)
-                }
-            );
-            sent?;
-            assert!(got_down? == down, "server -> client, {len} bytes");
+        for len in [1usize, 100, 16_384, 16_385, 70_000, 300_000] {
+            round_trip(&mut client, &mut server, len).await?;
         }
         Ok(())
     }
 
-    /// Sends `len` bytes each way and checks they arrive intact.
+    /// Writes `data` to `w` while reading as many bytes from `r` (together, so no
+    /// socket buffer has to hold it all); returns what was read.
+    async fn cross(
+        w: &mut (impl AsyncWrite + Unpin),
+        r: &mut (impl AsyncRead + Unpin),
+        data: &[u8],
+    ) -> io::Result<Vec<u8>> {
+        let (sent, got) = tokio::join!(
+            async {
+                w.write_all(data).await?;
+                w.flush().await
+            },
+            async {
+                let mut got = vec![0u8; data.len()];
+                r.read_exact(&mut got).await.map(|_| got)
+            }
+        );
+        sent?;
+        got
+    }
+
+    /// Sends `len` bytes each way, different bytes each way, and checks they arrive intact.
     async fn round_trip(client: &mut Client, server: &mut TlsStream, len: usize) -> io::Result<()> {
-        let data = pattern(len, len as u8);
-        client.write_all(&data).await?;
-        client.flush().await?;
-        let mut got = vec![0u8; len];
-        server.read_exact(&mut got).await?;
-        assert!(got == data, "client -> server");
-        server.write_all(&data).await?;
-        server.flush().await?;
-        client.read_exact(&mut got).await?;
-        assert!(got == data, "server -> client");
+        let up = pattern(len, len as u8);
+        let down = pattern(len, 100u8.wrapping_add(len as u8));
+        assert!(
+            cross(client, server, &up).await? == up,
+            "client -> server, {len} bytes"
+        );
+        assert!(
+            cross(server, client, &down).await? == down,
+            "server -> client, {len} bytes"
+        );
         Ok(())
     }
 
