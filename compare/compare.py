@@ -90,6 +90,60 @@ def cpu_s(pid: int) -> float:
     return sum(cpu_split(pid))
 
 
+class SyscallCount:
+    """Counts the system calls a proxy's processes make over a window, with `perf stat` on
+    the raw_syscalls tracepoint (counted in the kernel, no tracing overhead per call).
+
+    Optional: without perf, or where tracepoints are not allowed, it counts nothing and the
+    table leaves the column empty. The count starts when perf has attached, a few ms after
+    `start`, so it can fall short of the window by about that much."""
+
+    _usable: bool | None = None
+
+    def __init__(self, pids: list[int]):
+        self.proc: subprocess.Popen | None = None
+        perf = shutil.which("perf")
+        if not pids or perf is None or not SyscallCount.usable(perf):
+            return
+        self.proc = subprocess.Popen(
+            [perf, "stat", "-x", ",", "-e", "raw_syscalls:sys_enter",
+             "-p", ",".join(map(str, pids))],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    @classmethod
+    def usable(cls, perf: str) -> bool:
+        if cls._usable is None:
+            try:
+                r = subprocess.run([perf, "stat", "-x", ",", "-e", "raw_syscalls:sys_enter",
+                                    "--", "true"], capture_output=True, text=True, timeout=20)
+                cls._usable = r.returncode == 0 and parse_syscalls(r.stderr) is not None
+            except (OSError, subprocess.TimeoutExpired):
+                cls._usable = False
+        return cls._usable
+
+    def stop(self) -> int | None:
+        """The count so far (None if nothing was counted); ends the counting."""
+        if self.proc is None:
+            return None
+        try:
+            self.proc.send_signal(signal.SIGINT)
+            _, err = self.proc.communicate(timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.communicate()
+            return None
+        return parse_syscalls(err)
+
+
+def parse_syscalls(perf_csv: str) -> int | None:
+    """The raw_syscalls:sys_enter count from `perf stat -x,` output."""
+    for line in perf_csv.splitlines():
+        f = line.split(",")
+        if len(f) > 2 and f[2].startswith("raw_syscalls:sys_enter") and f[0].isdigit():
+            return int(f[0])
+    return None
+
+
 def status_kib(pid: int, key: str) -> int:
     text = _read(f"/proc/{pid}/status") or ""
     m = re.search(rf"^{key}:\s+(\d+) kB", text, re.M)
@@ -751,12 +805,16 @@ class Harness:
                     if t.fds() >= base_fds + 2 * conns:
                         end = time.monotonic() + duration
                         time.sleep(LEAD_IN_S)
+                        calls = SyscallCount(t.pids())
                         c0, k0, t0 = t.cpu(), t.cpu_kernel(), time.monotonic()
                         rss_open = t.rss()
                         while time.monotonic() < end and p.poll() is None:
                             time.sleep(min(0.05, max(0.0, end - time.monotonic())))
                         if p.poll() is None:
-                            window = (t.cpu() - c0, time.monotonic() - t0, t.cpu_kernel() - k0)
+                            window = (t.cpu() - c0, time.monotonic() - t0, t.cpu_kernel() - k0,
+                                      calls.stop())
+                        else:
+                            calls.stop()
                         break
                     time.sleep(0.01)
         except BaseException:
@@ -796,7 +854,7 @@ class Harness:
             if window is not None and window[1] >= 0.2 and echoed:
                 # Messages echoed inside the window (which lies inside the sending phase):
                 # the run's rate times the window's length.
-                cpu_w, len_w, kernel_w = window
+                cpu_w, len_w, kernel_w, calls_w = window
                 msgs_w = min(echoed, r["msgs_per_s"] * len_w)
                 r["proxy_cpu_s_window"] = round(cpu_w, 3)
                 r["window_s"] = round(len_w, 3)
@@ -804,6 +862,8 @@ class Harness:
                 r["cpu_basis"] = "sending phase"
                 if cpu_w > 0:
                     r["cpu_kernel_share"] = kernel_w / cpu_w
+                if calls_w is not None and msgs_w:
+                    r["syscalls_per_fwd_msg"] = calls_w / (2 * msgs_w)
             elif echoed:
                 r["cpu_us_per_fwd_msg"] = cpu_total * 1e6 / (2 * echoed)
                 r["cpu_basis"] = "whole run (incl. connect/close)"
@@ -1002,6 +1062,8 @@ def brief(r: dict) -> str:
         s += f"  proxy CPU {r['cpu_us_per_fwd_msg']:.2f} µs/fwd msg ({r['cpu_basis']})"
     if r.get("cpu_kernel_share") is not None:
         s += f", {r['cpu_kernel_share']:.0%} in the kernel"
+    if r.get("syscalls_per_fwd_msg") is not None:
+        s += f", {r['syscalls_per_fwd_msg']:.3f} syscalls/fwd msg"
     if r.get("failures"):
         s += f"  failures: {r['failures']}"
     return s
@@ -1018,7 +1080,8 @@ METRICS = {
 def medians(rounds: list[dict]) -> dict:
     out: dict = {}
     keys = {k for r in rounds for k in r
-            if k in METRICS or k in ("errors", "failed", "opened", "echoed", "cpu_kernel_share")}
+            if k in METRICS or k in ("errors", "failed", "opened", "echoed", "cpu_kernel_share",
+                                     "syscalls_per_fwd_msg")}
     for k in keys:
         vals = [r[k] for r in rounds if r.get(k) is not None]
         if not vals:
@@ -1076,6 +1139,31 @@ def issue_targets(res: dict) -> list[dict]:
         if gw is not None and d:
             out.append({"goal": f"({s}) gateway msgs/s as a fraction of direct (report)",
                         "ratio": gw / d, "pass": None})
+    out.extend(cpu_floor(res))
+    return out
+
+
+def cpu_floor(res: dict) -> list[dict]:
+    """How low the (b) CPU ratio can go: the kernel's part of CPU per forwarded message.
+
+    Every proxy doing this job makes the same TCP sends and receives for the same bytes, and
+    the kernel's work for them (loopback TCP, the peer's receive path, wake-ups) is charged
+    to the proxy whatever its user space does. The best peer's kernel share is the score a
+    proxy with no user-space work at all (not even TLS crypto) would get; the gateway's
+    kernel time alone, as a ratio to the best peer's total, is where its own floor lies."""
+    med = res.get("b", {}).get("median", {})
+    peers = [(p, med[p]) for p in PEERS
+             if med.get(p, {}).get("cpu_us_per_fwd_msg") and med[p].get("cpu_kernel_share")]
+    if not peers:
+        return []
+    name, best = min(peers, key=lambda pv: pv[1]["cpu_us_per_fwd_msg"])
+    out = [{"goal": f"(b) CPU floor: {name}'s kernel time alone vs its total (report)",
+            "ratio": best["cpu_kernel_share"], "pass": None}]
+    gw = med.get("gateway", {})
+    if gw.get("cpu_us_per_fwd_msg") and gw.get("cpu_kernel_share") is not None:
+        out.append({"goal": f"(b) CPU floor: the gateway's kernel time alone vs {name}'s total (report)",
+                    "ratio": gw["cpu_us_per_fwd_msg"] * gw["cpu_kernel_share"]
+                    / best["cpu_us_per_fwd_msg"], "pass": None})
     return out
 
 
@@ -1131,6 +1219,14 @@ def render(meta: dict, res: dict, auth: list[dict], goals: list[dict]) -> str:
                  "syscalls, wake-ups), medians: " + "; ".join(
                      f"({s}) " + ", ".join(f"{t} {v:.0%}" for s2, t, v in shares if s2 == s)
                      for s in "abcf" if any(x[0] == s for x in shares)) + ".")
+        L.append("")
+    calls = [(s, t, res[s]["median"][t]["syscalls_per_fwd_msg"]) for s in "abcf" if s in res
+             for t in PROXIES if res[s]["median"].get(t, {}).get("syscalls_per_fwd_msg") is not None]
+    if calls:
+        L.append("System calls per forwarded message (all kinds, counted by `perf stat` on the "
+                 "raw_syscalls tracepoint over the same window), medians: " + "; ".join(
+                     f"({s}) " + ", ".join(f"{t} {v:.3f}" for s2, t, v in calls if s2 == s)
+                     for s in "abcf" if any(x[0] == s for x in calls)) + ".")
         L.append("")
     L.append("¹ nginx (open source) cannot verify a JWT without njs or NGINX Plus: it only terminates "
              "TLS, routes and tunnels, so it does less work than the gateway and HAProxy.")

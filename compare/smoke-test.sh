@@ -64,6 +64,16 @@ done <<<"$auth"
 n_cases="$(grep -c . <<<"$auth" || true)"
 [ "$n_cases" -ge 10 ] || bad "only $n_cases auth cases"
 
+# Syscall counts are optional (perf on the raw_syscalls tracepoint); where perf can count
+# them, every proxy's (b) figure must be in the table.
+if [ -z "${COMPARE_SMOKE_MD:-}" ] && command -v perf >/dev/null \
+    && perf stat -x, -e raw_syscalls:sys_enter -- true >/dev/null 2>&1; then
+    calls="$(grep '^System calls per forwarded message' "$md" || true)"
+    for t in gateway nginx haproxy; do
+        grep -qE "\(b\) [^;]*$t [0-9]+\.[0-9]+" <<<"$calls" || bad "no (b) syscall count for $t"
+    done
+fi
+
 if ((fail)); then
     exit 1
 fi
