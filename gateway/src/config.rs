@@ -89,6 +89,24 @@ pub struct ServerConfig {
     /// per few thousand sessions when the open-file limit is low; rolling restarts).
     /// Read at start-up only.
     pub reuse_port: bool,
+    /// Threads that serve connections, each running its own single-threaded runtime; a
+    /// connection stays on the thread it was handed to for its whole life (no hand-offs
+    /// between threads, as in nginx's and HAProxy's workers). 0: one per CPU the process
+    /// may use. Read at start-up only.
+    pub workers: usize,
+}
+
+/// The most `[server] workers` may ask for.
+pub const MAX_WORKERS: usize = 1024;
+
+impl ServerConfig {
+    /// How many worker threads serve connections: `workers`, or one per CPU when it is 0.
+    pub fn worker_count(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -97,6 +115,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
             path: "/gateway".into(),
             reuse_port: false,
+            workers: 0,
         }
     }
 }
@@ -359,6 +378,13 @@ impl Config {
                 "at least one backend is required".into(),
             ));
         }
+        if raw.server.workers > MAX_WORKERS {
+            return Err(err(
+                "server",
+                "workers",
+                format!("at most {MAX_WORKERS} (0: one per CPU)"),
+            ));
+        }
         if !raw.server.path.starts_with('/') {
             return Err(err("server", "path", "must start with '/'".into()));
         }
@@ -462,10 +488,16 @@ impl Config {
         };
         let _ = writeln!(
             o,
-            "[server]\nlisten = {}\npath = {}\nreuse_port = {}\n",
+            "[server]\nlisten = {}\npath = {}\nreuse_port = {}\nworkers = {}{}\n",
             q(&self.server.listen.to_string()),
             q(&self.server.path),
-            self.server.reuse_port
+            self.server.reuse_port,
+            self.server.workers,
+            if self.server.workers == 0 {
+                format!(" # one per CPU: {}", self.server.worker_count())
+            } else {
+                String::new()
+            }
         );
         let _ = writeln!(
             o,
@@ -614,6 +646,22 @@ mod tests {
         assert_eq!(c.server.listen.port(), 9090);
         assert_eq!(c.server.path, "/gateway");
         assert!(!c.server.reuse_port);
+        assert_eq!(c.server.workers, 0);
+        assert!(c.server.worker_count() >= 1, "0 means one per CPU");
+        let text = format!("[server]\nworkers = 3\n{MINIMAL}");
+        assert_eq!(
+            Config::from_toml_str(&text, Path::new("."))?
+                .server
+                .worker_count(),
+            3
+        );
+        let text = format!("[server]\nworkers = 5000\n{MINIMAL}");
+        let e = Config::from_toml_str(&text, Path::new(".")).err();
+        assert_eq!(
+            e.and_then(|e| e.key).as_deref(),
+            Some("server.workers"),
+            "too many workers is refused by name"
+        );
         let text = format!("[server]\nreuse_port = true\n{MINIMAL}");
         assert!(
             Config::from_toml_str(&text, Path::new("."))?

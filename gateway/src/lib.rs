@@ -6,7 +6,8 @@
 //!
 //! | module | job |
 //! |---|---|
-//! | [`listener`] | accept TCP, accept-error back-off |
+//! | [`listener`] | accept TCP, accept-error back-off, hand to a worker |
+//! | [`workers`] | threads with a runtime each; a connection lives on one |
 //! | [`limits`] | connection slots: total and per client IP |
 //! | [`tls`] | rustls server config from PEM, ALPN `http/1.1` |
 //! | [`tls_stream`] | TLS on rustls's unbuffered API: no buffers held while idle |
@@ -58,6 +59,7 @@ pub mod session;
 pub mod state;
 pub mod tls;
 pub mod tls_stream;
+pub mod workers;
 pub mod wsclient;
 
 use std::future::Future;
@@ -154,17 +156,21 @@ impl Gateway {
 
     /// Serves clients on `listener` until `shutdown` resolves; then stops accepting,
     /// closes every session with 1001 and waits for them up to the close timeout.
+    ///
+    /// Connections are served on `[server] workers` threads of their own; this future
+    /// only accepts and hands them out. Dropping it stops the workers at once.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), GatewayError> {
         let config = self.shared.config();
-        info!(listen = %listener.local_addr()?, path = %config.server.path, "wsgate listening");
+        let workers = workers::Workers::start(config.server.worker_count(), self.shared.clone())?;
+        info!(listen = %listener.local_addr()?, path = %config.server.path, workers = workers.count(), "wsgate listening");
         for (id, spec) in &config.backends {
             info!(backend = %id, to = %spec.describe(), "route");
         }
-        listener::run(listener, self.shared.clone(), shutdown).await;
+        listener::run(listener, self.shared.clone(), &workers, shutdown).await;
         self.shared.draining.store(true, Ordering::Relaxed);
         let _ = self.shutdown_tx.send(true);
         let deadline = tokio::time::Instant::now() + config.timeouts.drain;
@@ -177,6 +183,7 @@ impl Gateway {
             remaining = self.shared.active.load(Ordering::Relaxed),
             "gateway stopped"
         );
+        workers.stop().await;
         Ok(())
     }
 }

@@ -1,4 +1,4 @@
-//! Listen: accept TCP connections, take a connection-limit slot, hand each to its task.
+//! Listen: accept TCP connections, take a connection-limit slot, hand each to a worker.
 //!
 //! Accept errors (EMFILE when descriptors run out, for one) back off and retry instead of
 //! ending or spinning the loop. [`bind`] opens the listening socket, optionally with
@@ -11,10 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket};
-use tracing::{error, info, Instrument};
+use tracing::{debug, error, info};
 
-use crate::service::serve_connection;
 use crate::state::Shared;
+use crate::workers::{Accepted, Workers};
 
 /// Pending connections the kernel queues per listener (as `TcpListener::bind` uses; the
 /// kernel caps it at `net.core.somaxconn`).
@@ -45,8 +45,13 @@ pub fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> 
     socket.listen(BACKLOG)
 }
 
-/// Accepts until `shutdown` resolves.
-pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future<Output = ()>) {
+/// Accepts until `shutdown` resolves, handing every connection to one of `workers`.
+pub async fn run(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    workers: &Workers,
+    shutdown: impl Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(5);
     loop {
@@ -62,9 +67,17 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Futu
                 // Over the limit the connection is still answered (503), not left hanging.
                 let slot = shared.limiter().try_acquire(peer.ip());
                 let span = tracing::info_span!("conn", conn = conn_id, %peer);
-                tokio::spawn(
-                    serve_connection(shared.clone(), tcp, peer, conn_id, slot).instrument(span),
-                );
+                // Unregistered here, registered again by the worker that serves it.
+                match tcp.into_std() {
+                    Ok(tcp) => workers.dispatch(Accepted {
+                        tcp,
+                        peer,
+                        conn_id,
+                        slot,
+                        span,
+                    }),
+                    Err(e) => debug!(conn = conn_id, %peer, error = %e, "cannot hand over"),
+                }
             }
             Err(e) => {
                 error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "accept failed");

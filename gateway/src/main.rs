@@ -59,7 +59,9 @@ fn main() -> ExitCode {
     };
     // Each session needs two descriptors: take the hard limit, not the (often 1024) soft one.
     let open_files = rlimit::increase_nofile_limit(u64::MAX);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // This runtime accepts and runs the admin endpoints, signals and pool health checks;
+    // connections are served on the gateway's worker threads (`[server] workers`).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

@@ -23,6 +23,13 @@ pub struct BackendLabel {
     pub backend: String,
 }
 
+/// Labels: a worker thread's number.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkerLabel {
+    /// 0-based, as in the thread's name `wsgate-worker-N`.
+    pub worker: String,
+}
+
 /// Labels: one instance of a backend pool.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct InstanceLabels {
@@ -146,6 +153,8 @@ pub struct Metrics {
     pub backend_connect_failures: Family<BackendLabel, Counter>,
     /// Close frames the gateway itself sent, per receiver and code.
     pub closes_sent: Family<CloseLabels, Counter>,
+    /// Connections handed to each worker thread.
+    pub worker_connections: Family<WorkerLabel, Counter>,
     /// Per-instance metrics of backend pools.
     pub pools: PoolMetrics,
 }
@@ -171,6 +180,7 @@ impl Metrics {
             backend_connect_seconds: Family::new_with_constructor(LatencyBuckets),
             backend_connect_failures: Family::default(),
             closes_sent: Family::default(),
+            worker_connections: Family::default(),
             pools: PoolMetrics::default(),
             registry: Registry::default(),
         };
@@ -178,6 +188,11 @@ impl Metrics {
             "connections_accepted",
             "TCP connections accepted",
             m.accepted.clone(),
+        );
+        registry.register(
+            "worker_connections",
+            "Connections handed to each worker thread (they stay on it)",
+            m.worker_connections.clone(),
         );
         registry.register(
             "sessions_active",
@@ -253,6 +268,15 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// Counts a connection handed to worker `worker`.
+    pub fn worker_connection(&self, worker: usize) {
+        self.worker_connections
+            .get_or_create(&WorkerLabel {
+                worker: worker.to_string(),
+            })
+            .inc();
     }
 
     /// Folds an ended session in: outcome, tallies, and closes the gateway sent.

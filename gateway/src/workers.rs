@@ -1,0 +1,153 @@
+//! Workers: the threads that serve connections, one single-threaded runtime each.
+//!
+//! The listener accepts and hands each connection to the next worker in turn; from then
+//! on the connection (its TLS handshake, upgrade and whole session, backend side
+//! included) lives on that worker's thread. Nothing moves between threads while data
+//! flows — no work stealing, no cross-thread wake-ups — which is how nginx's and
+//! HAProxy's workers run, and what a session's per-thread scratch buffers assume.
+//! Handing connections out in turn, rather than letting every worker accept from the
+//! shared socket, keeps the spread even (epoll wakes the most recently idle worker first,
+//! which piles connections onto one) and does not need `SO_REUSEPORT`, which would let
+//! another process of the same user bind the port unnoticed.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, error, Instrument, Span};
+
+use crate::limits::{LimitHit, Slot};
+use crate::service::serve_connection;
+use crate::state::Shared;
+
+/// How long a stopping worker waits for its runtime's blocking tasks (name lookups).
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(1);
+
+/// A connection the listener accepted, on its way to a worker.
+pub struct Accepted {
+    /// The client's socket, not yet registered with any runtime.
+    pub tcp: std::net::TcpStream,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The connection's id in logs.
+    pub conn_id: u64,
+    /// Its connection-limit slot, or which limit it hit (it is answered 503).
+    pub slot: Result<Slot, LimitHit>,
+    /// The connection's tracing span.
+    pub span: Span,
+}
+
+/// The running workers. Dropping this tells them to stop at once (their sessions end
+/// without a close handshake); [`Workers::stop`] is the orderly way, after a drain.
+pub struct Workers {
+    inboxes: Vec<mpsc::UnboundedSender<Accepted>>,
+    next: AtomicUsize,
+    exit: watch::Sender<bool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Workers {
+    /// Starts `count` (at least one) worker threads serving connections for `shared`.
+    pub fn start(count: usize, shared: Arc<Shared>) -> io::Result<Self> {
+        let (exit, exit_rx) = watch::channel(false);
+        let mut inboxes = Vec::with_capacity(count.max(1));
+        let mut threads = Vec::with_capacity(count.max(1));
+        for worker in 0..count.max(1) {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let (tx, rx) = mpsc::unbounded_channel();
+            let shared = shared.clone();
+            let exit_rx = exit_rx.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("wsgate-worker-{worker}"))
+                .spawn(move || {
+                    runtime.block_on(serve(worker, rx, exit_rx, shared));
+                    // Its sessions are dropped here; a name lookup still running on the
+                    // blocking pool is not waited for long.
+                    runtime.shutdown_timeout(SHUTDOWN_WAIT);
+                })?;
+            inboxes.push(tx);
+            threads.push(thread);
+        }
+        Ok(Self {
+            inboxes,
+            next: AtomicUsize::new(0),
+            exit,
+            threads,
+        })
+    }
+
+    /// How many workers there are.
+    pub fn count(&self) -> usize {
+        self.inboxes.len()
+    }
+
+    /// Hands `conn` to the next worker in turn (skipping any that has stopped).
+    pub fn dispatch(&self, mut conn: Accepted) {
+        for _ in 0..self.inboxes.len() {
+            let i = self.next.fetch_add(1, Ordering::Relaxed) % self.inboxes.len();
+            match self.inboxes[i].send(conn) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(back)) => conn = back,
+            }
+        }
+        error!(
+            conn = conn.conn_id,
+            "no worker is running; connection dropped"
+        );
+    }
+
+    /// Stops every worker (a session still open is dropped) and waits for their threads.
+    pub async fn stop(self) {
+        let _ = self.exit.send(true);
+        let threads = self.threads;
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+    }
+}
+
+/// One worker's loop: runs every connection it is handed, until told to exit.
+async fn serve(
+    worker: usize,
+    mut inbox: mpsc::UnboundedReceiver<Accepted>,
+    mut exit: watch::Receiver<bool>,
+    shared: Arc<Shared>,
+) {
+    loop {
+        let conn = tokio::select! {
+            biased;
+            // Also when the sender is gone: the gateway that owned these workers is gone.
+            _ = exit.wait_for(|stop| *stop) => break,
+            conn = inbox.recv() => match conn {
+                Some(conn) => conn,
+                None => break,
+            },
+        };
+        shared.metrics.worker_connection(worker);
+        let Accepted {
+            tcp,
+            peer,
+            conn_id,
+            slot,
+            span,
+        } = conn;
+        match TcpStream::from_std(tcp) {
+            Ok(tcp) => {
+                tokio::spawn(
+                    serve_connection(shared.clone(), tcp, peer, conn_id, slot).instrument(span),
+                );
+            }
+            Err(e) => debug!(conn = conn_id, %peer, error = %e, "cannot register connection"),
+        }
+    }
+}

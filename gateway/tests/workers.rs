@@ -1,0 +1,133 @@
+//! `[server] workers`: connections are handed to the worker threads in turn and stay
+//! there; a drain closes the sessions on every worker with 1001; a gateway that is
+//! dropped takes its workers' sessions with it.
+
+mod support;
+
+use anyhow::{ensure, Context, Result};
+use demo_services::{Backend, ServiceOptions};
+use fastwebsockets::{Frame, OpCode, Payload, WebSocket};
+use loadgen::client::{connect, WsStream};
+use support::process::{client_options, GatewayProc, ProcOptions};
+use support::*;
+
+const WORKERS: usize = 3;
+const PER_WORKER: usize = 3;
+
+async fn open_client(opts: &loadgen::client::ConnectOptions) -> Result<WebSocket<WsStream>> {
+    let mut ws = connect(opts).await?.ws;
+    ws.set_auto_close(false);
+    echo(&mut ws, b"hello").await?;
+    Ok(ws)
+}
+
+/// Names of the process's threads that start with `prefix` (from /proc/<pid>/task).
+fn threads_named(pid: u32, prefix: &str) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let comm = std::fs::read_to_string(task?.path().join("comm"))?;
+        if comm.starts_with(prefix) {
+            names.push(comm.trim().to_owned());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+#[tokio::test]
+async fn connections_go_to_the_workers_in_turn_and_all_drain() -> Result<()> {
+    let backend = demo_services::spawn_for_test(ServiceOptions {
+        backend: Backend::Abc,
+        push_interval: None,
+    })
+    .await?;
+    let mut gw = GatewayProc::start(ProcOptions {
+        backends: vec![("Backend_ABC".into(), backend.url())],
+        server_toml: format!("workers = {WORKERS}"),
+        // The clients answer the shutdown's close themselves; keep the drain short anyway.
+        extra_toml: "[timeouts]\nclose = \"2s\"\ndrain = \"5s\"\n".into(),
+        ..ProcOptions::default()
+    })
+    .await?;
+    let names = threads_named(gw.pid(), "wsgate-worker")?;
+    ensure!(
+        names == ["wsgate-worker-0", "wsgate-worker-1", "wsgate-worker-2"],
+        "worker threads: {names:?}"
+    );
+
+    let opts = gw.connect_options("Backend_ABC")?;
+    let mut clients = Vec::new();
+    for _ in 0..WORKERS * PER_WORKER {
+        clients.push(open_client(&opts).await?);
+    }
+    let page = gw.metrics().await?;
+    for w in 0..WORKERS {
+        let line = format!("wsgate_worker_connections_total{{worker=\"{w}\"}} {PER_WORKER}");
+        ensure!(
+            page.lines().any(|l| l == line),
+            "no '{line}' in /metrics:\n{}",
+            page.lines()
+                .filter(|l| l.starts_with("wsgate_worker"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    // Every session still flows, whichever worker holds it.
+    for ws in &mut clients {
+        echo(ws, b"again").await?;
+    }
+
+    // SIGTERM: every session, on every worker, gets 1001 and the process exits cleanly.
+    gw.terminate()?;
+    for ws in &mut clients {
+        let f = tokio::time::timeout(DEADLINE, next_non_push(ws))
+            .await
+            .context("no close before the deadline")??;
+        ensure!(f.opcode == OpCode::Close, "got {:?}, not a close", f.opcode);
+        let (code, _) = close_of(&f)?;
+        ensure!(code == 1001, "drain close code {code}");
+        let _ = send(ws, Frame::close(1001, b"")).await;
+    }
+    let status = gw.wait_exit(DEADLINE).await?;
+    ensure!(status.success(), "gateway exited with {status}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn dropping_the_gateway_ends_its_workers_sessions() -> Result<()> {
+    // The backend outlives the gateway, so only the gateway's end can end the sessions.
+    let backend = demo_services::spawn_for_test(ServiceOptions {
+        backend: Backend::Abc,
+        push_interval: None,
+    })
+    .await?;
+    let toml = format!(
+        "[server]\nworkers = 2\n[backends]\nBackend_ABC = \"{}\"\n",
+        backend.url()
+    );
+    let config = gateway::Config::from_toml_str(&toml, &loadgen::testbed::repo_root())?;
+    let gw = gateway::Gateway::new(config)?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("wss://localhost:{}/gateway", listener.local_addr()?.port());
+    let serving = tokio::spawn(gw.serve(listener, std::future::pending()));
+
+    let opts = client_options(&url, "Backend_ABC")?;
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(open_client(&opts).await?);
+    }
+    serving.abort();
+    let _ = serving.await;
+    for ws in &mut clients {
+        let _ = send(ws, Frame::binary(Payload::Borrowed(b"anyone?"))).await;
+        let ended = loop {
+            match tokio::time::timeout(DEADLINE, ws.read_frame()).await {
+                Err(_) => break false,
+                Ok(Ok(f)) if f.opcode == OpCode::Binary => {} // answered before the end
+                Ok(_) => break true,                          // close frame or stream error
+            }
+        };
+        ensure!(ended, "a session outlived its gateway");
+    }
+    Ok(())
+}
