@@ -42,6 +42,12 @@ pub fn reload(shared: &Shared) -> Result<(), ReloadError> {
             config.limits.max_connections = config.limits.max_connections.min(cap.max(1));
         }
         let parts = build_parts(config)?;
+        for key in start_up_only_changes(&shared.config(), &parts.config) {
+            warn!(
+                key,
+                "changed in the file, but read at start-up only: takes effect at the next start"
+            );
+        }
         let backends: Vec<String> = parts.config.backends.keys().cloned().collect();
         shared.replace(parts);
         info!(backends = ?backends, "config reloaded");
@@ -51,4 +57,45 @@ pub fn reload(shared: &Shared) -> Result<(), ReloadError> {
         warn!(error = %e, "config reload rejected; the previous config stays in force");
     }
     result
+}
+
+/// Keys a reload cannot apply (sockets and threads are set up once) whose value in the
+/// file differs from the one in force.
+fn start_up_only_changes(running: &Config, file: &Config) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    if running.server.listen != file.server.listen {
+        changed.push("server.listen");
+    }
+    if running.server.reuse_port != file.server.reuse_port {
+        changed.push("server.reuse_port");
+    }
+    if running.server.workers != file.server.workers {
+        changed.push("server.workers");
+    }
+    if running.admin.enabled != file.admin.enabled || running.admin.listen != file.admin.listen {
+        changed.push("admin");
+    }
+    changed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_up_only_keys_are_named_when_the_file_changes_them() -> Result<(), ConfigError> {
+        let base = "[backends]\nBackend_ABC = \"ws://localhost:8081/a\"\n";
+        let dir = std::path::Path::new(".");
+        let running = Config::from_toml_str(base, dir)?;
+        assert!(start_up_only_changes(&running, &running).is_empty());
+        let file = Config::from_toml_str(
+            &format!("[server]\nworkers = 7\nlisten = \"127.0.0.1:1\"\n{base}"),
+            dir,
+        )?;
+        assert_eq!(
+            start_up_only_changes(&running, &file),
+            ["server.listen", "server.workers"]
+        );
+        Ok(())
+    }
 }
