@@ -62,7 +62,8 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         src_mask: Option<[u8; 4]>,
         check_utf8: bool,
     ) -> Result<(), InvalidUtf8> {
-        let key: Option<[u8; 4]> = self.mask.then(rand::random);
+        // One 32-bit draw: `rand::random::<[u8; 4]>()` would draw a 32-bit word per byte.
+        let key: Option<[u8; 4]> = self.mask.then(|| rand::random::<u32>().to_ne_bytes());
         let mut head = [0u8; MAX_HEAD];
         let head_len = encode_head(&mut head, fin, opcode, payload.len(), key);
         let start = self.buf.len();
