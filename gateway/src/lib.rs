@@ -85,6 +85,9 @@ pub enum GatewayError {
     /// The listener failed.
     #[error("listener error: {0}")]
     Io(#[from] std::io::Error),
+    /// A worker thread (or its runtime) could not be started.
+    #[error("cannot start the worker threads: {0}")]
+    Workers(std::io::Error),
 }
 
 /// Reloads the gateway's config file on demand.
@@ -165,7 +168,8 @@ impl Gateway {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), GatewayError> {
         let config = self.shared.config();
-        let workers = workers::Workers::start(config.server.worker_count(), self.shared.clone())?;
+        let workers = workers::Workers::start(config.server.worker_count(), self.shared.clone())
+            .map_err(GatewayError::Workers)?;
         info!(listen = %listener.local_addr()?, path = %config.server.path, workers = workers.count(), "wsgate listening");
         for (id, spec) in &config.backends {
             info!(backend = %id, to = %spec.describe(), "route");
