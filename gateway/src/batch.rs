@@ -67,8 +67,11 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         let mut head = [0u8; MAX_HEAD];
         let head_len = encode_head(&mut head, fin, opcode, payload.len(), key);
         let start = self.buf.len();
-        self.buf.reserve(head_len + payload.len());
-        self.buf.extend_from_slice(&head[..head_len]);
+        self.buf.reserve(MAX_HEAD + payload.len());
+        // The whole fixed-size head array, then cut back: a copy of known size is a few
+        // moves, where a slice of the head's own length is a call to memcpy.
+        self.buf.extend_from_slice(&head);
+        self.buf.truncate(start + head_len);
         let body_at = self.buf.len();
         self.buf.extend_from_slice(payload);
         let body = &mut self.buf[body_at..];

@@ -112,14 +112,19 @@ pub fn parse(data: &[u8], expect_masked: bool, max_frame: usize) -> Parsed {
     if payload_len > max_frame {
         return Parsed::Violation(1009);
     }
-    let mask = masked.then(|| {
-        [
-            data[mask_at],
-            data[mask_at + 1],
-            data[mask_at + 2],
-            data[mask_at + 3],
-        ]
-    });
+    let mask = if masked {
+        // `head_len` covers the key and `data` holds the whole head (checked above), so
+        // this always finds it; a slice of known length is cheaper than four indexings.
+        match data
+            .get(mask_at..head_len)
+            .and_then(|key| <[u8; 4]>::try_from(key).ok())
+        {
+            Some(key) => Some(key),
+            None => return Parsed::Incomplete(None),
+        }
+    } else {
+        None
+    };
     let head = Head {
         fin,
         opcode,
