@@ -168,9 +168,13 @@ impl Gateway {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), GatewayError> {
         let config = self.shared.config();
-        let workers = workers::Workers::start(config.server.worker_count(), self.shared.clone())
-            .map_err(GatewayError::Workers)?;
-        info!(listen = %listener.local_addr()?, path = %config.server.path, workers = workers.count(), "wsgate listening");
+        let workers = workers::Workers::start(
+            config.server.worker_count(),
+            config.server.threading,
+            self.shared.clone(),
+        )
+        .map_err(GatewayError::Workers)?;
+        info!(listen = %listener.local_addr()?, path = %config.server.path, workers = workers.count(), threading = config.server.threading.as_str(), "wsgate listening");
         for (id, spec) in &config.backends {
             info!(backend = %id, to = %spec.describe(), "route");
         }

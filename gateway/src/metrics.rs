@@ -26,7 +26,8 @@ pub struct BackendLabel {
 /// Labels: a worker thread's number.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WorkerLabel {
-    /// 0-based, as in the thread's name `wsgate-worker-N`.
+    /// 0-based, as in the thread's name `wsgate-worker-N`; `shared` with
+    /// `threading = "shared"`.
     pub worker: String,
 }
 
@@ -270,11 +271,12 @@ impl Metrics {
         out
     }
 
-    /// Counts a connection handed to worker `worker`.
-    pub fn worker_connection(&self, worker: usize) {
+    /// Counts a connection handed to worker `worker` (`shared` when the threads share one
+    /// runtime).
+    pub fn worker_connection(&self, worker: &str) {
         self.worker_connections
             .get_or_create(&WorkerLabel {
-                worker: worker.to_string(),
+                worker: worker.to_owned(),
             })
             .inc();
     }

@@ -72,6 +72,9 @@ fn start_up_only_changes(running: &Config, file: &Config) -> Vec<&'static str> {
     if running.server.workers != file.server.workers {
         changed.push("server.workers");
     }
+    if running.server.threading != file.server.threading {
+        changed.push("server.threading");
+    }
     if running.admin.enabled != file.admin.enabled || running.admin.listen != file.admin.listen {
         changed.push("admin");
     }

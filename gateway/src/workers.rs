@@ -9,6 +9,10 @@
 //! shared socket, keeps the spread even (epoll wakes the most recently idle worker first,
 //! which piles connections onto one) and does not need `SO_REUSEPORT`, which would let
 //! another process of the same user bind the port unnoticed.
+//!
+//! With `[server] threading = "shared"` the same number of threads run one tokio
+//! multi-thread runtime instead, and take work from each other: more CPU per message, but
+//! a thread the kernel does not run for a while does not hold up its connections.
 
 use std::io;
 use std::net::SocketAddr;
@@ -21,6 +25,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, Instrument, Span};
 
+use crate::config::Threading;
 use crate::limits::{LimitHit, Slot};
 use crate::service::serve_connection;
 use crate::state::Shared;
@@ -45,19 +50,43 @@ pub struct Accepted {
 /// The running workers. Dropping this tells them to stop at once (their sessions end
 /// without a close handshake); [`Workers::stop`] is the orderly way, after a drain.
 pub struct Workers {
+    count: usize,
+    /// `threading = "per_worker"`: each worker's inbox, in turn.
     inboxes: Vec<mpsc::UnboundedSender<Accepted>>,
     next: AtomicUsize,
     exit: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
+    /// `threading = "shared"`: the one runtime all worker threads run.
+    runtime: Option<tokio::runtime::Runtime>,
+    shared: Arc<Shared>,
 }
 
 impl Workers {
-    /// Starts `count` (at least one) worker threads serving connections for `shared`.
-    pub fn start(count: usize, shared: Arc<Shared>) -> io::Result<Self> {
+    /// Starts `count` (at least one) worker threads serving connections for `shared`,
+    /// each with a runtime of its own or all on one, as `threading` says.
+    pub fn start(count: usize, threading: Threading, shared: Arc<Shared>) -> io::Result<Self> {
+        let count = count.max(1);
         let (exit, exit_rx) = watch::channel(false);
-        let mut inboxes = Vec::with_capacity(count.max(1));
-        let mut threads = Vec::with_capacity(count.max(1));
-        for worker in 0..count.max(1) {
+        let mut workers = Self {
+            count,
+            inboxes: Vec::new(),
+            next: AtomicUsize::new(0),
+            exit,
+            threads: Vec::new(),
+            runtime: None,
+            shared: shared.clone(),
+        };
+        if threading == Threading::Shared {
+            workers.runtime = Some(
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(count)
+                    .thread_name("wsgate-shared")
+                    .enable_all()
+                    .build()?,
+            );
+            return Ok(workers);
+        }
+        for worker in 0..count {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
@@ -72,24 +101,25 @@ impl Workers {
                     // blocking pool is not waited for long.
                     runtime.shutdown_timeout(SHUTDOWN_WAIT);
                 })?;
-            inboxes.push(tx);
-            threads.push(thread);
+            workers.inboxes.push(tx);
+            workers.threads.push(thread);
         }
-        Ok(Self {
-            inboxes,
-            next: AtomicUsize::new(0),
-            exit,
-            threads,
-        })
+        Ok(workers)
     }
 
-    /// How many workers there are.
+    /// How many worker threads there are.
     pub fn count(&self) -> usize {
-        self.inboxes.len()
+        self.count
     }
 
-    /// Hands `conn` to the next worker in turn (skipping any that has stopped).
+    /// Hands `conn` to the next worker in turn (skipping any that has stopped), or to the
+    /// shared runtime.
     pub fn dispatch(&self, mut conn: Accepted) {
+        if let Some(runtime) = &self.runtime {
+            let shared = self.shared.clone();
+            runtime.spawn(async move { serve_one(&shared, "shared", conn).await });
+            return;
+        }
         for _ in 0..self.inboxes.len() {
             let i = self.next.fetch_add(1, Ordering::Relaxed) % self.inboxes.len();
             match self.inboxes[i].send(conn) {
@@ -104,15 +134,50 @@ impl Workers {
     }
 
     /// Stops every worker (a session still open is dropped) and waits for their threads.
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
         let _ = self.exit.send(true);
-        let threads = self.threads;
+        let threads = std::mem::take(&mut self.threads);
+        let runtime = self.runtime.take();
         let _ = tokio::task::spawn_blocking(move || {
             for t in threads {
                 let _ = t.join();
             }
+            if let Some(runtime) = runtime {
+                runtime.shutdown_timeout(SHUTDOWN_WAIT);
+            }
         })
         .await;
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        // The per-worker threads see their exit sender go; a shared runtime is let go
+        // without waiting (this may run inside another runtime, where blocking is not
+        // allowed).
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Registers `conn` with the runtime this runs on and serves it there.
+async fn serve_one(shared: &Arc<Shared>, worker: &str, conn: Accepted) {
+    shared.metrics.worker_connection(worker);
+    let Accepted {
+        tcp,
+        peer,
+        conn_id,
+        slot,
+        span,
+    } = conn;
+    match TcpStream::from_std(tcp) {
+        Ok(tcp) => {
+            serve_connection(shared.clone(), tcp, peer, conn_id, slot)
+                .instrument(span)
+                .await
+        }
+        Err(e) => debug!(conn = conn_id, %peer, error = %e, "cannot register connection"),
     }
 }
 
@@ -123,6 +188,7 @@ async fn serve(
     mut exit: watch::Receiver<bool>,
     shared: Arc<Shared>,
 ) {
+    let label: Arc<str> = worker.to_string().into();
     loop {
         let conn = tokio::select! {
             biased;
@@ -133,21 +199,8 @@ async fn serve(
                 None => break,
             },
         };
-        shared.metrics.worker_connection(worker);
-        let Accepted {
-            tcp,
-            peer,
-            conn_id,
-            slot,
-            span,
-        } = conn;
-        match TcpStream::from_std(tcp) {
-            Ok(tcp) => {
-                tokio::spawn(
-                    serve_connection(shared.clone(), tcp, peer, conn_id, slot).instrument(span),
-                );
-            }
-            Err(e) => debug!(conn = conn_id, %peer, error = %e, "cannot register connection"),
-        }
+        let shared = shared.clone();
+        let label = label.clone();
+        tokio::spawn(async move { serve_one(&shared, &label, conn).await });
     }
 }

@@ -1,6 +1,6 @@
-//! `[server] workers`: connections are handed to the worker threads in turn and stay
-//! there; a drain closes the sessions on every worker with 1001; a gateway that is
-//! dropped takes its workers' sessions with it.
+//! `[server] workers` and `threading`: connections are handed to the worker threads in
+//! turn and stay there (or all go to one shared runtime); a drain closes the sessions on
+//! every worker with 1001; a gateway that is dropped takes its workers' sessions with it.
 
 mod support;
 
@@ -34,8 +34,16 @@ fn threads_named(pid: u32, prefix: &str) -> Result<Vec<String>> {
     Ok(names)
 }
 
-#[tokio::test]
-async fn connections_go_to_the_workers_in_turn_and_all_drain() -> Result<()> {
+/// Opens `clients` sessions on a gateway started with `server_toml`, checks the threads
+/// named `thread_prefix` and the per-worker counts in /metrics, then SIGTERM: every
+/// session gets 1001 and the process exits cleanly.
+async fn serve_then_drain(
+    server_toml: &str,
+    clients: usize,
+    thread_prefix: &str,
+    threads: &[&str],
+    counts: &[(&str, usize)],
+) -> Result<()> {
     let backend = demo_services::spawn_for_test(ServiceOptions {
         backend: Backend::Abc,
         push_interval: None,
@@ -43,26 +51,23 @@ async fn connections_go_to_the_workers_in_turn_and_all_drain() -> Result<()> {
     .await?;
     let mut gw = GatewayProc::start(ProcOptions {
         backends: vec![("Backend_ABC".into(), backend.url())],
-        server_toml: format!("workers = {WORKERS}"),
+        server_toml: server_toml.to_owned(),
         // The clients answer the shutdown's close themselves; keep the drain short anyway.
         extra_toml: "[timeouts]\nclose = \"2s\"\ndrain = \"5s\"\n".into(),
         ..ProcOptions::default()
     })
     .await?;
-    let names = threads_named(gw.pid(), "wsgate-worker")?;
-    ensure!(
-        names == ["wsgate-worker-0", "wsgate-worker-1", "wsgate-worker-2"],
-        "worker threads: {names:?}"
-    );
+    let names = threads_named(gw.pid(), thread_prefix)?;
+    ensure!(names == threads, "threads: {names:?}, expected {threads:?}");
 
     let opts = gw.connect_options("Backend_ABC")?;
-    let mut clients = Vec::new();
-    for _ in 0..WORKERS * PER_WORKER {
-        clients.push(open_client(&opts).await?);
+    let mut open = Vec::new();
+    for _ in 0..clients {
+        open.push(open_client(&opts).await?);
     }
     let page = gw.metrics().await?;
-    for w in 0..WORKERS {
-        let line = format!("wsgate_worker_connections_total{{worker=\"{w}\"}} {PER_WORKER}");
+    for (worker, n) in counts {
+        let line = format!("wsgate_worker_connections_total{{worker=\"{worker}\"}} {n}");
         ensure!(
             page.lines().any(|l| l == line),
             "no '{line}' in /metrics:\n{}",
@@ -73,13 +78,13 @@ async fn connections_go_to_the_workers_in_turn_and_all_drain() -> Result<()> {
         );
     }
     // Every session still flows, whichever worker holds it.
-    for ws in &mut clients {
+    for ws in &mut open {
         echo(ws, b"again").await?;
     }
 
     // SIGTERM: every session, on every worker, gets 1001 and the process exits cleanly.
     gw.terminate()?;
-    for ws in &mut clients {
+    for ws in &mut open {
         let f = tokio::time::timeout(DEADLINE, next_non_push(ws))
             .await
             .context("no close before the deadline")??;
@@ -91,6 +96,30 @@ async fn connections_go_to_the_workers_in_turn_and_all_drain() -> Result<()> {
     let status = gw.wait_exit(DEADLINE).await?;
     ensure!(status.success(), "gateway exited with {status}");
     Ok(())
+}
+
+#[tokio::test]
+async fn connections_go_to_the_workers_in_turn_and_all_drain() -> Result<()> {
+    serve_then_drain(
+        &format!("workers = {WORKERS}"),
+        WORKERS * PER_WORKER,
+        "wsgate-worker",
+        &["wsgate-worker-0", "wsgate-worker-1", "wsgate-worker-2"],
+        &[("0", PER_WORKER), ("1", PER_WORKER), ("2", PER_WORKER)],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn shared_threading_runs_one_runtime_and_drains() -> Result<()> {
+    serve_then_drain(
+        &format!("workers = {WORKERS}\nthreading = \"shared\""),
+        WORKERS * PER_WORKER,
+        "wsgate-",
+        &["wsgate-shared", "wsgate-shared", "wsgate-shared"],
+        &[("shared", WORKERS * PER_WORKER)],
+    )
+    .await
 }
 
 #[tokio::test]
