@@ -342,6 +342,10 @@ class Target:
 # Configs
 
 
+# Extra lines for the gateway's [server] table (`--gateway-server`), e.g. threading = "shared".
+GATEWAY_SERVER_EXTRA = ""
+
+
 def gateway_config(tmp: Path, port: int, bports: list[int], admin_key: bool = True) -> Path:
     cfg = tmp / "gateway.toml"
     backends = "\n".join(
@@ -352,6 +356,7 @@ def gateway_config(tmp: Path, port: int, bports: list[int], admin_key: bool = Tr
 [server]
 listen = "127.0.0.1:{port}"
 path = "/gateway"
+{GATEWAY_SERVER_EXTRA}
 
 [tls]
 cert = "{CERTS / 'server.crt'}"
@@ -1172,7 +1177,8 @@ def render(meta: dict, res: dict, auth: list[dict], goals: list[dict]) -> str:
     L.append(f"## wsgate vs nginx vs HAProxy — {meta['date']}")
     L.append("")
     L.append(f"Machine: {meta['machine']}. Versions: {meta['versions']}. Mode: {meta['mode']} "
-             f"({meta['rounds']} round(s) interleaved, medians; {meta['duration_s']} s per closed/open-loop run).")
+             f"({meta['rounds']} round(s) interleaved, medians; {meta['duration_s']} s per closed/open-loop run)."
+             + (f" Gateway `[server]` extra: `{meta['gateway_server']}`." if meta.get("gateway_server") else ""))
     L.append("")
     L.append("| Scen. | Target | JWT checked | msgs/s | RTT p50 | RTT p99 | RTT p99.9 | proxy CPU µs/fwd msg | proxy RSS KiB/conn | new conns/s | proxy CPU µs/conn | errors |")
     L.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -1306,7 +1312,11 @@ def main() -> int:
     ap.add_argument("--out", default=str(HERE / "results"), help="folder for the .md and .json")
     ap.add_argument("--name", help="file stem in --out (default: latest; smoke: smoke)")
     ap.add_argument("--keep-tmp", action="store_true", help="keep the temp folder (configs, logs, raw JSON)")
+    ap.add_argument("--gateway-server", default="", metavar="TOML",
+                    help='extra lines for the gateway\'s [server] table, e.g. \'threading = "shared"\'')
     a = ap.parse_args()
+    global GATEWAY_SERVER_EXTRA
+    GATEWAY_SERVER_EXTRA = a.gateway_server
     a.targets = [t.strip() for t in a.targets.split(",") if t.strip()]
     unknown = set(a.targets) - set(TARGETS)
     if unknown:
@@ -1372,6 +1382,7 @@ def main() -> int:
         "machine": machine(), "versions": h.versions,
         "mode": "smoke" if a.smoke else "full", "rounds": rounds, "duration_s": duration,
         "wall_s": round(time.monotonic() - t_start, 1),
+        "gateway_server": GATEWAY_SERVER_EXTRA,
     }
     md = render(meta, res, auth, goals)
     out = Path(a.out)
