@@ -1,4 +1,5 @@
-//! Workers: the threads that serve connections, one single-threaded runtime each.
+//! Workers: the threads that serve connections, each on a single-threaded runtime of
+//! its own (or all on one shared runtime).
 //!
 //! The listener accepts and hands each connection to the next worker in turn; from then
 //! on the connection (its TLS handshake, upgrade and whole session, backend side

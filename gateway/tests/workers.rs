@@ -124,6 +124,16 @@ async fn shared_threading_runs_one_runtime_and_drains() -> Result<()> {
 
 #[tokio::test]
 async fn dropping_the_gateway_ends_its_workers_sessions() -> Result<()> {
+    drop_ends_sessions("per_worker").await
+}
+
+#[tokio::test]
+async fn dropping_the_gateway_ends_its_shared_runtimes_sessions() -> Result<()> {
+    drop_ends_sessions("shared").await
+}
+
+/// A gateway (with `threading`) serving four sessions is dropped: every session ends.
+async fn drop_ends_sessions(threading: &str) -> Result<()> {
     // The backend outlives the gateway, so only the gateway's end can end the sessions.
     let backend = demo_services::spawn_for_test(ServiceOptions {
         backend: Backend::Abc,
@@ -131,7 +141,7 @@ async fn dropping_the_gateway_ends_its_workers_sessions() -> Result<()> {
     })
     .await?;
     let toml = format!(
-        "[server]\nworkers = 2\n[backends]\nBackend_ABC = \"{}\"\n",
+        "[server]\nworkers = 2\nthreading = \"{threading}\"\n[backends]\nBackend_ABC = \"{}\"\n",
         backend.url()
     );
     let config = gateway::Config::from_toml_str(&toml, &loadgen::testbed::repo_root())?;
