@@ -1172,6 +1172,19 @@ def cpu_floor(res: dict) -> list[dict]:
     return out
 
 
+def per_proxy_medians(res: dict, key: str, spec: str) -> str:
+    """`(a) gateway 0.78, nginx …; (b) …`: each proxy's median `key` per scenario, where
+    measured ("" when nowhere)."""
+    parts = []
+    for s in "abcf":
+        med = res.get(s, {}).get("median", {})
+        vals = [f"{t} {med[t][key]:{spec}}" for t in PROXIES
+                if med.get(t, {}).get(key) is not None]
+        if vals:
+            parts.append(f"({s}) " + ", ".join(vals))
+    return "; ".join(parts)
+
+
 def render(meta: dict, res: dict, auth: list[dict], goals: list[dict]) -> str:
     L = []
     L.append(f"## wsgate vs nginx vs HAProxy — {meta['date']}")
@@ -1218,22 +1231,16 @@ def render(meta: dict, res: dict, auth: list[dict], goals: list[dict]) -> str:
              "whole cycle. errors = integrity errors + connections that failed to open, summed over rounds. "
              "Demo backends and loadgen are not charged. The machine may be shared: figures are noisy.")
     L.append("")
-    shares = [(s, t, res[s]["median"][t]["cpu_kernel_share"]) for s in "abcf" if s in res
-              for t in PROXIES if res[s]["median"].get(t, {}).get("cpu_kernel_share") is not None]
-    if shares:
-        L.append("Share of each proxy's CPU spent in the kernel (system time: TCP on loopback, "
-                 "syscalls, wake-ups), medians: " + "; ".join(
-                     f"({s}) " + ", ".join(f"{t} {v:.0%}" for s2, t, v in shares if s2 == s)
-                     for s in "abcf" if any(x[0] == s for x in shares)) + ".")
-        L.append("")
-    calls = [(s, t, res[s]["median"][t]["syscalls_per_fwd_msg"]) for s in "abcf" if s in res
-             for t in PROXIES if res[s]["median"].get(t, {}).get("syscalls_per_fwd_msg") is not None]
-    if calls:
-        L.append("System calls per forwarded message (all kinds, counted by `perf stat` on the "
-                 "raw_syscalls tracepoint over the same window), medians: " + "; ".join(
-                     f"({s}) " + ", ".join(f"{t} {v:.3f}" for s2, t, v in calls if s2 == s)
-                     for s in "abcf" if any(x[0] == s for x in calls)) + ".")
-        L.append("")
+    for title, key, spec in (
+        ("Share of each proxy's CPU spent in the kernel (system time: TCP on loopback, "
+         "syscalls, wake-ups)", "cpu_kernel_share", ".0%"),
+        ("System calls per forwarded message (all kinds, counted by `perf stat` on the "
+         "raw_syscalls tracepoint over the same window)", "syscalls_per_fwd_msg", ".3f"),
+    ):
+        line = per_proxy_medians(res, key, spec)
+        if line:
+            L.append(f"{title}, medians: {line}.")
+            L.append("")
     L.append("¹ nginx (open source) cannot verify a JWT without njs or NGINX Plus: it only terminates "
              "TLS, routes and tunnels, so it does less work than the gateway and HAProxy.")
     if goals:

@@ -669,6 +669,14 @@ mod tests {
 
     const MINIMAL: &str = "[backends]\nBackend_ABC = \"ws://localhost:8081/backend/abc\"\n";
 
+    /// The key a config with `server_line` in `[server]` is refused for, if refused.
+    fn refused_key(server_line: &str) -> Option<String> {
+        let text = format!("[server]\n{server_line}\n{MINIMAL}");
+        Config::from_toml_str(&text, Path::new("."))
+            .err()
+            .and_then(|e| e.key)
+    }
+
     #[test]
     fn defaults_match_the_design() -> Result<(), ConfigError> {
         let c = Config::from_toml_str(MINIMAL, Path::new("/etc/wsgate"))?;
@@ -692,17 +700,13 @@ mod tests {
                 .threading,
             Threading::Shared
         );
-        let text = format!("[server]\nthreading = \"stealing\"\n{MINIMAL}");
-        let e = Config::from_toml_str(&text, Path::new(".")).err();
         assert_eq!(
-            e.and_then(|e| e.key).as_deref(),
+            refused_key("threading = \"stealing\"").as_deref(),
             Some("server.threading"),
             "an unknown threading is refused by name"
         );
-        let text = format!("[server]\nworkers = 5000\n{MINIMAL}");
-        let e = Config::from_toml_str(&text, Path::new(".")).err();
         assert_eq!(
-            e.and_then(|e| e.key).as_deref(),
+            refused_key("workers = 5000").as_deref(),
             Some("server.workers"),
             "too many workers is refused by name"
         );
