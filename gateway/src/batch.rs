@@ -1,17 +1,21 @@
-//! Frame writing with batching: frames are encoded straight into one buffer per side and
-//! reach the socket (and the TLS layer) in one write per burst, instead of one syscall and
-//! one TLS record per frame.
+//! Frame writing with batching: a read's worth of frames reaches the socket (and the TLS
+//! layer) in one write, instead of one syscall and one TLS record per frame.
 //!
-//! The forwarder flushes when its reader has no further bytes ready, and whenever the
-//! batch passes `limit`, which bounds memory per direction and makes a slow reader slow
-//! down the writer feeding it (backpressure).
+//! Forwarded frames are readied in place in the reader's buffer ([`forward_in_place`])
+//! and written from there at once ([`FrameWriter::send_encoded`]); only what the stream
+//! does not take without waiting, and frames the gateway writes itself (pings, closes),
+//! are copied into the writer's batch buffer. The forwarder flushes when its reader has
+//! no further bytes ready, and whenever the batch passes `limit`, which bounds memory per
+//! direction and makes a slow reader slow down the writer feeding it (backpressure).
 
 use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use fastwebsockets::Role;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use crate::frames::{apply_mask, encode_head, MAX_HEAD, TEXT};
+use crate::frames::{apply_mask, encode_head, Head, MAX_HEAD, TEXT};
 
 /// A text frame whose payload is not UTF-8 (close 1007).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +31,10 @@ pub struct FrameWriter<W> {
     mask: bool,
     /// Flush once the batch holds this many bytes.
     limit: usize,
+    /// Bytes were handed to `inner` without a flush after them.
+    unflushed: bool,
+    /// A write straight to `inner` failed; reported by the next flush.
+    failed: Option<io::Error>,
 }
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
@@ -37,6 +45,8 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             buf: Vec::new(),
             mask: role == Role::Client,
             limit,
+            unflushed: false,
+            failed: None,
         }
     }
 
@@ -45,9 +55,48 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.buf.len()
     }
 
-    /// Whether the batch is full enough that it should be flushed before more is pushed.
-    pub fn is_full(&self) -> bool {
-        self.buf.len() >= self.limit
+    /// Whether a flush has anything to do: bytes in the batch, bytes handed to the stream
+    /// below without a flush, or a failed write to report.
+    pub fn needs_flush(&self) -> bool {
+        !self.buf.is_empty() || self.unflushed || self.failed.is_some()
+    }
+
+    /// Whether the batch, with `more` bytes about to be appended, is full enough that it
+    /// should be flushed before anything else is added.
+    pub fn is_full(&self, more: usize) -> bool {
+        self.buf.len() + more >= self.limit
+    }
+
+    /// Whether this writer masks its frames (client role).
+    pub fn masks(&self) -> bool {
+        self.mask
+    }
+
+    /// Sends frames already encoded the way this writer would send them (see
+    /// [`forward_in_place`]). When nothing is waiting before them they go to the stream at
+    /// once, straight from the caller's buffer, as far as it takes them without waiting;
+    /// only the rest is copied into the batch. A failed write is kept for the next flush.
+    pub fn send_encoded(&mut self, cx: &mut Context<'_>, mut frames: &[u8]) {
+        if self.buf.is_empty() && self.failed.is_none() {
+            while !frames.is_empty() {
+                match Pin::new(&mut self.inner).poll_write(cx, frames) {
+                    Poll::Ready(Ok(0)) => {
+                        self.failed = Some(io::ErrorKind::WriteZero.into());
+                        return;
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        self.unflushed = true;
+                        frames = &frames[n..];
+                    }
+                    Poll::Ready(Err(e)) => {
+                        self.failed = Some(e);
+                        return;
+                    }
+                    Poll::Pending => break,
+                }
+            }
+        }
+        self.buf.extend_from_slice(frames);
     }
 
     /// Appends one frame to the batch: `payload` as received, masked with `src_mask` if
@@ -117,6 +166,10 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     }
 
     async fn drain(&mut self) -> io::Result<()> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
+        self.unflushed = false;
         if self.buf.is_empty() {
             return Ok(());
         }
@@ -128,6 +181,43 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         }
         Ok(())
     }
+}
+
+/// Readies a received frame, in place, to be sent on by a writer that masks exactly when
+/// the sender did: a masked frame gets a fresh masking key (head and payload rewritten),
+/// and a whole text message (`check_utf8`) has its payload checked. The frame's length
+/// and head size do not change, so a run of such frames can be appended in one copy with
+/// [`FrameWriter::send_encoded`]. On invalid UTF-8 the frame is left unusable.
+pub fn forward_in_place(
+    frame: &mut [u8],
+    head: &Head,
+    check_utf8: bool,
+) -> Result<(), InvalidUtf8> {
+    let (head_bytes, body) = frame.split_at_mut(head.head_len);
+    let Some(k1) = head.mask else {
+        return match check_utf8 && std::str::from_utf8(body).is_err() {
+            true => Err(InvalidUtf8),
+            false => Ok(()),
+        };
+    };
+    // One 32-bit draw: `rand::random::<[u8; 4]>()` would draw a 32-bit word per byte.
+    let k2 = rand::random::<u32>().to_ne_bytes();
+    let key_at = head.head_len - 4;
+    head_bytes[key_at..].copy_from_slice(&k2);
+    if check_utf8 {
+        apply_mask(body, k1);
+        if std::str::from_utf8(body).is_err() {
+            return Err(InvalidUtf8);
+        }
+        apply_mask(body, k2);
+    } else {
+        // Re-mask in one pass: (x ^ k1) ^ (k1 ^ k2) = x ^ k2.
+        apply_mask(
+            body,
+            [k1[0] ^ k2[0], k1[1] ^ k2[1], k1[2] ^ k2[2], k1[3] ^ k2[3]],
+        );
+    }
+    Ok(())
 }
 
 /// Whether a frame must have its payload checked as UTF-8 here: a whole (unfragmented)

@@ -1,18 +1,18 @@
 //! Forwarding: frames from one side to the other until a close, a loss or a stop.
 //!
-//! Bytes read from the source are parsed in place ([`crate::frames`]) and every whole
-//! frame is copied once into the destination's batch ([`FrameWriter`]), unmasked and
-//! re-masked with a fresh key on the way when the destination is a backend. The pump
-//! flushes only when its source has nothing more ready, so a burst costs one syscall and
-//! one TLS record, not one per frame. Fragments pass through as fragments, pings and
+//! Bytes read from the source are parsed where they were read ([`crate::frames`]); every
+//! whole frame is readied there for its destination (a fresh masking key toward a
+//! backend) and the read's frames go to the destination in one write, straight from the
+//! read buffer ([`FrameWriter`]), so a burst costs one syscall and one TLS record, not one
+//! per frame, and no copy of its own. Fragments pass through as fragments, pings and
 //! pongs pass through, and close frames are passed on with their code and reason.
 
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::batch::{is_whole_text, FrameWriter};
+use crate::batch::{forward_in_place, is_whole_text, FrameWriter};
 use crate::frames::{self, Parsed};
 pub use crate::mailbox::{wake_task, CloseMsg, Control, Mailbox, StopWith};
 use crate::reader::{FrameReader, Stop};
@@ -133,8 +133,16 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'_, R, W> {
             }
             // Take whatever is ready now, without waiting: this is what batches a burst.
             let ready = std::future::poll_fn(|cx| {
-                let mut process = |data: &[u8]| {
-                    process(data, src_is_client, &limits, &mut progress, dst, counters)
+                let mut process = |cx: &mut Context<'_>, data: &mut [u8]| {
+                    process(
+                        cx,
+                        data,
+                        src_is_client,
+                        &limits,
+                        &mut progress,
+                        dst,
+                        counters,
+                    )
                 };
                 Poll::Ready(match src.poll_process(cx, &mut process) {
                     Poll::Ready(r) => Some(r),
@@ -146,7 +154,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'_, R, W> {
                 Some(step) => step,
                 None => {
                     // Nothing more is ready: send the burst, then wait.
-                    if dst.buffered() > 0 {
+                    if dst.needs_flush() {
                         let mut ping_due = false;
                         let flushed = loop {
                             tokio::select! {
@@ -176,7 +184,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'_, R, W> {
                                 Control::Stop(how) => return Box::pin(stopped(dst, how, lost)).await,
                             },
                             r = std::future::poll_fn(|cx| {
-                                let mut process = |data: &[u8]| process(data, src_is_client, &limits, &mut progress, dst, counters);
+                                let mut process = |cx: &mut Context<'_>, data: &mut [u8]| process(cx, data, src_is_client, &limits, &mut progress, dst, counters);
                                 src.poll_process(cx, &mut process)
                             }) => break r,
                             _ = ticker.tick() => {
@@ -231,39 +239,47 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'_, R, W> {
 
 /// Forwards every whole frame at the start of `data` into `dst`'s batch; returns the
 /// bytes used and why it stopped early, if it did.
+///
+/// Frames are readied for the destination in place in `data` (a fresh masking key when
+/// the destination is a backend) and appended to the batch as one run, one copy per read
+/// rather than one per frame. Frames the gateway answers itself (its keepalive pongs) end
+/// the run and are left out.
 fn process<W: AsyncWrite + Unpin>(
-    data: &[u8],
+    cx: &mut Context<'_>,
+    data: &mut [u8],
     src_is_client: bool,
     limits: &PumpLimits,
     progress: &mut Progress,
     dst: &mut FrameWriter<W>,
     counters: &mut Counters,
 ) -> (usize, Option<Stop>) {
+    // Frames readied in place from `run` to `used`, not yet in the batch.
+    let mut run = 0;
     let mut used = 0;
-    loop {
-        if dst.is_full() {
-            return (used, Some(Stop::Full));
+    let stop = loop {
+        if dst.is_full(used - run) {
+            break Some(Stop::Full);
         }
         let head = match frames::parse(&data[used..], src_is_client, limits.max_frame_size) {
             Parsed::Frame(head) => head,
-            Parsed::Incomplete(_) => return (used, None),
-            Parsed::Violation(code) => return (used, Some(Stop::Violation(code))),
+            Parsed::Incomplete(_) => break None,
+            Parsed::Violation(code) => break Some(Stop::Violation(code)),
         };
-        let payload = &data[used + head.head_len..used + head.frame_len()];
-        used += head.frame_len();
-        progress.received += 1;
+        let at = used;
+        let end = at + head.frame_len();
+        let payload = &data[at + head.head_len..end];
         let mut close_code = None;
         match head.opcode {
             frames::TEXT | frames::BINARY => {
                 if progress.in_message {
-                    return (used, Some(Stop::Violation(1002)));
+                    break Some(Stop::Violation(1002));
                 }
                 progress.in_message = !head.fin;
                 progress.message_len = payload.len();
             }
             frames::CONTINUATION => {
                 if !progress.in_message {
-                    return (used, Some(Stop::Violation(1002)));
+                    break Some(Stop::Violation(1002));
                 }
                 progress.in_message = !head.fin;
                 progress.message_len = progress.message_len.saturating_add(payload.len());
@@ -276,33 +292,53 @@ fn process<W: AsyncWrite + Unpin>(
                     frames::apply_mask(plain, key);
                 }
                 if head.opcode == frames::PONG && plain == KEEPALIVE_PAYLOAD {
-                    continue; // the answer to our own keepalive ping
+                    // The answer to our own keepalive ping: not passed on.
+                    progress.received += 1;
+                    dst.send_encoded(cx, &data[run..at]);
+                    used = end;
+                    run = end;
+                    continue;
                 }
                 if head.opcode == frames::CLOSE {
                     match check_close(plain) {
                         Ok(code) => close_code = code,
-                        Err(code) => return (used, Some(Stop::Violation(code))),
+                        Err(code) => break Some(Stop::Violation(code)),
                     }
                 }
             }
             _ => {}
         }
+        progress.received += 1;
         if progress.message_len > limits.max_message_size {
-            return (used, Some(Stop::Violation(1009)));
+            break Some(Stop::Violation(1009));
         }
         let whole_text = is_whole_text(head.fin, head.opcode);
-        if dst
-            .push(head.fin, head.opcode, payload, head.mask, whole_text)
-            .is_err()
-        {
-            return (used, Some(Stop::Violation(1007)));
+        let payload_len = head.payload_len as u64;
+        if src_is_client == dst.masks() {
+            if forward_in_place(&mut data[at..end], &head, whole_text).is_err() {
+                break Some(Stop::Violation(1007));
+            }
+        } else {
+            // Masking changes the head's size: this frame is encoded anew.
+            dst.send_encoded(cx, &data[run..at]);
+            run = end;
+            let payload = &data[at + head.head_len..end];
+            if dst
+                .push(head.fin, head.opcode, payload, head.mask, whole_text)
+                .is_err()
+            {
+                break Some(Stop::Violation(1007));
+            }
         }
+        used = end;
         counters.frames += 1;
-        counters.bytes += payload.len() as u64;
+        counters.bytes += payload_len;
         if head.opcode == frames::CLOSE {
-            return (used, Some(Stop::Close(close_code)));
+            break Some(Stop::Close(close_code));
         }
-    }
+    };
+    dst.send_encoded(cx, &data[run..used]);
+    (used, stop)
 }
 
 async fn write_ping<W: AsyncWrite + Unpin>(dst: &mut FrameWriter<W>) -> std::io::Result<()> {
@@ -378,6 +414,121 @@ fn close_code_allowed(code: u16) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fastwebsockets::Role;
+    use tokio::io::AsyncReadExt;
+
+    const LIMITS: PumpLimits = PumpLimits {
+        max_message_size: 1 << 20,
+        max_frame_size: 1 << 20,
+        keepalive: None,
+    };
+
+    /// A masked frame as a client sends it.
+    fn client_frame(opcode: u8, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
+        let mut head = [0u8; frames::MAX_HEAD];
+        let n = frames::encode_head(&mut head, true, opcode, payload.len(), Some(key));
+        let mut frame = head[..n].to_vec();
+        let at = frame.len();
+        frame.extend_from_slice(payload);
+        frames::apply_mask(&mut frame[at..], key);
+        frame
+    }
+
+    /// Runs `process` over `input` as a client's bytes bound for a backend; returns what
+    /// it returned and the frames that reached the batch, unmasked, with their keys.
+    async fn forward_up(
+        input: &mut [u8],
+        limit: usize,
+    ) -> std::io::Result<((usize, Option<Stop>), Vec<(u8, Vec<u8>, [u8; 4])>)> {
+        let (a, mut b) = tokio::io::duplex(1 << 20);
+        let mut dst = FrameWriter::new(a, Role::Client, limit);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let ret = process(
+            &mut cx,
+            input,
+            true,
+            &LIMITS,
+            &mut Progress::default(),
+            &mut dst,
+            &mut Counters::default(),
+        );
+        dst.flush().await?;
+        drop(dst);
+        let mut out = Vec::new();
+        b.read_to_end(&mut out).await?;
+        let mut seen = Vec::new();
+        let mut at = 0;
+        while at < out.len() {
+            let Parsed::Frame(head) = frames::parse(&out[at..], true, usize::MAX) else {
+                return Err(std::io::Error::other("the batch holds a broken frame"));
+            };
+            let key = head.mask.unwrap_or_default();
+            let mut payload = out[at + head.head_len..at + head.frame_len()].to_vec();
+            frames::apply_mask(&mut payload, key);
+            seen.push((head.opcode, payload, key));
+            at += head.frame_len();
+        }
+        Ok((ret, seen))
+    }
+
+    #[tokio::test]
+    async fn a_run_of_frames_is_rekeyed_and_our_keepalive_pong_left_out() -> std::io::Result<()> {
+        let key = [1, 2, 3, 4];
+        let mut input = [
+            client_frame(frames::BINARY, b"first", key),
+            client_frame(frames::PONG, KEEPALIVE_PAYLOAD, key),
+            client_frame(frames::TEXT, "zweite \u{2713}".as_bytes(), key),
+            client_frame(frames::PING, b"theirs", key),
+        ]
+        .concat();
+        let whole = input.len();
+        let ((used, stop), seen) = forward_up(&mut input, 1 << 16).await?;
+        assert_eq!((used, stop), (whole, None));
+        let kinds: Vec<(u8, &[u8])> = seen.iter().map(|(o, p, _)| (*o, &p[..])).collect();
+        assert_eq!(
+            kinds,
+            [
+                (frames::BINARY, &b"first"[..]),
+                (frames::TEXT, "zweite \u{2713}".as_bytes()),
+                (frames::PING, &b"theirs"[..]),
+            ]
+        );
+        assert!(
+            seen.iter().all(|(_, _, k)| *k != key),
+            "the client's key was reused"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn bad_text_stops_the_run_after_the_frames_before_it() -> std::io::Result<()> {
+        let key = [9, 9, 9, 9];
+        let first = client_frame(frames::BINARY, b"ok", key);
+        let mut input = [
+            first.clone(),
+            client_frame(frames::TEXT, &[0xff, 0xfe], key),
+            client_frame(frames::BINARY, b"never", key),
+        ]
+        .concat();
+        let ((used, stop), seen) = forward_up(&mut input, 1 << 16).await?;
+        assert_eq!((used, stop), (first.len(), Some(Stop::Violation(1007))));
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].1, b"ok");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_full_batch_stops_with_the_rest_untouched() -> std::io::Result<()> {
+        let key = [5, 6, 7, 8];
+        let frame = client_frame(frames::BINARY, &[7u8; 100], key);
+        let mut input = [frame.clone(), frame.clone(), frame.clone()].concat();
+        // Room for two frames: the third waits for a flush, as the client sent it.
+        let ((used, stop), seen) = forward_up(&mut input, 2 * frame.len()).await?;
+        assert_eq!((used, stop), (2 * frame.len(), Some(Stop::Full)));
+        assert_eq!(seen.len(), 2);
+        assert_eq!(&input[used..], &frame[..]);
+        Ok(())
+    }
 
     #[test]
     fn close_payloads_are_checked() {

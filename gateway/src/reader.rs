@@ -62,7 +62,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 
     /// Hands available bytes to `process`, which returns how many it used (whole frames)
-    /// and whether to stop. Ready(Ok(None)): progress was made, call again. End of stream
+    /// and whether to stop. It may rewrite the bytes it uses (they are not looked at again);
+    /// the rest it must leave as they are, unless it stops the stream (a close or a
+    /// violation), after which they are dropped. Ready(Ok(None)): progress was made, call again. End of stream
     /// is an `UnexpectedEof` error.
     pub fn poll_process<F>(
         &mut self,
@@ -70,10 +72,10 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         process: &mut F,
     ) -> Poll<io::Result<Option<Stop>>>
     where
-        F: FnMut(&[u8]) -> (usize, Option<Stop>),
+        F: FnMut(&mut Context<'_>, &mut [u8]) -> (usize, Option<Stop>),
     {
         if !self.pending.is_empty() {
-            let (used, stop) = process(&self.pending);
+            let (used, stop) = process(cx, &mut self.pending);
             if used > 0 || stop.is_some() {
                 self.consume(used, stop);
                 return Poll::Ready(Ok(stop));
@@ -88,14 +90,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
             }
             if self.pending.is_empty() {
-                let (used, stop) = process(&scratch[..n]);
+                let (used, stop) = process(cx, &mut scratch[..n]);
                 if matches!(stop, None | Some(Stop::Full)) && used < n {
                     self.pending.extend_from_slice(&scratch[used..n]);
                 }
                 Poll::Ready(Ok(stop))
             } else {
                 self.pending.extend_from_slice(&scratch[..n]);
-                let (used, stop) = process(&self.pending);
+                let (used, stop) = process(cx, &mut self.pending);
                 self.consume(used, stop);
                 Poll::Ready(Ok(stop))
             }
@@ -131,7 +133,7 @@ mod tests {
     use super::*;
 
     /// A processor that takes 3-byte "frames".
-    fn threes(data: &[u8]) -> (usize, Option<Stop>) {
+    fn threes(_: &mut Context<'_>, data: &mut [u8]) -> (usize, Option<Stop>) {
         (data.len() / 3 * 3, None)
     }
 
