@@ -16,6 +16,7 @@ use crate::batch::{forward_in_place, is_whole_text, FrameWriter};
 use crate::frames::{self, Parsed};
 pub use crate::mailbox::{wake_task, CloseMsg, Control, Mailbox, StopWith};
 use crate::reader::{FrameReader, Stop};
+use crate::ticker::Ticker;
 
 /// Why a pump ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,8 +119,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'_, R, W> {
         } = self;
         let mut progress = Progress::default();
         let period = limits.keepalive.unwrap_or(RELEASE_PERIOD);
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticker = Ticker::new(period);
         let mut received_at_tick: u64 = 0;
         let mut pinged = false;
         loop {

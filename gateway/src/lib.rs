@@ -21,11 +21,13 @@
 //! | [`resolve`] | backend name lookups, cached briefly, last good address first |
 //! | [`refusal`] | every pre-upgrade failure -> HTTP status and one-line reason |
 //! | [`session`] | both directions of a session, close coordination, shutdown |
-//! | [`forward`] | one direction: frames parsed, checked, batched, flushed |
+//! | [`forward`] | one direction: frames parsed, checked, readied in place, written per read |
 //! | [`reader`] | reads through a per-thread scratch buffer: no read buffer while idle |
 //! | [`frames`] | frame heads: parse without consuming, encode, mask |
+//! | [`pair`] | a session's two pumps on one task, each polled only when woken |
 //! | [`mailbox`] | instructions between a session's two pumps |
-//! | [`batch`] | frames copied once into a batch buffer, re-masked for the client role |
+//! | [`ticker`] | a pump's keepalive tick, cheap to poll between ticks |
+//! | [`batch`] | frames re-keyed in place and written at once; the rest kept in a batch |
 //!
 //! Operations: [`admin`] (metrics, health, readiness, reload endpoint), [`metrics`]
 //! (Prometheus), [`reload`] (re-read the config file).
@@ -46,6 +48,7 @@ pub mod limits;
 pub mod listener;
 pub mod mailbox;
 pub mod metrics;
+pub mod pair;
 pub mod pool;
 pub mod pool_config;
 pub mod prefixed;
@@ -57,6 +60,7 @@ pub mod route;
 pub mod service;
 pub mod session;
 pub mod state;
+pub mod ticker;
 pub mod tls;
 pub mod tls_stream;
 pub mod workers;

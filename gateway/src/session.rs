@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 use crate::batch::FrameWriter;
 use crate::forward::{CloseMsg, Counters, Mailbox, Pump, PumpEnd, PumpLimits, StopWith};
+use crate::pair::{Either, Pair};
 use crate::reader::FrameReader;
 
 /// Sent to the backend when the client vanishes without a close.
@@ -210,9 +211,12 @@ where
         let first = if already_shut {
             (Direction::Upstream, PumpEnd::Stopped)
         } else {
+            let pair = Pair::default();
             tokio::select! {
-                e = &mut up => (Direction::Upstream, e),
-                e = &mut down => (Direction::Downstream, e),
+                e = std::future::poll_fn(|cx| pair.poll(cx, up.as_mut(), down.as_mut())) => match e {
+                    Either::First(e) => (Direction::Upstream, e),
+                    Either::Second(e) => (Direction::Downstream, e),
+                },
                 // A dropped sender means no shutdown will ever come: the branch then disables itself.
                 Ok(()) = shutdown_signal(&mut shutdown) => (Direction::Upstream, PumpEnd::Stopped),
             }
