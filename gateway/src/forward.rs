@@ -237,13 +237,13 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'_, R, W> {
     }
 }
 
-/// Forwards every whole frame at the start of `data` into `dst`'s batch; returns the
-/// bytes used and why it stopped early, if it did.
+/// Forwards every whole frame at the start of `data` to `dst`; returns the bytes used and
+/// why it stopped early, if it did.
 ///
 /// Frames are readied for the destination in place in `data` (a fresh masking key when
-/// the destination is a backend) and appended to the batch as one run, one copy per read
-/// rather than one per frame. Frames the gateway answers itself (its keepalive pongs) end
-/// the run and are left out.
+/// the destination is a backend) and handed to `dst` as one run, written straight from
+/// `data` where the stream takes them at once ([`FrameWriter::send_encoded`]). Frames the
+/// gateway answers itself (its keepalive pongs) end the run and are left out.
 fn process<W: AsyncWrite + Unpin>(
     cx: &mut Context<'_>,
     data: &mut [u8],
