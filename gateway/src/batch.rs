@@ -15,11 +15,8 @@ use std::task::{Context, Poll};
 use fastwebsockets::Role;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use crate::frames::{apply_mask, encode_head, Head, MAX_HEAD, TEXT};
-
-/// A text frame whose payload is not UTF-8 (close 1007).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct InvalidUtf8;
+use crate::frames::{apply_mask, encode_head, Head, MAX_HEAD};
+pub use crate::utf8::{InvalidUtf8, Utf8Check};
 
 /// Writes WebSocket frames for one role into a batch buffer over `inner`.
 #[derive(Debug)]
@@ -101,15 +98,15 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
 
     /// Appends one frame to the batch: `payload` as received, masked with `src_mask` if
     /// the sender masked it. The payload is copied once; unmasking, the UTF-8 check of a
-    /// whole text message (`check_utf8`) and masking with a fresh key happen in place in
-    /// the batch. On invalid UTF-8 nothing is appended.
+    /// text message's frame (`text`: its message's check) and masking with a fresh key
+    /// happen in place in the batch. On invalid UTF-8 nothing is appended.
     pub fn push(
         &mut self,
         fin: bool,
         opcode: u8,
         payload: &[u8],
         src_mask: Option<[u8; 4]>,
-        check_utf8: bool,
+        text: Option<&mut Utf8Check>,
     ) -> Result<(), InvalidUtf8> {
         // One 32-bit draw: `rand::random::<[u8; 4]>()` would draw a 32-bit word per byte.
         let key: Option<[u8; 4]> = self.mask.then(|| rand::random::<u32>().to_ne_bytes());
@@ -124,19 +121,21 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         let body_at = self.buf.len();
         self.buf.extend_from_slice(payload);
         let body = &mut self.buf[body_at..];
-        match (src_mask, key, check_utf8) {
+        match (src_mask, key, text) {
             // Re-mask in one pass: (x ^ k1) ^ (k1 ^ k2) = x ^ k2.
-            (Some(k1), Some(k2), false) => apply_mask(
+            (Some(k1), Some(k2), None) => apply_mask(
                 body,
                 [k1[0] ^ k2[0], k1[1] ^ k2[1], k1[2] ^ k2[2], k1[3] ^ k2[3]],
             ),
-            _ => {
+            (_, _, text) => {
                 if let Some(k1) = src_mask {
                     apply_mask(body, k1);
                 }
-                if check_utf8 && std::str::from_utf8(body).is_err() {
-                    self.buf.truncate(start);
-                    return Err(InvalidUtf8);
+                if let Some(check) = text {
+                    if check.feed(body, fin).is_err() {
+                        self.buf.truncate(start);
+                        return Err(InvalidUtf8);
+                    }
                 }
                 if let Some(k2) = key {
                     apply_mask(body, k2);
@@ -185,59 +184,55 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
 
 /// Readies a received frame, in place, to be sent on by a writer that masks exactly when
 /// the sender did: a masked frame gets a fresh masking key (head and payload rewritten),
-/// and a whole text message (`check_utf8`) has its payload checked. The frame's length
-/// and head size do not change, so a run of such frames can be appended in one copy with
-/// [`FrameWriter::send_encoded`]. On invalid UTF-8 the frame is left unusable.
+/// and a text message's frame has its payload checked (`text`: its message's check). The
+/// frame's length and head size do not change, so a run of such frames can be sent in
+/// one piece with [`FrameWriter::send_encoded`]. On invalid UTF-8 the frame is left
+/// unusable.
 pub fn forward_in_place(
     frame: &mut [u8],
     head: &Head,
-    check_utf8: bool,
+    text: Option<&mut Utf8Check>,
 ) -> Result<(), InvalidUtf8> {
     let (head_bytes, body) = frame.split_at_mut(head.head_len);
     let Some(k1) = head.mask else {
-        return match check_utf8 && std::str::from_utf8(body).is_err() {
-            true => Err(InvalidUtf8),
-            false => Ok(()),
+        return match text {
+            Some(check) => check.feed(body, head.fin),
+            None => Ok(()),
         };
     };
     // One 32-bit draw: `rand::random::<[u8; 4]>()` would draw a 32-bit word per byte.
     let k2 = rand::random::<u32>().to_ne_bytes();
     let key_at = head.head_len - 4;
     head_bytes[key_at..].copy_from_slice(&k2);
-    if check_utf8 {
-        apply_mask(body, k1);
-        if std::str::from_utf8(body).is_err() {
-            return Err(InvalidUtf8);
+    match text {
+        Some(check) => {
+            apply_mask(body, k1);
+            check.feed(body, head.fin)?;
+            apply_mask(body, k2);
         }
-        apply_mask(body, k2);
-    } else {
         // Re-mask in one pass: (x ^ k1) ^ (k1 ^ k2) = x ^ k2.
-        apply_mask(
+        None => apply_mask(
             body,
             [k1[0] ^ k2[0], k1[1] ^ k2[1], k1[2] ^ k2[2], k1[3] ^ k2[3]],
-        );
+        ),
     }
     Ok(())
-}
-
-/// Whether a frame must have its payload checked as UTF-8 here: a whole (unfragmented)
-/// text message.
-pub fn is_whole_text(fin: bool, opcode: u8) -> bool {
-    fin && opcode == TEXT
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frames::BINARY;
+    use crate::frames::{BINARY, TEXT};
     use tokio::io::AsyncReadExt;
 
     #[tokio::test]
     async fn frames_wait_for_flush_and_keep_order() -> io::Result<()> {
         let (a, mut b) = tokio::io::duplex(1 << 16);
         let mut w = FrameWriter::new(a, Role::Server, 1024);
-        assert!(w.push(true, TEXT, b"one", None, true).is_ok());
-        assert!(w.push(true, BINARY, b"two", None, false).is_ok());
+        assert!(w
+            .push(true, TEXT, b"one", None, Some(&mut Utf8Check::default()))
+            .is_ok());
+        assert!(w.push(true, BINARY, b"two", None, None).is_ok());
         assert_eq!(w.buffered(), 10);
         w.flush().await?;
         assert_eq!(w.buffered(), 0);
@@ -257,7 +252,7 @@ mod tests {
         let k1 = [9u8, 8, 7, 6];
         let mut masked = vec![0u8; 100];
         apply_mask(&mut masked, k1);
-        assert!(w.push(true, BINARY, &masked, Some(k1), false).is_ok());
+        assert!(w.push(true, BINARY, &masked, Some(k1), None).is_ok());
         w.flush().await?;
         let mut out = vec![0u8; 2 + 4 + 100];
         b.read_exact(&mut out).await?;
@@ -273,7 +268,13 @@ mod tests {
     fn invalid_utf8_appends_nothing() {
         let mut w = FrameWriter::new(tokio::io::sink(), Role::Server, 1024);
         assert_eq!(
-            w.push(true, TEXT, &[0xff, 0xfe], None, true),
+            w.push(
+                true,
+                TEXT,
+                &[0xff, 0xfe],
+                None,
+                Some(&mut Utf8Check::default())
+            ),
             Err(InvalidUtf8)
         );
         assert_eq!(w.buffered(), 0);

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::batch::{forward_in_place, is_whole_text, FrameWriter};
+use crate::batch::{forward_in_place, FrameWriter, Utf8Check};
 use crate::frames::{self, Parsed};
 pub use crate::mailbox::{wake_task, CloseMsg, Control, Mailbox, StopWith};
 use crate::reader::{FrameReader, Stop};
@@ -103,6 +103,8 @@ struct Progress {
     in_message: bool,
     /// Bytes of the message being received, across its fragments.
     message_len: usize,
+    /// The message being received is text; its UTF-8 check, carried across fragments.
+    text: Option<Utf8Check>,
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'_, R, W> {
@@ -276,6 +278,7 @@ fn process<W: AsyncWrite + Unpin>(
                 }
                 progress.in_message = !head.fin;
                 progress.message_len = payload.len();
+                progress.text = (head.opcode == frames::TEXT).then(Utf8Check::default);
             }
             frames::CONTINUATION => {
                 if !progress.in_message {
@@ -312,10 +315,13 @@ fn process<W: AsyncWrite + Unpin>(
         if progress.message_len > limits.max_message_size {
             break Some(Stop::Violation(1009));
         }
-        let whole_text = is_whole_text(head.fin, head.opcode);
+        let text = match head.opcode {
+            frames::TEXT | frames::CONTINUATION => progress.text.as_mut(),
+            _ => None,
+        };
         let payload_len = head.payload_len as u64;
         if src_is_client == dst.masks() {
-            if forward_in_place(&mut data[at..end], &head, whole_text).is_err() {
+            if forward_in_place(&mut data[at..end], &head, text).is_err() {
                 break Some(Stop::Violation(1007));
             }
         } else {
@@ -324,7 +330,7 @@ fn process<W: AsyncWrite + Unpin>(
             run = end;
             let payload = &data[at + head.head_len..end];
             if dst
-                .push(head.fin, head.opcode, payload, head.mask, whole_text)
+                .push(head.fin, head.opcode, payload, head.mask, text)
                 .is_err()
             {
                 break Some(Stop::Violation(1007));
@@ -342,7 +348,7 @@ fn process<W: AsyncWrite + Unpin>(
 }
 
 async fn write_ping<W: AsyncWrite + Unpin>(dst: &mut FrameWriter<W>) -> std::io::Result<()> {
-    let _ = dst.push(true, frames::PING, KEEPALIVE_PAYLOAD, None, false);
+    let _ = dst.push(true, frames::PING, KEEPALIVE_PAYLOAD, None, None);
     dst.flush().await
 }
 
@@ -382,7 +388,7 @@ pub async fn send_close<W: AsyncWrite + Unpin>(
         frames::CLOSE,
         &payload[..2 + reason.len()],
         None,
-        false,
+        None,
     );
     dst.flush().await
 }
@@ -425,8 +431,13 @@ mod tests {
 
     /// A masked frame as a client sends it.
     fn client_frame(opcode: u8, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
+        client_fragment(true, opcode, payload, key)
+    }
+
+    /// A masked frame, final (`fin`) or not, as a client sends it.
+    fn client_fragment(fin: bool, opcode: u8, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
         let mut head = [0u8; frames::MAX_HEAD];
-        let n = frames::encode_head(&mut head, true, opcode, payload.len(), Some(key));
+        let n = frames::encode_head(&mut head, fin, opcode, payload.len(), Some(key));
         let mut frame = head[..n].to_vec();
         let at = frame.len();
         frame.extend_from_slice(payload);
@@ -514,6 +525,43 @@ mod tests {
         assert_eq!((used, stop), (first.len(), Some(Stop::Violation(1007))));
         assert_eq!(seen.len(), 1);
         assert_eq!(seen[0].1, b"ok");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn fragmented_text_is_checked_across_fragments() -> std::io::Result<()> {
+        let key = [3, 1, 4, 1];
+        let euro = "€".as_bytes();
+        // "a€" split inside the euro sign, then "b": UTF-8 as a whole, passed on.
+        let good = [
+            client_fragment(false, frames::TEXT, &[b'a', euro[0]], key),
+            client_fragment(false, frames::CONTINUATION, &euro[1..], key),
+            client_fragment(true, frames::CONTINUATION, b"b", key),
+        ];
+        let mut input = good.concat();
+        let whole = input.len();
+        let ((used, stop), seen) = forward_up(&mut input, 1 << 16).await?;
+        assert_eq!((used, stop), (whole, None));
+        let text: Vec<u8> = seen.iter().flat_map(|(_, p, _)| p.clone()).collect();
+        assert_eq!(text, "a€b".as_bytes());
+        // The same start, then a fragment that breaks the split character: 1007, and the
+        // fragments before it passed on.
+        let mut input = [
+            good[0].clone(),
+            client_fragment(true, frames::CONTINUATION, b"xy", key),
+        ]
+        .concat();
+        let ((used, stop), seen) = forward_up(&mut input, 1 << 16).await?;
+        assert_eq!((used, stop), (good[0].len(), Some(Stop::Violation(1007))));
+        assert_eq!(seen.len(), 1);
+        // A message that ends inside a character is refused too.
+        let mut input = [
+            client_fragment(false, frames::TEXT, b"a", key),
+            client_fragment(true, frames::CONTINUATION, &euro[..2], key),
+        ]
+        .concat();
+        let (ret, _) = forward_up(&mut input, 1 << 16).await?;
+        assert_eq!(ret.1, Some(Stop::Violation(1007)));
         Ok(())
     }
 

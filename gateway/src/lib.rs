@@ -28,6 +28,7 @@
 //! | [`mailbox`] | instructions between a session's two pumps |
 //! | [`ticker`] | a pump's keepalive tick, cheap to poll between ticks |
 //! | [`batch`] | frames re-keyed in place and written at once; the rest kept in a batch |
+//! | [`utf8`] | UTF-8 checks of text messages, whole or fragment by fragment |
 //!
 //! Operations: [`admin`] (metrics, health, readiness, reload endpoint), [`metrics`]
 //! (Prometheus), [`reload`] (re-read the config file).
@@ -63,6 +64,7 @@ pub mod state;
 pub mod ticker;
 pub mod tls;
 pub mod tls_stream;
+pub mod utf8;
 pub mod workers;
 pub mod wsclient;
 

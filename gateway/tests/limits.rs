@@ -1,5 +1,6 @@
 //! Size and connection limits, and the slow or oversized request heads they guard
-//! against: over a message or frame limit the sender gets 1009 and the other side 1001;
+//! against: over a message or frame limit the sender gets 1009 and the other side 1001
+//! (and 1007 and 1001 for a text message that is not UTF-8, whole or in fragments);
 //! over a connection limit a client gets 503 with a reason until a slot frees; a
 //! slowloris head is cut off at the header-read timeout; an oversized head is refused.
 
@@ -42,6 +43,45 @@ async fn send_fragments(ws: &mut WebSocket<WsStream>, sizes: &[usize]) -> Result
             .await?;
     }
     ws.flush().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn text_split_inside_a_character_passes_and_broken_fragmented_text_gets_1007() -> Result<()> {
+    let (mut probe, _tb, mut c) = probe_behind_small_limits().await?;
+    let euro = "€".as_bytes();
+    let text = |fin, op, bytes: &[u8]| Frame::new(fin, op, None, Payload::Owned(bytes.to_vec()));
+
+    // "a€b" with the euro sign split across the fragments: UTF-8 as a whole, passed on.
+    c.ws.write_frame(text(false, OpCode::Text, &[b'a', euro[0]]))
+        .await?;
+    c.ws.write_frame(text(false, OpCode::Continuation, &euro[1..]))
+        .await?;
+    c.ws.write_frame(text(true, OpCode::Continuation, b"b"))
+        .await?;
+    c.ws.flush().await?;
+    let mut echoed = Vec::new();
+    for _ in 0..3 {
+        echoed.extend_from_slice(&next_frame(&mut c.ws).await?.payload);
+    }
+    ensure!(echoed == "a€b".as_bytes(), "echo {echoed:?}");
+
+    // A split character whose next fragment does not continue it.
+    c.ws.write_frame(text(false, OpCode::Text, &[b'a', euro[0]]))
+        .await?;
+    c.ws.write_frame(text(true, OpCode::Continuation, b"xy"))
+        .await?;
+    c.ws.flush().await?;
+    let (code, reason) = expect_close(&mut c.ws).await?;
+    ensure!(
+        code == 1007,
+        "client got close {code} {reason:?}, expected 1007"
+    );
+    let (code, reason) = probe.next_close().await?;
+    ensure!(
+        code == 1001,
+        "backend got close {code} {reason:?}, expected 1001"
+    );
     Ok(())
 }
 
