@@ -17,7 +17,6 @@ use support::probe::{Event, Mode, Probe};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Sends one message as fragments of these sizes (first binary, then continuations).
 /// A probe backend behind a gateway with a 1000-byte message and 600-byte frame limit,
 /// and a client connected to it. Keep the testbed alive for the test's length.
 async fn probe_behind_small_limits() -> Result<(Probe, loadgen::testbed::Testbed, Connected)> {
@@ -31,6 +30,27 @@ async fn probe_behind_small_limits() -> Result<(Probe, loadgen::testbed::Testbed
     Ok((probe, tb, c))
 }
 
+/// The client gets a close with `to_client`, and the probe backend one with `to_backend`.
+async fn closes_are(
+    ws: &mut WebSocket<WsStream>,
+    probe: &mut Probe,
+    to_client: u16,
+    to_backend: u16,
+) -> Result<()> {
+    let (code, reason) = expect_close(ws).await?;
+    ensure!(
+        code == to_client,
+        "client got close {code} {reason:?}, expected {to_client}"
+    );
+    let (code, reason) = probe.next_close().await?;
+    ensure!(
+        code == to_backend,
+        "backend got close {code} {reason:?}, expected {to_backend}"
+    );
+    Ok(())
+}
+
+/// Sends one message as fragments of these sizes (first binary, then continuations).
 async fn send_fragments(ws: &mut WebSocket<WsStream>, sizes: &[usize]) -> Result<()> {
     for (i, &size) in sizes.iter().enumerate() {
         let op = if i == 0 {
@@ -72,16 +92,7 @@ async fn text_split_inside_a_character_passes_and_broken_fragmented_text_gets_10
     c.ws.write_frame(text(true, OpCode::Continuation, b"xy"))
         .await?;
     c.ws.flush().await?;
-    let (code, reason) = expect_close(&mut c.ws).await?;
-    ensure!(
-        code == 1007,
-        "client got close {code} {reason:?}, expected 1007"
-    );
-    let (code, reason) = probe.next_close().await?;
-    ensure!(
-        code == 1001,
-        "backend got close {code} {reason:?}, expected 1001"
-    );
+    closes_are(&mut c.ws, &mut probe, 1007, 1001).await?;
     Ok(())
 }
 
@@ -108,16 +119,7 @@ async fn a_message_over_the_limit_in_fragments_gets_1009_and_the_backend_1001() 
 
     // 1200 bytes in three fragments, each under the frame limit: over the message limit.
     send_fragments(&mut c.ws, &[400, 400, 400]).await?;
-    let (code, reason) = expect_close(&mut c.ws).await?;
-    ensure!(
-        code == 1009,
-        "client got close {code} {reason:?}, expected 1009"
-    );
-    let (code, reason) = probe.next_close().await?;
-    ensure!(
-        code == 1001,
-        "backend got close {code} {reason:?}, expected 1001"
-    );
+    closes_are(&mut c.ws, &mut probe, 1009, 1001).await?;
     Ok(())
 }
 
@@ -140,16 +142,7 @@ async fn a_frame_over_the_frame_limit_gets_1009_either_way() -> Result<()> {
     let mut c = connect_ok(&tb, "Backend_PROBE").await?;
     echo(&mut c.ws, &[7u8; 1000]).await?; // at the limit: fine
     send(&mut c.ws, Frame::binary(Payload::Owned(vec![7u8; 1500]))).await?;
-    let (code, reason) = expect_close(&mut c.ws).await?;
-    ensure!(
-        code == 1009,
-        "client got close {code} {reason:?}, expected 1009"
-    );
-    let (code, reason) = probe.next_close().await?;
-    ensure!(
-        code == 1001,
-        "backend got close {code} {reason:?}, expected 1001"
-    );
+    closes_are(&mut c.ws, &mut probe, 1009, 1001).await?;
 
     let mut d = connect_ok(&tb, "Backend_BIG").await?;
     let (code, reason) = expect_close(&mut d.ws).await?;
