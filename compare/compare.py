@@ -37,13 +37,19 @@ CERTS = REPO / "certs"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 BACKENDS = [("Backend_ABC", "abc"), ("Backend_PQR", "pqr"), ("Backend_XYZ", "xyz")]
-TARGETS = ["gateway", "nginx", "haproxy", "direct"]
+TARGETS = ["gateway", "nginx", "haproxy", "relay", "direct"]
 PEERS = ["nginx", "haproxy"]
 PROXIES = ["gateway", "nginx", "haproxy"]
+# The proxies whose CPU is reported: the three, and the floor (a relay doing no TLS, no
+# HTTP, no WebSocket: only the kernel's work of moving the bytes through a process).
+CHARGED = PROXIES + ["relay"]
+# (e) measures TLS handshakes and token checks: the relay does neither.
+STORM_TARGETS = ["gateway", "nginx", "haproxy", "direct"]
 JWT_NOTE = {
     "gateway": "yes",
     "nginx": "no¹",
     "haproxy": "yes",
+    "relay": "–",
     "direct": "–",
 }
 
@@ -447,6 +453,31 @@ http {{
     return conf
 
 
+def relay_config(tmp: Path, port: int, bport: int) -> Path:
+    """HAProxy as a bare TCP relay (no TLS, no HTTP, no routing, no token) in front of the
+    first demo backend: what it costs a proxy process here just to move the bytes."""
+    cfg = tmp / "relay.cfg"
+    cfg.write_text(f"""# written by compare/compare.py: the floor reference, a plain TCP relay.
+global
+    nbthread 2
+    maxconn 9900
+
+defaults
+    mode tcp
+    timeout connect 10s
+    timeout client 30s
+    timeout server 30s
+
+frontend fe_relay
+    bind 127.0.0.1:{port}
+    default_backend be_relay
+
+backend be_relay
+    server abc 127.0.0.1:{bport}
+""")
+    return cfg
+
+
 def haproxy_config(tmp: Path, port: int, bports: list[int]) -> Path:
     pem = tmp / "haproxy-server.pem"
     pem.write_bytes((CERTS / "server.crt").read_bytes() + b"\n" + (CERTS / "server.key").read_bytes())
@@ -677,11 +708,11 @@ class Harness:
             shutil.copy2(self.bin / exe, snap / exe)
         self.bin = snap
         self.versions = versions(snap)
-        ports = free_ports(6)
-        bports, gw_port, ng_port, hp_port = ports[:3], ports[3], ports[4], ports[5]
+        ports = free_ports(7)
+        bports, gw_port, ng_port, hp_port, relay_port = ports[:3], ports[3], ports[4], ports[5], ports[6]
         self.bports = bports
         log(f"temp folder {self.tmp}; backends on {bports}, gateway :{gw_port}, "
-            f"nginx :{ng_port}, haproxy :{hp_port}")
+            f"nginx :{ng_port}, haproxy :{hp_port}, relay :{relay_port}")
         quiet = {"RUST_LOG": "warn"}
         self.backends = Proc("demo-services", [
             str(self.bin / "demo-services"), "--host", "127.0.0.1",
@@ -710,8 +741,8 @@ class Harness:
                                "-e", str(self.tmp / "nginx" / "logs" / "error.log")], self.logs)
             self.procs.append(p)
             self.targets["nginx"] = Target("nginx", f"wss://127.0.0.1:{ng_port}/gateway", p, ng_port, workers=2)
+        haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
         if "haproxy" in wanted:
-            haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
             out = subprocess.run([haproxy, "-v"], capture_output=True, text=True).stdout
             m = re.search(r"version (\d+)\.(\d+)", out)
             if not m or (int(m.group(1)), int(m.group(2))) < (2, 5):
@@ -725,6 +756,12 @@ class Harness:
             self.procs.append(p)
             self.targets["haproxy"] = Target("haproxy", f"wss://127.0.0.1:{hp_port}/gateway", p, hp_port,
                                             pidfile=self.tmp / "haproxy.pid")  # -db: foreground
+        if "relay" in wanted:
+            cfg = relay_config(self.tmp, relay_port, bports[0])
+            p = Proc("relay", [haproxy, "-f", str(cfg), "-db"], self.logs)
+            self.procs.append(p)
+            self.targets["relay"] = Target("relay", f"ws://127.0.0.1:{relay_port}/backend/abc", p, relay_port,
+                                          pidfile=self.tmp / "relay.pid")
         if "direct" in wanted:
             self.targets["direct"] = Target("direct", f"ws://127.0.0.1:{bports[0]}/backend/abc", None, None)
         for t in self.targets.values():
@@ -961,9 +998,9 @@ class Harness:
         connections (full TLS handshake, no resumption; token check; backend connect),
         one echo each, then closing them; new connections per second = all connections
         opened / wall time of the storm."""
-        per: dict[str, list] = {t.name: [] for t in self.order(TARGETS)}
+        per: dict[str, list] = {t.name: [] for t in self.order(STORM_TARGETS)}
         for rnd in range(rounds):
-            for t in self.round_order(TARGETS, rnd):
+            for t in self.round_order(STORM_TARGETS, rnd):
                 t.settle(30)
                 self.check_alive()
                 cpu0 = t.cpu()
@@ -1155,7 +1192,9 @@ def cpu_floor(res: dict) -> list[dict]:
     the kernel's work for them (loopback TCP, the peer's receive path, wake-ups) is charged
     to the proxy whatever its user space does. The best peer's kernel share is the score a
     proxy with no user-space work at all (not even TLS crypto) would get; the gateway's
-    kernel time alone, as a ratio to the best peer's total, is where its own floor lies."""
+    kernel time alone, as a ratio to the best peer's total, is where its own floor lies.
+    The relay, measured in the same rounds, is that floor taken directly: a real proxy
+    process moving the same messages with nothing else to do."""
     med = res.get("b", {}).get("median", {})
     peers = [(p, med[p]) for p in PEERS
              if med.get(p, {}).get("cpu_us_per_fwd_msg") and med[p].get("cpu_kernel_share")]
@@ -1169,6 +1208,10 @@ def cpu_floor(res: dict) -> list[dict]:
         out.append({"goal": f"(b) CPU floor: the gateway's kernel time alone vs {name}'s total (report)",
                     "ratio": gw["cpu_us_per_fwd_msg"] * gw["cpu_kernel_share"]
                     / best["cpu_us_per_fwd_msg"], "pass": None})
+    relay = med.get("relay", {}).get("cpu_us_per_fwd_msg")
+    if relay:
+        out.append({"goal": f"(b) CPU floor: a plain TCP relay (no TLS, no WebSocket) vs {name}'s total (report)",
+                    "ratio": relay / best["cpu_us_per_fwd_msg"], "pass": None})
     return out
 
 
@@ -1178,7 +1221,7 @@ def per_proxy_medians(res: dict, key: str, spec: str) -> str:
     parts = []
     for s in "abcf":
         med = res.get(s, {}).get("median", {})
-        vals = [f"{t} {med[t][key]:{spec}}" for t in PROXIES
+        vals = [f"{t} {med[t][key]:{spec}}" for t in CHARGED
                 if med.get(t, {}).get(key) is not None]
         if vals:
             parts.append(f"({s}) " + ", ".join(vals))
@@ -1221,6 +1264,9 @@ def render(meta: dict, res: dict, auth: list[dict], goals: list[dict]) -> str:
     L.append("(×) is the ratio to the best peer (the better of nginx and HAProxy) in the same run: "
              "above 1 is better for msgs/s and conns/s, below 1 is better for latency, CPU and RSS. "
              "*direct* is loadgen straight to the demo backend (ws://, no TLS, no auth): the limit. "
+             "*relay* is HAProxy as a bare TCP relay in front of that backend (ws:// through it: no "
+             "TLS, no HTTP, no routing, no token): not a peer, but the floor, what it costs a "
+             "proxy process on this machine only to move the same bytes. "
              "Proxy CPU is utime+stime from /proc of all the proxy's processes (nginx master + "
              "workers), read over the sending phase; one echoed round trip counts as **2 forwarded "
              "messages** (client→backend and backend→client), so µs/fwd msg = CPU s × 10⁶ / (2 × echoes). "

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Smoke test of the comparison harness, so that it does not rot: runs `run.sh --smoke`
 # (scenarios a and b, ~2 s per target, 1 round, plus the token check) and checks that
-#   - the table has a row per scenario and target (gateway, nginx, haproxy, direct) with
+#   - the table has a row per scenario and target (gateway, nginx, haproxy, relay, direct) with
 #     nonzero msgs/s and no errors or failed connections;
 #   - the gateway and HAProxy accept the valid token and refuse every bad one with 401/403.
 # Extra arguments go to run.sh (e.g. --no-build). Exit 0 when all holds. Needs root (or
@@ -33,7 +33,7 @@ grep -q '^| Scen. | Target |' "$out/stdout.md" || bad "the table is not on stdou
 
 # Table columns (split on |): 2 scenario, 3 target, 5 msgs/s, last-but-one errors.
 for s in a b; do
-    for t in gateway nginx haproxy direct; do
+    for t in gateway nginx haproxy relay direct; do
         row="$(grep -E "^\| \($s\) \| $t \|" "$md" || true)"
         if [ -z "$row" ]; then bad "no row for ($s) $t"; continue; fi
         msgs="$(awk -F'|' '{print $5}' <<<"$row" | sed 's/(.*//; s/[[:space:],]//g')"
