@@ -121,7 +121,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'_, R, W> {
         } = self;
         let mut progress = Progress::default();
         let period = limits.keepalive.unwrap_or(RELEASE_PERIOD);
-        let mut ticker = Ticker::new(period);
+        let mut ticker = std::pin::pin!(Ticker::new(period));
         let mut received_at_tick: u64 = 0;
         let mut pinged = false;
         loop {
@@ -189,7 +189,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'_, R, W> {
                                 let mut process = |cx: &mut Context<'_>, data: &mut [u8]| process(cx, data, src_is_client, &limits, &mut progress, dst, counters);
                                 src.poll_process(cx, &mut process)
                             }) => break r,
-                            _ = ticker.tick() => {
+                            _ = ticker.as_mut().tick() => {
                                 if progress.received != received_at_tick {
                                     received_at_tick = progress.received;
                                     pinged = false;
