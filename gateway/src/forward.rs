@@ -7,6 +7,7 @@
 //! per frame, and no copy of its own. Fragments pass through as fragments, pings and
 //! pongs pass through, and close frames are passed on with their code and reason.
 
+use std::future::Future;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -107,10 +108,17 @@ struct Progress {
     text: Option<Utf8Check>,
 }
 
-impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'_, R, W> {
+impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'a, R, W> {
     /// Forwards frames until the source closes or fails, the destination fails, or `inbox`
     /// says stop. Asks the other pump (through its inbox, `peer`) to ping a silent source.
-    pub async fn run(self, inbox: &Mailbox, peer: &Mailbox) -> PumpEnd {
+    ///
+    /// Not an `async fn`, which would keep the `Pump` in its state beside the fields taken
+    /// out of it, for the session's whole life.
+    pub fn run<'m>(
+        self,
+        inbox: &'m Mailbox,
+        peer: &'m Mailbox,
+    ) -> impl Future<Output = PumpEnd> + use<'a, 'm, R, W> {
         let Pump {
             src,
             src_is_client,
@@ -119,120 +127,122 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'_, R, W> {
             counters,
             limits,
         } = self;
-        let mut progress = Progress::default();
-        let period = limits.keepalive.unwrap_or(RELEASE_PERIOD);
-        let mut ticker = std::pin::pin!(Ticker::new(period));
-        let mut received_at_tick: u64 = 0;
-        let mut pinged = false;
-        loop {
-            // Instructions first, so a flood from the source cannot hold off a stop.
-            match inbox.take() {
-                Some(Control::Stop(how)) => return Box::pin(stopped(dst, how, lost)).await,
-                Some(Control::Ping) if Box::pin(write_ping(dst)).await.is_err() => {
-                    return PumpEnd::DestLost
+        async move {
+            let mut progress = Progress::default();
+            let period = limits.keepalive.unwrap_or(RELEASE_PERIOD);
+            let mut ticker = std::pin::pin!(Ticker::new(period));
+            let mut received_at_tick: u64 = 0;
+            let mut pinged = false;
+            loop {
+                // Instructions first, so a flood from the source cannot hold off a stop.
+                match inbox.take() {
+                    Some(Control::Stop(how)) => return Box::pin(stopped(dst, how, lost)).await,
+                    Some(Control::Ping) if Box::pin(write_ping(dst)).await.is_err() => {
+                        return PumpEnd::DestLost
+                    }
+                    _ => {}
                 }
-                _ => {}
-            }
-            // Take whatever is ready now, without waiting: this is what batches a burst.
-            let ready = std::future::poll_fn(|cx| {
-                let mut process = |cx: &mut Context<'_>, data: &mut [u8]| {
-                    process(
-                        cx,
-                        data,
-                        src_is_client,
-                        &limits,
-                        &mut progress,
-                        dst,
-                        counters,
-                    )
-                };
-                Poll::Ready(match src.poll_process(cx, &mut process) {
-                    Poll::Ready(r) => Some(r),
-                    Poll::Pending => None,
+                // Take whatever is ready now, without waiting: this is what batches a burst.
+                let ready = std::future::poll_fn(|cx| {
+                    let mut process = |cx: &mut Context<'_>, data: &mut [u8]| {
+                        process(
+                            cx,
+                            data,
+                            src_is_client,
+                            &limits,
+                            &mut progress,
+                            dst,
+                            counters,
+                        )
+                    };
+                    Poll::Ready(match src.poll_process(cx, &mut process) {
+                        Poll::Ready(r) => Some(r),
+                        Poll::Pending => None,
+                    })
                 })
-            })
-            .await;
-            let step = match ready {
-                Some(step) => step,
-                None => {
-                    // Nothing more is ready: send the burst, then wait.
-                    if dst.needs_flush() {
-                        let mut ping_due = false;
-                        let flushed = loop {
+                .await;
+                let step = match ready {
+                    Some(step) => step,
+                    None => {
+                        // Nothing more is ready: send the burst, then wait.
+                        if dst.needs_flush() {
+                            let mut ping_due = false;
+                            let flushed = loop {
+                                tokio::select! {
+                                    biased;
+                                    c = inbox.next() => match c {
+                                        Control::Ping => ping_due = true,
+                                        Control::Stop(how) => return Box::pin(stopped(dst, how, lost)).await,
+                                    },
+                                    r = dst.flush() => break r,
+                                }
+                            };
+                            if flushed.is_err()
+                                || (ping_due && Box::pin(write_ping(dst)).await.is_err())
+                            {
+                                return PumpEnd::DestLost;
+                            }
+                        }
+                        loop {
                             tokio::select! {
                                 biased;
                                 c = inbox.next() => match c {
-                                    Control::Ping => ping_due = true,
+                                    Control::Ping => {
+                                        if Box::pin(write_ping(dst)).await.is_err() {
+                                            return PumpEnd::DestLost;
+                                        }
+                                    }
                                     Control::Stop(how) => return Box::pin(stopped(dst, how, lost)).await,
                                 },
-                                r = dst.flush() => break r,
+                                r = std::future::poll_fn(|cx| {
+                                    let mut process = |cx: &mut Context<'_>, data: &mut [u8]| process(cx, data, src_is_client, &limits, &mut progress, dst, counters);
+                                    src.poll_process(cx, &mut process)
+                                }) => break r,
+                                _ = ticker.as_mut().tick() => {
+                                    if progress.received != received_at_tick {
+                                        received_at_tick = progress.received;
+                                        pinged = false;
+                                        continue;
+                                    }
+                                    // Idle since the last tick: hold no read or batch memory.
+                                    dst.release();
+                                    src.release();
+                                    if limits.keepalive.is_none() {
+                                        continue;
+                                    }
+                                    if pinged {
+                                        let _ = Box::pin(send_close(dst, IDLE)).await;
+                                        return PumpEnd::SourceIdle;
+                                    }
+                                    pinged = true;
+                                    peer.ping();
+                                    wake_task().await;
+                                }
                             }
-                        };
-                        if flushed.is_err()
-                            || (ping_due && Box::pin(write_ping(dst)).await.is_err())
-                        {
+                        }
+                    }
+                };
+                match step {
+                    Ok(None) => {}
+                    Ok(Some(Stop::Full)) => {
+                        if dst.flush().await.is_err() {
                             return PumpEnd::DestLost;
                         }
                     }
-                    loop {
-                        tokio::select! {
-                            biased;
-                            c = inbox.next() => match c {
-                                Control::Ping => {
-                                    if Box::pin(write_ping(dst)).await.is_err() {
-                                        return PumpEnd::DestLost;
-                                    }
-                                }
-                                Control::Stop(how) => return Box::pin(stopped(dst, how, lost)).await,
-                            },
-                            r = std::future::poll_fn(|cx| {
-                                let mut process = |cx: &mut Context<'_>, data: &mut [u8]| process(cx, data, src_is_client, &limits, &mut progress, dst, counters);
-                                src.poll_process(cx, &mut process)
-                            }) => break r,
-                            _ = ticker.as_mut().tick() => {
-                                if progress.received != received_at_tick {
-                                    received_at_tick = progress.received;
-                                    pinged = false;
-                                    continue;
-                                }
-                                // Idle since the last tick: hold no read or batch memory.
-                                dst.release();
-                                src.release();
-                                if limits.keepalive.is_none() {
-                                    continue;
-                                }
-                                if pinged {
-                                    let _ = Box::pin(send_close(dst, IDLE)).await;
-                                    return PumpEnd::SourceIdle;
-                                }
-                                pinged = true;
-                                peer.ping();
-                                wake_task().await;
-                            }
-                        }
+                    Ok(Some(Stop::Close(code))) => {
+                        return match dst.flush().await {
+                            Ok(()) => PumpEnd::Closed(code),
+                            Err(_) => PumpEnd::DestLost,
+                        };
                     }
-                }
-            };
-            match step {
-                Ok(None) => {}
-                Ok(Some(Stop::Full)) => {
-                    if dst.flush().await.is_err() {
-                        return PumpEnd::DestLost;
+                    Ok(Some(Stop::Violation(code))) => {
+                        let _ = Box::pin(send_close(dst, PROTOCOL_ERROR_TO_PEER)).await;
+                        return PumpEnd::SourceViolation(code);
                     }
-                }
-                Ok(Some(Stop::Close(code))) => {
-                    return match dst.flush().await {
-                        Ok(()) => PumpEnd::Closed(code),
-                        Err(_) => PumpEnd::DestLost,
-                    };
-                }
-                Ok(Some(Stop::Violation(code))) => {
-                    let _ = Box::pin(send_close(dst, PROTOCOL_ERROR_TO_PEER)).await;
-                    return PumpEnd::SourceViolation(code);
-                }
-                Err(_) => {
-                    let _ = Box::pin(send_close(dst, lost)).await;
-                    return PumpEnd::SourceLost;
+                    Err(_) => {
+                        let _ = Box::pin(send_close(dst, lost)).await;
+                        return PumpEnd::SourceLost;
+                    }
                 }
             }
         }

@@ -5,6 +5,7 @@
 //! or broke the protocol gets the other side a clear close code; a gateway shutdown
 //! closes both with 1001. Then both write sides are shut down (TLS close_notify, FIN).
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -159,142 +160,149 @@ pub struct Side<R, W> {
 
 /// Proxies frames between a client (server role) and a backend (client role) until the
 /// session ends or `shutdown` changes.
-pub async fn proxy<CR, CW, BR, BW>(
+///
+/// Not an `async fn`: one keeps its arguments in its state for the session's whole life,
+/// beside what they were turned into (the sides' readers and writers, the limits), and
+/// every idle session paid for both. The future built here holds only the latter.
+pub fn proxy<CR, CW, BR, BW>(
     client: Side<CR, CW>,
     backend: Side<BR, BW>,
     opts: SessionOptions,
     mut shutdown: watch::Receiver<bool>,
-) -> SessionReport
+) -> impl Future<Output = SessionReport>
 where
     CR: AsyncRead + Unpin,
     CW: AsyncWrite + Unpin,
     BR: AsyncRead + Unpin,
     BW: AsyncWrite + Unpin,
 {
-    let started = Instant::now();
     let (mut cread, mut cwrite) = split(client, Role::Server);
     let (mut bread, mut bwrite) = split(backend, Role::Client);
-    let mut upstream = Counters::default();
-    let mut downstream = Counters::default();
-    let up_inbox = Mailbox::default();
-    let down_inbox = Mailbox::default();
     let limits = PumpLimits {
         max_message_size: opts.max_message_size,
         max_frame_size: opts.max_frame_size,
         keepalive: opts.keepalive,
     };
-    let mut shut = false;
+    let close_timeout = opts.close_timeout;
+    async move {
+        let started = Instant::now();
+        let mut upstream = Counters::default();
+        let mut downstream = Counters::default();
+        let up_inbox = Mailbox::default();
+        let down_inbox = Mailbox::default();
+        let mut shut = false;
 
-    let (first, second) = {
-        let up = Pump {
-            src: &mut cread,
-            src_is_client: true,
-            dst: &mut bwrite,
-            lost: CLIENT_LOST,
-            counters: &mut upstream,
-            limits,
-        }
-        .run(&up_inbox, &down_inbox);
-        let down = Pump {
-            src: &mut bread,
-            src_is_client: false,
-            dst: &mut cwrite,
-            lost: BACKEND_LOST,
-            counters: &mut downstream,
-            limits,
-        }
-        .run(&down_inbox, &up_inbox);
-        tokio::pin!(up, down);
-        // A session that starts after shutdown began (its handshake was under way) goes
-        // straight to closing.
-        let already_shut = *shutdown.borrow_and_update();
-        let first = if already_shut {
-            (Direction::Upstream, PumpEnd::Stopped)
-        } else {
-            let pair = Pair::default();
-            tokio::select! {
-                e = std::future::poll_fn(|cx| pair.poll(cx, up.as_mut(), down.as_mut())) => match e {
-                    Either::First(e) => (Direction::Upstream, e),
-                    Either::Second(e) => (Direction::Downstream, e),
-                },
-                // A dropped sender means no shutdown will ever come: the branch then disables itself.
-                Ok(()) = shutdown_signal(&mut shutdown) => (Direction::Upstream, PumpEnd::Stopped),
+        let (first, second) = {
+            let up = Pump {
+                src: &mut cread,
+                src_is_client: true,
+                dst: &mut bwrite,
+                lost: CLIENT_LOST,
+                counters: &mut upstream,
+                limits,
             }
-        };
-        if first.1 == PumpEnd::Stopped {
-            // Gateway shutdown. The backend is closed first (1001), as if the client had
-            // left; what it sends before its close answer still reaches the client, and
-            // its close answer is passed on. A backend that does not answer in time gets
-            // the client a 1001 of our own.
-            shut = true;
-            up_inbox.stop(StopWith::Close(SHUTTING_DOWN));
-            let backend_answered = async {
-                let (_, d) = tokio::join!(&mut up, &mut down);
-                d
-            };
-            let second =
-                match Box::pin(tokio::time::timeout(opts.close_timeout, backend_answered)).await {
-                    Ok(end) => Some(end),
-                    Err(_) => {
-                        down_inbox.stop(StopWith::Close(SHUTTING_DOWN));
-                        let _ = Box::pin(tokio::time::timeout(opts.close_timeout, &mut down)).await;
-                        None
-                    }
-                };
-            (first, second)
-        } else {
-            let instruction = match first.1 {
-                // The other side answers the passed-on close in its own time (bounded).
-                PumpEnd::Closed(_) => None,
-                // This pump already told the other side; nothing is left to say.
-                PumpEnd::SourceLost | PumpEnd::Stopped => Some(StopWith::Nothing),
-                // The idle source is told so (its peer already was).
-                PumpEnd::SourceIdle => Some(StopWith::Close(crate::forward::IDLE)),
-                // The misbehaving source hears why.
-                PumpEnd::SourceViolation(code) => Some(StopWith::Close(CloseMsg {
-                    code,
-                    reason: "protocol error",
-                })),
-                // Our destination is gone: the other pump tells its destination so.
-                PumpEnd::DestLost => Some(StopWith::LostSource),
-            };
-            let (other_tx, upstream_first) = match first.0 {
-                Direction::Upstream => (&down_inbox, true),
-                Direction::Downstream => (&up_inbox, false),
-            };
-            if let Some(how) = instruction {
-                other_tx.stop(how);
+            .run(&up_inbox, &down_inbox);
+            let down = Pump {
+                src: &mut bread,
+                src_is_client: false,
+                dst: &mut cwrite,
+                lost: BACKEND_LOST,
+                counters: &mut downstream,
+                limits,
             }
-            let other_end = async {
-                if upstream_first {
-                    (&mut down).await
-                } else {
-                    (&mut up).await
+            .run(&down_inbox, &up_inbox);
+            tokio::pin!(up, down);
+            // A session that starts after shutdown began (its handshake was under way) goes
+            // straight to closing.
+            let already_shut = *shutdown.borrow_and_update();
+            let first = if already_shut {
+                (Direction::Upstream, PumpEnd::Stopped)
+            } else {
+                let pair = Pair::default();
+                tokio::select! {
+                    e = std::future::poll_fn(|cx| pair.poll(cx, up.as_mut(), down.as_mut())) => match e {
+                        Either::First(e) => (Direction::Upstream, e),
+                        Either::Second(e) => (Direction::Downstream, e),
+                    },
+                    // A dropped sender means no shutdown will ever come: the branch then disables itself.
+                    Ok(()) = shutdown_signal(&mut shutdown) => (Direction::Upstream, PumpEnd::Stopped),
                 }
             };
-            (
-                first,
-                Box::pin(tokio::time::timeout(opts.close_timeout, other_end))
-                    .await
-                    .ok(),
-            )
+            if first.1 == PumpEnd::Stopped {
+                // Gateway shutdown. The backend is closed first (1001), as if the client had
+                // left; what it sends before its close answer still reaches the client, and
+                // its close answer is passed on. A backend that does not answer in time gets
+                // the client a 1001 of our own.
+                shut = true;
+                up_inbox.stop(StopWith::Close(SHUTTING_DOWN));
+                let backend_answered = async {
+                    let (_, d) = tokio::join!(&mut up, &mut down);
+                    d
+                };
+                let second =
+                    match Box::pin(tokio::time::timeout(close_timeout, backend_answered)).await {
+                        Ok(end) => Some(end),
+                        Err(_) => {
+                            down_inbox.stop(StopWith::Close(SHUTTING_DOWN));
+                            let _ = Box::pin(tokio::time::timeout(close_timeout, &mut down)).await;
+                            None
+                        }
+                    };
+                (first, second)
+            } else {
+                let instruction = match first.1 {
+                    // The other side answers the passed-on close in its own time (bounded).
+                    PumpEnd::Closed(_) => None,
+                    // This pump already told the other side; nothing is left to say.
+                    PumpEnd::SourceLost | PumpEnd::Stopped => Some(StopWith::Nothing),
+                    // The idle source is told so (its peer already was).
+                    PumpEnd::SourceIdle => Some(StopWith::Close(crate::forward::IDLE)),
+                    // The misbehaving source hears why.
+                    PumpEnd::SourceViolation(code) => Some(StopWith::Close(CloseMsg {
+                        code,
+                        reason: "protocol error",
+                    })),
+                    // Our destination is gone: the other pump tells its destination so.
+                    PumpEnd::DestLost => Some(StopWith::LostSource),
+                };
+                let (other_tx, upstream_first) = match first.0 {
+                    Direction::Upstream => (&down_inbox, true),
+                    Direction::Downstream => (&up_inbox, false),
+                };
+                if let Some(how) = instruction {
+                    other_tx.stop(how);
+                }
+                let other_end = async {
+                    if upstream_first {
+                        (&mut down).await
+                    } else {
+                        (&mut up).await
+                    }
+                };
+                (
+                    first,
+                    Box::pin(tokio::time::timeout(close_timeout, other_end))
+                        .await
+                        .ok(),
+                )
+            }
+        };
+
+        // Both directions are done with the writers: end TLS and TCP politely, bounded.
+        let _ = Box::pin(tokio::time::timeout(close_timeout, async {
+            let _ = cwrite.shutdown().await;
+            let _ = bwrite.shutdown().await;
+        }))
+        .await;
+
+        SessionReport {
+            first,
+            second,
+            upstream,
+            downstream,
+            shutdown: shut,
+            duration: started.elapsed(),
         }
-    };
-
-    // Both directions are done with the writers: end TLS and TCP politely, bounded.
-    let _ = Box::pin(tokio::time::timeout(opts.close_timeout, async {
-        let _ = cwrite.shutdown().await;
-        let _ = bwrite.shutdown().await;
-    }))
-    .await;
-
-    SessionReport {
-        first,
-        second,
-        upstream,
-        downstream,
-        shutdown: shut,
-        duration: started.elapsed(),
     }
 }
 
