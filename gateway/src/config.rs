@@ -604,20 +604,17 @@ fn dotted_key_at(text: &str, line: usize) -> Option<String> {
         }
         if i + 1 == line {
             let (key, _) = t.split_once('=')?;
-            let key: String = key
-                .trim()
-                .trim_matches('"')
-                .chars()
-                .filter(|c| !c.is_control())
-                .collect();
-            if key.is_empty() {
+            let key = key.trim().trim_matches('"');
+            if key.chars().all(char::is_control) {
                 return None;
             }
-            return Some(if section.is_empty() {
-                key
+            let dotted = if section.is_empty() {
+                key.to_owned()
             } else {
                 format!("{section}.{key}")
-            });
+            };
+            // The section header is raw text too: neither part may break the line.
+            return Some(dotted.chars().filter(|c| !c.is_control()).collect());
         }
     }
     None
@@ -786,6 +783,15 @@ mod tests {
         assert!(
             !msg.trim_end().ends_with(':'),
             "the problem is named: {msg:?}"
+        );
+        // Found by the config fuzzer: control characters in the section header.
+        let msg = Config::from_toml_str("[a'b = \"c'\r\0\x0ed]\nB", Path::new("."))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            !msg.is_empty() && !msg.chars().any(char::is_control),
+            "{msg:?}"
         );
     }
 

@@ -235,20 +235,23 @@ where
                 // the client a 1001 of our own.
                 shut = true;
                 up_inbox.stop(StopWith::Close(SHUTTING_DOWN));
+                // The downstream pump may end (the backend's close answer passed on) while the
+                // upstream one is still stuck: a finished pump must not be polled again.
+                let mut down_end = None;
                 let backend_answered = async {
-                    let (_, d) = tokio::join!(&mut up, &mut down);
-                    d
-                };
-                let second =
-                    match Box::pin(tokio::time::timeout(close_timeout, backend_answered)).await {
-                        Ok(end) => Some(end),
-                        Err(_) => {
-                            down_inbox.stop(StopWith::Close(SHUTTING_DOWN));
-                            let _ = Box::pin(tokio::time::timeout(close_timeout, &mut down)).await;
-                            None
-                        }
+                    let down_done = async {
+                        let end = (&mut down).await;
+                        down_end = Some(end);
                     };
-                (first, second)
+                    tokio::join!(&mut up, down_done);
+                };
+                let answered =
+                    Box::pin(tokio::time::timeout(close_timeout, backend_answered)).await;
+                if answered.is_err() && down_end.is_none() {
+                    down_inbox.stop(StopWith::Close(SHUTTING_DOWN));
+                    let _ = Box::pin(tokio::time::timeout(close_timeout, &mut down)).await;
+                }
+                (first, down_end)
             } else {
                 let instruction = match first.1 {
                     // The other side answers the passed-on close in its own time (bounded).
@@ -344,6 +347,59 @@ fn split<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn shutdown_with_the_backend_answering_while_the_client_side_is_stuck_ends_cleanly() {
+        // Found by the session fuzzer: the backend's close answer ended the downstream
+        // pump, the upstream one stayed stuck writing its close to a backend that reads
+        // nothing, and when the close timeout ran out the finished pump was polled again
+        // (a panic: "`async fn` resumed after completion").
+        let (client_gw, mut client_peer) = tokio::io::duplex(4096);
+        // One byte of room toward the backend: the gateway's close to it cannot go out.
+        let (backend_gw, mut backend_peer) = tokio::io::duplex(1);
+        let (cr, cw) = tokio::io::split(client_gw);
+        let (br, bw) = tokio::io::split(backend_gw);
+        let (tx, rx) = watch::channel(true);
+        let opts = SessionOptions {
+            max_message_size: 1 << 20,
+            max_frame_size: 1 << 20,
+            close_timeout: Duration::from_millis(100),
+            keepalive: None,
+        };
+        let run = proxy(
+            Side {
+                read: cr,
+                write: cw,
+                leftover: Bytes::new(),
+            },
+            Side {
+                read: br,
+                write: bw,
+                leftover: Bytes::new(),
+            },
+            opts,
+            rx,
+        );
+        // The backend answers the shutdown with a close (1000), and then reads nothing.
+        let answer = tokio::spawn(async move {
+            let _ = backend_peer.write_all(&[0x88, 0x02, 0x03, 0xE8]).await;
+            backend_peer
+        });
+        let report = tokio::time::timeout(Duration::from_secs(5), run).await;
+        let report = report.expect("the session did not end");
+        assert!(report.shutdown);
+        assert_eq!(
+            report.second,
+            Some(PumpEnd::Closed(Some(1000))),
+            "the backend's answer ended the downstream pump"
+        );
+        // The client got the backend's close.
+        let mut got = [0u8; 4];
+        client_peer.read_exact(&mut got).await.expect("close frame");
+        assert_eq!(got, [0x88, 0x02, 0x03, 0xE8]);
+        drop((tx, answer));
+    }
 
     #[tokio::test]
     async fn a_session_starting_after_shutdown_closes_at_once_even_with_stalled_peers() {
