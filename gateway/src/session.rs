@@ -347,7 +347,36 @@ fn split<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    /// A session between in-memory pipes (`client_gw` and `backend_gw` are the gateway's
+    /// ends) that starts after the gateway's shutdown was signalled; close timeout 100 ms.
+    /// The sender must outlive the session, or the shutdown branch disables itself.
+    fn session_after_shutdown(
+        client_gw: DuplexStream,
+        backend_gw: DuplexStream,
+    ) -> (impl Future<Output = SessionReport>, watch::Sender<bool>) {
+        let (cr, cw) = tokio::io::split(client_gw);
+        let (br, bw) = tokio::io::split(backend_gw);
+        let (tx, rx) = watch::channel(true);
+        let opts = SessionOptions {
+            max_message_size: 1 << 20,
+            max_frame_size: 1 << 20,
+            close_timeout: Duration::from_millis(100),
+            keepalive: None,
+        };
+        let client = Side {
+            read: cr,
+            write: cw,
+            leftover: Bytes::new(),
+        };
+        let backend = Side {
+            read: br,
+            write: bw,
+            leftover: Bytes::new(),
+        };
+        (proxy(client, backend, opts, rx), tx)
+    }
 
     #[tokio::test]
     async fn shutdown_with_the_backend_answering_while_the_client_side_is_stuck_ends_cleanly() {
@@ -358,29 +387,7 @@ mod tests {
         let (client_gw, mut client_peer) = tokio::io::duplex(4096);
         // One byte of room toward the backend: the gateway's close to it cannot go out.
         let (backend_gw, mut backend_peer) = tokio::io::duplex(1);
-        let (cr, cw) = tokio::io::split(client_gw);
-        let (br, bw) = tokio::io::split(backend_gw);
-        let (tx, rx) = watch::channel(true);
-        let opts = SessionOptions {
-            max_message_size: 1 << 20,
-            max_frame_size: 1 << 20,
-            close_timeout: Duration::from_millis(100),
-            keepalive: None,
-        };
-        let run = proxy(
-            Side {
-                read: cr,
-                write: cw,
-                leftover: Bytes::new(),
-            },
-            Side {
-                read: br,
-                write: bw,
-                leftover: Bytes::new(),
-            },
-            opts,
-            rx,
-        );
+        let (run, tx) = session_after_shutdown(client_gw, backend_gw);
         // The backend answers the shutdown with a close (1000), and then reads nothing.
         let answer = tokio::spawn(async move {
             let _ = backend_peer.write_all(&[0x88, 0x02, 0x03, 0xE8]).await;
@@ -406,29 +413,7 @@ mod tests {
         // Found by the session fuzzer: such a session used to miss the shutdown signal.
         let (client_gw, _client_peer) = tokio::io::duplex(64);
         let (backend_gw, _backend_peer) = tokio::io::duplex(64);
-        let (cr, cw) = tokio::io::split(client_gw);
-        let (br, bw) = tokio::io::split(backend_gw);
-        let (tx, rx) = watch::channel(true);
-        let opts = SessionOptions {
-            max_message_size: 1 << 20,
-            max_frame_size: 1 << 20,
-            close_timeout: Duration::from_millis(100),
-            keepalive: None,
-        };
-        let run = proxy(
-            Side {
-                read: cr,
-                write: cw,
-                leftover: Bytes::new(),
-            },
-            Side {
-                read: br,
-                write: bw,
-                leftover: Bytes::new(),
-            },
-            opts,
-            rx,
-        );
+        let (run, tx) = session_after_shutdown(client_gw, backend_gw);
         let report = tokio::time::timeout(Duration::from_secs(5), run).await;
         assert!(
             report.as_ref().is_ok_and(|r| r.shutdown),
