@@ -44,7 +44,7 @@ PROXIES = ["gateway", "nginx", "haproxy"]
 # HTTP, no WebSocket: only the kernel's work of moving the bytes through a process).
 CHARGED = PROXIES + ["relay"]
 # (e) measures TLS handshakes and token checks: the relay does neither.
-STORM_TARGETS = ["gateway", "nginx", "haproxy", "direct"]
+STORM_TARGETS = [t for t in TARGETS if t != "relay"]
 JWT_NOTE = {
     "gateway": "yes",
     "nginx": "no¹",
