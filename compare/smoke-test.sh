@@ -70,7 +70,7 @@ if [ -z "${COMPARE_SMOKE_MD:-}" ] && command -v perf >/dev/null \
     && perf stat -x, -e raw_syscalls:sys_enter -- true >/dev/null 2>&1; then
     calls="$(grep '^System calls per forwarded message' "$md" || true)"
     for t in gateway nginx haproxy; do
-        grep -qE "\(b\) [^;]*$t [0-9]+\.[0-9]+" <<<"$calls" || bad "no (b) syscall count for $t"
+        grep -qE "\(b\) [^;]*$t [0-9]+\.[0-9]+" <<<"$calls" || bad "no (b) syscall count for $t: '$calls'"
     done
 fi
 
