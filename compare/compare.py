@@ -534,6 +534,10 @@ global
     nbthread 2
     maxconn 9900
     tune.ssl.default-dh-param 2048
+    # TLS 1.3 suites in a browser's order (and loadgen's). The gateway and nginx follow the
+    # client's order; HAProxy imposes its own, which is OpenSSL's (AES-256-GCM first): so
+    # that all three run the same cipher, it is given the browser's order here.
+    ssl-default-bind-ciphersuites TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256
 
 defaults
     mode http
@@ -927,6 +931,8 @@ class Harness:
             connect_p50_ms=tot["connections"]["connect_ms"]["p50"],
             loadgen_cpu_s=rep.get("loadgen", {}).get("cpu_s"),
         )
+        if rep.get("tls_suites"):
+            r["tls_suites"] = {s["suite"]: s["connections"] for s in rep["tls_suites"]}
         if t.is_proxy:
             r["proxy_cpu_s_whole_run"] = round(cpu_total, 3)
             r["proxy_rss_kib_open"] = rss_open
@@ -1266,6 +1272,17 @@ def per_proxy_medians(res: dict, key: str, spec: str) -> str:
     return "; ".join(parts)
 
 
+def negotiated_suites(res: dict) -> str:
+    """`gateway TLS13_…, nginx …`: the TLS cipher suites each target's connections got in
+    the closed- and open-loop runs, as loadgen reported them ("" when none)."""
+    seen: dict[str, set[str]] = {}
+    for s in "abcf":
+        for t, rounds in res.get(s, {}).get("rounds", {}).items():
+            for r in rounds:
+                seen.setdefault(t, set()).update(r.get("tls_suites", {}))
+    return ", ".join(f"{t} {' + '.join(sorted(v))}" for t, v in seen.items() if v)
+
+
 def render(meta: dict, res: dict, auth: list[dict], goals: list[dict]) -> str:
     L = []
     L.append(f"## wsgate vs nginx vs HAProxy — {meta['date']}")
@@ -1325,6 +1342,11 @@ def render(meta: dict, res: dict, auth: list[dict], goals: list[dict]) -> str:
         if line:
             L.append(f"{title}, medians: {line}.")
             L.append("")
+    suites = negotiated_suites(res)
+    if suites:
+        L.append("TLS cipher suite the connections got (loadgen offers a browser's order, "
+                 f"AES-128-GCM first): {suites}.")
+        L.append("")
     L.append("¹ nginx (open source) cannot verify a JWT without njs or NGINX Plus: it only terminates "
              "TLS, routes and tunnels, so it does less work than the gateway and HAProxy.")
     if goals:

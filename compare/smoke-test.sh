@@ -64,6 +64,13 @@ done <<<"$auth"
 n_cases="$(grep -c . <<<"$auth" || true)"
 [ "$n_cases" -ge 10 ] || bad "only $n_cases auth cases"
 
+# Every TLS target ran the same cipher suite (loadgen's report), so the CPU figures compare
+# the same job.
+suites="$(grep '^TLS cipher suite the connections got' "$md" || true)"
+for t in gateway nginx haproxy; do
+    grep -qE "[:,] $t TLS13_AES_128_GCM_SHA256[,.]" <<<"$suites" || bad "$t did not run TLS13_AES_128_GCM_SHA256 alone: '$suites'"
+done
+
 # Syscall counts are optional (perf on the raw_syscalls tracepoint); where perf can count
 # them, every proxy's (b) figure must be in the table.
 if [ -z "${COMPARE_SMOKE_MD:-}" ] && command -v perf >/dev/null \

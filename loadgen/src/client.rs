@@ -8,6 +8,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use fastwebsockets::{Role, WebSocket};
@@ -165,6 +166,8 @@ pub struct Connector {
     protocols: Option<String>,
     local_addr: Option<IpAddr>,
     timeout: Duration,
+    /// TLS cipher suites negotiated so far, with how many connections got each.
+    suites: Mutex<Vec<(&'static str, u64)>>,
 }
 
 impl std::fmt::Debug for Connector {
@@ -247,7 +250,25 @@ impl Connector {
             protocols: opts.protocols.clone(),
             local_addr: opts.local_addr,
             timeout: opts.connect_timeout,
+            suites: Mutex::new(Vec::new()),
         })
+    }
+
+    /// The TLS cipher suites servers chose for this connector's connections, with how many
+    /// connections got each (empty for `ws://`).
+    pub fn negotiated_suites(&self) -> Vec<(&'static str, u64)> {
+        self.suites
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn note_suite(&self, suite: &'static str) {
+        let mut suites = self.suites.lock().unwrap_or_else(|e| e.into_inner());
+        match suites.iter_mut().find(|(s, _)| *s == suite) {
+            Some((_, n)) => *n += 1,
+            None => suites.push((suite, 1)),
+        }
     }
 
     /// The resolved addresses of the target.
@@ -295,6 +316,9 @@ impl Connector {
                     .connect(self.server_name.clone(), tcp)
                     .await
                     .map_err(ConnectError::Tls)?;
+                if let Some(suite) = s.get_ref().1.negotiated_cipher_suite() {
+                    self.note_suite(suite.suite().as_str().unwrap_or("unknown"));
+                }
                 ClientStream::Tls(Box::new(s))
             }
         };

@@ -467,6 +467,15 @@ fn build(
         backends,
         total,
         loadgen,
+        tls_suites: shared
+            .connector
+            .negotiated_suites()
+            .into_iter()
+            .map(|(suite, connections)| report::SuiteCount {
+                suite: suite.to_owned(),
+                connections,
+            })
+            .collect(),
     };
     let mut named: Vec<(String, Histogram<u64>)> = opts.backends.iter().cloned().zip(rtt).collect();
     if nb > 1 {

@@ -18,7 +18,8 @@
 //!   "backends": [ Section, ... ],  // one per backend, in the order used
 //!   "total": Section,              // all backends together ("backend": "total")
 //!   "loadgen": { "cpu_user_s", "cpu_system_s", "cpu_s", "cpu_us_per_msg",
-//!                "connect_cpu_s", "nofile_limit", "source_addrs" }
+//!                "connect_cpu_s", "nofile_limit", "source_addrs" },
+//!   "tls_suites": [ { "suite": "TLS13_AES_128_GCM_SHA256", "connections": 100 } ]
 //! }
 //! Section = {
 //!   "backend": "Backend_ABC",
@@ -79,6 +80,19 @@ pub struct Report {
     pub total: Section,
     /// The generator's own resource use.
     pub loadgen: Usage,
+    /// TLS cipher suites the server chose, with how many connections got each (empty for
+    /// `ws://`).
+    #[serde(default)]
+    pub tls_suites: Vec<SuiteCount>,
+}
+
+/// Connections that negotiated one TLS cipher suite.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SuiteCount {
+    /// rustls's name for it, e.g. `TLS13_AES_128_GCM_SHA256`.
+    pub suite: String,
+    /// How many connections got it.
+    pub connections: u64,
 }
 
 /// Results for one backend (or the total).
@@ -467,6 +481,14 @@ pub fn write_table(r: &Report, w: &mut dyn Write) -> io::Result<()> {
         "loadgen CPU: {:.2} s user + {:.2} s system{per_msg} while sending; {:.2} s opening connections",
         u.cpu_user_s, u.cpu_system_s, u.connect_cpu_s
     )?;
+    if !r.tls_suites.is_empty() {
+        let suites: Vec<String> = r
+            .tls_suites
+            .iter()
+            .map(|s| format!("{} ×{}", s.suite, s.connections))
+            .collect();
+        writeln!(w, "TLS cipher suite: {}", suites.join(", "))?;
+    }
     let verdict = if r.passed() {
         "PASS: no integrity errors"
     } else if r.total.connections.opened == 0 {

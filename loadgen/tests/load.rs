@@ -108,6 +108,12 @@ async fn load_through_the_gateway_is_lossless_and_reports_json() -> anyhow::Resu
     }
     let cpu = &report["loadgen"];
     assert!(cpu["cpu_s"].as_f64().is_some() && cpu["nofile_limit"].as_u64().unwrap_or(0) > 0);
+    // The gateway follows the client's order, and loadgen offers a browser's: AES-128-GCM.
+    assert_eq!(
+        report["tls_suites"],
+        serde_json::json!([{ "suite": "TLS13_AES_128_GCM_SHA256", "connections": 30 }]),
+        "every connection's suite, counted"
+    );
 
     assert!(page.contains("<svg") && page.contains("Backend_PQR") && page.contains("polyline"));
     Ok(())
