@@ -148,7 +148,7 @@ impl Default for ServerConfig {
     }
 }
 
-/// `[tls]`: PEM files, relative to the config file's folder.
+/// `[tls]`: PEM files, relative to the config file's folder, and the cipher suites.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TlsConfig {
@@ -156,6 +156,10 @@ pub struct TlsConfig {
     pub cert: PathBuf,
     /// Private key of the leaf (PKCS#8, SEC1 or PKCS#1).
     pub key: PathBuf,
+    /// Cipher suites offered, in the gateway's order of preference, which then overrides
+    /// the client's. Empty (the default): every suite rustls supports, and the client's
+    /// order decides. Checked when the TLS config is built (start-up and reload).
+    pub cipher_suites: Vec<String>,
 }
 
 impl Default for TlsConfig {
@@ -163,6 +167,7 @@ impl Default for TlsConfig {
         Self {
             cert: "certs/server.crt".into(),
             key: "certs/server.key".into(),
+            cipher_suites: Vec::new(),
         }
     }
 }

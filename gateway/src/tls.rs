@@ -5,10 +5,19 @@ use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::ServerConfig;
+use rustls::{ServerConfig, SupportedCipherSuite};
 
-/// Builds the server config. Errors name the offending key (`cert` or `key`) and problem.
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, (&'static str, String)> {
+/// Builds the server config. Errors name the offending key (`cert`, `key` or
+/// `cipher_suites`) and problem.
+///
+/// `suites` (names as in [`suite_names`]) restricts and orders the cipher suites, and the
+/// gateway's order then wins over the client's; empty leaves every suite on and the client
+/// choosing, which is what browsers' own order (AES-128-GCM first) is best served by.
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+    suites: &[String],
+) -> Result<Arc<ServerConfig>, (&'static str, String)> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect::<Result<_, _>>())
         .map_err(|e| ("cert", format!("{}: {e}", cert.display())))?;
@@ -17,10 +26,14 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, (&'st
     }
     let key_der = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| ("key", format!("{}: {e}", key.display())))?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    if !suites.is_empty() {
+        provider.cipher_suites =
+            chosen_suites(&provider.cipher_suites, suites).map_err(|e| ("cipher_suites", e))?;
+    }
+    let mut config = ServerConfig::builder_with_provider(Arc::new(provider))
         .with_safe_default_protocol_versions()
-        .map_err(|e| ("cert", e.to_string()))?
+        .map_err(|e| ("cipher_suites", e.to_string()))?
         .with_no_client_auth()
         .with_single_cert(certs, key_der)
         .map_err(|e| {
@@ -32,5 +45,153 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, (&'st
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     // Clients of a gateway hold long sessions and rarely resume: tickets only cost memory.
     config.send_tls13_tickets = 0;
+    config.ignore_client_order = !suites.is_empty();
     Ok(Arc::new(config))
+}
+
+/// The names a suite may be given by in the config: rustls's (`TLS13_AES_128_GCM_SHA256`,
+/// `TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256`) and, for TLS 1.3, the RFC's and OpenSSL's
+/// (`TLS_AES_128_GCM_SHA256`).
+pub fn suite_names(suite: &SupportedCipherSuite) -> Vec<String> {
+    let Some(name) = suite.suite().as_str() else {
+        return Vec::new();
+    };
+    let mut names = vec![name.to_owned()];
+    if let Some(rest) = name.strip_prefix("TLS13_") {
+        names.push(format!("TLS_{rest}"));
+    }
+    names
+}
+
+/// The suites of `all` that `names` name, in the order named.
+fn chosen_suites(
+    all: &[SupportedCipherSuite],
+    names: &[String],
+) -> Result<Vec<SupportedCipherSuite>, String> {
+    let mut chosen: Vec<SupportedCipherSuite> = Vec::with_capacity(names.len());
+    for name in names {
+        let suite = all
+            .iter()
+            .find(|s| suite_names(s).iter().any(|n| n.eq_ignore_ascii_case(name)))
+            .ok_or_else(|| {
+                let known: Vec<String> = all.iter().filter_map(|s| suite_names(s).pop()).collect();
+                format!(
+                    "unknown cipher suite {name:?} (known: {})",
+                    known.join(", ")
+                )
+            })?;
+        if chosen.iter().any(|c| c.suite() == suite.suite()) {
+            return Err(format!("cipher suite {name:?} is listed twice"));
+        }
+        chosen.push(*suite);
+    }
+    Ok(chosen)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::crypto::aws_lc_rs::{cipher_suite, default_provider};
+    use rustls::{CipherSuite, ClientConfig, ClientConnection, RootCertStore, ServerConnection};
+    use std::path::PathBuf;
+
+    const AES128: SupportedCipherSuite = cipher_suite::TLS13_AES_128_GCM_SHA256;
+    const AES256: SupportedCipherSuite = cipher_suite::TLS13_AES_256_GCM_SHA384;
+
+    fn certs() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../certs")
+    }
+
+    fn server(suites: &[&str]) -> Result<Arc<ServerConfig>, (&'static str, String)> {
+        let dir = certs();
+        let suites: Vec<String> = suites.iter().map(|s| (*s).to_owned()).collect();
+        server_config(&dir.join("server.crt"), &dir.join("server.key"), &suites)
+    }
+
+    /// The suite a handshake with `server` settles on, the client offering `offer` in that
+    /// order; the handshake runs in memory.
+    fn negotiate(
+        server: Arc<ServerConfig>,
+        offer: &[SupportedCipherSuite],
+    ) -> Result<CipherSuite, Box<dyn std::error::Error>> {
+        let mut provider = default_provider();
+        provider.cipher_suites = offer.to_vec();
+        let mut roots = RootCertStore::empty();
+        for ca in CertificateDer::pem_file_iter(certs().join("ca.crt"))? {
+            roots.add(ca?)?;
+        }
+        let client_config = ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mut client = ClientConnection::new(Arc::new(client_config), "localhost".try_into()?)?;
+        let mut server = ServerConnection::new(server)?;
+        for _ in 0..10 {
+            let mut wire = Vec::new();
+            client.write_tls(&mut wire)?;
+            server.read_tls(&mut &wire[..])?;
+            server.process_new_packets()?;
+            wire.clear();
+            server.write_tls(&mut wire)?;
+            client.read_tls(&mut &wire[..])?;
+            client.process_new_packets()?;
+            if !client.is_handshaking() && !server.is_handshaking() {
+                break;
+            }
+        }
+        let suite = server
+            .negotiated_cipher_suite()
+            .ok_or("the handshake did not finish")?;
+        Ok(suite.suite())
+    }
+
+    #[test]
+    fn by_default_the_clients_order_decides() -> Result<(), Box<dyn std::error::Error>> {
+        let config = server(&[]).map_err(|(k, e)| format!("{k}: {e}"))?;
+        assert_eq!(
+            negotiate(config.clone(), &[AES128, AES256])?,
+            AES128.suite()
+        );
+        assert_eq!(negotiate(config, &[AES256, AES128])?, AES256.suite());
+        Ok(())
+    }
+
+    #[test]
+    fn configured_suites_are_the_only_ones_and_their_order_wins(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        // Both spellings: the RFC's (OpenSSL's) and rustls's.
+        let config = server(&["TLS_AES_256_GCM_SHA384", "tls13_aes_128_gcm_sha256"])
+            .map_err(|(k, e)| format!("{k}: {e}"))?;
+        assert_eq!(
+            negotiate(config, &[AES128, AES256])?,
+            AES256.suite(),
+            "the gateway's order, not the client's"
+        );
+        let only_chacha =
+            server(&["TLS_CHACHA20_POLY1305_SHA256"]).map_err(|(k, e)| format!("{k}: {e}"))?;
+        assert!(
+            negotiate(only_chacha, &[AES128, AES256]).is_err(),
+            "a client with none of the configured suites is refused"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_or_repeated_suites_are_config_errors() {
+        let err = server(&["TLS_AES_128_GCM_SHA256", "TLS_RSA_WITH_RC4_128_MD5"]).err();
+        let Some((key, problem)) = err else {
+            panic!("an unknown suite was accepted");
+        };
+        assert_eq!(key, "cipher_suites");
+        assert!(
+            problem.contains("TLS_RSA_WITH_RC4_128_MD5")
+                && problem.contains("TLS_AES_128_GCM_SHA256"),
+            "names the bad entry and lists the known ones: {problem}"
+        );
+        let err = server(&["TLS_AES_128_GCM_SHA256", "TLS13_AES_128_GCM_SHA256"]).err();
+        assert!(
+            err.is_some_and(|(key, p)| key == "cipher_suites" && p.contains("twice")),
+            "one suite named twice"
+        );
+    }
 }

@@ -429,7 +429,7 @@ mod tests {
     ) -> io::Result<(Client, TlsStream)> {
         let dir = certs();
         let server_config =
-            crate::tls::server_config(&dir.join("server.crt"), &dir.join("server.key"))
+            crate::tls::server_config(&dir.join("server.crt"), &dir.join("server.key"), &[])
                 .map_err(|(_, e)| io::Error::other(e))?;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -640,8 +640,9 @@ mod tests {
     #[tokio::test]
     async fn garbage_instead_of_a_client_hello_is_an_error() -> io::Result<()> {
         let dir = certs();
-        let config = crate::tls::server_config(&dir.join("server.crt"), &dir.join("server.key"))
-            .map_err(|(_, e)| io::Error::other(e))?;
+        let config =
+            crate::tls::server_config(&dir.join("server.crt"), &dir.join("server.key"), &[])
+                .map_err(|(_, e)| io::Error::other(e))?;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let client = async {

@@ -121,6 +121,22 @@ fn unreadable_cert() -> Result<()> {
 }
 
 #[test]
+fn unknown_cipher_suite() -> Result<()> {
+    let c = certs();
+    let config = format!(
+        "[tls]\ncert = \"{c}/server.crt\"\nkey = \"{c}/server.key\"\ncipher_suites = [\"TLS_AES_128_GCM_SHA256\", \"TLS_RSA_WITH_RC4_128_MD5\"]\n[auth]\npublic_key = \"{c}/jwt-public.pem\"\n[backends]\nA = \"ws://localhost:1/\"\n"
+    );
+    check(
+        &config,
+        &[
+            "Config.toml:4",
+            "tls.cipher_suites",
+            "TLS_RSA_WITH_RC4_128_MD5",
+        ],
+    )
+}
+
+#[test]
 fn wrong_key_type() -> Result<()> {
     let c = certs();
     let config = format!(
