@@ -72,6 +72,12 @@ def syscall_window_s(duration: float) -> float:
     return min(1.2, duration / 3)
 
 
+def wait_while_running(p: subprocess.Popen, deadline: float) -> None:
+    """Sleeps until `deadline` (time.monotonic()) or until `p` exits, whichever comes first."""
+    while time.monotonic() < deadline and p.poll() is None:
+        time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+
+
 def log(msg: str) -> None:
     print(f"[compare {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
@@ -887,16 +893,14 @@ class Harness:
                         time.sleep(LEAD_IN_S)
                         c0, k0, t0 = t.cpu(), t.cpu_kernel(), time.monotonic()
                         rss_open = t.rss()
-                        while time.monotonic() < cpu_end and p.poll() is None:
-                            time.sleep(min(0.05, max(0.0, cpu_end - time.monotonic())))
+                        wait_while_running(p, cpu_end)
                         if p.poll() is None:
                             cpu_w = (t.cpu() - c0, time.monotonic() - t0, t.cpu_kernel() - k0)
                             # System calls are counted after the CPU window (see SyscallCount).
                             calls = SyscallCount(t.pids())
                             # Stops short of the end, so that loadgen is surely still sending.
                             calls_end = end - LEAD_IN_S
-                            while time.monotonic() < calls_end and p.poll() is None:
-                                time.sleep(min(0.05, max(0.0, calls_end - time.monotonic())))
+                            wait_while_running(p, calls_end)
                             rate = calls.stop()
                             window = cpu_w + ((rate if p.poll() is None else None),)
                         break
