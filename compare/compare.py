@@ -388,6 +388,7 @@ class Target:
 
 # Extra lines for the gateway's [server] table (`--gateway-server`), e.g. threading = "shared".
 GATEWAY_SERVER_EXTRA = ""
+GATEWAY_TLS_EXTRA = ""
 
 
 def gateway_config(tmp: Path, port: int, bports: list[int], admin_key: bool = True) -> Path:
@@ -405,6 +406,7 @@ path = "/gateway"
 [tls]
 cert = "{CERTS / 'server.crt'}"
 key = "{CERTS / 'server.key'}"
+{GATEWAY_TLS_EXTRA}
 
 [auth]
 issuer = "wso2"
@@ -1431,9 +1433,12 @@ def main() -> int:
     ap.add_argument("--keep-tmp", action="store_true", help="keep the temp folder (configs, logs, raw JSON)")
     ap.add_argument("--gateway-server", default="", metavar="TOML",
                     help='extra lines for the gateway\'s [server] table, e.g. \'threading = "shared"\'')
+    ap.add_argument("--gateway-tls", default="", metavar="TOML",
+                    help="extra lines for the gateway's [tls] table, e.g. 'session_tickets = 0'")
     a = ap.parse_args()
-    global GATEWAY_SERVER_EXTRA
+    global GATEWAY_SERVER_EXTRA, GATEWAY_TLS_EXTRA
     GATEWAY_SERVER_EXTRA = a.gateway_server
+    GATEWAY_TLS_EXTRA = a.gateway_tls
     a.targets = [t.strip() for t in a.targets.split(",") if t.strip()]
     unknown = set(a.targets) - set(TARGETS)
     if unknown:

@@ -99,9 +99,12 @@ async fn measure_tls(record_len: usize) -> Result<(Counts, Counts), String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let e = |what: &'static str| move |err: std::io::Error| format!("TLS {what}: {err}");
     let certs = loadgen::testbed::repo_root().join("certs");
-    let server_config =
-        gateway::tls::server_config(&certs.join("server.crt"), &certs.join("server.key"), &[])
-            .map_err(|(_, err)| err)?;
+    let server_config = gateway::tls::server_config(&gateway::config::TlsConfig {
+        cert: certs.join("server.crt"),
+        key: certs.join("server.key"),
+        ..Default::default()
+    })
+    .map_err(|(_, err)| err)?;
     let client_config = loadgen::tls::client_config(Some(&certs.join("ca.crt")), false)?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

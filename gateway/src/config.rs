@@ -148,7 +148,8 @@ impl Default for ServerConfig {
     }
 }
 
-/// `[tls]`: PEM files, relative to the config file's folder, and the cipher suites.
+/// `[tls]`: PEM files, relative to the config file's folder, the cipher suites and session
+/// resumption.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TlsConfig {
@@ -160,6 +161,12 @@ pub struct TlsConfig {
     /// the client's. Empty (the default): every suite rustls supports, and the client's
     /// order decides. Checked when the TLS config is built (start-up and reload).
     pub cipher_suites: Vec<String>,
+    /// TLS 1.3 session tickets sent after each handshake (each resumes one reconnect
+    /// without the certificate signature); 0 turns resumption off, TLS 1.2's too. Default
+    /// 2, as rustls, OpenSSL (so nginx and HAProxy) send. The tickets are encrypted with
+    /// keys made at start-up that rotate every 6 hours; clients hold them, the gateway
+    /// keeps no state per ticket.
+    pub session_tickets: usize,
 }
 
 impl Default for TlsConfig {
@@ -168,6 +175,7 @@ impl Default for TlsConfig {
             cert: "certs/server.crt".into(),
             key: "certs/server.key".into(),
             cipher_suites: Vec::new(),
+            session_tickets: 2,
         }
     }
 }
@@ -535,9 +543,11 @@ impl Config {
         );
         let _ = writeln!(
             o,
-            "[tls]\ncert = {}\nkey = {}\n",
+            "[tls]\ncert = {}\nkey = {}\ncipher_suites = {}\nsession_tickets = {}\n",
             q(&self.tls.cert.display().to_string()),
-            q(&self.tls.key.display().to_string())
+            q(&self.tls.key.display().to_string()),
+            list(&self.tls.cipher_suites),
+            self.tls.session_tickets
         );
         let a = &self.auth;
         let _ = writeln!(

@@ -31,6 +31,13 @@ pub struct WorkerLabel {
     pub worker: String,
 }
 
+/// Labels: how a TLS handshake went.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeLabel {
+    /// `full`, or `resumed` (a session ticket saved the certificate signature).
+    pub kind: String,
+}
+
 /// Labels: one instance of a backend pool.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct InstanceLabels {
@@ -156,6 +163,8 @@ pub struct Metrics {
     pub closes_sent: Family<CloseLabels, Counter>,
     /// Connections handed to each worker thread.
     pub worker_connections: Family<WorkerLabel, Counter>,
+    /// Completed TLS handshakes, full or resumed.
+    pub tls_handshakes: Family<HandshakeLabel, Counter>,
     /// Per-instance metrics of backend pools.
     pub pools: PoolMetrics,
 }
@@ -182,6 +191,7 @@ impl Metrics {
             backend_connect_failures: Family::default(),
             closes_sent: Family::default(),
             worker_connections: Family::default(),
+            tls_handshakes: Family::default(),
             pools: PoolMetrics::default(),
             registry: Registry::default(),
         };
@@ -189,6 +199,11 @@ impl Metrics {
             "connections_accepted",
             "TCP connections accepted",
             m.accepted.clone(),
+        );
+        registry.register(
+            "tls_handshakes",
+            "Completed TLS handshakes, full or resumed with a session ticket",
+            m.tls_handshakes.clone(),
         );
         registry.register(
             "worker_connections",
@@ -278,6 +293,15 @@ impl Metrics {
             .get_or_create(&WorkerLabel {
                 worker: worker.to_owned(),
             })
+            .inc();
+    }
+
+    /// Counts a completed TLS handshake; `resumed` when a session ticket (or TLS 1.2
+    /// session) was used.
+    pub fn tls_handshake(&self, resumed: bool) {
+        let kind = if resumed { "resumed" } else { "full" };
+        self.tls_handshakes
+            .get_or_create(&HandshakeLabel { kind: kind.into() })
             .inc();
     }
 

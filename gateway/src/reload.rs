@@ -21,9 +21,8 @@ pub enum ReloadError {
 
 /// Builds every reloadable part from `config`, loading the files it names.
 pub fn build_parts(config: Config) -> Result<Parts, ConfigError> {
-    let tls =
-        crate::tls::server_config(&config.tls.cert, &config.tls.key, &config.tls.cipher_suites)
-            .map_err(|(key, problem)| config.error("tls", key, problem))?;
+    let tls = crate::tls::server_config(&config.tls)
+        .map_err(|(key, problem)| config.error("tls", key, problem))?;
     let verifier = crate::auth::Verifier::from_config(&config.auth)
         .map_err(|(key, problem)| config.error("auth", key, problem))?;
     Ok(Parts {

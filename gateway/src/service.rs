@@ -50,7 +50,11 @@ pub async fn serve_connection(
     )
     .await
     {
-        Ok(Ok(tls)) => tls,
+        Ok(Ok(tls)) => {
+            let resumed = tls.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+            shared.metrics.tls_handshake(resumed);
+            tls
+        }
         Ok(Err(e)) => {
             debug!(conn = conn_id, %peer, error = %e, "TLS handshake failed");
             return;

@@ -1,23 +1,36 @@
-//! TLS: the rustls server config built from PEM files, offering only HTTP/1.1.
+//! TLS: the rustls server config built from `[tls]`, offering only HTTP/1.1.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{NoServerSessionStorage, ProducesTickets};
 use rustls::{ServerConfig, SupportedCipherSuite};
 
-/// Builds the server config. Errors name the offending key (`cert`, `key` or
-/// `cipher_suites`) and problem.
+use crate::config::TlsConfig;
+
+/// Most session tickets `[tls] session_tickets` may ask for per handshake.
+pub const MAX_SESSION_TICKETS: usize = 8;
+
+/// Builds the server config. Errors name the offending key (`cert`, `key`,
+/// `cipher_suites` or `session_tickets`) and problem.
 ///
-/// `suites` (names as in [`suite_names`]) restricts and orders the cipher suites, and the
-/// gateway's order then wins over the client's; empty leaves every suite on and the client
-/// choosing, which is what browsers' own order (AES-128-GCM first) is best served by.
-pub fn server_config(
-    cert: &Path,
-    key: &Path,
-    suites: &[String],
-) -> Result<Arc<ServerConfig>, (&'static str, String)> {
+/// `tls.cipher_suites` (names as in [`suite_names`]) restricts and orders the cipher
+/// suites, and the gateway's order then wins over the client's; empty leaves every suite
+/// on and the client choosing, which is what browsers' own order (AES-128-GCM first) is
+/// best served by. `tls.session_tickets` tickets go out after each handshake, sealed
+/// with the process's ticket keys ([`ticketer`]).
+pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, (&'static str, String)> {
+    let (cert, key) = (tls.cert.as_path(), tls.key.as_path());
+    if tls.session_tickets > MAX_SESSION_TICKETS {
+        return Err((
+            "session_tickets",
+            format!(
+                "{} is more than {MAX_SESSION_TICKETS} (0 turns resumption off)",
+                tls.session_tickets
+            ),
+        ));
+    }
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect::<Result<_, _>>())
         .map_err(|e| ("cert", format!("{}: {e}", cert.display())))?;
@@ -27,9 +40,9 @@ pub fn server_config(
     let key_der = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| ("key", format!("{}: {e}", key.display())))?;
     let mut provider = rustls::crypto::aws_lc_rs::default_provider();
-    if !suites.is_empty() {
-        provider.cipher_suites =
-            chosen_suites(&provider.cipher_suites, suites).map_err(|e| ("cipher_suites", e))?;
+    if !tls.cipher_suites.is_empty() {
+        provider.cipher_suites = chosen_suites(&provider.cipher_suites, &tls.cipher_suites)
+            .map_err(|e| ("cipher_suites", e))?;
     }
     let mut config = ServerConfig::builder_with_provider(Arc::new(provider))
         .with_safe_default_protocol_versions()
@@ -43,10 +56,30 @@ pub fn server_config(
             )
         })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    // Clients of a gateway hold long sessions and rarely resume: tickets only cost memory.
-    config.send_tls13_tickets = 0;
-    config.ignore_client_order = !suites.is_empty();
+    config.ignore_client_order = !tls.cipher_suites.is_empty();
+    config.send_tls13_tickets = tls.session_tickets;
+    config.max_tls13_tickets = tls.session_tickets;
+    if tls.session_tickets == 0 {
+        // No TLS 1.2 session-ID cache either: no resumption of any kind.
+        config.session_storage = Arc::new(NoServerSessionStorage {});
+    } else {
+        config.ticketer = ticketer().map_err(|e| ("session_tickets", e))?;
+    }
     Ok(Arc::new(config))
+}
+
+/// The process's session ticket keys (AES-256 + HMAC-SHA256, rotated every 6 hours,
+/// tickets valid 12 hours), made once: a reload keeps the tickets clients hold valid.
+/// Each process of a `reuse_port` group has its own, so a ticket resumes only with the
+/// process that issued it; elsewhere the client makes a full handshake.
+fn ticketer() -> Result<Arc<dyn ProducesTickets>, String> {
+    static TICKETER: OnceLock<Arc<dyn ProducesTickets>> = OnceLock::new();
+    if let Some(ticketer) = TICKETER.get() {
+        return Ok(ticketer.clone());
+    }
+    let made = rustls::crypto::aws_lc_rs::Ticketer::new()
+        .map_err(|e| format!("cannot make ticket keys: {e}"))?;
+    Ok(TICKETER.get_or_init(|| made).clone())
 }
 
 /// The names a suite may be given by in the config: rustls's (`TLS13_AES_128_GCM_SHA256`,
@@ -88,6 +121,17 @@ fn chosen_suites(
     Ok(chosen)
 }
 
+/// `[tls]` with the repository's dev certificate and the defaults otherwise, for tests.
+#[cfg(test)]
+pub(crate) fn dev_tls() -> TlsConfig {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../certs");
+    TlsConfig {
+        cert: dir.join("server.crt"),
+        key: dir.join("server.key"),
+        ..TlsConfig::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,9 +147,10 @@ mod tests {
     }
 
     fn server(suites: &[&str]) -> Result<Arc<ServerConfig>, (&'static str, String)> {
-        let dir = certs();
-        let suites: Vec<String> = suites.iter().map(|s| (*s).to_owned()).collect();
-        server_config(&dir.join("server.crt"), &dir.join("server.key"), &suites)
+        server_config(&TlsConfig {
+            cipher_suites: suites.iter().map(|s| (*s).to_owned()).collect(),
+            ..dev_tls()
+        })
     }
 
     /// The suite a handshake with `server` settles on, the client offering `offer` in that

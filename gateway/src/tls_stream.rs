@@ -171,6 +171,11 @@ fn process<T>(
 }
 
 impl TlsStream {
+    /// Whether the handshake was a full one or resumed a session (a ticket).
+    pub fn handshake_kind(&self) -> Option<rustls::HandshakeKind> {
+        self.conn.handshake_kind()
+    }
+
     fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
             ready!(self.poll_send(cx))?;
@@ -428,9 +433,8 @@ mod tests {
         versions: &[&'static rustls::SupportedProtocolVersion],
     ) -> io::Result<(Client, TlsStream)> {
         let dir = certs();
-        let server_config =
-            crate::tls::server_config(&dir.join("server.crt"), &dir.join("server.key"), &[])
-                .map_err(|(_, e)| io::Error::other(e))?;
+        let server_config = crate::tls::server_config(&crate::tls::dev_tls())
+            .map_err(|(_, e)| io::Error::other(e))?;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let mut roots = rustls::RootCertStore::empty();
@@ -637,12 +641,86 @@ mod tests {
         Ok(())
     }
 
+    /// Two connections in turn from one client (one session cache) to a server with
+    /// `session_tickets`; the second one's handshake kind, as the client and the server
+    /// saw it. The first carries a byte each way, so its tickets have reached the client.
+    async fn reconnect(
+        session_tickets: usize,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> io::Result<(Option<rustls::HandshakeKind>, Option<rustls::HandshakeKind>)> {
+        let server_config = crate::tls::server_config(&crate::config::TlsConfig {
+            session_tickets,
+            ..crate::tls::dev_tls()
+        })
+        .map_err(|(_, e)| io::Error::other(e))?;
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in rustls::pki_types::CertificateDer::pem_file_iter(certs().join("ca.crt"))
+            .map_err(io::Error::other)?
+        {
+            roots
+                .add(ca.map_err(io::Error::other)?)
+                .map_err(io::Error::other)?;
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let client_config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(versions)
+            .map_err(io::Error::other)?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
+        let mut kinds = (None, None);
+        for _ in 0..2 {
+            let client = async {
+                let tcp = TcpStream::connect(addr).await?;
+                let name = rustls::pki_types::ServerName::try_from("localhost")
+                    .map_err(io::Error::other)?;
+                let mut tls = connector.connect(name, tcp).await?;
+                tls.write_all(b"?").await?;
+                let mut one = [0u8; 1];
+                tls.read_exact(&mut one).await?;
+                Ok::<_, io::Error>(tls.get_ref().1.handshake_kind())
+            };
+            let server = async {
+                let (tcp, _) = listener.accept().await?;
+                let mut tls = accept(server_config.clone(), tcp).await?;
+                let mut one = [0u8; 1];
+                tls.read_exact(&mut one).await?;
+                tls.write_all(b"!").await?;
+                tls.flush().await?;
+                Ok::<_, io::Error>(tls.handshake_kind())
+            };
+            kinds = tokio::try_join!(client, server)?;
+        }
+        Ok(kinds)
+    }
+
+    #[tokio::test]
+    async fn a_reconnect_resumes_with_a_ticket() -> io::Result<()> {
+        use rustls::HandshakeKind::{Full, Resumed};
+        for versions in [
+            &[&rustls::version::TLS13][..],
+            &[&rustls::version::TLS12][..],
+        ] {
+            assert_eq!(
+                reconnect(2, versions).await?,
+                (Some(Resumed), Some(Resumed)),
+                "{versions:?}"
+            );
+            assert_eq!(
+                reconnect(0, versions).await?,
+                (Some(Full), Some(Full)),
+                "session_tickets = 0: {versions:?}"
+            );
+        }
+        Ok(())
+    }
+
     #[tokio::test]
     async fn garbage_instead_of_a_client_hello_is_an_error() -> io::Result<()> {
-        let dir = certs();
-        let config =
-            crate::tls::server_config(&dir.join("server.crt"), &dir.join("server.key"), &[])
-                .map_err(|(_, e)| io::Error::other(e))?;
+        let config = crate::tls::server_config(&crate::tls::dev_tls())
+            .map_err(|(_, e)| io::Error::other(e))?;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let client = async {

@@ -121,19 +121,24 @@ fn unreadable_cert() -> Result<()> {
 }
 
 #[test]
-fn unknown_cipher_suite() -> Result<()> {
+fn bad_tls_settings() -> Result<()> {
     let c = certs();
-    let config = format!(
-        "[tls]\ncert = \"{c}/server.crt\"\nkey = \"{c}/server.key\"\ncipher_suites = [\"TLS_AES_128_GCM_SHA256\", \"TLS_RSA_WITH_RC4_128_MD5\"]\n[auth]\npublic_key = \"{c}/jwt-public.pem\"\n[backends]\nA = \"ws://localhost:1/\"\n"
-    );
-    check(
-        &config,
-        &[
-            "Config.toml:4",
-            "tls.cipher_suites",
-            "TLS_RSA_WITH_RC4_128_MD5",
-        ],
-    )
+    for (line, expect) in [
+        (
+            r#"cipher_suites = ["TLS_AES_128_GCM_SHA256", "TLS_RSA_WITH_RC4_128_MD5"]"#,
+            ["tls.cipher_suites", "TLS_RSA_WITH_RC4_128_MD5"],
+        ),
+        (
+            "session_tickets = 9",
+            ["tls.session_tickets", "more than 8"],
+        ),
+    ] {
+        let config = format!(
+            "[tls]\ncert = \"{c}/server.crt\"\nkey = \"{c}/server.key\"\n{line}\n[auth]\npublic_key = \"{c}/jwt-public.pem\"\n[backends]\nA = \"ws://localhost:1/\"\n"
+        );
+        check(&config, &["Config.toml:4", expect[0], expect[1]])?;
+    }
+    Ok(())
 }
 
 #[test]

@@ -117,6 +117,15 @@ async fn metrics_count_a_known_sequence_and_readyz_flips_on_drain() -> Result<()
     let mut unknown = proc.connect_options("Backend_ABC")?;
     unknown.set_header("ID", "Backend_NOPE");
     ensure!(refused(&unknown).await?.0 == 404);
+    // One client connecting twice: the second TLS handshake resumes with a ticket.
+    let mut resuming = proc.connect_options("Backend_XYZ")?;
+    resuming.resume = true;
+    let connector = loadgen::client::Connector::new(&resuming).await?;
+    for _ in 0..2 {
+        let mut c = connector.connect().await?;
+        close_cleanly(&mut c.ws).await?;
+    }
+    ensure!(connector.resumed_handshakes() == 1);
 
     let deadline = std::time::Instant::now() + DEADLINE;
     let metrics = loop {
@@ -185,6 +194,11 @@ async fn metrics_count_a_known_sequence_and_readyz_flips_on_drain() -> Result<()
         "{m}"
     );
     ensure!(sample(m, "wsgate_connections_accepted_total") >= 4.0, "{m}");
+    ensure!(
+        sample(m, "wsgate_tls_handshakes_total{kind=\"full\"}") == 5.0
+            && sample(m, "wsgate_tls_handshakes_total{kind=\"resumed\"}") == 1.0,
+        "two sessions, two refusals and the resuming client's first connection full, its second resumed: {m}"
+    );
 
     // A live session to a backend that never answers a close keeps the drain going (for
     // the close timeout) long enough to see /readyz turn 503. It counts as active as soon

@@ -118,6 +118,11 @@ pub struct LoadArgs {
     /// Handshakes in progress at once.
     #[arg(long, default_value_t = 64)]
     pub connect_concurrency: usize,
+    /// Resume TLS sessions (session tickets) across this run's connections, as one client
+    /// reconnecting would. Off by default: each connection stands for a distinct client
+    /// and makes a full handshake.
+    #[arg(long)]
+    pub resume: bool,
     /// Extra request header `Name: value` (repeatable).
     #[arg(long = "header", value_name = "NAME: VALUE", value_parser = parse_header)]
     pub headers: Vec<(String, String)>,
@@ -225,6 +230,7 @@ impl LoadArgs {
             connect_concurrency: self.connect_concurrency,
             ca: Some(t.ca.clone()),
             insecure: t.insecure,
+            resume: self.resume,
             token: t.token_source(),
             headers: self.headers.clone(),
             source_addrs: self.source_addrs.clone(),

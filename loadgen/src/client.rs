@@ -7,8 +7,8 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fastwebsockets::{Role, WebSocket};
@@ -43,6 +43,9 @@ pub struct ConnectOptions {
     pub local_addr: Option<IpAddr>,
     /// Limit on TCP connect + TLS + WebSocket handshake together.
     pub connect_timeout: Duration,
+    /// Resume TLS sessions across this connector's connections (session tickets), as one
+    /// client reconnecting would; off, every connection makes a full handshake.
+    pub resume: bool,
 }
 
 impl ConnectOptions {
@@ -56,6 +59,7 @@ impl ConnectOptions {
             protocols: None,
             local_addr: None,
             connect_timeout: Duration::from_secs(10),
+            resume: false,
         }
     }
 
@@ -168,6 +172,8 @@ pub struct Connector {
     timeout: Duration,
     /// TLS cipher suites negotiated so far, with how many connections got each.
     suites: Mutex<Vec<(&'static str, u64)>>,
+    /// TLS handshakes that resumed a session.
+    resumed: AtomicU64,
 }
 
 impl std::fmt::Debug for Connector {
@@ -233,8 +239,13 @@ impl Connector {
             path.push_str(q);
         }
         let tls = if secure {
-            let config = tls::client_config(opts.ca.as_deref(), opts.insecure)
+            let mut config = tls::client_config(opts.ca.as_deref(), opts.insecure)
                 .map_err(ConnectError::Config)?;
+            if opts.resume {
+                let mut resuming = (*config).clone();
+                resuming.resumption = rustls::client::Resumption::in_memory_sessions(256);
+                config = Arc::new(resuming);
+            }
             Some(TlsConnector::from(config))
         } else {
             None
@@ -251,6 +262,7 @@ impl Connector {
             local_addr: opts.local_addr,
             timeout: opts.connect_timeout,
             suites: Mutex::new(Vec::new()),
+            resumed: AtomicU64::new(0),
         })
     }
 
@@ -261,6 +273,12 @@ impl Connector {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// How many of this connector's TLS handshakes resumed a session (only with
+    /// `resume`).
+    pub fn resumed_handshakes(&self) -> u64 {
+        self.resumed.load(Ordering::Relaxed)
     }
 
     fn note_suite(&self, suite: &'static str) {
@@ -316,8 +334,12 @@ impl Connector {
                     .connect(self.server_name.clone(), tcp)
                     .await
                     .map_err(ConnectError::Tls)?;
-                if let Some(suite) = s.get_ref().1.negotiated_cipher_suite() {
+                let conn = s.get_ref().1;
+                if let Some(suite) = conn.negotiated_cipher_suite() {
                     self.note_suite(suite.suite().as_str().unwrap_or("unknown"));
+                }
+                if conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                    self.resumed.fetch_add(1, Ordering::Relaxed);
                 }
                 ClientStream::Tls(Box::new(s))
             }

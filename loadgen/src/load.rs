@@ -57,6 +57,9 @@ pub struct LoadOptions {
     pub ca: Option<PathBuf>,
     /// Accept any server certificate.
     pub insecure: bool,
+    /// Resume TLS sessions across the run's connections, as one client reconnecting
+    /// would (off: each connection stands for a distinct client, full handshake).
+    pub resume: bool,
     /// Bearer token source.
     pub token: TokenSource,
     /// Extra request headers.
@@ -96,6 +99,7 @@ impl Default for LoadOptions {
             connect_concurrency: 64,
             ca: Some(PathBuf::from("certs/ca.crt")),
             insecure: false,
+            resume: false,
             token: TokenSource::Mint(PathBuf::from("certs/jwt-private.pem")),
             headers: Vec::new(),
             source_addrs: SourceAddrs::Auto,
@@ -199,6 +203,7 @@ pub async fn run(opts: &LoadOptions, stop: impl Future<Output = ()>) -> anyhow::
         protocols: None,
         local_addr: None,
         connect_timeout: opts.connect_timeout,
+        resume: opts.resume,
     };
     let connector = Connector::new(&connect_opts).await.map_err(|e| match e {
         crate::client::ConnectError::Config(m) => anyhow::Error::new(UsageError(m)),
@@ -476,6 +481,7 @@ fn build(
                 connections,
             })
             .collect(),
+        tls_resumed: shared.connector.resumed_handshakes(),
     };
     let mut named: Vec<(String, Histogram<u64>)> = opts.backends.iter().cloned().zip(rtt).collect();
     if nb > 1 {

@@ -84,6 +84,9 @@ pub struct Report {
     /// `ws://`).
     #[serde(default)]
     pub tls_suites: Vec<SuiteCount>,
+    /// TLS handshakes that resumed a session (`--resume`); 0 otherwise.
+    #[serde(default)]
+    pub tls_resumed: u64,
 }
 
 /// Connections that negotiated one TLS cipher suite.
@@ -488,6 +491,13 @@ pub fn write_table(r: &Report, w: &mut dyn Write) -> io::Result<()> {
             .map(|s| format!("{} ×{}", s.suite, s.connections))
             .collect();
         writeln!(w, "TLS cipher suite: {}", suites.join(", "))?;
+    }
+    if r.tls_resumed > 0 {
+        writeln!(
+            w,
+            "TLS sessions resumed: {} of {} connections",
+            r.tls_resumed, r.total.connections.opened
+        )?;
     }
     let verdict = if r.passed() {
         "PASS: no integrity errors"

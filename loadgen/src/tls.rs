@@ -14,7 +14,8 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme
 /// With `ca`, only servers whose chain leads to a certificate in that PEM file are
 /// accepted. With `insecure`, any certificate is (handshake signatures are still checked).
 /// ALPN offers `http/1.1`. Session resumption is off: each connection stands for a
-/// distinct client, so each pays for a full handshake as a real one would. Cipher suites
+/// distinct client, so each pays for a full handshake as a real one would (a
+/// [`crate::client::Connector`] built with `resume` turns it on). Cipher suites
 /// are offered in browsers' order ([`browser_order`]), so a server that follows the
 /// client's preference picks what it would pick for a browser.
 pub fn client_config(ca: Option<&Path>, insecure: bool) -> Result<Arc<ClientConfig>, String> {

@@ -114,6 +114,7 @@ async fn load_through_the_gateway_is_lossless_and_reports_json() -> anyhow::Resu
         serde_json::json!([{ "suite": "TLS13_AES_128_GCM_SHA256", "connections": 30 }]),
         "every connection's suite, counted"
     );
+    assert_eq!(report["tls_resumed"], 0, "no resumption without --resume");
 
     assert!(page.contains("<svg") && page.contains("Backend_PQR") && page.contains("polyline"));
     Ok(())
@@ -155,6 +156,41 @@ async fn open_loop_and_refusals_are_reported() -> anyhow::Result<()> {
     let m = &r.total.messages;
     assert!(m.echoed > 300 && m.echoed == m.sent, "{m:?}");
     assert_eq!(r.total.errors.total, 0);
+    assert!(r.passed());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_reuses_tls_sessions_across_the_runs_connections() -> anyhow::Result<()> {
+    let tb = Testbed::start(TestbedOptions::default()).await?;
+    let certs = tb.certs_dir();
+    let opts = loadgen::load::LoadOptions {
+        url: tb.url(),
+        backends: vec!["Backend_ABC".into()],
+        conns: 5,
+        // One handshake at a time: each connection finds the ticket the one before got.
+        connect_concurrency: 1,
+        duration: Duration::from_millis(300),
+        resume: true,
+        ca: Some(certs.join("ca.crt")),
+        token: loadgen::token::TokenSource::Mint(certs.join("jwt-private.pem")),
+        ..Default::default()
+    };
+    let run = tokio::time::timeout(
+        Duration::from_secs(60),
+        loadgen::load::run(&opts, std::future::pending()),
+    )
+    .await??;
+    let r = &run.report;
+    assert_eq!(r.total.connections.opened, 5);
+    assert_eq!(r.tls_resumed, 4, "all but the first connection resumed");
+    let mut text = Vec::new();
+    loadgen::report::write_table(r, &mut text)?;
+    let text = String::from_utf8(text)?;
+    assert!(
+        text.contains("TLS sessions resumed: 4 of 5 connections"),
+        "{text}"
+    );
     assert!(r.passed());
     Ok(())
 }
