@@ -1295,7 +1295,8 @@ def render(meta: dict, res: dict, auth: list[dict], goals: list[dict]) -> str:
     L.append("")
     L.append(f"Machine: {meta['machine']}. Versions: {meta['versions']}. Mode: {meta['mode']} "
              f"({meta['rounds']} round(s) interleaved, medians; {meta['duration_s']} s per closed/open-loop run)."
-             + (f" Gateway `[server]` extra: `{meta['gateway_server']}`." if meta.get("gateway_server") else ""))
+             + (f" Gateway `[server]` extra: `{meta['gateway_server']}`." if meta.get("gateway_server") else "")
+             + (f" Gateway `[tls]` extra: `{meta['gateway_tls']}`." if meta.get("gateway_tls") else ""))
     L.append("")
     L.append("| Scen. | Target | JWT checked | msgs/s | RTT p50 | RTT p99 | RTT p99.9 | proxy CPU µs/fwd msg | proxy RSS KiB/conn | new conns/s | proxy CPU µs/conn | errors |")
     L.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -1505,6 +1506,7 @@ def main() -> int:
         "mode": "smoke" if a.smoke else "full", "rounds": rounds, "duration_s": duration,
         "wall_s": round(time.monotonic() - t_start, 1),
         "gateway_server": GATEWAY_SERVER_EXTRA,
+        "gateway_tls": GATEWAY_TLS_EXTRA,
     }
     md = render(meta, res, auth, goals)
     out = Path(a.out)
