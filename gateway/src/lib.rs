@@ -54,6 +54,7 @@ pub mod pool;
 pub mod pool_config;
 pub mod prefixed;
 pub mod reader;
+pub mod records;
 pub mod refusal;
 pub mod reload;
 pub mod resolve;

@@ -56,6 +56,8 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, (&'static str
             )
         })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // TLS 1.3 records are sealed and opened by `records` once the handshake is done.
+    config.enable_secret_extraction = true;
     config.ignore_client_order = !tls.cipher_suites.is_empty();
     config.send_tls13_tickets = tls.session_tickets;
     config.max_tls13_tickets = tls.session_tickets;

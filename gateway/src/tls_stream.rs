@@ -8,6 +8,12 @@
 //! Only what cannot be finished within the call stays with the connection (the start of
 //! a record whose rest has not arrived, plaintext the reader had no room for, ciphertext
 //! the socket would not take yet), and that memory is given back as soon as it drains.
+//!
+//! Once a TLS 1.3 handshake is done, rustls hands the connection's keys over and
+//! [`crate::records`] seals and opens its records from then on, with rustls's own record
+//! ciphers but without its connection state machine around every read and write (and
+//! without the connection object, the larger part of an idle session's TLS memory).
+//! TLS 1.2 connections stay with rustls throughout.
 
 use std::cell::RefCell;
 use std::io;
@@ -17,9 +23,11 @@ use std::task::{ready, Context, Poll};
 
 use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
 use rustls::unbuffered::{ConnectionState, EncodeError, UnbufferedStatus, WriteTraffic};
-use rustls::ServerConfig;
+use rustls::{AlertDescription, HandshakeKind, ServerConfig};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+
+use crate::records::{Records, Refused, TakeOver};
 
 /// Size of each worker thread's read and write scratch buffers.
 const SCRATCH_LEN: usize = 64 * 1024;
@@ -36,7 +44,9 @@ thread_local! {
 /// A TLS server connection on a TCP stream; see the module docs.
 pub struct TlsStream {
     tcp: TcpStream,
-    conn: UnbufferedServerConnection,
+    conn: Conn,
+    /// Full or resumed.
+    kind: Option<HandshakeKind>,
     /// Received bytes rustls has not finished with: a record (or handshake message) whose
     /// rest has not arrived.
     incoming: Vec<u8>,
@@ -50,6 +60,13 @@ pub struct TlsStream {
     read_closed: bool,
     /// Our close_notify is queued: writes fail.
     write_closed: bool,
+}
+
+/// Who handles the records: rustls through the handshake (and for TLS 1.2 throughout),
+/// [`Records`] once a TLS 1.3 handshake is done.
+enum Conn {
+    Rustls(Box<UnbufferedServerConnection>),
+    Records(Box<Records>),
 }
 
 impl std::fmt::Debug for TlsStream {
@@ -67,7 +84,8 @@ pub async fn accept(config: Arc<ServerConfig>, tcp: TcpStream) -> io::Result<Tls
     let conn = UnbufferedServerConnection::new(config).map_err(invalid)?;
     let mut stream = TlsStream {
         tcp,
-        conn,
+        conn: Conn::Rustls(Box::new(conn)),
+        kind: None,
         incoming: Vec::new(),
         plain: Vec::new(),
         plain_at: 0,
@@ -77,11 +95,31 @@ pub async fn accept(config: Arc<ServerConfig>, tcp: TcpStream) -> io::Result<Tls
         write_closed: false,
     };
     std::future::poll_fn(|cx| stream.poll_handshake(cx)).await?;
+    let Conn::Rustls(conn) = stream.conn else {
+        return Err(io::Error::other(
+            "TLS records taken over before the handshake ended",
+        ));
+    };
+    stream.kind = conn.handshake_kind();
+    stream.conn = match Records::take_over(*conn, &mut stream.out) {
+        Ok(records) => Conn::Records(Box::new(records)),
+        Err(TakeOver::NotTls13(conn)) => Conn::Rustls(conn),
+        Err(TakeOver::Failed(e)) => return Err(invalid(e)),
+    };
+    std::future::poll_fn(|cx| stream.poll_send(cx)).await?;
     Ok(stream)
 }
 
 fn invalid(e: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+/// Why received records could not be processed.
+enum Failure {
+    /// rustls's verdict (it queued the alert itself).
+    Rustls(rustls::Error),
+    /// Ours, with the alert to send.
+    Records(Refused),
 }
 
 /// Where decrypted application data goes: the caller's buffer first, the rest is kept.
@@ -172,14 +210,17 @@ fn process<T>(
 
 impl TlsStream {
     /// Whether the handshake was a full one or resumed a session (a ticket).
-    pub fn handshake_kind(&self) -> Option<rustls::HandshakeKind> {
-        self.conn.handshake_kind()
+    pub fn handshake_kind(&self) -> Option<HandshakeKind> {
+        self.kind
     }
 
     fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
             ready!(self.poll_send(cx))?;
-            if !self.conn.is_handshaking() {
+            let Conn::Rustls(conn) = &self.conn else {
+                return Poll::Ready(Ok(()));
+            };
+            if !conn.is_handshaking() {
                 return Poll::Ready(Ok(()));
             }
             if self.read_closed {
@@ -218,43 +259,71 @@ impl TlsStream {
                 ..
             } = self;
             let mut sink = Sink { read_buf, plain };
-            let no_write = None::<fn(Traffic<'_>)>;
-            let result = if incoming.is_empty() {
-                process(
-                    conn,
-                    &mut scratch[..n],
-                    &mut sink,
-                    out,
-                    read_closed,
-                    no_write,
-                )
-                .map(|(done, _)| incoming.extend_from_slice(&scratch[done..n]))
-            } else {
+            // What came is processed where it was read, unless the start of a record waits.
+            let in_scratch = incoming.is_empty();
+            if !in_scratch {
                 incoming.extend_from_slice(&scratch[..n]);
-                process(conn, incoming, &mut sink, out, read_closed, no_write).map(|(done, _)| {
-                    incoming.drain(..done);
-                })
+            }
+            let data: &mut [u8] = if in_scratch {
+                &mut scratch[..n]
+            } else {
+                incoming
             };
-            if incoming.is_empty() || *read_closed {
+            let result = match conn {
+                Conn::Rustls(conn) => {
+                    let no_write = None::<fn(Traffic<'_>)>;
+                    process(conn, data, &mut sink, out, read_closed, no_write)
+                        .map(|(done, _)| done)
+                        .map_err(Failure::Rustls)
+                }
+                Conn::Records(records) => records
+                    .open(data, |d| sink.put(d))
+                    .map(|opened| {
+                        *read_closed |= opened.closed;
+                        opened.used
+                    })
+                    .map_err(Failure::Records),
+            };
+            if let Ok(done) = result {
+                if in_scratch {
+                    incoming.extend_from_slice(&scratch[done..n]);
+                } else {
+                    incoming.drain(..done);
+                }
+            }
+            if incoming.is_empty() || *read_closed || result.is_err() {
                 *incoming = Vec::new();
             }
-            if let Err(e) = result {
-                // rustls queued an alert saying why: send it if the socket takes it now.
-                let _ = self.flush_alert(cx);
-                return Poll::Ready(Err(invalid(e)));
+            match result {
+                Ok(_) => Poll::Ready(Ok(())),
+                Err(Failure::Rustls(e)) => {
+                    // rustls queued an alert saying why: send it if the socket takes it now.
+                    let _ = self.flush_alert(cx);
+                    Poll::Ready(Err(invalid(e)))
+                }
+                Err(Failure::Records(Refused { alert, error })) => {
+                    if let (Some(alert), Conn::Records(records)) = (alert, &mut self.conn) {
+                        if records.seal_alert(alert, &mut self.out).is_ok() {
+                            let _ = self.poll_send(cx);
+                        }
+                    }
+                    Poll::Ready(Err(invalid(error)))
+                }
             }
-            Poll::Ready(Ok(()))
         })
     }
 
     fn flush_alert(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Conn::Rustls(conn) = &mut self.conn else {
+            return Poll::Ready(Ok(()));
+        };
         // The failed connection reports its error again, after handing over the alert.
         let mut sink = Sink {
             read_buf: None,
             plain: &mut self.plain,
         };
         let _ = process(
-            &mut self.conn,
+            conn,
             &mut [],
             &mut sink,
             &mut self.out,
@@ -283,12 +352,15 @@ impl TlsStream {
     /// Brings rustls to the state where it encrypts (handling whatever it has pending
     /// first), then runs `f` there.
     fn with_write_traffic<T>(&mut self, f: impl FnOnce(Traffic<'_>) -> T) -> io::Result<T> {
+        let Conn::Rustls(conn) = &mut self.conn else {
+            return Err(io::Error::other("TLS records are no longer rustls's"));
+        };
         let mut sink = Sink {
             read_buf: None,
             plain: &mut self.plain,
         };
         let (done, result) = process(
-            &mut self.conn,
+            conn,
             &mut self.incoming,
             &mut sink,
             &mut self.out,
@@ -358,6 +430,16 @@ impl AsyncWrite for TlsStream {
             return Poll::Ready(Ok(0));
         }
         let data = &data[..data.len().min(MAX_WRITE)];
+        if let Conn::Records(records) = &mut this.conn {
+            // `out` is empty (sent above): the sealed records become it, and go at once.
+            records
+                .seal_data(data, &mut this.out)
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            if let Poll::Ready(Err(e)) = this.poll_send(cx) {
+                return Poll::Ready(Err(e));
+            }
+            return Poll::Ready(Ok(data.len()));
+        }
         WRITE_SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
             let n = this
@@ -399,7 +481,10 @@ impl AsyncWrite for TlsStream {
         if !this.write_closed {
             this.write_closed = true;
             let mut notify = [0u8; 64];
-            if let Ok(Ok(n)) =
+            if let Conn::Records(records) = &mut this.conn {
+                // Unsent, the stream still ends; the client then sees no close_notify.
+                let _ = records.seal_alert(AlertDescription::CloseNotify, &mut this.out);
+            } else if let Ok(Ok(n)) =
                 this.with_write_traffic(|mut traffic| traffic.queue_close_notify(&mut notify))
             {
                 this.out.extend_from_slice(&notify[..n]);
@@ -525,7 +610,63 @@ mod tests {
             client.get_ref().1.protocol_version(),
             Some(rustls::ProtocolVersion::TLSv1_2)
         );
+        assert!(
+            matches!(server.conn, Conn::Rustls(_)),
+            "TLS 1.2 records stay with rustls"
+        );
         round_trip(&mut client, &mut server, 50_000).await
+    }
+
+    #[tokio::test]
+    async fn tls_1_3_records_are_taken_over_after_the_handshake() -> io::Result<()> {
+        let (mut client, mut server) = pair().await?;
+        assert!(matches!(server.conn, Conn::Records(_)));
+        // Records of every size, both ways, past the first key's records.
+        for len in [1, 16 * 1024, 16 * 1024 + 1, 200_000] {
+            round_trip(&mut client, &mut server, len).await?;
+        }
+        Ok(())
+    }
+
+    /// A connection whose client then sends `raw` bytes of its own on the TCP stream: what
+    /// the server's read returned, and what the client's TLS read got after that.
+    async fn after_raw_bytes(raw: &[u8]) -> io::Result<(io::Result<usize>, io::Result<usize>)> {
+        let (mut client, mut server) = pair().await?;
+        round_trip(&mut client, &mut server, 100).await?;
+        client.get_mut().0.write_all(raw).await?;
+        let mut buf = [0u8; 64];
+        let served = server.read(&mut buf).await;
+        let answered = client.read(&mut buf).await;
+        Ok((served, answered))
+    }
+
+    #[tokio::test]
+    async fn a_forged_or_oversized_record_is_refused_with_an_alert() -> io::Result<()> {
+        // Application data whose tag cannot be right.
+        let mut forged = vec![23, 3, 3, 0, 40];
+        forged.extend_from_slice(&[0x5a; 40]);
+        // A record longer than TLS 1.3 allows (16 KiB + 256).
+        let oversized = [23, 3, 3, 0x41, 0x01];
+        // A plaintext alert after the handshake.
+        let plaintext = [21, 3, 3, 0, 2, 2, 40];
+        for (raw, alert) in [
+            (&forged[..], "BadRecordMac"),
+            (&oversized[..], "RecordOverflow"),
+            (&plaintext[..], "UnexpectedMessage"),
+        ] {
+            let (served, answered) = after_raw_bytes(raw).await?;
+            assert_eq!(
+                served.map_err(|e| e.kind()).err(),
+                Some(io::ErrorKind::InvalidData),
+                "{alert}: the server's read fails"
+            );
+            let told = answered.err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(
+                told.contains(alert),
+                "{alert}: the client was told: {told:?}"
+            );
+        }
+        Ok(())
     }
 
     #[tokio::test]

@@ -1,0 +1,324 @@
+//! TLS 1.3 records after the handshake: sealed and opened with rustls's own record
+//! ciphers, through its kernel-connection API (the one kTLS offload is built on), without
+//! rustls's connection state machine around every read and write.
+//!
+//! rustls runs the handshake and derives every key, key updates included; what is left
+//! here is the record layer of RFC 8446 §5 for a server that has finished its handshake:
+//! record headers, sequence numbers, and the three kinds of record a client may send
+//! then: application data, alerts (`close_notify` ends its stream) and `KeyUpdate`. A
+//! write is one record per 16 KiB, sealed in one allocation that goes to the socket as
+//! it is; a read opens records in place where they were read.
+
+use rustls::crypto::cipher::{
+    AeadKey, InboundOpaqueMessage, Iv, MessageDecrypter, MessageEncrypter, OutboundChunks,
+    OutboundPlainMessage,
+};
+use rustls::kernel::KernelConnection;
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
+use rustls::{
+    AlertDescription, ConnectionTrafficSecrets, ContentType, Error, HandshakeType, PeerMisbehaved,
+    ProtocolVersion, SupportedCipherSuite, Tls13CipherSuite,
+};
+
+/// Largest plaintext in one record (RFC 8446 §5.1).
+pub const MAX_PLAINTEXT: usize = 16 * 1024;
+/// Largest record body a peer may send: plaintext, content type, padding and tag
+/// (RFC 8446 §5.2).
+const MAX_CIPHERTEXT: usize = MAX_PLAINTEXT + 256;
+/// A record's header: content type, legacy version, length.
+pub const HEADER_LEN: usize = 5;
+/// Record overhead of a sealed record beside its plaintext: header, content type, tag.
+pub const OVERHEAD: usize = HEADER_LEN + 1 + 16;
+
+/// A `KeyUpdate` message with `update_not_requested`.
+const KEY_UPDATE: [u8; 5] = [24, 0, 0, 1, 0];
+
+/// The record layer of one TLS 1.3 server connection; see the module docs.
+pub struct Records {
+    kernel: KernelConnection<ServerConnectionData>,
+    suite: &'static Tls13CipherSuite,
+    seal: Box<dyn MessageEncrypter>,
+    seal_seq: u64,
+    open: Box<dyn MessageDecrypter>,
+    open_seq: u64,
+    /// The client asked for a key update: ours goes out before our next record.
+    update_due: bool,
+}
+
+/// What opening the records at the front of a buffer came to.
+#[derive(Debug, Default)]
+pub struct Opened {
+    /// Bytes at the front that were whole records, done with.
+    pub used: usize,
+    /// The client sent `close_notify`: nothing after it is read.
+    pub closed: bool,
+}
+
+/// Why a client's records were refused; the alert to send it, and the error to report.
+#[derive(Debug)]
+pub struct Refused {
+    /// The fatal alert that tells the client why (`None`: its own fatal alert ended it).
+    pub alert: Option<AlertDescription>,
+    /// What went wrong.
+    pub error: Error,
+}
+
+impl Refused {
+    fn new(alert: AlertDescription, error: impl Into<Error>) -> Self {
+        Self {
+            alert: Some(alert),
+            error: error.into(),
+        }
+    }
+}
+
+impl Records {
+    /// Takes over a TLS 1.3 connection whose handshake is done and whose own records are
+    /// all sent; TLS 1.2 stays with rustls. The connection's config must have
+    /// `enable_secret_extraction` set.
+    ///
+    /// aws-lc's TLS 1.3 sealing key checks that record numbers only grow, counting from
+    /// the first record it seals as number 0. After the handshake rustls has already
+    /// sealed some under the current key (its session tickets), so the first record here
+    /// is a `KeyUpdate` (appended to `out`, to go before anything else): the key that
+    /// follows starts at 0.
+    pub fn take_over(
+        conn: UnbufferedServerConnection,
+        out: &mut Vec<u8>,
+    ) -> Result<Self, TakeOver> {
+        if conn.protocol_version() != Some(ProtocolVersion::TLSv1_3) {
+            return Err(TakeOver::NotTls13(Box::new(conn)));
+        }
+        let (secrets, kernel) = conn
+            .dangerous_into_kernel_connection()
+            .map_err(TakeOver::Failed)?;
+        let SupportedCipherSuite::Tls13(suite) = kernel.negotiated_cipher_suite() else {
+            return Err(TakeOver::Failed(Error::General(
+                "TLS 1.3 connection without a TLS 1.3 suite".into(),
+            )));
+        };
+        let (seal_seq, tx) = secrets.tx;
+        let (open_seq, rx) = secrets.rx;
+        let mut records = Self {
+            seal: encrypter(suite, tx).map_err(TakeOver::Failed)?,
+            seal_seq,
+            open: decrypter(suite, rx).map_err(TakeOver::Failed)?,
+            open_seq,
+            kernel,
+            suite,
+            update_due: false,
+        };
+        if seal_seq != 0 {
+            records.seal_key_update(out).map_err(TakeOver::Failed)?;
+        }
+        Ok(records)
+    }
+
+    /// Seals `data` (application data) as records appended to `out`.
+    pub fn seal_data(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
+        if self.update_due {
+            self.update_due = false;
+            self.seal_key_update(out)?;
+        }
+        for chunk in data.chunks(MAX_PLAINTEXT) {
+            self.seal_record(ContentType::ApplicationData, chunk, out)?;
+        }
+        Ok(())
+    }
+
+    /// Seals an alert (`close_notify` is a warning, everything else fatal) onto `out`.
+    pub fn seal_alert(&mut self, alert: AlertDescription, out: &mut Vec<u8>) -> Result<(), Error> {
+        let level = if alert == AlertDescription::CloseNotify {
+            1
+        } else {
+            2
+        };
+        self.seal_record(ContentType::Alert, &[level, u8::from(alert)], out)
+    }
+
+    fn seal_record(
+        &mut self,
+        typ: ContentType,
+        plain: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), Error> {
+        // Before the key has sealed as many records as is safe, it is replaced.
+        if self.seal_seq >= self.suite.common.confidentiality_limit {
+            self.seal_key_update(out)?;
+        }
+        let record = self
+            .seal
+            .encrypt(
+                OutboundPlainMessage {
+                    typ,
+                    version: ProtocolVersion::TLSv1_2,
+                    payload: OutboundChunks::Single(plain),
+                },
+                self.seal_seq,
+            )?
+            .encode();
+        self.seal_seq += 1;
+        if out.is_empty() {
+            // The usual case: the sealed record is what goes to the socket, as it is.
+            *out = record;
+        } else {
+            out.extend_from_slice(&record);
+        }
+        Ok(())
+    }
+
+    /// Sends `KeyUpdate` under the current key, then moves to the next one.
+    fn seal_key_update(&mut self, out: &mut Vec<u8>) -> Result<(), Error> {
+        let record = self
+            .seal
+            .encrypt(
+                OutboundPlainMessage {
+                    typ: ContentType::Handshake,
+                    version: ProtocolVersion::TLSv1_2,
+                    payload: OutboundChunks::Single(&KEY_UPDATE),
+                },
+                self.seal_seq,
+            )?
+            .encode();
+        out.extend_from_slice(&record);
+        let (seq, secrets) = self.kernel.update_tx_secret()?;
+        self.seal = encrypter(self.suite, secrets)?;
+        self.seal_seq = seq;
+        Ok(())
+    }
+
+    /// Opens the whole records at the front of `data` in place, handing application data
+    /// to `deliver`; stops at a partial record or after `close_notify`.
+    pub fn open(
+        &mut self,
+        data: &mut [u8],
+        mut deliver: impl FnMut(&[u8]),
+    ) -> Result<Opened, Refused> {
+        let mut opened = Opened::default();
+        while data.len() - opened.used >= HEADER_LEN {
+            let at = opened.used;
+            let len = usize::from(u16::from_be_bytes([data[at + 3], data[at + 4]]));
+            if data[at] != u8::from(ContentType::ApplicationData) {
+                return Err(Refused::new(
+                    AlertDescription::UnexpectedMessage,
+                    PeerMisbehaved::IllegalTlsInnerPlaintext,
+                ));
+            }
+            if len > MAX_CIPHERTEXT {
+                return Err(Refused::new(
+                    AlertDescription::RecordOverflow,
+                    Error::PeerSentOversizedRecord,
+                ));
+            }
+            let end = at + HEADER_LEN + len;
+            if end > data.len() {
+                break;
+            }
+            let body = &mut data[at + HEADER_LEN..end];
+            let message = InboundOpaqueMessage::new(
+                ContentType::ApplicationData,
+                ProtocolVersion::TLSv1_2,
+                body,
+            );
+            let plain = self.open.decrypt(message, self.open_seq).map_err(|e| {
+                let alert = match e {
+                    Error::DecryptError => AlertDescription::BadRecordMac,
+                    Error::PeerSentOversizedRecord => AlertDescription::RecordOverflow,
+                    _ => AlertDescription::UnexpectedMessage,
+                };
+                Refused::new(alert, e)
+            })?;
+            self.open_seq = self.open_seq.checked_add(1).ok_or_else(|| {
+                Refused::new(AlertDescription::InternalError, Error::DecryptError)
+            })?;
+            opened.used = end;
+            match plain.typ {
+                ContentType::ApplicationData => deliver(plain.payload),
+                ContentType::Alert => match plain.payload {
+                    [_, 0] => {
+                        opened.closed = true;
+                        return Ok(opened);
+                    }
+                    // user_canceled: a close_notify follows.
+                    [1, 90] => {}
+                    [_, code] => {
+                        return Err(Refused {
+                            alert: None,
+                            error: Error::AlertReceived(AlertDescription::from(*code)),
+                        })
+                    }
+                    _ => {
+                        return Err(Refused::new(
+                            AlertDescription::DecodeError,
+                            PeerMisbehaved::IllegalTlsInnerPlaintext,
+                        ))
+                    }
+                },
+                ContentType::Handshake => {
+                    // A KeyUpdate is the only message a client may send now, and its
+                    // record holds nothing after it (a key change is on a record boundary).
+                    let request = match plain.payload {
+                        [24, 0, 0, 1, request @ (0 | 1)] => *request,
+                        _ => {
+                            return Err(Refused::new(
+                                AlertDescription::UnexpectedMessage,
+                                Error::InappropriateHandshakeMessage {
+                                    expect_types: vec![HandshakeType::KeyUpdate],
+                                    got_type: HandshakeType::from(
+                                        plain.payload.first().copied().unwrap_or(0),
+                                    ),
+                                },
+                            ))
+                        }
+                    };
+                    let internal = |e| Refused::new(AlertDescription::InternalError, e);
+                    let (seq, secrets) = self.kernel.update_rx_secret().map_err(internal)?;
+                    self.open = decrypter(self.suite, secrets).map_err(internal)?;
+                    self.open_seq = seq;
+                    self.update_due |= request == 1;
+                }
+                _ => {
+                    return Err(Refused::new(
+                        AlertDescription::UnexpectedMessage,
+                        PeerMisbehaved::IllegalTlsInnerPlaintext,
+                    ))
+                }
+            }
+        }
+        Ok(opened)
+    }
+}
+
+/// Why [`Records::take_over`] did not.
+pub enum TakeOver {
+    /// The connection is TLS 1.2; here it is back.
+    NotTls13(Box<UnbufferedServerConnection>),
+    /// rustls would not hand the connection over (the connection is gone).
+    Failed(Error),
+}
+
+fn encrypter(
+    suite: &Tls13CipherSuite,
+    secrets: ConnectionTrafficSecrets,
+) -> Result<Box<dyn MessageEncrypter>, Error> {
+    let (key, iv) = key_and_iv(secrets)?;
+    Ok(suite.aead_alg.encrypter(key, iv))
+}
+
+fn decrypter(
+    suite: &Tls13CipherSuite,
+    secrets: ConnectionTrafficSecrets,
+) -> Result<Box<dyn MessageDecrypter>, Error> {
+    let (key, iv) = key_and_iv(secrets)?;
+    Ok(suite.aead_alg.decrypter(key, iv))
+}
+
+fn key_and_iv(secrets: ConnectionTrafficSecrets) -> Result<(AeadKey, Iv), Error> {
+    match secrets {
+        ConnectionTrafficSecrets::Aes128Gcm { key, iv }
+        | ConnectionTrafficSecrets::Aes256Gcm { key, iv }
+        | ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => Ok((key, iv)),
+        // The enum is non-exhaustive: an AEAD a later rustls adds.
+        _ => Err(Error::General("traffic secrets of an unknown AEAD".into())),
+    }
+}
