@@ -508,22 +508,12 @@ mod tests {
         loadgen::testbed::repo_root().join("certs")
     }
 
-    /// A real TLS client and the server stream it connected to, over loopback TCP.
-    async fn pair() -> io::Result<(Client, TlsStream)> {
-        pair_with(rustls::DEFAULT_VERSIONS).await
-    }
-
-    /// As [`pair`], the client offering only `versions`.
-    async fn pair_with(
+    /// A TLS client trusting the dev CA, offering only `versions`.
+    fn connector(
         versions: &[&'static rustls::SupportedProtocolVersion],
-    ) -> io::Result<(Client, TlsStream)> {
-        let dir = certs();
-        let server_config = crate::tls::server_config(&crate::tls::dev_tls())
-            .map_err(|(_, e)| io::Error::other(e))?;
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
+    ) -> io::Result<tokio_rustls::TlsConnector> {
         let mut roots = rustls::RootCertStore::empty();
-        for ca in rustls::pki_types::CertificateDer::pem_file_iter(dir.join("ca.crt"))
+        for ca in rustls::pki_types::CertificateDer::pem_file_iter(certs().join("ca.crt"))
             .map_err(io::Error::other)?
         {
             roots
@@ -536,7 +526,23 @@ mod tests {
             .map_err(io::Error::other)?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
+        Ok(tokio_rustls::TlsConnector::from(Arc::new(client_config)))
+    }
+
+    /// A real TLS client and the server stream it connected to, over loopback TCP.
+    async fn pair() -> io::Result<(Client, TlsStream)> {
+        pair_with(rustls::DEFAULT_VERSIONS).await
+    }
+
+    /// As [`pair`], the client offering only `versions`.
+    async fn pair_with(
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> io::Result<(Client, TlsStream)> {
+        let server_config = crate::tls::server_config(&crate::tls::dev_tls())
+            .map_err(|(_, e)| io::Error::other(e))?;
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let connector = connector(versions)?;
         let client = async {
             let tcp = TcpStream::connect(addr).await?;
             let name =
@@ -796,21 +802,8 @@ mod tests {
         .map_err(|(_, e)| io::Error::other(e))?;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let mut roots = rustls::RootCertStore::empty();
-        for ca in rustls::pki_types::CertificateDer::pem_file_iter(certs().join("ca.crt"))
-            .map_err(io::Error::other)?
-        {
-            roots
-                .add(ca.map_err(io::Error::other)?)
-                .map_err(io::Error::other)?;
-        }
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let client_config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(versions)
-            .map_err(io::Error::other)?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
+        // One connector: one client session cache across both connections.
+        let connector = connector(versions)?;
         let mut kinds = (None, None);
         for _ in 0..2 {
             let client = async {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::Parser as _;
 use loadgen::cli::Cli;
+use loadgen::load::{LoadOptions, LoadRun};
 use loadgen::{Testbed, TestbedOptions};
 
 fn temp_file(name: &str) -> PathBuf {
@@ -120,25 +121,34 @@ async fn load_through_the_gateway_is_lossless_and_reports_json() -> anyhow::Resu
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn open_loop_and_refusals_are_reported() -> anyhow::Result<()> {
+/// Runs load mode against a fresh testbed with `opts`, aimed at its gateway (URL, CA and
+/// a minted token set here); bounded at 60 s.
+async fn run_load(opts: LoadOptions) -> anyhow::Result<LoadRun> {
     let tb = Testbed::start(TestbedOptions::default()).await?;
     let certs = tb.certs_dir();
-    let opts = loadgen::load::LoadOptions {
+    let opts = LoadOptions {
         url: tb.url(),
+        ca: Some(certs.join("ca.crt")),
+        token: loadgen::token::TokenSource::Mint(certs.join("jwt-private.pem")),
+        ..opts
+    };
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        loadgen::load::run(&opts, std::future::pending()),
+    )
+    .await?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_loop_and_refusals_are_reported() -> anyhow::Result<()> {
+    let run = run_load(LoadOptions {
         backends: vec!["Backend_XYZ".into(), "Backend_NOPE".into()],
         conns: 6,
         duration: Duration::from_secs(1),
         rate: Some(600.0),
-        ca: Some(certs.join("ca.crt")),
-        token: loadgen::token::TokenSource::Mint(certs.join("jwt-private.pem")),
         ..Default::default()
-    };
-    let run = tokio::time::timeout(
-        Duration::from_secs(60),
-        loadgen::load::run(&opts, std::future::pending()),
-    )
-    .await??;
+    })
+    .await?;
     let r = &run.report;
     assert_eq!(r.mode, "open");
     let xyz = &r.backends[0].connections;
@@ -162,25 +172,16 @@ async fn open_loop_and_refusals_are_reported() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_reuses_tls_sessions_across_the_runs_connections() -> anyhow::Result<()> {
-    let tb = Testbed::start(TestbedOptions::default()).await?;
-    let certs = tb.certs_dir();
-    let opts = loadgen::load::LoadOptions {
-        url: tb.url(),
+    let run = run_load(LoadOptions {
         backends: vec!["Backend_ABC".into()],
         conns: 5,
         // One handshake at a time: each connection finds the ticket the one before got.
         connect_concurrency: 1,
         duration: Duration::from_millis(300),
         resume: true,
-        ca: Some(certs.join("ca.crt")),
-        token: loadgen::token::TokenSource::Mint(certs.join("jwt-private.pem")),
         ..Default::default()
-    };
-    let run = tokio::time::timeout(
-        Duration::from_secs(60),
-        loadgen::load::run(&opts, std::future::pending()),
-    )
-    .await??;
+    })
+    .await?;
     let r = &run.report;
     assert_eq!(r.total.connections.opened, 5);
     assert_eq!(r.tls_resumed, 4, "all but the first connection resumed");
