@@ -21,14 +21,12 @@ use rustls::{
 };
 
 /// Largest plaintext in one record (RFC 8446 §5.1).
-pub const MAX_PLAINTEXT: usize = 16 * 1024;
+const MAX_PLAINTEXT: usize = 16 * 1024;
 /// Largest record body a peer may send: plaintext, content type, padding and tag
 /// (RFC 8446 §5.2).
 const MAX_CIPHERTEXT: usize = MAX_PLAINTEXT + 256;
 /// A record's header: content type, legacy version, length.
-pub const HEADER_LEN: usize = 5;
-/// Record overhead of a sealed record beside its plaintext: header, content type, tag.
-pub const OVERHEAD: usize = HEADER_LEN + 1 + 16;
+const HEADER_LEN: usize = 5;
 
 /// A `KeyUpdate` message with `update_not_requested`.
 const KEY_UPDATE: [u8; 5] = [24, 0, 0, 1, 0];
@@ -152,6 +150,11 @@ impl Records {
         if self.seal_seq >= self.suite.common.confidentiality_limit {
             self.seal_key_update(out)?;
         }
+        self.seal_one(typ, plain, out)
+    }
+
+    /// Seals one record under the current key, onto `out`.
+    fn seal_one(&mut self, typ: ContentType, plain: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
         let record = self
             .seal
             .encrypt(
@@ -175,18 +178,7 @@ impl Records {
 
     /// Sends `KeyUpdate` under the current key, then moves to the next one.
     fn seal_key_update(&mut self, out: &mut Vec<u8>) -> Result<(), Error> {
-        let record = self
-            .seal
-            .encrypt(
-                OutboundPlainMessage {
-                    typ: ContentType::Handshake,
-                    version: ProtocolVersion::TLSv1_2,
-                    payload: OutboundChunks::Single(&KEY_UPDATE),
-                },
-                self.seal_seq,
-            )?
-            .encode();
-        out.extend_from_slice(&record);
+        self.seal_one(ContentType::Handshake, &KEY_UPDATE, out)?;
         let (seq, secrets) = self.kernel.update_tx_secret()?;
         self.seal = encrypter(self.suite, secrets)?;
         self.seal_seq = seq;

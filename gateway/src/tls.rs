@@ -123,10 +123,16 @@ fn chosen_suites(
     Ok(chosen)
 }
 
+/// The repository's dev certificates folder, for tests.
+#[cfg(test)]
+pub(crate) fn dev_certs() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../certs")
+}
+
 /// `[tls]` with the repository's dev certificate and the defaults otherwise, for tests.
 #[cfg(test)]
 pub(crate) fn dev_tls() -> TlsConfig {
-    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../certs");
+    let dir = dev_certs();
     TlsConfig {
         cert: dir.join("server.crt"),
         key: dir.join("server.key"),
@@ -139,14 +145,9 @@ mod tests {
     use super::*;
     use rustls::crypto::aws_lc_rs::{cipher_suite, default_provider};
     use rustls::{CipherSuite, ClientConfig, ClientConnection, RootCertStore, ServerConnection};
-    use std::path::PathBuf;
 
     const AES128: SupportedCipherSuite = cipher_suite::TLS13_AES_128_GCM_SHA256;
     const AES256: SupportedCipherSuite = cipher_suite::TLS13_AES_256_GCM_SHA384;
-
-    fn certs() -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../certs")
-    }
 
     fn server(suites: &[&str]) -> Result<Arc<ServerConfig>, (&'static str, String)> {
         server_config(&TlsConfig {
@@ -164,7 +165,7 @@ mod tests {
         let mut provider = default_provider();
         provider.cipher_suites = offer.to_vec();
         let mut roots = RootCertStore::empty();
-        for ca in CertificateDer::pem_file_iter(certs().join("ca.crt"))? {
+        for ca in CertificateDer::pem_file_iter(dev_certs().join("ca.crt"))? {
             roots.add(ca?)?;
         }
         let client_config = ClientConfig::builder_with_provider(Arc::new(provider))

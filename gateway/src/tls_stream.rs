@@ -498,23 +498,19 @@ impl AsyncWrite for TlsStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
     type Client = tokio_rustls::client::TlsStream<TcpStream>;
-
-    fn certs() -> PathBuf {
-        loadgen::testbed::repo_root().join("certs")
-    }
 
     /// A TLS client trusting the dev CA, offering only `versions`.
     fn connector(
         versions: &[&'static rustls::SupportedProtocolVersion],
     ) -> io::Result<tokio_rustls::TlsConnector> {
         let mut roots = rustls::RootCertStore::empty();
-        for ca in rustls::pki_types::CertificateDer::pem_file_iter(certs().join("ca.crt"))
-            .map_err(io::Error::other)?
+        for ca in
+            rustls::pki_types::CertificateDer::pem_file_iter(crate::tls::dev_certs().join("ca.crt"))
+                .map_err(io::Error::other)?
         {
             roots
                 .add(ca.map_err(io::Error::other)?)
