@@ -81,11 +81,10 @@ impl Records {
     /// is a `KeyUpdate` (appended to `out`, to go before anything else): the key that
     /// follows starts at 0.
     ///
-    /// Not covered: a client `KeyUpdate` asking for ours that arrives in the same read as
-    /// the client's `Finished`. rustls then answers it before the take-over by switching
-    /// to its next key at once and holding the sealed answer for its next write, which
-    /// never comes; our records go out under a key the client has not been told of, and
-    /// that connection fails. No client we know of asks for a key update that early.
+    /// Records the client sent after its `Finished` are not rustls's to handle (it would
+    /// answer a `KeyUpdate` by switching keys and holding the answer for a write that
+    /// never comes): `tls_stream` gives rustls no record past the one that ends the
+    /// handshake, and [`Records::open`] opens the rest after the take-over.
     pub fn take_over(
         conn: UnbufferedServerConnection,
         out: &mut Vec<u8>,

@@ -47,8 +47,9 @@ pub struct TlsStream {
     conn: Conn,
     /// Full or resumed.
     kind: Option<HandshakeKind>,
-    /// Received bytes rustls has not finished with: a record (or handshake message) whose
-    /// rest has not arrived.
+    /// Received bytes not finished with: a record (or handshake message) whose rest has
+    /// not arrived, or (at the end of the handshake) the records the client sent after
+    /// its Finished.
     incoming: Vec<u8>,
     /// Decrypted application data not read yet, from `plain_at`.
     plain: Vec<u8>,
@@ -106,6 +107,12 @@ pub async fn accept(config: Arc<ServerConfig>, tcp: TcpStream) -> io::Result<Tls
         Err(TakeOver::NotTls13(conn)) => Conn::Rustls(conn),
         Err(TakeOver::Failed(e)) => return Err(invalid(e)),
     };
+    // Records the client sent right after its Finished (a browser sends its upgrade
+    // request then) were left for whoever handles the records from now on. They are
+    // processed now: no read of the socket would come for them while the client waits.
+    if !stream.incoming.is_empty() {
+        std::future::poll_fn(|cx| Poll::Ready(stream.process_received(cx, None, None))).await?;
+    }
     std::future::poll_fn(|cx| stream.poll_send(cx)).await?;
     Ok(stream)
 }
@@ -146,6 +153,12 @@ type Traffic<'c> = WriteTraffic<'c, ServerConnectionData>;
 /// goes to `sink`; handshake and alert records rustls wants sent are appended to `out`.
 /// If rustls then may encrypt, `write` runs there (its result is returned, `None` when
 /// it did not run). Returns how many bytes at the front of `records` rustls is done with.
+///
+/// During the handshake rustls is given one record more at a time, and none after the
+/// one that ends it: given more, it would go on in the same call to handle what the
+/// client sent after its Finished, and a TLS 1.3 KeyUpdate it answered itself would be
+/// lost in the take-over (see [`Records::take_over`]). Those records are left for the
+/// caller to process once the handshake is done.
 fn process<T>(
     conn: &mut UnbufferedServerConnection,
     records: &mut [u8],
@@ -155,9 +168,15 @@ fn process<T>(
     write: Option<impl FnOnce(Traffic<'_>) -> T>,
 ) -> Result<(usize, Option<T>), rustls::Error> {
     let mut done = 0;
+    // The end of the bytes rustls is given.
+    let mut offered = if conn.is_handshaking() {
+        record_end(records, 0)
+    } else {
+        records.len()
+    };
     loop {
         let UnbufferedStatus { mut discard, state } =
-            conn.process_tls_records(&mut records[done..]);
+            conn.process_tls_records(&mut records[done..offered]);
         match state? {
             ConnectionState::ReadTraffic(mut traffic) => {
                 while let Some(record) = traffic.next_record() {
@@ -193,10 +212,17 @@ fn process<T>(
                 *read_closed = true;
                 return Ok((done + discard, None));
             }
-            ConnectionState::WriteTraffic(traffic) => {
+            ConnectionState::WriteTraffic(traffic) if write.is_some() => {
                 return Ok((done + discard, write.map(|f| f(traffic))));
             }
-            ConnectionState::BlockedHandshake => return Ok((done + discard, None)),
+            // rustls has handled all it was given; while the handshake lasts, the next
+            // record is what it waits for.
+            ConnectionState::WriteTraffic(_) | ConnectionState::BlockedHandshake => {
+                if !conn.is_handshaking() || offered == records.len() {
+                    return Ok((done + discard, None));
+                }
+                offered = record_end(records, offered);
+            }
             // Early data is never enabled; anything else is from a newer rustls.
             _ => {
                 return Err(rustls::Error::General(
@@ -205,6 +231,45 @@ fn process<T>(
             }
         }
         done += discard;
+    }
+}
+
+/// The end of the record at `at` in `data`, or `data.len()` if it is not all there
+/// (rustls then sees what there is, and waits for the rest or refuses the header).
+fn record_end(data: &[u8], at: usize) -> usize {
+    match data.get(at..at + 5) {
+        Some(&[_, _, _, hi, lo]) => {
+            (at + 5 + usize::from(u16::from_be_bytes([hi, lo]))).min(data.len())
+        }
+        _ => data.len(),
+    }
+}
+
+impl Conn {
+    /// Processes received `data`: application data goes to `sink`, records to send to
+    /// `out`. Returns how many bytes at the front of `data` are done with.
+    fn receive(
+        &mut self,
+        data: &mut [u8],
+        sink: &mut Sink<'_, '_>,
+        out: &mut Vec<u8>,
+        read_closed: &mut bool,
+    ) -> Result<usize, Failure> {
+        match self {
+            Conn::Rustls(conn) => {
+                let no_write = None::<fn(Traffic<'_>)>;
+                process(conn, data, sink, out, read_closed, no_write)
+                    .map(|(done, _)| done)
+                    .map_err(Failure::Rustls)
+            }
+            Conn::Records(records) => records
+                .open(data, |d| sink.put(d))
+                .map(|opened| {
+                    *read_closed |= opened.closed;
+                    opened.used
+                })
+                .map_err(Failure::Records),
+        }
     }
 }
 
@@ -250,67 +315,61 @@ impl TlsStream {
                 self.incoming = Vec::new();
                 return Poll::Ready(Ok(()));
             }
-            let Self {
-                conn,
-                incoming,
-                plain,
-                out,
-                read_closed,
-                ..
-            } = self;
-            let mut sink = Sink { read_buf, plain };
             // What came is processed where it was read, unless the start of a record waits.
-            let in_scratch = incoming.is_empty();
-            if !in_scratch {
-                incoming.extend_from_slice(&scratch[..n]);
+            if self.incoming.is_empty() {
+                return Poll::Ready(self.process_received(cx, Some(&mut scratch[..n]), read_buf));
             }
-            let data: &mut [u8] = if in_scratch {
-                &mut scratch[..n]
-            } else {
-                incoming
-            };
-            let result = match conn {
-                Conn::Rustls(conn) => {
-                    let no_write = None::<fn(Traffic<'_>)>;
-                    process(conn, data, &mut sink, out, read_closed, no_write)
-                        .map(|(done, _)| done)
-                        .map_err(Failure::Rustls)
-                }
-                Conn::Records(records) => records
-                    .open(data, |d| sink.put(d))
-                    .map(|opened| {
-                        *read_closed |= opened.closed;
-                        opened.used
-                    })
-                    .map_err(Failure::Records),
-            };
-            if let Ok(done) = result {
-                if in_scratch {
-                    incoming.extend_from_slice(&scratch[done..n]);
-                } else {
-                    incoming.drain(..done);
-                }
-            }
-            if incoming.is_empty() || *read_closed || result.is_err() {
-                *incoming = Vec::new();
-            }
-            match result {
-                Ok(_) => Poll::Ready(Ok(())),
-                Err(Failure::Rustls(e)) => {
-                    // rustls queued an alert saying why: send it if the socket takes it now.
-                    let _ = self.flush_alert(cx);
-                    Poll::Ready(Err(invalid(e)))
-                }
-                Err(Failure::Records(Refused { alert, error })) => {
-                    if let (Some(alert), Conn::Records(records)) = (alert, &mut self.conn) {
-                        if records.seal_alert(alert, &mut self.out).is_ok() {
-                            let _ = self.poll_send(cx);
-                        }
-                    }
-                    Poll::Ready(Err(invalid(error)))
-                }
-            }
+            self.incoming.extend_from_slice(&scratch[..n]);
+            Poll::Ready(self.process_received(cx, None, read_buf))
         })
+    }
+
+    /// Processes `read`, bytes just read with none waiting before them, or else those
+    /// waiting in `incoming`; what is not done with is kept in `incoming`. Application
+    /// data goes to `read_buf` as far as it fits, the rest to `plain`. A refused record
+    /// fails it, after the alert that says why (if the socket takes it now).
+    fn process_received(
+        &mut self,
+        cx: &mut Context<'_>,
+        read: Option<&mut [u8]>,
+        read_buf: Option<&mut ReadBuf<'_>>,
+    ) -> io::Result<()> {
+        let Self {
+            conn,
+            incoming,
+            plain,
+            out,
+            read_closed,
+            ..
+        } = self;
+        let mut sink = Sink { read_buf, plain };
+        let result = match read {
+            Some(read) => conn
+                .receive(read, &mut sink, out, read_closed)
+                .map(|done| incoming.extend_from_slice(&read[done..])),
+            None => conn
+                .receive(incoming, &mut sink, out, read_closed)
+                .map(|done| drop(incoming.drain(..done))),
+        };
+        if incoming.is_empty() || *read_closed || result.is_err() {
+            *incoming = Vec::new();
+        }
+        match result {
+            Ok(()) => Ok(()),
+            Err(Failure::Rustls(e)) => {
+                // rustls queued an alert saying why: send it if the socket takes it now.
+                let _ = self.flush_alert(cx);
+                Err(invalid(e))
+            }
+            Err(Failure::Records(Refused { alert, error })) => {
+                if let (Some(alert), Conn::Records(records)) = (alert, &mut self.conn) {
+                    if records.seal_alert(alert, &mut self.out).is_ok() {
+                        let _ = self.poll_send(cx);
+                    }
+                }
+                Err(invalid(error))
+            }
+        }
     }
 
     fn flush_alert(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -507,6 +566,13 @@ mod tests {
     fn connector(
         versions: &[&'static rustls::SupportedProtocolVersion],
     ) -> io::Result<tokio_rustls::TlsConnector> {
+        client_config(versions).map(tokio_rustls::TlsConnector::from)
+    }
+
+    /// The client config of [`connector`].
+    fn client_config(
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> io::Result<Arc<rustls::ClientConfig>> {
         let mut roots = rustls::RootCertStore::empty();
         for ca in
             rustls::pki_types::CertificateDer::pem_file_iter(crate::tls::dev_certs().join("ca.crt"))
@@ -522,7 +588,7 @@ mod tests {
             .map_err(io::Error::other)?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        Ok(tokio_rustls::TlsConnector::from(Arc::new(client_config)))
+        Ok(Arc::new(client_config))
     }
 
     /// A real TLS client and the server stream it connected to, over loopback TCP.
@@ -686,6 +752,136 @@ mod tests {
                 .map_err(io::Error::other)?;
             round_trip(&mut client, &mut server, 20_000).await?;
         }
+        Ok(())
+    }
+
+    /// What the client of [`finished_and_data_at_once`] sends, and the server's answer.
+    const ASK: &[u8] = b"GET / HTTP/1.1\r\n\r\n";
+    const ANSWER: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\n\r\n";
+
+    /// The dev server config, sending `session_tickets` tickets.
+    fn server_config_with(session_tickets: usize) -> io::Result<Arc<ServerConfig>> {
+        crate::tls::server_config(&crate::config::TlsConfig {
+            session_tickets,
+            ..crate::tls::dev_tls()
+        })
+        .map_err(|(_, e)| io::Error::other(e))
+    }
+
+    /// Reads what the server sent next into the client `tls` and processes it.
+    fn receive(
+        tls: &mut rustls::ClientConnection,
+        tcp: &mut std::net::TcpStream,
+    ) -> io::Result<()> {
+        match tls.read_tls(tcp) {
+            Ok(0) => Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(_) => tls
+                .process_new_packets()
+                .map(drop)
+                .map_err(io::Error::other),
+            // The socket's read timeout: the server sent nothing.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the server sent nothing for 20 s",
+            )),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// One connection to `listener` from a client driven by hand (rustls on a blocking
+    /// socket), whose Finished, then (TLS 1.3) a KeyUpdate asking for ours, then [`ASK`]
+    /// go out in one TCP write; the server answers [`ANSWER`]. Returns the handshake kind
+    /// the client saw, what the server read and what the client read.
+    async fn finished_and_data_at_once(
+        listener: &TcpListener,
+        server_config: Arc<ServerConfig>,
+        client_config: Arc<rustls::ClientConfig>,
+    ) -> io::Result<(Option<HandshakeKind>, Vec<u8>, Vec<u8>)> {
+        use std::io::{Read, Write};
+        let addr = listener.local_addr()?;
+        let client = tokio::task::spawn_blocking(move || {
+            let mut tcp = std::net::TcpStream::connect(addr)?;
+            // Bounds a broken server's silence; the test never waits for it to pass.
+            tcp.set_read_timeout(Some(std::time::Duration::from_secs(20)))?;
+            let name =
+                rustls::pki_types::ServerName::try_from("localhost").map_err(io::Error::other)?;
+            let mut tls =
+                rustls::ClientConnection::new(client_config, name).map_err(io::Error::other)?;
+            // Up to the server's Finished; the client's own Finished stays queued.
+            while tls.is_handshaking() {
+                if tls.wants_write() {
+                    tls.write_tls(&mut tcp)?;
+                } else {
+                    receive(&mut tls, &mut tcp)?;
+                }
+            }
+            if tls.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) {
+                tls.refresh_traffic_keys().map_err(io::Error::other)?;
+            }
+            tls.writer().write_all(ASK)?;
+            let mut flight = Vec::new();
+            while tls.wants_write() {
+                tls.write_tls(&mut flight)?;
+            }
+            tcp.write_all(&flight)?;
+            let mut answer = vec![0u8; ANSWER.len()];
+            let mut got = 0;
+            while got < answer.len() {
+                match tls.reader().read(&mut answer[got..]) {
+                    Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                    Ok(n) => got += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        receive(&mut tls, &mut tcp)?;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok::<_, io::Error>((tls.handshake_kind(), answer))
+        });
+        let server = async {
+            let (tcp, _) = listener.accept().await?;
+            let mut tls = accept(server_config, tcp).await?;
+            let mut ask = vec![0u8; ASK.len()];
+            tls.read_exact(&mut ask).await?;
+            tls.write_all(ANSWER).await?;
+            tls.flush().await?;
+            Ok::<_, io::Error>(ask)
+        };
+        let (client, ask) = tokio::join!(client, server);
+        let (kind, answer) = client.map_err(io::Error::other)??;
+        Ok((kind, ask?, answer))
+    }
+
+    #[tokio::test]
+    async fn a_key_update_in_the_same_read_as_the_finished_is_answered() -> io::Result<()> {
+        // rustls must not handle the KeyUpdate (it would switch keys and keep the answer),
+        // and the request after it must be read without waiting for more from the client.
+        // With tickets rustls stops after the Finished to send them; without, it would not.
+        let mut failed = Vec::new();
+        for tickets in [crate::tls::dev_tls().session_tickets, 0] {
+            let listener = TcpListener::bind("127.0.0.1:0").await?;
+            let server_config = server_config_with(tickets)?;
+            let client_config = client_config(&[&rustls::version::TLS13])?;
+            match finished_and_data_at_once(&listener, server_config, client_config).await {
+                Ok((_, ask, answer)) if ask == ASK && answer == ANSWER => {}
+                other => failed.push(format!("session_tickets = {tickets}: {other:?}")),
+            }
+        }
+        assert!(failed.is_empty(), "{failed:#?}");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn tls_1_2_data_in_the_same_read_as_the_finished_is_read() -> io::Result<()> {
+        // Only a resumed TLS 1.2 handshake ends with the client's Finished.
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let server_config = server_config_with(crate::tls::dev_tls().session_tickets)?;
+        let client_config = client_config(&[&rustls::version::TLS12])?;
+        finished_and_data_at_once(&listener, server_config.clone(), client_config.clone()).await?;
+        let (kind, ask, answer) =
+            finished_and_data_at_once(&listener, server_config, client_config).await?;
+        assert_eq!(kind, Some(HandshakeKind::Resumed));
+        assert_eq!((&ask[..], &answer[..]), (ASK, ANSWER));
         Ok(())
     }
 
