@@ -6,11 +6,14 @@
 //! here is the record layer of RFC 8446 §5 for a server that has finished its handshake:
 //! record headers, sequence numbers, and the three kinds of record a client may send
 //! then: application data, alerts (`close_notify` ends its stream) and `KeyUpdate`. A
-//! write is one record per 16 KiB, sealed in one allocation that goes to the socket as
-//! it is; a read opens records in place where they were read.
+//! write is one record per 16 KiB; with AES-GCM (what browsers ask for first) each is
+//! sealed by aws-lc's TLS 1.3 record key straight from the caller's plaintext into the
+//! caller's buffer, with no copy or allocation of its own. A read opens records in place
+//! where they were read.
 
+use aws_lc_rs::aead;
 use rustls::crypto::cipher::{
-    AeadKey, InboundOpaqueMessage, Iv, MessageDecrypter, MessageEncrypter, OutboundChunks,
+    AeadKey, InboundOpaqueMessage, Iv, MessageDecrypter, MessageEncrypter, Nonce, OutboundChunks,
     OutboundPlainMessage,
 };
 use rustls::kernel::KernelConnection;
@@ -31,11 +34,19 @@ const HEADER_LEN: usize = 5;
 /// A `KeyUpdate` message with `update_not_requested`.
 const KEY_UPDATE: [u8; 5] = [24, 0, 0, 1, 0];
 
+/// Room for the gateway's own small records sealed at once: an alert or a `KeyUpdate`,
+/// after a `KeyUpdate` at the key's limit (each under 32 bytes).
+const SMALL_RECORDS: usize = 128;
+
+/// Most bytes sealing adds to one write's plaintext of up to 64 KiB: each of its records'
+/// header, content type and tag, and two `KeyUpdate` records.
+pub const SEAL_OVERHEAD: usize = 1024;
+
 /// The record layer of one TLS 1.3 server connection; see the module docs.
 pub struct Records {
     kernel: KernelConnection<ServerConnectionData>,
     suite: &'static Tls13CipherSuite,
-    seal: Box<dyn MessageEncrypter>,
+    seal: Sealer,
     seal_seq: u64,
     open: Box<dyn MessageDecrypter>,
     open_seq: u64,
@@ -103,7 +114,7 @@ impl Records {
         let (seal_seq, tx) = secrets.tx;
         let (open_seq, rx) = secrets.rx;
         let mut records = Self {
-            seal: encrypter(suite, tx).map_err(TakeOver::Failed)?,
+            seal: Sealer::new(suite, tx).map_err(TakeOver::Failed)?,
             seal_seq,
             open: decrypter(suite, rx).map_err(TakeOver::Failed)?,
             open_seq,
@@ -112,21 +123,23 @@ impl Records {
             update_due: false,
         };
         if seal_seq != 0 {
-            records.seal_key_update(out).map_err(TakeOver::Failed)?;
+            append(out, |dst| records.seal_key_update(dst)).map_err(TakeOver::Failed)?;
         }
         Ok(records)
     }
 
-    /// Seals `data` (application data) as records appended to `out`.
-    pub fn seal_data(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
+    /// Seals `data` (application data, at most 64 KiB) as records at the start of `dst`,
+    /// which must have room for [`SEAL_OVERHEAD`] bytes more; returns their length.
+    pub fn seal_data(&mut self, data: &[u8], dst: &mut [u8]) -> Result<usize, Error> {
+        let mut n = 0;
         if self.update_due {
             self.update_due = false;
-            self.seal_key_update(out)?;
+            n += self.seal_key_update(dst)?;
         }
         for chunk in data.chunks(MAX_PLAINTEXT) {
-            self.seal_record(ContentType::ApplicationData, chunk, out)?;
+            n += self.seal_record(ContentType::ApplicationData, chunk, &mut dst[n..])?;
         }
-        Ok(())
+        Ok(n)
     }
 
     /// Seals an alert (`close_notify` is a warning, everything else fatal) onto `out`.
@@ -136,52 +149,41 @@ impl Records {
         } else {
             2
         };
-        self.seal_record(ContentType::Alert, &[level, u8::from(alert)], out)
+        append(out, |dst| {
+            self.seal_record(ContentType::Alert, &[level, u8::from(alert)], dst)
+        })
     }
 
+    /// Seals one record at the start of `dst`, after a `KeyUpdate` if the key has sealed
+    /// as many records as is safe; returns the bytes written.
     fn seal_record(
         &mut self,
         typ: ContentType,
         plain: &[u8],
-        out: &mut Vec<u8>,
-    ) -> Result<(), Error> {
-        // Before the key has sealed as many records as is safe, it is replaced.
+        dst: &mut [u8],
+    ) -> Result<usize, Error> {
+        let mut n = 0;
         if self.seal_seq >= self.suite.common.confidentiality_limit {
-            self.seal_key_update(out)?;
+            n = self.seal_key_update(dst)?;
         }
-        self.seal_one(typ, plain, out)
+        Ok(n + self.seal_one(typ, plain, &mut dst[n..])?)
     }
 
-    /// Seals one record under the current key, onto `out`.
-    fn seal_one(&mut self, typ: ContentType, plain: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
-        let record = self
-            .seal
-            .encrypt(
-                OutboundPlainMessage {
-                    typ,
-                    version: ProtocolVersion::TLSv1_2,
-                    payload: OutboundChunks::Single(plain),
-                },
-                self.seal_seq,
-            )?
-            .encode();
+    /// Seals one record under the current key at the start of `dst`; returns its length.
+    fn seal_one(&mut self, typ: ContentType, plain: &[u8], dst: &mut [u8]) -> Result<usize, Error> {
+        let n = self.seal.seal(typ, plain, self.seal_seq, dst)?;
         self.seal_seq += 1;
-        if out.is_empty() {
-            // The usual case: the sealed record is what goes to the socket, as it is.
-            *out = record;
-        } else {
-            out.extend_from_slice(&record);
-        }
-        Ok(())
+        Ok(n)
     }
 
-    /// Sends `KeyUpdate` under the current key, then moves to the next one.
-    fn seal_key_update(&mut self, out: &mut Vec<u8>) -> Result<(), Error> {
-        self.seal_one(ContentType::Handshake, &KEY_UPDATE, out)?;
+    /// Seals `KeyUpdate` under the current key at the start of `dst`, then moves to the
+    /// next key; returns the bytes written.
+    fn seal_key_update(&mut self, dst: &mut [u8]) -> Result<usize, Error> {
+        let n = self.seal_one(ContentType::Handshake, &KEY_UPDATE, dst)?;
         let (seq, secrets) = self.kernel.update_tx_secret()?;
-        self.seal = encrypter(self.suite, secrets)?;
+        self.seal = Sealer::new(self.suite, secrets)?;
         self.seal_seq = seq;
-        Ok(())
+        Ok(n)
     }
 
     /// Opens the whole records at the front of `data` in place, handing application data
@@ -294,12 +296,99 @@ pub enum TakeOver {
     Failed(Error),
 }
 
-fn encrypter(
-    suite: &Tls13CipherSuite,
-    secrets: ConnectionTrafficSecrets,
-) -> Result<Box<dyn MessageEncrypter>, Error> {
-    let (key, iv) = key_and_iv(secrets)?;
-    Ok(suite.aead_alg.encrypter(key, iv))
+/// Appends the small records `seal` writes (the gateway's alerts and key updates) to `out`.
+fn append(
+    out: &mut Vec<u8>,
+    seal: impl FnOnce(&mut [u8]) -> Result<usize, Error>,
+) -> Result<(), Error> {
+    let mut records = [0u8; SMALL_RECORDS];
+    let n = seal(&mut records)?;
+    out.extend_from_slice(&records[..n]);
+    Ok(())
+}
+
+/// One sending key.
+enum Sealer {
+    /// AES-GCM: aws-lc's TLS 1.3 record key, which seals from the plaintext straight
+    /// into the output.
+    Gcm {
+        key: aead::TlsRecordSealingKey,
+        iv: Iv,
+    },
+    /// Any other AEAD (ChaCha20-Poly1305, for which aws-lc has no TLS record key):
+    /// rustls's record cipher, which seals into a buffer of its own, copied out.
+    Rustls(Box<dyn MessageEncrypter>),
+}
+
+impl Sealer {
+    fn new(suite: &Tls13CipherSuite, secrets: ConnectionTrafficSecrets) -> Result<Self, Error> {
+        let gcm = match &secrets {
+            ConnectionTrafficSecrets::Aes128Gcm { .. } => Some(&aead::AES_128_GCM),
+            ConnectionTrafficSecrets::Aes256Gcm { .. } => Some(&aead::AES_256_GCM),
+            _ => None,
+        };
+        let (key, iv) = key_and_iv(secrets)?;
+        Ok(match gcm {
+            Some(algorithm) => Self::Gcm {
+                key: aead::TlsRecordSealingKey::new(
+                    algorithm,
+                    aead::TlsProtocolId::TLS13,
+                    key.as_ref(),
+                )
+                .map_err(|_| Error::General("AES-GCM record key refused".into()))?,
+                iv,
+            },
+            None => Self::Rustls(suite.aead_alg.encrypter(key, iv)),
+        })
+    }
+
+    /// Seals `plain` as record number `seq` of type `typ` at the start of `dst`; returns
+    /// the record's length.
+    fn seal(
+        &mut self,
+        typ: ContentType,
+        plain: &[u8],
+        seq: u64,
+        dst: &mut [u8],
+    ) -> Result<usize, Error> {
+        let no_room = || Error::General("no room for a sealed record".into());
+        match self {
+            Self::Gcm { key, iv } => {
+                let body = plain.len() + 1 + key.algorithm().tag_len();
+                let [hi, lo] = u16::try_from(body)
+                    .map_err(|_| Error::EncryptError)?
+                    .to_be_bytes();
+                // The header is also the additional data the tag covers (RFC 8446 §5.2).
+                let header = [u8::from(ContentType::ApplicationData), 3, 3, hi, lo];
+                let record = dst.get_mut(..HEADER_LEN + body).ok_or_else(no_room)?;
+                let (head, rest) = record.split_at_mut(HEADER_LEN);
+                head.copy_from_slice(&header);
+                let (ciphertext, type_and_tag) = rest.split_at_mut(plain.len());
+                key.seal_out_of_place_scatter(
+                    aead::Nonce::assume_unique_for_key(Nonce::new(iv, seq).0),
+                    aead::Aad::from(header),
+                    plain,
+                    ciphertext,
+                    &[u8::from(typ)],
+                    type_and_tag,
+                )
+                .map_err(|_| Error::EncryptError)?;
+                Ok(HEADER_LEN + body)
+            }
+            Self::Rustls(encrypter) => {
+                let message = OutboundPlainMessage {
+                    typ,
+                    version: ProtocolVersion::TLSv1_2,
+                    payload: OutboundChunks::Single(plain),
+                };
+                let record = encrypter.encrypt(message, seq)?.encode();
+                dst.get_mut(..record.len())
+                    .ok_or_else(no_room)?
+                    .copy_from_slice(&record);
+                Ok(record.len())
+            }
+        }
+    }
 }
 
 fn decrypter(

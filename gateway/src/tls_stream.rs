@@ -27,14 +27,14 @@ use rustls::{AlertDescription, HandshakeKind, ServerConfig};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::records::{Records, Refused, TakeOver};
+use crate::records::{Records, Refused, TakeOver, SEAL_OVERHEAD};
 
 /// Size of each worker thread's read and write scratch buffers.
 const SCRATCH_LEN: usize = 64 * 1024;
 
-/// Most plaintext taken by one write: what fits the write scratch with room for the
-/// per-record overhead (at most four 16 KiB records, under 64 bytes each).
-const MAX_WRITE: usize = SCRATCH_LEN - 1024;
+/// Most plaintext taken by one write: what fits the write scratch with room for what
+/// sealing adds (at most four 16 KiB records, and a key update or two).
+const MAX_WRITE: usize = SCRATCH_LEN - SEAL_OVERHEAD;
 
 thread_local! {
     static READ_SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; SCRATCH_LEN].into_boxed_slice());
@@ -489,21 +489,16 @@ impl AsyncWrite for TlsStream {
             return Poll::Ready(Ok(0));
         }
         let data = &data[..data.len().min(MAX_WRITE)];
-        if let Conn::Records(records) = &mut this.conn {
-            // `out` is empty (sent above): the sealed records become it, and go at once.
-            records
-                .seal_data(data, &mut this.out)
-                .map_err(|e| io::Error::other(e.to_string()))?;
-            if let Poll::Ready(Err(e)) = this.poll_send(cx) {
-                return Poll::Ready(Err(e));
-            }
-            return Poll::Ready(Ok(data.len()));
-        }
         WRITE_SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
-            let n = this
-                .with_write_traffic(|mut traffic| traffic.encrypt(data, &mut scratch[..]))?
-                .map_err(|e| io::Error::other(e.to_string()))?;
+            let n = if let Conn::Records(records) = &mut this.conn {
+                records
+                    .seal_data(data, &mut scratch[..])
+                    .map_err(|e| io::Error::other(e.to_string()))?
+            } else {
+                this.with_write_traffic(|mut traffic| traffic.encrypt(data, &mut scratch[..]))?
+                    .map_err(|e| io::Error::other(e.to_string()))?
+            };
             if this.out.is_empty() {
                 // The usual case: straight from the scratch to the socket.
                 let mut at = 0;
@@ -573,6 +568,14 @@ mod tests {
     fn client_config(
         versions: &[&'static rustls::SupportedProtocolVersion],
     ) -> io::Result<Arc<rustls::ClientConfig>> {
+        client_config_for(rustls::crypto::aws_lc_rs::default_provider(), versions)
+    }
+
+    /// As [`client_config`], offering the suites of `provider`.
+    fn client_config_for(
+        provider: rustls::crypto::CryptoProvider,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> io::Result<Arc<rustls::ClientConfig>> {
         let mut roots = rustls::RootCertStore::empty();
         for ca in
             rustls::pki_types::CertificateDer::pem_file_iter(crate::tls::dev_certs().join("ca.crt"))
@@ -582,8 +585,7 @@ mod tests {
                 .add(ca.map_err(io::Error::other)?)
                 .map_err(io::Error::other)?;
         }
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let client_config = rustls::ClientConfig::builder_with_provider(provider)
+        let client_config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
             .with_protocol_versions(versions)
             .map_err(io::Error::other)?
             .with_root_certificates(roots)
@@ -600,11 +602,15 @@ mod tests {
     async fn pair_with(
         versions: &[&'static rustls::SupportedProtocolVersion],
     ) -> io::Result<(Client, TlsStream)> {
+        pair_using(connector(versions)?).await
+    }
+
+    /// As [`pair`], the client connecting through `connector`.
+    async fn pair_using(connector: tokio_rustls::TlsConnector) -> io::Result<(Client, TlsStream)> {
         let server_config = crate::tls::server_config(&crate::tls::dev_tls())
             .map_err(|(_, e)| io::Error::other(e))?;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let connector = connector(versions)?;
         let client = async {
             let tcp = TcpStream::connect(addr).await?;
             let name =
@@ -692,6 +698,38 @@ mod tests {
         // Records of every size, both ways, past the first key's records.
         for len in [1, 16 * 1024, 16 * 1024 + 1, 200_000] {
             round_trip(&mut client, &mut server, len).await?;
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn every_tls_1_3_suite_is_sealed_and_opened() -> io::Result<()> {
+        use rustls::crypto::aws_lc_rs::{cipher_suite, default_provider};
+        // AES-GCM records are sealed with aws-lc's record key straight into the output,
+        // ChaCha20-Poly1305 records with rustls's cipher; each after a key update too.
+        for suite in [
+            cipher_suite::TLS13_AES_128_GCM_SHA256,
+            cipher_suite::TLS13_AES_256_GCM_SHA384,
+            cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+        ] {
+            let provider = rustls::crypto::CryptoProvider {
+                cipher_suites: vec![suite],
+                ..default_provider()
+            };
+            let config = client_config_for(provider, &[&rustls::version::TLS13])?;
+            let (mut client, mut server) =
+                pair_using(tokio_rustls::TlsConnector::from(config)).await?;
+            assert_eq!(client.get_ref().1.negotiated_cipher_suite(), Some(suite));
+            assert!(matches!(server.conn, Conn::Records(_)));
+            for len in [1, 16 * 1024 + 1, 200_000] {
+                round_trip(&mut client, &mut server, len).await?;
+            }
+            client
+                .get_mut()
+                .1
+                .refresh_traffic_keys()
+                .map_err(io::Error::other)?;
+            round_trip(&mut client, &mut server, 20_000).await?;
         }
         Ok(())
     }
