@@ -677,6 +677,16 @@ mod tests {
         Ok(())
     }
 
+    /// The client updates its keys, asking for ours too; then data crosses both ways.
+    async fn key_update_round_trip(client: &mut Client, server: &mut TlsStream) -> io::Result<()> {
+        client
+            .get_mut()
+            .1
+            .refresh_traffic_keys()
+            .map_err(io::Error::other)?;
+        round_trip(client, server, 20_000).await
+    }
+
     #[tokio::test]
     async fn a_tls_1_2_client_is_served() -> io::Result<()> {
         let (mut client, mut server) = pair_with(&[&rustls::version::TLS12]).await?;
@@ -724,12 +734,7 @@ mod tests {
             for len in [1, 16 * 1024 + 1, 200_000] {
                 round_trip(&mut client, &mut server, len).await?;
             }
-            client
-                .get_mut()
-                .1
-                .refresh_traffic_keys()
-                .map_err(io::Error::other)?;
-            round_trip(&mut client, &mut server, 20_000).await?;
+            key_update_round_trip(&mut client, &mut server).await?;
         }
         Ok(())
     }
@@ -783,12 +788,7 @@ mod tests {
         // KeyUpdate it answers with must go out ahead of its next application record, or
         // the client cannot decrypt that record.
         for _ in 0..3 {
-            client
-                .get_mut()
-                .1
-                .refresh_traffic_keys()
-                .map_err(io::Error::other)?;
-            round_trip(&mut client, &mut server, 20_000).await?;
+            key_update_round_trip(&mut client, &mut server).await?;
         }
         Ok(())
     }
