@@ -52,6 +52,8 @@ pub struct Records {
     open_seq: u64,
     /// The client asked for a key update: ours goes out before our next record.
     update_due: bool,
+    /// Records one sending key may seal: the suite's confidentiality limit.
+    seal_limit: u64,
 }
 
 /// What opening the records at the front of a buffer came to.
@@ -121,11 +123,18 @@ impl Records {
             kernel,
             suite,
             update_due: false,
+            seal_limit: suite.common.confidentiality_limit,
         };
         if seal_seq != 0 {
             append(out, |dst| records.seal_key_update(dst)).map_err(TakeOver::Failed)?;
         }
         Ok(records)
+    }
+
+    /// Lowers the records one key may seal, so that tests reach the limit.
+    #[cfg(test)]
+    pub fn limit_records_per_key(&mut self, limit: u64) {
+        self.seal_limit = limit;
     }
 
     /// Seals `data` (application data, at most 64 KiB) as records at the start of `dst`,
@@ -163,7 +172,7 @@ impl Records {
         dst: &mut [u8],
     ) -> Result<usize, Error> {
         let mut n = 0;
-        if self.seal_seq >= self.suite.common.confidentiality_limit {
+        if self.seal_seq >= self.seal_limit {
             n = self.seal_key_update(dst)?;
         }
         Ok(n + self.seal_one(typ, plain, &mut dst[n..])?)

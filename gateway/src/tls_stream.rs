@@ -739,6 +739,21 @@ mod tests {
         Ok(())
     }
 
+    #[tokio::test]
+    async fn a_key_that_reaches_its_record_limit_is_replaced() -> io::Result<()> {
+        let (mut client, mut server) = pair().await?;
+        let Conn::Records(records) = &mut server.conn else {
+            panic!("a TLS 1.3 connection is taken over");
+        };
+        // AES-GCM's real limit is 2^24.5 records; at 3 the server sends a KeyUpdate before
+        // every third record, and the client must follow each one to read on.
+        records.limit_records_per_key(3);
+        for len in [1, 100, 16 * 1024 + 1, 200_000, 5] {
+            round_trip(&mut client, &mut server, len).await?;
+        }
+        Ok(())
+    }
+
     /// A connection whose client then sends `raw` bytes of its own on the TCP stream: what
     /// the server's read returned, and what the client's TLS read got after that.
     async fn after_raw_bytes(raw: &[u8]) -> io::Result<(io::Result<usize>, io::Result<usize>)> {
