@@ -29,7 +29,7 @@ const MAX_PLAINTEXT: usize = 16 * 1024;
 /// (RFC 8446 §5.2).
 const MAX_CIPHERTEXT: usize = MAX_PLAINTEXT + 256;
 /// A record's header: content type, legacy version, length.
-const HEADER_LEN: usize = 5;
+pub const HEADER_LEN: usize = 5;
 
 /// A `KeyUpdate` message with `update_not_requested`.
 const KEY_UPDATE: [u8; 5] = [24, 0, 0, 1, 0];

@@ -27,7 +27,7 @@ use rustls::{AlertDescription, HandshakeKind, ServerConfig};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::records::{Records, Refused, TakeOver, SEAL_OVERHEAD};
+use crate::records::{Records, Refused, TakeOver, HEADER_LEN, SEAL_OVERHEAD};
 
 /// Size of each worker thread's read and write scratch buffers.
 const SCRATCH_LEN: usize = 64 * 1024;
@@ -237,9 +237,9 @@ fn process<T>(
 /// The end of the record at `at` in `data`, or `data.len()` if it is not all there
 /// (rustls then sees what there is, and waits for the rest or refuses the header).
 fn record_end(data: &[u8], at: usize) -> usize {
-    match data.get(at..at + 5) {
+    match data.get(at..at + HEADER_LEN) {
         Some(&[_, _, _, hi, lo]) => {
-            (at + 5 + usize::from(u16::from_be_bytes([hi, lo]))).min(data.len())
+            (at + HEADER_LEN + usize::from(u16::from_be_bytes([hi, lo]))).min(data.len())
         }
         _ => data.len(),
     }
@@ -1040,11 +1040,7 @@ mod tests {
         session_tickets: usize,
         versions: &[&'static rustls::SupportedProtocolVersion],
     ) -> io::Result<(Option<rustls::HandshakeKind>, Option<rustls::HandshakeKind>)> {
-        let server_config = crate::tls::server_config(&crate::config::TlsConfig {
-            session_tickets,
-            ..crate::tls::dev_tls()
-        })
-        .map_err(|(_, e)| io::Error::other(e))?;
+        let server_config = server_config_with(session_tickets)?;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         // One connector: one client session cache across both connections.
