@@ -1,21 +1,19 @@
-//! TLS 1.3 records after the handshake: sealed and opened with rustls's own record
-//! ciphers, through its kernel-connection API (the one kTLS offload is built on), without
-//! rustls's connection state machine around every read and write.
+//! TLS 1.3 records after the handshake, on the keys rustls's kernel-connection API (the
+//! one kTLS offload is built on) hands over: sealed with aws-lc's AEADs, opened with
+//! rustls's record decrypters, without rustls's connection state machine around every
+//! read and write.
 //!
 //! rustls runs the handshake and derives every key, key updates included; what is left
 //! here is the record layer of RFC 8446 §5 for a server that has finished its handshake:
 //! record headers, sequence numbers, and the three kinds of record a client may send
 //! then: application data, alerts (`close_notify` ends its stream) and `KeyUpdate`. A
-//! write is one record per 16 KiB; with AES-GCM (what browsers ask for first) each is
-//! sealed by aws-lc's TLS 1.3 record key straight from the caller's plaintext into the
-//! caller's buffer, with no copy or allocation of its own. A read opens records in place
-//! where they were read.
+//! write is one record per 16 KiB, sealed with aws-lc's AEAD into the caller's buffer
+//! with no allocation of its own: with AES-GCM (what browsers ask for first) by aws-lc's
+//! TLS 1.3 record key straight from the caller's plaintext, with ChaCha20-Poly1305 after
+//! one copy into place. A read opens records in place where they were read.
 
 use aws_lc_rs::aead;
-use rustls::crypto::cipher::{
-    AeadKey, InboundOpaqueMessage, Iv, MessageDecrypter, MessageEncrypter, Nonce, OutboundChunks,
-    OutboundPlainMessage,
-};
+use rustls::crypto::cipher::{AeadKey, InboundOpaqueMessage, Iv, MessageDecrypter, Nonce};
 use rustls::kernel::KernelConnection;
 use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
 use rustls::{
@@ -116,7 +114,7 @@ impl Records {
         let (seal_seq, tx) = secrets.tx;
         let (open_seq, rx) = secrets.rx;
         let mut records = Self {
-            seal: Sealer::new(suite, tx).map_err(TakeOver::Failed)?,
+            seal: Sealer::new(tx).map_err(TakeOver::Failed)?,
             seal_seq,
             open: decrypter(suite, rx).map_err(TakeOver::Failed)?,
             open_seq,
@@ -190,7 +188,7 @@ impl Records {
     fn seal_key_update(&mut self, dst: &mut [u8]) -> Result<usize, Error> {
         let n = self.seal_one(ContentType::Handshake, &KEY_UPDATE, dst)?;
         let (seq, secrets) = self.kernel.update_tx_secret()?;
-        self.seal = Sealer::new(self.suite, secrets)?;
+        self.seal = Sealer::new(secrets)?;
         self.seal_seq = seq;
         Ok(n)
     }
@@ -316,39 +314,45 @@ fn append(
     Ok(())
 }
 
-/// One sending key.
-enum Sealer {
+/// One sending key: aws-lc's AEAD, used directly so that no record costs a copy into an
+/// allocation of its own (rustls's record ciphers seal into a fresh buffer per record).
+struct Sealer {
+    key: SealingKey,
+    iv: Iv,
+}
+
+enum SealingKey {
     /// AES-GCM: aws-lc's TLS 1.3 record key, which seals from the plaintext straight
-    /// into the output.
-    Gcm {
-        key: aead::TlsRecordSealingKey,
-        iv: Iv,
-    },
-    /// Any other AEAD (ChaCha20-Poly1305, for which aws-lc has no TLS record key):
-    /// rustls's record cipher, which seals into a buffer of its own, copied out.
-    Rustls(Box<dyn MessageEncrypter>),
+    /// into the output (and checks that record numbers only grow).
+    Gcm(aead::TlsRecordSealingKey),
+    /// ChaCha20-Poly1305, for which aws-lc has no TLS record key: the plaintext is
+    /// copied into the output and sealed there.
+    Chacha(aead::LessSafeKey),
 }
 
 impl Sealer {
-    fn new(suite: &Tls13CipherSuite, secrets: ConnectionTrafficSecrets) -> Result<Self, Error> {
-        let gcm = match &secrets {
-            ConnectionTrafficSecrets::Aes128Gcm { .. } => Some(&aead::AES_128_GCM),
-            ConnectionTrafficSecrets::Aes256Gcm { .. } => Some(&aead::AES_256_GCM),
-            _ => None,
-        };
-        let (key, iv) = key_and_iv(secrets)?;
-        Ok(match gcm {
-            Some(algorithm) => Self::Gcm {
-                key: aead::TlsRecordSealingKey::new(
-                    algorithm,
-                    aead::TlsProtocolId::TLS13,
-                    key.as_ref(),
-                )
-                .map_err(|_| Error::General("AES-GCM record key refused".into()))?,
+    fn new(secrets: ConnectionTrafficSecrets) -> Result<Self, Error> {
+        let refused = |_| Error::General("record sealing key refused".into());
+        let (key, iv) = match secrets {
+            ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (
+                SealingKey::Gcm(gcm_key(&aead::AES_128_GCM, &key).map_err(refused)?),
                 iv,
-            },
-            None => Self::Rustls(suite.aead_alg.encrypter(key, iv)),
-        })
+            ),
+            ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (
+                SealingKey::Gcm(gcm_key(&aead::AES_256_GCM, &key).map_err(refused)?),
+                iv,
+            ),
+            ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => (
+                SealingKey::Chacha(aead::LessSafeKey::new(
+                    aead::UnboundKey::new(&aead::CHACHA20_POLY1305, key.as_ref())
+                        .map_err(refused)?,
+                )),
+                iv,
+            ),
+            // The enum is non-exhaustive: an AEAD a later rustls adds.
+            _ => return Err(Error::General("traffic secrets of an unknown AEAD".into())),
+        };
+        Ok(Self { key, iv })
     }
 
     /// Seals `plain` as record number `seq` of type `typ` at the start of `dst`; returns
@@ -360,44 +364,54 @@ impl Sealer {
         seq: u64,
         dst: &mut [u8],
     ) -> Result<usize, Error> {
-        let no_room = || Error::General("no room for a sealed record".into());
-        match self {
-            Self::Gcm { key, iv } => {
-                let body = plain.len() + 1 + key.algorithm().tag_len();
-                let [hi, lo] = u16::try_from(body)
-                    .map_err(|_| Error::EncryptError)?
-                    .to_be_bytes();
-                // The header is also the additional data the tag covers (RFC 8446 §5.2).
-                let header = [u8::from(ContentType::ApplicationData), 3, 3, hi, lo];
-                let record = dst.get_mut(..HEADER_LEN + body).ok_or_else(no_room)?;
-                let (head, rest) = record.split_at_mut(HEADER_LEN);
-                head.copy_from_slice(&header);
-                let (ciphertext, type_and_tag) = rest.split_at_mut(plain.len());
-                key.seal_out_of_place_scatter(
-                    aead::Nonce::assume_unique_for_key(Nonce::new(iv, seq).0),
+        let tag_len = match &self.key {
+            SealingKey::Gcm(key) => key.algorithm().tag_len(),
+            SealingKey::Chacha(key) => key.algorithm().tag_len(),
+        };
+        let body = plain.len() + 1 + tag_len;
+        let [hi, lo] = u16::try_from(body)
+            .map_err(|_| Error::EncryptError)?
+            .to_be_bytes();
+        // The header is also the additional data the tag covers (RFC 8446 §5.2).
+        let header = [u8::from(ContentType::ApplicationData), 3, 3, hi, lo];
+        let record = dst
+            .get_mut(..HEADER_LEN + body)
+            .ok_or_else(|| Error::General("no room for a sealed record".into()))?;
+        let (head, rest) = record.split_at_mut(HEADER_LEN);
+        head.copy_from_slice(&header);
+        let (ciphertext, type_and_tag) = rest.split_at_mut(plain.len());
+        let nonce = aead::Nonce::assume_unique_for_key(Nonce::new(&self.iv, seq).0);
+        let typ = [u8::from(typ)];
+        match &mut self.key {
+            SealingKey::Gcm(key) => key.seal_out_of_place_scatter(
+                nonce,
+                aead::Aad::from(header),
+                plain,
+                ciphertext,
+                &typ,
+                type_and_tag,
+            ),
+            SealingKey::Chacha(key) => {
+                ciphertext.copy_from_slice(plain);
+                key.seal_in_place_scatter(
+                    nonce,
                     aead::Aad::from(header),
-                    plain,
                     ciphertext,
-                    &[u8::from(typ)],
+                    &typ,
                     type_and_tag,
                 )
-                .map_err(|_| Error::EncryptError)?;
-                Ok(HEADER_LEN + body)
-            }
-            Self::Rustls(encrypter) => {
-                let message = OutboundPlainMessage {
-                    typ,
-                    version: ProtocolVersion::TLSv1_2,
-                    payload: OutboundChunks::Single(plain),
-                };
-                let record = encrypter.encrypt(message, seq)?.encode();
-                dst.get_mut(..record.len())
-                    .ok_or_else(no_room)?
-                    .copy_from_slice(&record);
-                Ok(record.len())
             }
         }
+        .map_err(|_| Error::EncryptError)?;
+        Ok(HEADER_LEN + body)
     }
+}
+
+fn gcm_key(
+    algorithm: &'static aead::Algorithm,
+    key: &AeadKey,
+) -> Result<aead::TlsRecordSealingKey, aws_lc_rs::error::Unspecified> {
+    aead::TlsRecordSealingKey::new(algorithm, aead::TlsProtocolId::TLS13, key.as_ref())
 }
 
 fn decrypter(
