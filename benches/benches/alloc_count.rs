@@ -95,7 +95,7 @@ const RECORDS: [usize; 2] = [32 * (128 + 6), 16 * 1024];
 const TLS_RECORDS: u32 = 2_000;
 
 /// The suites the TLS table covers: what browsers pick first, what clients without AES
-/// hardware (many phones) pick, and TLS 1.2 (whose records rustls keeps handling).
+/// hardware (many phones) pick, and TLS 1.2.
 const SUITES: [&str; 3] = [
     "TLS13_AES_128_GCM_SHA256",
     "TLS13_CHACHA20_POLY1305_SHA256",

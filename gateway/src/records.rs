@@ -1,16 +1,17 @@
-//! TLS 1.3 records after the handshake, on the keys rustls's kernel-connection API (the
-//! one kTLS offload is built on) hands over: sealed with aws-lc's AEADs, opened with
-//! rustls's record decrypters, without rustls's connection state machine around every
-//! read and write.
+//! TLS records after the handshake, on the keys rustls's kernel-connection API (the one
+//! kTLS offload is built on) hands over: sealed with aws-lc's AEADs, opened with rustls's
+//! record decrypters, without rustls's connection state machine around every read and
+//! write.
 //!
 //! rustls runs the handshake and derives every key, key updates included; what is left
-//! here is the record layer of RFC 8446 §5 for a server that has finished its handshake:
-//! record headers, sequence numbers, and the three kinds of record a client may send
-//! then: application data, alerts (`close_notify` ends its stream) and `KeyUpdate`. A
-//! write is one record per 16 KiB, sealed with aws-lc's AEAD into the caller's buffer
-//! with no allocation of its own: with AES-GCM (what browsers ask for first) by aws-lc's
-//! TLS 1.3 record key straight from the caller's plaintext, with ChaCha20-Poly1305 after
-//! one copy into place. A read opens records in place where they were read.
+//! here is the record layer of a server that has finished its handshake (RFC 8446 §5 for
+//! TLS 1.3, RFC 5246 §6.2 for TLS 1.2): record headers, sequence numbers, and the kinds of
+//! record a client may send then: application data, alerts (`close_notify` ends its
+//! stream) and, in TLS 1.3, `KeyUpdate`. A write is one record per 16 KiB, sealed with
+//! aws-lc's AEAD into the caller's buffer with no allocation of its own: TLS 1.3's AES-GCM
+//! (what browsers ask for first) by aws-lc's TLS 1.3 record key straight from the
+//! caller's plaintext, everything else after one copy into place. A read opens records in
+//! place where they were read.
 
 use aws_lc_rs::aead;
 use rustls::crypto::cipher::{AeadKey, InboundOpaqueMessage, Iv, MessageDecrypter, Nonce};
@@ -18,7 +19,7 @@ use rustls::kernel::KernelConnection;
 use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
 use rustls::{
     AlertDescription, ConnectionTrafficSecrets, ContentType, Error, HandshakeType, PeerMisbehaved,
-    ProtocolVersion, SupportedCipherSuite, Tls13CipherSuite,
+    ProtocolVersion, SupportedCipherSuite, Tls12CipherSuite, Tls13CipherSuite,
 };
 
 /// Largest plaintext in one record (RFC 8446 §5.1).
@@ -37,13 +38,14 @@ const KEY_UPDATE: [u8; 5] = [24, 0, 0, 1, 0];
 const SMALL_RECORDS: usize = 128;
 
 /// Most bytes sealing adds to one write's plaintext of up to 64 KiB: each of its records'
-/// header, content type and tag, and two `KeyUpdate` records.
+/// header, tag and inner content type (TLS 1.3) or explicit nonce (TLS 1.2's AES-GCM),
+/// and two `KeyUpdate` records.
 pub const SEAL_OVERHEAD: usize = 1024;
 
 /// The record layer of one TLS 1.3 server connection; see the module docs.
 pub struct Records {
     kernel: KernelConnection<ServerConnectionData>,
-    suite: &'static Tls13CipherSuite,
+    suite: Suite,
     seal: Sealer,
     seal_seq: u64,
     open: Box<dyn MessageDecrypter>,
@@ -52,6 +54,13 @@ pub struct Records {
     update_due: bool,
     /// Records one sending key may seal: the suite's confidentiality limit.
     seal_limit: u64,
+}
+
+/// The negotiated suite, which also says which version's record rules apply.
+#[derive(Clone, Copy)]
+enum Suite {
+    Tls13(&'static Tls13CipherSuite),
+    Tls12(&'static Tls12CipherSuite),
 }
 
 /// What opening the records at the front of a buffer came to.
@@ -82,9 +91,8 @@ impl Refused {
 }
 
 impl Records {
-    /// Takes over a TLS 1.3 connection whose handshake is done and whose own records are
-    /// all sent; TLS 1.2 stays with rustls. The connection's config must have
-    /// `enable_secret_extraction` set.
+    /// Takes over a connection whose handshake is done and whose own records are all sent.
+    /// The connection's config must have `enable_secret_extraction` set.
     ///
     /// aws-lc's TLS 1.3 sealing key checks that record numbers only grow, counting from
     /// the first record it seals as number 0. After the handshake rustls has already
@@ -96,35 +104,26 @@ impl Records {
     /// answer a `KeyUpdate` by switching keys and holding the answer for a write that
     /// never comes): `tls_stream` gives rustls no record past the one that ends the
     /// handshake, and [`Records::open`] opens the rest after the take-over.
-    pub fn take_over(
-        conn: UnbufferedServerConnection,
-        out: &mut Vec<u8>,
-    ) -> Result<Self, TakeOver> {
-        if conn.protocol_version() != Some(ProtocolVersion::TLSv1_3) {
-            return Err(TakeOver::NotTls13(Box::new(conn)));
-        }
-        let (secrets, kernel) = conn
-            .dangerous_into_kernel_connection()
-            .map_err(TakeOver::Failed)?;
-        let SupportedCipherSuite::Tls13(suite) = kernel.negotiated_cipher_suite() else {
-            return Err(TakeOver::Failed(Error::General(
-                "TLS 1.3 connection without a TLS 1.3 suite".into(),
-            )));
+    pub fn take_over(conn: UnbufferedServerConnection, out: &mut Vec<u8>) -> Result<Self, Error> {
+        let (secrets, kernel) = conn.dangerous_into_kernel_connection()?;
+        let (suite, seal_limit) = match kernel.negotiated_cipher_suite() {
+            SupportedCipherSuite::Tls13(s) => (Suite::Tls13(s), s.common.confidentiality_limit),
+            SupportedCipherSuite::Tls12(s) => (Suite::Tls12(s), s.common.confidentiality_limit),
         };
         let (seal_seq, tx) = secrets.tx;
         let (open_seq, rx) = secrets.rx;
         let mut records = Self {
-            seal: Sealer::new(tx).map_err(TakeOver::Failed)?,
+            seal: Sealer::new(suite, tx)?,
             seal_seq,
-            open: decrypter(suite, rx).map_err(TakeOver::Failed)?,
+            open: decrypter(suite, rx)?,
             open_seq,
             kernel,
             suite,
             update_due: false,
-            seal_limit: suite.common.confidentiality_limit,
+            seal_limit,
         };
-        if seal_seq != 0 {
-            append(out, |dst| records.seal_key_update(dst)).map_err(TakeOver::Failed)?;
+        if matches!(suite, Suite::Tls13(_)) && seal_seq != 0 {
+            append(out, |dst| records.seal_key_update(dst))?;
         }
         Ok(records)
     }
@@ -162,7 +161,8 @@ impl Records {
     }
 
     /// Seals one record at the start of `dst`, after a `KeyUpdate` if the key has sealed
-    /// as many records as is safe; returns the bytes written.
+    /// as many records as is safe; returns the bytes written. TLS 1.2 has no new key to
+    /// move to: its connection ends there, as rustls's would.
     fn seal_record(
         &mut self,
         typ: ContentType,
@@ -171,6 +171,11 @@ impl Records {
     ) -> Result<usize, Error> {
         let mut n = 0;
         if self.seal_seq >= self.seal_limit {
+            if let Suite::Tls12(_) = self.suite {
+                return Err(Error::General(
+                    "the TLS 1.2 connection's key has sealed as many records as is safe".into(),
+                ));
+            }
             n = self.seal_key_update(dst)?;
         }
         Ok(n + self.seal_one(typ, plain, &mut dst[n..])?)
@@ -188,7 +193,7 @@ impl Records {
     fn seal_key_update(&mut self, dst: &mut [u8]) -> Result<usize, Error> {
         let n = self.seal_one(ContentType::Handshake, &KEY_UPDATE, dst)?;
         let (seq, secrets) = self.kernel.update_tx_secret()?;
-        self.seal = Sealer::new(secrets)?;
+        self.seal = Sealer::new(self.suite, secrets)?;
         self.seal_seq = seq;
         Ok(n)
     }
@@ -204,11 +209,26 @@ impl Records {
         while data.len() - opened.used >= HEADER_LEN {
             let at = opened.used;
             let len = usize::from(u16::from_be_bytes([data[at + 3], data[at + 4]]));
-            if data[at] != u8::from(ContentType::ApplicationData) {
-                return Err(Refused::new(
-                    AlertDescription::UnexpectedMessage,
-                    PeerMisbehaved::IllegalTlsInnerPlaintext,
-                ));
+            // TLS 1.3 hides a record's type inside it; TLS 1.2 shows it, and after the
+            // handshake a client may send only data and alerts (no renegotiation).
+            let typ = ContentType::from(data[at]);
+            match (typ, self.suite) {
+                (ContentType::ApplicationData, _) | (ContentType::Alert, Suite::Tls12(_)) => {}
+                (_, Suite::Tls13(_)) => {
+                    return Err(Refused::new(
+                        AlertDescription::UnexpectedMessage,
+                        PeerMisbehaved::IllegalTlsInnerPlaintext,
+                    ))
+                }
+                (_, Suite::Tls12(_)) => {
+                    return Err(Refused::new(
+                        AlertDescription::UnexpectedMessage,
+                        Error::InappropriateMessage {
+                            expect_types: vec![ContentType::ApplicationData, ContentType::Alert],
+                            got_type: typ,
+                        },
+                    ))
+                }
             }
             if len > MAX_CIPHERTEXT {
                 return Err(Refused::new(
@@ -221,11 +241,7 @@ impl Records {
                 break;
             }
             let body = &mut data[at + HEADER_LEN..end];
-            let message = InboundOpaqueMessage::new(
-                ContentType::ApplicationData,
-                ProtocolVersion::TLSv1_2,
-                body,
-            );
+            let message = InboundOpaqueMessage::new(typ, ProtocolVersion::TLSv1_2, body);
             let plain = self.open.decrypt(message, self.open_seq).map_err(|e| {
                 let alert = match e {
                     Error::DecryptError => AlertDescription::BadRecordMac,
@@ -260,7 +276,7 @@ impl Records {
                         ))
                     }
                 },
-                ContentType::Handshake => {
+                ContentType::Handshake if matches!(self.suite, Suite::Tls13(_)) => {
                     // A KeyUpdate is the only message a client may send now, and its
                     // record holds nothing after it (a key change is on a record boundary).
                     let request = match plain.payload {
@@ -295,14 +311,6 @@ impl Records {
     }
 }
 
-/// Why [`Records::take_over`] did not.
-pub enum TakeOver {
-    /// The connection is TLS 1.2; here it is back.
-    NotTls13(Box<UnbufferedServerConnection>),
-    /// rustls would not hand the connection over (the connection is gone).
-    Failed(Error),
-}
-
 /// Appends the small records `seal` writes (the gateway's alerts and key updates) to `out`.
 fn append(
     out: &mut Vec<u8>,
@@ -319,40 +327,66 @@ fn append(
 struct Sealer {
     key: SealingKey,
     iv: Iv,
+    /// TLS 1.2's record rules: the type in the header and in the additional data, no
+    /// inner type.
+    tls12: bool,
+    /// Bytes of the nonce each record carries before its ciphertext: 8 for TLS 1.2's
+    /// AES-GCM (RFC 5288 §3), none otherwise.
+    explicit_nonce: usize,
 }
 
 enum SealingKey {
-    /// AES-GCM: aws-lc's TLS 1.3 record key, which seals from the plaintext straight
-    /// into the output (and checks that record numbers only grow).
-    Gcm(aead::TlsRecordSealingKey),
-    /// ChaCha20-Poly1305, for which aws-lc has no TLS record key: the plaintext is
-    /// copied into the output and sealed there.
-    Chacha(aead::LessSafeKey),
+    /// TLS 1.3's AES-GCM: aws-lc's TLS 1.3 record key, which seals from the plaintext
+    /// straight into the output (and checks that record numbers only grow).
+    Tls13Gcm(aead::TlsRecordSealingKey),
+    /// Everything else, which the plaintext is copied into the output for and sealed
+    /// there: ChaCha20-Poly1305 (aws-lc has no TLS record key for it) and TLS 1.2's
+    /// AES-GCM (aws-lc's record key would count from the first record it seals, and a
+    /// TLS 1.2 key has sealed rustls's `Finished` before the take-over, with no new key
+    /// to move to).
+    InPlace(aead::LessSafeKey),
 }
 
 impl Sealer {
-    fn new(secrets: ConnectionTrafficSecrets) -> Result<Self, Error> {
+    fn new(suite: Suite, secrets: ConnectionTrafficSecrets) -> Result<Self, Error> {
+        let tls12 = matches!(suite, Suite::Tls12(_));
         let refused = |_| Error::General("record sealing key refused".into());
-        let (key, iv) = match secrets {
+        let in_place = |algorithm: &'static aead::Algorithm, key: &AeadKey| {
+            aead::UnboundKey::new(algorithm, key.as_ref())
+                .map(|key| SealingKey::InPlace(aead::LessSafeKey::new(key)))
+                .map_err(refused)
+        };
+        let gcm = |algorithm: &'static aead::Algorithm, key: &AeadKey| match tls12 {
+            true => in_place(algorithm, key),
+            false => {
+                aead::TlsRecordSealingKey::new(algorithm, aead::TlsProtocolId::TLS13, key.as_ref())
+                    .map(SealingKey::Tls13Gcm)
+                    .map_err(refused)
+            }
+        };
+        let (key, iv, explicit_nonce) = match secrets {
             ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (
-                SealingKey::Gcm(gcm_key(&aead::AES_128_GCM, &key).map_err(refused)?),
+                gcm(&aead::AES_128_GCM, &key)?,
                 iv,
+                if tls12 { 8 } else { 0 },
             ),
             ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (
-                SealingKey::Gcm(gcm_key(&aead::AES_256_GCM, &key).map_err(refused)?),
+                gcm(&aead::AES_256_GCM, &key)?,
                 iv,
+                if tls12 { 8 } else { 0 },
             ),
-            ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => (
-                SealingKey::Chacha(aead::LessSafeKey::new(
-                    aead::UnboundKey::new(&aead::CHACHA20_POLY1305, key.as_ref())
-                        .map_err(refused)?,
-                )),
-                iv,
-            ),
+            ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => {
+                (in_place(&aead::CHACHA20_POLY1305, &key)?, iv, 0)
+            }
             // The enum is non-exhaustive: an AEAD a later rustls adds.
             _ => return Err(Error::General("traffic secrets of an unknown AEAD".into())),
         };
-        Ok(Self { key, iv })
+        Ok(Self {
+            key,
+            iv,
+            tls12,
+            explicit_nonce,
+        })
     }
 
     /// Seals `plain` as record number `seq` of type `typ` at the start of `dst`; returns
@@ -365,39 +399,63 @@ impl Sealer {
         dst: &mut [u8],
     ) -> Result<usize, Error> {
         let tag_len = match &self.key {
-            SealingKey::Gcm(key) => key.algorithm().tag_len(),
-            SealingKey::Chacha(key) => key.algorithm().tag_len(),
+            SealingKey::Tls13Gcm(key) => key.algorithm().tag_len(),
+            SealingKey::InPlace(key) => key.algorithm().tag_len(),
         };
-        let body = plain.len() + 1 + tag_len;
+        // TLS 1.3 seals the real type inside the record, behind the data.
+        let inner_type = [u8::from(typ)];
+        let inner_type = if self.tls12 { &[][..] } else { &inner_type[..] };
+        let body = self.explicit_nonce + plain.len() + inner_type.len() + tag_len;
         let [hi, lo] = u16::try_from(body)
             .map_err(|_| Error::EncryptError)?
             .to_be_bytes();
-        // The header is also the additional data the tag covers (RFC 8446 §5.2).
-        let header = [u8::from(ContentType::ApplicationData), 3, 3, hi, lo];
+        let outer_type = if self.tls12 {
+            typ
+        } else {
+            ContentType::ApplicationData
+        };
+        let header = [u8::from(outer_type), 3, 3, hi, lo];
+        // What the tag covers besides the ciphertext: TLS 1.3 the header (RFC 8446 §5.2),
+        // TLS 1.2 the record's number, type, version and plaintext length (RFC 5246
+        // §6.2.3.3).
+        let mut aad = [0u8; 13];
+        let aad = if self.tls12 {
+            let [len_hi, len_lo] = u16::try_from(plain.len())
+                .map_err(|_| Error::EncryptError)?
+                .to_be_bytes();
+            aad[..8].copy_from_slice(&seq.to_be_bytes());
+            aad[8..].copy_from_slice(&[u8::from(typ), 3, 3, len_hi, len_lo]);
+            &aad[..]
+        } else {
+            aad[..HEADER_LEN].copy_from_slice(&header);
+            &aad[..HEADER_LEN]
+        };
         let record = dst
             .get_mut(..HEADER_LEN + body)
             .ok_or_else(|| Error::General("no room for a sealed record".into()))?;
         let (head, rest) = record.split_at_mut(HEADER_LEN);
         head.copy_from_slice(&header);
+        let nonce = Nonce::new(&self.iv, seq).0;
+        let (explicit_nonce, rest) = rest.split_at_mut(self.explicit_nonce);
+        explicit_nonce.copy_from_slice(&nonce[nonce.len() - self.explicit_nonce..]);
         let (ciphertext, type_and_tag) = rest.split_at_mut(plain.len());
-        let nonce = aead::Nonce::assume_unique_for_key(Nonce::new(&self.iv, seq).0);
-        let typ = [u8::from(typ)];
+        let nonce = aead::Nonce::assume_unique_for_key(nonce);
         match &mut self.key {
-            SealingKey::Gcm(key) => key.seal_out_of_place_scatter(
+            SealingKey::Tls13Gcm(key) => key.seal_out_of_place_scatter(
                 nonce,
-                aead::Aad::from(header),
+                aead::Aad::from(aad),
                 plain,
                 ciphertext,
-                &typ,
+                inner_type,
                 type_and_tag,
             ),
-            SealingKey::Chacha(key) => {
+            SealingKey::InPlace(key) => {
                 ciphertext.copy_from_slice(plain);
                 key.seal_in_place_scatter(
                     nonce,
-                    aead::Aad::from(header),
+                    aead::Aad::from(aad),
                     ciphertext,
-                    &typ,
+                    inner_type,
                     type_and_tag,
                 )
             }
@@ -407,19 +465,24 @@ impl Sealer {
     }
 }
 
-fn gcm_key(
-    algorithm: &'static aead::Algorithm,
-    key: &AeadKey,
-) -> Result<aead::TlsRecordSealingKey, aws_lc_rs::error::Unspecified> {
-    aead::TlsRecordSealingKey::new(algorithm, aead::TlsProtocolId::TLS13, key.as_ref())
-}
-
 fn decrypter(
-    suite: &Tls13CipherSuite,
+    suite: Suite,
     secrets: ConnectionTrafficSecrets,
 ) -> Result<Box<dyn MessageDecrypter>, Error> {
+    let gcm = matches!(
+        secrets,
+        ConnectionTrafficSecrets::Aes128Gcm { .. } | ConnectionTrafficSecrets::Aes256Gcm { .. }
+    );
     let (key, iv) = key_and_iv(secrets)?;
-    Ok(suite.aead_alg.decrypter(key, iv))
+    Ok(match suite {
+        Suite::Tls13(suite) => suite.aead_alg.decrypter(key, iv),
+        // TLS 1.2's AES-GCM is given the implicit part of the nonce only; each record
+        // carries the rest (RFC 5288 §3).
+        Suite::Tls12(suite) => {
+            let iv = if gcm { &iv.as_ref()[..4] } else { iv.as_ref() };
+            suite.aead_alg.decrypter(key, iv)
+        }
+    })
 }
 
 fn key_and_iv(secrets: ConnectionTrafficSecrets) -> Result<(AeadKey, Iv), Error> {

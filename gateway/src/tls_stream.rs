@@ -9,11 +9,10 @@
 //! a record whose rest has not arrived, plaintext the reader had no room for, ciphertext
 //! the socket would not take yet), and that memory is given back as soon as it drains.
 //!
-//! Once a TLS 1.3 handshake is done, rustls hands the connection's keys over and
-//! [`crate::records`] seals and opens its records from then on, with rustls's own record
-//! ciphers but without its connection state machine around every read and write (and
-//! without the connection object, the larger part of an idle session's TLS memory).
-//! TLS 1.2 connections stay with rustls throughout.
+//! Once the handshake is done (TLS 1.3 or 1.2), rustls hands the connection's keys over
+//! and [`crate::records`] seals and opens its records from then on, without rustls's
+//! connection state machine around every read and write (and without the connection
+//! object, the larger part of an idle session's TLS memory).
 
 use std::cell::RefCell;
 use std::io;
@@ -21,13 +20,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
-use rustls::unbuffered::{ConnectionState, EncodeError, UnbufferedStatus, WriteTraffic};
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{ConnectionState, EncodeError, UnbufferedStatus};
 use rustls::{AlertDescription, HandshakeKind, ServerConfig};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::records::{Records, Refused, TakeOver, HEADER_LEN, SEAL_OVERHEAD};
+use crate::records::{Records, Refused, HEADER_LEN, SEAL_OVERHEAD};
 
 /// Size of each worker thread's read and write scratch buffers.
 const SCRATCH_LEN: usize = 64 * 1024;
@@ -63,8 +62,7 @@ pub struct TlsStream {
     write_closed: bool,
 }
 
-/// Who handles the records: rustls through the handshake (and for TLS 1.2 throughout),
-/// [`Records`] once a TLS 1.3 handshake is done.
+/// Who handles the records: rustls through the handshake, [`Records`] once it is done.
 enum Conn {
     Rustls(Box<UnbufferedServerConnection>),
     Records(Box<Records>),
@@ -102,11 +100,9 @@ pub async fn accept(config: Arc<ServerConfig>, tcp: TcpStream) -> io::Result<Tls
         ));
     };
     stream.kind = conn.handshake_kind();
-    stream.conn = match Records::take_over(*conn, &mut stream.out) {
-        Ok(records) => Conn::Records(Box::new(records)),
-        Err(TakeOver::NotTls13(conn)) => Conn::Rustls(conn),
-        Err(TakeOver::Failed(e)) => return Err(invalid(e)),
-    };
+    stream.conn = Conn::Records(Box::new(
+        Records::take_over(*conn, &mut stream.out).map_err(invalid)?,
+    ));
     // Records the client sent right after its Finished (a browser sends its upgrade
     // request then) were left for whoever handles the records from now on. They are
     // processed now: no read of the socket would come for them while the client waits.
@@ -146,27 +142,22 @@ impl Sink<'_, '_> {
     }
 }
 
-/// What rustls offers once it may encrypt application data.
-type Traffic<'c> = WriteTraffic<'c, ServerConnectionData>;
-
 /// Feeds `records` to rustls until it needs more bytes from the peer. Application data
 /// goes to `sink`; handshake and alert records rustls wants sent are appended to `out`.
-/// If rustls then may encrypt, `write` runs there (its result is returned, `None` when
-/// it did not run). Returns how many bytes at the front of `records` rustls is done with.
+/// Returns how many bytes at the front of `records` rustls is done with.
 ///
 /// During the handshake rustls is given one record more at a time, and none after the
 /// one that ends it: given more, it would go on in the same call to handle what the
 /// client sent after its Finished, and a TLS 1.3 KeyUpdate it answered itself would be
 /// lost in the take-over (see [`Records::take_over`]). Those records are left for the
 /// caller to process once the handshake is done.
-fn process<T>(
+fn process(
     conn: &mut UnbufferedServerConnection,
     records: &mut [u8],
     sink: &mut Sink<'_, '_>,
     out: &mut Vec<u8>,
     read_closed: &mut bool,
-    write: Option<impl FnOnce(Traffic<'_>) -> T>,
-) -> Result<(usize, Option<T>), rustls::Error> {
+) -> Result<usize, rustls::Error> {
     let mut done = 0;
     // The end of the bytes rustls is given.
     let mut offered = if conn.is_handshaking() {
@@ -210,16 +201,13 @@ fn process<T>(
             ConnectionState::PeerClosed => *read_closed = true,
             ConnectionState::Closed => {
                 *read_closed = true;
-                return Ok((done + discard, None));
-            }
-            ConnectionState::WriteTraffic(traffic) if write.is_some() => {
-                return Ok((done + discard, write.map(|f| f(traffic))));
+                return Ok(done + discard);
             }
             // rustls has handled all it was given; while the handshake lasts, the next
             // record is what it waits for.
             ConnectionState::WriteTraffic(_) | ConnectionState::BlockedHandshake => {
                 if !conn.is_handshaking() || offered == records.len() {
-                    return Ok((done + discard, None));
+                    return Ok(done + discard);
                 }
                 offered = record_end(records, offered);
             }
@@ -257,10 +245,7 @@ impl Conn {
     ) -> Result<usize, Failure> {
         match self {
             Conn::Rustls(conn) => {
-                let no_write = None::<fn(Traffic<'_>)>;
-                process(conn, data, sink, out, read_closed, no_write)
-                    .map(|(done, _)| done)
-                    .map_err(Failure::Rustls)
+                process(conn, data, sink, out, read_closed).map_err(Failure::Rustls)
             }
             Conn::Records(records) => records
                 .open(data, |d| sink.put(d))
@@ -387,7 +372,6 @@ impl TlsStream {
             &mut sink,
             &mut self.out,
             &mut self.read_closed,
-            None::<fn(Traffic<'_>)>,
         );
         self.poll_send(cx)
     }
@@ -406,34 +390,6 @@ impl TlsStream {
             self.out_at = 0;
         }
         Poll::Ready(Ok(()))
-    }
-
-    /// Brings rustls to the state where it encrypts (handling whatever it has pending
-    /// first), then runs `f` there.
-    fn with_write_traffic<T>(&mut self, f: impl FnOnce(Traffic<'_>) -> T) -> io::Result<T> {
-        let Conn::Rustls(conn) = &mut self.conn else {
-            return Err(io::Error::other("TLS records are no longer rustls's"));
-        };
-        let mut sink = Sink {
-            read_buf: None,
-            plain: &mut self.plain,
-        };
-        let (done, result) = process(
-            conn,
-            &mut self.incoming,
-            &mut sink,
-            &mut self.out,
-            &mut self.read_closed,
-            Some(f),
-        )
-        .map_err(invalid)?;
-        self.incoming.drain(..done);
-        result.ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::NotConnected,
-                "TLS connection cannot send application data now",
-            )
-        })
     }
 }
 
@@ -489,37 +445,29 @@ impl AsyncWrite for TlsStream {
             return Poll::Ready(Ok(0));
         }
         let data = &data[..data.len().min(MAX_WRITE)];
+        let Conn::Records(records) = &mut this.conn else {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "TLS handshake not done",
+            )));
+        };
         WRITE_SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
-            let n = if let Conn::Records(records) = &mut this.conn {
-                records
-                    .seal_data(data, &mut scratch[..])
-                    .map_err(|e| io::Error::other(e.to_string()))?
-            } else {
-                this.with_write_traffic(|mut traffic| traffic.encrypt(data, &mut scratch[..]))?
-                    .map_err(|e| io::Error::other(e.to_string()))?
-            };
-            if this.out.is_empty() {
-                // The usual case: straight from the scratch to the socket.
-                let mut at = 0;
-                while at < n {
-                    match Pin::new(&mut this.tcp).poll_write(cx, &scratch[at..n]) {
-                        Poll::Ready(Ok(0)) => {
-                            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()))
-                        }
-                        Poll::Ready(Ok(k)) => at += k,
-                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                        Poll::Pending => break,
-                    }
-                }
-                this.out.extend_from_slice(&scratch[at..n]);
-            } else {
-                // rustls queued records of its own just now: they go first.
-                this.out.extend_from_slice(&scratch[..n]);
-                if let Poll::Ready(Err(e)) = this.poll_send(cx) {
-                    return Poll::Ready(Err(e));
+            let n = records
+                .seal_data(data, &mut scratch[..])
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            // Straight from the scratch to the socket (`out` is empty: it was sent above);
+            // what the socket does not take now is kept.
+            let mut at = 0;
+            while at < n {
+                match Pin::new(&mut this.tcp).poll_write(cx, &scratch[at..n]) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(k)) => at += k,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => break,
                 }
             }
+            this.out.extend_from_slice(&scratch[at..n]);
             Poll::Ready(Ok(data.len()))
         })
     }
@@ -534,14 +482,9 @@ impl AsyncWrite for TlsStream {
         let this = self.get_mut();
         if !this.write_closed {
             this.write_closed = true;
-            let mut notify = [0u8; 64];
             if let Conn::Records(records) = &mut this.conn {
                 // Unsent, the stream still ends; the client then sees no close_notify.
                 let _ = records.seal_alert(AlertDescription::CloseNotify, &mut this.out);
-            } else if let Ok(Ok(n)) =
-                this.with_write_traffic(|mut traffic| traffic.queue_close_notify(&mut notify))
-            {
-                this.out.extend_from_slice(&notify[..n]);
             }
         }
         ready!(this.poll_send(cx))?;
@@ -695,10 +638,73 @@ mod tests {
             Some(rustls::ProtocolVersion::TLSv1_2)
         );
         assert!(
-            matches!(server.conn, Conn::Rustls(_)),
-            "TLS 1.2 records stay with rustls"
+            matches!(server.conn, Conn::Records(_)),
+            "TLS 1.2 records are taken over too"
         );
-        round_trip(&mut client, &mut server, 50_000).await
+        for len in [1, 16 * 1024, 16 * 1024 + 1, 200_000] {
+            round_trip(&mut client, &mut server, len).await?;
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn every_tls_1_2_suite_is_sealed_and_opened() -> io::Result<()> {
+        use rustls::crypto::aws_lc_rs::{cipher_suite, default_provider};
+        // AES-GCM with its explicit nonce in each record, ChaCha20-Poly1305 without.
+        for suite in [
+            cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            cipher_suite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        ] {
+            let provider = rustls::crypto::CryptoProvider {
+                cipher_suites: vec![suite],
+                ..default_provider()
+            };
+            let config = client_config_for(provider, &[&rustls::version::TLS12])?;
+            let (mut client, mut server) =
+                pair_using(tokio_rustls::TlsConnector::from(config)).await?;
+            assert_eq!(client.get_ref().1.negotiated_cipher_suite(), Some(suite));
+            assert!(matches!(server.conn, Conn::Records(_)));
+            for len in [1, 16 * 1024 + 1, 200_000] {
+                round_trip(&mut client, &mut server, len).await?;
+            }
+            // Its close_notify and ours end each direction cleanly.
+            server.write_all(b"last words").await?;
+            server.shutdown().await?;
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await?;
+            assert_eq!(got, b"last words");
+            client.shutdown().await?;
+            assert_eq!(
+                server.read(&mut [0u8; 8]).await?,
+                0,
+                "the client's close_notify"
+            );
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_tls_1_2_key_at_its_record_limit_ends_the_connection() -> io::Result<()> {
+        let (mut client, mut server) = pair_with(&[&rustls::version::TLS12]).await?;
+        let Conn::Records(records) = &mut server.conn else {
+            panic!("a TLS 1.2 connection is taken over");
+        };
+        // TLS 1.2 has no new key to move to. The server's Finished was record 0; with
+        // the limit at 4, records 1 to 3 go out and the next write fails.
+        records.limit_records_per_key(4);
+        for _ in 0..3 {
+            cross(&mut server, &mut client, b"x").await?;
+        }
+        let refused = server.write_all(b"x").await.err().map(|e| e.to_string());
+        assert!(
+            refused
+                .as_deref()
+                .unwrap_or("")
+                .contains("as many records as is safe"),
+            "no record past the key's limit: {refused:?}"
+        );
+        Ok(())
     }
 
     #[tokio::test]
@@ -756,8 +762,11 @@ mod tests {
 
     /// A connection whose client then sends `raw` bytes of its own on the TCP stream: what
     /// the server's read returned, and what the client's TLS read got after that.
-    async fn after_raw_bytes(raw: &[u8]) -> io::Result<(io::Result<usize>, io::Result<usize>)> {
-        let (mut client, mut server) = pair().await?;
+    async fn after_raw_bytes(
+        versions: &[&'static rustls::SupportedProtocolVersion],
+        raw: &[u8],
+    ) -> io::Result<(io::Result<usize>, io::Result<usize>)> {
+        let (mut client, mut server) = pair_with(versions).await?;
         round_trip(&mut client, &mut server, 100).await?;
         client.get_mut().0.write_all(raw).await?;
         let mut buf = [0u8; 64];
@@ -775,12 +784,21 @@ mod tests {
         let oversized = [23, 3, 3, 0x41, 0x01];
         // A plaintext alert after the handshake.
         let plaintext = [21, 3, 3, 0, 2, 2, 40];
-        for (raw, alert) in [
-            (&forged[..], "BadRecordMac"),
-            (&oversized[..], "RecordOverflow"),
-            (&plaintext[..], "UnexpectedMessage"),
+        // A handshake record after the handshake: in TLS 1.2 a renegotiation.
+        let handshake = [22, 3, 3, 0, 4, 1, 0, 0, 0];
+        let (tls13, tls12) = (&rustls::version::TLS13, &rustls::version::TLS12);
+        for (version, raw, alert) in [
+            (tls13, &forged[..], "BadRecordMac"),
+            (tls13, &oversized[..], "RecordOverflow"),
+            (tls13, &plaintext[..], "UnexpectedMessage"),
+            (tls13, &handshake[..], "UnexpectedMessage"),
+            (tls12, &forged[..], "BadRecordMac"),
+            (tls12, &oversized[..], "RecordOverflow"),
+            // TLS 1.2 alerts are records of their own type, and this one has no tag.
+            (tls12, &plaintext[..], "BadRecordMac"),
+            (tls12, &handshake[..], "UnexpectedMessage"),
         ] {
-            let (served, answered) = after_raw_bytes(raw).await?;
+            let (served, answered) = after_raw_bytes(&[version], raw).await?;
             assert_eq!(
                 served.map_err(|e| e.kind()).err(),
                 Some(io::ErrorKind::InvalidData),
