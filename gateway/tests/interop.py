@@ -1,8 +1,9 @@
 """Third-party peers for the interop test: Python's `websockets` as client and server.
 
 server: an echo server on 127.0.0.1:0 at any path; prints its port, then serves.
-client URL CA ID TOKEN: connects through the gateway over TLS, checks text and binary
-round trips, closes with 1000, prints what it saw.
+client URL CA ID TOKEN [CIPHER]: connects through the gateway over TLS (OpenSSL, through
+Python's ssl; with CIPHER, TLS 1.2 only and that OpenSSL cipher), checks text and binary
+round trips (one larger than a TLS record), closes with 1000, prints what it saw.
 """
 import asyncio
 import ssl
@@ -22,19 +23,27 @@ async def serve():
         await asyncio.Future()
 
 
-async def client(url, ca, backend, token):
+async def client(url, ca, backend, token, cipher=None):
     ctx = ssl.create_default_context(cafile=ca)
+    if cipher:
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        ctx.set_ciphers(cipher)
     headers = {"ID": backend, "Authorization": f"Bearer {token}"}
     try:
         connect = websockets.connect(url, ssl=ctx, additional_headers=headers)
     except TypeError:
         connect = websockets.connect(url, ssl=ctx, extra_headers=headers)
     async with connect as ws:
+        tls = ws.transport.get_extra_info("ssl_object")
+        print(f"tls {tls.version()} {tls.cipher()[0]}")
         await ws.send("hello from python")
         assert await ws.recv() == "hello from python"
         print("text ok")
         await ws.send(bytes(range(256)) * 4)
         assert await ws.recv() == bytes(range(256)) * 4
+        big = bytes(range(251)) * 400  # 100 KB: several records each way
+        await ws.send(big)
+        assert await ws.recv() == big
         print("binary ok")
         await ws.close(1000, "done")
         print(f"close {ws.close_code}")
@@ -44,4 +53,4 @@ if __name__ == "__main__":
     if sys.argv[1] == "server":
         asyncio.run(serve())
     else:
-        asyncio.run(client(*sys.argv[2:6]))
+        asyncio.run(client(*sys.argv[2:7]))

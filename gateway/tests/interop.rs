@@ -1,5 +1,6 @@
 //! Interop with software we did not write: Python's `websockets` as the client (over TLS,
-//! with a token) and as the backend echo server, through the real gateway binary's code.
+//! OpenSSL's, 1.3 and each TLS 1.2 suite, with a token) and as the backend echo server,
+//! through the real gateway binary's code.
 //!
 //! Needs `python3` with `websockets` (.ci/run installs it). Set WSGATE_SKIP_INTEROP=1 to
 //! skip where it cannot be installed; otherwise a missing module fails the test.
@@ -52,29 +53,49 @@ async fn python_websockets_client_and_server_through_the_gateway() -> Result<()>
     let token = support::rs256(&loadgen::token::sample_claims())?;
     let url = tb.url();
     let ca = support::certs().join("ca.crt");
-    let out = tokio::time::timeout(
-        support::DEADLINE,
-        Command::new("python3")
-            .args([
-                SCRIPT,
-                "client",
-                &url,
-                &ca.display().to_string(),
-                "Backend_PY",
-                &token,
-            ])
-            .output(),
-    )
-    .await??;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    ensure!(
-        out.status.success(),
-        "python client failed: {stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    ensure!(
-        stdout.contains("text ok") && stdout.contains("binary ok") && stdout.contains("close 1000"),
-        "{stdout}"
-    );
+    // OpenSSL's TLS 1.3 (its default), then each TLS 1.2 suite the gateway offers.
+    for (cipher, tls) in [
+        (None, "tls TLSv1.3"),
+        (
+            Some("ECDHE-ECDSA-AES128-GCM-SHA256"),
+            "tls TLSv1.2 ECDHE-ECDSA-AES128-GCM-SHA256",
+        ),
+        (
+            Some("ECDHE-ECDSA-AES256-GCM-SHA384"),
+            "tls TLSv1.2 ECDHE-ECDSA-AES256-GCM-SHA384",
+        ),
+        (
+            Some("ECDHE-ECDSA-CHACHA20-POLY1305"),
+            "tls TLSv1.2 ECDHE-ECDSA-CHACHA20-POLY1305",
+        ),
+    ] {
+        let mut args = vec![
+            SCRIPT.to_owned(),
+            "client".to_owned(),
+            url.clone(),
+            ca.display().to_string(),
+            "Backend_PY".to_owned(),
+            token.clone(),
+        ];
+        args.extend(cipher.map(str::to_owned));
+        let out = tokio::time::timeout(
+            support::DEADLINE,
+            Command::new("python3").args(&args).output(),
+        )
+        .await??;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        ensure!(
+            out.status.success(),
+            "python client ({tls}) failed: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ensure!(
+            stdout.contains(tls)
+                && stdout.contains("text ok")
+                && stdout.contains("binary ok")
+                && stdout.contains("close 1000"),
+            "{stdout}"
+        );
+    }
     Ok(())
 }
