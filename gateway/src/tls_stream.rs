@@ -548,6 +548,23 @@ mod tests {
         pair_using(connector(versions)?).await
     }
 
+    /// As [`pair`], on `suite` and `version` only; checks they were negotiated and that the
+    /// server's records are the gateway's.
+    async fn pair_on(
+        suite: rustls::SupportedCipherSuite,
+        version: &'static rustls::SupportedProtocolVersion,
+    ) -> io::Result<(Client, TlsStream)> {
+        let provider = rustls::crypto::CryptoProvider {
+            cipher_suites: vec![suite],
+            ..rustls::crypto::aws_lc_rs::default_provider()
+        };
+        let config = client_config_for(provider, &[version])?;
+        let (client, server) = pair_using(tokio_rustls::TlsConnector::from(config)).await?;
+        assert_eq!(client.get_ref().1.negotiated_cipher_suite(), Some(suite));
+        assert!(matches!(server.conn, Conn::Records(_)));
+        Ok((client, server))
+    }
+
     /// As [`pair`], the client connecting through `connector`.
     async fn pair_using(connector: tokio_rustls::TlsConnector) -> io::Result<(Client, TlsStream)> {
         let server_config = crate::tls::server_config(&crate::tls::dev_tls())
@@ -649,22 +666,14 @@ mod tests {
 
     #[tokio::test]
     async fn every_tls_1_2_suite_is_sealed_and_opened() -> io::Result<()> {
-        use rustls::crypto::aws_lc_rs::{cipher_suite, default_provider};
+        use rustls::crypto::aws_lc_rs::cipher_suite;
         // AES-GCM with its explicit nonce in each record, ChaCha20-Poly1305 without.
         for suite in [
             cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
             cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
             cipher_suite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
         ] {
-            let provider = rustls::crypto::CryptoProvider {
-                cipher_suites: vec![suite],
-                ..default_provider()
-            };
-            let config = client_config_for(provider, &[&rustls::version::TLS12])?;
-            let (mut client, mut server) =
-                pair_using(tokio_rustls::TlsConnector::from(config)).await?;
-            assert_eq!(client.get_ref().1.negotiated_cipher_suite(), Some(suite));
-            assert!(matches!(server.conn, Conn::Records(_)));
+            let (mut client, mut server) = pair_on(suite, &rustls::version::TLS12).await?;
             for len in [1, 16 * 1024 + 1, 200_000] {
                 round_trip(&mut client, &mut server, len).await?;
             }
@@ -720,23 +729,15 @@ mod tests {
 
     #[tokio::test]
     async fn every_tls_1_3_suite_is_sealed_and_opened() -> io::Result<()> {
-        use rustls::crypto::aws_lc_rs::{cipher_suite, default_provider};
+        use rustls::crypto::aws_lc_rs::cipher_suite;
         // AES-GCM records are sealed with aws-lc's record key straight into the output,
-        // ChaCha20-Poly1305 records with rustls's cipher; each after a key update too.
+        // ChaCha20-Poly1305 records in place after a copy; each after a key update too.
         for suite in [
             cipher_suite::TLS13_AES_128_GCM_SHA256,
             cipher_suite::TLS13_AES_256_GCM_SHA384,
             cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
         ] {
-            let provider = rustls::crypto::CryptoProvider {
-                cipher_suites: vec![suite],
-                ..default_provider()
-            };
-            let config = client_config_for(provider, &[&rustls::version::TLS13])?;
-            let (mut client, mut server) =
-                pair_using(tokio_rustls::TlsConnector::from(config)).await?;
-            assert_eq!(client.get_ref().1.negotiated_cipher_suite(), Some(suite));
-            assert!(matches!(server.conn, Conn::Records(_)));
+            let (mut client, mut server) = pair_on(suite, &rustls::version::TLS13).await?;
             for len in [1, 16 * 1024 + 1, 200_000] {
                 round_trip(&mut client, &mut server, len).await?;
             }
