@@ -349,43 +349,25 @@ enum SealingKey {
 
 impl Sealer {
     fn new(suite: Suite, secrets: ConnectionTrafficSecrets) -> Result<Self, Error> {
+        let (algorithm, key, iv) = key_and_iv(secrets)?;
         let tls12 = matches!(suite, Suite::Tls12(_));
+        let gcm = *algorithm != aead::CHACHA20_POLY1305;
         let refused = |_| Error::General("record sealing key refused".into());
-        let in_place = |algorithm: &'static aead::Algorithm, key: &AeadKey| {
-            aead::UnboundKey::new(algorithm, key.as_ref())
-                .map(|key| SealingKey::InPlace(aead::LessSafeKey::new(key)))
-                .map_err(refused)
-        };
-        let gcm = |algorithm: &'static aead::Algorithm, key: &AeadKey| match tls12 {
-            true => in_place(algorithm, key),
-            false => {
+        let key = if gcm && !tls12 {
+            SealingKey::Tls13Gcm(
                 aead::TlsRecordSealingKey::new(algorithm, aead::TlsProtocolId::TLS13, key.as_ref())
-                    .map(SealingKey::Tls13Gcm)
-                    .map_err(refused)
-            }
-        };
-        let (key, iv, explicit_nonce) = match secrets {
-            ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (
-                gcm(&aead::AES_128_GCM, &key)?,
-                iv,
-                if tls12 { 8 } else { 0 },
-            ),
-            ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (
-                gcm(&aead::AES_256_GCM, &key)?,
-                iv,
-                if tls12 { 8 } else { 0 },
-            ),
-            ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => {
-                (in_place(&aead::CHACHA20_POLY1305, &key)?, iv, 0)
-            }
-            // The enum is non-exhaustive: an AEAD a later rustls adds.
-            _ => return Err(Error::General("traffic secrets of an unknown AEAD".into())),
+                    .map_err(refused)?,
+            )
+        } else {
+            SealingKey::InPlace(aead::LessSafeKey::new(
+                aead::UnboundKey::new(algorithm, key.as_ref()).map_err(refused)?,
+            ))
         };
         Ok(Self {
             key,
             iv,
             tls12,
-            explicit_nonce,
+            explicit_nonce: if gcm && tls12 { 8 } else { 0 },
         })
     }
 
@@ -469,27 +451,29 @@ fn decrypter(
     suite: Suite,
     secrets: ConnectionTrafficSecrets,
 ) -> Result<Box<dyn MessageDecrypter>, Error> {
-    let gcm = matches!(
-        secrets,
-        ConnectionTrafficSecrets::Aes128Gcm { .. } | ConnectionTrafficSecrets::Aes256Gcm { .. }
-    );
-    let (key, iv) = key_and_iv(secrets)?;
+    let (algorithm, key, iv) = key_and_iv(secrets)?;
     Ok(match suite {
         Suite::Tls13(suite) => suite.aead_alg.decrypter(key, iv),
         // TLS 1.2's AES-GCM is given the implicit part of the nonce only; each record
         // carries the rest (RFC 5288 §3).
         Suite::Tls12(suite) => {
+            let gcm = *algorithm != aead::CHACHA20_POLY1305;
             let iv = if gcm { &iv.as_ref()[..4] } else { iv.as_ref() };
             suite.aead_alg.decrypter(key, iv)
         }
     })
 }
 
-fn key_and_iv(secrets: ConnectionTrafficSecrets) -> Result<(AeadKey, Iv), Error> {
+/// The AEAD (aws-lc's) a traffic secret is for, its key and its IV.
+fn key_and_iv(
+    secrets: ConnectionTrafficSecrets,
+) -> Result<(&'static aead::Algorithm, AeadKey, Iv), Error> {
     match secrets {
-        ConnectionTrafficSecrets::Aes128Gcm { key, iv }
-        | ConnectionTrafficSecrets::Aes256Gcm { key, iv }
-        | ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => Ok((key, iv)),
+        ConnectionTrafficSecrets::Aes128Gcm { key, iv } => Ok((&aead::AES_128_GCM, key, iv)),
+        ConnectionTrafficSecrets::Aes256Gcm { key, iv } => Ok((&aead::AES_256_GCM, key, iv)),
+        ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => {
+            Ok((&aead::CHACHA20_POLY1305, key, iv))
+        }
         // The enum is non-exhaustive: an AEAD a later rustls adds.
         _ => Err(Error::General("traffic secrets of an unknown AEAD".into())),
     }
