@@ -30,6 +30,10 @@ const MAX_CIPHERTEXT: usize = MAX_PLAINTEXT + 256;
 /// A record's header: content type, legacy version, length.
 pub const HEADER_LEN: usize = 5;
 
+/// Why a TLS 1.2 connection whose key has sealed as many records as is safe takes no more
+/// data: its writer then ends it with `close_notify`.
+pub const KEY_SPENT: &str = "the TLS 1.2 connection's key has sealed as many records as is safe";
+
 /// A `KeyUpdate` message with `update_not_requested`.
 const KEY_UPDATE: [u8; 5] = [24, 0, 0, 1, 0];
 
@@ -54,7 +58,18 @@ pub struct Records {
     update_due: bool,
     /// Records one sending key may seal: the suite's confidentiality limit.
     seal_limit: u64,
+    /// Warning alerts the client may still send (a few, as rustls and BoringSSL allow).
+    warnings_left: u8,
+    /// `KeyUpdate`s the client may still send before its next application data.
+    key_updates_left: u8,
 }
+
+/// Warning alerts a client may send in a connection's life (rustls's and BoringSSL's
+/// figure): each is ignored, but a stream of them is no way to use a connection.
+const WARNING_ALERTS: u8 = 4;
+/// `KeyUpdate`s a client may send in a row without application data between them
+/// (rustls's and BoringSSL's figure): each costs a key derivation.
+const KEY_UPDATES: u8 = 32;
 
 /// The negotiated suite, which also says which version's record rules apply.
 #[derive(Clone, Copy)]
@@ -121,6 +136,8 @@ impl Records {
             suite,
             update_due: false,
             seal_limit,
+            warnings_left: WARNING_ALERTS,
+            key_updates_left: KEY_UPDATES,
         };
         if matches!(suite, Suite::Tls13(_)) && seal_seq != 0 {
             append(out, |dst| records.seal_key_update(dst))?;
@@ -162,7 +179,8 @@ impl Records {
 
     /// Seals one record at the start of `dst`, after a `KeyUpdate` if the key has sealed
     /// as many records as is safe; returns the bytes written. TLS 1.2 has no new key to
-    /// move to: its connection ends there, as rustls's would.
+    /// move to: its connection ends there, as rustls's would, with no more data but the
+    /// alert that says so (see [`KEY_SPENT`]).
     fn seal_record(
         &mut self,
         typ: ContentType,
@@ -171,12 +189,11 @@ impl Records {
     ) -> Result<usize, Error> {
         let mut n = 0;
         if self.seal_seq >= self.seal_limit {
-            if let Suite::Tls12(_) = self.suite {
-                return Err(Error::General(
-                    "the TLS 1.2 connection's key has sealed as many records as is safe".into(),
-                ));
+            match self.suite {
+                Suite::Tls12(_) if typ == ContentType::Alert => {}
+                Suite::Tls12(_) => return Err(Error::General(KEY_SPENT.into())),
+                Suite::Tls13(_) => n = self.seal_key_update(dst)?,
             }
-            n = self.seal_key_update(dst)?;
         }
         Ok(n + self.seal_one(typ, plain, &mut dst[n..])?)
     }
@@ -255,27 +272,16 @@ impl Records {
             })?;
             opened.used = end;
             match plain.typ {
-                ContentType::ApplicationData => deliver(plain.payload),
-                ContentType::Alert => match plain.payload {
-                    [_, 0] => {
+                ContentType::ApplicationData => {
+                    self.key_updates_left = KEY_UPDATES;
+                    deliver(plain.payload);
+                }
+                ContentType::Alert => {
+                    if self.alert(plain.payload)? {
                         opened.closed = true;
                         return Ok(opened);
                     }
-                    // user_canceled: a close_notify follows.
-                    [1, 90] => {}
-                    [_, code] => {
-                        return Err(Refused {
-                            alert: None,
-                            error: Error::AlertReceived(AlertDescription::from(*code)),
-                        })
-                    }
-                    _ => {
-                        return Err(Refused::new(
-                            AlertDescription::DecodeError,
-                            PeerMisbehaved::IllegalTlsInnerPlaintext,
-                        ))
-                    }
-                },
+                }
                 ContentType::Handshake if matches!(self.suite, Suite::Tls13(_)) => {
                     // A KeyUpdate is the only message a client may send now, and its
                     // record holds nothing after it (a key change is on a record boundary).
@@ -293,6 +299,13 @@ impl Records {
                             ))
                         }
                     };
+                    self.key_updates_left =
+                        self.key_updates_left.checked_sub(1).ok_or_else(|| {
+                            Refused::new(
+                                AlertDescription::UnexpectedMessage,
+                                PeerMisbehaved::TooManyKeyUpdateRequests,
+                            )
+                        })?;
                     let internal = |e| Refused::new(AlertDescription::InternalError, e);
                     let (seq, secrets) = self.kernel.update_rx_secret().map_err(internal)?;
                     self.open = decrypter(self.suite, secrets).map_err(internal)?;
@@ -308,6 +321,49 @@ impl Records {
             }
         }
         Ok(opened)
+    }
+
+    /// Takes a client's alert as rustls would: `close_notify` ends its stream (`true`), a
+    /// fatal alert ends the connection, and a warning is let pass (TLS 1.2 any, TLS 1.3
+    /// only `user_canceled`, which a `close_notify` follows), a few times at most.
+    fn alert(&mut self, payload: &[u8]) -> Result<bool, Refused> {
+        const WARNING: u8 = 1;
+        const FATAL: u8 = 2;
+        let &[level, code] = payload else {
+            return Err(Refused::new(
+                AlertDescription::DecodeError,
+                PeerMisbehaved::IllegalTlsInnerPlaintext,
+            ));
+        };
+        let description = AlertDescription::from(code);
+        match level {
+            WARNING | FATAL if description == AlertDescription::CloseNotify => Ok(true),
+            WARNING => {
+                self.warnings_left = self.warnings_left.checked_sub(1).ok_or_else(|| {
+                    Refused::new(
+                        AlertDescription::UnexpectedMessage,
+                        PeerMisbehaved::TooManyWarningAlertsReceived,
+                    )
+                })?;
+                if matches!(self.suite, Suite::Tls13(_))
+                    && description != AlertDescription::UserCanceled
+                {
+                    return Err(Refused::new(
+                        AlertDescription::DecodeError,
+                        Error::AlertReceived(description),
+                    ));
+                }
+                Ok(false)
+            }
+            FATAL => Err(Refused {
+                alert: None,
+                error: Error::AlertReceived(description),
+            }),
+            _ => Err(Refused::new(
+                AlertDescription::IllegalParameter,
+                Error::AlertReceived(description),
+            )),
+        }
     }
 }
 
@@ -476,5 +532,57 @@ fn key_and_iv(
         }
         // The enum is non-exhaustive: an AEAD a later rustls adds.
         _ => Err(Error::General("traffic secrets of an unknown AEAD".into())),
+    }
+}
+
+/// A client's record layer on its extracted secrets, for tests that send records
+/// rustls's client would not (warning alerts, floods of them) and read the answer.
+#[cfg(test)]
+pub struct ClientRecords {
+    seal: Sealer,
+    seal_seq: u64,
+    open: Box<dyn MessageDecrypter>,
+    open_seq: u64,
+}
+
+#[cfg(test)]
+impl ClientRecords {
+    /// The client's records on `suite`; TLS 1.3 suites other than AES-GCM only (aws-lc's
+    /// TLS 1.3 AES-GCM key counts from the first record it seals).
+    pub fn new(
+        suite: SupportedCipherSuite,
+        secrets: rustls::ExtractedSecrets,
+    ) -> Result<Self, Error> {
+        let suite = match suite {
+            SupportedCipherSuite::Tls13(s) => Suite::Tls13(s),
+            SupportedCipherSuite::Tls12(s) => Suite::Tls12(s),
+        };
+        let (seal_seq, tx) = secrets.tx;
+        let (open_seq, rx) = secrets.rx;
+        Ok(Self {
+            seal: Sealer::new(suite, tx)?,
+            seal_seq,
+            open: decrypter(suite, rx)?,
+            open_seq,
+        })
+    }
+
+    /// One record of type `typ` holding `plain`.
+    pub fn seal(&mut self, typ: ContentType, plain: &[u8]) -> Result<Vec<u8>, Error> {
+        let mut out = vec![0u8; plain.len() + 64];
+        let n = self.seal.seal(typ, plain, self.seal_seq, &mut out)?;
+        self.seal_seq += 1;
+        out.truncate(n);
+        Ok(out)
+    }
+
+    /// Opens the whole record `record`: its type and plaintext.
+    pub fn open(&mut self, record: &mut [u8]) -> Result<(ContentType, Vec<u8>), Error> {
+        let typ = ContentType::from(record[0]);
+        let body = &mut record[HEADER_LEN..];
+        let message = InboundOpaqueMessage::new(typ, ProtocolVersion::TLSv1_2, body);
+        let plain = self.open.decrypt(message, self.open_seq)?;
+        self.open_seq += 1;
+        Ok((plain.typ, plain.payload.to_vec()))
     }
 }

@@ -451,25 +451,38 @@ impl AsyncWrite for TlsStream {
                 "TLS handshake not done",
             )));
         };
-        WRITE_SCRATCH.with(|scratch| {
+        let written: Result<io::Result<usize>, rustls::Error> = WRITE_SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
-            let n = records
-                .seal_data(data, &mut scratch[..])
-                .map_err(|e| io::Error::other(e.to_string()))?;
+            let n = records.seal_data(data, &mut scratch[..])?;
             // Straight from the scratch to the socket (`out` is empty: it was sent above);
             // what the socket does not take now is kept.
             let mut at = 0;
             while at < n {
                 match Pin::new(&mut this.tcp).poll_write(cx, &scratch[at..n]) {
-                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(0)) => return Ok(Err(io::ErrorKind::WriteZero.into())),
                     Poll::Ready(Ok(k)) => at += k,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Err(e)) => return Ok(Err(e)),
                     Poll::Pending => break,
                 }
             }
             this.out.extend_from_slice(&scratch[at..n]);
-            Poll::Ready(Ok(data.len()))
-        })
+            Ok(Ok(data.len()))
+        });
+        match written {
+            Ok(done) => Poll::Ready(done),
+            // No more records under this key (a TLS 1.2 key at its limit; sealing itself
+            // does not otherwise fail): the stream ends, with `close_notify` if it can.
+            Err(e) => {
+                this.write_closed = true;
+                if records
+                    .seal_alert(AlertDescription::CloseNotify, &mut this.out)
+                    .is_ok()
+                {
+                    let _ = this.poll_send(cx);
+                }
+                Poll::Ready(Err(io::Error::other(e.to_string())))
+            }
+        }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -495,6 +508,8 @@ impl AsyncWrite for TlsStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::records::{self, ClientRecords};
+    use rustls::ContentType;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
@@ -528,11 +543,13 @@ mod tests {
                 .add(ca.map_err(io::Error::other)?)
                 .map_err(io::Error::other)?;
         }
-        let client_config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        let mut client_config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
             .with_protocol_versions(versions)
             .map_err(io::Error::other)?
             .with_root_certificates(roots)
             .with_no_client_auth();
+        // For tests that go on with the client's keys by hand ([`hand_pair_on`]).
+        client_config.enable_secret_extraction = true;
         Ok(Arc::new(client_config))
     }
 
@@ -713,6 +730,11 @@ mod tests {
                 .contains("as many records as is safe"),
             "no record past the key's limit: {refused:?}"
         );
+        // The stream ends with close_notify (a truncation would be an error here).
+        drop(server);
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await?;
+        assert!(rest.is_empty());
         Ok(())
     }
 
@@ -810,6 +832,159 @@ mod tests {
                 told.contains(alert),
                 "{alert}: the client was told: {told:?}"
             );
+        }
+        Ok(())
+    }
+
+    /// As [`pair_on`], after one round trip the client's records go on by hand, on its
+    /// extracted keys, over the raw TCP stream.
+    async fn hand_pair_on(
+        suite: rustls::SupportedCipherSuite,
+        version: &'static rustls::SupportedProtocolVersion,
+    ) -> io::Result<(ClientRecords, TcpStream, TlsStream)> {
+        let (mut client, mut server) = pair_on(suite, version).await?;
+        round_trip(&mut client, &mut server, 100).await?;
+        let (tcp, conn) = client.into_inner();
+        let secrets = conn.dangerous_extract_secrets().map_err(io::Error::other)?;
+        let records = ClientRecords::new(suite, secrets).map_err(io::Error::other)?;
+        Ok((records, tcp, server))
+    }
+
+    /// The next whole record the server sent, opened by the client's `records`.
+    async fn next_record(
+        records: &mut ClientRecords,
+        tcp: &mut TcpStream,
+    ) -> io::Result<(ContentType, Vec<u8>)> {
+        let mut record = vec![0u8; records::HEADER_LEN];
+        tcp.read_exact(&mut record).await?;
+        let len = usize::from(u16::from_be_bytes([record[3], record[4]]));
+        record.resize(records::HEADER_LEN + len, 0);
+        tcp.read_exact(&mut record[records::HEADER_LEN..]).await?;
+        records.open(&mut record).map_err(io::Error::other)
+    }
+
+    /// The server's read after the client's `raw` records: it fails, and the client is
+    /// sent a fatal alert `alert` (its code); returns the server's error.
+    async fn refused_with(
+        records: &mut ClientRecords,
+        tcp: &mut TcpStream,
+        server: &mut TlsStream,
+        raw: &[u8],
+        alert: u8,
+    ) -> io::Result<String> {
+        tcp.write_all(raw).await?;
+        let deadline = std::time::Duration::from_secs(20);
+        let served = tokio::time::timeout(deadline, server.read(&mut [0u8; 8])).await?;
+        let Err(e) = served else {
+            panic!("the server read on: {served:?}");
+        };
+        let told = tokio::time::timeout(deadline, next_record(records, tcp)).await??;
+        assert_eq!(told, (ContentType::Alert, vec![2, alert]), "{e}");
+        Ok(e.to_string())
+    }
+
+    #[tokio::test]
+    async fn warning_alerts_pass_as_with_rustls_and_a_stream_of_them_is_refused() -> io::Result<()>
+    {
+        use rustls::crypto::aws_lc_rs::cipher_suite;
+        const WARNING: u8 = 1;
+        let no_renegotiation = [WARNING, 100];
+        let user_canceled = [WARNING, 90];
+
+        // TLS 1.2: any warning passes, four in a connection's life.
+        let (mut records, mut tcp, mut server) = hand_pair_on(
+            cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            &rustls::version::TLS12,
+        )
+        .await?;
+        let mut raw = Vec::new();
+        for alert in [
+            no_renegotiation,
+            user_canceled,
+            no_renegotiation,
+            no_renegotiation,
+        ] {
+            raw.extend(
+                records
+                    .seal(ContentType::Alert, &alert)
+                    .map_err(io::Error::other)?,
+            );
+        }
+        raw.extend(
+            records
+                .seal(ContentType::ApplicationData, b"still here")
+                .map_err(io::Error::other)?,
+        );
+        tcp.write_all(&raw).await?;
+        let mut got = [0u8; 10];
+        server.read_exact(&mut got).await?;
+        assert_eq!(&got, b"still here", "data after four warnings");
+        let fifth = records
+            .seal(ContentType::Alert, &no_renegotiation)
+            .map_err(io::Error::other)?;
+        let error = refused_with(&mut records, &mut tcp, &mut server, &fifth, 10).await?;
+        assert!(error.contains("TooManyWarningAlerts"), "{error}");
+
+        // TLS 1.3: only user_canceled passes; any other warning is a decode_error.
+        let (mut records, mut tcp, mut server) = hand_pair_on(
+            cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+            &rustls::version::TLS13,
+        )
+        .await?;
+        let mut raw = records
+            .seal(ContentType::Alert, &user_canceled)
+            .map_err(io::Error::other)?;
+        raw.extend(
+            records
+                .seal(ContentType::ApplicationData, b"still here")
+                .map_err(io::Error::other)?,
+        );
+        tcp.write_all(&raw).await?;
+        server.read_exact(&mut got).await?;
+        assert_eq!(&got, b"still here", "data after user_canceled");
+        let warning = records
+            .seal(ContentType::Alert, &no_renegotiation)
+            .map_err(io::Error::other)?;
+        let error = refused_with(&mut records, &mut tcp, &mut server, &warning, 50).await?;
+        assert!(error.contains("NoRenegotiation"), "{error}");
+
+        // An alert level that does not exist: illegal_parameter.
+        let (mut records, mut tcp, mut server) = hand_pair_on(
+            cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            &rustls::version::TLS12,
+        )
+        .await?;
+        let unknown = records
+            .seal(ContentType::Alert, &[3, 100])
+            .map_err(io::Error::other)?;
+        refused_with(&mut records, &mut tcp, &mut server, &unknown, 47).await?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_stream_of_key_updates_is_refused() -> io::Result<()> {
+        // 32 in a row pass (rustls's and BoringSSL's figure), application data starts
+        // the count again, and a 33rd in a row ends the connection.
+        let (mut client, mut server) = pair().await?;
+        for updates in [32, 32, 33] {
+            for _ in 0..updates {
+                client
+                    .get_mut()
+                    .1
+                    .refresh_traffic_keys()
+                    .map_err(io::Error::other)?;
+            }
+            client.write_all(b"data").await?;
+            client.flush().await?;
+            let mut got = [0u8; 4];
+            let read = server.read_exact(&mut got).await;
+            if updates <= 32 {
+                read?;
+                assert_eq!(&got, b"data");
+            } else {
+                let error = read.err().map(|e| e.to_string()).unwrap_or_default();
+                assert!(error.contains("TooManyKeyUpdateRequests"), "{error:?}");
+            }
         }
         Ok(())
     }
