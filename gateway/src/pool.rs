@@ -374,6 +374,7 @@ mod tests {
             eject: DEFAULT_EJECT,
             connect_attempts: None,
             health_interval: None,
+            health_check: Default::default(),
             single: false,
         };
         Pool::new(spec, &PoolMetrics::default(), None)

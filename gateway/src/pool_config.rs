@@ -49,6 +49,28 @@ impl Balance {
     }
 }
 
+/// What the active health check asks of an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HealthCheck {
+    /// The WebSocket upgrade a session's connect makes (then a close): an instance that
+    /// accepts TCP but answers 5xx or breaks the handshake counts as down, as it does for
+    /// passive health. A 4xx answer is about the probe's request and counts as up.
+    #[default]
+    WebSocket,
+    /// A TCP connect only.
+    Tcp,
+}
+
+impl HealthCheck {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthCheck::WebSocket => "websocket",
+            HealthCheck::Tcp => "tcp",
+        }
+    }
+}
+
 /// Where a pool's instances come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Members {
@@ -81,9 +103,11 @@ pub struct PoolSpec {
     pub eject: Duration,
     /// `connect_attempts`, when set: instances tried before the client sees 502/504.
     pub connect_attempts: Option<usize>,
-    /// `health_interval`, when set: every instance gets a TCP connect this often; one
-    /// that fails is ejected, an ejected one that answers is readmitted.
+    /// `health_interval`, when set: every instance is probed this often; one that fails
+    /// is ejected, an ejected one that answers is readmitted.
     pub health_interval: Option<Duration>,
+    /// `health_check`: what a probe asks.
+    pub health_check: HealthCheck,
     /// Written as one URL string, so [`PoolSpec::describe`] writes it back that way.
     pub single: bool,
 }
@@ -106,7 +130,8 @@ fn at(key: &str, problem: impl Into<String>) -> SpecError {
     }
 }
 
-const KEYS: &str = "urls, dns, path, refresh, balance, eject, connect_attempts, health_interval";
+const KEYS: &str =
+    "urls, dns, path, refresh, balance, eject, connect_attempts, health_interval, health_check";
 
 impl PoolSpec {
     /// One instance at `target`: the sample's `ID = "ws://..."` form.
@@ -118,6 +143,7 @@ impl PoolSpec {
             eject: DEFAULT_EJECT,
             connect_attempts: None,
             health_interval: None,
+            health_check: HealthCheck::default(),
             single: true,
         }
     }
@@ -171,6 +197,22 @@ impl PoolSpec {
         let health_interval = duration("health_interval")?;
         if health_interval.is_some_and(|d| d < Duration::from_millis(100)) {
             return Err(at("health_interval", "must be at least 100ms"));
+        }
+        let health_check = match string("health_check")? {
+            None | Some("websocket") => HealthCheck::WebSocket,
+            Some("tcp") => HealthCheck::Tcp,
+            Some(other) => {
+                return Err(at(
+                    "health_check",
+                    format!("{other:?}: expected \"websocket\" or \"tcp\""),
+                ))
+            }
+        };
+        if table.contains_key("health_check") && health_interval.is_none() {
+            return Err(at(
+                "health_check",
+                "only with health_interval (which turns the check on)",
+            ));
         }
         let connect_attempts = match table.get("connect_attempts") {
             None => None,
@@ -235,6 +277,7 @@ impl PoolSpec {
             eject,
             connect_attempts,
             health_interval,
+            health_check,
             single: false,
         })
     }
@@ -290,7 +333,12 @@ impl PoolSpec {
             let _ = write!(o, ", connect_attempts = {n}");
         }
         if let Some(d) = self.health_interval {
-            let _ = write!(o, ", health_interval = {}", secs(d));
+            let _ = write!(
+                o,
+                ", health_interval = {}, health_check = {}",
+                secs(d),
+                q(self.health_check.as_str())
+            );
         }
         o.push_str(" }");
         o
@@ -373,7 +421,16 @@ mod tests {
                 refresh: Duration::from_secs(2)
             }
         );
-        for spec in [one, urls, dns] {
+        assert_eq!(
+            urls.health_check,
+            HealthCheck::WebSocket,
+            "the default probe"
+        );
+        let tcp = parse(
+            "{ urls = [\"ws://127.0.0.2:1/a\"], health_interval = \"1s\", health_check = \"tcp\" }",
+        )?;
+        assert_eq!(tcp.health_check, HealthCheck::Tcp);
+        for spec in [one, urls, dns, tcp] {
             assert_eq!(parse(&spec.describe())?, spec, "{}", spec.describe());
         }
         Ok(())
@@ -413,6 +470,18 @@ mod tests {
         assert_eq!(
             key("{ urls = [\"ws://a:1/\", \"ws://a:1/\"] }").map(|k| k.0),
             Some(Some(String::from("urls")))
+        );
+        assert_eq!(
+            key("{ urls = [\"ws://a:1/\"], health_interval = \"1s\", health_check = \"http\" }")
+                .map(|k| k.0),
+            Some(Some(String::from("health_check")))
+        );
+        let alone = key("{ urls = [\"ws://a:1/\"], health_check = \"tcp\" }");
+        assert!(
+            alone.as_ref().is_some_and(
+                |(k, p)| k.as_deref() == Some("health_check") && p.contains("health_interval")
+            ),
+            "{alone:?}"
         );
         let unknown = key("{ urls = [\"ws://a:1/\"], weight = 2 }");
         assert!(

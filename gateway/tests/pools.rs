@@ -229,6 +229,19 @@ impl Gw {
     }
 
     /// A per-instance sample (`None`: the instance has no such series).
+    /// Backend connections the gateway opened for clients on each instance (health
+    /// probes, which the backends count as sessions too, are not in it).
+    async fn connections(&self, inst: &Instances) -> Result<[u64; 3]> {
+        let mut out = [0; 3];
+        for (i, n) in out.iter_mut().enumerate() {
+            let v = self
+                .instance_metric("backend_instance_connections_total", &inst.label(i))
+                .await?;
+            *n = v.unwrap_or(0.0) as u64;
+        }
+        Ok(out)
+    }
+
     async fn instance_metric(&self, name: &str, instance: &str) -> Result<Option<f64>> {
         let m = self.metrics().await?;
         let prefix = format!("wsgate_{name}{{backend=\"{ID}\",instance=\"{instance}\"}} ");
@@ -462,24 +475,170 @@ async fn the_health_check_ejects_a_dead_instance_before_any_client_and_readmits_
         |v| v >= Some(1.0),
     )
     .await?;
-    let before = inst.started();
+    let before = gw.connections(&inst).await?;
     for _ in 0..6 {
         gw.session().await?;
     }
-    let after = inst.started();
+    let after = gw.connections(&inst).await?;
     ensure!(
         after[1] - before[1] == 3 && after[2] - before[2] == 3,
         "{before:?} -> {after:?}"
     );
     inst.revive(0).await?;
     let revived = Instant::now();
-    while inst.started()[0] == 0 {
+    while gw.connections(&inst).await?[0] == 0 {
         ensure!(
             revived.elapsed() < DEADLINE,
             "the health check never readmitted the instance"
         );
         gw.session().await?;
     }
+    // The probes' own sessions are closed, each right after its upgrade: once the
+    // clients' are gone too, none is left open on any instance.
+    let waiting = Instant::now();
+    while inst.open() != [0, 0, 0] {
+        ensure!(
+            waiting.elapsed() < DEADLINE,
+            "sessions left open on the instances: {:?}",
+            inst.open()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+/// Requests an HTTP server that answers every request with one status has had: from the
+/// gateway's health check, and from anyone else.
+#[derive(Default)]
+struct Answered {
+    probes: std::sync::atomic::AtomicUsize,
+    others: std::sync::atomic::AtomicUsize,
+}
+
+/// Serves `status_line` (e.g. "503 Service Unavailable") to every request at `addr` until
+/// the returned task is aborted: a backend that is up at TCP but not a WebSocket server.
+async fn answering(
+    addr: SocketAddr,
+    status_line: &'static str,
+) -> Result<(tokio::task::JoinHandle<()>, Arc<Answered>)> {
+    let listener = TcpListener::bind(addr).await?;
+    let answered = Arc::new(Answered::default());
+    let counts = answered.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let counts = counts.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let probe = String::from_utf8_lossy(&head)
+                    .to_ascii_lowercase()
+                    .contains("user-agent: wsgate-health-check");
+                let count = if probe {
+                    &counts.probes
+                } else {
+                    &counts.others
+                };
+                count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let answer = format!(
+                    "HTTP/1.1 {status_line}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+                let _ = tcp.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    Ok((task, answered))
+}
+
+#[tokio::test]
+async fn the_health_check_upgrades_so_an_instance_that_answers_5xx_stays_out() -> Result<()> {
+    let mut inst = Instances::start().await?;
+    let entry = urls_entry(
+        &inst,
+        &[0, 1, 2],
+        ", eject = \"1m\", health_interval = \"100ms\"",
+    );
+    // Instance 0 accepts TCP but answers every upgrade 503 (a deploy in progress, say):
+    // a TCP check would call it up; the WebSocket check, like a session's connect, not.
+    inst.kill(0).await?;
+    let (server, answered) =
+        answering(SocketAddr::new(ip(0), inst.port), "503 Service Unavailable").await?;
+    let gw = Gw::start(&entry, Arc::default(), None).await?;
+    let down = inst.label(0);
+    wait_metric(
+        &gw,
+        "the health check to eject 0",
+        "backend_instance_ejections_total",
+        &down,
+        |v| v >= Some(1.0),
+    )
+    .await?;
+    // Probes go on (at least two more), and no client's connect is sent to it.
+    let probed = answered.probes.load(std::sync::atomic::Ordering::Relaxed);
+    let started = Instant::now();
+    let before = gw.connections(&inst).await?;
+    while answered.probes.load(std::sync::atomic::Ordering::Relaxed) < probed + 2 {
+        ensure!(
+            started.elapsed() < DEADLINE,
+            "the health check stopped probing"
+        );
+        gw.session().await?;
+    }
+    let after = gw.connections(&inst).await?;
+    let others = answered.others.load(std::sync::atomic::Ordering::Relaxed);
+    ensure!(
+        others == 0,
+        "{others} client connects were tried on the instance that answers 503"
+    );
+    ensure!(
+        after[1] > before[1] && after[2] > before[2],
+        "the other two took the sessions: {before:?} -> {after:?}"
+    );
+    // A real backend there again: readmitted by the next probe.
+    server.abort();
+    let _ = server.await; // the listener is closed once the aborted task is gone
+    inst.revive(0).await?;
+    let revived = Instant::now();
+    while gw.connections(&inst).await?[0] == 0 {
+        ensure!(
+            revived.elapsed() < DEADLINE,
+            "the health check never readmitted the instance"
+        );
+        gw.session().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_4xx_answer_to_the_health_check_keeps_an_instance_in() -> Result<()> {
+    // A backend that wants credentials the probe does not carry is up, as a 4xx to a
+    // client's connect does not eject it either.
+    let mut inst = Instances::start().await?;
+    inst.kill(0).await?;
+    let (_server, answered) =
+        answering(SocketAddr::new(ip(0), inst.port), "401 Unauthorized").await?;
+    let entry = urls_entry(&inst, &[0, 1], ", health_interval = \"100ms\"");
+    let gw = Gw::start(&entry, Arc::default(), None).await?;
+    let started = Instant::now();
+    while answered.probes.load(std::sync::atomic::Ordering::Relaxed) < 3 {
+        ensure!(
+            started.elapsed() < DEADLINE,
+            "no probes reached the instance"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ejections = gw
+        .instance_metric("backend_instance_ejections_total", &inst.label(0))
+        .await?;
+    ensure!(
+        ejections.unwrap_or(0.0) == 0.0,
+        "ejected after three 401s to the probe: {ejections:?}"
+    );
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! A pool's background work: DNS discovery (look the name up every `refresh`, follow
 //! the answer, keep the last one when a lookup fails) and the optional active health
-//! check (a TCP connect to every instance every `health_interval`).
+//! check (every instance probed every `health_interval`: the WebSocket upgrade a session
+//! makes, or a TCP connect).
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -10,9 +11,11 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use super::{now_ms, Instance, Pool};
-use crate::pool_config::{Members, MAX_INSTANCES};
+use crate::frames::CLOSE;
+use crate::pool_config::{HealthCheck, Members, MAX_INSTANCES};
 use crate::resolve::Lookup;
 use crate::route::BackendTarget;
+use crate::wsclient::{self, ClientRequest, HandshakeError};
 
 impl Pool {
     /// DNS pools: makes sure the name was looked up once (waiting for it the first time)
@@ -70,13 +73,14 @@ impl Pool {
         let timeout = timeout.min(interval);
         // Out until a probe answers, even if `eject` is shorter than the interval.
         let eject = self.spec.eject.max(interval);
+        let check = self.spec.health_check;
         runtime.spawn(async move {
             loop {
                 let Some(list) = pool.upgrade().map(|p| p.instances()) else {
                     return; // replaced by a reload
                 };
                 for i in list.iter() {
-                    match probe(i, lookup.as_ref(), timeout).await {
+                    match probe(i, check, lookup.as_ref(), timeout).await {
                         Ok(()) => i.answered_probe(),
                         Err(e) => i.failed(now_ms(), eject, &format_args!("health check: {e}")),
                     }
@@ -157,8 +161,14 @@ impl Pool {
     }
 }
 
-/// One health probe: a TCP connect to the instance under `timeout`.
-async fn probe(i: &Instance, lookup: &dyn Lookup, timeout: Duration) -> std::io::Result<()> {
+/// One health probe under `timeout`: a TCP connect, then for [`HealthCheck::WebSocket`]
+/// the upgrade (see [`upgrade`]).
+async fn probe(
+    i: &Instance,
+    check: HealthCheck,
+    lookup: &dyn Lookup,
+    timeout: Duration,
+) -> std::io::Result<()> {
     let connect = async {
         let addr = match i.target.host.parse::<std::net::IpAddr>() {
             Ok(ip) => SocketAddr::new(ip, i.target.port),
@@ -169,16 +179,63 @@ async fn probe(i: &Instance, lookup: &dyn Lookup, timeout: Duration) -> std::io:
                 .next()
                 .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no addresses"))?,
         };
-        tokio::net::TcpStream::connect(addr).await.map(drop)
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        match check {
+            HealthCheck::Tcp => Ok(()),
+            HealthCheck::WebSocket => upgrade(tcp, &i.target).await,
+        }
     };
     match tokio::time::timeout(timeout, connect).await {
         Ok(result) => result,
         Err(_) => Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
-            "connect timed out",
+            "no answer in time",
         )),
     }
 }
+
+/// The upgrade a session's connect makes to `target`: as for passive health, a 101 or a
+/// 4xx answer (about the probe's request, such as a missing credential) means up; a 5xx,
+/// a broken handshake or silence, down. After a 101 the probe closes the session as a
+/// client should (see [`close`]), on its own task, so that the verdict does not wait.
+async fn upgrade(mut tcp: tokio::net::TcpStream, target: &BackendTarget) -> std::io::Result<()> {
+    let req = ClientRequest {
+        host: &target.host_header,
+        path: &target.path,
+        protocols: None,
+        headers: &[("User-Agent", "wsgate-health-check")],
+    };
+    match wsclient::handshake(&mut tcp, &req).await {
+        Ok(_) => {
+            tokio::spawn(close(tcp));
+            Ok(())
+        }
+        Err(HandshakeError::Refused { status, .. }) if status < 500 => Ok(()),
+        Err(e) => Err(std::io::Error::other(e.to_string())),
+    }
+}
+
+/// Ends a probe's session: a close (1000), then whatever the backend still sends is read
+/// and dropped until it closes (for at most [`CLOSE_WAIT`]), so that the backend sees a
+/// clean close rather than a reset.
+async fn close(mut tcp: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Masked, as a client's frames must be.
+    let [a, b, c, d] = rand::random::<u32>().to_ne_bytes();
+    let [hi, lo] = 1000u16.to_be_bytes();
+    let frame = [0x80 | CLOSE, 0x80 | 2, a, b, c, d, hi ^ a, lo ^ b];
+    let drain = async {
+        tcp.write_all(&frame).await?;
+        tcp.shutdown().await?;
+        let mut sink = [0u8; 512];
+        while tcp.read(&mut sink).await? > 0 {}
+        std::io::Result::Ok(())
+    };
+    let _ = tokio::time::timeout(CLOSE_WAIT, drain).await;
+}
+
+/// How long a probe's session is given to close after the probe's close frame.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// The socket address of a DNS-discovered instance (its host is an IP literal).
 fn dns_addr(i: &Instance) -> Option<SocketAddr> {
