@@ -4,6 +4,7 @@
 //! [`connect_pool`] picks an instance of the backend's pool and, when it fails to connect,
 //! ejects it and tries another, so one dead instance costs the client nothing.
 
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -222,18 +223,62 @@ async fn open_tcp(host: &str, port: u16, resolver: &Resolver) -> Result<TcpStrea
         .resolve(host, port)
         .await
         .map_err(|e| Refusal::BadGateway(format!("cannot resolve backend host: {e}")))?;
+    match connect_any(&addrs).await {
+        Ok((stream, addr)) => {
+            resolver.worked(host, port, addr);
+            Ok(stream)
+        }
+        Err(Some(e)) => Err(Refusal::BadGateway(format!(
+            "backend connection failed: {e}"
+        ))),
+        Err(None) => Err(Refusal::BadGateway("backend host has no addresses".into())),
+    }
+}
+
+/// How long one address of a backend name has to itself before the next one is tried
+/// beside it (RFC 8305's connection attempt delay): an address that drops SYNs costs
+/// this, not the whole connect timeout, and one that refuses costs nothing.
+pub const NEXT_ADDRESS_AFTER: Duration = Duration::from_millis(250);
+
+/// Connects to the first of `addrs` that accepts, trying them in order, a new one when
+/// the last failed or after [`NEXT_ADDRESS_AFTER`]; the attempts still under way when one
+/// succeeds are dropped. The error is the last failure (`None`: no addresses).
+async fn connect_any(addrs: &[SocketAddr]) -> Result<(TcpStream, SocketAddr), Option<io::Error>> {
+    if let [addr] = addrs {
+        return TcpStream::connect(*addr)
+            .await
+            .map(|s| (s, *addr))
+            .map_err(Some);
+    }
+    let mut next = addrs.iter().copied();
+    let mut attempts = tokio::task::JoinSet::new();
     let mut last = None;
-    for addr in addrs {
-        match TcpStream::connect(addr).await {
-            Ok(s) => {
-                resolver.worked(host, port, addr);
-                return Ok(s);
+    loop {
+        if attempts.is_empty() {
+            let Some(addr) = next.next() else {
+                return Err(last);
+            };
+            attempts.spawn(async move { (TcpStream::connect(addr).await, addr) });
+        }
+        let more = next.len() > 0;
+        tokio::select! {
+            done = attempts.join_next() => match done {
+                Some(Ok((Ok(stream), addr))) => return Ok((stream, addr)),
+                Some(Ok((Err(e), _))) => {
+                    last = Some(e);
+                    // Failed at once (refused, unreachable): the next one now.
+                    if let Some(addr) = next.next() {
+                        attempts.spawn(async move { (TcpStream::connect(addr).await, addr) });
+                    }
+                }
+                Some(Err(e)) => last = Some(io::Error::other(e)),
+                None => {}
+            },
+            () = tokio::time::sleep(NEXT_ADDRESS_AFTER), if more => {
+                if let Some(addr) = next.next() {
+                    attempts.spawn(async move { (TcpStream::connect(addr).await, addr) });
+                }
             }
-            Err(e) => last = Some(e),
         }
     }
-    Err(Refusal::BadGateway(match last {
-        Some(e) => format!("backend connection failed: {e}"),
-        None => "backend host has no addresses".into(),
-    }))
 }

@@ -507,6 +507,30 @@ async fn the_health_check_ejects_a_dead_instance_before_any_client_and_readmits_
     Ok(())
 }
 
+#[tokio::test]
+async fn a_backend_name_with_an_address_that_drops_syns_is_served_by_its_next_address() -> Result<()>
+{
+    let mut inst = Instances::start().await?;
+    // 127.0.0.2 holds a listener whose accept queue is full and never drained: the
+    // kernel drops every SYN to it, as a dead host or a firewall would.
+    inst.kill(0).await?;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(SocketAddr::new(ip(0), inst.port))?;
+    let blackhole = socket.listen(0)?;
+    let _filler = tokio::net::TcpStream::connect(blackhole.local_addr()?).await?;
+    let dns = Arc::new(StubDns::default());
+    dns.set(NAME, &[ip(0), ip(1)]);
+    let url = format!("ws://{NAME}:{}{}", inst.port, Backend::Abc.path());
+    // The test gateway's backend connect timeout is 2 s: trying the addresses one after
+    // the other, the first would take all of it and the client would get a 504.
+    let gw = Gw::start(&format!("{ID} = {url:?}\n"), dns, None).await?;
+    let (_c, i) = session_on(&gw, &inst).await?;
+    ensure!(i == 1, "session went to {i}");
+    drop(blackhole);
+    Ok(())
+}
+
 /// Requests an HTTP server that answers every request with one status has had: from the
 /// gateway's health check, and from anyone else.
 #[derive(Default)]
