@@ -243,7 +243,9 @@ pub const NEXT_ADDRESS_AFTER: Duration = Duration::from_millis(250);
 /// Connects to the first of `addrs` that accepts, trying them in order, a new one when
 /// the last failed or after [`NEXT_ADDRESS_AFTER`]; the attempts still under way when one
 /// succeeds are dropped. The error is the last failure (`None`: no addresses).
-async fn connect_any(addrs: &[SocketAddr]) -> Result<(TcpStream, SocketAddr), Option<io::Error>> {
+pub(crate) async fn connect_any(
+    addrs: &[SocketAddr],
+) -> Result<(TcpStream, SocketAddr), Option<io::Error>> {
     if let [addr] = addrs {
         return TcpStream::connect(*addr)
             .await

@@ -170,16 +170,14 @@ async fn probe(
     timeout: Duration,
 ) -> std::io::Result<()> {
     let connect = async {
-        let addr = match i.target.host.parse::<std::net::IpAddr>() {
-            Ok(ip) => SocketAddr::new(ip, i.target.port),
-            Err(_) => lookup
-                .lookup(&i.target.host, i.target.port)
-                .await?
-                .into_iter()
-                .next()
-                .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no addresses"))?,
+        let addrs = match i.target.host.parse::<std::net::IpAddr>() {
+            Ok(ip) => vec![SocketAddr::new(ip, i.target.port)],
+            Err(_) => lookup.lookup(&i.target.host, i.target.port).await?,
         };
-        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        // The addresses as a session's connect tries them.
+        let (tcp, _) = crate::backend::connect_any(&addrs).await.map_err(|e| {
+            e.unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no addresses"))
+        })?;
         match check {
             HealthCheck::Tcp => Ok(()),
             HealthCheck::WebSocket => upgrade(tcp, &i.target).await,
