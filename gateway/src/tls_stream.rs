@@ -883,6 +883,33 @@ mod tests {
         Ok(e.to_string())
     }
 
+    /// The client's `alerts`, then application data: the server reads the data.
+    async fn data_passes_after(
+        records: &mut ClientRecords,
+        tcp: &mut TcpStream,
+        server: &mut TlsStream,
+        alerts: &[[u8; 2]],
+    ) -> io::Result<()> {
+        let mut raw = Vec::new();
+        for alert in alerts {
+            raw.extend(
+                records
+                    .seal(ContentType::Alert, alert)
+                    .map_err(io::Error::other)?,
+            );
+        }
+        raw.extend(
+            records
+                .seal(ContentType::ApplicationData, b"still here")
+                .map_err(io::Error::other)?,
+        );
+        tcp.write_all(&raw).await?;
+        let mut got = [0u8; 10];
+        server.read_exact(&mut got).await?;
+        assert_eq!(&got, b"still here", "data after {alerts:?}");
+        Ok(())
+    }
+
     #[tokio::test]
     async fn warning_alerts_pass_as_with_rustls_and_a_stream_of_them_is_refused() -> io::Result<()>
     {
@@ -897,28 +924,13 @@ mod tests {
             &rustls::version::TLS12,
         )
         .await?;
-        let mut raw = Vec::new();
-        for alert in [
+        let four = [
             no_renegotiation,
             user_canceled,
             no_renegotiation,
             no_renegotiation,
-        ] {
-            raw.extend(
-                records
-                    .seal(ContentType::Alert, &alert)
-                    .map_err(io::Error::other)?,
-            );
-        }
-        raw.extend(
-            records
-                .seal(ContentType::ApplicationData, b"still here")
-                .map_err(io::Error::other)?,
-        );
-        tcp.write_all(&raw).await?;
-        let mut got = [0u8; 10];
-        server.read_exact(&mut got).await?;
-        assert_eq!(&got, b"still here", "data after four warnings");
+        ];
+        data_passes_after(&mut records, &mut tcp, &mut server, &four).await?;
         let fifth = records
             .seal(ContentType::Alert, &no_renegotiation)
             .map_err(io::Error::other)?;
@@ -931,17 +943,7 @@ mod tests {
             &rustls::version::TLS13,
         )
         .await?;
-        let mut raw = records
-            .seal(ContentType::Alert, &user_canceled)
-            .map_err(io::Error::other)?;
-        raw.extend(
-            records
-                .seal(ContentType::ApplicationData, b"still here")
-                .map_err(io::Error::other)?,
-        );
-        tcp.write_all(&raw).await?;
-        server.read_exact(&mut got).await?;
-        assert_eq!(&got, b"still here", "data after user_canceled");
+        data_passes_after(&mut records, &mut tcp, &mut server, &[user_canceled]).await?;
         let warning = records
             .seal(ContentType::Alert, &no_renegotiation)
             .map_err(io::Error::other)?;

@@ -272,6 +272,20 @@ async fn wait_metric(
     }
 }
 
+/// Opens sessions until one goes to instance 0 (back after being ejected for a minute:
+/// only the health check can readmit it in time).
+async fn readmitted(gw: &Gw, inst: &Instances) -> Result<()> {
+    let revived = Instant::now();
+    while gw.connections(inst).await?[0] == 0 {
+        ensure!(
+            revived.elapsed() < DEADLINE,
+            "the health check never readmitted the instance"
+        );
+        gw.session().await?;
+    }
+    Ok(())
+}
+
 /// Opens a session and says which instance took it (the one whose count rose).
 async fn session_on(gw: &Gw, inst: &Instances) -> Result<(Connected, usize)> {
     let before = inst.started();
@@ -485,14 +499,7 @@ async fn the_health_check_ejects_a_dead_instance_before_any_client_and_readmits_
         "{before:?} -> {after:?}"
     );
     inst.revive(0).await?;
-    let revived = Instant::now();
-    while gw.connections(&inst).await?[0] == 0 {
-        ensure!(
-            revived.elapsed() < DEADLINE,
-            "the health check never readmitted the instance"
-        );
-        gw.session().await?;
-    }
+    readmitted(&gw, &inst).await?;
     // The probes' own sessions are closed, each right after its upgrade: once the
     // clients' are gone too, none is left open on any instance.
     let waiting = Instant::now();
@@ -627,14 +634,7 @@ async fn the_health_check_upgrades_so_an_instance_that_answers_5xx_stays_out() -
     server.abort();
     let _ = server.await; // the listener is closed once the aborted task is gone
     inst.revive(0).await?;
-    let revived = Instant::now();
-    while gw.connections(&inst).await?[0] == 0 {
-        ensure!(
-            revived.elapsed() < DEADLINE,
-            "the health check never readmitted the instance"
-        );
-        gw.session().await?;
-    }
+    readmitted(&gw, &inst).await?;
     Ok(())
 }
 
