@@ -32,7 +32,7 @@ pub const HEADER_LEN: usize = 5;
 
 /// Why a TLS 1.2 connection whose key has sealed as many records as is safe takes no more
 /// data: its writer then ends it with `close_notify`.
-pub const KEY_SPENT: &str = "the TLS 1.2 connection's key has sealed as many records as is safe";
+const KEY_SPENT: &str = "the TLS 1.2 connection's key has sealed as many records as is safe";
 
 /// A `KeyUpdate` message with `update_not_requested`.
 const KEY_UPDATE: [u8; 5] = [24, 0, 0, 1, 0];
