@@ -666,6 +666,79 @@ async fn a_4xx_answer_to_the_health_check_keeps_an_instance_in() -> Result<()> {
     Ok(())
 }
 
+/// Requests to backends that accept, read the request and never answer.
+#[derive(Default)]
+struct Silent {
+    /// Requests each silent backend has read.
+    seen: [std::sync::atomic::AtomicUsize; 2],
+    /// When the first request to backend 0 ended (the prober gave up on it), how many
+    /// requests backend 1 had read by then (`usize::MAX`: not yet ended).
+    seen_by_1_when_0_gave_up: std::sync::atomic::AtomicUsize,
+}
+
+/// Two silent backends, at instances 0 and 1 of `inst` (which must be stopped).
+async fn silent(inst: &Instances) -> Result<(Vec<tokio::task::JoinHandle<()>>, Arc<Silent>)> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let state = Arc::new(Silent::default());
+    state.seen_by_1_when_0_gave_up.store(usize::MAX, Relaxed);
+    let mut tasks = Vec::new();
+    for n in 0..2 {
+        let listener = TcpListener::bind(SocketAddr::new(ip(n), inst.port)).await?;
+        let state = state.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let mut head = Vec::new();
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tcp.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => head.extend_from_slice(&buf[..k]),
+                        }
+                    }
+                    let first = state.seen[n].fetch_add(1, Relaxed) == 0;
+                    while matches!(tcp.read(&mut buf).await, Ok(k) if k > 0) {}
+                    if n == 0 && first {
+                        let seen = state.seen[1].load(Relaxed);
+                        state.seen_by_1_when_0_gave_up.store(seen, Relaxed);
+                    }
+                });
+            }
+        }));
+    }
+    Ok((tasks, state))
+}
+
+#[tokio::test]
+async fn silent_instances_are_probed_at_once_not_one_after_another() -> Result<()> {
+    use std::sync::atomic::Ordering::Relaxed;
+    // Two instances that take the upgrade request and never answer: each probe waits out
+    // its timeout (the 1 s interval here). Probed one after the other, the second would be
+    // asked only after the first was given up on, and a pool with many silent instances
+    // would take that long per round to notice anything.
+    let mut inst = Instances::start().await?;
+    inst.kill(0).await?;
+    inst.kill(1).await?;
+    let (_servers, state) = silent(&inst).await?;
+    let entry = urls_entry(&inst, &[0, 1, 2], ", health_interval = \"1s\"");
+    let _gw = Gw::start(&entry, Arc::default(), None).await?;
+    let started = Instant::now();
+    while state.seen_by_1_when_0_gave_up.load(Relaxed) == usize::MAX {
+        ensure!(
+            started.elapsed() < DEADLINE,
+            "the first probe was never given up on"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seen = state.seen_by_1_when_0_gave_up.load(Relaxed);
+    ensure!(
+        seen >= 1,
+        "instance 1 was first asked only after instance 0's probe had been given up on"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn connects_fail_only_when_every_instance_is_down_and_all_ejected_are_still_tried(
 ) -> Result<()> {

@@ -79,13 +79,19 @@ impl Pool {
                 let Some(list) = pool.upgrade().map(|p| p.instances()) else {
                     return; // replaced by a reload
                 };
+                // All at once: a round takes one probe's time, however many are silent.
+                let mut probes = tokio::task::JoinSet::new();
                 for i in list.iter() {
-                    match probe(i, check, lookup.as_ref(), timeout).await {
-                        Ok(()) => i.answered_probe(),
-                        Err(e) => i.failed(now_ms(), eject, &format_args!("health check: {e}")),
-                    }
+                    let (i, lookup) = (i.clone(), lookup.clone());
+                    probes.spawn(async move {
+                        match probe(&i, check, lookup.as_ref(), timeout).await {
+                            Ok(()) => i.answered_probe(),
+                            Err(e) => i.failed(now_ms(), eject, &format_args!("health check: {e}")),
+                        }
+                    });
                 }
                 drop(list);
+                while probes.join_next().await.is_some() {}
                 tokio::time::sleep(interval).await;
             }
         });
