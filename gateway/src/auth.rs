@@ -3,6 +3,9 @@
 //! Only asymmetric algorithms of the configured key's family are accepted, so neither
 //! `alg: none` nor an HS256 token "signed" with the public key can pass. `exp`, `iss` and
 //! `aud` are required; `nbf` is checked when present; the clock leeway is small and set.
+//!
+//! The key is one PEM public key, or a JSON Web Key Set whose keys are picked by the
+//! token's `kid`, so that keys can be rotated without refusing anyone.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -29,6 +32,9 @@ pub enum AuthError {
     /// The signature does not verify with the configured key.
     #[error("invalid token signature")]
     BadSignature,
+    /// The token's `kid` names no key of the configured key set.
+    #[error("token signed with an unknown key")]
+    UnknownKey,
     /// `exp` is in the past.
     #[error("token expired")]
     Expired,
@@ -51,7 +57,10 @@ pub enum AuthError {
 
 /// Checks tokens; built once from config, shared by every connection.
 pub struct Verifier {
-    key: DecodingKey,
+    /// The keys, each with its `kid` when it came from a key set.
+    keys: Vec<(Option<String>, DecodingKey)>,
+    /// From a key set: a token's `kid` picks its key.
+    by_kid: bool,
     validation: Validation,
     scope_claim: String,
     required_scopes: Vec<String>,
@@ -108,22 +117,10 @@ impl Verifier {
                 "RSA and EC algorithms cannot share one public_key".into(),
             ));
         }
-        let pem = read(&auth.public_key).map_err(|e| ("public_key", e))?;
-        let key = if rsa {
-            DecodingKey::from_rsa_pem(&pem)
-        } else {
-            DecodingKey::from_ec_pem(&pem)
-        }
-        .map_err(|e| {
-            let kind = if rsa { "an RSA" } else { "an EC" };
-            (
-                "public_key",
-                format!(
-                    "{}: not {kind} public key in PEM: {e}",
-                    auth.public_key.display()
-                ),
-            )
-        })?;
+        let (keys, by_kid) = match &auth.jwks {
+            Some(path) => (key_set(path, rsa).map_err(|e| ("jwks", e))?, true),
+            None => (vec![(None, pem_key(&auth.public_key, rsa)?)], false),
+        };
 
         let mut validation = Validation::new(algorithms[0]);
         validation.algorithms = algorithms;
@@ -134,7 +131,8 @@ impl Verifier {
         validation.set_audience(&[&auth.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
         Ok(Self {
-            key,
+            keys,
+            by_kid,
             validation,
             scope_claim: auth.scope_claim.clone(),
             required_scopes: auth.required_scopes.clone(),
@@ -144,17 +142,50 @@ impl Verifier {
     /// Verifies a bare token; returns its claims.
     pub fn verify(&self, token: &str) -> Result<Map<String, Value>, AuthError> {
         use jsonwebtoken::errors::ErrorKind as K;
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation)
-            .map_err(|e| match e.kind() {
-            K::InvalidSignature => AuthError::BadSignature,
-            K::ExpiredSignature => AuthError::Expired,
-            K::ImmatureSignature => AuthError::NotYetValid,
-            K::InvalidIssuer => AuthError::WrongIssuer,
-            K::InvalidAudience => AuthError::WrongAudience,
-            K::MissingRequiredClaim(c) | K::InvalidClaimFormat(c) => AuthError::BadClaim(c.clone()),
-            _ => AuthError::Malformed,
-        })?;
-        let claims = data.claims;
+        let decode = |key: &DecodingKey| {
+            jsonwebtoken::decode::<Map<String, Value>>(token, key, &self.validation).map_err(|e| {
+                match e.kind() {
+                    K::InvalidSignature => AuthError::BadSignature,
+                    K::ExpiredSignature => AuthError::Expired,
+                    K::ImmatureSignature => AuthError::NotYetValid,
+                    K::InvalidIssuer => AuthError::WrongIssuer,
+                    K::InvalidAudience => AuthError::WrongAudience,
+                    K::MissingRequiredClaim(c) | K::InvalidClaimFormat(c) => {
+                        AuthError::BadClaim(c.clone())
+                    }
+                    _ => AuthError::Malformed,
+                }
+            })
+        };
+        let kid = if self.by_kid {
+            jsonwebtoken::decode_header(token)
+                .map_err(|_| AuthError::Malformed)?
+                .kid
+        } else {
+            None
+        };
+        let claims = match kid {
+            // The key it names, and no other.
+            Some(kid) => {
+                let (_, key) = self
+                    .keys
+                    .iter()
+                    .find(|(k, _)| k.as_deref() == Some(kid.as_str()))
+                    .ok_or(AuthError::UnknownKey)?;
+                decode(key)?.claims
+            }
+            // No `kid` (or one key): each key in turn, until one's signature verifies.
+            None => {
+                let mut result = Err(AuthError::BadSignature);
+                for (_, key) in &self.keys {
+                    result = decode(key);
+                    if !matches!(result, Err(AuthError::BadSignature)) {
+                        break;
+                    }
+                }
+                result?.claims
+            }
+        };
         let granted = scopes(claims.get(&self.scope_claim));
         if let Some(missing) = self
             .required_scopes
@@ -205,6 +236,72 @@ fn scopes(claim: Option<&Value>) -> HashSet<&str> {
     }
 }
 
+/// The one key of `public_key`: RSA or EC as the algorithms say.
+fn pem_key(path: &Path, rsa: bool) -> Result<DecodingKey, (&'static str, String)> {
+    let pem = read(path).map_err(|e| ("public_key", e))?;
+    if rsa {
+        DecodingKey::from_rsa_pem(&pem)
+    } else {
+        DecodingKey::from_ec_pem(&pem)
+    }
+    .map_err(|e| {
+        let kind = if rsa { "an RSA" } else { "an EC" };
+        (
+            "public_key",
+            format!("{}: not {kind} public key in PEM: {e}", path.display()),
+        )
+    })
+}
+
+/// The signing keys of the JSON Web Key Set at `path` that the algorithms can use (RSA
+/// or EC), with their `kid`s. Keys for encryption (`"use": "enc"`), of the other family
+/// or of another kind (symmetric `oct` keys above all: never an HMAC secret) are left
+/// out; a set with none left, or two keys with one `kid`, is refused.
+fn key_set(path: &Path, rsa: bool) -> Result<Vec<(Option<String>, DecodingKey)>, String> {
+    use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet, PublicKeyUse};
+    let text = read(path)?;
+    let set: JwkSet = serde_json::from_slice(&text)
+        .map_err(|e| format!("{}: not a JSON Web Key Set: {e}", path.display()))?;
+    let mut keys: Vec<(Option<String>, DecodingKey)> = Vec::new();
+    for jwk in &set.keys {
+        let family = matches!(
+            (&jwk.algorithm, rsa),
+            (AlgorithmParameters::RSA(_), true) | (AlgorithmParameters::EllipticCurve(_), false)
+        );
+        let signing = matches!(
+            jwk.common.public_key_use,
+            None | Some(PublicKeyUse::Signature)
+        );
+        if !family || !signing {
+            continue;
+        }
+        let kid = jwk.common.key_id.clone();
+        if kid.is_some() && keys.iter().any(|(k, _)| *k == kid) {
+            return Err(format!(
+                "{}: two keys with kid {:?}",
+                path.display(),
+                kid.unwrap_or_default()
+            ));
+        }
+        let key = DecodingKey::from_jwk(jwk).map_err(|e| {
+            format!(
+                "{}: key {:?} unusable: {e}",
+                path.display(),
+                kid.clone().unwrap_or_default()
+            )
+        })?;
+        keys.push((kid, key));
+    }
+    if keys.is_empty() {
+        let family = if rsa { "RSA" } else { "EC" };
+        return Err(format!(
+            "{}: no {family} signing key (the algorithms need one)",
+            path.display()
+        ));
+    }
+    Ok(keys)
+}
+
 fn read(path: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
 }
@@ -221,6 +318,119 @@ mod tests {
         let a = json!(["admin", "x"]);
         assert!(scopes(Some(&a)).contains("admin"));
         assert!(scopes(Some(&json!(5))).is_empty());
+    }
+
+    /// A fresh P-256 key pair: its PKCS#8 private key and its public key as a JWK.
+    fn p256(kid: &str, usage: &str) -> (Vec<u8>, Value) {
+        use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+        use base64::Engine as _;
+        let pair = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING)
+            .unwrap_or_else(|e| panic!("key generation: {e}"));
+        let pkcs8 = pair
+            .to_pkcs8v1()
+            .unwrap_or_else(|e| panic!("pkcs8: {e}"))
+            .as_ref()
+            .to_vec();
+        // Uncompressed point: 0x04, x, y.
+        let point = pair.public_key().as_ref();
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let jwk = json!({
+            "kty": "EC", "crv": "P-256", "kid": kid, "use": usage,
+            "x": b64(&point[1..33]), "y": b64(&point[33..65]),
+        });
+        (pkcs8, jwk)
+    }
+
+    /// A token with the claims `[auth]`'s defaults want, signed ES256 by `pkcs8`, with
+    /// `kid` in its header when given.
+    fn es256_token(pkcs8: &[u8], kid: Option<&str>) -> String {
+        let mut header = jsonwebtoken::Header::new(Algorithm::ES256);
+        header.kid = kid.map(str::to_owned);
+        let claims = json!({
+            "iss": "wso2", "aud": "ballerina", "scp": "admin",
+            "exp": jsonwebtoken::get_current_timestamp() + 600,
+        });
+        jsonwebtoken::encode(
+            &header,
+            &claims,
+            &jsonwebtoken::EncodingKey::from_ec_der(pkcs8),
+        )
+        .unwrap_or_else(|e| panic!("signing: {e}"))
+    }
+
+    /// A verifier on the key set `keys`, written to a file of its own.
+    fn verifier_on(keys: &[&Value], name: &str) -> Result<Verifier, (&'static str, String)> {
+        let path =
+            std::env::temp_dir().join(format!("wsgate-jwks-{}-{name}.json", std::process::id()));
+        let written = std::fs::write(&path, json!({ "keys": keys }).to_string());
+        assert!(written.is_ok(), "{written:?}");
+        let auth = AuthConfig {
+            algorithms: vec!["ES256".into()],
+            jwks: Some(path.clone()),
+            ..AuthConfig::default()
+        };
+        let verifier = Verifier::from_config(&auth);
+        let _ = std::fs::remove_file(&path);
+        verifier
+    }
+
+    #[test]
+    fn a_key_set_verifies_with_the_key_the_kid_names_so_keys_can_rotate() {
+        let (old_key, old) = p256("old", "sig");
+        let (new_key, new) = p256("new", "sig");
+        let (enc_key, enc) = p256("enc", "enc");
+        let hmac = json!({ "kty": "oct", "kid": "hmac", "k": "c2VjcmV0" });
+        let Ok(both) = verifier_on(&[&old, &new, &enc, &hmac], "both") else {
+            panic!("the key set loads");
+        };
+        // During a rotation both keys are in the set: tokens of either pass.
+        assert!(both.verify(&es256_token(&old_key, Some("old"))).is_ok());
+        assert!(both.verify(&es256_token(&new_key, Some("new"))).is_ok());
+        // Without a kid, each key is tried.
+        assert!(both.verify(&es256_token(&new_key, None)).is_ok());
+        // A kid picks its key and no other: a token claiming the wrong one fails.
+        assert_eq!(
+            both.verify(&es256_token(&new_key, Some("old"))).err(),
+            Some(AuthError::BadSignature)
+        );
+        // Encryption keys and symmetric keys are not signing keys here.
+        assert_eq!(
+            both.verify(&es256_token(&enc_key, Some("enc"))).err(),
+            Some(AuthError::UnknownKey)
+        );
+        assert_eq!(
+            both.verify(&es256_token(&enc_key, None)).err(),
+            Some(AuthError::BadSignature)
+        );
+        // The old key removed: its tokens are refused, the new key's still pass.
+        let Ok(rotated) = verifier_on(&[&new], "rotated") else {
+            panic!("the key set loads");
+        };
+        assert_eq!(
+            rotated.verify(&es256_token(&old_key, Some("old"))).err(),
+            Some(AuthError::UnknownKey)
+        );
+        assert!(rotated.verify(&es256_token(&new_key, Some("new"))).is_ok());
+    }
+
+    #[test]
+    fn a_key_set_without_a_usable_key_or_with_a_repeated_kid_is_refused() {
+        let (_, a) = p256("a", "sig");
+        let (_, a_again) = p256("a", "sig");
+        let (_, enc) = p256("e", "enc");
+        let hmac = json!({ "kty": "oct", "kid": "h", "k": "c2VjcmV0" });
+        for (keys, says) in [
+            (vec![&enc, &hmac], "no EC signing key"),
+            (vec![&a, &a_again], "two keys with kid"),
+        ] {
+            let refused = verifier_on(&keys, "bad").err();
+            assert!(
+                refused
+                    .as_ref()
+                    .is_some_and(|(key, problem)| *key == "jwks" && problem.contains(says)),
+                "{refused:?}"
+            );
+        }
     }
 
     #[test]

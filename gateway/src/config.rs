@@ -190,8 +190,12 @@ pub struct AuthConfig {
     pub audience: String,
     /// Accepted signature algorithms: RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384.
     pub algorithms: Vec<String>,
-    /// PEM public key that verifies signatures.
+    /// PEM public key that verifies signatures (not read when `jwks` is set).
     pub public_key: PathBuf,
+    /// A JSON Web Key Set file (what identity providers publish at their `jwks_uri`):
+    /// tokens are verified with the key their `kid` names, so keys can be rotated by
+    /// adding the new one, reloading, and removing the old one later.
+    pub jwks: Option<PathBuf>,
     /// Claim that carries scopes (space-separated string or array of strings).
     pub scope_claim: String,
     /// Scopes every token must hold.
@@ -211,6 +215,7 @@ impl Default for AuthConfig {
             audience: "ballerina".into(),
             algorithms: vec!["RS256".into()],
             public_key: "certs/jwt-public.pem".into(),
+            jwks: None,
             scope_claim: "scp".into(),
             required_scopes: vec!["admin".into()],
             leeway_secs: 5,
@@ -481,6 +486,7 @@ impl Config {
         tls.key = resolve(&tls.key);
         let mut auth = raw.auth;
         auth.public_key = resolve(&auth.public_key);
+        auth.jwks = auth.jwks.as_ref().map(resolve);
 
         Ok(Config {
             server: raw.server,
@@ -552,8 +558,10 @@ impl Config {
         let a = &self.auth;
         let _ = writeln!(
             o,
-            "[auth]\nissuer = {}\naudience = {}\nalgorithms = {}\npublic_key = {}\nscope_claim = {}\nrequired_scopes = {}\nleeway_secs = {}\n",
-            q(&a.issuer), q(&a.audience), list(&a.algorithms), q(&a.public_key.display().to_string()), q(&a.scope_claim), list(&a.required_scopes), a.leeway_secs
+            "[auth]\nissuer = {}\naudience = {}\nalgorithms = {}\npublic_key = {}\n{}scope_claim = {}\nrequired_scopes = {}\nleeway_secs = {}\n",
+            q(&a.issuer), q(&a.audience), list(&a.algorithms), q(&a.public_key.display().to_string()),
+            a.jwks.as_ref().map(|j| format!("jwks = {}\n", q(&j.display().to_string()))).unwrap_or_default(),
+            q(&a.scope_claim), list(&a.required_scopes), a.leeway_secs
         );
         if !a.forward_claims.is_empty() {
             let _ = writeln!(o, "[auth.forward_claims]");

@@ -301,7 +301,13 @@ async fn reload_case(via_signal: bool) -> Result<()> {
             .await
             .is_ok()
     );
-    if !proc.log().contains("config reload rejected") {
+    // The log line may follow the admin endpoint's answer by a moment.
+    let logged = wait_for("the rejection logged", DEADLINE, || {
+        let log = proc.log();
+        async move { Ok(log.contains("config reload rejected")) }
+    })
+    .await;
+    if logged.is_err() {
         bail!("no log line for the rejected reload:\n{}", proc.log());
     }
     Ok(())
@@ -315,4 +321,78 @@ async fn reload_by_signal_adds_and_removes_backends_without_touching_sessions() 
 #[tokio::test]
 async fn reload_by_admin_endpoint_and_bad_files_are_rejected() -> Result<()> {
     reload_case(false).await
+}
+
+/// `opts` with `token` as its bearer token instead of the dev RS256 one.
+fn with_token(
+    mut opts: loadgen::client::ConnectOptions,
+    token: &str,
+) -> loadgen::client::ConnectOptions {
+    opts.set_header("Authorization", format!("Bearer {token}"));
+    opts
+}
+
+#[tokio::test]
+async fn signing_keys_rotate_through_a_key_set_and_a_reload_without_refusing_anyone() -> Result<()>
+{
+    let bs = backends().await?;
+    let proc = GatewayProc::start(ProcOptions {
+        backends: vec![("Backend_ABC".into(), bs[0].url())],
+        ..ProcOptions::default()
+    })
+    .await?;
+    let (old_key, old_jwk) = es256_key("2026-11")?;
+    let (new_key, new_jwk) = es256_key("2026-12")?;
+    let old = es256_token(&old_key, "2026-11")?;
+    let new = es256_token(&new_key, "2026-12")?;
+    let opts = proc.connect_options("Backend_ABC")?;
+    let jwks = proc.config_path().with_file_name("jwks.json");
+    let set = |keys: &[&serde_json::Value]| -> Result<()> {
+        std::fs::write(&jwks, serde_json::json!({ "keys": keys }).to_string())?;
+        Ok(())
+    };
+    // From the PEM key to a key set holding the old key.
+    set(&[&old_jwk])?;
+    let path = proc.config_path();
+    let text = std::fs::read_to_string(&path)?;
+    let auth = format!("[auth]\nalgorithms = [\"ES256\"]\njwks = {:?}\n", jwks);
+    let new_text = text.replacen("[auth]\n", &auth, 1);
+    ensure!(new_text != text, "the test could not edit the config");
+    std::fs::write(&path, new_text)?;
+    reload(&proc, false).await?;
+    let mut session = loadgen::client::connect(&with_token(opts.clone(), &old)).await?;
+    let (status, body) = refused(&with_token(opts.clone(), &new)).await?;
+    ensure!(
+        status == 401 && body.contains("unknown key"),
+        "{status} {body}"
+    );
+
+    // The new key published beside the old one: both kinds of token pass.
+    set(&[&old_jwk, &new_jwk])?;
+    reload(&proc, false).await?;
+    loadgen::client::connect(&with_token(opts.clone(), &new)).await?;
+    loadgen::client::connect(&with_token(opts.clone(), &old)).await?;
+
+    // The old key retired: its tokens are refused, the session it opened goes on.
+    set(&[&new_jwk])?;
+    reload(&proc, false).await?;
+    let (status, body) = refused(&with_token(opts.clone(), &old)).await?;
+    ensure!(
+        status == 401 && body.contains("unknown key"),
+        "{status} {body}"
+    );
+    loadgen::client::connect(&with_token(opts.clone(), &new)).await?;
+    send(
+        &mut session.ws,
+        Frame::text(Payload::Borrowed(b"still here")),
+    )
+    .await?;
+    ensure!(next_non_push(&mut session.ws).await?.payload[..] == b"still here"[..]);
+
+    // A key set that cannot be used is rejected and the one in force stays.
+    std::fs::write(&jwks, "{ \"keys\": [] }")?;
+    let (status, body) = admin(&proc, "POST", "/reload").await?;
+    ensure!(status == 400 && body.contains("jwks"), "{status} {body}");
+    loadgen::client::connect(&with_token(opts, &new)).await?;
+    Ok(())
 }

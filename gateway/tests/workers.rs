@@ -57,8 +57,17 @@ async fn serve_then_drain(
         ..ProcOptions::default()
     })
     .await?;
-    let names = threads_named(gw.pid(), thread_prefix)?;
-    ensure!(names == threads, "threads: {names:?}, expected {threads:?}");
+    // The workers are started beside the listener: wait (bounded) until all have run.
+    let pid = gw.pid();
+    let started = wait_for("every worker thread", DEADLINE, || async move {
+        Ok(threads_named(pid, thread_prefix)? == threads)
+    })
+    .await;
+    let names = threads_named(pid, thread_prefix)?;
+    ensure!(
+        started.is_ok() && names == threads,
+        "threads: {names:?}, expected {threads:?}"
+    );
 
     let opts = gw.connect_options("Backend_ABC")?;
     let mut open = Vec::new();
