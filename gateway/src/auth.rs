@@ -118,7 +118,16 @@ impl Verifier {
             ));
         }
         let (keys, by_kid) = match &auth.jwks {
-            Some(path) => (key_set(path, rsa).map_err(|e| ("jwks", e))?, true),
+            Some(path) => {
+                let keys = key_set(path, rsa).map_err(|e| ("jwks", e))?;
+                // Which keys are in force, so that a rotation's reload can be checked.
+                let kids: Vec<&str> = keys
+                    .iter()
+                    .map(|(k, _)| k.as_deref().unwrap_or(""))
+                    .collect();
+                tracing::info!(jwks = %path.display(), ?kids, "JWT key set loaded");
+                (keys, true)
+            }
             None => (vec![(None, pem_key(&auth.public_key, rsa)?)], false),
         };
 

@@ -370,6 +370,12 @@ async fn signing_keys_rotate_through_a_key_set_and_a_reload_without_refusing_any
     // The new key published beside the old one: both kinds of token pass.
     set(&[&old_jwk, &new_jwk])?;
     reload(&proc, false).await?;
+    // The reload says which keys are in force.
+    wait_for("the key set logged", DEADLINE, || {
+        let log = proc.log();
+        async move { Ok(log.contains(r#"kids=["2026-11", "2026-12"]"#)) }
+    })
+    .await?;
     loadgen::client::connect(&with_token(opts.clone(), &new)).await?;
     loadgen::client::connect(&with_token(opts.clone(), &old)).await?;
 
