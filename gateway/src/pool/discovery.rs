@@ -11,7 +11,8 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use super::{now_ms, Instance, Pool};
-use crate::frames::CLOSE;
+use crate::batch::FrameWriter;
+use crate::forward::{send_close, CloseMsg};
 use crate::pool_config::{HealthCheck, Members, MAX_INSTANCES};
 use crate::resolve::Lookup;
 use crate::route::BackendTarget;
@@ -223,14 +224,19 @@ async fn upgrade(mut tcp: tokio::net::TcpStream, target: &BackendTarget) -> std:
 /// and dropped until it closes (for at most [`CLOSE_WAIT`]), so that the backend sees a
 /// clean close rather than a reset.
 async fn close(mut tcp: tokio::net::TcpStream) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    // Masked, as a client's frames must be.
-    let [a, b, c, d] = rand::random::<u32>().to_ne_bytes();
-    let [hi, lo] = 1000u16.to_be_bytes();
-    let frame = [0x80 | CLOSE, 0x80 | 2, a, b, c, d, hi ^ a, lo ^ b];
+    use tokio::io::AsyncReadExt;
     let drain = async {
-        tcp.write_all(&frame).await?;
-        tcp.shutdown().await?;
+        // Masked, as a client's frames must be: the writer a session's backend side uses.
+        let mut writer = FrameWriter::new(&mut tcp, fastwebsockets::Role::Client, 64);
+        send_close(
+            &mut writer,
+            CloseMsg {
+                code: 1000,
+                reason: "",
+            },
+        )
+        .await?;
+        writer.shutdown().await?;
         let mut sink = [0u8; 512];
         while tcp.read(&mut sink).await? > 0 {}
         std::io::Result::Ok(())
