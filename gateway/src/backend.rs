@@ -252,35 +252,26 @@ pub(crate) async fn connect_any(
             .map(|s| (s, *addr))
             .map_err(Some);
     }
+    let attempt = |addr| async move { (TcpStream::connect(addr).await, addr) };
     let mut next = addrs.iter().copied();
     let mut attempts = tokio::task::JoinSet::new();
     let mut last = None;
+    // Each turn starts the next address: at first, and after a failure or the delay.
     loop {
-        if attempts.is_empty() {
-            let Some(addr) = next.next() else {
-                return Err(last);
-            };
-            attempts.spawn(async move { (TcpStream::connect(addr).await, addr) });
+        match next.next() {
+            Some(addr) => drop(attempts.spawn(attempt(addr))),
+            None if attempts.is_empty() => return Err(last),
+            None => {}
         }
         let more = next.len() > 0;
         tokio::select! {
             done = attempts.join_next() => match done {
                 Some(Ok((Ok(stream), addr))) => return Ok((stream, addr)),
-                Some(Ok((Err(e), _))) => {
-                    last = Some(e);
-                    // Failed at once (refused, unreachable): the next one now.
-                    if let Some(addr) = next.next() {
-                        attempts.spawn(async move { (TcpStream::connect(addr).await, addr) });
-                    }
-                }
+                Some(Ok((Err(e), _))) => last = Some(e),
                 Some(Err(e)) => last = Some(io::Error::other(e)),
                 None => {}
             },
-            () = tokio::time::sleep(NEXT_ADDRESS_AFTER), if more => {
-                if let Some(addr) = next.next() {
-                    attempts.spawn(async move { (TcpStream::connect(addr).await, addr) });
-                }
-            }
+            () = tokio::time::sleep(NEXT_ADDRESS_AFTER), if more => {}
         }
     }
 }
