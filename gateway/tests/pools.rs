@@ -546,6 +546,19 @@ struct Answered {
     others: std::sync::atomic::AtomicUsize,
 }
 
+/// Reads an HTTP request head (up to its blank line); `None` if the peer left first.
+async fn request_head(tcp: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tcp.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    Some(head)
+}
+
 /// Serves `status_line` (e.g. "503 Service Unavailable") to every request at `addr` until
 /// the returned task is aborted: a backend that is up at TCP but not a WebSocket server.
 async fn answering(
@@ -559,14 +572,9 @@ async fn answering(
         while let Ok((mut tcp, _)) = listener.accept().await {
             let counts = counts.clone();
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match tcp.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
+                let Some(head) = request_head(&mut tcp).await else {
+                    return;
+                };
                 let probe = String::from_utf8_lossy(&head)
                     .to_ascii_lowercase()
                     .contains("user-agent: wsgate-health-check");
@@ -689,14 +697,10 @@ async fn silent(inst: &Instances) -> Result<(Vec<tokio::task::JoinHandle<()>>, A
             while let Ok((mut tcp, _)) = listener.accept().await {
                 let state = state.clone();
                 tokio::spawn(async move {
-                    let mut buf = [0u8; 1024];
-                    let mut head = Vec::new();
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match tcp.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(k) => head.extend_from_slice(&buf[..k]),
-                        }
+                    if request_head(&mut tcp).await.is_none() {
+                        return;
                     }
+                    let mut buf = [0u8; 1024];
                     let first = state.seen[n].fetch_add(1, Relaxed) == 0;
                     while matches!(tcp.read(&mut buf).await, Ok(k) if k > 0) {}
                     if n == 0 && first {
