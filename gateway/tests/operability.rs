@@ -341,10 +341,10 @@ async fn signing_keys_rotate_through_a_key_set_and_a_reload_without_refusing_any
         ..ProcOptions::default()
     })
     .await?;
-    let (old_key, old_jwk) = es256_key("2026-11")?;
-    let (new_key, new_jwk) = es256_key("2026-12")?;
-    let old = es256_token(&old_key, "2026-11")?;
-    let new = es256_token(&new_key, "2026-12")?;
+    let (old_key, old_jwk) = es256_key("2026-11", "sig")?;
+    let (new_key, new_jwk) = es256_key("2026-12", "sig")?;
+    let old = es256_token(&old_key, Some("2026-11"))?;
+    let new = es256_token(&new_key, Some("2026-12"))?;
     let opts = proc.connect_options("Backend_ABC")?;
     let jwks = proc.config_path().with_file_name("jwks.json");
     let set = |keys: &[&serde_json::Value]| -> Result<()> {
@@ -400,5 +400,73 @@ async fn signing_keys_rotate_through_a_key_set_and_a_reload_without_refusing_any
     let (status, body) = admin(&proc, "POST", "/reload").await?;
     ensure!(status == 400 && body.contains("jwks"), "{status} {body}");
     loadgen::client::connect(&with_token(opts, &new)).await?;
+    Ok(())
+}
+
+/// A verifier (`[auth]` defaults, ES256) on the key set `keys`, written to a file of its
+/// own.
+fn verifier_on(
+    keys: &[&serde_json::Value],
+) -> Result<Result<gateway::auth::Verifier, (&'static str, String)>> {
+    let path = support::process::temp_dir("jwks")?.join("jwks.json");
+    std::fs::write(&path, serde_json::json!({ "keys": keys }).to_string())?;
+    let auth = gateway::config::AuthConfig {
+        algorithms: vec!["ES256".into()],
+        jwks: Some(path.clone()),
+        ..gateway::config::AuthConfig::default()
+    };
+    let verifier = gateway::auth::Verifier::from_config(&auth);
+    let _ = std::fs::remove_dir_all(path.parent().context("no folder")?);
+    Ok(verifier)
+}
+
+#[test]
+fn a_key_set_verifies_with_the_key_the_kid_names_so_keys_can_rotate() -> Result<()> {
+    use gateway::auth::AuthError;
+    let (old_key, old) = es256_key("old", "sig")?;
+    let (new_key, new) = es256_key("new", "sig")?;
+    let (enc_key, enc) = es256_key("enc", "enc")?;
+    let hmac = serde_json::json!({ "kty": "oct", "kid": "hmac", "k": "c2VjcmV0" });
+    let both = verifier_on(&[&old, &new, &enc, &hmac])?
+        .map_err(|(key, problem)| anyhow::anyhow!("{key}: {problem}"))?;
+    let verify = |verifier: &gateway::auth::Verifier, pkcs8: &[u8], kid: Option<&str>| {
+        es256_token(pkcs8, kid).map(|t| verifier.verify(&t).err())
+    };
+    // During a rotation both keys are in the set: tokens of either pass.
+    ensure!(verify(&both, &old_key, Some("old"))?.is_none());
+    ensure!(verify(&both, &new_key, Some("new"))?.is_none());
+    // Without a kid, each key is tried.
+    ensure!(verify(&both, &new_key, None)?.is_none());
+    // A kid picks its key and no other: a token claiming the wrong one fails.
+    ensure!(verify(&both, &new_key, Some("old"))? == Some(AuthError::BadSignature));
+    // Encryption keys and symmetric keys are not signing keys here.
+    ensure!(verify(&both, &enc_key, Some("enc"))? == Some(AuthError::UnknownKey));
+    ensure!(verify(&both, &enc_key, None)? == Some(AuthError::BadSignature));
+    // The old key removed: its tokens are refused, the new key's still pass.
+    let rotated =
+        verifier_on(&[&new])?.map_err(|(key, problem)| anyhow::anyhow!("{key}: {problem}"))?;
+    ensure!(verify(&rotated, &old_key, Some("old"))? == Some(AuthError::UnknownKey));
+    ensure!(verify(&rotated, &new_key, Some("new"))?.is_none());
+    Ok(())
+}
+
+#[test]
+fn a_key_set_without_a_usable_key_or_with_a_repeated_kid_is_refused() -> Result<()> {
+    let (_, a) = es256_key("a", "sig")?;
+    let (_, a_again) = es256_key("a", "sig")?;
+    let (_, enc) = es256_key("e", "enc")?;
+    let hmac = serde_json::json!({ "kty": "oct", "kid": "h", "k": "c2VjcmV0" });
+    for (keys, says) in [
+        (vec![&enc, &hmac], "no EC signing key"),
+        (vec![&a, &a_again], "two keys with kid"),
+    ] {
+        let refused = verifier_on(&keys)?.err();
+        ensure!(
+            refused
+                .as_ref()
+                .is_some_and(|(key, problem)| *key == "jwks" && problem.contains(says)),
+            "{refused:?}"
+        );
+    }
     Ok(())
 }

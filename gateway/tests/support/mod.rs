@@ -121,9 +121,9 @@ pub fn hs256_with_public_key_token() -> Result<String> {
     Ok(token)
 }
 
-/// A fresh P-256 signing key: its PKCS#8 private key and its public key as a JSON Web Key
-/// with `kid`.
-pub fn es256_key(kid: &str) -> Result<(Vec<u8>, Value)> {
+/// A fresh P-256 key: its PKCS#8 private key and its public key as a JSON Web Key with
+/// `kid`, for `usage` (`"sig"`, or `"enc"` for a key a verifier must not use).
+pub fn es256_key(kid: &str, usage: &str) -> Result<(Vec<u8>, Value)> {
     use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
     let pair = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING)?;
     let pkcs8 = pair.to_pkcs8v1()?.as_ref().to_vec();
@@ -131,16 +131,16 @@ pub fn es256_key(kid: &str) -> Result<(Vec<u8>, Value)> {
     let point = pair.public_key().as_ref();
     anyhow::ensure!(point.len() == 65, "unexpected point encoding");
     let jwk = serde_json::json!({
-        "kty": "EC", "crv": "P-256", "kid": kid, "use": "sig", "alg": "ES256",
+        "kty": "EC", "crv": "P-256", "kid": kid, "use": usage, "alg": "ES256",
         "x": b64(&point[1..33]), "y": b64(&point[33..65]),
     });
     Ok((pkcs8, jwk))
 }
 
-/// The sample's claims signed ES256 with `pkcs8`, naming `kid` in the header.
-pub fn es256_token(pkcs8: &[u8], kid: &str) -> Result<String> {
+/// The sample's claims signed ES256 with `pkcs8`, naming `kid` in the header when given.
+pub fn es256_token(pkcs8: &[u8], kid: Option<&str>) -> Result<String> {
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
-    header.kid = Some(kid.to_owned());
+    header.kid = kid.map(str::to_owned);
     Ok(jsonwebtoken::encode(
         &header,
         &loadgen::token::sample_claims(),
