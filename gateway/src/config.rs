@@ -96,6 +96,11 @@ pub struct ServerConfig {
     pub workers: usize,
     /// How the worker threads share the connections. Read at start-up only.
     pub threading: Threading,
+    /// Every connection starts with a PROXY protocol header (v1 or v2), as a TCP load
+    /// balancer sends it; the client address in it stands for the peer's everywhere
+    /// (`X-Forwarded-For`, `max_connections_per_ip`, logs). A connection without one is
+    /// closed. Read at start-up only.
+    pub proxy_protocol: bool,
 }
 
 /// `[server] threading`: how connections are spread over the worker threads.
@@ -144,6 +149,7 @@ impl Default for ServerConfig {
             reuse_port: false,
             workers: 0,
             threading: Threading::PerWorker,
+            proxy_protocol: false,
         }
     }
 }
@@ -535,7 +541,7 @@ impl Config {
         };
         let _ = writeln!(
             o,
-            "[server]\nlisten = {}\npath = {}\nreuse_port = {}\nworkers = {}{}\nthreading = {}\n",
+            "[server]\nlisten = {}\npath = {}\nreuse_port = {}\nworkers = {}{}\nthreading = {}\nproxy_protocol = {}\n",
             q(&self.server.listen.to_string()),
             q(&self.server.path),
             self.server.reuse_port,
@@ -545,7 +551,8 @@ impl Config {
             } else {
                 String::new()
             },
-            q(self.server.threading.as_str())
+            q(self.server.threading.as_str()),
+            self.server.proxy_protocol
         );
         let _ = writeln!(
             o,
@@ -713,6 +720,7 @@ mod tests {
             3
         );
         assert_eq!(c.server.threading, Threading::PerWorker);
+        assert!(!c.server.proxy_protocol);
         let text = format!("[server]\nthreading = \"shared\"\n{MINIMAL}");
         assert_eq!(
             Config::from_toml_str(&text, Path::new("."))?

@@ -9,6 +9,7 @@
 //! | [`listener`] | accept TCP, accept-error back-off, hand to a worker |
 //! | [`workers`] | threads with a runtime each; a connection lives on one |
 //! | [`limits`] | connection slots: total and per client IP |
+//! | [`proxy_header`] | PROXY protocol v1/v2 header from a TCP load balancer: the client's address |
 //! | [`tls`] | rustls server config from PEM, ALPN `http/1.1` |
 //! | [`tls_stream`] | TLS on rustls's unbuffered API: no buffers held while idle |
 //! | [`service`] | TLS handshake, hyper HTTP/1 with upgrades, the handshake phases |
@@ -53,6 +54,7 @@ pub mod pair;
 pub mod pool;
 pub mod pool_config;
 pub mod prefixed;
+pub mod proxy_header;
 pub mod reader;
 pub mod records;
 pub mod refusal;

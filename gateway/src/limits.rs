@@ -26,6 +26,18 @@ impl LimitHit {
     }
 }
 
+/// A connection's place under the limits, as the listener hands it to a worker.
+#[derive(Debug)]
+pub enum Admission {
+    /// Decided at accept from the connection's peer address: its slot, or the limit it
+    /// hit (it is answered 503).
+    Decided(Result<Slot, LimitHit>),
+    /// Decided once the PROXY protocol header has named the client
+    /// (`[server] proxy_protocol`): the per-address cap is about clients, and every
+    /// connection comes from the balancer's address.
+    AfterProxyHeader,
+}
+
 /// Open connections per client address.
 type IpCounts = Arc<Mutex<HashMap<IpAddr, usize>>>;
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket};
 use tracing::{debug, error, info};
 
+use crate::limits::Admission;
 use crate::state::Shared;
 use crate::workers::{Accepted, Workers};
 
@@ -46,6 +47,10 @@ pub fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> 
 }
 
 /// Accepts until `shutdown` resolves, handing every connection to one of `workers`.
+///
+/// With `[server] proxy_protocol` (read once, at start) a connection's limits wait for
+/// its PROXY header, and its span names the balancer it came through (`via`) rather
+/// than a peer.
 pub async fn run(
     listener: TcpListener,
     shared: Arc<Shared>,
@@ -53,6 +58,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    let proxy_protocol = shared.config().server.proxy_protocol;
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {
@@ -65,15 +71,21 @@ pub async fn run(
                 shared.metrics.accepted.inc();
                 let conn_id = shared.next_id.fetch_add(1, Ordering::Relaxed);
                 // Over the limit the connection is still answered (503), not left hanging.
-                let slot = shared.limiter().try_acquire(peer.ip());
-                let span = tracing::info_span!("conn", conn = conn_id, %peer);
+                let (admission, span) = if proxy_protocol {
+                    let span = tracing::info_span!("conn", conn = conn_id, via = %peer);
+                    (Admission::AfterProxyHeader, span)
+                } else {
+                    let slot = shared.limiter().try_acquire(peer.ip());
+                    let span = tracing::info_span!("conn", conn = conn_id, %peer);
+                    (Admission::Decided(slot), span)
+                };
                 // Unregistered here, registered again by the worker that serves it.
                 match tcp.into_std() {
                     Ok(tcp) => workers.dispatch(Accepted {
                         tcp,
                         peer,
                         conn_id,
-                        slot,
+                        admission,
                         span,
                     }),
                     Err(e) => debug!(conn = conn_id, %peer, error = %e, "cannot hand over"),

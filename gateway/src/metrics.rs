@@ -165,6 +165,8 @@ pub struct Metrics {
     pub worker_connections: Family<WorkerLabel, Counter>,
     /// Completed TLS handshakes, full or resumed.
     pub tls_handshakes: Family<HandshakeLabel, Counter>,
+    /// Connections closed for a missing, malformed or late PROXY protocol header.
+    pub proxy_header_refusals: Counter,
     /// Per-instance metrics of backend pools.
     pub pools: PoolMetrics,
 }
@@ -192,6 +194,7 @@ impl Metrics {
             closes_sent: Family::default(),
             worker_connections: Family::default(),
             tls_handshakes: Family::default(),
+            proxy_header_refusals: Counter::default(),
             pools: PoolMetrics::default(),
             registry: Registry::default(),
         };
@@ -204,6 +207,11 @@ impl Metrics {
             "tls_handshakes",
             "Completed TLS handshakes, full or resumed with a session ticket",
             m.tls_handshakes.clone(),
+        );
+        registry.register(
+            "proxy_header_refusals",
+            "Connections closed for a missing, malformed or late PROXY protocol header",
+            m.proxy_header_refusals.clone(),
         );
         registry.register(
             "worker_connections",

@@ -75,6 +75,9 @@ fn start_up_only_changes(running: &Config, file: &Config) -> Vec<&'static str> {
     if running.server.threading != file.server.threading {
         changed.push("server.threading");
     }
+    if running.server.proxy_protocol != file.server.proxy_protocol {
+        changed.push("server.proxy_protocol");
+    }
     if running.admin.enabled != file.admin.enabled || running.admin.listen != file.admin.listen {
         changed.push("admin");
     }
@@ -92,12 +95,14 @@ mod tests {
         let running = Config::from_toml_str(base, dir)?;
         assert!(start_up_only_changes(&running, &running).is_empty());
         let file = Config::from_toml_str(
-            &format!("[server]\nworkers = 7\nlisten = \"127.0.0.1:1\"\n{base}"),
+            &format!(
+                "[server]\nworkers = 7\nlisten = \"127.0.0.1:1\"\nproxy_protocol = true\n{base}"
+            ),
             dir,
         )?;
         assert_eq!(
             start_up_only_changes(&running, &file),
-            ["server.listen", "server.workers"]
+            ["server.listen", "server.workers", "server.proxy_protocol"]
         );
         Ok(())
     }

@@ -22,8 +22,9 @@ use tracing::{debug, info, warn, Instrument};
 use crate::backend::{self, BackendConn};
 use crate::checks;
 use crate::credentials;
-use crate::limits::{LimitHit, Slot};
+use crate::limits::{Admission, LimitHit, Slot};
 use crate::metrics::{BackendLabel, Metrics};
+use crate::proxy_header;
 use crate::refusal::Refusal;
 use crate::session::{self, Side};
 use crate::state::Shared;
@@ -32,24 +33,42 @@ use crate::wsclient::accept_key;
 
 type Body = Full<Bytes>;
 
-/// Serves one accepted TCP connection to its end. Holds `slot` (its place under the
+/// Serves one accepted TCP connection to its end. Holds its slot (its place under the
 /// connection limits) for as long as the connection or its session lives; without one,
-/// every request gets 503.
+/// every request gets 503. With `[server] proxy_protocol` the PROXY header comes first,
+/// within the TLS handshake's time, and names the `peer` the rest sees.
 pub async fn serve_connection(
     shared: Arc<Shared>,
-    tcp: TcpStream,
-    peer: SocketAddr,
+    mut tcp: TcpStream,
+    mut peer: SocketAddr,
     conn_id: u64,
-    slot: Result<Slot, LimitHit>,
+    admission: Admission,
 ) {
     let _ = tcp.set_nodelay(true);
     let config = shared.config();
-    let tls = match tokio::time::timeout(
-        config.timeouts.tls_handshake,
-        tls_stream::accept(shared.tls(), tcp),
-    )
-    .await
-    {
+    let deadline = tokio::time::Instant::now() + config.timeouts.tls_handshake;
+    let slot = match admission {
+        Admission::Decided(slot) => slot,
+        Admission::AfterProxyHeader => {
+            match tokio::time::timeout_at(deadline, proxy_header::read(&mut tcp)).await {
+                Ok(Ok(client)) => {
+                    peer = client.unwrap_or(peer);
+                    shared.limiter().try_acquire(peer.ip())
+                }
+                Ok(Err(e)) => {
+                    shared.metrics.proxy_header_refusals.inc();
+                    info!(conn = conn_id, error = %e, "PROXY protocol header refused");
+                    return;
+                }
+                Err(_) => {
+                    shared.metrics.proxy_header_refusals.inc();
+                    info!(conn = conn_id, "PROXY protocol header timed out");
+                    return;
+                }
+            }
+        }
+    };
+    let tls = match tokio::time::timeout_at(deadline, tls_stream::accept(shared.tls(), tcp)).await {
         Ok(Ok(tls)) => {
             let resumed = tls.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
             shared.metrics.tls_handshake(resumed);

@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, Instrument, Span};
 
 use crate::config::Threading;
-use crate::limits::{LimitHit, Slot};
+use crate::limits::Admission;
 use crate::service::serve_connection;
 use crate::state::Shared;
 
@@ -38,12 +38,12 @@ const SHUTDOWN_WAIT: Duration = Duration::from_secs(1);
 pub struct Accepted {
     /// The client's socket, not yet registered with any runtime.
     pub tcp: std::net::TcpStream,
-    /// The client's address.
+    /// The connection's peer address (the balancer's, with `[server] proxy_protocol`).
     pub peer: SocketAddr,
     /// The connection's id in logs.
     pub conn_id: u64,
-    /// Its connection-limit slot, or which limit it hit (it is answered 503).
-    pub slot: Result<Slot, LimitHit>,
+    /// Its place under the connection limits.
+    pub admission: Admission,
     /// The connection's tracing span.
     pub span: Span,
 }
@@ -169,12 +169,12 @@ async fn serve_one(shared: &Arc<Shared>, worker: &str, conn: Accepted) {
         tcp,
         peer,
         conn_id,
-        slot,
+        admission,
         span,
     } = conn;
     match TcpStream::from_std(tcp) {
         Ok(tcp) => {
-            serve_connection(shared.clone(), tcp, peer, conn_id, slot)
+            serve_connection(shared.clone(), tcp, peer, conn_id, admission)
                 .instrument(span)
                 .await
         }

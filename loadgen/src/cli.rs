@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::demo::{self, DemoEnd, DemoError, DemoOptions};
 use crate::load::{self, LoadOptions, UsageError, ALL_BACKENDS, DEFAULT_URL};
+use crate::proxy_header::ProxyHeader;
 use crate::sys::SourceAddrs;
 use crate::token::TokenSource;
 
@@ -123,6 +124,11 @@ pub struct LoadArgs {
     /// and makes a full handshake.
     #[arg(long)]
     pub resume: bool,
+    /// Send a PROXY protocol header (`v1` text or `v2` binary) first on every connection,
+    /// naming the connection's own address, as a TCP load balancer would: for a gateway
+    /// with `[server] proxy_protocol = true`.
+    #[arg(long, value_name = "VERSION", value_parser = parse_proxy_protocol)]
+    pub proxy_protocol: Option<ProxyHeader>,
     /// Extra request header `Name: value` (repeatable).
     #[arg(long = "header", value_name = "NAME: VALUE", value_parser = parse_header)]
     pub headers: Vec<(String, String)>,
@@ -186,6 +192,14 @@ pub struct DemoArgs {
     pub target: TargetArgs,
 }
 
+fn parse_proxy_protocol(s: &str) -> Result<ProxyHeader, String> {
+    match s {
+        "v1" => Ok(ProxyHeader::V1(None)),
+        "v2" => Ok(ProxyHeader::V2(None)),
+        other => Err(format!("{other:?}: the PROXY protocol version is v1 or v2")),
+    }
+}
+
 fn parse_header(s: &str) -> Result<(String, String), String> {
     let (name, value) = s
         .split_once(':')
@@ -231,6 +245,7 @@ impl LoadArgs {
             ca: Some(t.ca.clone()),
             insecure: t.insecure,
             resume: self.resume,
+            proxy_header: self.proxy_protocol,
             token: t.token_source(),
             headers: self.headers.clone(),
             source_addrs: self.source_addrs.clone(),

@@ -15,9 +15,11 @@ use fastwebsockets::{Role, WebSocket};
 use gateway::prefixed::Prefixed;
 use gateway::wsclient::{self, ClientRequest, HandshakeError};
 use rustls::pki_types::ServerName;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
 
+use crate::proxy_header::ProxyHeader;
 use crate::stream::ClientStream;
 use crate::tls;
 
@@ -46,6 +48,9 @@ pub struct ConnectOptions {
     /// Resume TLS sessions across this connector's connections (session tickets), as one
     /// client reconnecting would; off, every connection makes a full handshake.
     pub resume: bool,
+    /// A PROXY protocol header to send first, before TLS, as a TCP load balancer in front
+    /// of the server would (for a gateway with `[server] proxy_protocol = true`).
+    pub proxy_header: Option<ProxyHeader>,
 }
 
 impl ConnectOptions {
@@ -60,6 +65,7 @@ impl ConnectOptions {
             local_addr: None,
             connect_timeout: Duration::from_secs(10),
             resume: false,
+            proxy_header: None,
         }
     }
 
@@ -174,6 +180,7 @@ pub struct Connector {
     suites: Mutex<Vec<(&'static str, u64)>>,
     /// TLS handshakes that resumed a session.
     resumed: AtomicU64,
+    proxy_header: Option<ProxyHeader>,
 }
 
 impl std::fmt::Debug for Connector {
@@ -263,6 +270,7 @@ impl Connector {
             timeout: opts.connect_timeout,
             suites: Mutex::new(Vec::new()),
             resumed: AtomicU64::new(0),
+            proxy_header: opts.proxy_header,
         })
     }
 
@@ -326,7 +334,11 @@ impl Connector {
         extra_headers: &[(&str, &str)],
         local: Option<IpAddr>,
     ) -> Result<Upgraded, ConnectError> {
-        let tcp = self.connect_tcp(local).await?;
+        let mut tcp = self.connect_tcp(local).await?;
+        if let Some(header) = self.proxy_header {
+            let bytes = header.encode(tcp.local_addr()?, tcp.peer_addr()?)?;
+            tcp.write_all(&bytes).await?;
+        }
         let mut stream = match &self.tls {
             None => ClientStream::Plain(tcp),
             Some(tls) => {

@@ -16,6 +16,7 @@
 //! | [`demo`] | the sample's client |
 //! | [`client`] | WebSocket client connections (TCP/TLS + [`gateway::wsclient`] handshake) |
 //! | [`stream`] | plain or TLS client stream |
+//! | [`proxy_header`] | PROXY protocol headers, sent first as a TCP load balancer would |
 //! | [`tls`] | rustls client config |
 //! | [`token`] | the sample's RS256 JWT |
 //! | [`testbed`] | gateway + demo backends in-process, for tests |
@@ -27,6 +28,7 @@ pub mod demo;
 pub mod load;
 pub mod plot;
 pub mod progress;
+pub mod proxy_header;
 pub mod report;
 mod session;
 pub mod stats;

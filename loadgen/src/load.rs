@@ -20,6 +20,7 @@ use tokio::task::JoinSet;
 use crate::client::{ConnectOptions, Connector};
 use crate::conn::{self, End, Outcome, Phase, Plan, Reconnect, Shared};
 use crate::progress::Progress;
+use crate::proxy_header::ProxyHeader;
 use crate::report::{self, Report, Usage};
 use crate::stats::{new_histogram, Live, Recorder};
 use crate::sys::{self, CpuTime, SourceAddrs};
@@ -60,6 +61,9 @@ pub struct LoadOptions {
     /// Resume TLS sessions across the run's connections, as one client reconnecting
     /// would (off: each connection stands for a distinct client, full handshake).
     pub resume: bool,
+    /// A PROXY protocol header sent first on every connection, naming the connection's
+    /// own address, as a TCP load balancer in front of the gateway would.
+    pub proxy_header: Option<ProxyHeader>,
     /// Bearer token source.
     pub token: TokenSource,
     /// Extra request headers.
@@ -100,6 +104,7 @@ impl Default for LoadOptions {
             ca: Some(PathBuf::from("certs/ca.crt")),
             insecure: false,
             resume: false,
+            proxy_header: None,
             token: TokenSource::Mint(PathBuf::from("certs/jwt-private.pem")),
             headers: Vec::new(),
             source_addrs: SourceAddrs::Auto,
@@ -204,6 +209,7 @@ pub async fn run(opts: &LoadOptions, stop: impl Future<Output = ()>) -> anyhow::
         local_addr: None,
         connect_timeout: opts.connect_timeout,
         resume: opts.resume,
+        proxy_header: opts.proxy_header,
     };
     let connector = Connector::new(&connect_opts).await.map_err(|e| match e {
         crate::client::ConnectError::Config(m) => anyhow::Error::new(UsageError(m)),

@@ -1,0 +1,264 @@
+//! `[server] proxy_protocol`: behind a TCP load balancer every connection starts with a
+//! PROXY protocol header, and the client it names is the one the gateway forwards in
+//! `X-Forwarded-For`, counts under `max_connections_per_ip` and logs. A connection
+//! without a good header is closed and counted; everyone else is served. The real
+//! gateway binary, a probe backend, clients sending v1 and v2 headers over loopback,
+//! and HAProxy as the balancer (needs `haproxy`, which .ci/run installs; set
+//! WSGATE_SKIP_INTEROP=1 to skip that test where it cannot be installed).
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use loadgen::client::{connect, ConnectError, ConnectOptions};
+use loadgen::proxy_header::ProxyHeader;
+use support::probe::{Event, Mode, Probe};
+use support::process::{GatewayProc, ProcOptions};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A gateway process reading PROXY headers, routing `Backend_PROBE` to `probe`.
+async fn gateway_behind_balancer(probe: &Probe, extra_toml: &str) -> Result<GatewayProc> {
+    GatewayProc::start(ProcOptions {
+        backends: vec![("Backend_PROBE".into(), probe.url())],
+        server_toml: "proxy_protocol = true".into(),
+        extra_toml: extra_toml.into(),
+        ..ProcOptions::default()
+    })
+    .await
+}
+
+fn with_header(gw: &GatewayProc, header: ProxyHeader) -> Result<ConnectOptions> {
+    let mut opts = gw.connect_options("Backend_PROBE")?;
+    opts.proxy_header = Some(header);
+    Ok(opts)
+}
+
+fn addr(s: &str) -> Result<SocketAddr> {
+    s.parse().with_context(|| format!("address {s}"))
+}
+
+/// The `X-Forwarded-For` of the next upgrade that reaches the probe (skipping what the
+/// sessions before it sent).
+async fn forwarded_for(probe: &mut Probe) -> Result<Option<String>> {
+    loop {
+        if let Event::Handshake(headers) = probe.next().await? {
+            return Ok(headers
+                .into_iter()
+                .find(|(k, _)| k == "x-forwarded-for")
+                .map(|(_, v)| v));
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_client_named_in_the_header_is_the_one_forwarded_and_logged() -> Result<()> {
+    let mut probe = Probe::start(Mode::Accept { protocol: None }).await?;
+    let gw = gateway_behind_balancer(&probe, "").await?;
+    let cases = [
+        (
+            ProxyHeader::V1(Some(addr("203.0.113.7:40000")?)),
+            "203.0.113.7",
+        ),
+        (
+            ProxyHeader::V2(Some(addr("[2001:db8::7]:40001")?)),
+            "2001:db8::7",
+        ),
+        // The balancer's own connection (a health check): the socket's address stands.
+        (ProxyHeader::V2Local, "127.0.0.1"),
+        (ProxyHeader::V1(None), "127.0.0.1"),
+    ];
+    for (header, client) in cases {
+        let mut c = connect(&with_header(&gw, header)?)
+            .await
+            .with_context(|| format!("connect with {header:?}"))?;
+        let xff = forwarded_for(&mut probe).await?;
+        ensure!(
+            xff.as_deref() == Some(client),
+            "{header:?}: backend got X-Forwarded-For {xff:?}, expected {client}"
+        );
+        echo(&mut c.ws, b"through the balancer").await?;
+        close_cleanly(&mut c.ws).await?;
+    }
+    // The session's log lines carry the client's address, not the balancer's.
+    wait_for("a log line naming 203.0.113.7:40000", DEADLINE, || async {
+        Ok(gw.log().contains("peer=203.0.113.7:40000"))
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_per_address_limit_counts_the_clients_the_headers_name() -> Result<()> {
+    let probe = Probe::start(Mode::Accept { protocol: None }).await?;
+    let gw = gateway_behind_balancer(&probe, "[limits]\nmax_connections_per_ip = 1\n").await?;
+    // Every socket comes from 127.0.0.1; only the headers tell the clients apart.
+    let first = connect(&with_header(
+        &gw,
+        ProxyHeader::V2(Some(addr("198.51.100.1:1000")?)),
+    )?)
+    .await
+    .context("first client")?;
+    let same = with_header(&gw, ProxyHeader::V1(Some(addr("198.51.100.1:1001")?)))?;
+    let (status, reason) = refused(&same).await?;
+    ensure!(
+        status == 503 && reason.contains("per-address"),
+        "a second connection of 198.51.100.1 got {status} {reason:?}"
+    );
+    let mut other = connect(&with_header(
+        &gw,
+        ProxyHeader::V1(Some(addr("198.51.100.2:1000")?)),
+    )?)
+    .await
+    .context("another client, same balancer")?;
+    echo(&mut other.ws, b"mine").await?;
+    // The first client's slot frees when it leaves.
+    drop(first);
+    wait_for("198.51.100.1 admitted again", DEADLINE, || async {
+        Ok(connect(&same).await.is_ok())
+    })
+    .await?;
+    Ok(())
+}
+
+/// Sends `bytes` on a fresh connection and waits for the gateway to close it; returns
+/// what it answered and how long the close took.
+async fn closed_after(gw: &GatewayProc, bytes: &[u8]) -> Result<(Vec<u8>, Duration)> {
+    let mut tcp = TcpStream::connect(gw.addr).await?;
+    tcp.write_all(bytes).await?;
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    tokio::time::timeout(DEADLINE, tcp.read_to_end(&mut answer))
+        .await
+        .with_context(|| format!("connection sending {bytes:?} was never closed"))?
+        .ok();
+    Ok((answer, started.elapsed()))
+}
+
+#[tokio::test]
+async fn connections_without_a_good_header_are_closed_and_the_rest_served() -> Result<()> {
+    let probe = Probe::start(Mode::Accept { protocol: None }).await?;
+    let gw = gateway_behind_balancer(&probe, "[timeouts]\ntls_handshake = \"1s\"\n").await?;
+    let mut good = connect(&with_header(&gw, ProxyHeader::V2(None))?).await?;
+
+    // A client reaching the gateway past the balancer: its TLS handshake is refused.
+    match connect(&gw.connect_options("Backend_PROBE")?).await {
+        Ok(_) => bail!("a connection without a PROXY header was served"),
+        Err(ConnectError::Refused { status, .. }) => {
+            bail!("a connection without a PROXY header got HTTP {status}")
+        }
+        Err(_) => {}
+    }
+    let (answer, _) = closed_after(&gw, b"PROXY TCP4 not-an-address 192.0.2.1 1 2\r\n").await?;
+    ensure!(answer.is_empty(), "a malformed header got {answer:?}");
+    let mut too_long = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\xff\xff".to_vec();
+    too_long.extend_from_slice(&[0; 64]);
+    let (answer, _) = closed_after(&gw, &too_long).await?;
+    ensure!(answer.is_empty(), "an oversized v2 header got {answer:?}");
+    // Half a header, then nothing: closed at the handshake timeout.
+    let (answer, took) = closed_after(&gw, b"PROXY TCP4 203.0").await?;
+    ensure!(answer.is_empty(), "a stalled header got {answer:?}");
+    ensure!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "a stalled header was closed after {took:?} (timeout 1 s)"
+    );
+
+    wait_for("four refusals counted", DEADLINE, || async {
+        Ok(gw.metric("wsgate_proxy_header_refusals_total").await? == 4.0)
+    })
+    .await?;
+    let log = gw.log();
+    for reason in [
+        "no PROXY protocol header",
+        "malformed PROXY protocol header",
+        "over the 4096-byte limit",
+        "PROXY protocol header timed out",
+    ] {
+        ensure!(log.contains(reason), "no log line with {reason:?}:\n{log}");
+    }
+    // The session open all along, and a new one, are served.
+    echo(&mut good.ws, b"still here").await?;
+    let mut fresh = connect(&with_header(&gw, ProxyHeader::V1(None))?).await?;
+    echo(&mut fresh.ws, b"fresh").await?;
+    Ok(())
+}
+
+/// HAProxy, killed when dropped.
+struct Haproxy(std::process::Child);
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A free loopback port (bound, read back, released for HAProxy to bind).
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+#[tokio::test]
+async fn haproxy_as_the_balancer_in_front_with_send_proxy_and_send_proxy_v2() -> Result<()> {
+    if std::env::var_os("WSGATE_SKIP_INTEROP").is_some() {
+        eprintln!("skipped: WSGATE_SKIP_INTEROP is set");
+        return Ok(());
+    }
+    let mut probe = Probe::start(Mode::Accept { protocol: None }).await?;
+    let gw = gateway_behind_balancer(&probe, "").await?;
+    let (v1_port, v2_port) = (free_port()?, free_port()?);
+    let dir = support::process::temp_dir("haproxy")?;
+    let config = dir.join("haproxy.cfg");
+    std::fs::write(
+        &config,
+        format!(
+            "global\n  maxconn 100\n\
+             defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
+             listen v1\n  bind 127.0.0.1:{v1_port}\n  server gw {gw} send-proxy\n\
+             listen v2\n  bind 127.0.0.1:{v2_port}\n  server gw {gw} send-proxy-v2\n",
+            gw = gw.addr
+        ),
+    )?;
+    let haproxy = std::process::Command::new("haproxy")
+        .arg("-db")
+        .arg("-f")
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .context("starting haproxy (apt-get install haproxy, or set WSGATE_SKIP_INTEROP=1)")?;
+    let _haproxy = Haproxy(haproxy);
+    for port in [v1_port, v2_port] {
+        wait_for("haproxy listening", DEADLINE, || async move {
+            Ok(TcpStream::connect(("127.0.0.1", port)).await.is_ok())
+        })
+        .await?;
+    }
+    // Each client from an address of its own; HAProxy connects to the gateway from
+    // 127.0.0.1 and names the client in the header.
+    for (port, client) in [(v1_port, "127.0.0.7"), (v2_port, "127.0.0.8")] {
+        let mut opts = support::process::client_options(
+            &format!("wss://localhost:{port}/gateway"),
+            "Backend_PROBE",
+        )?;
+        opts.local_addr = Some(client.parse()?);
+        let mut c = connect(&opts)
+            .await
+            .with_context(|| format!("through haproxy :{port}"))?;
+        // HAProxy's own connections to the gateway (the waits above) came with headers
+        // too and were closed before TLS; the next upgrade is this client's.
+        let xff = forwarded_for(&mut probe).await?;
+        ensure!(
+            xff.as_deref() == Some(client),
+            "through haproxy :{port} the backend got X-Forwarded-For {xff:?}, expected {client}"
+        );
+        echo(&mut c.ws, b"via haproxy").await?;
+        close_cleanly(&mut c.ws).await?;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
