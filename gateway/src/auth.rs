@@ -5,7 +5,8 @@
 //! `aud` are required; `nbf` is checked when present; the clock leeway is small and set.
 //!
 //! The key is one PEM public key, or a JSON Web Key Set whose keys are picked by the
-//! token's `kid`, so that keys can be rotated without refusing anyone.
+//! token's `kid`, so that keys can be rotated without refusing anyone: from a file, or
+//! from the identity provider's URL (see [`crate::jwks_fetch`]).
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -57,6 +58,8 @@ pub enum AuthError {
 
 /// Checks tokens; built once from config, shared by every connection.
 pub struct Verifier {
+    /// The settings it was built from (a key set refresh builds the next one from them).
+    auth: AuthConfig,
     /// The keys, each with its `kid` when it came from a key set.
     keys: Vec<(Option<String>, DecodingKey)>,
     /// From a key set: a token's `kid` picks its key.
@@ -87,6 +90,27 @@ pub fn parse_algorithm(name: &str) -> Result<Algorithm, String> {
     Ok(alg)
 }
 
+/// `[auth] algorithms`, and whether they are RSA ones (else EC); they may not mix.
+fn algorithms(auth: &AuthConfig) -> Result<(Vec<Algorithm>, bool), (&'static str, String)> {
+    let algorithms: Vec<Algorithm> = auth
+        .algorithms
+        .iter()
+        .map(|a| parse_algorithm(a))
+        .collect::<Result<_, _>>()
+        .map_err(|e| ("algorithms", e))?;
+    let Some(first) = algorithms.first() else {
+        return Err(("algorithms", "at least one algorithm is required".into()));
+    };
+    let rsa = is_rsa(*first);
+    if algorithms.iter().any(|a| is_rsa(*a) != rsa) {
+        return Err((
+            "algorithms",
+            "RSA and EC algorithms cannot share one public_key".into(),
+        ));
+    }
+    Ok((algorithms, rsa))
+}
+
 fn is_rsa(alg: Algorithm) -> bool {
     matches!(
         alg,
@@ -100,52 +124,84 @@ fn is_rsa(alg: Algorithm) -> bool {
 }
 
 impl Verifier {
-    /// Builds a verifier from `[auth]`, reading the public key file.
+    /// Builds a verifier from `[auth]`: reads the public key or key set file, or fetches
+    /// the key set at `jwks_url` (waiting for it).
     ///
-    /// Errors name the offending key (`public_key` or `algorithms`) and the problem.
+    /// Errors name the offending key (`public_key`, `jwks`, `jwks_url` or `algorithms`)
+    /// and the problem.
     pub fn from_config(auth: &AuthConfig) -> Result<Self, (&'static str, String)> {
-        let algorithms: Vec<Algorithm> = auth
-            .algorithms
-            .iter()
-            .map(|a| parse_algorithm(a))
-            .collect::<Result<_, _>>()
-            .map_err(|e| ("algorithms", e))?;
-        let rsa = algorithms.iter().any(|a| is_rsa(*a));
-        if rsa && algorithms.iter().any(|a| !is_rsa(*a)) {
-            return Err((
-                "algorithms",
-                "RSA and EC algorithms cannot share one public_key".into(),
-            ));
-        }
-        let (keys, by_kid) = match &auth.jwks {
-            Some(path) => {
-                let keys = key_set(path, rsa).map_err(|e| ("jwks", e))?;
-                // Which keys are in force, so that a rotation's reload can be checked.
-                let kids: Vec<&str> = keys
-                    .iter()
-                    .map(|(k, _)| k.as_deref().unwrap_or(""))
-                    .collect();
-                tracing::info!(jwks = %path.display(), ?kids, "JWT key set loaded");
-                (keys, true)
+        let (algorithms, rsa) = algorithms(auth)?;
+        let (keys, source) = match (&auth.jwks, &auth.jwks_url) {
+            (Some(path), _) => {
+                let shown = path.display().to_string();
+                let text = read(path).map_err(|e| ("jwks", e))?;
+                (key_set(&text, &shown, rsa).map_err(|e| ("jwks", e))?, shown)
             }
-            None => (vec![(None, pem_key(&auth.public_key, rsa)?)], false),
+            (None, Some(url)) => {
+                let body = crate::jwks_fetch::fetch_blocking(url, auth.jwks_ca.as_deref())
+                    .map_err(|e| ("jwks_url", format!("{url}: {e}")))?;
+                (
+                    key_set(&body, url, rsa).map_err(|e| ("jwks_url", e))?,
+                    url.clone(),
+                )
+            }
+            (None, None) => {
+                let key = pem_key(&auth.public_key, rsa)?;
+                return Ok(Self::with_keys(auth, algorithms, vec![(None, key)], false));
+            }
         };
+        let verifier = Self::with_keys(auth, algorithms, keys, true);
+        // Which keys are in force, so that a rotation's reload can be checked.
+        tracing::info!(jwks = %source, kids = ?verifier.kids(), "JWT key set loaded");
+        Ok(verifier)
+    }
 
-        let mut validation = Validation::new(algorithms[0]);
-        validation.algorithms = algorithms;
-        validation.leeway = auth.leeway_secs;
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
+    /// A verifier for the same `[auth]` settings with the key set in `body`, freshly
+    /// fetched from `jwks_url`.
+    pub fn with_key_set(auth: &AuthConfig, body: &[u8]) -> Result<Self, (&'static str, String)> {
+        let (algorithms, rsa) = algorithms(auth)?;
+        let source = auth.jwks_url.as_deref().unwrap_or("key set");
+        let keys = key_set(body, source, rsa).map_err(|e| ("jwks_url", e))?;
+        Ok(Self::with_keys(auth, algorithms, keys, true))
+    }
+
+    fn with_keys(
+        auth: &AuthConfig,
+        algorithms: Vec<Algorithm>,
+        keys: Vec<(Option<String>, DecodingKey)>,
+        by_kid: bool,
+    ) -> Self {
+        let mut validation = Validation {
+            algorithms,
+            leeway: auth.leeway_secs,
+            validate_exp: true,
+            validate_nbf: true,
+            ..Validation::default()
+        };
         validation.set_issuer(&[&auth.issuer]);
         validation.set_audience(&[&auth.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
-        Ok(Self {
+        Self {
+            auth: auth.clone(),
             keys,
             by_kid,
             validation,
             scope_claim: auth.scope_claim.clone(),
             required_scopes: auth.required_scopes.clone(),
-        })
+        }
+    }
+
+    /// The `[auth]` settings this verifier was built from.
+    pub fn auth(&self) -> &AuthConfig {
+        &self.auth
+    }
+
+    /// The `kid`s of the keys in force (empty strings for keys without one).
+    pub fn kids(&self) -> Vec<&str> {
+        self.keys
+            .iter()
+            .map(|(k, _)| k.as_deref().unwrap_or(""))
+            .collect()
     }
 
     /// Verifies a bare token; returns its claims.
@@ -262,15 +318,19 @@ fn pem_key(path: &Path, rsa: bool) -> Result<DecodingKey, (&'static str, String)
     })
 }
 
-/// The signing keys of the JSON Web Key Set at `path` that the algorithms can use (RSA
+/// The signing keys of the JSON Web Key Set `text` (from `source`, named in errors) that
+/// the algorithms can use (RSA
 /// or EC), with their `kid`s. Keys for encryption (`"use": "enc"`), of the other family
 /// or of another kind (symmetric `oct` keys above all: never an HMAC secret) are left
 /// out; a set with none left, or two keys with one `kid`, is refused.
-fn key_set(path: &Path, rsa: bool) -> Result<Vec<(Option<String>, DecodingKey)>, String> {
+fn key_set(
+    text: &[u8],
+    source: &str,
+    rsa: bool,
+) -> Result<Vec<(Option<String>, DecodingKey)>, String> {
     use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet, PublicKeyUse};
-    let text = read(path)?;
-    let set: JwkSet = serde_json::from_slice(&text)
-        .map_err(|e| format!("{}: not a JSON Web Key Set: {e}", path.display()))?;
+    let set: JwkSet = serde_json::from_slice(text)
+        .map_err(|e| format!("{source}: not a JSON Web Key Set: {e}"))?;
     let mut keys: Vec<(Option<String>, DecodingKey)> = Vec::new();
     for jwk in &set.keys {
         let family = matches!(
@@ -287,15 +347,13 @@ fn key_set(path: &Path, rsa: bool) -> Result<Vec<(Option<String>, DecodingKey)>,
         let kid = jwk.common.key_id.clone();
         if kid.is_some() && keys.iter().any(|(k, _)| *k == kid) {
             return Err(format!(
-                "{}: two keys with kid {:?}",
-                path.display(),
+                "{source}: two keys with kid {:?}",
                 kid.unwrap_or_default()
             ));
         }
         let key = DecodingKey::from_jwk(jwk).map_err(|e| {
             format!(
-                "{}: key {:?} unusable: {e}",
-                path.display(),
+                "{source}: key {:?} unusable: {e}",
                 kid.clone().unwrap_or_default()
             )
         })?;
@@ -304,8 +362,7 @@ fn key_set(path: &Path, rsa: bool) -> Result<Vec<(Option<String>, DecodingKey)>,
     if keys.is_empty() {
         let family = if rsa { "RSA" } else { "EC" };
         return Err(format!(
-            "{}: no {family} signing key (the algorithms need one)",
-            path.display()
+            "{source}: no {family} signing key (the algorithms need one)"
         ));
     }
     Ok(keys)

@@ -202,6 +202,17 @@ pub struct AuthConfig {
     /// tokens are verified with the key their `kid` names, so keys can be rotated by
     /// adding the new one, reloading, and removing the old one later.
     pub jwks: Option<PathBuf>,
+    /// The URL of an identity provider's JSON Web Key Set (its `jwks_uri`), instead of
+    /// `jwks` or `public_key`: fetched at start (a start that cannot fetch it fails), at
+    /// every reload, every `jwks_refresh`, and a few seconds after a token names a key the
+    /// set lacks, so the provider's own rotations are followed without a reload.
+    pub jwks_url: Option<String>,
+    /// How often `jwks_url` is fetched again; a failed fetch keeps the keys in force.
+    #[serde(with = "humane")]
+    pub jwks_refresh: Duration,
+    /// PEM file of the CA(s) to trust for an `https://` `jwks_url`; without it, the
+    /// system's trusted roots.
+    pub jwks_ca: Option<PathBuf>,
     /// Claim that carries scopes (space-separated string or array of strings).
     pub scope_claim: String,
     /// Scopes every token must hold.
@@ -222,6 +233,9 @@ impl Default for AuthConfig {
             algorithms: vec!["RS256".into()],
             public_key: "certs/jwt-public.pem".into(),
             jwks: None,
+            jwks_url: None,
+            jwks_refresh: Duration::from_secs(300),
+            jwks_ca: None,
             scope_claim: "scp".into(),
             required_scopes: vec!["admin".into()],
             leeway_secs: 5,
@@ -459,6 +473,26 @@ impl Config {
         for alg in &raw.auth.algorithms {
             crate::auth::parse_algorithm(alg).map_err(|p| err("auth", "algorithms", p))?;
         }
+        if let Some(url) = &raw.auth.jwks_url {
+            if raw.auth.jwks.is_some() {
+                return Err(err(
+                    "auth",
+                    "jwks_url",
+                    "give jwks (a file) or jwks_url, not both".into(),
+                ));
+            }
+            crate::jwks_fetch::check_url(url).map_err(|p| err("auth", "jwks_url", p))?;
+        }
+        if raw.auth.jwks_refresh < crate::jwks_fetch::MIN_REFRESH {
+            return Err(err(
+                "auth",
+                "jwks_refresh",
+                format!(
+                    "at least {}",
+                    humantime::format_duration(crate::jwks_fetch::MIN_REFRESH)
+                ),
+            ));
+        }
         if raw.limits.max_header_bytes < 8192 {
             return Err(err(
                 "limits",
@@ -493,6 +527,7 @@ impl Config {
         let mut auth = raw.auth;
         auth.public_key = resolve(&auth.public_key);
         auth.jwks = auth.jwks.as_ref().map(resolve);
+        auth.jwks_ca = auth.jwks_ca.as_ref().map(resolve);
 
         Ok(Config {
             server: raw.server,
@@ -567,7 +602,9 @@ impl Config {
             o,
             "[auth]\nissuer = {}\naudience = {}\nalgorithms = {}\npublic_key = {}\n{}scope_claim = {}\nrequired_scopes = {}\nleeway_secs = {}\n",
             q(&a.issuer), q(&a.audience), list(&a.algorithms), q(&a.public_key.display().to_string()),
-            a.jwks.as_ref().map(|j| format!("jwks = {}\n", q(&j.display().to_string()))).unwrap_or_default(),
+            a.jwks.as_ref().map(|j| format!("jwks = {}\n", q(&j.display().to_string()))).unwrap_or_default()
+                + &a.jwks_url.as_ref().map(|u| format!("jwks_url = {}\njwks_refresh = {}\n{}", q(u), secs(a.jwks_refresh),
+                    a.jwks_ca.as_ref().map(|c| format!("jwks_ca = {}\n", q(&c.display().to_string()))).unwrap_or_default())).unwrap_or_default(),
             q(&a.scope_claim), list(&a.required_scopes), a.leeway_secs
         );
         if !a.forward_claims.is_empty() {
@@ -761,6 +798,31 @@ mod tests {
         assert!(msg.contains(":3:"), "{msg}");
         assert!(msg.contains("listen_addr"), "{msg}");
         assert!(!msg.contains('\n'), "{msg}");
+    }
+
+    #[test]
+    fn jwks_url_settings_are_checked_by_name() {
+        let refused = |auth: &str| {
+            Config::from_toml_str(&format!("[auth]\n{auth}\n{MINIMAL}"), Path::new("."))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        let msg = refused("jwks_url = \"ftp://idp/certs\"");
+        assert!(
+            msg.contains("auth.jwks_url: ") && msg.contains("https://"),
+            "{msg}"
+        );
+        let msg = refused("jwks_url = \"idp.example.com/certs\"");
+        assert!(msg.contains("auth.jwks_url: "), "{msg}");
+        let msg = refused("jwks_url = \"https://idp/certs\"\njwks = \"keys.json\"");
+        assert!(
+            msg.contains("auth.jwks_url: ") && msg.contains("not both"),
+            "{msg}"
+        );
+        let msg = refused("jwks_url = \"https://idp/certs\"\njwks_refresh = \"100ms\"");
+        assert!(msg.contains("auth.jwks_refresh: at least 1s"), "{msg}");
+        assert_eq!(refused("jwks_url = \"https://idp:8443/certs?realm=a\""), "");
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! | [`checks`] | path, method, WebSocket upgrade headers |
 //! | [`credentials`] | backend ID and token: headers, or query / subprotocol for browsers |
 //! | [`auth`] | bearer JWT: pinned algorithms, signature, `exp`/`nbf`, `iss`, `aud`, scopes |
+//! | [`jwks_fetch`] | an identity provider's key set from `jwks_url`, kept fresh |
 //! | [`route`] | `ID` -> backend pool, in an atomically swappable table |
 //! | [`pool`] | a backend's instances: balancing, ejection, DNS discovery |
 //! | [`backend`] | TCP + WebSocket client handshake to an instance, retried on another |
@@ -46,6 +47,7 @@ pub mod config;
 pub mod credentials;
 pub mod forward;
 pub mod frames;
+pub mod jwks_fetch;
 pub mod limits;
 pub mod listener;
 pub mod mailbox;
@@ -187,7 +189,9 @@ impl Gateway {
         for (id, spec) in &config.backends {
             info!(backend = %id, to = %spec.describe(), "route");
         }
+        let key_set_refresh = tokio::spawn(jwks_fetch::keep_fresh(self.shared.clone()));
         listener::run(listener, self.shared.clone(), &workers, shutdown).await;
+        key_set_refresh.abort();
         self.shared.draining.store(true, Ordering::Relaxed);
         let _ = self.shutdown_tx.send(true);
         let deadline = tokio::time::Instant::now() + config.timeouts.drain;

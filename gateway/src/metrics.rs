@@ -38,6 +38,13 @@ pub struct HandshakeLabel {
     pub kind: String,
 }
 
+/// Labels: how a fetch of the `jwks_url` key set went.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FetchLabel {
+    /// `ok`, or `error` (the keys in force stayed).
+    pub result: String,
+}
+
 /// Labels: one instance of a backend pool.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct InstanceLabels {
@@ -167,6 +174,8 @@ pub struct Metrics {
     pub tls_handshakes: Family<HandshakeLabel, Counter>,
     /// Connections closed for a missing, malformed or late PROXY protocol header.
     pub proxy_header_refusals: Counter,
+    /// Refreshes of the `jwks_url` key set, by result.
+    pub jwks_fetches: Family<FetchLabel, Counter>,
     /// Per-instance metrics of backend pools.
     pub pools: PoolMetrics,
 }
@@ -195,6 +204,7 @@ impl Metrics {
             worker_connections: Family::default(),
             tls_handshakes: Family::default(),
             proxy_header_refusals: Counter::default(),
+            jwks_fetches: Family::default(),
             pools: PoolMetrics::default(),
             registry: Registry::default(),
         };
@@ -212,6 +222,11 @@ impl Metrics {
             "proxy_header_refusals",
             "Connections closed for a missing, malformed or late PROXY protocol header",
             m.proxy_header_refusals.clone(),
+        );
+        registry.register(
+            "jwks_fetches",
+            "Refreshes of the [auth] jwks_url key set, by result (error: the keys in force stayed)",
+            m.jwks_fetches.clone(),
         );
         registry.register(
             "worker_connections",
@@ -310,6 +325,16 @@ impl Metrics {
         let kind = if resumed { "resumed" } else { "full" };
         self.tls_handshakes
             .get_or_create(&HandshakeLabel { kind: kind.into() })
+            .inc();
+    }
+
+    /// Counts a refresh of the `jwks_url` key set.
+    pub fn jwks_fetch(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.jwks_fetches
+            .get_or_create(&FetchLabel {
+                result: result.into(),
+            })
             .inc();
     }
 

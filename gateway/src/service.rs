@@ -19,6 +19,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn, Instrument};
 
+use crate::auth::AuthError;
 use crate::backend::{self, BackendConn};
 use crate::checks;
 use crate::credentials;
@@ -214,9 +215,15 @@ async fn prepare(
     let config = shared.config();
     let upgrade = checks::check(req, &config.server.path)?;
     let creds = credentials::extract(req, &config.browser)?;
-    let claims = shared
-        .verifier()
-        .verify(creds.token.as_deref().map_err(Clone::clone)?)?;
+    let verifier = shared.verifier();
+    let claims = verifier
+        .verify(creds.token.as_deref().map_err(Clone::clone)?)
+        .inspect_err(|e| {
+            // The provider may have rotated: fetch its key set again soon.
+            if *e == AuthError::UnknownKey && verifier.auth().jwks_url.is_some() {
+                shared.unknown_key.notify_one();
+            }
+        })?;
     let identity = crate::auth::claim_headers(&config.auth.forward_claims, &claims);
     let identity_names: Vec<String> = config.auth.forward_claims.keys().cloned().collect();
     let pool = shared

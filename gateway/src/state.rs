@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use rustls::ServerConfig;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use crate::auth::Verifier;
 use crate::config::Config;
@@ -52,6 +52,9 @@ pub struct Shared {
     pub next_id: AtomicU64,
     /// The file a reload re-reads (`None`: config built from a string, no reload).
     pub config_path: Option<PathBuf>,
+    /// Told when a token named a key the `jwks_url` key set lacks (see
+    /// [`crate::jwks_fetch::keep_fresh`]).
+    pub unknown_key: Notify,
 }
 
 impl Shared {
@@ -96,6 +99,7 @@ impl Shared {
             shutdown_rx,
             next_id: AtomicU64::new(1),
             config_path,
+            unknown_key: Notify::new(),
         }
     }
 
@@ -137,6 +141,14 @@ impl Shared {
     /// The token verifier in force now.
     pub fn verifier(&self) -> Arc<Verifier> {
         self.verifier.load_full()
+    }
+
+    /// Puts `renewed` (the same auth settings, a freshly fetched key set) in force, unless
+    /// the verifier in force is no longer `current` (a reload came in between: its own
+    /// fetch is newer). Returns whether it did.
+    pub fn renew_verifier(&self, current: &Arc<Verifier>, renewed: Verifier) -> bool {
+        let previous = self.verifier.compare_and_swap(current, Arc::new(renewed));
+        Arc::ptr_eq(&*previous, current)
     }
 
     /// The TLS server config in force now.

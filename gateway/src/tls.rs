@@ -123,6 +123,21 @@ fn chosen_suites(
     Ok(chosen)
 }
 
+/// The certificates of the PEM file at `path` as trust roots (a CA bundle).
+pub fn trust_roots(path: &std::path::Path) -> Result<rustls::RootCertStore, String> {
+    let shown = path.display();
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("CA file {shown}: {e}"))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("CA file {shown}: {e}"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _ignored) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(format!("CA file {shown}: no usable certificate"));
+    }
+    Ok(roots)
+}
+
 /// The repository's dev certificates folder, for tests.
 #[cfg(test)]
 pub(crate) fn dev_certs() -> std::path::PathBuf {

@@ -470,3 +470,186 @@ fn a_key_set_without_a_usable_key_or_with_a_repeated_kid_is_refused() -> Result<
     }
     Ok(())
 }
+
+/// A gateway process verifying ES256 tokens with the key set at `idp`'s URL, refreshed
+/// every `refresh`, routing `Backend_ABC` to a demo backend.
+async fn gateway_on_idp(
+    idp: &support::idp::Idp,
+    refresh: &str,
+    bs: &[demo_services::RunningBackend],
+) -> Result<GatewayProc> {
+    GatewayProc::start(ProcOptions {
+        backends: vec![("Backend_ABC".into(), bs[0].url())],
+        auth_toml: format!(
+            "algorithms = [\"ES256\"]\njwks_url = {:?}\njwks_refresh = {refresh:?}\njwks_ca = {:?}",
+            idp.url(),
+            certs().join("ca.crt")
+        ),
+        ..ProcOptions::default()
+    })
+    .await
+}
+
+/// Whether a connection with `token` is let through.
+async fn admitted(opts: &loadgen::client::ConnectOptions, token: &str) -> bool {
+    loadgen::client::connect(&with_token(opts.clone(), token))
+        .await
+        .is_ok()
+}
+
+#[tokio::test]
+async fn keys_come_from_the_providers_url_and_its_rotations_need_no_reload() -> Result<()> {
+    let idp = support::idp::Idp::start(true).await?;
+    let (k1, jwk1) = es256_key("k1", "sig")?;
+    let (k2, jwk2) = es256_key("k2", "sig")?;
+    let (t1, t2) = (es256_token(&k1, Some("k1"))?, es256_token(&k2, Some("k2"))?);
+    idp.publish(&[&jwk1]);
+    let bs = backends().await?;
+    // Over HTTPS, trusting jwks_ca; refreshed hourly, so only a rotation fetches again.
+    let proc = gateway_on_idp(&idp, "1h", &bs).await?;
+    let opts = proc.connect_options("Backend_ABC")?;
+    ensure!(idp.hits() == 1, "{} fetches at start", idp.hits());
+    ensure!(
+        admitted(&opts, &t1).await,
+        "a token of the published key was refused"
+    );
+
+    // The provider rotates: its new key's tokens are refused at first (the key is
+    // unknown), which has the gateway fetch the set again within a few seconds.
+    idp.publish(&[&jwk1, &jwk2]);
+    let (status, body) = refused(&with_token(opts.clone(), &t2)).await?;
+    ensure!(
+        status == 401 && body.contains("unknown key"),
+        "{status} {body}"
+    );
+    wait_for(
+        "the new key's token admitted",
+        Duration::from_secs(15),
+        || {
+            let opts = opts.clone();
+            let t2 = t2.clone();
+            async move { Ok(admitted(&opts, &t2).await) }
+        },
+    )
+    .await?;
+    ensure!(admitted(&opts, &t1).await, "the old key stopped working");
+    ensure!(
+        proc.log().contains(r#"kids=["k1", "k2"]"#),
+        "the refreshed key set was not logged:\n{}",
+        proc.log()
+    );
+    // Tokens naming made-up keys do not make the gateway hammer the provider.
+    let hits = idp.hits();
+    for _ in 0..20 {
+        let forged = es256_token(&k2, Some("made-up"))?;
+        let (status, _) = refused(&with_token(opts.clone(), &forged)).await?;
+        ensure!(status == 401);
+    }
+    ensure!(
+        idp.hits() <= hits + 1,
+        "{} fetches for 20 unknown kids",
+        idp.hits() - hits
+    );
+
+    // A reload fetches too: the old key retired at the provider is refused at once.
+    idp.publish(&[&jwk2]);
+    reload(&proc, false).await?;
+    let (status, body) = refused(&with_token(opts.clone(), &t1)).await?;
+    ensure!(
+        status == 401 && body.contains("unknown key"),
+        "{status} {body}"
+    );
+    ensure!(admitted(&opts, &t2).await);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_failing_provider_leaves_the_keys_in_force_until_it_answers_again() -> Result<()> {
+    let idp = support::idp::Idp::start(false).await?;
+    let (k1, jwk1) = es256_key("k1", "sig")?;
+    let (k2, jwk2) = es256_key("k2", "sig")?;
+    let (t1, t2) = (es256_token(&k1, Some("k1"))?, es256_token(&k2, Some("k2"))?);
+    idp.publish(&[&jwk1]);
+    let bs = backends().await?;
+    let proc = gateway_on_idp(&idp, "1s", &bs).await?;
+    let opts = proc.connect_options("Backend_ABC")?;
+    ensure!(admitted(&opts, &t1).await);
+
+    idp.answer(503, "down for maintenance".into());
+    wait_for("a failed refresh counted", DEADLINE, || async {
+        Ok(proc
+            .metric("wsgate_jwks_fetches_total{result=\"error\"}")
+            .await?
+            >= 1.0)
+    })
+    .await?;
+    ensure!(
+        proc.log().contains("JWT key set fetch failed"),
+        "{}",
+        proc.log()
+    );
+    ensure!(admitted(&opts, &t1).await, "the keys in force were dropped");
+
+    // Back, with a rotated set: the next refresh takes it.
+    idp.publish(&[&jwk2]);
+    wait_for("the new key's token admitted", DEADLINE, || {
+        let opts = opts.clone();
+        let t2 = t2.clone();
+        async move { Ok(admitted(&opts, &t2).await) }
+    })
+    .await?;
+    ensure!(!admitted(&opts, &t1).await, "the retired key still works");
+    ensure!(proc.log().contains("JWT key set fetched again"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_start_without_the_providers_key_set_fails_naming_jwks_url() -> Result<()> {
+    let idp = support::idp::Idp::start(false).await?;
+    let bs = backends().await?;
+    for (status, body, says) in [
+        (404, "not here".to_owned(), "answered HTTP 404"),
+        (200, r#"{"keys":[]}"#.to_owned(), "no EC signing key"),
+        (200, "<html>".to_owned(), "not a JSON Web Key Set"),
+    ] {
+        idp.answer(status, body);
+        let Err(e) = gateway_on_idp(&idp, "1h", &bs).await else {
+            bail!("the gateway started though the key set answered {status}");
+        };
+        let e = e.to_string();
+        ensure!(
+            e.contains("auth.jwks_url") && e.contains(says) && e.contains("exit status: 64"),
+            "{e}"
+        );
+    }
+    // Unreachable, and HTTPS from a provider the system's roots do not trust.
+    let https = support::idp::Idp::start(true).await?;
+    // (A machine with no trusted roots at all says so instead.)
+    for (url, says) in [
+        (
+            "http://127.0.0.1:9/certs".to_owned(),
+            ["cannot connect", "cannot connect"],
+        ),
+        (
+            https.url(),
+            ["cannot connect", "no trusted root certificates"],
+        ),
+    ] {
+        let Err(e) = GatewayProc::start(ProcOptions {
+            backends: vec![("Backend_ABC".into(), bs[0].url())],
+            auth_toml: format!("algorithms = [\"ES256\"]\njwks_url = {url:?}"),
+            ..ProcOptions::default()
+        })
+        .await
+        else {
+            bail!("the gateway started with its key set at {url}");
+        };
+        let e = e.to_string();
+        ensure!(
+            e.contains("auth.jwks_url") && says.iter().any(|s| e.contains(s)),
+            "{e}"
+        );
+    }
+    ensure!(https.hits() == 0, "the untrusted provider got a request");
+    Ok(())
+}

@@ -5,9 +5,8 @@ use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 
 /// Builds the client config shared by every connection of a run.
 ///
@@ -35,7 +34,7 @@ pub fn client_config(ca: Option<&Path>, insecure: bool) -> Result<Arc<ClientConf
             return Err("wss:// needs a CA to trust (--ca FILE) or --insecure".to_owned());
         };
         builder
-            .with_root_certificates(load_roots(ca)?)
+            .with_root_certificates(gateway::tls::trust_roots(ca)?)
             .with_no_client_auth()
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -62,21 +61,6 @@ pub fn browser_order(suites: &mut [rustls::SupportedCipherSuite]) {
         };
         (s.tls13().is_none(), rank)
     });
-}
-
-/// Reads every certificate of a PEM file into a root store.
-fn load_roots(path: &Path) -> Result<RootCertStore, String> {
-    let shown = path.display();
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("CA file {shown}: {e}"))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("CA file {shown}: {e}"))?;
-    let mut roots = RootCertStore::empty();
-    let (added, _ignored) = roots.add_parsable_certificates(certs);
-    if added == 0 {
-        return Err(format!("CA file {shown}: no usable certificate"));
-    }
-    Ok(roots)
 }
 
 /// Accepts any server certificate; still verifies the handshake signatures.

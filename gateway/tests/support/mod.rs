@@ -4,6 +4,7 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod idp;
 pub mod probe;
 pub mod process;
 

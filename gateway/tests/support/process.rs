@@ -30,6 +30,8 @@ pub struct ProcOptions {
     pub listen: Option<SocketAddr>,
     /// Extra lines for the `[server]` table (e.g. `reuse_port = true`).
     pub server_toml: String,
+    /// Extra lines for the `[auth]` table (e.g. `jwks_url = "…"`).
+    pub auth_toml: String,
 }
 
 /// A running gateway process; killed (SIGKILL) when dropped if still running.
@@ -76,11 +78,12 @@ impl GatewayProc {
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
         let mut toml = format!(
             "[server]\nlisten = \"{listen}\"\n{}\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
-             [tls]\ncert = {:?}\nkey = {:?}\n\n[auth]\npublic_key = {:?}\n\n[backends]\n",
+             [tls]\ncert = {:?}\nkey = {:?}\n\n[auth]\npublic_key = {:?}\n{}\n\n[backends]\n",
             opts.server_toml,
             certs.join("server.crt"),
             certs.join("server.key"),
             certs.join("jwt-public.pem"),
+            opts.auth_toml,
         );
         for (id, url) in &opts.backends {
             toml.push_str(&format!("{id} = \"{url}\"\n"));

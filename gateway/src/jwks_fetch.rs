@@ -1,0 +1,233 @@
+//! JWKS fetch: the JSON Web Key Set an identity provider publishes at its `jwks_uri`
+//! (`[auth] jwks_url`), fetched over HTTP or HTTPS and kept fresh.
+//!
+//! The set is fetched when the config is loaded (start, reload: a load that cannot fetch
+//! it fails, as an unreadable key file does), then every `jwks_refresh` by
+//! [`keep_fresh`], and soon after a token names a key the set in force lacks — the
+//! provider has rotated — so that rotation needs no reload. A refresh that fails keeps
+//! the keys in force and is logged; the next one tries again.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::header;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tracing::{info, warn};
+use url::Url;
+
+use crate::auth::Verifier;
+use crate::state::Shared;
+
+/// The shortest `jwks_refresh` accepted (minutes are what providers' caching headers
+/// usually suggest; seconds are for tests).
+pub const MIN_REFRESH: Duration = Duration::from_secs(1);
+
+/// How soon after one fetch a token with an unknown `kid` may cause the next: tokens
+/// naming made-up keys then cost the provider at most one request per this long.
+pub const UNKNOWN_KEY_REFETCH_AFTER: Duration = Duration::from_secs(5);
+
+/// Connect, TLS, request and the whole answer.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The largest key set taken (providers publish a few KiB).
+const MAX_BODY: usize = 1 << 20;
+
+/// Why a key set could not be fetched.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The URL or the CA file is unusable.
+    #[error("{0}")]
+    Setup(String),
+    /// TCP connect or TLS handshake failed.
+    #[error("cannot connect: {0}")]
+    Connect(std::io::Error),
+    /// The HTTP exchange failed.
+    #[error("HTTP: {0}")]
+    Http(String),
+    /// The provider answered something other than 200.
+    #[error("answered HTTP {0}, not 200")]
+    Status(u16),
+    /// No complete answer within [`FETCH_TIMEOUT`].
+    #[error("no answer within {}s", FETCH_TIMEOUT.as_secs())]
+    Timeout,
+}
+
+/// Checks that `url` is one a key set can be fetched from: `http://` or `https://` with
+/// a host.
+pub fn check_url(url: &str) -> Result<(), String> {
+    let parsed = Url::parse(url).map_err(|e| format!("{url:?}: {e}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!(
+            "{url:?}: scheme must be https:// or http://, not {}://",
+            parsed.scheme()
+        ));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(format!("{url:?}: no host"));
+    }
+    Ok(())
+}
+
+/// Fetches the key set at `url`, trusting the CAs in `ca` (or the system's roots) for
+/// `https://`. Returns the body.
+pub async fn fetch(url: &str, ca: Option<&Path>) -> Result<Bytes, FetchError> {
+    tokio::time::timeout(FETCH_TIMEOUT, fetch_inner(url, ca))
+        .await
+        .map_err(|_| FetchError::Timeout)?
+}
+
+/// [`fetch`] for callers that cannot await: config loading runs inside the gateway's
+/// runtime, so the fetch gets a thread and a runtime of its own.
+pub fn fetch_blocking(url: &str, ca: Option<&Path>) -> Result<Bytes, FetchError> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| FetchError::Setup(format!("runtime: {e}")))?
+                .block_on(fetch(url, ca))
+        })
+        .join()
+        .unwrap_or_else(|_| Err(FetchError::Setup("fetch thread panicked".into())))
+    })
+}
+
+async fn fetch_inner(url: &str, ca: Option<&Path>) -> Result<Bytes, FetchError> {
+    let parsed = Url::parse(url).map_err(|e| FetchError::Setup(format!("{url:?}: {e}")))?;
+    let host = parsed
+        .host_str()
+        .ok_or_else(|| FetchError::Setup(format!("{url:?}: no host")))?;
+    let port = parsed
+        .port_or_known_default()
+        .ok_or_else(|| FetchError::Setup(format!("{url:?}: no port")))?;
+    // `[::1]` in a URL is `::1` to the resolver and to SNI.
+    let bare_host = host.trim_start_matches('[').trim_end_matches(']');
+    let tcp = TcpStream::connect((bare_host, port))
+        .await
+        .map_err(FetchError::Connect)?;
+    let _ = tcp.set_nodelay(true);
+    let request =
+        hyper::Request::get(&parsed[url::Position::BeforePath..url::Position::AfterQuery])
+            .header(
+                header::HOST,
+                &parsed[url::Position::BeforeHost..url::Position::AfterPort],
+            )
+            .header(header::ACCEPT, "application/json, application/jwk-set+json")
+            .header(header::USER_AGENT, "wsgate")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| FetchError::Http(e.to_string()))?;
+    if parsed.scheme() == "https" {
+        let config = client_config(ca).map_err(FetchError::Setup)?;
+        let name = ServerName::try_from(bare_host.to_owned())
+            .map_err(|e| FetchError::Setup(format!("{host}: {e}")))?;
+        let tls = TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .map_err(FetchError::Connect)?;
+        exchange(tls, request).await
+    } else {
+        exchange(tcp, request).await
+    }
+}
+
+/// One HTTP/1.1 request on `io`, and its body if the answer is 200.
+async fn exchange<IO>(io: IO, request: hyper::Request<Empty<Bytes>>) -> Result<Bytes, FetchError>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let http = |e: hyper::Error| FetchError::Http(e.to_string());
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(http)?;
+    let driver = tokio::spawn(conn);
+    let answer = sender.send_request(request).await.map_err(http)?;
+    let status = answer.status().as_u16();
+    if status != 200 {
+        driver.abort();
+        return Err(FetchError::Status(status));
+    }
+    let body = Limited::new(answer.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| FetchError::Http(format!("reading the key set: {e}")))?
+        .to_bytes();
+    driver.abort();
+    Ok(body)
+}
+
+/// A TLS client config trusting `ca`'s certificates, or the system's roots.
+fn client_config(ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+    let roots = match ca {
+        Some(path) => crate::tls::trust_roots(path)?,
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            let mut roots = rustls::RootCertStore::empty();
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                return Err("no trusted root certificates on this system: set jwks_ca".into());
+            }
+            roots
+        }
+    };
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Keeps the key set of `[auth] jwks_url` fresh for as long as it runs: every
+/// `jwks_refresh`, and [`UNKNOWN_KEY_REFETCH_AFTER`] after the last fetch when a token
+/// named an unknown key. A fetched set is put in force with the settings of the verifier
+/// it renews, unless a reload replaced that verifier meanwhile (the reload fetched for
+/// itself). Logs "JWT key set loaded" when the set of `kid`s changes.
+pub async fn keep_fresh(shared: Arc<Shared>) {
+    let mut last = tokio::time::Instant::now();
+    let mut failing = false;
+    loop {
+        let refresh = shared.verifier().auth().jwks_refresh;
+        tokio::select! {
+            _ = tokio::time::sleep_until(last + refresh) => {}
+            _ = shared.unknown_key.notified() => {
+                tokio::time::sleep_until(last + UNKNOWN_KEY_REFETCH_AFTER).await;
+            }
+        }
+        last = tokio::time::Instant::now();
+        let current = shared.verifier();
+        let auth = current.auth();
+        let Some(url) = &auth.jwks_url else {
+            continue;
+        };
+        let renewed = match fetch(url, auth.jwks_ca.as_deref()).await {
+            Ok(body) => Verifier::with_key_set(auth, &body).map_err(|(_, problem)| problem),
+            Err(e) => Err(format!("{url}: {e}")),
+        };
+        shared.metrics.jwks_fetch(renewed.is_ok());
+        match renewed {
+            Ok(renewed) => {
+                if failing {
+                    info!(jwks_url = %url, "JWT key set fetched again");
+                    failing = false;
+                }
+                let kids: Vec<String> = renewed.kids().into_iter().map(str::to_owned).collect();
+                let changed = kids != current.kids();
+                if shared.renew_verifier(&current, renewed) && changed {
+                    info!(jwks = %url, ?kids, "JWT key set loaded");
+                }
+            }
+            Err(problem) => {
+                warn!(jwks_url = %url, %problem, "JWT key set fetch failed; the keys in force stay");
+                failing = true;
+            }
+        }
+    }
+}
