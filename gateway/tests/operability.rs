@@ -490,6 +490,45 @@ async fn gateway_on_idp(
     .await
 }
 
+/// A provider about to rotate: two ES256 signing keys `k1` and `k2` (their JWKs and a
+/// token of each), `k1` published.
+struct Rotation {
+    idp: support::idp::Idp,
+    jwk1: serde_json::Value,
+    jwk2: serde_json::Value,
+    t1: String,
+    t2: String,
+}
+
+impl Rotation {
+    async fn start(https: bool) -> Result<Rotation> {
+        let idp = support::idp::Idp::start(https).await?;
+        let (k1, jwk1) = es256_key("k1", "sig")?;
+        let (k2, jwk2) = es256_key("k2", "sig")?;
+        let (t1, t2) = (es256_token(&k1, Some("k1"))?, es256_token(&k2, Some("k2"))?);
+        idp.publish(&[&jwk1]);
+        Ok(Rotation {
+            idp,
+            jwk1,
+            jwk2,
+            t1,
+            t2,
+        })
+    }
+}
+
+/// Waits until a connection with `token` is let through.
+async fn until_admitted(
+    opts: &loadgen::client::ConnectOptions,
+    token: &str,
+    within: Duration,
+) -> Result<()> {
+    wait_for("the token admitted", within, || async {
+        Ok(admitted(opts, token).await)
+    })
+    .await
+}
+
 /// Whether a connection with `token` is let through.
 async fn admitted(opts: &loadgen::client::ConnectOptions, token: &str) -> bool {
     loadgen::client::connect(&with_token(opts.clone(), token))
@@ -499,11 +538,13 @@ async fn admitted(opts: &loadgen::client::ConnectOptions, token: &str) -> bool {
 
 #[tokio::test]
 async fn keys_come_from_the_providers_url_and_its_rotations_need_no_reload() -> Result<()> {
-    let idp = support::idp::Idp::start(true).await?;
-    let (k1, jwk1) = es256_key("k1", "sig")?;
-    let (k2, jwk2) = es256_key("k2", "sig")?;
-    let (t1, t2) = (es256_token(&k1, Some("k1"))?, es256_token(&k2, Some("k2"))?);
-    idp.publish(&[&jwk1]);
+    let Rotation {
+        idp,
+        jwk1,
+        jwk2,
+        t1,
+        t2,
+    } = Rotation::start(true).await?;
     let bs = backends().await?;
     // Over HTTPS, trusting jwks_ca; refreshed hourly, so only a rotation fetches again.
     let proc = gateway_on_idp(&idp, "1h", &bs).await?;
@@ -540,8 +581,9 @@ async fn keys_come_from_the_providers_url_and_its_rotations_need_no_reload() -> 
     );
     // Tokens naming made-up keys do not make the gateway hammer the provider.
     let hits = idp.hits();
+    let (made_up, _) = es256_key("made-up", "sig")?;
     for _ in 0..20 {
-        let forged = es256_token(&k2, Some("made-up"))?;
+        let forged = es256_token(&made_up, Some("made-up"))?;
         let (status, _) = refused(&with_token(opts.clone(), &forged)).await?;
         ensure!(status == 401);
     }
@@ -565,11 +607,9 @@ async fn keys_come_from_the_providers_url_and_its_rotations_need_no_reload() -> 
 
 #[tokio::test]
 async fn a_failing_provider_leaves_the_keys_in_force_until_it_answers_again() -> Result<()> {
-    let idp = support::idp::Idp::start(false).await?;
-    let (k1, jwk1) = es256_key("k1", "sig")?;
-    let (k2, jwk2) = es256_key("k2", "sig")?;
-    let (t1, t2) = (es256_token(&k1, Some("k1"))?, es256_token(&k2, Some("k2"))?);
-    idp.publish(&[&jwk1]);
+    let Rotation {
+        idp, jwk2, t1, t2, ..
+    } = Rotation::start(false).await?;
     let bs = backends().await?;
     let proc = gateway_on_idp(&idp, "1s", &bs).await?;
     let opts = proc.connect_options("Backend_ABC")?;
@@ -592,12 +632,7 @@ async fn a_failing_provider_leaves_the_keys_in_force_until_it_answers_again() ->
 
     // Back, with a rotated set: the next refresh takes it.
     idp.publish(&[&jwk2]);
-    wait_for("the new key's token admitted", DEADLINE, || {
-        let opts = opts.clone();
-        let t2 = t2.clone();
-        async move { Ok(admitted(&opts, &t2).await) }
-    })
-    .await?;
+    until_admitted(&opts, &t2, DEADLINE).await?;
     ensure!(!admitted(&opts, &t1).await, "the retired key still works");
     ensure!(proc.log().contains("JWT key set fetched again"));
     Ok(())

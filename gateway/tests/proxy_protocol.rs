@@ -54,6 +54,27 @@ async fn forwarded_for(probe: &mut Probe) -> Result<Option<String>> {
     }
 }
 
+/// Opens a session with `opts` (`what` names it in errors), checks that the backend was
+/// told the client is `client`, echoes through it and closes it.
+async fn session_seen_as(
+    opts: &ConnectOptions,
+    probe: &mut Probe,
+    client: &str,
+    what: &str,
+) -> Result<()> {
+    let mut c = connect(opts)
+        .await
+        .with_context(|| format!("connect {what}"))?;
+    let xff = forwarded_for(probe).await?;
+    ensure!(
+        xff.as_deref() == Some(client),
+        "{what}: backend got X-Forwarded-For {xff:?}, expected {client}"
+    );
+    echo(&mut c.ws, what.as_bytes()).await?;
+    close_cleanly(&mut c.ws).await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn the_client_named_in_the_header_is_the_one_forwarded_and_logged() -> Result<()> {
     let mut probe = Probe::start(Mode::Accept { protocol: None }).await?;
@@ -72,16 +93,8 @@ async fn the_client_named_in_the_header_is_the_one_forwarded_and_logged() -> Res
         (ProxyHeader::V1(None), "127.0.0.1"),
     ];
     for (header, client) in cases {
-        let mut c = connect(&with_header(&gw, header)?)
-            .await
-            .with_context(|| format!("connect with {header:?}"))?;
-        let xff = forwarded_for(&mut probe).await?;
-        ensure!(
-            xff.as_deref() == Some(client),
-            "{header:?}: backend got X-Forwarded-For {xff:?}, expected {client}"
-        );
-        echo(&mut c.ws, b"through the balancer").await?;
-        close_cleanly(&mut c.ws).await?;
+        let what = format!("with {header:?}");
+        session_seen_as(&with_header(&gw, header)?, &mut probe, client, &what).await?;
     }
     // The session's log lines carry the client's address, not the balancer's.
     wait_for("a log line naming 203.0.113.7:40000", DEADLINE, || async {
@@ -246,18 +259,10 @@ async fn haproxy_as_the_balancer_in_front_with_send_proxy_and_send_proxy_v2() ->
             "Backend_PROBE",
         )?;
         opts.local_addr = Some(client.parse()?);
-        let mut c = connect(&opts)
-            .await
-            .with_context(|| format!("through haproxy :{port}"))?;
         // HAProxy's own connections to the gateway (the waits above) came with headers
         // too and were closed before TLS; the next upgrade is this client's.
-        let xff = forwarded_for(&mut probe).await?;
-        ensure!(
-            xff.as_deref() == Some(client),
-            "through haproxy :{port} the backend got X-Forwarded-For {xff:?}, expected {client}"
-        );
-        echo(&mut c.ws, b"via haproxy").await?;
-        close_cleanly(&mut c.ws).await?;
+        let what = format!("through haproxy :{port}");
+        session_seen_as(&opts, &mut probe, client, &what).await?;
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
