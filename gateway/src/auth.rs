@@ -251,15 +251,22 @@ impl Verifier {
                 result?.claims
             }
         };
-        let granted = scopes(claims.get(&self.scope_claim));
-        if let Some(missing) = self
-            .required_scopes
-            .iter()
-            .find(|s| !granted.contains(s.as_str()))
-        {
-            return Err(AuthError::MissingScope(missing.clone()));
-        }
+        self.check_scopes(&claims, &self.required_scopes)?;
         Ok(claims)
+    }
+
+    /// Checks that verified `claims` hold every scope of `required` (a backend's own,
+    /// beyond `[auth] required_scopes`) in the scope claim.
+    pub fn check_scopes(
+        &self,
+        claims: &Map<String, Value>,
+        required: &[String],
+    ) -> Result<(), AuthError> {
+        let granted = scopes(claims.get(&self.scope_claim));
+        match required.iter().find(|s| !granted.contains(s.as_str())) {
+            Some(missing) => Err(AuthError::MissingScope(missing.clone())),
+            None => Ok(()),
+        }
     }
 }
 

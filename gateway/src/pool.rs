@@ -375,6 +375,7 @@ mod tests {
             connect_attempts: None,
             health_interval: None,
             health_check: Default::default(),
+            required_scopes: Vec::new(),
             single: false,
         };
         Pool::new(spec, &PoolMetrics::default(), None)

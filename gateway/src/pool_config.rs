@@ -108,6 +108,9 @@ pub struct PoolSpec {
     pub health_interval: Option<Duration>,
     /// `health_check`: what a probe asks.
     pub health_check: HealthCheck,
+    /// `required_scopes`: scopes a token must hold for this backend, beyond
+    /// `[auth] required_scopes` (missing one: 403).
+    pub required_scopes: Vec<String>,
     /// Written as one URL string, so [`PoolSpec::describe`] writes it back that way.
     pub single: bool,
 }
@@ -130,8 +133,8 @@ fn at(key: &str, problem: impl Into<String>) -> SpecError {
     }
 }
 
-const KEYS: &str =
-    "urls, dns, path, refresh, balance, eject, connect_attempts, health_interval, health_check";
+const KEYS: &str = "urls, dns, path, refresh, balance, eject, connect_attempts, \
+                    health_interval, health_check, required_scopes";
 
 impl PoolSpec {
     /// One instance at `target`: the sample's `ID = "ws://..."` form.
@@ -144,6 +147,7 @@ impl PoolSpec {
             connect_attempts: None,
             health_interval: None,
             health_check: HealthCheck::default(),
+            required_scopes: Vec::new(),
             single: true,
         }
     }
@@ -214,6 +218,29 @@ impl PoolSpec {
                 "only with health_interval (which turns the check on)",
             ));
         }
+        let required_scopes = match table.get("required_scopes") {
+            None => Vec::new(),
+            Some(toml::Value::Array(items)) => items
+                .iter()
+                .map(|v| match v {
+                    toml::Value::String(s)
+                        if !s.is_empty() && !s.chars().any(|c| c.is_whitespace()) =>
+                    {
+                        Ok(s.clone())
+                    }
+                    _ => Err(at(
+                        "required_scopes",
+                        "expected scope names: non-empty strings without spaces",
+                    )),
+                })
+                .collect::<Result<_, _>>()?,
+            Some(other) => {
+                return Err(at(
+                    "required_scopes",
+                    format!("expected an array of strings, found {}", other.type_str()),
+                ))
+            }
+        };
         let connect_attempts = match table.get("connect_attempts") {
             None => None,
             Some(toml::Value::Integer(n)) if *n >= 1 => {
@@ -278,6 +305,7 @@ impl PoolSpec {
             connect_attempts,
             health_interval,
             health_check,
+            required_scopes,
             single: false,
         })
     }
@@ -339,6 +367,10 @@ impl PoolSpec {
                 secs(d),
                 q(self.health_check.as_str())
             );
+        }
+        if !self.required_scopes.is_empty() {
+            let scopes: Vec<String> = self.required_scopes.iter().map(|s| q(s)).collect();
+            let _ = write!(o, ", required_scopes = [{}]", scopes.join(", "));
         }
         o.push_str(" }");
         o
@@ -430,7 +462,11 @@ mod tests {
             "{ urls = [\"ws://127.0.0.2:1/a\"], health_interval = \"1s\", health_check = \"tcp\" }",
         )?;
         assert_eq!(tcp.health_check, HealthCheck::Tcp);
-        for spec in [one, urls, dns, tcp] {
+        let scoped =
+            parse("{ dns = \"abc.svc:8081\", required_scopes = [\"billing\", \"write\"] }")?;
+        assert_eq!(scoped.required_scopes, ["billing", "write"]);
+        assert!(urls.required_scopes.is_empty());
+        for spec in [one, urls, dns, tcp, scoped] {
             assert_eq!(parse(&spec.describe())?, spec, "{}", spec.describe());
         }
         Ok(())
@@ -476,6 +512,16 @@ mod tests {
                 .map(|k| k.0),
             Some(Some(String::from("health_check")))
         );
+        for scopes in ["\"billing\"", "[\"bil ling\"]", "[\"\"]", "[1]"] {
+            assert_eq!(
+                key(&format!(
+                    "{{ urls = [\"ws://a:1/\"], required_scopes = {scopes} }}"
+                ))
+                .map(|k| k.0),
+                Some(Some(String::from("required_scopes"))),
+                "{scopes}"
+            );
+        }
         let alone = key("{ urls = [\"ws://a:1/\"], health_check = \"tcp\" }");
         assert!(
             alone.as_ref().is_some_and(

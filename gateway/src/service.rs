@@ -230,6 +230,7 @@ async fn prepare(
         .router
         .lookup(&creds.backend_id)
         .ok_or(Refusal::UnknownBackend)?;
+    verifier.check_scopes(&claims, &pool.spec().required_scopes)?;
     let target = pool.id().clone();
     let connect_started = std::time::Instant::now();
     let backend_req = backend::BackendRequest {

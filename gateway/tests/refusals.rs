@@ -158,3 +158,48 @@ async fn backend_down_refusing_or_silent_is_502_or_504() -> Result<()> {
     ensure!(s == 504, "{s} {r}");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_backend_can_require_scopes_of_its_own_beyond_the_global_ones() -> Result<()> {
+    let probe =
+        support::probe::Probe::start(support::probe::Mode::Accept { protocol: None }).await?;
+    // A pool entry with its own scopes, beside the testbed's plain entries.
+    let tb = testbed_with_toml(
+        &[],
+        &format!(
+            "Backend_BILLING = {{ urls = [\"{}\"], required_scopes = [\"billing\", \"write\"] }}\n",
+            probe.url()
+        ),
+    )
+    .await?;
+    let with_scopes = |scp: &str| -> Result<loadgen::client::ConnectOptions> {
+        let mut o = tb.connect_options("Backend_BILLING")?;
+        let token = rs256(&claims_with(|c| {
+            c.insert("scp".into(), scp.into());
+        }))?;
+        o.set_header("Authorization", format!("Bearer {token}"));
+        Ok(o)
+    };
+    for (scp, lacking) in [
+        ("admin", "billing"),
+        ("admin billing", "write"),
+        ("billing write", "admin"),
+    ] {
+        let (status, reason) = refused(&with_scopes(scp)?).await?;
+        ensure!(
+            status == 403 && reason.contains(lacking),
+            "scopes {scp:?}: {status} {reason:?}, expected 403 naming {lacking}"
+        );
+    }
+    let mut c = loadgen::client::connect(&with_scopes("admin billing write")?).await?;
+    send(&mut c.ws, Frame::binary(Payload::Borrowed(b"paid"))).await?;
+    ensure!(next_frame(&mut c.ws).await?.payload[..] == b"paid"[..]);
+    // The other backends ask only for the global scope.
+    let mut o = tb.connect_options("Backend_ABC")?;
+    let token = rs256(&claims_with(|c| {
+        c.insert("scp".into(), "admin".into());
+    }))?;
+    o.set_header("Authorization", format!("Bearer {token}"));
+    loadgen::client::connect(&o).await?;
+    Ok(())
+}
