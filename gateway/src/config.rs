@@ -598,13 +598,27 @@ impl Config {
             self.tls.session_tickets
         );
         let a = &self.auth;
+        let path = |p: &Path| q(&p.display().to_string());
+        // Where the keys come from, besides `public_key`: a key set file or URL.
+        let mut key_set = String::new();
+        if let Some(j) = &a.jwks {
+            let _ = writeln!(key_set, "jwks = {}", path(j));
+        }
+        if let Some(u) = &a.jwks_url {
+            let _ = writeln!(
+                key_set,
+                "jwks_url = {}\njwks_refresh = {}",
+                q(u),
+                secs(a.jwks_refresh)
+            );
+            if let Some(c) = &a.jwks_ca {
+                let _ = writeln!(key_set, "jwks_ca = {}", path(c));
+            }
+        }
         let _ = writeln!(
             o,
-            "[auth]\nissuer = {}\naudience = {}\nalgorithms = {}\npublic_key = {}\n{}scope_claim = {}\nrequired_scopes = {}\nleeway_secs = {}\n",
-            q(&a.issuer), q(&a.audience), list(&a.algorithms), q(&a.public_key.display().to_string()),
-            a.jwks.as_ref().map(|j| format!("jwks = {}\n", q(&j.display().to_string()))).unwrap_or_default()
-                + &a.jwks_url.as_ref().map(|u| format!("jwks_url = {}\njwks_refresh = {}\n{}", q(u), secs(a.jwks_refresh),
-                    a.jwks_ca.as_ref().map(|c| format!("jwks_ca = {}\n", q(&c.display().to_string()))).unwrap_or_default())).unwrap_or_default(),
+            "[auth]\nissuer = {}\naudience = {}\nalgorithms = {}\npublic_key = {}\n{key_set}scope_claim = {}\nrequired_scopes = {}\nleeway_secs = {}\n",
+            q(&a.issuer), q(&a.audience), list(&a.algorithms), path(&a.public_key),
             q(&a.scope_claim), list(&a.required_scopes), a.leeway_secs
         );
         if !a.forward_claims.is_empty() {
@@ -890,6 +904,17 @@ mod tests {
         let again = Config::from_toml_str(&c.describe(), Path::new("/etc/wsgate"))?;
         assert_eq!(again.server.path, "/\u{85}");
         assert!(again.browser.id_query.is_none() && again.browser.token_query.is_none());
+        // The keys' source and the listener's PROXY protocol survive the round trip.
+        let text = format!(
+            "[server]\nproxy_protocol = true\n[auth]\njwks_url = \"https://idp/certs\"\n\
+             jwks_refresh = \"90s\"\njwks_ca = \"ca.pem\"\n{MINIMAL}"
+        );
+        let c = Config::from_toml_str(&text, Path::new("/etc/wsgate"))?;
+        let again = Config::from_toml_str(&c.describe(), Path::new("/etc/wsgate"))?;
+        assert!(again.server.proxy_protocol);
+        assert_eq!(again.auth.jwks_url.as_deref(), Some("https://idp/certs"));
+        assert_eq!(again.auth.jwks_refresh, Duration::from_secs(90));
+        assert_eq!(again.auth.jwks_ca, Some(PathBuf::from("/etc/wsgate/ca.pem")));
         Ok(())
     }
 
