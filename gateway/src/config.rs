@@ -914,7 +914,10 @@ mod tests {
         assert!(again.server.proxy_protocol);
         assert_eq!(again.auth.jwks_url.as_deref(), Some("https://idp/certs"));
         assert_eq!(again.auth.jwks_refresh, Duration::from_secs(90));
-        assert_eq!(again.auth.jwks_ca, Some(PathBuf::from("/etc/wsgate/ca.pem")));
+        assert_eq!(
+            again.auth.jwks_ca,
+            Some(PathBuf::from("/etc/wsgate/ca.pem"))
+        );
         Ok(())
     }
 
