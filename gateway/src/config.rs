@@ -101,6 +101,20 @@ pub struct ServerConfig {
     /// (`X-Forwarded-For`, `max_connections_per_ip`, logs). A connection without one is
     /// closed. Read at start-up only.
     pub proxy_protocol: bool,
+    /// With `proxy_protocol`: the balancers' addresses (`"10.0.0.0/8"`, `"192.0.2.7"`).
+    /// A connection from anywhere else is closed before its header is read, so a client
+    /// that reaches the port past the balancer cannot claim an address. Empty: any source.
+    #[serde(deserialize_with = "nets::deserialize")]
+    pub proxy_protocol_from: Vec<ipnet::IpNet>,
+}
+
+impl ServerConfig {
+    /// Whether a connection from `ip` may send a PROXY protocol header.
+    pub fn proxy_source_allowed(&self, ip: std::net::IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.proxy_protocol_from.is_empty()
+            || self.proxy_protocol_from.iter().any(|net| net.contains(&ip))
+    }
 }
 
 /// `[server] threading`: how connections are spread over the worker threads.
@@ -150,6 +164,7 @@ impl Default for ServerConfig {
             workers: 0,
             threading: Threading::PerWorker,
             proxy_protocol: false,
+            proxy_protocol_from: Vec::new(),
         }
     }
 }
@@ -313,6 +328,28 @@ impl Default for TimeoutsConfig {
     }
 }
 
+/// Address ranges: `"10.0.0.0/8"`, or a single address (`"192.0.2.7"`, `"::1"`).
+mod nets {
+    use serde::{Deserialize, Deserializer};
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Vec<ipnet::IpNet>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|text| {
+                text.parse::<ipnet::IpNet>()
+                    .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        serde::de::Error::custom(format!(
+                            "{text:?}: expected an address or a range such as \"10.0.0.0/8\""
+                        ))
+                    })
+            })
+            .collect()
+    }
+}
+
 mod humane {
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
@@ -451,6 +488,13 @@ impl Config {
                 format!("at most {MAX_WORKERS} (0: one per CPU)"),
             ));
         }
+        if !raw.server.proxy_protocol_from.is_empty() && !raw.server.proxy_protocol {
+            return Err(err(
+                "server",
+                "proxy_protocol_from",
+                "only with proxy_protocol = true".into(),
+            ));
+        }
         if !raw.server.path.starts_with('/') {
             return Err(err("server", "path", "must start with '/'".into()));
         }
@@ -576,7 +620,7 @@ impl Config {
         };
         let _ = writeln!(
             o,
-            "[server]\nlisten = {}\npath = {}\nreuse_port = {}\nworkers = {}{}\nthreading = {}\nproxy_protocol = {}\n",
+            "[server]\nlisten = {}\npath = {}\nreuse_port = {}\nworkers = {}{}\nthreading = {}\nproxy_protocol = {}\nproxy_protocol_from = {}\n",
             q(&self.server.listen.to_string()),
             q(&self.server.path),
             self.server.reuse_port,
@@ -587,7 +631,8 @@ impl Config {
                 String::new()
             },
             q(self.server.threading.as_str()),
-            self.server.proxy_protocol
+            self.server.proxy_protocol,
+            list(&self.server.proxy_protocol_from.iter().map(ToString::to_string).collect::<Vec<_>>())
         );
         let _ = writeln!(
             o,
@@ -815,6 +860,38 @@ mod tests {
     }
 
     #[test]
+    fn proxy_protocol_sources_are_ranges_or_addresses() -> Result<(), ConfigError> {
+        let text = format!(
+            "[server]\nproxy_protocol = true\nproxy_protocol_from = [\"10.0.0.0/8\", \"192.0.2.7\", \"2001:db8::/32\"]\n{MINIMAL}"
+        );
+        let s = Config::from_toml_str(&text, Path::new("."))?.server;
+        for (ip, allowed) in [
+            ("10.1.2.3", true),
+            ("192.0.2.7", true),
+            ("192.0.2.8", false),
+            ("::ffff:10.9.9.9", true),
+            ("2001:db8::5", true),
+            ("127.0.0.1", false),
+        ] {
+            let parsed: std::net::IpAddr =
+                ip.parse().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
+            assert_eq!(s.proxy_source_allowed(parsed), allowed, "{ip}");
+        }
+        assert!(ServerConfig::default().proxy_source_allowed([203, 0, 113, 1].into()));
+        assert_eq!(
+            refused_key("proxy_protocol = true\nproxy_protocol_from = [\"10.0.0.0/33\"]")
+                .as_deref(),
+            Some("server.proxy_protocol_from")
+        );
+        assert_eq!(
+            refused_key("proxy_protocol_from = [\"10.0.0.0/8\"]").as_deref(),
+            Some("server.proxy_protocol_from"),
+            "a source list without the protocol is refused"
+        );
+        Ok(())
+    }
+
+    #[test]
     fn jwks_url_settings_are_checked_by_name() {
         let refused = |auth: &str| {
             Config::from_toml_str(&format!("[auth]\n{auth}\n{MINIMAL}"), Path::new("."))
@@ -906,12 +983,16 @@ mod tests {
         assert!(again.browser.id_query.is_none() && again.browser.token_query.is_none());
         // The keys' source and the listener's PROXY protocol survive the round trip.
         let text = format!(
-            "[server]\nproxy_protocol = true\n[auth]\njwks_url = \"https://idp/certs\"\n\
+            "[server]\nproxy_protocol = true\nproxy_protocol_from = [\"10.0.0.0/8\", \"::1\"]\n[auth]\njwks_url = \"https://idp/certs\"\n\
              jwks_refresh = \"90s\"\njwks_ca = \"ca.pem\"\n{MINIMAL}"
         );
         let c = Config::from_toml_str(&text, Path::new("/etc/wsgate"))?;
         let again = Config::from_toml_str(&c.describe(), Path::new("/etc/wsgate"))?;
         assert!(again.server.proxy_protocol);
+        assert_eq!(
+            again.server.proxy_protocol_from,
+            c.server.proxy_protocol_from
+        );
         assert_eq!(again.auth.jwks_url.as_deref(), Some("https://idp/certs"));
         assert_eq!(again.auth.jwks_refresh, Duration::from_secs(90));
         assert_eq!(

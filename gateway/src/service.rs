@@ -51,6 +51,14 @@ pub async fn serve_connection(
     let slot = match admission {
         Admission::Decided(slot) => slot,
         Admission::AfterProxyHeader => {
+            if !config.server.proxy_source_allowed(peer.ip()) {
+                shared.metrics.proxy_header_refusals.inc();
+                info!(
+                    conn = conn_id,
+                    "connection from outside proxy_protocol_from closed"
+                );
+                return;
+            }
             match tokio::time::timeout_at(deadline, proxy_header::read(&mut tcp)).await {
                 Ok(Ok(client)) => {
                     peer = client.unwrap_or(peer);

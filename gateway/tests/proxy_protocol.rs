@@ -22,9 +22,14 @@ use tokio::net::TcpStream;
 
 /// A gateway process reading PROXY headers, routing `Backend_PROBE` to `probe`.
 async fn gateway_behind_balancer(probe: &Probe, extra_toml: &str) -> Result<GatewayProc> {
+    gateway_behind(probe, "", extra_toml).await
+}
+
+/// The same, with more `[server]` lines.
+async fn gateway_behind(probe: &Probe, server_toml: &str, extra_toml: &str) -> Result<GatewayProc> {
     GatewayProc::start(ProcOptions {
         backends: vec![("Backend_PROBE".into(), probe.url())],
-        server_toml: "proxy_protocol = true".into(),
+        server_toml: format!("proxy_protocol = true\n{server_toml}"),
         extra_toml: extra_toml.into(),
         ..ProcOptions::default()
     })
@@ -134,6 +139,41 @@ async fn the_per_address_limit_counts_the_clients_the_headers_name() -> Result<(
         Ok(connect(&same).await.is_ok())
     })
     .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn only_the_balancers_named_in_proxy_protocol_from_may_send_a_header() -> Result<()> {
+    let mut probe = Probe::start(Mode::Accept { protocol: None }).await?;
+    let gw = gateway_behind(&probe, "proxy_protocol_from = [\"127.0.0.2\"]", "").await?;
+    // From the balancer's address: the header's client is believed.
+    let mut from_balancer = with_header(&gw, ProxyHeader::V1(Some(addr("203.0.113.9:1")?)))?;
+    from_balancer.local_addr = Some("127.0.0.2".parse()?);
+    session_seen_as(
+        &from_balancer,
+        &mut probe,
+        "203.0.113.9",
+        "from the balancer",
+    )
+    .await?;
+    // From anywhere else, the same header is not even read: the connection is closed.
+    let mut elsewhere = from_balancer.clone();
+    elsewhere.local_addr = Some("127.0.0.3".parse()?);
+    match connect(&elsewhere).await {
+        Ok(_) => bail!("a header from outside proxy_protocol_from was believed"),
+        Err(ConnectError::Refused { status, .. }) => bail!("answered HTTP {status}"),
+        Err(_) => {}
+    }
+    wait_for("the closed connection counted", DEADLINE, || async {
+        Ok(gw.metric("wsgate_proxy_header_refusals_total").await? == 1.0)
+    })
+    .await?;
+    ensure!(
+        gw.log().contains("outside proxy_protocol_from"),
+        "{}",
+        gw.log()
+    );
+    session_seen_as(&from_balancer, &mut probe, "203.0.113.9", "again").await?;
     Ok(())
 }
 
