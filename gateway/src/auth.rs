@@ -65,8 +65,6 @@ pub struct Verifier {
     /// From a key set: a token's `kid` picks its key.
     by_kid: bool,
     validation: Validation,
-    scope_claim: String,
-    required_scopes: Vec<String>,
 }
 
 /// Parses an algorithm name accepted in `[auth].algorithms`.
@@ -186,8 +184,6 @@ impl Verifier {
             keys,
             by_kid,
             validation,
-            scope_claim: auth.scope_claim.clone(),
-            required_scopes: auth.required_scopes.clone(),
         }
     }
 
@@ -251,7 +247,7 @@ impl Verifier {
                 result?.claims
             }
         };
-        self.check_scopes(&claims, &self.required_scopes)?;
+        self.check_scopes(&claims, &self.auth.required_scopes)?;
         Ok(claims)
     }
 
@@ -262,7 +258,7 @@ impl Verifier {
         claims: &Map<String, Value>,
         required: &[String],
     ) -> Result<(), AuthError> {
-        let granted = scopes(claims.get(&self.scope_claim));
+        let granted = scopes(claims.get(&self.auth.scope_claim));
         match required.iter().find(|s| !granted.contains(s.as_str())) {
             Some(missing) => Err(AuthError::MissingScope(missing.clone())),
             None => Ok(()),
