@@ -61,6 +61,11 @@ pub enum FetchError {
 /// Checks that `url` is one a key set can be fetched from: `http://` or `https://` with
 /// a host.
 pub fn check_url(url: &str) -> Result<(), String> {
+    parse_url(url).map(|_| ())
+}
+
+/// `url` parsed, if it is `http://` or `https://` with a host.
+fn parse_url(url: &str) -> Result<Url, String> {
     let parsed = Url::parse(url).map_err(|e| format!("{url:?}: {e}"))?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(format!(
@@ -71,7 +76,7 @@ pub fn check_url(url: &str) -> Result<(), String> {
     if parsed.host_str().is_none_or(str::is_empty) {
         return Err(format!("{url:?}: no host"));
     }
-    Ok(())
+    Ok(parsed)
 }
 
 /// Fetches the key set at `url`, trusting the CAs in `ca` (or the system's roots) for
@@ -99,10 +104,8 @@ pub fn fetch_blocking(url: &str, ca: Option<&Path>) -> Result<Bytes, FetchError>
 }
 
 async fn fetch_inner(url: &str, ca: Option<&Path>) -> Result<Bytes, FetchError> {
-    let parsed = Url::parse(url).map_err(|e| FetchError::Setup(format!("{url:?}: {e}")))?;
-    let host = parsed
-        .host_str()
-        .ok_or_else(|| FetchError::Setup(format!("{url:?}: no host")))?;
+    let parsed = parse_url(url).map_err(FetchError::Setup)?;
+    let host = parsed.host_str().unwrap_or_default();
     let port = parsed
         .port_or_known_default()
         .ok_or_else(|| FetchError::Setup(format!("{url:?}: no port")))?;
