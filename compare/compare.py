@@ -103,6 +103,25 @@ def cpu_split(pid: int) -> tuple[float, float]:
     return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
 
 
+def machine_ticks() -> tuple[int, int, int]:
+    """(steal, idle, total) clock ticks of the whole machine so far, from /proc/stat's
+    `cpu` line. Steal is the time the hypervisor ran something else while this machine's
+    CPUs had work: on a shared host it slows every process alike, and a run during which
+    it was high measures the host more than the proxy."""
+    text = _read("/proc/stat") or ""
+    for line in text.splitlines():
+        if line.startswith("cpu "):
+            f = [int(x) for x in line.split()[1:9]]
+            return f[7], f[3] + f[4], sum(f)
+    return 0, 0, 0
+
+
+def shares(before: tuple[int, int, int], after: tuple[int, int, int]) -> tuple[float | None, float | None]:
+    """(steal, idle) as shares of the machine's CPU time between two `machine_ticks`."""
+    steal, idle, total = (a - b for a, b in zip(after, before))
+    return (steal / total, idle / total) if total > 0 else (None, None)
+
+
 def cpu_s(pid: int) -> float:
     """utime + stime of the whole process (all threads, live and exited), seconds."""
     return sum(cpu_split(pid))
@@ -894,10 +913,12 @@ class Harness:
                         cpu_end = end - syscall_window_s(duration)
                         time.sleep(LEAD_IN_S)
                         c0, k0, t0 = t.cpu(), t.cpu_kernel(), time.monotonic()
+                        m0 = machine_ticks()
                         rss_open = t.rss()
                         wait_while_running(p, cpu_end)
                         if p.poll() is None:
-                            cpu_w = (t.cpu() - c0, time.monotonic() - t0, t.cpu_kernel() - k0)
+                            cpu_w = (t.cpu() - c0, time.monotonic() - t0, t.cpu_kernel() - k0,
+                                     shares(m0, machine_ticks()))
                             # System calls are counted after the CPU window (see SyscallCount).
                             calls = SyscallCount(t.pids())
                             # Stops short of the end, so that loadgen is surely still sending.
@@ -946,7 +967,8 @@ class Harness:
             if window is not None and window[1] >= 0.2 and echoed:
                 # Messages echoed inside the window (which lies inside the sending phase):
                 # the run's rate times the window's length.
-                cpu_w, len_w, kernel_w, calls_per_s = window
+                cpu_w, len_w, kernel_w, (steal, idle), calls_per_s = window
+                r["steal_share"], r["idle_share"] = steal, idle
                 msgs_w = min(echoed, r["msgs_per_s"] * len_w)
                 r["proxy_cpu_s_window"] = round(cpu_w, 3)
                 r["window_s"] = round(len_w, 3)
@@ -1156,6 +1178,8 @@ def brief(r: dict) -> str:
         s += f", {r['cpu_kernel_share']:.0%} in the kernel"
     if r.get("syscalls_per_fwd_msg") is not None:
         s += f", {r['syscalls_per_fwd_msg']:.3f} syscalls/fwd msg"
+    if r.get("steal_share") is not None:
+        s += f"  machine: {r['steal_share']:.0%} steal, {r['idle_share']:.0%} idle"
     if r.get("failures"):
         s += f"  failures: {r['failures']}"
     return s
@@ -1278,6 +1302,22 @@ def per_proxy_medians(res: dict, key: str, spec: str) -> str:
     return "; ".join(parts)
 
 
+def per_proxy_rounds(res: dict, key: str, spec: str) -> str:
+    """`(a) gateway 1%/28%/3%, nginx …; (b) …`: each proxy's `key` in each round, in round
+    order ("" when nowhere)."""
+    parts = []
+    for s in "abcf":
+        rounds = res.get(s, {}).get("rounds", {})
+        vals = []
+        for t in CHARGED:
+            got = [f"{r[key]:{spec}}" for r in rounds.get(t, []) if r.get(key) is not None]
+            if got:
+                vals.append(f"{t} {'/'.join(got)}")
+        if vals:
+            parts.append(f"({s}) " + ", ".join(vals))
+    return "; ".join(parts)
+
+
 def negotiated_suites(res: dict) -> str:
     """`gateway TLS13_…, nginx …`: the TLS cipher suites each target's connections got in
     the closed- and open-loop runs, as loadgen reported them ("" when none)."""
@@ -1349,6 +1389,12 @@ def render(meta: dict, res: dict, auth: list[dict], goals: list[dict]) -> str:
         if line:
             L.append(f"{title}, medians: {line}.")
             L.append("")
+    steal = per_proxy_rounds(res, "steal_share", ".0%")
+    if steal:
+        L.append("Machine CPU taken by the hypervisor (steal, from /proc/stat) over each proxy's CPU "
+                 "window, per round: a run with much of it measured the host's other guests as much "
+                 f"as the proxy, and a ratio between runs with different steal is not a clean one: {steal}.")
+        L.append("")
     suites = negotiated_suites(res)
     if suites:
         L.append("TLS cipher suite the connections got (loadgen offers a browser's order, "

@@ -71,6 +71,13 @@ for t in gateway nginx haproxy; do
     grep -qE "[:,] $t TLS13_AES_128_GCM_SHA256[,.]" <<<"$suites" || bad "$t did not run TLS13_AES_128_GCM_SHA256 alone: '$suites'"
 done
 
+# The hypervisor's share (steal) over each proxy's CPU window, one figure per round, so a
+# reader can tell a noisy run from a slow proxy.
+steal="$(grep '^Machine CPU taken by the hypervisor' "$md" || true)"
+for t in gateway nginx haproxy; do
+    grep -qE "\(b\) [^;]*$t [0-9]+%" <<<"$steal" || bad "no (b) steal share for $t: '$steal'"
+done
+
 # Syscall counts are optional (perf on the raw_syscalls tracepoint); where perf can count
 # them, every proxy's (b) figure must be in the table.
 if [ -z "${COMPARE_SMOKE_MD:-}" ] && command -v perf >/dev/null \
