@@ -156,6 +156,7 @@ fuzz_target!(|data: &[u8]| {
         },
         keepalive: (flags & 0x04 != 0).then_some(KEEPALIVE),
         close_timeout: CLOSE_TIMEOUT,
+        ends_at: None,
     };
     let when = if flags & 0x40 != 0 {
         WhenSpent::Stall

@@ -266,6 +266,19 @@ impl Verifier {
     }
 }
 
+/// When a verified token stops being accepted: its `exp` plus `leeway` seconds, the same
+/// instant the upgrade check uses. `None` when `exp` is not a number of seconds (the
+/// verifier refuses such a token, so this does not happen for verified claims).
+pub fn expires_at(claims: &Map<String, Value>, leeway: u64) -> Option<std::time::SystemTime> {
+    let exp = claims.get("exp")?;
+    let secs = exp.as_u64().or_else(|| {
+        exp.as_f64()
+            .filter(|f| f.is_finite() && *f >= 0.0)
+            .map(|f| f as u64)
+    })?;
+    std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(secs.checked_add(leeway)?))
+}
+
 /// The identity headers `[auth.forward_claims]` asks for, from verified `claims`: strings
 /// as they are, arrays of strings joined with spaces, other values as JSON. Values that
 /// cannot be header text are left out.
@@ -394,5 +407,20 @@ mod tests {
         assert!(parse_algorithm("HS256").is_err());
         assert!(parse_algorithm("none").is_err());
         assert!(parse_algorithm("RS256").is_ok());
+    }
+
+    #[test]
+    fn expiry_is_exp_plus_leeway() {
+        let at = |exp: Value, leeway| {
+            let claims = json!({ "exp": exp });
+            expires_at(claims.as_object().unwrap_or(&Map::new()), leeway)
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs())
+        };
+        assert_eq!(at(json!(1_700_000_000u64), 5), Some(1_700_000_005));
+        assert_eq!(at(json!(1_700_000_000.7), 0), Some(1_700_000_000));
+        assert_eq!(at(json!("1700000000"), 5), None, "not a number");
+        assert_eq!(at(json!(-1), 0), None);
+        assert_eq!(at(json!(u64::MAX), 1), None, "overflow");
     }
 }

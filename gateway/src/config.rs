@@ -234,6 +234,10 @@ pub struct AuthConfig {
     pub required_scopes: Vec<String>,
     /// Clock skew allowed on `exp` and `nbf`, in seconds.
     pub leeway_secs: u64,
+    /// End a session when its token expires (`exp` + `leeway_secs`): the client gets
+    /// close 1008 "token expired", the backend 1001. Off: a token is checked at the
+    /// upgrade only (as nginx, HAProxy and Envoy do), and a session outlives it.
+    pub close_at_expiry: bool,
     /// `[auth.forward_claims]`: header name = claim name. Verified claims are sent to the
     /// backend in these headers (arrays joined with spaces); client-sent headers of the
     /// same names are dropped, so a backend can trust them.
@@ -254,6 +258,7 @@ impl Default for AuthConfig {
             scope_claim: "scp".into(),
             required_scopes: vec!["admin".into()],
             leeway_secs: 5,
+            close_at_expiry: false,
             forward_claims: BTreeMap::new(),
         }
     }
@@ -662,9 +667,9 @@ impl Config {
         }
         let _ = writeln!(
             o,
-            "[auth]\nissuer = {}\naudience = {}\nalgorithms = {}\npublic_key = {}\n{key_set}scope_claim = {}\nrequired_scopes = {}\nleeway_secs = {}\n",
+            "[auth]\nissuer = {}\naudience = {}\nalgorithms = {}\npublic_key = {}\n{key_set}scope_claim = {}\nrequired_scopes = {}\nleeway_secs = {}\nclose_at_expiry = {}\n",
             q(&a.issuer), q(&a.audience), list(&a.algorithms), path(&a.public_key),
-            q(&a.scope_claim), list(&a.required_scopes), a.leeway_secs
+            q(&a.scope_claim), list(&a.required_scopes), a.leeway_secs, a.close_at_expiry
         );
         if !a.forward_claims.is_empty() {
             let _ = writeln!(o, "[auth.forward_claims]");
@@ -984,7 +989,7 @@ mod tests {
         // The keys' source and the listener's PROXY protocol survive the round trip.
         let text = format!(
             "[server]\nproxy_protocol = true\nproxy_protocol_from = [\"10.0.0.0/8\", \"::1\"]\n[auth]\njwks_url = \"https://idp/certs\"\n\
-             jwks_refresh = \"90s\"\njwks_ca = \"ca.pem\"\n{MINIMAL}"
+             jwks_refresh = \"90s\"\njwks_ca = \"ca.pem\"\nclose_at_expiry = true\n{MINIMAL}"
         );
         let c = Config::from_toml_str(&text, Path::new("/etc/wsgate"))?;
         let again = Config::from_toml_str(&c.describe(), Path::new("/etc/wsgate"))?;
@@ -995,6 +1000,7 @@ mod tests {
         );
         assert_eq!(again.auth.jwks_url.as_deref(), Some("https://idp/certs"));
         assert_eq!(again.auth.jwks_refresh, Duration::from_secs(90));
+        assert!(c.auth.close_at_expiry && again.auth.close_at_expiry);
         assert_eq!(
             again.auth.jwks_ca,
             Some(PathBuf::from("/etc/wsgate/ca.pem"))

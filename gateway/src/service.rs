@@ -145,7 +145,12 @@ async fn handle(
         );
     }
     match prepare(&shared, &req, peer).await {
-        Ok((target, conn, response)) => {
+        Ok(Prepared {
+            target,
+            conn,
+            response,
+            token_expiry,
+        }) => {
             let on_upgrade = hyper::upgrade::on(&mut req);
             let slot = permit.lock().ok().and_then(|mut p| p.take());
             Metrics::observe(
@@ -168,7 +173,8 @@ async fn handle(
                 async move {
                     match on_upgrade.await {
                         Ok(upgraded) => {
-                            start_session(upgraded, conn, &target, peer, conn_id, slot, active)
+                            let ids = (conn_id, peer, &*target);
+                            start_session(upgraded, conn, ids, token_expiry, slot, active)
                         }
                         Err(e) => {
                             debug!(conn = conn_id, %peer, error = %e, "client upgrade failed")
@@ -214,12 +220,24 @@ fn refuse(
     refusal.into_response()
 }
 
+/// What the phases up to the 101 produced.
+struct Prepared {
+    /// The backend ID routed to.
+    target: Arc<str>,
+    /// The backend connection, upgraded.
+    conn: BackendConn,
+    /// The 101 for the client.
+    response: Response<Body>,
+    /// When the session must end because its token expires (`[auth] close_at_expiry`).
+    token_expiry: Option<std::time::SystemTime>,
+}
+
 /// Runs every phase up to the 101: checks, auth, route, backend connect, accept.
 async fn prepare(
     shared: &Shared,
     req: &Request<Incoming>,
     peer: SocketAddr,
-) -> Result<(Arc<str>, BackendConn, Response<Body>), Refusal> {
+) -> Result<Prepared, Refusal> {
     let config = shared.config();
     let upgrade = checks::check(req, &config.server.path)?;
     let creds = credentials::extract(req, &config.browser)?;
@@ -232,6 +250,11 @@ async fn prepare(
                 shared.unknown_key.notify_one();
             }
         })?;
+    let token_expiry = verifier
+        .auth()
+        .close_at_expiry
+        .then(|| crate::auth::expires_at(&claims, verifier.auth().leeway_secs))
+        .flatten();
     let identity = crate::auth::claim_headers(&config.auth.forward_claims, &claims);
     let identity_names: Vec<String> = config.auth.forward_claims.keys().cloned().collect();
     let pool = shared
@@ -281,7 +304,12 @@ async fn prepare(
         conn.protocol.as_deref(),
         creds.token_protocol,
     )?;
-    Ok((target, conn, response))
+    Ok(Prepared {
+        target,
+        conn,
+        response,
+        token_expiry,
+    })
 }
 
 /// The 101 answer: the accept key and the backend's chosen subprotocol, which must be one
@@ -325,9 +353,8 @@ fn accept(
 fn start_session(
     upgraded: hyper::upgrade::Upgraded,
     backend: BackendConn,
-    target: &str,
-    peer: SocketAddr,
-    conn_id: u64,
+    (conn_id, peer, target): (u64, SocketAddr, &str),
+    token_expiry: Option<std::time::SystemTime>,
     slot: Option<Slot>,
     active: ActiveSession,
 ) {
@@ -343,8 +370,15 @@ fn start_session(
     let (client_read, client_write) = tokio::io::split(parts.io.into_inner());
     let (backend_read, backend_write) = backend.stream.into_split();
     let config = shared.config();
-    let opts = session::SessionOptions::from_config(&config);
+    let mut opts = session::SessionOptions::from_config(&config);
     drop(config);
+    // An expiry too far off for the clock to hold is as good as none.
+    opts.ends_at = token_expiry.and_then(|at| {
+        let left = at
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        tokio::time::Instant::now().checked_add(left)
+    });
     // Boxed: awaiting a future held by value stores it twice in the awaiting future (the
     // captured value and the awaited one), which was ~2 KiB per idle session.
     let proxy = Box::pin(session::proxy(

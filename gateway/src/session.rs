@@ -17,6 +17,7 @@ use crate::batch::FrameWriter;
 use crate::forward::{CloseMsg, Counters, Mailbox, Pump, PumpEnd, PumpLimits, StopWith};
 use crate::pair::{Either, Pair};
 use crate::reader::FrameReader;
+use crate::ticker::Ticker;
 
 /// Sent to the backend when the client vanishes without a close.
 pub const CLIENT_LOST: CloseMsg = CloseMsg {
@@ -34,6 +35,17 @@ pub const SHUTTING_DOWN: CloseMsg = CloseMsg {
     code: 1001,
     reason: "gateway shutting down",
 };
+/// Sent to the client when its token expires (`[auth] close_at_expiry`): 1008, policy
+/// violation, the code for "the endpoint's policy no longer admits you".
+pub const TOKEN_EXPIRED: CloseMsg = CloseMsg {
+    code: 1008,
+    reason: "token expired",
+};
+/// Sent to the backend when the client's token expires.
+pub const CLIENT_TOKEN_EXPIRED: CloseMsg = CloseMsg {
+    code: 1001,
+    reason: "client token expired",
+};
 
 /// Bytes gathered per direction before a write is forced out.
 const BATCH_LIMIT: usize = 64 * 1024;
@@ -49,6 +61,9 @@ pub struct SessionOptions {
     pub keepalive: Option<Duration>,
     /// How long a side gets to answer a close.
     pub close_timeout: Duration,
+    /// When the client's token expires, for a session that must end then
+    /// (`[auth] close_at_expiry`); `None`: the session may outlive its token.
+    pub ends_at: Option<tokio::time::Instant>,
 }
 
 impl SessionOptions {
@@ -68,6 +83,7 @@ impl SessionOptions {
             max_frame_size: limits.max_frame_size,
             close_timeout: timeouts.close,
             keepalive: Some(timeouts.idle / 2).filter(|d| !d.is_zero()),
+            ends_at: None,
         }
     }
 }
@@ -94,16 +110,22 @@ pub struct SessionReport {
     pub downstream: Counters,
     /// Whether a gateway shutdown ended the session.
     pub shutdown: bool,
+    /// Whether the client's token expiring ended the session.
+    pub expired: bool,
     /// Session duration.
     pub duration: Duration,
 }
 
 impl SessionReport {
     /// A short outcome label: `client_closed`, `backend_closed`, `client_lost`,
-    /// `backend_lost`, `client_error`, `backend_error`, `shutdown`.
+    /// `backend_lost`, `client_error`, `backend_error`, `client_idle`, `backend_idle`,
+    /// `shutdown`, `token_expired`.
     pub fn outcome(&self) -> &'static str {
         if self.shutdown {
             return "shutdown";
+        }
+        if self.expired {
+            return "token_expired";
         }
         match self.first {
             (Direction::Upstream, PumpEnd::Closed(_)) => "client_closed",
@@ -128,6 +150,12 @@ impl SessionReport {
             return vec![
                 ("client", SHUTTING_DOWN.code),
                 ("backend", SHUTTING_DOWN.code),
+            ];
+        }
+        if self.expired {
+            return vec![
+                ("client", TOKEN_EXPIRED.code),
+                ("backend", CLIENT_TOKEN_EXPIRED.code),
             ];
         }
         match self.first {
@@ -184,6 +212,7 @@ where
         keepalive: opts.keepalive,
     };
     let close_timeout = opts.close_timeout;
+    let ends_at = opts.ends_at;
     async move {
         let started = Instant::now();
         let mut upstream = Counters::default();
@@ -191,6 +220,13 @@ where
         let up_inbox = Mailbox::default();
         let down_inbox = Mailbox::default();
         let mut shut = false;
+        let mut expired = false;
+        // Boxed, so a session that may outlive its token carries no timer.
+        let mut expiry = ends_at.map(|at| {
+            Box::pin(Ticker::new(
+                at.saturating_duration_since(tokio::time::Instant::now()),
+            ))
+        });
 
         let (first, second) = {
             let up = Pump {
@@ -226,9 +262,20 @@ where
                     },
                     // A dropped sender means no shutdown will ever come: the branch then disables itself.
                     Ok(()) = shutdown_signal(&mut shutdown) => (Direction::Upstream, PumpEnd::Stopped),
+                    () = token_expired(&mut expiry) => {
+                        expired = true;
+                        (Direction::Upstream, PumpEnd::Stopped)
+                    }
                 }
             };
-            if first.1 == PumpEnd::Stopped {
+            if expired {
+                // Both sides hear why at once, after what was already on its way to them.
+                up_inbox.stop(StopWith::Close(CLIENT_TOKEN_EXPIRED));
+                down_inbox.stop(StopWith::Close(TOKEN_EXPIRED));
+                let both = async { tokio::join!(&mut up, &mut down) };
+                let ends = Box::pin(tokio::time::timeout(close_timeout, both)).await;
+                (first, ends.ok().map(|(_, down_end)| down_end))
+            } else if first.1 == PumpEnd::Stopped {
                 // Gateway shutdown. The backend is closed first (1001), as if the client had
                 // left; what it sends before its close answer still reaches the client, and
                 // its close answer is passed on. A backend that does not answer in time gets
@@ -304,6 +351,7 @@ where
             upstream,
             downstream,
             shutdown: shut,
+            expired,
             duration: started.elapsed(),
         }
     }
@@ -332,6 +380,14 @@ async fn shutdown_signal(
         std::future::Future::poll(changed.as_mut(), cx)
     })
     .await
+}
+
+/// Resolves when the token expires; never when the session may outlive it.
+async fn token_expired(expiry: &mut Option<std::pin::Pin<Box<Ticker>>>) {
+    match expiry {
+        Some(ticker) => ticker.as_mut().tick().await,
+        None => std::future::pending().await,
+    }
 }
 
 fn split<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
@@ -364,6 +420,7 @@ mod tests {
             max_frame_size: 1 << 20,
             close_timeout: Duration::from_millis(100),
             keepalive: None,
+            ends_at: None,
         };
         let client = Side {
             read: cr,

@@ -1,0 +1,122 @@
+//! `[auth] close_at_expiry`: a session ends when its token expires (the client hears 1008
+//! "token expired", the backend 1001), other sessions are untouched; without it, a
+//! session outlives its token as with nginx, HAProxy and Envoy.
+
+mod support;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{ensure, Context, Result};
+use support::probe::{Mode, Probe};
+use support::process::{GatewayProc, ProcOptions};
+use support::*;
+
+/// Unix seconds `ahead` from now (rounded up to a whole second, as `exp` is).
+fn unix_in(ahead: Duration) -> Result<u64> {
+    let at = SystemTime::now().duration_since(UNIX_EPOCH)? + ahead;
+    Ok(at.as_secs() + u64::from(at.subsec_nanos() > 0))
+}
+
+/// A gateway in front of a probe backend, with `auth` lines in `[auth]` (no leeway).
+async fn gateway(auth: &str) -> Result<(GatewayProc, Probe)> {
+    let probe = Probe::start(Mode::Accept { protocol: None }).await?;
+    let gw = GatewayProc::start(ProcOptions {
+        backends: vec![("Backend_PROBE".into(), probe.url())],
+        auth_toml: format!("leeway_secs = 0\n{auth}"),
+        ..ProcOptions::default()
+    })
+    .await?;
+    Ok((gw, probe))
+}
+
+/// A client of the probe whose token expires at `exp` (Unix seconds).
+async fn client_until(gw: &GatewayProc, exp: u64) -> Result<loadgen::client::Connected> {
+    let token = rs256(&claims_with(|c| {
+        c.insert("exp".into(), exp.into());
+    }))?;
+    let mut opts = gw.connect_options("Backend_PROBE")?;
+    opts.set_header("Authorization", format!("Bearer {token}"));
+    loadgen::client::connect(&opts)
+        .await
+        .context("connect with a short-lived token")
+}
+
+#[tokio::test]
+async fn a_session_ends_when_its_token_expires_and_others_go_on() -> Result<()> {
+    let (gw, mut probe) = gateway("close_at_expiry = true").await?;
+    let exp = unix_in(Duration::from_secs(2))?;
+    let mut short = client_until(&gw, exp).await?;
+    let mut long = connect_ok_proc(&gw).await?;
+    echo(&mut short.ws, b"before expiry").await?;
+
+    let (code, reason) = expect_close(&mut short.ws).await?;
+    let at = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs_f64();
+    ensure!(
+        (code, reason.as_str()) == (1008, "token expired"),
+        "client got close {code} {reason:?}"
+    );
+    ensure!(
+        at >= exp as f64 - 0.05,
+        "closed at {at:.2}, before the token's exp {exp}"
+    );
+    ensure!(
+        at < exp as f64 + 3.0,
+        "closed at {at:.2}, long after exp {exp}"
+    );
+    let (code, reason) = probe.next_close().await?;
+    ensure!(
+        (code, reason.as_str()) == (1001, "client token expired"),
+        "backend got close {code} {reason:?}"
+    );
+
+    // The session with a token good for an hour is untouched.
+    echo(&mut long.ws, b"still here").await?;
+    let seen = gw.metrics().await?;
+    ensure!(
+        seen.lines().any(|l| l.starts_with("wsgate_sessions_total{")
+            && l.contains("outcome=\"token_expired\"")
+            && l.ends_with(" 1")),
+        "no token_expired session in the metrics:\n{seen}"
+    );
+    ensure!(
+        seen.lines()
+            .any(|l| l.starts_with("wsgate_close_frames_sent_total{")
+                && l.contains("to=\"client\"")
+                && l.contains("code=\"1008\"")),
+        "the 1008 is not counted:\n{seen}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn without_close_at_expiry_a_session_outlives_its_token() -> Result<()> {
+    let (gw, _probe) = gateway("").await?;
+    let exp = unix_in(Duration::from_secs(1))?;
+    let mut c = client_until(&gw, exp).await?;
+    // Keep the session busy across the expiry and a second past it.
+    let past = UNIX_EPOCH + Duration::from_secs(exp) + Duration::from_secs(1);
+    let mut echoes = 0;
+    while SystemTime::now() < past {
+        echo(&mut c.ws, b"after exp too").await?;
+        echoes += 1;
+    }
+    ensure!(echoes > 0, "no echo at all");
+    // And a fresh connection with that token is refused now: it did expire.
+    let token = rs256(&claims_with(|c| {
+        c.insert("exp".into(), exp.into());
+    }))?;
+    let mut opts = gw.connect_options("Backend_PROBE")?;
+    opts.set_header("Authorization", format!("Bearer {token}"));
+    let (status, _) = refused(&opts).await?;
+    ensure!(status == 401, "expired token got {status}");
+    echo(&mut c.ws, b"the old session still forwards").await?;
+    Ok(())
+}
+
+/// A client of the probe with the dev token (valid for an hour).
+async fn connect_ok_proc(gw: &GatewayProc) -> Result<loadgen::client::Connected> {
+    let opts = gw.connect_options("Backend_PROBE")?;
+    loadgen::client::connect(&opts)
+        .await
+        .context("connect with the dev token")
+}
