@@ -38,7 +38,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let shared = shared.clone();
-                async move { Ok::<_, Infallible>(answer(&shared, &req)) }
+                async move { Ok::<_, Infallible>(answer(&shared, &req).await) }
             });
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(tcp), svc)
@@ -47,7 +47,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-fn answer(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+async fn answer(shared: &Arc<Shared>, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => reply(
             StatusCode::OK,
@@ -62,7 +62,8 @@ fn answer(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 text(StatusCode::OK, "ready")
             }
         }
-        (&Method::POST, "/reload") => match crate::reload::reload(shared) {
+        (&Method::POST, "/reload") => match crate::reload::reload_off_runtime(shared.clone()).await
+        {
             Ok(()) => text(StatusCode::OK, "reloaded"),
             Err(e) => text(StatusCode::BAD_REQUEST, &e.to_string()),
         },

@@ -151,7 +151,7 @@ fn spawn_reload_on_sighup(reloader: gateway::Reloader) {
         };
         while hup.recv().await.is_some() {
             // The outcome is logged by the reload itself.
-            let _ = reloader.reload();
+            let _ = reloader.reload_off_runtime().await;
         }
     });
 }

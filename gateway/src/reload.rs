@@ -2,6 +2,8 @@
 //! TLS certificate and limits in force for new connections. Open sessions are untouched.
 //! An invalid file changes nothing.
 
+use std::sync::{Arc, Mutex, PoisonError};
+
 use tracing::{info, warn};
 
 use crate::config::{Config, ConfigError};
@@ -17,7 +19,14 @@ pub enum ReloadError {
     /// The new file (or a file it names) is unusable; the old config stays in force.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The thread doing the reload ended before it finished; the old config stays.
+    #[error("the reload was interrupted")]
+    Interrupted,
 }
+
+/// One reload at a time: two at once (SIGHUP and `POST /reload`) would race to put
+/// their parts in force.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// Builds every reloadable part from `config`, loading the files it names.
 pub fn build_parts(config: Config) -> Result<Parts, ConfigError> {
@@ -32,8 +41,20 @@ pub fn build_parts(config: Config) -> Result<Parts, ConfigError> {
     })
 }
 
+/// [`reload`] on a thread of the blocking pool: loading may wait on the network (an
+/// `[auth] jwks_url`, up to its fetch timeout), and the runtime that asks for reloads also
+/// answers the admin endpoints and the signals, which must not wait with it.
+pub async fn reload_off_runtime(shared: Arc<Shared>) -> Result<(), ReloadError> {
+    tokio::task::spawn_blocking(move || reload(&shared))
+        .await
+        .unwrap_or(Err(ReloadError::Interrupted))
+}
+
 /// Re-reads the config file and applies it, or logs why not and keeps the old one.
+/// Blocks while it loads (files, and an `[auth] jwks_url` fetch): from async code, use
+/// [`reload_off_runtime`].
 pub fn reload(shared: &Shared) -> Result<(), ReloadError> {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
     let result = (|| {
         let path = shared.config_path.as_ref().ok_or(ReloadError::NoFile)?;
         let mut config = Config::load(path)?;

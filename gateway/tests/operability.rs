@@ -688,3 +688,64 @@ async fn a_start_without_the_providers_key_set_fails_naming_jwks_url() -> Result
     ensure!(https.hits() == 0, "the untrusted provider got a request");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_reload_waiting_on_a_silent_provider_holds_up_neither_the_admin_endpoints_nor_clients(
+) -> Result<()> {
+    let Rotation { idp, t1, .. } = Rotation::start(false).await?;
+    let bs = backends().await?;
+    let proc = gateway_on_idp(&idp, "1h", &bs).await?;
+    let opts = proc.connect_options("Backend_ABC")?;
+    ensure!(admitted(&opts, &t1).await);
+
+    // A provider that takes connections and never answers; the file now names it.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let silent_url = format!("http://{}/certs", silent.local_addr()?);
+    let (held_tx, mut held) = tokio::sync::mpsc::unbounded_channel();
+    let holder = tokio::spawn(async move {
+        while let Ok((tcp, _)) = silent.accept().await {
+            let _ = held_tx.send(tcp);
+        }
+    });
+    let file = std::fs::read_to_string(proc.config_path())?;
+    ensure!(
+        file.contains(&idp.url()),
+        "the provider's URL is not in the file"
+    );
+    std::fs::write(proc.config_path(), file.replace(&idp.url(), &silent_url))?;
+
+    let addr = proc.admin_addr().context("no admin address in the log")?;
+    let reload = tokio::spawn(async move {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+        tcp.write_all(b"POST /reload HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(30), tcp.read_to_end(&mut out)).await??;
+        anyhow::Ok(String::from_utf8_lossy(&out).into_owned())
+    });
+    // The reload's fetch is under way, and waits.
+    let _fetch = tokio::time::timeout(DEADLINE, held.recv())
+        .await
+        .context("the reload did not fetch")?;
+    for path in ["/healthz", "/metrics"] {
+        let (status, _) = tokio::time::timeout(Duration::from_secs(2), admin(&proc, "GET", path))
+            .await
+            .with_context(|| format!("{path} waited for the reload"))??;
+        ensure!(status == 200, "{path} answered {status}");
+    }
+    ensure!(admitted(&opts, &t1).await, "a client waited for the reload");
+    ensure!(
+        !reload.is_finished(),
+        "the reload did not wait for the provider"
+    );
+
+    // The fetch times out: the reload is rejected, and the keys in force stay.
+    let answer = reload.await??;
+    ensure!(
+        answer.starts_with("HTTP/1.1 400") && answer.contains("auth.jwks_url"),
+        "{answer}"
+    );
+    ensure!(admitted(&opts, &t1).await, "the keys in force were dropped");
+    holder.abort();
+    Ok(())
+}
