@@ -3,12 +3,13 @@
 //!
 //! The set is fetched when the config is loaded (start, reload: a load that cannot fetch
 //! it fails, as an unreadable key file does), then every `jwks_refresh` by
-//! [`keep_fresh`], and soon after a token names a key the set in force lacks — the
-//! provider has rotated — so that rotation needs no reload. A refresh that fails keeps
-//! the keys in force and is logged; the next one tries again.
+//! [`keep_fresh`], and when a token names a key the set in force lacks — the provider
+//! has rotated — so that rotation needs no reload and refuses no one: that token's
+//! connection waits for the fetch ([`after_refetch`]). A refresh that fails keeps the
+//! keys in force and is logged; the next one tries again.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,6 +18,8 @@ use hyper::header;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use tracing::{info, warn};
 use url::Url;
@@ -31,6 +34,11 @@ pub const MIN_REFRESH: Duration = Duration::from_secs(1);
 /// How soon after one fetch a token with an unknown `kid` may cause the next: tokens
 /// naming made-up keys then cost the provider at most one request per this long.
 pub const UNKNOWN_KEY_REFETCH_AFTER: Duration = Duration::from_secs(5);
+
+/// How long a connection whose token names an unknown key waits for the refetch that
+/// may bring it, before it is refused: the provider's answer is usually a matter of
+/// milliseconds, and a connection is held no longer than this for it.
+pub const UNKNOWN_KEY_WAIT: Duration = Duration::from_secs(2);
 
 /// Connect, TLS, request and the whole answer.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -188,23 +196,73 @@ fn client_config(ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String>
     Ok(Arc::new(config))
 }
 
+/// Refetches of the key set asked for by tokens that name a key it lacks, between the
+/// connections that ask and [`keep_fresh`], which fetches.
+#[derive(Debug)]
+pub struct Refetch {
+    /// Told when a token named a key the set lacks.
+    wanted: Notify,
+    /// When the last fetch began.
+    last: Mutex<Instant>,
+    /// Fetches ended so far (success or not), for connections waiting on one.
+    ended: watch::Sender<u64>,
+}
+
+impl Default for Refetch {
+    fn default() -> Self {
+        Self {
+            wanted: Notify::new(),
+            last: Mutex::new(Instant::now()),
+            ended: watch::Sender::new(0),
+        }
+    }
+}
+
+impl Refetch {
+    fn last(&self) -> Instant {
+        *self.last.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn began(&self) {
+        *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
+    }
+}
+
+/// For a token that names a key the set in force (`current`) lacks: asks for a refetch
+/// and, when one may start at once (none began in the last
+/// [`UNKNOWN_KEY_REFETCH_AFTER`]), waits for it, at most [`UNKNOWN_KEY_WAIT`]. Returns
+/// the verifier put in force meanwhile, if one was; `None` means refuse. So the first
+/// token of a rotated key is let through, and tokens naming made-up keys are refused at
+/// once between refetches.
+pub async fn after_refetch(shared: &Shared, current: &Arc<Verifier>) -> Option<Arc<Verifier>> {
+    let refetch = &shared.refetch;
+    let mut ended = refetch.ended.subscribe();
+    refetch.wanted.notify_one();
+    if refetch.last().elapsed() < UNKNOWN_KEY_REFETCH_AFTER {
+        return None;
+    }
+    let _ = tokio::time::timeout(UNKNOWN_KEY_WAIT, ended.changed()).await;
+    let now = shared.verifier();
+    (!Arc::ptr_eq(&now, current)).then_some(now)
+}
+
 /// Keeps the key set of `[auth] jwks_url` fresh for as long as it runs: every
 /// `jwks_refresh`, and [`UNKNOWN_KEY_REFETCH_AFTER`] after the last fetch when a token
 /// named an unknown key. A fetched set is put in force with the settings of the verifier
 /// it renews, unless a reload replaced that verifier meanwhile (the reload fetched for
 /// itself). Logs "JWT key set loaded" when the set of `kid`s changes.
 pub async fn keep_fresh(shared: Arc<Shared>) {
-    let mut last = tokio::time::Instant::now();
+    let refetch = &shared.refetch;
     let mut failing = false;
     loop {
         let refresh = shared.verifier().auth().jwks_refresh;
         tokio::select! {
-            _ = tokio::time::sleep_until(last + refresh) => {}
-            _ = shared.unknown_key.notified() => {
-                tokio::time::sleep_until(last + UNKNOWN_KEY_REFETCH_AFTER).await;
+            _ = tokio::time::sleep_until(refetch.last() + refresh) => {}
+            _ = refetch.wanted.notified() => {
+                tokio::time::sleep_until(refetch.last() + UNKNOWN_KEY_REFETCH_AFTER).await;
             }
         }
-        last = tokio::time::Instant::now();
+        refetch.began();
         let current = shared.verifier();
         let auth = current.auth();
         let Some(url) = &auth.jwks_url else {
@@ -232,5 +290,6 @@ pub async fn keep_fresh(shared: Arc<Shared>) {
                 failing = true;
             }
         }
+        refetch.ended.send_modify(|n| *n += 1);
     }
 }

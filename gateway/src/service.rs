@@ -241,15 +241,18 @@ async fn prepare(
     let config = shared.config();
     let upgrade = checks::check(req, &config.server.path)?;
     let creds = credentials::extract(req, &config.browser)?;
-    let verifier = shared.verifier();
-    let claims = verifier
-        .verify(creds.token.as_deref().map_err(Clone::clone)?)
-        .inspect_err(|e| {
-            // The provider may have rotated: fetch its key set again soon.
-            if *e == AuthError::UnknownKey && verifier.auth().jwks_url.is_some() {
-                shared.unknown_key.notify_one();
-            }
-        })?;
+    let mut verifier = shared.verifier();
+    let token = creds.token.as_deref().map_err(Clone::clone)?;
+    let claims = match verifier.verify(token) {
+        // The provider may have rotated: its key set, fetched again, may hold the key.
+        Err(AuthError::UnknownKey) if verifier.auth().jwks_url.is_some() => {
+            verifier = crate::jwks_fetch::after_refetch(shared, &verifier)
+                .await
+                .ok_or(AuthError::UnknownKey)?;
+            verifier.verify(token)?
+        }
+        checked => checked?,
+    };
     let token_expiry = verifier
         .auth()
         .close_at_expiry

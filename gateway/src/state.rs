@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use rustls::ServerConfig;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
 use crate::auth::Verifier;
 use crate::config::Config;
@@ -52,9 +52,9 @@ pub struct Shared {
     pub next_id: AtomicU64,
     /// The file a reload re-reads (`None`: config built from a string, no reload).
     pub config_path: Option<PathBuf>,
-    /// Told when a token named a key the `jwks_url` key set lacks (see
-    /// [`crate::jwks_fetch::keep_fresh`]).
-    pub unknown_key: Notify,
+    /// Refetches of the `jwks_url` key set that tokens naming a key it lacks ask for (see
+    /// [`crate::jwks_fetch::after_refetch`]).
+    pub refetch: crate::jwks_fetch::Refetch,
 }
 
 impl Shared {
@@ -99,7 +99,7 @@ impl Shared {
             shutdown_rx,
             next_id: AtomicU64::new(1),
             config_path,
-            unknown_key: Notify::new(),
+            refetch: crate::jwks_fetch::Refetch::default(),
         }
     }
 
