@@ -67,12 +67,16 @@ pub async fn connect_pool(
     let attempts = pool.spec().attempts(list.len());
     let mut tried = 0u64;
     let mut last = None;
+    let max = pool.spec().max_sessions;
     for _ in 0..attempts {
         let Some(i) = pool.pick(&list, tried, now_ms()) else {
             break;
         };
         tried |= 1u64 << i;
-        let lease = Lease::new(list[i].clone());
+        // Another connect may have taken its last place since the pick.
+        let Some(lease) = Lease::try_new(list[i].clone(), max) else {
+            continue;
+        };
         match connect(&list[i].target, req, resolver, timeout).await {
             Ok(mut conn) => {
                 list[i].succeeded();
@@ -90,7 +94,13 @@ pub async fn connect_pool(
             }
         }
     }
-    Err(last.unwrap_or_else(|| Refusal::BadGateway("backend name resolved to no addresses".into())))
+    Err(last.unwrap_or_else(|| {
+        if list.iter().any(|i| i.full(max)) {
+            Refusal::Unavailable("backend at capacity")
+        } else {
+            Refusal::BadGateway("backend name resolved to no addresses".into())
+        }
+    }))
 }
 
 /// Client headers never passed on: hop-by-hop, WebSocket handshake headers the gateway

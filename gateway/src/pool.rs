@@ -112,6 +112,11 @@ impl Instance {
         self.live.load(Ordering::Relaxed)
     }
 
+    /// Whether it holds `max` leases or more (never, without a cap).
+    pub fn full(&self, max: Option<usize>) -> bool {
+        max.is_some_and(|max| self.live() >= max)
+    }
+
     /// Whether it takes new connections at `now` (not in a back-off period).
     pub fn available(&self, now: u64) -> bool {
         self.ejected_until.load(Ordering::Relaxed) <= now
@@ -193,6 +198,22 @@ impl Lease {
         instance.live.fetch_add(1, Ordering::Relaxed);
         instance.metrics.active.inc();
         Self { instance }
+    }
+
+    /// Takes a lease on `instance` unless it already holds `max` (`None`: no cap). Checked
+    /// and taken in one step, so connects racing for the last place cannot both get it.
+    pub fn try_new(instance: Arc<Instance>, max: Option<usize>) -> Option<Self> {
+        let Some(max) = max else {
+            return Some(Self::new(instance));
+        };
+        instance
+            .live
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        instance.metrics.active.inc();
+        Some(Self { instance })
     }
 
     /// The leased instance.
@@ -306,16 +327,17 @@ impl Pool {
         self.instances.load_full()
     }
 
-    /// Picks an instance of `list` not in `tried` (bit i = index i): a healthy one by the
-    /// pool's policy, else (all ejected) the one that failed longest ago. `None` when
-    /// every instance was tried.
+    /// Picks an instance of `list` not in `tried` (bit i = index i) and not at its
+    /// `max_sessions`: a healthy one by the pool's policy, else (all ejected) the one that
+    /// failed longest ago. `None` when every instance was tried or is full.
     pub fn pick(&self, list: &[Arc<Instance>], tried: u64, now: u64) -> Option<usize> {
         let n = list.len().min(MAX_INSTANCES);
         if n == 0 {
             return None;
         }
         let start = self.cursor.fetch_add(1, Ordering::Relaxed) % n;
-        let untried = |i: usize| tried & (1u64 << i) == 0;
+        let max = self.spec.max_sessions;
+        let untried = |i: usize| tried & (1u64 << i) == 0 && !list[i].full(max);
         let mut best: Option<(usize, usize)> = None;
         for k in 0..n {
             let i = (start + k) % n;
@@ -363,6 +385,10 @@ mod tests {
     use crate::pool_config::{PoolSpec, DEFAULT_EJECT};
 
     fn pool(n: usize, balance: Balance) -> Pool {
+        pool_capped(n, balance, None)
+    }
+
+    fn pool_capped(n: usize, balance: Balance, max_sessions: Option<usize>) -> Pool {
         let targets = (0..n)
             .map(|i| BackendTarget::parse("B", &format!("ws://127.0.0.{}:1/", i + 2)))
             .collect::<Result<Vec<_>, _>>()
@@ -376,6 +402,7 @@ mod tests {
             health_interval: None,
             health_check: Default::default(),
             required_scopes: Vec::new(),
+            max_sessions,
             single: false,
         };
         Pool::new(spec, &PoolMetrics::default(), None)
@@ -384,6 +411,37 @@ mod tests {
     fn picks(p: &Pool, count: usize, now: u64) -> Vec<usize> {
         let list = p.instances();
         (0..count).filter_map(|_| p.pick(&list, 0, now)).collect()
+    }
+
+    #[test]
+    fn full_instances_are_not_picked_and_a_lease_never_passes_the_cap() {
+        let p = pool_capped(2, Balance::RoundRobin, Some(2));
+        let list = p.instances();
+        let held: Vec<Lease> = (0..4)
+            .filter_map(|_| {
+                let i = p.pick(&list, 0, 1)?;
+                Lease::try_new(list[i].clone(), Some(2))
+            })
+            .collect();
+        assert_eq!(held.len(), 4);
+        assert_eq!((list[0].live(), list[1].live()), (2, 2));
+        assert_eq!(p.pick(&list, 0, 1), None, "a full instance was picked");
+        // Not even as the all-ejected fallback.
+        list[0].failed(1, Duration::from_secs(60), &"refused");
+        assert_eq!(p.pick(&list, 0, 2), None);
+        assert!(Lease::try_new(list[1].clone(), Some(2)).is_none());
+        assert_eq!(list[1].live(), 2, "a refused lease was counted");
+        // Uncapped, the same instance takes more.
+        let extra = Lease::try_new(list[1].clone(), None);
+        assert_eq!((extra.is_some(), list[1].live()), (true, 3));
+        drop(extra);
+        drop(held);
+        assert_eq!((list[0].live(), list[1].live()), (0, 0));
+        assert_eq!(
+            p.pick(&list, 0, 3),
+            Some(1),
+            "a freed instance is picked again"
+        );
     }
 
     #[test]

@@ -111,6 +111,10 @@ pub struct PoolSpec {
     /// `required_scopes`: scopes a token must hold for this backend, beyond
     /// `[auth] required_scopes` (missing one: 403).
     pub required_scopes: Vec<String>,
+    /// `max_sessions`: the most sessions (and connects under way) one instance is given,
+    /// as nginx's `max_conns` and HAProxy's `maxconn` on a server; with every instance
+    /// at it, new clients get 503. `None`: no cap.
+    pub max_sessions: Option<usize>,
     /// Written as one URL string, so [`PoolSpec::describe`] writes it back that way.
     pub single: bool,
 }
@@ -134,7 +138,7 @@ fn at(key: &str, problem: impl Into<String>) -> SpecError {
 }
 
 const KEYS: &str = "urls, dns, path, refresh, balance, eject, connect_attempts, \
-                    health_interval, health_check, required_scopes";
+                    health_interval, health_check, required_scopes, max_sessions";
 
 impl PoolSpec {
     /// One instance at `target`: the sample's `ID = "ws://..."` form.
@@ -148,6 +152,7 @@ impl PoolSpec {
             health_interval: None,
             health_check: HealthCheck::default(),
             required_scopes: Vec::new(),
+            max_sessions: None,
             single: true,
         }
     }
@@ -256,6 +261,19 @@ impl PoolSpec {
                 ))
             }
         };
+        let max_sessions = match table.get("max_sessions") {
+            None => None,
+            Some(toml::Value::Integer(n)) if *n >= 1 => {
+                Some(usize::try_from(*n).unwrap_or(usize::MAX))
+            }
+            Some(toml::Value::Integer(_)) => return Err(at("max_sessions", "must be at least 1")),
+            Some(other) => {
+                return Err(at(
+                    "max_sessions",
+                    format!("expected an integer, found {}", other.type_str()),
+                ))
+            }
+        };
         let members = match (table.get("urls"), string("dns")?) {
             (Some(_), Some(_)) => return Err(at("dns", "give either urls or dns, not both")),
             (None, None) => {
@@ -306,6 +324,7 @@ impl PoolSpec {
             health_interval,
             health_check,
             required_scopes,
+            max_sessions,
             single: false,
         })
     }
@@ -371,6 +390,9 @@ impl PoolSpec {
         if !self.required_scopes.is_empty() {
             let scopes: Vec<String> = self.required_scopes.iter().map(|s| q(s)).collect();
             let _ = write!(o, ", required_scopes = [{}]", scopes.join(", "));
+        }
+        if let Some(n) = self.max_sessions {
+            let _ = write!(o, ", max_sessions = {n}");
         }
         o.push_str(" }");
         o
@@ -538,6 +560,25 @@ mod tests {
         );
         assert!(key("{ balance = \"least_conn\" }").is_some());
         assert!(key("3").is_some());
+    }
+
+    #[test]
+    fn max_sessions_is_a_positive_integer_and_round_trips() -> Result<(), SpecError> {
+        let spec = parse("{ urls = [\"ws://a:1/\"], max_sessions = 500 }")?;
+        assert_eq!(spec.max_sessions, Some(500));
+        assert_eq!(parse(&spec.describe())?.max_sessions, Some(500));
+        assert_eq!(parse("\"ws://a:1/\"")?.max_sessions, None);
+        for bad in ["0", "-3", "\"500\""] {
+            let got = parse(&format!(
+                "{{ urls = [\"ws://a:1/\"], max_sessions = {bad} }}"
+            ));
+            assert_eq!(
+                got.err().map(|e| e.key),
+                Some(Some(String::from("max_sessions"))),
+                "max_sessions = {bad}"
+            );
+        }
+        Ok(())
     }
 
     #[test]

@@ -881,3 +881,47 @@ async fn a_reload_replaces_the_pool_and_sessions_on_removed_instances_go_on() ->
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+#[tokio::test]
+async fn max_sessions_caps_each_instance_and_a_full_pool_answers_503() -> Result<()> {
+    let inst = Instances::start().await?;
+    let entry = urls_entry(&inst, &[0, 1], ", max_sessions = 2");
+    let gw = Gw::start(&entry, Arc::default(), None).await?;
+    // Four sessions fill both instances, two each, whatever the order.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(session_on(&gw, &inst).await?);
+    }
+    ensure!(
+        inst.open()[..2] == [2, 2],
+        "four sessions over two instances of two: {:?}",
+        inst.open()
+    );
+    // The fifth finds both full: 503, and no backend is asked.
+    let started = inst.started();
+    let (status, reason) = refused(&gw.options()?).await?;
+    ensure!(
+        status == 503 && reason.contains("backend at capacity"),
+        "{status} {reason}"
+    );
+    ensure!(
+        inst.started() == started,
+        "a full instance was connected to"
+    );
+    // One session on instance 1 ends: its place goes to the next client, and only there.
+    let at = held
+        .iter()
+        .position(|(_, i)| *i == 1)
+        .context("no session on instance 1")?;
+    let (mut c, _) = held.swap_remove(at);
+    close_cleanly(&mut c.ws).await?;
+    wait_metric(&gw, "the session on 1 to end", LIVE, &inst.label(1), |v| {
+        v == Some(1.0)
+    })
+    .await?;
+    let (_next, i) = session_on(&gw, &inst).await?;
+    ensure!(i == 1, "the freed place was on 1, the session went to {i}");
+    let (status, _) = refused(&gw.options()?).await?;
+    ensure!(status == 503, "full again: {status}");
+    Ok(())
+}
