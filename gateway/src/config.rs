@@ -54,6 +54,41 @@ pub struct BrowserConfig {
     /// the client offers `["chat", "bearer.<JWT>"]`). The entry is not offered to the
     /// backend.
     pub token_protocol_prefix: Option<String>,
+    /// Web origins (`"https://app.example.com"`) whose pages may open sessions. A request
+    /// carrying an `Origin` header (every browser's does) from anywhere else gets 403, as
+    /// RFC 6455 (10.2) advises: a page on another site cannot use the gateway through a
+    /// visitor's browser. Requests without `Origin` (other clients) are not affected.
+    /// Empty: any origin.
+    pub allowed_origins: Vec<String>,
+}
+
+impl BrowserConfig {
+    /// Whether a request with this `Origin` header value (`None`: without one) may pass.
+    /// Origins compare as the browser serializes them (scheme, host and port, lower case,
+    /// default port left out).
+    pub fn origin_allowed(&self, origin: Option<&[u8]>) -> bool {
+        if self.allowed_origins.is_empty() {
+            return true;
+        }
+        let Some(origin) = origin else {
+            return true;
+        };
+        std::str::from_utf8(origin)
+            .ok()
+            .and_then(serialized_origin)
+            .is_some_and(|o| self.allowed_origins.contains(&o))
+    }
+}
+
+/// `scheme://host[:port]` as a browser sends it in `Origin`, or `None` for anything that
+/// is not an origin (a path, `null`, an opaque URL).
+fn serialized_origin(text: &str) -> Option<String> {
+    let url = url::Url::parse(text.trim()).ok()?;
+    if !matches!(url.path(), "" | "/") || url.query().is_some() || url.fragment().is_some() {
+        return None;
+    }
+    let origin = url.origin();
+    origin.is_tuple().then(|| origin.ascii_serialization())
 }
 
 /// `[admin]`: the plain-HTTP admin listener (`/metrics`, `/healthz`, `/readyz`,
@@ -437,7 +472,7 @@ impl Config {
     /// Parses and validates TOML text; relative paths resolve against `base_dir`.
     pub fn from_toml_str(text: &str, base_dir: &Path) -> Result<Config, ConfigError> {
         let source = base_dir.join("Config.toml");
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let mut raw: RawConfig = toml::from_str(text).map_err(|e| {
             let line = e.span().map(|s| line_of_offset(text, s.start));
             let key = line.and_then(|l| dotted_key_at(text, l));
             ConfigError {
@@ -500,6 +535,18 @@ impl Config {
                 "only with proxy_protocol = true".into(),
             ));
         }
+        let mut allowed_origins = Vec::with_capacity(raw.browser.allowed_origins.len());
+        for origin in &raw.browser.allowed_origins {
+            let Some(serialized) = serialized_origin(origin) else {
+                return Err(err(
+                    "browser",
+                    "allowed_origins",
+                    format!("{origin:?}: expected an origin, scheme://host[:port]"),
+                ));
+            };
+            allowed_origins.push(serialized);
+        }
+        raw.browser.allowed_origins = allowed_origins;
         if !raw.server.path.starts_with('/') {
             return Err(err("server", "path", "must start with '/'".into()));
         }
@@ -699,10 +746,11 @@ impl Config {
         let b = &self.browser;
         let _ = writeln!(
             o,
-            "[browser]\n{}\n{}\n{}\n",
+            "[browser]\n{}\n{}\n{}\nallowed_origins = {}\n",
             opt("id_query", &b.id_query),
             opt("token_query", &b.token_query),
-            opt("token_protocol_prefix", &b.token_protocol_prefix)
+            opt("token_protocol_prefix", &b.token_protocol_prefix),
+            list(&b.allowed_origins)
         );
         let _ = writeln!(o, "[backends]");
         for (id, spec) in &self.backends {
@@ -1005,6 +1053,47 @@ mod tests {
             again.auth.jwks_ca,
             Some(PathBuf::from("/etc/wsgate/ca.pem"))
         );
+        Ok(())
+    }
+
+    #[test]
+    fn allowed_origins_are_origins_compared_as_browsers_send_them() -> Result<(), ConfigError> {
+        let text = format!(
+            "[browser]\nallowed_origins = [\"HTTPS://App.Example.com:443/\", \"http://[::1]:8080\"]\n{MINIMAL}"
+        );
+        let c = Config::from_toml_str(&text, Path::new("."))?;
+        assert_eq!(
+            c.browser.allowed_origins,
+            ["https://app.example.com", "http://[::1]:8080"]
+        );
+        let allowed = |o: &str| c.browser.origin_allowed(Some(o.as_bytes()));
+        assert!(allowed("https://app.example.com"));
+        assert!(allowed("https://APP.example.com"));
+        assert!(allowed("http://[::1]:8080"));
+        assert!(!allowed("http://app.example.com"), "another scheme");
+        assert!(!allowed("https://app.example.com:8443"), "another port");
+        assert!(!allowed("https://app.example.com.evil"), "a suffix");
+        assert!(!allowed("null"));
+        assert!(!allowed("\u{ff}"));
+        assert!(c.browser.origin_allowed(None), "no Origin: not a browser");
+        assert!(
+            BrowserConfig::default().origin_allowed(Some(b"https://any")),
+            "no list: any origin"
+        );
+        let again = Config::from_toml_str(&c.describe(), Path::new("."))?;
+        assert_eq!(again.browser.allowed_origins, c.browser.allowed_origins);
+        for bad in [
+            "app.example.com",
+            "https://app.example.com/path",
+            "null",
+            "data:text/plain,x",
+        ] {
+            let text = format!("[browser]\nallowed_origins = [{bad:?}]\n{MINIMAL}");
+            let key = Config::from_toml_str(&text, Path::new("."))
+                .err()
+                .and_then(|e| e.key);
+            assert_eq!(key.as_deref(), Some("browser.allowed_origins"), "{bad}");
+        }
         Ok(())
     }
 

@@ -114,6 +114,7 @@ mod tests {
             id_query: Some("id".into()),
             token_query: Some("access_token".into()),
             token_protocol_prefix: Some("bearer.".into()),
+            allowed_origins: Vec::new(),
         }
     }
 

@@ -23,6 +23,9 @@ pub enum Refusal {
     /// No `ID` header (400).
     #[error("missing ID header naming the backend")]
     MissingId,
+    /// A browser page from an origin outside `[browser] allowed_origins` (403).
+    #[error("origin not allowed")]
+    OriginNotAllowed,
     /// The `ID` names no configured backend (404).
     #[error("unknown backend ID")]
     UnknownBackend,
@@ -47,7 +50,9 @@ impl Refusal {
             Refusal::BadRequest(_) | Refusal::MissingId => StatusCode::BAD_REQUEST,
             Refusal::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Refusal::UnknownPath | Refusal::UnknownBackend => StatusCode::NOT_FOUND,
-            Refusal::Auth(AuthError::MissingScope(_)) => StatusCode::FORBIDDEN,
+            Refusal::Auth(AuthError::MissingScope(_)) | Refusal::OriginNotAllowed => {
+                StatusCode::FORBIDDEN
+            }
             Refusal::Auth(_) => StatusCode::UNAUTHORIZED,
             Refusal::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Refusal::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -63,6 +68,7 @@ impl Refusal {
             Refusal::UnknownPath => "unknown_path",
             Refusal::MissingId => "missing_id",
             Refusal::UnknownBackend => "unknown_backend",
+            Refusal::OriginNotAllowed => "origin",
             Refusal::Auth(AuthError::MissingScope(_)) => "forbidden",
             Refusal::Auth(_) => "unauthorized",
             Refusal::BadGateway(_) => "bad_gateway",

@@ -240,6 +240,13 @@ async fn prepare(
 ) -> Result<Prepared, Refusal> {
     let config = shared.config();
     let upgrade = checks::check(req, &config.server.path)?;
+    if !config.browser.origin_allowed(
+        req.headers()
+            .get(hyper::header::ORIGIN)
+            .map(|v| v.as_bytes()),
+    ) {
+        return Err(Refusal::OriginNotAllowed);
+    }
     let creds = credentials::extract(req, &config.browser)?;
     let mut verifier = shared.verifier();
     let token = creds.token.as_deref().map_err(Clone::clone)?;

@@ -81,21 +81,34 @@ async fn serve_page(listener: TcpListener, html: String, results: mpsc::Unbounde
     }
 }
 
-async fn run_browser(mode: &str) -> Result<Option<String>> {
+/// Runs the page in Chromium against a gateway with `[browser]` as in `BROWSER_CONFIG`
+/// plus `allowed_origins` built by `origins` from the page's own origin.
+async fn run_browser(
+    mode: &str,
+    origins: impl FnOnce(&str) -> Vec<String>,
+) -> Result<Option<String>> {
     let Some(browser) = chromium()? else {
         eprintln!("skipped: WSGATE_SKIP_BROWSER is set");
         return Ok(None);
     };
-    let tb = support::testbed_with_toml(&[], BROWSER_CONFIG).await?;
-    let token = support::rs256(&loadgen::token::sample_claims())?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let page_port = listener.local_addr()?.port();
+    let allowed = origins(&format!("http://127.0.0.1:{page_port}"));
+    let config = format!("{BROWSER_CONFIG}allowed_origins = {allowed:?}\n");
+    let tb = support::testbed_with_toml(&[], &config).await?;
+    let token = support::rs256(&loadgen::token::sample_claims())?;
     let (tx, mut results) = mpsc::unbounded_channel();
     let html = page(tb.gateway_addr().port(), page_port, &token, mode);
     let server = tokio::spawn(serve_page(listener, html, tx));
 
-    let profile =
-        std::env::temp_dir().join(format!("wsgate-chromium-{}-{mode}", std::process::id()));
+    // A profile of its own per browser: two Chromiums on one profile hand over to each
+    // other, and the second page never loads.
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let profile = std::env::temp_dir().join(format!(
+        "wsgate-chromium-{}-{mode}-{run}",
+        std::process::id()
+    ));
     let mut child = tokio::process::Command::new(browser)
         .args([
             "--headless",
@@ -131,7 +144,7 @@ async fn run_browser(mode: &str) -> Result<Option<String>> {
 
 #[tokio::test]
 async fn chromium_round_trip_with_the_token_in_a_subprotocol() -> Result<()> {
-    if let Some(result) = run_browser("protocol").await? {
+    if let Some(result) = run_browser("protocol", |_| Vec::new()).await? {
         // The browser accepted the handshake only because the gateway answered with an
         // entry it offered.
         ensure!(result.starts_with("PASS"), "browser reported {result:?}");
@@ -145,8 +158,30 @@ async fn chromium_round_trip_with_the_token_in_a_subprotocol() -> Result<()> {
 
 #[tokio::test]
 async fn chromium_round_trip_with_the_token_in_the_query() -> Result<()> {
-    if let Some(result) = run_browser("query").await? {
+    if let Some(result) = run_browser("query", |_| Vec::new()).await? {
         ensure!(result.starts_with("PASS"), "browser reported {result:?}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn chromium_is_let_through_from_an_allowed_origin_and_refused_from_another() -> Result<()> {
+    // The page's own origin, as Chromium sends it, among the allowed ones.
+    let allowed = run_browser("protocol", |own| {
+        vec!["https://app.example.com".into(), own.to_owned()]
+    })
+    .await?;
+    if let Some(result) = allowed {
+        ensure!(result.starts_with("PASS"), "browser reported {result:?}");
+    }
+    // Only another site allowed: the handshake is refused (403), which a page sees as a
+    // connection that failed.
+    let refused = run_browser("protocol", |_| vec!["https://app.example.com".into()]).await?;
+    if let Some(result) = refused {
+        ensure!(
+            result == "FAIL%20close%201006",
+            "browser reported {result:?}"
+        );
     }
     Ok(())
 }

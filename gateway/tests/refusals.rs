@@ -203,3 +203,37 @@ async fn a_backend_can_require_scopes_of_its_own_beyond_the_global_ones() -> Res
     loadgen::client::connect(&o).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn origins_outside_allowed_origins_get_403_and_clients_without_one_pass() -> Result<()> {
+    let tb = testbed_with_toml(
+        &[],
+        "[browser]\nallowed_origins = [\"https://App.Example.com:443/\", \"http://localhost:8080\"]\n",
+    )
+    .await?;
+    let with_origin = |origin: &str| -> Result<loadgen::client::ConnectOptions> {
+        Ok(tb.connect_options("Backend_ABC")?.header("Origin", origin))
+    };
+    // Listed (compared as browsers send them: lower case, default port left out).
+    for origin in ["https://app.example.com", "http://localhost:8080"] {
+        let mut c = loadgen::client::connect(&with_origin(origin)?).await?;
+        echo(&mut c.ws, origin.as_bytes()).await?;
+    }
+    // Another site, another port or scheme of a listed one, and the opaque `null`.
+    for origin in [
+        "https://evil.example",
+        "http://app.example.com",
+        "http://localhost:8081",
+        "null",
+    ] {
+        let (status, body) = refused(&with_origin(origin)?).await?;
+        ensure!(
+            status == 403 && body.trim() == "origin not allowed",
+            "{origin}: {status} {body}"
+        );
+    }
+    // No Origin at all: not a browser, not this check's business.
+    let mut c = connect_ok(&tb, "Backend_ABC").await?;
+    echo(&mut c.ws, b"no origin").await?;
+    Ok(())
+}
