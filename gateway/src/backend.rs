@@ -103,6 +103,16 @@ pub async fn connect_pool(
     }))
 }
 
+/// A `Cookie` header value without the cookies named `name` (`a=1; b=2` less `a`: `b=2`).
+fn without_cookie(value: &str, name: &str) -> String {
+    value
+        .split(';')
+        .map(str::trim)
+        .filter(|c| !c.is_empty() && c.split_once('=').map_or(*c, |(n, _)| n).trim() != name)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// Client headers never passed on: hop-by-hop, WebSocket handshake headers the gateway
 /// sets itself, and credentials meant for the gateway.
 const NOT_FORWARDED: &[&str] = &[
@@ -153,6 +163,9 @@ pub struct BackendRequest<'a> {
     pub identity: &'a [(String, String)],
     /// Names of identity headers: client-sent headers of these names are dropped.
     pub identity_names: &'a [String],
+    /// The cookie that carries the gateway's token (`[browser] token_cookie`): taken out
+    /// of the `Cookie` headers passed on, as `Authorization` is never passed on.
+    pub token_cookie: Option<&'a str>,
 }
 
 async fn connect_inner(
@@ -166,6 +179,7 @@ async fn connect_inner(
         peer,
         identity,
         identity_names,
+        token_cookie,
     } = *req;
     let mut stream = open_tcp(&target.host, target.port, resolver)
         .await
@@ -179,10 +193,22 @@ async fn connect_inner(
         Some(prior) => format!("{prior}, {}", peer.ip()),
         None => peer.ip().to_string(),
     };
+    // The client's cookies but the token's, when the token may come in one.
+    let cookies: Vec<String> = match token_cookie {
+        Some(token_name) => client_headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(|v| without_cookie(v, token_name))
+            .filter(|v| !v.is_empty())
+            .collect(),
+        None => Vec::new(),
+    };
     let mut headers: Vec<(&str, &str)> = Vec::with_capacity(client_headers.len() + 2);
     for (name, value) in client_headers {
         let name = name.as_str();
         if NOT_FORWARDED.contains(&name)
+            || (token_cookie.is_some() && name == "cookie")
             || has_token(client_headers, header::CONNECTION, name)
             || identity_names.iter().any(|n| n.eq_ignore_ascii_case(name))
         {
@@ -192,6 +218,7 @@ async fn connect_inner(
             headers.push((name, value));
         }
     }
+    headers.extend(cookies.iter().map(|c| ("Cookie", c.as_str())));
     headers.push(("X-Forwarded-For", &forwarded_for));
     headers.push(("X-Forwarded-Proto", "https"));
     headers.extend(identity.iter().map(|(n, v)| (n.as_str(), v.as_str())));
@@ -283,5 +310,27 @@ pub(crate) async fn connect_any(
             },
             () = tokio::time::sleep(NEXT_ADDRESS_AFTER), if more => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_cookie_is_taken_out_and_the_others_stay() {
+        assert_eq!(
+            without_cookie("a=1; wsgate_token=X; b=2", "wsgate_token"),
+            "a=1; b=2"
+        );
+        assert_eq!(without_cookie("wsgate_token=X", "wsgate_token"), "");
+        assert_eq!(
+            without_cookie("my_wsgate_token=1;b", "wsgate_token"),
+            "my_wsgate_token=1; b"
+        );
+        assert_eq!(
+            without_cookie(" wsgate_token = X ;c=3", "wsgate_token"),
+            "c=3"
+        );
     }
 }

@@ -60,6 +60,11 @@ pub struct BrowserConfig {
     /// visitor's browser. Requests without `Origin` (other clients) are not affected.
     /// Empty: any origin.
     pub allowed_origins: Vec<String>,
+    /// Cookie holding the token when no other source has one (e.g. `"wsgate_token"`), for
+    /// pages on the same site as the gateway. Only with `allowed_origins`: a browser sends
+    /// the cookie with requests from any page, so the origin check is what keeps other
+    /// sites out. The cookie is not passed on to the backend.
+    pub token_cookie: Option<String>,
 }
 
 impl BrowserConfig {
@@ -547,6 +552,23 @@ impl Config {
             allowed_origins.push(serialized);
         }
         raw.browser.allowed_origins = allowed_origins;
+        if let Some(name) = &raw.browser.token_cookie {
+            if raw.browser.allowed_origins.is_empty() {
+                return Err(err(
+                    "browser",
+                    "token_cookie",
+                    "only with allowed_origins: a browser sends the cookie with requests from any site".into(),
+                ));
+            }
+            let token_char = |c: char| c.is_ascii_graphic() && !"()<>@,;:\\\"/[]?={}".contains(c);
+            if name.is_empty() || !name.chars().all(token_char) {
+                return Err(err(
+                    "browser",
+                    "token_cookie",
+                    format!("{name:?}: not a cookie name"),
+                ));
+            }
+        }
         if !raw.server.path.starts_with('/') {
             return Err(err("server", "path", "must start with '/'".into()));
         }
@@ -746,11 +768,12 @@ impl Config {
         let b = &self.browser;
         let _ = writeln!(
             o,
-            "[browser]\n{}\n{}\n{}\nallowed_origins = {}\n",
+            "[browser]\n{}\n{}\n{}\nallowed_origins = {}\n{}\n",
             opt("id_query", &b.id_query),
             opt("token_query", &b.token_query),
             opt("token_protocol_prefix", &b.token_protocol_prefix),
-            list(&b.allowed_origins)
+            list(&b.allowed_origins),
+            opt("token_cookie", &b.token_cookie)
         );
         let _ = writeln!(o, "[backends]");
         for (id, spec) in &self.backends {
@@ -1093,6 +1116,30 @@ mod tests {
                 .err()
                 .and_then(|e| e.key);
             assert_eq!(key.as_deref(), Some("browser.allowed_origins"), "{bad}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn token_cookie_needs_allowed_origins_and_a_cookie_name() -> Result<(), ConfigError> {
+        let browser = |lines: &str| format!("[browser]\n{lines}\n{MINIMAL}");
+        let c = Config::from_toml_str(
+            &browser("allowed_origins = [\"https://a.example\"]\ntoken_cookie = \"wsgate_token\""),
+            Path::new("."),
+        )?;
+        assert_eq!(c.browser.token_cookie.as_deref(), Some("wsgate_token"));
+        let again = Config::from_toml_str(&c.describe(), Path::new("."))?;
+        assert_eq!(again.browser.token_cookie, c.browser.token_cookie);
+        for bad in [
+            "token_cookie = \"wsgate_token\"",
+            "allowed_origins = [\"https://a.example\"]\ntoken_cookie = \"a b\"",
+            "allowed_origins = [\"https://a.example\"]\ntoken_cookie = \"a=b\"",
+            "allowed_origins = [\"https://a.example\"]\ntoken_cookie = \"\"",
+        ] {
+            let key = Config::from_toml_str(&browser(bad), Path::new("."))
+                .err()
+                .and_then(|e| e.key);
+            assert_eq!(key.as_deref(), Some("browser.token_cookie"), "{bad}");
         }
         Ok(())
     }

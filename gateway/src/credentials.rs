@@ -1,6 +1,6 @@
 //! Where a client's backend choice and token come from: the `ID` and `Authorization`
 //! headers, or — for browsers, which cannot set headers on a WebSocket — the query string
-//! and a `Sec-WebSocket-Protocol` entry, each only when `[browser]` enables it.
+//! a `Sec-WebSocket-Protocol` entry and a cookie, each only when `[browser]` enables it.
 
 use std::borrow::Cow;
 
@@ -75,7 +75,11 @@ pub fn extract<'r, B>(
                 let prefix = browser.token_protocol_prefix.as_deref()?;
                 token_protocol.map(|entry| Cow::Borrowed(&entry[prefix.len()..]))
             };
-            from_query.or_else(from_protocol).ok_or(AuthError::Missing)
+            let from_cookie = || cookie(headers, browser.token_cookie.as_deref()?);
+            from_query
+                .or_else(from_protocol)
+                .or_else(from_cookie)
+                .ok_or(AuthError::Missing)
         }
     };
     Ok(Credentials {
@@ -98,6 +102,20 @@ pub fn bearer(value: &[u8]) -> Result<&str, AuthError> {
     Ok(token.trim())
 }
 
+/// The value of the cookie `name` in the request's `Cookie` headers, if not empty.
+fn cookie<'r>(headers: &'r hyper::HeaderMap, name: &str) -> Option<Cow<'r, str>> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(n, _)| n.trim() == name)
+        .map(|(_, v)| v.trim().trim_matches('"'))
+        .filter(|v| !v.is_empty())
+        .map(Cow::Borrowed)
+}
+
 fn query_param<'q>(query: &'q str, name: &str) -> Option<Cow<'q, str>> {
     url::form_urlencoded::parse(query.as_bytes())
         .find(|(k, _)| k == name)
@@ -115,6 +133,7 @@ mod tests {
             token_query: Some("access_token".into()),
             token_protocol_prefix: Some("bearer.".into()),
             allowed_origins: Vec::new(),
+            token_cookie: Some("wsgate_token".into()),
         }
     }
 
@@ -146,6 +165,52 @@ mod tests {
         assert_eq!(
             extract(&req, &off).map_err(|e| e.to_string())?.token.err(),
             Some(AuthError::Missing)
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn token_in_a_cookie_comes_last_and_only_by_its_name() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let token = |req: &Request<()>| {
+            extract(req, &browser())
+                .map_err(|e| e.to_string())
+                .map(|c| c.token.ok().map(Cow::into_owned))
+        };
+        let req = Request::get("/gateway?id=Q")
+            .header("Cookie", "theme=dark; wsgate_token=C.D.E ; x=1")
+            .body(())?;
+        assert_eq!(token(&req)?.as_deref(), Some("C.D.E"));
+        let req = Request::get("/gateway?id=Q")
+            .header("Cookie", "theme=dark")
+            .header("Cookie", "wsgate_token=\"F.G.H\"")
+            .body(())?;
+        assert_eq!(
+            token(&req)?.as_deref(),
+            Some("F.G.H"),
+            "second header, quoted"
+        );
+        let req = Request::get("/gateway?id=Q")
+            .header("Cookie", "my_wsgate_token=X; wsgate_token=")
+            .body(())?;
+        assert_eq!(token(&req)?, None, "another name, an empty value");
+        let req = Request::get("/gateway?id=Q")
+            .header("Authorization", "Bearer A")
+            .header("Cookie", "wsgate_token=C")
+            .body(())?;
+        assert_eq!(token(&req)?.as_deref(), Some("A"), "the header wins");
+        let off = BrowserConfig {
+            token_cookie: None,
+            ..browser()
+        };
+        let req = Request::get("/gateway?id=Q")
+            .header("Cookie", "wsgate_token=C")
+            .body(())?;
+        let c = extract(&req, &off).map_err(|e| e.to_string())?;
+        assert_eq!(
+            c.token.err(),
+            Some(AuthError::Missing),
+            "not without opting in"
         );
         Ok(())
     }

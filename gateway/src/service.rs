@@ -280,6 +280,7 @@ async fn prepare(
         peer,
         identity: &identity,
         identity_names: &identity_names,
+        token_cookie: config.browser.token_cookie.as_deref(),
     };
     let conn = backend::connect_pool(
         &pool,

@@ -237,3 +237,48 @@ async fn origins_outside_allowed_origins_get_403_and_clients_without_one_pass() 
     echo(&mut c.ws, b"no origin").await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_token_in_a_cookie_is_taken_from_allowed_origins_and_not_passed_on() -> Result<()> {
+    use support::probe::{Event, Mode, Probe};
+    let mut probe = Probe::start(Mode::Accept { protocol: None }).await?;
+    let tb = testbed_with_toml(
+        &[("Backend_PROBE", probe.url())],
+        "[browser]\nallowed_origins = [\"https://app.example.com\"]\ntoken_cookie = \"wsgate_token\"\n",
+    )
+    .await?;
+    let token = rs256(&loadgen::token::sample_claims())?;
+    let cookie_client = |origin: &str| -> Result<loadgen::client::ConnectOptions> {
+        let mut o = tb.connect_options("Backend_PROBE")?;
+        without_auth(&mut o);
+        Ok(o.header("Origin", origin).header(
+            "Cookie",
+            format!("theme=dark; wsgate_token={token}; lang=en"),
+        ))
+    };
+    let mut c = loadgen::client::connect(&cookie_client("https://app.example.com")?).await?;
+    echo(&mut c.ws, b"via cookie").await?;
+    // The backend got the other cookies, not the token's.
+    let headers = loop {
+        if let Event::Handshake(h) = probe.next().await? {
+            break h;
+        }
+    };
+    let cookies: Vec<&str> = headers
+        .iter()
+        .filter(|(n, _)| n == "cookie")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    ensure!(
+        cookies == ["theme=dark; lang=en"],
+        "backend got {cookies:?}"
+    );
+    ensure!(
+        !headers.iter().any(|(_, v)| v.contains(&token)),
+        "the token reached the backend"
+    );
+    // The same cookie from a page elsewhere is refused before the token is looked at.
+    let (status, body) = refused(&cookie_client("https://evil.example")?).await?;
+    ensure!(status == 403 && body.contains("origin"), "{status} {body}");
+    Ok(())
+}
