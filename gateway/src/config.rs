@@ -358,6 +358,13 @@ pub struct TimeoutsConfig {
     /// before the process exits anyway.
     #[serde(with = "humane")]
     pub drain: Duration,
+    /// The longest a session lives: at a moment drawn between 90 % and 100 % of it (so
+    /// that sessions opened together do not all end together), both sides get 1001
+    /// "session time limit" and the client reconnects — to wherever the load balancer
+    /// now sends it, which spreads long-lived sessions over gateways added since.
+    /// `"0s"`: no limit.
+    #[serde(with = "humane")]
+    pub max_session: Duration,
 }
 
 impl Default for TimeoutsConfig {
@@ -369,6 +376,7 @@ impl Default for TimeoutsConfig {
             close: Duration::from_secs(5),
             idle: Duration::from_secs(120),
             drain: Duration::from_secs(10),
+            max_session: Duration::ZERO,
         }
     }
 }
@@ -756,8 +764,8 @@ impl Config {
         let t = &self.timeouts;
         let _ = writeln!(
             o,
-            "[timeouts]\ntls_handshake = {}\nheader_read = {}\nbackend_connect = {}\nclose = {}\nidle = {}\ndrain = {}\n",
-            secs(t.tls_handshake), secs(t.header_read), secs(t.backend_connect), secs(t.close), secs(t.idle), secs(t.drain)
+            "[timeouts]\ntls_handshake = {}\nheader_read = {}\nbackend_connect = {}\nclose = {}\nidle = {}\ndrain = {}\nmax_session = {}\n",
+            secs(t.tls_handshake), secs(t.header_read), secs(t.backend_connect), secs(t.close), secs(t.idle), secs(t.drain), secs(t.max_session)
         );
         let _ = writeln!(
             o,

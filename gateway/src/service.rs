@@ -382,14 +382,14 @@ fn start_session(
     let (backend_read, backend_write) = backend.stream.into_split();
     let config = shared.config();
     let mut opts = session::SessionOptions::from_config(&config);
+    let max_session = config.timeouts.max_session;
     drop(config);
-    // An expiry too far off for the clock to hold is as good as none.
-    opts.ends_at = token_expiry.and_then(|at| {
-        let left = at
-            .duration_since(std::time::SystemTime::now())
-            .unwrap_or_default();
-        tokio::time::Instant::now().checked_add(left)
+    let token_left = token_expiry.map(|at| {
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default()
     });
+    let share = rand::Rng::gen_range(&mut rand::thread_rng(), 0.9..=1.0);
+    opts.ends_at = session::deadline(tokio::time::Instant::now(), token_left, max_session, share);
     // Boxed: awaiting a future held by value stores it twice in the awaiting future (the
     // captured value and the awaited one), which was ~2 KiB per idle session.
     let proxy = Box::pin(session::proxy(

@@ -46,6 +46,53 @@ pub const CLIENT_TOKEN_EXPIRED: CloseMsg = CloseMsg {
     code: 1001,
     reason: "client token expired",
 };
+/// Sent to both sides when a session reaches `[timeouts] max_session`: 1001, going away,
+/// which clients take as "reconnect".
+pub const SESSION_LIMIT: CloseMsg = CloseMsg {
+    code: 1001,
+    reason: "session time limit",
+};
+
+/// Why a session has a deadline of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadlineKind {
+    /// The client's token expires then (`[auth] close_at_expiry`).
+    TokenExpiry,
+    /// `[timeouts] max_session`.
+    SessionLimit,
+}
+
+impl DeadlineKind {
+    /// (to the client, to the backend) when the deadline comes.
+    fn closes(self) -> (CloseMsg, CloseMsg) {
+        match self {
+            DeadlineKind::TokenExpiry => (TOKEN_EXPIRED, CLIENT_TOKEN_EXPIRED),
+            DeadlineKind::SessionLimit => (SESSION_LIMIT, SESSION_LIMIT),
+        }
+    }
+}
+
+/// A session's deadline from `now`: its token's expiry `token_left` from now (with
+/// `[auth] close_at_expiry`), or `share` (0.9 to 1.0, drawn per session) of `max_session`
+/// (zero: none), whichever comes first. An expiry too far off for the clock to hold is
+/// as good as none.
+pub fn deadline(
+    now: tokio::time::Instant,
+    token_left: Option<Duration>,
+    max_session: Duration,
+    share: f64,
+) -> Option<(tokio::time::Instant, DeadlineKind)> {
+    let expiry =
+        token_left.and_then(|left| Some((now.checked_add(left)?, DeadlineKind::TokenExpiry)));
+    let limit = (!max_session.is_zero()).then(|| {
+        let limit = max_session.mul_f64(share.clamp(0.9, 1.0));
+        (now + limit, DeadlineKind::SessionLimit)
+    });
+    match (expiry, limit) {
+        (Some(e), Some(l)) => Some(if e.0 <= l.0 { e } else { l }),
+        (e, l) => e.or(l),
+    }
+}
 
 /// Bytes gathered per direction before a write is forced out.
 const BATCH_LIMIT: usize = 64 * 1024;
@@ -61,9 +108,9 @@ pub struct SessionOptions {
     pub keepalive: Option<Duration>,
     /// How long a side gets to answer a close.
     pub close_timeout: Duration,
-    /// When the client's token expires, for a session that must end then
-    /// (`[auth] close_at_expiry`); `None`: the session may outlive its token.
-    pub ends_at: Option<tokio::time::Instant>,
+    /// When the session must end, and why (the token's expiry with
+    /// `[auth] close_at_expiry`, or `[timeouts] max_session`); `None`: no deadline.
+    pub ends_at: Option<(tokio::time::Instant, DeadlineKind)>,
 }
 
 impl SessionOptions {
@@ -110,8 +157,8 @@ pub struct SessionReport {
     pub downstream: Counters,
     /// Whether a gateway shutdown ended the session.
     pub shutdown: bool,
-    /// Whether the client's token expiring ended the session.
-    pub expired: bool,
+    /// The session's deadline ended it (the token's expiry or its time limit).
+    pub deadline: Option<DeadlineKind>,
     /// Session duration.
     pub duration: Duration,
 }
@@ -119,13 +166,15 @@ pub struct SessionReport {
 impl SessionReport {
     /// A short outcome label: `client_closed`, `backend_closed`, `client_lost`,
     /// `backend_lost`, `client_error`, `backend_error`, `client_idle`, `backend_idle`,
-    /// `shutdown`, `token_expired`.
+    /// `shutdown`, `token_expired`, `session_limit`.
     pub fn outcome(&self) -> &'static str {
         if self.shutdown {
             return "shutdown";
         }
-        if self.expired {
-            return "token_expired";
+        match self.deadline {
+            Some(DeadlineKind::TokenExpiry) => return "token_expired",
+            Some(DeadlineKind::SessionLimit) => return "session_limit",
+            None => {}
         }
         match self.first {
             (Direction::Upstream, PumpEnd::Closed(_)) => "client_closed",
@@ -152,11 +201,9 @@ impl SessionReport {
                 ("backend", SHUTTING_DOWN.code),
             ];
         }
-        if self.expired {
-            return vec![
-                ("client", TOKEN_EXPIRED.code),
-                ("backend", CLIENT_TOKEN_EXPIRED.code),
-            ];
+        if let Some(kind) = self.deadline {
+            let (client, backend) = kind.closes();
+            return vec![("client", client.code), ("backend", backend.code)];
         }
         match self.first {
             (_, PumpEnd::Closed(_)) | (_, PumpEnd::Stopped) => vec![],
@@ -220,9 +267,9 @@ where
         let up_inbox = Mailbox::default();
         let down_inbox = Mailbox::default();
         let mut shut = false;
-        let mut expired = false;
-        // Boxed, so a session that may outlive its token carries no timer.
-        let mut expiry = ends_at.map(|at| {
+        let mut ended_by = None;
+        // Boxed, so a session without a deadline carries no timer.
+        let mut deadline = ends_at.map(|(at, _)| {
             Box::pin(Ticker::new(
                 at.saturating_duration_since(tokio::time::Instant::now()),
             ))
@@ -262,16 +309,17 @@ where
                     },
                     // A dropped sender means no shutdown will ever come: the branch then disables itself.
                     Ok(()) = shutdown_signal(&mut shutdown) => (Direction::Upstream, PumpEnd::Stopped),
-                    () = token_expired(&mut expiry) => {
-                        expired = true;
+                    () = deadline_passed(&mut deadline) => {
+                        ended_by = ends_at.map(|(_, kind)| kind);
                         (Direction::Upstream, PumpEnd::Stopped)
                     }
                 }
             };
-            if expired {
+            if let Some(kind) = ended_by {
                 // Both sides hear why at once, after what was already on its way to them.
-                up_inbox.stop(StopWith::Close(CLIENT_TOKEN_EXPIRED));
-                down_inbox.stop(StopWith::Close(TOKEN_EXPIRED));
+                let (to_client, to_backend) = kind.closes();
+                up_inbox.stop(StopWith::Close(to_backend));
+                down_inbox.stop(StopWith::Close(to_client));
                 let both = async { tokio::join!(&mut up, &mut down) };
                 let ends = Box::pin(tokio::time::timeout(close_timeout, both)).await;
                 (first, ends.ok().map(|(_, down_end)| down_end))
@@ -351,7 +399,7 @@ where
             upstream,
             downstream,
             shutdown: shut,
-            expired,
+            deadline: ended_by,
             duration: started.elapsed(),
         }
     }
@@ -382,9 +430,9 @@ async fn shutdown_signal(
     .await
 }
 
-/// Resolves when the token expires; never when the session may outlive it.
-async fn token_expired(expiry: &mut Option<std::pin::Pin<Box<Ticker>>>) {
-    match expiry {
+/// Resolves at the session's deadline; never when it has none.
+async fn deadline_passed(deadline: &mut Option<std::pin::Pin<Box<Ticker>>>) {
+    match deadline {
         Some(ticker) => ticker.as_mut().tick().await,
         None => std::future::pending().await,
     }
@@ -463,6 +511,31 @@ mod tests {
         client_peer.read_exact(&mut got).await.expect("close frame");
         assert_eq!(got, [0x88, 0x02, 0x03, 0xE8]);
         drop((tx, answer));
+    }
+
+    #[test]
+    fn the_earlier_deadline_wins_and_limits_spread_over_the_last_tenth() {
+        let now = tokio::time::Instant::now();
+        let s = Duration::from_secs;
+        assert_eq!(deadline(now, None, Duration::ZERO, 1.0), None);
+        assert_eq!(
+            deadline(now, Some(s(5)), s(3600), 1.0),
+            Some((now + s(5), DeadlineKind::TokenExpiry))
+        );
+        assert_eq!(
+            deadline(now, Some(s(7200)), s(100), 0.95),
+            Some((now + s(95), DeadlineKind::SessionLimit))
+        );
+        assert_eq!(
+            deadline(now, None, s(100), 0.5),
+            Some((now + s(90), DeadlineKind::SessionLimit)),
+            "never before 90 %"
+        );
+        assert_eq!(
+            deadline(now, Some(Duration::MAX), Duration::ZERO, 1.0),
+            None,
+            "an expiry the clock cannot hold"
+        );
     }
 
     #[tokio::test]

@@ -1,6 +1,8 @@
-//! `[auth] close_at_expiry`: a session ends when its token expires (the client hears 1008
-//! "token expired", the backend 1001), other sessions are untouched; without it, a
-//! session outlives its token as with nginx, HAProxy and Envoy.
+//! Sessions with a deadline of their own. `[auth] close_at_expiry`: a session ends when its
+//! token expires (the client hears 1008 "token expired", the backend 1001), other sessions
+//! are untouched; without it, a session outlives its token as with nginx, HAProxy and
+//! Envoy. `[timeouts] max_session`: every session ends (1001 "session time limit" to both
+//! sides) between 90 % and 100 % of the limit after it began, and the client reconnects.
 
 mod support;
 
@@ -17,16 +19,29 @@ fn unix_in(ahead: Duration) -> Result<u64> {
     Ok(at.as_secs() + u64::from(at.subsec_nanos() > 0))
 }
 
-/// A gateway in front of a probe backend, with `auth` lines in `[auth]` (no leeway).
-async fn gateway(auth: &str) -> Result<(GatewayProc, Probe)> {
+/// A gateway in front of a probe backend, with `auth` lines in `[auth]` (no leeway) and
+/// `max_session` in `[timeouts]`.
+async fn gateway(auth: &str, max_session: &str) -> Result<(GatewayProc, Probe)> {
     let probe = Probe::start(Mode::Accept { protocol: None }).await?;
     let gw = GatewayProc::start(ProcOptions {
         backends: vec![("Backend_PROBE".into(), probe.url())],
         auth_toml: format!("leeway_secs = 0\n{auth}"),
+        extra_toml: format!("[timeouts]\nmax_session = {max_session:?}\n"),
         ..ProcOptions::default()
     })
     .await?;
     Ok((gw, probe))
+}
+
+/// Whether the gateway's metrics count `n` sessions ended with `outcome`.
+async fn ended_with(gw: &GatewayProc, outcome: &str, n: u32) -> Result<bool> {
+    let seen = gw.metrics().await?;
+    let label = format!("outcome=\"{outcome}\"");
+    Ok(seen.lines().any(|l| {
+        l.starts_with("wsgate_sessions_total{")
+            && l.contains(&label)
+            && l.ends_with(&format!(" {n}"))
+    }))
 }
 
 /// A client of the probe whose token expires at `exp` (Unix seconds).
@@ -43,7 +58,8 @@ async fn client_until(gw: &GatewayProc, exp: u64) -> Result<loadgen::client::Con
 
 #[tokio::test]
 async fn a_session_ends_when_its_token_expires_and_others_go_on() -> Result<()> {
-    let (gw, mut probe) = gateway("close_at_expiry = true").await?;
+    // The token's expiry comes before the hour's limit: it is the one that ends it.
+    let (gw, mut probe) = gateway("close_at_expiry = true", "1h").await?;
     let exp = unix_in(Duration::from_secs(2))?;
     let mut short = client_until(&gw, exp).await?;
     let mut long = connect_ok_proc(&gw).await?;
@@ -71,13 +87,12 @@ async fn a_session_ends_when_its_token_expires_and_others_go_on() -> Result<()> 
 
     // The session with a token good for an hour is untouched.
     echo(&mut long.ws, b"still here").await?;
-    let seen = gw.metrics().await?;
     ensure!(
-        seen.lines().any(|l| l.starts_with("wsgate_sessions_total{")
-            && l.contains("outcome=\"token_expired\"")
-            && l.ends_with(" 1")),
-        "no token_expired session in the metrics:\n{seen}"
+        ended_with(&gw, "token_expired", 1).await?,
+        "no token_expired session in the metrics:\n{}",
+        gw.metrics().await?
     );
+    let seen = gw.metrics().await?;
     ensure!(
         seen.lines()
             .any(|l| l.starts_with("wsgate_close_frames_sent_total{")
@@ -90,7 +105,7 @@ async fn a_session_ends_when_its_token_expires_and_others_go_on() -> Result<()> 
 
 #[tokio::test]
 async fn without_close_at_expiry_a_session_outlives_its_token() -> Result<()> {
-    let (gw, _probe) = gateway("").await?;
+    let (gw, _probe) = gateway("", "0s").await?;
     let exp = unix_in(Duration::from_secs(1))?;
     let mut c = client_until(&gw, exp).await?;
     // Keep the session busy across the expiry and a second past it.
@@ -119,4 +134,42 @@ async fn connect_ok_proc(gw: &GatewayProc) -> Result<loadgen::client::Connected>
     loadgen::client::connect(&opts)
         .await
         .context("connect with the dev token")
+}
+
+#[tokio::test]
+async fn sessions_end_within_their_time_limit_and_the_client_can_come_back() -> Result<()> {
+    let (gw, mut probe) = gateway("", "2s").await?;
+    let started = std::time::Instant::now();
+    let mut a = connect_ok_proc(&gw).await?;
+    let mut b = connect_ok_proc(&gw).await?;
+    for c in [&mut a, &mut b] {
+        echo(&mut c.ws, b"within the limit").await?;
+        let (code, reason) = expect_close(&mut c.ws).await?;
+        let after = started.elapsed();
+        ensure!(
+            (code, reason.as_str()) == (1001, "session time limit"),
+            "client got close {code} {reason:?}"
+        );
+        // 90-100 % of 2 s after its start (the second began a little after the first).
+        ensure!(
+            after >= Duration::from_millis(1800) && after < Duration::from_secs(4),
+            "closed {after:?} after the start"
+        );
+    }
+    for _ in 0..2 {
+        let (code, reason) = probe.next_close().await?;
+        ensure!(
+            (code, reason.as_str()) == (1001, "session time limit"),
+            "backend got close {code} {reason:?}"
+        );
+    }
+    ensure!(
+        ended_with(&gw, "session_limit", 2).await?,
+        "no session_limit sessions in the metrics:\n{}",
+        gw.metrics().await?
+    );
+    // The client comes back, with a new limit of its own.
+    let mut again = connect_ok_proc(&gw).await?;
+    echo(&mut again.ws, b"reconnected").await?;
+    Ok(())
 }
