@@ -312,6 +312,10 @@ pub struct LimitsConfig {
     pub max_connections: usize,
     /// Most client connections open at once from one IP address (0: no per-IP limit).
     pub max_connections_per_ip: usize,
+    /// Most new connections per second from one IP address, in bursts of as many (0: no
+    /// limit); more get 429. A client stuck in a reconnect loop then costs each backend
+    /// a few connects a second, not one per attempt.
+    pub max_connection_rate_per_ip: u32,
     /// Largest WebSocket message accepted from either side, in bytes, counted across its
     /// fragments. Over it, the sender gets close 1009 and the other side 1001.
     pub max_message_size: usize,
@@ -326,6 +330,7 @@ impl Default for LimitsConfig {
         Self {
             max_connections: 100_000,
             max_connections_per_ip: 0,
+            max_connection_rate_per_ip: 0,
             max_message_size: 16 << 20,
             max_frame_size: 16 << 20,
             max_header_bytes: 16 << 10,
@@ -758,8 +763,8 @@ impl Config {
         let l = &self.limits;
         let _ = writeln!(
             o,
-            "[limits]\nmax_connections = {}\nmax_connections_per_ip = {}\nmax_message_size = {}\nmax_frame_size = {}\nmax_header_bytes = {}\n",
-            l.max_connections, l.max_connections_per_ip, l.max_message_size, l.max_frame_size, l.max_header_bytes
+            "[limits]\nmax_connections = {}\nmax_connections_per_ip = {}\nmax_connection_rate_per_ip = {}\nmax_message_size = {}\nmax_frame_size = {}\nmax_header_bytes = {}\n",
+            l.max_connections, l.max_connections_per_ip, l.max_connection_rate_per_ip, l.max_message_size, l.max_frame_size, l.max_header_bytes
         );
         let t = &self.timeouts;
         let _ = writeln!(

@@ -1,9 +1,14 @@
-//! Connection limits: a total cap (a semaphore slot per connection) and an optional cap
-//! per client IP. A slot is held for the connection's whole life, session included.
+//! Connection limits: a total cap (a semaphore slot per connection), an optional cap per
+//! client IP, and an optional rate of new connections per client IP. A slot is held for
+//! the connection's whole life, session included.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
+
+use governor::{DefaultKeyedRateLimiter, Quota};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -14,6 +19,8 @@ pub enum LimitHit {
     Total,
     /// `max_connections_per_ip` are open from this address.
     PerIp,
+    /// This address opened `max_connection_rate_per_ip` connections in the last second.
+    Rate,
 }
 
 impl LimitHit {
@@ -22,6 +29,15 @@ impl LimitHit {
         match self {
             LimitHit::Total => "over the connection limit",
             LimitHit::PerIp => "over the per-address connection limit",
+            LimitHit::Rate => "over the per-address connection rate",
+        }
+    }
+
+    /// What the client is answered: 503, or 429 for the rate.
+    pub fn refusal(self) -> crate::refusal::Refusal {
+        match self {
+            LimitHit::Rate => crate::refusal::Refusal::TooManyRequests(self.reason()),
+            _ => crate::refusal::Refusal::Unavailable(self.reason()),
         }
     }
 }
@@ -46,7 +62,20 @@ type IpCounts = Arc<Mutex<HashMap<IpAddr, usize>>>;
 pub struct ConnLimiter {
     total: Arc<Semaphore>,
     per_ip: Option<(usize, IpCounts)>,
+    rate: Option<Rate>,
 }
+
+/// New connections per address and second, and how often the addresses not seen lately
+/// are forgotten.
+#[derive(Debug)]
+struct Rate {
+    limiter: DefaultKeyedRateLimiter<IpAddr>,
+    checks: AtomicU32,
+}
+
+/// Every this many rate checks, addresses whose allowance is whole again are dropped, so
+/// the table holds only the addresses of the last second or so.
+const RATE_SWEEP_EVERY: u32 = 4096;
 
 /// A held connection slot; dropping it frees the slot.
 #[derive(Debug)]
@@ -75,18 +104,40 @@ impl Drop for IpSlot {
 }
 
 impl ConnLimiter {
-    /// `max_total` connections in all, and at most `max_per_ip` from one address (0: no
-    /// per-address cap).
-    pub fn new(max_total: usize, max_per_ip: usize) -> Self {
+    /// `max_total` connections in all, at most `max_per_ip` from one address (0: no
+    /// per-address cap), and at most `rate_per_ip` new ones per second from one address
+    /// (0: no rate).
+    pub fn new(max_total: usize, max_per_ip: usize, rate_per_ip: u32) -> Self {
         let per_ip = (max_per_ip > 0).then(|| (max_per_ip, Arc::new(Mutex::new(HashMap::new()))));
+        let rate = NonZeroU32::new(rate_per_ip).map(|n| Rate {
+            limiter: DefaultKeyedRateLimiter::keyed(Quota::per_second(n)),
+            checks: AtomicU32::new(0),
+        });
         Self {
             total: Arc::new(Semaphore::new(max_total.min(Semaphore::MAX_PERMITS))),
             per_ip,
+            rate,
         }
     }
 
-    /// A slot for a connection from `ip`, if both caps allow it.
+    /// The limits `[limits]` asks for.
+    pub fn from_config(limits: &crate::config::LimitsConfig) -> Self {
+        Self::new(
+            limits.max_connections,
+            limits.max_connections_per_ip,
+            limits.max_connection_rate_per_ip,
+        )
+    }
+
+    /// A slot for a connection from `ip`, if the rate and both caps allow it.
     pub fn try_acquire(&self, ip: IpAddr) -> Result<Slot, LimitHit> {
+        if let Some(rate) = &self.rate {
+            if rate.checks.fetch_add(1, Ordering::Relaxed) % RATE_SWEEP_EVERY == 0 {
+                rate.limiter.retain_recent();
+                rate.limiter.shrink_to_fit();
+            }
+            rate.limiter.check_key(&ip).map_err(|_| LimitHit::Rate)?;
+        }
         let permit = self
             .total
             .clone()
@@ -136,7 +187,7 @@ mod tests {
 
     #[test]
     fn caps_total_and_per_ip_and_frees_on_drop() {
-        let l = ConnLimiter::new(3, 2);
+        let l = ConnLimiter::new(3, 2, 0);
         let a: IpAddr = [10, 0, 0, 1].into();
         let b: IpAddr = [10, 0, 0, 2].into();
         let s1 = l.try_acquire(a);
@@ -148,5 +199,25 @@ mod tests {
         assert_eq!(l.try_acquire(b).err(), Some(LimitHit::Total));
         drop(s1);
         assert!(l.try_acquire(a).is_ok());
+    }
+
+    #[test]
+    fn caps_the_rate_per_address_in_bursts_of_the_rate() {
+        let l = ConnLimiter::new(100, 0, 3);
+        let a: IpAddr = [10, 0, 0, 1].into();
+        let b: IpAddr = [10, 0, 0, 2].into();
+        let held: Vec<_> = (0..3).map(|_| l.try_acquire(a)).collect();
+        assert!(held.iter().all(Result::is_ok), "a burst of the rate passes");
+        assert_eq!(l.try_acquire(a).err(), Some(LimitHit::Rate));
+        assert!(
+            l.try_acquire(b).is_ok(),
+            "another address has its own allowance"
+        );
+        drop(held);
+        assert_eq!(
+            l.try_acquire(a).err(),
+            Some(LimitHit::Rate),
+            "closing connections gives no new ones: it is a rate"
+        );
     }
 }

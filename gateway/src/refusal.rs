@@ -41,6 +41,9 @@ pub enum Refusal {
     /// Over the connection limit or shutting down (503).
     #[error("{0}")]
     Unavailable(&'static str),
+    /// Over the per-address connection rate (429).
+    #[error("{0}")]
+    TooManyRequests(&'static str),
 }
 
 impl Refusal {
@@ -57,6 +60,7 @@ impl Refusal {
             Refusal::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Refusal::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             Refusal::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -74,6 +78,7 @@ impl Refusal {
             Refusal::BadGateway(_) => "bad_gateway",
             Refusal::GatewayTimeout => "gateway_timeout",
             Refusal::Unavailable(_) => "unavailable",
+            Refusal::TooManyRequests(_) => "rate",
         }
     }
 
@@ -103,6 +108,9 @@ impl Refusal {
             Refusal::BadRequest(_) => {
                 builder = builder.header(header::SEC_WEBSOCKET_VERSION, "13");
             }
+            Refusal::TooManyRequests(_) => {
+                builder = builder.header(header::RETRY_AFTER, "1");
+            }
             _ => {}
         }
         builder
@@ -131,5 +139,8 @@ mod tests {
         assert_eq!(Refusal::GatewayTimeout.status(), 504);
         let r = Refusal::Auth(AuthError::Missing).into_response();
         assert_eq!(r.headers()[header::WWW_AUTHENTICATE], "Bearer");
+        let r = Refusal::TooManyRequests("over the per-address connection rate").into_response();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "1");
     }
 }

@@ -127,13 +127,7 @@ async fn handle(
 ) -> Response<Body> {
     let started = std::time::Instant::now();
     if let Some(hit) = limit_hit {
-        return refuse(
-            &shared,
-            Refusal::Unavailable(hit.reason()),
-            conn_id,
-            peer,
-            None,
-        );
+        return refuse(&shared, hit.refusal(), conn_id, peer, None);
     }
     if shared.draining.load(Ordering::Relaxed) {
         return refuse(

@@ -74,10 +74,7 @@ impl Shared {
             verifier,
             tls,
         } = parts;
-        let limiter = ConnLimiter::new(
-            config.limits.max_connections,
-            config.limits.max_connections_per_ip,
-        );
+        let limiter = ConnLimiter::from_config(&config.limits);
         let metrics = Metrics::new();
         let table = RouteTable::from_specs(&config.backends, &metrics.pools, None);
         let resolver = Resolver::with_lookup(lookup);
@@ -122,11 +119,10 @@ impl Shared {
         let old = self.config.load();
         if old.limits.max_connections != config.limits.max_connections
             || old.limits.max_connections_per_ip != config.limits.max_connections_per_ip
+            || old.limits.max_connection_rate_per_ip != config.limits.max_connection_rate_per_ip
         {
-            self.limiter.store(Arc::new(ConnLimiter::new(
-                config.limits.max_connections,
-                config.limits.max_connections_per_ip,
-            )));
+            self.limiter
+                .store(Arc::new(ConnLimiter::from_config(&config.limits)));
         }
         self.verifier.store(Arc::new(verifier));
         self.tls.store(tls);

@@ -228,6 +228,55 @@ async fn over_max_connections_per_ip_is_503_for_that_address_only() -> Result<()
     Ok(())
 }
 
+#[tokio::test]
+async fn over_max_connection_rate_per_ip_is_429_for_that_address_until_a_second_passes(
+) -> Result<()> {
+    let tb = testbed_with_toml(&[], "[limits]\nmax_connection_rate_per_ip = 3\n").await?;
+    let from = |ip: [u8; 4]| -> Result<ConnectOptions> {
+        let mut o = tb.connect_options("Backend_ABC")?;
+        o.local_addr = Some(ip.into());
+        Ok(o)
+    };
+    // A burst of three passes; sessions stay open (it is a rate, not a cap).
+    let started = Instant::now();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(connect(&from([127, 0, 0, 1])?).await?);
+    }
+    let (status, reason) = refused(&from([127, 0, 0, 1])?).await?;
+    ensure!(
+        started.elapsed() < Duration::from_millis(300),
+        "the burst took {:?}: too slow to test the rate",
+        started.elapsed()
+    );
+    ensure!(
+        status == 429 && reason.contains("connection rate"),
+        "fourth in a burst got {status} {reason:?}"
+    );
+    // Another address has its own allowance; the admitted sessions are untouched.
+    let mut other = connect(&from([127, 0, 0, 2])?).await?;
+    echo(&mut other.ws, b"other").await?;
+    echo(&mut held[0].ws, b"held").await?;
+    // The allowance comes back at three a second: one more within a second or so.
+    let started = Instant::now();
+    let mut again = loop {
+        match connect(&from([127, 0, 0, 1])?).await {
+            Ok(c) => break c,
+            Err(ConnectError::Refused { status: 429, .. }) if started.elapsed() < DEADLINE => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => bail!("no new allowance: {e}"),
+        }
+    };
+    ensure!(
+        started.elapsed() < Duration::from_secs(2),
+        "the allowance took {:?}",
+        started.elapsed()
+    );
+    echo(&mut again.ws, b"again").await?;
+    Ok(())
+}
+
 /// A full upgrade request head for the gateway.
 fn upgrade_head(extra: &str) -> String {
     format!(
