@@ -44,14 +44,19 @@ async fn ended_with(gw: &GatewayProc, outcome: &str, n: u32) -> Result<bool> {
     }))
 }
 
-/// A client of the probe whose token expires at `exp` (Unix seconds).
-async fn client_until(gw: &GatewayProc, exp: u64) -> Result<loadgen::client::Connected> {
+/// Options for a client of the probe whose token expires at `exp` (Unix seconds).
+fn options_until(gw: &GatewayProc, exp: u64) -> Result<loadgen::client::ConnectOptions> {
     let token = rs256(&claims_with(|c| {
         c.insert("exp".into(), exp.into());
     }))?;
     let mut opts = gw.connect_options("Backend_PROBE")?;
     opts.set_header("Authorization", format!("Bearer {token}"));
-    loadgen::client::connect(&opts)
+    Ok(opts)
+}
+
+/// A client of the probe whose token expires at `exp` (Unix seconds).
+async fn client_until(gw: &GatewayProc, exp: u64) -> Result<loadgen::client::Connected> {
+    loadgen::client::connect(&options_until(gw, exp)?)
         .await
         .context("connect with a short-lived token")
 }
@@ -117,12 +122,7 @@ async fn without_close_at_expiry_a_session_outlives_its_token() -> Result<()> {
     }
     ensure!(echoes > 0, "no echo at all");
     // And a fresh connection with that token is refused now: it did expire.
-    let token = rs256(&claims_with(|c| {
-        c.insert("exp".into(), exp.into());
-    }))?;
-    let mut opts = gw.connect_options("Backend_PROBE")?;
-    opts.set_header("Authorization", format!("Bearer {token}"));
-    let (status, _) = refused(&opts).await?;
+    let (status, _) = refused(&options_until(&gw, exp)?).await?;
     ensure!(status == 401, "expired token got {status}");
     echo(&mut c.ws, b"the old session still forwards").await?;
     Ok(())
