@@ -9,7 +9,9 @@
 //! - `direct`: the same peers joined by a bare pipe, the harness's own cost.
 //!
 //! `forward` reports payload bytes per second, `forward_msgs` messages per second; both
-//! measure the same work. The runtime is current-thread, as one session is one task in the
+//! measure the same work. `mask` re-masks the 128-byte payloads of 32 back-to-back masked
+//! frames in a read buffer (each at a different alignment, as they arrive) with the
+//! gateway's `frames::apply_mask` and, for comparison, `fastwebsockets::unmask`. The runtime is current-thread, as one session is one task in the
 //! gateway: the figures are what one core forwards, peers included.
 
 use std::time::{Duration, Instant};
@@ -109,5 +111,31 @@ fn forward_msgs(c: &mut Criterion) {
     forward_group(c, "forward_msgs", true);
 }
 
-criterion_group!(benches, forward, forward_msgs);
+fn mask(c: &mut Criterion) {
+    // 32 frames of 2 + 4 head bytes and 128 payload bytes, back to back.
+    const FRAME: usize = 134;
+    const FRAMES: usize = 32;
+    let mut buf: Vec<u8> = (0..FRAME * FRAMES).map(|i| i as u8).collect();
+    let mut group = c.benchmark_group("mask");
+    group.throughput(Throughput::Elements(FRAMES as u64));
+    group.bench_function("gateway/32x128B", |b| {
+        b.iter(|| {
+            for f in 0..FRAMES {
+                let at = f * FRAME + 6;
+                gateway::frames::apply_mask(&mut buf[at..at + 128], [1, 2, 3, f as u8]);
+            }
+        })
+    });
+    group.bench_function("fastwebsockets/32x128B", |b| {
+        b.iter(|| {
+            for f in 0..FRAMES {
+                let at = f * FRAME + 6;
+                fastwebsockets::unmask(&mut buf[at..at + 128], [1, 2, 3, f as u8]);
+            }
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, forward, forward_msgs, mask);
 criterion_main!(benches);

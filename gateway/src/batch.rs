@@ -187,11 +187,14 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
 /// and a text message's frame has its payload checked (`text`: its message's check). The
 /// frame's length and head size do not change, so a run of such frames can be sent in
 /// one piece with [`FrameWriter::send_encoded`]. On invalid UTF-8 the frame is left
-/// unusable.
+/// unusable. `keys` draws the fresh key: the thread's generator, taken once by a caller
+/// that readies a run of frames rather than once per frame.
+#[inline]
 pub fn forward_in_place(
     frame: &mut [u8],
     head: &Head,
     text: Option<&mut Utf8Check>,
+    keys: &mut impl rand::RngCore,
 ) -> Result<(), InvalidUtf8> {
     let (head_bytes, body) = frame.split_at_mut(head.head_len);
     let Some(k1) = head.mask else {
@@ -200,8 +203,8 @@ pub fn forward_in_place(
             None => Ok(()),
         };
     };
-    // One 32-bit draw: `rand::random::<[u8; 4]>()` would draw a 32-bit word per byte.
-    let k2 = rand::random::<u32>().to_ne_bytes();
+    // One 32-bit draw: sampling `[u8; 4]` would draw a 32-bit word per byte.
+    let k2 = keys.next_u32().to_ne_bytes();
     let key_at = head.head_len - 4;
     head_bytes[key_at..].copy_from_slice(&k2);
     match text {

@@ -358,7 +358,7 @@ fn process_frames<const PLAIN: bool, W: AsyncWrite + Unpin>(
         };
         let payload_len = head.payload_len as u64;
         if src_is_client == dst.masks() {
-            if forward_in_place(&mut data[at..end], &head, text).is_err() {
+            if forward_in_place(&mut data[at..end], &head, text, &mut rand::thread_rng()).is_err() {
                 break Some(Stop::Violation(1007));
             }
         } else {
@@ -417,6 +417,8 @@ fn plain_run<W: AsyncWrite + Unpin>(
     let key_len = if src_is_client { 4 } else { 0 };
     let mut frames = 0;
     let mut bytes = 0;
+    // The thread's key generator, looked up once for the run.
+    let mut keys = rand::thread_rng();
     let bad_text = loop {
         let rest = &data[at..];
         let (Some(&b0), Some(&b1)) = (rest.first(), rest.get(1)) else {
@@ -454,7 +456,7 @@ fn plain_run<W: AsyncWrite + Unpin>(
         if mask.is_some() || head.opcode == frames::TEXT {
             let mut check = Utf8Check::default();
             let text = (head.opcode == frames::TEXT).then_some(&mut check);
-            if forward_in_place(&mut data[at..at + frame_len], &head, text).is_err() {
+            if forward_in_place(&mut data[at..at + frame_len], &head, text, &mut keys).is_err() {
                 break true;
             }
         }
