@@ -588,6 +588,21 @@ mod tests {
             &mut dst,
             &mut Counters::default(),
         );
+        let seen = sent_frames(dst, &mut b, true).await?;
+        let seen = seen
+            .into_iter()
+            .map(|(head, payload)| (head.opcode, payload, head.mask.unwrap_or_default()))
+            .collect();
+        Ok((ret, seen))
+    }
+
+    /// Flushes `dst` and closes it, then parses what reached its other end `b`: each
+    /// frame's head and payload, unmasked (`masked`: the frames must be masked).
+    async fn sent_frames(
+        mut dst: FrameWriter<tokio::io::DuplexStream>,
+        b: &mut tokio::io::DuplexStream,
+        masked: bool,
+    ) -> std::io::Result<Vec<(frames::Head, Vec<u8>)>> {
         dst.flush().await?;
         drop(dst);
         let mut out = Vec::new();
@@ -595,16 +610,17 @@ mod tests {
         let mut seen = Vec::new();
         let mut at = 0;
         while at < out.len() {
-            let Parsed::Frame(head) = frames::parse(&out[at..], true, usize::MAX) else {
+            let Parsed::Frame(head) = frames::parse(&out[at..], masked, usize::MAX) else {
                 return Err(std::io::Error::other("the batch holds a broken frame"));
             };
-            let key = head.mask.unwrap_or_default();
             let mut payload = out[at + head.head_len..at + head.frame_len()].to_vec();
-            frames::apply_mask(&mut payload, key);
-            seen.push((head.opcode, payload, key));
+            if let Some(key) = head.mask {
+                frames::apply_mask(&mut payload, key);
+            }
             at += head.frame_len();
+            seen.push((head, payload));
         }
-        Ok((ret, seen))
+        Ok(seen)
     }
 
     #[tokio::test]
@@ -809,23 +825,11 @@ mod tests {
             &mut dst,
             &mut counters,
         );
-        dst.flush().await?;
-        drop(dst);
-        let mut out = Vec::new();
-        b.read_to_end(&mut out).await?;
-        let mut seen = Vec::new();
-        let mut at = 0;
-        while at < out.len() {
-            let Parsed::Frame(head) = frames::parse(&out[at..], src_is_client, usize::MAX) else {
-                return Err(std::io::Error::other("the batch holds a broken frame"));
-            };
-            let mut payload = out[at + head.head_len..at + head.frame_len()].to_vec();
-            if let Some(key) = head.mask {
-                frames::apply_mask(&mut payload, key);
-            }
-            seen.push((head.opcode, head.fin, payload));
-            at += head.frame_len();
-        }
+        let seen = sent_frames(dst, &mut b, src_is_client)
+            .await?
+            .into_iter()
+            .map(|(head, payload)| (head.opcode, head.fin, payload))
+            .collect();
         Ok((
             used,
             stop,
