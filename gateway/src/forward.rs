@@ -147,7 +147,7 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'a, R, W> {
                 // Take whatever is ready now, without waiting: this is what batches a burst.
                 let ready = std::future::poll_fn(|cx| {
                     let mut process = |cx: &mut Context<'_>, data: &mut [u8]| {
-                        process(
+                        process::<true, _>(
                             cx,
                             data,
                             src_is_client,
@@ -197,7 +197,7 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'a, R, W> {
                                     Control::Stop(how) => return Box::pin(stopped(dst, how, lost)).await,
                                 },
                                 r = std::future::poll_fn(|cx| {
-                                    let mut process = |cx: &mut Context<'_>, data: &mut [u8]| process(cx, data, src_is_client, &limits, &mut progress, dst, counters);
+                                    let mut process = |cx: &mut Context<'_>, data: &mut [u8]| process::<true, _>(cx, data, src_is_client, &limits, &mut progress, dst, counters);
                                     src.poll_process(cx, &mut process)
                                 }) => break r,
                                 _ = ticker.as_mut().tick() => {
@@ -258,21 +258,10 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'a, R, W> {
 /// the destination is a backend) and handed to `dst` as one run, written straight from
 /// `data` where the stream takes them at once ([`FrameWriter::send_encoded`]). Frames the
 /// gateway answers itself (its keepalive pongs) end the run and are left out.
-fn process<W: AsyncWrite + Unpin>(
-    cx: &mut Context<'_>,
-    data: &mut [u8],
-    src_is_client: bool,
-    limits: &PumpLimits,
-    progress: &mut Progress,
-    dst: &mut FrameWriter<W>,
-    counters: &mut Counters,
-) -> (usize, Option<Stop>) {
-    process_frames::<true, W>(cx, data, src_is_client, limits, progress, dst, counters)
-}
-
-/// [`process`], with runs of plain data frames readied by [`plain_run`] (`PLAIN`) or every
-/// frame taken one by one; the two must agree, which the tests check.
-fn process_frames<const PLAIN: bool, W: AsyncWrite + Unpin>(
+///
+/// `PLAIN`: runs of plain data frames are readied by [`plain_run`] (what the pumps use);
+/// without it every frame is taken one by one. The two must agree, which the tests check.
+fn process<const PLAIN: bool, W: AsyncWrite + Unpin>(
     cx: &mut Context<'_>,
     data: &mut [u8],
     src_is_client: bool,
@@ -579,7 +568,7 @@ mod tests {
         let (a, mut b) = tokio::io::duplex(1 << 20);
         let mut dst = FrameWriter::new(a, Role::Client, limit);
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        let ret = process(
+        let ret = process::<true, _>(
             &mut cx,
             input,
             true,
@@ -790,10 +779,11 @@ mod tests {
         out
     }
 
-    /// Runs `process_frames` over `input`; returns what it returned, the frames that
+    /// Runs `process` over `input`, with plain runs or without (`plain`); returns what it returned, the frames that
     /// reached the destination (opcode, fin, unmasked payload), the tallies and the state.
-    async fn run_frames<const PLAIN: bool>(
+    async fn run_frames(
         mut input: Vec<u8>,
+        plain: bool,
         src_is_client: bool,
         limits: &PumpLimits,
         batch_limit: usize,
@@ -816,7 +806,12 @@ mod tests {
         let mut dst = FrameWriter::new(a, role, batch_limit);
         let mut counters = Counters::default();
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        let (used, stop) = process_frames::<PLAIN, _>(
+        let process = if plain {
+            process::<true, _>
+        } else {
+            process::<false, _>
+        };
+        let (used, stop) = process(
             &mut cx,
             &mut input,
             src_is_client,
@@ -862,22 +857,20 @@ mod tests {
                 message_len: 10,
                 text: None,
             };
-            let fast = run_frames::<true>(
-                input.clone(),
-                src_is_client,
-                &limits,
-                batch_limit,
-                progress(),
-            )
-            .await?;
-            let slow = run_frames::<false>(
-                input.clone(),
-                src_is_client,
-                &limits,
-                batch_limit,
-                progress(),
-            )
-            .await?;
+            let mut outcomes = Vec::new();
+            for plain in [true, false] {
+                let progress = progress();
+                let run = run_frames(
+                    input.clone(),
+                    plain,
+                    src_is_client,
+                    &limits,
+                    batch_limit,
+                    progress,
+                );
+                outcomes.push(run.await?);
+            }
+            let (fast, slow) = (&outcomes[0], &outcomes[1]);
             assert_eq!(fast, slow, "case {case}: input {input:02x?}");
             plain_frames += fast.3;
         }
