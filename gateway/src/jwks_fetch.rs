@@ -237,8 +237,11 @@ impl Refetch {
 pub async fn after_refetch(shared: &Shared, current: &Arc<Verifier>) -> Option<Arc<Verifier>> {
     let refetch = &shared.refetch;
     let mut ended = refetch.ended.subscribe();
+    // Read before asking: once asked, the fetcher (on another thread) may begin at once
+    // and move `last` to now, which would make this very refetch look too recent to wait for.
+    let may_start_now = refetch.last().elapsed() >= UNKNOWN_KEY_REFETCH_AFTER;
     refetch.wanted.notify_one();
-    if refetch.last().elapsed() < UNKNOWN_KEY_REFETCH_AFTER {
+    if !may_start_now {
         return None;
     }
     let _ = tokio::time::timeout(UNKNOWN_KEY_WAIT, ended.changed()).await;

@@ -565,7 +565,8 @@ async fn keys_come_from_the_providers_url_and_its_rotations_need_no_reload() -> 
         .await;
     ensure!(
         admitted(&opts, &t2).await,
-        "the first token of the rotated key was refused"
+        "the first token of the rotated key was refused:\n{}",
+        proc.log()
     );
     ensure!(idp.hits() == 2, "{} fetches after the rotation", idp.hits());
     ensure!(admitted(&opts, &t1).await, "the old key stopped working");
