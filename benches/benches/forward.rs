@@ -9,10 +9,14 @@
 //! - `direct`: the same peers joined by a bare pipe, the harness's own cost.
 //!
 //! `forward` reports payload bytes per second, `forward_msgs` messages per second; both
-//! measure the same work. `mask` re-masks the 128-byte payloads of 32 back-to-back masked
-//! frames in a read buffer (each at a different alignment, as they arrive) with the
-//! gateway's `frames::apply_mask` and, for comparison, `fastwebsockets::unmask`. The runtime is current-thread, as one session is one task in the
+//! measure the same work. The runtime is current-thread, as one session is one task in the
 //! gateway: the figures are what one core forwards, peers included.
+//!
+//! `mask` re-masks the 128-byte payloads of 32 back-to-back masked frames in a read buffer
+//! (each at a different alignment, as they arrive) with the gateway's
+//! `frames::apply_mask` and, for comparison, `fastwebsockets::unmask`. Each has a loop of
+//! its own, so both are inlined as they are in their callers (through a function pointer
+//! the gateway's took 207 ns instead of 89).
 
 use std::time::{Duration, Instant};
 

@@ -779,8 +779,9 @@ mod tests {
         out
     }
 
-    /// Runs `process` over `input`, with plain runs or without (`plain`); returns what it returned, the frames that
-    /// reached the destination (opcode, fin, unmasked payload), the tallies and the state.
+    /// Runs `process` over `input`, with plain runs or without (`plain`); returns what it
+    /// returned, the frames that reached the destination (opcode, fin, unmasked payload),
+    /// the tallies and the state.
     async fn run_frames(
         mut input: Vec<u8>,
         plain: bool,
