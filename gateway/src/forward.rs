@@ -275,7 +275,12 @@ fn process<const PLAIN: bool, W: AsyncWrite + Unpin>(
     let mut used = 0;
     let stop = loop {
         if PLAIN && !progress.in_message && src_is_client == dst.masks() {
-            let plain = plain_run(data, used, run, src_is_client, limits, dst);
+            // One copy of the run's loop per direction, each with its masking rule fixed.
+            let plain = if src_is_client {
+                plain_run::<true, _>(data, used, run, limits, dst)
+            } else {
+                plain_run::<false, _>(data, used, run, limits, dst)
+            };
             progress.received += plain.frames;
             counters.frames += plain.frames;
             counters.bytes += plain.bytes;
@@ -394,55 +399,28 @@ struct PlainRun {
 /// from `run` on still to be sent); `process` takes it from there, and reports any
 /// violation the frame holds.
 #[inline]
-fn plain_run<W: AsyncWrite + Unpin>(
+fn plain_run<const FROM_CLIENT: bool, W: AsyncWrite + Unpin>(
     data: &mut [u8],
     mut at: usize,
     run: usize,
-    src_is_client: bool,
     limits: &PumpLimits,
     dst: &FrameWriter<W>,
 ) -> PlainRun {
     let max_payload = limits.max_frame_size.min(limits.max_message_size);
-    let key_len = if src_is_client { 4 } else { 0 };
     let mut frames = 0;
     let mut bytes = 0;
     // The thread's key generator, looked up once for the run.
     let mut keys = rand::thread_rng();
     let bad_text = loop {
-        let rest = &data[at..];
-        let (Some(&b0), Some(&b1)) = (rest.first(), rest.get(1)) else {
+        let Some(head) = frames::parse_plain(&data[at..], FROM_CLIENT, max_payload) else {
             break false;
         };
-        // FIN set, no reserved bits, text or binary; masked exactly when from a client.
-        if (b0 != 0x81 && b0 != 0x82) || ((b1 & 0x80) != 0) != src_is_client {
+        if dst.is_full(at - run) {
             break false;
         }
-        let (len_bytes, payload_len) = match b1 & 0x7F {
-            126 => match (rest.get(2), rest.get(3)) {
-                (Some(&hi), Some(&lo)) => (2, usize::from(u16::from_be_bytes([hi, lo]))),
-                _ => break false,
-            },
-            127 => break false,
-            n => (0, usize::from(n)),
-        };
-        let head_len = 2 + len_bytes + key_len;
-        let frame_len = head_len + payload_len;
-        if payload_len > max_payload || rest.len() < frame_len || dst.is_full(at - run) {
-            break false;
-        }
-        let mask = match rest.get(head_len - key_len..head_len) {
-            Some(key) if src_is_client => <[u8; 4]>::try_from(key).ok(),
-            _ => None,
-        };
-        let head = frames::Head {
-            fin: true,
-            opcode: b0 & 0x0F,
-            mask,
-            head_len,
-            payload_len,
-        };
+        let frame_len = head.frame_len();
         // A backend's binary frame goes on as it came.
-        if mask.is_some() || head.opcode == frames::TEXT {
+        if head.mask.is_some() || head.opcode == frames::TEXT {
             let mut check = Utf8Check::default();
             let text = (head.opcode == frames::TEXT).then_some(&mut check);
             if forward_in_place(&mut data[at..at + frame_len], &head, text, &mut keys).is_err() {
@@ -451,7 +429,7 @@ fn plain_run<W: AsyncWrite + Unpin>(
         }
         at += frame_len;
         frames += 1;
-        bytes += payload_len as u64;
+        bytes += head.payload_len as u64;
     };
     PlainRun {
         end: at,
