@@ -316,6 +316,10 @@ pub struct LimitsConfig {
     /// limit); more get 429. A client stuck in a reconnect loop then costs each backend
     /// a few connects a second, not one per attempt.
     pub max_connection_rate_per_ip: u32,
+    /// Leading bits of an IPv6 client address that the two per-IP limits count as one
+    /// client (64 by default: a host commonly has a whole /64 to pick addresses from;
+    /// 128 counts each address). IPv4 addresses are always counted whole.
+    pub ipv6_prefix: u8,
     /// Largest WebSocket message accepted from either side, in bytes, counted across its
     /// fragments. Over it, the sender gets close 1009 and the other side 1001.
     pub max_message_size: usize,
@@ -331,6 +335,7 @@ impl Default for LimitsConfig {
             max_connections: 100_000,
             max_connections_per_ip: 0,
             max_connection_rate_per_ip: 0,
+            ipv6_prefix: crate::limits::DEFAULT_IPV6_PREFIX,
             max_message_size: 16 << 20,
             max_frame_size: 16 << 20,
             max_header_bytes: 16 << 10,
@@ -624,6 +629,13 @@ impl Config {
                 ),
             ));
         }
+        if raw.limits.ipv6_prefix > 128 {
+            return Err(err(
+                "limits",
+                "ipv6_prefix",
+                "an IPv6 prefix has at most 128 bits".into(),
+            ));
+        }
         if raw.limits.max_header_bytes < 8192 {
             return Err(err(
                 "limits",
@@ -763,8 +775,8 @@ impl Config {
         let l = &self.limits;
         let _ = writeln!(
             o,
-            "[limits]\nmax_connections = {}\nmax_connections_per_ip = {}\nmax_connection_rate_per_ip = {}\nmax_message_size = {}\nmax_frame_size = {}\nmax_header_bytes = {}\n",
-            l.max_connections, l.max_connections_per_ip, l.max_connection_rate_per_ip, l.max_message_size, l.max_frame_size, l.max_header_bytes
+            "[limits]\nmax_connections = {}\nmax_connections_per_ip = {}\nmax_connection_rate_per_ip = {}\nipv6_prefix = {}\nmax_message_size = {}\nmax_frame_size = {}\nmax_header_bytes = {}\n",
+            l.max_connections, l.max_connections_per_ip, l.max_connection_rate_per_ip, l.ipv6_prefix, l.max_message_size, l.max_frame_size, l.max_header_bytes
         );
         let t = &self.timeouts;
         let _ = writeln!(
@@ -935,6 +947,32 @@ mod tests {
         let abc = &c.backends["Backend_ABC"];
         assert!(abc.single, "the one-string form stays one instance");
         assert!(matches!(&abc.members, crate::pool_config::Members::Urls(t) if t[0].port == 8081));
+        Ok(())
+    }
+
+    #[test]
+    fn the_ipv6_prefix_defaults_to_64_round_trips_and_stops_at_128() -> Result<(), ConfigError> {
+        assert_eq!(
+            Config::from_toml_str(MINIMAL, Path::new("."))?
+                .limits
+                .ipv6_prefix,
+            64
+        );
+        let c = Config::from_toml_str(
+            &format!("[limits]\nipv6_prefix = 128\n{MINIMAL}"),
+            Path::new("."),
+        )?;
+        assert_eq!(c.limits.ipv6_prefix, 128);
+        let again = Config::from_toml_str(&c.describe(), Path::new("."))?;
+        assert_eq!(again.limits.ipv6_prefix, 128);
+        let e = Config::from_toml_str(
+            &format!("[limits]\nipv6_prefix = 129\n{MINIMAL}"),
+            Path::new("."),
+        );
+        assert_eq!(
+            e.err().and_then(|e| e.key).as_deref(),
+            Some("limits.ipv6_prefix")
+        );
         Ok(())
     }
 

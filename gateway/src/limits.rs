@@ -1,6 +1,11 @@
 //! Connection limits: a total cap (a semaphore slot per connection), an optional cap per
 //! client IP, and an optional rate of new connections per client IP. A slot is held for
 //! the connection's whole life, session included.
+//!
+//! An IPv6 client is counted by its network, not its full address (`[limits]
+//! ipv6_prefix`, a /64 unless set): a host is commonly given a whole /64 and can pick a
+//! fresh address in it for every connection, which would make a per-address limit no
+//! limit at all.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -63,6 +68,25 @@ pub struct ConnLimiter {
     total: Arc<Semaphore>,
     per_ip: Option<(usize, IpCounts)>,
     rate: Option<Rate>,
+    /// Leading bits of an IPv6 address that name the client.
+    ipv6_prefix: u8,
+}
+
+/// IPv6 clients are counted per /64 unless `[limits] ipv6_prefix` says otherwise.
+pub const DEFAULT_IPV6_PREFIX: u8 = 64;
+
+/// The address the per-address limits count `ip` under: an IPv4 address as it is (also
+/// one written as an IPv4-mapped IPv6 address, as a dual-stack listener sees IPv4
+/// clients), an IPv6 address cut to its first `ipv6_prefix` bits.
+pub fn client_key(ip: IpAddr, ipv6_prefix: u8) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let keep = u32::from(ipv6_prefix.min(128));
+            let mask = u128::MAX.checked_shl(128 - keep).unwrap_or(0);
+            IpAddr::V6((u128::from(v6) & mask).into())
+        }
+        v4 => v4,
+    }
 }
 
 /// New connections per address and second, and how often the addresses not seen lately
@@ -117,7 +141,14 @@ impl ConnLimiter {
             total: Arc::new(Semaphore::new(max_total.min(Semaphore::MAX_PERMITS))),
             per_ip,
             rate,
+            ipv6_prefix: DEFAULT_IPV6_PREFIX,
         }
+    }
+
+    /// Counts IPv6 clients by their first `bits` bits (128: by full address).
+    pub fn with_ipv6_prefix(mut self, bits: u8) -> Self {
+        self.ipv6_prefix = bits;
+        self
     }
 
     /// The limits `[limits]` asks for.
@@ -127,10 +158,12 @@ impl ConnLimiter {
             limits.max_connections_per_ip,
             limits.max_connection_rate_per_ip,
         )
+        .with_ipv6_prefix(limits.ipv6_prefix)
     }
 
     /// A slot for a connection from `ip`, if the rate and both caps allow it.
     pub fn try_acquire(&self, ip: IpAddr) -> Result<Slot, LimitHit> {
+        let ip = client_key(ip, self.ipv6_prefix);
         if let Some(rate) = &self.rate {
             if rate.checks.fetch_add(1, Ordering::Relaxed) % RATE_SWEEP_EVERY == 0 {
                 rate.limiter.retain_recent();
@@ -184,6 +217,40 @@ pub fn fd_session_capacity() -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    #[test]
+    fn ipv6_clients_are_keyed_by_their_prefix_and_mapped_ipv4_as_ipv4() {
+        let key = |s: &str, bits: u8| client_key(ip(s), bits);
+        assert_eq!(key("2001:db8:1:2:aaaa::1", 64), ip("2001:db8:1:2::"));
+        assert_eq!(key("2001:db8:1:2:aaaa::1", 48), ip("2001:db8:1::"));
+        assert_eq!(key("2001:db8:1:2:aaaa::1", 128), ip("2001:db8:1:2:aaaa::1"));
+        assert_eq!(key("2001:db8:1:2:aaaa::1", 0), ip("::"));
+        assert_eq!(key("2001:db8:1:2:aaaa::1", 57), ip("2001:db8:1:0::"));
+        assert_eq!(key("2001:db8:1:ff:aaaa::1", 57), ip("2001:db8:1:80::"));
+        // IPv4 is never cut, also when a dual-stack socket shows it IPv4-mapped.
+        assert_eq!(key("203.0.113.9", 64), ip("203.0.113.9"));
+        assert_eq!(key("::ffff:203.0.113.9", 64), ip("203.0.113.9"));
+        assert_eq!(key("::1", 64), ip("::"));
+    }
+
+    #[test]
+    fn one_ipv6_network_shares_the_caps_unless_the_prefix_is_128() {
+        let (a, b, other) = (ip("2001:db8::1"), ip("2001:db8::2"), ip("2001:db8:0:1::1"));
+        let l = ConnLimiter::new(10, 1, 0);
+        let _a = l.try_acquire(a);
+        assert_eq!(l.try_acquire(b).err(), Some(LimitHit::PerIp));
+        assert!(l.try_acquire(other).is_ok());
+        let by_address = ConnLimiter::new(10, 1, 0).with_ipv6_prefix(128);
+        let _a = by_address.try_acquire(a);
+        assert!(by_address.try_acquire(b).is_ok());
+        let rate = ConnLimiter::new(10, 0, 2);
+        assert!(rate.try_acquire(a).is_ok() && rate.try_acquire(b).is_ok());
+        assert_eq!(rate.try_acquire(a).err(), Some(LimitHit::Rate));
+    }
 
     #[test]
     fn caps_total_and_per_ip_and_frees_on_drop() {

@@ -120,6 +120,7 @@ impl Shared {
         if old.limits.max_connections != config.limits.max_connections
             || old.limits.max_connections_per_ip != config.limits.max_connections_per_ip
             || old.limits.max_connection_rate_per_ip != config.limits.max_connection_rate_per_ip
+            || old.limits.ipv6_prefix != config.limits.ipv6_prefix
         {
             self.limiter
                 .store(Arc::new(ConnLimiter::from_config(&config.limits)));

@@ -143,6 +143,74 @@ async fn the_per_address_limit_counts_the_clients_the_headers_name() -> Result<(
 }
 
 #[tokio::test]
+async fn ipv6_clients_are_counted_per_network_and_mapped_ipv4_as_ipv4() -> Result<()> {
+    let probe = Probe::start(Mode::Accept { protocol: None }).await?;
+    // The default: one client per /64, so a host rotating addresses in its network is
+    // still one client.
+    let gw = gateway_behind_balancer(&probe, "[limits]\nmax_connections_per_ip = 1\n").await?;
+    let first = connect(&with_header(
+        &gw,
+        ProxyHeader::V2(Some(addr("[2001:db8:1:2::1]:1000")?)),
+    )?)
+    .await
+    .context("first address of 2001:db8:1:2::/64")?;
+    let same_network = with_header(
+        &gw,
+        ProxyHeader::V1(Some(addr("[2001:db8:1:2:aaaa::9]:1001")?)),
+    )?;
+    let (status, reason) = refused(&same_network).await?;
+    ensure!(
+        status == 503 && reason.contains("per-address"),
+        "another address of the same /64 got {status} {reason:?}"
+    );
+    let mut next_network = connect(&with_header(
+        &gw,
+        ProxyHeader::V2(Some(addr("[2001:db8:1:3::1]:1000")?)),
+    )?)
+    .await
+    .context("a client of the next /64")?;
+    echo(&mut next_network.ws, b"mine").await?;
+    // An IPv4 client is the same client when a header writes it IPv4-mapped.
+    let _v4 = connect(&with_header(
+        &gw,
+        ProxyHeader::V1(Some(addr("198.51.100.9:1000")?)),
+    )?)
+    .await
+    .context("an IPv4 client")?;
+    let mapped = with_header(
+        &gw,
+        ProxyHeader::V2(Some(addr("[::ffff:198.51.100.9]:1001")?)),
+    )?;
+    let (status, reason) = refused(&mapped).await?;
+    ensure!(
+        status == 503 && reason.contains("per-address"),
+        "the IPv4 client written IPv4-mapped got {status} {reason:?}"
+    );
+    drop(first);
+
+    // `ipv6_prefix = 128`: every address is a client of its own.
+    let gw = gateway_behind_balancer(
+        &probe,
+        "[limits]\nmax_connections_per_ip = 1\nipv6_prefix = 128\n",
+    )
+    .await?;
+    let _first = connect(&with_header(
+        &gw,
+        ProxyHeader::V2(Some(addr("[2001:db8:1:2::1]:1000")?)),
+    )?)
+    .await
+    .context("first address, prefix 128")?;
+    let mut second = connect(&with_header(
+        &gw,
+        ProxyHeader::V1(Some(addr("[2001:db8:1:2:aaaa::9]:1001")?)),
+    )?)
+    .await
+    .context("another address of the same /64, prefix 128")?;
+    echo(&mut second.ws, b"also mine").await?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn only_the_balancers_named_in_proxy_protocol_from_may_send_a_header() -> Result<()> {
     let mut probe = Probe::start(Mode::Accept { protocol: None }).await?;
     let gw = gateway_behind(&probe, "proxy_protocol_from = [\"127.0.0.2\"]", "").await?;
