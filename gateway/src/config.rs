@@ -58,7 +58,8 @@ pub struct BrowserConfig {
     /// carrying an `Origin` header (every browser's does) from anywhere else gets 403, as
     /// RFC 6455 (10.2) advises: a page on another site cannot use the gateway through a
     /// visitor's browser. Requests without `Origin` (other clients) are not affected.
-    /// Empty: any origin.
+    /// `"https://*.example.com"` allows the pages of every subdomain of `example.com` (not
+    /// `example.com` itself), with that scheme and port. Empty: any origin.
     pub allowed_origins: Vec<String>,
     /// Cookie holding the token when no other source has one (e.g. `"wsgate_token"`), for
     /// pages on the same site as the gateway. Only with `allowed_origins`: a browser sends
@@ -78,11 +79,53 @@ impl BrowserConfig {
         let Some(origin) = origin else {
             return true;
         };
-        std::str::from_utf8(origin)
-            .ok()
-            .and_then(serialized_origin)
-            .is_some_and(|o| self.allowed_origins.contains(&o))
+        let Some(origin) = std::str::from_utf8(origin).ok().and_then(serialized_origin) else {
+            return false;
+        };
+        self.allowed_origins
+            .iter()
+            .any(|allowed| origin_matches(allowed, &origin))
     }
+}
+
+/// Marks a wildcard entry's subdomain part: `scheme://*.domain[:port]`.
+const WILDCARD: &str = "://*.";
+
+/// Whether the serialized `origin` is the serialized entry `allowed`, or one of the
+/// subdomains a wildcard entry stands for.
+fn origin_matches(allowed: &str, origin: &str) -> bool {
+    let Some((scheme, domain_and_port)) = allowed.split_once(WILDCARD) else {
+        return allowed == origin;
+    };
+    // `origin` is serialized, so what follows the scheme is the host and maybe `:port`.
+    origin
+        .strip_prefix(scheme)
+        .and_then(|rest| rest.strip_prefix("://"))
+        .and_then(|rest| rest.strip_suffix(domain_and_port))
+        .and_then(|sub| sub.strip_suffix('.'))
+        .is_some_and(|sub| !sub.is_empty() && !sub.contains(':'))
+}
+
+/// An `allowed_origins` entry as it is compared: the origin serialized as a browser sends
+/// it, with a leading `*.` of a wildcard entry kept; `None` if it is neither.
+fn allowed_origin_entry(text: &str) -> Option<String> {
+    let Some((scheme, rest)) = text.trim().split_once(WILDCARD) else {
+        // A `*` anywhere else is a wildcard misplaced, not a host to match literally.
+        return (!text.contains('*'))
+            .then(|| serialized_origin(text))
+            .flatten();
+    };
+    // Serialized with a stand-in label (which also checks and normalises the domain: lower
+    // case, IDNA), then the stand-in turned back into the wildcard. At least two labels
+    // must stay under it: `*.com` would allow a whole top-level domain.
+    const STAND_IN: &str = "wsgate-wildcard-label";
+    let domain = rest.split([':', '/']).next().unwrap_or_default();
+    if domain.contains('*') || !domain.contains('.') {
+        return None;
+    }
+    let serialized = serialized_origin(&format!("{scheme}://{STAND_IN}.{rest}"))?;
+    let (head, tail) = serialized.split_once(&format!("://{STAND_IN}."))?;
+    Some(format!("{head}{WILDCARD}{tail}"))
 }
 
 /// `scheme://host[:port]` as a browser sends it in `Origin`, or `None` for anything that
@@ -560,11 +603,13 @@ impl Config {
         }
         let mut allowed_origins = Vec::with_capacity(raw.browser.allowed_origins.len());
         for origin in &raw.browser.allowed_origins {
-            let Some(serialized) = serialized_origin(origin) else {
+            let Some(serialized) = allowed_origin_entry(origin) else {
                 return Err(err(
                     "browser",
                     "allowed_origins",
-                    format!("{origin:?}: expected an origin, scheme://host[:port]"),
+                    format!(
+                        "{origin:?}: expected an origin, scheme://host[:port], or scheme://*.domain[:port]"
+                    ),
                 ));
             };
             allowed_origins.push(serialized);
@@ -1161,6 +1206,50 @@ mod tests {
             "https://app.example.com/path",
             "null",
             "data:text/plain,x",
+        ] {
+            let text = format!("[browser]\nallowed_origins = [{bad:?}]\n{MINIMAL}");
+            let key = Config::from_toml_str(&text, Path::new("."))
+                .err()
+                .and_then(|e| e.key);
+            assert_eq!(key.as_deref(), Some("browser.allowed_origins"), "{bad}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_wildcard_origin_allows_the_subdomains_with_its_scheme_and_port() -> Result<(), ConfigError>
+    {
+        let text = format!(
+            "[browser]\nallowed_origins = [\"HTTPS://*.Example.com:443/\", \"http://*.b\u{fc}cher.de:8080\"]\n{MINIMAL}"
+        );
+        let c = Config::from_toml_str(&text, Path::new("."))?;
+        assert_eq!(
+            c.browser.allowed_origins,
+            ["https://*.example.com", "http://*.xn--bcher-kva.de:8080"]
+        );
+        let allowed = |o: &str| c.browser.origin_allowed(Some(o.as_bytes()));
+        assert!(allowed("https://app.example.com"));
+        assert!(allowed("https://a.b.EXAMPLE.com"));
+        assert!(allowed("http://shop.xn--bcher-kva.de:8080"));
+        assert!(!allowed("https://example.com"), "the domain itself");
+        assert!(!allowed("https://app.example.com:8443"), "another port");
+        assert!(!allowed("http://app.example.com"), "another scheme");
+        assert!(!allowed("https://appexample.com"), "not a subdomain");
+        assert!(!allowed("https://app.example.com.evil"), "a suffix");
+        assert!(!allowed("https://evil.com#.example.com"), "not an origin");
+        assert!(
+            !allowed("http://shop.xn--bcher-kva.de"),
+            "the default port, not 8080"
+        );
+        let again = Config::from_toml_str(&c.describe(), Path::new("."))?;
+        assert_eq!(again.browser.allowed_origins, c.browser.allowed_origins);
+        for bad in [
+            "https://*.com",
+            "https://*",
+            "https://*.*.example.com",
+            "https://app.*.example.com",
+            "https://*.example.com/path",
+            "*.example.com",
         ] {
             let text = format!("[browser]\nallowed_origins = [{bad:?}]\n{MINIMAL}");
             let key = Config::from_toml_str(&text, Path::new("."))

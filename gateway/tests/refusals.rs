@@ -208,14 +208,20 @@ async fn a_backend_can_require_scopes_of_its_own_beyond_the_global_ones() -> Res
 async fn origins_outside_allowed_origins_get_403_and_clients_without_one_pass() -> Result<()> {
     let tb = testbed_with_toml(
         &[],
-        "[browser]\nallowed_origins = [\"https://App.Example.com:443/\", \"http://localhost:8080\"]\n",
+        "[browser]\nallowed_origins = [\"https://App.Example.com:443/\", \"http://localhost:8080\", \"https://*.apps.example.com\"]\n",
     )
     .await?;
     let with_origin = |origin: &str| -> Result<loadgen::client::ConnectOptions> {
         Ok(tb.connect_options("Backend_ABC")?.header("Origin", origin))
     };
-    // Listed (compared as browsers send them: lower case, default port left out).
-    for origin in ["https://app.example.com", "http://localhost:8080"] {
+    // Listed (compared as browsers send them: lower case, default port left out), and
+    // subdomains of a wildcard entry.
+    for origin in [
+        "https://app.example.com",
+        "http://localhost:8080",
+        "https://team-a.apps.example.com",
+        "https://x.team-b.Apps.example.com",
+    ] {
         let mut c = loadgen::client::connect(&with_origin(origin)?).await?;
         echo(&mut c.ws, origin.as_bytes()).await?;
     }
@@ -225,6 +231,9 @@ async fn origins_outside_allowed_origins_get_403_and_clients_without_one_pass() 
         "http://app.example.com",
         "http://localhost:8081",
         "null",
+        "https://apps.example.com",
+        "https://team-a.apps.example.com:8443",
+        "https://team-a.apps.example.com.evil",
     ] {
         let (status, body) = refused(&with_origin(origin)?).await?;
         ensure!(
