@@ -1361,6 +1361,7 @@ def render(meta: dict, res: dict, auth: list[dict], goals: list[dict]) -> str:
             ]) + " |")
     L.append("")
     L.append("Scenarios: " + "; ".join(f"({k}) {SCENARIOS[k]}" + (f" = {res[k]['rate']:,.0f} msgs/s" if k == "f" and "rate" in res.get(k, {}) else "")
+                                      + (" (the rate given with --open-rate instead)" if res.get(k, {}).get("rate_given") else "")
                                       for k in "abcdef" if k in res) + ".")
     L.append("")
     L.append("(×) is the ratio to the best peer (the better of nginx and HAProxy) in the same run: "
@@ -1469,6 +1470,9 @@ def main() -> int:
     ap.add_argument("--storm-workers", type=int, default=2,
                     help="(e) loadgen invocations running at once (default 2)")
     ap.add_argument("--idle-sessions", type=int, default=5000, help="(d) sessions held (default 5000)")
+    ap.add_argument("--open-rate", type=float, metavar="MSGS_PER_S",
+                    help="(f) at this rate instead of half of the gateway's (b) msgs/s, e.g. to compare "
+                         "two gateway settings at the same load")
     ap.add_argument("--idle-rounds", type=int, default=1,
                     help="(d) rounds, each on freshly started processes (default 1: memory is not "
                          "timing-noisy, and each round costs ~20 s per proxy)")
@@ -1520,8 +1524,8 @@ def main() -> int:
                 log(f"({s}) {SCENARIOS[s]}: {rounds} round(s) × {duration} s")
                 res[s] = {"rounds": h.closed_scenario(s, rounds, duration)}
         if "f" in scen:
-            base = None
-            if "b" in res:
+            base = 2 * a.open_rate if a.open_rate else None
+            if not base and "b" in res:
                 base = medians(res["b"]["rounds"].get("gateway", [])).get("msgs_per_s")
             if not base:
                 log("(f) needs the gateway's (b) throughput: running (b) for the gateway once")
@@ -1530,6 +1534,8 @@ def main() -> int:
             rate = max(100.0, base / 2)
             log(f"(f) open loop at {rate:,.0f} msgs/s: {rounds} round(s) × {duration} s")
             res["f"] = {"rate": rate, "rounds": h.open_scenario(rate, rounds, duration)}
+            if a.open_rate:
+                res["f"]["rate_given"] = True
         if "e" in scen:
             per_round = a.storm_seconds / rounds
             log(f"(e) handshake storm: {rounds} round(s) × {per_round:.1f} s per target")
