@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use loadgen::client::{connect, ConnectError, ConnectOptions};
+use loadgen::client::{connect, ConnectError, ConnectOptions, Connected};
 use loadgen::proxy_header::ProxyHeader;
 use support::probe::{Event, Mode, Probe};
 use support::process::{GatewayProc, ProcOptions};
@@ -109,32 +109,49 @@ async fn the_client_named_in_the_header_is_the_one_forwarded_and_logged() -> Res
     Ok(())
 }
 
+/// Options for a connection whose PROXY header (v2 or v1) names the client at `client`.
+fn as_client(gw: &GatewayProc, client: &str, v2: bool) -> Result<ConnectOptions> {
+    let at = Some(addr(client)?);
+    with_header(
+        gw,
+        if v2 {
+            ProxyHeader::V2(at)
+        } else {
+            ProxyHeader::V1(at)
+        },
+    )
+}
+
+/// A session for the client at `client`.
+async fn connect_as(gw: &GatewayProc, client: &str, v2: bool) -> Result<Connected> {
+    connect(&as_client(gw, client, v2)?)
+        .await
+        .with_context(|| format!("client {client}"))
+}
+
+/// Checks that a connection for the client at `client` is refused under the per-address
+/// limit (`why` says whose it counts as).
+async fn refused_per_address(gw: &GatewayProc, client: &str, v2: bool, why: &str) -> Result<()> {
+    let (status, reason) = refused(&as_client(gw, client, v2)?).await?;
+    ensure!(
+        status == 503 && reason.contains("per-address"),
+        "{client} ({why}) got {status} {reason:?}"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn the_per_address_limit_counts_the_clients_the_headers_name() -> Result<()> {
     let probe = Probe::start(Mode::Accept { protocol: None }).await?;
     let gw = gateway_behind_balancer(&probe, "[limits]\nmax_connections_per_ip = 1\n").await?;
     // Every socket comes from 127.0.0.1; only the headers tell the clients apart.
-    let first = connect(&with_header(
-        &gw,
-        ProxyHeader::V2(Some(addr("198.51.100.1:1000")?)),
-    )?)
-    .await
-    .context("first client")?;
-    let same = with_header(&gw, ProxyHeader::V1(Some(addr("198.51.100.1:1001")?)))?;
-    let (status, reason) = refused(&same).await?;
-    ensure!(
-        status == 503 && reason.contains("per-address"),
-        "a second connection of 198.51.100.1 got {status} {reason:?}"
-    );
-    let mut other = connect(&with_header(
-        &gw,
-        ProxyHeader::V1(Some(addr("198.51.100.2:1000")?)),
-    )?)
-    .await
-    .context("another client, same balancer")?;
+    let first = connect_as(&gw, "198.51.100.1:1000", true).await?;
+    refused_per_address(&gw, "198.51.100.1:1001", false, "a second connection").await?;
+    let mut other = connect_as(&gw, "198.51.100.2:1000", false).await?;
     echo(&mut other.ws, b"mine").await?;
     // The first client's slot frees when it leaves.
     drop(first);
+    let same = as_client(&gw, "198.51.100.1:1001", false)?;
     wait_for("198.51.100.1 admitted again", DEADLINE, || async {
         Ok(connect(&same).await.is_ok())
     })
@@ -148,44 +165,13 @@ async fn ipv6_clients_are_counted_per_network_and_mapped_ipv4_as_ipv4() -> Resul
     // The default: one client per /64, so a host rotating addresses in its network is
     // still one client.
     let gw = gateway_behind_balancer(&probe, "[limits]\nmax_connections_per_ip = 1\n").await?;
-    let first = connect(&with_header(
-        &gw,
-        ProxyHeader::V2(Some(addr("[2001:db8:1:2::1]:1000")?)),
-    )?)
-    .await
-    .context("first address of 2001:db8:1:2::/64")?;
-    let same_network = with_header(
-        &gw,
-        ProxyHeader::V1(Some(addr("[2001:db8:1:2:aaaa::9]:1001")?)),
-    )?;
-    let (status, reason) = refused(&same_network).await?;
-    ensure!(
-        status == 503 && reason.contains("per-address"),
-        "another address of the same /64 got {status} {reason:?}"
-    );
-    let mut next_network = connect(&with_header(
-        &gw,
-        ProxyHeader::V2(Some(addr("[2001:db8:1:3::1]:1000")?)),
-    )?)
-    .await
-    .context("a client of the next /64")?;
+    let first = connect_as(&gw, "[2001:db8:1:2::1]:1000", true).await?;
+    refused_per_address(&gw, "[2001:db8:1:2:aaaa::9]:1001", false, "the same /64").await?;
+    let mut next_network = connect_as(&gw, "[2001:db8:1:3::1]:1000", true).await?;
     echo(&mut next_network.ws, b"mine").await?;
     // An IPv4 client is the same client when a header writes it IPv4-mapped.
-    let _v4 = connect(&with_header(
-        &gw,
-        ProxyHeader::V1(Some(addr("198.51.100.9:1000")?)),
-    )?)
-    .await
-    .context("an IPv4 client")?;
-    let mapped = with_header(
-        &gw,
-        ProxyHeader::V2(Some(addr("[::ffff:198.51.100.9]:1001")?)),
-    )?;
-    let (status, reason) = refused(&mapped).await?;
-    ensure!(
-        status == 503 && reason.contains("per-address"),
-        "the IPv4 client written IPv4-mapped got {status} {reason:?}"
-    );
+    let _v4 = connect_as(&gw, "198.51.100.9:1000", false).await?;
+    refused_per_address(&gw, "[::ffff:198.51.100.9]:1001", true, "IPv4-mapped").await?;
     drop(first);
 
     // `ipv6_prefix = 128`: every address is a client of its own.
@@ -194,18 +180,8 @@ async fn ipv6_clients_are_counted_per_network_and_mapped_ipv4_as_ipv4() -> Resul
         "[limits]\nmax_connections_per_ip = 1\nipv6_prefix = 128\n",
     )
     .await?;
-    let _first = connect(&with_header(
-        &gw,
-        ProxyHeader::V2(Some(addr("[2001:db8:1:2::1]:1000")?)),
-    )?)
-    .await
-    .context("first address, prefix 128")?;
-    let mut second = connect(&with_header(
-        &gw,
-        ProxyHeader::V1(Some(addr("[2001:db8:1:2:aaaa::9]:1001")?)),
-    )?)
-    .await
-    .context("another address of the same /64, prefix 128")?;
+    let _first = connect_as(&gw, "[2001:db8:1:2::1]:1000", true).await?;
+    let mut second = connect_as(&gw, "[2001:db8:1:2:aaaa::9]:1001", false).await?;
     echo(&mut second.ws, b"also mine").await?;
     Ok(())
 }
