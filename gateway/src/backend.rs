@@ -29,6 +29,9 @@ pub struct BackendConn {
     pub leftover: Bytes,
     /// The subprotocol the backend chose.
     pub protocol: Option<String>,
+    /// The backend's `Sec-WebSocket-Extensions` answer: a `permessage-deflate` it was
+    /// offered ([`crate::extensions`]), passed on to the client.
+    pub extensions: Option<String>,
     /// The pool instance this connection counts against; held for the session's life.
     pub lease: Option<Lease>,
 }
@@ -157,6 +160,8 @@ pub struct BackendRequest<'a> {
     pub headers: &'a HeaderMap,
     /// Subprotocols to offer.
     pub protocols: Option<&'a str>,
+    /// Extensions to offer: the client's `permessage-deflate` offers, when passed on.
+    pub extensions: Option<&'a str>,
     /// The client's address, for `X-Forwarded-For`.
     pub peer: SocketAddr,
     /// Identity headers from verified claims (`[auth.forward_claims]`).
@@ -176,6 +181,7 @@ async fn connect_inner(
     let BackendRequest {
         headers: client_headers,
         protocols,
+        extensions,
         peer,
         identity,
         identity_names,
@@ -221,6 +227,9 @@ async fn connect_inner(
     headers.extend(cookies.iter().map(|c| ("Cookie", c.as_str())));
     headers.push(("X-Forwarded-For", &forwarded_for));
     headers.push(("X-Forwarded-Proto", "https"));
+    if let Some(offers) = extensions {
+        headers.push(("Sec-WebSocket-Extensions", offers));
+    }
     headers.extend(identity.iter().map(|(n, v)| (n.as_str(), v.as_str())));
 
     let req = ClientRequest {
@@ -241,15 +250,15 @@ async fn connect_inner(
             ))),
             other => AttemptError::instance(Refusal::BadGateway(other.to_string())),
         })?;
-    if hs.extensions.is_some() {
-        return Err(AttemptError::instance(Refusal::BadGateway(
-            "backend negotiated an extension that was not offered".into(),
-        )));
+    if let Some(answer) = &hs.extensions {
+        crate::extensions::check_answer(answer, extensions.is_some())
+            .map_err(|e| AttemptError::instance(Refusal::BadGateway(e.to_string())))?;
     }
     Ok(BackendConn {
         stream,
         leftover: hs.leftover,
         protocol: hs.protocol,
+        extensions: hs.extensions,
         lease: None,
     })
 }

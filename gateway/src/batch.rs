@@ -97,12 +97,14 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     }
 
     /// Appends one frame to the batch: `payload` as received, masked with `src_mask` if
-    /// the sender masked it. The payload is copied once; unmasking, the UTF-8 check of a
-    /// text message's frame (`text`: its message's check) and masking with a fresh key
-    /// happen in place in the batch. On invalid UTF-8 nothing is appended.
+    /// the sender masked it, RSV1 set if `rsv1` (a compressed message's first frame). The
+    /// payload is copied once; unmasking, the UTF-8 check of a text message's frame
+    /// (`text`: its message's check) and masking with a fresh key happen in place in the
+    /// batch. On invalid UTF-8 nothing is appended.
     pub fn push(
         &mut self,
         fin: bool,
+        rsv1: bool,
         opcode: u8,
         payload: &[u8],
         src_mask: Option<[u8; 4]>,
@@ -112,6 +114,9 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         let key: Option<[u8; 4]> = self.mask.then(|| rand::random::<u32>().to_ne_bytes());
         let mut head = [0u8; MAX_HEAD];
         let head_len = encode_head(&mut head, fin, opcode, payload.len(), key);
+        if rsv1 {
+            head[0] |= 0x40;
+        }
         let start = self.buf.len();
         self.buf.reserve(MAX_HEAD + payload.len());
         // The whole fixed-size head array, then cut back: a copy of known size is a few
@@ -233,17 +238,26 @@ mod tests {
         let (a, mut b) = tokio::io::duplex(1 << 16);
         let mut w = FrameWriter::new(a, Role::Server, 1024);
         assert!(w
-            .push(true, TEXT, b"one", None, Some(&mut Utf8Check::default()))
+            .push(
+                true,
+                false,
+                TEXT,
+                b"one",
+                None,
+                Some(&mut Utf8Check::default())
+            )
             .is_ok());
-        assert!(w.push(true, BINARY, b"two", None, None).is_ok());
-        assert_eq!(w.buffered(), 10);
+        assert!(w.push(true, false, BINARY, b"two", None, None).is_ok());
+        assert!(w.push(true, true, BINARY, b"z", None, None).is_ok());
+        assert_eq!(w.buffered(), 13);
         w.flush().await?;
         assert_eq!(w.buffered(), 0);
-        let mut out = [0u8; 10];
+        let mut out = [0u8; 13];
         b.read_exact(&mut out).await?;
         assert_eq!(
             &out,
-            &[0x81, 3, b'o', b'n', b'e', 0x82, 3, b't', b'w', b'o']
+            &[0x81, 3, b'o', b'n', b'e', 0x82, 3, b't', b'w', b'o', 0xC2, 1, b'z'],
+            "in order, RSV1 kept on the compressed frame"
         );
         Ok(())
     }
@@ -255,7 +269,7 @@ mod tests {
         let k1 = [9u8, 8, 7, 6];
         let mut masked = vec![0u8; 100];
         apply_mask(&mut masked, k1);
-        assert!(w.push(true, BINARY, &masked, Some(k1), None).is_ok());
+        assert!(w.push(true, false, BINARY, &masked, Some(k1), None).is_ok());
         w.flush().await?;
         let mut out = vec![0u8; 2 + 4 + 100];
         b.read_exact(&mut out).await?;
@@ -273,6 +287,7 @@ mod tests {
         assert_eq!(
             w.push(
                 true,
+                false,
                 TEXT,
                 &[0xff, 0xfe],
                 None,

@@ -189,6 +189,10 @@ pub struct ServerConfig {
     /// that reaches the port past the balancer cannot claim an address. Empty: any source.
     #[serde(deserialize_with = "nets::deserialize")]
     pub proxy_protocol_from: Vec<ipnet::IpNet>,
+    /// Pass the client's `permessage-deflate` offers to the backend and its acceptance
+    /// back, so messages stay compressed end to end (the gateway forwards them as they
+    /// are, never inflating them). Off: no extension is negotiated on either side.
+    pub permessage_deflate: bool,
 }
 
 impl ServerConfig {
@@ -248,6 +252,7 @@ impl Default for ServerConfig {
             threading: Threading::PerWorker,
             proxy_protocol: false,
             proxy_protocol_from: Vec::new(),
+            permessage_deflate: true,
         }
     }
 }
@@ -764,7 +769,7 @@ impl Config {
         };
         let _ = writeln!(
             o,
-            "[server]\nlisten = {}\npath = {}\nreuse_port = {}\nworkers = {}{}\nthreading = {}\nproxy_protocol = {}\nproxy_protocol_from = {}\n",
+            "[server]\nlisten = {}\npath = {}\nreuse_port = {}\nworkers = {}{}\nthreading = {}\nproxy_protocol = {}\nproxy_protocol_from = {}\npermessage_deflate = {}\n",
             q(&self.server.listen.to_string()),
             q(&self.server.path),
             self.server.reuse_port,
@@ -776,7 +781,8 @@ impl Config {
             },
             q(self.server.threading.as_str()),
             self.server.proxy_protocol,
-            list(&self.server.proxy_protocol_from.iter().map(ToString::to_string).collect::<Vec<_>>())
+            list(&self.server.proxy_protocol_from.iter().map(ToString::to_string).collect::<Vec<_>>()),
+            self.server.permessage_deflate
         );
         let _ = writeln!(
             o,

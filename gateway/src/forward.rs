@@ -59,6 +59,9 @@ pub struct PumpLimits {
     /// Ping the source after this long without a frame from it; close it after a second
     /// such period (`None`: never).
     pub keepalive: Option<Duration>,
+    /// `permessage-deflate` is in force: RSV1 (compressed) is allowed on a message's
+    /// first frame, and such a text message is not checked for UTF-8.
+    pub permessage_deflate: bool,
 }
 
 /// One direction of a session.
@@ -293,7 +296,12 @@ fn process<const PLAIN: bool, W: AsyncWrite + Unpin>(
         if dst.is_full(used - run) {
             break Some(Stop::Full);
         }
-        let head = match frames::parse(&data[used..], src_is_client, limits.max_frame_size) {
+        let head = match frames::parse(
+            &data[used..],
+            src_is_client,
+            limits.max_frame_size,
+            limits.permessage_deflate,
+        ) {
             Parsed::Frame(head) => head,
             Parsed::Incomplete(_) => break None,
             Parsed::Violation(code) => break Some(Stop::Violation(code)),
@@ -309,7 +317,9 @@ fn process<const PLAIN: bool, W: AsyncWrite + Unpin>(
                 }
                 progress.in_message = !head.fin;
                 progress.message_len = payload.len();
-                progress.text = (head.opcode == frames::TEXT).then(Utf8Check::default);
+                // A compressed message's bytes are deflate's, not text.
+                progress.text =
+                    (head.opcode == frames::TEXT && !head.rsv1).then(Utf8Check::default);
             }
             frames::CONTINUATION => {
                 if !progress.in_message {
@@ -361,7 +371,7 @@ fn process<const PLAIN: bool, W: AsyncWrite + Unpin>(
             run = end;
             let payload = &data[at + head.head_len..end];
             if dst
-                .push(head.fin, head.opcode, payload, head.mask, text)
+                .push(head.fin, head.rsv1, head.opcode, payload, head.mask, text)
                 .is_err()
             {
                 break Some(Stop::Violation(1007));
@@ -407,22 +417,24 @@ fn plain_run<const FROM_CLIENT: bool, W: AsyncWrite + Unpin>(
     dst: &FrameWriter<W>,
 ) -> PlainRun {
     let max_payload = limits.max_frame_size.min(limits.max_message_size);
+    let rsv1_ok = limits.permessage_deflate;
     let mut frames = 0;
     let mut bytes = 0;
     // The thread's key generator, looked up once for the run.
     let mut keys = rand::thread_rng();
     let bad_text = loop {
-        let Some(head) = frames::parse_plain(&data[at..], FROM_CLIENT, max_payload) else {
+        let Some(head) = frames::parse_plain(&data[at..], FROM_CLIENT, max_payload, rsv1_ok) else {
             break false;
         };
         if dst.is_full(at - run) {
             break false;
         }
         let frame_len = head.frame_len();
-        // A backend's binary frame goes on as it came.
-        if head.mask.is_some() || head.opcode == frames::TEXT {
+        // A backend's binary or compressed frame goes on as it came.
+        let text = head.opcode == frames::TEXT && !head.rsv1;
+        if head.mask.is_some() || text {
             let mut check = Utf8Check::default();
-            let text = (head.opcode == frames::TEXT).then_some(&mut check);
+            let text = text.then_some(&mut check);
             if forward_in_place(&mut data[at..at + frame_len], &head, text, &mut keys).is_err() {
                 break true;
             }
@@ -440,7 +452,7 @@ fn plain_run<const FROM_CLIENT: bool, W: AsyncWrite + Unpin>(
 }
 
 async fn write_ping<W: AsyncWrite + Unpin>(dst: &mut FrameWriter<W>) -> std::io::Result<()> {
-    let _ = dst.push(true, frames::PING, KEEPALIVE_PAYLOAD, None, None);
+    let _ = dst.push(true, false, frames::PING, KEEPALIVE_PAYLOAD, None, None);
     dst.flush().await
 }
 
@@ -477,6 +489,7 @@ pub async fn send_close<W: AsyncWrite + Unpin>(
     payload[2..2 + reason.len()].copy_from_slice(reason);
     let _ = dst.push(
         true,
+        false,
         frames::CLOSE,
         &payload[..2 + reason.len()],
         None,
@@ -519,6 +532,7 @@ mod tests {
         max_message_size: 1 << 20,
         max_frame_size: 1 << 20,
         keepalive: None,
+        permessage_deflate: false,
     };
 
     /// A masked frame as a client sends it.
@@ -577,7 +591,7 @@ mod tests {
         let mut seen = Vec::new();
         let mut at = 0;
         while at < out.len() {
-            let Parsed::Frame(head) = frames::parse(&out[at..], masked, usize::MAX) else {
+            let Parsed::Frame(head) = frames::parse(&out[at..], masked, usize::MAX, true) else {
                 return Err(std::io::Error::other("the batch holds a broken frame"));
             };
             let mut payload = out[at + head.head_len..at + head.frame_len()].to_vec();
@@ -633,6 +647,65 @@ mod tests {
         assert_eq!((used, stop), (first.len(), Some(Stop::Violation(1007))));
         assert_eq!(seen.len(), 1);
         assert_eq!(seen[0].1, b"ok");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn compressed_messages_pass_as_they_came_only_with_permessage_deflate(
+    ) -> std::io::Result<()> {
+        use frames::{BINARY, CONTINUATION, TEXT};
+        let key = [7, 7, 1, 2];
+        // Deflate's bytes for "hello": not UTF-8, and not the gateway's to check.
+        let deflated = [0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00];
+        let mut whole = client_frame(TEXT, &deflated, key);
+        whole[0] |= 0x40;
+        let mut first = client_fragment(false, BINARY, b"ab", key);
+        first[0] |= 0x40;
+        let last = client_fragment(true, CONTINUATION, b"cd", key);
+        let input = [whole, first.clone(), last.clone()].concat();
+        let mut rsv1_continuation = last.clone();
+        rsv1_continuation[0] |= 0x40;
+        let bad = [first.clone(), rsv1_continuation].concat();
+        let from_backend = [&[0xC1, 7][..], &deflated].concat();
+        let deflate = PumpLimits {
+            permessage_deflate: true,
+            ..LIMITS
+        };
+        for plain in [true, false] {
+            let run = |input: &[u8], from_client, limits| {
+                run_frames(
+                    input.to_vec(),
+                    plain,
+                    from_client,
+                    limits,
+                    1 << 16,
+                    Progress::default(),
+                )
+            };
+            let (used, stop, seen, ..) = run(&input, true, &deflate).await?;
+            assert_eq!((used, stop), (input.len(), None));
+            assert_eq!(
+                seen,
+                [
+                    (TEXT, true, true, deflated.to_vec()),
+                    (BINARY, false, true, b"ab".to_vec()),
+                    (CONTINUATION, true, false, b"cd".to_vec()),
+                ],
+                "plain runs: {plain}"
+            );
+            let (used, stop, seen, ..) = run(&from_backend, false, &deflate).await?;
+            assert_eq!((used, stop), (from_backend.len(), None));
+            assert_eq!(seen, [(TEXT, true, true, deflated.to_vec())]);
+            // Without the extension, RSV1 is a protocol error at the first frame.
+            let (used, stop, seen, ..) = run(&input, true, &LIMITS).await?;
+            assert_eq!(
+                (used, stop, seen.len()),
+                (0, Some(Stop::Violation(1002)), 0)
+            );
+            // RSV1 on a continuation is one even with it.
+            let (used, stop, ..) = run(&bad, true, &deflate).await?;
+            assert_eq!((used, stop), (first.len(), Some(Stop::Violation(1002))));
+        }
         Ok(())
     }
 
@@ -700,7 +773,7 @@ mod tests {
                 9 => vec![b'y'; rng.gen_range(200..400)],
                 _ => (0..rng.gen_range(0..40)).map(|_| rng.gen()).collect(),
             };
-            let (mut b0, wrong_mask) = match rng.gen_range(0..40) {
+            let (mut b0, wrong_mask) = match rng.gen_range(0..43) {
                 0..=27 => (frames::BINARY | 0x80, false),
                 28..=32 => (frames::TEXT | 0x80, false),
                 33 => (frames::TEXT, false),
@@ -718,6 +791,13 @@ mod tests {
                     (frames::CLOSE | 0x80, false)
                 }
                 38 => (frames::BINARY | 0x80 | 0x40, false),
+                // Compressed text: deflate's bytes, not UTF-8.
+                39 => {
+                    payload = vec![0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00];
+                    (frames::TEXT | 0x80 | 0x40, false)
+                }
+                40 => (frames::TEXT | 0x40, false),
+                41 => (frames::CONTINUATION | 0x80 | 0x40, false),
                 _ => (frames::BINARY | 0x80, true),
             };
             if rng.gen_ratio(1, 100) {
@@ -758,8 +838,8 @@ mod tests {
     }
 
     /// Runs `process` over `input`, with plain runs or without (`plain`); returns what it
-    /// returned, the frames that reached the destination (opcode, fin, unmasked payload),
-    /// the tallies and the state.
+    /// returned, the frames that reached the destination (opcode, fin, RSV1, unmasked
+    /// payload), the tallies and the state.
     async fn run_frames(
         mut input: Vec<u8>,
         plain: bool,
@@ -770,7 +850,7 @@ mod tests {
     ) -> std::io::Result<(
         usize,
         Option<Stop>,
-        Vec<(u8, bool, Vec<u8>)>,
+        Vec<(u8, bool, bool, Vec<u8>)>,
         u64,
         u64,
         u64,
@@ -802,7 +882,7 @@ mod tests {
         let seen = sent_frames(dst, &mut b, src_is_client)
             .await?
             .into_iter()
-            .map(|(head, payload)| (head.opcode, head.fin, payload))
+            .map(|(head, payload)| (head.opcode, head.fin, head.rsv1, payload))
             .collect();
         Ok((
             used,
@@ -820,6 +900,7 @@ mod tests {
         use rand::{Rng, SeedableRng};
         let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed_f0a4);
         let mut plain_frames = 0;
+        let mut compressed = 0;
         for case in 0..4000 {
             let src_is_client = rng.gen();
             let input = random_stream(&mut rng, src_is_client);
@@ -827,6 +908,7 @@ mod tests {
                 max_message_size: [100, 300, 1 << 20, 1 << 20][rng.gen_range(0..4)],
                 max_frame_size: [50, 200, 1 << 20, 1 << 20][rng.gen_range(0..4)],
                 keepalive: None,
+                permessage_deflate: rng.gen(),
             };
             let batch_limit = [64, 700, 1 << 16, 1 << 16][rng.gen_range(0..4)];
             let in_message = rng.gen_ratio(1, 10);
@@ -852,9 +934,14 @@ mod tests {
             let (fast, slow) = (&outcomes[0], &outcomes[1]);
             assert_eq!(fast, slow, "case {case}: input {input:02x?}");
             plain_frames += fast.3;
+            compressed += fast.2.iter().filter(|f| f.2).count();
         }
         // The streams really were mostly forwarded, not refused at their first frame.
         assert!(plain_frames > 5000, "only {plain_frames} frames forwarded");
+        assert!(
+            compressed > 200,
+            "only {compressed} compressed frames forwarded"
+        );
         Ok(())
     }
 

@@ -25,6 +25,8 @@ pub const MAX_HEAD: usize = 14;
 pub struct Head {
     /// Final fragment of its message.
     pub fin: bool,
+    /// RSV1: the message this frame starts is compressed (`permessage-deflate`).
+    pub rsv1: bool,
     /// One of the opcode constants.
     pub opcode: u8,
     /// The sender's masking key, if masked.
@@ -62,15 +64,18 @@ pub enum Parsed {
 ///
 /// `expect_masked`: frames from clients must be masked, frames from servers must not be.
 /// `max_frame`: larger payloads are refused (1009) as soon as the head is seen.
-pub fn parse(data: &[u8], expect_masked: bool, max_frame: usize) -> Parsed {
+/// `rsv1_ok`: `permessage-deflate` is in force, so the first frame of a message (text or
+/// binary) may set RSV1; RSV1 anywhere else, and RSV2 or RSV3 ever, is a violation.
+pub fn parse(data: &[u8], expect_masked: bool, max_frame: usize, rsv1_ok: bool) -> Parsed {
     if data.len() < 2 {
         return Parsed::Incomplete(None);
     }
     let (b0, b1) = (data[0], data[1]);
     let fin = b0 & 0x80 != 0;
+    let rsv1 = b0 & 0x40 != 0;
     let opcode = b0 & 0x0F;
-    if b0 & 0x70 != 0 {
-        return Parsed::Violation(1002); // reserved bits: no extension is ever negotiated
+    if b0 & 0x30 != 0 || (rsv1 && !(rsv1_ok && matches!(opcode, TEXT | BINARY))) {
+        return Parsed::Violation(1002);
     }
     if !matches!(opcode, CONTINUATION | TEXT | BINARY | CLOSE | PING | PONG) {
         return Parsed::Violation(1002);
@@ -127,6 +132,7 @@ pub fn parse(data: &[u8], expect_masked: bool, max_frame: usize) -> Parsed {
     };
     let head = Head {
         fin,
+        rsv1,
         opcode,
         mask,
         head_len,
@@ -142,18 +148,26 @@ pub fn parse(data: &[u8], expect_masked: bool, max_frame: usize) -> Parsed {
 /// The common case of [`parse`], answered with less work: the head of the frame at the
 /// start of `data` if it is a plain data frame, that is whole (payload included), final,
 /// text or binary, masked exactly when `expect_masked`, with a 7- or 16-bit length and a
-/// payload of at most `max_payload` bytes. `None` means "not that": [`parse`] then says
-/// what the frame is, incomplete, another kind or a violation.
+/// payload of at most `max_payload` bytes; compressed (RSV1) too when `rsv1_ok`. `None`
+/// means "not that": [`parse`] then says what the frame is, incomplete, another kind or a
+/// violation.
 ///
 /// Nearly all traffic is such frames; checking the two first bytes against the few
 /// values they can have skips the opcode, reserved-bit and control-frame rules.
 #[inline]
-pub fn parse_plain(data: &[u8], expect_masked: bool, max_payload: usize) -> Option<Head> {
+pub fn parse_plain(
+    data: &[u8],
+    expect_masked: bool,
+    max_payload: usize,
+    rsv1_ok: bool,
+) -> Option<Head> {
     let [b0, b1, ..] = *data else {
         return None;
     };
-    // FIN set, no reserved bits, text or binary (0x81, 0x82); masked exactly when expected.
-    if b0.wrapping_sub(0x80 | TEXT) > 1 || (b1 >= 0x80) != expect_masked {
+    // RSV1 cleared when it is allowed; then: FIN set, no reserved bits, text or binary
+    // (0x81, 0x82); masked exactly when expected.
+    let rsv1_allowed = if rsv1_ok { 0x40 } else { 0 };
+    if (b0 & !rsv1_allowed).wrapping_sub(0x80 | TEXT) > 1 || (b1 >= 0x80) != expect_masked {
         return None;
     }
     let (len_bytes, payload_len) = match (b1 & 0x7F, data) {
@@ -172,6 +186,7 @@ pub fn parse_plain(data: &[u8], expect_masked: bool, max_payload: usize) -> Opti
     };
     Some(Head {
         fin: true,
+        rsv1: b0 & 0x40 != 0,
         opcode: b0 & 0x0F,
         mask,
         head_len,
@@ -262,9 +277,10 @@ mod tests {
             let mut frame = h[..n].to_vec();
             frame.resize(n + len, 0);
             assert_eq!(
-                parse(&frame, true, usize::MAX),
+                parse(&frame, true, usize::MAX, false),
                 Parsed::Frame(Head {
                     fin: true,
+                    rsv1: false,
                     opcode: BINARY,
                     mask: Some([1, 2, 3, 4]),
                     head_len: n,
@@ -273,7 +289,7 @@ mod tests {
             );
             assert!(
                 matches!(
-                    parse(&frame[..frame.len() - 1], true, usize::MAX),
+                    parse(&frame[..frame.len() - 1], true, usize::MAX, false),
                     Parsed::Incomplete(_)
                 ) || len == 0
             );
@@ -287,10 +303,24 @@ mod tests {
         let mut plain = 0;
         for _ in 0..20_000 {
             let masked: bool = rng.gen();
+            let rsv1_ok: bool = rng.gen();
             let max = [0, 100, 200, 70_000][rng.gen_range(0..4)];
             // Heads biased towards the interesting values, then anything.
-            let b0 =
-                [0x81, 0x82, 0x01, 0x80, 0x88, 0x89, 0xC2, 0x83, rng.gen()][rng.gen_range(0..9)];
+            let b0 = [
+                0x81,
+                0x82,
+                0x01,
+                0x80,
+                0x88,
+                0x89,
+                0xC2,
+                0xC1,
+                0x41,
+                0xC9,
+                0xA2,
+                0x83,
+                rng.gen(),
+            ][rng.gen_range(0..13)];
             let len = [0, 5, 125, 126, 300, 65_535, 70_000, max, max + 1][rng.gen_range(0..9)];
             let mut h = [0u8; MAX_HEAD];
             let n = encode_head(&mut h, true, 0, len, masked.then_some([1, 2, 3, 4]));
@@ -306,12 +336,13 @@ mod tests {
                 rng.gen_range(0..=frame.len())
             };
             let data = &frame[..cut];
-            let whole = parse(data, masked, max);
-            match parse_plain(data, masked, max) {
+            let whole = parse(data, masked, max, rsv1_ok);
+            match parse_plain(data, masked, max, rsv1_ok) {
                 Some(head) => {
                     plain += 1;
                     assert_eq!(whole, Parsed::Frame(head), "{data:02x?}");
                     assert!(head.fin && matches!(head.opcode, TEXT | BINARY));
+                    assert!(rsv1_ok || !head.rsv1);
                 }
                 None => assert!(
                     !matches!(whole, Parsed::Frame(h) if h.fin
@@ -327,40 +358,61 @@ mod tests {
     #[test]
     fn protocol_violations_are_named() {
         assert_eq!(
-            parse(&[0x82, 0x00], true, 10),
+            parse(&[0x82, 0x00], true, 10, false),
             Parsed::Violation(1002),
             "unmasked from a client"
         );
         assert_eq!(
-            parse(&[0x82, 0x80, 0, 0, 0, 0], false, 10),
+            parse(&[0x82, 0x80, 0, 0, 0, 0], false, 10, false),
             Parsed::Violation(1002),
             "masked from a server"
         );
         assert_eq!(
-            parse(&[0xC2, 0x00], false, 10),
+            parse(&[0xC2, 0x00], false, 10, false),
             Parsed::Violation(1002),
             "RSV1 without an extension"
         );
+        assert!(
+            matches!(parse(&[0xC2, 0x00], false, 10, true), Parsed::Frame(h) if h.rsv1),
+            "RSV1 on a binary frame with permessage-deflate"
+        );
+        assert!(
+            matches!(parse(&[0x41, 0x00], false, 10, true), Parsed::Frame(h) if h.rsv1 && !h.fin),
+            "RSV1 on a message's first fragment"
+        );
+        for (frame, what) in [
+            ([0xC0, 0x00], "RSV1 on a continuation"),
+            ([0xC9, 0x00], "RSV1 on a ping"),
+            ([0xC8, 0x00], "RSV1 on a close"),
+            ([0xA2, 0x00], "RSV2"),
+            ([0x92, 0x00], "RSV3"),
+        ] {
+            assert_eq!(
+                parse(&frame, false, 10, true),
+                Parsed::Violation(1002),
+                "{what}"
+            );
+        }
         assert_eq!(
-            parse(&[0x83, 0x00], false, 10),
+            parse(&[0x83, 0x00], false, 10, false),
             Parsed::Violation(1002),
             "reserved opcode"
         );
         assert_eq!(
-            parse(&[0x09, 0x00], false, 10),
+            parse(&[0x09, 0x00], false, 10, false),
             Parsed::Violation(1002),
             "fragmented ping"
         );
         assert_eq!(
-            parse(&[0x89, 126, 0, 200], false, 1000),
+            parse(&[0x89, 126, 0, 200], false, 1000, false),
             Parsed::Violation(1002),
             "ping over 125"
         );
         assert_eq!(
-            parse(&[0x82, 11], false, 10),
+            parse(&[0x82, 11], false, 10, false),
             Parsed::Violation(1009),
             "over the frame limit"
         );
-        assert_eq!(parse(&[0x82], false, 10), Parsed::Incomplete(None));
+        assert_eq!(parse(&[0x82], false, 10, false), Parsed::Incomplete(None));
     }
 }

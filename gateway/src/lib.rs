@@ -14,6 +14,7 @@
 //! | [`tls_stream`] | TLS on rustls's unbuffered API: no buffers held while idle |
 //! | [`service`] | TLS handshake, hyper HTTP/1 with upgrades, the handshake phases |
 //! | [`checks`] | path, method, WebSocket upgrade headers |
+//! | [`extensions`] | `permessage-deflate` offered to the backend, its answer passed back |
 //! | [`credentials`] | backend ID and token: headers, or query / subprotocol for browsers |
 //! | [`auth`] | bearer JWT: pinned algorithms, signature, `exp`/`nbf`, `iss`, `aud`, scopes |
 //! | [`jwks_fetch`] | an identity provider's key set from `jwks_url`, kept fresh |
@@ -45,6 +46,7 @@ pub mod batch;
 pub mod checks;
 pub mod config;
 pub mod credentials;
+pub mod extensions;
 pub mod forward;
 pub mod frames;
 pub mod jwks_fetch;

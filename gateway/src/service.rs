@@ -154,7 +154,8 @@ async fn handle(
             );
             let handshake_ms = started.elapsed().as_secs_f64() * 1e3;
             let instance = conn.lease.as_ref().map(|l| l.instance().addr.clone());
-            debug!(conn = conn_id, %peer, backend = %target, instance = instance.as_deref(), handshake_ms, "upgrading");
+            let deflate = conn.extensions.is_some();
+            debug!(conn = conn_id, %peer, backend = %target, instance = instance.as_deref(), handshake_ms, deflate, "upgrading");
             // A root span carrying the connection's fields itself: as a child it would keep
             // the connection's span (and its formatted fields) alive for the session's life.
             let span = tracing::info_span!(parent: None, "session", conn = conn_id, %peer, backend = %target, instance = instance.as_deref());
@@ -268,9 +269,15 @@ async fn prepare(
     verifier.check_scopes(&claims, &pool.spec().required_scopes)?;
     let target = pool.id().clone();
     let connect_started = std::time::Instant::now();
+    let deflate_offers = config
+        .server
+        .permessage_deflate
+        .then(|| crate::extensions::deflate_offers(req.headers()))
+        .flatten();
     let backend_req = backend::BackendRequest {
         headers: req.headers(),
         protocols: creds.backend_protocols.as_deref(),
+        extensions: deflate_offers.as_deref(),
         peer,
         identity: &identity,
         identity_names: &identity_names,
@@ -308,6 +315,7 @@ async fn prepare(
         creds.backend_protocols.as_deref(),
         conn.protocol.as_deref(),
         creds.token_protocol,
+        conn.extensions.as_deref(),
     )?;
     Ok(Prepared {
         target,
@@ -317,8 +325,9 @@ async fn prepare(
     })
 }
 
-/// The 101 answer: the accept key and the backend's chosen subprotocol, which must be one
-/// the client offered. No extension is ever accepted. A client whose only offer was its
+/// The 101 answer: the accept key, the backend's chosen subprotocol, which must be one
+/// the client offered, and the extension the backend accepted (a `permessage-deflate`
+/// the client offered; see [`crate::extensions`]). A client whose only offer was its
 /// token entry gets that entry back, since browsers fail a handshake that answers none
 /// of their offers.
 fn accept(
@@ -326,12 +335,18 @@ fn accept(
     offered: Option<&str>,
     chosen: Option<&str>,
     token_protocol: Option<&str>,
+    extensions: Option<&str>,
 ) -> Result<Response<Body>, Refusal> {
     let mut builder = Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::CONNECTION, "Upgrade")
         .header(header::UPGRADE, "websocket")
         .header(header::SEC_WEBSOCKET_ACCEPT, accept_key(key));
+    if let Some(accepted) = extensions {
+        let value = HeaderValue::from_str(accepted)
+            .map_err(|_| Refusal::BadGateway("backend accepted an invalid extension".into()))?;
+        builder = builder.header(header::SEC_WEBSOCKET_EXTENSIONS, value);
+    }
     if let Some(chosen) = chosen {
         let was_offered = offered.is_some_and(|o| o.split(',').any(|p| p.trim() == chosen));
         if !was_offered {
@@ -376,6 +391,7 @@ fn start_session(
     let (backend_read, backend_write) = backend.stream.into_split();
     let config = shared.config();
     let mut opts = session::SessionOptions::from_config(&config);
+    opts.permessage_deflate = backend.extensions.is_some();
     let max_session = config.timeouts.max_session;
     drop(config);
     let token_left = token_expiry.map(|at| {

@@ -111,6 +111,10 @@ pub struct SessionOptions {
     /// When the session must end, and why (the token's expiry with
     /// `[auth] close_at_expiry`, or `[timeouts] max_session`); `None`: no deadline.
     pub ends_at: Option<(tokio::time::Instant, DeadlineKind)>,
+    /// `permessage-deflate` is in force: a message's first frame may carry RSV1
+    /// (compressed), and a compressed text message is not checked for UTF-8 (its bytes
+    /// are deflate's; the endpoints check the text they inflate).
+    pub permessage_deflate: bool,
 }
 
 impl SessionOptions {
@@ -131,6 +135,7 @@ impl SessionOptions {
             close_timeout: timeouts.close,
             keepalive: Some(timeouts.idle / 2).filter(|d| !d.is_zero()),
             ends_at: None,
+            permessage_deflate: false,
         }
     }
 }
@@ -257,6 +262,7 @@ where
         max_message_size: opts.max_message_size,
         max_frame_size: opts.max_frame_size,
         keepalive: opts.keepalive,
+        permessage_deflate: opts.permessage_deflate,
     };
     let close_timeout = opts.close_timeout;
     let ends_at = opts.ends_at;
@@ -469,6 +475,7 @@ mod tests {
             close_timeout: Duration::from_millis(100),
             keepalive: None,
             ends_at: None,
+            permessage_deflate: false,
         };
         let client = Side {
             read: cr,

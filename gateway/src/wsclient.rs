@@ -42,7 +42,8 @@ pub struct Handshake {
     pub leftover: Bytes,
     /// The subprotocol the server chose, if any.
     pub protocol: Option<String>,
-    /// The `Sec-WebSocket-Extensions` the server answered with, if any.
+    /// The `Sec-WebSocket-Extensions` the server answered with, if any (several headers
+    /// joined with `, `).
     pub extensions: Option<String>,
 }
 
@@ -176,7 +177,15 @@ where
                 .map(|v| v.trim().to_owned())
         };
         let protocol = text("sec-websocket-protocol");
-        let extensions = text("sec-websocket-extensions");
+        // Every such header, joined: an extension the server lists in a second header is
+        // as much in force as one in the first.
+        let extensions: Vec<String> = resp
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-extensions"))
+            .map(|h| String::from_utf8_lossy(h.value).trim().to_owned())
+            .collect();
+        let extensions = (!extensions.is_empty()).then(|| extensions.join(", "));
         let _ = buf.split_to(head_len);
         return Ok(Handshake {
             leftover: buf.freeze(),

@@ -216,7 +216,7 @@ async fn client_vanishing_gets_the_backend_a_1001() -> Result<()> {
 }
 
 #[tokio::test]
-async fn extensions_are_never_negotiated_and_subprotocols_pass_through() -> Result<()> {
+async fn only_deflate_offers_reach_the_backend_and_subprotocols_pass_through() -> Result<()> {
     let mut probe = probe::Probe::start(probe::Mode::Accept {
         protocol: Some("chat.v2".into()),
     })
@@ -225,7 +225,7 @@ async fn extensions_are_never_negotiated_and_subprotocols_pass_through() -> Resu
     let mut opts = tb.connect_options("Backend_PROBE")?;
     opts.headers.push((
         "Sec-WebSocket-Extensions".into(),
-        "permessage-deflate; client_max_window_bits".into(),
+        "x-webkit-deflate-frame, permessage-deflate; client_max_window_bits".into(),
     ));
     opts.headers.push(("X-Custom".into(), "kept".into()));
     opts.protocols = Some("chat.v1, chat.v2".into());
@@ -249,8 +249,10 @@ async fn extensions_are_never_negotiated_and_subprotocols_pass_through() -> Resu
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.clone())
     };
+    // The backend accepted none, so the client was answered none.
     ensure!(
-        get("sec-websocket-extensions").is_none(),
+        get("sec-websocket-extensions").as_deref()
+            == Some("permessage-deflate; client_max_window_bits"),
         "backend was offered {:?}",
         get("sec-websocket-extensions")
     );
@@ -266,11 +268,115 @@ async fn extensions_are_never_negotiated_and_subprotocols_pass_through() -> Resu
 }
 
 #[tokio::test]
+async fn compressed_messages_pass_both_ways_when_the_backend_accepts_deflate() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Deflate's bytes for "hello" (not UTF-8: the gateway must not check them as text).
+    let deflated = [0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00];
+    let accepted = "permessage-deflate; server_no_context_takeover";
+    let mut probe = probe::Probe::start(probe::Mode::Raw {
+        reply: [&[0xC1, 7][..], &deflated].concat(),
+        extensions: Some(accepted.into()),
+    })
+    .await?;
+    let tb = testbed_with(&[("Backend_PROBE", probe.url())]).await?;
+    let opts = tb.connect_options("Backend_PROBE")?;
+    let connector = loadgen::client::Connector::new(&opts).await?;
+    let offer = "permessage-deflate; server_no_context_takeover; client_max_window_bits";
+    let mut up = connector
+        .connect_raw(&[("Sec-WebSocket-Extensions", offer)], None)
+        .await?;
+    ensure!(
+        up.extensions.as_deref() == Some(accepted),
+        "client was answered {:?}",
+        up.extensions
+    );
+    let probe::Event::Handshake(headers) = probe.next().await? else {
+        anyhow::bail!("expected the handshake")
+    };
+    let offered = headers
+        .iter()
+        .find(|(k, _)| k == "sec-websocket-extensions")
+        .map(|(_, v)| v.as_str());
+    ensure!(offered == Some(offer), "backend was offered {offered:?}");
+
+    // A compressed text message, RSV1 set, masked with a known key.
+    let key = [0x21u8, 0x43, 0x65, 0x87];
+    let mut frame = vec![0xC1, 0x80 | 7, key[0], key[1], key[2], key[3]];
+    frame.extend(deflated.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    up.stream.write_all(&frame).await?;
+    up.stream.flush().await?;
+    let seen = loop {
+        if let probe::Event::Raw(bytes) = probe.next().await? {
+            break bytes;
+        }
+    };
+    ensure!(seen.len() == 2 + 4 + 7, "backend got {seen:02x?}");
+    ensure!(
+        seen[0] == 0xC1 && seen[1] == 0x80 | 7,
+        "RSV1 or masking lost: {seen:02x?}"
+    );
+    let fresh = [seen[2], seen[3], seen[4], seen[5]];
+    let payload: Vec<u8> = seen[6..]
+        .iter()
+        .enumerate()
+        .map(|(i, b)| b ^ fresh[i % 4])
+        .collect();
+    ensure!(
+        payload == deflated,
+        "payload changed on the way: {payload:02x?}"
+    );
+
+    let mut back = [0u8; 9];
+    tokio::time::timeout(DEADLINE, up.stream.read_exact(&mut back)).await??;
+    ensure!(
+        back[..2] == [0xC1, 7] && back[2..] == deflated,
+        "client got {back:02x?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_backend_accepting_an_extension_it_was_not_offered_is_refused() -> Result<()> {
+    let probe = probe::Probe::start(probe::Mode::Raw {
+        reply: Vec::new(),
+        extensions: Some("permessage-deflate".into()),
+    })
+    .await?;
+    let offer = (
+        "Sec-WebSocket-Extensions".to_owned(),
+        "permessage-deflate".to_owned(),
+    );
+    // The client offered nothing.
+    let tb = testbed_with(&[("Backend_PROBE", probe.url())]).await?;
+    let opts = tb.connect_options("Backend_PROBE")?;
+    let (status, reason) = refused(&opts).await?;
+    ensure!(
+        status == 502 && reason.contains("not offered"),
+        "{status} {reason}"
+    );
+    // The client offered it, but the gateway is told not to pass extensions.
+    let tb = testbed_with_toml(
+        &[("Backend_PROBE", probe.url())],
+        "[server]\npermessage_deflate = false\n",
+    )
+    .await?;
+    let mut opts = tb.connect_options("Backend_PROBE")?;
+    opts.headers.push(offer);
+    let (status, reason) = refused(&opts).await?;
+    ensure!(
+        status == 502 && reason.contains("not offered"),
+        "{status} {reason}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn frames_are_remasked_toward_the_backend_and_unmasked_toward_the_client() -> Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // The backend replies with a raw unmasked binary frame "pong!".
     let mut probe = probe::Probe::start(probe::Mode::Raw {
         reply: vec![0x82, 5, b'p', b'o', b'n', b'g', b'!'],
+        extensions: None,
     })
     .await?;
     let tb = testbed_with(&[("Backend_PROBE", probe.url())]).await?;

@@ -2,8 +2,9 @@
 
 server: an echo server on 127.0.0.1:0 at any path; prints its port, then serves.
 client URL CA ID TOKEN [CIPHER]: connects through the gateway over TLS (OpenSSL, through
-Python's ssl; with CIPHER, TLS 1.2 only and that OpenSSL cipher), checks text and binary
-round trips (one larger than a TLS record), closes with 1000, prints what it saw.
+Python's ssl; with CIPHER, TLS 1.2 only and that OpenSSL cipher), prints the extensions
+negotiated (permessage-deflate, both ends' default), checks text and binary round trips
+(one larger than a TLS record), closes with 1000, prints what it saw.
 """
 import asyncio
 import ssl
@@ -36,8 +37,17 @@ async def client(url, ca, backend, token, cipher=None):
     async with connect as ws:
         tls = ws.transport.get_extra_info("ssl_object")
         print(f"tls {tls.version()} {tls.cipher()[0]}")
+        # Both ends offer and accept permessage-deflate by default, so the messages
+        # below cross the gateway compressed, each in the context of those before it.
+        response = getattr(ws, "response", None)
+        headers = response.headers if response else ws.response_headers
+        print(f"extensions {headers.get('Sec-WebSocket-Extensions')}")
         await ws.send("hello from python")
         assert await ws.recv() == "hello from python"
+        for i in range(20):
+            text = f"message {i}: " + "grüße, " * 50
+            await ws.send(text)
+            assert await ws.recv() == text
         print("text ok")
         await ws.send(bytes(range(256)) * 4)
         assert await ws.recv() == bytes(range(256)) * 4

@@ -1,6 +1,7 @@
 //! Interop with software we did not write: Python's `websockets` as the client (over TLS,
 //! OpenSSL's, 1.3 and each TLS 1.2 suite, with a token) and as the backend echo server,
-//! through the real gateway binary's code.
+//! through the real gateway binary's code. Both negotiate `permessage-deflate` through the
+//! gateway (their default), so compressed messages cross it as they were sent.
 //!
 //! Needs `python3` with `websockets` (.ci/run installs it). Set WSGATE_SKIP_INTEROP=1 to
 //! skip where it cannot be installed; otherwise a missing module fails the test.
@@ -91,6 +92,7 @@ async fn python_websockets_client_and_server_through_the_gateway() -> Result<()>
         );
         ensure!(
             stdout.contains(tls)
+                && stdout.contains("extensions permessage-deflate")
                 && stdout.contains("text ok")
                 && stdout.contains("binary ok")
                 && stdout.contains("close 1000"),

@@ -29,9 +29,12 @@ pub enum Mode {
     Refuse(u16),
     /// Accept TCP and never answer.
     Hang,
-    /// Accept, report the first raw bytes received after the upgrade, then send
-    /// `reply` as raw bytes.
-    Raw { reply: Vec<u8> },
+    /// Accept (answering `Sec-WebSocket-Extensions: <extensions>` if given), report the
+    /// first raw bytes received after the upgrade, then send `reply` as raw bytes.
+    Raw {
+        reply: Vec<u8>,
+        extensions: Option<String>,
+    },
     /// Accept, then send binary frames of `size` bytes (at least 8) as fast as the
     /// connection takes them: the first 8 bytes of frame `n` hold `n` (big-endian, from
     /// 0). Stops after `count` frames (`None`: never) or at [`Probe::stop_flood`], which
@@ -237,10 +240,13 @@ async fn answer(
         }
         Mode::Accept { protocol } => protocol,
         Mode::Hang => None,
-        Mode::Raw { reply } => {
-            let Ok((response, upgrade)) = fastwebsockets::upgrade::upgrade(&mut req) else {
+        Mode::Raw { reply, extensions } => {
+            let Ok((mut response, upgrade)) = fastwebsockets::upgrade::upgrade(&mut req) else {
                 return Ok(Response::new(Empty::new()));
             };
+            if let Some(v) = extensions.and_then(|e| e.parse().ok()) {
+                response.headers_mut().insert("sec-websocket-extensions", v);
+            }
             let tx = ctx.tx.clone();
             ctx.spawn(async move {
                 use tokio::io::{AsyncReadExt, AsyncWriteExt};
