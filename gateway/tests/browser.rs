@@ -1,10 +1,13 @@
 //! A real browser through the gateway: headless Chromium loads a page from a loopback
 //! HTTP server, opens `wss://localhost:<port>/gateway?id=Backend_ABC` with the token in a
 //! `bearer.<JWT>` subprotocol entry (browsers cannot set headers), exchanges a message
-//! with the demo backend, and reports the outcome back to the test's HTTP server.
+//! with the demo backend, and reports the outcome back to the test's HTTP server. One
+//! test talks to Python's `websockets` echo server instead, which accepts the browser's
+//! `permessage-deflate` offer: compression end to end, through the gateway.
 //!
 //! Needs `chromium` (.ci/run installs it). Set WSGATE_SKIP_BROWSER=1 to skip where it
-//! cannot be installed; otherwise a missing browser fails the test.
+//! cannot be installed; otherwise a missing browser fails the test. The compression test
+//! also needs `python3` with `websockets` (skipped with WSGATE_SKIP_INTEROP=1).
 
 mod support;
 
@@ -34,20 +37,34 @@ fn chromium() -> Result<Option<&'static str>> {
     bail!("no chromium found: install it (apt-get install chromium) or set WSGATE_SKIP_BROWSER=1")
 }
 
+/// The test page. `mode`: `protocol` (token in a subprotocol entry), `query` (token in
+/// the URL), `deflate` (as `protocol`, to `Backend_PY`, five round trips of a long text
+/// that compresses well).
 fn page(gateway_port: u16, result_port: u16, token: &str, mode: &str) -> String {
+    let (backend, text, rounds) = match mode {
+        "deflate" => ("Backend_PY", "'grüße aus chromium, '.repeat(200)", 5),
+        _ => ("Backend_ABC", "'hello from chromium'", 1),
+    };
     let url_and_protocols = match mode {
-        "protocol" => format!(
-            "new WebSocket('wss://localhost:{gateway_port}/gateway?id=Backend_ABC', ['bearer.{token}'])"
+        "query" => format!("new WebSocket('wss://localhost:{gateway_port}/gateway?id={backend}&access_token={token}')"),
+        _ => format!(
+            "new WebSocket('wss://localhost:{gateway_port}/gateway?id={backend}', ['bearer.{token}'])"
         ),
-        _ => format!("new WebSocket('wss://localhost:{gateway_port}/gateway?id=Backend_ABC&access_token={token}')"),
     };
     format!(
-        r#"<!doctype html><html><head><title>wsgate browser test</title></head><body><script>
+        r#"<!doctype html><html><head><meta charset="utf-8"><title>wsgate browser test</title></head><body><script>
 const report = (r) => fetch('http://127.0.0.1:{result_port}/result?' + encodeURIComponent(r));
 const ws = {url_and_protocols};
-ws.onopen = () => ws.send('hello from chromium');
+const text = {text};
+let rounds = {rounds};
+ws.onopen = () => ws.send(text);
 ws.onmessage = (e) => {{
-  if (e.data === 'hello from chromium') {{ report('PASS protocol=' + ws.protocol); ws.close(1000, 'done'); }}
+  if (e.data !== text) return;
+  if (--rounds > 0) {{ ws.send(text); return; }}
+  // The token itself stays out of the report (and so out of test output).
+  const protocol = ws.protocol.startsWith('bearer.') ? 'bearer.(token)' : ws.protocol;
+  report('PASS protocol=' + protocol + ' extensions=' + ws.extensions);
+  ws.close(1000, 'done');
 }};
 ws.onclose = (e) => {{ if (e.code !== 1000) report('FAIL close ' + e.code); }};
 setTimeout(() => report('FAIL timeout'), 8000);
@@ -85,6 +102,7 @@ async fn serve_page(listener: TcpListener, html: String, results: mpsc::Unbounde
 /// plus `allowed_origins` built by `origins` from the page's own origin.
 async fn run_browser(
     mode: &str,
+    backends: &[(&str, String)],
     origins: impl FnOnce(&str) -> Vec<String>,
 ) -> Result<Option<String>> {
     let Some(browser) = chromium()? else {
@@ -95,7 +113,7 @@ async fn run_browser(
     let page_port = listener.local_addr()?.port();
     let allowed = origins(&format!("http://127.0.0.1:{page_port}"));
     let config = format!("{BROWSER_CONFIG}allowed_origins = {allowed:?}\n");
-    let tb = support::testbed_with_toml(&[], &config).await?;
+    let tb = support::testbed_with_toml(backends, &config).await?;
     let token = support::rs256(&loadgen::token::sample_claims())?;
     let (tx, mut results) = mpsc::unbounded_channel();
     let html = page(tb.gateway_addr().port(), page_port, &token, mode);
@@ -144,7 +162,7 @@ async fn run_browser(
 
 #[tokio::test]
 async fn chromium_round_trip_with_the_token_in_a_subprotocol() -> Result<()> {
-    if let Some(result) = run_browser("protocol", |_| Vec::new()).await? {
+    if let Some(result) = run_browser("protocol", &[], |_| Vec::new()).await? {
         // The browser accepted the handshake only because the gateway answered with an
         // entry it offered.
         ensure!(result.starts_with("PASS"), "browser reported {result:?}");
@@ -158,7 +176,7 @@ async fn chromium_round_trip_with_the_token_in_a_subprotocol() -> Result<()> {
 
 #[tokio::test]
 async fn chromium_round_trip_with_the_token_in_the_query() -> Result<()> {
-    if let Some(result) = run_browser("query", |_| Vec::new()).await? {
+    if let Some(result) = run_browser("query", &[], |_| Vec::new()).await? {
         ensure!(result.starts_with("PASS"), "browser reported {result:?}");
     }
     Ok(())
@@ -167,7 +185,7 @@ async fn chromium_round_trip_with_the_token_in_the_query() -> Result<()> {
 #[tokio::test]
 async fn chromium_is_let_through_from_an_allowed_origin_and_refused_from_another() -> Result<()> {
     // The page's own origin, as Chromium sends it, among the allowed ones.
-    let allowed = run_browser("protocol", |own| {
+    let allowed = run_browser("protocol", &[], |own| {
         vec!["https://app.example.com".into(), own.to_owned()]
     })
     .await?;
@@ -176,11 +194,31 @@ async fn chromium_is_let_through_from_an_allowed_origin_and_refused_from_another
     }
     // Only another site allowed: the handshake is refused (403), which a page sees as a
     // connection that failed.
-    let refused = run_browser("protocol", |_| vec!["https://app.example.com".into()]).await?;
+    let refused = run_browser("protocol", &[], |_| vec!["https://app.example.com".into()]).await?;
     if let Some(result) = refused {
         ensure!(
             result == "FAIL%20close%201006",
             "browser reported {result:?}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn chromium_and_a_compressing_backend_negotiate_permessage_deflate_through_the_gateway(
+) -> Result<()> {
+    if !support::python::ready()? {
+        eprintln!("skipped: WSGATE_SKIP_INTEROP is set");
+        return Ok(());
+    }
+    let server = support::python::EchoServer::start().await?;
+    let backends = [("Backend_PY", server.url())];
+    if let Some(result) = run_browser("deflate", &backends, |_| Vec::new()).await? {
+        // The page saw every echo intact, and the extension the backend accepted.
+        ensure!(result.starts_with("PASS"), "browser reported {result:?}");
+        ensure!(
+            result.contains("extensions%3Dpermessage-deflate"),
+            "browser saw no compression: {result:?}"
         );
     }
     Ok(())

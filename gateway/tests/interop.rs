@@ -8,49 +8,19 @@
 
 mod support;
 
-use std::process::Stdio;
-
-use anyhow::{bail, ensure, Context, Result};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use anyhow::{ensure, Result};
+use support::python;
 use tokio::process::Command;
-
-const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop.py");
-
-fn python_ready() -> Result<bool> {
-    if std::env::var_os("WSGATE_SKIP_INTEROP").is_some() {
-        return Ok(false);
-    }
-    let ok = std::process::Command::new("python3")
-        .args(["-c", "import websockets"])
-        .status()?
-        .success();
-    if !ok {
-        bail!("python3 -c 'import websockets' failed: install it (pip install websockets) or set WSGATE_SKIP_INTEROP=1");
-    }
-    Ok(true)
-}
 
 #[tokio::test]
 async fn python_websockets_client_and_server_through_the_gateway() -> Result<()> {
-    if !python_ready()? {
+    if !python::ready()? {
         eprintln!("skipped: WSGATE_SKIP_INTEROP is set");
         return Ok(());
     }
-    // Third-party echo server as the backend; it prints its port.
-    let mut server = Command::new("python3")
-        .args([SCRIPT, "server"])
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    let stdout = server.stdout.take().context("server stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let port_line = tokio::time::timeout(support::DEADLINE, lines.next_line())
-        .await??
-        .context("server port")?;
-    let port: u16 = port_line.trim().parse().context("server port line")?;
-
-    let tb =
-        support::testbed_with(&[("Backend_PY", format!("ws://127.0.0.1:{port}/echo"))]).await?;
+    // Third-party echo server as the backend.
+    let server = python::EchoServer::start().await?;
+    let tb = support::testbed_with(&[("Backend_PY", server.url())]).await?;
     let token = support::rs256(&loadgen::token::sample_claims())?;
     let url = tb.url();
     let ca = support::certs().join("ca.crt");
@@ -71,7 +41,7 @@ async fn python_websockets_client_and_server_through_the_gateway() -> Result<()>
         ),
     ] {
         let mut args = vec![
-            SCRIPT.to_owned(),
+            python::SCRIPT.to_owned(),
             "client".to_owned(),
             url.clone(),
             ca.display().to_string(),

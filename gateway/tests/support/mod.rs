@@ -7,6 +7,7 @@
 pub mod idp;
 pub mod probe;
 pub mod process;
+pub mod python;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
