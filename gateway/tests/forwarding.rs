@@ -267,9 +267,43 @@ async fn only_deflate_offers_reach_the_backend_and_subprotocols_pass_through() -
     Ok(())
 }
 
+/// Sends one frame through `up` (first byte `b0`, `payload` of under 126 bytes masked
+/// with `key`) and returns what reached the probe: its first two bytes, the masking key
+/// it came with, and its payload unmasked with that key.
+async fn through_to_probe(
+    up: &mut loadgen::client::Upgraded,
+    probe: &mut probe::Probe,
+    b0: u8,
+    payload: &[u8],
+    key: [u8; 4],
+) -> Result<([u8; 2], [u8; 4], Vec<u8>)> {
+    use tokio::io::AsyncWriteExt;
+    let mut frame = vec![b0, 0x80 | payload.len() as u8];
+    frame.extend_from_slice(&key);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    up.stream.write_all(&frame).await?;
+    up.stream.flush().await?;
+    let seen = loop {
+        if let probe::Event::Raw(bytes) = probe.next().await? {
+            break bytes;
+        }
+    };
+    ensure!(
+        seen.len() == 2 + 4 + payload.len(),
+        "backend got {seen:02x?}"
+    );
+    let fresh = [seen[2], seen[3], seen[4], seen[5]];
+    let unmasked = seen[6..]
+        .iter()
+        .enumerate()
+        .map(|(i, b)| b ^ fresh[i % 4])
+        .collect();
+    Ok(([seen[0], seen[1]], fresh, unmasked))
+}
+
 #[tokio::test]
 async fn compressed_messages_pass_both_ways_when_the_backend_accepts_deflate() -> Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
     // Deflate's bytes for "hello" (not UTF-8: the gateway must not check them as text).
     let deflated = [0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00];
     let accepted = "permessage-deflate; server_no_context_takeover";
@@ -299,28 +333,15 @@ async fn compressed_messages_pass_both_ways_when_the_backend_accepts_deflate() -
         .map(|(_, v)| v.as_str());
     ensure!(offered == Some(offer), "backend was offered {offered:?}");
 
-    // A compressed text message, RSV1 set, masked with a known key.
+    // A compressed text message, RSV1 set.
     let key = [0x21u8, 0x43, 0x65, 0x87];
-    let mut frame = vec![0xC1, 0x80 | 7, key[0], key[1], key[2], key[3]];
-    frame.extend(deflated.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-    up.stream.write_all(&frame).await?;
-    up.stream.flush().await?;
-    let seen = loop {
-        if let probe::Event::Raw(bytes) = probe.next().await? {
-            break bytes;
-        }
-    };
-    ensure!(seen.len() == 2 + 4 + 7, "backend got {seen:02x?}");
+    let (head, fresh, payload) =
+        through_to_probe(&mut up, &mut probe, 0xC1, &deflated, key).await?;
     ensure!(
-        seen[0] == 0xC1 && seen[1] == 0x80 | 7,
-        "RSV1 or masking lost: {seen:02x?}"
+        head == [0xC1, 0x80 | 7],
+        "RSV1 or masking lost: {head:02x?}"
     );
-    let fresh = [seen[2], seen[3], seen[4], seen[5]];
-    let payload: Vec<u8> = seen[6..]
-        .iter()
-        .enumerate()
-        .map(|(i, b)| b ^ fresh[i % 4])
-        .collect();
+    ensure!(fresh != key, "the client's mask key was reused");
     ensure!(
         payload == deflated,
         "payload changed on the way: {payload:02x?}"
@@ -372,7 +393,7 @@ async fn a_backend_accepting_an_extension_it_was_not_offered_is_refused() -> Res
 
 #[tokio::test]
 async fn frames_are_remasked_toward_the_backend_and_unmasked_toward_the_client() -> Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
     // The backend replies with a raw unmasked binary frame "pong!".
     let mut probe = probe::Probe::start(probe::Mode::Raw {
         reply: vec![0x82, 5, b'p', b'o', b'n', b'g', b'!'],
@@ -384,33 +405,17 @@ async fn frames_are_remasked_toward_the_backend_and_unmasked_toward_the_client()
     let connector = loadgen::client::Connector::new(&opts).await?;
     let mut up = connector.connect_raw(&[], None).await?;
 
-    // Client frame: binary "hello", masked with a known key.
+    // Client frame: binary "hello".
     let key = [0x11u8, 0x22, 0x33, 0x44];
-    let mut frame = vec![0x82, 0x80 | 5, key[0], key[1], key[2], key[3]];
-    frame.extend(b"hello".iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-    up.stream.write_all(&frame).await?;
-    up.stream.flush().await?;
-
-    let seen = loop {
-        if let probe::Event::Raw(bytes) = probe.next().await? {
-            break bytes;
-        }
-    };
-    ensure!(seen.len() == 2 + 4 + 5, "backend got {seen:?}");
+    let (head, fresh, payload) = through_to_probe(&mut up, &mut probe, 0x82, b"hello", key).await?;
     ensure!(
-        seen[0] == 0x82 && seen[1] == 0x80 | 5,
-        "backend frame not masked: {seen:?}"
+        head == [0x82, 0x80 | 5],
+        "backend frame not masked: {head:?}"
     );
-    let fresh = [seen[2], seen[3], seen[4], seen[5]];
     ensure!(
         fresh != key,
         "the client's mask key was reused toward the backend"
     );
-    let payload: Vec<u8> = seen[6..]
-        .iter()
-        .enumerate()
-        .map(|(i, b)| b ^ fresh[i % 4])
-        .collect();
     ensure!(payload == b"hello", "payload {payload:?}");
 
     let mut back = [0u8; 7];
