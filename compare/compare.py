@@ -914,11 +914,12 @@ class Harness:
                         time.sleep(LEAD_IN_S)
                         c0, k0, t0 = t.cpu(), t.cpu_kernel(), time.monotonic()
                         m0 = machine_ticks()
+                        tools0 = self.tools_cpu(p)
                         rss_open = t.rss()
                         wait_while_running(p, cpu_end)
                         if p.poll() is None:
                             cpu_w = (t.cpu() - c0, time.monotonic() - t0, t.cpu_kernel() - k0,
-                                     shares(m0, machine_ticks()))
+                                     shares(m0, machine_ticks()), self.tools_cpu(p) - tools0)
                             # System calls are counted after the CPU window (see SyscallCount).
                             calls = SyscallCount(t.pids())
                             # Stops short of the end, so that loadgen is surely still sending.
@@ -937,6 +938,12 @@ class Harness:
         cpu_total = t.cpu() - cpu_before if t.is_proxy else None
         rep = self.read_json(out)
         return self.summarise(t, rep, p.returncode, wall, cpu_total, window, rss_open, out)
+
+    def tools_cpu(self, loadgen: subprocess.Popen) -> float:
+        """CPU seconds so far of what shares the machine with the proxy in a run: this
+        loadgen and the demo backends."""
+        backends = cpu_s(self.backends.pid) if self.backends is not None else 0.0
+        return cpu_s(loadgen.pid) + backends
 
     def summarise(self, t: Target, rep: dict | None, rc: int, wall: float,
                   cpu_total: float | None, window, rss_open, out: Path) -> dict:
@@ -967,13 +974,15 @@ class Harness:
             if window is not None and window[1] >= 0.2 and echoed:
                 # Messages echoed inside the window (which lies inside the sending phase):
                 # the run's rate times the window's length.
-                cpu_w, len_w, kernel_w, (steal, idle), calls_per_s = window
+                cpu_w, len_w, kernel_w, (steal, idle), tools_w, calls_per_s = window
                 r["steal_share"], r["idle_share"] = steal, idle
                 msgs_w = min(echoed, r["msgs_per_s"] * len_w)
                 r["proxy_cpu_s_window"] = round(cpu_w, 3)
                 r["window_s"] = round(len_w, 3)
                 r["cpu_us_per_fwd_msg"] = cpu_w * 1e6 / (2 * msgs_w) if msgs_w else None
                 r["cpu_basis"] = "sending phase"
+                if msgs_w:
+                    r["tools_cpu_us_per_echo"] = tools_w * 1e6 / msgs_w
                 if cpu_w > 0:
                     r["cpu_kernel_share"] = kernel_w / cpu_w
                 if calls_per_s is not None and r["msgs_per_s"]:
@@ -1197,7 +1206,7 @@ def medians(rounds: list[dict]) -> dict:
     out: dict = {}
     keys = {k for r in rounds for k in r
             if k in METRICS or k in ("errors", "failed", "opened", "echoed", "cpu_kernel_share",
-                                     "syscalls_per_fwd_msg")}
+                                     "syscalls_per_fwd_msg", "tools_cpu_us_per_echo")}
     for k in keys:
         vals = [r[k] for r in rounds if r.get(k) is not None]
         if not vals:
@@ -1256,6 +1265,31 @@ def issue_targets(res: dict) -> list[dict]:
             out.append({"goal": f"({s}) gateway msgs/s as a fraction of direct (report)",
                         "ratio": gw / d, "pass": None})
     out.extend(cpu_floor(res))
+    out.extend(msgs_dilution(res))
+    return out
+
+
+def msgs_dilution(res: dict) -> list[dict]:
+    """What the (b) msgs/s ratio can be on a machine the proxy shares with loadgen and the
+    backends. The cores are saturated in (b), so a target's msgs/s goes as 1 / (CPU per
+    echo of the tools + of the proxy): the tools' CPU, the same for every target, dilutes
+    the proxies' difference. Reported: the ratio the proxies' CPU alone would give (a
+    machine of their own), and the one this machine's shares predict."""
+    med = res.get("b", {}).get("median", {})
+    gw = med.get("gateway", {})
+    peers = [med[p] for p in PEERS if med.get(p, {}).get("cpu_us_per_fwd_msg")]
+    if not gw.get("cpu_us_per_fwd_msg") or not peers:
+        return []
+    best = min(peers, key=lambda v: v["cpu_us_per_fwd_msg"])
+    g, h = 2 * gw["cpu_us_per_fwd_msg"], 2 * best["cpu_us_per_fwd_msg"]
+    out = [{"goal": "(b) msgs/s ratio the proxies' CPU alone would give, best peer's CPU per echo / the gateway's (report)",
+            "ratio": h / g, "pass": None}]
+    tools = [v["tools_cpu_us_per_echo"] for v in (gw, best) if v.get("tools_cpu_us_per_echo")]
+    if tools:
+        t = statistics.median(tools)
+        out.append({"goal": f"(b) msgs/s ratio predicted on the shared cores, (tools + best peer) / "
+                            f"(tools + gateway) CPU per echo, loadgen and backends at {t:.2f} µs (report)",
+                    "ratio": (t + h) / (t + g), "pass": None})
     return out
 
 
@@ -1378,13 +1412,17 @@ def render(meta: dict, res: dict, auth: list[dict], goals: list[dict]) -> str:
              "connections opened / wall time, each with a full TLS handshake (no resumption), the "
              "token check, the backend connect, one echo and the close; proxy CPU µs/conn covers that "
              "whole cycle. errors = integrity errors + connections that failed to open, summed over rounds. "
-             "Demo backends and loadgen are not charged. The machine may be shared: figures are noisy.")
+             "Demo backends and loadgen are not charged to the proxy; their CPU per echoed message in "
+             "the same windows is reported below, as it shares the cores and so caps every msgs/s ratio. "
+             "The machine may be shared: figures are noisy.")
     L.append("")
     for title, key, spec in (
         ("Share of each proxy's CPU spent in the kernel (system time: TCP on loopback, "
          "syscalls, wake-ups)", "cpu_kernel_share", ".0%"),
         ("System calls per forwarded message (all kinds, counted by `perf stat` on the "
          "raw_syscalls tracepoint in the second of sending after the CPU window)", "syscalls_per_fwd_msg", ".3f"),
+        ("CPU µs per echoed message of loadgen and the demo backends together, in each "
+         "proxy's CPU window (they share the two cores with the proxy)", "tools_cpu_us_per_echo", ".2f"),
     ):
         line = per_proxy_medians(res, key, spec)
         if line:

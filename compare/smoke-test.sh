@@ -71,6 +71,13 @@ for t in gateway nginx haproxy; do
     grep -qE "[:,] $t TLS13_AES_128_GCM_SHA256[,.]" <<<"$suites" || bad "$t did not run TLS13_AES_128_GCM_SHA256 alone: '$suites'"
 done
 
+# The CPU of loadgen and the backends in each proxy's window, which caps every msgs/s ratio
+# on these shared cores (a full run also reports the (b) ratio it predicts).
+tools="$(grep '^CPU µs per echoed message of loadgen and the demo backends' "$md" || true)"
+for t in gateway nginx haproxy; do
+    grep -qE "\(b\) [^;]*$t [0-9]+\.[0-9]+" <<<"$tools" || bad "no (b) loadgen and backends CPU for $t: '$tools'"
+done
+
 # The hypervisor's share (steal) over each proxy's CPU window, one figure per round, so a
 # reader can tell a noisy run from a slow proxy.
 steal="$(grep '^Machine CPU taken by the hypervisor' "$md" || true)"
