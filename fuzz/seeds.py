@@ -57,8 +57,8 @@ def write(target: str, name: str, data: bytes):
         f.write(data)
 
 
-def frame(opcode: int, payload: bytes, fin=True, mask=None) -> bytes:
-    b0 = (0x80 if fin else 0) | opcode
+def frame(opcode: int, payload: bytes, fin=True, mask=None, rsv1=False) -> bytes:
+    b0 = (0x80 if fin else 0) | (0x40 if rsv1 else 0) | opcode
     n = len(payload)
     m = 0x80 if mask else 0
     if n < 126:
@@ -185,6 +185,14 @@ Backend_ABC = "ws://localhost:8081/backend/abc?x=1"
                   frame(1, b"ok"), flags=0x0B, cl=5, bl=2, lim=(16, 4)))
     write("session_proxy", "invalid-utf8-text",
           session(frame(1, b"\xff\xfe", mask=m), frame(1, b"ok\xc3"), flags=0x03))
+    # permessage-deflate in force (0x40 in byte 1): compressed frames, deflate's bytes for
+    # "hello" (not UTF-8), whole and fragmented, both ways.
+    deflated = bytes([0xF2, 0x48, 0xCD, 0xC9, 0xC9, 0x07, 0x00])
+    write("session_proxy", "deflate",
+          session(frame(1, deflated, mask=m, rsv1=True)
+                  + frame(2, deflated[:3], fin=False, mask=m, rsv1=True)
+                  + frame(0, deflated[3:], mask=m) + close(1000, mask=m),
+                  frame(1, deflated, rsv1=True) + close(1000), chunk=0x40 | 5))
     write("session_proxy", "keepalive-stall",
           session(frame(1, b"a" * 60000, mask=m), frame(1, b"b" * 130),
                   flags=0x74, chunk=0x80 | 33, budget=100))

@@ -12,7 +12,7 @@
 //! | byte | meaning |
 //! |---|---|
 //! | 0 | flags: 0x01 client EOF after its bytes (else it stays open, silent); 0x02 same for the backend; 0x04 keepalive on (30 s); 0x08 small size limits (bytes 4, 5); 0x10 the client's writer has a byte budget (bytes 8, 9); 0x20 same for the backend's; 0x40 a spent budget stalls the writer (else writes fail); 0x80 shutdown at 1 s (else at 1 h) |
-//! | 1 | reads: low 7 bits chunk size (0: all at once), high bit `Pending` between chunks |
+//! | 1 | reads: low 6 bits chunk size (0: all at once), 0x40 `permessage-deflate` in force, high bit `Pending` between chunks |
 //! | 2, 3 | how many of the client's / backend's bytes come as handshake leftover |
 //! | 4, 5 | with 0x08: max frame size = 4·b4 + 1, max message size = 16·b5 + 1 |
 //! | 6, 7 | client byte count, u16 little-endian; the backend gets the rest |
@@ -21,10 +21,12 @@
 //!
 //! Strict checks (`WSGATE_FUZZ_STRICT=all` or a comma list), on what reached each side
 //! when its writer never failed: `wire` — output is whole frames, masked toward the
-//! backend only, RSV bits clear, known opcodes; `control` — control frames unfragmented,
+//! backend only, RSV bits clear (but RSV1 on a message's first frame with 0x40 in byte 1),
+//! known opcodes; `control` — control frames unfragmented,
 //! payload ≤ 125 bytes; `close` — close payloads valid (code allowed, UTF-8 reason),
 //! nothing after a close; `fragments` — continuation frames only inside a fragmented
-//! message, no new message inside one; `utf8` — whole text messages are UTF-8;
+//! message, no new message inside one; `utf8` — whole text messages are UTF-8 (but
+//! compressed ones);
 //! `preshutdown` — flag 0x80 also means the shutdown was signalled before the session
 //! began, and the session must still end.
 #![no_main]
@@ -46,7 +48,7 @@ const HEADER: usize = 10;
 /// Output kept per side for the strict checks.
 const KEEP: usize = 1 << 20;
 
-fn check_output(side: &str, out: &[u8], masked: bool) {
+fn check_output(side: &str, out: &[u8], masked: bool, deflate: bool) {
     let frames = match wire_frames(out) {
         Ok(f) => f,
         Err(e) => {
@@ -58,11 +60,14 @@ fn check_output(side: &str, out: &[u8], masked: bool) {
     };
     let mut in_message: Option<u8> = None;
     let mut text = Vec::new();
+    // The message being received is compressed (its first frame had RSV1).
+    let mut compressed = false;
     let mut closed = false;
     for (i, f) in frames.iter().enumerate() {
         if strict("wire") {
             assert_eq!(f.masked, masked, "to {side}: frame {i} mask bit wrong");
-            assert_eq!(f.rsv, 0, "to {side}: frame {i} has RSV bits");
+            let rsv1_ok = deflate && f.rsv == 0b100 && matches!(f.opcode, 1 | 2);
+            assert!(f.rsv == 0 || rsv1_ok, "to {side}: frame {i} has RSV bits {:03b}", f.rsv);
             assert!(
                 matches!(f.opcode, 0 | 1 | 2 | 8 | 9 | 10),
                 "to {side}: frame {i} opcode {}",
@@ -112,7 +117,10 @@ fn check_output(side: &str, out: &[u8], masked: bool) {
         } else {
             Some(f.opcode)
         };
-        if kind == Some(1) {
+        if f.opcode != 0 {
+            compressed = f.rsv & 0b100 != 0;
+        }
+        if kind == Some(1) && !compressed {
             if f.opcode == 1 {
                 text.clear();
             }
@@ -134,7 +142,8 @@ fuzz_target!(|data: &[u8]| {
     h[..n].copy_from_slice(&data[..n]);
     let body = &data[n..];
     let flags = h[0];
-    let chunk = usize::from(h[1] & 0x7f);
+    let chunk = usize::from(h[1] & 0x3f);
+    let deflate = h[1] & 0x40 != 0;
     let yield_between = h[1] & 0x80 != 0;
     let client_len = usize::from(u16::from_le_bytes([h[6], h[7]])).min(body.len());
     let (client_bytes, backend_bytes) = body.split_at(client_len);
@@ -157,8 +166,7 @@ fuzz_target!(|data: &[u8]| {
         keepalive: (flags & 0x04 != 0).then_some(KEEPALIVE),
         close_timeout: CLOSE_TIMEOUT,
         ends_at: None,
-        // Off: the strict `wire` check holds the output to clear RSV bits.
-        permessage_deflate: false,
+        permessage_deflate: deflate,
     };
     let when = if flags & 0x40 != 0 {
         WhenSpent::Stall
@@ -219,9 +227,9 @@ fuzz_target!(|data: &[u8]| {
     };
     let _ = (report.outcome(), report.gateway_closes());
     if !client_out.spent && client_out.written <= KEEP {
-        check_output("client", &client_out.out, false);
+        check_output("client", &client_out.out, false, deflate);
     }
     if !backend_out.spent && backend_out.written <= KEEP {
-        check_output("backend", &backend_out.out, true);
+        check_output("backend", &backend_out.out, true, deflate);
     }
 });
