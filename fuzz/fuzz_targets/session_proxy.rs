@@ -67,7 +67,11 @@ fn check_output(side: &str, out: &[u8], masked: bool, deflate: bool) {
         if strict("wire") {
             assert_eq!(f.masked, masked, "to {side}: frame {i} mask bit wrong");
             let rsv1_ok = deflate && f.rsv == 0b100 && matches!(f.opcode, 1 | 2);
-            assert!(f.rsv == 0 || rsv1_ok, "to {side}: frame {i} has RSV bits {:03b}", f.rsv);
+            assert!(
+                f.rsv == 0 || rsv1_ok,
+                "to {side}: frame {i} has RSV bits {:03b}",
+                f.rsv
+            );
             assert!(
                 matches!(f.opcode, 0 | 1 | 2 | 8 | 9 | 10),
                 "to {side}: frame {i} opcode {}",
