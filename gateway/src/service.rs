@@ -417,6 +417,7 @@ fn start_session(
         shared.shutdown_rx.clone(),
     ));
     let backend_id = target.to_owned();
+    let deflate = backend.extensions.is_some();
     tokio::spawn(
         async move {
             let _slot = slot;
@@ -435,6 +436,7 @@ fn start_session(
                 down_msgs = report.downstream.frames,
                 down_bytes = report.downstream.bytes,
                 duration_ms = report.duration.as_millis() as u64,
+                deflate,
                 "session ended"
             );
         }
