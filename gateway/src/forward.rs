@@ -317,9 +317,7 @@ fn process<const PLAIN: bool, W: AsyncWrite + Unpin>(
                 }
                 progress.in_message = !head.fin;
                 progress.message_len = payload.len();
-                // A compressed message's bytes are deflate's, not text.
-                progress.text =
-                    (head.opcode == frames::TEXT && !head.rsv1).then(Utf8Check::default);
+                progress.text = head.starts_checked_text().then(Utf8Check::default);
             }
             frames::CONTINUATION => {
                 if !progress.in_message {
@@ -431,7 +429,7 @@ fn plain_run<const FROM_CLIENT: bool, W: AsyncWrite + Unpin>(
         }
         let frame_len = head.frame_len();
         // A backend's binary or compressed frame goes on as it came.
-        let text = head.opcode == frames::TEXT && !head.rsv1;
+        let text = head.starts_checked_text();
         if head.mask.is_some() || text {
             let mut check = Utf8Check::default();
             let text = text.then_some(&mut check);

@@ -47,6 +47,13 @@ impl Head {
     pub fn is_control(&self) -> bool {
         self.opcode & 0x8 != 0
     }
+
+    /// Whether this frame starts a text message whose bytes are text to check for UTF-8:
+    /// a compressed one's (RSV1) are deflate's, which the endpoints inflate and check.
+    #[inline]
+    pub fn starts_checked_text(&self) -> bool {
+        self.opcode == TEXT && !self.rsv1
+    }
 }
 
 /// What the bytes at hand hold.

@@ -391,7 +391,8 @@ fn start_session(
     let (backend_read, backend_write) = backend.stream.into_split();
     let config = shared.config();
     let mut opts = session::SessionOptions::from_config(&config);
-    opts.permessage_deflate = backend.extensions.is_some();
+    let deflate = backend.extensions.is_some();
+    opts.permessage_deflate = deflate;
     let max_session = config.timeouts.max_session;
     drop(config);
     let token_left = token_expiry.map(|at| {
@@ -417,7 +418,6 @@ fn start_session(
         shared.shutdown_rx.clone(),
     ));
     let backend_id = target.to_owned();
-    let deflate = backend.extensions.is_some();
     tokio::spawn(
         async move {
             let _slot = slot;
