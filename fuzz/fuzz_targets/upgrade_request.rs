@@ -1,5 +1,6 @@
 //! Upgrade-request checks and credential parsing, as one client request reaches them:
-//! `checks::check`, `credentials::extract` (browser sources off, and all on),
+//! `checks::check`, `credentials::extract` and the origin check (browser sources off, and
+//! all on: query, subprotocol, cookie, an origin list with a wildcard entry),
 //! `credentials::bearer`, and `auth::Verifier::verify` on whatever token was found
 //! (with the repo's RSA key, and with its ES256 key).
 //!
@@ -45,6 +46,11 @@ fn browsers() -> &'static [BrowserConfig; 2] {
                 id_query: Some("id".into()),
                 token_query: Some("access_token".into()),
                 token_protocol_prefix: Some("bearer.".into()),
+                allowed_origins: vec![
+                    "https://app.example.com".into(),
+                    "https://*.example.com:8443".into(),
+                ],
+                token_cookie: Some("wsgate_token".into()),
             },
         ]
     })
@@ -65,6 +71,11 @@ fuzz_target!(|data: &[u8]| {
         let _ = credentials::bearer(value.as_bytes());
     }
     for browser in browsers() {
+        let origin = req.headers().get("origin").map(|v| v.as_bytes());
+        let allowed = browser.origin_allowed(origin);
+        if browser.allowed_origins.is_empty() || origin.is_none() {
+            assert!(allowed, "no origin list, or no Origin header: let through");
+        }
         let Ok(c) = credentials::extract(&req, browser) else {
             continue;
         };
