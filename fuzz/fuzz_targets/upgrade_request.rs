@@ -71,7 +71,10 @@ fuzz_target!(|data: &[u8]| {
         let _ = credentials::bearer(value.as_bytes());
     }
     for browser in browsers() {
-        let origin = req.headers().get("origin").map(|v| v.as_bytes());
+        let origin = req
+            .headers()
+            .get(hyper::header::ORIGIN)
+            .map(|v| v.as_bytes());
         let allowed = browser.origin_allowed(origin);
         if browser.allowed_origins.is_empty() || origin.is_none() {
             assert!(allowed, "no origin list, or no Origin header: let through");
