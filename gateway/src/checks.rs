@@ -1,7 +1,8 @@
 //! Handshake checks: is this a WebSocket upgrade for our path?
 
+use base64::Engine;
 use hyper::header::{self, HeaderMap};
-use hyper::{Method, Request};
+use hyper::{Method, Request, Version};
 
 use crate::refusal::Refusal;
 
@@ -12,7 +13,8 @@ pub struct UpgradeRequest<'r> {
     pub key: &'r [u8],
 }
 
-/// Checks path, method and the WebSocket upgrade headers, in that order.
+/// Checks path, method, HTTP version, `Host` and the WebSocket upgrade headers, in that
+/// order.
 pub fn check<'r, B>(req: &'r Request<B>, path: &str) -> Result<UpgradeRequest<'r>, Refusal> {
     if req.uri().path() != path {
         return Err(Refusal::UnknownPath);
@@ -20,7 +22,16 @@ pub fn check<'r, B>(req: &'r Request<B>, path: &str) -> Result<UpgradeRequest<'r
     if req.method() != Method::GET {
         return Err(Refusal::MethodNotAllowed);
     }
+    // HTTP/1.0 has no upgrade (RFC 9110 section 7.8: a server ignores `Upgrade` there);
+    // answering one with a 101 would leave the client a connection nobody serves.
+    if req.version() != Version::HTTP_11 {
+        return Err(Refusal::BadRequest("WebSocket needs HTTP/1.1"));
+    }
     let headers = req.headers();
+    // RFC 9112 section 3.2: exactly one Host in an HTTP/1.1 request, or 400.
+    if headers.get_all(header::HOST).iter().count() != 1 {
+        return Err(Refusal::BadRequest("missing or repeated Host header"));
+    }
     if !has_token(headers, header::UPGRADE, "websocket")
         || !has_token(headers, header::CONNECTION, "upgrade")
     {
@@ -35,12 +46,22 @@ pub fn check<'r, B>(req: &'r Request<B>, path: &str) -> Result<UpgradeRequest<'r
             "unsupported Sec-WebSocket-Version: use 13",
         ));
     }
-    let key = headers
-        .get(header::SEC_WEBSOCKET_KEY)
-        .map(|v| v.as_bytes())
-        .filter(|k| k.len() == 24)
-        .ok_or(Refusal::BadRequest("missing or invalid Sec-WebSocket-Key"))?;
+    // RFC 6455 section 4.1: one key, the base64 of 16 bytes.
+    let mut keys = headers.get_all(header::SEC_WEBSOCKET_KEY).iter();
+    let key = match (keys.next(), keys.next()) {
+        (Some(key), None) if is_nonce(key.as_bytes()) => key.as_bytes(),
+        _ => return Err(Refusal::BadRequest("missing or invalid Sec-WebSocket-Key")),
+    };
     Ok(UpgradeRequest { key })
+}
+
+/// Whether `key` is the base64 of 16 bytes (24 characters, two of them padding).
+fn is_nonce(key: &[u8]) -> bool {
+    let mut nonce = [0u8; 18];
+    key.len() == 24
+        && base64::engine::general_purpose::STANDARD
+            .decode_slice(key, &mut nonce)
+            .is_ok_and(|n| n == 16)
 }
 
 /// Whether header `name` lists `token` (comma-separated, case-insensitive).
@@ -59,6 +80,7 @@ mod tests {
 
     fn upgrade() -> hyper::http::request::Builder {
         Request::get("/gateway")
+            .header("Host", "gateway.example")
             .header("Upgrade", "websocket")
             .header("Connection", "keep-alive, Upgrade")
             .header("Sec-WebSocket-Version", "13")
@@ -90,6 +112,54 @@ mod tests {
             check(&post, "/gateway"),
             Err(Refusal::MethodNotAllowed)
         ));
+        Ok(())
+    }
+
+    fn refusal<B>(req: &Request<B>) -> Option<String> {
+        check(req, "/gateway").err().map(|e| e.to_string())
+    }
+
+    #[test]
+    fn http_1_0_host_and_key_are_held_to_the_rfcs() -> Result<(), Box<dyn std::error::Error>> {
+        let http10 = upgrade().version(Version::HTTP_10).body(())?;
+        assert_eq!(
+            refusal(&http10).as_deref(),
+            Some("WebSocket needs HTTP/1.1")
+        );
+        let mut no_host = upgrade().body(())?;
+        no_host.headers_mut().remove("Host");
+        assert_eq!(
+            refusal(&no_host).as_deref(),
+            Some("missing or repeated Host header")
+        );
+        let two_hosts = upgrade().header("Host", "other.example").body(())?;
+        assert_eq!(
+            refusal(&two_hosts).as_deref(),
+            Some("missing or repeated Host header")
+        );
+        let bad_key = "missing or invalid Sec-WebSocket-Key";
+        for key in [
+            "!!!!!!!!!!!!!!!!!!!!!!!!",
+            "dGhlIHNhbXBsZSBub25jZQ",
+            "dGhlIHNhbXBsZSBub25jZXg=",
+        ] {
+            let mut req = upgrade().body(())?;
+            req.headers_mut().insert(
+                "Sec-WebSocket-Key",
+                hyper::header::HeaderValue::from_static(key),
+            );
+            assert_eq!(refusal(&req).as_deref(), Some(bad_key), "{key}");
+        }
+        let two_keys = upgrade()
+            .header("Sec-WebSocket-Key", "AQIDBAUGBwgJCgsMDQ4PEA==")
+            .body(())?;
+        assert_eq!(refusal(&two_keys).as_deref(), Some(bad_key));
+        let mut other_key = upgrade().body(())?;
+        other_key.headers_mut().insert(
+            "Sec-WebSocket-Key",
+            hyper::header::HeaderValue::from_static("AQIDBAUGBwgJCgsMDQ4PEA=="),
+        );
+        assert!(check(&other_key, "/gateway").is_ok());
         Ok(())
     }
 }

@@ -43,25 +43,27 @@ pub fn extract<'r, B>(
         return Err(Refusal::MissingId);
     }
 
-    let offered = headers
-        .get(header::SEC_WEBSOCKET_PROTOCOL)
-        .and_then(|v| v.to_str().ok());
-    let token_protocol = browser.token_protocol_prefix.as_deref().and_then(|prefix| {
-        offered?
-            .split(',')
+    // The header may come on several lines, which mean one list together (RFC 6455
+    // section 11.3.4).
+    let offered = headers.get_all(header::SEC_WEBSOCKET_PROTOCOL);
+    let lines = || offered.iter().filter_map(|v| v.to_str().ok());
+    let entries = || {
+        lines()
+            .flat_map(|l| l.split(','))
             .map(str::trim)
-            .find(|p| p.starts_with(prefix) && p.len() > prefix.len())
-    });
-    let backend_protocols = match (offered, token_protocol) {
-        (Some(all), Some(entry)) => {
-            let rest: Vec<&str> = all
-                .split(',')
-                .map(str::trim)
-                .filter(|p| *p != entry && !p.is_empty())
-                .collect();
+            .filter(|p| !p.is_empty())
+    };
+    let token_protocol = browser
+        .token_protocol_prefix
+        .as_deref()
+        .and_then(|prefix| entries().find(|p| p.starts_with(prefix) && p.len() > prefix.len()));
+    let backend_protocols = match (lines().count(), token_protocol) {
+        (0, _) => None,
+        (1, None) => lines().next().map(Cow::Borrowed),
+        (_, entry) => {
+            let rest: Vec<&str> = entries().filter(|p| Some(*p) != entry).collect();
             (!rest.is_empty()).then(|| Cow::Owned(rest.join(", ")))
         }
-        (offered, _) => offered.map(Cow::Borrowed),
     };
 
     let token = match headers.get(header::AUTHORIZATION) {
@@ -225,6 +227,27 @@ mod tests {
         assert_eq!(c.token.as_deref().ok(), Some("a.b.c"));
         assert_eq!(c.backend_protocols.as_deref(), Some("chat"));
         assert_eq!(c.token_protocol, Some("bearer.a.b.c"));
+        Ok(())
+    }
+
+    #[test]
+    fn subprotocols_on_several_lines_are_one_offer() -> Result<(), Box<dyn std::error::Error>> {
+        let req = Request::get("/gateway?id=Q")
+            .header("Sec-WebSocket-Protocol", "chat1")
+            .header("Sec-WebSocket-Protocol", "chat2, bearer.a.b.c")
+            .body(())?;
+        let c = extract(&req, &browser()).map_err(|e| e.to_string())?;
+        assert_eq!(c.backend_protocols.as_deref(), Some("chat1, chat2"));
+        assert_eq!(c.token.as_deref().ok(), Some("a.b.c"));
+        let no_token = BrowserConfig {
+            token_protocol_prefix: None,
+            ..browser()
+        };
+        let c = extract(&req, &no_token).map_err(|e| e.to_string())?;
+        assert_eq!(
+            c.backend_protocols.as_deref(),
+            Some("chat1, chat2, bearer.a.b.c")
+        );
         Ok(())
     }
 }

@@ -19,6 +19,7 @@ use crate::batch::{forward_in_place, FrameWriter, Utf8Check};
 use crate::frames::{self, Parsed};
 pub use crate::mailbox::{wake_task, CloseMsg, Control, Mailbox, StopWith};
 use crate::reader::{FrameReader, Stop};
+use crate::session::SHUTTING_DOWN;
 use crate::ticker::Ticker;
 
 /// Why a pump ended.
@@ -107,6 +108,9 @@ struct Progress {
     received: u64,
     /// Inside a fragmented message.
     in_message: bool,
+    /// The gateway is shutting down: the source's close is answered to the destination
+    /// with [`SHUTTING_DOWN`], not passed on.
+    shutting_down: bool,
     /// Bytes of the message being received, across its fragments.
     message_len: usize,
     /// The message being received is text; its UTF-8 check, carried across fragments.
@@ -136,7 +140,10 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'a, R, W> {
             let mut progress = Progress::default();
             let period = limits.keepalive.unwrap_or(RELEASE_PERIOD);
             let mut ticker = std::pin::pin!(Ticker::new(period));
-            let mut received_at_tick: u64 = 0;
+            // What the source had sent at the last tick: frames received, and bytes of a
+            // frame still arriving (a large frame sent slowly is activity too). Kept in 32
+            // bits each, to keep the pump's state small; a wrap needs 2^32 frames per tick.
+            let mut seen_at_tick: (u32, u32) = (0, 0);
             let mut pinged = false;
             loop {
                 // Instructions first, so a flood from the source cannot hold off a stop.
@@ -150,6 +157,7 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'a, R, W> {
                 // Take whatever is ready now, without waiting: this is what batches a burst.
                 let ready = std::future::poll_fn(|cx| {
                     let mut process = |cx: &mut Context<'_>, data: &mut [u8]| {
+                        progress.shutting_down |= inbox.shutting_down();
                         process::<true, _>(
                             cx,
                             data,
@@ -200,12 +208,19 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'a, R, W> {
                                     Control::Stop(how) => return Box::pin(stopped(dst, how, lost)).await,
                                 },
                                 r = std::future::poll_fn(|cx| {
-                                    let mut process = |cx: &mut Context<'_>, data: &mut [u8]| process::<true, _>(cx, data, src_is_client, &limits, &mut progress, dst, counters);
+                                    let mut process = |cx: &mut Context<'_>, data: &mut [u8]| {
+                                        progress.shutting_down |= inbox.shutting_down();
+                                        process::<true, _>(cx, data, src_is_client, &limits, &mut progress, dst, counters)
+                                    };
                                     src.poll_process(cx, &mut process)
                                 }) => break r,
                                 _ = ticker.as_mut().tick() => {
-                                    if progress.received != received_at_tick {
-                                        received_at_tick = progress.received;
+                                    let seen = (
+                                        progress.received as u32,
+                                        u32::try_from(src.pending()).unwrap_or(u32::MAX),
+                                    );
+                                    if seen != seen_at_tick {
+                                        seen_at_tick = seen;
                                         pinged = false;
                                         continue;
                                     }
@@ -346,6 +361,16 @@ fn process<const PLAIN: bool, W: AsyncWrite + Unpin>(
                         Ok(code) => close_code = code,
                         Err(code) => break Some(Stop::Violation(code)),
                     }
+                    if progress.shutting_down {
+                        // The destination hears that the gateway is going away, whatever
+                        // the source answered to the shutdown close it was sent.
+                        dst.send_encoded(cx, &data[run..at]);
+                        push_close(dst, SHUTTING_DOWN);
+                        used = end;
+                        run = end;
+                        counters.frames += 1;
+                        break Some(Stop::Close(close_code));
+                    }
                 }
             }
             _ => {}
@@ -480,6 +505,12 @@ pub async fn send_close<W: AsyncWrite + Unpin>(
     dst: &mut FrameWriter<W>,
     msg: CloseMsg,
 ) -> std::io::Result<()> {
+    push_close(dst, msg);
+    dst.flush().await
+}
+
+/// Adds a close frame to the batch, after what is already there.
+fn push_close<W: AsyncWrite + Unpin>(dst: &mut FrameWriter<W>, msg: CloseMsg) {
     let mut payload = [0u8; 125];
     let reason = msg.reason.as_bytes();
     let reason = &reason[..reason.len().min(123)];
@@ -493,7 +524,6 @@ pub async fn send_close<W: AsyncWrite + Unpin>(
         None,
         None,
     );
-    dst.flush().await
 }
 
 /// Validates a close payload: `Ok(code)` to pass it on, `Err(code)` to close its sender.
@@ -910,9 +940,11 @@ mod tests {
             };
             let batch_limit = [64, 700, 1 << 16, 1 << 16][rng.gen_range(0..4)];
             let in_message = rng.gen_ratio(1, 10);
+            let shutting_down = rng.gen_ratio(1, 10);
             let progress = || Progress {
                 received: 0,
                 in_message,
+                shutting_down,
                 message_len: 10,
                 text: None,
             };

@@ -204,13 +204,18 @@ impl Gateway {
         self.shared.draining.store(true, Ordering::Relaxed);
         let _ = self.shutdown_tx.send(true);
         let deadline = tokio::time::Instant::now() + config.timeouts.drain;
-        while self.shared.active.load(Ordering::Relaxed) > 0
-            && tokio::time::Instant::now() < deadline
-        {
+        // Connections still in their handshake are waited for too: their requests get a
+        // 503 (or, if already past the checks, a session closed at once with 1001).
+        let busy = || {
+            self.shared.active.load(Ordering::Relaxed)
+                + self.shared.handshaking.load(Ordering::Relaxed)
+        };
+        while busy() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         info!(
             remaining = self.shared.active.load(Ordering::Relaxed),
+            handshaking = self.shared.handshaking.load(Ordering::Relaxed),
             "gateway stopped"
         );
         workers.stop().await;

@@ -48,6 +48,9 @@ pub struct Mailbox {
 
 const PING: u8 = 1;
 const STOP: u8 = 2;
+/// Not an instruction to act on now: it stays set, and the pump reads it with
+/// [`Mailbox::shutting_down`].
+const SHUTTING_DOWN: u8 = 4;
 
 impl Mailbox {
     /// Asks the pump to stop; the first instruction wins.
@@ -58,6 +61,17 @@ impl Mailbox {
         self.flags.fetch_or(STOP, Ordering::Release);
     }
 
+    /// Tells the pump the gateway is shutting down: when its source's close comes, the
+    /// destination is sent the gateway's shutdown close in its place.
+    pub fn shut_down(&self) {
+        self.flags.fetch_or(SHUTTING_DOWN, Ordering::Release);
+    }
+
+    /// Whether [`Mailbox::shut_down`] was called.
+    pub(crate) fn shutting_down(&self) -> bool {
+        self.flags.load(Ordering::Acquire) & SHUTTING_DOWN != 0
+    }
+
     /// Asks the pump to send a keepalive ping to its destination.
     pub fn ping(&self) {
         self.flags.fetch_or(PING, Ordering::Release);
@@ -65,7 +79,7 @@ impl Mailbox {
 
     /// The next instruction, if any (a stop before a ping).
     pub(crate) fn take(&self) -> Option<Control> {
-        let flags = self.flags.load(Ordering::Acquire);
+        let flags = self.flags.load(Ordering::Acquire) & (PING | STOP);
         if flags == 0 {
             return None;
         }

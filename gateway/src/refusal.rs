@@ -111,6 +111,10 @@ impl Refusal {
             Refusal::TooManyRequests(_) => {
                 builder = builder.header(header::RETRY_AFTER, "1");
             }
+            // RFC 9110 section 15.5.6: a 405 lists the methods the resource takes.
+            Refusal::MethodNotAllowed => {
+                builder = builder.header(header::ALLOW, "GET");
+            }
             _ => {}
         }
         builder
@@ -142,5 +146,7 @@ mod tests {
         let r = Refusal::TooManyRequests("over the per-address connection rate").into_response();
         assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+        let r = Refusal::MethodNotAllowed.into_response();
+        assert_eq!(r.headers()[header::ALLOW], "GET");
     }
 }

@@ -45,6 +45,7 @@ pub async fn serve_connection(
     conn_id: u64,
     admission: Admission,
 ) {
+    let _handshaking = Handshaking::start(&shared);
     let _ = tcp.set_nodelay(true);
     let config = shared.config();
     let deadline = tokio::time::Instant::now() + config.timeouts.tls_handshake;
@@ -442,6 +443,23 @@ fn start_session(
         }
         .in_current_span(),
     );
+}
+
+/// One connection counted in `Shared::handshaking` until its HTTP phase ends (refused,
+/// upgraded, or dropped); an upgraded one is counted in `Shared::active` by then.
+struct Handshaking(Arc<Shared>);
+
+impl Handshaking {
+    fn start(shared: &Arc<Shared>) -> Self {
+        shared.handshaking.fetch_add(1, Ordering::Relaxed);
+        Self(shared.clone())
+    }
+}
+
+impl Drop for Handshaking {
+    fn drop(&mut self) {
+        self.0.handshaking.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// One session counted as active, in `Shared::active` (what a drain waits for) and in the

@@ -6,6 +6,7 @@
 //! closes both with 1001. Then both write sides are shut down (TLS close_notify, FIN).
 
 use std::future::Future;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -332,9 +333,10 @@ where
             } else if first.1 == PumpEnd::Stopped {
                 // Gateway shutdown. The backend is closed first (1001), as if the client had
                 // left; what it sends before its close answer still reaches the client, and
-                // its close answer is passed on. A backend that does not answer in time gets
-                // the client a 1001 of our own.
+                // its close answer gets the client a 1001 of our own (whatever the backend
+                // answered), as does a backend that does not answer in time.
                 shut = true;
+                down_inbox.shut_down();
                 up_inbox.stop(StopWith::Close(SHUTTING_DOWN));
                 // The downstream pump may end (the backend's close answer passed on) while the
                 // upstream one is still stuck: a finished pump must not be polled again.
@@ -376,19 +378,33 @@ where
                 if let Some(how) = instruction {
                     other_tx.stop(how);
                 }
-                let other_end = async {
-                    if upstream_first {
-                        (&mut down).await
-                    } else {
-                        (&mut up).await
-                    }
-                };
-                (
-                    first,
-                    Box::pin(tokio::time::timeout(close_timeout, other_end))
-                        .await
-                        .ok(),
-                )
+                let mut second = Box::pin(tokio::time::timeout(
+                    close_timeout,
+                    either(upstream_first, up.as_mut(), down.as_mut()),
+                ))
+                .await
+                .ok();
+                if let (None, PumpEnd::Closed(code)) = (second, first.1) {
+                    // A close must be answered (RFC 6455 section 5.5.1). The other side did
+                    // not answer the one passed on in time, so the gateway answers it,
+                    // echoing its code, rather than leaving the closing side a dropped
+                    // connection.
+                    other_tx.stop(StopWith::Close(CloseMsg {
+                        code: code.unwrap_or(1000),
+                        reason: if upstream_first {
+                            "backend did not answer the close"
+                        } else {
+                            "client did not answer the close"
+                        },
+                    }));
+                    second = Box::pin(tokio::time::timeout(
+                        close_timeout,
+                        either(upstream_first, up.as_mut(), down.as_mut()),
+                    ))
+                    .await
+                    .ok();
+                }
+                (first, second)
             }
         };
 
@@ -408,6 +424,20 @@ where
             deadline: ended_by,
             duration: started.elapsed(),
         }
+    }
+}
+
+/// The end of the downstream pump if `upstream_first` (the upstream one ended first),
+/// else of the upstream one.
+async fn either<U, D>(upstream_first: bool, up: Pin<&mut U>, down: Pin<&mut D>) -> PumpEnd
+where
+    U: Future<Output = PumpEnd>,
+    D: Future<Output = PumpEnd>,
+{
+    if upstream_first {
+        down.await
+    } else {
+        up.await
     }
 }
 
@@ -513,10 +543,11 @@ mod tests {
             Some(PumpEnd::Closed(Some(1000))),
             "the backend's answer ended the downstream pump"
         );
-        // The client got the backend's close.
-        let mut got = [0u8; 4];
+        // The client got the gateway's shutdown close in place of the backend's 1000.
+        let mut got = [0u8; 25];
         client_peer.read_exact(&mut got).await.expect("close frame");
-        assert_eq!(got, [0x88, 0x02, 0x03, 0xE8]);
+        assert_eq!(got[..4], [0x88, 23, 0x03, 0xE9]);
+        assert_eq!(&got[4..], b"gateway shutting down");
         drop((tx, answer));
     }
 

@@ -44,6 +44,9 @@ pub struct Shared {
     pub resolver: Resolver,
     /// Sessions proxying now (all backends), for the drain wait.
     pub active: AtomicU64,
+    /// Connections not upgraded yet (TLS handshake, request, backend connect), for the
+    /// drain wait too: a request that arrives while draining gets its 503.
+    pub handshaking: AtomicU64,
     /// Set once shutdown begins: new upgrades get 503 and `/readyz` turns not-ready.
     pub draining: AtomicBool,
     /// Turns `true` when sessions must close with 1001.
@@ -92,6 +95,7 @@ impl Shared {
             metrics,
             resolver,
             active: AtomicU64::new(0),
+            handshaking: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             shutdown_rx,
             next_id: AtomicU64::new(1),

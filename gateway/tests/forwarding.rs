@@ -467,3 +467,66 @@ async fn verified_claims_reach_the_backend_and_spoofed_ones_do_not() -> Result<(
     );
     Ok(())
 }
+
+/// A short `[timeouts] close`, for the tests of closes left unanswered.
+const QUICK_CLOSE: &str = "[timeouts]\nclose = \"1s\"\n";
+
+#[tokio::test]
+async fn a_client_close_the_backend_never_answers_is_answered_by_the_gateway() -> Result<()> {
+    // The backend reads the passed-on close and then says nothing.
+    let mut probe = probe::Probe::start(probe::Mode::Raw {
+        reply: Vec::new(),
+        extensions: None,
+    })
+    .await?;
+    let tb = testbed_with_toml(&[("Backend_PROBE", probe.url())], QUICK_CLOSE).await?;
+    let mut c = connect_ok(&tb, "Backend_PROBE").await?;
+    send(&mut c.ws, Frame::close(1000, b"bye")).await?;
+    let code = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match c.ws.read_frame().await {
+                Ok(f) if f.opcode == OpCode::Close => break close_of(&f),
+                Ok(_) | Err(fastwebsockets::WebSocketError::ConnectionClosed) => {}
+                Err(e) => anyhow::bail!("no close answer, the connection ended: {e}"),
+            }
+        }
+    })
+    .await??;
+    ensure!(
+        code == (1000, "backend did not answer the close".into()),
+        "client got {code:?}"
+    );
+    // The backend did get the client's close.
+    let probe::Event::Handshake(_) = probe.next().await? else {
+        anyhow::bail!("expected the handshake")
+    };
+    let probe::Event::Raw(bytes) = probe.next().await? else {
+        anyhow::bail!("expected the passed-on close")
+    };
+    ensure!(bytes.first() == Some(&0x88), "backend got {bytes:02x?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_backend_close_the_client_never_answers_is_answered_by_the_gateway() -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut probe = probe::Probe::start(probe::Mode::Accept { protocol: None }).await?;
+    let tb = testbed_with_toml(&[("Backend_PROBE", probe.url())], QUICK_CLOSE).await?;
+    let opts = tb.connect_options("Backend_PROBE")?;
+    let connector = loadgen::client::Connector::new(&opts).await?;
+    // A client that asks the backend to close, then neither reads nor answers.
+    let mut raw = connector.connect_raw(&[], None).await?;
+    let key = [1u8, 2, 3, 4];
+    let text = b"close:1000:bye";
+    let mut frame = vec![0x81, 0x80 | u8::try_from(text.len())?];
+    frame.extend_from_slice(&key);
+    frame.extend(text.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    raw.stream.write_all(&frame).await?;
+    raw.stream.flush().await?;
+    let (code, reason) = probe.next_close().await?;
+    ensure!(
+        (code, reason.as_str()) == (1000, "client did not answer the close"),
+        "backend got {code} {reason:?}"
+    );
+    Ok(())
+}

@@ -89,3 +89,34 @@ async fn a_client_that_never_reads_is_closed_and_its_backend_hears_1001() -> Res
     echo(&mut busy.ws, b"busy").await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_large_frame_sent_slowly_is_not_taken_for_silence() -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut probe = Probe::start(Mode::Accept { protocol: None }).await?;
+    let tb = testbed_with_toml(&[("Backend_PROBE", probe.url())], IDLE).await?;
+    let opts = tb.connect_options("Backend_PROBE")?;
+    let connector = loadgen::client::Connector::new(&opts).await?;
+    let mut raw = connector.connect_raw(&[], None).await?;
+    // One 30,000-byte binary frame, trickled over ~3 s: three keepalive periods in which
+    // no frame completes, but bytes keep coming.
+    let payload: Vec<u8> = (0..30_000u32).map(|i| (i % 251) as u8).collect();
+    let key = [0x11u8, 0x22, 0x33, 0x44];
+    let len = u16::try_from(payload.len())?.to_be_bytes();
+    let mut frame = vec![0x82, 0x80 | 126, len[0], len[1]];
+    frame.extend_from_slice(&key);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    let mut pace = tokio::time::interval(Duration::from_millis(100));
+    for chunk in frame.chunks(frame.len().div_ceil(30)) {
+        pace.tick().await;
+        raw.stream.write_all(chunk).await?;
+        raw.stream.flush().await?;
+    }
+    let (op, data) = probe.next_frame().await?;
+    ensure!(
+        op == OpCode::Binary && data == payload,
+        "backend got {op:?} of {} bytes, not the whole frame",
+        data.len()
+    );
+    Ok(())
+}

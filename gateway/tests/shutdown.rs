@@ -224,3 +224,76 @@ async fn a_stuck_session_does_not_hold_the_exit_past_the_drain_timeout() -> Resu
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_request_still_on_its_way_at_sigterm_gets_a_503() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let demo = demo_services::spawn_for_test(ServiceOptions {
+        backend: Backend::Abc,
+        push_interval: None,
+    })
+    .await?;
+    let mut gw = GatewayProc::start(ProcOptions {
+        backends: vec![("Backend_ABC".into(), demo.url())],
+        extra_toml: "[timeouts]\ndrain = \"5s\"\n".into(),
+        ..ProcOptions::default()
+    })
+    .await?;
+    // Through TLS before the signal; the request comes after it.
+    let config = loadgen::tls::client_config(Some(&certs().join("ca.crt")), false)
+        .map_err(anyhow::Error::msg)?;
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost")?;
+    let mut tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await?;
+    let signalled = Instant::now();
+    gw.terminate()?;
+    let addr = gw.addr;
+    wait_for("the listener to close", DEADLINE, || async move {
+        Ok(tokio::net::TcpStream::connect(addr).await.is_err())
+    })
+    .await?;
+    tls.write_all(b"GET /gateway HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(DEADLINE, tls.read_to_end(&mut answer)).await??;
+    let text = String::from_utf8_lossy(&answer);
+    ensure!(
+        text.starts_with("HTTP/1.1 503") && text.contains("gateway is shutting down"),
+        "the request after SIGTERM got {text:?}"
+    );
+    let status = gw.wait_exit(Duration::from_secs(10)).await?;
+    ensure!(status.success(), "exit status {status}");
+    ensure!(
+        signalled.elapsed() < Duration::from_secs(5),
+        "the exit waited for the drain timeout"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_client_hears_1001_whatever_the_backend_answers_to_the_shutdown() -> Result<()> {
+    // The backend answers the gateway's 1001 with a 1000 of its own.
+    let probe = Probe::start(Mode::Raw {
+        reply: vec![0x88, 0x02, 0x03, 0xE8],
+        extensions: None,
+    })
+    .await?;
+    let mut gw = GatewayProc::start(ProcOptions {
+        backends: vec![("Backend_PROBE".into(), probe.url())],
+        extra_toml: "[timeouts]\ndrain = \"3s\"\nclose = \"2s\"\n".into(),
+        ..ProcOptions::default()
+    })
+    .await?;
+    let mut c = client(&gw, "Backend_PROBE").await?;
+    gw.terminate()?;
+    let (code, reason) = expect_close(&mut c.ws).await?;
+    ensure!(
+        code == 1001 && reason == "gateway shutting down",
+        "client got close {code} {reason:?}"
+    );
+    let status = gw.wait_exit(Duration::from_secs(10)).await?;
+    ensure!(status.success(), "exit status {status}");
+    Ok(())
+}
