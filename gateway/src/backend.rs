@@ -90,6 +90,7 @@ pub async fn connect_pool(
                 let instance = &*list[i].addr;
                 tracing::debug!(backend = &**pool.id(), instance, reason = %e.refusal, "backend connect attempt failed");
                 if !e.instance_fault {
+                    list[i].refused_request();
                     return Err(e.refusal);
                 }
                 list[i].failed(now_ms(), pool.spec().eject, &e.refusal);

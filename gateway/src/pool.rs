@@ -146,6 +146,12 @@ impl Instance {
         }
     }
 
+    /// Records a failed attempt that is not the instance's fault (it answered the client's
+    /// request with a 4xx): counted in its failures, not held against it.
+    pub fn refused_request(&self) {
+        self.metrics.failures.inc();
+    }
+
     /// Records a good connect: counted, and readmitted if it was ejected.
     pub fn succeeded(&self) {
         self.metrics.opened.inc();

@@ -925,3 +925,77 @@ async fn max_sessions_caps_each_instance_and_a_full_pool_answers_503() -> Result
     ensure!(status == 503, "full again: {status}");
     Ok(())
 }
+
+#[tokio::test]
+async fn an_instance_the_health_check_finds_silent_stays_out_until_a_probe_answers() -> Result<()> {
+    // `eject` shorter than the wait for the next probe's verdict (the 1 s interval plus
+    // the 1 s a silent instance takes to fail): the ejection must not lapse in between,
+    // or clients are sent to the silent instance and wait for their 504.
+    let mut inst = Instances::start().await?;
+    inst.kill(0).await?;
+    inst.kill(1).await?;
+    // Instances 0 and 1 take the upgrade request and never answer; the pool has 0 and 2.
+    let (_servers, _state) = silent(&inst).await?;
+    let entry = urls_entry(
+        &inst,
+        &[0, 2],
+        ", health_interval = \"1s\", eject = \"1s\", connect_attempts = 1",
+    );
+    let gw = Gw::start(&entry, Arc::default(), None).await?;
+    let silent_one = inst.label(0);
+    wait_metric(
+        &gw,
+        "the silent instance's ejection",
+        "backend_instance_ejections_total",
+        &silent_one,
+        |v| v.unwrap_or(0.0) >= 1.0,
+    )
+    .await?;
+    // Three more probe rounds, with clients arriving all along.
+    let started = Instant::now();
+    let mut sessions = 0;
+    while started.elapsed() < Duration::from_secs(4) {
+        let c = tokio::time::timeout(Duration::from_secs(1), gw.session())
+            .await
+            .with_context(|| format!("session {sessions} waited on the silent instance"))??;
+        drop(c);
+        sessions += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ejections = gw
+        .instance_metric("backend_instance_ejections_total", &silent_one)
+        .await?;
+    ensure!(
+        ejections == Some(1.0),
+        "the ejection lapsed between probes: {ejections:?} ejections"
+    );
+    ensure!(
+        gw.connections(&inst).await?[0] == 0,
+        "a client was sent to the silent instance"
+    );
+    println!("{sessions} sessions, all on the answering instance");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_4xx_answer_to_a_client_counts_as_a_failed_attempt_of_its_instance() -> Result<()> {
+    let mut inst = Instances::start().await?;
+    inst.kill(0).await?;
+    let (_server, _) = answering(SocketAddr::new(ip(0), inst.port), "404 Not Found").await?;
+    let gw = Gw::start(&urls_entry(&inst, &[0], ""), Arc::default(), None).await?;
+    let (status, _) = refused(&gw.options()?).await?;
+    ensure!(status == 502, "a backend's 404: {status}");
+    let label = inst.label(0);
+    let failures = gw
+        .instance_metric("backend_instance_connect_failures_total", &label)
+        .await?;
+    ensure!(failures == Some(1.0), "instance failures {failures:?}");
+    let ejections = gw
+        .instance_metric("backend_instance_ejections_total", &label)
+        .await?;
+    ensure!(
+        ejections.unwrap_or(0.0) == 0.0,
+        "a 4xx ejected the instance: {ejections:?}"
+    );
+    Ok(())
+}

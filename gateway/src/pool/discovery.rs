@@ -72,8 +72,10 @@ impl Pool {
         let pool: Weak<Pool> = Arc::downgrade(self);
         let lookup = lookup.clone();
         let timeout = timeout.min(interval);
-        // Out until a probe answers, even if `eject` is shorter than the interval.
-        let eject = self.spec.eject.max(interval);
+        // Out until a probe answers, even if `eject` is shorter than the wait for the next
+        // verdict: the next round starts `interval` after this one ends (at most `timeout`
+        // after this probe failed) and takes up to `timeout` itself.
+        let eject = self.spec.eject.max(interval + 2 * timeout);
         let check = self.spec.health_check;
         runtime.spawn(async move {
             loop {
