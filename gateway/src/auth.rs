@@ -320,6 +320,16 @@ fn scopes(claim: Option<&Value>) -> HashSet<&str> {
 /// The one key of `public_key`: RSA or EC as the algorithms say.
 fn pem_key(path: &Path, rsa: bool) -> Result<DecodingKey, (&'static str, String)> {
     let pem = read(path).map_err(|e| ("public_key", e))?;
+    // jsonwebtoken takes a private key here too, and then no signature ever verifies.
+    if pem.windows(11).any(|w| w == b"PRIVATE KEY") {
+        return Err((
+            "public_key",
+            format!(
+                "{}: a private key; give its public half (openssl pkey -in KEY -pubout)",
+                path.display()
+            ),
+        ));
+    }
     if rsa {
         DecodingKey::from_rsa_pem(&pem)
     } else {

@@ -461,13 +461,26 @@ mod nets {
     }
 }
 
+/// The longest duration a setting takes: far beyond any use, and far from where adding
+/// it to the clock would overflow.
+const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// A duration setting such as `"10s"` or `"2m"`, at most 100 years.
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e}"))?;
+    if d > MAX_DURATION {
+        return Err(format!("{text:?}: too long (at most 100 years)"));
+    }
+    Ok(d)
+}
+
 mod humane {
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+        super::parse_duration(&text).map_err(serde::de::Error::custom)
     }
 }
 
@@ -693,12 +706,18 @@ impl Config {
                 "must be at least 8192".into(),
             ));
         }
-        if raw.limits.max_message_size == 0 || raw.limits.max_frame_size == 0 {
-            return Err(err(
-                "limits",
-                "max_message_size",
-                "sizes must be at least 1".into(),
-            ));
+        for (key, size) in [
+            ("max_message_size", raw.limits.max_message_size),
+            ("max_frame_size", raw.limits.max_frame_size),
+        ] {
+            if size == 0 {
+                return Err(err("limits", key, "must be at least 1".into()));
+            }
+        }
+        if raw.timeouts.tls_handshake.is_zero() {
+            // Unlike the other timeouts, 0 cannot mean "none": a handshake with no bound
+            // would let a silent connection hold its place for ever.
+            return Err(err("timeouts", "tls_handshake", "must be above 0s".into()));
         }
         if raw.limits.max_connections == 0 {
             return Err(err(

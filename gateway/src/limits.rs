@@ -1,4 +1,4 @@
-//! Connection limits: a total cap (a semaphore slot per connection), an optional cap per
+//! Connection limits: a total cap (a slot per connection), an optional cap per
 //! client IP, and an optional rate of new connections per client IP. A slot is held for
 //! the connection's whole life, session included.
 //!
@@ -10,12 +10,10 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use governor::{DefaultKeyedRateLimiter, Quota};
-
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Why a connection got no slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,12 +60,17 @@ pub enum Admission {
 /// Open connections per client address.
 type IpCounts = Arc<Mutex<HashMap<IpAddr, usize>>>;
 
-/// Hands out connection slots.
+/// Hands out connection slots. Its counts of open connections outlive it: a limiter
+/// rebuilt by a reload ([`ConnLimiter::reconfigured`]) goes on counting the connections
+/// the old one let in.
 #[derive(Debug)]
 pub struct ConnLimiter {
-    total: Arc<Semaphore>,
-    per_ip: Option<(usize, IpCounts)>,
-    rate: Option<Rate>,
+    max_total: usize,
+    total: Arc<AtomicUsize>,
+    /// 0: no per-address cap (the counts are kept all the same, for a reload that sets one).
+    max_per_ip: usize,
+    per_ip: IpCounts,
+    rate: Option<Arc<Rate>>,
     /// Leading bits of an IPv6 address that name the client.
     ipv6_prefix: u8,
 }
@@ -93,6 +96,7 @@ pub fn client_key(ip: IpAddr, ipv6_prefix: u8) -> IpAddr {
 /// are forgotten.
 #[derive(Debug)]
 struct Rate {
+    per_second: NonZeroU32,
     limiter: DefaultKeyedRateLimiter<IpAddr>,
     checks: AtomicU32,
 }
@@ -104,8 +108,17 @@ const RATE_SWEEP_EVERY: u32 = 4096;
 /// A held connection slot; dropping it frees the slot.
 #[derive(Debug)]
 pub struct Slot {
-    _permit: OwnedSemaphorePermit,
-    _ip: Option<IpSlot>,
+    _ip: IpSlot,
+    _total: TotalSlot,
+}
+
+#[derive(Debug)]
+struct TotalSlot(Arc<AtomicUsize>);
+
+impl Drop for TotalSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 #[derive(Debug)]
@@ -132,15 +145,12 @@ impl ConnLimiter {
     /// per-address cap), and at most `rate_per_ip` new ones per second from one address
     /// (0: no rate).
     pub fn new(max_total: usize, max_per_ip: usize, rate_per_ip: u32) -> Self {
-        let per_ip = (max_per_ip > 0).then(|| (max_per_ip, Arc::new(Mutex::new(HashMap::new()))));
-        let rate = NonZeroU32::new(rate_per_ip).map(|n| Rate {
-            limiter: DefaultKeyedRateLimiter::keyed(Quota::per_second(n)),
-            checks: AtomicU32::new(0),
-        });
         Self {
-            total: Arc::new(Semaphore::new(max_total.min(Semaphore::MAX_PERMITS))),
-            per_ip,
-            rate,
+            max_total,
+            total: Arc::default(),
+            max_per_ip,
+            per_ip: IpCounts::default(),
+            rate: NonZeroU32::new(rate_per_ip).map(|n| Arc::new(Rate::new(n))),
             ipv6_prefix: DEFAULT_IPV6_PREFIX,
         }
     }
@@ -161,6 +171,27 @@ impl ConnLimiter {
         .with_ipv6_prefix(limits.ipv6_prefix)
     }
 
+    /// The limits `[limits]` asks for, counting the connections this limiter let in (and
+    /// keeping its rate allowances when the rate is the same). Connections over a lowered
+    /// cap stay open; new ones wait until enough have closed.
+    pub fn reconfigured(&self, limits: &crate::config::LimitsConfig) -> Self {
+        let rate = match (
+            &self.rate,
+            NonZeroU32::new(limits.max_connection_rate_per_ip),
+        ) {
+            (Some(old), Some(n)) if old.per_second == n => Some(old.clone()),
+            (_, n) => n.map(|n| Arc::new(Rate::new(n))),
+        };
+        Self {
+            max_total: limits.max_connections,
+            total: self.total.clone(),
+            max_per_ip: limits.max_connections_per_ip,
+            per_ip: self.per_ip.clone(),
+            rate,
+            ipv6_prefix: limits.ipv6_prefix,
+        }
+    }
+
     /// A slot for a connection from `ip`, if the rate and both caps allow it.
     pub fn try_acquire(&self, ip: IpAddr) -> Result<Slot, LimitHit> {
         let ip = client_key(ip, self.ipv6_prefix);
@@ -171,30 +202,38 @@ impl ConnLimiter {
             }
             rate.limiter.check_key(&ip).map_err(|_| LimitHit::Rate)?;
         }
-        let permit = self
-            .total
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| LimitHit::Total)?;
-        let ip_slot = match &self.per_ip {
-            None => None,
-            Some((max, counts)) => {
-                let mut map = counts.lock().map_err(|_| LimitHit::PerIp)?;
-                let n = map.entry(ip).or_insert(0);
-                if *n >= *max {
-                    return Err(LimitHit::PerIp);
-                }
-                *n += 1;
-                Some(IpSlot {
-                    ip,
-                    counts: counts.clone(),
-                })
+        let open = self.total.fetch_add(1, Ordering::AcqRel);
+        let total = TotalSlot(self.total.clone());
+        if open >= self.max_total {
+            return Err(LimitHit::Total);
+        }
+        let mut map = self.per_ip.lock().map_err(|_| LimitHit::PerIp)?;
+        let n = map.entry(ip).or_insert(0);
+        if self.max_per_ip > 0 && *n >= self.max_per_ip {
+            if *n == 0 {
+                map.remove(&ip);
             }
-        };
+            return Err(LimitHit::PerIp);
+        }
+        *n += 1;
+        drop(map);
         Ok(Slot {
-            _permit: permit,
-            _ip: ip_slot,
+            _ip: IpSlot {
+                ip,
+                counts: self.per_ip.clone(),
+            },
+            _total: total,
         })
+    }
+}
+
+impl Rate {
+    fn new(per_second: NonZeroU32) -> Self {
+        Self {
+            per_second,
+            limiter: DefaultKeyedRateLimiter::keyed(Quota::per_second(per_second)),
+            checks: AtomicU32::new(0),
+        }
     }
 }
 
@@ -286,5 +325,32 @@ mod tests {
             Some(LimitHit::Rate),
             "closing connections gives no new ones: it is a rate"
         );
+    }
+
+    #[test]
+    fn a_reconfigured_limiter_counts_the_connections_the_old_one_let_in() {
+        let a: IpAddr = [10, 0, 0, 1].into();
+        let b: IpAddr = [10, 0, 0, 2].into();
+        let old = ConnLimiter::new(10, 0, 0);
+        let held = [old.try_acquire(a), old.try_acquire(a), old.try_acquire(b)];
+        assert!(held.iter().all(Result::is_ok));
+        let limits = |total, per_ip| crate::config::LimitsConfig {
+            max_connections: total,
+            max_connections_per_ip: per_ip,
+            max_connection_rate_per_ip: 0,
+            ..crate::config::LimitsConfig::default()
+        };
+        let lowered = old.reconfigured(&limits(3, 0));
+        assert_eq!(lowered.try_acquire(b).err(), Some(LimitHit::Total));
+        let per_ip = lowered.reconfigured(&limits(10, 2));
+        assert_eq!(per_ip.try_acquire(a).err(), Some(LimitHit::PerIp));
+        let third = per_ip.try_acquire(b);
+        assert!(third.is_ok(), "b has one of its two");
+        assert_eq!(per_ip.try_acquire(b).err(), Some(LimitHit::PerIp));
+        // Slots taken under the old limiter free places under the new one.
+        drop(held);
+        drop(third);
+        let again: Vec<_> = (0..2).map(|_| per_ip.try_acquire(a)).collect();
+        assert!(again.iter().all(Result::is_ok));
     }
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::EnvFilter;
 
 #[global_allocator]
@@ -21,8 +22,9 @@ struct Args {
     config: PathBuf,
     #[command(subcommand)]
     command: Option<Command>,
-    /// Log level (overridden by RUST_LOG).
-    #[arg(long, default_value = "info")]
+    /// Log level: error, warn, info, debug, trace or off, or directives such as
+    /// `info,gateway=debug` (overridden by RUST_LOG).
+    #[arg(long, default_value = "info", value_parser = log_filter)]
     log_level: String,
     /// Log format.
     #[arg(long, value_parser = ["text", "json"], default_value = "text")]
@@ -33,6 +35,21 @@ struct Args {
 enum Command {
     /// Validate the config (and the files it names), print the effective config, exit.
     CheckConfig,
+}
+
+/// A `--log-level` value: a bare word must be a level, for a misspelt one (`warnn`) would
+/// read as a target's name and silence every log line.
+fn log_filter(value: &str) -> Result<String, String> {
+    for part in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        if !part.contains('=') && part.parse::<LevelFilter>().is_err() {
+            return Err(format!(
+                "{part:?} is not a level (error, warn, info, debug, trace, off) nor a target=level directive"
+            ));
+        }
+    }
+    EnvFilter::try_new(value)
+        .map(|_| value.to_owned())
+        .map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {

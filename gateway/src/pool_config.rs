@@ -189,7 +189,7 @@ impl PoolSpec {
         };
         let duration = |key: &'static str| -> Result<Option<Duration>, SpecError> {
             string(key)?
-                .map(|s| humantime::parse_duration(s).map_err(|e| at(key, format!("{s:?}: {e}"))))
+                .map(|s| crate::config::parse_duration(s).map_err(|e| at(key, e)))
                 .transpose()
         };
         let balance = match string("balance")? {

@@ -211,7 +211,14 @@ impl SessionReport {
             let (client, backend) = kind.closes();
             return vec![("client", client.code), ("backend", backend.code)];
         }
+        // A close the other side did not answer in time was answered by the gateway,
+        // which stopped the other pump to send it.
+        let answered = self.second == Some(PumpEnd::Stopped);
         match self.first {
+            (Upstream, PumpEnd::Closed(code)) if answered => vec![("client", code.unwrap_or(1000))],
+            (Downstream, PumpEnd::Closed(code)) if answered => {
+                vec![("backend", code.unwrap_or(1000))]
+            }
             (_, PumpEnd::Closed(_)) | (_, PumpEnd::Stopped) => vec![],
             (Upstream, PumpEnd::SourceLost) | (Downstream, PumpEnd::DestLost) => {
                 vec![("backend", CLIENT_LOST.code)]
@@ -549,6 +556,34 @@ mod tests {
         assert_eq!(got[..4], [0x88, 23, 0x03, 0xE9]);
         assert_eq!(&got[4..], b"gateway shutting down");
         drop((tx, answer));
+    }
+
+    #[test]
+    fn a_close_answered_by_the_gateway_is_counted_as_its_own() {
+        let report = |first, second| SessionReport {
+            first,
+            second,
+            upstream: Counters::default(),
+            downstream: Counters::default(),
+            shutdown: false,
+            deadline: None,
+            duration: Duration::ZERO,
+        };
+        let answered = report(
+            (Direction::Upstream, PumpEnd::Closed(Some(4000))),
+            Some(PumpEnd::Stopped),
+        );
+        assert_eq!(answered.gateway_closes(), vec![("client", 4000)]);
+        let to_backend = report(
+            (Direction::Downstream, PumpEnd::Closed(None)),
+            Some(PumpEnd::Stopped),
+        );
+        assert_eq!(to_backend.gateway_closes(), vec![("backend", 1000)]);
+        let passed_back = report(
+            (Direction::Upstream, PumpEnd::Closed(Some(1000))),
+            Some(PumpEnd::Closed(Some(1000))),
+        );
+        assert!(passed_back.gateway_closes().is_empty());
     }
 
     #[test]

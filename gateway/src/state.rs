@@ -126,8 +126,8 @@ impl Shared {
             || old.limits.max_connection_rate_per_ip != config.limits.max_connection_rate_per_ip
             || old.limits.ipv6_prefix != config.limits.ipv6_prefix
         {
-            self.limiter
-                .store(Arc::new(ConnLimiter::from_config(&config.limits)));
+            let limiter = self.limiter.load().reconfigured(&config.limits);
+            self.limiter.store(Arc::new(limiter));
         }
         self.verifier.store(Arc::new(verifier));
         self.tls.store(tls);

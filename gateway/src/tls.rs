@@ -43,6 +43,24 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, (&'static str
     if !tls.cipher_suites.is_empty() {
         provider.cipher_suites = chosen_suites(&provider.cipher_suites, &tls.cipher_suites)
             .map_err(|e| ("cipher_suites", e))?;
+        // TLS 1.2 suites are tied to a kind of key: listing only those of another kind
+        // would fail every handshake. (A key that does not load is reported below.)
+        if let Ok(signer) = provider.key_provider.load_private_key(key_der.clone_key()) {
+            let alg = signer.algorithm();
+            if !provider
+                .cipher_suites
+                .iter()
+                .any(|s| s.usable_for_signature_algorithm(alg))
+            {
+                return Err((
+                    "cipher_suites",
+                    format!(
+                        "none of them can be used with the {alg:?} key {}: add a TLS 1.3 suite or one for that key",
+                        key.display()
+                    ),
+                ));
+            }
+        }
     }
     let mut config = ServerConfig::builder_with_provider(Arc::new(provider))
         .with_safe_default_protocol_versions()

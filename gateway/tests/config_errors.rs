@@ -205,3 +205,78 @@ fn check_config_prints_the_effective_config() -> Result<()> {
     );
     Ok(())
 }
+
+/// A minimal valid config with `extra` appended.
+fn base_with(extra: &str) -> String {
+    let c = certs();
+    format!(
+        "[tls]\ncert = \"{c}/server.crt\"\nkey = \"{c}/server.key\"\n[auth]\npublic_key = \"{c}/jwt-public.pem\"\n[backends]\nA = \"ws://localhost:1/\"\n{extra}"
+    )
+}
+
+#[test]
+fn settings_that_would_fail_every_client_or_crash_later_are_refused_at_start() -> Result<()> {
+    let c = certs();
+    // The ECDSA certificate with only RSA key-exchange suites: no handshake could work.
+    let rsa_only = format!(
+        "[tls]\ncert = \"{c}/server.crt\"\nkey = \"{c}/server.key\"\ncipher_suites = [\"TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256\"]\n[auth]\npublic_key = \"{c}/jwt-public.pem\"\n[backends]\nA = \"ws://localhost:1/\"\n"
+    );
+    check(&rsa_only, &["tls.cipher_suites", "ECDSA", "TLS 1.3"])?;
+    // The private key where the public one goes: no signature would ever verify.
+    let private = format!(
+        "[tls]\ncert = \"{c}/server.crt\"\nkey = \"{c}/server.key\"\n[auth]\npublic_key = \"{c}/jwt-private.pem\"\n[backends]\nA = \"ws://localhost:1/\"\n"
+    );
+    check(&private, &["auth.public_key", "private key"])?;
+    // A handshake timeout of 0 would drop every client; a duration too long for the clock
+    // would panic at the first connection.
+    check(
+        &base_with("[timeouts]\ntls_handshake = \"0s\"\n"),
+        &["Config.toml:9", "timeouts.tls_handshake", "above 0s"],
+    )?;
+    check(
+        &base_with("[timeouts]\nmax_session = \"500000000000y\"\n"),
+        &["Config.toml:9", "timeouts.max_session", "at most 100 years"],
+    )?;
+    check(
+        &base_with("[backends.B]\nurls = [\"ws://localhost:1/\"]\neject = \"500000000000y\"\n"),
+        &["backends.B.eject", "at most 100 years"],
+    )?;
+    // The size that is wrong is the one named, on its line.
+    check(
+        &base_with("[limits]\nmax_message_size = 10\nmax_frame_size = 0\n"),
+        &["Config.toml:10", "limits.max_frame_size"],
+    )
+}
+
+#[test]
+fn a_misspelt_log_level_is_refused_rather_than_silencing_the_logs() -> Result<()> {
+    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args([
+            "--log-level",
+            "warnn",
+            "--config",
+            "/nonexistent/Config.toml",
+        ])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.code() == Some(2),
+        "exit {:?}: {stderr}",
+        out.status
+    );
+    ensure!(stderr.contains("not a level"), "{stderr}");
+    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args([
+            "--log-level",
+            "warn,gateway=debug",
+            "--config",
+            "/nonexistent/Config.toml",
+        ])
+        .output()?;
+    ensure!(
+        out.status.code() == Some(64),
+        "directives are taken (then the missing file stops it): {:?}",
+        out.status
+    );
+    Ok(())
+}

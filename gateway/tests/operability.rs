@@ -752,3 +752,36 @@ async fn a_reload_waiting_on_a_silent_provider_holds_up_neither_the_admin_endpoi
     holder.abort();
     Ok(())
 }
+
+#[tokio::test]
+async fn a_reload_that_lowers_max_connections_counts_the_connections_already_open() -> Result<()> {
+    let bs = backends().await?;
+    let proc = GatewayProc::start(ProcOptions {
+        backends: vec![("Backend_ABC".into(), bs[0].url())],
+        extra_toml: "[limits]\nmax_connections = 10\n".into(),
+        ..ProcOptions::default()
+    })
+    .await?;
+    let opts = proc.connect_options("Backend_ABC")?;
+    let first = loadgen::client::connect(&opts).await?;
+    let _second = loadgen::client::connect(&opts).await?;
+    let path = proc.config_path();
+    let text = std::fs::read_to_string(&path)?;
+    let lowered = text.replace("max_connections = 10", "max_connections = 2");
+    ensure!(lowered != text, "the test could not edit the config");
+    std::fs::write(&path, lowered)?;
+    reload(&proc, false).await?;
+    let (status, reason) = refused(&opts).await?;
+    ensure!(
+        status == 503 && reason.contains("over the connection limit"),
+        "a third connection under a cap of 2 with 2 open: {status} {reason}"
+    );
+    // A place freed by a connection from before the reload is a place under the new cap.
+    drop(first);
+    wait_for("a freed place", DEADLINE, || {
+        let opts = &opts;
+        async move { Ok(loadgen::client::connect(opts).await.is_ok()) }
+    })
+    .await?;
+    Ok(())
+}
