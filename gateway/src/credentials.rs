@@ -53,17 +53,17 @@ pub fn extract<'r, B>(
             .map(str::trim)
             .filter(|p| !p.is_empty())
     };
-    let token_protocol = browser
-        .token_protocol_prefix
-        .as_deref()
+    let prefix = browser.token_protocol_prefix.as_deref();
+    // Every entry with the token prefix is a credential: none is offered to the backend,
+    // also when the token came another way or a second one was offered.
+    let is_token = |p: &str| prefix.is_some_and(|prefix| p.starts_with(prefix));
+    let token_protocol = prefix
         .and_then(|prefix| entries().find(|p| p.starts_with(prefix) && p.len() > prefix.len()));
-    let backend_protocols = match (lines().count(), token_protocol) {
-        (0, _) => None,
-        (1, None) => lines().next().map(Cow::Borrowed),
-        (_, entry) => {
-            let rest: Vec<&str> = entries().filter(|p| Some(*p) != entry).collect();
-            (!rest.is_empty()).then(|| Cow::Owned(rest.join(", ")))
-        }
+    let backend_protocols = if lines().count() == 1 && !entries().any(is_token) {
+        lines().next().map(Cow::Borrowed)
+    } else {
+        let rest: Vec<&str> = entries().filter(|p| !is_token(p)).collect();
+        (!rest.is_empty()).then(|| Cow::Owned(rest.join(", ")))
     };
 
     let token = match headers.get(header::AUTHORIZATION) {
@@ -248,6 +248,26 @@ mod tests {
             c.backend_protocols.as_deref(),
             Some("chat1, chat2, bearer.a.b.c")
         );
+        Ok(())
+    }
+
+    #[test]
+    fn no_token_entry_reaches_the_backend_however_many_are_offered(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let req = Request::get("/gateway?id=Q")
+            .header("Sec-WebSocket-Protocol", "bearer.a.b.c, chat")
+            .header("Sec-WebSocket-Protocol", "bearer.d.e.f")
+            .body(())?;
+        let c = extract(&req, &browser()).map_err(|e| e.to_string())?;
+        assert_eq!(c.token.as_deref().ok(), Some("a.b.c"));
+        assert_eq!(c.backend_protocols.as_deref(), Some("chat"));
+        let with_header = Request::get("/gateway?id=Q")
+            .header("Authorization", "Bearer x.y.z")
+            .header("Sec-WebSocket-Protocol", "bearer.a.b.c")
+            .body(())?;
+        let c = extract(&with_header, &browser()).map_err(|e| e.to_string())?;
+        assert_eq!(c.token.as_deref().ok(), Some("x.y.z"));
+        assert_eq!(c.backend_protocols, None);
         Ok(())
     }
 }

@@ -358,7 +358,9 @@ fn accept(
         let value = HeaderValue::from_str(chosen)
             .map_err(|_| Refusal::BadGateway("backend chose an invalid subprotocol".into()))?;
         builder = builder.header(header::SEC_WEBSOCKET_PROTOCOL, value);
-    } else if let (None, Some(entry)) = (offered, token_protocol) {
+    } else if let Some(entry) = token_protocol {
+        // Browsers fail a handshake that answers none of their offers: with no choice
+        // from the backend, the client's token entry is answered.
         if let Ok(value) = HeaderValue::from_str(entry) {
             builder = builder.header(header::SEC_WEBSOCKET_PROTOCOL, value);
         }

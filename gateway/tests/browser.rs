@@ -37,8 +37,9 @@ fn chromium() -> Result<Option<&'static str>> {
     bail!("no chromium found: install it (apt-get install chromium) or set WSGATE_SKIP_BROWSER=1")
 }
 
-/// The test page. `mode`: `protocol` (token in a subprotocol entry), `query` (token in
-/// the URL), `deflate` (as `protocol`, to `Backend_PY`, five round trips of a long text
+/// The test page. `mode`: `protocol` (token in a subprotocol entry), `readme` (the
+/// README's example: a subprotocol the backend does not take, then the token entry),
+/// `query` (token in the URL), `deflate` (as `protocol`, to `Backend_PY`, five round trips of a long text
 /// that compresses well).
 fn page(gateway_port: u16, result_port: u16, token: &str, mode: &str) -> String {
     let (backend, text, rounds) = match mode {
@@ -47,6 +48,9 @@ fn page(gateway_port: u16, result_port: u16, token: &str, mode: &str) -> String 
     };
     let url_and_protocols = match mode {
         "query" => format!("new WebSocket('wss://localhost:{gateway_port}/gateway?id={backend}&access_token={token}')"),
+        "readme" => format!(
+            "new WebSocket('wss://localhost:{gateway_port}/gateway?id={backend}', ['chat.v1', 'bearer.{token}'])"
+        ),
         _ => format!(
             "new WebSocket('wss://localhost:{gateway_port}/gateway?id={backend}', ['bearer.{token}'])"
         ),
@@ -165,6 +169,20 @@ async fn chromium_round_trip_with_the_token_in_a_subprotocol() -> Result<()> {
     if let Some(result) = run_browser("protocol", &[], |_| Vec::new()).await? {
         // The browser accepted the handshake only because the gateway answered with an
         // entry it offered.
+        ensure!(result.starts_with("PASS"), "browser reported {result:?}");
+        ensure!(
+            result.contains("bearer."),
+            "browser saw protocol {result:?}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn chromium_runs_the_readmes_example_against_a_backend_that_takes_no_subprotocol(
+) -> Result<()> {
+    if let Some(result) = run_browser("readme", &[], |_| Vec::new()).await? {
+        // The backend chose none of `chat.v1`; the gateway answered the token entry.
         ensure!(result.starts_with("PASS"), "browser reported {result:?}");
         ensure!(
             result.contains("bearer."),
