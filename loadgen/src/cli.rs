@@ -17,7 +17,17 @@ use crate::proxy_header::ProxyHeader;
 use crate::sys::SourceAddrs;
 use crate::token::TokenSource;
 
-/// Exit code: a check failed (integrity errors, no connection, refused upgrade).
+/// A duration flag that must be above zero.
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if d.is_zero() => Err("must be above 0s".to_owned()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Exit code: a check failed (integrity errors, a connection that never opened or was
+/// dropped).
 pub const EXIT_FAILED: u8 = 1;
 /// Exit code: bad options or files (BSD `EX_USAGE`).
 pub const EXIT_USAGE: u8 = 64;
@@ -182,7 +192,7 @@ pub struct DemoArgs {
     #[arg(long, default_value = "Backend_ABC")]
     pub backend: String,
     /// Pause between messages, e.g. `5s`.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = positive_duration)]
     pub interval: Duration,
     /// Stop after this many messages (once the last is echoed).
     #[arg(long)]

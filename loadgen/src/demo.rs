@@ -159,7 +159,8 @@ pub async fn run<W: Write>(
         reason,
     };
 
-    let mut ticker = tokio::time::interval(opts.interval);
+    // `interval` panics on zero; the command line refuses it, a library caller gets 1 ms.
+    let mut ticker = tokio::time::interval(opts.interval.max(Duration::from_millis(1)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sent = 0u64;
     // After the last message: its text, and how long we wait for its echo.

@@ -162,14 +162,23 @@ fn validate(opts: &LoadOptions) -> Result<(), UsageError> {
     if opts.backends.is_empty() {
         return bad("no backend given".to_owned());
     }
-    if opts.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
-        return bad("--rate must be a positive number".to_owned());
+    // A rate's interval (1 / rate) must be a duration the clock can hold.
+    let usable_rate =
+        |r: f64| r > 0.0 && r.is_finite() && Duration::try_from_secs_f64(1.0 / r).is_ok();
+    if opts.rate.is_some_and(|r| !usable_rate(r)) {
+        return bad("--rate must be a positive number, not vanishingly small".to_owned());
     }
-    if opts
-        .connect_rate
-        .is_some_and(|r| !(r > 0.0 && r.is_finite()))
-    {
-        return bad("--connect-rate must be a positive number".to_owned());
+    if opts.connect_rate.is_some_and(|r| !usable_rate(r)) {
+        return bad("--connect-rate must be a positive number, not vanishingly small".to_owned());
+    }
+    for (flag, value) in [
+        ("--duration", opts.duration),
+        ("--echo-timeout", opts.echo_timeout),
+        ("--connect-timeout", opts.connect_timeout),
+    ] {
+        if value.is_zero() {
+            return bad(format!("{flag} must be above 0s"));
+        }
     }
     if opts.connect_concurrency == 0 {
         return bad("--connect-concurrency must be at least 1".to_owned());
@@ -197,7 +206,12 @@ pub async fn run(opts: &LoadOptions, stop: impl Future<Output = ()>) -> anyhow::
         );
     }
     let mut headers = opts.headers.clone();
-    if let Some(token) = opts.token.token()? {
+    // A key file that does not make a token is a bad option, as a missing one is.
+    let token = opts
+        .token
+        .token()
+        .map_err(|e| UsageError(format!("{e:#}")))?;
+    if let Some(token) = token {
         headers.push(("Authorization".to_owned(), format!("Bearer {token}")));
     }
     let connect_opts = ConnectOptions {

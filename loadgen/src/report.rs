@@ -346,9 +346,33 @@ fn grouped(map: HashMap<&str, u64>) -> Vec<Count> {
 }
 
 impl Report {
-    /// Whether the run passed: some connection opened and no integrity error was found.
+    /// Whether the run passed: every connection opened, none was dropped before the run
+    /// ended (with `--reconnect`, one that came back is not dropped), and no integrity
+    /// error was found.
     pub fn passed(&self) -> bool {
-        self.total.connections.opened > 0 && self.total.errors.total == 0
+        self.verdict().is_none()
+    }
+
+    /// Why the run failed, if it did.
+    pub fn verdict(&self) -> Option<String> {
+        let c = &self.total.connections;
+        if c.opened == 0 {
+            Some("FAIL: no connection opened".to_owned())
+        } else if self.total.errors.total > 0 {
+            Some("FAIL: integrity errors".to_owned())
+        } else if c.failed > 0 {
+            Some(format!(
+                "FAIL: {} of {} connections never opened",
+                c.failed, c.requested
+            ))
+        } else if c.dropped > 0 {
+            Some(format!(
+                "FAIL: {} of {} sessions dropped",
+                c.dropped, c.opened
+            ))
+        } else {
+            None
+        }
     }
 }
 
@@ -499,13 +523,9 @@ pub fn write_table(r: &Report, w: &mut dyn Write) -> io::Result<()> {
             r.tls_resumed, r.total.connections.opened
         )?;
     }
-    let verdict = if r.passed() {
-        "PASS: no integrity errors"
-    } else if r.total.connections.opened == 0 {
-        "FAIL: no connection opened"
-    } else {
-        "FAIL: integrity errors"
-    };
+    let verdict = r
+        .verdict()
+        .unwrap_or_else(|| "PASS: no integrity errors".to_owned());
     writeln!(w, "{verdict}")
 }
 

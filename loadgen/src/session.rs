@@ -161,6 +161,9 @@ impl<'a> Session<'a> {
             tokio::time::sleep_until(tokio::time::Instant::now() + Duration::from_secs(86_400));
         tokio::pin!(timer);
         let mut timer_at: Option<Instant> = None;
+        // A stream that starts mid-run (a reconnect) resumes an open loop from now: the
+        // messages due while there was no stream are not sent (see `reset_stream`).
+        self.next_due_ns = self.next_due_ns.max(self.now_ns());
         self.apply_phase();
 
         loop {

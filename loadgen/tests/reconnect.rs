@@ -235,3 +235,46 @@ async fn reconnecting_gives_up_after_the_attempts_allowed() -> anyhow::Result<()
     assert_accounted(&run);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_loop_resumes_at_the_reconnect_without_the_messages_due_meanwhile(
+) -> anyhow::Result<()> {
+    // 100 msg/s per connection for 1.5 s, and 600 ms without a stream after the first
+    // close (the back-off): ~60 messages per connection fall due while there is none.
+    let addr = start(Ending::GoingAway, None).await?;
+    let opts = LoadOptions {
+        url: format!("ws://{addr}/echo"),
+        backends: vec!["Backend_ABC".into()],
+        conns: CONNS,
+        duration: Duration::from_millis(1500),
+        drain_timeout: Duration::from_millis(500),
+        rate: Some(100.0 * CONNS as f64),
+        token: TokenSource::None,
+        ca: None,
+        reconnect: Some(Reconnect {
+            attempts: 5,
+            backoff: Duration::from_millis(600),
+        }),
+        ..Default::default()
+    };
+    let run = tokio::time::timeout(
+        Duration::from_secs(30),
+        load::run(&opts, std::future::pending()),
+    )
+    .await??;
+    let t = &run.report.total;
+    assert_eq!(t.connections.reconnects, CONNS as u64);
+    assert_accounted(&run);
+    let scheduled = 150 * CONNS as u64;
+    assert!(
+        t.messages.sent < scheduled * 4 / 5,
+        "the messages due without a stream were sent at the reconnect: {} of {scheduled}",
+        t.messages.sent
+    );
+    assert!(
+        t.rtt_us.max < 300_000,
+        "a round trip counted across the gap: max {} µs",
+        t.rtt_us.max
+    );
+    Ok(())
+}

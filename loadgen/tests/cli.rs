@@ -1,0 +1,66 @@
+//! The `loadgen` binary refuses options that cannot work, with one clear line and exit
+//! code 2 (the parser) or 64 (checked before the run), instead of panicking mid-run or
+//! reporting figures that mean nothing.
+
+use std::process::Command;
+
+fn loadgen(args: &[&str]) -> anyhow::Result<(Option<i32>, String)> {
+    let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(args)
+        .output()?;
+    Ok((
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+#[test]
+fn options_that_cannot_work_are_refused_before_anything_runs() -> anyhow::Result<()> {
+    // Nothing listens on port 1: a run that got past its checks would fail there instead.
+    let url = ["--url", "ws://127.0.0.1:1/gateway", "--token", "x"];
+    for (extra, code, needle) in [
+        (&["demo", "--interval", "0s"][..], 2, "above 0s"),
+        (&["--connect-rate", "1e-300"][..], 64, "--connect-rate"),
+        (&["--rate", "1e-300"][..], 64, "--rate"),
+        (&["--echo-timeout", "0s"][..], 64, "--echo-timeout"),
+        (&["--duration", "0s"][..], 64, "--duration"),
+        (&["--connect-timeout", "0s"][..], 64, "--connect-timeout"),
+    ] {
+        let args: Vec<&str> = if extra[0] == "demo" {
+            extra.to_vec()
+        } else {
+            url.iter().chain(extra).copied().collect()
+        };
+        let (got, stderr) = loadgen(&args)?;
+        anyhow::ensure!(
+            got == Some(code) && stderr.contains(needle),
+            "{args:?}: exit {got:?}, stderr {stderr:?}"
+        );
+        anyhow::ensure!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_jwt_key_that_is_not_an_rsa_key_is_a_usage_error() -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("loadgen-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let key = dir.join("not-a-key.pem");
+    std::fs::write(
+        &key,
+        "-----BEGIN NOTHING-----\nAAAA\n-----END NOTHING-----\n",
+    )?;
+    let key = key.to_string_lossy().into_owned();
+    let (got, stderr) = loadgen(&[
+        "--url",
+        "ws://127.0.0.1:1/gateway",
+        "--jwt-key",
+        &key,
+        "--duration",
+        "1s",
+    ])?;
+    let _ = std::fs::remove_dir_all(&dir);
+    anyhow::ensure!(got == Some(64), "exit {got:?}: {stderr}");
+    anyhow::ensure!(stderr.contains("not-a-key.pem"), "{stderr}");
+    Ok(())
+}
