@@ -334,6 +334,17 @@ async fn run_demo(opts: &DemoOptions) -> ExitCode {
 }
 
 async fn run_load(args: &LoadArgs) -> ExitCode {
+    // A report that cannot be written is found out now, not after the whole run.
+    for path in [&args.json, &args.report].into_iter().flatten() {
+        if let Err(e) = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+        {
+            eprintln!("loadgen: cannot write {}: {e}", path.display());
+            return ExitCode::from(EXIT_USAGE);
+        }
+    }
     let opts = args.options();
     let run = match load::run(&opts, ctrl_c()).await {
         Ok(run) => run,

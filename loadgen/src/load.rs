@@ -288,13 +288,18 @@ pub async fn run(opts: &LoadOptions, stop: impl Future<Output = ()>) -> anyhow::
     }
     let connect_phase = connect_start.elapsed();
     let cpu_connected = sys::cpu_time().unwrap_or_default();
+    // Every connection has failed or ended for good: nothing is left to hold or run, and
+    // the report need not wait out the hold and the duration.
+    let all_over =
+        |t: &crate::stats::LiveTotals| t.opened + t.failed >= requested && t.dropped >= t.opened;
 
     // Hold phase.
     if !stopped_early && !opts.hold.is_zero() {
         let end = tokio::time::Instant::now() + opts.hold;
         loop {
-            progress.update("holding", requested, &shared.live.totals());
-            if opts.hold_until.as_ref().is_some_and(|p| p.exists()) {
+            let t = shared.live.totals();
+            progress.update("holding", requested, &t);
+            if opts.hold_until.as_ref().is_some_and(|p| p.exists()) || all_over(&t) {
                 break;
             }
             tokio::select! {
@@ -316,7 +321,11 @@ pub async fn run(opts: &LoadOptions, stop: impl Future<Output = ()>) -> anyhow::
         let _ = phase_tx.send(Phase::Run { interval_ns });
         let end = tokio::time::Instant::now() + opts.duration;
         loop {
-            progress.update("running", requested, &shared.live.totals());
+            let t = shared.live.totals();
+            progress.update("running", requested, &t);
+            if all_over(&t) {
+                break;
+            }
             tokio::select! {
                 () = tokio::time::sleep_until(end) => break,
                 _ = tick.tick() => {}

@@ -64,3 +64,49 @@ fn a_jwt_key_that_is_not_an_rsa_key_is_a_usage_error() -> anyhow::Result<()> {
     anyhow::ensure!(stderr.contains("not-a-key.pem"), "{stderr}");
     Ok(())
 }
+
+#[test]
+fn an_unwritable_report_path_is_refused_before_the_run() -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let (got, stderr) = loadgen(&[
+        "--url",
+        "ws://127.0.0.1:1/gateway",
+        "--token",
+        "x",
+        "--duration",
+        "20s",
+        "--json",
+        "/nonexistent/dir/out.json",
+    ])?;
+    anyhow::ensure!(got == Some(64), "exit {got:?}: {stderr}");
+    anyhow::ensure!(stderr.contains("/nonexistent/dir/out.json"), "{stderr}");
+    anyhow::ensure!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "found out only after the run"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_run_where_nothing_opened_reports_at_once_not_after_its_duration() -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    // Nothing listens on port 1: every connect is refused at once.
+    let (got, stderr) = loadgen(&[
+        "--url",
+        "ws://127.0.0.1:1/gateway",
+        "--token",
+        "x",
+        "--conns",
+        "3",
+        "--duration",
+        "30s",
+        "--no-progress",
+    ])?;
+    let took = started.elapsed();
+    anyhow::ensure!(got == Some(1), "exit {got:?}: {stderr}");
+    anyhow::ensure!(
+        took < std::time::Duration::from_secs(15),
+        "waited {took:?} for connections that had all failed"
+    );
+    Ok(())
+}
