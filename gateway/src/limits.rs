@@ -210,9 +210,6 @@ impl ConnLimiter {
         let mut map = self.per_ip.lock().map_err(|_| LimitHit::PerIp)?;
         let n = map.entry(ip).or_insert(0);
         if self.max_per_ip > 0 && *n >= self.max_per_ip {
-            if *n == 0 {
-                map.remove(&ip);
-            }
             return Err(LimitHit::PerIp);
         }
         *n += 1;

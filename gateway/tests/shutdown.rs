@@ -240,13 +240,7 @@ async fn a_request_still_on_its_way_at_sigterm_gets_a_503() -> Result<()> {
     })
     .await?;
     // Through TLS before the signal; the request comes after it.
-    let config = loadgen::tls::client_config(Some(&certs().join("ca.crt")), false)
-        .map_err(anyhow::Error::msg)?;
-    let tcp = tokio::net::TcpStream::connect(gw.addr).await?;
-    let name = rustls::pki_types::ServerName::try_from("localhost")?;
-    let mut tls = tokio_rustls::TlsConnector::from(config)
-        .connect(name, tcp)
-        .await?;
+    let mut tls = tls_connect_to(gw.addr).await?;
     let signalled = Instant::now();
     gw.terminate()?;
     let addr = gw.addr;

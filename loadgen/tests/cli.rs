@@ -14,10 +14,18 @@ fn loadgen(args: &[&str]) -> anyhow::Result<(Option<i32>, String)> {
     ))
 }
 
+/// A target where nothing listens (port 1), with a token given: a run that got past its
+/// checks fails there, at once.
+const NOBODY: [&str; 4] = ["--url", "ws://127.0.0.1:1/gateway", "--token", "x"];
+
+/// `loadgen` against [`NOBODY`] with `extra` flags.
+fn loadgen_at_nobody(extra: &[&str]) -> anyhow::Result<(Option<i32>, String)> {
+    let args: Vec<&str> = NOBODY.iter().chain(extra).copied().collect();
+    loadgen(&args)
+}
+
 #[test]
 fn options_that_cannot_work_are_refused_before_anything_runs() -> anyhow::Result<()> {
-    // Nothing listens on port 1: a run that got past its checks would fail there instead.
-    let url = ["--url", "ws://127.0.0.1:1/gateway", "--token", "x"];
     for (extra, code, needle) in [
         (&["demo", "--interval", "0s"][..], 2, "above 0s"),
         (&["--connect-rate", "1e-300"][..], 64, "--connect-rate"),
@@ -26,17 +34,16 @@ fn options_that_cannot_work_are_refused_before_anything_runs() -> anyhow::Result
         (&["--duration", "0s"][..], 64, "--duration"),
         (&["--connect-timeout", "0s"][..], 64, "--connect-timeout"),
     ] {
-        let args: Vec<&str> = if extra[0] == "demo" {
-            extra.to_vec()
+        let (got, stderr) = if extra[0] == "demo" {
+            loadgen(extra)?
         } else {
-            url.iter().chain(extra).copied().collect()
+            loadgen_at_nobody(extra)?
         };
-        let (got, stderr) = loadgen(&args)?;
         anyhow::ensure!(
             got == Some(code) && stderr.contains(needle),
-            "{args:?}: exit {got:?}, stderr {stderr:?}"
+            "{extra:?}: exit {got:?}, stderr {stderr:?}"
         );
-        anyhow::ensure!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        anyhow::ensure!(!stderr.contains("panicked"), "{extra:?}: {stderr}");
     }
     Ok(())
 }
@@ -68,16 +75,8 @@ fn a_jwt_key_that_is_not_an_rsa_key_is_a_usage_error() -> anyhow::Result<()> {
 #[test]
 fn an_unwritable_report_path_is_refused_before_the_run() -> anyhow::Result<()> {
     let started = std::time::Instant::now();
-    let (got, stderr) = loadgen(&[
-        "--url",
-        "ws://127.0.0.1:1/gateway",
-        "--token",
-        "x",
-        "--duration",
-        "20s",
-        "--json",
-        "/nonexistent/dir/out.json",
-    ])?;
+    let (got, stderr) =
+        loadgen_at_nobody(&["--duration", "20s", "--json", "/nonexistent/dir/out.json"])?;
     anyhow::ensure!(got == Some(64), "exit {got:?}: {stderr}");
     anyhow::ensure!(stderr.contains("/nonexistent/dir/out.json"), "{stderr}");
     anyhow::ensure!(
@@ -90,18 +89,8 @@ fn an_unwritable_report_path_is_refused_before_the_run() -> anyhow::Result<()> {
 #[test]
 fn a_run_where_nothing_opened_reports_at_once_not_after_its_duration() -> anyhow::Result<()> {
     let started = std::time::Instant::now();
-    // Nothing listens on port 1: every connect is refused at once.
-    let (got, stderr) = loadgen(&[
-        "--url",
-        "ws://127.0.0.1:1/gateway",
-        "--token",
-        "x",
-        "--conns",
-        "3",
-        "--duration",
-        "30s",
-        "--no-progress",
-    ])?;
+    // Every connect is refused at once.
+    let (got, stderr) = loadgen_at_nobody(&["--conns", "3", "--duration", "30s", "--no-progress"])?;
     let took = started.elapsed();
     anyhow::ensure!(got == Some(1), "exit {got:?}: {stderr}");
     anyhow::ensure!(

@@ -72,9 +72,16 @@ pub async fn refused(opts: &ConnectOptions) -> Result<(u16, String)> {
 pub async fn tls_connect(
     tb: &Testbed,
 ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    tls_connect_to(tb.gateway_addr()).await
+}
+
+/// [`tls_connect`] to a gateway at `addr` (a gateway process, say).
+pub async fn tls_connect_to(
+    addr: std::net::SocketAddr,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     let config = loadgen::tls::client_config(Some(&certs().join("ca.crt")), false)
         .map_err(anyhow::Error::msg)?;
-    let tcp = tokio::net::TcpStream::connect(tb.gateway_addr()).await?;
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
     let name = rustls::pki_types::ServerName::try_from("localhost")?;
     Ok(tokio_rustls::TlsConnector::from(config)
         .connect(name, tcp)
