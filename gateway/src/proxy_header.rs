@@ -23,6 +23,12 @@ const V1_MAX: usize = 107;
 /// protocol, and the length of what follows.
 const V2_FIXED: usize = 16;
 
+/// Where a v2 header holds its version (high nibble) and command (low nibble).
+const V2_VERSION_COMMAND: usize = 12;
+
+/// Version 2, command `LOCAL`.
+const V2_LOCAL: u8 = 0x20;
+
 /// The longest v2 header taken: its 16 fixed bytes, addresses and TLVs (balancers add a
 /// few tens of bytes of TLVs, e.g. AWS's VPC endpoint id). Longer is refused rather
 /// than buffered.
@@ -59,6 +65,11 @@ pub async fn read(tcp: &mut TcpStream) -> Result<Option<SocketAddr>, ProxyHeader
     tcp.read_exact(&mut header).await?;
     if header == v2::PROTOCOL_PREFIX {
         read_v2_rest(tcp, &mut header).await?;
+        if header[V2_VERSION_COMMAND] == V2_LOCAL {
+            // The balancer's own connection: whatever family and addresses follow are to
+            // be ignored (the protocol's words), and some balancers fill them in.
+            return Ok(None);
+        }
         let parsed = v2::Header::try_from(&header[..])
             .map_err(|e| ProxyHeaderError::Malformed(e.to_string()))?;
         Ok(v2_source(&parsed))
@@ -201,6 +212,9 @@ mod tests {
         assert_eq!(v2_proxy, Some(addr("198.51.100.9:5000")));
         // LOCAL: the balancer's own health check names no client.
         assert_eq!(read_sent(&v2(0x20, 0x00, &[])).await?, None);
+        // LOCAL with a family and addresses filled in: they are ignored, not parsed.
+        assert_eq!(read_sent(&v2(0x20, 0x11, &body)).await?, None);
+        assert_eq!(read_sent(&v2(0x20, 0x11, &[])).await?, None);
         Ok(())
     }
 

@@ -16,8 +16,9 @@ use tokio::sync::watch;
 
 use crate::batch::FrameWriter;
 use crate::forward::{CloseMsg, Counters, Mailbox, Pump, PumpEnd, PumpLimits, StopWith};
+use crate::frames::{self, Parsed};
 use crate::pair::{Either, Pair};
-use crate::reader::FrameReader;
+use crate::reader::{FrameReader, Stop};
 use crate::ticker::Ticker;
 
 /// Sent to the backend when the client vanishes without a close.
@@ -422,6 +423,25 @@ where
         }))
         .await;
 
+        // The backend side is done; the client may still owe the answer to a close the
+        // gateway sent it (its own, or the backend's going-away). Read up to it before
+        // closing: a close answer that reaches a closed socket is answered with a TCP
+        // reset, which can cost the client the close frame and the TLS close it has not
+        // read yet (RFC 6455 section 7.1.1: the server closes the connection after the
+        // closing handshake).
+        drop((bread, bwrite));
+        let client_end = match first {
+            (Direction::Upstream, end) => Some(end),
+            (Direction::Downstream, _) => second,
+        };
+        if !matches!(client_end, Some(PumpEnd::Closed(_) | PumpEnd::SourceLost)) {
+            let _ = Box::pin(tokio::time::timeout(
+                close_timeout,
+                linger(&mut cread, limits),
+            ))
+            .await;
+        }
+
         SessionReport {
             first,
             second,
@@ -473,6 +493,34 @@ async fn shutdown_signal(
     .await
 }
 
+/// Reads and drops what the client still sends, up to its close frame (its answer to the
+/// gateway's), the end of its stream, or anything that is not a frame.
+async fn linger<R: AsyncRead + Unpin>(src: &mut FrameReader<R>, limits: PumpLimits) {
+    let mut until_close = |_: &mut std::task::Context<'_>, data: &mut [u8]| {
+        let mut used = 0;
+        loop {
+            match frames::parse(
+                &data[used..],
+                true,
+                limits.max_frame_size,
+                limits.permessage_deflate,
+            ) {
+                Parsed::Frame(head) => {
+                    used += head.frame_len();
+                    if head.opcode == frames::CLOSE {
+                        return (used, Some(Stop::Close(None)));
+                    }
+                }
+                Parsed::Incomplete(_) => return (used, None),
+                Parsed::Violation(code) => return (used, Some(Stop::Violation(code))),
+            }
+        }
+    };
+    while let Ok(None | Some(Stop::Full)) =
+        std::future::poll_fn(|cx| src.poll_process(cx, &mut until_close)).await
+    {}
+}
+
 /// Resolves at the session's deadline; never when it has none.
 async fn deadline_passed(deadline: &mut Option<std::pin::Pin<Box<Ticker>>>) {
     match deadline {
@@ -503,13 +551,22 @@ mod tests {
         client_gw: DuplexStream,
         backend_gw: DuplexStream,
     ) -> (impl Future<Output = SessionReport>, watch::Sender<bool>) {
+        session_after_shutdown_with(client_gw, backend_gw, Duration::from_millis(100))
+    }
+
+    /// As [`session_after_shutdown`], with this close timeout.
+    fn session_after_shutdown_with(
+        client_gw: DuplexStream,
+        backend_gw: DuplexStream,
+        close_timeout: Duration,
+    ) -> (impl Future<Output = SessionReport>, watch::Sender<bool>) {
         let (cr, cw) = tokio::io::split(client_gw);
         let (br, bw) = tokio::io::split(backend_gw);
         let (tx, rx) = watch::channel(true);
         let opts = SessionOptions {
             max_message_size: 1 << 20,
             max_frame_size: 1 << 20,
-            close_timeout: Duration::from_millis(100),
+            close_timeout,
             keepalive: None,
             ends_at: None,
             permessage_deflate: false,
@@ -556,6 +613,46 @@ mod tests {
         assert_eq!(got[..4], [0x88, 23, 0x03, 0xE9]);
         assert_eq!(&got[4..], b"gateway shutting down");
         drop((tx, answer));
+    }
+
+    #[tokio::test]
+    async fn the_client_can_answer_the_gateways_close_before_the_connection_ends() {
+        // The gateway used to drop the connection right after its close and TLS close: the
+        // client's close answer then met a closed socket, which TCP answers with a reset.
+        let (client_gw, mut client_peer) = tokio::io::duplex(4096);
+        let (backend_gw, mut backend_peer) = tokio::io::duplex(4096);
+        let (run, tx) = session_after_shutdown_with(client_gw, backend_gw, Duration::from_secs(30));
+        let run = tokio::spawn(run);
+        // The backend answers the gateway's going-away close at once.
+        backend_peer
+            .write_all(&[0x88, 0x02, 0x03, 0xE8])
+            .await
+            .expect("backend answer");
+        let mut got = [0u8; 25];
+        client_peer.read_exact(&mut got).await.expect("close frame");
+        assert_eq!(got[..4], [0x88, 23, 0x03, 0xE9]);
+        let mut rest = Vec::new();
+        client_peer
+            .read_to_end(&mut rest)
+            .await
+            .expect("end of stream");
+        assert!(rest.is_empty(), "nothing after the close: {rest:?}");
+        // The client answers (masked 1001), then ends its side.
+        client_peer
+            .write_all(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xE9])
+            .await
+            .expect("the gateway closed the connection before the client's close answer");
+        client_peer.shutdown().await.expect("client end");
+        let report = tokio::time::timeout(Duration::from_secs(5), run)
+            .await
+            .expect("the session ends once the client has ended")
+            .expect("session task");
+        assert!(report.shutdown);
+        assert!(
+            report.duration < Duration::from_secs(30),
+            "ended by the client's end, not by the close timeout"
+        );
+        drop((tx, backend_peer));
     }
 
     #[test]

@@ -291,3 +291,50 @@ async fn the_client_hears_1001_whatever_the_backend_answers_to_the_shutdown() ->
     ensure!(status.success(), "exit status {status}");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_client_answering_the_shutdown_close_gets_no_reset() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The gateway used to close the socket right after its close frame and TLS close, so
+    // the client's close answer met a closed socket, which TCP answers with a reset (on
+    // some stacks the reset also discards what the client had not read yet).
+    let demo = demo_services::spawn_for_test(ServiceOptions {
+        backend: Backend::Abc,
+        push_interval: None,
+    })
+    .await?;
+    let mut gw = GatewayProc::start(ProcOptions {
+        backends: vec![("Backend_ABC".into(), demo.url())],
+        extra_toml: "[timeouts]\ndrain = \"5s\"\nclose = \"1s\"\n".into(),
+        ..ProcOptions::default()
+    })
+    .await?;
+    let mut c = client(&gw, "Backend_ABC").await?;
+    gw.terminate()?;
+    let (code, reason) = expect_close(&mut c.ws).await?;
+    ensure!(
+        code == 1001 && reason == "gateway shutting down",
+        "client got close {code} {reason:?}"
+    );
+    // A client that reads on to the end of the stream (the TLS close, then the gateway's
+    // FIN) before it answers: the answer comes after the gateway has ended its side.
+    let mut stream = c.ws.into_inner();
+    let mut rest = Vec::new();
+    tokio::time::timeout(DEADLINE, stream.read_to_end(&mut rest))
+        .await
+        .context("no end of stream")??;
+    ensure!(rest.is_empty(), "after the close: {rest:?}");
+    // The close answer it owes (masked, 1001, no reason).
+    stream
+        .write_all(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xE9])
+        .await?;
+    stream.flush().await?;
+    // No end of stream from the client (its TLS close would consume a reset's error): the
+    // gateway waits out the close timeout for it.
+    let status = gw.wait_exit(Duration::from_secs(10)).await?;
+    ensure!(status.success(), "exit status {status}");
+    // Any reset came in answer to the close answer, long before the exit.
+    let error = stream.get_ref().tcp().take_error()?;
+    ensure!(error.is_none(), "the client's socket saw {error:?}");
+    Ok(())
+}
