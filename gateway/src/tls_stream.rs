@@ -107,7 +107,7 @@ pub async fn accept(config: Arc<ServerConfig>, tcp: TcpStream) -> io::Result<Tls
     // request then) were left for whoever handles the records from now on. They are
     // processed now: no read of the socket would come for them while the client waits.
     if !stream.incoming.is_empty() {
-        std::future::poll_fn(|cx| Poll::Ready(stream.process_received(cx, None, None))).await?;
+        stream.process_received(None, None)?;
     }
     std::future::poll_fn(|cx| stream.poll_send(cx)).await?;
     Ok(stream)
@@ -302,10 +302,10 @@ impl TlsStream {
             }
             // What came is processed where it was read, unless the start of a record waits.
             if self.incoming.is_empty() {
-                return Poll::Ready(self.process_received(cx, Some(&mut scratch[..n]), read_buf));
+                return Poll::Ready(self.process_received(Some(&mut scratch[..n]), read_buf));
             }
             self.incoming.extend_from_slice(&scratch[..n]);
-            Poll::Ready(self.process_received(cx, None, read_buf))
+            Poll::Ready(self.process_received(None, read_buf))
         })
     }
 
@@ -315,7 +315,6 @@ impl TlsStream {
     /// fails it, after the alert that says why (if the socket takes it now).
     fn process_received(
         &mut self,
-        cx: &mut Context<'_>,
         read: Option<&mut [u8]>,
         read_buf: Option<&mut ReadBuf<'_>>,
     ) -> io::Result<()> {
@@ -343,13 +342,13 @@ impl TlsStream {
             Ok(()) => Ok(()),
             Err(Failure::Rustls(e)) => {
                 // rustls queued an alert saying why: send it if the socket takes it now.
-                let _ = self.flush_alert(cx);
+                let _ = self.flush_alert();
                 Err(invalid(e))
             }
             Err(Failure::Records(Refused { alert, error })) => {
                 if let (Some(alert), Conn::Records(records)) = (alert, &mut self.conn) {
                     if records.seal_alert(alert, &mut self.out).is_ok() {
-                        let _ = self.poll_send(cx);
+                        let _ = self.try_send();
                     }
                 }
                 Err(invalid(error))
@@ -357,9 +356,9 @@ impl TlsStream {
         }
     }
 
-    fn flush_alert(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn flush_alert(&mut self) -> io::Result<()> {
         let Conn::Rustls(conn) = &mut self.conn else {
-            return Poll::Ready(Ok(()));
+            return Ok(());
         };
         // The failed connection reports its error again, after handing over the alert.
         let mut sink = Sink {
@@ -373,7 +372,25 @@ impl TlsStream {
             &mut self.out,
             &mut self.read_closed,
         );
-        self.poll_send(cx)
+        self.try_send()
+    }
+
+    /// Writes what `out` holds as far as the socket takes it now, without registering for
+    /// the socket's write readiness (see `poll_read`): for the read side.
+    fn try_send(&mut self) -> io::Result<()> {
+        while self.out_at < self.out.len() {
+            match self.tcp.try_write(&self.out[self.out_at..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.out_at += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        if !self.out.is_empty() {
+            self.out = Vec::new();
+            self.out_at = 0;
+        }
+        Ok(())
     }
 
     /// Writes out what `out` holds; ready once it is all with the socket.
@@ -414,11 +431,14 @@ impl AsyncRead for TlsStream {
             if this.read_closed || buf.remaining() == 0 {
                 return Poll::Ready(Ok(()));
             }
-            // Records rustls wants sent (an alert, a key update answer) go before we wait.
+            // Records the read side queued (an alert, a key update answer) go before we
+            // wait, as far as the socket takes them now. Without waiting: the socket keeps
+            // one waker for writing, and this task's read side must not take the place of
+            // a write side blocked on a full socket (the session's two directions poll this
+            // one stream, each with its own waker), which would then never be woken. Left
+            // over, they go with the write side's next write or flush.
             if this.out_at < this.out.len() {
-                if let Poll::Ready(Err(e)) = this.poll_send(cx) {
-                    return Poll::Ready(Err(e));
-                }
+                this.try_send()?;
             }
             let before = buf.filled().len();
             ready!(this.poll_receive(cx, Some(buf)))?;

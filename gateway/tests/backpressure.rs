@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use demo_services::{Backend, ServiceOptions};
-use fastwebsockets::{OpCode, WebSocket};
+use fastwebsockets::{Frame, OpCode, Payload, WebSocket};
 use loadgen::client::{connect, WsStream};
 use support::probe::{flood_seq, Mode, Probe};
 use support::process::{GatewayProc, ProcOptions};
@@ -58,10 +58,20 @@ async fn read_back(ws: &mut WebSocket<WsStream>, client: usize) -> Result<u64> {
     }
 }
 
+/// What a slow reader does while it does not read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WhileNotReading {
+    /// Nothing.
+    Silent,
+    /// Sends a short message every round (a chat client in a background tab).
+    Talks,
+}
+
 async fn slow_readers_under_flood(
     slow_clients: usize,
     hold: Duration,
     bound_per_conn_kib: u64,
+    meanwhile: WhileNotReading,
 ) -> Result<()> {
     let flood = Probe::start(Mode::Flood {
         size: FRAME,
@@ -102,6 +112,11 @@ async fn slow_readers_under_flood(
         worst = worst.max(echo(&mut other.ws, &[2u8; 64]).await?);
         round_trips += 1;
         peak_kib = peak_kib.max(gw.stats()?.rss_kib);
+        if meanwhile == WhileNotReading::Talks {
+            for c in &mut slow {
+                send(&mut c.ws, Frame::text(Payload::Borrowed(b"still here"))).await?;
+            }
+        }
         tokio::time::sleep(Duration::from_millis(50)).await; // pacing the probe
     }
     // The flood is held back at the backend: it no longer advances.
@@ -122,6 +137,13 @@ async fn slow_readers_under_flood(
         }
     })
     .await?;
+    if meanwhile == WhileNotReading::Talks {
+        // Once more with every buffer on the way full: the gateway's client-side write is
+        // blocked while the client's message is read from the same stream.
+        for c in &mut slow {
+            send(&mut c.ws, Frame::text(Payload::Borrowed(b"still here"))).await?;
+        }
+    }
     peak_kib = peak_kib.max(gw.stats()?.rss_kib);
     let held = flood.flooded();
     let growth_kib = peak_kib.saturating_sub(base_kib);
@@ -168,11 +190,37 @@ async fn slow_readers_under_flood(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_readers_for_3s_hold_the_flood_back_without_gateway_memory() -> Result<()> {
-    slow_readers_under_flood(SLOW_READERS, Duration::from_secs(3), BOUND_PER_CONN_KIB).await
+    slow_readers_under_flood(
+        SLOW_READERS,
+        Duration::from_secs(3),
+        BOUND_PER_CONN_KIB,
+        WhileNotReading::Silent,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_readers_that_send_while_not_reading_get_the_whole_flood_afterwards() -> Result<()> {
+    // The gateway's read of a client's message used to take over the socket's write
+    // wakeup from the blocked write toward that client, which then never resumed: the
+    // flood stopped for good once the client read again.
+    slow_readers_under_flood(
+        SLOW_READERS,
+        Duration::from_secs(2),
+        BOUND_PER_CONN_KIB,
+        WhileNotReading::Talks,
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "30 s; run with --ignored"]
 async fn slow_readers_for_30s_hold_the_flood_back_without_gateway_memory() -> Result<()> {
-    slow_readers_under_flood(SLOW_READERS, Duration::from_secs(30), BOUND_PER_CONN_KIB).await
+    slow_readers_under_flood(
+        SLOW_READERS,
+        Duration::from_secs(30),
+        BOUND_PER_CONN_KIB,
+        WhileNotReading::Silent,
+    )
+    .await
 }
