@@ -247,6 +247,11 @@ impl Verifier {
                 result?.claims
             }
         };
+        // jsonwebtoken also takes an array `iss` holding the issuer; RFC 7519 section 4.1.1
+        // makes it one string.
+        if !claims.get("iss").is_some_and(Value::is_string) {
+            return Err(AuthError::WrongIssuer);
+        }
         self.check_scopes(&claims, &self.auth.required_scopes)?;
         Ok(claims)
     }
@@ -302,10 +307,18 @@ pub fn claim_headers(
                     .join(" "),
                 other => other.to_string(),
             };
-            let clean = !value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0);
-            clean.then(|| (header.clone(), value))
+            value
+                .bytes()
+                .all(field_value_byte)
+                .then(|| (header.clone(), value))
         })
         .collect()
+}
+
+/// A byte a header value may hold (RFC 9110 section 5.5): visible ASCII, space, tab, and
+/// the octets of non-ASCII text; no other control character.
+fn field_value_byte(b: u8) -> bool {
+    b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80
 }
 
 /// Scopes from a claim that is a space-separated string or an array of strings.
@@ -410,6 +423,31 @@ mod tests {
         let a = json!(["admin", "x"]);
         assert!(scopes(Some(&a)).contains("admin"));
         assert!(scopes(Some(&json!(5))).is_empty());
+    }
+
+    #[test]
+    fn claim_values_that_are_not_header_text_are_left_out() {
+        let forward: std::collections::BTreeMap<String, String> = [
+            ("X-Name", "name"),
+            ("X-Mail", "email"),
+            ("X-Team", "team"),
+            ("X-Note", "note"),
+        ]
+        .into_iter()
+        .map(|(h, c)| (h.to_owned(), c.to_owned()))
+        .collect();
+        let claims = json!({
+            "name": "Jos\u{e9}\tG.",
+            "email": "ali\u{1}ce@example.com",
+            "team": "a\u{7f}b",
+            "note": "two\r\nlines",
+        });
+        let headers = claim_headers(&forward, claims.as_object().unwrap_or(&Map::new()));
+        assert_eq!(
+            headers,
+            vec![("X-Name".to_owned(), "Jos\u{e9}\tG.".to_owned())],
+            "control characters other than tab are not header text; non-ASCII is"
+        );
     }
 
     #[test]

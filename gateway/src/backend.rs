@@ -217,7 +217,7 @@ async fn connect_inner(
         if NOT_FORWARDED.contains(&name)
             || (token_cookie.is_some() && name == "cookie")
             || has_token(client_headers, header::CONNECTION, name)
-            || identity_names.iter().any(|n| n.eq_ignore_ascii_case(name))
+            || identity_names.iter().any(|n| same_name(n, name))
         {
             continue;
         }
@@ -254,6 +254,15 @@ async fn connect_inner(
     if let Some(answer) = &hs.extensions {
         crate::extensions::check_answer(answer, extensions.is_some())
             .map_err(|e| AttemptError::instance(Refusal::BadGateway(e.to_string())))?;
+    }
+    // A choice the client did not offer fails its handshake (RFC 6455 section 4.1): a
+    // fault of this instance, as an unoffered extension is.
+    if let Some(chosen) = &hs.protocol {
+        if !protocols.is_some_and(|o| o.split(',').any(|p| p.trim() == chosen)) {
+            return Err(AttemptError::instance(Refusal::BadGateway(
+                "backend chose a subprotocol the client did not offer".into(),
+            )));
+        }
     }
     Ok(BackendConn {
         stream,
@@ -321,6 +330,21 @@ pub(crate) async fn connect_any(
             () = tokio::time::sleep(NEXT_ADDRESS_AFTER), if more => {}
         }
     }
+}
+
+/// Whether two header names are one to a backend: case aside, and `_` taken as `-`, as
+/// CGI-style servers do (`X_Auth_Subject` and `X-Auth-Subject` are both
+/// `HTTP_X_AUTH_SUBJECT`), so a client cannot pass an identity header off under the other
+/// spelling.
+fn same_name(a: &str, b: &str) -> bool {
+    let fold = |c: u8| {
+        if c == b'_' {
+            b'-'
+        } else {
+            c.to_ascii_lowercase()
+        }
+    };
+    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| fold(x) == fold(y))
 }
 
 #[cfg(test)]

@@ -32,12 +32,22 @@ pub fn extract<'r, B>(
     let query = req.uri().query().unwrap_or("");
     let headers = req.headers();
 
+    // One value each: a second line would be read differently by different parsers
+    // (first wins, last wins, joined), and the backend would see both.
+    if headers.get_all("id").iter().nth(1).is_some() {
+        return Err(Refusal::BadRequest("repeated ID header"));
+    }
+    if headers
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        return Err(Refusal::BadRequest("repeated Authorization header"));
+    }
     let backend_id = match headers.get("id") {
         Some(v) => Cow::Borrowed(v.to_str().map_err(|_| Refusal::UnknownBackend)?.trim()),
-        None => match &browser.id_query {
-            Some(name) => query_param(query, name).ok_or(Refusal::MissingId)?,
-            None => return Err(Refusal::MissingId),
-        },
+        None => backend_named(req, browser).ok_or(Refusal::MissingId)?,
     };
     if backend_id.is_empty() {
         return Err(Refusal::MissingId);
@@ -90,6 +100,15 @@ pub fn extract<'r, B>(
         backend_protocols,
         token_protocol,
     })
+}
+
+/// The backend ID a request names, by its `ID` header or (with `[browser] id_query`) its
+/// query string; for the log line of a refused request too.
+pub fn backend_named<'r, B>(req: &'r Request<B>, browser: &BrowserConfig) -> Option<Cow<'r, str>> {
+    match req.headers().get("id") {
+        Some(v) => v.to_str().ok().map(|v| Cow::Borrowed(v.trim())),
+        None => query_param(req.uri().query()?, browser.id_query.as_deref()?),
+    }
 }
 
 /// The token of an `Authorization: Bearer <token>` value.
@@ -168,6 +187,43 @@ mod tests {
             extract(&req, &off).map_err(|e| e.to_string())?.token.err(),
             Some(AuthError::Missing)
         );
+        Ok(())
+    }
+
+    #[test]
+    fn a_refused_request_names_its_backend_however_it_named_it(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let by_query = Request::get("/gateway?id=Backend_Q").body(())?;
+        assert_eq!(
+            backend_named(&by_query, &browser()).as_deref(),
+            Some("Backend_Q")
+        );
+        assert_eq!(backend_named(&by_query, &BrowserConfig::default()), None);
+        let by_header = Request::get("/gateway?id=Q").header("ID", " H ").body(())?;
+        assert_eq!(backend_named(&by_header, &browser()).as_deref(), Some("H"));
+        Ok(())
+    }
+
+    #[test]
+    fn repeated_id_or_authorization_lines_are_refused() -> Result<(), Box<dyn std::error::Error>> {
+        let two_ids = Request::get("/gateway")
+            .header("ID", "Backend_ABC")
+            .header("ID", "Backend_BILL")
+            .header("Authorization", "Bearer X")
+            .body(())?;
+        let e = extract(&two_ids, &browser())
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        assert_eq!(e, Err("repeated ID header".to_owned()));
+        let two_tokens = Request::get("/gateway")
+            .header("ID", "Backend_ABC")
+            .header("Authorization", "Bearer X")
+            .header("Authorization", "Basic eDp5")
+            .body(())?;
+        let e = extract(&two_tokens, &browser())
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        assert_eq!(e, Err("repeated Authorization header".to_owned()));
         Ok(())
     }
 

@@ -291,9 +291,7 @@ impl PoolSpec {
                 Members::Urls(parse_urls(id, urls)?)
             }
             (None, Some(dns)) => {
-                if id.is_empty() || !id.bytes().all(|b| b.is_ascii_graphic()) {
-                    return Err(whole("backend ID must be non-empty visible ASCII".into()));
-                }
+                crate::route::check_id(id).map_err(whole)?;
                 let (host, port) = split_host_port(dns)
                     .ok_or_else(|| at("dns", format!("{dns:?}: expected host:port")))?;
                 let path = string("path")?.unwrap_or("/");

@@ -98,7 +98,9 @@ impl Refusal {
                     "Bearer error=\"insufficient_scope\"",
                 );
             }
-            Refusal::Auth(AuthError::Missing) => {
+            // RFC 6750 section 3.1: no error code for a request without a bearer token,
+            // or with another scheme.
+            Refusal::Auth(AuthError::Missing | AuthError::NotBearer) => {
                 builder = builder.header(header::WWW_AUTHENTICATE, "Bearer");
             }
             Refusal::Auth(_) => {
@@ -130,6 +132,24 @@ impl Refusal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_token_that_was_tried_gets_an_error_code_in_its_challenge() {
+        let challenge = |e: AuthError| {
+            Refusal::Auth(e)
+                .into_response()
+                .headers()
+                .get(header::WWW_AUTHENTICATE)
+                .map(|v| v.as_bytes().to_vec())
+        };
+        // RFC 6750 section 3.1: none without a bearer token (another scheme included).
+        assert_eq!(challenge(AuthError::Missing), Some(b"Bearer".to_vec()));
+        assert_eq!(challenge(AuthError::NotBearer), Some(b"Bearer".to_vec()));
+        assert_eq!(
+            challenge(AuthError::Expired),
+            Some(b"Bearer error=\"invalid_token\"".to_vec())
+        );
+    }
 
     #[test]
     fn statuses_follow_the_design() {

@@ -30,12 +30,23 @@ pub struct BackendTarget {
     pub path: String,
 }
 
+/// Checks a backend ID: an HTTP token (RFC 9110 section 5.6.2), as it travels in the
+/// `ID` header. That also keeps it safe as a metric label value, which the metrics
+/// encoder writes as it is (a `"` or `\` would break every scrape).
+pub fn check_id(id: &str) -> Result<(), String> {
+    let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if id.is_empty() || !id.bytes().all(tchar) {
+        return Err(format!(
+            "backend ID {id:?} must be a non-empty HTTP token: letters, digits and !#$%&'*+-.^_`|~"
+        ));
+    }
+    Ok(())
+}
+
 impl BackendTarget {
     /// Parses a `ws://host[:port]/path` URL configured for `id`.
     pub fn parse(id: &str, url: &str) -> Result<Self, String> {
-        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err("backend ID must be non-empty visible ASCII".into());
-        }
+        check_id(id)?;
         let parsed = url::Url::parse(url).map_err(|e| format!("invalid URL {url:?}: {e}"))?;
         match parsed.scheme() {
             "ws" => {}
@@ -180,6 +191,18 @@ mod tests {
         assert!(BackendTarget::parse("B", "http://x/").is_err());
         assert!(BackendTarget::parse("B", "wss://x/").is_err());
         Ok(())
+    }
+
+    #[test]
+    fn backend_ids_are_http_tokens() {
+        for good in ["Backend_ABC", "pay.v2", "a-b~c|d"] {
+            assert!(check_id(good).is_ok(), "{good}");
+        }
+        // A quote or backslash would also break the metrics output.
+        for bad in ["", "Back\"end", "a\\b", "two words", "x,y", "caf\u{e9}"] {
+            assert!(check_id(bad).is_err(), "{bad:?}");
+        }
+        assert!(BackendTarget::parse("Back\"end", "ws://a:1/").is_err());
     }
 
     #[test]

@@ -439,6 +439,8 @@ async fn verified_claims_reach_the_backend_and_spoofed_ones_do_not() -> Result<(
     opts.headers
         .push(("X-Auth-Subject".into(), "mallory".into()));
     opts.headers.push(("x-auth-scopes".into(), "root".into()));
+    // The same header to a CGI-style backend (HTTP_X_AUTH_SUBJECT).
+    opts.headers.push(("X_Auth_Subject".into(), "root".into()));
     let _c = loadgen::client::connect(&opts).await?;
     let probe::Event::Handshake(headers) = probe.next().await? else {
         anyhow::bail!("expected the handshake")
@@ -454,6 +456,11 @@ async fn verified_claims_reach_the_backend_and_spoofed_ones_do_not() -> Result<(
         all("x-auth-subject") == ["ballerina"],
         "subject headers {:?}",
         all("x-auth-subject")
+    );
+    ensure!(
+        all("x_auth_subject").is_empty(),
+        "the underscore spelling passed: {:?}",
+        all("x_auth_subject")
     );
     ensure!(
         all("x-auth-scopes") == ["admin"],

@@ -66,6 +66,24 @@ async fn each_bad_request_gets_its_status_and_reason() -> Result<()> {
     cases.push(("wrong audience", o, 401, "audience"));
 
     let mut o = base()?;
+    o.set_header(
+        "Authorization",
+        bearer(rs256(&claims_with(|c| {
+            c.insert("iss".into(), serde_json::json!(["someone-else", "wso2"]));
+        }))?),
+    );
+    cases.push(("issuer as an array holding it", o, 401, "issuer"));
+
+    let mut o = base()?;
+    o.headers.push(("ID".into(), "Backend_PQR".into()));
+    cases.push(("two ID lines", o, 400, "repeated ID"));
+
+    let mut o = base()?;
+    o.headers
+        .push(("Authorization".into(), "Basic dXNlcjpwYXNz".into()));
+    cases.push(("two Authorization lines", o, 400, "repeated Authorization"));
+
+    let mut o = base()?;
     o.set_header("Authorization", bearer(alg_none_token()?));
     cases.push(("alg none", o, 401, "token"));
 
