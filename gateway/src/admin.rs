@@ -48,7 +48,13 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
 }
 
 async fn answer(shared: &Arc<Shared>, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    match (req.method(), req.uri().path()) {
+    // HEAD is GET without the body (RFC 9110 section 9.3.2), which hyper leaves out; some
+    // balancers' health checks send it.
+    let method = match req.method() {
+        &Method::HEAD => &Method::GET,
+        other => other,
+    };
+    match (method, req.uri().path()) {
         (&Method::GET, "/metrics") => reply(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -67,8 +73,17 @@ async fn answer(shared: &Arc<Shared>, req: &Request<Incoming>) -> Response<Full<
             Ok(()) => text(StatusCode::OK, "reloaded"),
             Err(e) => text(StatusCode::BAD_REQUEST, &e.to_string()),
         },
-        (_, "/metrics" | "/healthz" | "/readyz" | "/reload") => {
-            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        // RFC 9110 section 15.5.6: a 405 lists the methods the resource takes.
+        (_, path @ ("/metrics" | "/healthz" | "/readyz" | "/reload")) => {
+            let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+            let allow = if path == "/reload" {
+                "POST"
+            } else {
+                "GET, HEAD"
+            };
+            r.headers_mut()
+                .insert(header::ALLOW, header::HeaderValue::from_static(allow));
+            r
         }
         _ => text(StatusCode::NOT_FOUND, "not found"),
     }

@@ -111,6 +111,9 @@ struct Progress {
     /// The gateway is shutting down: the source's close is answered to the destination
     /// with [`SHUTTING_DOWN`], not passed on.
     shutting_down: bool,
+    /// The gateway pinged the source (keepalive) and its pong has not come: only then is
+    /// a pong with [`KEEPALIVE_PAYLOAD`] the gateway's own, and not passed on.
+    awaiting_pong: bool,
     /// Bytes of the message being received, across its fragments.
     message_len: usize,
     /// The message being received is text; its UTF-8 check, carried across fragments.
@@ -235,6 +238,7 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'a, R, W> {
                                         return PumpEnd::SourceIdle;
                                     }
                                     pinged = true;
+                                    progress.awaiting_pong = true;
                                     peer.ping();
                                     wake_task().await;
                                 }
@@ -348,8 +352,12 @@ fn process<const PLAIN: bool, W: AsyncWrite + Unpin>(
                 if let Some(key) = head.mask {
                     frames::apply_mask(plain, key);
                 }
-                if head.opcode == frames::PONG && plain == KEEPALIVE_PAYLOAD {
+                if head.opcode == frames::PONG
+                    && progress.awaiting_pong
+                    && plain == KEEPALIVE_PAYLOAD
+                {
                     // The answer to our own keepalive ping: not passed on.
+                    progress.awaiting_pong = false;
                     progress.received += 1;
                     dst.send_encoded(cx, &data[run..at]);
                     used = end;
@@ -365,10 +373,11 @@ fn process<const PLAIN: bool, W: AsyncWrite + Unpin>(
                         // The destination hears that the gateway is going away, whatever
                         // the source answered to the shutdown close it was sent.
                         dst.send_encoded(cx, &data[run..at]);
+                        // The source's close is not passed on (the gateway's own close,
+                        // counted as such, goes in its place).
                         push_close(dst, SHUTTING_DOWN);
                         used = end;
                         run = end;
-                        counters.frames += 1;
                         break Some(Stop::Close(close_code));
                     }
                 }
@@ -585,6 +594,15 @@ mod tests {
         input: &mut [u8],
         limit: usize,
     ) -> std::io::Result<((usize, Option<Stop>), Vec<(u8, Vec<u8>, [u8; 4])>)> {
+        forward_up_after(input, limit, Progress::default()).await
+    }
+
+    /// As [`forward_up`], from this parsing state.
+    async fn forward_up_after(
+        input: &mut [u8],
+        limit: usize,
+        mut progress: Progress,
+    ) -> std::io::Result<((usize, Option<Stop>), Vec<(u8, Vec<u8>, [u8; 4])>)> {
         let (a, mut b) = tokio::io::duplex(1 << 20);
         let mut dst = FrameWriter::new(a, Role::Client, limit);
         let mut cx = Context::from_waker(std::task::Waker::noop());
@@ -593,7 +611,7 @@ mod tests {
             input,
             true,
             &LIMITS,
-            &mut Progress::default(),
+            &mut progress,
             &mut dst,
             &mut Counters::default(),
         );
@@ -643,7 +661,11 @@ mod tests {
         ]
         .concat();
         let whole = input.len();
-        let ((used, stop), seen) = forward_up(&mut input, 1 << 16).await?;
+        let pinged = Progress {
+            awaiting_pong: true,
+            ..Progress::default()
+        };
+        let ((used, stop), seen) = forward_up_after(&mut input, 1 << 16, pinged).await?;
         assert_eq!((used, stop), (whole, None));
         let kinds: Vec<(u8, &[u8])> = seen.iter().map(|(o, p, _)| (*o, &p[..])).collect();
         assert_eq!(
@@ -657,6 +679,29 @@ mod tests {
         assert!(
             seen.iter().all(|(_, _, k)| *k != key),
             "the client's key was reused"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_pong_with_our_payload_passes_when_the_gateway_did_not_ping() -> std::io::Result<()> {
+        // The answer to the other side's ping, which happens to carry the keepalive
+        // payload; and a second pong after the gateway's own was taken.
+        let key = [5, 6, 7, 8];
+        let pong = client_frame(frames::PONG, KEEPALIVE_PAYLOAD, key);
+        let mut input = pong.clone();
+        let (_, seen) = forward_up(&mut input, 1 << 16).await?;
+        assert_eq!(seen.len(), 1, "the pong was not passed on");
+        let mut input = [pong.clone(), pong].concat();
+        let pinged = Progress {
+            awaiting_pong: true,
+            ..Progress::default()
+        };
+        let (_, seen) = forward_up_after(&mut input, 1 << 16, pinged).await?;
+        assert_eq!(seen.len(), 1, "one pong answers one ping");
+        assert_eq!(
+            (seen[0].0, &seen[0].1[..]),
+            (frames::PONG, KEEPALIVE_PAYLOAD)
         );
         Ok(())
     }
@@ -941,10 +986,12 @@ mod tests {
             let batch_limit = [64, 700, 1 << 16, 1 << 16][rng.gen_range(0..4)];
             let in_message = rng.gen_ratio(1, 10);
             let shutting_down = rng.gen_ratio(1, 10);
+            let awaiting_pong = rng.gen();
             let progress = || Progress {
                 received: 0,
                 in_message,
                 shutting_down,
+                awaiting_pong,
                 message_len: 10,
                 text: None,
             };

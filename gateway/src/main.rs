@@ -147,8 +147,11 @@ fn check_config(path: &std::path::Path) -> ExitCode {
     });
     match checked {
         Ok(config) => {
-            println!("# {}: OK\n", path.display());
-            print!("{}", config.describe());
+            // Written, not printed: a reader that stops early (`| head`) is no panic. The
+            // check's verdict is the exit status either way.
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            let _ = write!(out, "# {}: OK\n\n{}", path.display(), config.describe());
             ExitCode::SUCCESS
         }
         Err(e) => {

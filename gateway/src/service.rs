@@ -112,7 +112,42 @@ pub async fn serve_connection(
         .with_upgrades()
         .await;
     if let Err(e) = result {
-        debug!(conn = conn_id, %peer, error = %e, "HTTP connection ended with an error");
+        match parser_refusal(&e) {
+            Some((status, label)) => {
+                shared
+                    .metrics
+                    .refusals
+                    .get_or_create(&crate::metrics::RefusalLabels {
+                        status: status.to_string(),
+                        reason: label.to_owned(),
+                    })
+                    .inc();
+                info!(conn = conn_id, %peer, status, reason = %e, "refused");
+            }
+            None => {
+                debug!(conn = conn_id, %peer, error = %e, "HTTP connection ended with an error")
+            }
+        }
+    }
+}
+
+/// The status of a request the HTTP parser refused itself, as hyper answers it (a
+/// request head it cannot take), or as nginx logs it (no whole head within
+/// `[timeouts] header_read`: the connection is closed with no answer), and its label.
+fn parser_refusal(e: &hyper::Error) -> Option<(u16, &'static str)> {
+    if e.is_timeout() {
+        Some((408, "header_timeout"))
+    } else if e.is_parse_too_large() {
+        // hyper's two kinds of too large: the request line's target, or the whole head.
+        if e.to_string().contains("URI") {
+            Some((414, "uri_too_long"))
+        } else {
+            Some((431, "header_too_large"))
+        }
+    } else if e.is_parse() {
+        Some((400, "bad_request"))
+    } else {
+        None
     }
 }
 
@@ -182,11 +217,8 @@ async fn handle(
             response
         }
         Err(refusal) => {
-            let id = req
-                .headers()
-                .get("id")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
+            let config = shared.config();
+            let id = credentials::backend_named(&req, &config.browser);
             refuse(&shared, refusal, conn_id, peer, id.as_deref())
         }
     }

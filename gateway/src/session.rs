@@ -607,6 +607,10 @@ mod tests {
             Some(PumpEnd::Closed(Some(1000))),
             "the backend's answer ended the downstream pump"
         );
+        assert_eq!(
+            report.downstream.frames, 0,
+            "the backend's close answer was not passed on, so it is not counted as forwarded"
+        );
         // The client got the gateway's shutdown close in place of the backend's 1000.
         let mut got = [0u8; 25];
         client_peer.read_exact(&mut got).await.expect("close frame");

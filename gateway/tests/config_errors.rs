@@ -164,6 +164,28 @@ fn help_documents_the_flags() -> Result<()> {
 }
 
 #[test]
+fn check_config_into_a_closed_pipe_is_no_panic() -> Result<()> {
+    // `gateway check-config | head -1`, with head gone before the first write.
+    let repo_config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Config.toml");
+    let (reader, writer) = std::io::pipe()?;
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .arg("check-config")
+        .arg("--config")
+        .arg(&repo_config)
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.success() && !stderr.contains("panicked"),
+        "{} {stderr}",
+        out.status
+    );
+    Ok(())
+}
+
+#[test]
 fn check_config_prints_the_effective_config() -> Result<()> {
     let repo_config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Config.toml");
     let out = Command::new(env!("CARGO_BIN_EXE_gateway"))

@@ -15,15 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A plain HTTP/1.1 request to the admin listener; returns (status, body).
 async fn admin(proc: &GatewayProc, method: &str, path: &str) -> Result<(u16, String)> {
-    let addr = proc.admin_addr().context("no admin address in the log")?;
-    let mut tcp = tokio::net::TcpStream::connect(addr).await?;
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    );
-    tcp.write_all(req.as_bytes()).await?;
-    let mut out = Vec::new();
-    tokio::time::timeout(DEADLINE, tcp.read_to_end(&mut out)).await??;
-    let text = String::from_utf8_lossy(&out).into_owned();
+    let text = admin_response(proc, method, path).await?;
     let status: u16 = text
         .split_whitespace()
         .nth(1)
@@ -34,6 +26,19 @@ async fn admin(proc: &GatewayProc, method: &str, path: &str) -> Result<(u16, Str
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     Ok((status, body))
+}
+
+/// The whole answer of the admin listener, head and body.
+async fn admin_response(proc: &GatewayProc, method: &str, path: &str) -> Result<String> {
+    let addr = proc.admin_addr().context("no admin address in the log")?;
+    let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    tcp.write_all(req.as_bytes()).await?;
+    let mut out = Vec::new();
+    tokio::time::timeout(DEADLINE, tcp.read_to_end(&mut out)).await??;
+    Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// The value of a metric sample line starting with `prefix` (name and labels).
@@ -96,6 +101,14 @@ async fn metrics_count_a_known_sequence_and_readyz_flips_on_drain() -> Result<()
     .await?;
     ensure!(admin(&proc, "GET", "/healthz").await?.0 == 200);
     ensure!(admin(&proc, "GET", "/readyz").await? == (200, "ready\n".into()));
+    // HEAD, as some balancers' health checks send it: the status, no body.
+    ensure!(admin(&proc, "HEAD", "/readyz").await? == (200, String::new()));
+    let wrong = admin_response(&proc, "DELETE", "/healthz").await?;
+    ensure!(
+        wrong.starts_with("HTTP/1.1 405")
+            && wrong.to_lowercase().contains("\r\nallow: get, head\r\n"),
+        "a 405 must list the methods: {wrong:?}"
+    );
 
     // Two sessions with 3 and 2 echoed messages; one 401 and one 404.
     for (id, n) in [("Backend_ABC", 3), ("Backend_PQR", 2)] {
@@ -783,5 +796,66 @@ async fn a_reload_that_lowers_max_connections_counts_the_connections_already_ope
         async move { Ok(loadgen::client::connect(opts).await.is_ok()) }
     })
     .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn requests_the_http_parser_refuses_are_logged_and_counted_too() -> Result<()> {
+    let proc = GatewayProc::start(ProcOptions {
+        // Never connected to: both requests are refused before routing.
+        backends: vec![("Backend_ABC".into(), "ws://127.0.0.1:9/abc".into())],
+        extra_toml: "[limits]\nmax_header_bytes = 8192\n\n[timeouts]\nheader_read = \"300ms\"\n"
+            .to_owned(),
+        ..ProcOptions::default()
+    })
+    .await?;
+    // A head over max_header_bytes: hyper answers 431 itself.
+    let mut tls = tls_connect_to(proc.addr).await?;
+    let big = format!(
+        "GET /gateway HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(12_000)
+    );
+    let _ = tls.write_all(big.as_bytes()).await;
+    let _ = tls.flush().await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, tls.read_to_end(&mut answer)).await?;
+    // A head that never ends: closed at header_read, with no answer.
+    let mut slow = tls_connect_to(proc.addr).await?;
+    slow.write_all(b"GET /gateway HTTP/1.1\r\nHost: loc")
+        .await?;
+    slow.flush().await?;
+    let mut none = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, slow.read_to_end(&mut none)).await?;
+    ensure!(none.is_empty(), "the cut-off head got an answer: {none:?}");
+
+    let expected = [
+        (
+            "wsgate_handshake_refusals_total{status=\"431\",reason=\"header_too_large\"}",
+            1.0,
+        ),
+        (
+            "wsgate_handshake_refusals_total{status=\"408\",reason=\"header_timeout\"}",
+            1.0,
+        ),
+    ];
+    let logged = |log: &str| {
+        ["status=431", "status=408"].iter().all(|status| {
+            log.lines()
+                .any(|l| l.contains("refused") && l.contains(status))
+        })
+    };
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let seen = loop {
+        let seen = proc.metrics().await?;
+        let done = expected.iter().all(|(m, n)| sample(&seen, m) == *n) && logged(&proc.log());
+        if done || std::time::Instant::now() > deadline {
+            break seen;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await; // polling, bounded by the deadline
+    };
+    for (metric, n) in expected {
+        ensure!(sample(&seen, metric) == n, "{metric} is not {n}:\n{seen}");
+    }
+    ensure!(logged(&proc.log()), "no refusal lines:\n{}", proc.log());
     Ok(())
 }

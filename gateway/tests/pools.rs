@@ -999,3 +999,44 @@ async fn a_4xx_answer_to_a_client_counts_as_a_failed_attempt_of_its_instance() -
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn an_instance_choosing_a_subprotocol_nobody_offered_is_ejected_and_its_clients_served_elsewhere(
+) -> Result<()> {
+    // A misconfigured instance: it picks a subprotocol whatever the client offered.
+    let bad = support::probe::Probe::start(support::probe::Mode::Accept {
+        protocol: Some("chosen.by.nobody".into()),
+    })
+    .await?;
+    let inst = Instances::start().await?;
+    let entry = format!(
+        "{ID} = {{ urls = [{:?}, {:?}], eject = \"1m\" }}\n",
+        bad.url(),
+        inst.url(0)
+    );
+    let gw = Gw::start(&entry, Arc::default(), None).await?;
+    // Round robin sends one of the first two clients to the bad instance: its connect is
+    // retried on the good one, and the client sees nothing.
+    let _a = gw.session().await?;
+    let _b = gw.session().await?;
+    let bad_label = bad
+        .url()
+        .trim_start_matches("ws://")
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let failures = gw
+        .instance_metric("backend_instance_connect_failures_total", &bad_label)
+        .await?;
+    ensure!(
+        failures == Some(1.0),
+        "the bad instance's failures: {failures:?}"
+    );
+    ensure!(
+        inst.started()[0] == 2,
+        "sessions on the good one: {:?}",
+        inst.started()
+    );
+    Ok(())
+}
