@@ -32,6 +32,12 @@ pub struct FrameWriter<W> {
     unflushed: bool,
     /// A write straight to `inner` failed; reported by the next flush.
     failed: Option<io::Error>,
+    /// A frame is being passed on in pieces (see [`FrameWriter::set_mid_frame`]): no other
+    /// frame may be written until it is whole.
+    mid_frame: bool,
+    /// A keepalive ping was asked for while a frame was in the middle: it goes once the
+    /// frame is whole.
+    ping_owed: bool,
 }
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
@@ -44,7 +50,32 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             limit,
             unflushed: false,
             failed: None,
+            mid_frame: false,
+            ping_owed: false,
         }
+    }
+
+    /// Marks the start (`true`) or the end of a frame passed on in pieces: its head and the
+    /// part of its payload that has arrived are sent, the rest follows as it comes. While it
+    /// is in the middle, a control frame cannot be written (it would land inside the
+    /// frame): a ping is owed until the end, and a close cannot be sent at all.
+    pub fn set_mid_frame(&mut self, mid: bool) {
+        self.mid_frame = mid;
+    }
+
+    /// Whether a frame is in the middle (see [`FrameWriter::set_mid_frame`]).
+    pub fn mid_frame(&self) -> bool {
+        self.mid_frame
+    }
+
+    /// Notes a ping that must wait for the end of the frame in the middle.
+    pub fn owe_ping(&mut self) {
+        self.ping_owed = true;
+    }
+
+    /// Whether a ping was owed (and is no longer).
+    pub fn take_owed_ping(&mut self) -> bool {
+        std::mem::take(&mut self.ping_owed)
     }
 
     /// Bytes waiting to be written.

@@ -13,9 +13,10 @@ use std::future::Future;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use rand::RngCore;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::batch::{forward_in_place, FrameWriter, Utf8Check};
+use crate::batch::{forward_in_place, FrameWriter, InvalidUtf8, Utf8Check};
 use crate::frames::{self, Parsed};
 pub use crate::mailbox::{wake_task, CloseMsg, Control, Mailbox, StopWith};
 use crate::reader::{FrameReader, Stop};
@@ -118,6 +119,26 @@ struct Progress {
     message_len: usize,
     /// The message being received is text; its UTF-8 check, carried across fragments.
     text: Option<Utf8Check>,
+    /// The frame being passed on in pieces, if one is.
+    piecewise: Piecewise,
+}
+
+/// Frames with a larger payload than this (one read's worth) are passed on in pieces as
+/// their payload arrives, instead of whole: a session then never holds a whole large
+/// frame (up to `max_frame_size`) in memory, only what one read and one batch hold.
+const PIECEWISE_FROM: usize = 64 * 1024;
+
+/// A data frame being passed on in pieces: its head went out with the first piece.
+#[derive(Debug, Default, Clone, Copy)]
+struct Piecewise {
+    /// Payload bytes still to come; 0 when no frame is in pieces.
+    left: u64,
+    /// The sender's masking key and the fresh one toward the destination (masked frames).
+    keys: Option<([u8; 4], [u8; 4])>,
+    /// Where the next piece starts in the payload, modulo 4: the keys' phase.
+    phase: u8,
+    /// The frame ends its message: the UTF-8 check's last piece must end a character.
+    fin: bool,
 }
 
 impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'a, R, W> {
@@ -220,7 +241,9 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'a, R, W> {
                                 _ = ticker.as_mut().tick() => {
                                     let seen = (
                                         progress.received as u32,
-                                        u32::try_from(src.pending()).unwrap_or(u32::MAX),
+                                        u32::try_from(src.pending())
+                                            .unwrap_or(u32::MAX)
+                                            .wrapping_add(progress.piecewise.left as u32),
                                     );
                                     if seen != seen_at_tick {
                                         seen_at_tick = seen;
@@ -296,6 +319,34 @@ fn process<const PLAIN: bool, W: AsyncWrite + Unpin>(
     let mut run = 0;
     let mut used = 0;
     let stop = loop {
+        if progress.piecewise.left > 0 {
+            // The next piece of a frame passed on in pieces: whatever of it has arrived.
+            if dst.is_full(used - run) {
+                break Some(Stop::Full);
+            }
+            let available = data.len() - used;
+            if available == 0 {
+                break None;
+            }
+            let left = progress.piecewise.left;
+            let n = usize::try_from(left).map_or(available, |left| left.min(available));
+            let last = n as u64 == left;
+            let piece = &mut data[used..used + n];
+            if forward_piece(piece, &mut progress.piecewise, last, progress.text.as_mut()).is_err()
+            {
+                break Some(Stop::Violation(1007));
+            }
+            used += n;
+            if last {
+                dst.set_mid_frame(false);
+                if dst.take_owed_ping() {
+                    dst.send_encoded(cx, &data[run..used]);
+                    run = used;
+                    let _ = dst.push(true, false, frames::PING, KEEPALIVE_PAYLOAD, None, None);
+                }
+            }
+            continue;
+        }
         if PLAIN && !progress.in_message && src_is_client == dst.masks() {
             // One copy of the run's loop per direction, each with its masking rule fixed.
             let plain = if src_is_client {
@@ -322,6 +373,21 @@ fn process<const PLAIN: bool, W: AsyncWrite + Unpin>(
             limits.permessage_deflate,
         ) {
             Parsed::Frame(head) => head,
+            Parsed::Incomplete(Some(head))
+                if head.payload_len > PIECEWISE_FROM
+                    && !head.is_control()
+                    && src_is_client == dst.masks() =>
+            {
+                let frame = &mut data[used..];
+                if let Err(code) = start_piecewise(frame, &head, progress, limits) {
+                    break Some(Stop::Violation(code));
+                }
+                dst.set_mid_frame(true);
+                counters.frames += 1;
+                counters.bytes += head.payload_len as u64;
+                used += head.head_len;
+                continue;
+            }
             Parsed::Incomplete(_) => break None,
             Parsed::Violation(code) => break Some(Stop::Violation(code)),
         };
@@ -420,6 +486,91 @@ fn process<const PLAIN: bool, W: AsyncWrite + Unpin>(
     (used, stop)
 }
 
+/// Takes the head of a data frame at the start of `frame` (its payload still arriving)
+/// as the start of a frame passed on in pieces: the checks a whole frame gets, and a
+/// fresh masking key written into the head when the frame is masked. `Err`: the close
+/// code for the sender.
+fn start_piecewise(
+    frame: &mut [u8],
+    head: &frames::Head,
+    progress: &mut Progress,
+    limits: &PumpLimits,
+) -> Result<(), u16> {
+    if head.opcode == frames::CONTINUATION {
+        if !progress.in_message {
+            return Err(1002);
+        }
+        progress.message_len = progress.message_len.saturating_add(head.payload_len);
+    } else {
+        if progress.in_message {
+            return Err(1002);
+        }
+        progress.message_len = head.payload_len;
+        progress.text = head.starts_checked_text().then(Utf8Check::default);
+    }
+    progress.in_message = !head.fin;
+    progress.received += 1;
+    if progress.message_len > limits.max_message_size {
+        return Err(1009);
+    }
+    let keys = head.mask.map(|theirs| {
+        // One 32-bit draw: sampling `[u8; 4]` would draw a 32-bit word per byte.
+        let ours = rand::thread_rng().next_u32().to_ne_bytes();
+        let key_at = head.head_len - 4;
+        frame[key_at..head.head_len].copy_from_slice(&ours);
+        (theirs, ours)
+    });
+    progress.piecewise = Piecewise {
+        left: head.payload_len as u64,
+        keys,
+        phase: 0,
+        fin: head.fin,
+    };
+    Ok(())
+}
+
+/// Readies the next `piece` of a frame passed on in pieces, in place: re-masked with the
+/// frame's fresh key where it was masked, checked where it is text (`last`: it ends the
+/// frame).
+fn forward_piece(
+    piece: &mut [u8],
+    frame: &mut Piecewise,
+    last: bool,
+    text: Option<&mut Utf8Check>,
+) -> Result<(), InvalidUtf8> {
+    let phase = usize::from(frame.phase);
+    // A key as it applies from `phase` bytes into the payload.
+    let at_phase = |k: [u8; 4]| {
+        [
+            k[phase],
+            k[(phase + 1) % 4],
+            k[(phase + 2) % 4],
+            k[(phase + 3) % 4],
+        ]
+    };
+    match (frame.keys, text) {
+        (Some((theirs, ours)), Some(check)) => {
+            frames::apply_mask(piece, at_phase(theirs));
+            check.feed(piece, frame.fin && last)?;
+            frames::apply_mask(piece, at_phase(ours));
+        }
+        (Some((theirs, ours)), None) => {
+            let both = [
+                theirs[0] ^ ours[0],
+                theirs[1] ^ ours[1],
+                theirs[2] ^ ours[2],
+                theirs[3] ^ ours[3],
+            ];
+            frames::apply_mask(piece, at_phase(both));
+        }
+        (None, Some(check)) => check.feed(piece, frame.fin && last)?,
+        (None, None) => {}
+    }
+    frame.left -= piece.len() as u64;
+    frame.phase = ((phase + piece.len()) % 4) as u8;
+    Ok(())
+}
+
 /// What [`plain_run`] readied.
 struct PlainRun {
     /// Where the run ends: the first byte it left for `process`.
@@ -484,6 +635,11 @@ fn plain_run<const FROM_CLIENT: bool, W: AsyncWrite + Unpin>(
 }
 
 async fn write_ping<W: AsyncWrite + Unpin>(dst: &mut FrameWriter<W>) -> std::io::Result<()> {
+    if dst.mid_frame() {
+        // Not inside a frame: it goes when the frame is whole.
+        dst.owe_ping();
+        return Ok(());
+    }
     let _ = dst.push(true, false, frames::PING, KEEPALIVE_PAYLOAD, None, None);
     dst.flush().await
 }
@@ -520,6 +676,11 @@ pub async fn send_close<W: AsyncWrite + Unpin>(
 
 /// Adds a close frame to the batch, after what is already there.
 fn push_close<W: AsyncWrite + Unpin>(dst: &mut FrameWriter<W>, msg: CloseMsg) {
+    if dst.mid_frame() {
+        // A close cannot go inside a frame that will never be finished: the destination
+        // gets the end of the connection alone.
+        return;
+    }
     let mut payload = [0u8; 125];
     let reason = msg.reason.as_bytes();
     let reason = &reason[..reason.len().min(123)];
@@ -968,6 +1129,155 @@ mod tests {
         ))
     }
 
+    /// A frame as the side `from_client` sends it: masked with `key` from a client.
+    fn frame_from(from_client: bool, opcode: u8, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
+        if from_client {
+            return client_frame(opcode, payload, key);
+        }
+        let mut head = [0u8; frames::MAX_HEAD];
+        let n = frames::encode_head(&mut head, true, opcode, payload.len(), None);
+        [&head[..n], payload].concat()
+    }
+
+    /// Feeds `input` to `process` in pieces of pseudo-random sizes (up to 70,000 bytes), as
+    /// a reader would: what `process` does not use is kept and comes first next time.
+    /// Returns the largest amount kept between calls, how it stopped (if it did), the
+    /// writer, and the counters.
+    async fn feed_in_pieces(
+        input: &[u8],
+        src_is_client: bool,
+        dst: &mut FrameWriter<tokio::io::DuplexStream>,
+        owe_ping_at: Option<usize>,
+    ) -> (usize, Option<Stop>, Counters) {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x9ece);
+        let mut progress = Progress::default();
+        let mut counters = Counters::default();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut kept: Vec<u8> = Vec::new();
+        let mut most_kept = 0;
+        let mut at = 0;
+        while at < input.len() {
+            let n = rng.gen_range(1..70_000).min(input.len() - at);
+            kept.extend_from_slice(&input[at..at + n]);
+            at += n;
+            if owe_ping_at.is_some_and(|p| at >= p) && dst.mid_frame() {
+                dst.owe_ping();
+            }
+            let (used, stop) = process::<true, _>(
+                &mut cx,
+                &mut kept,
+                src_is_client,
+                &LIMITS,
+                &mut progress,
+                dst,
+                &mut counters,
+            );
+            kept.drain(..used);
+            most_kept = most_kept.max(kept.len());
+            match stop {
+                None => {}
+                Some(Stop::Full) => {
+                    if dst.flush().await.is_err() {
+                        return (most_kept, Some(Stop::Full), counters);
+                    }
+                }
+                other => return (most_kept, other, counters),
+            }
+        }
+        (most_kept, None, counters)
+    }
+
+    /// 300,000 bytes of text with characters of 1 and 3 bytes.
+    fn big_text() -> Vec<u8> {
+        let mut text = "zweite \u{2713} ".repeat(300_000 / 11).into_bytes();
+        text.truncate(text.len() - text.len() % 11);
+        text
+    }
+
+    #[tokio::test]
+    async fn a_large_frame_is_passed_on_in_pieces_without_being_held() -> std::io::Result<()> {
+        let text = big_text();
+        let key = [7, 1, 9, 3];
+        for from_client in [true, false] {
+            let input = [
+                frame_from(from_client, frames::TEXT, &text, key),
+                frame_from(from_client, frames::BINARY, b"after", key),
+            ]
+            .concat();
+            let (a, mut b) = tokio::io::duplex(1 << 20);
+            let role = if from_client {
+                Role::Client
+            } else {
+                Role::Server
+            };
+            let mut dst = FrameWriter::new(a, role, 1 << 16);
+            let (most_kept, stop, counters) =
+                feed_in_pieces(&input, from_client, &mut dst, None).await;
+            assert_eq!(stop, None);
+            assert!(
+                most_kept <= frames::MAX_HEAD,
+                "{most_kept} bytes of the frame were held (from client: {from_client})"
+            );
+            assert_eq!(
+                (counters.frames, counters.bytes),
+                (2, text.len() as u64 + 5)
+            );
+            assert!(!dst.mid_frame());
+            let seen = sent_frames(dst, &mut b, from_client).await?;
+            assert_eq!(seen.len(), 2);
+            assert_eq!((seen[0].0.opcode, seen[0].0.fin), (frames::TEXT, true));
+            assert!(seen[0].1 == text, "the text changed on the way");
+            assert_eq!(seen[1].1, b"after");
+            if from_client {
+                assert_ne!(seen[0].0.mask, Some(key), "the client's key was reused");
+            }
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_ping_asked_for_inside_a_large_frame_goes_after_it() -> std::io::Result<()> {
+        let text = big_text();
+        let key = [2, 4, 6, 8];
+        let input = [
+            client_frame(frames::TEXT, &text, key),
+            client_frame(frames::BINARY, b"after", key),
+        ]
+        .concat();
+        let (a, mut b) = tokio::io::duplex(1 << 20);
+        let mut dst = FrameWriter::new(a, Role::Client, 1 << 16);
+        let (_, stop, _) = feed_in_pieces(&input, true, &mut dst, Some(100_000)).await;
+        assert_eq!(stop, None);
+        let seen = sent_frames(dst, &mut b, true).await?;
+        let kinds: Vec<u8> = seen.iter().map(|(h, _)| h.opcode).collect();
+        assert_eq!(kinds, [frames::TEXT, frames::PING, frames::BINARY]);
+        assert_eq!(seen[1].1, KEEPALIVE_PAYLOAD);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn bad_text_inside_a_large_frame_stops_it_and_no_close_lands_inside(
+    ) -> std::io::Result<()> {
+        let mut text = big_text();
+        text[200_000] = 0xff;
+        let input = client_frame(frames::TEXT, &text, [1, 1, 2, 2]);
+        let (a, _b) = tokio::io::duplex(1 << 20);
+        let mut dst = FrameWriter::new(a, Role::Client, 1 << 16);
+        let (_, stop, _) = feed_in_pieces(&input, true, &mut dst, None).await;
+        assert_eq!(stop, Some(Stop::Violation(1007)));
+        // The destination has part of the frame: nothing else may follow it.
+        assert!(dst.mid_frame());
+        let before = dst.buffered();
+        push_close(&mut dst, PROTOCOL_ERROR_TO_PEER);
+        assert_eq!(
+            dst.buffered(),
+            before,
+            "a close was written inside the frame"
+        );
+        Ok(())
+    }
+
     #[tokio::test]
     async fn plain_runs_forward_exactly_what_frame_by_frame_forwards() -> std::io::Result<()> {
         use rand::{Rng, SeedableRng};
@@ -994,6 +1304,7 @@ mod tests {
                 awaiting_pong,
                 message_len: 10,
                 text: None,
+                piecewise: Piecewise::default(),
             };
             let mut outcomes = Vec::new();
             for plain in [true, false] {

@@ -34,14 +34,23 @@ async fn gateway(auth: &str, max_session: &str) -> Result<(GatewayProc, Probe)> 
 }
 
 /// Whether the gateway's metrics count `n` sessions ended with `outcome`.
+/// Whether the metrics count `n` sessions ended with `outcome`, within the deadline: a
+/// session is counted once it has ended, after the client's answer to its close.
 async fn ended_with(gw: &GatewayProc, outcome: &str, n: u32) -> Result<bool> {
-    let seen = gw.metrics().await?;
     let label = format!("outcome=\"{outcome}\"");
-    Ok(seen.lines().any(|l| {
-        l.starts_with("wsgate_sessions_total{")
-            && l.contains(&label)
-            && l.ends_with(&format!(" {n}"))
-    }))
+    let counted = wait_for("the sessions to be counted", DEADLINE, || {
+        let label = &label;
+        async move {
+            let seen = gw.metrics().await?;
+            Ok(seen.lines().any(|l| {
+                l.starts_with("wsgate_sessions_total{")
+                    && l.contains(label)
+                    && l.ends_with(&format!(" {n}"))
+            }))
+        }
+    })
+    .await;
+    Ok(counted.is_ok())
 }
 
 /// Options for a client of the probe whose token expires at `exp` (Unix seconds).
