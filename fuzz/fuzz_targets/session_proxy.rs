@@ -42,8 +42,8 @@ use wsgate_fuzz::{close_code_ok, strict, wire_frames, ChunkReader, FuzzWriter, W
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 const KEEPALIVE: Duration = Duration::from_secs(30);
 /// The most a session may take after the shutdown signal: up to three close timeouts in
-/// turn (see `session::proxy`), and a second.
-const AFTER_SHUTDOWN: Duration = Duration::from_secs(3 * CLOSE_TIMEOUT.as_secs() + 1);
+/// turn (see `session::proxy`), one more for both sides' ends, and a second.
+const AFTER_SHUTDOWN: Duration = Duration::from_secs(4 * CLOSE_TIMEOUT.as_secs() + 1);
 const HEADER: usize = 10;
 /// Output kept per side for the strict checks.
 const KEEP: usize = 1 << 20;
@@ -209,6 +209,7 @@ fuzz_target!(|data: &[u8]| {
             },
             opts,
             rx,
+            (),
         );
         let signal = async {
             tokio::time::sleep(shutdown_at).await;

@@ -219,6 +219,7 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'a, R, W> {
                             {
                                 return PumpEnd::DestLost;
                             }
+                            inbox.delivered();
                         }
                         loop {
                             tokio::select! {
@@ -245,7 +246,10 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'a, R, W> {
                                             .unwrap_or(u32::MAX)
                                             .wrapping_add(progress.piecewise.left as u32),
                                     );
-                                    if seen != seen_at_tick {
+                                    // What the source sent, or took: the other pump's
+                                    // writes to it went through.
+                                    let took = peer.take_delivered();
+                                    if seen != seen_at_tick || took {
                                         seen_at_tick = seen;
                                         pinged = false;
                                         continue;
@@ -275,6 +279,7 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'a, R, W> {
                         if dst.flush().await.is_err() {
                             return PumpEnd::DestLost;
                         }
+                        inbox.delivered();
                     }
                     Ok(Some(Stop::Close(code))) => {
                         return match dst.flush().await {

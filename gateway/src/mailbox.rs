@@ -51,6 +51,9 @@ const STOP: u8 = 2;
 /// Not an instruction to act on now: it stays set, and the pump reads it with
 /// [`Mailbox::shutting_down`].
 const SHUTTING_DOWN: u8 = 4;
+/// Not an instruction either: the pump's destination took bytes since the other pump last
+/// looked ([`Mailbox::take_delivered`]).
+const DELIVERED: u8 = 8;
 
 impl Mailbox {
     /// Asks the pump to stop; the first instruction wins.
@@ -70,6 +73,21 @@ impl Mailbox {
     /// Whether [`Mailbox::shut_down`] was called.
     pub(crate) fn shutting_down(&self) -> bool {
         self.flags.load(Ordering::Acquire) & SHUTTING_DOWN != 0
+    }
+
+    /// Notes that the pump's destination took bytes: a side that reads what it is sent is
+    /// not idle, even when a keepalive ping waits behind a backlog toward it. One load
+    /// per flush, and a write once per keepalive period.
+    pub(crate) fn delivered(&self) {
+        if self.flags.load(Ordering::Relaxed) & DELIVERED == 0 {
+            self.flags.fetch_or(DELIVERED, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the pump's destination took bytes since the last call.
+    pub(crate) fn take_delivered(&self) -> bool {
+        self.flags.load(Ordering::Relaxed) & DELIVERED != 0
+            && self.flags.fetch_and(!DELIVERED, Ordering::Relaxed) & DELIVERED != 0
     }
 
     /// Asks the pump to send a keepalive ping to its destination.

@@ -451,13 +451,13 @@ fn start_session(
         },
         opts,
         shared.shutdown_rx.clone(),
+        // Counts this session against its pool instance while its backend connection lasts.
+        lease,
     ));
     let backend_id = target.to_owned();
     tokio::spawn(
         async move {
             let _slot = slot;
-            // Counts this session against its pool instance until the session ends.
-            let _lease = lease;
             let report = proxy.await;
             drop(active);
             shared.metrics.session_ended(&backend_id, &report);

@@ -221,6 +221,8 @@ impl SessionReport {
                 vec![("backend", code.unwrap_or(1000))]
             }
             (_, PumpEnd::Closed(_)) | (_, PumpEnd::Stopped) => vec![],
+            // The other side's close passed on in the lost side's place: none of ours.
+            (_, PumpEnd::DestLost) if matches!(self.second, Some(PumpEnd::Closed(_))) => vec![],
             (Upstream, PumpEnd::SourceLost) | (Downstream, PumpEnd::DestLost) => {
                 vec![("backend", CLIENT_LOST.code)]
             }
@@ -248,16 +250,18 @@ pub struct Side<R, W> {
 }
 
 /// Proxies frames between a client (server role) and a backend (client role) until the
-/// session ends or `shutdown` changes.
+/// session ends or `shutdown` changes. `backend_hold` (the backend connection's place in
+/// its pool) is dropped with the backend connection, which may be before the session ends.
 ///
 /// Not an `async fn`: one keeps its arguments in its state for the session's whole life,
 /// beside what they were turned into (the sides' readers and writers, the limits), and
 /// every idle session paid for both. The future built here holds only the latter.
-pub fn proxy<CR, CW, BR, BW>(
+pub fn proxy<CR, CW, BR, BW, H>(
     client: Side<CR, CW>,
     backend: Side<BR, BW>,
     opts: SessionOptions,
     mut shutdown: watch::Receiver<bool>,
+    backend_hold: H,
 ) -> impl Future<Output = SessionReport>
 where
     CR: AsyncRead + Unpin,
@@ -376,8 +380,11 @@ where
                         code,
                         reason: "protocol error",
                     })),
-                    // Our destination is gone: the other pump tells its destination so.
-                    PumpEnd::DestLost => Some(StopWith::LostSource),
+                    // This pump's destination is gone. What that side had sent before it
+                    // went (a last message, its close) may still wait in its socket: the
+                    // other pump reads on to its source's end, a close passed on or the
+                    // connection's end (then it sends its lost-source close).
+                    PumpEnd::DestLost => None,
                 };
                 let (other_tx, upstream_first) = match first.0 {
                     Direction::Upstream => (&down_inbox, true),
@@ -412,35 +419,67 @@ where
                     .await
                     .ok();
                 }
+                if let (None, PumpEnd::DestLost) = (second, first.1) {
+                    // The gone side's socket did not end in time either.
+                    other_tx.stop(StopWith::LostSource);
+                    second = Box::pin(tokio::time::timeout(
+                        close_timeout,
+                        either(upstream_first, up.as_mut(), down.as_mut()),
+                    ))
+                    .await
+                    .ok();
+                }
                 (first, second)
             }
         };
 
-        // Both directions are done with the writers: end TLS and TCP politely, bounded.
-        let _ = Box::pin(tokio::time::timeout(close_timeout, async {
-            let _ = cwrite.shutdown().await;
-            let _ = bwrite.shutdown().await;
-        }))
-        .await;
-
-        // The backend side is done; the client may still owe the answer to a close the
-        // gateway sent it (its own, or the backend's going-away). Read up to it before
-        // closing: a close answer that reaches a closed socket is answered with a TCP
-        // reset, which can cost the client the close frame and the TLS close it has not
-        // read yet (RFC 6455 section 7.1.1: the server closes the connection after the
-        // closing handshake).
-        drop((bread, bwrite));
+        // Both directions are done with the writers. The client's side ends now, TLS
+        // `close_notify` and FIN: toward the client the gateway is the server, which closes
+        // the connection first (RFC 6455 section 7.1.1).
+        let client_shut = Box::pin(tokio::time::timeout(close_timeout, cwrite.shutdown()))
+            .await
+            .is_ok_and(|r| r.is_ok());
         let client_end = match first {
             (Direction::Upstream, end) => Some(end),
             (Direction::Downstream, _) => second,
         };
-        if !matches!(client_end, Some(PumpEnd::Closed(_) | PumpEnd::SourceLost)) {
-            let _ = Box::pin(tokio::time::timeout(
-                close_timeout,
-                linger(&mut cread, limits),
-            ))
+        let backend_end = match first {
+            (Direction::Downstream, end) => Some(end),
+            (Direction::Upstream, _) => second,
+        };
+        // The client may still owe the answer to a close the gateway sent it (its own, or
+        // the backend's going-away): it is read before the socket is closed. A close answer
+        // that reaches a closed socket is answered with a TCP reset, which can cost the
+        // client the close frame and the TLS close it has not read yet. Not when the close
+        // never went out, nor when the client already had the close timeout to answer one
+        // passed on from the backend.
+        let gateway_answered_backend = matches!(first, (Direction::Downstream, PumpEnd::Closed(_)))
+            && second == Some(PumpEnd::Stopped);
+        let linger_client = client_shut
+            && !gateway_answered_backend
+            && !matches!(client_end, Some(PumpEnd::Closed(_) | PumpEnd::SourceLost));
+        // Toward the backend the gateway is the client, which lets the server close the
+        // connection first: its FIN is waited for (bounded) before the gateway's own, so
+        // the backend, not the gateway, holds the closed connection's TIME_WAIT, and its
+        // close answer does not meet a closed socket either.
+        let linger_backend = !matches!(backend_end, Some(PumpEnd::SourceLost))
+            && client_end != Some(PumpEnd::DestLost);
+        let backend_side = async move {
+            let _ = tokio::time::timeout(close_timeout, async {
+                if linger_backend {
+                    discard(&mut bread).await;
+                }
+                let _ = bwrite.shutdown().await;
+            })
             .await;
-        }
+            drop((bread, bwrite, backend_hold));
+        };
+        let client_side = async {
+            if linger_client {
+                let _ = tokio::time::timeout(close_timeout, linger(&mut cread, limits)).await;
+            }
+        };
+        Box::pin(async { tokio::join!(backend_side, client_side) }).await;
 
         SessionReport {
             first,
@@ -493,8 +532,18 @@ async fn shutdown_signal(
     .await
 }
 
+/// Reads and drops what `src` sends until it ends (end of stream or an error).
+async fn discard<R: AsyncRead + Unpin>(src: &mut FrameReader<R>) {
+    let mut all = |_: &mut std::task::Context<'_>, data: &mut [u8]| (data.len(), None);
+    while std::future::poll_fn(|cx| src.poll_process(cx, &mut all))
+        .await
+        .is_ok()
+    {}
+}
+
 /// Reads and drops what the client still sends, up to its close frame (its answer to the
-/// gateway's), the end of its stream, or anything that is not a frame.
+/// gateway's) or the end of its stream. Where what comes is not a frame (the client broke
+/// the protocol, or stopped inside a frame), everything is dropped up to the end.
 async fn linger<R: AsyncRead + Unpin>(src: &mut FrameReader<R>, limits: PumpLimits) {
     let mut until_close = |_: &mut std::task::Context<'_>, data: &mut [u8]| {
         let mut used = 0;
@@ -516,9 +565,13 @@ async fn linger<R: AsyncRead + Unpin>(src: &mut FrameReader<R>, limits: PumpLimi
             }
         }
     };
-    while let Ok(None | Some(Stop::Full)) =
-        std::future::poll_fn(|cx| src.poll_process(cx, &mut until_close)).await
-    {}
+    loop {
+        match std::future::poll_fn(|cx| src.poll_process(cx, &mut until_close)).await {
+            Ok(None | Some(Stop::Full)) => {}
+            Ok(Some(Stop::Violation(_))) => return discard(src).await,
+            Ok(Some(Stop::Close(_))) | Err(_) => return,
+        }
+    }
 }
 
 /// Resolves at the session's deadline; never when it has none.
@@ -581,7 +634,7 @@ mod tests {
             write: bw,
             leftover: Bytes::new(),
         };
-        (proxy(client, backend, opts, rx), tx)
+        (proxy(client, backend, opts, rx, ()), tx)
     }
 
     #[tokio::test]
@@ -627,11 +680,13 @@ mod tests {
         let (backend_gw, mut backend_peer) = tokio::io::duplex(4096);
         let (run, tx) = session_after_shutdown_with(client_gw, backend_gw, Duration::from_secs(30));
         let run = tokio::spawn(run);
-        // The backend answers the gateway's going-away close at once.
+        // The backend answers the gateway's going-away close at once, and (the server)
+        // ends the connection.
         backend_peer
             .write_all(&[0x88, 0x02, 0x03, 0xE8])
             .await
             .expect("backend answer");
+        backend_peer.shutdown().await.expect("backend end");
         let mut got = [0u8; 25];
         client_peer.read_exact(&mut got).await.expect("close frame");
         assert_eq!(got[..4], [0x88, 23, 0x03, 0xE9]);
@@ -657,6 +712,50 @@ mod tests {
             "ended by the client's end, not by the close timeout"
         );
         drop((tx, backend_peer));
+    }
+
+    #[tokio::test]
+    async fn toward_the_backend_the_gateway_lets_the_backend_end_the_connection_first() {
+        let (client_gw, mut client_peer) = tokio::io::duplex(4096);
+        let (backend_gw, mut backend_peer) = tokio::io::duplex(4096);
+        let (run, tx) = session_after_shutdown_with(client_gw, backend_gw, Duration::from_secs(30));
+        let run = tokio::spawn(run);
+        // The gateway's close reaches the backend, which answers but keeps the connection.
+        let mut close = [0u8; 6 + 2 + 21];
+        backend_peer
+            .read_exact(&mut close)
+            .await
+            .expect("close to the backend");
+        assert_eq!(close[..2], [0x88, 0x80 | 23]);
+        backend_peer
+            .write_all(&[0x88, 0x02, 0x03, 0xE9])
+            .await
+            .expect("backend answer");
+        // The client gets its close, answers it and ends its side.
+        let mut got = [0u8; 25];
+        client_peer.read_exact(&mut got).await.expect("close frame");
+        client_peer
+            .write_all(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xE9])
+            .await
+            .expect("client answer");
+        client_peer.shutdown().await.expect("client end");
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            !run.is_finished(),
+            "the gateway ended the backend connection before the backend did"
+        );
+        let mut after = [0u8; 1];
+        backend_peer.shutdown().await.expect("backend end");
+        let report = tokio::time::timeout(Duration::from_secs(5), run)
+            .await
+            .expect("the session ends once the backend has ended")
+            .expect("session task");
+        assert!(report.duration < Duration::from_secs(30));
+        // And then the gateway's end of it.
+        assert_eq!(backend_peer.read(&mut after).await.ok(), Some(0));
+        drop(tx);
     }
 
     #[test]

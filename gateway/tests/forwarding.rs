@@ -537,3 +537,51 @@ async fn a_backend_close_the_client_never_answers_is_answered_by_the_gateway() -
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_backend_that_answers_and_leaves_while_the_client_uploads_is_heard_out() -> Result<()> {
+    // The backend reads a little of a large upload, sends a last message and close 1009,
+    // and closes its socket with the rest unread (so its kernel resets the connection).
+    // The gateway's write to it then fails; what it sent first must still reach the client.
+    let reply = [vec![0x81, 3, b'b', b'y', b'e'], vec![0x88, 2, 0x03, 0xF1]].concat();
+    let probe = probe::Probe::start(probe::Mode::Raw {
+        reply,
+        extensions: None,
+    })
+    .await?;
+    let tb = testbed_with(&[("Backend_PROBE", probe.url())]).await?;
+    let c = connect_ok(&tb, "Backend_PROBE").await?;
+    let (mut rd, mut wr) = c.ws.split(tokio::io::split);
+    rd.set_auto_close(false);
+    let upload = tokio::spawn(async move {
+        // Its fate does not matter: the session ends under it.
+        let _ = wr
+            .write_frame(Frame::binary(Payload::Owned(vec![9u8; 8 << 20])))
+            .await;
+        wr
+    });
+    let mut ignore =
+        |_: Frame<'_>| std::future::ready(Ok::<(), fastwebsockets::WebSocketError>(()));
+    let mut got = Vec::new();
+    tokio::time::timeout(DEADLINE, async {
+        while let Ok(f) = rd.read_frame(&mut ignore).await {
+            let end = f.opcode == OpCode::Close;
+            got.push((f.opcode, f.payload.to_vec()));
+            if end {
+                break;
+            }
+        }
+    })
+    .await?;
+    upload.abort();
+    ensure!(
+        got.first() == Some(&(OpCode::Text, b"bye".to_vec())),
+        "the backend's last message was lost: {got:?}"
+    );
+    ensure!(
+        got.get(1)
+            .is_some_and(|(op, p)| *op == OpCode::Close && p[..2] == [0x03, 0xF1]),
+        "the backend's 1009 was not passed on: {got:?}"
+    );
+    Ok(())
+}

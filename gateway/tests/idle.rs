@@ -120,3 +120,43 @@ async fn a_large_frame_sent_slowly_is_not_taken_for_silence() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_client_reading_a_backlog_slowly_is_not_taken_for_idle() -> Result<()> {
+    // The backend floods; the client reads steadily but slowly and sends nothing. The
+    // gateway's keepalive ping waits behind megabytes of backlog toward it for longer than
+    // the idle timeout, so only the client's reading shows that it is there.
+    let mut probe = Probe::start(Mode::Flood {
+        size: 16 * 1024,
+        count: None,
+    })
+    .await?;
+    // Pinged after 3 s of silence, closed 3 s later: longer than the kernel leaves between
+    // the write wakeups of a socket drained at the client's pace, shorter than the backlog
+    // takes to drain.
+    let idle = "[timeouts]\nidle = \"6s\"\nclose = \"1s\"\n";
+    let tb = testbed_with_toml(&[("Backend_PROBE", probe.url())], idle).await?;
+    let mut c = connect_ok(&tb, "Backend_PROBE").await?;
+    let started = Instant::now();
+    let mut frames = 0u64;
+    while started.elapsed() < Duration::from_secs(8) {
+        let f = next_frame(&mut c.ws).await?;
+        match f.opcode {
+            OpCode::Binary => frames += 1,
+            OpCode::Ping => {}
+            OpCode::Close => bail!("closed after {:?}: {:?}", started.elapsed(), close_of(&f)?),
+            other => bail!("unexpected {other:?} frame"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await; // the client's reading pace
+    }
+    ensure!(frames > 100, "only {frames} frames in 8 s");
+    // The backend's first close is the client's own, not an idle timeout.
+    probe.stop_flood();
+    send(&mut c.ws, Frame::close(1000, b"done")).await?;
+    let (code, reason) = probe.next_close().await?;
+    ensure!(
+        (code, reason.as_str()) == (1000, "done"),
+        "the backend got close {code} {reason:?} while the client was reading"
+    );
+    Ok(())
+}

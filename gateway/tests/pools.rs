@@ -1040,3 +1040,36 @@ async fn an_instance_choosing_a_subprotocol_nobody_offered_is_ejected_and_its_cl
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn an_instance_place_is_free_once_its_backend_connection_is_gone() -> Result<()> {
+    let mut inst = Instances::start().await?;
+    let entry = urls_entry(&inst, &[0], ", max_sessions = 1");
+    let gw = Gw::start(&entry, Arc::default(), None).await?;
+    let mut first = gw.session().await?;
+    // The client does not answer the gateway's 1011: its session waits up to the close
+    // timeout (5 s) for the answer, but the backend connection is gone at once.
+    first.ws.set_auto_close(false);
+    inst.kill(0).await?;
+    let (code, _) = expect_close(&mut first.ws).await?;
+    ensure!(code == 1011, "client got close {code}");
+    inst.revive(0).await?;
+    let freed = Instant::now();
+    loop {
+        let active = gw
+            .instance_metric("backend_instance_sessions_active", &inst.label(0))
+            .await?;
+        if active.unwrap_or(0.0) == 0.0 {
+            break;
+        }
+        ensure!(
+            freed.elapsed() < Duration::from_secs(3),
+            "the instance's place is still taken by a session without a backend connection"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await; // polling, bounded above
+    }
+    // The next client gets the place, not a 503.
+    let _second = gw.session().await?;
+    drop(first);
+    Ok(())
+}
