@@ -140,6 +140,10 @@ const NOT_FORWARDED: &[&str] = &[
     "x-forwarded-proto",
 ];
 
+/// Headers the gateway sets itself for the backend: a client's spelling of them with `_`
+/// is dropped too, which a CGI-style backend would read as the gateway's.
+const FORWARDING: [&str; 2] = ["x-forwarded-for", "x-forwarded-proto"];
+
 /// Opens the backend connection to `target` for a client at `peer`, forwarding its
 /// end-to-end headers.
 pub async fn connect(
@@ -218,6 +222,7 @@ async fn connect_inner(
             || (token_cookie.is_some() && name == "cookie")
             || has_token(client_headers, header::CONNECTION, name)
             || identity_names.iter().any(|n| same_name(n, name))
+            || (name.contains('_') && FORWARDING.iter().any(|n| same_name(n, name)))
         {
             continue;
         }

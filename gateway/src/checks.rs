@@ -37,14 +37,29 @@ pub fn check<'r, B>(req: &'r Request<B>, path: &str) -> Result<UpgradeRequest<'r
     {
         return Err(Refusal::BadRequest("not a WebSocket upgrade request"));
     }
-    if headers
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .map(|v| v.as_bytes())
-        != Some(b"13")
+    // RFC 9110 section 9.3.1: a body on a GET means nothing. Bytes of one would be read
+    // as the body by the HTTP layer when they came with the head and as frames when they
+    // came later: the same bytes dropped or forwarded by how TCP cut them.
+    if headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get_all(header::CONTENT_LENGTH)
+            .iter()
+            .any(|v| v.as_bytes() != b"0")
     {
-        return Err(Refusal::BadRequest(
-            "unsupported Sec-WebSocket-Version: use 13",
-        ));
+        return Err(Refusal::BadRequest("an upgrade request has no body"));
+    }
+    // RFC 6455 section 11.3.5: the version line appears once in a request.
+    let mut versions = headers.get_all(header::SEC_WEBSOCKET_VERSION).iter();
+    match (versions.next(), versions.next()) {
+        (Some(v), None) if v.as_bytes() == b"13" => {}
+        (Some(_), Some(_)) => {
+            return Err(Refusal::BadRequest("repeated Sec-WebSocket-Version header"))
+        }
+        _ => {
+            return Err(Refusal::BadRequest(
+                "unsupported Sec-WebSocket-Version: use 13",
+            ))
+        }
     }
     // RFC 6455 section 4.1: one key, the base64 of 16 bytes.
     let mut keys = headers.get_all(header::SEC_WEBSOCKET_KEY).iter();
@@ -160,6 +175,35 @@ mod tests {
             hyper::header::HeaderValue::from_static("AQIDBAUGBwgJCgsMDQ4PEA=="),
         );
         assert!(check(&other_key, "/gateway").is_ok());
+        Ok(())
+    }
+
+    #[test]
+    fn one_version_line_and_no_body() -> Result<(), Box<dyn std::error::Error>> {
+        for second in ["8", "13"] {
+            let two = upgrade().header("Sec-WebSocket-Version", second).body(())?;
+            assert_eq!(
+                refusal(&two).as_deref(),
+                Some("repeated Sec-WebSocket-Version header"),
+                "13 then {second}"
+            );
+        }
+        let mut eight = upgrade().body(())?;
+        eight.headers_mut().insert(
+            "Sec-WebSocket-Version",
+            hyper::header::HeaderValue::from_static("8"),
+        );
+        assert_eq!(
+            refusal(&eight).as_deref(),
+            Some("unsupported Sec-WebSocket-Version: use 13")
+        );
+        let no_body = Some("an upgrade request has no body");
+        let sized = upgrade().header("Content-Length", "5").body(())?;
+        assert_eq!(refusal(&sized).as_deref(), no_body);
+        let chunked = upgrade().header("Transfer-Encoding", "chunked").body(())?;
+        assert_eq!(refusal(&chunked).as_deref(), no_body);
+        let empty = upgrade().header("Content-Length", "0").body(())?;
+        assert!(check(&empty, "/gateway").is_ok());
         Ok(())
     }
 }

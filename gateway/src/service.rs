@@ -144,6 +144,9 @@ fn parser_refusal(e: &hyper::Error) -> Option<(u16, &'static str)> {
         } else {
             Some((431, "header_too_large"))
         }
+    } else if e.is_parse() && e.to_string().contains("HTTP2 preface") {
+        // hyper closes at once, with no answer; logged as nginx logs it.
+        Some((400, "http2_preface"))
     } else if e.is_parse() {
         Some((400, "bad_request"))
     } else {

@@ -441,6 +441,11 @@ async fn verified_claims_reach_the_backend_and_spoofed_ones_do_not() -> Result<(
     opts.headers.push(("x-auth-scopes".into(), "root".into()));
     // The same header to a CGI-style backend (HTTP_X_AUTH_SUBJECT).
     opts.headers.push(("X_Auth_Subject".into(), "root".into()));
+    // The gateway's own forwarding headers spelt so: the client's address and scheme.
+    opts.headers
+        .push(("X_Forwarded_For".into(), "6.6.6.6".into()));
+    opts.headers
+        .push(("X_Forwarded_Proto".into(), "http".into()));
     let _c = loadgen::client::connect(&opts).await?;
     let probe::Event::Handshake(headers) = probe.next().await? else {
         anyhow::bail!("expected the handshake")
@@ -461,6 +466,18 @@ async fn verified_claims_reach_the_backend_and_spoofed_ones_do_not() -> Result<(
         all("x_auth_subject").is_empty(),
         "the underscore spelling passed: {:?}",
         all("x_auth_subject")
+    );
+    for spoofed in ["x_forwarded_for", "x_forwarded_proto"] {
+        ensure!(
+            all(spoofed).is_empty(),
+            "{spoofed} passed: {:?}",
+            all(spoofed)
+        );
+    }
+    ensure!(
+        all("x-forwarded-proto") == ["https"],
+        "scheme headers {:?}",
+        all("x-forwarded-proto")
     );
     ensure!(
         all("x-auth-scopes") == ["admin"],

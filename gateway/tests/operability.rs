@@ -827,6 +827,14 @@ async fn requests_the_http_parser_refuses_are_logged_and_counted_too() -> Result
     let mut none = Vec::new();
     let _ = tokio::time::timeout(DEADLINE, slow.read_to_end(&mut none)).await?;
     ensure!(none.is_empty(), "the cut-off head got an answer: {none:?}");
+    // HTTP/2's connection preface: hyper closes with no answer, which is counted apart
+    // from its 400s.
+    let mut h2 = tls_connect_to(proc.addr).await?;
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
+    h2.flush().await?;
+    let mut nothing = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, h2.read_to_end(&mut nothing)).await?;
+    ensure!(nothing.is_empty(), "the preface got an answer: {nothing:?}");
 
     let expected = [
         (
@@ -837,12 +845,22 @@ async fn requests_the_http_parser_refuses_are_logged_and_counted_too() -> Result
             "wsgate_handshake_refusals_total{status=\"408\",reason=\"header_timeout\"}",
             1.0,
         ),
+        (
+            "wsgate_handshake_refusals_total{status=\"400\",reason=\"http2_preface\"}",
+            1.0,
+        ),
+        (
+            "wsgate_handshake_refusals_total{status=\"400\",reason=\"bad_request\"}",
+            0.0,
+        ),
     ];
     let logged = |log: &str| {
-        ["status=431", "status=408"].iter().all(|status| {
-            log.lines()
-                .any(|l| l.contains("refused") && l.contains(status))
-        })
+        ["status=431", "status=408", "status=400"]
+            .iter()
+            .all(|status| {
+                log.lines()
+                    .any(|l| l.contains("refused") && l.contains(status))
+            })
     };
     let deadline = std::time::Instant::now() + DEADLINE;
     let seen = loop {
