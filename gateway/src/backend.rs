@@ -100,7 +100,7 @@ pub async fn connect_pool(
     }
     Err(last.unwrap_or_else(|| {
         if list.iter().any(|i| i.full(max)) {
-            Refusal::Unavailable("backend at capacity")
+            Refusal::AtCapacity
         } else {
             Refusal::BadGateway("backend name resolved to no addresses".into())
         }
@@ -249,7 +249,10 @@ async fn connect_inner(
         .map_err(|e| match e {
             HandshakeError::Refused { status, .. } => AttemptError {
                 refusal: Refusal::BadGateway(format!("backend answered HTTP {status}")),
-                instance_fault: status >= 500,
+                // A 4xx is about the client's request; anything else but a 101 (a 5xx, a
+                // 200 from something that is not a WebSocket server, a redirect) is about
+                // the instance.
+                instance_fault: !(400..500).contains(&status),
             },
             HandshakeError::Io(e) => AttemptError::instance(Refusal::BadGateway(format!(
                 "backend connection failed: {e}"

@@ -49,8 +49,12 @@ pub struct Instance {
     down: AtomicBool,
     /// Left its pool: its metric labels go when its last lease ends.
     retired: AtomicBool,
-    /// Its hold on its metric labels was given up (once).
+    /// Its hold on its metric labels was given up (once): it has left its pool and has no
+    /// session left, and is never taken back.
     released: AtomicBool,
+    /// Serialises retiring, taking back and releasing, so an instance taken back into a
+    /// pool never loses its labels to its last old session ending at that moment.
+    leaving: Mutex<()>,
     /// This instance's metric handles and the families to drop them from.
     metrics: InstanceMetrics,
 }
@@ -103,6 +107,7 @@ impl Instance {
             down: AtomicBool::new(false),
             retired: AtomicBool::new(false),
             released: AtomicBool::new(false),
+            leaving: Mutex::new(()),
             metrics,
         }
     }
@@ -179,7 +184,35 @@ impl Instance {
 
     /// Marks it as gone from its pool; its metric labels go with its last lease.
     pub fn retire(&self) {
-        if !self.retired.swap(true, Ordering::Relaxed) && self.live() == 0 {
+        let _leaving = self.leaving.lock();
+        self.retired.store(true, Ordering::Relaxed);
+        if self.live() == 0 {
+            self.release();
+        }
+    }
+
+    /// Takes it back into a pool (its address came back in a reload or a lookup while
+    /// sessions still use it), so those sessions count against its `max_sessions` and
+    /// `least_conn` still. `false`: it has no session left and is gone; a fresh instance
+    /// serves as well.
+    fn take_back(&self) -> bool {
+        let _leaving = self.leaving.lock();
+        if self.released.load(Ordering::Relaxed) {
+            return false;
+        }
+        self.retired.store(false, Ordering::Relaxed);
+        true
+    }
+
+    /// Whether it left its pool and its last session has ended.
+    fn gone(&self) -> bool {
+        self.released.load(Ordering::Relaxed)
+    }
+
+    /// Its last lease ended: if it has left its pool, its labels go.
+    fn last_lease_ended(&self) {
+        let _leaving = self.leaving.lock();
+        if self.retired.load(Ordering::Relaxed) && self.live() == 0 {
             self.release();
         }
     }
@@ -233,7 +266,7 @@ impl Drop for Lease {
         let i = &self.instance;
         i.metrics.active.dec();
         if i.live.fetch_sub(1, Ordering::Relaxed) == 1 && i.retired.load(Ordering::Relaxed) {
-            i.release();
+            i.last_lease_ended();
         }
     }
 }
@@ -244,6 +277,10 @@ pub struct Pool {
     spec: PoolSpec,
     /// The instances in force; swapped whole by discovery, read without a lock.
     instances: ArcSwap<Vec<Arc<Instance>>>,
+    /// Instances that left this pool (or the pools it replaced) with sessions still on
+    /// them: one whose address comes back is taken back with its sessions, not
+    /// started afresh at none.
+    retired: Mutex<Vec<Arc<Instance>>>,
     /// Where round robin (and least_conn's tie-break) starts next.
     cursor: AtomicUsize,
     /// Per-instance metric families, for instances discovery adds.
@@ -271,12 +308,14 @@ impl std::fmt::Debug for Pool {
 
 impl Pool {
     /// A pool for `spec`. Instances of `previous` (the pool this ID had before a reload)
-    /// that are still configured are kept, with their load and health.
+    /// that are still configured are kept, with their load and health, and so are ones
+    /// that had left it and still serve sessions.
     pub fn new(spec: PoolSpec, metrics: &PoolMetrics, previous: Option<&Pool>) -> Self {
         let old = previous
             .map(|p| p.instances.load_full())
             .unwrap_or_default();
-        let (list, resolved) = match &spec.members {
+        let mut retired = previous.map(Pool::take_retired).unwrap_or_default();
+        let (list, resolved): (Vec<Arc<Instance>>, bool) = match &spec.members {
             Members::Urls(targets) => {
                 let list = targets
                     .iter()
@@ -284,6 +323,7 @@ impl Pool {
                         old.iter()
                             .find(|i| i.target == *t)
                             .cloned()
+                            .or_else(|| take_back(&mut retired, t))
                             .unwrap_or_else(|| Arc::new(Instance::new(t.clone(), metrics)))
                     })
                     .collect();
@@ -305,9 +345,17 @@ impl Pool {
                 }
             }
         };
+        // The previous pool's instances this one does not keep are retired with it
+        // ([`Pool::retire_all_but`]); those still serving sessions may come back.
+        retired.extend(
+            old.iter()
+                .filter(|i| !list.iter().any(|k| Arc::ptr_eq(i, k)))
+                .cloned(),
+        );
         Self {
             spec,
             instances: ArcSwap::from_pointee(list),
+            retired: Mutex::new(retired),
             cursor: AtomicUsize::new(0),
             metrics: metrics.clone(),
             resolved: AtomicBool::new(resolved),
@@ -374,6 +422,27 @@ impl Pool {
             .min_by_key(|&i| list[i].last_failure.load(Ordering::Relaxed))
     }
 
+    /// The instances that left this pool and still serve sessions.
+    fn take_retired(&self) -> Vec<Arc<Instance>> {
+        let mut retired = self.retired.lock().map(|r| r.clone()).unwrap_or_default();
+        retired.retain(|i| !i.gone());
+        retired
+    }
+
+    /// Records instances that left this pool (discovery), so they can come back.
+    fn keep_retired(&self, gone: impl Iterator<Item = Arc<Instance>>) {
+        if let Ok(mut retired) = self.retired.lock() {
+            retired.retain(|i| !i.gone());
+            retired.extend(gone);
+        }
+    }
+
+    /// Takes back the retired instance for `target`, if one still serves sessions.
+    fn take_back_retired(&self, target: &BackendTarget) -> Option<Arc<Instance>> {
+        let mut retired = self.retired.lock().ok()?;
+        take_back(&mut retired, target)
+    }
+
     /// Retires every instance of this pool that `next` (its replacement) does not keep.
     pub fn retire_all_but(&self, next: Option<&Pool>) {
         let kept = next.map(|p| p.instances.load_full()).unwrap_or_default();
@@ -383,6 +452,14 @@ impl Pool {
             }
         }
     }
+}
+
+/// Takes the instance for `target` out of `retired` and back into service, if it still
+/// serves sessions.
+fn take_back(retired: &mut Vec<Arc<Instance>>, target: &BackendTarget) -> Option<Arc<Instance>> {
+    let at = retired.iter().position(|i| i.target == *target)?;
+    let instance = retired.swap_remove(at);
+    instance.take_back().then_some(instance)
 }
 
 #[cfg(test)]
@@ -540,5 +617,76 @@ mod tests {
             !metrics.active.remove(&gone),
             "labels of a gone instance were kept"
         );
+    }
+
+    fn urls_spec(hosts: &[u8], max_sessions: Option<usize>) -> PoolSpec {
+        let targets = hosts
+            .iter()
+            .map(|h| BackendTarget::parse("B", &format!("ws://127.0.0.{h}:1/")))
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap_or_default();
+        PoolSpec {
+            members: Members::Urls(targets),
+            max_sessions,
+            ..pool(1, Balance::RoundRobin).spec.clone()
+        }
+    }
+
+    /// Replaces `old` by a pool for `spec`, as a reload does.
+    fn reload(old: &Pool, spec: PoolSpec, metrics: &PoolMetrics) -> Pool {
+        let new = Pool::new(spec, metrics, Some(old));
+        old.retire_all_but(Some(&new));
+        new
+    }
+
+    #[test]
+    fn an_instance_that_comes_back_brings_its_sessions_back_under_its_cap() {
+        let metrics = PoolMetrics::default();
+        let first = Pool::new(urls_spec(&[2], Some(2)), &metrics, None);
+        let u1 = first.instances()[0].clone();
+        let held: Vec<Lease> = (0..2)
+            .filter_map(|_| Lease::try_new(u1.clone(), Some(2)))
+            .collect();
+        assert_eq!(held.len(), 2);
+        // Away to another address, then back (a rollback).
+        let second = reload(&first, urls_spec(&[3], Some(2)), &metrics);
+        let third = reload(&second, urls_spec(&[2], Some(2)), &metrics);
+        let back = third.instances()[0].clone();
+        assert!(
+            Arc::ptr_eq(&back, &u1),
+            "the address came back as a new instance"
+        );
+        assert_eq!(back.live(), 2);
+        assert_eq!(
+            third.pick(&third.instances(), 0, 1),
+            None,
+            "a full instance was picked"
+        );
+        assert!(Lease::try_new(back.clone(), Some(2)).is_none());
+        // Back in a pool, its labels outlive its old sessions.
+        drop(held);
+        assert_eq!(metrics.active.get_or_create(&back.metrics.labels).get(), 0);
+        assert!(!back.gone());
+        assert!(Lease::try_new(back.clone(), Some(2)).is_some());
+    }
+
+    #[test]
+    fn an_address_that_comes_back_after_its_sessions_ended_starts_afresh() {
+        let metrics = PoolMetrics::default();
+        let first = Pool::new(urls_spec(&[2], Some(2)), &metrics, None);
+        let u1 = first.instances()[0].clone();
+        let lease = Lease::new(u1.clone());
+        let second = reload(&first, urls_spec(&[3], Some(2)), &metrics);
+        drop(lease);
+        assert!(
+            u1.gone(),
+            "a retired instance with no session kept its labels"
+        );
+        let third = reload(&second, urls_spec(&[2], Some(2)), &metrics);
+        let fresh = third.instances()[0].clone();
+        assert!(!Arc::ptr_eq(&fresh, &u1));
+        let lease = Lease::new(fresh.clone());
+        assert_eq!(metrics.active.get_or_create(&fresh.metrics.labels).get(), 1);
+        drop(lease);
     }
 }

@@ -41,6 +41,9 @@ pub enum Refusal {
     /// Over the connection limit or shutting down (503).
     #[error("{0}")]
     Unavailable(&'static str),
+    /// Every instance of the backend holds its `max_sessions` (503): no backend was asked.
+    #[error("backend at capacity")]
+    AtCapacity,
     /// Over the per-address connection rate (429).
     #[error("{0}")]
     TooManyRequests(&'static str),
@@ -59,7 +62,7 @@ impl Refusal {
             Refusal::Auth(_) => StatusCode::UNAUTHORIZED,
             Refusal::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Refusal::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Refusal::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::Unavailable(_) | Refusal::AtCapacity => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
@@ -78,6 +81,7 @@ impl Refusal {
             Refusal::BadGateway(_) => "bad_gateway",
             Refusal::GatewayTimeout => "gateway_timeout",
             Refusal::Unavailable(_) => "unavailable",
+            Refusal::AtCapacity => "backend_at_capacity",
             Refusal::TooManyRequests(_) => "rate",
         }
     }

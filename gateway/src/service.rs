@@ -336,6 +336,8 @@ async fn prepare(
             );
             conn
         }
+        // A full pool refuses before any backend is asked: not a failed connect.
+        Err(refusal @ Refusal::AtCapacity) => return Err(refusal),
         Err(refusal) => {
             metrics
                 .backend_connect_failures

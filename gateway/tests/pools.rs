@@ -595,7 +595,16 @@ async fn answering(
 }
 
 #[tokio::test]
-async fn the_health_check_upgrades_so_an_instance_that_answers_5xx_stays_out() -> Result<()> {
+async fn the_health_check_upgrades_so_an_instance_that_answers_5xx_or_200_stays_out() -> Result<()>
+{
+    // A 200 or a 3xx is no WebSocket server either.
+    for status_line in ["503 Service Unavailable", "200 OK"] {
+        health_check_keeps_out(status_line).await?;
+    }
+    Ok(())
+}
+
+async fn health_check_keeps_out(status_line: &'static str) -> Result<()> {
     let mut inst = Instances::start().await?;
     let entry = urls_entry(
         &inst,
@@ -605,8 +614,7 @@ async fn the_health_check_upgrades_so_an_instance_that_answers_5xx_stays_out() -
     // Instance 0 accepts TCP but answers every upgrade 503 (a deploy in progress, say):
     // a TCP check would call it up; the WebSocket check, like a session's connect, not.
     inst.kill(0).await?;
-    let (server, answered) =
-        answering(SocketAddr::new(ip(0), inst.port), "503 Service Unavailable").await?;
+    let (server, answered) = answering(SocketAddr::new(ip(0), inst.port), status_line).await?;
     let gw = Gw::start(&entry, Arc::default(), None).await?;
     let down = inst.label(0);
     wait_metric(
@@ -632,7 +640,7 @@ async fn the_health_check_upgrades_so_an_instance_that_answers_5xx_stays_out() -
     let others = answered.others.load(std::sync::atomic::Ordering::Relaxed);
     ensure!(
         others == 0,
-        "{others} client connects were tried on the instance that answers 503"
+        "{others} client connects were tried on the instance that answers {status_line}"
     );
     ensure!(
         after[1] > before[1] && after[2] > before[2],
@@ -908,6 +916,12 @@ async fn max_sessions_caps_each_instance_and_a_full_pool_answers_503() -> Result
         inst.started() == started,
         "a full instance was connected to"
     );
+    let metrics = gw.metrics().await?;
+    ensure!(
+        metrics.contains("reason=\"backend_at_capacity\"")
+            && !metrics.contains("wsgate_backend_connect_failures_total{"),
+        "a full pool's 503 is counted as a failed connect:\n{metrics}"
+    );
     // One session on instance 1 ends: its place goes to the next client, and only there.
     let at = held
         .iter()
@@ -997,6 +1011,45 @@ async fn a_4xx_answer_to_a_client_counts_as_a_failed_attempt_of_its_instance() -
         ejections.unwrap_or(0.0) == 0.0,
         "a 4xx ejected the instance: {ejections:?}"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_instance_answering_200_or_a_redirect_is_ejected_and_its_clients_served_elsewhere(
+) -> Result<()> {
+    // Something that is not a WebSocket server on an instance's address: a web server's
+    // 200, or a redirect. Not about the client's request, as a 4xx is.
+    for status_line in ["200 OK", "302 Found"] {
+        let mut inst = Instances::start().await?;
+        inst.kill(0).await?;
+        let (_server, answered) = answering(SocketAddr::new(ip(0), inst.port), status_line).await?;
+        let gw = Gw::start(
+            &urls_entry(&inst, &[0, 1], ", eject = \"1m\""),
+            Arc::default(),
+            None,
+        )
+        .await?;
+        // Round robin sends one of the first two clients to instance 0: retried on 1.
+        let _a = gw.session().await?;
+        let _b = gw.session().await?;
+        let others = answered.others.load(std::sync::atomic::Ordering::Relaxed);
+        ensure!(
+            others == 1,
+            "{status_line}: {others} connects to instance 0"
+        );
+        let ejections = gw
+            .instance_metric("backend_instance_ejections_total", &inst.label(0))
+            .await?;
+        ensure!(
+            ejections == Some(1.0),
+            "{status_line}: instance 0 ejections {ejections:?}"
+        );
+        ensure!(
+            inst.started()[1] == 2,
+            "{status_line}: sessions on instance 1: {:?}",
+            inst.started()
+        );
+    }
     Ok(())
 }
 

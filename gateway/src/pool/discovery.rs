@@ -154,16 +154,20 @@ impl Pool {
                     .cloned()
                     .unwrap_or_else(|| {
                         let target = dns_target(&self.spec.id, host, *port, path, *a);
-                        Arc::new(Instance::new(target, &self.metrics))
+                        self.take_back_retired(&target)
+                            .unwrap_or_else(|| Arc::new(Instance::new(target, &self.metrics)))
                     })
             })
             .collect();
-        for gone in old
+        let gone: Vec<Arc<Instance>> = old
             .iter()
             .filter(|i| !list.iter().any(|n| Arc::ptr_eq(i, n)))
-        {
-            gone.retire();
+            .cloned()
+            .collect();
+        for i in &gone {
+            i.retire();
         }
+        self.keep_retired(gone.into_iter());
         let instances: Vec<&str> = list.iter().map(|i| &*i.addr).collect();
         info!(backend, name = %host, ?instances, "backend instances changed");
         self.instances.store(Arc::new(list));
@@ -202,8 +206,9 @@ async fn probe(
 }
 
 /// The upgrade a session's connect makes to `target`: as for passive health, a 101 or a
-/// 4xx answer (about the probe's request, such as a missing credential) means up; a 5xx,
-/// a broken handshake or silence, down. After a 101 the probe closes the session as a
+/// 4xx answer (about the probe's request, such as a missing credential) means up; any
+/// other status (a 5xx, a 2xx or 3xx from something that is not a WebSocket server), a
+/// broken handshake or silence, down. After a 101 the probe closes the session as a
 /// client should (see [`close`]), on its own task, so that the verdict does not wait.
 async fn upgrade(mut tcp: tokio::net::TcpStream, target: &BackendTarget) -> std::io::Result<()> {
     let req = ClientRequest {
@@ -217,7 +222,7 @@ async fn upgrade(mut tcp: tokio::net::TcpStream, target: &BackendTarget) -> std:
             tokio::spawn(close(tcp));
             Ok(())
         }
-        Err(HandshakeError::Refused { status, .. }) if status < 500 => Ok(()),
+        Err(HandshakeError::Refused { status, .. }) if (400..500).contains(&status) => Ok(()),
         Err(e) => Err(std::io::Error::other(e.to_string())),
     }
 }
