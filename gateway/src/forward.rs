@@ -112,9 +112,11 @@ struct Progress {
     /// The gateway is shutting down: the source's close is answered to the destination
     /// with [`SHUTTING_DOWN`], not passed on.
     shutting_down: bool,
-    /// The gateway pinged the source (keepalive) and its pong has not come: only then is
-    /// a pong with [`KEEPALIVE_PAYLOAD`] the gateway's own, and not passed on.
-    awaiting_pong: bool,
+    /// Keepalive pings the gateway sent the source whose pongs have not come: only while
+    /// some are owed is a pong with [`KEEPALIVE_PAYLOAD`] the gateway's own, and not
+    /// passed on. More than one when the source was pinged again before it could answer
+    /// (it went on sending, say, a large frame, between two idle ticks).
+    pongs_owed: u8,
     /// Bytes of the message being received, across its fragments.
     message_len: usize,
     /// The message being received is text; its UTF-8 check, carried across fragments.
@@ -265,7 +267,7 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'a, R, W> {
                                         return PumpEnd::SourceIdle;
                                     }
                                     pinged = true;
-                                    progress.awaiting_pong = true;
+                                    progress.pongs_owed = progress.pongs_owed.saturating_add(1);
                                     peer.ping();
                                     wake_task().await;
                                 }
@@ -342,6 +344,8 @@ fn process<const PLAIN: bool, W: AsyncWrite + Unpin>(
                 break Some(Stop::Violation(1007));
             }
             used += n;
+            // Counted as they pass: a sender that stops mid-frame sent no more than this.
+            counters.bytes += n as u64;
             if last {
                 dst.set_mid_frame(false);
                 if dst.take_owed_ping() {
@@ -389,7 +393,6 @@ fn process<const PLAIN: bool, W: AsyncWrite + Unpin>(
                 }
                 dst.set_mid_frame(true);
                 counters.frames += 1;
-                counters.bytes += head.payload_len as u64;
                 used += head.head_len;
                 continue;
             }
@@ -424,11 +427,11 @@ fn process<const PLAIN: bool, W: AsyncWrite + Unpin>(
                     frames::apply_mask(plain, key);
                 }
                 if head.opcode == frames::PONG
-                    && progress.awaiting_pong
+                    && progress.pongs_owed > 0
                     && plain == KEEPALIVE_PAYLOAD
                 {
                     // The answer to our own keepalive ping: not passed on.
-                    progress.awaiting_pong = false;
+                    progress.pongs_owed -= 1;
                     progress.received += 1;
                     dst.send_encoded(cx, &data[run..at]);
                     used = end;
@@ -828,7 +831,7 @@ mod tests {
         .concat();
         let whole = input.len();
         let pinged = Progress {
-            awaiting_pong: true,
+            pongs_owed: 1,
             ..Progress::default()
         };
         let ((used, stop), seen) = forward_up_after(&mut input, 1 << 16, pinged).await?;
@@ -858,9 +861,9 @@ mod tests {
         let mut input = pong.clone();
         let (_, seen) = forward_up(&mut input, 1 << 16).await?;
         assert_eq!(seen.len(), 1, "the pong was not passed on");
-        let mut input = [pong.clone(), pong].concat();
+        let mut input = [pong.clone(), pong.clone()].concat();
         let pinged = Progress {
-            awaiting_pong: true,
+            pongs_owed: 1,
             ..Progress::default()
         };
         let (_, seen) = forward_up_after(&mut input, 1 << 16, pinged).await?;
@@ -869,6 +872,14 @@ mod tests {
             (seen[0].0, &seen[0].1[..]),
             (frames::PONG, KEEPALIVE_PAYLOAD)
         );
+        // Pinged twice before it could answer: both answers are the gateway's.
+        let mut input = [pong.clone(), pong.clone(), pong].concat();
+        let twice = Progress {
+            pongs_owed: 2,
+            ..Progress::default()
+        };
+        let (_, seen) = forward_up_after(&mut input, 1 << 16, twice).await?;
+        assert_eq!(seen.len(), 1, "two pongs answer two pings");
         Ok(())
     }
 
@@ -1269,8 +1280,14 @@ mod tests {
         let input = client_frame(frames::TEXT, &text, [1, 1, 2, 2]);
         let (a, _b) = tokio::io::duplex(1 << 20);
         let mut dst = FrameWriter::new(a, Role::Client, 1 << 16);
-        let (_, stop, _) = feed_in_pieces(&input, true, &mut dst, None).await;
+        let (_, stop, counters) = feed_in_pieces(&input, true, &mut dst, None).await;
         assert_eq!(stop, Some(Stop::Violation(1007)));
+        // Bytes count as they pass, not as the head declares them.
+        assert!(
+            counters.bytes <= 200_000,
+            "{} bytes counted of a frame stopped at byte 200,000",
+            counters.bytes
+        );
         // The destination has part of the frame: nothing else may follow it.
         assert!(dst.mid_frame());
         let before = dst.buffered();
@@ -1301,12 +1318,12 @@ mod tests {
             let batch_limit = [64, 700, 1 << 16, 1 << 16][rng.gen_range(0..4)];
             let in_message = rng.gen_ratio(1, 10);
             let shutting_down = rng.gen_ratio(1, 10);
-            let awaiting_pong = rng.gen();
+            let pongs_owed = rng.gen_range(0..3);
             let progress = || Progress {
                 received: 0,
                 in_message,
                 shutting_down,
-                awaiting_pong,
+                pongs_owed,
                 message_len: 10,
                 text: None,
                 piecewise: Piecewise::default(),
