@@ -5,7 +5,7 @@
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /healthz` | 200 while the process runs |
 //! | `GET /readyz` | 200 when accepting; 503 while draining |
-//! | `POST /reload` | re-read the config file: 200, or 400 with the reason (old config kept) |
+//! | `POST /reload` | re-read the config file: 200 (naming start-up-only keys the file changed), or 400 with the reason (old config kept) |
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
@@ -70,7 +70,14 @@ async fn answer(shared: &Arc<Shared>, req: &Request<Incoming>) -> Response<Full<
         }
         (&Method::POST, "/reload") => match crate::reload::reload_off_runtime(shared.clone()).await
         {
-            Ok(()) => text(StatusCode::OK, "reloaded"),
+            Ok(done) if done.start_up_only.is_empty() => text(StatusCode::OK, "reloaded"),
+            Ok(done) => text(
+                StatusCode::OK,
+                &format!(
+                    "reloaded; read at start-up only, not applied until a restart: {}",
+                    done.start_up_only.join(", ")
+                ),
+            ),
             Err(e) => text(StatusCode::BAD_REQUEST, &e.to_string()),
         },
         // RFC 9110 section 15.5.6: a 405 lists the methods the resource takes.

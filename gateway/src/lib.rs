@@ -110,13 +110,13 @@ pub struct Reloader(Arc<Shared>);
 impl Reloader {
     /// Re-reads the config file; on error the old config stays in force. Blocks while it
     /// loads: from async code, use [`Reloader::reload_off_runtime`].
-    pub fn reload(&self) -> Result<(), reload::ReloadError> {
+    pub fn reload(&self) -> Result<reload::Reloaded, reload::ReloadError> {
         reload::reload(&self.0)
     }
 
     /// [`Reloader::reload`] on a thread of the blocking pool, so that the runtime goes on
     /// while a slow `jwks_url` answers.
-    pub async fn reload_off_runtime(&self) -> Result<(), reload::ReloadError> {
+    pub async fn reload_off_runtime(&self) -> Result<reload::Reloaded, reload::ReloadError> {
         reload::reload_off_runtime(self.0.clone()).await
     }
 }

@@ -44,16 +44,24 @@ pub fn build_parts(config: Config) -> Result<Parts, ConfigError> {
 /// [`reload`] on a thread of the blocking pool: loading may wait on the network (an
 /// `[auth] jwks_url`, up to its fetch timeout), and the runtime that asks for reloads also
 /// answers the admin endpoints and the signals, which must not wait with it.
-pub async fn reload_off_runtime(shared: Arc<Shared>) -> Result<(), ReloadError> {
+pub async fn reload_off_runtime(shared: Arc<Shared>) -> Result<Reloaded, ReloadError> {
     tokio::task::spawn_blocking(move || reload(&shared))
         .await
         .unwrap_or(Err(ReloadError::Interrupted))
 }
 
+/// What a reload put in force, and what it could not.
+#[derive(Debug, Default)]
+pub struct Reloaded {
+    /// Keys whose value in the file differs from the one the gateway started with, which
+    /// only a restart applies (`server.listen`, `server.workers`, …).
+    pub start_up_only: Vec<&'static str>,
+}
+
 /// Re-reads the config file and applies it, or logs why not and keeps the old one.
 /// Blocks while it loads (files, and an `[auth] jwks_url` fetch): from async code, use
 /// [`reload_off_runtime`].
-pub fn reload(shared: &Shared) -> Result<(), ReloadError> {
+pub fn reload(shared: &Shared) -> Result<Reloaded, ReloadError> {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
     let result = (|| {
         let path = shared.config_path.as_ref().ok_or(ReloadError::NoFile)?;
@@ -63,7 +71,10 @@ pub fn reload(shared: &Shared) -> Result<(), ReloadError> {
             config.limits.max_connections = config.limits.max_connections.min(cap.max(1));
         }
         let parts = build_parts(config)?;
-        for key in start_up_only_changes(&shared.config(), &parts.config) {
+        // Against what the sockets and threads were set up with, not the last file: a key
+        // put back as it was is no change waiting for a restart.
+        let start_up_only = start_up_only_changes(shared.started_with(), &parts.config);
+        for key in &start_up_only {
             warn!(
                 key,
                 "changed in the file, but read at start-up only: takes effect at the next start"
@@ -72,7 +83,7 @@ pub fn reload(shared: &Shared) -> Result<(), ReloadError> {
         let backends: Vec<String> = parts.config.backends.keys().cloned().collect();
         shared.replace(parts);
         info!(backends = ?backends, "config reloaded");
-        Ok(())
+        Ok(Reloaded { start_up_only })
     })();
     if let Err(e) = &result {
         warn!(error = %e, "config reload rejected; the previous config stays in force");

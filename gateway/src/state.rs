@@ -33,6 +33,9 @@ pub struct Parts {
 /// State shared by the listener and every connection.
 pub struct Shared {
     config: ArcSwap<Config>,
+    /// The config the gateway started with: what its sockets and threads were set up by,
+    /// which a reload cannot change.
+    started_with: Arc<Config>,
     verifier: ArcSwap<Verifier>,
     tls: ArcSwap<ServerConfig>,
     limiter: ArcSwap<ConnLimiter>,
@@ -86,8 +89,10 @@ impl Shared {
         }
         let router = Router::new(table);
         let config_path = config.loaded_from.clone();
+        let config = Arc::new(config);
         Self {
-            config: ArcSwap::from_pointee(config),
+            started_with: config.clone(),
+            config: ArcSwap::new(config),
             verifier: ArcSwap::from_pointee(verifier),
             tls: ArcSwap::new(tls),
             limiter: ArcSwap::from_pointee(limiter),
@@ -134,7 +139,13 @@ impl Shared {
         self.config.store(Arc::new(config));
     }
 
-    /// The config in force now.
+    /// The config the gateway started with, whose start-up-only keys (listeners,
+    /// threads, PROXY protocol, admin) are the ones in force whatever was reloaded since.
+    pub fn started_with(&self) -> &Config {
+        &self.started_with
+    }
+
+    /// The config in force for new connections.
     pub fn config(&self) -> Arc<Config> {
         self.config.load_full()
     }

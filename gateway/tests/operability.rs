@@ -800,6 +800,45 @@ async fn a_reload_that_lowers_max_connections_counts_the_connections_already_ope
 }
 
 #[tokio::test]
+async fn a_reload_names_start_up_only_keys_that_differ_from_what_the_gateway_started_with(
+) -> Result<()> {
+    let bs = backends().await?;
+    let proc = GatewayProc::start(ProcOptions {
+        backends: vec![("Backend_ABC".into(), bs[0].url())],
+        server_toml: "workers = 2".into(),
+        ..ProcOptions::default()
+    })
+    .await?;
+    let path = proc.config_path();
+    let started = std::fs::read_to_string(&path)?;
+    let one = started.replace("workers = 2", "workers = 1");
+    ensure!(one != started, "the test could not edit the config");
+    let answer = |text: String| {
+        let (path, proc) = (&path, &proc);
+        async move {
+            std::fs::write(path, text)?;
+            let (status, body) = admin(proc, "POST", "/reload").await?;
+            ensure!(status == 200, "{status} {body}");
+            Ok::<_, anyhow::Error>(body)
+        }
+    };
+    let body = answer(one.clone()).await?;
+    ensure!(
+        body.contains("server.workers"),
+        "a changed key not named: {body}"
+    );
+    // Put back as it started with: nothing waits for a restart, whatever the last file said.
+    let body = answer(started).await?;
+    ensure!(
+        body.trim() == "reloaded",
+        "the key put back was named: {body}"
+    );
+    let body = answer(one).await?;
+    ensure!(body.contains("server.workers"), "{body}");
+    Ok(())
+}
+
+#[tokio::test]
 async fn requests_the_http_parser_refuses_are_logged_and_counted_too() -> Result<()> {
     let proc = GatewayProc::start(ProcOptions {
         // Never connected to: both requests are refused before routing.
