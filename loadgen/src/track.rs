@@ -70,6 +70,10 @@ pub struct Tracker {
     pub errors: IntegrityErrors,
     /// Messages outstanding on connections the server closed (see [`Tracker::lose_at_close`]).
     pub lost_at_close: u64,
+    /// Corrupted echoes that named nothing outstanding (their connection id or sequence
+    /// number was hit): each most likely is the echo of a message that will never come
+    /// back intact, which is then not counted a second time, as missing.
+    unplaced: u64,
 }
 
 impl Tracker {
@@ -83,6 +87,7 @@ impl Tracker {
             skipped: VecDeque::new(),
             errors: IntegrityErrors::default(),
             lost_at_close: 0,
+            unplaced: 0,
         }
     }
 
@@ -116,11 +121,13 @@ impl Tracker {
             Echo::Damaged(s) => (s, false),
             Echo::Unreadable => {
                 self.errors.corrupted += 1;
+                self.unplaced += 1;
                 return None;
             }
         };
         if stamp.conn != self.conn || stamp.seq >= self.next_seq {
             self.errors.corrupted += 1;
+            self.unplaced += 1;
             return None;
         }
         let pending = if self.outstanding.front().is_some_and(|p| p.seq == stamp.seq) {
@@ -137,6 +144,7 @@ impl Tracker {
                 self.errors.duplicate += 1;
             } else {
                 self.errors.corrupted += 1;
+                self.unplaced += 1;
             }
             return None;
         };
@@ -150,12 +158,22 @@ impl Tracker {
 
     /// Counts as missing every message sent before `cutoff_ns` and still unanswered.
     pub fn expire(&mut self, cutoff_ns: u64) {
+        let mut gone = 0;
         for queue in [&mut self.outstanding, &mut self.skipped] {
             while queue.front().is_some_and(|p| p.t_ns < cutoff_ns) {
                 queue.pop_front();
-                self.errors.missing += 1;
+                gone += 1;
             }
         }
+        self.count_missing(gone);
+    }
+
+    /// Counts `n` messages that never came back as missing, less those whose echo came
+    /// back corrupted past recognition (already counted, as corrupted).
+    fn count_missing(&mut self, n: u64) {
+        let placed = n.min(self.unplaced);
+        self.unplaced -= placed;
+        self.errors.missing += n - placed;
     }
 
     /// Send time of the oldest unanswered message, if any.
@@ -174,7 +192,7 @@ impl Tracker {
     /// close.
     pub fn lose_at_close(&mut self) -> u64 {
         let lost = self.outstanding.len() as u64;
-        self.errors.missing += self.skipped.len() as u64;
+        self.count_missing(self.skipped.len() as u64);
         self.outstanding.clear();
         self.skipped.clear();
         self.lost_at_close += lost;
@@ -183,7 +201,7 @@ impl Tracker {
 
     /// Ends the run: every message still unanswered is missing.
     pub fn finish(&mut self) {
-        self.errors.missing += (self.outstanding.len() + self.skipped.len()) as u64;
+        self.count_missing((self.outstanding.len() + self.skipped.len()) as u64);
         self.outstanding.clear();
         self.skipped.clear();
     }
@@ -307,6 +325,35 @@ mod tests {
                 ..Default::default()
             }
         );
+    }
+
+    #[test]
+    fn an_echo_corrupted_past_recognition_is_one_error_not_two() {
+        let mut t = Tracker::new(4, SIZE);
+        let sent = send(&mut t, 3);
+        assert!(t.on_echo(&sent[0], 100).is_some());
+        // The echo of message 1 with its sequence number hit, then 2 intact.
+        let hit = msg(Stamp {
+            conn: 4,
+            seq: 77,
+            ts_ns: 10,
+        });
+        assert_eq!(t.on_echo(&hit, 100), None);
+        assert!(t.on_echo(&sent[2], 100).is_some());
+        t.finish();
+        assert_eq!(
+            t.errors,
+            IntegrityErrors {
+                corrupted: 1,
+                ..Default::default()
+            }
+        );
+        // A message that never came back at all is still missing.
+        let mut t = Tracker::new(4, SIZE);
+        let sent = send(&mut t, 2);
+        assert!(t.on_echo(&sent[1], 100).is_some());
+        t.finish();
+        assert_eq!(t.errors.missing, 1);
     }
 
     #[test]
