@@ -4,9 +4,12 @@
 # non-root user. Config.toml and the TLS/JWT files are NOT in the image: mount them.
 #
 #   docker build -t wsgate-gateway .
-#   docker run --rm -p 9090:9090 --stop-timeout 20 --ulimit nofile=65536:65536 \
+#   docker run --rm --network host --stop-timeout 20 --ulimit nofile=65536:65536 \
 #     -v "$PWD/Config.toml:/etc/wsgate/Config.toml:ro" -v "$PWD/certs:/etc/wsgate/certs:ro" \
 #     wsgate-gateway
+#
+# --network host: the sample Config.toml names its backends on localhost. On a bridge
+# network (-p 9090:9090), point [backends] at addresses the container can reach.
 #
 # See deploy/README.md for Kubernetes, sizing and the open-file limit.
 

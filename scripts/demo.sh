@@ -3,12 +3,28 @@
 # gateway, then runs the sample's client against a backend until Ctrl-C.
 #
 #   ./scripts/demo.sh [Backend_ABC|Backend_PQR|Backend_XYZ] [extra loadgen demo flags...]
+#
+# Ports: the backends on 8081-8083, the gateway on 9090 and its admin listener on 9091, as
+# Config.toml says. Something else on one of them stops the demo before it starts (see
+# the README's "Ports" to move them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 backend="${1:-Backend_ABC}"
 shift || true
 
+ports=(8081 8082 8083 9090 9091)
+in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+for port in "${ports[@]}"; do
+  if in_use "$port"; then
+    echo "demo: port $port is already in use (another gateway or demo still running?)" >&2
+    exit 1
+  fi
+done
+
 cargo build --release -p demo-services -p gateway -p loadgen
+# Where cargo put them: CARGO_TARGET_DIR or build.target-dir may move them from ./target.
+bin="$(cargo metadata --format-version 1 --no-deps |
+  sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')/release"
 
 pids=()
 cleanup() {
@@ -17,17 +33,22 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-./target/release/demo-services &
+"$bin/demo-services" &
 pids+=($!)
-./target/release/gateway --config Config.toml &
+"$bin/gateway" --config Config.toml &
 pids+=($!)
 
-# Wait (bounded) until the gateway and backends accept connections.
+# Wait (bounded) until the gateway and backends accept connections; stop if either
+# process died (a port taken meanwhile, a bad config) or the wait runs out.
 for port in 8081 8082 8083 9090; do
-  for _ in $(seq 1 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
+  for _ in $(seq 1 150); do
+    in_use "$port" && break
+    for pid in "${pids[@]}"; do
+      kill -0 "$pid" 2>/dev/null || { echo "demo: a server exited; see its error above" >&2; exit 1; }
+    done
     sleep 0.1
   done
+  in_use "$port" || { echo "demo: nothing listens on port $port after 15 s" >&2; exit 1; }
 done
 
-./target/release/loadgen demo --backend "$backend" "$@"
+"$bin/loadgen" demo --backend "$backend" "$@"

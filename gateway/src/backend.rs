@@ -195,7 +195,7 @@ async fn connect_inner(
     let mut stream = open_tcp(&target.host, target.port, resolver)
         .await
         .map_err(AttemptError::instance)?;
-    let _ = stream.set_nodelay(true);
+    crate::tcp_opts::tune(&stream);
 
     let forwarded_for = match client_headers
         .get("x-forwarded-for")

@@ -187,6 +187,41 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.inner.flush().await
     }
 
+    /// Writes as much of the batch as the stream takes, waiting until it takes some, and
+    /// once all of it is out flushes the stream below: `true` when done, `false` when some
+    /// is left. A pump flushing to a slow reader sees each step of its progress, not only
+    /// the end of the batch. Cancelled, it has lost and will repeat nothing.
+    pub async fn flush_some(&mut self) -> io::Result<bool> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
+        if !self.buf.is_empty() {
+            self.write_some().await?;
+            if !self.buf.is_empty() {
+                return Ok(false);
+            }
+        }
+        self.unflushed = false;
+        self.inner.flush().await?;
+        Ok(true)
+    }
+
+    /// One write of the batch's start; what it took leaves the batch at once, so that a
+    /// write abandoned after it (a flush cancelled) does not send it again.
+    async fn write_some(&mut self) -> io::Result<()> {
+        let n = self.inner.write(&self.buf).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        self.unflushed = true;
+        self.buf.drain(..n);
+        // A burst of large frames should not leave a large buffer behind.
+        if self.buf.is_empty() && self.buf.capacity() > 2 * self.limit {
+            self.buf = Vec::new();
+        }
+        Ok(())
+    }
+
     /// Flushes, then shuts the stream's write side (TLS close_notify, TCP FIN).
     pub async fn shutdown(&mut self) -> io::Result<()> {
         self.drain().await?;
@@ -204,16 +239,13 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         if let Some(e) = self.failed.take() {
             return Err(e);
         }
+        // Write by write, each taken out of the batch as it goes: `write_all` would forget
+        // what it had written if its future were dropped half-way, and the next flush
+        // would send those bytes again, in the middle of the stream.
+        while !self.buf.is_empty() {
+            self.write_some().await?;
+        }
         self.unflushed = false;
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        self.inner.write_all(&self.buf).await?;
-        self.buf.clear();
-        // A burst of large frames should not leave a large buffer behind.
-        if self.buf.capacity() > 2 * self.limit {
-            self.buf = Vec::new();
-        }
         Ok(())
     }
 }
@@ -262,6 +294,7 @@ pub fn forward_in_place(
 mod tests {
     use super::*;
     use crate::frames::{BINARY, TEXT};
+    use std::future::Future;
     use tokio::io::AsyncReadExt;
 
     #[tokio::test]
@@ -309,6 +342,68 @@ mod tests {
         assert_ne!(k2, k1, "the sender's key must not be reused");
         apply_mask(&mut out[6..], k2);
         assert!(out[6..].iter().all(|x| *x == 0));
+        Ok(())
+    }
+
+    /// A batch of `frames` binary frames of `size` bytes, frame `i` filled with byte `i`.
+    fn numbered(w: &mut FrameWriter<tokio::io::DuplexStream>, frames: u8, size: usize) {
+        for i in 0..frames {
+            assert!(w
+                .push(true, false, BINARY, &vec![i; size], None, None)
+                .is_ok());
+        }
+    }
+
+    /// Reads `frames` frames as [`numbered`] wrote them; `false` at the first that differs.
+    async fn read_numbered(b: &mut tokio::io::DuplexStream, frames: u8, size: usize) -> bool {
+        let mut frame = vec![0u8; 4 + size];
+        for i in 0..frames {
+            if b.read_exact(&mut frame).await.is_err()
+                || frame[..4] != [0x82, 126, (size >> 8) as u8, size as u8]
+                || frame[4..].iter().any(|x| *x != i)
+            {
+                return false;
+            }
+        }
+        true
+    }
+
+    #[tokio::test]
+    async fn a_flush_given_up_half_way_loses_and_repeats_nothing() -> io::Result<()> {
+        // A pump gives up waiting on a flush when its inbox speaks (a ping to send, say),
+        // and flushes again after: what the first attempt wrote must not go twice.
+        let (a, mut b) = tokio::io::duplex(10_000);
+        let mut w = FrameWriter::new(a, Role::Server, 1 << 20);
+        numbered(&mut w, 8, 4_000);
+        for _ in 0..3 {
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            let attempt = std::pin::pin!(w.flush());
+            assert!(attempt.poll(&mut cx).is_pending(), "the pipe took it all");
+        }
+        let reader = tokio::spawn(async move { read_numbered(&mut b, 8, 4_000).await });
+        // A reader that stopped at a bad frame leaves the flush waiting: bounded.
+        let flushed = tokio::time::timeout(std::time::Duration::from_secs(10), w.flush()).await;
+        assert!(reader.await.unwrap_or(false), "bytes were lost or repeated");
+        assert!(matches!(flushed, Ok(Ok(()))), "{flushed:?}");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn flush_some_reports_each_step_of_a_slow_reader() -> io::Result<()> {
+        let (a, mut b) = tokio::io::duplex(10_000);
+        let mut w = FrameWriter::new(a, Role::Server, 1 << 20);
+        numbered(&mut w, 8, 4_000);
+        let reader = tokio::spawn(async move { read_numbered(&mut b, 8, 4_000).await });
+        let mut steps = 0;
+        while !w.flush_some().await? {
+            steps += 1;
+        }
+        assert!(
+            steps >= 2,
+            "{steps} partial steps for 32 KB through a 10 KB pipe"
+        );
+        assert!(!w.needs_flush());
+        assert!(reader.await.unwrap_or(false), "bytes were lost or repeated");
         Ok(())
     }
 

@@ -213,7 +213,13 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'a, R, W> {
                                         Control::Ping => ping_due = true,
                                         Control::Stop(how) => return Box::pin(stopped(dst, how, lost)).await,
                                     },
-                                    r = dst.flush() => break r,
+                                    // Step by step: each write a slow reader takes shows
+                                    // the other pump's tick that it is reading.
+                                    r = dst.flush_some() => match r {
+                                        Ok(true) => break Ok(()),
+                                        Ok(false) => inbox.delivered(),
+                                        Err(e) => break Err(e),
+                                    },
                                 }
                             };
                             if flushed.is_err()
@@ -277,12 +283,17 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'a, R, W> {
                 };
                 match step {
                     Ok(None) => {}
-                    Ok(Some(Stop::Full)) => {
-                        if dst.flush().await.is_err() {
-                            return PumpEnd::DestLost;
+                    Ok(Some(Stop::Full)) => loop {
+                        match dst.flush_some().await {
+                            Ok(done) => {
+                                inbox.delivered();
+                                if done {
+                                    break;
+                                }
+                            }
+                            Err(_) => return PumpEnd::DestLost,
                         }
-                        inbox.delivered();
-                    }
+                    },
                     Ok(Some(Stop::Close(code))) => {
                         return match dst.flush().await {
                             Ok(()) => PumpEnd::Closed(code),

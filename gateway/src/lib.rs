@@ -9,6 +9,7 @@
 //! | [`listener`] | accept TCP, accept-error back-off, hand to a worker |
 //! | [`workers`] | threads with a runtime each; a connection lives on one |
 //! | [`limits`] | connection slots: total and per client IP |
+//! | [`tcp_opts`] | options on client and backend sockets: no Nagle, a cap on unsent bytes |
 //! | [`proxy_header`] | PROXY protocol v1/v2 header from a TCP load balancer: the client's address |
 //! | [`tls`] | rustls server config from PEM, ALPN `http/1.1` |
 //! | [`tls_stream`] | TLS on rustls's unbuffered API: no buffers held while idle |
@@ -68,6 +69,7 @@ pub mod route;
 pub mod service;
 pub mod session;
 pub mod state;
+pub mod tcp_opts;
 pub mod ticker;
 pub mod tls;
 pub mod tls_stream;

@@ -46,7 +46,7 @@ pub async fn serve_connection(
     admission: Admission,
 ) {
     let _handshaking = Handshaking::start(&shared);
-    let _ = tcp.set_nodelay(true);
+    crate::tcp_opts::tune(&tcp);
     let config = shared.config();
     let deadline = tokio::time::Instant::now() + config.timeouts.tls_handshake;
     let slot = match admission {

@@ -238,6 +238,15 @@ impl SessionReport {
     }
 }
 
+/// The reason sent with a violation's close code, to the side that broke the rule.
+fn violation_reason(code: u16) -> &'static str {
+    match code {
+        1007 => "invalid UTF-8 in a text message",
+        1009 => "message too big",
+        _ => "protocol error",
+    }
+}
+
 /// One side of a session: its read and write halves, and bytes already read past its
 /// handshake.
 pub struct Side<R, W> {
@@ -378,7 +387,7 @@ where
                     // The misbehaving source hears why.
                     PumpEnd::SourceViolation(code) => Some(StopWith::Close(CloseMsg {
                         code,
-                        reason: "protocol error",
+                        reason: violation_reason(code),
                     })),
                     // This pump's destination is gone. What that side had sent before it
                     // went (a last message, its close) may still wait in its socket: the

@@ -123,23 +123,42 @@ async fn a_large_frame_sent_slowly_is_not_taken_for_silence() -> Result<()> {
 
 #[tokio::test]
 async fn a_client_reading_a_backlog_slowly_is_not_taken_for_idle() -> Result<()> {
-    // The backend floods; the client reads steadily but slowly and sends nothing. The
-    // gateway's keepalive ping waits behind megabytes of backlog toward it for longer than
-    // the idle timeout, so only the client's reading shows that it is there.
+    // Pinged after 3 s of silence, closed 3 s later: shorter than the backlog takes to
+    // drain at this pace (800 KB/s).
+    slow_reader(Duration::from_millis(20), "6s", Duration::from_secs(8), 100).await
+}
+
+#[tokio::test]
+async fn a_client_reading_a_backlog_very_slowly_is_not_taken_for_idle() -> Result<()> {
+    // 64 KB/s. Without a cap on the socket's unsent bytes its send queue grew to
+    // megabytes, and the kernel woke the gateway's blocked write only once a third of it
+    // had drained: at this pace no write completed for 10 s and more, and the session was
+    // closed as idle after 12 s.
+    slow_reader(
+        Duration::from_millis(250),
+        "4s",
+        Duration::from_secs(16),
+        40,
+    )
+    .await
+}
+
+/// The backend floods 16 KiB frames; the client reads one every `pace` and sends nothing,
+/// for `run`, under `[timeouts] idle`. The gateway's keepalive ping waits behind the
+/// backlog toward the client for longer than the idle timeout, so only the client's
+/// reading shows that it is there. At least `min_frames` must arrive, and no close.
+async fn slow_reader(pace: Duration, idle: &str, run: Duration, min_frames: u64) -> Result<()> {
     let mut probe = Probe::start(Mode::Flood {
         size: 16 * 1024,
         count: None,
     })
     .await?;
-    // Pinged after 3 s of silence, closed 3 s later: longer than the kernel leaves between
-    // the write wakeups of a socket drained at the client's pace, shorter than the backlog
-    // takes to drain.
-    let idle = "[timeouts]\nidle = \"6s\"\nclose = \"1s\"\n";
-    let tb = testbed_with_toml(&[("Backend_PROBE", probe.url())], idle).await?;
+    let idle = format!("[timeouts]\nidle = \"{idle}\"\nclose = \"1s\"\n");
+    let tb = testbed_with_toml(&[("Backend_PROBE", probe.url())], &idle).await?;
     let mut c = connect_ok(&tb, "Backend_PROBE").await?;
     let started = Instant::now();
     let mut frames = 0u64;
-    while started.elapsed() < Duration::from_secs(8) {
+    while started.elapsed() < run {
         let f = next_frame(&mut c.ws).await?;
         match f.opcode {
             OpCode::Binary => frames += 1,
@@ -147,9 +166,9 @@ async fn a_client_reading_a_backlog_slowly_is_not_taken_for_idle() -> Result<()>
             OpCode::Close => bail!("closed after {:?}: {:?}", started.elapsed(), close_of(&f)?),
             other => bail!("unexpected {other:?} frame"),
         }
-        tokio::time::sleep(Duration::from_millis(20)).await; // the client's reading pace
+        tokio::time::sleep(pace).await; // the client's reading pace
     }
-    ensure!(frames > 100, "only {frames} frames in 8 s");
+    ensure!(frames >= min_frames, "only {frames} frames in {run:?}");
     // The backend's first close is the client's own, not an idle timeout.
     probe.stop_flood();
     send(&mut c.ws, Frame::close(1000, b"done")).await?;

@@ -42,6 +42,11 @@ async fn closes_are(
         code == to_client,
         "client got close {code} {reason:?}, expected {to_client}"
     );
+    // The reason says which rule was broken.
+    ensure!(
+        code != 1009 || reason == "message too big",
+        "a 1009 with reason {reason:?}"
+    );
     let (code, reason) = probe.next_close().await?;
     ensure!(
         code == to_backend,

@@ -9,7 +9,18 @@ use tracing_subscriber::EnvFilter;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = loadgen::cli::Cli::parse();
+    let cli = match loadgen::cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        // `--help` and `--version` are not errors; a bad option exits as a bad file does.
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(loadgen::cli::EXIT_USAGE);
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),

@@ -1,5 +1,5 @@
 //! The `loadgen` binary refuses options that cannot work, with one clear line and exit
-//! code 2 (the parser) or 64 (checked before the run), instead of panicking mid-run or
+//! code 64 (from the parser, or checked before the run), instead of panicking mid-run or
 //! reporting figures that mean nothing.
 
 use std::process::Command;
@@ -27,7 +27,9 @@ fn loadgen_at_nobody(extra: &[&str]) -> anyhow::Result<(Option<i32>, String)> {
 #[test]
 fn options_that_cannot_work_are_refused_before_anything_runs() -> anyhow::Result<()> {
     for (extra, code, needle) in [
-        (&["demo", "--interval", "0s"][..], 2, "above 0s"),
+        (&["demo", "--interval", "0s"][..], 64, "above 0s"),
+        (&["demo", "--bogus"][..], 64, "--bogus"),
+        (&["--conns", "abc"][..], 64, "--conns"),
         (&["--connect-rate", "1e-300"][..], 64, "--connect-rate"),
         (&["--rate", "1e-300"][..], 64, "--rate"),
         (&["--echo-timeout", "0s"][..], 64, "--echo-timeout"),
@@ -45,6 +47,8 @@ fn options_that_cannot_work_are_refused_before_anything_runs() -> anyhow::Result
         );
         anyhow::ensure!(!stderr.contains("panicked"), "{extra:?}: {stderr}");
     }
+    let (got, _) = loadgen(&["--help"])?;
+    anyhow::ensure!(got == Some(0), "--help: exit {got:?}");
     Ok(())
 }
 
