@@ -174,7 +174,16 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'a, R, W> {
             loop {
                 // Instructions first, so a flood from the source cannot hold off a stop.
                 match inbox.take() {
-                    Some(Control::Stop(how)) => return Box::pin(stopped(dst, how, lost)).await,
+                    Some(Control::Stop(how)) => {
+                        let mut frame = FrameInFlight {
+                            src: &mut *src,
+                            src_is_client,
+                            limits: &limits,
+                            progress: &mut progress,
+                            counters: &mut *counters,
+                        };
+                        return Box::pin(stopped(dst, how, lost, &mut frame)).await;
+                    }
                     Some(Control::Ping) if Box::pin(write_ping(dst)).await.is_err() => {
                         return PumpEnd::DestLost
                     }
@@ -211,7 +220,10 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'a, R, W> {
                                     biased;
                                     c = inbox.next() => match c {
                                         Control::Ping => ping_due = true,
-                                        Control::Stop(how) => return Box::pin(stopped(dst, how, lost)).await,
+                                        Control::Stop(how) => {
+                                            let mut frame = FrameInFlight { src: &mut *src, src_is_client, limits: &limits, progress: &mut progress, counters: &mut *counters };
+                                            return Box::pin(stopped(dst, how, lost, &mut frame)).await;
+                                        }
                                     },
                                     // Step by step: each write a slow reader takes shows
                                     // the other pump's tick that it is reading.
@@ -238,7 +250,10 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'a, R, W> {
                                             return PumpEnd::DestLost;
                                         }
                                     }
-                                    Control::Stop(how) => return Box::pin(stopped(dst, how, lost)).await,
+                                    Control::Stop(how) => {
+                                        let mut frame = FrameInFlight { src: &mut *src, src_is_client, limits: &limits, progress: &mut progress, counters: &mut *counters };
+                                        return Box::pin(stopped(dst, how, lost, &mut frame)).await;
+                                    }
                                 },
                                 r = std::future::poll_fn(|cx| {
                                     let mut process = |cx: &mut Context<'_>, data: &mut [u8]| {
@@ -663,15 +678,21 @@ async fn write_ping<W: AsyncWrite + Unpin>(dst: &mut FrameWriter<W>) -> std::io:
     dst.flush().await
 }
 
-async fn stopped<W: AsyncWrite + Unpin>(
+async fn stopped<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     dst: &mut FrameWriter<W>,
     how: StopWith,
     lost: CloseMsg,
+    frame: &mut FrameInFlight<'_, R>,
 ) -> PumpEnd {
     let close = match how {
         StopWith::Nothing => None,
         StopWith::LostSource => Some(lost),
-        StopWith::Close(msg) => Some(msg),
+        StopWith::Close(msg) => {
+            // A close the gateway sends (shutdown, a session deadline, the other side's
+            // violation) follows the frame the source is half-way through, not cuts it.
+            frame.finish(dst).await;
+            Some(msg)
+        }
     };
     match close {
         Some(msg) => {
@@ -682,6 +703,52 @@ async fn stopped<W: AsyncWrite + Unpin>(
         }
     }
     PumpEnd::Stopped
+}
+
+/// A pump's source and what it is reading, for the rest of a frame over
+/// [`PIECEWISE_FROM`] that is being passed on in pieces when the pump is told to stop.
+struct FrameInFlight<'f, R> {
+    src: &'f mut FrameReader<R>,
+    src_is_client: bool,
+    limits: &'f PumpLimits,
+    progress: &'f mut Progress,
+    counters: &'f mut Counters,
+}
+
+impl<R: AsyncRead + Unpin> FrameInFlight<'_, R> {
+    /// Passes on the rest of the frame the source is in the middle of, if it is, and
+    /// nothing after it. Gives up when the source ends or breaks a rule, or the
+    /// destination fails; the session bounds the wait by its close timeout.
+    async fn finish<W: AsyncWrite + Unpin>(&mut self, dst: &mut FrameWriter<W>) {
+        let FrameInFlight {
+            src,
+            src_is_client,
+            limits,
+            progress,
+            counters,
+        } = self;
+        while progress.piecewise.left > 0 {
+            let step = std::future::poll_fn(|cx| {
+                let mut piece = |cx: &mut Context<'_>, data: &mut [u8]| {
+                    let rest = usize::try_from(progress.piecewise.left)
+                        .map_or(data.len(), |left| left.min(data.len()));
+                    let rest = &mut data[..rest];
+                    process::<true, _>(cx, rest, *src_is_client, limits, progress, dst, counters)
+                };
+                src.poll_process(cx, &mut piece)
+            })
+            .await;
+            match step {
+                Ok(None) => {}
+                Ok(Some(Stop::Full)) => {
+                    if dst.flush().await.is_err() {
+                        return;
+                    }
+                }
+                Ok(Some(_)) | Err(_) => return,
+            }
+        }
+    }
 }
 
 /// Sends a close frame after what is already buffered, and flushes.

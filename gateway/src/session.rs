@@ -682,6 +682,77 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_deadline_inside_a_large_client_frame_lets_it_finish_then_closes() {
+        // The session's time limit comes while the client is half-way through a 300 KB
+        // frame (passed on in pieces): the backend gets the whole frame, then its 1001.
+        // It used to get the frame cut off and no close at all.
+        let (client_gw, mut client_peer) = tokio::io::duplex(1 << 20);
+        let (backend_gw, mut backend_peer) = tokio::io::duplex(1 << 20);
+        let (cr, cw) = tokio::io::split(client_gw);
+        let (br, bw) = tokio::io::split(backend_gw);
+        let ends = tokio::time::Instant::now() + Duration::from_millis(300);
+        let opts = SessionOptions {
+            max_message_size: 1 << 20,
+            max_frame_size: 1 << 20,
+            close_timeout: Duration::from_secs(10),
+            keepalive: None,
+            ends_at: Some((ends, DeadlineKind::SessionLimit)),
+            permessage_deflate: false,
+        };
+        let (_tx, rx) = watch::channel(false);
+        let side = |read, write| Side {
+            read,
+            write,
+            leftover: Bytes::new(),
+        };
+        let run = tokio::spawn(proxy(side(cr, cw), side(br, bw), opts, rx, ()));
+        // A masked binary frame of 300,000 bytes, key 0 (the payload as it is).
+        let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let mut frame = vec![0x82, 0xFF];
+        frame.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+        frame.extend_from_slice(&[0; 4]);
+        frame.extend_from_slice(&payload);
+        let (first, rest) = frame.split_at(100_000);
+        client_peer.write_all(first).await.expect("first part");
+        // The backend has the head and the first piece before the deadline comes.
+        let mut head = [0u8; 14];
+        backend_peer.read_exact(&mut head).await.expect("head");
+        assert_eq!(head[..2], [0x82, 0xFF]);
+        let key = [head[10], head[11], head[12], head[13]];
+        let mut got = vec![0u8; payload.len()];
+        backend_peer
+            .read_exact(&mut got[..50_000])
+            .await
+            .expect("first piece");
+        tokio::time::sleep_until(ends + Duration::from_millis(50)).await; // the deadline itself
+        client_peer.write_all(rest).await.expect("the rest");
+        backend_peer
+            .read_exact(&mut got[50_000..])
+            .await
+            .expect("the rest of the frame");
+        crate::frames::apply_mask(&mut got, key);
+        assert!(got == payload, "the frame changed on the way");
+        // Masked, toward the backend: head, key, code and reason.
+        let mut close = [0u8; 6];
+        backend_peer
+            .read_exact(&mut close)
+            .await
+            .expect("a close after the frame");
+        assert_eq!(close[..2], [0x88, 0x80 | 20], "a close follows the frame");
+        let mut body = [0u8; 20];
+        backend_peer
+            .read_exact(&mut body)
+            .await
+            .expect("close body");
+        crate::frames::apply_mask(&mut body, [close[2], close[3], close[4], close[5]]);
+        assert_eq!(body[..2], 1001u16.to_be_bytes());
+        assert_eq!(&body[2..], b"session time limit");
+        drop((client_peer, backend_peer));
+        let report = tokio::time::timeout(Duration::from_secs(15), run).await;
+        assert!(report.is_ok(), "the session did not end");
+    }
+
+    #[tokio::test]
     async fn the_client_can_answer_the_gateways_close_before_the_connection_ends() {
         // The gateway used to drop the connection right after its close and TLS close: the
         // client's close answer then met a closed socket, which TCP answers with a reset.
