@@ -171,19 +171,23 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'a, R, W> {
             // bits each, to keep the pump's state small; a wrap needs 2^32 frames per tick.
             let mut seen_at_tick: (u32, u32) = (0, 0);
             let mut pinged = false;
+            // Told to stop: what the source is half-way through may be finished first.
+            macro_rules! stop {
+                ($how:expr) => {{
+                    let mut frame = FrameInFlight {
+                        src: &mut *src,
+                        src_is_client,
+                        limits: &limits,
+                        progress: &mut progress,
+                        counters: &mut *counters,
+                    };
+                    return Box::pin(stopped(dst, $how, lost, &mut frame)).await;
+                }};
+            }
             loop {
                 // Instructions first, so a flood from the source cannot hold off a stop.
                 match inbox.take() {
-                    Some(Control::Stop(how)) => {
-                        let mut frame = FrameInFlight {
-                            src: &mut *src,
-                            src_is_client,
-                            limits: &limits,
-                            progress: &mut progress,
-                            counters: &mut *counters,
-                        };
-                        return Box::pin(stopped(dst, how, lost, &mut frame)).await;
-                    }
+                    Some(Control::Stop(how)) => stop!(how),
                     Some(Control::Ping) if Box::pin(write_ping(dst)).await.is_err() => {
                         return PumpEnd::DestLost
                     }
@@ -220,10 +224,7 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'a, R, W> {
                                     biased;
                                     c = inbox.next() => match c {
                                         Control::Ping => ping_due = true,
-                                        Control::Stop(how) => {
-                                            let mut frame = FrameInFlight { src: &mut *src, src_is_client, limits: &limits, progress: &mut progress, counters: &mut *counters };
-                                            return Box::pin(stopped(dst, how, lost, &mut frame)).await;
-                                        }
+                                        Control::Stop(how) => stop!(how),
                                     },
                                     // Step by step: each write a slow reader takes shows
                                     // the other pump's tick that it is reading.
@@ -250,10 +251,7 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'a, R, W> {
                                             return PumpEnd::DestLost;
                                         }
                                     }
-                                    Control::Stop(how) => {
-                                        let mut frame = FrameInFlight { src: &mut *src, src_is_client, limits: &limits, progress: &mut progress, counters: &mut *counters };
-                                        return Box::pin(stopped(dst, how, lost, &mut frame)).await;
-                                    }
+                                    Control::Stop(how) => stop!(how),
                                 },
                                 r = std::future::poll_fn(|cx| {
                                     let mut process = |cx: &mut Context<'_>, data: &mut [u8]| {
