@@ -7,9 +7,10 @@ use tokio::net::TcpStream;
 /// buffer autotuning (to 4 MiB), and a writer blocked on a full queue is woken only once
 /// about a third of it has drained: a client or backend that reads a backlog slowly (say
 /// 64 KiB/s) let no write of the gateway's complete for tens of seconds, so it looked
-/// idle and was closed as such. With a cap the gateway's writes follow the reader's pace
-/// (and a stalled reader holds 128 KiB of kernel memory, not megabytes). 128 KiB keeps a
-/// queue deep enough that a writer woken late still finds data to send.
+/// idle and was closed as such. With a cap the gateway's writes follow the reader's pace,
+/// and a reader that stopped holds ~156 KiB of the gateway's socket memory instead of
+/// ~3.7 MiB. 128 KiB keeps a queue deep enough that a writer woken late still finds data
+/// to send.
 pub const NOTSENT_LOWAT: u32 = 128 * 1024;
 
 /// Sets the options on a connection: no Nagle delay (frames are batched by the gateway
