@@ -102,7 +102,16 @@ pub async fn serve_connection(
     let service = service_fn(move |req| {
         let shared = svc_shared.clone();
         let permit = permit.clone();
-        async move { Ok::<_, Infallible>(handle(shared, req, peer, conn_id, permit, limit_hit).await) }
+        async move {
+            let waiting = ClientWaiting {
+                shared: Some(shared.clone()),
+                conn_id,
+                peer,
+            };
+            let response = handle(shared, req, peer, conn_id, permit, limit_hit).await;
+            waiting.answered();
+            Ok::<_, Infallible>(response)
+        }
     });
     let result = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -249,6 +258,39 @@ fn refuse(
         info!(conn = conn_id, %peer, backend, status, reason = %refusal, "refused");
     }
     refusal.into_response()
+}
+
+/// A request waiting for its answer (the token check, the backend connect). Dropped
+/// unanswered, the client left first: logged and counted as nginx does, 499
+/// `client_closed`, so that an upgrade given up during a slow backend connect is seen.
+struct ClientWaiting {
+    /// `None` once answered.
+    shared: Option<Arc<Shared>>,
+    conn_id: u64,
+    peer: SocketAddr,
+}
+
+impl ClientWaiting {
+    fn answered(mut self) {
+        self.shared = None;
+    }
+}
+
+impl Drop for ClientWaiting {
+    fn drop(&mut self) {
+        let Some(shared) = self.shared.take() else {
+            return;
+        };
+        shared
+            .metrics
+            .refusals
+            .get_or_create(&crate::metrics::RefusalLabels {
+                status: "499".to_owned(),
+                reason: "client_closed".to_owned(),
+            })
+            .inc();
+        info!(conn = self.conn_id, peer = %self.peer, status = 499, "client left before its answer");
+    }
 }
 
 /// What the phases up to the 101 produced.

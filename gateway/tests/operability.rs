@@ -839,6 +839,45 @@ async fn a_reload_names_start_up_only_keys_that_differ_from_what_the_gateway_sta
 }
 
 #[tokio::test]
+async fn a_client_that_leaves_during_the_backend_connect_is_logged_and_counted_as_499() -> Result<()>
+{
+    // A backend that accepts and never answers: the upgrade waits on its connect.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("ws://{}/silent", silent.local_addr()?);
+    let proc = GatewayProc::start(ProcOptions {
+        backends: vec![("Backend_ABC".into(), url)],
+        extra_toml: "[timeouts]\nbackend_connect = \"30s\"\n".to_owned(),
+        ..ProcOptions::default()
+    })
+    .await?;
+    let mut tls = tls_connect_to(proc.addr).await?;
+    let token = rs256(&claims_with(|_| {}))?;
+    let request = format!(
+        "GET /gateway HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nID: Backend_ABC\r\n\
+         Authorization: Bearer {token}\r\n\r\n"
+    );
+    tls.write_all(request.as_bytes()).await?;
+    tls.flush().await?;
+    // The gateway is connecting to the backend once the backend has the connection.
+    let (_held, _) = tokio::time::timeout(DEADLINE, silent.accept()).await??;
+    drop(tls);
+    let metric = "wsgate_handshake_refusals_total{status=\"499\",reason=\"client_closed\"}";
+    wait_for("the 499 to be counted", DEADLINE, || {
+        let proc = &proc;
+        async move { Ok(sample(&proc.metrics().await?, metric) == 1.0) }
+    })
+    .await?;
+    ensure!(
+        proc.log().contains("client left before its answer"),
+        "no log line:\n{}",
+        proc.log()
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn requests_the_http_parser_refuses_are_logged_and_counted_too() -> Result<()> {
     let proc = GatewayProc::start(ProcOptions {
         // Never connected to: both requests are refused before routing.
