@@ -140,6 +140,14 @@ const NOT_FORWARDED: &[&str] = &[
     "x-forwarded-proto",
 ];
 
+/// Whether a backend's non-101 answer to an upgrade is about the request (a 4xx: a missing
+/// credential, say), not a fault of the instance. Anything else but a 101 (a 5xx, a 200
+/// from something that is not a WebSocket server, a redirect) is the instance's: passive
+/// health and the health check both go by this.
+pub(crate) fn about_the_request(status: u16) -> bool {
+    (400..500).contains(&status)
+}
+
 /// Headers the gateway sets itself for the backend: a client's spelling of them with `_`
 /// is dropped too, which a CGI-style backend would read as the gateway's.
 const FORWARDING: [&str; 2] = ["x-forwarded-for", "x-forwarded-proto"];
@@ -249,10 +257,7 @@ async fn connect_inner(
         .map_err(|e| match e {
             HandshakeError::Refused { status, .. } => AttemptError {
                 refusal: Refusal::BadGateway(format!("backend answered HTTP {status}")),
-                // A 4xx is about the client's request; anything else but a 101 (a 5xx, a
-                // 200 from something that is not a WebSocket server, a redirect) is about
-                // the instance.
-                instance_fault: !(400..500).contains(&status),
+                instance_fault: !about_the_request(status),
             },
             HandshakeError::Io(e) => AttemptError::instance(Refusal::BadGateway(format!(
                 "backend connection failed: {e}"

@@ -183,8 +183,8 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
 
     /// Writes the batch out and flushes the stream below.
     pub async fn flush(&mut self) -> io::Result<()> {
-        self.drain().await?;
-        self.inner.flush().await
+        while !self.flush_some().await? {}
+        Ok(())
     }
 
     /// Writes as much of the batch as the stream takes, waiting until it takes some, and

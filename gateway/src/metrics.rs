@@ -328,6 +328,17 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts an upgrade refused with `status` for `reason` (the gateway's own refusals,
+    /// the HTTP parser's, and clients that left before their answer).
+    pub fn refused(&self, status: u16, reason: &str) {
+        self.refusals
+            .get_or_create(&RefusalLabels {
+                status: status.to_string(),
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
     /// Counts a refresh of the `jwks_url` key set.
     pub fn jwks_fetch(&self, ok: bool) {
         let result = if ok { "ok" } else { "error" };

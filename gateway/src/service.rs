@@ -123,14 +123,7 @@ pub async fn serve_connection(
     if let Err(e) = result {
         match parser_refusal(&e) {
             Some((status, label)) => {
-                shared
-                    .metrics
-                    .refusals
-                    .get_or_create(&crate::metrics::RefusalLabels {
-                        status: status.to_string(),
-                        reason: label.to_owned(),
-                    })
-                    .inc();
+                shared.metrics.refused(status, label);
                 info!(conn = conn_id, %peer, status, reason = %e, "refused");
             }
             None => {
@@ -244,14 +237,7 @@ fn refuse(
     backend: Option<&str>,
 ) -> Response<Body> {
     let status = refusal.status().as_u16();
-    shared
-        .metrics
-        .refusals
-        .get_or_create(&crate::metrics::RefusalLabels {
-            status: status.to_string(),
-            reason: refusal.label().to_owned(),
-        })
-        .inc();
+    shared.metrics.refused(status, refusal.label());
     if refusal.status().is_server_error() {
         warn!(conn = conn_id, %peer, backend, status, reason = %refusal, "refused");
     } else {
@@ -281,14 +267,7 @@ impl Drop for ClientWaiting {
         let Some(shared) = self.shared.take() else {
             return;
         };
-        shared
-            .metrics
-            .refusals
-            .get_or_create(&crate::metrics::RefusalLabels {
-                status: "499".to_owned(),
-                reason: "client_closed".to_owned(),
-            })
-            .inc();
+        shared.metrics.refused(499, "client_closed");
         info!(conn = self.conn_id, peer = %self.peer, status = 499, "client left before its answer");
     }
 }

@@ -222,7 +222,11 @@ async fn upgrade(mut tcp: tokio::net::TcpStream, target: &BackendTarget) -> std:
             tokio::spawn(close(tcp));
             Ok(())
         }
-        Err(HandshakeError::Refused { status, .. }) if (400..500).contains(&status) => Ok(()),
+        Err(HandshakeError::Refused { status, .. })
+            if crate::backend::about_the_request(status) =>
+        {
+            Ok(())
+        }
         Err(e) => Err(std::io::Error::other(e.to_string())),
     }
 }
