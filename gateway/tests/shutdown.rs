@@ -202,7 +202,7 @@ async fn a_stuck_session_does_not_hold_the_exit_past_the_drain_timeout() -> Resu
     // Wait until the flood is held back: every buffer on the way is full.
     let mut last = 0;
     wait_for("the flood to stall", DEADLINE, || {
-        let now = flood.flooded();
+        let now = flood.flooded_bytes();
         let stalled = now > 0 && now == last;
         last = now;
         async move {

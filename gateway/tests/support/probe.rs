@@ -5,8 +5,10 @@
 //! connection go at once, without close frames.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, Payload, WebSocketError};
@@ -15,6 +17,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
@@ -63,6 +66,9 @@ pub enum Event {
 struct FloodState {
     /// Frames written so far, over all connections.
     sent: AtomicU64,
+    /// Bytes the floods' sockets have taken so far, frame heads included: a frame larger
+    /// than every buffer on the way is under way long before it counts in `sent`.
+    bytes: Arc<AtomicU64>,
     /// Set by the test: floods stop after their current frame.
     stop: AtomicBool,
     /// Floods that have ended.
@@ -204,6 +210,11 @@ impl Probe {
         self.flood.sent.load(Ordering::SeqCst)
     }
 
+    /// Bytes the floods' sockets have taken so far, partly written frames included.
+    pub fn flooded_bytes(&self) -> u64 {
+        self.flood.bytes.load(Ordering::SeqCst)
+    }
+
     /// Floods that have ended.
     pub fn floods_done(&self) -> u64 {
         self.flood.done.load(Ordering::SeqCst)
@@ -321,6 +332,11 @@ type Upgraded = TokioIo<hyper::upgrade::Upgraded>;
 /// Mode::Flood on one upgraded connection: a writer task floods, this task reports
 /// what arrives.
 async fn flood(ws: fastwebsockets::WebSocket<Upgraded>, size: usize, count: Option<u64>, ctx: Ctx) {
+    let io = Counted {
+        inner: ws.into_inner(),
+        written: ctx.flood.bytes.clone(),
+    };
+    let ws = fastwebsockets::WebSocket::after_handshake(io, fastwebsockets::Role::Server);
     let (mut read, mut write) = ws.split(tokio::io::split);
     read.set_auto_close(false);
     read.set_auto_pong(false);
@@ -357,4 +373,42 @@ async fn flood(ws: fastwebsockets::WebSocket<Upgraded>, size: usize, count: Opti
         }
     }
     let _ = ctx.tx.send(Event::Ended);
+}
+
+/// A stream that counts the bytes its writes took.
+struct Counted<S> {
+    inner: S,
+    written: Arc<AtomicU64>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &polled {
+            self.written.fetch_add(*n as u64, Ordering::SeqCst);
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
