@@ -64,8 +64,18 @@ pub struct TlsStream {
 
 /// Who handles the records: rustls through the handshake, [`Records`] once it is done.
 enum Conn {
-    Rustls(Box<UnbufferedServerConnection>),
+    Rustls(Handshake),
     Records(Box<Records>),
+}
+
+/// rustls while the handshake lasts, and how much of the received bytes it has seen.
+struct Handshake {
+    conn: Box<UnbufferedServerConnection>,
+    /// The end of the last whole record rustls was given, counted from the first byte
+    /// not yet done with. A handshake message split over several records is joined in
+    /// place, and rustls remembers how far into the bytes it has read: every later call
+    /// must give it at least that much again (less made it slice out of range).
+    seen: usize,
 }
 
 impl std::fmt::Debug for TlsStream {
@@ -80,21 +90,9 @@ impl std::fmt::Debug for TlsStream {
 
 /// Runs the server side of a TLS handshake on `tcp`. Bounding its time is the caller's.
 pub async fn accept(config: Arc<ServerConfig>, tcp: TcpStream) -> io::Result<TlsStream> {
-    let conn = UnbufferedServerConnection::new(config).map_err(invalid)?;
-    let mut stream = TlsStream {
-        tcp,
-        conn: Conn::Rustls(Box::new(conn)),
-        kind: None,
-        incoming: Vec::new(),
-        plain: Vec::new(),
-        plain_at: 0,
-        out: Vec::new(),
-        out_at: 0,
-        read_closed: false,
-        write_closed: false,
-    };
+    let mut stream = TlsStream::starting(config, tcp)?;
     std::future::poll_fn(|cx| stream.poll_handshake(cx)).await?;
-    let Conn::Rustls(conn) = stream.conn else {
+    let Conn::Rustls(Handshake { conn, .. }) = stream.conn else {
         return Err(io::Error::other(
             "TLS records taken over before the handshake ended",
         ));
@@ -119,7 +117,7 @@ fn invalid(e: rustls::Error) -> io::Error {
 
 /// Why received records could not be processed.
 enum Failure {
-    /// rustls's verdict (it queued the alert itself).
+    /// rustls's verdict (the alert saying why is in `out`).
     Rustls(rustls::Error),
     /// Ours, with the alert to send.
     Records(Refused),
@@ -144,7 +142,8 @@ impl Sink<'_, '_> {
 
 /// Feeds `records` to rustls until it needs more bytes from the peer. Application data
 /// goes to `sink`; handshake and alert records rustls wants sent are appended to `out`.
-/// Returns how many bytes at the front of `records` rustls is done with.
+/// Returns how many bytes at the front of `records` rustls is done with; the caller keeps
+/// the rest, in place, and gives them again followed by what comes next.
 ///
 /// During the handshake rustls is given one record more at a time, and none after the
 /// one that ends it: given more, it would go on in the same call to handle what the
@@ -152,64 +151,69 @@ impl Sink<'_, '_> {
 /// lost in the take-over (see [`Records::take_over`]). Those records are left for the
 /// caller to process once the handshake is done.
 fn process(
-    conn: &mut UnbufferedServerConnection,
+    hs: &mut Handshake,
     records: &mut [u8],
     sink: &mut Sink<'_, '_>,
     out: &mut Vec<u8>,
     read_closed: &mut bool,
 ) -> Result<usize, rustls::Error> {
+    let Handshake { conn, seen } = hs;
     let mut done = 0;
+    // The end of the last whole record given to rustls, in this call or before.
+    let mut whole = (*seen).min(records.len());
     // The end of the bytes rustls is given.
-    let mut offered = if conn.is_handshaking() {
-        record_end(records, 0)
-    } else {
+    let mut offered = if !conn.is_handshaking() {
+        whole = records.len();
         records.len()
+    } else if whole > 0 {
+        whole
+    } else {
+        next_record(records, 0, &mut whole)
     };
-    loop {
+    let failed = 'records: loop {
         let UnbufferedStatus { mut discard, state } =
             conn.process_tls_records(&mut records[done..offered]);
-        match state? {
+        let state = match state {
+            Ok(state) => state,
+            Err(e) => {
+                done += discard;
+                break e;
+            }
+        };
+        match state {
             ConnectionState::ReadTraffic(mut traffic) => {
                 while let Some(record) = traffic.next_record() {
-                    let record = record?;
+                    let record = match record {
+                        Ok(record) => record,
+                        Err(e) => {
+                            done += discard;
+                            break 'records e;
+                        }
+                    };
                     discard += record.discard;
                     sink.put(record.payload);
                 }
             }
-            ConnectionState::EncodeTlsData(mut data) => {
-                let start = out.len();
-                out.resize(start + 1024, 0);
-                loop {
-                    match data.encode(&mut out[start..]) {
-                        Ok(n) => {
-                            out.truncate(start + n);
-                            break;
-                        }
-                        Err(EncodeError::InsufficientSize(e)) => {
-                            out.resize(start + e.required_size, 0);
-                        }
-                        Err(EncodeError::AlreadyEncoded) => {
-                            out.truncate(start);
-                            break;
-                        }
-                    }
-                }
-            }
+            ConnectionState::EncodeTlsData(data) => encode(data, out),
             // What was encoded is in `out`, which goes out before anything written later.
             ConnectionState::TransmitTlsData(data) => data.done(),
             // Said once; what follows is writing (our close_notify may still go out).
             ConnectionState::PeerClosed => *read_closed = true,
             ConnectionState::Closed => {
                 *read_closed = true;
-                return Ok(done + discard);
+                done += discard;
+                *seen = whole.saturating_sub(done);
+                return Ok(done);
             }
             // rustls has handled all it was given; while the handshake lasts, the next
             // record is what it waits for.
             ConnectionState::WriteTraffic(_) | ConnectionState::BlockedHandshake => {
                 if !conn.is_handshaking() || offered == records.len() {
-                    return Ok(done + discard);
+                    done += discard;
+                    *seen = whole.saturating_sub(done);
+                    return Ok(done);
                 }
-                offered = record_end(records, offered);
+                offered = next_record(records, offered, &mut whole);
             }
             // Early data is never enabled; anything else is from a newer rustls.
             _ => {
@@ -219,18 +223,53 @@ fn process(
             }
         }
         done += discard;
+    };
+    // The alert rustls queued with its verdict comes out of the next call, before it
+    // would look at the records again (once more, it would refuse them again, and would
+    // slice out of range if given fewer than before).
+    if let Ok(ConnectionState::EncodeTlsData(data)) =
+        conn.process_tls_records(&mut records[done..offered]).state
+    {
+        encode(data, out);
+    }
+    Err(failed)
+}
+
+/// Appends the records rustls has for the peer to `out`.
+fn encode(
+    mut data: rustls::unbuffered::EncodeTlsData<'_, rustls::server::ServerConnectionData>,
+    out: &mut Vec<u8>,
+) {
+    let start = out.len();
+    out.resize(start + 1024, 0);
+    loop {
+        match data.encode(&mut out[start..]) {
+            Ok(n) => {
+                out.truncate(start + n);
+                return;
+            }
+            Err(EncodeError::InsufficientSize(e)) => out.resize(start + e.required_size, 0),
+            Err(EncodeError::AlreadyEncoded) => {
+                out.truncate(start);
+                return;
+            }
+        }
     }
 }
 
-/// The end of the record at `at` in `data`, or `data.len()` if it is not all there
-/// (rustls then sees what there is, and waits for the rest or refuses the header).
-fn record_end(data: &[u8], at: usize) -> usize {
-    match data.get(at..at + HEADER_LEN) {
-        Some(&[_, _, _, hi, lo]) => {
-            (at + HEADER_LEN + usize::from(u16::from_be_bytes([hi, lo]))).min(data.len())
-        }
-        _ => data.len(),
+/// The end of the record at `at` in `data` (`whole` moves there), or `data.len()` if it
+/// is not all there (rustls then sees what there is, and waits for the rest or refuses
+/// the header).
+fn next_record(data: &[u8], at: usize, whole: &mut usize) -> usize {
+    let end = match data.get(at..at + HEADER_LEN) {
+        Some(&[_, _, _, hi, lo]) => at + HEADER_LEN + usize::from(u16::from_be_bytes([hi, lo])),
+        _ => return data.len(),
+    };
+    if end > data.len() {
+        return data.len();
     }
+    *whole = end;
+    end
 }
 
 impl Conn {
@@ -244,9 +283,7 @@ impl Conn {
         read_closed: &mut bool,
     ) -> Result<usize, Failure> {
         match self {
-            Conn::Rustls(conn) => {
-                process(conn, data, sink, out, read_closed).map_err(Failure::Rustls)
-            }
+            Conn::Rustls(hs) => process(hs, data, sink, out, read_closed).map_err(Failure::Rustls),
             Conn::Records(records) => records
                 .open(data, |d| sink.put(d))
                 .map(|opened| {
@@ -259,6 +296,26 @@ impl Conn {
 }
 
 impl TlsStream {
+    /// A stream whose handshake has not started.
+    fn starting(config: Arc<ServerConfig>, tcp: TcpStream) -> io::Result<TlsStream> {
+        let conn = UnbufferedServerConnection::new(config).map_err(invalid)?;
+        Ok(TlsStream {
+            tcp,
+            conn: Conn::Rustls(Handshake {
+                conn: Box::new(conn),
+                seen: 0,
+            }),
+            kind: None,
+            incoming: Vec::new(),
+            plain: Vec::new(),
+            plain_at: 0,
+            out: Vec::new(),
+            out_at: 0,
+            read_closed: false,
+            write_closed: false,
+        })
+    }
+
     /// Whether the handshake was a full one or resumed a session (a ticket).
     pub fn handshake_kind(&self) -> Option<HandshakeKind> {
         self.kind
@@ -267,7 +324,7 @@ impl TlsStream {
     fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
             ready!(self.poll_send(cx))?;
-            let Conn::Rustls(conn) = &self.conn else {
+            let Conn::Rustls(Handshake { conn, .. }) = &self.conn else {
                 return Poll::Ready(Ok(()));
             };
             if !conn.is_handshaking() {
@@ -300,13 +357,18 @@ impl TlsStream {
                 self.incoming = Vec::new();
                 return Poll::Ready(Ok(()));
             }
-            // What came is processed where it was read, unless the start of a record waits.
-            if self.incoming.is_empty() {
-                return Poll::Ready(self.process_received(Some(&mut scratch[..n]), read_buf));
-            }
-            self.incoming.extend_from_slice(&scratch[..n]);
-            Poll::Ready(self.process_received(None, read_buf))
+            Poll::Ready(self.received(&mut scratch[..n], read_buf))
         })
+    }
+
+    /// Processes `read`, what one read of the socket took.
+    fn received(&mut self, read: &mut [u8], read_buf: Option<&mut ReadBuf<'_>>) -> io::Result<()> {
+        // What came is processed where it was read, unless the start of a record waits.
+        if self.incoming.is_empty() {
+            return self.process_received(Some(read), read_buf);
+        }
+        self.incoming.extend_from_slice(read);
+        self.process_received(None, read_buf)
     }
 
     /// Processes `read`, bytes just read with none waiting before them, or else those
@@ -341,8 +403,8 @@ impl TlsStream {
         match result {
             Ok(()) => Ok(()),
             Err(Failure::Rustls(e)) => {
-                // rustls queued an alert saying why: send it if the socket takes it now.
-                let _ = self.flush_alert();
+                // The alert saying why: sent if the socket takes it now.
+                let _ = self.try_send();
                 Err(invalid(e))
             }
             Err(Failure::Records(Refused { alert, error })) => {
@@ -354,25 +416,6 @@ impl TlsStream {
                 Err(invalid(error))
             }
         }
-    }
-
-    fn flush_alert(&mut self) -> io::Result<()> {
-        let Conn::Rustls(conn) = &mut self.conn else {
-            return Ok(());
-        };
-        // The failed connection reports its error again, after handing over the alert.
-        let mut sink = Sink {
-            read_buf: None,
-            plain: &mut self.plain,
-        };
-        let _ = process(
-            conn,
-            &mut [],
-            &mut sink,
-            &mut self.out,
-            &mut self.read_closed,
-        );
-        self.try_send()
     }
 
     /// Writes what `out` holds as far as the socket takes it now, without registering for
@@ -1119,6 +1162,93 @@ mod tests {
         let (client, ask) = tokio::join!(client, server);
         let (kind, answer) = client.map_err(io::Error::other)??;
         Ok((kind, ask?, answer))
+    }
+
+    /// A server stream before its handshake, a ClientHello for it (the message, without
+    /// its record header) from a rustls client, that client, and the other end of the
+    /// stream's socket. The test hands the stream bytes as its reads would.
+    async fn unstarted() -> io::Result<(TlsStream, Vec<u8>, rustls::ClientConnection, TcpStream)> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let client_tcp = TcpStream::connect(listener.local_addr()?).await?;
+        let (tcp, _) = listener.accept().await?;
+        let stream = TlsStream::starting(server_config_with(0)?, tcp)?;
+        let name =
+            rustls::pki_types::ServerName::try_from("localhost").map_err(io::Error::other)?;
+        let mut client =
+            rustls::ClientConnection::new(client_config(rustls::DEFAULT_VERSIONS)?, name)
+                .map_err(io::Error::other)?;
+        let mut hello = Vec::new();
+        client.write_tls(&mut hello)?;
+        assert_eq!(hello.first(), Some(&22), "one handshake record");
+        Ok((stream, hello.split_off(HEADER_LEN), client, client_tcp))
+    }
+
+    /// `message` (a handshake message) in records of `len` bytes of it each.
+    fn in_records(message: &[u8], len: usize) -> Vec<u8> {
+        let mut records = Vec::new();
+        for piece in message.chunks(len) {
+            records.extend_from_slice(&[22, 3, 1]);
+            records.extend_from_slice(&u16::try_from(piece.len()).unwrap_or(0).to_be_bytes());
+            records.extend_from_slice(piece);
+        }
+        records
+    }
+
+    #[tokio::test]
+    async fn a_client_hello_in_many_records_over_many_reads_is_answered() -> io::Result<()> {
+        // rustls joins a handshake message's records in place and remembers how far it has
+        // read; given less on a later read (three records or more over two reads), it
+        // sliced out of range and the gateway died of it (panic = "abort").
+        for (record_len, read_len) in [(100, 210), (100, 105), (100, 1), (1, 7), (1, 4000)] {
+            let (mut server, hello, mut client, _client_tcp) = unstarted().await?;
+            let mut records = in_records(&hello, record_len);
+            for read in records.chunks_mut(read_len) {
+                server.received(read, None)?;
+            }
+            // The server answered, and the client takes the answer and goes on.
+            let case = format!("records of {record_len} B, reads of {read_len} B");
+            assert!(!server.out.is_empty(), "{case}: no answer");
+            client.read_tls(&mut &server.out[..])?;
+            client
+                .process_new_packets()
+                .map_err(|e| io::Error::other(format!("{case}: {e}")))?;
+            assert!(
+                client.wants_write(),
+                "{case}: the client has no Finished to send"
+            );
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_bad_record_inside_a_split_client_hello_is_refused() -> io::Result<()> {
+        // After its verdict rustls is asked once more, for the alert it queued, with the
+        // bytes it had already read: given none, it sliced out of range as above whenever
+        // it had queued no alert.
+        // Not a record at all (an alert is sent), and an alert record, which rustls
+        // refuses between the pieces of a handshake message without one.
+        for (bad, alert) in [
+            (&b"GET / HTTP/1.1\r\n\r\n"[..], true),
+            (&[21, 3, 3, 0, 2, 1, 0][..], false),
+        ] {
+            let (mut server, hello, _client, mut client_tcp) = unstarted().await?;
+            let mut records = in_records(&hello[..200], 100);
+            server.received(&mut records, None)?;
+            let refused = server.received(&mut bad.to_vec(), None);
+            assert_eq!(
+                refused.map_err(|e| e.kind()),
+                Err(io::ErrorKind::InvalidData),
+                "{bad:?}"
+            );
+            // The client is told why with an alert record (content type 21).
+            drop(server);
+            let mut answer = Vec::new();
+            client_tcp.read_to_end(&mut answer).await?;
+            if alert {
+                assert_eq!(answer.first(), Some(&21), "{bad:?}: answer {answer:?}");
+            }
+        }
+        Ok(())
     }
 
     #[tokio::test]
