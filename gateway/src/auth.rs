@@ -271,17 +271,20 @@ impl Verifier {
     }
 }
 
-/// When a verified token stops being accepted: its `exp` plus `leeway` seconds, the same
-/// instant the upgrade check uses. `None` when `exp` is not a number of seconds (the
+/// When a verified token stops being accepted: the end of second `exp` + `leeway`. The
+/// upgrade check compares whole seconds (a token is still good while the clock reads that
+/// second, and a fractional `exp` is rounded), so a session never ends before the instant
+/// its upgrade would have been refused. `None` when `exp` is not a number of seconds (the
 /// verifier refuses such a token, so this does not happen for verified claims).
 pub fn expires_at(claims: &Map<String, Value>, leeway: u64) -> Option<std::time::SystemTime> {
     let exp = claims.get("exp")?;
     let secs = exp.as_u64().or_else(|| {
         exp.as_f64()
             .filter(|f| f.is_finite() && *f >= 0.0)
-            .map(|f| f as u64)
+            .map(|f| f.round() as u64)
     })?;
-    std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(secs.checked_add(leeway)?))
+    let end = secs.checked_add(leeway)?.checked_add(1)?;
+    std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(end))
 }
 
 /// The identity headers `[auth.forward_claims]` asks for, from verified `claims`: strings
@@ -458,15 +461,18 @@ mod tests {
     }
 
     #[test]
-    fn expiry_is_exp_plus_leeway() {
+    fn expiry_is_the_end_of_the_last_second_the_upgrade_check_accepts() {
         let at = |exp: Value, leeway| {
             let claims = json!({ "exp": exp });
             expires_at(claims.as_object().unwrap_or(&Map::new()), leeway)
                 .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                 .map(|d| d.as_secs())
         };
-        assert_eq!(at(json!(1_700_000_000u64), 5), Some(1_700_000_005));
-        assert_eq!(at(json!(1_700_000_000.7), 0), Some(1_700_000_000));
+        // The upgrade check takes a token while the clock's second is at most exp + leeway.
+        assert_eq!(at(json!(1_700_000_000u64), 5), Some(1_700_000_006));
+        // A fractional exp is rounded, as the upgrade check rounds it.
+        assert_eq!(at(json!(1_700_000_000.7), 0), Some(1_700_000_002));
+        assert_eq!(at(json!(1_700_000_000.4), 0), Some(1_700_000_001));
         assert_eq!(at(json!("1700000000"), 5), None, "not a number");
         assert_eq!(at(json!(-1), 0), None);
         assert_eq!(at(json!(u64::MAX), 1), None, "overflow");

@@ -232,6 +232,13 @@ impl Threading {
 /// The most `[server] workers` may ask for.
 pub const MAX_WORKERS: usize = 1024;
 
+/// The least `[timeouts]` `tls_handshake`, `header_read` and `backend_connect` may be.
+const MIN_HANDSHAKE_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// The most `[auth] leeway_secs` may be: a day of clock skew is already far beyond any
+/// clock worth trusting.
+pub const MAX_LEEWAY_SECS: u64 = 24 * 3600;
+
 impl ServerConfig {
     /// How many worker threads serve connections: `workers`, or one per CPU when it is 0.
     pub fn worker_count(&self) -> usize {
@@ -320,7 +327,7 @@ pub struct AuthConfig {
     pub scope_claim: String,
     /// Scopes every token must hold.
     pub required_scopes: Vec<String>,
-    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    /// Clock skew allowed on `exp` and `nbf`, in seconds (at most [`MAX_LEEWAY_SECS`]).
     pub leeway_secs: u64,
     /// End a session when its token expires (`exp` + `leeway_secs`): the client gets
     /// close 1008 "token expired", the backend 1001. Off: a token is checked at the
@@ -682,6 +689,14 @@ impl Config {
             }
             crate::jwks_fetch::check_url(url).map_err(|p| err("auth", "jwks_url", p))?;
         }
+        if raw.auth.leeway_secs > MAX_LEEWAY_SECS {
+            // Larger, `now - leeway` is before 1970 and every token counts as expired.
+            return Err(err(
+                "auth",
+                "leeway_secs",
+                format!("at most {MAX_LEEWAY_SECS} (a day)"),
+            ));
+        }
         if raw.auth.jwks_refresh < crate::jwks_fetch::MIN_REFRESH {
             return Err(err(
                 "auth",
@@ -714,10 +729,25 @@ impl Config {
                 return Err(err("limits", key, "must be at least 1".into()));
             }
         }
-        if raw.timeouts.tls_handshake.is_zero() {
-            // Unlike the other timeouts, 0 cannot mean "none": a handshake with no bound
-            // would let a silent connection hold its place for ever.
-            return Err(err("timeouts", "tls_handshake", "must be above 0s".into()));
+        for (key, bound) in [
+            ("tls_handshake", raw.timeouts.tls_handshake),
+            ("header_read", raw.timeouts.header_read),
+            ("backend_connect", raw.timeouts.backend_connect),
+        ] {
+            // Unlike the others, these cannot be "0s" for none: a handshake or a request
+            // head with no bound would let a silent connection hold its place for ever.
+            // Below a tenth of a second they would refuse clients and backends that are
+            // merely a network away.
+            if bound < MIN_HANDSHAKE_TIMEOUT {
+                return Err(err(
+                    "timeouts",
+                    key,
+                    format!(
+                        "must be at least {}",
+                        humantime::format_duration(MIN_HANDSHAKE_TIMEOUT)
+                    ),
+                ));
+            }
         }
         if raw.limits.max_connections == 0 {
             return Err(err(

@@ -84,6 +84,15 @@ fn parse_url(url: &str) -> Result<Url, String> {
     if parsed.host_str().is_none_or(str::is_empty) {
         return Err(format!("{url:?}: no host"));
     }
+    // The URL is logged, and a fetch sends no credentials: a password here would only
+    // leak (and the URL is not repeated in this answer, for the same reason).
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(
+            "a user name or password in the URL is not supported (it would not be \
+                    sent, and the URL is logged)"
+                .into(),
+        );
+    }
     Ok(parsed)
 }
 

@@ -63,7 +63,19 @@ impl BackendTarget {
             Some(url::Host::Ipv6(ip)) => ip.to_string(),
             None => return Err(format!("{url:?}: no host")),
         };
+        // The URL is logged and printed by check-config, and the backend is sent no
+        // credentials: a password here would only leak.
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            return Err(format!(
+                "ws://{host}{}: a user name or password in the URL is not supported (it \
+                 would not be sent, and the URL is logged)",
+                parsed.port().map(|p| format!(":{p}")).unwrap_or_default()
+            ));
+        }
         let port = parsed.port().unwrap_or(80);
+        if port == 0 {
+            return Err(format!("{url:?}: port 0 cannot be connected to"));
+        }
         let host_header = match (parsed.host(), parsed.port()) {
             (Some(url::Host::Ipv6(ip)), Some(p)) => format!("[{ip}]:{p}"),
             (Some(url::Host::Ipv6(ip)), None) => format!("[{ip}]"),

@@ -249,11 +249,30 @@ fn settings_that_would_fail_every_client_or_crash_later_are_refused_at_start() -
         "[tls]\ncert = \"{c}/server.crt\"\nkey = \"{c}/server.key\"\n[auth]\npublic_key = \"{c}/jwt-private.pem\"\n[backends]\nA = \"ws://localhost:1/\"\n"
     );
     check(&private, &["auth.public_key", "private key"])?;
-    // A handshake timeout of 0 would drop every client; a duration too long for the clock
-    // would panic at the first connection.
+    // A handshake timeout of 0 would drop every client (as would a request-head or backend
+    // bound of 0, or of a nanosecond); a duration too long for the clock would panic at
+    // the first connection.
     check(
         &base_with("[timeouts]\ntls_handshake = \"0s\"\n"),
-        &["Config.toml:9", "timeouts.tls_handshake", "above 0s"],
+        &["Config.toml:9", "timeouts.tls_handshake", "at least 100ms"],
+    )?;
+    check(
+        &base_with("[timeouts]\nheader_read = \"0s\"\n"),
+        &["timeouts.header_read", "at least 100ms"],
+    )?;
+    check(
+        &base_with("[timeouts]\nbackend_connect = \"1ns\"\n"),
+        &["timeouts.backend_connect", "at least 100ms"],
+    )?;
+    // A leeway beyond the Unix time would make every token expired.
+    check(
+        &base_with("").replace("[auth]\n", "[auth]\nleeway_secs = 2000000000\n"),
+        &["auth.leeway_secs", "at most 86400"],
+    )?;
+    // A backend on port 0 can never be connected to.
+    check(
+        &base_with("").replace("ws://localhost:1/", "ws://127.0.0.1:0/x"),
+        &["backends.A", "port 0"],
     )?;
     check(
         &base_with("[timeouts]\nmax_session = \"500000000000y\"\n"),
@@ -300,5 +319,27 @@ fn a_misspelt_log_level_is_refused_rather_than_silencing_the_logs() -> Result<()
         "directives are taken (then the missing file stops it): {:?}",
         out.status
     );
+    Ok(())
+}
+
+#[test]
+fn a_password_in_a_url_is_refused_without_being_repeated() -> Result<()> {
+    // Neither a backend nor a key-set server is sent credentials from its URL, and URLs
+    // are logged: a password there would only leak.
+    for config in [
+        base_with("").replace("ws://localhost:1/", "ws://user:s3cr3t@localhost:1/"),
+        base_with("").replace(
+            "[auth]\n",
+            "[auth]\njwks_url = \"http://user:s3cr3t@127.0.0.1:1/jwks\"\n",
+        ),
+    ] {
+        let (code, stderr) = run_with(&config)?;
+        ensure!(code == 64, "exit code {code}, stderr: {stderr}");
+        ensure!(stderr.contains("user name or password"), "{stderr}");
+        ensure!(
+            !stderr.contains("s3cr3t"),
+            "the password was repeated: {stderr}"
+        );
+    }
     Ok(())
 }
