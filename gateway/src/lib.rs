@@ -205,7 +205,8 @@ impl Gateway {
         key_set_refresh.abort();
         self.shared.draining.store(true, Ordering::Relaxed);
         let _ = self.shutdown_tx.send(true);
-        let deadline = tokio::time::Instant::now() + config.timeouts.drain;
+        // The drain in force now: a reload may have changed it since the start.
+        let deadline = tokio::time::Instant::now() + self.shared.config().timeouts.drain;
         // Connections still in their handshake are waited for too: their requests get a
         // 503 (or, if already past the checks, a session closed at once with 1001).
         let busy = || {

@@ -53,6 +53,25 @@ fn log_filter(value: &str) -> Result<String, String> {
 }
 
 fn main() -> ExitCode {
+    // This runtime accepts and runs the admin endpoints, signals and pool health checks;
+    // connections are served on the gateway's worker threads (`[server] workers`).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("gateway: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Taken first: until then a SIGHUP (a `systemctl reload` or a log rotation right
+    // after a start) would end the process. One that comes while the gateway starts
+    // (a key-set fetch can take seconds) is a reload once it serves.
+    let hangups = {
+        let _in_runtime = runtime.enter();
+        hangups()
+    };
     let args = Args::parse();
     if matches!(args.command, Some(Command::CheckConfig)) {
         return check_config(&args.config);
@@ -76,18 +95,6 @@ fn main() -> ExitCode {
     };
     // Each session needs two descriptors: take the hard limit, not the (often 1024) soft one.
     let open_files = rlimit::increase_nofile_limit(u64::MAX);
-    // This runtime accepts and runs the admin endpoints, signals and pool health checks;
-    // connections are served on the gateway's worker threads (`[server] workers`).
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("gateway: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
     runtime.block_on(async move {
         let listen = config.server.listen;
         let reuse_port = config.server.reuse_port;
@@ -121,7 +128,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        spawn_reload_on_sighup(gateway.reloader());
+        spawn_reload_on_sighup(gateway.reloader(), hangups);
         let listener = match gateway::listener::bind(listen, reuse_port) {
             Ok(l) => l,
             Err(e) => {
@@ -161,19 +168,33 @@ fn check_config(path: &std::path::Path) -> ExitCode {
     }
 }
 
-/// Reloads the config file on every SIGHUP.
-fn spawn_reload_on_sighup(reloader: gateway::Reloader) {
+/// SIGHUPs from now on (`None` where there are none, or if they cannot be taken).
+#[cfg(unix)]
+type Hangups = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangups = Option<std::convert::Infallible>;
+
+/// Takes SIGHUP over from its default action (the end of the process); in a runtime.
+fn hangups() -> Hangups {
     #[cfg(unix)]
-    tokio::spawn(async move {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        else {
-            return;
-        };
-        while hup.recv().await.is_some() {
-            // The outcome is logged by the reload itself.
-            let _ = reloader.reload_off_runtime().await;
-        }
-    });
+    return tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    #[cfg(not(unix))]
+    None
+}
+
+/// Reloads the config file on every SIGHUP.
+fn spawn_reload_on_sighup(reloader: gateway::Reloader, hangups: Hangups) {
+    #[cfg(unix)]
+    if let Some(mut hup) = hangups {
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                // The outcome is logged by the reload itself.
+                let _ = reloader.reload_off_runtime().await;
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = (reloader, hangups);
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

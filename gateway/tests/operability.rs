@@ -955,3 +955,69 @@ async fn requests_the_http_parser_refuses_are_logged_and_counted_too() -> Result
     ensure!(logged(&proc.log()), "no refusal lines:\n{}", proc.log());
     Ok(())
 }
+
+#[tokio::test]
+async fn a_sighup_while_the_gateway_starts_is_a_reload_once_it_serves() -> Result<()> {
+    // A SIGHUP (a `systemctl reload`, a log rotation) that came before the handler was
+    // set up ended the process: here it comes while the start waits for the key set.
+    let (key, jwk) = es256_key("k1", "sig")?;
+    let body = serde_json::json!({ "keys": [jwk] }).to_string();
+    let answer = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let provider = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/certs", provider.local_addr()?);
+    let bs = backends().await?;
+    let (pid_tx, mut pid_rx) = tokio::sync::mpsc::unbounded_channel();
+    let starting = tokio::spawn(GatewayProc::start(ProcOptions {
+        backends: vec![("Backend_ABC".into(), bs[0].url())],
+        auth_toml: format!("algorithms = [\"ES256\"]\njwks_url = {url:?}"),
+        spawned: Some(pid_tx),
+        ..ProcOptions::default()
+    }));
+    let pid = tokio::time::timeout(DEADLINE, pid_rx.recv())
+        .await?
+        .context("no process id")?;
+    // The start's fetch is held while the signal comes.
+    let (mut fetch, _) = tokio::time::timeout(DEADLINE, provider.accept()).await??;
+    let ok = std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()?
+        .success();
+    ensure!(ok, "kill -HUP failed");
+    // Then it is answered, as is every fetch after it (the reload's).
+    serve_once(&mut fetch, &answer).await?;
+    drop(fetch);
+    let later = tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = provider.accept().await {
+            let _ = serve_once(&mut tcp, &answer).await;
+        }
+    });
+    let proc = starting.await??;
+    wait_for("the reload", DEADLINE, || {
+        let reloaded = proc.log().contains("config reloaded");
+        async move { Ok(reloaded) }
+    })
+    .await?;
+    let opts = proc.connect_options("Backend_ABC")?;
+    ensure!(
+        admitted(&opts, &es256_token(&key, Some("k1"))?).await,
+        "a client was refused after the reload:\n{}",
+        proc.log()
+    );
+    later.abort();
+    Ok(())
+}
+
+/// Reads an HTTP request head from `tcp` and writes `answer`.
+async fn serve_once(tcp: &mut tokio::net::TcpStream, answer: &str) -> Result<()> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && tcp.read(&mut byte).await? == 1 {
+        head.push(byte[0]);
+    }
+    tcp.write_all(answer.as_bytes()).await?;
+    Ok(())
+}

@@ -184,6 +184,18 @@ async fn sigterm_delivers_in_order_closes_everyone_with_1001_and_exits_0() -> Re
 
 #[tokio::test]
 async fn a_stuck_session_does_not_hold_the_exit_past_the_drain_timeout() -> Result<()> {
+    exit_with_a_stuck_session("1s", false).await
+}
+
+#[tokio::test]
+async fn a_reloaded_drain_timeout_is_the_one_a_sigterm_uses() -> Result<()> {
+    // The drain the process started with (20 s, beyond the close timeout) used to be used.
+    exit_with_a_stuck_session("20s", true).await
+}
+
+/// A gateway started with `drain` (made 1 s by a reload if `reload`), stopped by SIGTERM
+/// with a session that cannot finish its close: it exits once the 1 s drain is over.
+async fn exit_with_a_stuck_session(drain_at_start: &str, reload: bool) -> Result<()> {
     // The backend floods a client that never reads: the gateway's writes to that client
     // block, so its session cannot finish its close.
     let flood = Probe::start(Mode::Flood {
@@ -192,12 +204,30 @@ async fn a_stuck_session_does_not_hold_the_exit_past_the_drain_timeout() -> Resu
     })
     .await?;
     let drain = Duration::from_secs(1);
+    let timeouts = |drain: &str| format!("[timeouts]\ndrain = \"{drain}\"\nclose = \"5s\"\n");
     let mut gw = GatewayProc::start(ProcOptions {
         backends: vec![("Backend_FLOOD".into(), flood.url())],
-        extra_toml: "[timeouts]\ndrain = \"1s\"\nclose = \"5s\"\n".into(),
+        extra_toml: timeouts(drain_at_start),
         ..ProcOptions::default()
     })
     .await?;
+    if reload {
+        let file = std::fs::read_to_string(gw.config_path())?;
+        std::fs::write(
+            gw.config_path(),
+            file.replace(&timeouts(drain_at_start), &timeouts("1s")),
+        )?;
+        let ok = std::process::Command::new("kill")
+            .args(["-HUP", &gw.pid().to_string()])
+            .status()?
+            .success();
+        ensure!(ok, "kill -HUP failed");
+        wait_for("the reload", DEADLINE, || {
+            let reloaded = gw.log().contains("config reloaded");
+            async move { Ok(reloaded) }
+        })
+        .await?;
+    }
     let _stuck = connect(&gw.connect_options("Backend_FLOOD")?).await?;
     // Wait until the flood is held back: every buffer on the way is full.
     let mut last = 0;

@@ -32,6 +32,8 @@ pub struct ProcOptions {
     pub server_toml: String,
     /// Extra lines for the `[auth]` table (e.g. `jwks_url = "…"`).
     pub auth_toml: String,
+    /// Told the process id as soon as the process exists, before it is ready.
+    pub spawned: Option<tokio::sync::mpsc::UnboundedSender<u32>>,
 }
 
 /// A running gateway process; killed (SIGKILL) when dropped if still running.
@@ -109,6 +111,9 @@ impl GatewayProc {
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().context("starting the gateway binary")?;
+        if let Some(tx) = &opts.spawned {
+            let _ = tx.send(child.id());
+        }
         let stderr = child.stderr.take().context("no stderr pipe")?;
         let log = Arc::new(Mutex::new(String::new()));
         let sink = log.clone();
