@@ -23,7 +23,8 @@ struct Args {
     #[command(subcommand)]
     command: Option<Command>,
     /// Log level: error, warn, info, debug, trace or off, or directives such as
-    /// `info,gateway=debug` (overridden by RUST_LOG).
+    /// `info,gateway=debug` (overridden by RUST_LOG). rustls logs errors only unless a
+    /// directive names it (`info,rustls=warn`): its warnings are about what clients send.
     #[arg(long, default_value = "info", value_parser = log_filter)]
     log_level: String,
     /// Log format.
@@ -35,6 +36,17 @@ struct Args {
 enum Command {
     /// Validate the config (and the files it names), print the effective config, exit.
     CheckConfig,
+}
+
+/// `directives`, with rustls's own lines limited to errors unless they name rustls: its
+/// warnings are about what clients send (an IP address as the server name, say), one
+/// line per connection that any client can ask for.
+fn with_quiet_tls(directives: &str) -> String {
+    if directives.contains("rustls") {
+        directives.to_owned()
+    } else {
+        format!("{directives},rustls=error")
+    }
 }
 
 /// A `--log-level` value: a bare word must be a level, for a misspelt one (`warnn`) would
@@ -76,8 +88,8 @@ fn main() -> ExitCode {
     if matches!(args.command, Some(Command::CheckConfig)) {
         return check_config(&args.config);
     }
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&args.log_level));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(with_quiet_tls(&args.log_level)));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -38,6 +38,14 @@ pub struct HandshakeLabel {
     pub kind: String,
 }
 
+/// Labels: why a TLS handshake did not complete.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeFailureLabel {
+    /// `timeout`, `client_closed`, `refused` (not TLS, or TLS the gateway does not
+    /// speak: an alert says why) or `io`.
+    pub reason: String,
+}
+
 /// Labels: how a fetch of the `jwks_url` key set went.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FetchLabel {
@@ -172,6 +180,8 @@ pub struct Metrics {
     pub worker_connections: Family<WorkerLabel, Counter>,
     /// Completed TLS handshakes, full or resumed.
     pub tls_handshakes: Family<HandshakeLabel, Counter>,
+    /// TLS handshakes that did not complete, by reason.
+    pub tls_handshake_failures: Family<HandshakeFailureLabel, Counter>,
     /// Connections closed for a missing, malformed or late PROXY protocol header.
     pub proxy_header_refusals: Counter,
     /// Refreshes of the `jwks_url` key set, by result.
@@ -203,6 +213,7 @@ impl Metrics {
             closes_sent: Family::default(),
             worker_connections: Family::default(),
             tls_handshakes: Family::default(),
+            tls_handshake_failures: Family::default(),
             proxy_header_refusals: Counter::default(),
             jwks_fetches: Family::default(),
             pools: PoolMetrics::default(),
@@ -217,6 +228,12 @@ impl Metrics {
             "tls_handshakes",
             "Completed TLS handshakes, full or resumed with a session ticket",
             m.tls_handshakes.clone(),
+        );
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes that did not complete: timeout, client_closed, refused (not TLS, or \
+             TLS the gateway does not speak), io",
+            m.tls_handshake_failures.clone(),
         );
         registry.register(
             "proxy_header_refusals",
@@ -325,6 +342,16 @@ impl Metrics {
         let kind = if resumed { "resumed" } else { "full" };
         self.tls_handshakes
             .get_or_create(&HandshakeLabel { kind: kind.into() })
+            .inc();
+    }
+
+    /// Counts a TLS handshake that did not complete, for `reason` (see
+    /// [`HandshakeFailureLabel`]).
+    pub fn tls_handshake_failed(&self, reason: &str) {
+        self.tls_handshake_failures
+            .get_or_create(&HandshakeFailureLabel {
+                reason: reason.into(),
+            })
             .inc();
     }
 

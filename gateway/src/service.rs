@@ -84,11 +84,23 @@ pub async fn serve_connection(
             shared.metrics.tls_handshake(resumed);
             tls
         }
+        // Counted, and logged at debug only: scanners and port checks fail handshakes
+        // all day (nginx logs them at info, below its default level).
         Ok(Err(e)) => {
-            debug!(conn = conn_id, %peer, error = %e, "TLS handshake failed");
+            let reason = match e.kind() {
+                std::io::ErrorKind::InvalidData => "refused",
+                std::io::ErrorKind::UnexpectedEof
+                | std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::ConnectionAborted
+                | std::io::ErrorKind::BrokenPipe => "client_closed",
+                _ => "io",
+            };
+            shared.metrics.tls_handshake_failed(reason);
+            debug!(conn = conn_id, %peer, error = %e, reason, "TLS handshake failed");
             return;
         }
         Err(_) => {
+            shared.metrics.tls_handshake_failed("timeout");
             debug!(conn = conn_id, %peer, "TLS handshake timed out");
             return;
         }

@@ -1021,3 +1021,54 @@ async fn serve_once(tcp: &mut tokio::net::TcpStream, answer: &str) -> Result<()>
     tcp.write_all(answer.as_bytes()).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn tls_handshakes_that_fail_are_counted_by_reason() -> Result<()> {
+    // They were logged at debug only and counted nowhere: a certificate clients do not
+    // trust, or a port scan, left no trace at the default level.
+    let bs = backends().await?;
+    let proc = GatewayProc::start(ProcOptions {
+        backends: vec![("Backend_ABC".into(), bs[0].url())],
+        extra_toml: "[timeouts]\ntls_handshake = \"500ms\"\n".into(),
+        ..ProcOptions::default()
+    })
+    .await?;
+    // Until the gateway drops it: what it sent.
+    let until_dropped = async |sent: &[u8]| -> Result<Vec<u8>> {
+        let mut tcp = tokio::net::TcpStream::connect(proc.addr).await?;
+        tcp.write_all(sent).await?;
+        let mut answer = Vec::new();
+        tokio::time::timeout(DEADLINE, tcp.read_to_end(&mut answer)).await??;
+        Ok(answer)
+    };
+    // Plain HTTP on the TLS port: refused with an alert record.
+    let answer = until_dropped(b"GET /gateway HTTP/1.1\r\nHost: x\r\n\r\n").await?;
+    ensure!(answer.first() == Some(&21), "no alert: {answer:?}");
+    // Silent: dropped at the handshake timeout.
+    until_dropped(b"").await?;
+    // Gone before its ClientHello.
+    drop(tokio::net::TcpStream::connect(proc.addr).await?);
+    let seen = wait_for("the failures counted", DEADLINE, || async {
+        let m = proc.metrics().await?;
+        let counted = ["refused", "timeout", "client_closed"].iter().all(|r| {
+            sample(
+                &m,
+                &format!("wsgate_tls_handshake_failures_total{{reason=\"{r}\"}}"),
+            ) == 1.0
+        });
+        Ok(counted)
+    })
+    .await;
+    ensure!(seen.is_ok(), "{}", proc.metrics().await?);
+    // A good client is still served, and counted as a handshake, not a failure.
+    let opts = proc.connect_options("Backend_ABC")?;
+    let mut c = loadgen::client::connect(&opts).await?;
+    echo(&mut c.ws, b"still here").await?;
+    let m = proc.metrics().await?;
+    ensure!(
+        sample(&m, "wsgate_tls_handshakes_total{kind=\"full\"}") >= 1.0
+            && sample(&m, "wsgate_tls_handshake_failures_total{reason=\"io\"}") == 0.0,
+        "{m}"
+    );
+    Ok(())
+}
