@@ -10,6 +10,7 @@
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -17,14 +18,27 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{header, Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tracing::debug;
 
 use crate::state::Shared;
 
+/// Admin connections open at once; more are closed as they come. Scrapers, health
+/// checks and reloads need a few; what is above that would take descriptors the
+/// sessions keep in reserve (a connection that holds half a request used to keep its
+/// place for good).
+pub const MAX_CONNECTIONS: usize = 32;
+
+/// How long an admin connection lives: a request head must come within a tenth of it,
+/// and a scraper on a keep-alive connection connects again after it (the request it
+/// was answering, if any, is answered first).
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+
 /// Serves admin requests on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    let places = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (tcp, _) = match listener.accept().await {
             Ok(c) => c,
@@ -34,15 +48,34 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                 continue;
             }
         };
+        let Ok(place) = places.clone().try_acquire_owned() else {
+            debug!(
+                limit = MAX_CONNECTIONS,
+                "admin connection closed: too many open"
+            );
+            continue;
+        };
         let shared = shared.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let shared = shared.clone();
                 async move { Ok::<_, Infallible>(answer(&shared, &req).await) }
             });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), svc)
-                .await;
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(CONNECTION_LIFETIME / 10)
+                .serve_connection(TokioIo::new(tcp), svc);
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = tokio::time::sleep(CONNECTION_LIFETIME) => {
+                    // A request under way (a reload waiting on a key-set fetch, say) is
+                    // answered first.
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(CONNECTION_LIFETIME / 4, conn).await;
+                }
+            }
+            drop(place);
         });
     }
 }

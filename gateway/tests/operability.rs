@@ -1072,3 +1072,39 @@ async fn tls_handshakes_that_fail_are_counted_by_reason() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn admin_connections_beyond_the_limit_are_closed_and_the_rest_keep_answering() -> Result<()> {
+    // Connections holding half a request used to keep their places for good, taking the
+    // descriptors the sessions keep in reserve.
+    let bs = backends().await?;
+    let proc = GatewayProc::start(ProcOptions {
+        backends: vec![("Backend_ABC".into(), bs[0].url())],
+        ..ProcOptions::default()
+    })
+    .await?;
+    let addr = proc.admin_addr().context("no admin address in the log")?;
+    let mut held = Vec::new();
+    for _ in 0..gateway::admin::MAX_CONNECTIONS {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+        tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: adm").await?;
+        held.push(tcp);
+    }
+    // One more is closed at once, without an answer.
+    let mut extra = tokio::net::TcpStream::connect(addr).await?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(DEADLINE, extra.read_to_end(&mut answer))
+        .await
+        .context("a connection beyond the limit was kept")??;
+    ensure!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    // The held ones go; the admin listener answers again.
+    drop(held);
+    wait_for("the admin listener to answer", DEADLINE, || async {
+        Ok(matches!(
+            admin(&proc, "GET", "/healthz").await,
+            Ok((200, _))
+        ))
+    })
+    .await?;
+    Ok(())
+}
