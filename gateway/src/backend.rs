@@ -36,22 +36,35 @@ pub struct BackendConn {
     pub lease: Option<Lease>,
 }
 
-/// A failed connect attempt: what the client would see, and whether the instance is to
-/// blame (and so is ejected and another one tried).
+/// A failed connect attempt: what the client would see, and who is to blame.
 #[derive(Debug)]
 pub struct AttemptError {
     /// The refusal the client gets if no other instance does better.
     pub refusal: Refusal,
-    /// TCP refused or timed out, the handshake broke, or the backend answered 5xx. A 4xx
-    /// answer is about this client's request and is not held against the instance.
-    pub instance_fault: bool,
+    /// Whether the instance is ejected and another one tried.
+    pub blame: Blame,
+}
+
+/// Who a failed connect attempt is held against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blame {
+    /// TCP refused or timed out, the handshake broke, or the backend answered 5xx: the
+    /// instance is ejected and another one tried.
+    Instance,
+    /// A 4xx answer, about this client's request: counted for the instance, not held
+    /// against it.
+    Request,
+    /// The gateway itself ran out of descriptors, local ports or memory: no instance
+    /// would do better, and none is held to blame (a full descriptor table used to eject
+    /// every healthy instance in turn).
+    Gateway,
 }
 
 impl AttemptError {
     fn instance(refusal: Refusal) -> Self {
         Self {
             refusal,
-            instance_fault: true,
+            blame: Blame::Instance,
         }
     }
 }
@@ -89,9 +102,13 @@ pub async fn connect_pool(
             Err(e) => {
                 let instance = &*list[i].addr;
                 tracing::debug!(backend = &**pool.id(), instance, reason = %e.refusal, "backend connect attempt failed");
-                if !e.instance_fault {
-                    list[i].refused_request();
-                    return Err(e.refusal);
+                match e.blame {
+                    Blame::Instance => {}
+                    Blame::Request => {
+                        list[i].refused_request();
+                        return Err(e.refusal);
+                    }
+                    Blame::Gateway => return Err(e.refusal),
                 }
                 list[i].failed(now_ms(), pool.spec().eject, &e.refusal);
                 last = Some(e.refusal);
@@ -200,9 +217,7 @@ async fn connect_inner(
         identity_names,
         token_cookie,
     } = *req;
-    let mut stream = open_tcp(&target.host, target.port, resolver)
-        .await
-        .map_err(AttemptError::instance)?;
+    let mut stream = open_tcp(&target.host, target.port, resolver).await?;
     crate::tcp_opts::tune(&stream);
 
     let forwarded_for = match client_headers
@@ -257,7 +272,11 @@ async fn connect_inner(
         .map_err(|e| match e {
             HandshakeError::Refused { status, .. } => AttemptError {
                 refusal: Refusal::BadGateway(format!("backend answered HTTP {status}")),
-                instance_fault: !about_the_request(status),
+                blame: if about_the_request(status) {
+                    Blame::Request
+                } else {
+                    Blame::Instance
+                },
             },
             HandshakeError::Io(e) => AttemptError::instance(Refusal::BadGateway(format!(
                 "backend connection failed: {e}"
@@ -287,21 +306,40 @@ async fn connect_inner(
 }
 
 /// Connects to the first address of `host` that accepts.
-async fn open_tcp(host: &str, port: u16, resolver: &Resolver) -> Result<TcpStream, Refusal> {
-    let addrs = resolver
-        .resolve(host, port)
-        .await
-        .map_err(|e| Refusal::BadGateway(format!("cannot resolve backend host: {e}")))?;
+async fn open_tcp(host: &str, port: u16, resolver: &Resolver) -> Result<TcpStream, AttemptError> {
+    let addrs = resolver.resolve(host, port).await.map_err(|e| {
+        AttemptError::instance(Refusal::BadGateway(format!(
+            "cannot resolve backend host: {e}"
+        )))
+    })?;
     match connect_any(&addrs).await {
         Ok((stream, addr)) => {
             resolver.worked(host, port, addr);
             Ok(stream)
         }
-        Err(Some(e)) => Err(Refusal::BadGateway(format!(
+        Err(Some(e)) if out_of_local_resources(&e) => Err(AttemptError {
+            refusal: Refusal::Unavailable("gateway out of descriptors or local ports"),
+            blame: Blame::Gateway,
+        }),
+        Err(Some(e)) => Err(AttemptError::instance(Refusal::BadGateway(format!(
             "backend connection failed: {e}"
+        )))),
+        Err(None) => Err(AttemptError::instance(Refusal::BadGateway(
+            "backend host has no addresses".into(),
         ))),
-        Err(None) => Err(Refusal::BadGateway("backend host has no addresses".into())),
     }
+}
+
+/// Whether a connect failed for want of the gateway's own resources (descriptors, local
+/// ports, buffers, memory) rather than anything the backend did.
+fn out_of_local_resources(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::AddrNotAvailable | io::ErrorKind::OutOfMemory
+    ) || matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS)
+    )
 }
 
 /// How long one address of a backend name has to itself before the next one is tried
@@ -363,6 +401,49 @@ fn same_name(a: &str, b: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn only_the_gateways_own_shortages_are_not_held_against_an_instance() {
+        for errno in [
+            libc::EMFILE,
+            libc::ENFILE,
+            libc::ENOBUFS,
+            libc::EADDRNOTAVAIL,
+        ] {
+            assert!(
+                out_of_local_resources(&io::Error::from_raw_os_error(errno)),
+                "errno {errno}"
+            );
+        }
+        // What a backend does: refuse, reset, not answer.
+        for errno in [
+            libc::ECONNREFUSED,
+            libc::ECONNRESET,
+            libc::ETIMEDOUT,
+            libc::EHOSTUNREACH,
+        ] {
+            assert!(
+                !out_of_local_resources(&io::Error::from_raw_os_error(errno)),
+                "errno {errno}"
+            );
+        }
+        // A real refused connect is the instance's.
+        let closed = match std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
+            Ok(addr) => addr,
+            Err(e) => panic!("bind: {e}"),
+        };
+        let refused = open_tcp("127.0.0.1", closed.port(), &Resolver::default()).await;
+        assert!(
+            matches!(
+                refused,
+                Err(AttemptError {
+                    blame: Blame::Instance,
+                    ..
+                })
+            ),
+            "{refused:?}"
+        );
+    }
 
     #[test]
     fn the_token_cookie_is_taken_out_and_the_others_stay() {
