@@ -211,6 +211,9 @@ fn client_config(ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String>
 pub struct Refetch {
     /// Told when a token named a key the set lacks.
     wanted: Notify,
+    /// Told when a reload put a verifier in force: its settings (`jwks_refresh`) may
+    /// have changed, and it fetched the set itself.
+    reloaded: Notify,
     /// When the last fetch began.
     last: Mutex<Instant>,
     /// Fetches ended so far (success or not), for connections waiting on one.
@@ -221,6 +224,7 @@ impl Default for Refetch {
     fn default() -> Self {
         Self {
             wanted: Notify::new(),
+            reloaded: Notify::new(),
             last: Mutex::new(Instant::now()),
             ended: watch::Sender::new(0),
         }
@@ -234,6 +238,16 @@ impl Refetch {
 
     fn began(&self) {
         *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
+    }
+
+    /// A reload put a verifier in force, having fetched the key set if it has a
+    /// `jwks_url`: the next fetch is a whole `jwks_refresh` (the reload's) from now, and
+    /// a token naming an unknown key waits out the pause after this fetch too.
+    pub fn after_reload(&self, fetched: bool) {
+        if fetched {
+            self.began();
+        }
+        self.reloaded.notify_one();
     }
 }
 
@@ -259,7 +273,7 @@ pub async fn after_refetch(shared: &Shared, current: &Arc<Verifier>) -> Option<A
 }
 
 /// Keeps the key set of `[auth] jwks_url` fresh for as long as it runs: every
-/// `jwks_refresh`, and [`UNKNOWN_KEY_REFETCH_AFTER`] after the last fetch when a token
+/// `jwks_refresh` (a reload's from that reload on), and [`UNKNOWN_KEY_REFETCH_AFTER`] after the last fetch when a token
 /// named an unknown key. A fetched set is put in force with the settings of the verifier
 /// it renews, unless a reload replaced that verifier meanwhile (the reload fetched for
 /// itself). Logs "JWT key set loaded" when the set of `kid`s changes.
@@ -273,6 +287,8 @@ pub async fn keep_fresh(shared: Arc<Shared>) {
             _ = refetch.wanted.notified() => {
                 tokio::time::sleep_until(refetch.last() + UNKNOWN_KEY_REFETCH_AFTER).await;
             }
+            // The wait is counted again, with the reload's interval and fetch.
+            _ = refetch.reloaded.notified() => continue,
         }
         refetch.began();
         let current = shared.verifier();

@@ -81,7 +81,9 @@ pub fn reload(shared: &Shared) -> Result<Reloaded, ReloadError> {
             );
         }
         let backends: Vec<String> = parts.config.backends.keys().cloned().collect();
+        let fetched = parts.config.auth.jwks_url.is_some();
         shared.replace(parts);
+        shared.refetch.after_reload(fetched);
         info!(backends = ?backends, "config reloaded");
         Ok(Reloaded { start_up_only })
     })();

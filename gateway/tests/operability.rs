@@ -1108,3 +1108,29 @@ async fn admin_connections_beyond_the_limit_are_closed_and_the_rest_keep_answeri
     .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_reloaded_jwks_refresh_counts_from_the_reload() -> Result<()> {
+    // A new interval used to apply only once the old one (an hour here) had run out.
+    let Rotation { idp, .. } = Rotation::start(false).await?;
+    let bs = backends().await?;
+    let proc = gateway_on_idp(&idp, "1h", &bs).await?;
+    ensure!(idp.hits() == 1, "{} fetches at start", idp.hits());
+    let file = std::fs::read_to_string(proc.config_path())?;
+    ensure!(file.contains("jwks_refresh = \"1h\""), "{file}");
+    std::fs::write(
+        proc.config_path(),
+        file.replace("jwks_refresh = \"1h\"", "jwks_refresh = \"1s\""),
+    )?;
+    let (status, body) = admin(&proc, "POST", "/reload").await?;
+    ensure!(status == 200, "{status} {body}");
+    ensure!(idp.hits() == 2, "{} fetches after the reload", idp.hits());
+    // The reload's fetch is the last one: the next is a second after it, not an hour
+    // after the start's.
+    wait_for("a fetch at the new interval", DEADLINE, || async {
+        Ok(idp.hits() >= 3)
+    })
+    .await
+    .with_context(|| proc.log())?;
+    Ok(())
+}
