@@ -128,23 +128,26 @@ impl Verifier {
     /// Errors name the offending key (`public_key`, `jwks`, `jwks_url` or `algorithms`)
     /// and the problem.
     pub fn from_config(auth: &AuthConfig) -> Result<Self, (&'static str, String)> {
-        let (algorithms, rsa) = algorithms(auth)?;
+        let (algorithms, _) = algorithms(auth)?;
         let (keys, source) = match (&auth.jwks, &auth.jwks_url) {
             (Some(path), _) => {
                 let shown = path.display().to_string();
                 let text = read(path).map_err(|e| ("jwks", e))?;
-                (key_set(&text, &shown, rsa).map_err(|e| ("jwks", e))?, shown)
+                (
+                    key_set(&text, &shown, &algorithms).map_err(|e| ("jwks", e))?,
+                    shown,
+                )
             }
             (None, Some(url)) => {
                 let body = crate::jwks_fetch::fetch_blocking(url, auth.jwks_ca.as_deref())
                     .map_err(|e| ("jwks_url", format!("{url}: {e}")))?;
                 (
-                    key_set(&body, url, rsa).map_err(|e| ("jwks_url", e))?,
+                    key_set(&body, url, &algorithms).map_err(|e| ("jwks_url", e))?,
                     url.clone(),
                 )
             }
             (None, None) => {
-                let key = pem_key(&auth.public_key, rsa)?;
+                let key = pem_key(&auth.public_key, &algorithms)?;
                 return Ok(Self::with_keys(auth, algorithms, vec![(None, key)], false));
             }
         };
@@ -157,9 +160,9 @@ impl Verifier {
     /// A verifier for the same `[auth]` settings with the key set in `body`, freshly
     /// fetched from `jwks_url`.
     pub fn with_key_set(auth: &AuthConfig, body: &[u8]) -> Result<Self, (&'static str, String)> {
-        let (algorithms, rsa) = algorithms(auth)?;
+        let (algorithms, _) = algorithms(auth)?;
         let source = auth.jwks_url.as_deref().unwrap_or("key set");
-        let keys = key_set(body, source, rsa).map_err(|e| ("jwks_url", e))?;
+        let keys = key_set(body, source, &algorithms).map_err(|e| ("jwks_url", e))?;
         Ok(Self::with_keys(auth, algorithms, keys, true))
     }
 
@@ -333,8 +336,10 @@ fn scopes(claim: Option<&Value>) -> HashSet<&str> {
     }
 }
 
-/// The one key of `public_key`: RSA or EC as the algorithms say.
-fn pem_key(path: &Path, rsa: bool) -> Result<DecodingKey, (&'static str, String)> {
+/// The one key of `public_key`: RSA or EC as the algorithms say, and one they can
+/// verify with (a key they cannot use would refuse every token as badly signed).
+fn pem_key(path: &Path, algorithms: &[Algorithm]) -> Result<DecodingKey, (&'static str, String)> {
+    let rsa = algorithms.first().is_some_and(|a| is_rsa(*a));
     let pem = read(path).map_err(|e| ("public_key", e))?;
     // jsonwebtoken takes a private key here too, and then no signature ever verifies.
     if pem.windows(11).any(|w| w == b"PRIVATE KEY") {
@@ -358,6 +363,63 @@ fn pem_key(path: &Path, rsa: bool) -> Result<DecodingKey, (&'static str, String)
             format!("{}: not {kind} public key in PEM: {e}", path.display()),
         )
     })
+    .and_then(|key| {
+        // Only a SubjectPublicKeyInfo ("PUBLIC KEY") is looked into; a PKCS#1 RSA key
+        // ("RSA PUBLIC KEY") is taken as it is.
+        use rustls::pki_types::pem::PemObject;
+        match rustls::pki_types::SubjectPublicKeyInfoDer::from_pem_slice(&pem) {
+            Ok(spki) => unfit_spki(spki.as_ref(), algorithms).map_or(Ok(key), |why| {
+                Err(("public_key", format!("{}: {why}", path.display())))
+            }),
+            Err(_) => Ok(key),
+        }
+    })
+}
+
+/// Why the algorithms cannot verify with the key in `spki` (DER), if they cannot: an RSA
+/// key outside the 2,048 to 8,192 bits the verifier takes, an EC key on a curve none of
+/// them uses.
+fn unfit_spki(spki: &[u8], algorithms: &[Algorithm]) -> Option<String> {
+    if algorithms.iter().any(|a| is_rsa(*a)) {
+        return aws_lc_rs::rsa::PublicEncryptingKey::from_der(spki)
+            .err()
+            .map(|e| format!("RSA key refused ({e}): RS and PS algorithms verify with keys of 2048 to 8192 bits"));
+    }
+    let curve = CURVES
+        .iter()
+        .find(|(_, oid, _)| spki.windows(oid.len()).any(|w| w == *oid))?;
+    unfit_curve(curve.0, algorithms)
+}
+
+/// EC curves: name, the DER of its object identifier, the algorithm that uses it.
+const CURVES: &[(&str, &[u8], Option<Algorithm>)] = &[
+    (
+        "P-256",
+        &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07],
+        Some(Algorithm::ES256),
+    ),
+    (
+        "P-384",
+        &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22],
+        Some(Algorithm::ES384),
+    ),
+    ("P-521", &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x23], None),
+];
+
+/// Why none of `algorithms` verifies with a key on `curve`, if none does.
+fn unfit_curve(curve: &str, algorithms: &[Algorithm]) -> Option<String> {
+    let usable = CURVES
+        .iter()
+        .find(|(name, _, _)| *name == curve)
+        .and_then(|(_, _, alg)| *alg)
+        .is_some_and(|alg| algorithms.contains(&alg));
+    (!usable).then(|| {
+        let names: Vec<String> = algorithms.iter().map(|a| format!("{a:?}")).collect();
+        format!(
+            "an EC key on {curve}, which none of the algorithms ({}) verifies with",
+            names.join(", ")
+        )
+    })
 }
 
 /// The signing keys of the JSON Web Key Set `text` (from `source`, named in errors) that
@@ -368,9 +430,10 @@ fn pem_key(path: &Path, rsa: bool) -> Result<DecodingKey, (&'static str, String)
 fn key_set(
     text: &[u8],
     source: &str,
-    rsa: bool,
+    algorithms: &[Algorithm],
 ) -> Result<Vec<(Option<String>, DecodingKey)>, String> {
-    use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet, PublicKeyUse};
+    use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, PublicKeyUse};
+    let rsa = algorithms.first().is_some_and(|a| is_rsa(*a));
     let set: JwkSet = serde_json::from_slice(text)
         .map_err(|e| format!("{source}: not a JSON Web Key Set: {e}"))?;
     let mut keys: Vec<(Option<String>, DecodingKey)> = Vec::new();
@@ -387,6 +450,33 @@ fn key_set(
             continue;
         }
         let kid = jwk.common.key_id.clone();
+        // A key the algorithms cannot verify with is left out, as one of the other family
+        // is: a provider may still publish an old key beside the one it signs with.
+        let unfit = match &jwk.algorithm {
+            AlgorithmParameters::RSA(p) => {
+                use base64::Engine;
+                let n = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(p.n.trim_end_matches('='))
+                    .unwrap_or_default();
+                let leading = n.iter().take_while(|b| **b == 0).count();
+                let bits = n.get(leading).map_or(0, |first| {
+                    (n.len() - leading - 1) * 8 + (8 - first.leading_zeros() as usize)
+                });
+                (!(2048..=8192).contains(&bits))
+                    .then(|| format!("an RSA key of {bits} bits (the verifier takes 2048 to 8192)"))
+            }
+            AlgorithmParameters::EllipticCurve(p) => match p.curve {
+                EllipticCurve::P256 => unfit_curve("P-256", algorithms),
+                EllipticCurve::P384 => unfit_curve("P-384", algorithms),
+                EllipticCurve::P521 => unfit_curve("P-521", algorithms),
+                _ => unfit_curve("another curve", algorithms),
+            },
+            _ => None,
+        };
+        if let Some(why) = unfit {
+            tracing::warn!(source, kid = kid.as_deref().unwrap_or(""), problem = %why, "key set: a key left out");
+            continue;
+        }
         if kid.is_some() && keys.iter().any(|(k, _)| *k == kid) {
             return Err(format!(
                 "{source}: two keys with kid {:?}",
@@ -418,6 +508,40 @@ fn read(path: &Path) -> Result<Vec<u8>, String> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn keys_the_algorithms_cannot_verify_with_are_left_out_of_a_key_set() {
+        use base64::Engine;
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let rsa = |bits: usize| {
+            let mut n = vec![0xc5u8; bits / 8];
+            n[bits / 8 - 1] |= 1;
+            json!({ "kty": "RSA", "kid": format!("rsa{bits}"), "n": b64(&n), "e": "AQAB" })
+        };
+        let p256 = json!({ "kty": "EC", "kid": "p256", "crv": "P-256", "x": b64(&[1; 32]), "y": b64(&[2; 32]) });
+        let set = |keys: Vec<Value>| json!({ "keys": keys }).to_string();
+        let kids = |text: String, algorithms: &[Algorithm]| {
+            key_set(text.as_bytes(), "test", algorithms).map(|keys| {
+                keys.into_iter()
+                    .filter_map(|(kid, _)| kid)
+                    .collect::<Vec<_>>()
+            })
+        };
+        assert_eq!(
+            kids(
+                set(vec![rsa(1024), rsa(2048), rsa(9216)]),
+                &[Algorithm::RS256]
+            ),
+            Ok(vec!["rsa2048".to_owned()])
+        );
+        let refused = kids(set(vec![p256]), &[Algorithm::ES384]);
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|e| e.contains("no EC signing key")),
+            "{refused:?}"
+        );
+    }
 
     #[test]
     fn scopes_accept_string_and_array() {

@@ -343,3 +343,52 @@ fn a_password_in_a_url_is_refused_without_being_repeated() -> Result<()> {
     }
     Ok(())
 }
+
+/// A 1024-bit RSA public key: too small for the verifier, which takes 2048 to 8192 bits.
+const RSA_1024: &str = "-----BEGIN PUBLIC KEY-----
+MIGfMA0GCSqGSIb3DQEBAQUAA4GNADCBiQKBgQC/gE+pk2v53z1sk+KwF9qIDzhO
+hwcfoYOkEYvVLQc0qxwTxoKzszz85szySwGHTdm/QY+FiznrRnoNmFpbPA0B7nC9
+vRPn5P6KBzD9YLndiCD+vk05e9s2IR4ZHMLFIYnQTkM4R2YrHF2rjQ55kgfjXSGD
+doAzM3/ksLrAHKso6QIDAQAB
+-----END PUBLIC KEY-----
+";
+
+#[test]
+fn a_public_key_the_algorithms_cannot_verify_with_is_refused_at_start() -> Result<()> {
+    // Both used to start, then refuse every token as "invalid token signature".
+    let dir = tempdir()?;
+    let small = dir.join("rsa-1024.pem");
+    std::fs::write(&small, RSA_1024)?;
+    let c = certs();
+    let with_key = |algorithms: &str, key: &str| {
+        format!(
+            "[tls]\ncert = \"{c}/server.crt\"\nkey = \"{c}/server.key\"\n[auth]\nalgorithms = {algorithms}\npublic_key = \"{key}\"\n[backends]\nA = \"ws://localhost:1/\"\n"
+        )
+    };
+    let small_rsa = with_key("[\"RS256\"]", &small.display().to_string());
+    let p256_for_es384 = with_key("[\"ES384\"]", &format!("{c}/jwt-es256-public.pem"));
+    let p256_for_es256 = with_key(
+        "[\"ES256\", \"ES384\"]",
+        &format!("{c}/jwt-es256-public.pem"),
+    );
+    let checked = (|| {
+        check(&small_rsa, &["auth.public_key", "2048 to 8192 bits"])?;
+        check(&p256_for_es384, &["auth.public_key", "P-256", "ES384"])?;
+        // A P-256 key fits when ES256 is among the algorithms.
+        let config = dir.join("Config.toml");
+        std::fs::write(&config, &p256_for_es256)?;
+        let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .arg("check-config")
+            .arg("--config")
+            .arg(&config)
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "refused: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        anyhow::Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    checked
+}
