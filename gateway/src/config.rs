@@ -749,6 +749,17 @@ impl Config {
                 ));
             }
         }
+        let (admin, server) = (raw.admin.listen, raw.server.listen);
+        let overlap = admin.ip() == server.ip()
+            || admin.ip().is_unspecified()
+            || server.ip().is_unspecified();
+        if raw.admin.enabled && admin.port() == server.port() && admin.port() != 0 && overlap {
+            return Err(err(
+                "admin",
+                "listen",
+                format!("{admin} overlaps server.listen {server}: give the admin listener a port of its own"),
+            ));
+        }
         if raw.limits.max_connections == 0 {
             return Err(err(
                 "limits",

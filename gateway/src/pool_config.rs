@@ -248,11 +248,14 @@ impl PoolSpec {
         };
         let connect_attempts = match table.get("connect_attempts") {
             None => None,
-            Some(toml::Value::Integer(n)) if *n >= 1 => {
-                Some(usize::try_from(*n).unwrap_or(usize::MAX).min(MAX_INSTANCES))
+            Some(toml::Value::Integer(n)) if (1..=MAX_INSTANCES as i64).contains(n) => {
+                usize::try_from(*n).ok()
             }
             Some(toml::Value::Integer(_)) => {
-                return Err(at("connect_attempts", "must be at least 1"))
+                return Err(at(
+                    "connect_attempts",
+                    format!("must be 1 to {MAX_INSTANCES}"),
+                ))
             }
             Some(other) => {
                 return Err(at(
@@ -517,6 +520,11 @@ mod tests {
         );
         assert_eq!(
             key("{ urls = [\"ws://a:1/\"], connect_attempts = 0 }").map(|k| k.0),
+            Some(Some(String::from("connect_attempts")))
+        );
+        // Above the most instances a pool holds: refused, not quietly cut to it.
+        assert_eq!(
+            key("{ urls = [\"ws://a:1/\"], connect_attempts = 100 }").map(|k| k.0),
             Some(Some(String::from("connect_attempts")))
         );
         assert_eq!(

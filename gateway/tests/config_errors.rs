@@ -269,6 +269,11 @@ fn settings_that_would_fail_every_client_or_crash_later_are_refused_at_start() -
         &base_with("").replace("[auth]\n", "[auth]\nleeway_secs = 2000000000\n"),
         &["auth.leeway_secs", "at most 86400"],
     )?;
+    // The admin listener on the clients' port would fail only at the bind, after check-config said OK.
+    check(
+        &base_with("[server]\nlisten = \"0.0.0.0:9443\"\n[admin]\nlisten = \"127.0.0.1:9443\"\n"),
+        &["admin.listen", "overlaps server.listen"],
+    )?;
     // A backend on port 0 can never be connected to.
     check(
         &base_with("").replace("ws://localhost:1/", "ws://127.0.0.1:0/x"),
