@@ -33,12 +33,25 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, (&'static str
     }
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect::<Result<_, _>>())
-        .map_err(|e| ("cert", format!("{}: {e}", cert.display())))?;
+        .map_err(|e| {
+            (
+                "cert",
+                format!(
+                    "{}: {}",
+                    cert.display(),
+                    pem_problem(&e, cert, "certificate")
+                ),
+            )
+        })?;
     if certs.is_empty() {
         return Err(("cert", format!("{}: no certificate in PEM", cert.display())));
     }
-    let key_der = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| ("key", format!("{}: {e}", key.display())))?;
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        (
+            "key",
+            format!("{}: {}", key.display(), pem_problem(&e, key, "private key")),
+        )
+    })?;
     let mut provider = rustls::crypto::aws_lc_rs::default_provider();
     if !tls.cipher_suites.is_empty() {
         provider.cipher_suites = chosen_suites(&provider.cipher_suites, &tls.cipher_suites)
@@ -139,6 +152,36 @@ fn chosen_suites(
         chosen.push(*suite);
     }
     Ok(chosen)
+}
+
+/// What is wrong with the PEM file at `path`, which should hold a `wanted`, in words
+/// (the parser's own names the end line it looked for as a list of bytes).
+fn pem_problem(e: &rustls::pki_types::pem::Error, path: &std::path::Path, wanted: &str) -> String {
+    use rustls::pki_types::pem::Error;
+    match e {
+        Error::MissingSectionEnd { end_marker } => format!(
+            "no \"-----END {}-----\" line after its BEGIN line: the file is cut short?",
+            String::from_utf8_lossy(end_marker)
+        ),
+        Error::IllegalSectionStart { line } => {
+            format!("malformed BEGIN line {:?}", String::from_utf8_lossy(line))
+        }
+        Error::Base64Decode(_) => "a PEM section that is not valid base64".into(),
+        Error::NoItemsFound => {
+            let text = std::fs::read(path).unwrap_or_default();
+            let holds = |marker: &str| text.windows(marker.len()).any(|w| w == marker.as_bytes());
+            if holds("ENCRYPTED PRIVATE KEY") {
+                "an encrypted private key, which the gateway cannot decrypt: give it decrypted \
+                 (openssl pkey -in KEY -out PLAIN.pem), readable by the gateway only"
+                    .into()
+            } else if holds("BEGIN CERTIFICATE") {
+                format!("a certificate, not a {wanted}")
+            } else {
+                format!("no {wanted} in PEM")
+            }
+        }
+        other => other.to_string(),
+    }
 }
 
 /// The certificates of the PEM file at `path` as trust roots (a CA bundle).

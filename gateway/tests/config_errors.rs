@@ -397,3 +397,40 @@ fn a_public_key_the_algorithms_cannot_verify_with_is_refused_at_start() -> Resul
     let _ = std::fs::remove_dir_all(&dir);
     checked
 }
+
+#[test]
+fn a_cut_certificate_an_encrypted_key_and_a_certificate_as_key_are_named() -> Result<()> {
+    // The parser's own words were a list of byte values, or "no items found".
+    let dir = tempdir()?;
+    let c = certs();
+    let crt = std::fs::read_to_string(format!("{c}/server.crt"))?;
+    let cut = dir.join("cut.crt");
+    std::fs::write(&cut, &crt[..crt.len() / 2])?;
+    let encrypted = dir.join("encrypted.key");
+    std::fs::write(
+        &encrypted,
+        "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIBAA==\n-----END ENCRYPTED PRIVATE KEY-----\n",
+    )?;
+    let with = |cert: &str, key: &str| {
+        format!(
+            "[tls]\ncert = \"{cert}\"\nkey = \"{key}\"\n[auth]\npublic_key = \"{c}/jwt-public.pem\"\n[backends]\nA = \"ws://localhost:1/\"\n"
+        )
+    };
+    let key = format!("{c}/server.key");
+    let checked = (|| {
+        check(
+            &with(&cut.display().to_string(), &key),
+            &["tls.cert", "-----END CERTIFICATE-----", "cut short"],
+        )?;
+        check(
+            &with(&format!("{c}/server.crt"), &encrypted.display().to_string()),
+            &["tls.key", "encrypted private key"],
+        )?;
+        check(
+            &with(&format!("{c}/server.crt"), &format!("{c}/server.crt")),
+            &["tls.key", "a certificate, not a private key"],
+        )
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    checked
+}
