@@ -291,6 +291,9 @@ pub struct Pool {
     discovering: AtomicBool,
     /// `health_interval` set: the health-check task was started.
     checking: AtomicBool,
+    /// How long a health probe may take, in ms: `[timeouts] backend_connect` as the
+    /// last reload set it (a pool kept across reloads keeps its task).
+    probe_timeout_ms: AtomicU64,
     /// DNS pools: the last lookup failed (logged once until one works again).
     lookup_failing: AtomicBool,
     /// DNS pools: serialises applying lookup answers (never held across an await).
@@ -361,6 +364,7 @@ impl Pool {
             resolved: AtomicBool::new(resolved),
             discovering: AtomicBool::new(false),
             checking: AtomicBool::new(false),
+            probe_timeout_ms: AtomicU64::new(0),
             lookup_failing: AtomicBool::new(false),
             applying: Mutex::new(()),
         }

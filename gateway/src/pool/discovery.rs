@@ -57,8 +57,13 @@ impl Pool {
     }
 
     /// Starts the pool's background tasks (once each; needs a tokio runtime): DNS refresh,
-    /// and the health check when `health_interval` is set, each probe under `timeout`.
+    /// and the health check when `health_interval` is set, each probe under `timeout`. A
+    /// pool kept across a reload is called again: its probes take the new `timeout`.
     pub fn start_tasks(self: &Arc<Self>, lookup: &Arc<dyn Lookup>, timeout: Duration) {
+        self.probe_timeout_ms.store(
+            u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         self.start_discovery(lookup);
         let Some(interval) = self.spec.health_interval else {
             return;
@@ -71,15 +76,19 @@ impl Pool {
         }
         let pool: Weak<Pool> = Arc::downgrade(self);
         let lookup = lookup.clone();
-        let timeout = timeout.min(interval);
-        // Out until a probe answers, even if `eject` is shorter than the wait for the next
-        // verdict: the next round starts `interval` after this one ends (at most `timeout`
-        // after this probe failed) and takes up to `timeout` itself.
-        let eject = self.spec.eject.max(interval + 2 * timeout);
         let check = self.spec.health_check;
         runtime.spawn(async move {
             loop {
-                let Some(list) = pool.upgrade().map(|p| p.instances()) else {
+                let Some((list, timeout, eject)) = pool.upgrade().map(|p| {
+                    let ms = p.probe_timeout_ms.load(Ordering::Relaxed);
+                    let timeout = Duration::from_millis(ms).min(interval);
+                    // Out until a probe answers, even if `eject` is shorter than the wait
+                    // for the next verdict: the next round starts `interval` after this one
+                    // ends (at most `timeout` after this probe failed) and takes up to
+                    // `timeout` itself.
+                    let eject = p.spec.eject.max(interval + 2 * timeout);
+                    (p.instances(), timeout, eject)
+                }) else {
                     return; // replaced by a reload
                 };
                 // All at once: a round takes one probe's time, however many are silent.
