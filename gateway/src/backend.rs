@@ -332,7 +332,7 @@ async fn open_tcp(host: &str, port: u16, resolver: &Resolver) -> Result<TcpStrea
 
 /// Whether a connect failed for want of the gateway's own resources (descriptors, local
 /// ports, buffers, memory) rather than anything the backend did.
-fn out_of_local_resources(e: &io::Error) -> bool {
+pub(crate) fn out_of_local_resources(e: &io::Error) -> bool {
     matches!(
         e.kind(),
         io::ErrorKind::AddrNotAvailable | io::ErrorKind::OutOfMemory

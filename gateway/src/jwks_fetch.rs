@@ -74,15 +74,16 @@ pub fn check_url(url: &str) -> Result<(), String> {
 
 /// `url` parsed, if it is `http://` or `https://` with a host.
 fn parse_url(url: &str) -> Result<Url, String> {
-    let parsed = Url::parse(url).map_err(|e| format!("{url:?}: {e}"))?;
+    let shown = crate::route::without_userinfo(url);
+    let parsed = Url::parse(url).map_err(|e| format!("{shown:?}: {e}"))?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(format!(
-            "{url:?}: scheme must be https:// or http://, not {}://",
+            "{shown:?}: scheme must be https:// or http://, not {}://",
             parsed.scheme()
         ));
     }
     if parsed.host_str().is_none_or(str::is_empty) {
-        return Err(format!("{url:?}: no host"));
+        return Err(format!("{shown:?}: no host"));
     }
     // The URL is logged, and a fetch sends no credentials: a password here would only
     // leak (and the URL is not repeated in this answer, for the same reason).

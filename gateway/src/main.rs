@@ -107,7 +107,7 @@ fn main() -> ExitCode {
     };
     // Each session needs two descriptors: take the hard limit, not the (often 1024) soft one.
     let open_files = rlimit::increase_nofile_limit(u64::MAX);
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         let listen = config.server.listen;
         let reuse_port = config.server.reuse_port;
         let gateway = match gateway::Gateway::new(config) {
@@ -155,7 +155,11 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-    })
+    });
+    // Without waiting for a reload still under way (its key-set fetch can take seconds):
+    // the exit is due once the drain is over.
+    runtime.shutdown_background();
+    code
 }
 
 /// `gateway check-config`: 0 and the effective config, or 64 and the problem.

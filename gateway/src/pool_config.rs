@@ -295,6 +295,13 @@ impl PoolSpec {
             }
             (None, Some(dns)) => {
                 crate::route::check_id(id).map_err(whole)?;
+                if dns.contains('@') {
+                    return Err(at(
+                        "dns",
+                        "a user name or password is not supported (it would not be sent, and \
+                         the name is logged)",
+                    ));
+                }
                 let (host, port) = split_host_port(dns)
                     .ok_or_else(|| at("dns", format!("{dns:?}: expected host:port")))?;
                 let path = string("path")?.unwrap_or("/");
@@ -423,7 +430,10 @@ fn parse_urls(id: &str, urls: &toml::Value) -> Result<Vec<BackendTarget>, SpecEr
         };
         let t = BackendTarget::parse(id, url).map_err(|p| at("urls", p))?;
         if targets.iter().any(|o| o.url == t.url) {
-            return Err(at("urls", format!("{url:?} is listed twice")));
+            return Err(at(
+                "urls",
+                format!("{:?} is listed twice", crate::route::without_userinfo(url)),
+            ));
         }
         targets.push(t);
     }

@@ -43,25 +43,38 @@ pub fn check_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `url` as it may be shown in an error or a log line: a `user:password@` in it (or
+/// what looks like one, in a URL that does not parse) becomes `***@`.
+pub fn without_userinfo(url: &str) -> String {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let rest = &url[start..];
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => format!("{}***@{}", &url[..start], &rest[at + 1..]),
+        None => url.to_owned(),
+    }
+}
+
 impl BackendTarget {
     /// Parses a `ws://host[:port]/path` URL configured for `id`.
     pub fn parse(id: &str, url: &str) -> Result<Self, String> {
         check_id(id)?;
-        let parsed = url::Url::parse(url).map_err(|e| format!("invalid URL {url:?}: {e}"))?;
+        let shown = without_userinfo(url);
+        let parsed = url::Url::parse(url).map_err(|e| format!("invalid URL {shown:?}: {e}"))?;
         match parsed.scheme() {
             "ws" => {}
             "wss" => {
                 return Err(format!(
-                    "{url:?}: wss:// backends are not supported; use ws://"
+                    "{shown:?}: wss:// backends are not supported; use ws://"
                 ))
             }
-            other => return Err(format!("{url:?}: scheme must be ws://, not {other}://")),
+            other => return Err(format!("{shown:?}: scheme must be ws://, not {other}://")),
         }
         let host = match parsed.host() {
             Some(url::Host::Domain(d)) => d.to_owned(),
             Some(url::Host::Ipv4(ip)) => ip.to_string(),
             Some(url::Host::Ipv6(ip)) => ip.to_string(),
-            None => return Err(format!("{url:?}: no host")),
+            None => return Err(format!("{shown:?}: no host")),
         };
         // The URL is logged and printed by check-config, and the backend is sent no
         // credentials: a password here would only leak.
@@ -74,7 +87,7 @@ impl BackendTarget {
         }
         let port = parsed.port().unwrap_or(80);
         if port == 0 {
-            return Err(format!("{url:?}: port 0 cannot be connected to"));
+            return Err(format!("{shown:?}: port 0 cannot be connected to"));
         }
         let host_header = match (parsed.host(), parsed.port()) {
             (Some(url::Host::Ipv6(ip)), Some(p)) => format!("[{ip}]:{p}"),

@@ -166,16 +166,19 @@ fn pem_problem(e: &rustls::pki_types::pem::Error, path: &std::path::Path, wanted
         Error::IllegalSectionStart { line } => {
             format!("malformed BEGIN line {:?}", String::from_utf8_lossy(line))
         }
-        Error::Base64Decode(_) => "a PEM section that is not valid base64".into(),
-        Error::NoItemsFound => {
+        Error::Base64Decode(_) | Error::NoItemsFound => {
             let text = std::fs::read(path).unwrap_or_default();
             let holds = |marker: &str| text.windows(marker.len()).any(|w| w == marker.as_bytes());
-            if holds("ENCRYPTED PRIVATE KEY") {
+            // PKCS#8 (`ENCRYPTED PRIVATE KEY`), or OpenSSL's traditional form, whose
+            // `Proc-Type: 4,ENCRYPTED` header reads as bad base64.
+            if holds("ENCRYPTED PRIVATE KEY") || holds("Proc-Type: 4,ENCRYPTED") {
                 "an encrypted private key, which the gateway cannot decrypt: give it decrypted \
                  (openssl pkey -in KEY -out PLAIN.pem), readable by the gateway only"
                     .into()
             } else if holds("BEGIN CERTIFICATE") {
                 format!("a certificate, not a {wanted}")
+            } else if matches!(e, Error::Base64Decode(_)) {
+                "a PEM section that is not valid base64".into()
             } else {
                 format!("no {wanted} in PEM")
             }

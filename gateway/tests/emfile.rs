@@ -155,3 +155,51 @@ async fn out_of_descriptors_the_gateway_backs_off_refuses_cleanly_and_recovers()
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn health_checks_that_find_no_descriptor_eject_no_instance() -> Result<()> {
+    // Probes that could not get a socket used to count against the instances probed:
+    // every healthy instance ejected, and the backends blamed in logs and metrics.
+    use support::probe::{Mode, Probe};
+    let backend = Probe::start(Mode::Accept { protocol: None }).await?;
+    let mut gw = GatewayProc::start(ProcOptions {
+        backends: vec![("Backend_ABC".into(), backend.url())],
+        nofile: Some(200),
+        rust_log: Some("info,gateway::pool=debug".into()),
+        ..ProcOptions::default()
+    })
+    .await?;
+    // Five pools of 60 instances, each probed every second, all at once: more sockets
+    // than the descriptors left. Added by a reload, once the gateway serves.
+    let urls: Vec<String> = (0..60)
+        .map(|i| format!("\"{}?i={i}\"", backend.url()))
+        .collect();
+    let pools: String = (0..5)
+        .map(|p| {
+            format!(
+                "\n[backends.P{p}]\nurls = [{}]\nhealth_interval = \"1s\"\nhealth_check = \"tcp\"\n",
+                urls.join(", ")
+            )
+        })
+        .collect();
+    let file = std::fs::read_to_string(gw.config_path())?;
+    std::fs::write(gw.config_path(), file + &pools)?;
+    let ok = std::process::Command::new("kill")
+        .args(["-HUP", &gw.pid().to_string()])
+        .status()?
+        .success();
+    ensure!(ok, "kill -HUP failed");
+    wait_for("a probe without a descriptor", DEADLINE, || {
+        std::future::ready(Ok(gw.log().contains("health check skipped")))
+    })
+    .await
+    .with_context(|| gw.log())?;
+    ensure!(
+        !gw.log().contains("backend instance ejected"),
+        "healthy instances were ejected:\n{}",
+        gw.log()
+    );
+    gw.terminate()?;
+    gw.wait_exit(DEADLINE).await?;
+    Ok(())
+}

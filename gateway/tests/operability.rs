@@ -1134,3 +1134,35 @@ async fn a_reloaded_jwks_refresh_counts_from_the_reload() -> Result<()> {
     .with_context(|| proc.log())?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_reload_waiting_on_its_provider_does_not_hold_up_the_exit() -> Result<()> {
+    // The runtime waited for the reload's thread at exit: up to the fetch's 10 s past
+    // the drain.
+    let Rotation { idp, .. } = Rotation::start(false).await?;
+    let bs = backends().await?;
+    let mut proc = gateway_on_idp(&idp, "1h", &bs).await?;
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let silent_url = format!("http://{}/certs", silent.local_addr()?);
+    let file = std::fs::read_to_string(proc.config_path())?;
+    std::fs::write(proc.config_path(), file.replace(&idp.url(), &silent_url))?;
+    let ok = std::process::Command::new("kill")
+        .args(["-HUP", &proc.pid().to_string()])
+        .status()?
+        .success();
+    ensure!(ok, "kill -HUP failed");
+    // The reload's fetch is under way, and waits.
+    let _fetch = tokio::time::timeout(DEADLINE, silent.accept())
+        .await
+        .context("the reload did not fetch")??;
+    let signalled = std::time::Instant::now();
+    proc.terminate()?;
+    let status = proc.wait_exit(DEADLINE).await?;
+    let took = signalled.elapsed();
+    ensure!(status.success(), "exit status {status}");
+    ensure!(
+        took < Duration::from_secs(5),
+        "the exit took {took:?}, waiting on the reload"
+    );
+    Ok(())
+}

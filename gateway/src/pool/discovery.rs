@@ -98,6 +98,10 @@ impl Pool {
                     probes.spawn(async move {
                         match probe(&i, check, lookup.as_ref(), timeout).await {
                             Ok(()) => i.answered_probe(),
+                            // The gateway's own shortage says nothing of the instance.
+                            Err(e) if crate::backend::out_of_local_resources(&e) => {
+                                tracing::debug!(instance = &*i.addr, error = %e, "health check skipped: out of descriptors or local ports");
+                            }
                             Err(e) => i.failed(now_ms(), eject, &format_args!("health check: {e}")),
                         }
                     });
