@@ -184,11 +184,7 @@ async fn health_checks_that_find_no_descriptor_eject_no_instance() -> Result<()>
         .collect();
     let file = std::fs::read_to_string(gw.config_path())?;
     std::fs::write(gw.config_path(), file + &pools)?;
-    let ok = std::process::Command::new("kill")
-        .args(["-HUP", &gw.pid().to_string()])
-        .status()?
-        .success();
-    ensure!(ok, "kill -HUP failed");
+    gw.hangup()?;
     wait_for("a probe without a descriptor", DEADLINE, || {
         std::future::ready(Ok(gw.log().contains("health check skipped")))
     })

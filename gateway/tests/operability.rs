@@ -239,11 +239,7 @@ async fn metrics_count_a_known_sequence_and_readyz_flips_on_drain() -> Result<()
 /// Asks the process to reload: SIGHUP, or `POST /reload` (which must answer 200).
 async fn reload(proc: &GatewayProc, via_signal: bool) -> Result<()> {
     if via_signal {
-        let ok = std::process::Command::new("kill")
-            .args(["-HUP", &proc.pid().to_string()])
-            .status()?
-            .success();
-        ensure!(ok, "kill -HUP failed");
+        proc.hangup()?;
     } else {
         let (status, body) = admin(proc, "POST", "/reload").await?;
         ensure!(status == 200, "{status} {body}");
@@ -982,11 +978,7 @@ async fn a_sighup_while_the_gateway_starts_is_a_reload_once_it_serves() -> Resul
         .context("no process id")?;
     // The start's fetch is held while the signal comes.
     let (mut fetch, _) = tokio::time::timeout(DEADLINE, provider.accept()).await??;
-    let ok = std::process::Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
-        .status()?
-        .success();
-    ensure!(ok, "kill -HUP failed");
+    support::process::signal(pid, "HUP")?;
     // Then it is answered, as is every fetch after it (the reload's).
     serve_once(&mut fetch, &answer).await?;
     drop(fetch);
@@ -1146,11 +1138,7 @@ async fn a_reload_waiting_on_its_provider_does_not_hold_up_the_exit() -> Result<
     let silent_url = format!("http://{}/certs", silent.local_addr()?);
     let file = std::fs::read_to_string(proc.config_path())?;
     std::fs::write(proc.config_path(), file.replace(&idp.url(), &silent_url))?;
-    let ok = std::process::Command::new("kill")
-        .args(["-HUP", &proc.pid().to_string()])
-        .status()?
-        .success();
-    ensure!(ok, "kill -HUP failed");
+    proc.hangup()?;
     // The reload's fetch is under way, and waits.
     let _fetch = tokio::time::timeout(DEADLINE, silent.accept())
         .await

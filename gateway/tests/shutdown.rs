@@ -217,11 +217,7 @@ async fn exit_with_a_stuck_session(drain_at_start: &str, reload: bool) -> Result
             gw.config_path(),
             file.replace(&timeouts(drain_at_start), &timeouts("1s")),
         )?;
-        let ok = std::process::Command::new("kill")
-            .args(["-HUP", &gw.pid().to_string()])
-            .status()?
-            .success();
-        ensure!(ok, "kill -HUP failed");
+        gw.hangup()?;
         wait_for("the reload", DEADLINE, || {
             let reloaded = gw.log().contains("config reloaded");
             async move { Ok(reloaded) }

@@ -214,11 +214,12 @@ impl GatewayProc {
 
     /// Sends SIGTERM.
     pub fn terminate(&self) -> Result<()> {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()?;
-        anyhow::ensure!(status.success(), "kill -TERM failed: {status}");
-        Ok(())
+        signal(self.pid(), "TERM")
+    }
+
+    /// Sends SIGHUP (a reload).
+    pub fn hangup(&self) -> Result<()> {
+        signal(self.pid(), "HUP")
     }
 
     /// Waits (polling) for the process to exit, at most `within`; then the stderr reader
@@ -321,4 +322,13 @@ impl ProcStats {
             threads: field("Threads:")?,
         })
     }
+}
+
+/// Sends signal `name` (`TERM`, `HUP`) to process `pid`.
+pub fn signal(pid: u32, name: &str) -> Result<()> {
+    let status = Command::new("kill")
+        .args([format!("-{name}"), pid.to_string()])
+        .status()?;
+    ensure!(status.success(), "kill -{name} failed: {status}");
+    Ok(())
 }
