@@ -155,7 +155,15 @@ async fn slow_reader(pace: Duration, idle: &str, run: Duration, min_frames: u64)
     .await?;
     let idle = format!("[timeouts]\nidle = \"{idle}\"\nclose = \"1s\"\n");
     let tb = testbed_with_toml(&[("Backend_PROBE", probe.url())], &idle).await?;
-    let mut c = connect_ok(&tb, "Backend_PROBE").await?;
+    // The client's receive window fixed at 64 KiB: autotuned, it can grow so that the
+    // kernel reopens it only after a slow reader has freed hundreds of KiB, seconds at
+    // this pace, whatever the gateway does (it failed so on a CI machine). What is under
+    // test is the gateway's side: its writes must follow the reader.
+    let mut opts = tb.connect_options("Backend_PROBE")?;
+    opts.recv_buffer = Some(64 * 1024);
+    let mut c = loadgen::client::connect(&opts)
+        .await
+        .context("connect to Backend_PROBE")?;
     let started = Instant::now();
     let mut frames = 0u64;
     while started.elapsed() < run {

@@ -51,6 +51,10 @@ pub struct ConnectOptions {
     /// A PROXY protocol header to send first, before TLS, as a TCP load balancer in front
     /// of the server would (for a gateway with `[server] proxy_protocol = true`).
     pub proxy_header: Option<ProxyHeader>,
+    /// `SO_RCVBUF` for the connection's socket, in bytes: a fixed receive window, where
+    /// the kernel's autotuning would make a slow reader's window open in steps that
+    /// depend on the machine (tests of slow readers).
+    pub recv_buffer: Option<u32>,
 }
 
 impl ConnectOptions {
@@ -66,6 +70,7 @@ impl ConnectOptions {
             connect_timeout: Duration::from_secs(10),
             resume: false,
             proxy_header: None,
+            recv_buffer: None,
         }
     }
 
@@ -175,6 +180,7 @@ pub struct Connector {
     headers: Vec<(String, String)>,
     protocols: Option<String>,
     local_addr: Option<IpAddr>,
+    recv_buffer: Option<u32>,
     timeout: Duration,
     /// TLS cipher suites negotiated so far, with how many connections got each.
     suites: Mutex<Vec<(&'static str, u64)>>,
@@ -267,6 +273,7 @@ impl Connector {
             headers: opts.headers.clone(),
             protocols: opts.protocols.clone(),
             local_addr: opts.local_addr,
+            recv_buffer: opts.recv_buffer,
             timeout: opts.connect_timeout,
             suites: Mutex::new(Vec::new()),
             resumed: AtomicU64::new(0),
@@ -384,7 +391,7 @@ impl Connector {
             if local.is_some_and(|l| l.is_ipv4() != addr.is_ipv4()) {
                 continue;
             }
-            match connect_tcp_from(addr, local).await {
+            match connect_tcp_from(addr, local, self.recv_buffer).await {
                 Ok(s) => {
                     if i != first {
                         self.preferred.store(i, Ordering::Relaxed);
@@ -403,19 +410,28 @@ impl Connector {
     }
 }
 
-/// One TCP connect, bound to `local` first if given; `TCP_NODELAY` on.
-async fn connect_tcp_from(addr: SocketAddr, local: Option<IpAddr>) -> io::Result<TcpStream> {
-    let stream = match local {
-        None => TcpStream::connect(addr).await?,
-        Some(ip) => {
-            let socket = if addr.is_ipv4() {
-                TcpSocket::new_v4()?
-            } else {
-                TcpSocket::new_v6()?
-            };
+/// One TCP connect, bound to `local` first if given, with `recv_buffer` as `SO_RCVBUF`
+/// if given (set before the connect, which fixes the window scale); `TCP_NODELAY` on.
+async fn connect_tcp_from(
+    addr: SocketAddr,
+    local: Option<IpAddr>,
+    recv_buffer: Option<u32>,
+) -> io::Result<TcpStream> {
+    let stream = if local.is_none() && recv_buffer.is_none() {
+        TcpStream::connect(addr).await?
+    } else {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        if let Some(ip) = local {
             socket.bind(SocketAddr::new(ip, 0))?;
-            socket.connect(addr).await?
         }
+        if let Some(size) = recv_buffer {
+            socket.set_recv_buffer_size(size)?;
+        }
+        socket.connect(addr).await?
     };
     stream.set_nodelay(true)?;
     Ok(stream)

@@ -224,6 +224,7 @@ pub async fn run(opts: &LoadOptions, stop: impl Future<Output = ()>) -> anyhow::
         connect_timeout: opts.connect_timeout,
         resume: opts.resume,
         proxy_header: opts.proxy_header,
+        recv_buffer: None,
     };
     let connector = Connector::new(&connect_opts).await.map_err(|e| match e {
         crate::client::ConnectError::Config(m) => anyhow::Error::new(UsageError(m)),
