@@ -88,8 +88,8 @@ pub fn parse_algorithm(name: &str) -> Result<Algorithm, String> {
     Ok(alg)
 }
 
-/// `[auth] algorithms`, and whether they are RSA ones (else EC); they may not mix.
-fn algorithms(auth: &AuthConfig) -> Result<(Vec<Algorithm>, bool), (&'static str, String)> {
+/// `[auth] algorithms`: RSA ones or EC ones, which may not mix (see [`rsa_family`]).
+fn algorithms(auth: &AuthConfig) -> Result<Vec<Algorithm>, (&'static str, String)> {
     let algorithms: Vec<Algorithm> = auth
         .algorithms
         .iter()
@@ -106,8 +106,17 @@ fn algorithms(auth: &AuthConfig) -> Result<(Vec<Algorithm>, bool), (&'static str
             "RSA and EC algorithms cannot share one public_key".into(),
         ));
     }
-    Ok((algorithms, rsa))
+    Ok(algorithms)
 }
+
+/// Whether `algorithms` (checked by [`algorithms`]: all of one family) are RSA ones,
+/// else EC.
+fn rsa_family(algorithms: &[Algorithm]) -> bool {
+    algorithms.first().is_some_and(|a| is_rsa(*a))
+}
+
+/// The RSA key sizes, in bits, the verifier takes (aws-lc's bounds).
+const RSA_KEY_BITS: std::ops::RangeInclusive<usize> = 2048..=8192;
 
 fn is_rsa(alg: Algorithm) -> bool {
     matches!(
@@ -128,7 +137,7 @@ impl Verifier {
     /// Errors name the offending key (`public_key`, `jwks`, `jwks_url` or `algorithms`)
     /// and the problem.
     pub fn from_config(auth: &AuthConfig) -> Result<Self, (&'static str, String)> {
-        let (algorithms, _) = algorithms(auth)?;
+        let algorithms = algorithms(auth)?;
         let (keys, source) = match (&auth.jwks, &auth.jwks_url) {
             (Some(path), _) => {
                 let shown = path.display().to_string();
@@ -160,7 +169,7 @@ impl Verifier {
     /// A verifier for the same `[auth]` settings with the key set in `body`, freshly
     /// fetched from `jwks_url`.
     pub fn with_key_set(auth: &AuthConfig, body: &[u8]) -> Result<Self, (&'static str, String)> {
-        let (algorithms, _) = algorithms(auth)?;
+        let algorithms = algorithms(auth)?;
         let source = auth.jwks_url.as_deref().unwrap_or("key set");
         let keys = key_set(body, source, &algorithms).map_err(|e| ("jwks_url", e))?;
         Ok(Self::with_keys(auth, algorithms, keys, true))
@@ -339,7 +348,7 @@ fn scopes(claim: Option<&Value>) -> HashSet<&str> {
 /// The one key of `public_key`: RSA or EC as the algorithms say, and one they can
 /// verify with (a key they cannot use would refuse every token as badly signed).
 fn pem_key(path: &Path, algorithms: &[Algorithm]) -> Result<DecodingKey, (&'static str, String)> {
-    let rsa = algorithms.first().is_some_and(|a| is_rsa(*a));
+    let rsa = rsa_family(algorithms);
     let pem = read(path).map_err(|e| ("public_key", e))?;
     // jsonwebtoken takes a private key here too, and then no signature ever verifies.
     if pem.windows(11).any(|w| w == b"PRIVATE KEY") {
@@ -380,10 +389,16 @@ fn pem_key(path: &Path, algorithms: &[Algorithm]) -> Result<DecodingKey, (&'stat
 /// key outside the 2,048 to 8,192 bits the verifier takes, an EC key on a curve none of
 /// them uses.
 fn unfit_spki(spki: &[u8], algorithms: &[Algorithm]) -> Option<String> {
-    if algorithms.iter().any(|a| is_rsa(*a)) {
+    if rsa_family(algorithms) {
         return aws_lc_rs::rsa::PublicEncryptingKey::from_der(spki)
             .err()
-            .map(|e| format!("RSA key refused ({e}): RS and PS algorithms verify with keys of 2048 to 8192 bits"));
+            .map(|e| {
+                format!(
+                    "RSA key refused ({e}): RS and PS algorithms verify with keys of {} to {} bits",
+                    RSA_KEY_BITS.start(),
+                    RSA_KEY_BITS.end()
+                )
+            });
     }
     let curve = CURVES
         .iter()
@@ -433,7 +448,7 @@ fn key_set(
     algorithms: &[Algorithm],
 ) -> Result<Vec<(Option<String>, DecodingKey)>, String> {
     use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, PublicKeyUse};
-    let rsa = algorithms.first().is_some_and(|a| is_rsa(*a));
+    let rsa = rsa_family(algorithms);
     let set: JwkSet = serde_json::from_slice(text)
         .map_err(|e| format!("{source}: not a JSON Web Key Set: {e}"))?;
     let mut keys: Vec<(Option<String>, DecodingKey)> = Vec::new();
@@ -462,8 +477,13 @@ fn key_set(
                 let bits = n.get(leading).map_or(0, |first| {
                     (n.len() - leading - 1) * 8 + (8 - first.leading_zeros() as usize)
                 });
-                (!(2048..=8192).contains(&bits))
-                    .then(|| format!("an RSA key of {bits} bits (the verifier takes 2048 to 8192)"))
+                (!RSA_KEY_BITS.contains(&bits)).then(|| {
+                    format!(
+                        "an RSA key of {bits} bits (the verifier takes {} to {})",
+                        RSA_KEY_BITS.start(),
+                        RSA_KEY_BITS.end()
+                    )
+                })
             }
             AlgorithmParameters::EllipticCurve(p) => match p.curve {
                 EllipticCurve::P256 => unfit_curve("P-256", algorithms),

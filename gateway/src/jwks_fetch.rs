@@ -85,15 +85,7 @@ fn parse_url(url: &str) -> Result<Url, String> {
     if parsed.host_str().is_none_or(str::is_empty) {
         return Err(format!("{shown:?}: no host"));
     }
-    // The URL is logged, and a fetch sends no credentials: a password here would only
-    // leak (and the URL is not repeated in this answer, for the same reason).
-    if !parsed.username().is_empty() || parsed.password().is_some() {
-        return Err(
-            "a user name or password in the URL is not supported (it would not be \
-                    sent, and the URL is logged)"
-                .into(),
-        );
-    }
+    crate::route::refuse_userinfo(&parsed, &shown)?;
     Ok(parsed)
 }
 
@@ -274,8 +266,8 @@ pub async fn after_refetch(shared: &Shared, current: &Arc<Verifier>) -> Option<A
 }
 
 /// Keeps the key set of `[auth] jwks_url` fresh for as long as it runs: every
-/// `jwks_refresh` (a reload's from that reload on), and [`UNKNOWN_KEY_REFETCH_AFTER`] after the last fetch when a token
-/// named an unknown key. A fetched set is put in force with the settings of the verifier
+/// `jwks_refresh` (a reload's from that reload on), and [`UNKNOWN_KEY_REFETCH_AFTER`]
+/// after the last fetch when a token named an unknown key. A fetched set is put in force with the settings of the verifier
 /// it renews, unless a reload replaced that verifier meanwhile (the reload fetched for
 /// itself). Logs "JWT key set loaded" when the set of `kid`s changes.
 pub async fn keep_fresh(shared: Arc<Shared>) {

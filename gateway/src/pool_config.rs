@@ -296,11 +296,7 @@ impl PoolSpec {
             (None, Some(dns)) => {
                 crate::route::check_id(id).map_err(whole)?;
                 if dns.contains('@') {
-                    return Err(at(
-                        "dns",
-                        "a user name or password is not supported (it would not be sent, and \
-                         the name is logged)",
-                    ));
+                    return Err(at("dns", crate::route::NO_USERINFO));
                 }
                 let (host, port) = split_host_port(dns)
                     .ok_or_else(|| at("dns", format!("{dns:?}: expected host:port")))?;

@@ -43,6 +43,20 @@ pub fn check_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Why a user name or password in a configured URL (or host name) is refused: nothing
+/// sends it, and the URL is logged and printed by check-config, so it would only leak.
+pub const NO_USERINFO: &str =
+    "a user name or password is not supported (it would not be sent, and it is logged)";
+
+/// Refuses a URL that carries a user name or password, naming it as `shown` (see
+/// [`without_userinfo`]).
+pub fn refuse_userinfo(parsed: &url::Url, shown: &str) -> Result<(), String> {
+    if parsed.username().is_empty() && parsed.password().is_none() {
+        return Ok(());
+    }
+    Err(format!("{shown:?}: {NO_USERINFO}"))
+}
+
 /// `url` as it may be shown in an error or a log line: a `user:password@` in it (or
 /// what looks like one, in a URL that does not parse) becomes `***@`.
 pub fn without_userinfo(url: &str) -> String {
@@ -76,15 +90,7 @@ impl BackendTarget {
             Some(url::Host::Ipv6(ip)) => ip.to_string(),
             None => return Err(format!("{shown:?}: no host")),
         };
-        // The URL is logged and printed by check-config, and the backend is sent no
-        // credentials: a password here would only leak.
-        if !parsed.username().is_empty() || parsed.password().is_some() {
-            return Err(format!(
-                "ws://{host}{}: a user name or password in the URL is not supported (it \
-                 would not be sent, and the URL is logged)",
-                parsed.port().map(|p| format!(":{p}")).unwrap_or_default()
-            ));
-        }
+        refuse_userinfo(&parsed, &shown)?;
         let port = parsed.port().unwrap_or(80);
         if port == 0 {
             return Err(format!("{shown:?}: port 0 cannot be connected to"));
