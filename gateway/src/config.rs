@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -750,10 +750,7 @@ impl Config {
             }
         }
         let (admin, server) = (raw.admin.listen, raw.server.listen);
-        let overlap = admin.ip() == server.ip()
-            || admin.ip().is_unspecified()
-            || server.ip().is_unspecified();
-        if raw.admin.enabled && admin.port() == server.port() && admin.port() != 0 && overlap {
+        if raw.admin.enabled && listeners_overlap(admin, server) {
             return Err(err(
                 "admin",
                 "listen",
@@ -998,6 +995,21 @@ fn find_key_line(text: &str, section: &str, key: &str) -> Option<usize> {
     None
 }
 
+/// Whether listeners on `a` and `b` would claim the same connections: the same port (not
+/// 0, which picks a free one) and addresses that meet. An IPv4-mapped IPv6 address is its
+/// IPv4 address; `[::]` takes IPv4 too (sockets are dual-stack unless the system says
+/// otherwise), `0.0.0.0` only IPv4.
+fn listeners_overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    if a.port() != b.port() || a.port() == 0 {
+        return false;
+    }
+    let (x, y) = (a.ip().to_canonical(), b.ip().to_canonical());
+    let covers = |wild: IpAddr, other: IpAddr| {
+        wild.is_unspecified() && (wild.is_ipv6() || other.is_ipv4() || other.is_unspecified())
+    };
+    x == y || covers(x, y) || covers(y, x)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1010,6 +1022,33 @@ mod tests {
         Config::from_toml_str(&text, Path::new("."))
             .err()
             .and_then(|e| e.key)
+    }
+
+    #[test]
+    fn listeners_overlap_where_their_addresses_meet_on_one_port() {
+        let at = |s: &str| -> SocketAddr { s.parse().unwrap_or_else(|e| panic!("{s}: {e}")) };
+        for (a, b) in [
+            ("127.0.0.1:9443", "127.0.0.1:9443"),
+            ("[::ffff:127.0.0.1]:9443", "127.0.0.1:9443"),
+            ("0.0.0.0:9443", "127.0.0.1:9443"),
+            ("0.0.0.0:9443", "[::ffff:10.0.0.1]:9443"),
+            ("[::]:9443", "127.0.0.1:9443"),
+            ("[::]:9443", "[::1]:9443"),
+            ("[::]:9443", "0.0.0.0:9443"),
+        ] {
+            assert!(listeners_overlap(at(a), at(b)), "{a} and {b}");
+            assert!(listeners_overlap(at(b), at(a)), "{b} and {a}");
+        }
+        for (a, b) in [
+            ("127.0.0.1:9443", "127.0.0.1:9444"),
+            ("127.0.0.1:0", "127.0.0.1:0"),
+            ("127.0.0.1:9443", "127.0.0.2:9443"),
+            ("0.0.0.0:9443", "[::1]:9443"),
+            ("[::1]:9443", "127.0.0.1:9443"),
+        ] {
+            assert!(!listeners_overlap(at(a), at(b)), "{a} and {b}");
+            assert!(!listeners_overlap(at(b), at(a)), "{b} and {a}");
+        }
     }
 
     #[test]
