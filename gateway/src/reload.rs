@@ -70,7 +70,18 @@ pub fn reload(shared: &Shared) -> Result<Reloaded, ReloadError> {
         if let Some(cap) = crate::limits::fd_session_capacity() {
             config.limits.max_connections = config.limits.max_connections.min(cap.max(1));
         }
-        let parts = build_parts(config)?;
+        let fetches = config.auth.jwks_url.is_some();
+        let parts = build_parts(config);
+        // The reload's own fetch of the key set is one like the periodic refreshes: it
+        // happened if the verifier was built or it is what failed.
+        match &parts {
+            Ok(_) if fetches => shared.metrics.jwks_fetch(true),
+            Err(e) if fetches && e.key.as_deref() == Some("auth.jwks_url") => {
+                shared.metrics.jwks_fetch(false)
+            }
+            _ => {}
+        }
+        let parts = parts?;
         // Against what the sockets and threads were set up with, not the last file: a key
         // put back as it was is no change waiting for a restart.
         let start_up_only = start_up_only_changes(shared.started_with(), &parts.config);
@@ -81,9 +92,8 @@ pub fn reload(shared: &Shared) -> Result<Reloaded, ReloadError> {
             );
         }
         let backends: Vec<String> = parts.config.backends.keys().cloned().collect();
-        let fetched = parts.config.auth.jwks_url.is_some();
         shared.replace(parts);
-        shared.refetch.after_reload(fetched);
+        shared.refetch.after_reload(fetches);
         info!(backends = ?backends, "config reloaded");
         Ok(Reloaded { start_up_only })
     })();

@@ -618,6 +618,46 @@ async fn keys_come_from_the_providers_url_and_its_rotations_need_no_reload() -> 
 }
 
 #[tokio::test]
+async fn a_reloads_key_set_fetch_is_counted_with_the_refreshes() -> Result<()> {
+    let Rotation { idp, jwk2, t2, .. } = Rotation::start(false).await?;
+    let bs = backends().await?;
+    // No refresh falls due in the test: every fetch after the start's is a reload's.
+    let proc = gateway_on_idp(&idp, "1h", &bs).await?;
+    let opts = proc.connect_options("Backend_ABC")?;
+    let proc = &proc;
+    let fetches = |result: &'static str| async move {
+        proc.metric(&format!("wsgate_jwks_fetches_total{{result=\"{result}\"}}"))
+            .await
+    };
+    ensure!(fetches("ok").await? == 0.0 && fetches("error").await? == 0.0);
+
+    idp.publish(&[&jwk2]);
+    reload(&proc, false).await?;
+    ensure!(idp.hits() == 2, "{} fetches", idp.hits());
+    ensure!(
+        fetches("ok").await? == 1.0,
+        "the reload's fetch counted {} times",
+        fetches("ok").await?
+    );
+    // A reload whose fetch fails is refused, counted as a failed fetch, and the keys
+    // in force stay.
+    idp.answer(503, "down for maintenance".into());
+    let (status, body) = admin(&proc, "POST", "/reload").await?;
+    ensure!(
+        status == 400 && body.contains("jwks_url"),
+        "{status} {body}"
+    );
+    ensure!(
+        fetches("error").await? == 1.0 && fetches("ok").await? == 1.0,
+        "after a failed reload: {} failed and {} successful fetches counted",
+        fetches("error").await?,
+        fetches("ok").await?
+    );
+    ensure!(admitted(&opts, &t2).await, "the keys in force were dropped");
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_failing_provider_leaves_the_keys_in_force_until_it_answers_again() -> Result<()> {
     let Rotation {
         idp, jwk2, t1, t2, ..
