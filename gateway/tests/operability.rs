@@ -632,7 +632,7 @@ async fn a_reloads_key_set_fetch_is_counted_with_the_refreshes() -> Result<()> {
     ensure!(fetches("ok").await? == 0.0 && fetches("error").await? == 0.0);
 
     idp.publish(&[&jwk2]);
-    reload(&proc, false).await?;
+    reload(proc, false).await?;
     ensure!(idp.hits() == 2, "{} fetches", idp.hits());
     ensure!(
         fetches("ok").await? == 1.0,
@@ -642,7 +642,7 @@ async fn a_reloads_key_set_fetch_is_counted_with_the_refreshes() -> Result<()> {
     // A reload whose fetch fails is refused, counted as a failed fetch, and the keys
     // in force stay.
     idp.answer(503, "down for maintenance".into());
-    let (status, body) = admin(&proc, "POST", "/reload").await?;
+    let (status, body) = admin(proc, "POST", "/reload").await?;
     ensure!(
         status == 400 && body.contains("jwks_url"),
         "{status} {body}"
