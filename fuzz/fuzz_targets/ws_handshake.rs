@@ -120,6 +120,7 @@ fuzz_target!(|data: &[u8]| {
         path: "/backend/abc",
         protocols: Some("chat, superchat"),
         headers: &[("X-Forwarded-For", "192.0.2.1")],
+        refusal_body: true,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()

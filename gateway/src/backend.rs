@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use hyper::header::{self, HeaderMap};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use tokio::net::TcpStream;
 
 use crate::checks::has_token;
@@ -32,6 +32,8 @@ pub struct BackendConn {
     /// The backend's `Sec-WebSocket-Extensions` answer: a `permessage-deflate` it was
     /// offered ([`crate::extensions`]), passed on to the client.
     pub extensions: Option<String>,
+    /// The other end-to-end headers of the backend's 101, passed on to the client.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
     /// The pool instance this connection counts against; held for the session's life.
     pub lease: Option<Lease>,
 }
@@ -145,6 +147,7 @@ const NOT_FORWARDED: &[&str] = &[
     "trailer",
     "transfer-encoding",
     "content-length",
+    "expect",
     "proxy-authorization",
     "proxy-connection",
     "authorization",
@@ -220,13 +223,20 @@ async fn connect_inner(
     let mut stream = open_tcp(&target.host, target.port, resolver).await?;
     crate::tcp_opts::tune(&stream);
 
-    let forwarded_for = match client_headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
+    // Every line the client sent, in order, then the client: the chain as nginx's
+    // `$proxy_add_x_forwarded_for` builds it.
+    let mut forwarded_for = String::new();
+    for prior in client_headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
     {
-        Some(prior) => format!("{prior}, {}", peer.ip()),
-        None => peer.ip().to_string(),
-    };
+        forwarded_for.push_str(prior);
+        forwarded_for.push_str(", ");
+    }
+    forwarded_for.push_str(&peer.ip().to_string());
     // The client's cookies but the token's, when the token may come in one.
     let cookies: Vec<String> = match token_cookie {
         Some(token_name) => client_headers
@@ -266,6 +276,7 @@ async fn connect_inner(
         path: &target.path,
         protocols,
         headers: &headers,
+        refusal_body: false,
     };
     let hs = wsclient::handshake(&mut stream, &req)
         .await
@@ -301,6 +312,7 @@ async fn connect_inner(
         leftover: hs.leftover,
         protocol: hs.protocol,
         extensions: hs.extensions,
+        headers: hs.headers,
         lease: None,
     })
 }

@@ -384,9 +384,8 @@ async fn prepare(
     let response = accept(
         upgrade.key,
         creds.backend_protocols.as_deref(),
-        conn.protocol.as_deref(),
         creds.token_protocol,
-        conn.extensions.as_deref(),
+        &conn,
     )?;
     Ok(Prepared {
         target,
@@ -404,16 +403,19 @@ async fn prepare(
 fn accept(
     key: &[u8],
     offered: Option<&str>,
-    chosen: Option<&str>,
     token_protocol: Option<&str>,
-    extensions: Option<&str>,
+    backend: &BackendConn,
 ) -> Result<Response<Body>, Refusal> {
     let mut builder = Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::CONNECTION, "Upgrade")
         .header(header::UPGRADE, "websocket")
         .header(header::SEC_WEBSOCKET_ACCEPT, accept_key(key));
-    if let Some(accepted) = extensions {
+    for (name, value) in &backend.headers {
+        builder = builder.header(name, value);
+    }
+    let chosen = backend.protocol.as_deref();
+    if let Some(accepted) = backend.extensions.as_deref() {
         let value = HeaderValue::from_str(accepted)
             .map_err(|_| Refusal::BadGateway("backend accepted an invalid extension".into()))?;
         builder = builder.header(header::SEC_WEBSOCKET_EXTENSIONS, value);

@@ -11,6 +11,7 @@ use std::io;
 
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
+use hyper::header::{HeaderName, HeaderValue};
 use sha1::{Digest, Sha1};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -33,6 +34,9 @@ pub struct ClientRequest<'a> {
     pub protocols: Option<&'a str>,
     /// Further headers, sent as given (names and values must be valid header text).
     pub headers: &'a [(&'a str, &'a str)],
+    /// Whether a refusal's body is read for its reason. A caller that only needs the
+    /// status does not wait for a body the server may be slow to send, or never finish.
+    pub refusal_body: bool,
 }
 
 /// A completed handshake.
@@ -45,6 +49,9 @@ pub struct Handshake {
     /// The `Sec-WebSocket-Extensions` the server answered with, if any (several headers
     /// joined with `, `).
     pub extensions: Option<String>,
+    /// The other end-to-end headers of the 101 (a session cookie, say): for a proxy to
+    /// pass on, as nginx and HAProxy do.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 /// Why a handshake did not complete.
@@ -115,85 +122,181 @@ where
     stream.flush().await?;
 
     let mut buf = BytesMut::with_capacity(1024);
+    // Bytes of interim (1xx) responses already passed over: they count toward MAX_HEAD.
+    let mut interim = 0;
     loop {
         if stream.read_buf(&mut buf).await? == 0 {
             return Err(
                 io::Error::new(io::ErrorKind::UnexpectedEof, "closed before the response").into(),
             );
         }
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut resp = httparse::Response::new(&mut headers);
-        let parsed = resp
-            .parse(&buf)
-            .map_err(|_| HandshakeError::Malformed("not an HTTP/1.1 response"))?;
-        let httparse::Status::Complete(head_len) = parsed else {
-            if buf.len() > MAX_HEAD {
-                return Err(HandshakeError::Malformed("response head too large"));
-            }
-            continue;
-        };
-        let status = resp.code.unwrap_or(0);
-        if status != 101 {
-            let content_length = header(resp.headers, "content-length")
-                .and_then(|v| std::str::from_utf8(v).ok())
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .unwrap_or(0)
-                .min(MAX_REASON);
-            let status_text = resp.reason.unwrap_or("").to_owned();
-            let _ = buf.split_to(head_len);
-            while buf.len() < content_length {
-                if stream.read_buf(&mut buf).await? == 0 {
-                    break;
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut resp = httparse::Response::new(&mut headers);
+            let parsed = resp.parse(&buf).map_err(|e| {
+                HandshakeError::Malformed(match e {
+                    httparse::Error::TooManyHeaders => "more than 64 response headers",
+                    _ => "not an HTTP/1.1 response",
+                })
+            })?;
+            let httparse::Status::Complete(head_len) = parsed else {
+                if interim + buf.len() > MAX_HEAD {
+                    return Err(HandshakeError::Malformed("response head too large"));
                 }
-            }
-            let body = &buf[..buf.len().min(content_length)];
-            let reason = String::from_utf8_lossy(body)
-                .lines()
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_owned();
-            let reason = if reason.is_empty() {
-                status_text
-            } else {
-                reason
+                break;
             };
-            return Err(HandshakeError::Refused { status, reason });
+            let status = resp.code.unwrap_or(0);
+            // An interim answer (100 Continue, 103 Early Hints) comes before the final
+            // one, which a client must wait for (RFC 9110 section 15.2).
+            if (100..200).contains(&status) && status != 101 {
+                interim += head_len;
+                if interim > MAX_HEAD {
+                    return Err(HandshakeError::Malformed("response head too large"));
+                }
+                let _ = buf.split_to(head_len);
+                continue;
+            }
+            if status != 101 {
+                let status_text = resp.reason.unwrap_or("").to_owned();
+                let content_length = header(resp.headers, "content-length")
+                    .and_then(|v| std::str::from_utf8(v).ok())
+                    .and_then(|v| v.trim().parse::<usize>().ok());
+                let _ = buf.split_to(head_len);
+                let reason = match content_length {
+                    Some(len) if req.refusal_body => {
+                        body_line(stream, &mut buf, len.min(MAX_REASON)).await?
+                    }
+                    _ => String::new(),
+                };
+                let reason = if reason.is_empty() {
+                    status_text
+                } else {
+                    reason
+                };
+                return Err(HandshakeError::Refused { status, reason });
+            }
+            let upgraded = upgraded(&resp, &key)?;
+            let _ = buf.split_to(head_len);
+            return Ok(Handshake {
+                leftover: buf.freeze(),
+                ..upgraded
+            });
         }
-        if !header_has_token(resp.headers, "upgrade", "websocket") {
-            return Err(HandshakeError::Invalid("missing Upgrade: websocket"));
-        }
-        if !header_has_token(resp.headers, "connection", "upgrade") {
-            return Err(HandshakeError::Invalid("missing Connection: Upgrade"));
-        }
-        if header(resp.headers, "sec-websocket-accept")
-            != Some(accept_key(key.as_bytes()).as_bytes())
-        {
-            return Err(HandshakeError::Invalid("wrong Sec-WebSocket-Accept"));
-        }
-        let text = |name| {
-            header(resp.headers, name)
-                .and_then(|v| std::str::from_utf8(v).ok())
-                .map(|v| v.trim().to_owned())
-        };
-        let protocol = text("sec-websocket-protocol");
-        // Every such header, joined: an extension the server lists in a second header is
-        // as much in force as one in the first.
-        let extensions: Vec<String> = resp
-            .headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-extensions"))
-            .map(|h| String::from_utf8_lossy(h.value).trim().to_owned())
-            .collect();
-        let extensions = (!extensions.is_empty()).then(|| extensions.join(", "));
-        let _ = buf.split_to(head_len);
-        return Ok(Handshake {
-            leftover: buf.freeze(),
-            protocol,
-            extensions,
-        });
     }
 }
+
+/// The first line of a body of `len` bytes at the start of `buf`, read as far as it
+/// comes before the stream ends.
+async fn body_line<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    len: usize,
+) -> io::Result<String> {
+    while buf.len() < len {
+        if stream.read_buf(buf).await? == 0 {
+            break;
+        }
+    }
+    let body = &buf[..buf.len().min(len)];
+    Ok(String::from_utf8_lossy(body)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_owned())
+}
+
+/// Checks a 101 against the request whose key was `key` (RFC 6455 section 4.1) and takes
+/// what it agreed to; `leftover` is left for the caller.
+fn upgraded(resp: &httparse::Response<'_, '_>, key: &str) -> Result<Handshake, HandshakeError> {
+    if resp.version != Some(1) {
+        return Err(HandshakeError::Invalid("a 101 in HTTP/1.0"));
+    }
+    if !header_has_token(resp.headers, "upgrade", "websocket") {
+        return Err(HandshakeError::Invalid("missing Upgrade: websocket"));
+    }
+    if !header_has_token(resp.headers, "connection", "upgrade") {
+        return Err(HandshakeError::Invalid("missing Connection: Upgrade"));
+    }
+    let named = |name: &'static str| {
+        resp.headers
+            .iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+    };
+    // Each of these may appear once (RFC 6455 sections 11.3.3 and 11.3.4): a second one
+    // would leave the client and the server in different sessions.
+    if named("sec-websocket-accept").count() > 1 {
+        return Err(HandshakeError::Invalid(
+            "more than one Sec-WebSocket-Accept",
+        ));
+    }
+    if header(resp.headers, "sec-websocket-accept") != Some(accept_key(key.as_bytes()).as_bytes()) {
+        return Err(HandshakeError::Invalid("wrong Sec-WebSocket-Accept"));
+    }
+    let protocol = match named("sec-websocket-protocol").collect::<Vec<_>>()[..] {
+        [] => None,
+        [h] => match std::str::from_utf8(h.value).map(str::trim) {
+            Ok(p) if !p.is_empty() && !p.contains(',') => Some(p.to_owned()),
+            _ => {
+                return Err(HandshakeError::Invalid(
+                    "Sec-WebSocket-Protocol is not one name",
+                ))
+            }
+        },
+        _ => {
+            return Err(HandshakeError::Invalid(
+                "more than one Sec-WebSocket-Protocol",
+            ))
+        }
+    };
+    // Every such header, joined: an extension the server lists in a second header is as
+    // much in force as one in the first. An empty one lists none.
+    let extensions: Vec<String> = named("sec-websocket-extensions")
+        .map(|h| String::from_utf8_lossy(h.value).trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .collect();
+    let extensions = (!extensions.is_empty()).then(|| extensions.join(", "));
+    // What else the server said, for the caller to pass on: all but the headers of
+    // this hop and of the handshake itself, and those its `Connection` names.
+    let headers = resp
+        .headers
+        .iter()
+        .filter(|h| {
+            !NOT_PASSED_ON.iter().any(|n| h.name.eq_ignore_ascii_case(n))
+                && !header_has_token(resp.headers, "connection", h.name)
+        })
+        .filter_map(|h| {
+            Some((
+                HeaderName::from_bytes(h.name.as_bytes()).ok()?,
+                HeaderValue::from_bytes(h.value).ok()?,
+            ))
+        })
+        .collect();
+    Ok(Handshake {
+        leftover: Bytes::new(),
+        protocol,
+        extensions,
+        headers,
+    })
+}
+
+/// Headers of a 101 that belong to its hop or to the handshake itself, or that the
+/// answering side sets for itself (`Date`, and `Server`, which nginx hides too).
+const NOT_PASSED_ON: &[&str] = &[
+    "connection",
+    "upgrade",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "content-length",
+    "sec-websocket-accept",
+    "sec-websocket-protocol",
+    "sec-websocket-extensions",
+    "date",
+    "server",
+];
 
 fn header<'h>(headers: &'h [httparse::Header<'_>], name: &str) -> Option<&'h [u8]> {
     headers
@@ -241,6 +344,7 @@ mod tests {
             path: "/",
             protocols: None,
             headers: &[],
+            refusal_body: true,
         };
         match handshake(&mut client, &req).await {
             Err(HandshakeError::Refused { status, reason }) => {

@@ -492,6 +492,76 @@ async fn verified_claims_reach_the_backend_and_spoofed_ones_do_not() -> Result<(
     Ok(())
 }
 
+#[tokio::test]
+async fn the_backends_own_101_headers_reach_the_client_and_forwarding_chains_are_joined(
+) -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut probe = probe::Probe::start(probe::Mode::AcceptWith(vec![
+        ("Set-Cookie".into(), "sticky=n1; Path=/".into()),
+        ("Set-Cookie".into(), "seen=1".into()),
+        ("X-Backend-Node".into(), "n1".into()),
+        // Of this hop: not for the client.
+        ("Keep-Alive".into(), "timeout=5".into()),
+        ("Server".into(), "probe/1.0".into()),
+    ]))
+    .await?;
+    let tb = testbed_with(&[("Backend_PROBE", probe.url())]).await?;
+    let token = rs256(&claims_with(|_| {}))?;
+    let mut tls = tls_connect(&tb).await?;
+    let request = format!(
+        "GET /gateway HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         ID: Backend_PROBE\r\nAuthorization: Bearer {token}\r\n\
+         X-Forwarded-For: 192.0.2.1\r\nX-Forwarded-For: 192.0.2.2, 192.0.2.3\r\n\
+         Expect: 100-continue\r\n\r\n"
+    );
+    tls.write_all(request.as_bytes()).await?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        ensure!(
+            tokio::time::timeout(DEADLINE, tls.read(&mut byte)).await?? == 1,
+            "closed inside the head: {}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    ensure!(head.starts_with("http/1.1 101"), "{head}");
+    let lines: Vec<&str> = head.lines().collect();
+    let count = |name: &str| lines.iter().filter(|l| l.starts_with(name)).count();
+    for line in [
+        "set-cookie: sticky=n1; path=/",
+        "set-cookie: seen=1",
+        "x-backend-node: n1",
+    ] {
+        ensure!(
+            lines.contains(&line),
+            "{line:?} missing from the client's 101:\n{head}"
+        );
+    }
+    ensure!(count("keep-alive:") == 0 && count("server:") == 0, "{head}");
+    ensure!(count("date:") <= 1 && count("connection:") == 1, "{head}");
+
+    let probe::Event::Handshake(headers) = probe.next().await? else {
+        anyhow::bail!("expected the handshake")
+    };
+    let all = |name: &str| {
+        headers
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect::<Vec<_>>()
+    };
+    ensure!(
+        all("x-forwarded-for") == ["192.0.2.1, 192.0.2.2, 192.0.2.3, 127.0.0.1"],
+        "x-forwarded-for: {:?}",
+        all("x-forwarded-for")
+    );
+    ensure!(all("expect").is_empty(), "expect: {:?}", all("expect"));
+    Ok(())
+}
+
 /// A short `[timeouts] close`, for the tests of closes left unanswered.
 const QUICK_CLOSE: &str = "[timeouts]\nclose = \"1s\"\n";
 

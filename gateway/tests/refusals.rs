@@ -178,6 +178,78 @@ async fn backend_down_refusing_or_silent_is_502_or_504() -> Result<()> {
 }
 
 #[tokio::test]
+async fn a_backends_101_must_be_unambiguous_and_its_interim_answers_are_waited_out() -> Result<()> {
+    const UPGRADED: &str = "Upgrade: websocket\r\nConnection: Upgrade\r\n";
+    let ok_101 = |extra: &str| {
+        format!("HTTP/1.1 101 Switching Protocols\r\n{UPGRADED}Sec-WebSocket-Accept: {{accept}}\r\n{extra}\r\n")
+    };
+    // (answer, the 502's reason, or None: a 101 reaches the client)
+    let cases: Vec<(String, Option<&str>)> = vec![
+        (
+            format!("HTTP/1.0 101 Switching Protocols\r\n{UPGRADED}Sec-WebSocket-Accept: {{accept}}\r\n\r\n"),
+            Some("HTTP/1.0"),
+        ),
+        (
+            ok_101("Sec-WebSocket-Accept: c3B1cmlvdXM=\r\n"),
+            Some("more than one Sec-WebSocket-Accept"),
+        ),
+        (
+            ok_101("Sec-WebSocket-Protocol: chat\r\nSec-WebSocket-Protocol: superchat\r\n"),
+            Some("more than one Sec-WebSocket-Protocol"),
+        ),
+        (
+            ok_101("Sec-WebSocket-Protocol:\r\n"),
+            Some("not one name"),
+        ),
+        // A refusal whose body never comes is a 502 at once, not a 504 when the connect
+        // times out: its status is all the gateway needs.
+        (
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 100\r\n\r\n".into(),
+            Some("backend answered HTTP 503"),
+        ),
+        // An interim answer before the 101 is passed over (RFC 9110 section 15.2).
+        (
+            format!("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n{}", ok_101("")),
+            None,
+        ),
+        // An empty extensions header lists none.
+        (ok_101("Sec-WebSocket-Extensions: \r\n"), None),
+    ];
+    let mut probes = Vec::new();
+    let mut routes = Vec::new();
+    for (i, (answer, _)) in cases.iter().enumerate() {
+        let probe = probe::Probe::start(probe::Mode::Answer(answer.clone())).await?;
+        routes.push((format!("B{i}"), probe.url()));
+        probes.push(probe);
+    }
+    let routes: Vec<(&str, String)> = routes
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
+    let tb = testbed_with_toml(&routes, "[timeouts]\nbackend_connect = \"20s\"\n").await?;
+    for (i, (answer, expected)) in cases.iter().enumerate() {
+        let mut opts = tb.connect_options(&format!("B{i}"))?;
+        opts.protocols = Some("chat, superchat".into());
+        match expected {
+            Some(reason) => {
+                let (status, got) = refused(&opts).await?;
+                ensure!(
+                    status == 502 && got.contains(reason),
+                    "{answer:?}: {status} {got:?}, expected 502 naming {reason:?}"
+                );
+            }
+            None => {
+                let c = loadgen::client::connect(&opts)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{answer:?}: {e}"))?;
+                ensure!(c.extensions.is_none() && c.protocol.is_none(), "{answer:?}");
+            }
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_backend_can_require_scopes_of_its_own_beyond_the_global_ones() -> Result<()> {
     let probe =
         support::probe::Probe::start(support::probe::Mode::Accept { protocol: None }).await?;

@@ -372,6 +372,7 @@ impl Connector {
             path: &self.path,
             protocols: self.protocols.as_deref(),
             headers: &headers,
+            refusal_body: true,
         };
         let hs = wsclient::handshake(&mut stream, &req).await?;
         Ok(Upgraded {

@@ -229,6 +229,7 @@ async fn upgrade(mut tcp: tokio::net::TcpStream, target: &BackendTarget) -> std:
         path: &target.path,
         protocols: None,
         headers: &[("User-Agent", "wsgate-health-check")],
+        refusal_body: false,
     };
     match wsclient::handshake(&mut tcp, &req).await {
         Ok(_) => {

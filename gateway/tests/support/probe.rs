@@ -32,6 +32,12 @@ pub enum Mode {
     Refuse(u16),
     /// Accept TCP and never answer.
     Hang,
+    /// Answer an upgrade with this text as it stands (`{accept}` replaced by the accept
+    /// key of the request's `Sec-WebSocket-Key`), then read and drop whatever comes until
+    /// the gateway closes: a backend whose answer is written by hand.
+    Answer(String),
+    /// Accept, with these headers added to the 101, and echo as `Accept` does.
+    AcceptWith(Vec<(String, String)>),
     /// Accept (answering `Sec-WebSocket-Extensions: <extensions>` if given), report the
     /// first raw bytes received after the upgrade, then send `reply` as raw bytes.
     Raw {
@@ -151,6 +157,10 @@ impl Probe {
                     held.lock().map(|mut h| h.push(tcp)).ok();
                     continue;
                 }
+                if let Mode::Answer(text) = &ctx.mode {
+                    ctx.spawn(answer_by_hand(tcp, text.clone(), ctx.tx.clone()));
+                    continue;
+                }
                 let conn_ctx = ctx.clone();
                 ctx.spawn(async move {
                     let svc_ctx = conn_ctx.clone();
@@ -250,7 +260,7 @@ async fn answer(
             return Ok(r);
         }
         Mode::Accept { protocol } => protocol,
-        Mode::Hang => None,
+        Mode::Hang | Mode::Answer(_) | Mode::AcceptWith(_) => None,
         Mode::Raw { reply, extensions } => {
             let Ok((mut response, upgrade)) = fastwebsockets::upgrade::upgrade(&mut req) else {
                 return Ok(Response::new(Empty::new()));
@@ -295,6 +305,16 @@ async fn answer(
             response.headers_mut().insert("sec-websocket-protocol", v);
         }
     }
+    if let Mode::AcceptWith(extra) = &ctx.mode {
+        for (name, value) in extra {
+            if let (Ok(n), Ok(v)) = (
+                hyper::header::HeaderName::from_bytes(name.as_bytes()),
+                value.parse(),
+            ) {
+                response.headers_mut().append(n, v);
+            }
+        }
+    }
     let tx = ctx.tx.clone();
     ctx.spawn(async move {
         let Ok(mut ws) = upgrade.await else { return };
@@ -325,6 +345,42 @@ async fn answer(
         let _ = tx.send(Event::Ended);
     });
     Ok(response)
+}
+
+/// [`Mode::Answer`] on one connection: reports the request's headers, writes `text`
+/// with the accept key filled in, then drains the connection until it ends.
+async fn answer_by_hand(
+    mut tcp: tokio::net::TcpStream,
+    text: String,
+    tx: mpsc::UnboundedSender<Event>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tcp.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let headers: Vec<(String, String)> = String::from_utf8_lossy(&head)
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let key = headers
+        .iter()
+        .find(|(k, _)| k == "sec-websocket-key")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    let _ = tx.send(Event::Handshake(headers));
+    let text = text.replace("{accept}", &gateway::wsclient::accept_key(key.as_bytes()));
+    if tcp.write_all(text.as_bytes()).await.is_err() {
+        return;
+    }
+    while matches!(tcp.read(&mut buf).await, Ok(n) if n > 0) {}
+    let _ = tx.send(Event::Ended);
 }
 
 type Upgraded = TokioIo<hyper::upgrade::Upgraded>;
