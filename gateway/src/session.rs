@@ -552,10 +552,15 @@ async fn discard<R: AsyncRead + Unpin>(src: &mut FrameReader<R>) {
 
 /// Reads and drops what the client still sends, up to its close frame (its answer to the
 /// gateway's) or the end of its stream. Where what comes is not a frame (the client broke
-/// the protocol, or stopped inside a frame), everything is dropped up to the end.
+/// the protocol, or stopped inside a frame), everything is dropped up to the end. A data
+/// frame is dropped as its bytes come, never held whole: up to `max_frame_size` a piece
+/// otherwise, for every client the gateway had closed.
 async fn linger<R: AsyncRead + Unpin>(src: &mut FrameReader<R>, limits: PumpLimits) {
+    // Bytes of the current data frame still to come and be dropped.
+    let mut skip = 0usize;
     let mut until_close = |_: &mut std::task::Context<'_>, data: &mut [u8]| {
-        let mut used = 0;
+        let mut used = skip.min(data.len());
+        skip -= used;
         loop {
             match frames::parse(
                 &data[used..],
@@ -568,6 +573,10 @@ async fn linger<R: AsyncRead + Unpin>(src: &mut FrameReader<R>, limits: PumpLimi
                     if head.opcode == frames::CLOSE {
                         return (used, Some(Stop::Close(None)));
                     }
+                }
+                Parsed::Incomplete(Some(head)) if !head.is_control() => {
+                    skip = head.frame_len() - (data.len() - used);
+                    return (data.len(), None);
                 }
                 Parsed::Incomplete(_) => return (used, None),
                 Parsed::Violation(code) => return (used, Some(Stop::Violation(code))),
@@ -644,6 +653,53 @@ mod tests {
             leftover: Bytes::new(),
         };
         (proxy(client, backend, opts, rx, ()), tx)
+    }
+
+    /// A masked binary frame head from a client, for a payload of `len` bytes.
+    fn client_frame_head(len: u64) -> Vec<u8> {
+        let mut head = vec![0x82, 0x80 | 127];
+        head.extend_from_slice(&len.to_be_bytes());
+        head.extend_from_slice(&[1, 2, 3, 4]);
+        head
+    }
+
+    #[tokio::test]
+    async fn a_frame_a_closed_client_still_sends_is_dropped_as_it_comes() -> anyhow::Result<()> {
+        let limits = PumpLimits {
+            max_message_size: 16 << 20,
+            max_frame_size: 16 << 20,
+            keepalive: None,
+            permessage_deflate: false,
+        };
+        // Half of an 8 MiB frame, then the client leaves: none of it is held.
+        let (mut client, gw) = tokio::io::duplex(64 * 1024);
+        let mut src = FrameReader::new(gw, &[]);
+        let writer = tokio::spawn(async move {
+            client.write_all(&client_frame_head(8 << 20)).await?;
+            client.write_all(&vec![0u8; 4 << 20]).await
+        });
+        linger(&mut src, limits).await;
+        writer.await??;
+        assert!(src.pending() < 64 * 1024, "{} bytes held", src.pending());
+
+        // The whole frame, then the client's close: the close still ends the wait while
+        // the client stays connected.
+        let (mut client, gw) = tokio::io::duplex(64 * 1024);
+        let mut src = FrameReader::new(gw, &[]);
+        let (done, ended) = tokio::sync::oneshot::channel::<()>();
+        let writer = tokio::spawn(async move {
+            client.write_all(&client_frame_head(8 << 20)).await?;
+            client.write_all(&vec![0u8; 8 << 20]).await?;
+            client
+                .write_all(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xE8])
+                .await?;
+            let _ = ended.await;
+            Ok::<_, std::io::Error>(())
+        });
+        tokio::time::timeout(Duration::from_secs(10), linger(&mut src, limits)).await?;
+        let _ = done.send(());
+        writer.await??;
+        Ok(())
     }
 
     #[tokio::test]
