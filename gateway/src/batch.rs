@@ -38,6 +38,8 @@ pub struct FrameWriter<W> {
     /// A keepalive ping was asked for while a frame was in the middle: it goes once the
     /// frame is whole.
     ping_owed: bool,
+    /// The stream had to be waited for (it was full) since [`FrameWriter::take_waited`].
+    waited: bool,
 }
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
@@ -52,6 +54,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             failed: None,
             mid_frame: false,
             ping_owed: false,
+            waited: false,
         }
     }
 
@@ -120,7 +123,10 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
                         self.failed = Some(e);
                         return;
                     }
-                    Poll::Pending => break,
+                    Poll::Pending => {
+                        self.waited = true;
+                        break;
+                    }
                 }
             }
         }
@@ -202,14 +208,35 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             }
         }
         self.unflushed = false;
-        self.inner.flush().await?;
+        let waited = &mut self.waited;
+        let inner = &mut self.inner;
+        std::future::poll_fn(|cx| {
+            let flushed = Pin::new(&mut *inner).poll_flush(cx);
+            *waited |= flushed.is_pending();
+            flushed
+        })
+        .await?;
         Ok(true)
+    }
+
+    /// Whether the stream was full at some write or flush since the last call: the
+    /// destination is behind, and what it takes from then on is it reading its backlog.
+    /// A stream with room shows nothing of the peer: a frozen process's kernel takes its
+    /// bytes for megabytes.
+    pub fn take_waited(&mut self) -> bool {
+        std::mem::take(&mut self.waited)
     }
 
     /// One write of the batch's start; what it took leaves the batch at once, so that a
     /// write abandoned after it (a flush cancelled) does not send it again.
     async fn write_some(&mut self) -> io::Result<()> {
-        let n = self.inner.write(&self.buf).await?;
+        let (inner, buf, waited) = (&mut self.inner, &self.buf, &mut self.waited);
+        let n = std::future::poll_fn(|cx| {
+            let written = Pin::new(&mut *inner).poll_write(cx, buf);
+            *waited |= written.is_pending();
+            written
+        })
+        .await?;
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }

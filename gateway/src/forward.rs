@@ -240,7 +240,11 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'a, R, W> {
                             {
                                 return PumpEnd::DestLost;
                             }
-                            inbox.delivered();
+                            // Only a destination that was behind shows by what it
+                            // takes that it reads (see `FrameWriter::take_waited`).
+                            if dst.take_waited() {
+                                inbox.delivered();
+                            }
                         }
                         loop {
                             tokio::select! {
@@ -299,7 +303,9 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'a, R, W> {
                     Ok(Some(Stop::Full)) => loop {
                         match dst.flush_some().await {
                             Ok(done) => {
-                                inbox.delivered();
+                                if !done || dst.take_waited() {
+                                    inbox.delivered();
+                                }
                                 if done {
                                     break;
                                 }

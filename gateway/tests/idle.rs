@@ -91,6 +91,51 @@ async fn a_client_that_never_reads_is_closed_and_its_backend_hears_1001() -> Res
 }
 
 #[tokio::test]
+async fn a_backend_that_takes_bytes_but_never_answers_is_idle_while_the_client_talks() -> Result<()>
+{
+    use tokio::io::AsyncWriteExt;
+    // A 101, then everything read and dropped: no frame, no pong, ever, while its kernel
+    // takes all it is sent, as a frozen or hung backend process's does.
+    let mut probe = Probe::start(Mode::Answer(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n".into(),
+    ))
+    .await?;
+    let tb = testbed_with_toml(&[("Backend_PROBE", probe.url())], IDLE).await?;
+    let opts = tb.connect_options("Backend_PROBE")?;
+    let connector = loadgen::client::Connector::new(&opts).await?;
+    let raw = connector.connect_raw(&[], None).await?;
+    let (mut read, mut write) = tokio::io::split(raw.stream);
+    // The client sends a small message every 100 ms, for up to 30 s.
+    let talker = tokio::spawn(async move {
+        let mut pace = tokio::time::interval(Duration::from_millis(100));
+        for _ in 0..300 {
+            pace.tick().await;
+            // Binary "ping", masked with a zero key.
+            let frame = [0x82, 0x84, 0, 0, 0, 0, b'p', b'i', b'n', b'g'];
+            if write.write_all(&frame).await.is_err() || write.flush().await.is_err() {
+                break;
+            }
+        }
+    });
+    let started = Instant::now();
+    let mut bytes = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(8), read.read_to_end(&mut bytes)).await;
+    talker.abort();
+    ensure!(
+        ended.is_ok(),
+        "the session lasted 8 s with a backend that never answered (idle 1 s)"
+    );
+    ensure!(
+        bytes.windows(12).any(|w| w == b"idle timeout"),
+        "the client got no idle-timeout close after {:?}: {bytes:?}",
+        started.elapsed()
+    );
+    // The backend's connection ended too.
+    while !matches!(probe.next().await?, support::probe::Event::Ended) {}
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_large_frame_sent_slowly_is_not_taken_for_silence() -> Result<()> {
     use tokio::io::AsyncWriteExt;
     let mut probe = Probe::start(Mode::Accept { protocol: None }).await?;
