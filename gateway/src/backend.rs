@@ -180,10 +180,8 @@ pub async fn connect(
     resolver: &Resolver,
     timeout: Duration,
 ) -> Result<BackendConn, AttemptError> {
-    match tokio::time::timeout(timeout, connect_inner(target, req, resolver)).await {
-        Ok(result) => result,
-        Err(_) => Err(AttemptError::instance(Refusal::GatewayTimeout)),
-    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    connect_inner(target, req, resolver, deadline).await
 }
 
 /// What the backend handshake carries from the client.
@@ -210,6 +208,7 @@ async fn connect_inner(
     target: &BackendTarget,
     req: &BackendRequest<'_>,
     resolver: &Resolver,
+    deadline: tokio::time::Instant,
 ) -> Result<BackendConn, AttemptError> {
     let BackendRequest {
         headers: client_headers,
@@ -220,8 +219,21 @@ async fn connect_inner(
         identity_names,
         token_cookie,
     } = *req;
-    let mut stream = open_tcp(&target.host, target.port, resolver).await?;
+    let timed_out = || AttemptError::instance(Refusal::GatewayTimeout);
+    let (mut stream, addr) =
+        tokio::time::timeout_at(deadline, open_tcp(&target.host, target.port, resolver))
+            .await
+            .map_err(|_| timed_out())??;
     crate::tcp_opts::tune(&stream);
+    // An address that took the connection but failed the handshake goes last for the
+    // next connect: a name whose first address accepts and never answers would otherwise
+    // send every client there while the next address works.
+    let address_failed = |e: AttemptError| {
+        if e.blame == Blame::Instance {
+            resolver.failed(&target.host, target.port, addr);
+        }
+        e
+    };
 
     // Every line the client sent, in order, then the client: the chain as nginx's
     // `$proxy_add_x_forwarded_for` builds it.
@@ -278,8 +290,9 @@ async fn connect_inner(
         headers: &headers,
         refusal_body: false,
     };
-    let hs = wsclient::handshake(&mut stream, &req)
+    let hs = tokio::time::timeout_at(deadline, wsclient::handshake(&mut stream, &req))
         .await
+        .map_err(|_| address_failed(timed_out()))?
         .map_err(|e| match e {
             HandshakeError::Refused { status, .. } => AttemptError {
                 refusal: Refusal::BadGateway(format!("backend answered HTTP {status}")),
@@ -293,20 +306,23 @@ async fn connect_inner(
                 "backend connection failed: {e}"
             ))),
             other => AttemptError::instance(Refusal::BadGateway(other.to_string())),
-        })?;
+        })
+        .map_err(address_failed)?;
     if let Some(answer) = &hs.extensions {
-        crate::extensions::check_answer(answer, extensions.is_some())
-            .map_err(|e| AttemptError::instance(Refusal::BadGateway(e.to_string())))?;
+        crate::extensions::check_answer(answer, extensions.is_some()).map_err(|e| {
+            address_failed(AttemptError::instance(Refusal::BadGateway(e.to_string())))
+        })?;
     }
     // A choice the client did not offer fails its handshake (RFC 6455 section 4.1): a
     // fault of this instance, as an unoffered extension is.
     if let Some(chosen) = &hs.protocol {
         if !protocols.is_some_and(|o| o.split(',').any(|p| p.trim() == chosen)) {
-            return Err(AttemptError::instance(Refusal::BadGateway(
+            return Err(address_failed(AttemptError::instance(Refusal::BadGateway(
                 "backend chose a subprotocol the client did not offer".into(),
-            )));
+            ))));
         }
     }
+    resolver.worked(&target.host, target.port, addr);
     Ok(BackendConn {
         stream,
         leftover: hs.leftover,
@@ -317,18 +333,19 @@ async fn connect_inner(
     })
 }
 
-/// Connects to the first address of `host` that accepts.
-async fn open_tcp(host: &str, port: u16, resolver: &Resolver) -> Result<TcpStream, AttemptError> {
+/// Connects to the first address of `host` that accepts; returns it with the stream.
+async fn open_tcp(
+    host: &str,
+    port: u16,
+    resolver: &Resolver,
+) -> Result<(TcpStream, SocketAddr), AttemptError> {
     let addrs = resolver.resolve(host, port).await.map_err(|e| {
         AttemptError::instance(Refusal::BadGateway(format!(
             "cannot resolve backend host: {e}"
         )))
     })?;
     match connect_any(&addrs).await {
-        Ok((stream, addr)) => {
-            resolver.worked(host, port, addr);
-            Ok(stream)
-        }
+        Ok(connected) => Ok(connected),
         Err(Some(e)) if out_of_local_resources(&e) => Err(AttemptError {
             refusal: Refusal::Unavailable("gateway out of descriptors or local ports"),
             blame: Blame::Gateway,

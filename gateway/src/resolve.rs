@@ -3,7 +3,8 @@
 //! Looking a name up on every backend connect costs a resolver round trip and a file
 //! descriptor per connect; under a connection storm that alone exhausted descriptors.
 //! Addresses are cached for a short time (so DNS changes are still followed), the
-//! address that last accepted is tried first, and a failed refresh keeps serving the last
+//! address that last completed a connect is tried first (one that took the connection
+//! and failed the handshake, last), and a failed refresh keeps serving the last
 //! known addresses.
 //!
 //! The name service itself is a [`Lookup`]: the system resolver ([`SystemLookup`],
@@ -120,7 +121,20 @@ impl Resolver {
         }
     }
 
-    /// Records that `addr` accepted, so it is tried first next time.
+    /// Records that `addr` failed the connect after taking the connection (a handshake
+    /// that broke or never came), so it is tried last next time.
+    pub fn failed(&self, host: &str, port: u16, addr: SocketAddr) {
+        if let Ok(mut c) = self.cache.lock() {
+            if let Some(entry) = c.get_mut(&(host.to_owned(), port)) {
+                if let Some(i) = entry.addrs.iter().position(|a| *a == addr) {
+                    let addr = entry.addrs.remove(i);
+                    entry.addrs.push(addr);
+                }
+            }
+        }
+    }
+
+    /// Records that `addr` completed a connect, so it is tried first next time.
     pub fn worked(&self, host: &str, port: u16, addr: SocketAddr) {
         if let Ok(mut c) = self.cache.lock() {
             if let Some(entry) = c.get_mut(&(host.to_owned(), port)) {
@@ -149,6 +163,8 @@ mod tests {
         let last = *first.last().unwrap_or(&first[0]);
         r.worked("localhost", 9, last);
         assert_eq!(r.resolve("localhost", 9).await?[0], last);
+        r.failed("localhost", 9, last);
+        assert_eq!(r.resolve("localhost", 9).await?.last(), Some(&last));
         Ok(())
     }
 }

@@ -538,6 +538,39 @@ async fn a_backend_name_with_an_address_that_drops_syns_is_served_by_its_next_ad
     Ok(())
 }
 
+#[tokio::test]
+async fn a_names_address_that_takes_connections_but_never_answers_goes_last() -> Result<()> {
+    let mut inst = Instances::start().await?;
+    // 127.0.0.2 accepts every connection and never answers the upgrade, as a hung
+    // backend process does.
+    inst.kill(0).await?;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(SocketAddr::new(ip(0), inst.port))?;
+    let silent = socket.listen(64)?;
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((c, _)) = silent.accept().await {
+            conns.push(c);
+        }
+    });
+    let dns = Arc::new(StubDns::default());
+    dns.set(NAME, &[ip(0), ip(1)]);
+    let url = format!("ws://{NAME}:{}{}", inst.port, Backend::Abc.path());
+    let gw = Gw::start(&format!("{ID} = {url:?}\n"), dns, None).await?;
+    // The first client's connect goes to the first address, which takes it and all of
+    // backend_connect: a 504.
+    let (status, reason) = refused(&gw.options()?).await?;
+    ensure!(status == 504, "{status} {reason}");
+    // The next ones go to the address that works.
+    for _ in 0..3 {
+        let (_c, i) = session_on(&gw, &inst).await?;
+        ensure!(i == 1, "session went to {i}");
+    }
+    held.abort();
+    Ok(())
+}
+
 /// Requests an HTTP server that answers every request with one status has had: from the
 /// gateway's health check, and from anyone else.
 #[derive(Default)]
