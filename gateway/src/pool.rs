@@ -136,7 +136,9 @@ impl Instance {
             return;
         }
         let until = now.saturating_add(millis(eject));
-        let previous = self.ejected_until.swap(until, Ordering::Relaxed);
+        // Never shortened: a health probe's longer ejection outlasts the failed connects that
+        // were in flight when it came.
+        let previous = self.ejected_until.fetch_max(until, Ordering::Relaxed);
         if previous > now {
             return; // already out; the back-off now runs from this failure
         }
@@ -598,6 +600,21 @@ mod tests {
         assert_eq!(metrics.ejections.get_or_create(&labels).get(), 2);
         assert_eq!(metrics.connect_failures.get_or_create(&labels).get(), 3);
         assert!(!i.available(550) && i.available(600));
+    }
+
+    #[test]
+    fn a_shorter_ejection_never_cuts_a_longer_one_short() {
+        let metrics = PoolMetrics::default();
+        let p = Pool::new(pool(1, Balance::RoundRobin).spec.clone(), &metrics, None);
+        let i = p.instances()[0].clone();
+        // A health probe's ejection, then a client's connect that was in flight fails.
+        i.failed(1_000, Duration::from_secs(9), &"health check: no answer");
+        i.failed(1_100, Duration::from_secs(1), &"no answer");
+        assert!(
+            !i.available(5_000),
+            "readmitted before the probe's ejection ran out"
+        );
+        assert!(i.available(10_000));
     }
 
     #[test]
