@@ -316,10 +316,22 @@ impl Pool {
     /// that are still configured are kept, with their load and health, and so are ones
     /// that had left it and still serve sessions.
     pub fn new(spec: PoolSpec, metrics: &PoolMetrics, previous: Option<&Pool>) -> Self {
+        Self::with_departed(spec, metrics, previous, Vec::new())
+    }
+
+    /// [`Pool::new`], with `departed`: instances of an earlier pool for this ID, which a
+    /// reload removed, that may still serve sessions and are taken back if listed again.
+    pub fn with_departed(
+        spec: PoolSpec,
+        metrics: &PoolMetrics,
+        previous: Option<&Pool>,
+        departed: Vec<Arc<Instance>>,
+    ) -> Self {
         let old = previous
             .map(|p| p.instances.load_full())
             .unwrap_or_default();
         let mut retired = previous.map(Pool::take_retired).unwrap_or_default();
+        retired.extend(departed.into_iter().filter(|i| !i.gone()));
         let (list, resolved): (Vec<Arc<Instance>>, bool) = match &spec.members {
             Members::Urls(targets) => {
                 let list = targets
@@ -429,6 +441,14 @@ impl Pool {
     }
 
     /// The instances that left this pool and still serve sessions.
+    /// Every instance of this pool that may still serve a session: its own and those
+    /// that left it, for when its ID leaves the routes.
+    pub(crate) fn departing(&self) -> Vec<Arc<Instance>> {
+        let mut all = self.take_retired();
+        all.extend(self.instances.load().iter().filter(|i| !i.gone()).cloned());
+        all
+    }
+
     fn take_retired(&self) -> Vec<Arc<Instance>> {
         let mut retired = self.retired.lock().map(|r| r.clone()).unwrap_or_default();
         retired.retain(|i| !i.gone());
@@ -531,6 +551,41 @@ mod tests {
             Some(1),
             "a freed instance is picked again"
         );
+    }
+
+    #[test]
+    fn an_id_removed_and_listed_again_takes_back_its_instances_with_their_sessions() {
+        use crate::route::{RouteTable, Router};
+        use std::collections::BTreeMap;
+        let metrics = PoolMetrics::default();
+        let spec = pool_capped(1, Balance::RoundRobin, Some(2)).spec.clone();
+        let with_b = BTreeMap::from([("B".to_owned(), spec)]);
+        let router = Router::new(RouteTable::from_specs(&with_b, &metrics, None));
+        let first = router.current().get("B").map(|p| p.instances()[0].clone());
+        let Some(first) = first else {
+            panic!("no pool for B")
+        };
+        let held: Vec<Lease> = (0..2)
+            .filter_map(|_| Lease::try_new(first.clone(), Some(2)))
+            .collect();
+        assert_eq!(held.len(), 2);
+        // B leaves the routes with its two sessions open, then comes back; and a second
+        // reload in between forgets nothing.
+        for table in [BTreeMap::new(), BTreeMap::new(), with_b] {
+            let next = RouteTable::from_specs(&table, &metrics, Some(&router.current()));
+            router.replace(next);
+        }
+        let back = router.current().get("B").map(|p| p.instances()[0].clone());
+        assert!(
+            back.is_some_and(|i| Arc::ptr_eq(&i, &first)),
+            "a fresh instance"
+        );
+        assert!(
+            Lease::try_new(first.clone(), Some(2)).is_none(),
+            "max_sessions exceeded"
+        );
+        drop(held);
+        assert!(Lease::try_new(first, Some(2)).is_some());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::metrics::PoolMetrics;
-use crate::pool::Pool;
+use crate::pool::{Instance, Pool};
 use crate::pool_config::PoolSpec;
 
 /// One backend: where the gateway opens its `ws://` connection.
@@ -121,6 +121,9 @@ impl BackendTarget {
 #[derive(Debug, Default)]
 pub struct RouteTable {
     routes: HashMap<Box<str>, Arc<Pool>>,
+    /// Instances of IDs a reload removed that may still serve sessions: should the ID
+    /// come back, they are taken back with them, counting against `max_sessions`.
+    departed: HashMap<Box<str>, Vec<Arc<Instance>>>,
 }
 
 impl RouteTable {
@@ -141,18 +144,44 @@ impl RouteTable {
         metrics: &PoolMetrics,
         previous: Option<&RouteTable>,
     ) -> Self {
+        let departed_before = |id: &str| -> Vec<Arc<Instance>> {
+            previous
+                .and_then(|t| t.departed.get(id))
+                .map(|d| d.to_vec())
+                .unwrap_or_default()
+        };
         let routes = specs
             .iter()
             .map(|(id, spec)| {
                 let old = previous.and_then(|t| t.get(id));
                 let pool = match old {
                     Some(old) if old.spec() == spec => old.clone(),
-                    _ => Arc::new(Pool::new(spec.clone(), metrics, old.map(|p| &**p))),
+                    Some(old) => Arc::new(Pool::new(spec.clone(), metrics, Some(old))),
+                    None => Arc::new(Pool::with_departed(
+                        spec.clone(),
+                        metrics,
+                        None,
+                        departed_before(id),
+                    )),
                 };
                 (Box::from(id.as_str()), pool)
             })
             .collect();
-        Self { routes }
+        let mut departed = HashMap::new();
+        if let Some(previous) = previous {
+            let gone_ids = previous.departed.keys().chain(previous.routes.keys());
+            for id in gone_ids.filter(|id| !specs.contains_key(&***id)) {
+                let mut instances = departed_before(id);
+                if let Some(pool) = previous.routes.get(id) {
+                    instances.extend(pool.departing());
+                }
+                instances.retain(|i| i.live() > 0);
+                if !instances.is_empty() {
+                    departed.insert(id.clone(), instances);
+                }
+            }
+        }
+        Self { routes, departed }
     }
 
     /// The pool for `id`, if there is one.
