@@ -40,6 +40,10 @@ pub struct FrameWriter<W> {
     ping_owed: bool,
     /// The stream had to be waited for (it was full) since [`FrameWriter::take_waited`].
     waited: bool,
+    /// The code of a close of the gateway's own in the batch, not yet flushed.
+    close_queued: Option<u16>,
+    /// The code of a close of the gateway's own that was flushed to the stream.
+    close_sent: Option<u16>,
 }
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
@@ -55,6 +59,8 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             mid_frame: false,
             ping_owed: false,
             waited: false,
+            close_queued: None,
+            close_sent: None,
         }
     }
 
@@ -216,7 +222,22 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             flushed
         })
         .await?;
+        if let Some(code) = self.close_queued.take() {
+            self.close_sent = Some(code);
+        }
         Ok(true)
+    }
+
+    /// Notes that the frame just pushed is a close of the gateway's own with `code`: it
+    /// counts as sent once a flush has taken it to the stream.
+    pub fn queued_close(&mut self, code: u16) {
+        self.close_queued = Some(code);
+    }
+
+    /// The code of the gateway's own close this writer got out, if one did: what
+    /// `wsgate_close_frames_sent_total` counts.
+    pub fn close_sent(&self) -> Option<u16> {
+        self.close_sent
     }
 
     /// Whether the stream was full at some write or flush since the last call: the

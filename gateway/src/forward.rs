@@ -776,14 +776,19 @@ fn push_close<W: AsyncWrite + Unpin>(dst: &mut FrameWriter<W>, msg: CloseMsg) {
     let reason = &reason[..reason.len().min(123)];
     payload[..2].copy_from_slice(&msg.code.to_be_bytes());
     payload[2..2 + reason.len()].copy_from_slice(reason);
-    let _ = dst.push(
-        true,
-        false,
-        frames::CLOSE,
-        &payload[..2 + reason.len()],
-        None,
-        None,
-    );
+    if dst
+        .push(
+            true,
+            false,
+            frames::CLOSE,
+            &payload[..2 + reason.len()],
+            None,
+            None,
+        )
+        .is_ok()
+    {
+        dst.queued_close(msg.code);
+    }
 }
 
 /// Validates a close payload: `Ok(code)` to pass it on, `Err(code)` to close its sender.

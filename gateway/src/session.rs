@@ -162,6 +162,8 @@ pub struct SessionReport {
     pub upstream: Counters,
     /// Backend to client tallies.
     pub downstream: Counters,
+    /// The gateway's own close frames that went out: to the client, to the backend.
+    pub closes_sent: (Option<u16>, Option<u16>),
     /// Whether a gateway shutdown ended the session.
     pub shutdown: bool,
     /// The session's deadline ended it (the token's expiry or its time limit).
@@ -199,42 +201,14 @@ impl SessionReport {
 }
 
 impl SessionReport {
-    /// Close frames the gateway itself sent: (`client` or `backend`, code).
+    /// Close frames the gateway itself sent: (`client` or `backend`, code). Only those
+    /// that went out: none toward a side that was gone, or in the middle of a frame.
     pub fn gateway_closes(&self) -> Vec<(&'static str, u16)> {
-        use Direction::{Downstream, Upstream};
-        if self.shutdown {
-            return vec![
-                ("client", SHUTTING_DOWN.code),
-                ("backend", SHUTTING_DOWN.code),
-            ];
-        }
-        if let Some(kind) = self.deadline {
-            let (client, backend) = kind.closes();
-            return vec![("client", client.code), ("backend", backend.code)];
-        }
-        // A close the other side did not answer in time was answered by the gateway,
-        // which stopped the other pump to send it.
-        let answered = self.second == Some(PumpEnd::Stopped);
-        match self.first {
-            (Upstream, PumpEnd::Closed(code)) if answered => vec![("client", code.unwrap_or(1000))],
-            (Downstream, PumpEnd::Closed(code)) if answered => {
-                vec![("backend", code.unwrap_or(1000))]
-            }
-            (_, PumpEnd::Closed(_)) | (_, PumpEnd::Stopped) => vec![],
-            // The other side's close passed on in the lost side's place: none of ours.
-            (_, PumpEnd::DestLost) if matches!(self.second, Some(PumpEnd::Closed(_))) => vec![],
-            (Upstream, PumpEnd::SourceLost) | (Downstream, PumpEnd::DestLost) => {
-                vec![("backend", CLIENT_LOST.code)]
-            }
-            (Downstream, PumpEnd::SourceLost) | (Upstream, PumpEnd::DestLost) => {
-                vec![("client", BACKEND_LOST.code)]
-            }
-            (Upstream, PumpEnd::SourceViolation(code)) => vec![("client", code), ("backend", 1001)],
-            (Downstream, PumpEnd::SourceViolation(code)) => {
-                vec![("backend", code), ("client", 1001)]
-            }
-            (_, PumpEnd::SourceIdle) => vec![("client", 1001), ("backend", 1001)],
-        }
+        let (client, backend) = self.closes_sent;
+        [("client", client), ("backend", backend)]
+            .into_iter()
+            .filter_map(|(to, code)| Some((to, code?)))
+            .collect()
     }
 }
 
@@ -442,6 +416,7 @@ where
             }
         };
 
+        let closes_sent = (cwrite.close_sent(), bwrite.close_sent());
         // Both directions are done with the writers. The client's side ends now, TLS
         // `close_notify` and FIN: toward the client the gateway is the server, which closes
         // the connection first (RFC 6455 section 7.1.1).
@@ -495,6 +470,7 @@ where
             second,
             upstream,
             downstream,
+            closes_sent,
             shutdown: shut,
             deadline: ended_by,
             duration: started.elapsed(),
@@ -889,37 +865,40 @@ mod tests {
             .expect("the session ends once the backend has ended")
             .expect("session task");
         assert!(report.duration < Duration::from_secs(30));
+        assert_eq!(
+            report.gateway_closes(),
+            vec![("client", 1001), ("backend", 1001)]
+        );
         // And then the gateway's end of it.
         assert_eq!(backend_peer.read(&mut after).await.ok(), Some(0));
         drop(tx);
     }
 
-    #[test]
-    fn a_close_answered_by_the_gateway_is_counted_as_its_own() {
-        let report = |first, second| SessionReport {
-            first,
-            second,
-            upstream: Counters::default(),
-            downstream: Counters::default(),
-            shutdown: false,
-            deadline: None,
-            duration: Duration::ZERO,
-        };
-        let answered = report(
-            (Direction::Upstream, PumpEnd::Closed(Some(4000))),
-            Some(PumpEnd::Stopped),
-        );
-        assert_eq!(answered.gateway_closes(), vec![("client", 4000)]);
-        let to_backend = report(
-            (Direction::Downstream, PumpEnd::Closed(None)),
-            Some(PumpEnd::Stopped),
-        );
-        assert_eq!(to_backend.gateway_closes(), vec![("backend", 1000)]);
-        let passed_back = report(
-            (Direction::Upstream, PumpEnd::Closed(Some(1000))),
-            Some(PumpEnd::Closed(Some(1000))),
-        );
-        assert!(passed_back.gateway_closes().is_empty());
+    #[tokio::test]
+    async fn only_closes_that_went_out_are_counted_as_the_gateways() {
+        // The client is gone before the shutdown close could reach it; the backend is
+        // there, answers and ends its side.
+        let (client_gw, client_peer) = tokio::io::duplex(4096);
+        drop(client_peer);
+        let (backend_gw, mut backend_peer) = tokio::io::duplex(4096);
+        let (run, tx) = session_after_shutdown_with(client_gw, backend_gw, Duration::from_secs(5));
+        let run = tokio::spawn(run);
+        let mut close = [0u8; 6 + 2 + 21];
+        backend_peer
+            .read_exact(&mut close)
+            .await
+            .expect("close to the backend");
+        backend_peer
+            .write_all(&[0x88, 0x02, 0x03, 0xE9])
+            .await
+            .expect("backend answer");
+        backend_peer.shutdown().await.expect("backend end");
+        let report = tokio::time::timeout(Duration::from_secs(5), run)
+            .await
+            .expect("the session ends")
+            .expect("session task");
+        assert_eq!(report.gateway_closes(), vec![("backend", 1001)]);
+        drop(tx);
     }
 
     #[test]
