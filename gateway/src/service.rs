@@ -225,7 +225,17 @@ async fn handle(
                             start_session(upgraded, conn, ids, token_expiry, slot, active)
                         }
                         Err(e) => {
-                            debug!(conn = conn_id, %peer, error = %e, "client upgrade failed")
+                            // The client left as its 101 went out: the backend, already
+                            // upgraded, is closed as for a client lost mid-session, and the
+                            // session counted as one.
+                            let shared = active.shared.clone();
+                            let close_timeout = shared.config().timeouts.close;
+                            let report =
+                                session::client_left_at_upgrade(conn.stream, close_timeout)
+                                    .await;
+                            drop(active);
+                            shared.metrics.session_ended(&target, &report);
+                            info!(conn = conn_id, %peer, backend = %target, error = %e, outcome = report.outcome(), "client left before its session began");
                         }
                     }
                 }

@@ -15,7 +15,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
 use crate::batch::FrameWriter;
-use crate::forward::{CloseMsg, Counters, Mailbox, Pump, PumpEnd, PumpLimits, StopWith};
+use crate::forward::{
+    send_close, CloseMsg, Counters, Mailbox, Pump, PumpEnd, PumpLimits, StopWith,
+};
 use crate::frames::{self, Parsed};
 use crate::pair::{Either, Pair};
 use crate::reader::{FrameReader, Stop};
@@ -478,6 +480,36 @@ where
     }
 }
 
+/// The end of a session whose client left as its 101 went out, before the session began:
+/// the backend, already upgraded, hears the client's going away (1001) and is given
+/// `close_timeout` to end its side. Reported as a session the client lost.
+pub async fn client_left_at_upgrade<B>(backend: B, close_timeout: Duration) -> SessionReport
+where
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let started = Instant::now();
+    let (read, write) = tokio::io::split(backend);
+    let mut read = FrameReader::new(read, &[]);
+    let mut write = FrameWriter::new(write, Role::Client, BATCH_LIMIT);
+    let _ = tokio::time::timeout(close_timeout, async {
+        if send_close(&mut write, CLIENT_LOST).await.is_ok() {
+            discard(&mut read).await;
+        }
+        let _ = write.shutdown().await;
+    })
+    .await;
+    SessionReport {
+        first: (Direction::Upstream, PumpEnd::SourceLost),
+        second: None,
+        upstream: Counters::default(),
+        downstream: Counters::default(),
+        closes_sent: (None, write.close_sent()),
+        shutdown: false,
+        deadline: None,
+        duration: started.elapsed(),
+    }
+}
+
 /// The end of the downstream pump if `upstream_first` (the upstream one ended first),
 /// else of the upstream one.
 async fn either<U, D>(upstream_first: bool, up: Pin<&mut U>, down: Pin<&mut D>) -> PumpEnd
@@ -872,6 +904,46 @@ mod tests {
         // And then the gateway's end of it.
         assert_eq!(backend_peer.read(&mut after).await.ok(), Some(0));
         drop(tx);
+    }
+
+    #[tokio::test]
+    async fn a_backend_whose_client_left_at_the_upgrade_hears_1001_and_ends_first() {
+        let (gw, mut backend_peer) = tokio::io::duplex(4096);
+        let run = tokio::spawn(client_left_at_upgrade(gw, Duration::from_secs(10)));
+        // A masked close: 1001 "client went away".
+        let mut head = [0u8; 6];
+        backend_peer
+            .read_exact(&mut head)
+            .await
+            .expect("close head");
+        assert_eq!(head[0], 0x88);
+        let len = usize::from(head[1] & 0x7F);
+        assert!(head[1] & 0x80 != 0, "not masked");
+        let mut payload = vec![0u8; len];
+        backend_peer
+            .read_exact(&mut payload)
+            .await
+            .expect("close payload");
+        for (i, b) in payload.iter_mut().enumerate() {
+            *b ^= head[2 + i % 4];
+        }
+        assert_eq!(&payload[..2], &1001u16.to_be_bytes());
+        assert_eq!(&payload[2..], CLIENT_LOST.reason.as_bytes());
+        assert!(
+            !run.is_finished(),
+            "the gateway did not wait for the backend's end"
+        );
+        backend_peer
+            .write_all(&[0x88, 0x02, 0x03, 0xE9])
+            .await
+            .expect("backend answer");
+        backend_peer.shutdown().await.expect("backend end");
+        let report = tokio::time::timeout(Duration::from_secs(5), run)
+            .await
+            .expect("ended by the backend's end, not the close timeout")
+            .expect("task");
+        assert_eq!(report.outcome(), "client_lost");
+        assert_eq!(report.gateway_closes(), vec![("backend", 1001)]);
     }
 
     #[tokio::test]
