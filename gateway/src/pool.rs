@@ -440,7 +440,6 @@ impl Pool {
             .min_by_key(|&i| list[i].last_failure.load(Ordering::Relaxed))
     }
 
-    /// The instances that left this pool and still serve sessions.
     /// Every instance of this pool that may still serve a session: its own and those
     /// that left it, for when its ID leaves the routes.
     pub(crate) fn departing(&self) -> Vec<Arc<Instance>> {
@@ -449,6 +448,7 @@ impl Pool {
         all
     }
 
+    /// The instances that left this pool and still serve sessions.
     fn take_retired(&self) -> Vec<Arc<Instance>> {
         let mut retired = self.retired.lock().map(|r| r.clone()).unwrap_or_default();
         retired.retain(|i| !i.gone());
