@@ -87,9 +87,15 @@ pub async fn connect_pool(
     let mut last = None;
     let max = pool.spec().max_sessions;
     for _ in 0..attempts {
-        let Some(i) = pool.pick(&list, tried, now_ms()) else {
+        let now = now_ms();
+        let Some(i) = pool.pick(&list, tried, now) else {
             break;
         };
+        // Every instance is ejected: if this one, which failed longest ago, does not
+        // answer in time either, the client is answered. Trying the others too would make
+        // each client of a silent pool wait out `connect_attempts` connect timeouts for
+        // its 504; ones that refuse at once cost nothing and are all still tried.
+        let all_ejected = !list[i].available(now);
         tried |= 1u64 << i;
         // Another connect may have taken its last place since the pick.
         let Some(lease) = Lease::try_new(list[i].clone(), max) else {
@@ -113,7 +119,11 @@ pub async fn connect_pool(
                     Blame::Gateway => return Err(e.refusal),
                 }
                 list[i].failed(now_ms(), pool.spec().eject, &e.refusal);
+                let timed_out = matches!(e.refusal, Refusal::GatewayTimeout);
                 last = Some(e.refusal);
+                if all_ejected && timed_out {
+                    break;
+                }
             }
         }
     }

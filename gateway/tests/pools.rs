@@ -802,6 +802,33 @@ async fn connects_fail_only_when_every_instance_is_down_and_all_ejected_are_stil
 }
 
 #[tokio::test]
+async fn with_every_instance_ejected_one_that_stays_silent_ends_the_clients_wait() -> Result<()> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut inst = Instances::start().await?;
+    inst.kill(0).await?;
+    inst.kill(1).await?;
+    let (_servers, state) = silent(&inst).await?;
+    let entry = urls_entry(&inst, &[0, 1], ", eject = \"1m\"");
+    let gw = Gw::start(&entry, Arc::default(), None).await?;
+    let asked = || state.seen[0].load(Relaxed) + state.seen[1].load(Relaxed);
+    // The first client's connect tries both and gets a 504; both are ejected.
+    let (status, _) = refused(&gw.options()?).await?;
+    ensure!(status == 504, "{status}");
+    let before = asked();
+    ensure!(before == 2, "{before} instances asked");
+    // The next client: one more silent instance, then its 504.
+    let (status, _) = refused(&gw.options()?).await?;
+    ensure!(status == 504, "{status}");
+    // (The request reaches the silent backend before the gateway gives up on it.)
+    ensure!(
+        asked() == before + 1,
+        "{} instances asked for a client of an all-ejected silent pool",
+        asked() - before
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_dns_pool_follows_changed_answers_and_keeps_open_sessions() -> Result<()> {
     let inst = Instances::start().await?;
     let dns = Arc::new(StubDns::default());
