@@ -134,16 +134,25 @@ fuzz_target!(|data: &[u8]| {
     };
     match result {
         Ok(hs) => {
-            // Only a complete 101 head succeeds, and the bytes read past it are kept, in
-            // order: leftover + what is still unread == everything after the head.
+            // Only a complete 101 head succeeds (after any interim 1xx heads), and the
+            // bytes read past it are kept, in order: leftover + what is still unread ==
+            // everything after the head.
             let response = server.response().to_vec();
-            let mut headers = [httparse::EMPTY_HEADER; 64];
-            let mut resp = httparse::Response::new(&mut headers);
-            let head_len = match resp.parse(&response) {
-                Ok(httparse::Status::Complete(n)) => n,
-                other => panic!("handshake succeeded on an incomplete head: {other:?}"),
-            };
-            assert_eq!(resp.code, Some(101));
+            let mut head_len = 0;
+            loop {
+                let mut headers = [httparse::EMPTY_HEADER; 64];
+                let mut resp = httparse::Response::new(&mut headers);
+                let n = match resp.parse(&response[head_len..]) {
+                    Ok(httparse::Status::Complete(n)) => n,
+                    other => panic!("handshake succeeded on an incomplete head: {other:?}"),
+                };
+                head_len += n;
+                match resp.code {
+                    Some(101) => break,
+                    Some(100..=199) => continue,
+                    other => panic!("handshake succeeded on a {other:?}"),
+                }
+            }
             assert_eq!(
                 server.pos,
                 head_len + hs.leftover.len(),
