@@ -264,7 +264,7 @@ async fn connect_inner(
         Some(token_name) => client_headers
             .get_all(header::COOKIE)
             .iter()
-            .filter_map(|v| v.to_str().ok())
+            .filter_map(|v| std::str::from_utf8(v.as_bytes()).ok())
             .map(|v| without_cookie(v, token_name))
             .filter(|v| !v.is_empty())
             .collect(),
@@ -281,7 +281,10 @@ async fn connect_inner(
         {
             continue;
         }
-        if let Ok(value) = value.to_str() {
+        // UTF-8 passes as the client sent it (a cookie with a name in it, say); only
+        // other non-ASCII bytes, which no header of this gateway's writes can carry,
+        // are left out.
+        if let Ok(value) = std::str::from_utf8(value.as_bytes()) {
             headers.push((name, value));
         }
     }

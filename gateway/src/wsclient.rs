@@ -19,8 +19,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 const MAX_HEAD: usize = 16 * 1024;
 /// Most bytes of a refusal body kept as its reason.
 const MAX_REASON: usize = 1024;
-/// Most response headers parsed.
-const MAX_HEADERS: usize = 64;
+/// Most response headers parsed: as many as the gateway takes in a client's request.
+const MAX_HEADERS: usize = 100;
 const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
 /// What to ask the server for.
@@ -135,7 +135,7 @@ where
             let mut resp = httparse::Response::new(&mut headers);
             let parsed = resp.parse(&buf).map_err(|e| {
                 HandshakeError::Malformed(match e {
-                    httparse::Error::TooManyHeaders => "more than 64 response headers",
+                    httparse::Error::TooManyHeaders => "more than 100 response headers",
                     _ => "not an HTTP/1.1 response",
                 })
             })?;
@@ -145,14 +145,15 @@ where
                 }
                 break;
             };
+            // One bound for the whole response head, however TCP cut it.
+            if interim + head_len > MAX_HEAD {
+                return Err(HandshakeError::Malformed("response head too large"));
+            }
             let status = resp.code.unwrap_or(0);
             // An interim answer (100 Continue, 103 Early Hints) comes before the final
             // one, which a client must wait for (RFC 9110 section 15.2).
             if (100..200).contains(&status) && status != 101 {
                 interim += head_len;
-                if interim > MAX_HEAD {
-                    return Err(HandshakeError::Malformed("response head too large"));
-                }
                 let _ = buf.split_to(head_len);
                 continue;
             }
@@ -310,9 +311,8 @@ fn header_has_token(headers: &[httparse::Header<'_>], name: &str, token: &str) -
     headers
         .iter()
         .filter(|h| h.name.eq_ignore_ascii_case(name))
-        .filter_map(|h| std::str::from_utf8(h.value).ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+        .flat_map(|h| h.value.split(|b| *b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
 #[cfg(test)]

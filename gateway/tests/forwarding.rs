@@ -493,8 +493,8 @@ async fn verified_claims_reach_the_backend_and_spoofed_ones_do_not() -> Result<(
 }
 
 #[tokio::test]
-async fn the_backends_own_101_headers_reach_the_client_and_forwarding_chains_are_joined(
-) -> Result<()> {
+async fn the_backends_101_headers_reach_the_client_and_the_clients_reach_the_backend() -> Result<()>
+{
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut probe = probe::Probe::start(probe::Mode::AcceptWith(vec![
         ("Set-Cookie".into(), "sticky=n1; Path=/".into()),
@@ -513,7 +513,7 @@ async fn the_backends_own_101_headers_reach_the_client_and_forwarding_chains_are
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
          ID: Backend_PROBE\r\nAuthorization: Bearer {token}\r\n\
          X-Forwarded-For: 192.0.2.1\r\nX-Forwarded-For: 192.0.2.2, 192.0.2.3\r\n\
-         Expect: 100-continue\r\n\r\n"
+         Expect: 100-continue\r\nX-Name: José\r\n\r\n"
     );
     tls.write_all(request.as_bytes()).await?;
     let mut head = Vec::new();
@@ -559,6 +559,8 @@ async fn the_backends_own_101_headers_reach_the_client_and_forwarding_chains_are
         all("x-forwarded-for")
     );
     ensure!(all("expect").is_empty(), "expect: {:?}", all("expect"));
+    // A UTF-8 value passes as it came.
+    ensure!(all("x-name") == ["José"], "x-name: {:?}", all("x-name"));
     Ok(())
 }
 

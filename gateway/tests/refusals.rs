@@ -214,6 +214,13 @@ async fn a_backends_101_must_be_unambiguous_and_its_interim_answers_are_waited_o
         ),
         // An empty extensions header lists none.
         (ok_101("Sec-WebSocket-Extensions: \r\n"), None),
+        // A head over 16 KiB is refused however TCP cuts it (here: one write).
+        (
+            ok_101(&format!("X-Big: {}\r\n", "b".repeat(20_000))),
+            Some("response head too large"),
+        ),
+        // 90 headers are not too many.
+        (ok_101(&"Set-Cookie: a=1\r\n".repeat(90)), None),
     ];
     let mut probes = Vec::new();
     let mut routes = Vec::new();

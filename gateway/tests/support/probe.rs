@@ -249,7 +249,10 @@ async fn answer(
     let headers = req
         .headers()
         .iter()
-        .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+        .map(|(k, v)| {
+            let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+            (k.as_str().to_owned(), v)
+        })
         .collect();
     let _ = ctx.tx.send(Event::Handshake(headers));
     let protocol = match ctx.mode.clone() {
