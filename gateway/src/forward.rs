@@ -241,8 +241,10 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'a, R, W> {
                                 return PumpEnd::DestLost;
                             }
                             // Only a destination that was behind shows by what it
-                            // takes that it reads (see `FrameWriter::take_waited`).
-                            if dst.take_waited() {
+                            // takes that it reads (see `FrameWriter::take_waited`); or
+                            // one inside a frame passed on in pieces, which can be sent
+                            // no ping to show it otherwise.
+                            if dst.take_waited() || dst.mid_frame() {
                                 inbox.delivered();
                             }
                         }
@@ -303,7 +305,7 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'a, R, W> {
                     Ok(Some(Stop::Full)) => loop {
                         match dst.flush_some().await {
                             Ok(done) => {
-                                if !done || dst.take_waited() {
+                                if !done || dst.take_waited() || dst.mid_frame() {
                                     inbox.delivered();
                                 }
                                 if done {

@@ -167,6 +167,38 @@ async fn a_large_frame_sent_slowly_is_not_taken_for_silence() -> Result<()> {
 }
 
 #[tokio::test]
+async fn a_frame_passed_on_in_pieces_keeps_its_silent_receiver_open() -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    // 200 KB in one frame, over ~3 s: passed on to the backend in pieces (over 64 KiB),
+    // during which the backend, which sends nothing, cannot be pinged (a ping cannot go
+    // inside a frame). What it takes is what shows it is there.
+    let mut probe = Probe::start(Mode::Accept { protocol: None }).await?;
+    let tb = testbed_with_toml(&[("Backend_PROBE", probe.url())], IDLE).await?;
+    let opts = tb.connect_options("Backend_PROBE")?;
+    let connector = loadgen::client::Connector::new(&opts).await?;
+    let mut raw = connector.connect_raw(&[], None).await?;
+    let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let key = [0x11u8, 0x22, 0x33, 0x44];
+    let mut frame = vec![0x82, 0x80 | 127];
+    frame.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+    frame.extend_from_slice(&key);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    let mut pace = tokio::time::interval(Duration::from_millis(100));
+    for chunk in frame.chunks(frame.len().div_ceil(30)) {
+        pace.tick().await;
+        raw.stream.write_all(chunk).await?;
+        raw.stream.flush().await?;
+    }
+    let (op, data) = probe.next_frame().await?;
+    ensure!(
+        op == OpCode::Binary && data.len() == payload.len() && data == payload,
+        "backend got {op:?} of {} bytes, not the whole frame",
+        data.len()
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_client_reading_a_backlog_slowly_is_not_taken_for_idle() -> Result<()> {
     // Pinged after 3 s of silence, closed 3 s later: shorter than the backlog takes to
     // drain at this pace (800 KB/s).
