@@ -245,7 +245,7 @@ impl Lease {
     /// and taken in one step, so connects racing for the last place cannot both get it.
     pub fn try_new(instance: Arc<Instance>, max: Option<usize>) -> Option<Self> {
         let Some(max) = max else {
-            return Some(Self::new(instance));
+            return Some(Self::new(instance)).filter(|l| !l.instance.gone());
         };
         instance
             .live
@@ -254,7 +254,10 @@ impl Lease {
             })
             .ok()?;
         instance.metrics.active.inc();
-        Some(Self { instance })
+        // An instance a reload retired while this connect waited, and whose last session
+        // has ended, is gone: its place counts nowhere any more (dropping the lease gives
+        // it back).
+        Some(Self { instance }).filter(|l| !l.instance.gone())
     }
 
     /// The leased instance.
@@ -409,7 +412,13 @@ impl Pool {
         }
         let start = self.cursor.fetch_add(1, Ordering::Relaxed) % n;
         let max = self.spec.max_sessions;
-        let untried = |i: usize| tried & (1u64 << i) == 0 && !list[i].full(max);
+        // A reload may have dropped an instance since `list` was taken: it takes no new
+        // connection.
+        let untried = |i: usize| {
+            tried & (1u64 << i) == 0
+                && !list[i].full(max)
+                && !list[i].retired.load(Ordering::Relaxed)
+        };
         let mut best: Option<(usize, usize)> = None;
         for k in 0..n {
             let i = (start + k) % n;
@@ -586,6 +595,38 @@ mod tests {
         );
         drop(held);
         assert!(Lease::try_new(first, Some(2)).is_some());
+    }
+
+    #[test]
+    fn a_connect_under_way_takes_no_instance_a_reload_dropped() {
+        use crate::route::{RouteTable, Router};
+        use std::collections::BTreeMap;
+        let metrics = PoolMetrics::default();
+        let spec = pool_capped(2, Balance::RoundRobin, Some(1)).spec.clone();
+        let with_b = BTreeMap::from([("B".to_owned(), spec)]);
+        let router = Router::new(RouteTable::from_specs(&with_b, &metrics, None));
+        // A connect took the pool and its list, then waits on its first instance.
+        let Some(pool) = router.current().get("B").cloned() else {
+            panic!("no pool for B")
+        };
+        let list = pool.instances();
+        // B is removed and listed again meanwhile.
+        for table in [BTreeMap::new(), with_b] {
+            let next = RouteTable::from_specs(&table, &metrics, Some(&router.current()));
+            router.replace(next);
+        }
+        assert_eq!(
+            pool.pick(&list, 1, 0),
+            None,
+            "a dropped instance was picked"
+        );
+        assert!(Lease::try_new(list[1].clone(), Some(1)).is_none());
+        assert!(Lease::try_new(list[1].clone(), None).is_none());
+        // The instance in force for B takes its one session.
+        let Some(now) = router.current().get("B").map(|p| p.instances()[1].clone()) else {
+            panic!("no pool for B")
+        };
+        assert!(Lease::try_new(now, Some(1)).is_some());
     }
 
     #[test]
