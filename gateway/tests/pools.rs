@@ -571,6 +571,55 @@ async fn a_names_address_that_takes_connections_but_never_answers_goes_last() ->
     Ok(())
 }
 
+#[tokio::test]
+async fn the_health_check_of_a_name_is_not_held_up_by_one_silent_address() -> Result<()> {
+    let mut inst = Instances::start().await?;
+    // 127.0.0.2 takes connections and never answers; 127.0.0.3 works.
+    inst.kill(0).await?;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(SocketAddr::new(ip(0), inst.port))?;
+    let silent = socket.listen(64)?;
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = accepted.clone();
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((c, _)) = silent.accept().await {
+            seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            conns.push(c);
+        }
+    });
+    let dns = Arc::new(StubDns::default());
+    dns.set(NAME, &[ip(0), ip(1)]);
+    let url = format!("ws://{NAME}:{}{}", inst.port, Backend::Abc.path());
+    let gw = Gw::start(
+        &format!("{ID} = {{ urls = [{url:?}], health_interval = \"200ms\" }}\n"),
+        dns,
+        None,
+    )
+    .await?;
+    // Three rounds of probes have reached the silent address (each waits out its
+    // timeout there), and the instance was never ejected: the other address answered.
+    let started = Instant::now();
+    while accepted.load(std::sync::atomic::Ordering::Relaxed) < 3 {
+        ensure!(
+            started.elapsed() < DEADLINE,
+            "the health check never probed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let instance = format!("{NAME}:{}", inst.port);
+    let ejections = gw
+        .instance_metric("backend_instance_ejections_total", &instance)
+        .await?;
+    ensure!(
+        ejections.unwrap_or(0.0) == 0.0,
+        "ejected {ejections:?} times while one of its addresses answered"
+    );
+    held.abort();
+    Ok(())
+}
+
 /// Requests an HTTP server that answers every request with one status has had: from the
 /// gateway's health check, and from anyone else.
 #[derive(Default)]

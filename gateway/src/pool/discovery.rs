@@ -187,8 +187,9 @@ impl Pool {
     }
 }
 
-/// One health probe under `timeout`: a TCP connect, then for [`HealthCheck::WebSocket`]
-/// the upgrade (see [`upgrade`]).
+/// One health probe under `timeout`, to every address of the instance at once (up if one
+/// answers): a TCP connect, then for [`HealthCheck::WebSocket`] the upgrade (see
+/// [`upgrade`]).
 async fn probe(
     i: &Instance,
     check: HealthCheck,
@@ -200,14 +201,30 @@ async fn probe(
             Ok(ip) => vec![SocketAddr::new(ip, i.target.port)],
             Err(_) => lookup.lookup(&i.target.host, i.target.port).await?,
         };
-        // The addresses as a session's connect tries them.
-        let (tcp, _) = crate::backend::connect_any(&addrs).await.map_err(|e| {
-            e.unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no addresses"))
-        })?;
-        match check {
-            HealthCheck::Tcp => Ok(()),
-            HealthCheck::WebSocket => upgrade(tcp, &i.target).await,
+        // Every address at once, up if one answers: sessions move an address that takes
+        // connections and never answers to the back, so one such address must not keep
+        // the whole instance out.
+        let mut probes = tokio::task::JoinSet::new();
+        for addr in addrs {
+            let target = i.target.clone();
+            probes.spawn(async move {
+                let tcp = tokio::net::TcpStream::connect(addr).await?;
+                match check {
+                    HealthCheck::Tcp => Ok(()),
+                    HealthCheck::WebSocket => upgrade(tcp, &target).await,
+                }
+            });
         }
+        let mut last = None;
+        while let Some(done) = probes.join_next().await {
+            match done {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => last = Some(e),
+                Err(e) => last = Some(std::io::Error::other(e)),
+            }
+        }
+        Err(last
+            .unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no addresses")))
     };
     match tokio::time::timeout(timeout, connect).await {
         Ok(result) => result,
