@@ -501,6 +501,8 @@ fn take_back(retired: &mut Vec<Arc<Instance>>, target: &BackendTarget) -> Option
 mod tests {
     use super::*;
     use crate::pool_config::{PoolSpec, DEFAULT_EJECT};
+    use crate::route::{RouteTable, Router};
+    use std::collections::BTreeMap;
 
     fn pool(n: usize, balance: Balance) -> Pool {
         pool_capped(n, balance, None)
@@ -562,14 +564,24 @@ mod tests {
         );
     }
 
-    #[test]
-    fn an_id_removed_and_listed_again_takes_back_its_instances_with_their_sessions() {
-        use crate::route::{RouteTable, Router};
-        use std::collections::BTreeMap;
+    /// A router whose one route, `B`, is a pool of `n` instances with `max_sessions`; the
+    /// backend table that lists it, for reloads that put it back; the metrics.
+    fn routes_of_b(
+        n: usize,
+        max_sessions: Option<usize>,
+    ) -> (Router, BTreeMap<String, PoolSpec>, PoolMetrics) {
         let metrics = PoolMetrics::default();
-        let spec = pool_capped(1, Balance::RoundRobin, Some(2)).spec.clone();
+        let spec = pool_capped(n, Balance::RoundRobin, max_sessions)
+            .spec
+            .clone();
         let with_b = BTreeMap::from([("B".to_owned(), spec)]);
         let router = Router::new(RouteTable::from_specs(&with_b, &metrics, None));
+        (router, with_b, metrics)
+    }
+
+    #[test]
+    fn an_id_removed_and_listed_again_takes_back_its_instances_with_their_sessions() {
+        let (router, with_b, metrics) = routes_of_b(1, Some(2));
         let first = router.current().get("B").map(|p| p.instances()[0].clone());
         let Some(first) = first else {
             panic!("no pool for B")
@@ -599,12 +611,7 @@ mod tests {
 
     #[test]
     fn a_connect_under_way_takes_no_instance_a_reload_dropped() {
-        use crate::route::{RouteTable, Router};
-        use std::collections::BTreeMap;
-        let metrics = PoolMetrics::default();
-        let spec = pool_capped(2, Balance::RoundRobin, Some(1)).spec.clone();
-        let with_b = BTreeMap::from([("B".to_owned(), spec)]);
-        let router = Router::new(RouteTable::from_specs(&with_b, &metrics, None));
+        let (router, with_b, metrics) = routes_of_b(2, Some(1));
         // A connect took the pool and its list, then waits on its first instance.
         let Some(pool) = router.current().get("B").cloned() else {
             panic!("no pool for B")

@@ -906,6 +906,23 @@ mod tests {
         drop(tx);
     }
 
+    /// The backend answers the gateway's close (1001) and ends its side; the session
+    /// `run` must then end within 5 s (not wait out its close timeout).
+    async fn answer_close_and_end(
+        backend_peer: &mut DuplexStream,
+        run: tokio::task::JoinHandle<SessionReport>,
+    ) -> SessionReport {
+        backend_peer
+            .write_all(&[0x88, 0x02, 0x03, 0xE9])
+            .await
+            .expect("backend answer");
+        backend_peer.shutdown().await.expect("backend end");
+        tokio::time::timeout(Duration::from_secs(5), run)
+            .await
+            .expect("ended by the backend's end, not the close timeout")
+            .expect("session task")
+    }
+
     #[tokio::test]
     async fn a_backend_whose_client_left_at_the_upgrade_hears_1001_and_ends_first() {
         let (gw, mut backend_peer) = tokio::io::duplex(4096);
@@ -933,15 +950,7 @@ mod tests {
             !run.is_finished(),
             "the gateway did not wait for the backend's end"
         );
-        backend_peer
-            .write_all(&[0x88, 0x02, 0x03, 0xE9])
-            .await
-            .expect("backend answer");
-        backend_peer.shutdown().await.expect("backend end");
-        let report = tokio::time::timeout(Duration::from_secs(5), run)
-            .await
-            .expect("ended by the backend's end, not the close timeout")
-            .expect("task");
+        let report = answer_close_and_end(&mut backend_peer, run).await;
         assert_eq!(report.outcome(), "client_lost");
         assert_eq!(report.gateway_closes(), vec![("backend", 1001)]);
     }
@@ -960,15 +969,7 @@ mod tests {
             .read_exact(&mut close)
             .await
             .expect("close to the backend");
-        backend_peer
-            .write_all(&[0x88, 0x02, 0x03, 0xE9])
-            .await
-            .expect("backend answer");
-        backend_peer.shutdown().await.expect("backend end");
-        let report = tokio::time::timeout(Duration::from_secs(5), run)
-            .await
-            .expect("the session ends")
-            .expect("session task");
+        let report = answer_close_and_end(&mut backend_peer, run).await;
         assert_eq!(report.gateway_closes(), vec![("backend", 1001)]);
         drop(tx);
     }

@@ -450,13 +450,7 @@ async fn verified_claims_reach_the_backend_and_spoofed_ones_do_not() -> Result<(
     let probe::Event::Handshake(headers) = probe.next().await? else {
         anyhow::bail!("expected the handshake")
     };
-    let all = |name: &str| {
-        headers
-            .iter()
-            .filter(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-            .collect::<Vec<_>>()
-    };
+    let all = |name: &str| probe::values(&headers, name);
     ensure!(
         all("x-auth-subject") == ["ballerina"],
         "subject headers {:?}",
@@ -546,13 +540,7 @@ async fn the_backends_101_headers_reach_the_client_and_the_clients_reach_the_bac
     let probe::Event::Handshake(headers) = probe.next().await? else {
         anyhow::bail!("expected the handshake")
     };
-    let all = |name: &str| {
-        headers
-            .iter()
-            .filter(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-            .collect::<Vec<_>>()
-    };
+    let all = |name: &str| probe::values(&headers, name);
     ensure!(
         all("x-forwarded-for") == ["192.0.2.1, 192.0.2.2, 192.0.2.3, 127.0.0.1"],
         "x-forwarded-for: {:?}",

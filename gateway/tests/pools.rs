@@ -538,22 +538,38 @@ async fn a_backend_name_with_an_address_that_drops_syns_is_served_by_its_next_ad
     Ok(())
 }
 
+/// Stops instance `i` and puts in its place a listener that takes every connection and
+/// never answers, as a hung backend process does; counts the connections it took.
+async fn hung_instance(
+    inst: &mut Instances,
+    i: usize,
+) -> Result<(
+    tokio::task::JoinHandle<()>,
+    Arc<std::sync::atomic::AtomicUsize>,
+)> {
+    inst.kill(i).await?;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(SocketAddr::new(ip(i), inst.port))?;
+    let silent = socket.listen(64)?;
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = accepted.clone();
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((c, _)) = silent.accept().await {
+            seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            conns.push(c);
+        }
+    });
+    Ok((held, accepted))
+}
+
 #[tokio::test]
 async fn a_names_address_that_takes_connections_but_never_answers_goes_last() -> Result<()> {
     let mut inst = Instances::start().await?;
     // 127.0.0.2 accepts every connection and never answers the upgrade, as a hung
     // backend process does.
-    inst.kill(0).await?;
-    let socket = tokio::net::TcpSocket::new_v4()?;
-    socket.set_reuseaddr(true)?;
-    socket.bind(SocketAddr::new(ip(0), inst.port))?;
-    let silent = socket.listen(64)?;
-    let held = tokio::spawn(async move {
-        let mut conns = Vec::new();
-        while let Ok((c, _)) = silent.accept().await {
-            conns.push(c);
-        }
-    });
+    let (held, _) = hung_instance(&mut inst, 0).await?;
     let dns = Arc::new(StubDns::default());
     dns.set(NAME, &[ip(0), ip(1)]);
     let url = format!("ws://{NAME}:{}{}", inst.port, Backend::Abc.path());
@@ -575,20 +591,7 @@ async fn a_names_address_that_takes_connections_but_never_answers_goes_last() ->
 async fn the_health_check_of_a_name_is_not_held_up_by_one_silent_address() -> Result<()> {
     let mut inst = Instances::start().await?;
     // 127.0.0.2 takes connections and never answers; 127.0.0.3 works.
-    inst.kill(0).await?;
-    let socket = tokio::net::TcpSocket::new_v4()?;
-    socket.set_reuseaddr(true)?;
-    socket.bind(SocketAddr::new(ip(0), inst.port))?;
-    let silent = socket.listen(64)?;
-    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let seen = accepted.clone();
-    let held = tokio::spawn(async move {
-        let mut conns = Vec::new();
-        while let Ok((c, _)) = silent.accept().await {
-            seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            conns.push(c);
-        }
-    });
+    let (held, accepted) = hung_instance(&mut inst, 0).await?;
     let dns = Arc::new(StubDns::default());
     dns.set(NAME, &[ip(0), ip(1)]);
     let url = format!("ws://{NAME}:{}{}", inst.port, Backend::Abc.path());

@@ -236,6 +236,15 @@ impl Probe {
     }
 }
 
+/// Every value of header `name` (lower case) in a [`Event::Handshake`]'s headers, in order.
+pub fn values<'h>(headers: &'h [(String, String)], name: &str) -> Vec<&'h str> {
+    headers
+        .iter()
+        .filter(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
 /// The sequence number a flood frame carries.
 pub fn flood_seq(payload: &[u8]) -> Option<u64> {
     let head: [u8; 8] = payload.get(..8)?.try_into().ok()?;
