@@ -469,8 +469,9 @@ mod nets {
 }
 
 /// The longest duration a setting takes: far beyond any use, and far from where adding
-/// it to the clock would overflow.
-const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+/// it to the clock would overflow. 100 of humantime's years (365.25 days each), so that
+/// `"100years"` is within the bound the refusal names.
+const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
 
 /// A duration setting such as `"10s"` or `"2m"`, at most 100 years.
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -1022,6 +1023,13 @@ mod tests {
         Config::from_toml_str(&text, Path::new("."))
             .err()
             .and_then(|e| e.key)
+    }
+
+    #[test]
+    fn durations_up_to_100_years_are_taken() {
+        assert!(parse_duration("100years").is_ok());
+        assert!(parse_duration("36524d").is_ok());
+        assert!(parse_duration("101years").is_err());
     }
 
     #[test]
