@@ -78,7 +78,7 @@ pub struct TargetArgs {
     #[arg(long, conflicts_with_all = ["token", "jwt_key"])]
     pub no_token: bool,
     /// Limit on TCP connect + TLS + WebSocket upgrade, e.g. `10s`.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = positive_duration)]
     pub connect_timeout: Duration,
 }
 
@@ -194,8 +194,8 @@ pub struct DemoArgs {
     /// Pause between messages, e.g. `5s`.
     #[arg(long, default_value = "5s", value_parser = positive_duration)]
     pub interval: Duration,
-    /// Stop after this many messages (once the last is echoed).
-    #[arg(long)]
+    /// Stop after this many messages (once the last is echoed); at least 1.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
     /// Target and credentials.
     #[command(flatten)]

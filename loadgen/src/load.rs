@@ -145,11 +145,15 @@ impl LoadRun {
 #[error("{0}")]
 pub struct UsageError(pub String);
 
+/// Largest `--size`: 64 MiB, four times the gateway's default `max_message_size`. Each
+/// connection keeps up to 64 messages of it ready to send.
+const MAX_SIZE: usize = 64 << 20;
+
 fn validate(opts: &LoadOptions) -> Result<(), UsageError> {
     let bad = |m: String| Err(UsageError(m));
-    if opts.size < wire::HEADER_LEN {
+    if opts.size < wire::HEADER_LEN || opts.size > MAX_SIZE {
         return bad(format!(
-            "--size must be at least {} bytes",
+            "--size must be between {} and {MAX_SIZE} bytes",
             wire::HEADER_LEN
         ));
     }

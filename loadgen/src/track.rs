@@ -10,7 +10,7 @@
 //! unanswered messages to [`Tracker::lose_at_close`]: they are *lost at close*, counted
 //! apart from the errors, and sequence numbers carry on over the next connection.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -56,6 +56,10 @@ struct Pending {
     t_ns: u64,
 }
 
+/// Expired messages remembered per connection, so that their late echoes are not taken
+/// for duplicates.
+const EXPIRED_KEPT: usize = 1 << 16;
+
 /// The integrity state of one connection.
 #[derive(Debug)]
 pub struct Tracker {
@@ -66,6 +70,9 @@ pub struct Tracker {
     outstanding: VecDeque<Pending>,
     /// Overtaken by a later echo; still accepted (as reordered) until they time out.
     skipped: VecDeque<Pending>,
+    /// Messages given up on (counted missing) whose echo may still come, late: it is not
+    /// then an echo of something answered already. The newest [`EXPIRED_KEPT`] are kept.
+    expired: BTreeSet<u64>,
     /// Errors found so far.
     pub errors: IntegrityErrors,
     /// Messages outstanding on connections the server closed (see [`Tracker::lose_at_close`]).
@@ -85,6 +92,7 @@ impl Tracker {
             next_seq: 0,
             outstanding: VecDeque::new(),
             skipped: VecDeque::new(),
+            expired: BTreeSet::new(),
             errors: IntegrityErrors::default(),
             lost_at_close: 0,
             unplaced: 0,
@@ -139,6 +147,9 @@ impl Tracker {
         } else if let Ok(i) = self.skipped.binary_search_by_key(&stamp.seq, |p| p.seq) {
             self.errors.reordered += 1;
             self.skipped.remove(i)
+        } else if intact && self.expired.remove(&stamp.seq) {
+            // Back after `--echo-timeout`: counted once, as missing, when it expired.
+            return None;
         } else {
             if intact {
                 self.errors.duplicate += 1;
@@ -160,10 +171,14 @@ impl Tracker {
     pub fn expire(&mut self, cutoff_ns: u64) {
         let mut gone = 0;
         for queue in [&mut self.outstanding, &mut self.skipped] {
-            while queue.front().is_some_and(|p| p.t_ns < cutoff_ns) {
+            while let Some(p) = queue.front().filter(|p| p.t_ns < cutoff_ns) {
+                self.expired.insert(p.seq);
                 queue.pop_front();
                 gone += 1;
             }
+        }
+        while self.expired.len() > EXPIRED_KEPT {
+            self.expired.pop_first();
         }
         self.count_missing(gone);
     }
@@ -379,11 +394,11 @@ mod tests {
         assert_eq!(t.errors.missing, 2);
         assert_eq!(t.oldest_ns(), Some(20));
         assert!(t.on_echo(&sent[2], 30).is_some());
-        assert_eq!(
-            t.on_echo(&sent[0], 30),
-            None,
-            "an expired message coming back is a duplicate"
-        );
+        // Coming back late, it was counted once, as missing; a second copy is a
+        // duplicate.
+        assert_eq!(t.on_echo(&sent[0], 30), None);
+        assert_eq!((t.errors.missing, t.errors.duplicate), (2, 0));
+        assert_eq!(t.on_echo(&sent[0], 30), None);
         assert_eq!(t.errors.duplicate, 1);
     }
 }

@@ -103,3 +103,49 @@ fn a_run_where_nothing_opened_reports_at_once_not_after_its_duration() -> anyhow
     );
     Ok(())
 }
+
+#[test]
+fn sizes_and_counts_that_cannot_work_are_usage_errors() -> anyhow::Result<()> {
+    for (args, says) in [
+        (
+            &[
+                "--url",
+                "ws://127.0.0.1:1/gateway",
+                "--size",
+                "99999999999999",
+            ][..],
+            "--size must be between",
+        ),
+        (
+            &[
+                "--url",
+                "ws://127.0.0.1:1/gateway",
+                "--size",
+                "18446744073709551615",
+            ][..],
+            "--size must be between",
+        ),
+        (
+            &["demo", "--url", "ws://127.0.0.1:1/gateway", "--count", "0"][..],
+            "--count",
+        ),
+        (
+            &[
+                "demo",
+                "--url",
+                "ws://127.0.0.1:1/gateway",
+                "--connect-timeout",
+                "0s",
+            ][..],
+            "--connect-timeout",
+        ),
+    ] {
+        let (got, stderr) = loadgen(args)?;
+        // clap's own refusals exit 2, loadgen's 64: either way before any connect.
+        anyhow::ensure!(
+            matches!(got, Some(2 | 64)) && stderr.contains(says),
+            "{args:?}: exit {got:?}: {stderr}"
+        );
+    }
+    Ok(())
+}
