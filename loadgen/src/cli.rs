@@ -291,10 +291,20 @@ impl DemoArgs {
     }
 }
 
-async fn ctrl_c() {
-    if tokio::signal::ctrl_c().await.is_err() {
-        // No signal handling available: never interrupt.
-        std::future::pending::<()>().await;
+/// Resolves at the first Ctrl-C (SIGINT). The handler is installed now, not at the first
+/// poll: a Ctrl-C while connections are being opened is a stop, not the default action
+/// that kills the process without a report.
+fn ctrl_c() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let interrupts = signal(SignalKind::interrupt());
+    async move {
+        match interrupts {
+            Ok(mut interrupts) => {
+                interrupts.recv().await;
+            }
+            // No signal handling available: never interrupt.
+            Err(_) => std::future::pending::<()>().await,
+        }
     }
 }
 

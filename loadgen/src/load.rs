@@ -265,22 +265,30 @@ pub async fn run(opts: &LoadOptions, stop: impl Future<Output = ()>) -> anyhow::
 
     // Connect phase.
     let connect_start = Instant::now();
+    // Told to stop while connections are still being opened, the spawner opens no more;
+    // those already open run on to the report.
+    let (halt_tx, halt_rx) = watch::channel(false);
     let mut spawner = tokio::spawn(spawn_connections(
         shared.clone(),
         opts.clone(),
         sources.clone(),
         phase_rx,
+        halt_rx,
     ));
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut tasks = loop {
         tokio::select! {
             r = &mut spawner => break r.context("connection spawner")??,
             _ = tick.tick() => progress.update("connecting", requested, &shared.live.totals()),
+            () = &mut stop, if !stopped_early => {
+                stopped_early = true;
+                let _ = halt_tx.send(true);
+            }
         }
     };
     // Every connect is bounded by the connect timeout; this bound only guards the loop.
     let connects_done_by = Instant::now() + opts.connect_timeout + Duration::from_secs(2);
-    loop {
+    while !stopped_early {
         let t = shared.live.totals();
         progress.update("connecting", requested, &t);
         if t.opened + t.failed >= requested || Instant::now() > connects_done_by {
@@ -364,19 +372,26 @@ async fn spawn_connections(
     opts: LoadOptions,
     sources: Vec<IpAddr>,
     phase: watch::Receiver<Phase>,
+    mut halt: watch::Receiver<bool>,
 ) -> anyhow::Result<JoinSet<Outcome>> {
     let permits = Arc::new(Semaphore::new(opts.connect_concurrency));
     let mut tasks = JoinSet::new();
     let start = tokio::time::Instant::now();
     for i in 0..opts.conns {
-        if let Some(rate) = opts.connect_rate {
-            tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / rate)).await;
+        if *halt.borrow() {
+            break;
         }
-        let permit = permits
-            .clone()
-            .acquire_owned()
-            .await
-            .context("connect permits")?;
+        if let Some(rate) = opts.connect_rate {
+            let due = start + Duration::from_secs_f64(i as f64 / rate);
+            tokio::select! {
+                () = tokio::time::sleep_until(due) => {}
+                _ = halt.changed() => break,
+            }
+        }
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => permit.context("connect permits")?,
+            _ = halt.changed() => break,
+        };
         let plan = Plan {
             id: i as u32,
             backend: i % shared.backends.len(),
