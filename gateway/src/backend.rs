@@ -220,6 +220,42 @@ async fn connect_inner(
     resolver: &Resolver,
     deadline: tokio::time::Instant,
 ) -> Result<BackendConn, AttemptError> {
+    let timed_out = || AttemptError::instance(Refusal::GatewayTimeout);
+    let (mut stream, addr) =
+        tokio::time::timeout_at(deadline, open_tcp(&target.host, target.port, resolver))
+            .await
+            .map_err(|_| timed_out())??;
+    crate::tcp_opts::tune(&stream);
+    let upgraded = tokio::time::timeout_at(deadline, upgrade(&mut stream, target, req))
+        .await
+        .unwrap_or_else(|_| Err(timed_out()));
+    // The address that completed the handshake is tried first next time; one that took
+    // the connection but failed or never answered goes last, or a name whose first
+    // address accepts and never answers would send every client there while the next
+    // address works.
+    match &upgraded {
+        Ok(_) => resolver.worked(&target.host, target.port, addr),
+        Err(e) if e.blame == Blame::Instance => resolver.failed(&target.host, target.port, addr),
+        Err(_) => {}
+    }
+    let hs = upgraded?;
+    Ok(BackendConn {
+        stream,
+        leftover: hs.leftover,
+        protocol: hs.protocol,
+        extensions: hs.extensions,
+        headers: hs.headers,
+        lease: None,
+    })
+}
+
+/// The WebSocket handshake on `stream` for `target`, with the client's end-to-end
+/// headers, and the checks of its answer against what the client offered.
+async fn upgrade(
+    stream: &mut TcpStream,
+    target: &BackendTarget,
+    req: &BackendRequest<'_>,
+) -> Result<wsclient::Handshake, AttemptError> {
     let BackendRequest {
         headers: client_headers,
         protocols,
@@ -229,22 +265,6 @@ async fn connect_inner(
         identity_names,
         token_cookie,
     } = *req;
-    let timed_out = || AttemptError::instance(Refusal::GatewayTimeout);
-    let (mut stream, addr) =
-        tokio::time::timeout_at(deadline, open_tcp(&target.host, target.port, resolver))
-            .await
-            .map_err(|_| timed_out())??;
-    crate::tcp_opts::tune(&stream);
-    // An address that took the connection but failed the handshake goes last for the
-    // next connect: a name whose first address accepts and never answers would otherwise
-    // send every client there while the next address works.
-    let address_failed = |e: AttemptError| {
-        if e.blame == Blame::Instance {
-            resolver.failed(&target.host, target.port, addr);
-        }
-        e
-    };
-
     // Every line the client sent, in order, then the client: the chain as nginx's
     // `$proxy_add_x_forwarded_for` builds it.
     let mut forwarded_for = String::new();
@@ -303,9 +323,8 @@ async fn connect_inner(
         headers: &headers,
         refusal_body: false,
     };
-    let hs = tokio::time::timeout_at(deadline, wsclient::handshake(&mut stream, &req))
+    let hs = wsclient::handshake(stream, &req)
         .await
-        .map_err(|_| address_failed(timed_out()))?
         .map_err(|e| match e {
             HandshakeError::Refused { status, .. } => AttemptError {
                 refusal: Refusal::BadGateway(format!("backend answered HTTP {status}")),
@@ -319,31 +338,27 @@ async fn connect_inner(
                 "backend connection failed: {e}"
             ))),
             other => AttemptError::instance(Refusal::BadGateway(other.to_string())),
-        })
-        .map_err(address_failed)?;
-    if let Some(answer) = &hs.extensions {
-        crate::extensions::check_answer(answer, extensions.is_some()).map_err(|e| {
-            address_failed(AttemptError::instance(Refusal::BadGateway(e.to_string())))
         })?;
+    if let Some(answer) = &hs.extensions {
+        crate::extensions::check_answer(answer, extensions.is_some())
+            .map_err(|e| AttemptError::instance(Refusal::BadGateway(e.to_string())))?;
     }
     // A choice the client did not offer fails its handshake (RFC 6455 section 4.1): a
     // fault of this instance, as an unoffered extension is.
     if let Some(chosen) = &hs.protocol {
-        if !protocols.is_some_and(|o| o.split(',').any(|p| p.trim() == chosen)) {
-            return Err(address_failed(AttemptError::instance(Refusal::BadGateway(
+        if !offered(protocols, chosen) {
+            return Err(AttemptError::instance(Refusal::BadGateway(
                 "backend chose a subprotocol the client did not offer".into(),
-            ))));
+            )));
         }
     }
-    resolver.worked(&target.host, target.port, addr);
-    Ok(BackendConn {
-        stream,
-        leftover: hs.leftover,
-        protocol: hs.protocol,
-        extensions: hs.extensions,
-        headers: hs.headers,
-        lease: None,
-    })
+    Ok(hs)
+}
+
+/// Whether `chosen` is one of the subprotocols of `offers` (a `Sec-WebSocket-Protocol`
+/// list).
+pub(crate) fn offered(offers: Option<&str>, chosen: &str) -> bool {
+    offers.is_some_and(|o| o.split(',').any(|p| p.trim() == chosen))
 }
 
 /// Connects to the first address of `host` that accepts; returns it with the stream.

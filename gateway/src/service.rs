@@ -431,8 +431,7 @@ fn accept(
         builder = builder.header(header::SEC_WEBSOCKET_EXTENSIONS, value);
     }
     if let Some(chosen) = chosen {
-        let was_offered = offered.is_some_and(|o| o.split(',').any(|p| p.trim() == chosen));
-        if !was_offered {
+        if !backend::offered(offered, chosen) {
             return Err(Refusal::BadGateway(
                 "backend chose a subprotocol the client did not offer".into(),
             ));

@@ -139,16 +139,18 @@ where
                     _ => "not an HTTP/1.1 response",
                 })
             })?;
-            let httparse::Status::Complete(head_len) = parsed else {
-                if interim + buf.len() > MAX_HEAD {
-                    return Err(HandshakeError::Malformed("response head too large"));
-                }
-                break;
+            // One bound for the whole response head, however TCP cut it: the head, or
+            // while it is incomplete all that has come of it.
+            let head_so_far = match parsed {
+                httparse::Status::Complete(head_len) => head_len,
+                httparse::Status::Partial => buf.len(),
             };
-            // One bound for the whole response head, however TCP cut it.
-            if interim + head_len > MAX_HEAD {
+            if interim + head_so_far > MAX_HEAD {
                 return Err(HandshakeError::Malformed("response head too large"));
             }
+            let httparse::Status::Complete(head_len) = parsed else {
+                break;
+            };
             let status = resp.code.unwrap_or(0);
             // An interim answer (100 Continue, 103 Early Hints) comes before the final
             // one, which a client must wait for (RFC 9110 section 15.2).
