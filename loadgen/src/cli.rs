@@ -31,6 +31,9 @@ fn positive_duration(text: &str) -> Result<Duration, String> {
 pub const EXIT_FAILED: u8 = 1;
 /// Exit code: bad options or files (BSD `EX_USAGE`).
 pub const EXIT_USAGE: u8 = 64;
+/// Exit code: stopped by Ctrl-C before the run's end, with no integrity error (the
+/// shell's code for a SIGINT, so `loadgen … && next` does not go on).
+pub const EXIT_INTERRUPTED: u8 = 130;
 
 /// Load generator and demo client for the wsgate WebSocket gateway.
 ///
@@ -373,6 +376,8 @@ async fn run_load(args: &LoadArgs) -> ExitCode {
     }
     let mut code = if run.report.passed() {
         ExitCode::SUCCESS
+    } else if run.report.interrupted && run.report.total.errors.total == 0 {
+        ExitCode::from(EXIT_INTERRUPTED)
     } else {
         ExitCode::from(EXIT_FAILED)
     };

@@ -157,18 +157,25 @@ pub async fn run(
     shared: Arc<Shared>,
     plan: Plan,
     permit: OwnedSemaphorePermit,
-    phase: watch::Receiver<Phase>,
+    mut phase: watch::Receiver<Phase>,
 ) -> Outcome {
     let live = shared.live.backend(plan.backend);
     let mut outcome = Outcome::new(plan.backend, End::Clean);
     let started = Instant::now();
-    let res = open(&shared, plan).await;
+    // A run stopped (Ctrl-C) while this connection is being opened does not wait out
+    // its connect timeout.
+    let res = tokio::select! {
+        res = open(&shared, plan) => res.map_err(|e| e.to_string()),
+        _ = phase.wait_for(|p| *p == Phase::Stop) => {
+            Err("stopped before it opened: the run was interrupted".to_owned())
+        }
+    };
     drop(permit);
     let mut stream = match res {
         Ok(s) => s,
-        Err(e) => {
+        Err(why) => {
             live.failed.fetch_add(1, Ordering::Relaxed);
-            outcome.end = End::Failed(e.to_string());
+            outcome.end = End::Failed(why);
             return outcome;
         }
     };

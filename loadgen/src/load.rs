@@ -259,7 +259,8 @@ pub async fn run(opts: &LoadOptions, stop: impl Future<Output = ()>) -> anyhow::
     let (phase_tx, phase_rx) = watch::channel(Phase::Connecting);
     let mut progress = Progress::new(opts.progress);
     let requested = opts.conns as u64;
-    let cpu_start = sys::cpu_time().unwrap_or_default();
+    let clock = sys::CpuClock::open();
+    let cpu_start = clock.now().unwrap_or_default();
     tokio::pin!(stop);
     let mut stopped_early = false;
 
@@ -276,7 +277,7 @@ pub async fn run(opts: &LoadOptions, stop: impl Future<Output = ()>) -> anyhow::
         halt_rx,
     ));
     let mut tick = tokio::time::interval(Duration::from_millis(100));
-    let mut tasks = loop {
+    let mut tasks: JoinSet<Outcome> = loop {
         tokio::select! {
             r = &mut spawner => break r.context("connection spawner")??,
             _ = tick.tick() => progress.update("connecting", requested, &shared.live.totals()),
@@ -300,7 +301,7 @@ pub async fn run(opts: &LoadOptions, stop: impl Future<Output = ()>) -> anyhow::
         }
     }
     let connect_phase = connect_start.elapsed();
-    let cpu_connected = sys::cpu_time().unwrap_or_default();
+    let cpu_connected = clock.now().unwrap_or_default();
     // Every connection has failed or ended for good: nothing is left to hold or run, and
     // the report need not wait out the hold and the duration.
     let all_over =
@@ -342,18 +343,19 @@ pub async fn run(opts: &LoadOptions, stop: impl Future<Output = ()>) -> anyhow::
             tokio::select! {
                 () = tokio::time::sleep_until(end) => break,
                 _ = tick.tick() => {}
-                () = &mut stop => break,
+                () = &mut stop => { stopped_early = true; break; }
             }
         }
     }
     let duration = run_start.elapsed();
     let _ = phase_tx.send(Phase::Stop);
 
+    let spawned = tasks.len();
     // Drain and close: every task has its own deadlines; this bound only guards against
     // a task that would hang regardless.
     let limit = opts.drain_timeout + opts.close_timeout + Duration::from_secs(5);
     let outcomes = collect(&mut tasks, limit, &mut progress, requested, &shared).await;
-    let cpu_end = sys::cpu_time().unwrap_or_default();
+    let cpu_end = clock.now().unwrap_or_default();
     progress.finish();
     Ok(build(
         opts,
@@ -361,10 +363,29 @@ pub async fn run(opts: &LoadOptions, stop: impl Future<Output = ()>) -> anyhow::
         &outcomes,
         [connect_phase, duration],
         [cpu_start, cpu_connected, cpu_end],
-        nofile,
-        sources.len(),
+        Conditions {
+            nofile,
+            source_addrs: sources.len(),
+            interrupted: stopped_early,
+            spawned,
+        },
     ))
 }
+
+/// What the run ran under and how it ended.
+struct Conditions {
+    /// Soft open-file limit in force.
+    nofile: u64,
+    /// Source addresses the connections were spread over.
+    source_addrs: usize,
+    /// Stopped early (Ctrl-C).
+    interrupted: bool,
+    /// Connections started (fewer than asked for when stopped while connecting).
+    spawned: usize,
+}
+
+/// Why a connection an interrupted run never started counts as failed.
+const NOT_STARTED: &str = "not started: the run was interrupted";
 
 /// Spawns one task per connection, at the connect rate and concurrency asked for.
 async fn spawn_connections(
@@ -438,25 +459,29 @@ fn build(
     outcomes: &[Outcome],
     [connect_phase, duration]: [Duration; 2],
     [cpu_start, cpu_connected, cpu_end]: [CpuTime; 3],
-    nofile: u64,
-    source_addrs: usize,
+    run: Conditions,
 ) -> LoadRun {
     let (rtt, connect) = shared.recorder.merged();
     let duration_s = duration.as_secs_f64();
     let nb = opts.backends.len();
     let requested_of = |b: usize| (opts.conns / nb + usize::from(b < opts.conns % nb)) as u64;
-    // Tasks that could not be collected still count as requested, and as dropped.
+    // Connection i goes to backend i % nb: those an interrupted run never started are
+    // failed as such; tasks that could not be collected still count, as dropped.
+    let spawned_of = |b: usize| (run.spawned / nb + usize::from(b < run.spawned % nb)) as u64;
     let mut counted = vec![0u64; nb];
     for o in outcomes {
         counted[o.backend] += 1;
     }
     let mut lost: Vec<Outcome> = Vec::new();
     for (b, n) in counted.iter().enumerate() {
-        for _ in *n..requested_of(b) {
+        for _ in *n..spawned_of(b) {
             lost.push(Outcome::new(
                 b,
                 End::Dropped("did not finish closing in time".to_owned()),
             ));
+        }
+        for _ in spawned_of(b).max(*n)..requested_of(b) {
+            lost.push(Outcome::new(b, End::Failed(NOT_STARTED.to_owned())));
         }
     }
     let all: Vec<&Outcome> = outcomes.iter().chain(&lost).collect();
@@ -498,8 +523,8 @@ fn build(
         cpu_s: sending.total().as_secs_f64(),
         cpu_us_per_msg: (echoed > 0).then(|| sending.total().as_secs_f64() * 1e6 / echoed as f64),
         connect_cpu_s: cpu_connected.since(&cpu_start).total().as_secs_f64(),
-        nofile_limit: nofile,
-        source_addrs,
+        nofile_limit: run.nofile,
+        source_addrs: run.source_addrs,
     };
     let report = Report {
         version: 1,
@@ -531,6 +556,7 @@ fn build(
             })
             .collect(),
         tls_resumed: shared.connector.resumed_handshakes(),
+        interrupted: run.interrupted,
     };
     let mut named: Vec<(String, Histogram<u64>)> = opts.backends.iter().cloned().zip(rtt).collect();
     if nb > 1 {

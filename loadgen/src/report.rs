@@ -19,7 +19,9 @@
 //!   "total": Section,              // all backends together ("backend": "total")
 //!   "loadgen": { "cpu_user_s", "cpu_system_s", "cpu_s", "cpu_us_per_msg",
 //!                "connect_cpu_s", "nofile_limit", "source_addrs" },
-//!   "tls_suites": [ { "suite": "TLS13_AES_128_GCM_SHA256", "connections": 100 } ]
+//!   "tls_suites": [ { "suite": "TLS13_AES_128_GCM_SHA256", "connections": 100 } ],
+//!   "tls_resumed": 0,              // handshakes that resumed a session (--resume)
+//!   "interrupted": false           // stopped by Ctrl-C: the figures cover what ran
 //! }
 //! Section = {
 //!   "backend": "Backend_ABC",
@@ -87,6 +89,9 @@ pub struct Report {
     /// TLS handshakes that resumed a session (`--resume`); 0 otherwise.
     #[serde(default)]
     pub tls_resumed: u64,
+    /// Stopped by Ctrl-C before the run's end: the figures cover only what ran.
+    #[serde(default)]
+    pub interrupted: bool,
 }
 
 /// Connections that negotiated one TLS cipher suite.
@@ -346,20 +351,26 @@ fn grouped(map: HashMap<&str, u64>) -> Vec<Count> {
 }
 
 impl Report {
-    /// Whether the run passed: every connection opened, none was dropped before the run
-    /// ended (with `--reconnect`, one that came back is not dropped), and no integrity
-    /// error was found.
+    /// Whether the run passed: it ran to its end, every connection opened, none was
+    /// dropped before the run ended (with `--reconnect`, one that came back is not
+    /// dropped), and no integrity error was found.
     pub fn passed(&self) -> bool {
         self.verdict().is_none()
     }
 
-    /// Why the run failed, if it did.
+    /// Why the run failed, if it did. Integrity errors come first; then an interrupted
+    /// run is that (its connections were cut short by the stop, not by the server).
     pub fn verdict(&self) -> Option<String> {
         let c = &self.total.connections;
-        if c.opened == 0 {
-            Some("FAIL: no connection opened".to_owned())
-        } else if self.total.errors.total > 0 {
+        if self.total.errors.total > 0 {
             Some("FAIL: integrity errors".to_owned())
+        } else if self.interrupted {
+            Some(format!(
+                "INTERRUPTED: stopped by Ctrl-C after {:.1} s of sending; {} of {} connections had opened",
+                self.duration_s, c.opened, c.requested
+            ))
+        } else if c.opened == 0 {
+            Some("FAIL: no connection opened".to_owned())
         } else if c.failed > 0 {
             Some(format!(
                 "FAIL: {} of {} connections never opened",

@@ -37,10 +37,31 @@ impl CpuTime {
     }
 }
 
-/// CPU time of the whole process (all threads), from `/proc/self/stat`; `None` where
-/// that file does not exist or reads oddly.
-pub fn cpu_time() -> Option<CpuTime> {
-    parse_stat(&std::fs::read_to_string("/proc/self/stat").ok()?)
+/// Reads this process's CPU time (all threads) from `/proc/self/stat`, through a file
+/// opened once: a run that has used every descriptor its limit allows still reads it (a
+/// fresh open then fails, and the figure would be lost).
+#[derive(Debug)]
+pub struct CpuClock {
+    stat: Option<std::fs::File>,
+}
+
+impl CpuClock {
+    /// Opens `/proc/self/stat`; without it (no procfs) every reading is `None`.
+    pub fn open() -> Self {
+        Self {
+            stat: std::fs::File::open("/proc/self/stat").ok(),
+        }
+    }
+
+    /// The CPU time used so far; `None` where the file is missing or reads oddly.
+    pub fn now(&self) -> Option<CpuTime> {
+        use std::os::unix::fs::FileExt;
+        let stat = self.stat.as_ref()?;
+        // procfs builds the text afresh for a read from offset 0.
+        let mut buf = [0u8; 4096];
+        let n = stat.read_at(&mut buf, 0).ok()?;
+        parse_stat(std::str::from_utf8(&buf[..n]).ok()?)
+    }
 }
 
 /// Reads utime and stime (fields 14 and 15, in clock ticks of 1/100 s: Linux reports
@@ -147,7 +168,11 @@ mod tests {
         let t = parse_stat(stat).expect("parses");
         assert_eq!(t.user, Duration::from_millis(2500));
         assert_eq!(t.system, Duration::from_millis(1300));
-        assert!(cpu_time().is_some(), "this process's own stat is readable");
+        let clock = CpuClock::open();
+        let (Some(a), Some(b)) = (clock.now(), clock.now()) else {
+            panic!("this process's own stat is readable, and again through the same file");
+        };
+        assert!(b.total() >= a.total());
     }
 
     #[test]
