@@ -117,8 +117,10 @@ pub fn parse(data: &[u8], expect_masked: bool, max_frame: usize, rsv1_ok: bool) 
             }
         }
     };
+    // A control frame's length is always in the 7-bit field (RFC 6455 section 5.2: the
+    // minimal encoding, and 125 bytes at most), whatever the longer field says.
     let control = opcode & 0x8 != 0;
-    if control && (!fin || payload_len > 125) {
+    if control && (!fin || short.is_none() || payload_len > 125) {
         return Parsed::Violation(1002);
     }
     if payload_len > max_frame {
@@ -415,6 +417,24 @@ mod tests {
             Parsed::Violation(1002),
             "ping over 125"
         );
+        // Five bytes, but in the 16- or 64-bit field: not the minimal encoding a control
+        // frame must have, which a strict receiver (Node's ws) would fail on.
+        let mut long = vec![0x89, 127];
+        long.extend_from_slice(&5u64.to_be_bytes());
+        long.extend_from_slice(&[1, 2, 3, 4, 5]);
+        for (frame, what) in [
+            (
+                vec![0x8A, 126, 0, 5, 1, 2, 3, 4, 5],
+                "pong with a 16-bit length",
+            ),
+            (long, "ping with a 64-bit length"),
+        ] {
+            assert_eq!(
+                parse(&frame, false, 1000, false),
+                Parsed::Violation(1002),
+                "{what}"
+            );
+        }
         assert_eq!(
             parse(&[0x82, 11], false, 10, false),
             Parsed::Violation(1009),

@@ -448,8 +448,11 @@ where
         // connection first: its FIN is waited for (bounded) before the gateway's own, so
         // the backend, not the gateway, holds the closed connection's TIME_WAIT, and its
         // close answer does not meet a closed socket either.
+        // Not when a frame toward it was left unfinished: no close could follow it, and
+        // the backend, waiting for the rest of the frame, would never end first.
         let linger_backend = !matches!(backend_end, Some(PumpEnd::SourceLost))
-            && client_end != Some(PumpEnd::DestLost);
+            && client_end != Some(PumpEnd::DestLost)
+            && !bwrite.mid_frame();
         let backend_side = async move {
             let _ = tokio::time::timeout(close_timeout, async {
                 if linger_backend {

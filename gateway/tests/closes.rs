@@ -54,3 +54,49 @@ async fn a_client_told_1009_mid_frame_is_read_to_its_answer_not_reset() -> Resul
     ensure!(error.is_none(), "the client's socket saw {error:?}");
     Ok(())
 }
+
+/// A client that leaves inside a frame over 64 KiB on its way to the backend: no close
+/// can follow the unfinished frame, so the backend, waiting for the rest of it, would
+/// never end first. Its connection ends at once, not after `[timeouts] close` (its place
+/// in the pool held meanwhile).
+#[tokio::test]
+async fn a_client_gone_mid_frame_does_not_hold_its_backend_for_the_close_timeout() -> Result<()> {
+    use support::probe::{Event, Mode, Probe};
+    let mut backend = Probe::start(Mode::Accept { protocol: None }).await?;
+    let gw = GatewayProc::start(ProcOptions {
+        backends: vec![("Backend_ABC".into(), backend.url())],
+        extra_toml: "[timeouts]\nclose = \"60s\"\n".into(),
+        ..ProcOptions::default()
+    })
+    .await?;
+    let c = loadgen::client::connect(&gw.connect_options("Backend_ABC")?).await?;
+    ensure!(
+        matches!(backend.next().await?, Event::Handshake(_)),
+        "no upgrade at the backend"
+    );
+    let mut stream = c.ws.into_inner();
+    // A masked binary frame of 1 MB (mask key 0): its head and the first 200 KB.
+    let mut head = vec![0x82, 0xFF];
+    head.extend_from_slice(&1_000_000u64.to_be_bytes());
+    head.extend_from_slice(&[0; 4]);
+    stream.write_all(&head).await?;
+    stream.write_all(&vec![5u8; 200_000]).await?;
+    stream.flush().await?;
+    // The data comes before the end of the stream: the gateway is inside the frame when
+    // it finds its client gone.
+    drop(stream);
+    let ended = tokio::time::timeout(DEADLINE, async {
+        loop {
+            if let Event::Ended = backend.next().await? {
+                return Ok::<_, anyhow::Error>(());
+            }
+        }
+    })
+    .await;
+    ensure!(
+        matches!(ended, Ok(Ok(()))),
+        "the backend connection was held after its client left mid-frame:\n{}",
+        gw.log()
+    );
+    Ok(())
+}
