@@ -364,3 +364,40 @@ async fn a_client_answering_the_shutdown_close_gets_no_reset() -> Result<()> {
     ensure!(error.is_none(), "the client's socket saw {error:?}");
     Ok(())
 }
+
+/// A second SIGTERM while the gateway drains ends it at once, exit 1, rather than after
+/// the drain timeout (60 s here), as an operator who asks twice expects.
+#[tokio::test]
+async fn a_second_sigterm_during_the_drain_stops_the_gateway_at_once() -> Result<()> {
+    let demo = demo_services::spawn_for_test(ServiceOptions {
+        backend: Backend::Abc,
+        push_interval: None,
+    })
+    .await?;
+    let mut gw = GatewayProc::start(ProcOptions {
+        backends: vec![("Backend_ABC".into(), demo.url())],
+        extra_toml: "[timeouts]\ndrain = \"60s\"\nclose = \"60s\"\n".into(),
+        ..ProcOptions::default()
+    })
+    .await?;
+    // A client that will not answer the gateway's close: its session holds the drain.
+    let _silent = client(&gw, "Backend_ABC").await?;
+    gw.terminate()?;
+    let addr = gw.addr;
+    wait_for("the listener to close", DEADLINE, || async move {
+        Ok(tokio::net::TcpStream::connect(addr).await.is_err())
+    })
+    .await?;
+    gw.terminate()?;
+    let status = gw.wait_exit(DEADLINE).await?;
+    ensure!(
+        status.code() == Some(1),
+        "exit status {status} after the second SIGTERM"
+    );
+    ensure!(
+        gw.log().contains("second stop signal"),
+        "no log line for the second signal:\n{}",
+        gw.log()
+    );
+    Ok(())
+}
