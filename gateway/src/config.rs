@@ -232,7 +232,8 @@ impl Threading {
 /// The most `[server] workers` may ask for.
 pub const MAX_WORKERS: usize = 1024;
 
-/// The least `[timeouts]` `tls_handshake`, `header_read` and `backend_connect` may be.
+/// The least `[timeouts]` `tls_handshake`, `header_read`, `backend_connect` and `close`
+/// may be, and `idle` unless it is 0 (none).
 const MIN_HANDSHAKE_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// The most `[auth] leeway_secs` may be: a day of clock skew is already far beyond any
@@ -749,6 +750,29 @@ impl Config {
                     ),
                 ));
             }
+        }
+        // A close answer takes a round trip: with less, the gateway would answer every
+        // close itself before the other side could. An idle timeout so short that half
+        // of it rounds to nothing would silently be none.
+        if raw.timeouts.close < MIN_HANDSHAKE_TIMEOUT {
+            return Err(err(
+                "timeouts",
+                "close",
+                format!(
+                    "must be at least {}",
+                    humantime::format_duration(MIN_HANDSHAKE_TIMEOUT)
+                ),
+            ));
+        }
+        if !raw.timeouts.idle.is_zero() && raw.timeouts.idle < MIN_HANDSHAKE_TIMEOUT {
+            return Err(err(
+                "timeouts",
+                "idle",
+                format!(
+                    "must be \"0s\" (none) or at least {}",
+                    humantime::format_duration(MIN_HANDSHAKE_TIMEOUT)
+                ),
+            ));
         }
         let (admin, server) = (raw.admin.listen, raw.server.listen);
         if raw.admin.enabled && listeners_overlap(admin, server) {

@@ -264,6 +264,16 @@ fn settings_that_would_fail_every_client_or_crash_later_are_refused_at_start() -
         &base_with("[timeouts]\nbackend_connect = \"1ns\"\n"),
         &["timeouts.backend_connect", "at least 100ms"],
     )?;
+    // A close timeout of 0 answers every close before the other side can; an idle of a
+    // nanosecond was silently none.
+    check(
+        &base_with("[timeouts]\nclose = \"0s\"\n"),
+        &["timeouts.close", "at least 100ms"],
+    )?;
+    check(
+        &base_with("[timeouts]\nidle = \"1ns\"\n"),
+        &["timeouts.idle", "\"0s\" (none) or at least 100ms"],
+    )?;
     // A leeway beyond the Unix time would make every token expired.
     check(
         &base_with("").replace("[auth]\n", "[auth]\nleeway_secs = 2000000000\n"),
