@@ -16,6 +16,7 @@ use fastwebsockets::Role;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::frames::{apply_mask, encode_head, Head, MAX_HEAD};
+use crate::pacing::Pacer;
 pub use crate::utf8::{InvalidUtf8, Utf8Check};
 
 /// Writes WebSocket frames for one role into a batch buffer over `inner`.
@@ -44,6 +45,8 @@ pub struct FrameWriter<W> {
     close_queued: Option<u16>,
     /// The code of a close of the gateway's own that was flushed to the stream.
     close_sent: Option<u16>,
+    /// Writes in pieces to a stream that fell behind (see [`crate::pacing`]).
+    pacer: Pacer,
 }
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
@@ -61,6 +64,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             waited: false,
             close_queued: None,
             close_sent: None,
+            pacer: Pacer::default(),
         }
     }
 
@@ -116,7 +120,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     pub fn send_encoded(&mut self, cx: &mut Context<'_>, mut frames: &[u8]) {
         if self.buf.is_empty() && self.failed.is_none() {
             while !frames.is_empty() {
-                match Pin::new(&mut self.inner).poll_write(cx, frames) {
+                match self.pacer.poll_write(&mut self.inner, cx, frames) {
                     Poll::Ready(Ok(0)) => {
                         self.failed = Some(io::ErrorKind::WriteZero.into());
                         return;
@@ -251,9 +255,14 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// One write of the batch's start; what it took leaves the batch at once, so that a
     /// write abandoned after it (a flush cancelled) does not send it again.
     async fn write_some(&mut self) -> io::Result<()> {
-        let (inner, buf, waited) = (&mut self.inner, &self.buf, &mut self.waited);
+        let (inner, buf, waited, pacer) = (
+            &mut self.inner,
+            &self.buf,
+            &mut self.waited,
+            &mut self.pacer,
+        );
         let n = std::future::poll_fn(|cx| {
-            let written = Pin::new(&mut *inner).poll_write(cx, buf);
+            let written = pacer.poll_write(&mut *inner, cx, buf);
             *waited |= written.is_pending();
             written
         })

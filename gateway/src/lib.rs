@@ -55,6 +55,7 @@ pub mod limits;
 pub mod listener;
 pub mod mailbox;
 pub mod metrics;
+pub mod pacing;
 pub mod pair;
 pub mod pool;
 pub mod pool_config;

@@ -26,6 +26,7 @@ use rustls::{AlertDescription, HandshakeKind, ServerConfig};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::pacing::Pacer;
 use crate::records::{Records, Refused, HEADER_LEN, SEAL_OVERHEAD};
 
 /// Size of each worker thread's read and write scratch buffers.
@@ -56,6 +57,8 @@ pub struct TlsStream {
     /// Encrypted bytes the socket has not taken yet, from `out_at`.
     out: Vec<u8>,
     out_at: usize,
+    /// Writes in pieces to a socket that fell behind (see [`crate::pacing`]).
+    pacer: Pacer,
     /// The peer sent close_notify or ended its TCP stream: reads return end of stream.
     read_closed: bool,
     /// Our close_notify is queued: writes fail.
@@ -311,6 +314,7 @@ impl TlsStream {
             plain_at: 0,
             out: Vec::new(),
             out_at: 0,
+            pacer: Pacer::default(),
             read_closed: false,
             write_closed: false,
         })
@@ -439,7 +443,9 @@ impl TlsStream {
     /// Writes out what `out` holds; ready once it is all with the socket.
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.out_at < self.out.len() {
-            let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, &self.out[self.out_at..]))?;
+            let n = ready!(self
+                .pacer
+                .poll_write(&mut self.tcp, cx, &self.out[self.out_at..]))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -521,7 +527,7 @@ impl AsyncWrite for TlsStream {
             // what the socket does not take now is kept.
             let mut at = 0;
             while at < n {
-                match Pin::new(&mut this.tcp).poll_write(cx, &scratch[at..n]) {
+                match this.pacer.poll_write(&mut this.tcp, cx, &scratch[at..n]) {
                     Poll::Ready(Ok(0)) => return Ok(Err(io::ErrorKind::WriteZero.into())),
                     Poll::Ready(Ok(k)) => at += k,
                     Poll::Ready(Err(e)) => return Ok(Err(e)),

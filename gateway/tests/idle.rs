@@ -211,6 +211,23 @@ async fn a_client_reading_a_backlog_very_slowly_is_not_taken_for_idle() -> Resul
     .await
 }
 
+#[tokio::test]
+async fn a_client_reading_a_backlog_at_32_kb_per_second_is_not_taken_for_idle() -> Result<()> {
+    // One 16 KiB frame every 500 ms. The kernel wakes the gateway's blocked write once
+    // half of the 128 KiB unsent cap has drained, and the gateway used to hand it a
+    // whole batch then (64 KiB and more on top of the cap): one write got through every
+    // 4 s at this pace, and the session was closed as idle. Written a record at a time
+    // once the socket has been full, the queue stays at the cap and a write goes
+    // through for every 64 KiB read, every 2 s, each tick of `idle = "4s"`.
+    slow_reader(
+        Duration::from_millis(500),
+        "4s",
+        Duration::from_secs(14),
+        20,
+    )
+    .await
+}
+
 /// The backend floods 16 KiB frames; the client reads one every `pace` and sends nothing,
 /// for `run`, under `[timeouts] idle`. The gateway's keepalive ping waits behind the
 /// backlog toward the client for longer than the idle timeout, so only the client's

@@ -1,0 +1,146 @@
+//! Writes that keep a slow reader's socket queue at its cap, not beyond it.
+//!
+//! A socket whose unsent queue is at its cap ([`crate::tcp_opts::NOTSENT_LOWAT`]) wakes a
+//! blocked writer once half of that has drained, and then takes a whole write on top:
+//! with writes of a batch (64 KiB and more) the next wake came only after the batch had
+//! drained too, and a reader of 32 KB/s saw one of the gateway's writes every 4 s. The
+//! idle rule takes a write to a side that was behind as that side's sign of life, so it
+//! closed that reader as idle while it read on. After a write had to wait, writes go in
+//! [`PACED_WRITE`] pieces, which stop at the cap, so that a write goes through for every
+//! half-cap the reader frees, until the socket takes two whole pieces in a row (it has
+//! room again).
+
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use tokio::io::AsyncWrite;
+
+/// The most one write hands a socket that has been full: one TLS record's worth.
+pub const PACED_WRITE: usize = 16 * 1024;
+
+/// Whether a writer's destination has been full, and the writes since that it took.
+#[derive(Debug, Default)]
+pub struct Pacer {
+    /// A write had to wait, and the socket has not shown room since.
+    full: bool,
+    /// Pieces taken in a row since the last wait.
+    taken: u8,
+}
+
+impl Pacer {
+    /// Writes as much of `buf` as `w` takes now: all of it at once while the destination
+    /// keeps up, a piece of at most [`PACED_WRITE`] after it fell behind.
+    pub fn poll_write<W: AsyncWrite + Unpin + ?Sized>(
+        &mut self,
+        w: &mut W,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if !self.full {
+            let written = Pin::new(w).poll_write(cx, buf);
+            if written.is_pending() {
+                self.full = true;
+                self.taken = 0;
+            }
+            return written;
+        }
+        let piece = &buf[..buf.len().min(PACED_WRITE)];
+        let written = Pin::new(w).poll_write(cx, piece);
+        if written.is_pending() {
+            self.taken = 0;
+            return Poll::Pending;
+        }
+        let n = ready!(written)?;
+        // A piece taken only in part found the socket at its cap again.
+        self.taken = if n == piece.len() {
+            self.taken.saturating_add(1)
+        } else {
+            0
+        };
+        if self.taken >= 2 {
+            self.full = false;
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    /// Whether writes currently go in pieces.
+    pub fn is_paced(&self) -> bool {
+        self.full
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A destination that takes at most `room` bytes, then waits until given more.
+    struct Limited {
+        room: usize,
+        writes: Vec<usize>,
+    }
+
+    impl AsyncWrite for Limited {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            if self.room == 0 {
+                return Poll::Pending;
+            }
+            let n = buf.len().min(self.room);
+            self.room -= n;
+            self.writes.push(n);
+            Poll::Ready(Ok(n))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Writes `buf` until the destination waits; returns the bytes taken.
+    fn write_until_pending(p: &mut Pacer, w: &mut Limited, buf: &[u8]) -> usize {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut at = 0;
+        while at < buf.len() {
+            match p.poll_write(w, &mut cx, &buf[at..]) {
+                Poll::Ready(Ok(n)) => at += n,
+                _ => break,
+            }
+        }
+        at
+    }
+
+    #[test]
+    fn a_destination_that_fell_behind_gets_pieces_until_it_has_room_again() {
+        let buf = vec![0u8; 256 * 1024];
+        let mut p = Pacer::default();
+        let mut w = Limited {
+            room: 100_000,
+            writes: Vec::new(),
+        };
+        // Keeping up: one write takes what there is room for.
+        assert_eq!(write_until_pending(&mut p, &mut w, &buf), 100_000);
+        assert_eq!(w.writes, [100_000]);
+        assert!(p.is_paced(), "a write waited: the next ones go in pieces");
+        // The reader frees 20 KB: one piece fills it, the rest waits for the next.
+        w.room = 20_000;
+        w.writes.clear();
+        write_until_pending(&mut p, &mut w, &buf);
+        assert_eq!(w.writes, [PACED_WRITE, 20_000 - PACED_WRITE]);
+        assert!(p.is_paced());
+        // Room for more than two pieces: the socket keeps up again, writes are whole.
+        w.room = 1 << 20;
+        w.writes.clear();
+        write_until_pending(&mut p, &mut w, &buf);
+        assert_eq!(
+            w.writes,
+            [PACED_WRITE, PACED_WRITE, 256 * 1024 - 2 * PACED_WRITE]
+        );
+        assert!(!p.is_paced());
+    }
+}
