@@ -161,6 +161,11 @@ pub struct LoadArgs {
     /// After the run, how long to wait for outstanding echoes.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+    /// After the drain, how long each connection waits for the server's close answer;
+    /// longer than the gateway's own `[timeouts] close` (5s by default), within which it
+    /// answers for a backend that does not.
+    #[arg(long, default_value = "10s", value_parser = positive_duration)]
+    pub close_timeout: Duration,
     /// No progress line on stderr (it only shows on a terminal anyway).
     #[arg(long)]
     pub no_progress: bool,
@@ -265,7 +270,7 @@ impl LoadArgs {
             connect_timeout: t.connect_timeout,
             echo_timeout: self.echo_timeout,
             drain_timeout: self.drain_timeout,
-            close_timeout: Duration::from_secs(5),
+            close_timeout: self.close_timeout,
             progress: !self.no_progress && std::io::stderr().is_terminal(),
             reconnect: self.reconnect.then_some(crate::conn::Reconnect {
                 attempts: self.reconnect_attempts,
@@ -426,6 +431,26 @@ mod tests {
         assert_eq!(d.backend, "Backend_PQR");
         assert_eq!(d.interval, Duration::from_secs(5));
         assert_eq!(d.count, Some(2));
+        Ok(())
+    }
+
+    #[test]
+    fn the_close_wait_outlasts_the_gateways_own_close_timeout() -> anyhow::Result<()> {
+        // The gateway answers a close for a backend that does not within its `close`;
+        // a loadgen that gave up first counted every such connection as dropped.
+        let o = Cli::try_parse_from(["loadgen"])?.load.options();
+        let gateway = gateway::config::TimeoutsConfig::default().close;
+        assert!(
+            o.close_timeout > gateway,
+            "{:?} <= {gateway:?}",
+            o.close_timeout
+        );
+        assert!(LoadOptions::default().close_timeout > gateway);
+        let o = Cli::try_parse_from(["loadgen", "--close-timeout", "30s"])?
+            .load
+            .options();
+        assert_eq!(o.close_timeout, Duration::from_secs(30));
+        assert!(Cli::try_parse_from(["loadgen", "--close-timeout", "0s"]).is_err());
         Ok(())
     }
 

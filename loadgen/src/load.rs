@@ -111,7 +111,7 @@ impl Default for LoadOptions {
             connect_timeout: Duration::from_secs(10),
             echo_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(5),
-            close_timeout: Duration::from_secs(5),
+            close_timeout: Duration::from_secs(10),
             progress: false,
             reconnect: None,
             hold: Duration::ZERO,
