@@ -837,6 +837,33 @@ async fn silent_instances_are_probed_at_once_not_one_after_another() -> Result<(
 }
 
 #[tokio::test]
+async fn a_silent_instance_does_not_slow_the_health_checks_rounds() -> Result<()> {
+    use std::sync::atomic::Ordering::Relaxed;
+    // Every 500 ms, each probe given up on after 500 ms (the interval bounds it). Rounds
+    // used to start 500 ms after the last one ended: every second with a silent
+    // instance, so the others were checked half as often as configured.
+    let mut inst = Instances::start().await?;
+    inst.kill(0).await?;
+    inst.kill(1).await?;
+    let (_servers, state) = silent(&inst).await?;
+    let entry = urls_entry(&inst, &[0, 1, 2], ", health_interval = \"500ms\"");
+    let _gw = Gw::start(&entry, Arc::default(), None).await?;
+    wait_for("the first probe", DEADLINE, || {
+        let seen = state.seen[0].load(Relaxed);
+        async move { Ok(seen > 0) }
+    })
+    .await?;
+    let from = state.seen[0].load(Relaxed);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rounds = state.seen[0].load(Relaxed) - from;
+    ensure!(
+        rounds >= 5,
+        "{rounds} probes of the silent instance in 3 s at health_interval = 500ms"
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn connects_fail_only_when_every_instance_is_down_and_all_ejected_are_still_tried(
 ) -> Result<()> {
     let mut inst = Instances::start().await?;

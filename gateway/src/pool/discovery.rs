@@ -79,12 +79,16 @@ impl Pool {
         let check = self.spec.health_check;
         runtime.spawn(async move {
             loop {
+                // Rounds start every `interval`, however long a silent instance's probe
+                // took (at most `timeout`, which is at most `interval`): the others are
+                // probed as often as configured.
+                let next_round = tokio::time::Instant::now() + interval;
                 let Some((list, timeout, eject)) = pool.upgrade().map(|p| {
                     let ms = p.probe_timeout_ms.load(Ordering::Relaxed);
                     let timeout = Duration::from_millis(ms).min(interval);
                     // Out until a probe answers, even if `eject` is shorter than the wait
                     // for the next verdict: the next round starts `interval` after this one
-                    // ends (at most `timeout` after this probe failed) and takes up to
+                    // started (at most that after this probe failed) and takes up to
                     // `timeout` itself.
                     let eject = p.spec.eject.max(interval + 2 * timeout);
                     (p.instances(), timeout, eject)
@@ -108,7 +112,7 @@ impl Pool {
                 }
                 drop(list);
                 while probes.join_next().await.is_some() {}
-                tokio::time::sleep(interval).await;
+                tokio::time::sleep_until(next_round).await;
             }
         });
     }
