@@ -362,13 +362,20 @@ async fn prepare(
         identity_names: &identity_names,
         token_cookie: config.browser.token_cookie.as_deref(),
     };
-    let conn = backend::connect_pool(
-        &pool,
-        &backend_req,
-        &shared.resolver,
-        config.timeouts.backend_connect,
-    )
-    .await;
+    // A shutdown does not wait for a backend that is slow to answer: the client gets its
+    // 503 now, not a dropped connection when the drain runs out.
+    let mut shutdown = shared.shutdown_rx.clone();
+    let conn = tokio::select! {
+        conn = backend::connect_pool(
+            &pool,
+            &backend_req,
+            &shared.resolver,
+            config.timeouts.backend_connect,
+        ) => conn,
+        _ = shutdown.wait_for(|stop| *stop) => {
+            return Err(Refusal::Unavailable("gateway is shutting down"));
+        }
+    };
     let metrics = &shared.metrics;
     let conn = match conn {
         Ok(conn) => {

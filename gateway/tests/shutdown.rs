@@ -401,3 +401,47 @@ async fn a_second_sigterm_during_the_drain_stops_the_gateway_at_once() -> Result
     );
     Ok(())
 }
+
+/// A request whose backend has not answered yet when SIGTERM comes gets its 503 at once,
+/// not a dropped connection when the drain (20 s here) runs out.
+#[tokio::test]
+async fn a_request_waiting_on_its_backend_at_sigterm_gets_a_503() -> Result<()> {
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    use std::sync::Arc;
+    // A backend that takes connections and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("ws://{}/", silent.local_addr()?);
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let seen = accepted.clone();
+    let _held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((c, _)) = silent.accept().await {
+            seen.fetch_add(1, Relaxed);
+            conns.push(c);
+        }
+    });
+    let mut gw = GatewayProc::start(ProcOptions {
+        backends: vec![("Backend_SILENT".into(), url)],
+        extra_toml: "[timeouts]\ndrain = \"20s\"\nbackend_connect = \"30s\"\n".into(),
+        ..ProcOptions::default()
+    })
+    .await?;
+    let opts = gw.connect_options("Backend_SILENT")?;
+    let answer = tokio::spawn(async move { refused(&opts).await });
+    wait_for("the backend connect", DEADLINE, || {
+        let n = accepted.load(Relaxed);
+        async move { Ok(n > 0) }
+    })
+    .await?;
+    gw.terminate()?;
+    let (status, body) = tokio::time::timeout(DEADLINE, answer)
+        .await
+        .context("no answer while the drain ran")???;
+    ensure!(
+        status == 503 && body.contains("gateway is shutting down"),
+        "{status} {body:?}"
+    );
+    let exit = gw.wait_exit(DEADLINE).await?;
+    ensure!(exit.success(), "exit status {exit}");
+    Ok(())
+}
