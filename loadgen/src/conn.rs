@@ -192,10 +192,13 @@ pub async fn run(
             break end;
         };
         outcome.closes.push(how);
+        // Unanswered when the server ended the stream: lost at close, whether or not the
+        // connection is opened again, not integrity errors (which a gateway's close at a
+        // shutdown would otherwise read as).
+        outcome.lost_at_close += session.reset_stream();
         let Some(policy) = shared.reconnect else {
             break end;
         };
-        outcome.lost_at_close += session.reset_stream();
         if !session.wants_stream() {
             break end;
         }
