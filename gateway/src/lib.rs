@@ -91,6 +91,12 @@ pub use config::{Config, ConfigError};
 
 use crate::state::Shared;
 
+/// How long a shutdown's drain waits for a connection no request has come on yet (one
+/// still in its TLS handshake, or open with nothing sent): a request that comes within it
+/// gets its 503, and a connection that stays silent holds the exit no longer than this,
+/// as nginx closes its idle connections at a graceful stop.
+pub const IDLE_CONNECTION_GRACE: Duration = Duration::from_secs(2);
+
 /// Why the gateway could not be built or run.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -209,10 +215,17 @@ impl Gateway {
         // The drain in force now: a reload may have changed it since the start.
         let deadline = tokio::time::Instant::now() + self.shared.config().timeouts.drain;
         // Connections still in their handshake are waited for too: their requests get a
-        // 503 (or, if already past the checks, a session closed at once with 1001).
+        // 503 (or, if already past the checks, a session closed at once with 1001). One
+        // no request has come on yet only for a moment: a browser's pre-connection or a
+        // port check would otherwise hold every restart for the whole drain.
+        let idle_grace_end = tokio::time::Instant::now() + IDLE_CONNECTION_GRACE;
         let busy = || {
-            self.shared.active.load(Ordering::Relaxed)
-                + self.shared.handshaking.load(Ordering::Relaxed)
+            let connections = if tokio::time::Instant::now() < idle_grace_end {
+                self.shared.handshaking.load(Ordering::Relaxed)
+            } else {
+                self.shared.requested.load(Ordering::Relaxed)
+            };
+            self.shared.active.load(Ordering::Relaxed) + connections
         };
         while busy() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;

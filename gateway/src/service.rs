@@ -45,7 +45,7 @@ pub async fn serve_connection(
     conn_id: u64,
     admission: Admission,
 ) {
-    let _handshaking = Handshaking::start(&shared);
+    let handshaking = Handshaking::start(&shared);
     crate::tcp_opts::tune(&tcp);
     let config = shared.config();
     let deadline = tokio::time::Instant::now() + config.timeouts.tls_handshake;
@@ -111,9 +111,13 @@ pub async fn serve_connection(
     };
     let permit = Arc::new(std::sync::Mutex::new(slot));
     let svc_shared = shared.clone();
+    let requested = handshaking.requested.clone();
     let service = service_fn(move |req| {
         let shared = svc_shared.clone();
         let permit = permit.clone();
+        if !requested.swap(true, Ordering::Relaxed) {
+            shared.requested.fetch_add(1, Ordering::Relaxed);
+        }
         async move {
             let waiting = ClientWaiting {
                 shared: Some(shared.clone()),
@@ -536,19 +540,30 @@ fn start_session(
 }
 
 /// One connection counted in `Shared::handshaking` until its HTTP phase ends (refused,
-/// upgraded, or dropped); an upgraded one is counted in `Shared::active` by then.
-struct Handshaking(Arc<Shared>);
+/// upgraded, or dropped), and in `Shared::requested` too once a request came on it; an
+/// upgraded one is counted in `Shared::active` by then.
+struct Handshaking {
+    shared: Arc<Shared>,
+    /// A request came (counted in `Shared::requested`).
+    requested: Arc<std::sync::atomic::AtomicBool>,
+}
 
 impl Handshaking {
     fn start(shared: &Arc<Shared>) -> Self {
         shared.handshaking.fetch_add(1, Ordering::Relaxed);
-        Self(shared.clone())
+        Self {
+            shared: shared.clone(),
+            requested: Arc::default(),
+        }
     }
 }
 
 impl Drop for Handshaking {
     fn drop(&mut self) {
-        self.0.handshaking.fetch_sub(1, Ordering::Relaxed);
+        self.shared.handshaking.fetch_sub(1, Ordering::Relaxed);
+        if self.requested.load(Ordering::Relaxed) {
+            self.shared.requested.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 

@@ -50,6 +50,9 @@ pub struct Shared {
     /// Connections not upgraded yet (TLS handshake, request, backend connect), for the
     /// drain wait too: a request that arrives while draining gets its 503.
     pub handshaking: AtomicU64,
+    /// Of those, the ones a request has come on: a drain waits for these to the end, for
+    /// the others (a browser's pre-connection, say) only [`crate::IDLE_CONNECTION_GRACE`].
+    pub requested: AtomicU64,
     /// Set once shutdown begins: new upgrades get 503 and `/readyz` turns not-ready.
     pub draining: AtomicBool,
     /// Turns `true` when sessions must close with 1001.
@@ -101,6 +104,7 @@ impl Shared {
             resolver,
             active: AtomicU64::new(0),
             handshaking: AtomicU64::new(0),
+            requested: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             shutdown_rx,
             next_id: AtomicU64::new(1),

@@ -445,3 +445,32 @@ async fn a_request_waiting_on_its_backend_at_sigterm_gets_a_503() -> Result<()> 
     ensure!(exit.success(), "exit status {exit}");
     Ok(())
 }
+
+/// Connections no request has come on (one that sent nothing, one done with TLS and
+/// silent since: a browser's pre-connection) hold the exit only for a moment, not for the
+/// drain (60 s here) or their own handshake and head timeouts (30 s).
+#[tokio::test]
+async fn silent_connections_do_not_hold_the_exit_for_the_drain() -> Result<()> {
+    let demo = demo_services::spawn_for_test(ServiceOptions {
+        backend: Backend::Abc,
+        push_interval: None,
+    })
+    .await?;
+    let mut gw = GatewayProc::start(ProcOptions {
+        backends: vec![("Backend_ABC".into(), demo.url())],
+        extra_toml: "[timeouts]\ndrain = \"60s\"\ntls_handshake = \"30s\"\nheader_read = \"30s\"\n"
+            .into(),
+        ..ProcOptions::default()
+    })
+    .await?;
+    let _nothing_sent = tokio::net::TcpStream::connect(gw.addr).await?;
+    let _tls_only = tls_connect_to(gw.addr).await?;
+    wait_for("both connections to be accepted", DEADLINE, || async {
+        Ok(gw.metric("wsgate_connections_accepted_total").await? >= 2.0)
+    })
+    .await?;
+    gw.terminate()?;
+    let status = gw.wait_exit(DEADLINE).await?;
+    ensure!(status.success(), "exit status {status}");
+    Ok(())
+}
