@@ -299,19 +299,30 @@ impl DemoArgs {
     }
 }
 
-/// Resolves at the first Ctrl-C (SIGINT). The handler is installed now, not at the first
+/// One message per Ctrl-C (SIGINT). The handler is installed now, not at the first
 /// poll: a Ctrl-C while connections are being opened is a stop, not the default action
-/// that kills the process without a report.
-fn ctrl_c() -> impl std::future::Future<Output = ()> {
+/// that kills the process without a report. Without signal handling: never a message.
+fn interrupts() -> tokio::sync::mpsc::UnboundedReceiver<()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let interrupts = signal(SignalKind::interrupt());
-    async move {
-        match interrupts {
-            Ok(mut interrupts) => {
-                interrupts.recv().await;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    if let Ok(mut sigint) = signal(SignalKind::interrupt()) {
+        tokio::spawn(async move {
+            while sigint.recv().await.is_some() {
+                if tx.send(()).is_err() {
+                    break;
+                }
             }
-            // No signal handling available: never interrupt.
-            Err(_) => std::future::pending::<()>().await,
+        });
+    }
+    rx
+}
+
+/// Resolves at the first Ctrl-C (installed now, as [`interrupts`]).
+fn ctrl_c() -> impl std::future::Future<Output = ()> {
+    let mut interrupts = interrupts();
+    async move {
+        if interrupts.recv().await.is_none() {
+            std::future::pending::<()>().await;
         }
     }
 }
@@ -364,7 +375,7 @@ async fn run_load(args: &LoadArgs) -> ExitCode {
         }
     }
     let opts = args.options();
-    let run = match load::run(&opts, ctrl_c()).await {
+    let run = match load::run(&opts, interrupts()).await {
         Ok(run) => run,
         Err(e) => {
             eprintln!("loadgen: {e:#}");

@@ -6,7 +6,6 @@
 //! closed or open loop), *drain* (stop sending, wait up to `drain_timeout` for
 //! outstanding echoes), *close* (1000 to every connection), then the report.
 
-use std::future::Future;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use hdrhistogram::Histogram;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::client::{ConnectOptions, Connector};
@@ -193,8 +192,13 @@ fn validate(opts: &LoadOptions) -> Result<(), UsageError> {
     Ok(())
 }
 
-/// Runs the load; `stop` ends the sending phase early (e.g. Ctrl-C), still reporting.
-pub async fn run(opts: &LoadOptions, stop: impl Future<Output = ()>) -> anyhow::Result<LoadRun> {
+/// Runs the load. A message on `stop` (a Ctrl-C) ends the run early, still reporting: in
+/// the connect, hold or sending phase it goes on to the drain and close; during those, it
+/// abandons the connections still closing. A closed `stop` never stops the run.
+pub async fn run(
+    opts: &LoadOptions,
+    mut stop: mpsc::UnboundedReceiver<()>,
+) -> anyhow::Result<LoadRun> {
     validate(opts)?;
     let nofile = match sys::raise_nofile_limit() {
         Ok(n) => n,
@@ -261,7 +265,6 @@ pub async fn run(opts: &LoadOptions, stop: impl Future<Output = ()>) -> anyhow::
     let requested = opts.conns as u64;
     let clock = sys::CpuClock::open();
     let cpu_start = clock.now().unwrap_or_default();
-    tokio::pin!(stop);
     let mut stopped_early = false;
 
     // Connect phase.
@@ -281,7 +284,7 @@ pub async fn run(opts: &LoadOptions, stop: impl Future<Output = ()>) -> anyhow::
         tokio::select! {
             r = &mut spawner => break r.context("connection spawner")??,
             _ = tick.tick() => progress.update("connecting", requested, &shared.live.totals()),
-            () = &mut stop, if !stopped_early => {
+            () = stop_asked(&mut stop), if !stopped_early => {
                 stopped_early = true;
                 let _ = halt_tx.send(true);
             }
@@ -297,7 +300,7 @@ pub async fn run(opts: &LoadOptions, stop: impl Future<Output = ()>) -> anyhow::
         }
         tokio::select! {
             _ = tick.tick() => {}
-            () = &mut stop => { stopped_early = true; break; }
+            () = stop_asked(&mut stop) => { stopped_early = true; break; }
         }
     }
     let connect_phase = connect_start.elapsed();
@@ -319,7 +322,7 @@ pub async fn run(opts: &LoadOptions, stop: impl Future<Output = ()>) -> anyhow::
             tokio::select! {
                 () = tokio::time::sleep_until(end) => break,
                 _ = tick.tick() => {}
-                () = &mut stop => { stopped_early = true; break; }
+                () = stop_asked(&mut stop) => { stopped_early = true; break; }
             }
         }
     }
@@ -343,7 +346,7 @@ pub async fn run(opts: &LoadOptions, stop: impl Future<Output = ()>) -> anyhow::
             tokio::select! {
                 () = tokio::time::sleep_until(end) => break,
                 _ = tick.tick() => {}
-                () = &mut stop => { stopped_early = true; break; }
+                () = stop_asked(&mut stop) => { stopped_early = true; break; }
             }
         }
     }
@@ -354,7 +357,16 @@ pub async fn run(opts: &LoadOptions, stop: impl Future<Output = ()>) -> anyhow::
     // Drain and close: every task has its own deadlines; this bound only guards against
     // a task that would hang regardless.
     let limit = opts.drain_timeout + opts.close_timeout + Duration::from_secs(5);
-    let outcomes = collect(&mut tasks, limit, &mut progress, requested, &shared).await;
+    let (outcomes, abandoned) = collect(
+        &mut tasks,
+        limit,
+        &mut progress,
+        requested,
+        &shared,
+        &mut stop,
+    )
+    .await;
+    stopped_early |= abandoned;
     let cpu_end = clock.now().unwrap_or_default();
     progress.finish();
     Ok(build(
@@ -367,6 +379,7 @@ pub async fn run(opts: &LoadOptions, stop: impl Future<Output = ()>) -> anyhow::
             nofile,
             source_addrs: sources.len(),
             interrupted: stopped_early,
+            abandoned,
             spawned,
         },
     ))
@@ -380,6 +393,8 @@ struct Conditions {
     source_addrs: usize,
     /// Stopped early (Ctrl-C).
     interrupted: bool,
+    /// Connections still closing were abandoned at a Ctrl-C.
+    abandoned: bool,
     /// Connections started (fewer than asked for when stopped while connecting).
     spawned: usize,
 }
@@ -423,14 +438,23 @@ async fn spawn_connections(
     Ok(tasks)
 }
 
-/// Waits for every connection task (up to `limit`), keeping the progress line alive.
+/// Resolves at the next message on `stop`; never once it is closed.
+async fn stop_asked(stop: &mut mpsc::UnboundedReceiver<()>) {
+    if stop.recv().await.is_none() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Waits for every connection task (up to `limit`), keeping the progress line alive; a
+/// message on `stop` abandons those still running (returned `true`).
 async fn collect(
     tasks: &mut JoinSet<Outcome>,
     limit: Duration,
     progress: &mut Progress,
     requested: u64,
     shared: &Shared,
-) -> Vec<Outcome> {
+    stop: &mut mpsc::UnboundedReceiver<()>,
+) -> (Vec<Outcome>, bool) {
     let mut outcomes = Vec::with_capacity(tasks.len());
     let deadline = tokio::time::sleep(limit);
     tokio::pin!(deadline);
@@ -448,9 +472,13 @@ async fn collect(
                 tasks.abort_all();
                 break;
             }
+            () = stop_asked(stop) => {
+                tasks.abort_all();
+                return (outcomes, true);
+            }
         }
     }
-    outcomes
+    (outcomes, false)
 }
 
 fn build(
@@ -477,7 +505,14 @@ fn build(
         for _ in *n..spawned_of(b) {
             lost.push(Outcome::new(
                 b,
-                End::Dropped("did not finish closing in time".to_owned()),
+                End::Dropped(
+                    if run.abandoned {
+                        "abandoned while closing: the run was interrupted"
+                    } else {
+                        "did not finish closing in time"
+                    }
+                    .to_owned(),
+                ),
             ));
         }
         for _ in spawned_of(b).max(*n)..requested_of(b) {

@@ -362,13 +362,18 @@ impl Report {
     /// run is that (its connections were cut short by the stop, not by the server).
     pub fn verdict(&self) -> Option<String> {
         let c = &self.total.connections;
+        let interrupted = format!(
+            "INTERRUPTED: stopped by Ctrl-C after {:.1} s of sending; {} of {} connections had opened",
+            self.duration_s, c.opened, c.requested
+        );
         if self.total.errors.total > 0 {
-            Some("FAIL: integrity errors".to_owned())
+            Some(if self.interrupted {
+                format!("FAIL: integrity errors; {interrupted}")
+            } else {
+                "FAIL: integrity errors".to_owned()
+            })
         } else if self.interrupted {
-            Some(format!(
-                "INTERRUPTED: stopped by Ctrl-C after {:.1} s of sending; {} of {} connections had opened",
-                self.duration_s, c.opened, c.requested
-            ))
+            Some(interrupted)
         } else if c.opened == 0 {
             Some("FAIL: no connection opened".to_owned())
         } else if c.failed > 0 {
@@ -607,6 +612,43 @@ mod tests {
         assert_eq!(json["errors"]["total"], 0);
         assert_eq!(json["messages"]["lost_at_close"], 5);
         assert_eq!(json["connections"]["closes"][0]["reason"], "1001");
+        Ok(())
+    }
+
+    #[test]
+    fn an_interrupted_run_says_so_even_when_it_also_failed() -> anyhow::Result<()> {
+        let h = crate::stats::new_histogram();
+        let mut bad = outcome(0, End::Clean, 3);
+        bad.errors.missing = 2;
+        let report = |outs: &[Outcome], interrupted: bool| Report {
+            version: 1,
+            url: "ws://x".into(),
+            mode: "closed".into(),
+            inflight: 1,
+            rate: None,
+            size: 128,
+            duration_s: 2.0,
+            connect_phase_s: 0.1,
+            conns_per_s: None,
+            reconnect: false,
+            backends: Vec::new(),
+            total: section("total", 1, outs.iter(), &h, &h, 128, 2.0),
+            loadgen: Usage::default(),
+            tls_suites: Vec::new(),
+            tls_resumed: 0,
+            interrupted,
+        };
+        let clean = [outcome(0, End::Clean, 3)];
+        assert_eq!(report(&clean, false).verdict(), None);
+        let v = report(&clean, true).verdict().unwrap_or_default();
+        assert!(v.starts_with("INTERRUPTED: stopped by Ctrl-C"), "{v}");
+        let v = report(&[bad.clone()], true).verdict().unwrap_or_default();
+        assert!(
+            v.starts_with("FAIL: integrity errors; INTERRUPTED: stopped by Ctrl-C"),
+            "{v}"
+        );
+        let v = report(&[bad], false).verdict().unwrap_or_default();
+        assert_eq!(v, "FAIL: integrity errors");
         Ok(())
     }
 

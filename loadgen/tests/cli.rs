@@ -206,3 +206,66 @@ fn a_ctrl_c_while_connections_are_being_opened_still_ends_in_a_report() -> anyho
     );
     Ok(())
 }
+
+#[test]
+fn a_ctrl_c_while_closing_abandons_the_connections_still_closing() -> anyhow::Result<()> {
+    use std::io::Read;
+    use std::time::{Duration, Instant};
+    // A server that upgrades and then never echoes nor answers a close: after the run,
+    // loadgen would wait out its 60 s drain for the missing echoes, then its close wait.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let url = format!("ws://{}/gateway", listener.local_addr()?);
+    let (upgraded_tx, upgraded_rx) = std::sync::mpsc::channel();
+    let server = std::thread::spawn(move || {
+        rt.block_on(async move {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let Ok(mut ws) = loadgen::testbed::accept_ws(tcp).await else {
+                return;
+            };
+            let _ = upgraded_tx.send(());
+            ws.set_auto_close(false);
+            ws.set_auto_pong(false);
+            while ws.read_frame().await.is_ok() {}
+        });
+    });
+    let mut child = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["--url", &url, "--token", "x", "--conns", "1"])
+        .args(["--duration", "1s", "--drain-timeout", "60s"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    upgraded_rx.recv_timeout(Duration::from_secs(10))?;
+    // Ctrl-C until it ends: the first stops the sending (if the run has not ended by
+    // itself), the next, during the drain, abandons the connection still closing.
+    let pid = child.id().to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            anyhow::bail!("loadgen still closing 10 s after the first Ctrl-C");
+        }
+        let _ = Command::new("kill").args(["-INT", &pid]).status()?;
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let mut report = String::new();
+    if let Some(mut out) = child.stdout.take() {
+        out.read_to_string(&mut report)?;
+    }
+    let _ = server.join();
+    // The connection was abandoned still waiting for its echo: dropped as such, and the
+    // run interrupted, not failed for the echo it never waited out.
+    anyhow::ensure!(status.code() == Some(130), "exit status {status}");
+    anyhow::ensure!(
+        report.contains("abandoned while closing") && report.contains("INTERRUPTED"),
+        "{report:?}"
+    );
+    Ok(())
+}

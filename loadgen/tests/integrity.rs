@@ -94,7 +94,7 @@ async fn run_against(breakage: Breakage) -> anyhow::Result<(IntegrityErrors, boo
     };
     let run = tokio::time::timeout(
         Duration::from_secs(30),
-        load::run(&opts, std::future::pending()),
+        load::run(&opts, tokio::sync::mpsc::unbounded_channel().1),
     )
     .await??;
     assert_eq!(run.report.total.connections.opened, 4);

@@ -134,7 +134,7 @@ async fn run_load(opts: LoadOptions) -> anyhow::Result<LoadRun> {
     };
     tokio::time::timeout(
         Duration::from_secs(60),
-        loadgen::load::run(&opts, std::future::pending()),
+        loadgen::load::run(&opts, tokio::sync::mpsc::unbounded_channel().1),
     )
     .await?
 }

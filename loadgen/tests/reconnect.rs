@@ -108,7 +108,7 @@ async fn run(addr: SocketAddr, reconnect: Option<Reconnect>) -> anyhow::Result<L
     };
     tokio::time::timeout(
         Duration::from_secs(30),
-        load::run(&opts, std::future::pending()),
+        load::run(&opts, tokio::sync::mpsc::unbounded_channel().1),
     )
     .await?
 }
@@ -267,7 +267,7 @@ async fn an_open_loop_resumes_at_the_reconnect_without_the_messages_due_meanwhil
     };
     let run = tokio::time::timeout(
         Duration::from_secs(30),
-        load::run(&opts, std::future::pending()),
+        load::run(&opts, tokio::sync::mpsc::unbounded_channel().1),
     )
     .await??;
     let t = &run.report.total;
