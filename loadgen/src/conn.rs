@@ -199,15 +199,18 @@ pub async fn run(
         let Some(policy) = shared.reconnect else {
             break end;
         };
+        // Closed as the run was ending: it would have been opened again, and a close so
+        // timed is no failure of the run.
         if !session.wants_stream() {
-            break end;
+            break End::Clean;
         }
         match reopen(&shared, plan, policy, &mut session, &mut outcome).await {
-            Ok(s) => {
+            Ok(Some(s)) => {
                 outcome.reconnects += 1;
                 live.reconnects.fetch_add(1, Ordering::Relaxed);
                 stream = s;
             }
+            Ok(None) => break End::Clean,
             Err(why) => break End::Dropped(why),
         }
     };
@@ -237,14 +240,15 @@ async fn open(shared: &Shared, plan: Plan) -> Result<WsStream, crate::client::Co
 }
 
 /// Opens a new stream after the server ended one: back-off, try, repeat; gives up (with
-/// the reason) after `policy.attempts` failures or when the run stops sending.
+/// the reason) after `policy.attempts` failures, or when the run stops sending after one
+/// failed. `None`: the run stopped sending before any attempt failed.
 async fn reopen(
     shared: &Shared,
     plan: Plan,
     policy: Reconnect,
     session: &mut Session<'_>,
     outcome: &mut Outcome,
-) -> Result<WsStream, String> {
+) -> Result<Option<WsStream>, String> {
     let mut last_error = String::from("no attempt made");
     for n in 0..policy.attempts {
         let wait = tokio::time::sleep(policy.delay(n));
@@ -252,6 +256,10 @@ async fn reopen(
         // The back-off ends early only to give up: when the run stops sending.
         loop {
             if !session.wants_stream() {
+                // Before any attempt failed: the run's end, not the server's.
+                if n == 0 {
+                    return Ok(None);
+                }
                 return Err(format!(
                     "closed by the server and the run ended before a reconnect ({last_error})"
                 ));
@@ -266,7 +274,7 @@ async fn reopen(
             }
         }
         match open(shared, plan).await {
-            Ok(s) => return Ok(s),
+            Ok(s) => return Ok(Some(s)),
             Err(e) => {
                 outcome.reconnect_failures += 1;
                 last_error = e.to_string();

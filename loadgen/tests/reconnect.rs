@@ -224,6 +224,32 @@ async fn without_reconnect_the_connection_ends_and_its_unanswered_messages_are_l
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_whose_back_off_outlasts_the_run_is_no_drop() -> anyhow::Result<()> {
+    // Closed early in the run, with a back-off (5-10 s) the run ends inside: each would
+    // have come back; the run's end is not the server's doing.
+    let addr = start(Ending::GoingAway, None).await?;
+    let run = run(
+        addr,
+        Some(Reconnect {
+            attempts: 3,
+            backoff: Duration::from_secs(10),
+        }),
+    )
+    .await?;
+    let t = &run.report.total;
+    assert_eq!(closes(&run), count("1001", CONNS as u64));
+    assert_eq!(
+        (t.connections.reconnects, t.connections.dropped),
+        (0, 0),
+        "{:?}",
+        t.connections.drops
+    );
+    assert!(t.messages.lost_at_close >= CONNS as u64);
+    assert!(run.report.passed(), "{:?}", run.report.verdict());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnecting_gives_up_after_the_attempts_allowed() -> anyhow::Result<()> {
     // Only the first streams are accepted; then the port is closed.
     let addr = start(Ending::GoingAway, Some(CONNS)).await?;
