@@ -7,8 +7,8 @@
 //! idle rule takes a write to a side that was behind as that side's sign of life, so it
 //! closed that reader as idle while it read on. After a write had to wait, writes go in
 //! [`PACED_WRITE`] pieces, which stop at the cap, so that a write goes through for every
-//! half-cap the reader frees, until the socket takes two whole pieces in a row (it has
-//! room again).
+//! half-cap the reader frees, until the socket takes more in a row than a wake leaves
+//! room for ([`ROOM_AFTER_WAKE`]): the reader keeps up again.
 
 use std::io;
 use std::pin::Pin;
@@ -19,13 +19,17 @@ use tokio::io::AsyncWrite;
 /// The most one write hands a socket that has been full: one TLS record's worth.
 pub const PACED_WRITE: usize = 16 * 1024;
 
-/// Whether a writer's destination has been full, and the writes since that it took.
+/// Bytes a socket takes after a wake without having room beyond what the wake itself
+/// gives (half the unsent cap): more than this in a row and its reader keeps up again.
+pub const ROOM_AFTER_WAKE: usize = crate::tcp_opts::NOTSENT_LOWAT as usize / 2 + PACED_WRITE;
+
+/// Whether a writer's destination has been full, and what it took since.
 #[derive(Debug, Default)]
 pub struct Pacer {
     /// A write had to wait, and the socket has not shown room since.
     full: bool,
-    /// Pieces taken in a row since the last wait.
-    taken: u8,
+    /// Bytes taken in a row since the last wait.
+    taken: usize,
 }
 
 impl Pacer {
@@ -52,13 +56,8 @@ impl Pacer {
             return Poll::Pending;
         }
         let n = ready!(written)?;
-        // A piece taken only in part found the socket at its cap again.
-        self.taken = if n == piece.len() {
-            self.taken.saturating_add(1)
-        } else {
-            0
-        };
-        if self.taken >= 2 {
+        self.taken = self.taken.saturating_add(n);
+        if self.taken > ROOM_AFTER_WAKE {
             self.full = false;
         }
         Poll::Ready(Ok(n))
@@ -127,20 +126,21 @@ mod tests {
         assert_eq!(write_until_pending(&mut p, &mut w, &buf), 100_000);
         assert_eq!(w.writes, [100_000]);
         assert!(p.is_paced(), "a write waited: the next ones go in pieces");
-        // The reader frees 20 KB: one piece fills it, the rest waits for the next.
-        w.room = 20_000;
-        w.writes.clear();
-        write_until_pending(&mut p, &mut w, &buf);
-        assert_eq!(w.writes, [PACED_WRITE, 20_000 - PACED_WRITE]);
-        assert!(p.is_paced());
-        // Room for more than two pieces: the socket keeps up again, writes are whole.
+        // A wake: the reader has freed half the cap, 64 KiB. It is filled piece by piece,
+        // and the writes stay paced for the next wake.
+        for _ in 0..3 {
+            w.room = 64 * 1024;
+            w.writes.clear();
+            write_until_pending(&mut p, &mut w, &buf);
+            assert_eq!(w.writes, [PACED_WRITE; 4]);
+            assert!(p.is_paced());
+        }
+        // More room than a wake gives: the reader keeps up again, writes are whole.
         w.room = 1 << 20;
         w.writes.clear();
         write_until_pending(&mut p, &mut w, &buf);
-        assert_eq!(
-            w.writes,
-            [PACED_WRITE, PACED_WRITE, 256 * 1024 - 2 * PACED_WRITE]
-        );
+        assert_eq!(w.writes[..6], [PACED_WRITE; 6]);
+        assert_eq!(w.writes[6..], [256 * 1024 - 6 * PACED_WRITE]);
         assert!(!p.is_paced());
     }
 }
