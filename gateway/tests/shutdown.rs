@@ -59,6 +59,22 @@ async fn send_burst(
     Ok(())
 }
 
+/// A demo Backend_ABC and a gateway in front of it with `extra_toml`.
+async fn abc_gateway(extra_toml: &str) -> Result<(demo_services::RunningBackend, GatewayProc)> {
+    let demo = demo_services::spawn_for_test(ServiceOptions {
+        backend: Backend::Abc,
+        push_interval: None,
+    })
+    .await?;
+    let gw = GatewayProc::start(ProcOptions {
+        backends: vec![("Backend_ABC".into(), demo.url())],
+        extra_toml: extra_toml.into(),
+        ..ProcOptions::default()
+    })
+    .await?;
+    Ok((demo, gw))
+}
+
 async fn client(gw: &GatewayProc, id: &str) -> Result<Connected> {
     let mut c = connect(&gw.connect_options(id)?).await?;
     // The close is checked by hand; an automatic answer could race the gateway's exit.
@@ -254,17 +270,7 @@ async fn exit_with_a_stuck_session(drain_at_start: &str, reload: bool) -> Result
 #[tokio::test]
 async fn a_request_still_on_its_way_at_sigterm_gets_a_503() -> Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let demo = demo_services::spawn_for_test(ServiceOptions {
-        backend: Backend::Abc,
-        push_interval: None,
-    })
-    .await?;
-    let mut gw = GatewayProc::start(ProcOptions {
-        backends: vec![("Backend_ABC".into(), demo.url())],
-        extra_toml: "[timeouts]\ndrain = \"5s\"\n".into(),
-        ..ProcOptions::default()
-    })
-    .await?;
+    let (_demo, mut gw) = abc_gateway("[timeouts]\ndrain = \"5s\"\n").await?;
     // Through TLS before the signal; the request comes after it.
     let mut tls = tls_connect_to(gw.addr).await?;
     let signalled = Instant::now();
@@ -324,17 +330,7 @@ async fn a_client_answering_the_shutdown_close_gets_no_reset() -> Result<()> {
     // The gateway used to close the socket right after its close frame and TLS close, so
     // the client's close answer met a closed socket, which TCP answers with a reset (on
     // some stacks the reset also discards what the client had not read yet).
-    let demo = demo_services::spawn_for_test(ServiceOptions {
-        backend: Backend::Abc,
-        push_interval: None,
-    })
-    .await?;
-    let mut gw = GatewayProc::start(ProcOptions {
-        backends: vec![("Backend_ABC".into(), demo.url())],
-        extra_toml: "[timeouts]\ndrain = \"5s\"\nclose = \"1s\"\n".into(),
-        ..ProcOptions::default()
-    })
-    .await?;
+    let (_demo, mut gw) = abc_gateway("[timeouts]\ndrain = \"5s\"\nclose = \"1s\"\n").await?;
     let mut c = client(&gw, "Backend_ABC").await?;
     gw.terminate()?;
     let (code, reason) = expect_close(&mut c.ws).await?;
@@ -369,17 +365,7 @@ async fn a_client_answering_the_shutdown_close_gets_no_reset() -> Result<()> {
 /// the drain timeout (60 s here), as an operator who asks twice expects.
 #[tokio::test]
 async fn a_second_sigterm_during_the_drain_stops_the_gateway_at_once() -> Result<()> {
-    let demo = demo_services::spawn_for_test(ServiceOptions {
-        backend: Backend::Abc,
-        push_interval: None,
-    })
-    .await?;
-    let mut gw = GatewayProc::start(ProcOptions {
-        backends: vec![("Backend_ABC".into(), demo.url())],
-        extra_toml: "[timeouts]\ndrain = \"60s\"\nclose = \"60s\"\n".into(),
-        ..ProcOptions::default()
-    })
-    .await?;
+    let (_demo, mut gw) = abc_gateway("[timeouts]\ndrain = \"60s\"\nclose = \"60s\"\n").await?;
     // A client that will not answer the gateway's close: its session holds the drain.
     let _silent = client(&gw, "Backend_ABC").await?;
     gw.terminate()?;
@@ -451,17 +437,9 @@ async fn a_request_waiting_on_its_backend_at_sigterm_gets_a_503() -> Result<()> 
 /// drain (60 s here) or their own handshake and head timeouts (30 s).
 #[tokio::test]
 async fn silent_connections_do_not_hold_the_exit_for_the_drain() -> Result<()> {
-    let demo = demo_services::spawn_for_test(ServiceOptions {
-        backend: Backend::Abc,
-        push_interval: None,
-    })
-    .await?;
-    let mut gw = GatewayProc::start(ProcOptions {
-        backends: vec![("Backend_ABC".into(), demo.url())],
-        extra_toml: "[timeouts]\ndrain = \"60s\"\ntls_handshake = \"30s\"\nheader_read = \"30s\"\n"
-            .into(),
-        ..ProcOptions::default()
-    })
+    let (_demo, mut gw) = abc_gateway(
+        "[timeouts]\ndrain = \"60s\"\ntls_handshake = \"30s\"\nheader_read = \"30s\"\n",
+    )
     .await?;
     let _nothing_sent = tokio::net::TcpStream::connect(gw.addr).await?;
     let _tls_only = tls_connect_to(gw.addr).await?;

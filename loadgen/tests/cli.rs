@@ -149,10 +149,43 @@ fn sizes_and_counts_that_cannot_work_are_usage_errors() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[test]
-fn a_ctrl_c_while_connections_are_being_opened_still_ends_in_a_report() -> anyhow::Result<()> {
+/// Sends `child` a Ctrl-C (again every `repeat`, if given) until it exits, for up to
+/// 10 s; returns its exit status and what it printed.
+fn interrupt(
+    child: &mut std::process::Child,
+    repeat: Option<std::time::Duration>,
+) -> anyhow::Result<(std::process::ExitStatus, String)> {
     use std::io::Read;
     use std::time::{Duration, Instant};
+    let pid = child.id().to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut next_signal = Instant::now();
+    let status = loop {
+        if Instant::now() >= next_signal {
+            anyhow::ensure!(Command::new("kill")
+                .args(["-INT", &pid])
+                .status()?
+                .success());
+            next_signal = repeat.map_or(deadline, |r| Instant::now() + r);
+        }
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            anyhow::bail!("loadgen still running 10 s after its Ctrl-C");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut out = String::new();
+    if let Some(mut stdout) = child.stdout.take() {
+        stdout.read_to_string(&mut out)?;
+    }
+    Ok((status, out))
+}
+
+#[test]
+fn a_ctrl_c_while_connections_are_being_opened_still_ends_in_a_report() -> anyhow::Result<()> {
     // A server that takes connections and never answers: each connect would wait out its
     // 30 s timeout, and at 2 per second opening 20 would take 10 s.
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -174,26 +207,7 @@ fn a_ctrl_c_while_connections_are_being_opened_still_ends_in_a_report() -> anyho
         .spawn()?;
     // The first connection has arrived: loadgen is in its connect phase.
     let (_first, _) = listener.accept()?;
-    let pid = child.id().to_string();
-    anyhow::ensure!(Command::new("kill")
-        .args(["-INT", &pid])
-        .status()?
-        .success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            anyhow::bail!("loadgen still running 10 s after its Ctrl-C");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut report = String::new();
-    if let Some(mut out) = child.stdout.take() {
-        out.read_to_string(&mut report)?;
-    }
+    let (status, report) = interrupt(&mut child, None)?;
     // Killed by the signal, it would have no exit code and no report; one that waited
     // for the connect under way would still be running at the deadline above.
     anyhow::ensure!(
@@ -209,8 +223,7 @@ fn a_ctrl_c_while_connections_are_being_opened_still_ends_in_a_report() -> anyho
 
 #[test]
 fn a_ctrl_c_while_closing_abandons_the_connections_still_closing() -> anyhow::Result<()> {
-    use std::io::Read;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     // A server that upgrades and then never echoes nor answers a close: after the run,
     // loadgen would wait out its 60 s drain for the missing echoes, then its close wait.
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -242,23 +255,7 @@ fn a_ctrl_c_while_closing_abandons_the_connections_still_closing() -> anyhow::Re
     upgraded_rx.recv_timeout(Duration::from_secs(10))?;
     // Ctrl-C until it ends: the first stops the sending (if the run has not ended by
     // itself), the next, during the drain, abandons the connection still closing.
-    let pid = child.id().to_string();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            anyhow::bail!("loadgen still closing 10 s after the first Ctrl-C");
-        }
-        let _ = Command::new("kill").args(["-INT", &pid]).status()?;
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let mut report = String::new();
-    if let Some(mut out) = child.stdout.take() {
-        out.read_to_string(&mut report)?;
-    }
+    let (status, report) = interrupt(&mut child, Some(Duration::from_millis(200)))?;
     let _ = server.join();
     // The connection was abandoned still waiting for its echo: dropped as such, and the
     // run interrupted, not failed for the echo it never waited out.
