@@ -32,7 +32,19 @@ pub enum Phase {
     },
     /// Stop sending, wait (bounded) for outstanding echoes, then close.
     Stop,
+    /// Stopped again while draining or closing (a Ctrl-C): end at once, as dropped.
+    Abandon,
 }
+
+impl Phase {
+    /// Whether the run has stopped sending (and so opens nothing new).
+    pub fn stopped(&self) -> bool {
+        matches!(self, Phase::Stop | Phase::Abandon)
+    }
+}
+
+/// Why a connection ended by [`Phase::Abandon`] counts as dropped.
+pub const ABANDONED: &str = "abandoned while closing: the run was interrupted";
 
 /// Settings and sinks shared by every connection of a run.
 pub struct Shared {
@@ -166,7 +178,7 @@ pub async fn run(
     // its connect timeout.
     let res = tokio::select! {
         res = open(&shared, plan) => res.map_err(|e| e.to_string()),
-        _ = phase.wait_for(|p| *p == Phase::Stop) => {
+        _ = phase.wait_for(Phase::stopped) => {
             Err("stopped before it opened: the run was interrupted".to_owned())
         }
     };
@@ -214,6 +226,11 @@ pub async fn run(
             Err(why) => break End::Dropped(why),
         }
     };
+    // Abandoned: what was still unanswered is lost at the close the run cut short, not
+    // missing.
+    if matches!(&end, End::Dropped(why) if why == ABANDONED) {
+        outcome.lost_at_close += session.reset_stream();
+    }
     session.tracker.finish();
     shared
         .recorder
@@ -273,7 +290,20 @@ async fn reopen(
                 }
             }
         }
-        match open(shared, plan).await {
+        // A stop while this attempt is under way does not wait out its connect timeout.
+        let attempt = tokio::select! {
+            r = open(shared, plan) => Some(r),
+            _ = session.phase_mut().wait_for(Phase::stopped) => None,
+        };
+        let Some(attempt) = attempt else {
+            if n == 0 {
+                return Ok(None);
+            }
+            return Err(format!(
+                "closed by the server and the run ended while reconnecting ({last_error})"
+            ));
+        };
+        match attempt {
             Ok(s) => return Ok(Some(s)),
             Err(e) => {
                 outcome.reconnect_failures += 1;

@@ -363,7 +363,7 @@ pub async fn run(
         &mut progress,
         requested,
         &shared,
-        &mut stop,
+        (&mut stop, &phase_tx),
     )
     .await;
     stopped_early |= abandoned;
@@ -379,7 +379,6 @@ pub async fn run(
             nofile,
             source_addrs: sources.len(),
             interrupted: stopped_early,
-            abandoned,
             spawned,
         },
     ))
@@ -393,8 +392,6 @@ struct Conditions {
     source_addrs: usize,
     /// Stopped early (Ctrl-C).
     interrupted: bool,
-    /// Connections still closing were abandoned at a Ctrl-C.
-    abandoned: bool,
     /// Connections started (fewer than asked for when stopped while connecting).
     spawned: usize,
 }
@@ -446,15 +443,17 @@ async fn stop_asked(stop: &mut mpsc::UnboundedReceiver<()>) {
 }
 
 /// Waits for every connection task (up to `limit`), keeping the progress line alive; a
-/// message on `stop` abandons those still running (returned `true`).
+/// message on `stop` tells those still draining or closing to end at once, as abandoned
+/// (returned `true`), with what they counted.
 async fn collect(
     tasks: &mut JoinSet<Outcome>,
     limit: Duration,
     progress: &mut Progress,
     requested: u64,
     shared: &Shared,
-    stop: &mut mpsc::UnboundedReceiver<()>,
+    (stop, phase): (&mut mpsc::UnboundedReceiver<()>, &watch::Sender<Phase>),
 ) -> (Vec<Outcome>, bool) {
+    let mut abandoned = false;
     let mut outcomes = Vec::with_capacity(tasks.len());
     let deadline = tokio::time::sleep(limit);
     tokio::pin!(deadline);
@@ -472,13 +471,13 @@ async fn collect(
                 tasks.abort_all();
                 break;
             }
-            () = stop_asked(stop) => {
-                tasks.abort_all();
-                return (outcomes, true);
+            () = stop_asked(stop), if !abandoned => {
+                abandoned = true;
+                let _ = phase.send(Phase::Abandon);
             }
         }
     }
-    (outcomes, false)
+    (outcomes, abandoned)
 }
 
 fn build(
@@ -505,14 +504,7 @@ fn build(
         for _ in *n..spawned_of(b) {
             lost.push(Outcome::new(
                 b,
-                End::Dropped(
-                    if run.abandoned {
-                        "abandoned while closing: the run was interrupted"
-                    } else {
-                        "did not finish closing in time"
-                    }
-                    .to_owned(),
-                ),
+                End::Dropped("did not finish closing in time".to_owned()),
             ));
         }
         for _ in spawned_of(b).max(*n)..requested_of(b) {

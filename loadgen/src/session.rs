@@ -46,6 +46,8 @@ pub(crate) struct Session<'a> {
     shared: &'a Shared,
     plan: Plan,
     phase: watch::Receiver<Phase>,
+    /// The run's phase sender is gone: no phase change will come.
+    phase_gone: bool,
     state: State,
     /// What was sent and what came back: integrity errors and round-trip times.
     pub(crate) tracker: Tracker,
@@ -91,6 +93,7 @@ impl<'a> Session<'a> {
             shared,
             plan,
             phase,
+            phase_gone: false,
             state: State::Idle,
             tracker: Tracker::new(plan.id, shared.size),
             masks: MaskGen::new(),
@@ -119,8 +122,7 @@ impl<'a> Session<'a> {
     /// Whether the session still has work for a new stream: the run has not stopped and
     /// this session has not started draining or closing.
     pub(crate) fn wants_stream(&self) -> bool {
-        matches!(self.state, State::Idle | State::Sending)
-            && !matches!(*self.phase.borrow(), Phase::Stop)
+        matches!(self.state, State::Idle | State::Sending) && !self.phase.borrow().stopped()
     }
 
     /// The phase receiver, to wait on while reconnecting.
@@ -192,9 +194,7 @@ impl<'a> Session<'a> {
                 biased;
                 r = rd.read_buf(&mut rbuf) => Event::Read(r),
                 w = write_or_flush(&mut wr, pending), if want_write => Event::Wrote(w),
-                c = self.phase.changed(), if matches!(self.state, State::Idle | State::Sending) => {
-                    Event::Phase(c.is_ok())
-                }
+                c = self.phase.changed(), if !self.phase_gone => Event::Phase(c.is_ok()),
                 () = &mut timer, if timer_at.is_some() => Event::Timer,
             };
             match event {
@@ -232,7 +232,11 @@ impl<'a> Session<'a> {
                 Event::Phase(alive) => {
                     if alive {
                         self.apply_phase();
+                        if *self.phase.borrow() == Phase::Abandon {
+                            return End::Dropped(crate::conn::ABANDONED.to_owned());
+                        }
                     } else {
+                        self.phase_gone = true;
                         self.stop_sending();
                     }
                 }
@@ -262,7 +266,7 @@ impl<'a> Session<'a> {
                     self.next_due_ns = self.now_ns() + (interval_ns as f64 * frac) as u64;
                 }
             }
-            (Phase::Stop, _) => self.stop_sending(),
+            (Phase::Stop | Phase::Abandon, _) => self.stop_sending(),
             _ => {}
         }
     }

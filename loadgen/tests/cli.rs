@@ -223,9 +223,38 @@ fn a_ctrl_c_while_connections_are_being_opened_still_ends_in_a_report() -> anyho
 
 #[test]
 fn a_ctrl_c_while_closing_abandons_the_connections_still_closing() -> anyhow::Result<()> {
+    let (status, report) = abandoned_run(false)?;
+    // The connection was abandoned still waiting for its echo: dropped as such, and the
+    // run interrupted, not failed for the echo it never waited out.
+    anyhow::ensure!(status.code() == Some(130), "exit status {status}");
+    anyhow::ensure!(
+        report.contains("abandoned while closing") && report.contains("INTERRUPTED"),
+        "{report:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn what_an_abandoned_connection_counted_stays_in_the_report() -> anyhow::Result<()> {
+    // Its one echo came back corrupted: that integrity error must survive the abandon.
+    let (status, report) = abandoned_run(true)?;
+    anyhow::ensure!(status.code() == Some(1), "exit status {status}");
+    anyhow::ensure!(
+        report.contains("FAIL: integrity errors; INTERRUPTED")
+            && report.contains("abandoned while closing"),
+        "{report:?}"
+    );
+    Ok(())
+}
+
+/// One loadgen connection to a server that upgrades, then echoes nothing (but the first
+/// message, corrupted, if `corrupt_first`) and never answers a close: loadgen would wait
+/// out its 60 s drain, then its close wait. It is sent Ctrl-C until it ends: the first
+/// stops the sending (if the run has not ended by itself), the next, during the drain,
+/// abandons the connection still closing.
+fn abandoned_run(corrupt_first: bool) -> anyhow::Result<(std::process::ExitStatus, String)> {
+    use fastwebsockets::{Frame, OpCode, Payload};
     use std::time::Duration;
-    // A server that upgrades and then never echoes nor answers a close: after the run,
-    // loadgen would wait out its 60 s drain for the missing echoes, then its close wait.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -240,10 +269,24 @@ fn a_ctrl_c_while_closing_abandons_the_connections_still_closing() -> anyhow::Re
             let Ok(mut ws) = loadgen::testbed::accept_ws(tcp).await else {
                 return;
             };
-            let _ = upgraded_tx.send(());
             ws.set_auto_close(false);
             ws.set_auto_pong(false);
-            while ws.read_frame().await.is_ok() {}
+            let mut corrupt = corrupt_first;
+            while let Ok(frame) = ws.read_frame().await {
+                if corrupt && matches!(frame.opcode, OpCode::Binary | OpCode::Text) {
+                    corrupt = false;
+                    let mut payload = frame.payload.to_vec();
+                    let mid = payload.len() / 2;
+                    payload[mid] ^= 0x5A;
+                    let echo = Frame::new(true, frame.opcode, None, Payload::Owned(payload));
+                    if ws.write_frame(echo).await.is_err() {
+                        break;
+                    }
+                    let _ = upgraded_tx.send(());
+                } else if !corrupt_first {
+                    let _ = upgraded_tx.send(());
+                }
+            }
         });
     });
     let mut child = Command::new(env!("CARGO_BIN_EXE_loadgen"))
@@ -252,17 +295,9 @@ fn a_ctrl_c_while_closing_abandons_the_connections_still_closing() -> anyhow::Re
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()?;
+    // The first message has come (and its corrupted echo gone back).
     upgraded_rx.recv_timeout(Duration::from_secs(10))?;
-    // Ctrl-C until it ends: the first stops the sending (if the run has not ended by
-    // itself), the next, during the drain, abandons the connection still closing.
-    let (status, report) = interrupt(&mut child, Some(Duration::from_millis(200)))?;
+    let ended = interrupt(&mut child, Some(Duration::from_millis(200)));
     let _ = server.join();
-    // The connection was abandoned still waiting for its echo: dropped as such, and the
-    // run interrupted, not failed for the echo it never waited out.
-    anyhow::ensure!(status.code() == Some(130), "exit status {status}");
-    anyhow::ensure!(
-        report.contains("abandoned while closing") && report.contains("INTERRUPTED"),
-        "{report:?}"
-    );
-    Ok(())
+    ended
 }

@@ -50,6 +50,28 @@ async fn start(ending: Ending, accept_at_most: Option<usize>) -> anyhow::Result<
     Ok(addr)
 }
 
+/// Like [`start`] with [`Ending::GoingAway`], but every later connection is taken and
+/// never answered: a reconnect attempt that hangs until its connect timeout.
+async fn start_then_hang() -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        let mut n = 0;
+        while let Ok((stream, _)) = listener.accept().await {
+            if n < CONNS {
+                tokio::spawn(async move {
+                    let _ = serve(stream, Some(Ending::GoingAway)).await;
+                });
+            } else {
+                held.push(stream);
+            }
+            n += 1;
+        }
+    });
+    Ok(addr)
+}
+
 /// Ends the TCP connection with a FIN, not a reset: half-closes, then discards what the
 /// client still sends until it goes. Closing with unread bytes waiting would make the
 /// kernel answer with RST, which can overtake (and discard) a close frame just written.
@@ -245,6 +267,42 @@ async fn a_close_whose_back_off_outlasts_the_run_is_no_drop() -> anyhow::Result<
         t.connections.drops
     );
     assert!(t.messages.lost_at_close >= CONNS as u64);
+    assert!(run.report.passed(), "{:?}", run.report.verdict());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_under_way_when_the_run_ends_is_not_waited_for() -> anyhow::Result<()> {
+    // The reconnects hang (60 s connect timeout): the run ends at its time all the same,
+    // and the connections, closed by the server and not yet back, are no drop.
+    let addr = start_then_hang().await?;
+    let opts = LoadOptions {
+        url: format!("ws://{addr}/echo"),
+        backends: vec!["Backend_ABC".into()],
+        conns: CONNS,
+        inflight: 4,
+        duration: Duration::from_millis(1500),
+        drain_timeout: Duration::from_millis(500),
+        connect_timeout: Duration::from_secs(60),
+        token: TokenSource::None,
+        ca: None,
+        reconnect: policy(3),
+        ..Default::default()
+    };
+    let run = tokio::time::timeout(
+        Duration::from_secs(20),
+        load::run(&opts, tokio::sync::mpsc::unbounded_channel().1),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("the run waited for the hanging reconnects"))??;
+    let t = &run.report.total;
+    assert_eq!(closes(&run), count("1001", CONNS as u64));
+    assert_eq!(
+        (t.connections.reconnects, t.connections.dropped),
+        (0, 0),
+        "{:?}",
+        t.connections.drops
+    );
     assert!(run.report.passed(), "{:?}", run.report.verdict());
     Ok(())
 }
