@@ -19,20 +19,40 @@ use tokio::io::AsyncWrite;
 /// The most one write hands a socket that has been full: one TLS record's worth.
 pub const PACED_WRITE: usize = 16 * 1024;
 
-/// Bytes a socket takes after a wake without having room beyond what the wake itself
-/// gives (half the unsent cap): more than this in a row and its reader keeps up again.
-pub const ROOM_AFTER_WAKE: usize = crate::tcp_opts::NOTSENT_LOWAT as usize / 2 + PACED_WRITE;
+/// Bytes a socket takes in a row, without waiting, once its reader keeps up again: more
+/// than the whole unsent cap (a wake leaves room for half of it, and a little more by the
+/// time the writer runs: ~98 KB measured at 32 KB/s).
+pub const ROOM_AFTER_WAKE: usize = crate::tcp_opts::NOTSENT_LOWAT as usize + PACED_WRITE;
 
 /// Whether a writer's destination has been full, and what it took since.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Pacer {
+    /// The most one write hands the destination while paced.
+    piece: usize,
     /// A write had to wait, and the socket has not shown room since.
     full: bool,
     /// Bytes taken in a row since the last wait.
     taken: usize,
 }
 
+impl Default for Pacer {
+    /// Pieces of [`PACED_WRITE`]: for a writer of frames.
+    fn default() -> Self {
+        Self::with_piece(PACED_WRITE)
+    }
+}
+
 impl Pacer {
+    /// Pieces of `piece` bytes: a TLS stream's are one record's ciphertext, so that a
+    /// record of a frame writer's paced write goes out whole, in one write.
+    pub fn with_piece(piece: usize) -> Self {
+        Self {
+            piece,
+            full: false,
+            taken: 0,
+        }
+    }
+
     /// Writes as much of `buf` as `w` takes now: all of it at once while the destination
     /// keeps up, a piece of at most [`PACED_WRITE`] after it fell behind.
     pub fn poll_write<W: AsyncWrite + Unpin + ?Sized>(
@@ -49,7 +69,7 @@ impl Pacer {
             }
             return written;
         }
-        let piece = &buf[..buf.len().min(PACED_WRITE)];
+        let piece = &buf[..buf.len().min(self.piece)];
         let written = Pin::new(w).poll_write(cx, piece);
         if written.is_pending() {
             self.taken = 0;
@@ -126,21 +146,39 @@ mod tests {
         assert_eq!(write_until_pending(&mut p, &mut w, &buf), 100_000);
         assert_eq!(w.writes, [100_000]);
         assert!(p.is_paced(), "a write waited: the next ones go in pieces");
-        // A wake: the reader has freed half the cap, 64 KiB. It is filled piece by piece,
-        // and the writes stay paced for the next wake.
         for _ in 0..3 {
-            w.room = 64 * 1024;
+            // A wake: the reader has freed half the cap and a little more (~98 KB seen
+            // at 32 KB/s). It is filled piece by piece, and the writes stay paced.
+            w.room = 100_000;
             w.writes.clear();
             write_until_pending(&mut p, &mut w, &buf);
-            assert_eq!(w.writes, [PACED_WRITE; 4]);
+            assert_eq!(w.writes[..6], [PACED_WRITE; 6]);
+            assert_eq!(w.writes[6..], [100_000 - 6 * PACED_WRITE]);
             assert!(p.is_paced());
         }
-        // More room than a wake gives: the reader keeps up again, writes are whole.
+        // More room than the whole cap: the reader keeps up again, writes are whole.
         w.room = 1 << 20;
         w.writes.clear();
         write_until_pending(&mut p, &mut w, &buf);
-        assert_eq!(w.writes[..6], [PACED_WRITE; 6]);
-        assert_eq!(w.writes[6..], [256 * 1024 - 6 * PACED_WRITE]);
+        assert_eq!(w.writes[..10], [PACED_WRITE; 10]);
+        assert_eq!(w.writes[10..], [256 * 1024 - 10 * PACED_WRITE]);
         assert!(!p.is_paced());
+    }
+
+    #[test]
+    fn a_tls_streams_pieces_hold_a_whole_record() {
+        // A frame writer's paced write of 16 KiB is one record of 16,406 bytes (TLS 1.3):
+        // in pieces of 16 KiB it went out as 16,384 + 22, two writes for every record.
+        let record = vec![0u8; PACED_WRITE + 22];
+        let mut p = Pacer::with_piece(PACED_WRITE + crate::records::RECORD_OVERHEAD);
+        let mut w = Limited {
+            room: 0,
+            writes: Vec::new(),
+        };
+        write_until_pending(&mut p, &mut w, &record);
+        assert!(p.is_paced());
+        w.room = 64 * 1024;
+        write_until_pending(&mut p, &mut w, &record);
+        assert_eq!(w.writes, [record.len()]);
     }
 }

@@ -30,6 +30,10 @@ const MAX_CIPHERTEXT: usize = MAX_PLAINTEXT + 256;
 /// A record's header: content type, legacy version, length.
 pub const HEADER_LEN: usize = 5;
 
+/// Most bytes one record adds to its plaintext: the header, and a 16-byte tag with the
+/// inner content type (TLS 1.3) or TLS 1.2 AES-GCM's 8-byte explicit nonce.
+pub const RECORD_OVERHEAD: usize = HEADER_LEN + 8 + 16;
+
 /// Why a TLS 1.2 connection whose key has sealed as many records as is safe takes no more
 /// data: its writer then ends it with `close_notify`.
 const KEY_SPENT: &str = "the TLS 1.2 connection's key has sealed as many records as is safe";

@@ -27,7 +27,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::pacing::Pacer;
-use crate::records::{Records, Refused, HEADER_LEN, SEAL_OVERHEAD};
+use crate::records::{Records, Refused, HEADER_LEN, RECORD_OVERHEAD, SEAL_OVERHEAD};
 
 /// Size of each worker thread's read and write scratch buffers.
 const SCRATCH_LEN: usize = 64 * 1024;
@@ -314,7 +314,7 @@ impl TlsStream {
             plain_at: 0,
             out: Vec::new(),
             out_at: 0,
-            pacer: Pacer::default(),
+            pacer: Pacer::with_piece(crate::pacing::PACED_WRITE + RECORD_OVERHEAD),
             read_closed: false,
             write_closed: false,
         })
