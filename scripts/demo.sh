@@ -27,11 +27,24 @@ bin="$(cargo metadata --format-version 1 --no-deps |
   sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')/release"
 
 pids=()
-cleanup() {
+# Stops the servers: one SIGTERM each (a second stop signal would make the gateway skip
+# its drain). After a Ctrl-C, which the terminal sends every process of the demo, they are
+# first given up to 15 s to finish on their own.
+stop_servers() {
+  trap - EXIT INT TERM
+  if [ "${1:-}" = after-signal ]; then
+    for _ in $(seq 1 150); do
+      alive=0
+      for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+      [ "$alive" = 0 ] && break
+      sleep 0.1
+    done
+  fi
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
 }
-trap cleanup EXIT INT TERM
+trap stop_servers EXIT
+trap 'stop_servers after-signal; exit 130' INT TERM
 
 "$bin/demo-services" &
 pids+=($!)
