@@ -905,11 +905,13 @@ async fn a_client_that_leaves_during_the_backend_connect_is_logged_and_counted_a
         async move { Ok(sample(&proc.metrics().await?, metric) == 1.0) }
     })
     .await?;
-    ensure!(
-        proc.log().contains("client left before its answer"),
-        "no log line:\n{}",
-        proc.log()
-    );
+    // The line is written just after the count, and read from the process's stderr.
+    let logged = wait_for("the log line", DEADLINE, || {
+        let seen = proc.log().contains("client left before its answer");
+        async move { Ok(seen) }
+    })
+    .await;
+    ensure!(logged.is_ok(), "no log line:\n{}", proc.log());
     Ok(())
 }
 
