@@ -45,7 +45,7 @@ pub async fn serve_connection(
     conn_id: u64,
     admission: Admission,
 ) {
-    let handshaking = Handshaking::start(&shared);
+    let _handshaking = Handshaking::start(&shared);
     crate::tcp_opts::tune(&tcp);
     let config = shared.config();
     let deadline = tokio::time::Instant::now() + config.timeouts.tls_handshake;
@@ -111,13 +111,11 @@ pub async fn serve_connection(
     };
     let permit = Arc::new(std::sync::Mutex::new(slot));
     let svc_shared = shared.clone();
-    let requested = handshaking.requested.clone();
+    let requested = Requested::new(&shared);
     let service = service_fn(move |req| {
         let shared = svc_shared.clone();
         let permit = permit.clone();
-        if !requested.swap(true, Ordering::Relaxed) {
-            shared.requested.fetch_add(1, Ordering::Relaxed);
-        }
+        requested.mark();
         async move {
             let waiting = ClientWaiting {
                 shared: Some(shared.clone()),
@@ -540,28 +538,48 @@ fn start_session(
 }
 
 /// One connection counted in `Shared::handshaking` until its HTTP phase ends (refused,
-/// upgraded, or dropped), and in `Shared::requested` too once a request came on it; an
-/// upgraded one is counted in `Shared::active` by then.
-struct Handshaking {
-    shared: Arc<Shared>,
-    /// A request came (counted in `Shared::requested`).
-    requested: Arc<std::sync::atomic::AtomicBool>,
-}
+/// upgraded, or dropped); an upgraded one is counted in `Shared::active` by then.
+struct Handshaking(Arc<Shared>);
 
 impl Handshaking {
     fn start(shared: &Arc<Shared>) -> Self {
         shared.handshaking.fetch_add(1, Ordering::Relaxed);
-        Self {
-            shared: shared.clone(),
-            requested: Arc::default(),
-        }
+        Self(shared.clone())
     }
 }
 
 impl Drop for Handshaking {
     fn drop(&mut self) {
-        self.shared.handshaking.fetch_sub(1, Ordering::Relaxed);
-        if self.requested.load(Ordering::Relaxed) {
+        self.0.handshaking.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A connection's HTTP service counted in `Shared::requested` from its first request
+/// until the service is dropped with the connection's HTTP phase.
+struct Requested {
+    shared: Arc<Shared>,
+    counted: std::sync::atomic::AtomicBool,
+}
+
+impl Requested {
+    fn new(shared: &Arc<Shared>) -> Self {
+        Self {
+            shared: shared.clone(),
+            counted: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// A request came: counted once per connection.
+    fn mark(&self) {
+        if !self.counted.swap(true, Ordering::Relaxed) {
+            self.shared.requested.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Requested {
+    fn drop(&mut self) {
+        if *self.counted.get_mut() {
             self.shared.requested.fetch_sub(1, Ordering::Relaxed);
         }
     }

@@ -320,11 +320,7 @@ fn interrupts() -> tokio::sync::mpsc::UnboundedReceiver<()> {
 /// Resolves at the first Ctrl-C (installed now, as [`interrupts`]).
 fn ctrl_c() -> impl std::future::Future<Output = ()> {
     let mut interrupts = interrupts();
-    async move {
-        if interrupts.recv().await.is_none() {
-            std::future::pending::<()>().await;
-        }
-    }
+    async move { load::stop_asked(&mut interrupts).await }
 }
 
 /// Runs what `cli` asks for; returns the process exit code.

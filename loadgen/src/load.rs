@@ -436,7 +436,7 @@ async fn spawn_connections(
 }
 
 /// Resolves at the next message on `stop`; never once it is closed.
-async fn stop_asked(stop: &mut mpsc::UnboundedReceiver<()>) {
+pub(crate) async fn stop_asked(stop: &mut mpsc::UnboundedReceiver<()>) {
     if stop.recv().await.is_none() {
         std::future::pending::<()>().await;
     }
