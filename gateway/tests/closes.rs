@@ -6,25 +6,15 @@
 mod support;
 
 use anyhow::{ensure, Context, Result};
-use demo_services::{Backend, ServiceOptions};
 use fastwebsockets::{Frame, Payload};
-use support::process::{GatewayProc, ProcOptions};
+use support::process::{abc_gateway, GatewayProc, ProcOptions};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
 async fn a_client_told_1009_mid_frame_is_read_to_its_answer_not_reset() -> Result<()> {
-    let demo = demo_services::spawn_for_test(ServiceOptions {
-        backend: Backend::Abc,
-        push_interval: None,
-    })
-    .await?;
-    let gw = GatewayProc::start(ProcOptions {
-        backends: vec![("Backend_ABC".into(), demo.url())],
-        extra_toml: "[limits]\nmax_frame_size = 65536\n\n[timeouts]\nclose = \"1s\"\n".into(),
-        ..ProcOptions::default()
-    })
-    .await?;
+    let (_demo, gw) =
+        abc_gateway("[limits]\nmax_frame_size = 65536\n\n[timeouts]\nclose = \"1s\"\n").await?;
     let mut c = loadgen::client::connect(&gw.connect_options("Backend_ABC")?).await?;
     c.ws.set_auto_close(false);
     // Over the frame limit: refused at its head, while the rest of it is still coming.

@@ -11,7 +11,7 @@ use demo_services::{Backend, ServiceOptions};
 use fastwebsockets::{Frame, OpCode, Payload, WebSocket};
 use loadgen::client::{connect, ConnectError, Connected, WsStream};
 use support::probe::{Event, Mode, Probe};
-use support::process::{GatewayProc, ProcOptions};
+use support::process::{abc_gateway, GatewayProc, ProcOptions};
 use support::*;
 
 const MESSAGES: usize = 20;
@@ -57,22 +57,6 @@ async fn send_burst(
     }
     ws.flush().await?;
     Ok(())
-}
-
-/// A demo Backend_ABC and a gateway in front of it with `extra_toml`.
-async fn abc_gateway(extra_toml: &str) -> Result<(demo_services::RunningBackend, GatewayProc)> {
-    let demo = demo_services::spawn_for_test(ServiceOptions {
-        backend: Backend::Abc,
-        push_interval: None,
-    })
-    .await?;
-    let gw = GatewayProc::start(ProcOptions {
-        backends: vec![("Backend_ABC".into(), demo.url())],
-        extra_toml: extra_toml.into(),
-        ..ProcOptions::default()
-    })
-    .await?;
-    Ok((demo, gw))
 }
 
 async fn client(gw: &GatewayProc, id: &str) -> Result<Connected> {

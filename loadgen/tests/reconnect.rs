@@ -115,8 +115,9 @@ async fn serve(stream: TcpStream, ending: Option<Ending>) -> anyhow::Result<()> 
     }
 }
 
-async fn run(addr: SocketAddr, reconnect: Option<Reconnect>) -> anyhow::Result<LoadRun> {
-    let opts = LoadOptions {
+/// The runs' options: `CONNS` connections to the server at `addr` for 1.5 s.
+fn options(addr: SocketAddr, reconnect: Option<Reconnect>) -> LoadOptions {
+    LoadOptions {
         url: format!("ws://{addr}/echo"),
         backends: vec!["Backend_ABC".into()],
         conns: CONNS,
@@ -127,7 +128,11 @@ async fn run(addr: SocketAddr, reconnect: Option<Reconnect>) -> anyhow::Result<L
         ca: None,
         reconnect,
         ..Default::default()
-    };
+    }
+}
+
+async fn run(addr: SocketAddr, reconnect: Option<Reconnect>) -> anyhow::Result<LoadRun> {
+    let opts = options(addr, reconnect);
     tokio::time::timeout(
         Duration::from_secs(30),
         load::run(&opts, tokio::sync::mpsc::unbounded_channel().1),
@@ -284,17 +289,8 @@ async fn a_reconnect_under_way_when_the_run_ends_is_not_waited_for() -> anyhow::
     // and the connections, closed by the server and not yet back, are no drop.
     let addr = start_then_hang().await?;
     let opts = LoadOptions {
-        url: format!("ws://{addr}/echo"),
-        backends: vec!["Backend_ABC".into()],
-        conns: CONNS,
-        inflight: 4,
-        duration: Duration::from_millis(1500),
-        drain_timeout: Duration::from_millis(500),
         connect_timeout: Duration::from_secs(60),
-        token: TokenSource::None,
-        ca: None,
-        reconnect: policy(3),
-        ..Default::default()
+        ..options(addr, policy(3))
     };
     let run = tokio::time::timeout(
         Duration::from_secs(20),

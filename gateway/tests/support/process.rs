@@ -332,3 +332,19 @@ pub fn signal(pid: u32, name: &str) -> Result<()> {
     ensure!(status.success(), "kill -{name} failed: {status}");
     Ok(())
 }
+
+/// A demo Backend_ABC and a gateway in front of it with `extra_toml`.
+pub async fn abc_gateway(extra_toml: &str) -> Result<(demo_services::RunningBackend, GatewayProc)> {
+    let demo = demo_services::spawn_for_test(demo_services::ServiceOptions {
+        backend: demo_services::Backend::Abc,
+        push_interval: None,
+    })
+    .await?;
+    let gw = GatewayProc::start(ProcOptions {
+        backends: vec![("Backend_ABC".into(), demo.url())],
+        extra_toml: extra_toml.into(),
+        ..ProcOptions::default()
+    })
+    .await?;
+    Ok((demo, gw))
+}
