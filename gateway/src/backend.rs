@@ -180,6 +180,19 @@ pub(crate) fn about_the_request(status: u16) -> bool {
 
 /// Headers the gateway sets itself for the backend: a client's spelling of them with `_`
 /// is dropped too, which a CGI-style backend would read as the gateway's.
+/// Whether a verified claim may be sent under the header `name` (`[auth.forward_claims]`):
+/// not under one the gateway writes itself toward a backend (`Host`, the handshake's,
+/// `X-Forwarded-*`, `Cookie`), one that belongs to the hop (`Connection`,
+/// `Transfer-Encoding`, …) or a credential, in any spelling `same_name` folds together. A
+/// claim under such a name would make the upgrade request carry two of them, which a strict
+/// backend refuses for every client, or would let whoever sets the claim frame the request.
+pub fn claim_header_allowed(name: &str) -> bool {
+    !NOT_FORWARDED
+        .iter()
+        .chain(&["cookie"])
+        .any(|reserved| same_name(reserved, name))
+}
+
 const FORWARDING: [&str; 2] = ["x-forwarded-for", "x-forwarded-proto"];
 
 /// Opens the backend connection to `target` for a client at `peer`, forwarding its

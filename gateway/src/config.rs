@@ -677,6 +677,13 @@ impl Config {
                     "not a valid header name".into(),
                 ));
             }
+            if !crate::backend::claim_header_allowed(header_name) {
+                return Err(err(
+                    "auth.forward_claims",
+                    header_name,
+                    "a header the gateway writes itself or one of the connection's own; name the claim's header otherwise (X-Auth-…)".into(),
+                ));
+            }
         }
         for alg in &raw.auth.algorithms {
             crate::auth::parse_algorithm(alg).map_err(|p| err("auth", "algorithms", p))?;

@@ -463,3 +463,57 @@ fn a_cut_certificate_an_encrypted_key_and_a_certificate_as_key_are_named() -> Re
     let _ = std::fs::remove_dir_all(&dir);
     checked
 }
+
+/// `gateway check-config` on `config`: its exit code and stderr. Unlike a start, it ends
+/// whether the config is good or not.
+fn check_config_of(config: &str) -> Result<(i32, String)> {
+    let dir = tempdir()?;
+    let path = dir.join("Config.toml");
+    std::fs::write(&path, config)?;
+    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .arg("check-config")
+        .arg("--config")
+        .arg(&path)
+        .output()?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// A claim sent under a header the gateway writes itself, or under one of the connection's
+/// own, would give every backend request two `Host` or `Sec-WebSocket-Key` lines (which a
+/// strict backend refuses for every client) or let whoever sets the claim frame the
+/// request: such names are refused, in any spelling a CGI-style server folds together.
+#[test]
+fn a_claim_under_a_header_the_gateway_writes_itself_is_refused() -> Result<()> {
+    for name in [
+        "Host",
+        "sec-websocket-key",
+        "Transfer-Encoding",
+        "Connection",
+        "Cookie",
+        "Authorization",
+        "X_Forwarded_For",
+    ] {
+        let (code, stderr) = check_config_of(&base_with(&format!(
+            "[auth.forward_claims]\n{name} = \"sub\"\n"
+        )))?;
+        ensure!(code == 64, "{name}: exit code {code}, stderr: {stderr}");
+        ensure!(
+            stderr.contains(&format!("auth.forward_claims.{name}"))
+                && stderr.contains("a header the gateway writes itself"),
+            "{name}: {stderr}"
+        );
+    }
+    // The headers the README suggests pass.
+    let (code, stderr) = check_config_of(&base_with(
+        "[auth.forward_claims]\nX-Auth-Subject = \"sub\"\nX-Auth-Scopes = \"scp\"\n",
+    ))?;
+    ensure!(
+        code == 0,
+        "claim headers refused: exit code {code}, {stderr}"
+    );
+    Ok(())
+}
