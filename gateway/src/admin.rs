@@ -7,9 +7,10 @@
 //! | `GET /readyz` | 200 when accepting; 503 while draining |
 //! | `POST /reload` | re-read the config file: 200 (naming start-up-only keys the file changed), or 400 with the reason (old config kept) |
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,15 +21,16 @@ use hyper::service::service_fn;
 use hyper::{header, Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::Notify;
 use tracing::debug;
 
 use crate::state::Shared;
 
-/// Admin connections open at once; more are closed as they come. Scrapers, health
-/// checks and reloads need a few; what is above that would take descriptors the
-/// sessions keep in reserve (a connection that holds half a request used to keep its
-/// place for good).
+/// Admin connections open at once. Scrapers, health checks and reloads need a few; what
+/// is above that would take descriptors the sessions keep in reserve. When all are taken,
+/// the one that has waited longest without a request in progress is closed to make room,
+/// so that idle or half-sent connections cannot keep a health check out (a liveness probe
+/// that fails restarts the gateway and drops every session).
 pub const MAX_CONNECTIONS: usize = 32;
 
 /// How long an admin connection lives: a request head must come within a tenth of it,
@@ -36,9 +38,85 @@ pub const MAX_CONNECTIONS: usize = 32;
 /// was answering, if any, is answered first).
 pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 
+/// The open admin connections, oldest first, and how to close each.
+#[derive(Default)]
+struct Places {
+    open: Mutex<BTreeMap<u64, Place>>,
+}
+
+struct Place {
+    /// A request is being answered: the connection is not closed to make room.
+    busy: Arc<AtomicBool>,
+    evict: Arc<Notify>,
+}
+
+impl Places {
+    /// Takes a place for connection `id`, closing the oldest idle connection if all are
+    /// taken. `None` when every place is answering a request.
+    fn take(self: &Arc<Self>, id: u64) -> Option<PlaceGuard> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if open.len() >= MAX_CONNECTIONS {
+            let oldest_idle = open
+                .iter()
+                .find(|(_, p)| !p.busy.load(Ordering::Acquire))
+                .map(|(&id, _)| id)?;
+            if let Some(evicted) = open.remove(&oldest_idle) {
+                evicted.evict.notify_one();
+            }
+        }
+        let busy = Arc::new(AtomicBool::new(false));
+        let evict = Arc::new(Notify::new());
+        open.insert(
+            id,
+            Place {
+                busy: busy.clone(),
+                evict: evict.clone(),
+            },
+        );
+        Some(PlaceGuard {
+            places: self.clone(),
+            id,
+            busy,
+            evict,
+        })
+    }
+}
+
+/// A connection's place, given back when its task ends.
+struct PlaceGuard {
+    places: Arc<Places>,
+    id: u64,
+    busy: Arc<AtomicBool>,
+    evict: Arc<Notify>,
+}
+
+impl Drop for PlaceGuard {
+    fn drop(&mut self) {
+        let mut open = self.places.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.remove(&self.id);
+    }
+}
+
+/// Marks a connection busy while one of its requests is answered.
+struct Busy(Arc<AtomicBool>);
+
+impl Busy {
+    fn new(flag: &Arc<AtomicBool>) -> Busy {
+        flag.store(true, Ordering::Release);
+        Busy(flag.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 /// Serves admin requests on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
-    let places = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let places = Arc::new(Places::default());
+    let mut next_id = 0u64;
     loop {
         let (tcp, _) = match listener.accept().await {
             Ok(c) => c,
@@ -48,18 +126,25 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                 continue;
             }
         };
-        let Ok(place) = places.clone().try_acquire_owned() else {
+        next_id += 1;
+        let Some(place) = places.take(next_id) else {
             debug!(
                 limit = MAX_CONNECTIONS,
-                "admin connection closed: too many open"
+                "admin connection closed: every place is answering a request"
             );
             continue;
         };
         let shared = shared.clone();
         tokio::spawn(async move {
+            let busy = place.busy.clone();
             let svc = service_fn(move |req| {
                 let shared = shared.clone();
-                async move { Ok::<_, Infallible>(answer(&shared, &req).await) }
+                let busy = Busy::new(&busy);
+                async move {
+                    let response = answer(&shared, &req).await;
+                    drop(busy);
+                    Ok::<_, Infallible>(response)
+                }
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -68,6 +153,9 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
             let mut conn = std::pin::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => {}
+                _ = place.evict.notified() => {
+                    debug!(limit = MAX_CONNECTIONS, "idle admin connection closed to make room");
+                }
                 _ = tokio::time::sleep(CONNECTION_LIFETIME) => {
                     // A request under way (a reload waiting on a key-set fetch, say) is
                     // answered first.

@@ -1108,9 +1108,10 @@ async fn tls_handshakes_that_fail_are_counted_by_reason() -> Result<()> {
 }
 
 #[tokio::test]
-async fn admin_connections_beyond_the_limit_are_closed_and_the_rest_keep_answering() -> Result<()> {
-    // Connections holding half a request used to keep their places for good, taking the
-    // descriptors the sessions keep in reserve.
+async fn a_full_admin_listener_closes_its_oldest_idle_connection_for_a_health_check() -> Result<()>
+{
+    // Connections holding half a request used to fill every place, and the listener then
+    // closed each newcomer: a liveness probe failed for as long as they stayed.
     let bs = backends().await?;
     let proc = GatewayProc::start(ProcOptions {
         backends: vec![("Backend_ABC".into(), bs[0].url())],
@@ -1124,22 +1125,26 @@ async fn admin_connections_beyond_the_limit_are_closed_and_the_rest_keep_answeri
         tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: adm").await?;
         held.push(tcp);
     }
-    // One more is closed at once, without an answer.
-    let mut extra = tokio::net::TcpStream::connect(addr).await?;
+    // Every place is taken (the last held connection is the newest); a health check
+    // still gets its answer.
+    let (status, body) = admin(&proc, "GET", "/healthz").await?;
+    ensure!(status == 200, "{status} {body}");
+    // The oldest held connection made room: it is closed without an answer.
+    let mut oldest = held.remove(0);
     let mut answer = Vec::new();
-    tokio::time::timeout(DEADLINE, extra.read_to_end(&mut answer))
+    tokio::time::timeout(DEADLINE, oldest.read_to_end(&mut answer))
         .await
-        .context("a connection beyond the limit was kept")??;
+        .context("the oldest idle connection was kept")??;
     ensure!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
-    // The held ones go; the admin listener answers again.
-    drop(held);
-    wait_for("the admin listener to answer", DEADLINE, || async {
-        Ok(matches!(
-            admin(&proc, "GET", "/healthz").await,
-            Ok((200, _))
-        ))
-    })
-    .await?;
+    // The newest held one is still open: it finishes its request and is answered.
+    let newest = held.last_mut().context("no held connection")?;
+    newest.write_all(b"\r\nConnection: close\r\n\r\n").await?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(DEADLINE, newest.read_to_end(&mut answer))
+        .await
+        .context("the newest held connection was not answered")??;
+    let answer = String::from_utf8_lossy(&answer);
+    ensure!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     Ok(())
 }
 
