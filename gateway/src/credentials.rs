@@ -111,6 +111,19 @@ pub fn backend_named<'r, B>(req: &'r Request<B>, browser: &BrowserConfig) -> Opt
     }
 }
 
+/// Longest backend ID written to a log line as the client sent it: configured IDs are
+/// short, and a 16 KB header would otherwise make a 16 KB line for every refusal.
+pub const LOGGED_ID_CHARS: usize = 64;
+
+/// The client's backend ID as logged: cut to [`LOGGED_ID_CHARS`] characters, with `…`
+/// marking a cut.
+pub fn logged_id(id: &str) -> Cow<'_, str> {
+    match id.char_indices().nth(LOGGED_ID_CHARS) {
+        None => Cow::Borrowed(id),
+        Some((end, _)) => Cow::Owned(format!("{}…", &id[..end])),
+    }
+}
+
 /// The token of an `Authorization: Bearer <token>` value.
 pub fn bearer(value: &[u8]) -> Result<&str, AuthError> {
     let value = std::str::from_utf8(value)
@@ -147,6 +160,17 @@ fn query_param<'q>(query: &'q str, name: &str) -> Option<Cow<'q, str>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_id_is_cut_for_the_log_on_a_character_boundary() {
+        assert_eq!(logged_id("Backend_ABC"), "Backend_ABC");
+        let exact = "x".repeat(LOGGED_ID_CHARS);
+        assert_eq!(logged_id(&exact), exact);
+        let long = "é".repeat(16 << 10);
+        let cut = logged_id(&long);
+        assert_eq!(cut.chars().count(), LOGGED_ID_CHARS + 1);
+        assert!(cut.ends_with('…'));
+    }
 
     fn browser() -> BrowserConfig {
         BrowserConfig {

@@ -117,10 +117,13 @@ pub async fn serve_connection(
         let permit = permit.clone();
         requested.mark();
         async move {
+            let backend = credentials::backend_named(&req, &shared.config().browser)
+                .map(|id| credentials::logged_id(&id).into_owned());
             let waiting = ClientWaiting {
                 shared: Some(shared.clone()),
                 conn_id,
                 peer,
+                backend,
             };
             let response = handle(shared, req, peer, conn_id, permit, limit_hit).await;
             waiting.answered();
@@ -182,7 +185,7 @@ async fn handle(
 ) -> Response<Body> {
     let started = std::time::Instant::now();
     if let Some(hit) = limit_hit {
-        return refuse(&shared, hit.refusal(), conn_id, peer, None);
+        return refuse(&shared, hit.refusal(), conn_id, peer, &req);
     }
     if shared.draining.load(Ordering::Relaxed) {
         return refuse(
@@ -190,7 +193,7 @@ async fn handle(
             Refusal::Unavailable("gateway is shutting down"),
             conn_id,
             peer,
-            None,
+            &req,
         );
     }
     match prepare(&shared, &req, peer).await {
@@ -245,23 +248,24 @@ async fn handle(
             );
             response
         }
-        Err(refusal) => {
-            let config = shared.config();
-            let id = credentials::backend_named(&req, &config.browser);
-            refuse(&shared, refusal, conn_id, peer, id.as_deref())
-        }
+        Err(refusal) => refuse(&shared, refusal, conn_id, peer, &req),
     }
 }
 
-fn refuse(
+/// Answers `req` with `refusal`, counted and logged with the backend ID it named (cut to
+/// a log-sized length: the client chose it).
+fn refuse<B>(
     shared: &Shared,
     refusal: Refusal,
     conn_id: u64,
     peer: SocketAddr,
-    backend: Option<&str>,
+    req: &Request<B>,
 ) -> Response<Body> {
     let status = refusal.status().as_u16();
     shared.metrics.refused(status, refusal.label());
+    let named = credentials::backend_named(req, &shared.config().browser);
+    let backend = named.as_deref().map(credentials::logged_id);
+    let backend = backend.as_deref();
     if refusal.status().is_server_error() {
         warn!(conn = conn_id, %peer, backend, status, reason = %refusal, "refused");
     } else {
@@ -278,6 +282,8 @@ struct ClientWaiting {
     shared: Option<Arc<Shared>>,
     conn_id: u64,
     peer: SocketAddr,
+    /// The backend ID the request named, as logged.
+    backend: Option<String>,
 }
 
 impl ClientWaiting {
@@ -292,7 +298,7 @@ impl Drop for ClientWaiting {
             return;
         };
         shared.metrics.refused(499, "client_closed");
-        info!(conn = self.conn_id, peer = %self.peer, status = 499, "client left before its answer");
+        info!(conn = self.conn_id, peer = %self.peer, backend = self.backend.as_deref(), status = 499, "client left before its answer");
     }
 }
 

@@ -912,6 +912,54 @@ async fn a_client_that_leaves_during_the_backend_connect_is_logged_and_counted_a
     })
     .await;
     ensure!(logged.is_ok(), "no log line:\n{}", proc.log());
+    // It names the backend the client waited for.
+    let log = proc.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("client left before its answer"))
+        .unwrap_or_default();
+    ensure!(line.contains("Backend_ABC"), "{line}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_huge_backend_id_is_cut_short_in_the_refusal_log_line() -> Result<()> {
+    // The ID went to the log whole: a 12 KB header made a 12 KB line per refusal.
+    let proc = GatewayProc::start(ProcOptions {
+        backends: vec![("Backend_ABC".into(), "ws://127.0.0.1:9/abc".into())],
+        ..ProcOptions::default()
+    })
+    .await?;
+    let mut tls = tls_connect_to(proc.addr).await?;
+    let token = rs256(&claims_with(|_| {}))?;
+    let id = format!("Backend_{}", "Z".repeat(12 << 10));
+    let request = format!(
+        "GET /gateway HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nID: {id}\r\n\
+         Authorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    );
+    tls.write_all(request.as_bytes()).await?;
+    tls.flush().await?;
+    let mut answer = vec![0; 12];
+    tokio::time::timeout(DEADLINE, tls.read_exact(&mut answer)).await??;
+    ensure!(answer.starts_with(b"HTTP/1.1 404"), "{answer:?}");
+    let logged = wait_for("the refusal's log line", DEADLINE, || {
+        let seen = proc.log().contains("unknown backend ID");
+        async move { Ok(seen) }
+    })
+    .await;
+    ensure!(logged.is_ok(), "no log line:\n{}", proc.log());
+    let log = proc.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("unknown backend ID"))
+        .unwrap_or_default();
+    // The start of the ID is there to recognise, and the line stays short.
+    let start: String = line.chars().take(300).collect();
+    ensure!(line.contains("Backend_ZZZ"), "{start}");
+    ensure!(line.contains('…'), "{start}");
+    ensure!(line.len() < 512, "a {}-byte line: {start}…", line.len());
     Ok(())
 }
 
