@@ -85,7 +85,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::info;
+use tracing::{info, warn};
 
 pub use config::{Config, ConfigError};
 
@@ -230,11 +230,18 @@ impl Gateway {
         while busy() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        info!(
-            remaining = self.shared.active.load(Ordering::Relaxed),
-            handshaking = self.shared.handshaking.load(Ordering::Relaxed),
-            "gateway stopped"
-        );
+        let remaining = self.shared.active.load(Ordering::Relaxed);
+        let handshaking = self.shared.handshaking.load(Ordering::Relaxed);
+        if remaining > 0 {
+            // Each one cut logs its own line as the workers stop.
+            self.shared.drain_over.store(true, Ordering::Relaxed);
+            warn!(
+                remaining,
+                handshaking, "gateway stopped: sessions still open at the end of the drain are cut"
+            );
+        } else {
+            info!(remaining, handshaking, "gateway stopped");
+        }
         workers.stop().await;
         Ok(())
     }

@@ -219,7 +219,7 @@ async fn handle(
             let span = tracing::info_span!(parent: None, "session", conn = conn_id, %peer, backend = %target, instance = instance.as_deref());
             // Counted from the moment the 101 goes out, so a drain that starts before the
             // session task runs still waits for it and closes it with 1001.
-            let active = ActiveSession::start(&shared, &target);
+            let active = ActiveSession::start(&shared, conn_id, &target);
             // This task only waits for the upgrade; the session gets a task of its own
             // (see `start_session`), so what is needed here is not held for its life.
             tokio::spawn(
@@ -597,22 +597,26 @@ impl Drop for Requested {
 struct ActiveSession {
     shared: Arc<Shared>,
     gauge: prometheus_client::metrics::gauge::Gauge,
+    conn_id: u64,
+    backend: Arc<str>,
 }
 
 impl ActiveSession {
-    fn start(shared: &Arc<Shared>, backend: &str) -> Self {
+    fn start(shared: &Arc<Shared>, conn_id: u64, backend: &Arc<str>) -> Self {
         shared.active.fetch_add(1, Ordering::Relaxed);
         let gauge = shared
             .metrics
             .active
             .get_or_create(&BackendLabel {
-                backend: backend.to_owned(),
+                backend: backend.to_string(),
             })
             .clone();
         gauge.inc();
         Self {
             shared: shared.clone(),
             gauge,
+            conn_id,
+            backend: backend.clone(),
         }
     }
 }
@@ -621,5 +625,12 @@ impl Drop for ActiveSession {
     fn drop(&mut self) {
         self.shared.active.fetch_sub(1, Ordering::Relaxed);
         self.gauge.dec();
+        if self.shared.drain_over.load(Ordering::Relaxed) {
+            warn!(
+                conn = self.conn_id,
+                backend = %self.backend,
+                "session cut: still open at the end of the drain"
+            );
+        }
     }
 }

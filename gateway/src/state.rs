@@ -55,6 +55,8 @@ pub struct Shared {
     pub requested: AtomicU64,
     /// Set once shutdown begins: new upgrades get 503 and `/readyz` turns not-ready.
     pub draining: AtomicBool,
+    /// Set once the drain's time is up: a session still open then is cut, and says so.
+    pub drain_over: AtomicBool,
     /// Turns `true` when sessions must close with 1001.
     pub shutdown_rx: watch::Receiver<bool>,
     /// Source of connection ids.
@@ -106,6 +108,7 @@ impl Shared {
             handshaking: AtomicU64::new(0),
             requested: AtomicU64::new(0),
             draining: AtomicBool::new(false),
+            drain_over: AtomicBool::new(false),
             shutdown_rx,
             next_id: AtomicU64::new(1),
             config_path,

@@ -179,6 +179,7 @@ async fn sigterm_delivers_in_order_closes_everyone_with_1001_and_exits_0() -> Re
         log.contains("gateway stopped") && log.contains("remaining=0"),
         "no clean stop in the log:\n{log}"
     );
+    ensure!(!log.contains("session cut"), "{log}");
     Ok(())
 }
 
@@ -247,6 +248,22 @@ async fn exit_with_a_stuck_session(drain_at_start: &str, reload: bool) -> Result
     ensure!(
         took < drain + Duration::from_millis(1500),
         "exit took {took:?} with drain = {drain:?}"
+    );
+    // The session cut is named, with its backend, and the stop is a warning.
+    let log = gw.log();
+    let cut = log
+        .lines()
+        .find(|l| l.contains("session cut"))
+        .with_context(|| format!("no line for the cut session:\n{log}"))?;
+    ensure!(
+        cut.contains("WARN") && cut.contains("Backend_FLOOD"),
+        "{cut}"
+    );
+    ensure!(
+        log.lines().any(|l| l.contains("WARN")
+            && l.contains("gateway stopped")
+            && l.contains("remaining=1")),
+        "{log}"
     );
     Ok(())
 }
