@@ -139,8 +139,20 @@ pub struct FlowLabels {
 pub struct CloseLabels {
     /// `client` or `backend`: who received it.
     pub to: String,
-    /// The close code.
+    /// The close code; see [`close_code_label`].
     pub code: String,
+}
+
+/// A close code as a label: the protocol's own codes (below 3000) each as themselves,
+/// the registered (3000–3999) and private (4000–4999) ranges folded to `3xxx` and
+/// `4xxx`. The gateway echoes a peer's code when the other side does not answer a close,
+/// and one label per code a client can pick would grow the series without bound.
+pub fn close_code_label(code: u16) -> String {
+    match code {
+        3000..=3999 => "3xxx".to_owned(),
+        4000..=4999 => "4xxx".to_owned(),
+        _ => code.to_string(),
+    }
 }
 
 /// Builds latency histograms: 0.5 ms to ~16 s.
@@ -400,7 +412,7 @@ impl Metrics {
             self.closes_sent
                 .get_or_create(&CloseLabels {
                     to: to.into(),
-                    code: code.to_string(),
+                    code: close_code_label(code),
                 })
                 .inc();
         }

@@ -90,3 +90,37 @@ async fn a_client_gone_mid_frame_does_not_hold_its_backend_for_the_close_timeout
     );
     Ok(())
 }
+
+/// A client's own close code, echoed back by the gateway when the backend does not
+/// answer it, is counted under its range (`4xxx`), not a label of its own: a client
+/// picking codes would otherwise add a series per code.
+#[tokio::test]
+async fn a_private_close_code_the_gateway_echoes_is_counted_under_its_range() -> Result<()> {
+    use support::probe::{Mode, Probe};
+    // The backend reads the passed-on close and then says nothing.
+    let backend = Probe::start(Mode::Raw {
+        reply: Vec::new(),
+        extensions: None,
+    })
+    .await?;
+    let gw = GatewayProc::start(ProcOptions {
+        backends: vec![("Backend_PROBE".into(), backend.url())],
+        extra_toml: "[timeouts]\nclose = \"1s\"\n".into(),
+        ..ProcOptions::default()
+    })
+    .await?;
+    let mut c = loadgen::client::connect(&gw.connect_options("Backend_PROBE")?).await?;
+    c.ws.set_auto_close(false);
+    send(&mut c.ws, Frame::close(4321, b"mine")).await?;
+    let (code, _) = expect_close(&mut c.ws).await?;
+    ensure!(code == 4321, "client got close {code}");
+    let counted = "wsgate_close_frames_sent_total{to=\"client\",code=\"4xxx\"} 1";
+    let seen = wait_for("the echoed close to be counted", DEADLINE, || async {
+        Ok(gw.metrics().await?.contains(counted))
+    })
+    .await;
+    let metrics = gw.metrics().await?;
+    ensure!(seen.is_ok(), "{metrics}");
+    ensure!(!metrics.contains("code=\"4321\""), "{metrics}");
+    Ok(())
+}
