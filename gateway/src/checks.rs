@@ -29,8 +29,12 @@ pub fn check<'r, B>(req: &'r Request<B>, path: &str) -> Result<UpgradeRequest<'r
     }
     let headers = req.headers();
     // RFC 9112 section 3.2: exactly one Host in an HTTP/1.1 request, or 400.
-    if headers.get_all(header::HOST).iter().count() != 1 {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let (Some(host), None) = (hosts.next(), hosts.next()) else {
         return Err(Refusal::BadRequest("missing or repeated Host header"));
+    };
+    if !is_host(host.as_bytes()) {
+        return Err(Refusal::BadRequest("invalid Host header"));
     }
     if !has_token(headers, header::UPGRADE, "websocket")
         || !has_token(headers, header::CONNECTION, "upgrade")
@@ -68,6 +72,19 @@ pub fn check<'r, B>(req: &'r Request<B>, path: &str) -> Result<UpgradeRequest<'r
         _ => return Err(Refusal::BadRequest("missing or invalid Sec-WebSocket-Key")),
     };
     Ok(UpgradeRequest { key })
+}
+
+/// Whether `value` is a `Host` an `https` request can carry (RFC 9110 section 7.2): a
+/// host, with a port if any, not empty (the URI's authority is never missing) and with no
+/// user information.
+fn is_host(value: &[u8]) -> bool {
+    !value.is_empty()
+        && !value.contains(&b'@')
+        && hyper::http::uri::Authority::try_from(value).is_ok_and(|a| {
+            // What follows the host is nothing or a port (the parser lets `:x` through).
+            let after_host = a.as_str().len() - a.host().len();
+            !a.host().is_empty() && (after_host == 0 || a.port_u16().is_some())
+        })
 }
 
 /// Whether `key` is the base64 of 16 bytes (24 characters, two of them padding).
@@ -152,6 +169,22 @@ mod tests {
             refusal(&two_hosts).as_deref(),
             Some("missing or repeated Host header")
         );
+        for host in ["", ":443", "user@gateway.example", "a b", "gateway.example:x", "[::1"] {
+            let mut req = upgrade().body(())?;
+            req.headers_mut()
+                .insert("Host", hyper::header::HeaderValue::from_str(host)?);
+            assert_eq!(
+                refusal(&req).as_deref(),
+                Some("invalid Host header"),
+                "{host:?}"
+            );
+        }
+        for host in ["gateway.example:9090", "127.0.0.1", "[::1]:9090", "localhost"] {
+            let mut req = upgrade().body(())?;
+            req.headers_mut()
+                .insert("Host", hyper::header::HeaderValue::from_str(host)?);
+            assert_eq!(refusal(&req), None, "{host:?}");
+        }
         let bad_key = "missing or invalid Sec-WebSocket-Key";
         for key in [
             "!!!!!!!!!!!!!!!!!!!!!!!!",
