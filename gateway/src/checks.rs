@@ -48,7 +48,7 @@ pub fn check<'r, B>(req: &'r Request<B>, path: &str) -> Result<UpgradeRequest<'r
         || headers
             .get_all(header::CONTENT_LENGTH)
             .iter()
-            .any(|v| v.as_bytes() != b"0")
+            .any(|v| !is_zero(v.as_bytes()))
     {
         return Err(Refusal::BadRequest("an upgrade request has no body"));
     }
@@ -85,6 +85,11 @@ fn is_host(value: &[u8]) -> bool {
             let after_host = a.as_str().len() - a.host().len();
             !a.host().is_empty() && (after_host == 0 || a.port_u16().is_some())
         })
+}
+
+/// Whether a `Content-Length` value is zero: digits only (RFC 9110 section 8.6), all `0`.
+fn is_zero(value: &[u8]) -> bool {
+    !value.is_empty() && value.iter().all(|&b| b == b'0')
 }
 
 /// Whether `key` is the base64 of 16 bytes (24 characters, two of them padding).
@@ -169,7 +174,14 @@ mod tests {
             refusal(&two_hosts).as_deref(),
             Some("missing or repeated Host header")
         );
-        for host in ["", ":443", "user@gateway.example", "a b", "gateway.example:x", "[::1"] {
+        for host in [
+            "",
+            ":443",
+            "user@gateway.example",
+            "a b",
+            "gateway.example:x",
+            "[::1",
+        ] {
             let mut req = upgrade().body(())?;
             req.headers_mut()
                 .insert("Host", hyper::header::HeaderValue::from_str(host)?);
@@ -179,7 +191,12 @@ mod tests {
                 "{host:?}"
             );
         }
-        for host in ["gateway.example:9090", "127.0.0.1", "[::1]:9090", "localhost"] {
+        for host in [
+            "gateway.example:9090",
+            "127.0.0.1",
+            "[::1]:9090",
+            "localhost",
+        ] {
             let mut req = upgrade().body(())?;
             req.headers_mut()
                 .insert("Host", hyper::header::HeaderValue::from_str(host)?);
@@ -237,6 +254,16 @@ mod tests {
         assert_eq!(refusal(&chunked).as_deref(), no_body);
         let empty = upgrade().header("Content-Length", "0").body(())?;
         assert!(check(&empty, "/gateway").is_ok());
+        let zeros = upgrade().header("Content-Length", "00").body(())?;
+        assert!(check(&zeros, "/gateway").is_ok());
+        for sized in ["", "+0", "0x0", "01"] {
+            let mut req = upgrade().body(())?;
+            req.headers_mut().insert(
+                "Content-Length",
+                hyper::header::HeaderValue::from_str(sized)?,
+            );
+            assert_eq!(refusal(&req).as_deref(), no_body, "{sized:?}");
+        }
         Ok(())
     }
 }

@@ -322,11 +322,12 @@ async fn prepare(
 ) -> Result<Prepared, Refusal> {
     let config = shared.config();
     let upgrade = checks::check(req, &config.server.path)?;
-    if !config.browser.origin_allowed(
-        req.headers()
-            .get(hyper::header::ORIGIN)
-            .map(|v| v.as_bytes()),
-    ) {
+    // A browser sends one Origin; with two, the one checked might not be the one a
+    // backend reads, so a list to check against refuses them.
+    let mut origins = req.headers().get_all(hyper::header::ORIGIN).iter();
+    let origin = origins.next().map(|v| v.as_bytes());
+    let repeated = origins.next().is_some() && !config.browser.allowed_origins.is_empty();
+    if repeated || !config.browser.origin_allowed(origin) {
         return Err(Refusal::OriginNotAllowed);
     }
     let creds = credentials::extract(req, &config.browser)?;

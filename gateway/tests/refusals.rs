@@ -338,6 +338,13 @@ async fn origins_outside_allowed_origins_get_403_and_clients_without_one_pass() 
             "{origin}: {status} {body}"
         );
     }
+    // Two Origin lines, a listed one first: only the first used to be checked.
+    let two = with_origin("https://app.example.com")?.header("Origin", "https://evil.example");
+    let (status, body) = refused(&two).await?;
+    ensure!(
+        status == 403 && body.trim() == "origin not allowed",
+        "two origins: {status} {body}"
+    );
     // No Origin at all: not a browser, not this check's business.
     let mut c = connect_ok(&tb, "Backend_ABC").await?;
     echo(&mut c.ws, b"no origin").await?;
