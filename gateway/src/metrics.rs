@@ -249,7 +249,7 @@ impl Metrics {
         );
         registry.register(
             "proxy_header_refusals",
-            "Connections closed for a missing, malformed or late PROXY protocol header",
+            "Connections closed for a missing, malformed, oversized or late PROXY protocol header, or from outside proxy_protocol_from",
             m.proxy_header_refusals.clone(),
         );
         registry.register(
