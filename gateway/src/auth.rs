@@ -64,7 +64,11 @@ pub struct Verifier {
     keys: Vec<(Option<String>, DecodingKey)>,
     /// From a key set: a token's `kid` picks its key.
     by_kid: bool,
-    validation: Validation,
+    /// The checks for a token signed with an RSA algorithm, if `[auth] algorithms` has
+    /// one, and for one signed with an EC algorithm: the library holds a key to the
+    /// algorithms of its own family.
+    rsa: Option<Validation>,
+    ec: Option<Validation>,
 }
 
 /// Parses an algorithm name accepted in `[auth].algorithms`.
@@ -88,7 +92,8 @@ pub fn parse_algorithm(name: &str) -> Result<Algorithm, String> {
     Ok(alg)
 }
 
-/// `[auth] algorithms`: RSA ones or EC ones, which may not mix (see [`rsa_family`]).
+/// `[auth] algorithms`: RSA ones and EC ones mix only with a key set (one `public_key` is
+/// of one family; see [`rsa_family`]).
 fn algorithms(auth: &AuthConfig) -> Result<Vec<Algorithm>, (&'static str, String)> {
     let algorithms: Vec<Algorithm> = auth
         .algorithms
@@ -100,17 +105,20 @@ fn algorithms(auth: &AuthConfig) -> Result<Vec<Algorithm>, (&'static str, String
         return Err(("algorithms", "at least one algorithm is required".into()));
     };
     let rsa = is_rsa(*first);
-    if algorithms.iter().any(|a| is_rsa(*a) != rsa) {
+    let key_set = auth.jwks.is_some() || auth.jwks_url.is_some();
+    if !key_set && algorithms.iter().any(|a| is_rsa(*a) != rsa) {
         return Err((
             "algorithms",
-            "RSA and EC algorithms cannot share one public_key".into(),
+            "RSA and EC algorithms cannot share one public_key: give a key set (jwks or jwks_url) \
+             holding keys of both"
+                .into(),
         ));
     }
     Ok(algorithms)
 }
 
-/// Whether `algorithms` (checked by [`algorithms`]: all of one family) are RSA ones,
-/// else EC.
+/// Whether `algorithms` of one `public_key` (checked by [`algorithms`]: all of one
+/// family) are RSA ones, else EC.
 fn rsa_family(algorithms: &[Algorithm]) -> bool {
     algorithms.first().is_some_and(|a| is_rsa(*a))
 }
@@ -181,21 +189,33 @@ impl Verifier {
         keys: Vec<(Option<String>, DecodingKey)>,
         by_kid: bool,
     ) -> Self {
-        let mut validation = Validation {
-            algorithms,
-            leeway: auth.leeway_secs,
-            validate_exp: true,
-            validate_nbf: true,
-            ..Validation::default()
+        let validation = |rsa: bool| {
+            let algorithms: Vec<Algorithm> = algorithms
+                .iter()
+                .copied()
+                .filter(|a| is_rsa(*a) == rsa)
+                .collect();
+            if algorithms.is_empty() {
+                return None;
+            }
+            let mut validation = Validation {
+                algorithms,
+                leeway: auth.leeway_secs,
+                validate_exp: true,
+                validate_nbf: true,
+                ..Validation::default()
+            };
+            validation.set_issuer(&[&auth.issuer]);
+            validation.set_audience(&[&auth.audience]);
+            validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+            Some(validation)
         };
-        validation.set_issuer(&[&auth.issuer]);
-        validation.set_audience(&[&auth.audience]);
-        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
         Self {
             auth: auth.clone(),
             keys,
             by_kid,
-            validation,
+            rsa: validation(true),
+            ec: validation(false),
         }
     }
 
@@ -215,28 +235,33 @@ impl Verifier {
     /// Verifies a bare token; returns its claims.
     pub fn verify(&self, token: &str) -> Result<Map<String, Value>, AuthError> {
         use jsonwebtoken::errors::ErrorKind as K;
+        use jsonwebtoken::AlgorithmFamily;
+        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
+        // The checks and keys of the token's algorithm family; none for an algorithm not
+        // accepted (HS*, none, one of a family `[auth] algorithms` does not name).
+        let family = header.alg.family();
+        let validation = match family {
+            AlgorithmFamily::Rsa => self.rsa.as_ref(),
+            AlgorithmFamily::Ec => self.ec.as_ref(),
+            _ => None,
+        }
+        .ok_or(AuthError::Malformed)?;
         let decode = |key: &DecodingKey| {
-            jsonwebtoken::decode::<Map<String, Value>>(token, key, &self.validation).map_err(|e| {
-                match e.kind() {
-                    K::InvalidSignature => AuthError::BadSignature,
-                    K::ExpiredSignature => AuthError::Expired,
-                    K::ImmatureSignature => AuthError::NotYetValid,
-                    K::InvalidIssuer => AuthError::WrongIssuer,
-                    K::InvalidAudience => AuthError::WrongAudience,
-                    K::MissingRequiredClaim(c) | K::InvalidClaimFormat(c) => {
-                        AuthError::BadClaim(c.clone())
-                    }
-                    _ => AuthError::Malformed,
+            jsonwebtoken::decode::<Map<String, Value>>(token, key, validation).map_err(|e| match e
+                .kind()
+            {
+                K::InvalidSignature => AuthError::BadSignature,
+                K::ExpiredSignature => AuthError::Expired,
+                K::ImmatureSignature => AuthError::NotYetValid,
+                K::InvalidIssuer => AuthError::WrongIssuer,
+                K::InvalidAudience => AuthError::WrongAudience,
+                K::MissingRequiredClaim(c) | K::InvalidClaimFormat(c) => {
+                    AuthError::BadClaim(c.clone())
                 }
+                _ => AuthError::Malformed,
             })
         };
-        let kid = if self.by_kid {
-            jsonwebtoken::decode_header(token)
-                .map_err(|_| AuthError::Malformed)?
-                .kid
-        } else {
-            None
-        };
+        let kid = if self.by_kid { header.kid } else { None };
         let claims = match kid {
             // The key it names, and no other.
             Some(kid) => {
@@ -247,10 +272,11 @@ impl Verifier {
                     .ok_or(AuthError::UnknownKey)?;
                 decode(key)?.claims
             }
-            // No `kid` (or one key): each key in turn, until one's signature verifies.
+            // No `kid` (or one key): each key of its family in turn, until one's signature
+            // verifies.
             None => {
                 let mut result = Err(AuthError::BadSignature);
-                for (_, key) in &self.keys {
+                for (_, key) in self.keys.iter().filter(|(_, k)| k.family() == family) {
                     result = decode(key);
                     if !matches!(result, Err(AuthError::BadSignature)) {
                         break;
@@ -438,8 +464,8 @@ fn unfit_curve(curve: &str, algorithms: &[Algorithm]) -> Option<String> {
 }
 
 /// The signing keys of the JSON Web Key Set `text` (from `source`, named in errors) that
-/// the algorithms can use (RSA
-/// or EC), with their `kid`s. Keys for encryption (`"use": "enc"`), of the other family
+/// the algorithms can use (RSA, EC, or both when they name both families), with their
+/// `kid`s. Keys for encryption (`"use": "enc"`), of a family the algorithms do not name
 /// or of another kind (symmetric `oct` keys above all: never an HMAC secret) are left
 /// out; a set with none left, or two keys with one `kid`, is refused.
 fn key_set(
@@ -448,15 +474,17 @@ fn key_set(
     algorithms: &[Algorithm],
 ) -> Result<Vec<(Option<String>, DecodingKey)>, String> {
     use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, PublicKeyUse};
-    let rsa = rsa_family(algorithms);
+    let rsa = algorithms.iter().any(|a| is_rsa(*a));
+    let ec = algorithms.iter().any(|a| !is_rsa(*a));
     let set: JwkSet = serde_json::from_slice(text)
         .map_err(|e| format!("{source}: not a JSON Web Key Set: {e}"))?;
     let mut keys: Vec<(Option<String>, DecodingKey)> = Vec::new();
     for jwk in &set.keys {
-        let family = matches!(
-            (&jwk.algorithm, rsa),
-            (AlgorithmParameters::RSA(_), true) | (AlgorithmParameters::EllipticCurve(_), false)
-        );
+        let family = match &jwk.algorithm {
+            AlgorithmParameters::RSA(_) => rsa,
+            AlgorithmParameters::EllipticCurve(_) => ec,
+            _ => false,
+        };
         let signing = matches!(
             jwk.common.public_key_use,
             None | Some(PublicKeyUse::Signature)
@@ -512,7 +540,11 @@ fn key_set(
         keys.push((kid, key));
     }
     if keys.is_empty() {
-        let family = if rsa { "RSA" } else { "EC" };
+        let family = match (rsa, ec) {
+            (true, true) => "RSA or EC",
+            (true, false) => "RSA",
+            _ => "EC",
+        };
         return Err(format!(
             "{source}: no {family} signing key (the algorithms need one)"
         ));

@@ -461,6 +461,71 @@ fn a_key_set_verifies_with_the_key_the_kid_names_so_keys_can_rotate() -> Result<
 }
 
 #[test]
+fn a_key_set_of_rsa_and_ec_keys_verifies_tokens_of_both_families() -> Result<()> {
+    // An identity provider publishing an RSA and an EC key (both signing): RSA and EC
+    // algorithms could not be named together, so one family's tokens were all refused.
+    use gateway::auth::AuthError;
+    let private = std::fs::read(certs().join("jwt-private.pem"))?;
+    let mut rsa_jwk = serde_json::to_value(jsonwebtoken::jwk::Jwk::from_encoding_key(
+        &jsonwebtoken::EncodingKey::from_rsa_pem(&private)?,
+        jsonwebtoken::Algorithm::RS256,
+    )?)?;
+    // The kid the sample's token names.
+    rsa_jwk["kid"] = loadgen::token::SAMPLE_KID.into();
+    let (ec_key, ec_jwk) = es256_key("ec", "sig")?;
+    let path = support::process::temp_dir("jwks")?.join("jwks.json");
+    std::fs::write(
+        &path,
+        serde_json::json!({ "keys": [&rsa_jwk, &ec_jwk] }).to_string(),
+    )?;
+    let auth = |algorithms: &[&str]| gateway::config::AuthConfig {
+        algorithms: algorithms.iter().map(|a| a.to_string()).collect(),
+        jwks: Some(path.clone()),
+        ..gateway::config::AuthConfig::default()
+    };
+    let both = gateway::auth::Verifier::from_config(&auth(&["RS256", "ES256"]))
+        .map_err(|(key, problem)| anyhow::anyhow!("{key}: {problem}"))?;
+    ensure!(
+        both.kids() == [loadgen::token::SAMPLE_KID, "ec"],
+        "{:?}",
+        both.kids()
+    );
+    let rsa_token = rs256(&loadgen::token::sample_claims())?;
+    // With and without a kid, whichever key comes first in the set.
+    ensure!(
+        both.verify(&rsa_token).err().is_none(),
+        "{:?}",
+        both.verify(&rsa_token).err()
+    );
+    ensure!(both
+        .verify(&es256_token(&ec_key, Some("ec"))?)
+        .err()
+        .is_none());
+    ensure!(both.verify(&es256_token(&ec_key, None)?).err().is_none());
+    // A kid naming the other family's key, and an algorithm not named, still fail.
+    let wrong_kid = es256_token(&ec_key, Some(loadgen::token::SAMPLE_KID))?;
+    ensure!(both.verify(&wrong_kid).is_err());
+    let ec_only = gateway::auth::Verifier::from_config(&auth(&["ES256"]))
+        .map_err(|(key, problem)| anyhow::anyhow!("{key}: {problem}"))?;
+    ensure!(ec_only.kids() == ["ec"], "{:?}", ec_only.kids());
+    ensure!(ec_only.verify(&rsa_token).err() == Some(AuthError::Malformed));
+    // One PEM key is of one family: naming both is refused there.
+    let pem = gateway::config::AuthConfig {
+        algorithms: vec!["RS256".into(), "ES256".into()],
+        ..gateway::config::AuthConfig::default()
+    };
+    let refused = gateway::auth::Verifier::from_config(&pem).err();
+    ensure!(
+        refused
+            .as_ref()
+            .is_some_and(|(key, problem)| *key == "algorithms" && problem.contains("key set")),
+        "{refused:?}"
+    );
+    let _ = std::fs::remove_dir_all(path.parent().context("no folder")?);
+    Ok(())
+}
+
+#[test]
 fn a_key_set_without_a_usable_key_or_with_a_repeated_kid_is_refused() -> Result<()> {
     let (_, a) = es256_key("a", "sig")?;
     let (_, a_again) = es256_key("a", "sig")?;
