@@ -147,6 +147,11 @@ pub struct UsageError(pub String);
 /// Largest `--size`: 64 MiB, four times the gateway's default `max_message_size`. Each
 /// connection keeps up to 64 messages of it ready to send.
 const MAX_SIZE: usize = 64 << 20;
+/// Largest `--inflight`: each connection keeps that many messages' bookkeeping, and a
+/// closed loop writes them all out at once.
+pub const MAX_INFLIGHT: usize = 1 << 16;
+/// Largest `--size` × `--inflight` (1 GiB): what one connection may have outstanding.
+pub const MAX_OUTSTANDING_BYTES: usize = 1 << 30;
 
 fn validate(opts: &LoadOptions) -> Result<(), UsageError> {
     let bad = |m: String| Err(UsageError(m));
@@ -159,8 +164,18 @@ fn validate(opts: &LoadOptions) -> Result<(), UsageError> {
     if opts.conns == 0 || u32::try_from(opts.conns).is_err() {
         return bad("--conns must be between 1 and 4294967295".to_owned());
     }
-    if opts.inflight == 0 {
-        return bad("--inflight must be at least 1".to_owned());
+    if opts.inflight == 0 || opts.inflight > MAX_INFLIGHT {
+        return bad(format!("--inflight must be between 1 and {MAX_INFLIGHT}"));
+    }
+    if opts
+        .size
+        .checked_mul(opts.inflight)
+        .is_none_or(|b| b > MAX_OUTSTANDING_BYTES)
+    {
+        return bad(format!(
+            "--size × --inflight must be at most 1 GiB ({MAX_OUTSTANDING_BYTES} bytes) per connection; {} × {} is more",
+            opts.size, opts.inflight
+        ));
     }
     if opts.backends.is_empty() {
         return bad("no backend given".to_owned());

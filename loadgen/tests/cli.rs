@@ -301,3 +301,44 @@ fn abandoned_run(corrupt_first: bool) -> anyhow::Result<(std::process::ExitStatu
     let _ = server.join();
     ended
 }
+
+#[test]
+fn an_inflight_beyond_its_caps_is_a_usage_error() -> anyhow::Result<()> {
+    // Each connection's bookkeeping and write buffer grow with --inflight (× --size): a
+    // huge one was taken as is, and the allocations with it.
+    for (extra, says) in [
+        (
+            &["--inflight", "65537"][..],
+            "--inflight must be between 1 and 65536",
+        ),
+        (
+            &["--inflight", "18446744073709551615"][..],
+            "--inflight must be between 1 and 65536",
+        ),
+        (
+            &["--inflight", "0"][..],
+            "--inflight must be between 1 and 65536",
+        ),
+        (
+            // 64 KiB × 16,385: 1 GiB and 64 KiB.
+            &["--size", "65536", "--inflight", "16385"][..],
+            "--size × --inflight must be at most 1 GiB",
+        ),
+    ] {
+        let (got, stderr) = loadgen_at_nobody(extra)?;
+        anyhow::ensure!(
+            got == Some(64) && stderr.contains(says) && stderr.trim().lines().count() == 1,
+            "{extra:?}: exit {got:?}, stderr {stderr:?}"
+        );
+    }
+    // At the caps themselves the run goes on (and fails at the unreachable target).
+    for extra in [
+        &["--inflight", "65536"][..],
+        &["--size", "16384", "--inflight", "65536"][..],
+    ] {
+        let (got, stderr) =
+            loadgen_at_nobody(&[extra, &["--conns", "1", "--no-progress"]].concat())?;
+        anyhow::ensure!(got == Some(1), "{extra:?}: exit {got:?}, stderr {stderr:?}");
+    }
+    Ok(())
+}
