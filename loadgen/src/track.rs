@@ -104,6 +104,12 @@ impl Tracker {
         self.outstanding.len()
     }
 
+    /// Messages sent and not accounted for yet, overtaken ones included: what the final
+    /// drain waits for (an overtaken echo may still come, as reordered).
+    pub fn unanswered(&self) -> usize {
+        self.outstanding.len() + self.skipped.len()
+    }
+
     /// Messages sent so far.
     pub fn sent(&self) -> u64 {
         self.next_seq
