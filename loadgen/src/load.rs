@@ -307,18 +307,27 @@ pub async fn run(
     };
     // Every connect is bounded by the connect timeout; this bound only guards the loop.
     let connects_done_by = Instant::now() + opts.connect_timeout + Duration::from_secs(2);
+    // The phase ends as the last connection opens (or fails): woken by each one, not
+    // found at the next progress tick, which rounded the phase up to 100 ms.
+    let mut connect_end = Instant::now();
     while !stopped_early {
         let t = shared.live.totals();
-        progress.update("connecting", requested, &t);
-        if t.opened + t.failed >= requested || Instant::now() > connects_done_by {
+        connect_end = Instant::now();
+        if t.opened + t.failed >= requested || connect_end > connects_done_by {
             break;
         }
         tokio::select! {
-            _ = tick.tick() => {}
-            () = stop_asked(&mut stop) => { stopped_early = true; break; }
+            () = shared.live.connect_settled.notified() => {}
+            _ = tick.tick() => progress.update("connecting", requested, &t),
+            () = stop_asked(&mut stop) => {
+                stopped_early = true;
+                connect_end = Instant::now();
+                break;
+            }
         }
     }
-    let connect_phase = connect_start.elapsed();
+    progress.update("connecting", requested, &shared.live.totals());
+    let connect_phase = connect_end.saturating_duration_since(connect_start);
     let cpu_connected = clock.now().unwrap_or_default();
     // Every connection has failed or ended for good: nothing is left to hold or run, and
     // the report need not wait out the hold and the duration.
