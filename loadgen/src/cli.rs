@@ -334,10 +334,7 @@ pub async fn run(cli: Cli) -> ExitCode {
 async fn run_demo(opts: &DemoOptions) -> ExitCode {
     let mut stdout = std::io::stdout();
     match demo::run(opts, &mut stdout, ctrl_c()).await {
-        Ok(DemoEnd::ClosedByServer { code, .. }) if !matches!(code, 1000 | 1001) => {
-            ExitCode::from(EXIT_FAILED)
-        }
-        Ok(_) => ExitCode::SUCCESS,
+        Ok(end) => ExitCode::from(demo_exit_code(&end)),
         Err(e @ DemoError::Token(_)) => {
             eprintln!("loadgen: {e}");
             ExitCode::from(EXIT_USAGE)
@@ -355,6 +352,16 @@ async fn run_demo(opts: &DemoOptions) -> ExitCode {
             eprintln!("{e}");
             ExitCode::from(EXIT_FAILED)
         }
+    }
+}
+
+/// The exit code of a demo that ended: a Ctrl-C is [`EXIT_INTERRUPTED`], whether it came
+/// while connecting or later, as in load mode.
+fn demo_exit_code(end: &DemoEnd) -> u8 {
+    match end {
+        DemoEnd::ClosedByServer { code, .. } if !matches!(code, 1000 | 1001) => EXIT_FAILED,
+        DemoEnd::Interrupted { .. } => EXIT_INTERRUPTED,
+        DemoEnd::Finished { .. } | DemoEnd::ClosedByServer { .. } => 0,
     }
 }
 
@@ -439,6 +446,23 @@ mod tests {
         assert_eq!(d.interval, Duration::from_secs(5));
         assert_eq!(d.count, Some(2));
         Ok(())
+    }
+
+    #[test]
+    fn a_demo_stopped_by_ctrl_c_exits_130_whenever_it_came() {
+        for sent in [0, 3] {
+            assert_eq!(
+                demo_exit_code(&DemoEnd::Interrupted { sent }),
+                EXIT_INTERRUPTED
+            );
+        }
+        assert_eq!(demo_exit_code(&DemoEnd::Finished { sent: 2 }), 0);
+        let closed = |code| DemoEnd::ClosedByServer {
+            code,
+            reason: String::new(),
+        };
+        assert_eq!(demo_exit_code(&closed(1001)), 0);
+        assert_eq!(demo_exit_code(&closed(1011)), EXIT_FAILED);
     }
 
     #[test]

@@ -48,7 +48,8 @@ pub enum DemoEnd {
         /// Messages sent.
         sent: u64,
     },
-    /// Stopped by the shutdown signal (Ctrl-C); we closed with 1000.
+    /// Stopped by the shutdown signal (Ctrl-C); we closed with 1000 (or, stopped while
+    /// connecting, had nothing to close).
     Interrupted {
         /// Messages sent.
         sent: u64,
@@ -140,7 +141,13 @@ pub async fn run<W: Write>(
     {
         copts.set_header("Authorization", format!("Bearer {token}"));
     }
-    let connected = client::connect(&copts).await.map_err(|e| match e {
+    tokio::pin!(shutdown);
+    // A Ctrl-C while connecting stops the demo at once, not after the connect timeout.
+    let connected = tokio::select! {
+        connected = client::connect(&copts) => connected,
+        () = &mut shutdown => return Ok(DemoEnd::Interrupted { sent: 0 }),
+    };
+    let connected = connected.map_err(|e| match e {
         ConnectError::Refused { status, reason } => DemoError::Refused {
             backend: backend.to_owned(),
             status,
@@ -165,7 +172,6 @@ pub async fn run<W: Write>(
     let mut sent = 0u64;
     // After the last message: its text, and how long we wait for its echo.
     let mut last: Option<(String, tokio::time::Instant)> = None;
-    tokio::pin!(shutdown);
     let end = loop {
         let more = opts.count.is_none_or(|c| sent < c);
         let echo_deadline = last.as_ref().map(|(_, d)| *d);

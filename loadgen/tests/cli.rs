@@ -342,3 +342,40 @@ fn an_inflight_beyond_its_caps_is_a_usage_error() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn a_ctrl_c_while_the_demo_is_connecting_exits_130_at_once() -> anyhow::Result<()> {
+    use std::time::{Duration, Instant};
+    // A server that takes the connection and never answers the upgrade: the demo would
+    // wait out its 30 s connect timeout, deaf to Ctrl-C.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    let url = format!("ws://{}/gateway", listener.local_addr()?);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["demo", "--url", &url, "--token", "x"])
+        .args(["--connect-timeout", "30s"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    // Its connection has arrived: the demo is connecting.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let _conn = loop {
+        match listener.accept() {
+            Ok((conn, _)) => break conn,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    anyhow::bail!("the demo never connected");
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => {
+                let _ = child.kill();
+                return Err(e.into());
+            }
+        }
+    };
+    let (status, _) = interrupt(&mut child, None)?;
+    anyhow::ensure!(status.code() == Some(130), "exit status {status}");
+    Ok(())
+}
