@@ -360,6 +360,7 @@ async fn run_demo(opts: &DemoOptions) -> ExitCode {
 fn demo_exit_code(end: &DemoEnd) -> u8 {
     match end {
         DemoEnd::ClosedByServer { code, .. } if !matches!(code, 1000 | 1001) => EXIT_FAILED,
+        DemoEnd::Unanswered { .. } => EXIT_FAILED,
         DemoEnd::Interrupted { .. } => EXIT_INTERRUPTED,
         DemoEnd::Finished { .. } | DemoEnd::ClosedByServer { .. } => 0,
     }

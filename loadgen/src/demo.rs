@@ -48,6 +48,12 @@ pub enum DemoEnd {
         /// Messages sent.
         sent: u64,
     },
+    /// `count` messages were sent and the last one's echo did not come back in time; we
+    /// closed with 1000.
+    Unanswered {
+        /// Messages sent; the last one, number `sent`, is the one unanswered.
+        sent: u64,
+    },
     /// Stopped by the shutdown signal (Ctrl-C); we closed with 1000 (or, stopped while
     /// connecting, had nothing to close).
     Interrupted {
@@ -187,7 +193,15 @@ pub async fn run<W: Write>(
                     last = Some((text, tokio::time::Instant::now() + GRACE));
                 }
             }
-            () = sleep_until_opt(echo_deadline), if echo_deadline.is_some() => break DemoEnd::Finished { sent },
+            () = sleep_until_opt(echo_deadline), if echo_deadline.is_some() => {
+                writeln!(
+                    out,
+                    "No echo from {backend} for message {sent} of {sent} (id {sent}) within {}",
+                    humantime::format_duration(GRACE)
+                )?;
+                out.flush()?;
+                break DemoEnd::Unanswered { sent };
+            }
             ev = rx.recv() => match ev {
                 Some(Incoming::Text(t)) => {
                     writeln!(out, "{backend} >> Client: {t}")?;

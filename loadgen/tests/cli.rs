@@ -379,3 +379,70 @@ fn a_ctrl_c_while_the_demo_is_connecting_exits_130_at_once() -> anyhow::Result<(
     anyhow::ensure!(status.code() == Some(130), "exit status {status}");
     Ok(())
 }
+
+#[test]
+fn a_demo_whose_last_echo_never_comes_says_which_and_exits_1() -> anyhow::Result<()> {
+    use fastwebsockets::{Frame, OpCode, Payload};
+    use std::time::{Duration, Instant};
+    // A server that echoes the first message and not the second (it answers the close).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let url = format!("ws://{}/gateway", listener.local_addr()?);
+    let server = std::thread::spawn(move || {
+        rt.block_on(async move {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let Ok(mut ws) = loadgen::testbed::accept_ws(tcp).await else {
+                return;
+            };
+            let mut texts = 0;
+            while let Ok(frame) = ws.read_frame().await {
+                match frame.opcode {
+                    OpCode::Text => {
+                        texts += 1;
+                        if texts == 1 {
+                            let echo = Frame::text(Payload::Owned(frame.payload.to_vec()));
+                            if ws.write_frame(echo).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    OpCode::Close => break,
+                    _ => {}
+                }
+            }
+        });
+    });
+    let mut child = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["demo", "--url", &url, "--token", "x"])
+        .args(["--count", "2", "--interval", "100ms"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    // The demo waits 5 s for the last echo, then closes.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            anyhow::bail!("the demo still runs 30 s on");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = server.join();
+    let mut out = String::new();
+    if let Some(mut stdout) = child.stdout.take() {
+        std::io::Read::read_to_string(&mut stdout, &mut out)?;
+    }
+    anyhow::ensure!(status.code() == Some(1), "exit status {status}: {out}");
+    anyhow::ensure!(
+        out.contains("No echo from Backend_ABC for message 2 of 2 (id 2) within 5s"),
+        "{out}"
+    );
+    Ok(())
+}
