@@ -172,7 +172,7 @@ impl<'a> Session<'a> {
             self.generate();
             if let State::Draining(_) = self.state {
                 // Overtaken messages too: their echo may still come, within the drain.
-                if self.tracker.unanswered() == 0 {
+                if self.tracker.awaited() == 0 {
                     self.start_close(1000, b"done");
                 }
             }
