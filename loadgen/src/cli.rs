@@ -355,6 +355,22 @@ async fn run_demo(opts: &DemoOptions) -> ExitCode {
     }
 }
 
+/// Whether `path` can be written, without changing what is there: an existing file is
+/// opened for appending (nothing appended), a new one is created and removed again.
+fn check_writable(path: &std::path::Path) -> std::io::Result<()> {
+    match std::fs::OpenOptions::new().append(true).open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)?;
+            std::fs::remove_file(path)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// The exit code of a demo that ended: a Ctrl-C is [`EXIT_INTERRUPTED`], whether it came
 /// while connecting or later, as in load mode.
 fn demo_exit_code(end: &DemoEnd) -> u8 {
@@ -367,13 +383,10 @@ fn demo_exit_code(end: &DemoEnd) -> u8 {
 }
 
 async fn run_load(args: &LoadArgs) -> ExitCode {
-    // A report that cannot be written is found out now, not after the whole run.
+    // A report that cannot be written is found out now, not after the whole run; the
+    // check leaves no file behind (a run refused next would leave an empty one).
     for path in [&args.json, &args.report].into_iter().flatten() {
-        if let Err(e) = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(path)
-        {
+        if let Err(e) = check_writable(path) {
             eprintln!("loadgen: cannot write {}: {e}", path.display());
             return ExitCode::from(EXIT_USAGE);
         }

@@ -446,3 +446,39 @@ fn a_demo_whose_last_echo_never_comes_says_which_and_exits_1() -> anyhow::Result
     );
     Ok(())
 }
+
+#[test]
+fn a_usage_error_leaves_no_empty_report_files_behind() -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("loadgen-cli-files-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let (json, html) = (dir.join("run.json"), dir.join("run.html"));
+    let kept = dir.join("kept.json");
+    std::fs::write(&kept, "earlier run")?;
+    let paths: Vec<String> = [&json, &html, &kept]
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    // Checked writable before the run, then refused for a bad option.
+    let first = loadgen_at_nobody(&[
+        "--json",
+        &paths[0],
+        "--report",
+        &paths[1],
+        "--inflight",
+        "0",
+    ]);
+    let second = loadgen_at_nobody(&["--json", &paths[2], "--size", "1"]);
+    let left = (json.exists(), html.exists());
+    let kept_text = std::fs::read_to_string(&kept);
+    let _ = std::fs::remove_dir_all(&dir);
+    let (got, stderr) = first?;
+    anyhow::ensure!(got == Some(64), "exit {got:?}: {stderr}");
+    anyhow::ensure!(left == (false, false), "files left behind: {left:?}");
+    let (got, stderr) = second?;
+    anyhow::ensure!(got == Some(64), "exit {got:?}: {stderr}");
+    anyhow::ensure!(
+        kept_text? == "earlier run",
+        "an existing file is left as it was"
+    );
+    Ok(())
+}
