@@ -197,7 +197,7 @@ pub struct LoadArgs {
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
     /// Backend ID to talk to.
-    #[arg(long, default_value = "Backend_ABC")]
+    #[arg(long, default_value = "Backend_ABC", value_parser = one_backend_id)]
     pub backend: String,
     /// Pause between messages, e.g. `5s`.
     #[arg(long, default_value = "5s", value_parser = positive_duration)]
@@ -208,6 +208,18 @@ pub struct DemoArgs {
     /// Target and credentials.
     #[command(flatten)]
     pub target: TargetArgs,
+}
+
+/// The demo's one backend ID: not empty, not a list.
+fn one_backend_id(s: &str) -> Result<String, String> {
+    let id = s.trim();
+    if id.is_empty() {
+        Err("the backend ID is empty".to_owned())
+    } else if id.contains(',') {
+        Err(format!("{id:?}: the demo talks to one backend"))
+    } else {
+        Ok(id.to_owned())
+    }
 }
 
 fn parse_proxy_protocol(s: &str) -> Result<ProxyHeader, String> {
@@ -240,13 +252,13 @@ fn parse_header(s: &str) -> Result<(String, String), String> {
 impl LoadArgs {
     /// The load options these arguments ask for.
     pub fn options(&self) -> LoadOptions {
-        let backends = if self.backend.eq_ignore_ascii_case("all") {
+        // Empty IDs, duplicates and `all` in a list are kept, for the run to refuse.
+        let backends = if self.backend.trim().eq_ignore_ascii_case("all") {
             ALL_BACKENDS.iter().map(|s| (*s).to_owned()).collect()
         } else {
             self.backend
                 .split(',')
                 .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty())
                 .collect()
         };
         let t = &self.target;

@@ -180,6 +180,22 @@ fn validate(opts: &LoadOptions) -> Result<(), UsageError> {
     if opts.backends.is_empty() {
         return bad("no backend given".to_owned());
     }
+    if opts.backends.iter().any(|b| b.trim().is_empty()) {
+        return bad(
+            "--backend has an empty ID: give one, a comma-separated list, or all".to_owned(),
+        );
+    }
+    if opts.backends.iter().any(|b| b.eq_ignore_ascii_case("all")) {
+        return bad(
+            "--backend all already names every backend: give all alone, or a list of IDs"
+                .to_owned(),
+        );
+    }
+    for (i, b) in opts.backends.iter().enumerate() {
+        if opts.backends[..i].contains(b) {
+            return bad(format!("--backend lists {b} twice"));
+        }
+    }
     // A rate's interval (1 / rate) must be a duration the clock can hold.
     let usable_rate =
         |r: f64| r > 0.0 && r.is_finite() && Duration::try_from_secs_f64(1.0 / r).is_ok();

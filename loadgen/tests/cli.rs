@@ -482,3 +482,54 @@ fn a_usage_error_leaves_no_empty_report_files_behind() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn backend_lists_that_make_no_sense_are_usage_errors() -> anyhow::Result<()> {
+    // Duplicates doubled a backend's share of connections, `all` in a list was sent as
+    // an ID (404s), and an empty ID was dropped or left "no backend given".
+    for (backend, says) in [
+        (
+            "Backend_ABC,Backend_ABC",
+            "--backend lists Backend_ABC twice",
+        ),
+        (
+            "Backend_ABC, Backend_PQR,Backend_ABC",
+            "--backend lists Backend_ABC twice",
+        ),
+        (
+            "all,Backend_ABC",
+            "--backend all already names every backend",
+        ),
+        (
+            "Backend_ABC,ALL",
+            "--backend all already names every backend",
+        ),
+        ("", "--backend has an empty ID"),
+        (" ", "--backend has an empty ID"),
+        ("Backend_ABC,,Backend_PQR", "--backend has an empty ID"),
+    ] {
+        let (got, stderr) = loadgen_at_nobody(&["--backend", backend])?;
+        anyhow::ensure!(
+            got == Some(64) && stderr.contains(says) && stderr.trim().lines().count() == 1,
+            "{backend:?}: exit {got:?}, stderr {stderr:?}"
+        );
+    }
+    for (backend, says) in [
+        ("", "the backend ID is empty"),
+        ("Backend_ABC,Backend_PQR", "the demo talks to one backend"),
+    ] {
+        let (got, stderr) = loadgen(&["demo", "--url", NOBODY[1], "--backend", backend])?;
+        anyhow::ensure!(
+            got == Some(64) && stderr.contains(says),
+            "demo {backend:?}: exit {got:?}, stderr {stderr:?}"
+        );
+    }
+    for backend in ["all", " all ", "Backend_ABC,Backend_PQR"] {
+        let (got, stderr) = loadgen_at_nobody(&["--backend", backend, "--no-progress"])?;
+        anyhow::ensure!(
+            got == Some(1),
+            "{backend:?}: exit {got:?}, stderr {stderr:?}"
+        );
+    }
+    Ok(())
+}
