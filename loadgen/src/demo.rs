@@ -73,8 +73,10 @@ pub enum DemoEnd {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DemoError {
-    /// The gateway answered the upgrade with an HTTP error.
-    #[error("{backend} refused the connection: HTTP {status}: {reason}")]
+    /// The gateway answered the upgrade with an HTTP error (the refusal is the gateway's,
+    /// for its own reasons or on the backend's behalf; the backend may never have been
+    /// reached).
+    #[error("the gateway refused the connection to {backend}: HTTP {status}: {reason}")]
     Refused {
         /// Backend ID asked for.
         backend: String,
