@@ -197,7 +197,7 @@ pub struct LoadArgs {
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
     /// Backend ID to talk to.
-    #[arg(long, default_value = "Backend_ABC")]
+    #[arg(long, default_value = "Backend_ABC", value_parser = one_backend_id)]
     pub backend: String,
     /// Pause between messages, e.g. `5s`.
     #[arg(long, default_value = "5s", value_parser = positive_duration)]
@@ -208,6 +208,18 @@ pub struct DemoArgs {
     /// Target and credentials.
     #[command(flatten)]
     pub target: TargetArgs,
+}
+
+/// The demo's one backend ID: not empty, not a list.
+fn one_backend_id(s: &str) -> Result<String, String> {
+    let id = s.trim();
+    if id.is_empty() {
+        Err("the backend ID is empty".to_owned())
+    } else if id.contains(',') {
+        Err(format!("{id:?}: the demo talks to one backend"))
+    } else {
+        Ok(id.to_owned())
+    }
 }
 
 fn parse_proxy_protocol(s: &str) -> Result<ProxyHeader, String> {
@@ -240,13 +252,13 @@ fn parse_header(s: &str) -> Result<(String, String), String> {
 impl LoadArgs {
     /// The load options these arguments ask for.
     pub fn options(&self) -> LoadOptions {
-        let backends = if self.backend.eq_ignore_ascii_case("all") {
+        // Empty IDs, duplicates and `all` in a list are kept, for the run to refuse.
+        let backends = if self.backend.trim().eq_ignore_ascii_case("all") {
             ALL_BACKENDS.iter().map(|s| (*s).to_owned()).collect()
         } else {
             self.backend
                 .split(',')
                 .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty())
                 .collect()
         };
         let t = &self.target;
@@ -334,10 +346,7 @@ pub async fn run(cli: Cli) -> ExitCode {
 async fn run_demo(opts: &DemoOptions) -> ExitCode {
     let mut stdout = std::io::stdout();
     match demo::run(opts, &mut stdout, ctrl_c()).await {
-        Ok(DemoEnd::ClosedByServer { code, .. }) if !matches!(code, 1000 | 1001) => {
-            ExitCode::from(EXIT_FAILED)
-        }
-        Ok(_) => ExitCode::SUCCESS,
+        Ok(end) => ExitCode::from(demo_exit_code(&end)),
         Err(e @ DemoError::Token(_)) => {
             eprintln!("loadgen: {e}");
             ExitCode::from(EXIT_USAGE)
@@ -358,14 +367,38 @@ async fn run_demo(opts: &DemoOptions) -> ExitCode {
     }
 }
 
+/// Whether `path` can be written, without changing what is there: an existing file is
+/// opened for appending (nothing appended), a new one is created and removed again.
+fn check_writable(path: &std::path::Path) -> std::io::Result<()> {
+    match std::fs::OpenOptions::new().append(true).open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)?;
+            std::fs::remove_file(path)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The exit code of a demo that ended: a Ctrl-C is [`EXIT_INTERRUPTED`], whether it came
+/// while connecting or later, as in load mode.
+fn demo_exit_code(end: &DemoEnd) -> u8 {
+    match end {
+        DemoEnd::ClosedByServer { code, .. } if !matches!(code, 1000 | 1001) => EXIT_FAILED,
+        DemoEnd::Unanswered { .. } => EXIT_FAILED,
+        DemoEnd::Interrupted { .. } => EXIT_INTERRUPTED,
+        DemoEnd::Finished { .. } | DemoEnd::ClosedByServer { .. } => 0,
+    }
+}
+
 async fn run_load(args: &LoadArgs) -> ExitCode {
-    // A report that cannot be written is found out now, not after the whole run.
+    // A report that cannot be written is found out now, not after the whole run; the
+    // check leaves no file behind (a run refused next would leave an empty one).
     for path in [&args.json, &args.report].into_iter().flatten() {
-        if let Err(e) = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(path)
-        {
+        if let Err(e) = check_writable(path) {
             eprintln!("loadgen: cannot write {}: {e}", path.display());
             return ExitCode::from(EXIT_USAGE);
         }
@@ -439,6 +472,23 @@ mod tests {
         assert_eq!(d.interval, Duration::from_secs(5));
         assert_eq!(d.count, Some(2));
         Ok(())
+    }
+
+    #[test]
+    fn a_demo_stopped_by_ctrl_c_exits_130_whenever_it_came() {
+        for sent in [0, 3] {
+            assert_eq!(
+                demo_exit_code(&DemoEnd::Interrupted { sent }),
+                EXIT_INTERRUPTED
+            );
+        }
+        assert_eq!(demo_exit_code(&DemoEnd::Finished { sent: 2 }), 0);
+        let closed = |code| DemoEnd::ClosedByServer {
+            code,
+            reason: String::new(),
+        };
+        assert_eq!(demo_exit_code(&closed(1001)), 0);
+        assert_eq!(demo_exit_code(&closed(1011)), EXIT_FAILED);
     }
 
     #[test]

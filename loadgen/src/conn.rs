@@ -187,6 +187,7 @@ pub async fn run(
         Ok(s) => s,
         Err(why) => {
             live.failed.fetch_add(1, Ordering::Relaxed);
+            shared.live.connect_settled.notify_one();
             outcome.end = End::Failed(why);
             return outcome;
         }
@@ -196,6 +197,7 @@ pub async fn run(
         .recorder
         .record_connect(plan.id, plan.backend, connect_us);
     live.opened.fetch_add(1, Ordering::Relaxed);
+    shared.live.connect_settled.notify_one();
 
     let mut session = Session::new(&shared, plan, phase);
     let end = loop {

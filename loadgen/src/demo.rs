@@ -48,7 +48,14 @@ pub enum DemoEnd {
         /// Messages sent.
         sent: u64,
     },
-    /// Stopped by the shutdown signal (Ctrl-C); we closed with 1000.
+    /// `count` messages were sent and the last one's echo did not come back in time; we
+    /// closed with 1000.
+    Unanswered {
+        /// Messages sent; the last one, number `sent`, is the one unanswered.
+        sent: u64,
+    },
+    /// Stopped by the shutdown signal (Ctrl-C); we closed with 1000 (or, stopped while
+    /// connecting, had nothing to close).
     Interrupted {
         /// Messages sent.
         sent: u64,
@@ -66,8 +73,10 @@ pub enum DemoEnd {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DemoError {
-    /// The gateway answered the upgrade with an HTTP error.
-    #[error("{backend} refused the connection: HTTP {status}: {reason}")]
+    /// The gateway answered the upgrade with an HTTP error (the refusal is the gateway's,
+    /// for its own reasons or on the backend's behalf; the backend may never have been
+    /// reached).
+    #[error("the gateway refused the connection to {backend}: HTTP {status}: {reason}")]
     Refused {
         /// Backend ID asked for.
         backend: String,
@@ -140,7 +149,13 @@ pub async fn run<W: Write>(
     {
         copts.set_header("Authorization", format!("Bearer {token}"));
     }
-    let connected = client::connect(&copts).await.map_err(|e| match e {
+    tokio::pin!(shutdown);
+    // A Ctrl-C while connecting stops the demo at once, not after the connect timeout.
+    let connected = tokio::select! {
+        connected = client::connect(&copts) => connected,
+        () = &mut shutdown => return Ok(DemoEnd::Interrupted { sent: 0 }),
+    };
+    let connected = connected.map_err(|e| match e {
         ConnectError::Refused { status, reason } => DemoError::Refused {
             backend: backend.to_owned(),
             status,
@@ -165,7 +180,6 @@ pub async fn run<W: Write>(
     let mut sent = 0u64;
     // After the last message: its text, and how long we wait for its echo.
     let mut last: Option<(String, tokio::time::Instant)> = None;
-    tokio::pin!(shutdown);
     let end = loop {
         let more = opts.count.is_none_or(|c| sent < c);
         let echo_deadline = last.as_ref().map(|(_, d)| *d);
@@ -181,7 +195,15 @@ pub async fn run<W: Write>(
                     last = Some((text, tokio::time::Instant::now() + GRACE));
                 }
             }
-            () = sleep_until_opt(echo_deadline), if echo_deadline.is_some() => break DemoEnd::Finished { sent },
+            () = sleep_until_opt(echo_deadline), if echo_deadline.is_some() => {
+                writeln!(
+                    out,
+                    "No echo from {backend} for message {sent} of {sent} (id {sent}) within {}",
+                    humantime::format_duration(GRACE)
+                )?;
+                out.flush()?;
+                break DemoEnd::Unanswered { sent };
+            }
             ev = rx.recv() => match ev {
                 Some(Incoming::Text(t)) => {
                     writeln!(out, "{backend} >> Client: {t}")?;

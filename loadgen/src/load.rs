@@ -147,6 +147,11 @@ pub struct UsageError(pub String);
 /// Largest `--size`: 64 MiB, four times the gateway's default `max_message_size`. Each
 /// connection keeps up to 64 messages of it ready to send.
 const MAX_SIZE: usize = 64 << 20;
+/// Largest `--inflight`: each connection keeps that many messages' bookkeeping, and a
+/// closed loop writes them all out at once.
+pub const MAX_INFLIGHT: usize = 1 << 16;
+/// Largest `--size` × `--inflight` (1 GiB): what one connection may have outstanding.
+pub const MAX_OUTSTANDING_BYTES: usize = 1 << 30;
 
 fn validate(opts: &LoadOptions) -> Result<(), UsageError> {
     let bad = |m: String| Err(UsageError(m));
@@ -159,11 +164,37 @@ fn validate(opts: &LoadOptions) -> Result<(), UsageError> {
     if opts.conns == 0 || u32::try_from(opts.conns).is_err() {
         return bad("--conns must be between 1 and 4294967295".to_owned());
     }
-    if opts.inflight == 0 {
-        return bad("--inflight must be at least 1".to_owned());
+    if opts.inflight == 0 || opts.inflight > MAX_INFLIGHT {
+        return bad(format!("--inflight must be between 1 and {MAX_INFLIGHT}"));
+    }
+    if opts
+        .size
+        .checked_mul(opts.inflight)
+        .is_none_or(|b| b > MAX_OUTSTANDING_BYTES)
+    {
+        return bad(format!(
+            "--size × --inflight must be at most 1 GiB ({MAX_OUTSTANDING_BYTES} bytes) per connection; {} × {} is more",
+            opts.size, opts.inflight
+        ));
     }
     if opts.backends.is_empty() {
         return bad("no backend given".to_owned());
+    }
+    if opts.backends.iter().any(|b| b.trim().is_empty()) {
+        return bad(
+            "--backend has an empty ID: give one, a comma-separated list, or all".to_owned(),
+        );
+    }
+    if opts.backends.iter().any(|b| b.eq_ignore_ascii_case("all")) {
+        return bad(
+            "--backend all already names every backend: give all alone, or a list of IDs"
+                .to_owned(),
+        );
+    }
+    for (i, b) in opts.backends.iter().enumerate() {
+        if opts.backends[..i].contains(b) {
+            return bad(format!("--backend lists {b} twice"));
+        }
     }
     // A rate's interval (1 / rate) must be a duration the clock can hold.
     let usable_rate =
@@ -292,18 +323,27 @@ pub async fn run(
     };
     // Every connect is bounded by the connect timeout; this bound only guards the loop.
     let connects_done_by = Instant::now() + opts.connect_timeout + Duration::from_secs(2);
+    // The phase ends as the last connection opens (or fails): woken by each one, not
+    // found at the next progress tick, which rounded the phase up to 100 ms.
+    let mut connect_end = Instant::now();
     while !stopped_early {
         let t = shared.live.totals();
-        progress.update("connecting", requested, &t);
-        if t.opened + t.failed >= requested || Instant::now() > connects_done_by {
+        connect_end = Instant::now();
+        if t.opened + t.failed >= requested || connect_end > connects_done_by {
             break;
         }
         tokio::select! {
-            _ = tick.tick() => {}
-            () = stop_asked(&mut stop) => { stopped_early = true; break; }
+            () = shared.live.connect_settled.notified() => {}
+            _ = tick.tick() => progress.update("connecting", requested, &t),
+            () = stop_asked(&mut stop) => {
+                stopped_early = true;
+                connect_end = Instant::now();
+                break;
+            }
         }
     }
-    let connect_phase = connect_start.elapsed();
+    progress.update("connecting", requested, &shared.live.totals());
+    let connect_phase = connect_end.saturating_duration_since(connect_start);
     let cpu_connected = clock.now().unwrap_or_default();
     // Every connection has failed or ended for good: nothing is left to hold or run, and
     // the report need not wait out the hold and the duration.

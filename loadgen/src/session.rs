@@ -35,7 +35,7 @@ enum State {
     Idle,
     /// Generating messages.
     Sending,
-    /// No more messages; waiting for outstanding echoes until the deadline.
+    /// No more messages; waiting for outstanding (and overtaken) echoes until the deadline.
     Draining(Instant),
     /// Close sent; waiting for the server's until the deadline.
     Closing(Instant),
@@ -171,7 +171,8 @@ impl<'a> Session<'a> {
         loop {
             self.generate();
             if let State::Draining(_) = self.state {
-                if self.tracker.in_flight() == 0 {
+                // Overtaken messages too: their echo may still come, within the drain.
+                if self.tracker.awaited() == 0 {
                     self.start_close(1000, b"done");
                 }
             }

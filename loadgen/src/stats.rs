@@ -111,6 +111,9 @@ pub struct LiveBackend {
 pub struct Live {
     /// Per backend, in the order of the run's backend list.
     pub backends: Vec<LiveBackend>,
+    /// Notified each time a connection opens or fails to (after its count is updated),
+    /// so the connect phase ends when the last one does, not at the next progress tick.
+    pub connect_settled: tokio::sync::Notify,
 }
 
 /// A point-in-time sum of the live counters.
@@ -135,6 +138,7 @@ impl Live {
     pub fn new(backends: usize) -> Self {
         Self {
             backends: (0..backends).map(|_| LiveBackend::default()).collect(),
+            connect_settled: tokio::sync::Notify::new(),
         }
     }
 

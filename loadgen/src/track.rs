@@ -104,6 +104,14 @@ impl Tracker {
         self.outstanding.len()
     }
 
+    /// Messages whose echo may still come: those sent and not accounted for yet, overtaken
+    /// ones included (as reordered), less as many as corrupted echoes that named nothing
+    /// stand for. What the final drain waits for.
+    pub fn awaited(&self) -> usize {
+        (self.outstanding.len() + self.skipped.len())
+            .saturating_sub(usize::try_from(self.unplaced).unwrap_or(usize::MAX))
+    }
+
     /// Messages sent so far.
     pub fn sent(&self) -> u64 {
         self.next_seq
@@ -127,44 +135,53 @@ impl Tracker {
         let (stamp, intact) = match wire::read_payload(payload, self.size) {
             Echo::Intact(s) => (s, true),
             Echo::Damaged(s) => (s, false),
-            Echo::Unreadable => {
-                self.errors.corrupted += 1;
-                self.unplaced += 1;
-                return None;
-            }
+            Echo::Unreadable => return self.unplaced_corrupt(),
         };
         if stamp.conn != self.conn || stamp.seq >= self.next_seq {
-            self.errors.corrupted += 1;
-            self.unplaced += 1;
-            return None;
+            return self.unplaced_corrupt();
         }
-        let pending = if self.outstanding.front().is_some_and(|p| p.seq == stamp.seq) {
-            self.outstanding.pop_front()
-        } else if let Ok(i) = self.outstanding.binary_search_by_key(&stamp.seq, |p| p.seq) {
+        // An echo names a message waiting for it only if its send time agrees and, when the
+        // echo is damaged, only as the next one expected: its sequence number may be what
+        // was hit, and taken for another message's it would make this message overtaken
+        // (missing) and the other's own echo a duplicate or a reordering, three errors for
+        // one corrupt echo.
+        let names = |p: &Pending, next: bool| p.t_ns == stamp.ts_ns && (intact || next);
+        let pending = if let Ok(i) = self.outstanding.binary_search_by_key(&stamp.seq, |p| p.seq) {
+            if !names(&self.outstanding[i], i == 0) {
+                return self.unplaced_corrupt();
+            }
             // Everything sent before it was overtaken.
             self.skipped.extend(self.outstanding.drain(..i));
             self.outstanding.pop_front()
         } else if let Ok(i) = self.skipped.binary_search_by_key(&stamp.seq, |p| p.seq) {
+            if !names(&self.skipped[i], false) {
+                return self.unplaced_corrupt();
+            }
             self.errors.reordered += 1;
             self.skipped.remove(i)
         } else if intact && self.expired.remove(&stamp.seq) {
             // Back after `--echo-timeout`: counted once, as missing, when it expired.
             return None;
-        } else {
-            if intact {
-                self.errors.duplicate += 1;
-            } else {
-                self.errors.corrupted += 1;
-                self.unplaced += 1;
-            }
+        } else if intact {
+            self.errors.duplicate += 1;
             return None;
+        } else {
+            return self.unplaced_corrupt();
         };
         let pending = pending?;
-        if !intact || stamp.ts_ns != pending.t_ns {
+        if !intact {
             self.errors.corrupted += 1;
             return None;
         }
         Some(now_ns.saturating_sub(pending.t_ns))
+    }
+
+    /// A corrupted echo that names no message waiting: it most likely stands for one that
+    /// will never come back intact (see [`Tracker::count_missing`]).
+    fn unplaced_corrupt(&mut self) -> Option<u64> {
+        self.errors.corrupted += 1;
+        self.unplaced += 1;
+        None
     }
 
     /// Counts as missing every message sent before `cutoff_ns` and still unanswered.
@@ -369,6 +386,47 @@ mod tests {
         assert!(t.on_echo(&sent[1], 100).is_some());
         t.finish();
         assert_eq!(t.errors.missing, 1);
+    }
+
+    #[test]
+    fn a_bit_flip_in_a_sequence_number_is_one_corrupt_echo() {
+        // The echo of message 2 comes back with one bit of its sequence number flipped
+        // (it names 3, 0, 6 or 10): taken for that message, it made 2 overtaken (missing)
+        // and the real echo of the other a duplicate or a reordering, 3 errors or more.
+        for bit in 0..4 {
+            let mut t = Tracker::new(1, SIZE);
+            let mut sent = send(&mut t, 16);
+            sent[2][4] ^= 1 << bit;
+            for (i, m) in sent.iter().enumerate() {
+                let rtt = t.on_echo(m, 1_000);
+                assert_eq!(rtt.is_some(), i != 2, "bit {bit}, message {i}");
+            }
+            assert_eq!(t.awaited(), 0, "bit {bit}: nothing left to wait for");
+            t.finish();
+            assert_eq!(
+                t.errors,
+                IntegrityErrors {
+                    corrupted: 1,
+                    ..Default::default()
+                },
+                "bit {bit}"
+            );
+        }
+        // Flipped in a high byte, the padding still agrees: the send time does not.
+        let mut t = Tracker::new(1, SIZE);
+        let mut sent: Vec<Vec<u8>> = (0..300).map(|i| msg(t.next_stamp(i * 10))).collect();
+        sent[2][5] ^= 1;
+        for m in &sent {
+            let _ = t.on_echo(m, 10_000);
+        }
+        t.finish();
+        assert_eq!(
+            t.errors,
+            IntegrityErrors {
+                corrupted: 1,
+                ..Default::default()
+            }
+        );
     }
 
     #[test]

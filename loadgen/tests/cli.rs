@@ -301,3 +301,235 @@ fn abandoned_run(corrupt_first: bool) -> anyhow::Result<(std::process::ExitStatu
     let _ = server.join();
     ended
 }
+
+#[test]
+fn an_inflight_beyond_its_caps_is_a_usage_error() -> anyhow::Result<()> {
+    // Each connection's bookkeeping and write buffer grow with --inflight (× --size): a
+    // huge one was taken as is, and the allocations with it.
+    for (extra, says) in [
+        (
+            &["--inflight", "65537"][..],
+            "--inflight must be between 1 and 65536",
+        ),
+        (
+            &["--inflight", "18446744073709551615"][..],
+            "--inflight must be between 1 and 65536",
+        ),
+        (
+            &["--inflight", "0"][..],
+            "--inflight must be between 1 and 65536",
+        ),
+        (
+            // 64 KiB × 16,385: 1 GiB and 64 KiB.
+            &["--size", "65536", "--inflight", "16385"][..],
+            "--size × --inflight must be at most 1 GiB",
+        ),
+    ] {
+        let (got, stderr) = loadgen_at_nobody(extra)?;
+        anyhow::ensure!(
+            got == Some(64) && stderr.contains(says) && stderr.trim().lines().count() == 1,
+            "{extra:?}: exit {got:?}, stderr {stderr:?}"
+        );
+    }
+    // At the caps themselves the run goes on (and fails at the unreachable target).
+    for extra in [
+        &["--inflight", "65536"][..],
+        &["--size", "16384", "--inflight", "65536"][..],
+    ] {
+        let (got, stderr) =
+            loadgen_at_nobody(&[extra, &["--conns", "1", "--no-progress"]].concat())?;
+        anyhow::ensure!(got == Some(1), "{extra:?}: exit {got:?}, stderr {stderr:?}");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_ctrl_c_while_the_demo_is_connecting_exits_130_at_once() -> anyhow::Result<()> {
+    use std::time::{Duration, Instant};
+    // A server that takes the connection and never answers the upgrade: the demo would
+    // wait out its 30 s connect timeout, deaf to Ctrl-C.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    let url = format!("ws://{}/gateway", listener.local_addr()?);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["demo", "--url", &url, "--token", "x"])
+        .args(["--connect-timeout", "30s"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    // Its connection has arrived: the demo is connecting.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let _conn = loop {
+        match listener.accept() {
+            Ok((conn, _)) => break conn,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    anyhow::bail!("the demo never connected");
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => {
+                let _ = child.kill();
+                return Err(e.into());
+            }
+        }
+    };
+    let (status, _) = interrupt(&mut child, None)?;
+    anyhow::ensure!(status.code() == Some(130), "exit status {status}");
+    Ok(())
+}
+
+#[test]
+fn a_demo_whose_last_echo_never_comes_says_which_and_exits_1() -> anyhow::Result<()> {
+    use fastwebsockets::{Frame, OpCode, Payload};
+    use std::time::{Duration, Instant};
+    // A server that echoes the first message and not the second (it answers the close).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let url = format!("ws://{}/gateway", listener.local_addr()?);
+    let server = std::thread::spawn(move || {
+        rt.block_on(async move {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let Ok(mut ws) = loadgen::testbed::accept_ws(tcp).await else {
+                return;
+            };
+            let mut texts = 0;
+            while let Ok(frame) = ws.read_frame().await {
+                match frame.opcode {
+                    OpCode::Text => {
+                        texts += 1;
+                        if texts == 1 {
+                            let echo = Frame::text(Payload::Owned(frame.payload.to_vec()));
+                            if ws.write_frame(echo).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    OpCode::Close => break,
+                    _ => {}
+                }
+            }
+        });
+    });
+    let mut child = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["demo", "--url", &url, "--token", "x"])
+        .args(["--count", "2", "--interval", "100ms"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    // The demo waits 5 s for the last echo, then closes.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            anyhow::bail!("the demo still runs 30 s on");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = server.join();
+    let mut out = String::new();
+    if let Some(mut stdout) = child.stdout.take() {
+        std::io::Read::read_to_string(&mut stdout, &mut out)?;
+    }
+    anyhow::ensure!(status.code() == Some(1), "exit status {status}: {out}");
+    anyhow::ensure!(
+        out.contains("No echo from Backend_ABC for message 2 of 2 (id 2) within 5s"),
+        "{out}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_usage_error_leaves_no_empty_report_files_behind() -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("loadgen-cli-files-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let (json, html) = (dir.join("run.json"), dir.join("run.html"));
+    let kept = dir.join("kept.json");
+    std::fs::write(&kept, "earlier run")?;
+    let paths: Vec<String> = [&json, &html, &kept]
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    // Checked writable before the run, then refused for a bad option.
+    let first = loadgen_at_nobody(&[
+        "--json",
+        &paths[0],
+        "--report",
+        &paths[1],
+        "--inflight",
+        "0",
+    ]);
+    let second = loadgen_at_nobody(&["--json", &paths[2], "--size", "1"]);
+    let left = (json.exists(), html.exists());
+    let kept_text = std::fs::read_to_string(&kept);
+    let _ = std::fs::remove_dir_all(&dir);
+    let (got, stderr) = first?;
+    anyhow::ensure!(got == Some(64), "exit {got:?}: {stderr}");
+    anyhow::ensure!(left == (false, false), "files left behind: {left:?}");
+    let (got, stderr) = second?;
+    anyhow::ensure!(got == Some(64), "exit {got:?}: {stderr}");
+    anyhow::ensure!(
+        kept_text? == "earlier run",
+        "an existing file is left as it was"
+    );
+    Ok(())
+}
+
+#[test]
+fn backend_lists_that_make_no_sense_are_usage_errors() -> anyhow::Result<()> {
+    // Duplicates doubled a backend's share of connections, `all` in a list was sent as
+    // an ID (404s), and an empty ID was dropped or left "no backend given".
+    for (backend, says) in [
+        (
+            "Backend_ABC,Backend_ABC",
+            "--backend lists Backend_ABC twice",
+        ),
+        (
+            "Backend_ABC, Backend_PQR,Backend_ABC",
+            "--backend lists Backend_ABC twice",
+        ),
+        (
+            "all,Backend_ABC",
+            "--backend all already names every backend",
+        ),
+        (
+            "Backend_ABC,ALL",
+            "--backend all already names every backend",
+        ),
+        ("", "--backend has an empty ID"),
+        (" ", "--backend has an empty ID"),
+        ("Backend_ABC,,Backend_PQR", "--backend has an empty ID"),
+    ] {
+        let (got, stderr) = loadgen_at_nobody(&["--backend", backend])?;
+        anyhow::ensure!(
+            got == Some(64) && stderr.contains(says) && stderr.trim().lines().count() == 1,
+            "{backend:?}: exit {got:?}, stderr {stderr:?}"
+        );
+    }
+    for (backend, says) in [
+        ("", "the backend ID is empty"),
+        ("Backend_ABC,Backend_PQR", "the demo talks to one backend"),
+    ] {
+        let (got, stderr) = loadgen(&["demo", "--url", NOBODY[1], "--backend", backend])?;
+        anyhow::ensure!(
+            got == Some(64) && stderr.contains(says),
+            "demo {backend:?}: exit {got:?}, stderr {stderr:?}"
+        );
+    }
+    for backend in ["all", " all ", "Backend_ABC,Backend_PQR"] {
+        let (got, stderr) = loadgen_at_nobody(&["--backend", backend, "--no-progress"])?;
+        anyhow::ensure!(
+            got == Some(1),
+            "{backend:?}: exit {got:?}, stderr {stderr:?}"
+        );
+    }
+    Ok(())
+}

@@ -75,11 +75,11 @@ async fn refusals_are_reported_with_status_and_reason() -> anyhow::Result<()> {
         Err(e @ DemoError::Refused { status: 404, .. }) => {
             let line = e.to_string();
             assert!(
-                line.starts_with("Backend_NOPE refused the connection: HTTP 404: "),
+                line.starts_with("the gateway refused the connection to Backend_NOPE: HTTP 404: "),
                 "{line}"
             );
             assert!(
-                line.len() > "Backend_NOPE refused the connection: HTTP 404: ".len(),
+                line.len() > "the gateway refused the connection to Backend_NOPE: HTTP 404: ".len(),
                 "a reason: {line}"
             );
         }

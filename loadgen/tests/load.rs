@@ -199,3 +199,64 @@ async fn resume_reuses_tls_sessions_across_the_runs_connections() -> anyhow::Res
     assert!(r.passed());
     Ok(())
 }
+
+/// An echo server (plain `ws://`) that answers each upgrade `delay` after the connection
+/// came: a slow handshake.
+async fn slow_upgrade_echo(delay: Duration) -> anyhow::Result<std::net::SocketAddr> {
+    use fastwebsockets::{Frame, OpCode, Payload};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let mut ws = loadgen::testbed::accept_ws(stream).await?;
+                loop {
+                    let frame = ws.read_frame().await?;
+                    match frame.opcode {
+                        OpCode::Close => return anyhow::Ok(()),
+                        OpCode::Binary | OpCode::Text => {
+                            let echo = Payload::Owned(frame.payload.to_vec());
+                            ws.write_frame(Frame::new(true, frame.opcode, None, echo))
+                                .await?;
+                        }
+                        _ => {}
+                    }
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connect_phase_is_measured_not_rounded_to_the_progress_tick() -> anyhow::Result<()> {
+    // One connection whose handshake takes 120 ms: the phase ends with it. It was found
+    // over at the next 100 ms progress tick and reported as 200 ms.
+    let addr = slow_upgrade_echo(Duration::from_millis(120)).await?;
+    let opts = LoadOptions {
+        url: format!("ws://{addr}/echo"),
+        backends: vec!["Backend_ABC".into()],
+        conns: 1,
+        duration: Duration::from_millis(100),
+        token: loadgen::token::TokenSource::None,
+        ca: None,
+        ..Default::default()
+    };
+    let run = tokio::time::timeout(
+        Duration::from_secs(30),
+        loadgen::load::run(&opts, tokio::sync::mpsc::unbounded_channel().1),
+    )
+    .await??;
+    let r = &run.report;
+    assert_eq!(r.total.connections.opened, 1);
+    let phase_ms = r.connect_phase_s * 1e3;
+    let connect_ms = r.total.connections.connect_ms.max;
+    // The phase holds the connection's own connect time (to the histogram's precision)
+    // and little else.
+    assert!(
+        phase_ms + 1.0 >= connect_ms && phase_ms - connect_ms < 40.0,
+        "connect phase {phase_ms:.1} ms for a {connect_ms:.1} ms connect"
+    );
+    Ok(())
+}
