@@ -112,10 +112,15 @@ pub async fn serve_connection(
     let permit = Arc::new(std::sync::Mutex::new(slot));
     let svc_shared = shared.clone();
     let requested = Requested::new(&shared);
-    let service = service_fn(move |req| {
+    let refused_upgrade = RefusedUpgrade::default();
+    let svc_refused_upgrade = refused_upgrade.clone();
+    let service = service_fn(move |req: Request<Incoming>| {
         let shared = svc_shared.clone();
         let permit = permit.clone();
         requested.mark();
+        // Only upgrade requests carry one; `handle` takes its own on the way to a 101.
+        let on_upgrade = req.extensions().get::<hyper::upgrade::OnUpgrade>().cloned();
+        let refused_upgrade = svc_refused_upgrade.clone();
         async move {
             let backend = credentials::backend_named(&req, &shared.config().browser)
                 .map(|id| credentials::logged_id(&id).into_owned());
@@ -126,6 +131,9 @@ pub async fn serve_connection(
                 backend,
             };
             let response = handle(shared, req, peer, conn_id, permit, limit_hit).await;
+            if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+                refused_upgrade.keep(on_upgrade);
+            }
             waiting.answered();
             Ok::<_, Infallible>(response)
         }
@@ -137,6 +145,7 @@ pub async fn serve_connection(
         .serve_connection(TokioIo::new(tls), service)
         .with_upgrades()
         .await;
+    refused_upgrade.close(config.timeouts.close).await;
     if let Err(e) = result {
         match parser_refusal(&e) {
             Some((status, label)) => {
@@ -147,6 +156,45 @@ pub async fn serve_connection(
                 debug!(conn = conn_id, %peer, error = %e, "HTTP connection ended with an error")
             }
         }
+    }
+}
+
+/// An upgrade request of the connection that was answered with anything but a 101 (one
+/// of the gateway's refusals), kept to end the connection with TLS close_notify.
+///
+/// hyper ends a connection whose answer it wrote with `Connection: close` by shutting its
+/// stream down, which sends close_notify before the FIN. An upgrade request is an
+/// exception: hyper prepares its upgrade when the request comes, and once the refusal is
+/// written it hands the stream over as upgraded whatever the status was. No one waits
+/// for that upgrade after a refusal, so the stream was dropped without close_notify, and
+/// clients reading the refusal saw a truncated answer ("unexpected EOF").
+#[derive(Clone, Default)]
+struct RefusedUpgrade(Arc<std::sync::Mutex<Option<hyper::upgrade::OnUpgrade>>>);
+
+impl RefusedUpgrade {
+    /// Keeps `on_upgrade`, the refused request's (none for a request that was no upgrade).
+    fn keep(&self, on_upgrade: Option<hyper::upgrade::OnUpgrade>) {
+        if let (Some(on_upgrade), Ok(mut kept)) = (on_upgrade, self.0.lock()) {
+            *kept = Some(on_upgrade);
+        }
+    }
+
+    /// Once the HTTP connection has ended: shuts down the stream hyper handed over for the
+    /// refused upgrade, if it did (close_notify, then the FIN), within `timeout` (a
+    /// client that reads nothing must not hold the connection).
+    async fn close(&self, timeout: std::time::Duration) {
+        let kept = self.0.lock().ok().and_then(|mut kept| kept.take());
+        let Some(on_upgrade) = kept else {
+            return;
+        };
+        let _ = tokio::time::timeout(timeout, async {
+            // Ready at once: the stream was handed over as the connection ended. An error
+            // (the connection failed first) leaves nothing to close.
+            if let Ok(upgraded) = on_upgrade.await {
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut TokioIo::new(upgraded)).await;
+            }
+        })
+        .await;
     }
 }
 

@@ -94,7 +94,13 @@ impl std::fmt::Debug for TlsStream {
 /// Runs the server side of a TLS handshake on `tcp`. Bounding its time is the caller's.
 pub async fn accept(config: Arc<ServerConfig>, tcp: TcpStream) -> io::Result<TlsStream> {
     let mut stream = TlsStream::starting(config, tcp)?;
-    std::future::poll_fn(|cx| stream.poll_handshake(cx)).await?;
+    if let Err(e) = std::future::poll_fn(|cx| stream.poll_handshake(cx)).await {
+        // The alert saying why goes out before the connection is closed: without it the
+        // client sees the connection end unexplained. Only what is left after the try
+        // with the error waits here, within the caller's bound.
+        let _ = std::future::poll_fn(|cx| stream.poll_send(cx)).await;
+        return Err(e);
+    }
     let Conn::Rustls(Handshake { conn, .. }) = stream.conn else {
         return Err(io::Error::other(
             "TLS records taken over before the handshake ended",
@@ -227,15 +233,41 @@ fn process(
         }
         done += discard;
     };
-    // The alert rustls queued with its verdict comes out of the next call, before it
-    // would look at the records again (once more, it would refuse them again, and would
-    // slice out of range if given fewer than before).
-    if let Ok(ConnectionState::EncodeTlsData(data)) =
+    // The alert rustls queued with its verdict comes out of the next calls, one queued
+    // record each, before it would look at the records again (once more, it would refuse
+    // them again, and would slice out of range if given fewer than before). It may not be
+    // the first: a TLS 1.3 refusal in the ClientHello's extensions (no common ALPN
+    // protocol) comes after the ServerHello and ChangeCipherSpec already queued, and is
+    // encrypted with the keys the ServerHello set; the client needs all of them. The alert
+    // is the last thing rustls queues, and rustls must not be called past it: with
+    // nothing left to send it would refuse the records again and queue a second fatal
+    // alert (which it asserts never happens).
+    while let Ok(ConnectionState::EncodeTlsData(data)) =
         conn.process_tls_records(&mut records[done..offered]).state
     {
+        let start = out.len();
         encode(data, out);
+        if out.len() == start || is_alert(&out[start..]) {
+            break;
+        }
     }
     Err(failed)
+}
+
+/// Payload length of a TLS 1.3 alert record sealed during the handshake: the alert's two
+/// bytes, the inner content type and a 16-byte AEAD tag (every TLS 1.3 suite rustls
+/// offers has one). A sealed handshake message is longer: its header alone is 4 bytes.
+const SEALED_ALERT_LEN: u16 = 2 + 1 + 16;
+
+/// Whether `record`, one record rustls queued during the handshake, is an alert: a
+/// plaintext or TLS 1.2 alert has its own content type; a TLS 1.3 one is application
+/// data of an alert's length.
+fn is_alert(record: &[u8]) -> bool {
+    match record {
+        [21, ..] => true,
+        [23, _, _, hi, lo, ..] => u16::from_be_bytes([*hi, *lo]) == SEALED_ALERT_LEN,
+        _ => false,
+    }
 }
 
 /// Appends the records rustls has for the peer to `out`.
