@@ -60,10 +60,18 @@ pub fn refuse_userinfo(parsed: &url::Url, shown: &str) -> Result<(), String> {
 /// `url` as it may be shown in an error or a log line: a `user:password@` in it (or
 /// what looks like one, in a URL that does not parse) becomes `***@`.
 pub fn without_userinfo(url: &str) -> String {
+    let clean = |p: url::Url| {
+        p.has_host() && p.username().is_empty() && p.password().is_none() && p.fragment().is_none()
+    };
+    if !url.contains('@') || url::Url::parse(url).is_ok_and(clean) {
+        return url.to_owned();
+    }
+    // Anything up to the last `@`: a password may hold a `/`, `?` or `#` left unescaped,
+    // which ends the authority early for a parser (the URL then does not parse, or parses
+    // as another host and a fragment).
     let start = url.find("://").map_or(0, |i| i + 3);
     let rest = &url[start..];
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..end].rfind('@') {
+    match rest.rfind('@') {
         Some(at) => format!("{}***@{}", &url[..start], &rest[at + 1..]),
         None => url.to_owned(),
     }
@@ -91,6 +99,13 @@ impl BackendTarget {
             None => return Err(format!("{shown:?}: no host")),
         };
         refuse_userinfo(&parsed, &shown)?;
+        // RFC 6455 section 3: no fragment in a WebSocket URI. A `#` in one is most often
+        // a password's, unescaped, which made the part before it the host.
+        if parsed.fragment().is_some() {
+            return Err(format!(
+                "{shown:?}: a WebSocket URL has no fragment (#...); write a # in it as %23"
+            ));
+        }
         let port = parsed.port().unwrap_or(80);
         if port == 0 {
             return Err(format!("{shown:?}: port 0 cannot be connected to"));

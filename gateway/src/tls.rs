@@ -159,13 +159,19 @@ fn chosen_suites(
 fn pem_problem(e: &rustls::pki_types::pem::Error, path: &std::path::Path, wanted: &str) -> String {
     use rustls::pki_types::pem::Error;
     match e {
-        Error::MissingSectionEnd { end_marker } => format!(
-            "no \"-----END {}-----\" line after its BEGIN line: the file is cut short?",
-            String::from_utf8_lossy(end_marker)
-        ),
-        Error::IllegalSectionStart { line } => {
-            format!("malformed BEGIN line {:?}", String::from_utf8_lossy(line))
-        }
+        // What the parser quotes is shown only when it is a PEM label: in a file whose
+        // lines were joined (`echo $KEY`) it runs on into the key itself.
+        Error::MissingSectionEnd { end_marker } => match pem_label(end_marker) {
+            Some(label) => format!(
+                "no \"-----END {label}-----\" line after its BEGIN line: the file is cut short?"
+            ),
+            None => "no END line after its BEGIN line, or the lines were joined: each \
+                     -----BEGIN/END ...----- marker must be alone on its line"
+                .into(),
+        },
+        Error::IllegalSectionStart { .. } => "a malformed BEGIN line: -----BEGIN <LABEL>----- \
+                                              must be alone on its line"
+            .into(),
         Error::Base64Decode(_) | Error::NoItemsFound => {
             let text = std::fs::read(path).unwrap_or_default();
             let holds = |marker: &str| text.windows(marker.len()).any(|w| w == marker.as_bytes());
@@ -185,6 +191,14 @@ fn pem_problem(e: &rustls::pki_types::pem::Error, path: &std::path::Path, wanted
         }
         other => other.to_string(),
     }
+}
+
+/// `marker` when it is a PEM label (`PRIVATE KEY`, `CERTIFICATE`, ...): a few words of
+/// capitals, never key material.
+fn pem_label(marker: &[u8]) -> Option<&str> {
+    let label = std::str::from_utf8(marker).ok()?;
+    (label.len() <= 40 && label.bytes().all(|b| b.is_ascii_uppercase() || b == b' '))
+        .then_some(label)
 }
 
 /// The certificates of the PEM file at `path` as trust roots (a CA bundle).

@@ -4,21 +4,38 @@
 use std::path::Path;
 use std::process::Command;
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 
 fn run_with(config: &str) -> Result<(i32, String)> {
     let dir = tempdir()?;
     let path = dir.join("Config.toml");
     std::fs::write(&path, config)?;
-    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
         .arg("--config")
         .arg(&path)
-        .output()?;
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    // A config taken by mistake starts a gateway that serves until stopped: it is
+    // stopped after a deadline, and the test fails on its exit code instead of hanging.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let code = loop {
+        if let Some(status) = child.try_wait()? {
+            break status.code().unwrap_or(-1);
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill()?;
+            child.wait()?;
+            break -1;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        std::io::Read::read_to_string(&mut pipe, &mut stderr)?;
+    }
     let _ = std::fs::remove_dir_all(&dir);
-    Ok((
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
+    Ok((code, stderr))
 }
 
 fn tempdir() -> Result<std::path::PathBuf> {
@@ -350,6 +367,11 @@ fn a_password_in_a_url_is_refused_without_being_repeated() -> Result<()> {
         backend("http://user:s3cr3t@localhost:1/"),
         backend("wss://user:s3cr3t@localhost:1/"),
         backend("ws://user:s3cr3t@localhost:99999/"),
+        // A password with a character that ends the authority, left unescaped.
+        backend("ws://user:s3cr3t#x@127.0.0.1:1/x"),
+        backend("ws://user:1234#s3cr3t@127.0.0.1:1/x"),
+        backend("ws://user:s3cr3t?x@127.0.0.1:1/x"),
+        jwks("http://user:s3cr3t#x@127.0.0.1:1/jwks"),
         base_with("[backends.D]\ndns = \"user:s3cr3t@localhost:1\"\n"),
         jwks("http://user:s3cr3t@127.0.0.1:1/jwks"),
         jwks("ftp://user:s3cr3t@127.0.0.1:1/jwks"),
@@ -459,6 +481,46 @@ fn a_cut_certificate_an_encrypted_key_and_a_certificate_as_key_are_named() -> Re
             &with(&format!("{c}/server.crt"), &format!("{c}/server.crt")),
             &["tls.key", "a certificate, not a private key"],
         )
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    checked
+}
+
+#[test]
+fn a_key_file_with_its_lines_joined_is_refused_without_quoting_the_key() -> Result<()> {
+    // The PEM parser's error quoted its END marker or BEGIN line, which in such a file
+    // runs on into the key: the private key went to the log and to /reload's answer.
+    let dir = tempdir()?;
+    let c = certs();
+    let key = std::fs::read_to_string(format!("{c}/server.key"))?;
+    let lines: Vec<&str> = key.lines().collect();
+    let secret = lines
+        .get(1)
+        .context("a one-line key file")?
+        .get(..24)
+        .context("a short key line")?
+        .to_owned();
+    // `echo $KEY`: every line break a space.
+    let flat = dir.join("flat.key");
+    std::fs::write(&flat, format!("{}\n", lines.join(" ")))?;
+    // The BEGIN line run into the first line of the key.
+    let joined = dir.join("joined.key");
+    std::fs::write(&joined, key.replacen("-----\n", "-----", 1))?;
+    let checked = (|| {
+        for file in [&flat, &joined] {
+            let config = format!(
+                "[tls]\ncert = \"{c}/server.crt\"\nkey = \"{}\"\n[auth]\npublic_key = \"{c}/jwt-public.pem\"\n[backends]\nA = \"ws://localhost:1/\"\n",
+                file.display()
+            );
+            let (code, stderr) = check_config_of(&config)?;
+            ensure!(code == 64, "{}: exit {code}", file.display());
+            ensure!(stderr.contains("tls.key"), "{stderr}");
+            ensure!(
+                !stderr.contains(&secret),
+                "the key is in the error: {stderr}"
+            );
+        }
+        anyhow::Ok(())
     })();
     let _ = std::fs::remove_dir_all(&dir);
     checked
