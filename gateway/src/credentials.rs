@@ -45,6 +45,14 @@ pub fn extract<'r, B>(
     {
         return Err(Refusal::BadRequest("repeated Authorization header"));
     }
+    if let (None, Some(name)) = (headers.get("id"), browser.id_query.as_deref()) {
+        let named = url::form_urlencoded::parse(query.as_bytes())
+            .filter(|(k, v)| k == name && !v.is_empty())
+            .count();
+        if named > 1 {
+            return Err(Refusal::BadRequest("repeated ID query parameter"));
+        }
+    }
     let backend_id = match headers.get("id") {
         Some(v) => Cow::Borrowed(v.to_str().map_err(|_| Refusal::UnknownBackend)?.trim()),
         None => backend_named(req, browser).ok_or(Refusal::MissingId)?,
@@ -66,9 +74,9 @@ pub fn extract<'r, B>(
     let prefix = browser.token_protocol_prefix.as_deref();
     // Every entry with the token prefix is a credential: none is offered to the backend,
     // also when the token came another way or a second one was offered.
-    let is_token = |p: &str| prefix.is_some_and(|prefix| p.starts_with(prefix));
+    let is_token = |p: &str| prefix.is_some_and(|prefix| has_prefix(p, prefix));
     let token_protocol = prefix
-        .and_then(|prefix| entries().find(|p| p.starts_with(prefix) && p.len() > prefix.len()));
+        .and_then(|prefix| entries().find(|p| has_prefix(p, prefix) && p.len() > prefix.len()));
     let backend_protocols = if lines().count() == 1 && !entries().any(is_token) {
         lines().next().map(Cow::Borrowed)
     } else {
@@ -76,9 +84,15 @@ pub fn extract<'r, B>(
         (!rest.is_empty()).then(|| Cow::Owned(rest.join(", ")))
     };
 
-    let token = match headers.get(header::AUTHORIZATION) {
-        Some(value) => bearer(value.as_bytes()).map(Cow::Borrowed),
-        None => {
+    // A Bearer header wins; another scheme (a browser's cached Basic credentials for the
+    // site) is no token, and the browser's own ways are looked at as without one.
+    let from_header = headers
+        .get(header::AUTHORIZATION)
+        .map(|value| bearer(value.as_bytes()));
+    let token = match from_header {
+        Some(Ok(token)) => Ok(Cow::Borrowed(token)),
+        Some(Err(e)) if !browser.any_token_source() => Err(e),
+        Some(Err(_)) | None => {
             let from_query = browser
                 .token_query
                 .as_deref()
@@ -91,7 +105,10 @@ pub fn extract<'r, B>(
             from_query
                 .or_else(from_protocol)
                 .or_else(from_cookie)
-                .ok_or(AuthError::Missing)
+                .ok_or(match from_header {
+                    Some(Err(e)) => e,
+                    _ => AuthError::Missing,
+                })
         }
     };
     Ok(Credentials {
@@ -137,24 +154,36 @@ pub fn bearer(value: &[u8]) -> Result<&str, AuthError> {
 }
 
 /// The value of the cookie `name` in the request's `Cookie` headers, if not empty.
+/// Other cookies on the line may be any bytes (a page's cookie with an accent, say): the
+/// line is split as bytes, and only the named cookie's value has to be text. An empty
+/// one is passed over.
 fn cookie<'r>(headers: &'r hyper::HeaderMap, name: &str) -> Option<Cow<'r, str>> {
     headers
         .get_all(header::COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().split_once('='))
-        .find(|(n, _)| n.trim() == name)
-        .map(|(_, v)| v.trim().trim_matches('"'))
-        .filter(|v| !v.is_empty())
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .filter_map(|c| {
+            let eq = c.iter().position(|b| *b == b'=')?;
+            let (n, v) = (&c[..eq], &c[eq + 1..]);
+            (n.trim_ascii() == name.as_bytes()).then_some(v)
+        })
+        .filter_map(|v| std::str::from_utf8(v).ok())
+        .map(|v| v.trim().trim_matches('"'))
+        .find(|v| !v.is_empty())
         .map(Cow::Borrowed)
 }
 
+/// The first non-empty value of the query parameter `name`.
 fn query_param<'q>(query: &'q str, name: &str) -> Option<Cow<'q, str>> {
     url::form_urlencoded::parse(query.as_bytes())
-        .find(|(k, _)| k == name)
+        .find(|(k, v)| k == name && !v.is_empty())
         .map(|(_, v)| v)
-        .filter(|v| !v.is_empty())
+}
+
+/// Whether the subprotocol entry `p` starts with the token `prefix`, in any case.
+fn has_prefix(p: &str, prefix: &str) -> bool {
+    p.get(..prefix.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
 }
 
 #[cfg(test)]
@@ -210,6 +239,62 @@ mod tests {
         assert_eq!(
             extract(&req, &off).map_err(|e| e.to_string())?.token.err(),
             Some(AuthError::Missing)
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn odd_browser_requests_still_find_their_token() -> Result<(), Box<dyn std::error::Error>> {
+        let token = |req: &Request<()>| {
+            extract(req, &browser())
+                .map_err(|e| e.to_string())
+                .map(|c| c.token.map(|t| t.into_owned()))
+        };
+        // A page's cookie that is not ASCII, on the token cookie's line.
+        let mut accented = Request::get("/gateway").header("ID", "H").body(())?;
+        accented.headers_mut().insert(
+            "Cookie",
+            hyper::header::HeaderValue::from_bytes("name=José; wsgate_token=T".as_bytes())?,
+        );
+        assert_eq!(token(&accented)?, Ok("T".to_owned()));
+        // An empty value before the real one.
+        let empty_cookie = Request::get("/gateway")
+            .header("ID", "H")
+            .header("Cookie", "wsgate_token=; wsgate_token=T")
+            .body(())?;
+        assert_eq!(token(&empty_cookie)?, Ok("T".to_owned()));
+        let empty_query = Request::get("/gateway?access_token=&access_token=T")
+            .header("ID", "H")
+            .body(())?;
+        assert_eq!(token(&empty_query)?, Ok("T".to_owned()));
+        // The protocol prefix in another case is the token entry too, not a subprotocol.
+        let upper = Request::get("/gateway")
+            .header("ID", "H")
+            .header("Sec-WebSocket-Protocol", "chat, Bearer.T")
+            .body(())?;
+        let c = extract(&upper, &browser()).map_err(|e| e.to_string())?;
+        assert_eq!(c.token.as_deref().ok(), Some("T"));
+        assert_eq!(c.backend_protocols.as_deref(), Some("chat"));
+        // A browser's Basic credentials for the site are no token, and hide none.
+        let basic = Request::get("/gateway")
+            .header("ID", "H")
+            .header("Authorization", "Basic dXNlcjpwdw==")
+            .header("Cookie", "wsgate_token=T")
+            .body(())?;
+        assert_eq!(token(&basic)?, Ok("T".to_owned()));
+        let basic_alone = Request::get("/gateway")
+            .header("ID", "H")
+            .header("Authorization", "Basic dXNlcjpwdw==")
+            .body(())?;
+        assert_eq!(token(&basic_alone)?, Err(AuthError::NotBearer));
+        // An empty ID parameter is passed over; two that name backends are refused.
+        let empty_id = Request::get("/gateway?id=&id=Q").body(())?;
+        let c = extract(&empty_id, &browser()).map_err(|e| e.to_string())?;
+        assert_eq!(c.backend_id.as_ref(), "Q");
+        let two_ids = Request::get("/gateway?id=P&id=Q").body(())?;
+        assert_eq!(
+            extract(&two_ids, &browser()).err().map(|e| e.to_string()),
+            Some("repeated ID query parameter".to_owned())
         );
         Ok(())
     }
