@@ -38,6 +38,10 @@ pub enum PumpEnd {
     SourceIdle,
     /// Writing to the destination failed.
     DestLost,
+    /// The destination took none of the bytes waiting for it for twice the idle timeout,
+    /// while it may still be sending (a peer whose handler hangs while its library still
+    /// pings).
+    DestStalled,
     /// Stopped by the session.
     Stopped,
 }
@@ -94,6 +98,34 @@ pub const IDLE: CloseMsg = CloseMsg {
     code: 1001,
     reason: "idle timeout",
 };
+
+/// A destination took nothing of what waited for it for the idle timeout.
+#[derive(Debug)]
+struct Stalled;
+
+/// [`FrameWriter::flush_some`], bounded: a destination that takes none of the batch for
+/// `stall` is [`Stalled`]. A flush that goes through at once (the common case) arms no
+/// timer; the bounded wait is boxed, as rare paths are.
+async fn flush_bounded<W: AsyncWrite + Unpin>(
+    dst: &mut FrameWriter<W>,
+    stall: Option<Duration>,
+) -> Result<std::io::Result<bool>, Stalled> {
+    let Some(stall) = stall else {
+        return Ok(dst.flush_some().await);
+    };
+    // One try; a pending flush is dropped (it loses and repeats nothing) and waited for
+    // again under the timer.
+    let first = {
+        let mut flush = std::pin::pin!(dst.flush_some());
+        std::future::poll_fn(|cx| Poll::Ready(flush.as_mut().poll(cx))).await
+    };
+    if let Poll::Ready(r) = first {
+        return Ok(r);
+    }
+    Box::pin(tokio::time::timeout(stall, dst.flush_some()))
+        .await
+        .map_err(|_| Stalled)
+}
 
 // Rare paths (stop, close, keepalive ping) are awaited boxed: a future awaited inline is
 // part of the pump's state for the session's whole life, and every idle session pays for
@@ -164,6 +196,10 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'a, R, W> {
         } = self;
         async move {
             let mut progress = Progress::default();
+            // A destination that takes nothing for twice the idle timeout is stalled: a
+            // slow reader of a backlog shows progress at least once an idle period (see
+            // `idle` in the README), a hung one never.
+            let stall = limits.keepalive.map(|half| half * 4);
             let period = limits.keepalive.unwrap_or(RELEASE_PERIOD);
             let mut ticker = std::pin::pin!(Ticker::new(period));
             // What the source had sent at the last tick: frames received, and bytes of a
@@ -228,16 +264,18 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'a, R, W> {
                                     },
                                     // Step by step: each write a slow reader takes shows
                                     // the other pump's tick that it is reading.
-                                    r = dst.flush_some() => match r {
-                                        Ok(true) => break Ok(()),
-                                        Ok(false) => inbox.delivered(),
-                                        Err(e) => break Err(e),
+                                    r = flush_bounded(dst, stall) => match r {
+                                        Ok(Ok(true)) => break Ok(()),
+                                        Ok(Ok(false)) => inbox.delivered(),
+                                        Ok(Err(_)) => break Err(PumpEnd::DestLost),
+                                        Err(Stalled) => break Err(PumpEnd::DestStalled),
                                     },
                                 }
                             };
-                            if flushed.is_err()
-                                || (ping_due && Box::pin(write_ping(dst)).await.is_err())
-                            {
+                            if let Err(end) = flushed {
+                                return end;
+                            }
+                            if ping_due && Box::pin(write_ping(dst)).await.is_err() {
                                 return PumpEnd::DestLost;
                             }
                             // Only a destination that was behind shows by what it
@@ -303,8 +341,8 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'a, R, W> {
                 match step {
                     Ok(None) => {}
                     Ok(Some(Stop::Full)) => loop {
-                        match dst.flush_some().await {
-                            Ok(done) => {
+                        match flush_bounded(dst, stall).await {
+                            Ok(Ok(done)) => {
                                 if !done || dst.take_waited() || dst.mid_frame() {
                                     inbox.delivered();
                                 }
@@ -312,7 +350,8 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'a, R, W> {
                                     break;
                                 }
                             }
-                            Err(_) => return PumpEnd::DestLost,
+                            Ok(Err(_)) => return PumpEnd::DestLost,
+                            Err(Stalled) => return PumpEnd::DestStalled,
                         }
                     },
                     Ok(Some(Stop::Close(code))) => {

@@ -34,6 +34,16 @@ pub const BACKEND_LOST: CloseMsg = CloseMsg {
     code: 1011,
     reason: "bad gateway: backend connection lost",
 };
+/// Sent to the client when the backend has taken none of its bytes for the idle timeout.
+pub const BACKEND_STALLED: CloseMsg = CloseMsg {
+    code: 1001,
+    reason: "backend not reading",
+};
+/// Sent to the backend when the client has taken none of its bytes for the idle timeout.
+pub const CLIENT_STALLED: CloseMsg = CloseMsg {
+    code: 1001,
+    reason: "client not reading",
+};
 /// Sent to both sides when the gateway shuts down.
 pub const SHUTTING_DOWN: CloseMsg = CloseMsg {
     code: 1001,
@@ -177,7 +187,7 @@ pub struct SessionReport {
 impl SessionReport {
     /// A short outcome label: `client_closed`, `backend_closed`, `client_lost`,
     /// `backend_lost`, `client_error`, `backend_error`, `client_idle`, `backend_idle`,
-    /// `shutdown`, `token_expired`, `session_limit`.
+    /// `client_stalled`, `backend_stalled`, `shutdown`, `token_expired`, `session_limit`.
     pub fn outcome(&self) -> &'static str {
         if self.shutdown {
             return "shutdown";
@@ -196,6 +206,8 @@ impl SessionReport {
             | (Direction::Upstream, PumpEnd::DestLost) => "backend_lost",
             (Direction::Upstream, PumpEnd::SourceIdle) => "client_idle",
             (Direction::Downstream, PumpEnd::SourceIdle) => "backend_idle",
+            (Direction::Upstream, PumpEnd::DestStalled) => "backend_stalled",
+            (Direction::Downstream, PumpEnd::DestStalled) => "client_stalled",
             (Direction::Upstream, _) => "client_error",
             (Direction::Downstream, _) => "backend_error",
         }
@@ -370,6 +382,11 @@ where
                     // other pump reads on to its source's end, a close passed on or the
                     // connection's end (then it sends its lost-source close).
                     PumpEnd::DestLost => None,
+                    // This pump's destination takes nothing: the other side hears why.
+                    PumpEnd::DestStalled => Some(StopWith::Close(match first.0 {
+                        Direction::Upstream => BACKEND_STALLED,
+                        Direction::Downstream => CLIENT_STALLED,
+                    })),
                 };
                 let (other_tx, upstream_first) = match first.0 {
                     Direction::Upstream => (&down_inbox, true),
@@ -451,7 +468,7 @@ where
         // Not when a frame toward it was left unfinished: no close could follow it, and
         // the backend, waiting for the rest of the frame, would never end first.
         let linger_backend = !matches!(backend_end, Some(PumpEnd::SourceLost))
-            && client_end != Some(PumpEnd::DestLost)
+            && !matches!(client_end, Some(PumpEnd::DestLost | PumpEnd::DestStalled))
             && !bwrite.mid_frame();
         let backend_side = async move {
             let _ = tokio::time::timeout(close_timeout, async {

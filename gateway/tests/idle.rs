@@ -272,3 +272,51 @@ async fn slow_reader(pace: Duration, idle: &str, run: Duration, min_frames: u64)
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_backend_that_pings_but_never_reads_is_closed_as_not_reading() -> Result<()> {
+    // Its pings showed it alive, and the idle rule only closes a silent side: the client's
+    // bytes waited for it for good, and so did a close the client sent behind them.
+    let probe = Probe::start(Mode::Deaf {
+        every: Duration::from_millis(200),
+    })
+    .await?;
+    let tb = testbed_with_toml(&[("Backend_DEAF", probe.url())], IDLE).await?;
+    let mut c = connect_ok(&tb, "Backend_DEAF").await?;
+    // Pongs and close answers would be written on a socket the gateway no longer reads.
+    c.ws.set_auto_pong(false);
+    c.ws.set_auto_close(false);
+    // Send until every buffer on the way to the backend is full.
+    let started = Instant::now();
+    let mut sent = 0usize;
+    loop {
+        let frame = Frame::binary(Payload::Owned(vec![7u8; 16 * 1024]));
+        match tokio::time::timeout(Duration::from_millis(500), c.ws.write_frame(frame)).await {
+            Ok(Ok(())) => sent += 1,
+            Ok(Err(e)) => bail!("the connection failed after {sent} frames: {e}"),
+            Err(_) => break,
+        }
+        ensure!(
+            started.elapsed() < DEADLINE,
+            "{sent} frames taken: the backend's buffers never filled"
+        );
+    }
+    // The backend's pings come through; then the close saying why.
+    let (code, reason) = tokio::time::timeout(DEADLINE, async {
+        loop {
+            let f = next_frame(&mut c.ws).await?;
+            match f.opcode {
+                OpCode::Close => break close_of(&f),
+                OpCode::Ping => {}
+                other => bail!("unexpected {other:?} frame"),
+            }
+        }
+    })
+    .await
+    .context("no close while the backend went on pinging")??;
+    ensure!(
+        (code, reason.as_str()) == (1001, "backend not reading"),
+        "client got close {code} {reason:?} after {sent} frames"
+    );
+    Ok(())
+}

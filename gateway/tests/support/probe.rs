@@ -50,6 +50,9 @@ pub enum Mode {
     /// is followed by the text frame `flood-end:<frames sent>`. Frames received
     /// meanwhile are reported as [`Event::Frame`], not echoed.
     Flood { size: usize, count: Option<u64> },
+    /// Accept, then never read again, and send a ping every `every`: a backend whose
+    /// handler hangs while its library's keepalive still runs.
+    Deaf { every: std::time::Duration },
 }
 
 /// What the probe saw.
@@ -292,6 +295,26 @@ async fn answer(
                 let _ = io.write_all(&reply).await;
                 let _ = io.flush().await;
                 let _ = io.read(&mut buf).await;
+            });
+            return Ok(response);
+        }
+        Mode::Deaf { every } => {
+            let Ok((response, upgrade)) = fastwebsockets::upgrade::upgrade(&mut req) else {
+                return Ok(Response::new(Empty::new()));
+            };
+            ctx.spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let Ok(ws) = upgrade.await else { return };
+                let mut io = ws.into_inner();
+                // Unmasked pings (a server's), for as long as the connection takes them.
+                while io
+                    .write_all(&[0x89, 0x04, b'd', b'e', b'a', b'f'])
+                    .await
+                    .is_ok()
+                    && io.flush().await.is_ok()
+                {
+                    tokio::time::sleep(every).await;
+                }
             });
             return Ok(response);
         }
