@@ -38,7 +38,7 @@ pub enum PumpEnd {
     SourceIdle,
     /// Writing to the destination failed.
     DestLost,
-    /// The destination took none of the bytes waiting for it for twice the idle timeout,
+    /// The destination took none of the bytes waiting for it for 1.5 to 2 × the idle timeout,
     /// while it may still be sending (a peer whose handler hangs while its library still
     /// pings).
     DestStalled,
@@ -99,34 +99,11 @@ pub const IDLE: CloseMsg = CloseMsg {
     reason: "idle timeout",
 };
 
-/// A destination took nothing of what waited for it for the idle timeout.
-#[derive(Debug)]
-struct Stalled;
-
-/// [`FrameWriter::flush_some`], bounded: a destination that takes none of the batch for
-/// `stall` is [`Stalled`]. A flush that goes through at once (the common case) arms no
-/// timer; the bounded wait is boxed, as rare paths are.
-async fn flush_bounded<W: AsyncWrite + Unpin>(
-    dst: &mut FrameWriter<W>,
-    stall: Option<Duration>,
-) -> Result<std::io::Result<bool>, Stalled> {
-    let Some(stall) = stall else {
-        return Ok(dst.flush_some().await);
-    };
-    // One try; a pending flush is dropped (it loses and repeats nothing) and waited for
-    // again under the timer.
-    let first = {
-        let mut flush = std::pin::pin!(dst.flush_some());
-        std::future::poll_fn(|cx| Poll::Ready(flush.as_mut().poll(cx))).await
-    };
-    if let Poll::Ready(r) = first {
-        return Ok(r);
-    }
-    Box::pin(tokio::time::timeout(stall, dst.flush_some()))
-        .await
-        .map_err(|_| Stalled)
-}
-
+/// Ticks of the keepalive ticker (half the idle timeout each) a destination may take
+/// none of the bytes waiting for it before it is taken for stalled: 1.5 to 2 × idle. A
+/// slow reader of a backlog shows progress at least once an idle period (see `idle` in
+/// the README), a hung one never.
+const STALL_TICKS: u8 = 4;
 // Rare paths (stop, close, keepalive ping) are awaited boxed: a future awaited inline is
 // part of the pump's state for the session's whole life, and every idle session pays for
 // the largest of them; boxed, they cost an allocation only when they run.
@@ -196,10 +173,7 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'a, R, W> {
         } = self;
         async move {
             let mut progress = Progress::default();
-            // A destination that takes nothing for twice the idle timeout is stalled: a
-            // slow reader of a backlog shows progress at least once an idle period (see
-            // `idle` in the README), a hung one never.
-            let stall = limits.keepalive.map(|half| half * 4);
+            let stall_check = limits.keepalive.is_some();
             let period = limits.keepalive.unwrap_or(RELEASE_PERIOD);
             let mut ticker = std::pin::pin!(Ticker::new(period));
             // What the source had sent at the last tick: frames received, and bytes of a
@@ -255,6 +229,7 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'a, R, W> {
                         // Nothing more is ready: send the burst, then wait.
                         if dst.needs_flush() {
                             let mut ping_due = false;
+                            let mut ticks_taking_nothing = 0u8;
                             let flushed = loop {
                                 tokio::select! {
                                     biased;
@@ -264,12 +239,20 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'a, R, W> {
                                     },
                                     // Step by step: each write a slow reader takes shows
                                     // the other pump's tick that it is reading.
-                                    r = flush_bounded(dst, stall) => match r {
-                                        Ok(Ok(true)) => break Ok(()),
-                                        Ok(Ok(false)) => inbox.delivered(),
-                                        Ok(Err(_)) => break Err(PumpEnd::DestLost),
-                                        Err(Stalled) => break Err(PumpEnd::DestStalled),
+                                    r = dst.flush_some() => match r {
+                                        Ok(true) => break Ok(()),
+                                        Ok(false) => {
+                                            inbox.delivered();
+                                            ticks_taking_nothing = 0;
+                                        }
+                                        Err(_) => break Err(PumpEnd::DestLost),
                                     },
+                                    _ = ticker.as_mut().tick(), if stall_check => {
+                                        ticks_taking_nothing += 1;
+                                        if ticks_taking_nothing >= STALL_TICKS {
+                                            break Err(PumpEnd::DestStalled);
+                                        }
+                                    }
                                 }
                             };
                             if let Err(end) = flushed {
@@ -340,20 +323,32 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'a, R, W> {
                 };
                 match step {
                     Ok(None) => {}
-                    Ok(Some(Stop::Full)) => loop {
-                        match flush_bounded(dst, stall).await {
-                            Ok(Ok(done)) => {
-                                if !done || dst.take_waited() || dst.mid_frame() {
-                                    inbox.delivered();
-                                }
-                                if done {
-                                    break;
+                    Ok(Some(Stop::Full)) => {
+                        let mut ticks_taking_nothing = 0u8;
+                        loop {
+                            tokio::select! {
+                                biased;
+                                r = dst.flush_some() => match r {
+                                    Ok(done) => {
+                                        if !done || dst.take_waited() || dst.mid_frame() {
+                                            inbox.delivered();
+                                        }
+                                        if done {
+                                            break;
+                                        }
+                                        ticks_taking_nothing = 0;
+                                    }
+                                    Err(_) => return PumpEnd::DestLost,
+                                },
+                                _ = ticker.as_mut().tick(), if stall_check => {
+                                    ticks_taking_nothing += 1;
+                                    if ticks_taking_nothing >= STALL_TICKS {
+                                        return PumpEnd::DestStalled;
+                                    }
                                 }
                             }
-                            Ok(Err(_)) => return PumpEnd::DestLost,
-                            Err(Stalled) => return PumpEnd::DestStalled,
                         }
-                    },
+                    }
                     Ok(Some(Stop::Close(code))) => {
                         return match dst.flush().await {
                             Ok(()) => PumpEnd::Closed(code),

@@ -574,11 +574,14 @@ fn start_session(
             let report = proxy.await;
             drop(active);
             shared.metrics.session_ended(&backend_id, &report);
+            let violation = report.violation();
             info!(
                 conn = conn_id,
                 %peer,
                 backend = %backend_id,
                 outcome = report.outcome(),
+                violation_code = violation.map(|(code, _)| code),
+                violation = violation.map(|(_, why)| why),
                 up_msgs = report.upstream.frames,
                 up_bytes = report.upstream.bytes,
                 down_msgs = report.downstream.frames,

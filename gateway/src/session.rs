@@ -185,6 +185,18 @@ pub struct SessionReport {
 }
 
 impl SessionReport {
+    /// The close code a side was sent for breaking the protocol or a size limit, and why,
+    /// if one was: what an operator needs to tell a masking bug from bad UTF-8 or an
+    /// oversized message.
+    pub fn violation(&self) -> Option<(u16, &'static str)> {
+        [Some(self.first.1), self.second]
+            .into_iter()
+            .find_map(|end| match end {
+                Some(PumpEnd::SourceViolation(code)) => Some((code, violation_reason(code))),
+                _ => None,
+            })
+    }
+
     /// A short outcome label: `client_closed`, `backend_closed`, `client_lost`,
     /// `backend_lost`, `client_error`, `backend_error`, `client_idle`, `backend_idle`,
     /// `client_stalled`, `backend_stalled`, `shutdown`, `token_expired`, `session_limit`.

@@ -124,3 +124,47 @@ async fn a_private_close_code_the_gateway_echoes_is_counted_under_its_range() ->
     ensure!(!metrics.contains("code=\"4321\""), "{metrics}");
     Ok(())
 }
+
+/// A backend that breaks the protocol is named in the session's log line with the close
+/// code it was sent and why: the line said only `backend_error`, the same for a masking
+/// bug, bad UTF-8 or an oversized message.
+#[tokio::test]
+async fn a_protocol_violation_is_logged_with_its_code_and_reason() -> Result<()> {
+    use support::probe::{Mode, Probe};
+    // A masked frame from a server: 1002.
+    let backend = Probe::start(Mode::Raw {
+        reply: vec![0x81, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2],
+        extensions: None,
+    })
+    .await?;
+    let gw = GatewayProc::start(ProcOptions {
+        backends: vec![("Backend_PROBE".into(), backend.url())],
+        extra_toml: "[timeouts]\nclose = \"1s\"\n".into(),
+        ..ProcOptions::default()
+    })
+    .await?;
+    let mut c = loadgen::client::connect(&gw.connect_options("Backend_PROBE")?).await?;
+    send(&mut c.ws, Frame::text(Payload::Borrowed(b"go"))).await?;
+    let (code, reason) = expect_close(&mut c.ws).await?;
+    ensure!(
+        (code, reason.as_str()) == (1001, "peer protocol error"),
+        "client got close {code} {reason:?}"
+    );
+    let logged = wait_for("the session's end logged", DEADLINE, || async {
+        Ok(gw.log().contains("session ended"))
+    })
+    .await;
+    ensure!(logged.is_ok(), "no session end:\n{}", gw.log());
+    let log = gw.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("session ended"))
+        .unwrap_or_default();
+    ensure!(
+        line.contains("outcome=\"backend_error\"")
+            && line.contains("violation_code=1002")
+            && line.contains("violation=\"protocol error\""),
+        "{line}"
+    );
+    Ok(())
+}
