@@ -20,7 +20,7 @@ use crate::batch::{forward_in_place, FrameWriter, InvalidUtf8, Utf8Check};
 use crate::frames::{self, Parsed};
 pub use crate::mailbox::{wake_task, CloseMsg, Control, Mailbox, StopWith};
 use crate::reader::{FrameReader, Stop};
-use crate::session::SHUTTING_DOWN;
+use crate::session::{BACKEND_STALLED, CLIENT_STALLED, SHUTTING_DOWN};
 use crate::ticker::Ticker;
 
 /// Why a pump ended.
@@ -38,10 +38,10 @@ pub enum PumpEnd {
     SourceIdle,
     /// Writing to the destination failed.
     DestLost,
-    /// The destination took none of the bytes waiting for it for 1.5 to 2 × the idle timeout,
-    /// while it may still be sending (a peer whose handler hangs while its library still
-    /// pings).
-    DestStalled,
+    /// The source went on sending but took none of the bytes the other pump had waiting
+    /// for it for 1.5 to 2 × the idle timeout (a peer whose handler hangs while its
+    /// library still pings); the destination was sent 1001 saying so.
+    SourceStalled,
     /// Stopped by the session.
     Stopped,
 }
@@ -99,8 +99,8 @@ pub const IDLE: CloseMsg = CloseMsg {
     reason: "idle timeout",
 };
 
-/// Ticks of the keepalive ticker (half the idle timeout each) a destination may take
-/// none of the bytes waiting for it before it is taken for stalled: 1.5 to 2 × idle. A
+/// Ticks of the keepalive ticker (half the idle timeout each) a source may take none of
+/// the bytes waiting for it before it is taken for stalled: 1.5 to 2 × idle. A
 /// slow reader of a backlog shows progress at least once an idle period (see `idle` in
 /// the README), a hung one never.
 const STALL_TICKS: u8 = 4;
@@ -173,7 +173,9 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'a, R, W> {
         } = self;
         async move {
             let mut progress = Progress::default();
-            let stall_check = limits.keepalive.is_some();
+            // Ticks at which the source sent but took none of what the other pump has
+            // been waiting to write to it.
+            let mut stalled_ticks = 0u8;
             let period = limits.keepalive.unwrap_or(RELEASE_PERIOD);
             let mut ticker = std::pin::pin!(Ticker::new(period));
             // What the source had sent at the last tick: frames received, and bytes of a
@@ -229,7 +231,7 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'a, R, W> {
                         // Nothing more is ready: send the burst, then wait.
                         if dst.needs_flush() {
                             let mut ping_due = false;
-                            let mut ticks_taking_nothing = 0u8;
+                            inbox.flushing(true);
                             let flushed = loop {
                                 tokio::select! {
                                     biased;
@@ -241,24 +243,15 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'a, R, W> {
                                     // the other pump's tick that it is reading.
                                     r = dst.flush_some() => match r {
                                         Ok(true) => break Ok(()),
-                                        Ok(false) => {
-                                            inbox.delivered();
-                                            ticks_taking_nothing = 0;
-                                        }
-                                        Err(_) => break Err(PumpEnd::DestLost),
+                                        Ok(false) => inbox.delivered(),
+                                        Err(e) => break Err(e),
                                     },
-                                    _ = ticker.as_mut().tick(), if stall_check => {
-                                        ticks_taking_nothing += 1;
-                                        if ticks_taking_nothing >= STALL_TICKS {
-                                            break Err(PumpEnd::DestStalled);
-                                        }
-                                    }
                                 }
                             };
-                            if let Err(end) = flushed {
-                                return end;
-                            }
-                            if ping_due && Box::pin(write_ping(dst)).await.is_err() {
+                            inbox.flushing(false);
+                            if flushed.is_err()
+                                || (ping_due && Box::pin(write_ping(dst)).await.is_err())
+                            {
                                 return PumpEnd::DestLost;
                             }
                             // Only a destination that was behind shows by what it
@@ -300,6 +293,18 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'a, R, W> {
                                     if seen != seen_at_tick || took {
                                         seen_at_tick = seen;
                                         pinged = false;
+                                        // Sending, but taking none of what waits for it:
+                                        // a hung reader whose pings go on.
+                                        if took || !peer.is_flushing() || limits.keepalive.is_none() {
+                                            stalled_ticks = 0;
+                                        } else {
+                                            stalled_ticks += 1;
+                                            if stalled_ticks >= STALL_TICKS {
+                                                let stalled = if src_is_client { CLIENT_STALLED } else { BACKEND_STALLED };
+                                                let _ = Box::pin(send_close(dst, stalled)).await;
+                                                return PumpEnd::SourceStalled;
+                                            }
+                                        }
                                         continue;
                                     }
                                     // Idle since the last tick: hold no read or batch memory.
@@ -324,30 +329,21 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Pump<'a, R, W> {
                 match step {
                     Ok(None) => {}
                     Ok(Some(Stop::Full)) => {
-                        let mut ticks_taking_nothing = 0u8;
+                        inbox.flushing(true);
                         loop {
-                            tokio::select! {
-                                biased;
-                                r = dst.flush_some() => match r {
-                                    Ok(done) => {
-                                        if !done || dst.take_waited() || dst.mid_frame() {
-                                            inbox.delivered();
-                                        }
-                                        if done {
-                                            break;
-                                        }
-                                        ticks_taking_nothing = 0;
+                            match dst.flush_some().await {
+                                Ok(done) => {
+                                    if !done || dst.take_waited() || dst.mid_frame() {
+                                        inbox.delivered();
                                     }
-                                    Err(_) => return PumpEnd::DestLost,
-                                },
-                                _ = ticker.as_mut().tick(), if stall_check => {
-                                    ticks_taking_nothing += 1;
-                                    if ticks_taking_nothing >= STALL_TICKS {
-                                        return PumpEnd::DestStalled;
+                                    if done {
+                                        break;
                                     }
                                 }
+                                Err(_) => return PumpEnd::DestLost,
                             }
                         }
+                        inbox.flushing(false);
                     }
                     Ok(Some(Stop::Close(code))) => {
                         return match dst.flush().await {

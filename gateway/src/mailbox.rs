@@ -54,6 +54,9 @@ const SHUTTING_DOWN: u8 = 4;
 /// Not an instruction either: the pump's destination took bytes since the other pump last
 /// looked ([`Mailbox::take_delivered`]).
 const DELIVERED: u8 = 8;
+/// Not an instruction either: the pump is waiting for its destination to take a batch
+/// ([`Mailbox::is_flushing`]).
+const FLUSHING: u8 = 16;
 
 impl Mailbox {
     /// Asks the pump to stop; the first instruction wins.
@@ -82,6 +85,22 @@ impl Mailbox {
         if self.flags.load(Ordering::Relaxed) & DELIVERED == 0 {
             self.flags.fetch_or(DELIVERED, Ordering::Relaxed);
         }
+    }
+
+    /// Notes that the pump waits for its destination to take a batch (`true`), or is done
+    /// waiting: with [`Mailbox::take_delivered`], what tells the other pump that its
+    /// source, though sending, reads nothing.
+    pub(crate) fn flushing(&self, waiting: bool) {
+        if waiting {
+            self.flags.fetch_or(FLUSHING, Ordering::Relaxed);
+        } else {
+            self.flags.fetch_and(!FLUSHING, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the pump is waiting for its destination to take a batch.
+    pub(crate) fn is_flushing(&self) -> bool {
+        self.flags.load(Ordering::Relaxed) & FLUSHING != 0
     }
 
     /// Whether the pump's destination took bytes since the last call.

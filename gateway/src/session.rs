@@ -218,8 +218,8 @@ impl SessionReport {
             | (Direction::Upstream, PumpEnd::DestLost) => "backend_lost",
             (Direction::Upstream, PumpEnd::SourceIdle) => "client_idle",
             (Direction::Downstream, PumpEnd::SourceIdle) => "backend_idle",
-            (Direction::Upstream, PumpEnd::DestStalled) => "backend_stalled",
-            (Direction::Downstream, PumpEnd::DestStalled) => "client_stalled",
+            (Direction::Upstream, PumpEnd::SourceStalled) => "client_stalled",
+            (Direction::Downstream, PumpEnd::SourceStalled) => "backend_stalled",
             (Direction::Upstream, _) => "client_error",
             (Direction::Downstream, _) => "backend_error",
         }
@@ -394,11 +394,9 @@ where
                     // other pump reads on to its source's end, a close passed on or the
                     // connection's end (then it sends its lost-source close).
                     PumpEnd::DestLost => None,
-                    // This pump's destination takes nothing: the other side hears why.
-                    PumpEnd::DestStalled => Some(StopWith::Close(match first.0 {
-                        Direction::Upstream => BACKEND_STALLED,
-                        Direction::Downstream => CLIENT_STALLED,
-                    })),
+                    // The other pump waits on a side that reads nothing: no close can reach
+                    // it (this pump told the other side).
+                    PumpEnd::SourceStalled => Some(StopWith::Nothing),
                 };
                 let (other_tx, upstream_first) = match first.0 {
                     Direction::Upstream => (&down_inbox, true),
@@ -479,8 +477,10 @@ where
         // close answer does not meet a closed socket either.
         // Not when a frame toward it was left unfinished: no close could follow it, and
         // the backend, waiting for the rest of the frame, would never end first.
-        let linger_backend = !matches!(backend_end, Some(PumpEnd::SourceLost))
-            && !matches!(client_end, Some(PumpEnd::DestLost | PumpEnd::DestStalled))
+        let linger_backend = !matches!(
+            backend_end,
+            Some(PumpEnd::SourceLost | PumpEnd::SourceStalled)
+        ) && client_end != Some(PumpEnd::DestLost)
             && !bwrite.mid_frame();
         let backend_side = async move {
             let _ = tokio::time::timeout(close_timeout, async {
