@@ -96,19 +96,8 @@ async fn a_client_gone_mid_frame_does_not_hold_its_backend_for_the_close_timeout
 /// picking codes would otherwise add a series per code.
 #[tokio::test]
 async fn a_private_close_code_the_gateway_echoes_is_counted_under_its_range() -> Result<()> {
-    use support::probe::{Mode, Probe};
     // The backend reads the passed-on close and then says nothing.
-    let backend = Probe::start(Mode::Raw {
-        reply: Vec::new(),
-        extensions: None,
-    })
-    .await?;
-    let gw = GatewayProc::start(ProcOptions {
-        backends: vec![("Backend_PROBE".into(), backend.url())],
-        extra_toml: "[timeouts]\nclose = \"1s\"\n".into(),
-        ..ProcOptions::default()
-    })
-    .await?;
+    let (_backend, gw) = gateway_on_raw_backend(Vec::new()).await?;
     let mut c = loadgen::client::connect(&gw.connect_options("Backend_PROBE")?).await?;
     c.ws.set_auto_close(false);
     send(&mut c.ws, Frame::close(4321, b"mine")).await?;
@@ -130,10 +119,32 @@ async fn a_private_close_code_the_gateway_echoes_is_counted_under_its_range() ->
 /// bug, bad UTF-8 or an oversized message.
 #[tokio::test]
 async fn a_protocol_violation_is_logged_with_its_code_and_reason() -> Result<()> {
-    use support::probe::{Mode, Probe};
     // A masked frame from a server: 1002.
+    let (_backend, gw) =
+        gateway_on_raw_backend(vec![0x81, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2]).await?;
+    let mut c = loadgen::client::connect(&gw.connect_options("Backend_PROBE")?).await?;
+    send(&mut c.ws, Frame::text(Payload::Borrowed(b"go"))).await?;
+    let (code, reason) = expect_close(&mut c.ws).await?;
+    ensure!(
+        (code, reason.as_str()) == (1001, "peer protocol error"),
+        "client got close {code} {reason:?}"
+    );
+    let line = gw.log_line("session ended").await?;
+    ensure!(
+        line.contains("outcome=\"backend_error\"")
+            && line.contains("violation_code=1002")
+            && line.contains("violation=\"protocol error\""),
+        "{line}"
+    );
+    Ok(())
+}
+
+/// A gateway (`[timeouts] close = "1s"`) routing `Backend_PROBE` to a backend that reads
+/// what the client sends first and answers `reply`, as raw bytes.
+async fn gateway_on_raw_backend(reply: Vec<u8>) -> Result<(support::probe::Probe, GatewayProc)> {
+    use support::probe::{Mode, Probe};
     let backend = Probe::start(Mode::Raw {
-        reply: vec![0x81, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2],
+        reply,
         extensions: None,
     })
     .await?;
@@ -143,28 +154,5 @@ async fn a_protocol_violation_is_logged_with_its_code_and_reason() -> Result<()>
         ..ProcOptions::default()
     })
     .await?;
-    let mut c = loadgen::client::connect(&gw.connect_options("Backend_PROBE")?).await?;
-    send(&mut c.ws, Frame::text(Payload::Borrowed(b"go"))).await?;
-    let (code, reason) = expect_close(&mut c.ws).await?;
-    ensure!(
-        (code, reason.as_str()) == (1001, "peer protocol error"),
-        "client got close {code} {reason:?}"
-    );
-    let logged = wait_for("the session's end logged", DEADLINE, || async {
-        Ok(gw.log().contains("session ended"))
-    })
-    .await;
-    ensure!(logged.is_ok(), "no session end:\n{}", gw.log());
-    let log = gw.log();
-    let line = log
-        .lines()
-        .find(|l| l.contains("session ended"))
-        .unwrap_or_default();
-    ensure!(
-        line.contains("outcome=\"backend_error\"")
-            && line.contains("violation_code=1002")
-            && line.contains("violation=\"protocol error\""),
-        "{line}"
-    );
-    Ok(())
+    Ok((backend, gw))
 }

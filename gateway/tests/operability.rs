@@ -970,19 +970,9 @@ async fn a_client_that_leaves_during_the_backend_connect_is_logged_and_counted_a
         async move { Ok(sample(&proc.metrics().await?, metric) == 1.0) }
     })
     .await?;
-    // The line is written just after the count, and read from the process's stderr.
-    let logged = wait_for("the log line", DEADLINE, || {
-        let seen = proc.log().contains("client left before its answer");
-        async move { Ok(seen) }
-    })
-    .await;
-    ensure!(logged.is_ok(), "no log line:\n{}", proc.log());
-    // It names the backend the client waited for.
-    let log = proc.log();
-    let line = log
-        .lines()
-        .find(|l| l.contains("client left before its answer"))
-        .unwrap_or_default();
+    // The line is written just after the count; it names the backend the client waited
+    // for.
+    let line = proc.log_line("client left before its answer").await?;
     ensure!(line.contains("Backend_ABC"), "{line}");
     Ok(())
 }
@@ -1009,17 +999,7 @@ async fn a_huge_backend_id_is_cut_short_in_the_refusal_log_line() -> Result<()> 
     let mut answer = vec![0; 12];
     tokio::time::timeout(DEADLINE, tls.read_exact(&mut answer)).await??;
     ensure!(answer.starts_with(b"HTTP/1.1 404"), "{answer:?}");
-    let logged = wait_for("the refusal's log line", DEADLINE, || {
-        let seen = proc.log().contains("unknown backend ID");
-        async move { Ok(seen) }
-    })
-    .await;
-    ensure!(logged.is_ok(), "no log line:\n{}", proc.log());
-    let log = proc.log();
-    let line = log
-        .lines()
-        .find(|l| l.contains("unknown backend ID"))
-        .unwrap_or_default();
+    let line = proc.log_line("unknown backend ID").await?;
     // The start of the ID is there to recognise, and the line stays short.
     let start: String = line.chars().take(300).collect();
     ensure!(line.contains("Backend_ZZZ"), "{start}");

@@ -162,6 +162,25 @@ impl GatewayProc {
         self.log.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
+    /// The first line it logged holding `text`, waited for (with a deadline): a line is
+    /// read from the process's stderr by another thread, a moment after what it tells of
+    /// (a count, an answer) can be seen.
+    pub async fn log_line(&self, text: &str) -> Result<String> {
+        let found = || {
+            self.log()
+                .lines()
+                .find(|l| l.contains(text))
+                .map(str::to_owned)
+        };
+        wait_for(&format!("a log line with {text:?}"), DEADLINE, || {
+            let seen = found().is_some();
+            async move { Ok(seen) }
+        })
+        .await
+        .with_context(|| self.log())?;
+        found().context("the line went away")
+    }
+
     /// The config file the process was started with (rewrite it, then reload).
     pub fn config_path(&self) -> PathBuf {
         self.dir.join("Config.toml")
