@@ -358,6 +358,18 @@ impl Report {
         self.verdict().is_none()
     }
 
+    /// In open loop, the rate the messages went out at when it fell short of the rate
+    /// asked (below 95 % of it): the generator, or what it sends through, could not keep
+    /// up, and the run measured a lighter load than asked.
+    pub fn rate_shortfall(&self) -> Option<f64> {
+        let asked = self.rate?;
+        if self.duration_s <= 0.0 {
+            return None;
+        }
+        let sent = self.total.messages.sent as f64 / self.duration_s;
+        (sent < 0.95 * asked).then_some(sent)
+    }
+
     /// Why the run failed, if it did. Integrity errors come first; then an interrupted
     /// run is that (its connections were cut short by the stop, not by the server).
     pub fn verdict(&self) -> Option<String> {
@@ -539,6 +551,13 @@ pub fn write_table(r: &Report, w: &mut dyn Write) -> io::Result<()> {
             r.tls_resumed, r.total.connections.opened
         )?;
     }
+    if let (Some(sent), Some(asked)) = (r.rate_shortfall(), r.rate) {
+        writeln!(
+            w,
+            "open loop behind: messages went out at {sent:.0} msg/s of the {asked} asked ({:.0} %)",
+            100.0 * sent / asked
+        )?;
+    }
     let verdict = r
         .verdict()
         .unwrap_or_else(|| "PASS: no integrity errors".to_owned());
@@ -649,6 +668,46 @@ mod tests {
         );
         let v = report(&[bad], false).verdict().unwrap_or_default();
         assert_eq!(v, "FAIL: integrity errors");
+        Ok(())
+    }
+
+    #[test]
+    fn an_open_loop_that_fell_behind_its_rate_says_so() -> anyhow::Result<()> {
+        let h = crate::stats::new_histogram();
+        // 3 messages in 2 s: 1.5 msg/s.
+        let outs = [outcome(0, End::Clean, 3)];
+        let report = |rate: Option<f64>| Report {
+            version: 1,
+            url: "ws://x".into(),
+            mode: "open".into(),
+            inflight: 1,
+            rate,
+            size: 128,
+            duration_s: 2.0,
+            connect_phase_s: 0.1,
+            conns_per_s: None,
+            reconnect: false,
+            backends: Vec::new(),
+            total: section("total", 1, outs.iter(), &h, &h, 128, 2.0),
+            loadgen: Usage::default(),
+            tls_suites: Vec::new(),
+            tls_resumed: 0,
+            interrupted: false,
+        };
+        let table = |r: &Report| -> anyhow::Result<String> {
+            let mut out = Vec::new();
+            write_table(r, &mut out)?;
+            Ok(String::from_utf8(out)?)
+        };
+        let behind = table(&report(Some(100.0)))?;
+        assert!(
+            behind.contains("open loop behind: messages went out at 2 msg/s of the 100 asked"),
+            "{behind}"
+        );
+        for kept_up in [Some(1.5), None] {
+            let t = table(&report(kept_up))?;
+            assert!(!t.contains("behind"), "{t}");
+        }
         Ok(())
     }
 
