@@ -69,13 +69,6 @@ pub struct BrowserConfig {
 }
 
 impl BrowserConfig {
-    /// Whether a token may come another way than the `Authorization` header.
-    pub fn any_token_source(&self) -> bool {
-        self.token_query.is_some()
-            || self.token_protocol_prefix.is_some()
-            || self.token_cookie.is_some()
-    }
-
     /// Whether a request with this `Origin` header value (`None`: without one) may pass.
     /// Origins compare as the browser serializes them (scheme, host and port, lower case,
     /// default port left out).

@@ -85,13 +85,13 @@ pub fn extract<'r, B>(
     };
 
     // A Bearer header wins; another scheme (a browser's cached Basic credentials for the
-    // site) is no token, and the browser's own ways are looked at as without one.
+    // site) is no token, and the browser's own ways are looked at as without one (none
+    // found, the header's problem is the answer).
     let from_header = headers
         .get(header::AUTHORIZATION)
         .map(|value| bearer(value.as_bytes()));
     let token = match from_header {
         Some(Ok(token)) => Ok(Cow::Borrowed(token)),
-        Some(Err(e)) if !browser.any_token_source() => Err(e),
         Some(Err(_)) | None => {
             let from_query = browser
                 .token_query
@@ -132,9 +132,17 @@ pub fn backend_named<'r, B>(req: &'r Request<B>, browser: &BrowserConfig) -> Opt
 /// short, and a 16 KB header would otherwise make a 16 KB line for every refusal.
 pub const LOGGED_ID_CHARS: usize = 64;
 
-/// The client's backend ID as logged: cut to [`LOGGED_ID_CHARS`] characters, with `…`
-/// marking a cut.
-pub fn logged_id(id: &str) -> Cow<'_, str> {
+/// The backend ID a request names (see [`backend_named`]) as logged: cut to
+/// [`LOGGED_ID_CHARS`] characters, with `…` marking a cut.
+pub fn logged_backend<'r, B>(req: &'r Request<B>, browser: &BrowserConfig) -> Option<Cow<'r, str>> {
+    Some(match backend_named(req, browser)? {
+        Cow::Borrowed(id) => logged_id(id),
+        Cow::Owned(id) => Cow::Owned(logged_id(&id).into_owned()),
+    })
+}
+
+/// `id` cut to [`LOGGED_ID_CHARS`] characters, with `…` marking a cut.
+fn logged_id(id: &str) -> Cow<'_, str> {
     match id.char_indices().nth(LOGGED_ID_CHARS) {
         None => Cow::Borrowed(id),
         Some((end, _)) => Cow::Owned(format!("{}…", &id[..end])),

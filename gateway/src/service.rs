@@ -122,19 +122,10 @@ pub async fn serve_connection(
         let on_upgrade = req.extensions().get::<hyper::upgrade::OnUpgrade>().cloned();
         let refused_upgrade = svc_refused_upgrade.clone();
         async move {
-            let backend = credentials::backend_named(&req, &shared.config().browser)
-                .map(|id| credentials::logged_id(&id).into_owned());
-            let waiting = ClientWaiting {
-                shared: Some(shared.clone()),
-                conn_id,
-                peer,
-                backend,
-            };
             let response = handle(shared, req, peer, conn_id, permit, limit_hit).await;
             if response.status() != StatusCode::SWITCHING_PROTOCOLS {
                 refused_upgrade.keep(on_upgrade);
             }
-            waiting.answered();
             Ok::<_, Infallible>(response)
         }
     });
@@ -244,7 +235,16 @@ async fn handle(
             &req,
         );
     }
-    match prepare(&shared, &req, peer).await {
+    // The one wait: what a client that leaves leaves during.
+    let waiting = ClientWaiting {
+        shared: Some(&shared),
+        conn_id,
+        peer,
+        req: &req,
+    };
+    let prepared = prepare(&shared, &req, peer).await;
+    waiting.answered();
+    match prepared {
         Ok(Prepared {
             target,
             conn,
@@ -274,7 +274,7 @@ async fn handle(
                 async move {
                     match on_upgrade.await {
                         Ok(upgraded) => {
-                            let ids = (conn_id, peer, &*target);
+                            let ids = (conn_id, peer);
                             start_session(upgraded, conn, ids, token_expiry, slot, active)
                         }
                         Err(e) => {
@@ -311,8 +311,7 @@ fn refuse<B>(
 ) -> Response<Body> {
     let status = refusal.status().as_u16();
     shared.metrics.refused(status, refusal.label());
-    let named = credentials::backend_named(req, &shared.config().browser);
-    let backend = named.as_deref().map(credentials::logged_id);
+    let backend = credentials::logged_backend(req, &shared.config().browser);
     let backend = backend.as_deref();
     if refusal.status().is_server_error() {
         warn!(conn = conn_id, %peer, backend, status, reason = %refusal, "refused");
@@ -325,28 +324,29 @@ fn refuse<B>(
 /// A request waiting for its answer (the token check, the backend connect). Dropped
 /// unanswered, the client left first: logged and counted as nginx does, 499
 /// `client_closed`, so that an upgrade given up during a slow backend connect is seen.
-struct ClientWaiting {
+struct ClientWaiting<'r, B> {
     /// `None` once answered.
-    shared: Option<Arc<Shared>>,
+    shared: Option<&'r Shared>,
     conn_id: u64,
     peer: SocketAddr,
-    /// The backend ID the request named, as logged.
-    backend: Option<String>,
+    /// The request, for the backend ID it named.
+    req: &'r Request<B>,
 }
 
-impl ClientWaiting {
+impl<B> ClientWaiting<'_, B> {
     fn answered(mut self) {
         self.shared = None;
     }
 }
 
-impl Drop for ClientWaiting {
+impl<B> Drop for ClientWaiting<'_, B> {
     fn drop(&mut self) {
         let Some(shared) = self.shared.take() else {
             return;
         };
         shared.metrics.refused(499, "client_closed");
-        info!(conn = self.conn_id, peer = %self.peer, backend = self.backend.as_deref(), status = 499, "client left before its answer");
+        let backend = credentials::logged_backend(self.req, &shared.config().browser);
+        info!(conn = self.conn_id, peer = %self.peer, backend = backend.as_deref(), status = 499, "client left before its answer");
     }
 }
 
@@ -521,7 +521,7 @@ fn accept(
 fn start_session(
     upgraded: hyper::upgrade::Upgraded,
     backend: BackendConn,
-    (conn_id, peer, target): (u64, SocketAddr, &str),
+    (conn_id, peer): (u64, SocketAddr),
     token_expiry: Option<std::time::SystemTime>,
     slot: Option<Slot>,
     active: ActiveSession,
@@ -567,7 +567,7 @@ fn start_session(
         // Counts this session against its pool instance while its backend connection lasts.
         lease,
     ));
-    let backend_id = target.to_owned();
+    let backend_id = active.backend.clone();
     tokio::spawn(
         async move {
             let _slot = slot;

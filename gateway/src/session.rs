@@ -34,12 +34,14 @@ pub const BACKEND_LOST: CloseMsg = CloseMsg {
     code: 1011,
     reason: "bad gateway: backend connection lost",
 };
-/// Sent to the client when the backend has taken none of its bytes for the idle timeout.
+/// Sent to the client when the backend, still sending, has taken none of its bytes for
+/// 1.5 to 2 × the idle timeout.
 pub const BACKEND_STALLED: CloseMsg = CloseMsg {
     code: 1001,
     reason: "backend not reading",
 };
-/// Sent to the backend when the client has taken none of its bytes for the idle timeout.
+/// Sent to the backend when the client, still sending, has taken none of its bytes for
+/// 1.5 to 2 × the idle timeout.
 pub const CLIENT_STALLED: CloseMsg = CloseMsg {
     code: 1001,
     reason: "client not reading",

@@ -634,17 +634,16 @@ mod tests {
         Ok(())
     }
 
-    #[test]
-    fn an_interrupted_run_says_so_even_when_it_also_failed() -> anyhow::Result<()> {
+    /// A 2 s run of 128 B messages with these connections' outcomes; open loop at `rate`
+    /// when given.
+    fn report_of(outs: &[Outcome], rate: Option<f64>, interrupted: bool) -> Report {
         let h = crate::stats::new_histogram();
-        let mut bad = outcome(0, End::Clean, 3);
-        bad.errors.missing = 2;
-        let report = |outs: &[Outcome], interrupted: bool| Report {
+        Report {
             version: 1,
             url: "ws://x".into(),
-            mode: "closed".into(),
+            mode: if rate.is_some() { "open" } else { "closed" }.into(),
             inflight: 1,
-            rate: None,
+            rate,
             size: 128,
             duration_s: 2.0,
             connect_phase_s: 0.1,
@@ -656,7 +655,14 @@ mod tests {
             tls_suites: Vec::new(),
             tls_resumed: 0,
             interrupted,
-        };
+        }
+    }
+
+    #[test]
+    fn an_interrupted_run_says_so_even_when_it_also_failed() -> anyhow::Result<()> {
+        let mut bad = outcome(0, End::Clean, 3);
+        bad.errors.missing = 2;
+        let report = |outs: &[Outcome], interrupted: bool| report_of(outs, None, interrupted);
         let clean = [outcome(0, End::Clean, 3)];
         assert_eq!(report(&clean, false).verdict(), None);
         let v = report(&clean, true).verdict().unwrap_or_default();
@@ -673,27 +679,9 @@ mod tests {
 
     #[test]
     fn an_open_loop_that_fell_behind_its_rate_says_so() -> anyhow::Result<()> {
-        let h = crate::stats::new_histogram();
         // 3 messages in 2 s: 1.5 msg/s.
         let outs = [outcome(0, End::Clean, 3)];
-        let report = |rate: Option<f64>| Report {
-            version: 1,
-            url: "ws://x".into(),
-            mode: "open".into(),
-            inflight: 1,
-            rate,
-            size: 128,
-            duration_s: 2.0,
-            connect_phase_s: 0.1,
-            conns_per_s: None,
-            reconnect: false,
-            backends: Vec::new(),
-            total: section("total", 1, outs.iter(), &h, &h, 128, 2.0),
-            loadgen: Usage::default(),
-            tls_suites: Vec::new(),
-            tls_resumed: 0,
-            interrupted: false,
-        };
+        let report = |rate: Option<f64>| report_of(&outs, rate, false);
         let table = |r: &Report| -> anyhow::Result<String> {
             let mut out = Vec::new();
             write_table(r, &mut out)?;

@@ -79,24 +79,41 @@ async fn serve(stream: TcpStream, breakage: Breakage) -> anyhow::Result<()> {
     }
 }
 
-async fn run_against(breakage: Breakage) -> anyhow::Result<(IntegrityErrors, bool)> {
-    let addr = start_echo(breakage).await?;
+/// A closed-loop run (4 in flight per connection) of `conns` connections against the echo
+/// server at `addr`, sending for `duration` and waiting up to `drain` for the last echoes.
+async fn run_on(
+    addr: SocketAddr,
+    conns: usize,
+    duration: Duration,
+    drain: Duration,
+) -> anyhow::Result<load::LoadRun> {
     let opts = LoadOptions {
         url: format!("ws://{addr}/echo"),
         backends: vec!["Backend_ABC".into()],
-        conns: 4,
+        conns,
         inflight: 4,
-        duration: Duration::from_millis(800),
-        drain_timeout: Duration::from_millis(500),
+        duration,
+        drain_timeout: drain,
         token: TokenSource::None,
         ca: None,
         ..Default::default()
     };
-    let run = tokio::time::timeout(
+    tokio::time::timeout(
         Duration::from_secs(30),
         load::run(&opts, tokio::sync::mpsc::unbounded_channel().1),
     )
-    .await??;
+    .await?
+}
+
+async fn run_against(breakage: Breakage) -> anyhow::Result<(IntegrityErrors, bool)> {
+    let addr = start_echo(breakage).await?;
+    let run = run_on(
+        addr,
+        4,
+        Duration::from_millis(800),
+        Duration::from_millis(500),
+    )
+    .await?;
     assert_eq!(run.report.total.connections.opened, 4);
     assert!(run.report.total.messages.echoed > 0);
     Ok((run.report.total.errors.kinds, run.report.passed()))
@@ -228,22 +245,7 @@ async fn an_overtaken_echo_that_comes_within_the_drain_is_reordered_not_missing(
             tokio::spawn(serve_first_late(stream, Duration::from_secs(1)));
         }
     });
-    let opts = LoadOptions {
-        url: format!("ws://{addr}/echo"),
-        backends: vec!["Backend_ABC".into()],
-        conns: 2,
-        inflight: 4,
-        duration: Duration::from_millis(300),
-        drain_timeout: Duration::from_secs(5),
-        token: TokenSource::None,
-        ca: None,
-        ..Default::default()
-    };
-    let run = tokio::time::timeout(
-        Duration::from_secs(30),
-        load::run(&opts, tokio::sync::mpsc::unbounded_channel().1),
-    )
-    .await??;
+    let run = run_on(addr, 2, Duration::from_millis(300), Duration::from_secs(5)).await?;
     let total = &run.report.total;
     assert_eq!(total.connections.opened, 2);
     assert_eq!(
