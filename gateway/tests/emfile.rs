@@ -169,12 +169,14 @@ async fn health_checks_that_find_no_descriptor_eject_no_instance() -> Result<()>
         ..ProcOptions::default()
     })
     .await?;
-    // Five pools of 60 instances, each probed every second, all at once: more sockets
-    // than the descriptors left. Added by a reload, once the gateway serves.
+    // Ten pools of 60 instances, each probed every second, all at once: more sockets
+    // than the descriptors left, even when the pools' rounds do not start together (on
+    // a loaded machine five pools' rounds did not overlap enough). Added by a reload,
+    // once the gateway serves.
     let urls: Vec<String> = (0..60)
         .map(|i| format!("\"{}?i={i}\"", backend.url()))
         .collect();
-    let pools: String = (0..5)
+    let pools: String = (0..10)
         .map(|p| {
             format!(
                 "\n[backends.P{p}]\nurls = [{}]\nhealth_interval = \"1s\"\nhealth_check = \"tcp\"\n",

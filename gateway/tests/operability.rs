@@ -1222,12 +1222,16 @@ async fn a_full_admin_listener_closes_its_oldest_idle_connection_for_a_health_ch
     // still gets its answer.
     let (status, body) = admin(&proc, "GET", "/healthz").await?;
     ensure!(status == 200, "{status} {body}");
-    // The oldest held connection made room: it is closed without an answer.
+    // The oldest held connection made room: it is closed without an answer (with a reset
+    // when its half request was still unread in the gateway's socket).
     let mut oldest = held.remove(0);
     let mut answer = Vec::new();
-    tokio::time::timeout(DEADLINE, oldest.read_to_end(&mut answer))
+    let read = tokio::time::timeout(DEADLINE, oldest.read_to_end(&mut answer))
         .await
-        .context("the oldest idle connection was kept")??;
+        .context("the oldest idle connection was kept")?;
+    if let Err(e) = read {
+        ensure!(e.kind() == std::io::ErrorKind::ConnectionReset, "{e}");
+    }
     ensure!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
     // The newest held one is still open: it finishes its request and is answered.
     let newest = held.last_mut().context("no held connection")?;
