@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use hdrhistogram::Histogram;
 
-use crate::report::{fmt_us, Report};
+use crate::report::{fmt_opt_us, Report};
 
 const WIDTH: f64 = 900.0;
 const HEIGHT: f64 = 460.0;
@@ -199,11 +199,11 @@ pub fn html(report: &Report, series: &[Series<'_>]) -> String {
             escape(&s.backend),
             s.messages.echoed,
             s.messages.msgs_per_s,
-            fmt_us(l.p50),
-            fmt_us(l.p90),
-            fmt_us(l.p99),
-            fmt_us(l.p999),
-            fmt_us(l.max),
+            fmt_opt_us(l.p50),
+            fmt_opt_us(l.p90),
+            fmt_opt_us(l.p99),
+            fmt_opt_us(l.p999),
+            fmt_opt_us(l.max),
             s.errors.total
         );
     }

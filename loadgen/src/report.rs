@@ -30,9 +30,10 @@
 //!                    "dropped", "drops": [ { "reason", "count" } ],
 //!                    "closes": [ { "reason": "1001", "count": 40 } ],  // ended by the server
 //!                    "reconnects", "reconnect_failures",
-//!                    "connect_ms": { "p50", "p99", "max" } },
+//!                    "connect_ms": { "p50", "p99", "max" } },  // null if none opened
 //!   "messages": { "sent", "echoed", "pushes", "lost_at_close", "msgs_per_s", "bytes_per_s" },
 //!   "rtt_us": { "count", "min", "mean", "p50", "p90", "p99", "p999", "max" },
+//!                                  // all but count null when count is 0 (nothing echoed)
 //!   "errors": { "missing", "duplicate", "reordered", "corrupted", "unexpected", "total" }
 //! }
 //! ```
@@ -157,15 +158,16 @@ pub struct Count {
     pub count: u64,
 }
 
-/// Connect-time percentiles, ms.
+/// Connect-time percentiles, ms. Each is `None` (JSON `null`) when no connection opened:
+/// a 0 would read as connections that opened in no time.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ConnectLatency {
     /// Median.
-    pub p50: f64,
+    pub p50: Option<f64>,
     /// 99th percentile.
-    pub p99: f64,
+    pub p99: Option<f64>,
     /// Slowest.
-    pub max: f64,
+    pub max: Option<f64>,
 }
 
 /// Message counts and rates.
@@ -187,25 +189,26 @@ pub struct Messages {
     pub bytes_per_s: f64,
 }
 
-/// Round-trip percentiles, µs.
+/// Round-trip percentiles, µs. With no samples (`count` 0: nothing echoed) every
+/// statistic is `None` (JSON `null`): a 0 would read as a 0 µs round trip.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Latency {
     /// Samples.
     pub count: u64,
     /// Fastest.
-    pub min: u64,
+    pub min: Option<u64>,
     /// Mean.
-    pub mean: f64,
+    pub mean: Option<f64>,
     /// Median.
-    pub p50: u64,
+    pub p50: Option<u64>,
     /// 90th percentile.
-    pub p90: u64,
+    pub p90: Option<u64>,
     /// 99th percentile.
-    pub p99: u64,
+    pub p99: Option<u64>,
     /// 99.9th percentile.
-    pub p999: u64,
+    pub p999: Option<u64>,
     /// Slowest.
-    pub max: u64,
+    pub max: Option<u64>,
 }
 
 /// Integrity errors by kind, and their sum.
@@ -238,31 +241,31 @@ pub struct Usage {
 }
 
 impl Latency {
-    /// Percentiles of `h` (µs).
+    /// Percentiles of `h` (µs); all `None` when `h` is empty.
     pub fn from_histogram(h: &Histogram<u64>) -> Self {
         if h.is_empty() {
             return Self::default();
         }
         Self {
             count: h.len(),
-            min: h.min(),
-            mean: h.mean(),
-            p50: h.value_at_quantile(0.50),
-            p90: h.value_at_quantile(0.90),
-            p99: h.value_at_quantile(0.99),
-            p999: h.value_at_quantile(0.999),
-            max: h.max(),
+            min: Some(h.min()),
+            mean: Some(h.mean()),
+            p50: Some(h.value_at_quantile(0.50)),
+            p90: Some(h.value_at_quantile(0.90)),
+            p99: Some(h.value_at_quantile(0.99)),
+            p999: Some(h.value_at_quantile(0.999)),
+            max: Some(h.max()),
         }
     }
 }
 
 impl ConnectLatency {
-    /// Percentiles of `h` (µs in, ms out).
+    /// Percentiles of `h` (µs in, ms out); all `None` when `h` is empty.
     pub fn from_histogram(h: &Histogram<u64>) -> Self {
         if h.is_empty() {
             return Self::default();
         }
-        let ms = |us: u64| us as f64 / 1000.0;
+        let ms = |us: u64| Some(us as f64 / 1000.0);
         Self {
             p50: ms(h.value_at_quantile(0.5)),
             p99: ms(h.value_at_quantile(0.99)),
@@ -415,8 +418,14 @@ pub fn fmt_us(us: u64) -> String {
     }
 }
 
-fn fmt_ms(ms: f64) -> String {
-    fmt_us((ms * 1000.0) as u64)
+/// [`fmt_us`] of a statistic, or `-` when there is none (no sample to take it from).
+pub fn fmt_opt_us(us: Option<u64>) -> String {
+    us.map_or_else(|| "-".to_owned(), fmt_us)
+}
+
+/// A statistic in ms as [`fmt_us`] writes it, or `-` when there is none.
+fn fmt_opt_ms(ms: Option<f64>) -> String {
+    fmt_opt_us(ms.map(|ms| (ms * 1000.0) as u64))
 }
 
 /// Writes the report as a plain table.
@@ -440,37 +449,23 @@ pub fn write_table(r: &Report, w: &mut dyn Write) -> io::Result<()> {
     for s in r.backends.iter().chain(std::iter::once(&r.total)) {
         let c = &s.connections;
         let l = &s.rtt_us;
-        let conn_ms = |v: f64| {
-            if c.opened == 0 {
-                "-".to_owned()
-            } else {
-                fmt_ms(v)
-            }
-        };
-        let rtt = |v: u64| {
-            if l.count == 0 {
-                "-".to_owned()
-            } else {
-                fmt_us(v)
-            }
-        };
         writeln!(
             w,
             "{:<12} {:>13} {:>6} {:>9} {:>9} {:>11} {:>11} {:>10.0} {:>8.2} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}",
             s.backend,
             format!("{}/{}", c.opened, c.requested),
             c.failed,
-            conn_ms(c.connect_ms.p50),
-            conn_ms(c.connect_ms.p99),
+            fmt_opt_ms(c.connect_ms.p50),
+            fmt_opt_ms(c.connect_ms.p99),
             s.messages.sent,
             s.messages.echoed,
             s.messages.msgs_per_s,
             s.messages.bytes_per_s / 1e6,
-            rtt(l.p50),
-            rtt(l.p90),
-            rtt(l.p99),
-            rtt(l.p999),
-            rtt(l.max),
+            fmt_opt_us(l.p50),
+            fmt_opt_us(l.p90),
+            fmt_opt_us(l.p99),
+            fmt_opt_us(l.p999),
+            fmt_opt_us(l.max),
             s.errors.total,
         )?;
     }
@@ -696,6 +691,43 @@ mod tests {
             let t = table(&report(kept_up))?;
             assert!(!t.contains("behind"), "{t}");
         }
+        Ok(())
+    }
+
+    #[test]
+    fn an_empty_histogram_has_null_statistics_not_zeros() -> anyhow::Result<()> {
+        // Nothing opened, nothing echoed: the histograms are empty. A 0 in the JSON read
+        // as a 0 µs round trip (and a 0 ms connect).
+        let r = report_of(
+            &[outcome(0, End::Failed("HTTP 503".into()), 0)],
+            None,
+            false,
+        );
+        let json = serde_json::to_value(&r)?;
+        let rtt = &json["total"]["rtt_us"];
+        assert_eq!(rtt["count"], 0, "{rtt}");
+        for key in ["min", "mean", "p50", "p90", "p99", "p999", "max"] {
+            assert!(rtt[key].is_null(), "rtt_us.{key}: {rtt}");
+        }
+        let connect = &json["total"]["connections"]["connect_ms"];
+        for key in ["p50", "p99", "max"] {
+            assert!(connect[key].is_null(), "connect_ms.{key}: {connect}");
+        }
+        assert_eq!(json["total"]["messages"]["echoed"], 0);
+        // The text table and the HTML page show no statistic either, not a 0.
+        let mut text = Vec::new();
+        write_table(&r, &mut text)?;
+        let text = String::from_utf8(text)?;
+        let html = crate::plot::html(&r, &[]);
+        for page in [&text, &html] {
+            assert!(!page.contains("0µs"), "{page}");
+        }
+        let total = text.lines().find(|l| l.starts_with("total")).unwrap_or("");
+        assert_eq!(
+            total.split_whitespace().filter(|w| *w == "-").count(),
+            7,
+            "{total}"
+        );
         Ok(())
     }
 

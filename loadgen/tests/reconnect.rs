@@ -360,8 +360,8 @@ async fn an_open_loop_resumes_at_the_reconnect_without_the_messages_due_meanwhil
         t.messages.sent
     );
     assert!(
-        t.rtt_us.max < 300_000,
-        "a round trip counted across the gap: max {} µs",
+        t.rtt_us.max.is_some_and(|max| max < 300_000),
+        "a round trip counted across the gap: max {:?} µs",
         t.rtt_us.max
     );
     Ok(())
