@@ -513,6 +513,14 @@ pub fn write_table(r: &Report, w: &mut dyn Write) -> io::Result<()> {
             t.connections.reconnect_failures,
             t.messages.lost_at_close,
         )?;
+    } else if t.messages.lost_at_close > 0 {
+        // Without that line (no close by the server, no --reconnect), the messages an
+        // interrupted run's connections left unanswered would show only in the JSON.
+        writeln!(
+            w,
+            "messages lost at close: {} (sent, not echoed before their connection closed)",
+            t.messages.lost_at_close
+        )?;
     }
     if let Some(rate) = r.conns_per_s {
         writeln!(
@@ -728,6 +736,26 @@ mod tests {
             7,
             "{total}"
         );
+        Ok(())
+    }
+
+    #[test]
+    fn messages_lost_at_close_show_in_the_table_when_there_are_any() -> anyhow::Result<()> {
+        let table = |r: &Report| -> anyhow::Result<String> {
+            let mut out = Vec::new();
+            write_table(r, &mut out)?;
+            Ok(String::from_utf8(out)?)
+        };
+        // A Ctrl-C abandoned a connection with 4 messages unanswered: no close by the
+        // server, no --reconnect, and the count was in the JSON only.
+        let abandoned = Outcome {
+            lost_at_close: 4,
+            ..outcome(0, End::Dropped(crate::conn::ABANDONED.into()), 3)
+        };
+        let t = table(&report_of(&[abandoned], None, true))?;
+        assert!(t.contains("messages lost at close: 4"), "{t}");
+        let t = table(&report_of(&[outcome(0, End::Clean, 3)], None, false))?;
+        assert!(!t.contains("lost at close"), "{t}");
         Ok(())
     }
 
