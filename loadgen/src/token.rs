@@ -67,12 +67,35 @@ impl TokenSource {
             TokenSource::Mint(path) => {
                 let pem = std::fs::read(path)
                     .with_context(|| format!("reading the JWT signing key {}", path.display()))?;
+                // jsonwebtoken takes an RSA public key as an encoding key and fails only
+                // at signing, with a bare "signature error": say what is wrong instead.
+                if holds_public_key(&pem) {
+                    anyhow::bail!(
+                        "{} holds a public key: --jwt-key needs the RSA private key",
+                        path.display()
+                    );
+                }
                 mint_sample(&pem)
                     .with_context(|| format!("minting a token with {}", path.display()))
                     .map(Some)
             }
         }
     }
+}
+
+/// Whether the first PEM block in `pem` is a public key (`-----BEGIN PUBLIC KEY-----` or
+/// `-----BEGIN RSA PUBLIC KEY-----`), the half of the pair that cannot sign.
+fn holds_public_key(pem: &[u8]) -> bool {
+    const BEGIN: &str = "-----BEGIN ";
+    let Ok(text) = std::str::from_utf8(pem) else {
+        return false;
+    };
+    let Some(start) = text.find(BEGIN) else {
+        return false;
+    };
+    let rest = &text[start + BEGIN.len()..];
+    rest.split_once("-----")
+        .is_some_and(|(label, _)| label.trim().ends_with("PUBLIC KEY"))
 }
 
 #[cfg(test)]
@@ -98,6 +121,26 @@ mod tests {
         let exp = data.claims["exp"].as_u64().unwrap_or(0);
         let iat = data.claims["iat"].as_u64().unwrap_or(0);
         assert_eq!(exp - iat, SAMPLE_LIFETIME_SECS);
+        Ok(())
+    }
+
+    #[test]
+    fn only_the_public_halves_read_as_public_keys() -> anyhow::Result<()> {
+        for (file, public) in [
+            ("jwt-public.pem", true),
+            ("jwt-es256-public.pem", true),
+            ("jwt-private.pem", false),
+            ("server.crt", false),
+        ] {
+            assert_eq!(
+                holds_public_key(&std::fs::read(certs().join(file))?),
+                public,
+                "{file}"
+            );
+        }
+        assert!(holds_public_key(b"-----BEGIN RSA PUBLIC KEY-----\nAAAA\n"));
+        assert!(!holds_public_key(b"not a key"));
+        assert!(!holds_public_key(&[0xff, 0xfe, 0x30]));
         Ok(())
     }
 
