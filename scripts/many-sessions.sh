@@ -228,15 +228,16 @@ for ((k = 0; k <= n_lg; k++)); do
     failed=$((failed + $(jq .total.connections.failed "$j")))
     errors=$((errors + $(jq .total.errors.total "$j")))
     echoed=$((echoed + $(jq .total.messages.echoed "$j")))
-    p99=$(jq .total.rtt_us.p99 "$j")
-    p50=$(jq .total.rtt_us.p50 "$j")
+    # null (loadgen's JSON version 2) when that loadgen got no echo: it raises no maximum
+    p99=$(jq '.total.rtt_us.p99 // 0' "$j")
+    p50=$(jq '.total.rtt_us.p50 // 0' "$j")
     ((p99 > p99max)) && p99max=$p99
     ((p50 > p50max)) && p50max=$p50
     handshake_rates+=("$(jq -r '.conns_per_s // 0 | floor' "$j")")
 done
 j="$tmp/lg$n_lg.json"
-probe_p50=$(jq .total.rtt_us.p50 "$j" 2>/dev/null || echo 0)
-probe_p99=$(jq .total.rtt_us.p99 "$j" 2>/dev/null || echo 0)
+probe_p50=$(jq '.total.rtt_us.p50 // 0' "$j" 2>/dev/null || echo 0)
+probe_p99=$(jq '.total.rtt_us.p99 // 0' "$j" 2>/dev/null || echo 0)
 probe_n=$(jq .total.rtt_us.count "$j" 2>/dev/null || echo 0)
 ms() { awk -v v="$1" 'BEGIN { printf "%.1f", v / 1000 }'; }
 rate_all=$(python3 -c "print(f'{$held / max($open_s, 1):.0f}')")
@@ -252,6 +253,7 @@ echo "  RTT whole run incl. opening and the closing storm: p50 <= $(ms "$p50max"
 echo "  integrity errors: $errors"
 if ((held < sessions)); then echo "  FAIL  fewer sessions held than asked"; fail=1; fi
 if ((errors > 0)); then echo "  FAIL  integrity errors"; fail=1; fi
+if ((probe_n == 0)); then echo "  FAIL  the probe got no echo: no steady-state RTT"; fail=1; fi
 if ((probe_p99 >= 50000)); then echo "  NOTE  steady-state p99 above the 50 ms goal"; fi
 if ((fail)); then
     for ((i = 0; i < n_gw; i++)); do

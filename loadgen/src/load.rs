@@ -594,7 +594,7 @@ fn build(
         source_addrs: run.source_addrs,
     };
     let report = Report {
-        version: 1,
+        version: crate::report::JSON_VERSION,
         url: opts.url.clone(),
         mode: if opts.rate.is_some() {
             "open"

@@ -1,11 +1,11 @@
 //! The run's results, per backend and in total: built from the connections' outcomes and
 //! the histograms, written as a plain table (stdout) and as JSON (`--json FILE`).
 //!
-//! # JSON document (`version` 1)
+//! # JSON document (`version` 2)
 //!
 //! ```text
 //! {
-//!   "version": 1,
+//!   "version": 2,                  // 2: empty histograms' statistics are null (1: 0)
 //!   "url": "wss://localhost:9090/gateway",
 //!   "mode": "closed" | "open",
 //!   "inflight": 1,                 // closed loop: messages outstanding per connection
@@ -49,10 +49,14 @@ use serde::{Deserialize, Serialize};
 use crate::conn::{End, Outcome};
 use crate::track::IntegrityErrors;
 
+/// The JSON document's format version. 2 since an empty histogram's statistics became
+/// `null` instead of 0: a reader that takes them as numbers must know.
+pub const JSON_VERSION: u32 = 2;
+
 /// The whole report.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
-    /// Format version of this document: 1.
+    /// Format version of this document: [`JSON_VERSION`].
     pub version: u32,
     /// Target URL.
     pub url: String,
@@ -642,7 +646,7 @@ mod tests {
     fn report_of(outs: &[Outcome], rate: Option<f64>, interrupted: bool) -> Report {
         let h = crate::stats::new_histogram();
         Report {
-            version: 1,
+            version: JSON_VERSION,
             url: "ws://x".into(),
             mode: if rate.is_some() { "open" } else { "closed" }.into(),
             inflight: 1,

@@ -54,7 +54,7 @@ async fn load_through_the_gateway_is_lossless_and_reports_json() -> anyhow::Resu
     let _ = std::fs::remove_file(&html);
     assert_eq!(code, ExitCode::SUCCESS, "report: {report:#}");
 
-    assert_eq!(report["version"], 1);
+    assert_eq!(report["version"], 2);
     assert_eq!(report["mode"], "closed");
     assert_eq!(report["inflight"], 4);
     assert_eq!(report["size"], 128);
