@@ -67,11 +67,12 @@ impl TokenSource {
             TokenSource::Mint(path) => {
                 let pem = std::fs::read(path)
                     .with_context(|| format!("reading the JWT signing key {}", path.display()))?;
-                // jsonwebtoken takes an RSA public key as an encoding key and fails only
-                // at signing, with a bare "signature error": say what is wrong instead.
-                if holds_public_key(&pem) {
+                // jsonwebtoken takes any PEM block as an encoding key (a public key, a
+                // certificate) and fails only at signing, with a bare "signature error":
+                // say what the file holds instead.
+                if let Some(what) = not_a_private_key(&pem) {
                     anyhow::bail!(
-                        "{} holds a public key: --jwt-key needs the RSA private key",
+                        "{} holds {what}: --jwt-key needs the RSA private key",
                         path.display()
                     );
                 }
@@ -83,19 +84,23 @@ impl TokenSource {
     }
 }
 
-/// Whether the first PEM block in `pem` is a public key (`-----BEGIN PUBLIC KEY-----` or
-/// `-----BEGIN RSA PUBLIC KEY-----`), the half of the pair that cannot sign.
-fn holds_public_key(pem: &[u8]) -> bool {
+/// What the first PEM block in `pem` holds, when it is not a private key: "a public key"
+/// (`PUBLIC KEY`, `RSA PUBLIC KEY`, the half of the pair that cannot sign) or its label
+/// ("a CERTIFICATE"). `None` for a private key, and for what is not PEM at all (the key
+/// parser names that).
+fn not_a_private_key(pem: &[u8]) -> Option<String> {
     const BEGIN: &str = "-----BEGIN ";
-    let Ok(text) = std::str::from_utf8(pem) else {
-        return false;
-    };
-    let Some(start) = text.find(BEGIN) else {
-        return false;
-    };
-    let rest = &text[start + BEGIN.len()..];
-    rest.split_once("-----")
-        .is_some_and(|(label, _)| label.trim().ends_with("PUBLIC KEY"))
+    let text = std::str::from_utf8(pem).ok()?;
+    let rest = &text[text.find(BEGIN)? + BEGIN.len()..];
+    let (label, _) = rest.split_once("-----")?;
+    let label = label.trim();
+    if label.ends_with("PRIVATE KEY") {
+        None
+    } else if label.ends_with("PUBLIC KEY") {
+        Some("a public key".to_owned())
+    } else {
+        Some(format!("a {label}, not a key"))
+    }
 }
 
 #[cfg(test)]
@@ -125,22 +130,30 @@ mod tests {
     }
 
     #[test]
-    fn only_the_public_halves_read_as_public_keys() -> anyhow::Result<()> {
-        for (file, public) in [
-            ("jwt-public.pem", true),
-            ("jwt-es256-public.pem", true),
-            ("jwt-private.pem", false),
-            ("server.crt", false),
+    fn only_a_private_key_is_taken_for_signing() -> anyhow::Result<()> {
+        let public = Some("a public key".to_owned());
+        for (file, holds) in [
+            ("jwt-public.pem", public.clone()),
+            ("jwt-es256-public.pem", public.clone()),
+            ("jwt-private.pem", None),
+            ("server.crt", Some("a CERTIFICATE, not a key".to_owned())),
         ] {
             assert_eq!(
-                holds_public_key(&std::fs::read(certs().join(file))?),
-                public,
+                not_a_private_key(&std::fs::read(certs().join(file))?),
+                holds,
                 "{file}"
             );
         }
-        assert!(holds_public_key(b"-----BEGIN RSA PUBLIC KEY-----\nAAAA\n"));
-        assert!(!holds_public_key(b"not a key"));
-        assert!(!holds_public_key(&[0xff, 0xfe, 0x30]));
+        assert_eq!(
+            not_a_private_key(b"-----BEGIN RSA PUBLIC KEY-----\nAAAA\n"),
+            public
+        );
+        assert_eq!(
+            not_a_private_key(b"-----BEGIN RSA PRIVATE KEY-----\nAAAA\n"),
+            None
+        );
+        assert_eq!(not_a_private_key(b"not a key"), None);
+        assert_eq!(not_a_private_key(&[0xff, 0xfe, 0x30]), None);
         Ok(())
     }
 

@@ -77,23 +77,28 @@ fn a_jwt_key_that_is_not_an_rsa_key_is_a_usage_error() -> anyhow::Result<()> {
 }
 
 #[test]
-fn a_jwt_key_that_is_a_public_key_is_a_usage_error_that_says_so() -> anyhow::Result<()> {
-    // jsonwebtoken took the public key and failed at signing: "signature error".
-    let key = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../certs/jwt-public.pem");
-    let key = key.to_string_lossy().into_owned();
+fn a_jwt_key_that_is_not_a_private_key_is_a_usage_error_that_says_so() -> anyhow::Result<()> {
+    // jsonwebtoken took the public key or the certificate and failed at signing:
+    // "signature error".
+    let certs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../certs");
     let url = "ws://127.0.0.1:1/gateway";
-    for args in [
-        &["--url", url, "--jwt-key", &key, "--duration", "1s"][..],
-        &["demo", "--url", url, "--jwt-key", &key, "--count", "1"][..],
+    for (file, says) in [
+        ("jwt-public.pem", "holds a public key"),
+        ("server.crt", "holds a CERTIFICATE, not a key"),
     ] {
-        let (got, stderr) = loadgen(args)?;
-        anyhow::ensure!(got == Some(64), "{args:?}: exit {got:?}: {stderr}");
-        anyhow::ensure!(
-            stderr
-                .contains("jwt-public.pem holds a public key: --jwt-key needs the RSA private key")
-                && stderr.trim().lines().count() == 1,
-            "{args:?}: {stderr:?}"
-        );
+        let key = certs.join(file).to_string_lossy().into_owned();
+        let want = format!("{file} {says}: --jwt-key needs the RSA private key");
+        for args in [
+            &["--url", url, "--jwt-key", &key, "--duration", "1s"][..],
+            &["demo", "--url", url, "--jwt-key", &key, "--count", "1"][..],
+        ] {
+            let (got, stderr) = loadgen(args)?;
+            anyhow::ensure!(got == Some(64), "{args:?}: exit {got:?}: {stderr}");
+            anyhow::ensure!(
+                stderr.contains(&want) && stderr.trim().lines().count() == 1,
+                "{args:?}: {stderr:?}"
+            );
+        }
     }
     Ok(())
 }
