@@ -140,6 +140,11 @@ impl GatewayProc {
                 return Ok(proc);
             }
             if let Some(status) = proc.child.try_wait()? {
+                // Its last lines (why it exited) may still be in the pipe: the reader
+                // has them once it has read to the end.
+                if let Some(reader) = proc.reader.take() {
+                    let _ = tokio::task::spawn_blocking(move || reader.join()).await;
+                }
                 bail!(
                     "gateway exited ({status}) before listening:\n{}",
                     proc.log()
