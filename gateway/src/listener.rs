@@ -46,6 +46,14 @@ pub fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> 
     socket.listen(BACKLOG)
 }
 
+/// A client's address as the rest of the gateway names it: an IPv4 client of a dual-stack
+/// listener (`[::]`) is reported by the system as `::ffff:a.b.c.d`; it is `a.b.c.d` in
+/// logs and in the `X-Forwarded-For` backends read (their IPv4 allow-lists would not
+/// match the mapped form), as the per-address limits already count it.
+pub fn unmapped(peer: SocketAddr) -> SocketAddr {
+    SocketAddr::new(peer.ip().to_canonical(), peer.port())
+}
+
 /// Accepts until `shutdown` resolves, handing every connection to one of `workers`.
 ///
 /// With `[server] proxy_protocol` (read once, at start) a connection's limits wait for
@@ -67,6 +75,7 @@ pub async fn run(
         };
         match accepted {
             Ok((tcp, peer)) => {
+                let peer = unmapped(peer);
                 backoff = Duration::from_millis(5);
                 shared.metrics.accepted.inc();
                 let conn_id = shared.next_id.fetch_add(1, Ordering::Relaxed);

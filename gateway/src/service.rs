@@ -62,7 +62,7 @@ pub async fn serve_connection(
             }
             match tokio::time::timeout_at(deadline, proxy_header::read(&mut tcp)).await {
                 Ok(Ok(client)) => {
-                    peer = client.unwrap_or(peer);
+                    peer = client.map_or(peer, crate::listener::unmapped);
                     shared.limiter().try_acquire(peer.ip())
                 }
                 Ok(Err(e)) => {
