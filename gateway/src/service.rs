@@ -132,7 +132,10 @@ pub async fn serve_connection(
     let result = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(config.timeouts.header_read)
+        // The read buffer's cap alone lets a head through that the last read took whole
+        // past it (up to ~1.75 times the cap): the head itself is counted too.
         .max_buf_size(config.limits.max_header_bytes)
+        .max_header_size(config.limits.max_header_bytes)
         .serve_connection(TokioIo::new(tls), service)
         .with_upgrades()
         .await;

@@ -391,3 +391,58 @@ async fn a_message_at_the_limit_reaches_the_backend_whole() -> Result<()> {
     ensure!(got == 1000, "backend got {got} bytes");
     Ok(())
 }
+
+/// An upgrade request head for Backend_ABC with a good token, padded with an `X-Pad`
+/// header to exactly `size` bytes.
+fn head_of(size: usize) -> Result<String> {
+    let token = rs256(&claims_with(|_| {}))?;
+    let bare = upgrade_head(&format!("Authorization: Bearer {token}\r\nX-Pad: \r\n"));
+    let pad = size
+        .checked_sub(bare.len())
+        .context("the bare head is longer than asked")?;
+    let head = upgrade_head(&format!(
+        "Authorization: Bearer {token}\r\nX-Pad: {}\r\n",
+        "p".repeat(pad)
+    ));
+    ensure!(head.len() == size, "a head of {} bytes", head.len());
+    Ok(head)
+}
+
+/// Sends `head` on a fresh connection and reads the answer's status line (empty when the
+/// gateway closes without one).
+async fn status_line_for(tb: &loadgen::testbed::Testbed, head: &str) -> Result<String> {
+    let mut tls = tls_connect(tb).await?;
+    // The gateway may stop reading (and reset) before the whole head is written.
+    let _ = tls.write_all(head.as_bytes()).await;
+    let _ = tls.flush().await;
+    let mut answer = Vec::new();
+    let mut byte = [0u8; 1];
+    while !answer.ends_with(b"\r\n") {
+        match tokio::time::timeout(DEADLINE, tls.read(&mut byte)).await? {
+            Ok(1) => answer.push(byte[0]),
+            _ => break,
+        }
+    }
+    Ok(String::from_utf8_lossy(&answer).trim_end().to_owned())
+}
+
+#[tokio::test]
+async fn max_header_bytes_is_the_largest_head_taken_to_the_byte_and_16384_by_default() -> Result<()>
+{
+    for (toml, max) in [("", 16384), ("[limits]\nmax_header_bytes = 40000\n", 40000)] {
+        let tb = testbed_with_toml(&[], toml).await?;
+        let at = status_line_for(&tb, &head_of(max)?).await?;
+        ensure!(
+            at.starts_with("HTTP/1.1 101"),
+            "{toml:?}: a head of {max} bytes got {at:?}"
+        );
+        for over in [max + 1, max + 1000] {
+            let got = status_line_for(&tb, &head_of(over)?).await?;
+            ensure!(
+                got.is_empty() || got.starts_with("HTTP/1.1 431"),
+                "{toml:?}: a head of {over} bytes got {got:?}"
+            );
+        }
+    }
+    Ok(())
+}
