@@ -446,3 +446,27 @@ async fn max_header_bytes_is_the_largest_head_taken_to_the_byte_and_16384_by_def
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_connection_silent_after_its_tls_handshake_is_closed_at_header_read() -> Result<()> {
+    let tb = testbed_with_toml(&[], "[timeouts]\nheader_read = \"500ms\"\n").await?;
+    let started = Instant::now();
+    let mut silent = tls_connect(&tb).await?;
+    let mut answer = Vec::new();
+    let ended = tokio::time::timeout(DEADLINE, silent.read_to_end(&mut answer)).await;
+    let elapsed = started.elapsed();
+    ensure!(ended.is_ok(), "still open after {elapsed:?}");
+    ensure!(
+        elapsed >= Duration::from_millis(400) && elapsed < Duration::from_secs(5),
+        "closed after {elapsed:?}, not at the 500 ms header_read"
+    );
+    ensure!(
+        !answer.starts_with(b"HTTP/1.1 101"),
+        "answered {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    // Others are served.
+    let mut c = connect_ok(&tb, "Backend_ABC").await?;
+    echo(&mut c.ws, b"served").await?;
+    Ok(())
+}
