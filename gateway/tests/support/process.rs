@@ -32,6 +32,8 @@ pub struct ProcOptions {
     pub server_toml: String,
     /// Extra lines for the `[auth]` table (e.g. `jwks_url = "…"`).
     pub auth_toml: String,
+    /// Extra lines for the `[tls]` table (e.g. `session_tickets = 0`).
+    pub tls_toml: String,
     /// Told the process id as soon as the process exists, before it is ready.
     pub spawned: Option<tokio::sync::mpsc::UnboundedSender<u32>>,
 }
@@ -80,10 +82,11 @@ impl GatewayProc {
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
         let mut toml = format!(
             "[server]\nlisten = \"{listen}\"\n{}\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
-             [tls]\ncert = {:?}\nkey = {:?}\n\n[auth]\npublic_key = {:?}\n{}\n\n[backends]\n",
+             [tls]\ncert = {:?}\nkey = {:?}\n{}\n\n[auth]\npublic_key = {:?}\n{}\n\n[backends]\n",
             opts.server_toml,
             certs.join("server.crt"),
             certs.join("server.key"),
+            opts.tls_toml,
             certs.join("jwt-public.pem"),
             opts.auth_toml,
         );

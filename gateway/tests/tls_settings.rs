@@ -1,0 +1,252 @@
+//! `[tls]` settings as a client sees them, through the gateway binary over real sockets:
+//! `session_tickets` (0: no resumption, neither TLS 1.3 tickets nor TLS 1.2 session IDs;
+//! N: N tickets after each handshake). Each client is a rustls client of its
+//! own, set up for what it checks, that upgrades and echoes a frame through a probe backend.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use anyhow::{ensure, Context, Result};
+use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocket};
+use rustls::client::{ClientSessionMemoryCache, ClientSessionStore, Resumption};
+use rustls::crypto::aws_lc_rs::{cipher_suite as cs, default_provider};
+use rustls::pki_types::ServerName;
+use rustls::{CipherSuite, ClientConfig, HandshakeKind, ProtocolVersion, SupportedCipherSuite};
+use support::probe::{Mode, Probe};
+use support::process::{GatewayProc, ProcOptions};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A session store that counts the TLS 1.3 tickets the client was sent, and once
+/// `frozen` keeps no more of them (so that what it holds is one handshake's tickets).
+#[derive(Debug)]
+struct CountingStore {
+    inner: ClientSessionMemoryCache,
+    tickets: AtomicUsize,
+    frozen: AtomicBool,
+}
+
+impl ClientSessionStore for CountingStore {
+    fn set_kx_hint(&self, name: ServerName<'static>, group: rustls::NamedGroup) {
+        self.inner.set_kx_hint(name, group)
+    }
+    fn kx_hint(&self, name: &ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.inner.kx_hint(name)
+    }
+    fn set_tls12_session(
+        &self,
+        name: ServerName<'static>,
+        value: rustls::client::Tls12ClientSessionValue,
+    ) {
+        self.inner.set_tls12_session(name, value)
+    }
+    fn tls12_session(
+        &self,
+        name: &ServerName<'_>,
+    ) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.inner.tls12_session(name)
+    }
+    fn remove_tls12_session(&self, name: &ServerName<'static>) {
+        self.inner.remove_tls12_session(name)
+    }
+    fn insert_tls13_ticket(
+        &self,
+        name: ServerName<'static>,
+        value: rustls::client::Tls13ClientSessionValue,
+    ) {
+        self.tickets.fetch_add(1, Ordering::SeqCst);
+        if !self.frozen.load(Ordering::SeqCst) {
+            self.inner.insert_tls13_ticket(name, value)
+        }
+    }
+    fn take_tls13_ticket(
+        &self,
+        name: &ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        self.inner.take_tls13_ticket(name)
+    }
+}
+
+/// A client offering `suites` in that order, of `version` only, trusting the dev CA and
+/// keeping its sessions in `store`.
+fn client(
+    suites: &[SupportedCipherSuite],
+    version: &'static rustls::SupportedProtocolVersion,
+    store: Arc<CountingStore>,
+) -> Result<Arc<ClientConfig>> {
+    let mut provider = default_provider();
+    provider.cipher_suites = suites.to_vec();
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(certs().join("ca.crt"))?;
+    for ca in rustls_pemfile_certs(&pem)? {
+        roots.add(ca)?;
+    }
+    let mut config = ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[version])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.resumption = Resumption::store(store);
+    Ok(Arc::new(config))
+}
+
+fn rustls_pemfile_certs(pem: &[u8]) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
+    use rustls::pki_types::pem::PemObject;
+    Ok(rustls::pki_types::CertificateDer::pem_slice_iter(pem).collect::<Result<Vec<_>, _>>()?)
+}
+
+fn store() -> Arc<CountingStore> {
+    Arc::new(CountingStore {
+        inner: ClientSessionMemoryCache::new(32),
+        tickets: AtomicUsize::new(0),
+        frozen: AtomicBool::new(false),
+    })
+}
+
+/// What one connection negotiated.
+#[derive(Debug)]
+struct Negotiated {
+    version: Option<ProtocolVersion>,
+    suite: Option<CipherSuite>,
+    kind: Option<HandshakeKind>,
+}
+
+/// Connects with `config`, upgrades to the probe and echoes a frame through it.
+async fn session(gw: &GatewayProc, config: Arc<ClientConfig>) -> Result<Negotiated> {
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await?;
+    let name = ServerName::try_from("localhost")?;
+    let mut tls = tokio::time::timeout(
+        DEADLINE,
+        tokio_rustls::TlsConnector::from(config).connect(name, tcp),
+    )
+    .await
+    .context("TLS handshake timed out")?
+    .context("TLS handshake")?;
+    let token = rs256(&claims_with(|_| {}))?;
+    let head = format!(
+        "GET /gateway HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         ID: Backend_PROBE\r\nAuthorization: Bearer {token}\r\n\r\n"
+    );
+    tls.write_all(head.as_bytes()).await?;
+    tls.flush().await?;
+    // Byte by byte, so that nothing past the head is taken from the WebSocket.
+    let mut answer = Vec::new();
+    let mut byte = [0u8; 1];
+    while !answer.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(DEADLINE, tls.read(&mut byte)).await??;
+        ensure!(
+            n == 1,
+            "closed inside the answer: {}",
+            String::from_utf8_lossy(&answer)
+        );
+        answer.push(byte[0]);
+    }
+    ensure!(
+        answer.starts_with(b"HTTP/1.1 101"),
+        "answer {}",
+        String::from_utf8_lossy(&answer)
+    );
+    let (_, conn) = tls.get_ref();
+    let negotiated = Negotiated {
+        version: conn.protocol_version(),
+        suite: conn.negotiated_cipher_suite().map(|s| s.suite()),
+        kind: conn.handshake_kind(),
+    };
+    let mut ws = WebSocket::after_handshake(tls, Role::Client);
+    ws.write_frame(Frame::binary(Payload::Borrowed(b"through")))
+        .await?;
+    let frame = tokio::time::timeout(DEADLINE, ws.read_frame()).await??;
+    ensure!(
+        frame.opcode == OpCode::Binary && frame.payload[..] == b"through"[..],
+        "echo {:?} {:?}",
+        frame.opcode,
+        &frame.payload[..]
+    );
+    ws.write_frame(Frame::close(1000, b"")).await?;
+    Ok(negotiated)
+}
+
+/// A gateway with `tls_toml` in `[tls]`, in front of an echoing probe.
+async fn gateway(tls_toml: &str) -> Result<(GatewayProc, Probe)> {
+    let probe = Probe::start(Mode::Accept { protocol: None }).await?;
+    let gw = GatewayProc::start(ProcOptions {
+        backends: vec![("Backend_PROBE".into(), probe.url())],
+        tls_toml: tls_toml.into(),
+        ..ProcOptions::default()
+    })
+    .await?;
+    Ok((gw, probe))
+}
+
+const TLS13: &rustls::SupportedProtocolVersion = &rustls::version::TLS13;
+const TLS12: &rustls::SupportedProtocolVersion = &rustls::version::TLS12;
+const ECDSA12: [SupportedCipherSuite; 2] = [
+    cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+    cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+];
+
+#[tokio::test]
+async fn with_session_tickets_0_no_handshake_resumes() -> Result<()> {
+    let (gw, _probe) = gateway("session_tickets = 0").await?;
+    let tickets = store();
+    let tls13 = client(&[cs::TLS13_AES_128_GCM_SHA256], TLS13, tickets.clone())?;
+    for n in 0..2 {
+        let got = session(&gw, tls13.clone()).await?;
+        ensure!(
+            got.kind == Some(HandshakeKind::Full),
+            "TLS 1.3 connection {n}: {got:?}"
+        );
+    }
+    ensure!(
+        tickets.tickets.load(Ordering::SeqCst) == 0,
+        "{} tickets sent",
+        tickets.tickets.load(Ordering::SeqCst)
+    );
+    // TLS 1.2: no session ID is kept either.
+    let tls12 = client(&ECDSA12, TLS12, store())?;
+    for n in 0..2 {
+        let got = session(&gw, tls12.clone()).await?;
+        ensure!(
+            got.version == Some(ProtocolVersion::TLSv1_2) && got.kind == Some(HandshakeKind::Full),
+            "TLS 1.2 connection {n}: {got:?}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn session_tickets_n_sends_n_tickets_each_of_which_resumes() -> Result<()> {
+    let (gw, _probe) = gateway("session_tickets = 5").await?;
+    let tickets = store();
+    let tls13 = client(&[cs::TLS13_AES_128_GCM_SHA256], TLS13, tickets.clone())?;
+    let first = session(&gw, tls13.clone()).await?;
+    ensure!(first.kind == Some(HandshakeKind::Full), "first: {first:?}");
+    let sent = tickets.tickets.load(Ordering::SeqCst);
+    ensure!(sent == 5, "{sent} tickets after the first handshake, not 5");
+    // Each of them resumes one connection (the tickets those connections are sent are
+    // not kept), and then there is none left.
+    tickets.frozen.store(true, Ordering::SeqCst);
+    for n in 0..5 {
+        let got = session(&gw, tls13.clone()).await?;
+        ensure!(
+            got.kind == Some(HandshakeKind::Resumed),
+            "connection {n} after the first: {got:?}"
+        );
+    }
+    let sixth = session(&gw, tls13).await?;
+    ensure!(sixth.kind == Some(HandshakeKind::Full), "sixth: {sixth:?}");
+    // TLS 1.2 resumes too.
+    let tls12 = client(&ECDSA12, TLS12, store())?;
+    let kinds = [
+        session(&gw, tls12.clone()).await?.kind,
+        session(&gw, tls12).await?.kind,
+    ];
+    ensure!(
+        kinds == [Some(HandshakeKind::Full), Some(HandshakeKind::Resumed)],
+        "TLS 1.2: {kinds:?}"
+    );
+    Ok(())
+}
