@@ -1,6 +1,7 @@
 //! `[tls]` settings as a client sees them, through the gateway binary over real sockets:
 //! `session_tickets` (0: no resumption, neither TLS 1.3 tickets nor TLS 1.2 session IDs;
-//! N: N tickets after each handshake). Each client is a rustls client of its
+//! N: N tickets after each handshake) and `cipher_suites` (only those, in the gateway's
+//! order; without it, the client's order decides). Each client is a rustls client of its
 //! own, set up for what it checks, that upgrades and echoes a frame through a probe backend.
 
 mod support;
@@ -8,7 +9,7 @@ mod support;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocket};
 use rustls::client::{ClientSessionMemoryCache, ClientSessionStore, Resumption};
 use rustls::crypto::aws_lc_rs::{cipher_suite as cs, default_provider};
@@ -248,5 +249,81 @@ async fn session_tickets_n_sends_n_tickets_each_of_which_resumes() -> Result<()>
         kinds == [Some(HandshakeKind::Full), Some(HandshakeKind::Resumed)],
         "TLS 1.2: {kinds:?}"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn cipher_suites_are_the_only_ones_and_the_gateways_order_wins() -> Result<()> {
+    let (gw, _probe) = gateway(
+        "cipher_suites = [\"TLS_CHACHA20_POLY1305_SHA256\", \"TLS_AES_256_GCM_SHA384\", \
+         \"TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256\"]",
+    )
+    .await?;
+    let cases: [(&[SupportedCipherSuite], _, Option<CipherSuite>); 5] = [
+        // The client's order is not the one that counts.
+        (
+            &[
+                cs::TLS13_AES_128_GCM_SHA256,
+                cs::TLS13_AES_256_GCM_SHA384,
+                cs::TLS13_CHACHA20_POLY1305_SHA256,
+            ],
+            TLS13,
+            Some(CipherSuite::TLS13_CHACHA20_POLY1305_SHA256),
+        ),
+        (
+            &[cs::TLS13_AES_128_GCM_SHA256, cs::TLS13_AES_256_GCM_SHA384],
+            TLS13,
+            Some(CipherSuite::TLS13_AES_256_GCM_SHA384),
+        ),
+        // A TLS 1.2 suite listed is one too.
+        (
+            &ECDSA12,
+            TLS12,
+            Some(CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256),
+        ),
+        // Suites not listed are not offered.
+        (&[cs::TLS13_AES_128_GCM_SHA256], TLS13, None),
+        (
+            &[cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256],
+            TLS12,
+            None,
+        ),
+    ];
+    for (offer, version, expected) in cases {
+        let config = client(offer, version, store())?;
+        let got = session(&gw, config).await;
+        match (expected, got) {
+            (Some(suite), Ok(got)) => ensure!(
+                got.suite == Some(suite),
+                "offered {offer:?}: got {got:?}, expected {suite:?}"
+            ),
+            (None, Err(_)) => {}
+            (Some(suite), Err(e)) => bail!("offered {offer:?}: {e:#}, expected {suite:?}"),
+            (None, Ok(got)) => bail!("offered {offer:?}: got {got:?}, expected a refusal"),
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn without_cipher_suites_the_clients_order_decides() -> Result<()> {
+    let (gw, _probe) = gateway("").await?;
+    for offer in [
+        [cs::TLS13_AES_256_GCM_SHA384, cs::TLS13_AES_128_GCM_SHA256],
+        [
+            cs::TLS13_CHACHA20_POLY1305_SHA256,
+            cs::TLS13_AES_128_GCM_SHA256,
+        ],
+        [
+            cs::TLS13_AES_128_GCM_SHA256,
+            cs::TLS13_CHACHA20_POLY1305_SHA256,
+        ],
+    ] {
+        let got = session(&gw, client(&offer, TLS13, store())?).await?;
+        ensure!(
+            got.suite == Some(offer[0].suite()),
+            "offered {offer:?}: {got:?}"
+        );
+    }
     Ok(())
 }
