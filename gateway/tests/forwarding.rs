@@ -662,3 +662,50 @@ async fn a_backend_that_answers_and_leaves_while_the_client_uploads_is_heard_out
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_claim_that_cannot_be_a_header_value_is_left_out_and_the_clients_copy_still_dropped(
+) -> Result<()> {
+    let mut probe = probe::Probe::start(probe::Mode::Accept { protocol: None }).await?;
+    let tb = testbed_with_toml(
+        &[("Backend_PROBE", probe.url())],
+        "[auth.forward_claims]\nX-Auth-Subject = \"sub\"\nX-Auth-Name = \"name\"\nX-Auth-Groups = \"groups\"\n",
+    )
+    .await?;
+    let mut opts = tb.connect_options("Backend_PROBE")?;
+    let token = rs256(&claims_with(|c| {
+        // A line break: the backend would read a header of the token holder's making.
+        c.insert("sub".into(), "ballerina\r\nX-Admin: yes".into());
+        // A tab is a header value's own.
+        c.insert("name".into(), "Jane\tDoe".into());
+        // Array items that are not strings go as JSON, joined with spaces all the same.
+        c.insert("groups".into(), serde_json::json!(["ops", 7, true]));
+    }))?;
+    opts.set_header("Authorization", format!("Bearer {token}"));
+    opts.headers
+        .push(("X-Auth-Subject".into(), "mallory".into()));
+    opts.headers.push(("X-Auth-Groups".into(), "root".into()));
+    let mut c = loadgen::client::connect(&opts).await?;
+    let probe::Event::Handshake(headers) = probe.next().await? else {
+        anyhow::bail!("expected the handshake")
+    };
+    let all = |name: &str| probe::values(&headers, name);
+    ensure!(
+        all("x-auth-subject").is_empty() && all("x-admin").is_empty(),
+        "subject {:?}, x-admin {:?}",
+        all("x-auth-subject"),
+        all("x-admin")
+    );
+    ensure!(
+        all("x-auth-name") == ["Jane\tDoe"],
+        "name headers {:?}",
+        all("x-auth-name")
+    );
+    ensure!(
+        all("x-auth-groups") == ["ops 7 true"],
+        "groups headers {:?}",
+        all("x-auth-groups")
+    );
+    echo(&mut c.ws, b"still served").await?;
+    Ok(())
+}
