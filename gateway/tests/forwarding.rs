@@ -709,3 +709,36 @@ async fn a_claim_that_cannot_be_a_header_value_is_left_out_and_the_clients_copy_
     echo(&mut c.ws, b"still served").await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn with_permessage_deflate_false_no_offer_reaches_the_backend_and_none_comes_back(
+) -> Result<()> {
+    let offer = "permessage-deflate; client_max_window_bits";
+    let mut probe = probe::Probe::start(probe::Mode::Accept { protocol: None }).await?;
+    for (toml, passed) in [
+        ("", true),
+        ("[server]\npermessage_deflate = false\n", false),
+    ] {
+        let tb = testbed_with_toml(&[("Backend_PROBE", probe.url())], toml).await?;
+        let opts = tb
+            .connect_options("Backend_PROBE")?
+            .header("Sec-WebSocket-Extensions", offer);
+        let mut c = loadgen::client::connect(&opts).await?;
+        // Past the events of the previous round's session.
+        let headers = loop {
+            if let probe::Event::Handshake(headers) = probe.next().await? {
+                break headers;
+            }
+        };
+        let offers = probe::values(&headers, "sec-websocket-extensions");
+        let expected: &[&str] = if passed { &[offer] } else { &[] };
+        ensure!(offers == expected, "{toml:?}: the backend got {offers:?}");
+        ensure!(
+            c.extensions.is_none(),
+            "{toml:?}: the client got {:?}",
+            c.extensions
+        );
+        echo(&mut c.ws, b"uncompressed").await?;
+    }
+    Ok(())
+}
