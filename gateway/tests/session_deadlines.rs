@@ -184,3 +184,47 @@ async fn sessions_end_within_their_time_limit_and_the_client_can_come_back() -> 
     echo(&mut again.ws, b"reconnected").await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn close_at_expiry_turned_on_by_a_reload_ends_new_sessions_at_exp_plus_leeway_only(
+) -> Result<()> {
+    let (gw, mut probe) = gateway("", "0s").await?;
+    // Both tokens end in the same second, a little ahead.
+    let exp = unix_in(Duration::from_secs(2))?;
+    let mut before = client_until(&gw, exp).await?;
+    let config = std::fs::read_to_string(gw.config_path())?;
+    ensure!(config.contains("leeway_secs = 0\n"), "config:\n{config}");
+    std::fs::write(
+        gw.config_path(),
+        config.replace(
+            "leeway_secs = 0\n",
+            "leeway_secs = 1\nclose_at_expiry = true\n",
+        ),
+    )?;
+    gw.hangup()?;
+    gw.log_line("config reloaded").await?;
+    let mut after = client_until(&gw, exp).await?;
+    echo(&mut after.ws, b"before expiry").await?;
+
+    let (code, reason) = expect_close(&mut after.ws).await?;
+    let at = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs_f64();
+    ensure!(
+        (code, reason.as_str()) == (1008, "token expired"),
+        "client got close {code} {reason:?}"
+    );
+    // The end of second exp + leeway_secs: the last one the upgrade check accepts.
+    let end = (exp + 2) as f64;
+    ensure!(
+        at >= end - 0.05,
+        "closed at {at:.2}, before {end} (exp {exp} + 1 s of leeway, to its end)"
+    );
+    ensure!(at < end + 2.0, "closed at {at:.2}, long after {end}");
+    let (code, reason) = probe.next_close().await?;
+    ensure!(
+        (code, reason.as_str()) == (1001, "client token expired"),
+        "backend got close {code} {reason:?}"
+    );
+    // The session from before the reload keeps the setting it began with.
+    echo(&mut before.ws, b"after its token's expiry").await?;
+    Ok(())
+}
