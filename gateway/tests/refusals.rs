@@ -258,7 +258,7 @@ async fn a_backends_101_must_be_unambiguous_and_its_interim_answers_are_waited_o
 
 #[tokio::test]
 async fn a_backend_can_require_scopes_of_its_own_beyond_the_global_ones() -> Result<()> {
-    let probe =
+    let mut probe =
         support::probe::Probe::start(support::probe::Mode::Accept { protocol: None }).await?;
     // A pool entry with its own scopes, beside the testbed's plain entries.
     let tb = testbed_with_toml(
@@ -288,9 +288,20 @@ async fn a_backend_can_require_scopes_of_its_own_beyond_the_global_ones() -> Res
             "scopes {scp:?}: {status} {reason:?}, expected 403 naming {lacking}"
         );
     }
-    let mut c = loadgen::client::connect(&with_scopes("admin billing write")?).await?;
+    let mut c = loadgen::client::connect(
+        &with_scopes("admin billing write")?.header("X-Marker", "the one with every scope"),
+    )
+    .await?;
     send(&mut c.ws, Frame::binary(Payload::Borrowed(b"paid"))).await?;
     ensure!(next_frame(&mut c.ws).await?.payload[..] == b"paid"[..]);
+    // The refused ones never reached the backend: the first upgrade it saw is this one.
+    let support::probe::Event::Handshake(headers) = probe.next().await? else {
+        anyhow::bail!("the backend's first event is not a handshake")
+    };
+    ensure!(
+        support::probe::values(&headers, "x-marker") == ["the one with every scope"],
+        "the backend's first upgrade was another: {headers:?}"
+    );
     // The other backends ask only for the global scope.
     let mut o = tb.connect_options("Backend_ABC")?;
     let token = rs256(&claims_with(|c| {
