@@ -1,5 +1,5 @@
-//! Backend connect: TCP plus the WebSocket client handshake, under one timeout, made
-//! before the client is answered so that a dead backend is a 502/504, not a broken session.
+//! Backend connect: TCP (then TLS for `wss://`) plus the WebSocket client handshake, under
+//! one timeout, made before the client is answered so that a dead backend is a 502/504, not a broken session.
 //!
 //! [`connect_pool`] picks an instance of the backend's pool and, when it fails to connect,
 //! ejects it and tries another, so one dead instance costs the client nothing.
@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+
+use crate::backend_tls::{self, BackendStream};
 
 use crate::checks::has_token;
 use crate::pool::{now_ms, Lease, Pool};
@@ -23,8 +26,8 @@ use crate::wsclient::{self, ClientRequest, HandshakeError};
 /// An open, upgraded connection to a backend.
 #[derive(Debug)]
 pub struct BackendConn {
-    /// The socket, positioned after the 101 response head.
-    pub stream: TcpStream,
+    /// The connection, positioned after the 101 response head.
+    pub stream: BackendStream,
     /// Frame bytes the backend sent along with its 101.
     pub leftover: Bytes,
     /// The subprotocol the backend chose.
@@ -101,7 +104,8 @@ pub async fn connect_pool(
         let Some(lease) = Lease::try_new(list[i].clone(), max) else {
             continue;
         };
-        match connect(&list[i].target, req, resolver, timeout).await {
+        let tls = pool.tls();
+        match connect(&list[i].target, tls.as_ref(), req, resolver, timeout).await {
             Ok(mut conn) => {
                 list[i].succeeded();
                 conn.lease = Some(lease);
@@ -196,15 +200,16 @@ pub fn claim_header_allowed(name: &str) -> bool {
 const FORWARDING: [&str; 2] = ["x-forwarded-for", "x-forwarded-proto"];
 
 /// Opens the backend connection to `target` for a client at `peer`, forwarding its
-/// end-to-end headers.
+/// end-to-end headers; over TLS with `tls` when `target` is `wss://`.
 pub async fn connect(
     target: &BackendTarget,
+    tls: Option<&Arc<rustls::ClientConfig>>,
     req: &BackendRequest<'_>,
     resolver: &Resolver,
     timeout: Duration,
 ) -> Result<BackendConn, AttemptError> {
     let deadline = tokio::time::Instant::now() + timeout;
-    connect_inner(target, req, resolver, deadline).await
+    connect_inner(target, tls, req, resolver, deadline).await
 }
 
 /// What the backend handshake carries from the client.
@@ -229,19 +234,31 @@ pub struct BackendRequest<'a> {
 
 async fn connect_inner(
     target: &BackendTarget,
+    tls: Option<&Arc<rustls::ClientConfig>>,
     req: &BackendRequest<'_>,
     resolver: &Resolver,
     deadline: tokio::time::Instant,
 ) -> Result<BackendConn, AttemptError> {
     let timed_out = || AttemptError::instance(Refusal::GatewayTimeout);
-    let (mut stream, addr) =
+    let (tcp, addr) =
         tokio::time::timeout_at(deadline, open_tcp(&target.host, target.port, resolver))
             .await
             .map_err(|_| timed_out())??;
-    crate::tcp_opts::tune(&stream);
-    let upgraded = tokio::time::timeout_at(deadline, upgrade(&mut stream, target, req))
-        .await
-        .unwrap_or_else(|_| Err(timed_out()));
+    crate::tcp_opts::tune(&tcp);
+    let upgraded = tokio::time::timeout_at(deadline, async {
+        let mut stream = match &target.tls {
+            None => BackendStream::Plain(tcp),
+            Some(name) => BackendStream::Tls(Box::new(
+                backend_tls::handshake(tls, name, tcp)
+                    .await
+                    .map_err(tls_failed)?,
+            )),
+        };
+        let hs = upgrade(&mut stream, target, req).await?;
+        Ok((stream, hs))
+    })
+    .await
+    .unwrap_or_else(|_| Err(timed_out()));
     // The address that completed the handshake is tried first next time; one that took
     // the connection but failed or never answered goes last, or a name whose first
     // address accepts and never answers would send every client there while the next
@@ -251,7 +268,7 @@ async fn connect_inner(
         Err(e) if e.blame == Blame::Instance => resolver.failed(&target.host, target.port, addr),
         Err(_) => {}
     }
-    let hs = upgraded?;
+    let (stream, hs) = upgraded?;
     Ok(BackendConn {
         stream,
         leftover: hs.leftover,
@@ -262,10 +279,24 @@ async fn connect_inner(
     })
 }
 
+/// A failed TLS handshake as the client sees it: the instance's fault (a certificate the
+/// gateway does not trust, a backend that does not speak TLS), or the gateway's when it
+/// has no TLS settings at all.
+fn tls_failed(e: backend_tls::HandshakeError) -> AttemptError {
+    let blame = match e {
+        backend_tls::HandshakeError::NotConfigured => Blame::Gateway,
+        _ => Blame::Instance,
+    };
+    AttemptError {
+        refusal: Refusal::BadGateway(e.to_string()),
+        blame,
+    }
+}
+
 /// The WebSocket handshake on `stream` for `target`, with the client's end-to-end
 /// headers, and the checks of its answer against what the client offered.
-async fn upgrade(
-    stream: &mut TcpStream,
+async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     target: &BackendTarget,
     req: &BackendRequest<'_>,
 ) -> Result<wsclient::Handshake, AttemptError> {

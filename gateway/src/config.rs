@@ -20,6 +20,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// Certificate chain and key for WSS.
     pub tls: TlsConfig,
+    /// How `wss://` backends are trusted, and the certificate shown to them.
+    pub backend_tls: BackendTlsConfig,
     /// How bearer tokens are checked.
     pub auth: AuthConfig,
     /// Backend ID -> its instances (one URL, a list, or a DNS name) and how to balance
@@ -297,6 +299,21 @@ impl Default for TlsConfig {
     }
 }
 
+/// `[backend_tls]`: TLS toward `wss://` backends (a URL's scheme, or `tls = true` on a
+/// DNS pool). PEM files, relative to the config file's folder.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackendTlsConfig {
+    /// CAs a backend's certificate must chain to (a private CA, typically); `None`: the
+    /// system's roots.
+    pub ca: Option<PathBuf>,
+    /// Certificate chain (leaf first) the gateway presents to backends that ask for one
+    /// (mutual TLS); with `key`.
+    pub cert: Option<PathBuf>,
+    /// Private key of `cert`.
+    pub key: Option<PathBuf>,
+}
+
 /// `[auth]`: JWT validation settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -500,6 +517,8 @@ struct RawConfig {
     server: ServerConfig,
     #[serde(default)]
     tls: TlsConfig,
+    #[serde(default)]
+    backend_tls: BackendTlsConfig,
     #[serde(default)]
     auth: AuthConfig,
     backends: BTreeMap<String, toml::Value>,
@@ -806,6 +825,10 @@ impl Config {
         let mut tls = raw.tls;
         tls.cert = resolve(&tls.cert);
         tls.key = resolve(&tls.key);
+        let mut backend_tls = raw.backend_tls;
+        backend_tls.ca = backend_tls.ca.as_ref().map(resolve);
+        backend_tls.cert = backend_tls.cert.as_ref().map(resolve);
+        backend_tls.key = backend_tls.key.as_ref().map(resolve);
         let mut auth = raw.auth;
         auth.public_key = resolve(&auth.public_key);
         auth.jwks = auth.jwks.as_ref().map(resolve);
@@ -814,6 +837,7 @@ impl Config {
         Ok(Config {
             server: raw.server,
             tls,
+            backend_tls,
             auth,
             backends,
             limits: raw.limits,
@@ -881,8 +905,25 @@ impl Config {
             list(&self.tls.cipher_suites),
             self.tls.session_tickets
         );
-        let a = &self.auth;
         let path = |p: &Path| q(&p.display().to_string());
+        let bt = &self.backend_tls;
+        let _ = writeln!(
+            o,
+            "[backend_tls]\n{}\n{}\n{}\n",
+            bt.ca
+                .as_deref()
+                .map_or("# ca: the system's roots".into(), |c| format!(
+                    "ca = {}",
+                    path(c)
+                )),
+            bt.cert
+                .as_deref()
+                .map_or("# cert is off".into(), |c| format!("cert = {}", path(c))),
+            bt.key
+                .as_deref()
+                .map_or("# key is off".into(), |c| format!("key = {}", path(c))),
+        );
+        let a = &self.auth;
         // Where the keys come from, besides `public_key`: a key set file or URL.
         let mut key_set = String::new();
         if let Some(j) = &a.jwks {
@@ -1315,6 +1356,24 @@ mod tests {
         assert_eq!(
             again.auth.jwks_ca,
             Some(PathBuf::from("/etc/wsgate/ca.pem"))
+        );
+        assert!(again.backend_tls.ca.is_none() && again.backend_tls.cert.is_none());
+        let text = format!(
+            "[backend_tls]\nca = \"ca.pem\"\ncert = \"/k/gw.crt\"\nkey = \"gw.key\"\n{MINIMAL}"
+        );
+        let c = Config::from_toml_str(&text, Path::new("/etc/wsgate"))?;
+        let again = Config::from_toml_str(&c.describe(), Path::new("/etc/wsgate"))?;
+        assert_eq!(
+            (
+                again.backend_tls.ca,
+                again.backend_tls.cert,
+                again.backend_tls.key
+            ),
+            (
+                Some(PathBuf::from("/etc/wsgate/ca.pem")),
+                Some(PathBuf::from("/k/gw.crt")),
+                Some(PathBuf::from("/etc/wsgate/gw.key"))
+            )
         );
         Ok(())
     }

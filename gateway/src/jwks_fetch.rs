@@ -176,18 +176,10 @@ where
 
 /// A TLS client config trusting `ca`'s certificates, or the system's roots.
 fn client_config(ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
-    let roots = match ca {
-        Some(path) => crate::tls::trust_roots(path)?,
-        None => {
-            let found = rustls_native_certs::load_native_certs();
-            let mut roots = rustls::RootCertStore::empty();
-            let (added, _) = roots.add_parsable_certificates(found.certs);
-            if added == 0 {
-                return Err("no trusted root certificates on this system: set jwks_ca".into());
-            }
-            roots
-        }
-    };
+    let roots = crate::tls::roots_or_system(
+        ca,
+        "no trusted root certificates on this system: set jwks_ca",
+    )?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

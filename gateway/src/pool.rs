@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tracing::{debug, info, warn};
@@ -299,6 +299,9 @@ pub struct Pool {
     /// How long a health probe may take, in ms: `[timeouts] backend_connect` as the
     /// last reload set it (a pool kept across reloads keeps its task).
     probe_timeout_ms: AtomicU64,
+    /// The client config for `wss://` instances as the last reload built it (a pool kept
+    /// across reloads takes a new `[backend_tls]` too).
+    tls: ArcSwapOption<rustls::ClientConfig>,
     /// DNS pools: the last lookup failed (logged once until one works again).
     lookup_failing: AtomicBool,
     /// DNS pools: serialises applying lookup answers (never held across an await).
@@ -350,12 +353,17 @@ impl Pool {
                 (list, true)
             }
             Members::Dns {
-                host, port, path, ..
+                host,
+                port,
+                path,
+                tls,
+                ..
             } => {
-                // Same name, port and path: the old answer holds until the next lookup.
+                // Same name, port, path and scheme: the old answer holds until the next
+                // lookup.
                 let same = previous.is_some_and(|p| {
-                    matches!(&p.spec.members, Members::Dns { host: h, port: o, path: q, .. }
-                        if h == host && o == port && q == path)
+                    matches!(&p.spec.members, Members::Dns { host: h, port: o, path: q, tls: s, .. }
+                        if h == host && o == port && q == path && s == tls)
                 });
                 if same {
                     let resolved = previous.is_some_and(|p| p.resolved.load(Ordering::Relaxed));
@@ -382,6 +390,7 @@ impl Pool {
             discovering: AtomicBool::new(false),
             checking: AtomicBool::new(false),
             probe_timeout_ms: AtomicU64::new(0),
+            tls: ArcSwapOption::empty(),
             lookup_failing: AtomicBool::new(false),
             applying: Mutex::new(()),
         }
@@ -395,6 +404,12 @@ impl Pool {
     /// The configured entry.
     pub fn spec(&self) -> &PoolSpec {
         &self.spec
+    }
+
+    /// The TLS client config for `wss://` instances in force now (`None`: no backend of
+    /// the config in force is `wss://` and `[backend_tls]` is empty).
+    pub fn tls(&self) -> Option<Arc<rustls::ClientConfig>> {
+        self.tls.load_full()
     }
 
     /// The instances in force now (a snapshot: discovery may replace the list meanwhile).

@@ -86,6 +86,9 @@ pub enum Members {
         path: String,
         /// How often the name is looked up again.
         refresh: Duration,
+        /// `tls = true`: every instance is connected to over TLS (`wss://`), its
+        /// certificate checked against `host`.
+        tls: bool,
     },
 }
 
@@ -137,7 +140,7 @@ fn at(key: &str, problem: impl Into<String>) -> SpecError {
     }
 }
 
-const KEYS: &str = "urls, dns, path, refresh, balance, eject, connect_attempts, \
+const KEYS: &str = "urls, dns, path, refresh, tls, balance, eject, connect_attempts, \
                     health_interval, health_check, required_scopes, max_sessions";
 
 impl PoolSpec {
@@ -165,7 +168,7 @@ impl PoolSpec {
             toml::Value::Table(t) => t,
             other => {
                 return Err(whole(format!(
-                    "expected a ws:// URL or a table ({{ urls = [...] }} or {{ dns = \"host:port\" }}), found {}",
+                    "expected a ws:// or wss:// URL or a table ({{ urls = [...] }} or {{ dns = \"host:port\" }}), found {}",
                     other.type_str()
                 )))
             }
@@ -291,6 +294,9 @@ impl PoolSpec {
                 if table.contains_key("refresh") {
                     return Err(at("refresh", "only with dns"));
                 }
+                if table.contains_key("tls") {
+                    return Err(at("tls", "only with dns (a URL says it with wss://)"));
+                }
                 Members::Urls(parse_urls(id, urls)?)
             }
             (None, Some(dns)) => {
@@ -311,11 +317,22 @@ impl PoolSpec {
                 if refresh < Duration::from_millis(100) {
                     return Err(at("refresh", "must be at least 100ms"));
                 }
+                let tls = match table.get("tls") {
+                    None => false,
+                    Some(toml::Value::Boolean(b)) => *b,
+                    Some(other) => {
+                        return Err(at(
+                            "tls",
+                            format!("expected true or false, found {}", other.type_str()),
+                        ))
+                    }
+                };
                 Members::Dns {
                     host,
                     port,
                     path: path.to_owned(),
                     refresh,
+                    tls,
                 }
             }
         };
@@ -331,6 +348,14 @@ impl PoolSpec {
             max_sessions,
             single: false,
         })
+    }
+
+    /// Whether its instances are connected to over TLS (`wss://`, or `tls = true`).
+    pub fn uses_tls(&self) -> bool {
+        match &self.members {
+            Members::Urls(targets) => targets.iter().any(|t| t.tls.is_some()),
+            Members::Dns { tls, .. } => *tls,
+        }
     }
 
     /// Instances tried for one client when the pool holds `instances`.
@@ -359,6 +384,7 @@ impl PoolSpec {
                 port,
                 path,
                 refresh,
+                tls,
             } => {
                 let dns = if host.contains(':') {
                     format!("[{host}]:{port}")
@@ -372,6 +398,9 @@ impl PoolSpec {
                     q(path),
                     secs(*refresh)
                 );
+                if *tls {
+                    o.push_str(", tls = true");
+                }
             }
         }
         let _ = write!(
@@ -407,7 +436,10 @@ fn parse_urls(id: &str, urls: &toml::Value) -> Result<Vec<BackendTarget>, SpecEr
     let toml::Value::Array(list) = urls else {
         return Err(at(
             "urls",
-            format!("expected an array of ws:// URLs, found {}", urls.type_str()),
+            format!(
+                "expected an array of ws:// or wss:// URLs, found {}",
+                urls.type_str()
+            ),
         ));
     };
     if list.is_empty() {
@@ -421,7 +453,10 @@ fn parse_urls(id: &str, urls: &toml::Value) -> Result<Vec<BackendTarget>, SpecEr
         let toml::Value::String(url) = v else {
             return Err(at(
                 "urls",
-                format!("expected ws:// URL strings, found {}", v.type_str()),
+                format!(
+                    "expected ws:// or wss:// URL strings, found {}",
+                    v.type_str()
+                ),
             ));
         };
         let t = BackendTarget::parse(id, url).map_err(|p| at("urls", p))?;
@@ -479,9 +514,12 @@ mod tests {
                 host: "abc.svc".into(),
                 port: 8081,
                 path: "/backend/abc".into(),
-                refresh: Duration::from_secs(2)
+                refresh: Duration::from_secs(2),
+                tls: false,
             }
         );
+        let secure = parse("{ dns = \"abc.svc:8443\", tls = true }")?;
+        assert!(matches!(secure.members, Members::Dns { tls: true, .. }));
         assert_eq!(
             urls.health_check,
             HealthCheck::WebSocket,
@@ -495,7 +533,7 @@ mod tests {
             parse("{ dns = \"abc.svc:8081\", required_scopes = [\"billing\", \"write\"] }")?;
         assert_eq!(scoped.required_scopes, ["billing", "write"]);
         assert!(urls.required_scopes.is_empty());
-        for spec in [one, urls, dns, tcp, scoped] {
+        for spec in [one, urls, dns, tcp, scoped, secure] {
             assert_eq!(parse(&spec.describe())?, spec, "{}", spec.describe());
         }
         Ok(())
@@ -537,6 +575,16 @@ mod tests {
             key("{ urls = [\"ws://a:1/\"], path = \"/x\" }").map(|k| k.0),
             Some(Some(String::from("path")))
         );
+        for tls in [
+            "{ urls = [\"wss://a:1/\"], tls = true }",
+            "{ dns = \"a:1\", tls = 1 }",
+        ] {
+            assert_eq!(
+                key(tls).map(|k| k.0),
+                Some(Some(String::from("tls"))),
+                "{tls}"
+            );
+        }
         assert_eq!(
             key("{ urls = [\"ws://a:1/\", \"ws://a:1/\"] }").map(|k| k.0),
             Some(Some(String::from("urls")))

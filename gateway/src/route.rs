@@ -13,7 +13,7 @@ use crate::metrics::PoolMetrics;
 use crate::pool::{Instance, Pool};
 use crate::pool_config::PoolSpec;
 
-/// One backend: where the gateway opens its `ws://` connection.
+/// One backend: where the gateway opens its `ws://` or `wss://` connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendTarget {
     /// The ID clients name in the `ID` header (shared by every session to it, for logs).
@@ -28,6 +28,9 @@ pub struct BackendTarget {
     pub host_header: String,
     /// Request target: path and query.
     pub path: String,
+    /// `wss://`: the name the backend's certificate must be valid for (the URL's host,
+    /// also sent as SNI when it is a DNS name). `None`: plain `ws://`.
+    pub tls: Option<String>,
 }
 
 /// Checks a backend ID: an HTTP token (RFC 9110 section 5.6.2), as it travels in the
@@ -78,20 +81,21 @@ pub fn without_userinfo(url: &str) -> String {
 }
 
 impl BackendTarget {
-    /// Parses a `ws://host[:port]/path` URL configured for `id`.
+    /// Parses a `ws://host[:port]/path` or `wss://host[:port]/path` URL configured for
+    /// `id`.
     pub fn parse(id: &str, url: &str) -> Result<Self, String> {
         check_id(id)?;
         let shown = without_userinfo(url);
         let parsed = url::Url::parse(url).map_err(|e| format!("invalid URL {shown:?}: {e}"))?;
-        match parsed.scheme() {
-            "ws" => {}
-            "wss" => {
+        let secure = match parsed.scheme() {
+            "ws" => false,
+            "wss" => true,
+            other => {
                 return Err(format!(
-                    "{shown:?}: wss:// backends are not supported; use ws://"
+                    "{shown:?}: scheme must be ws:// or wss://, not {other}://"
                 ))
             }
-            other => return Err(format!("{shown:?}: scheme must be ws://, not {other}://")),
-        }
+        };
         let host = match parsed.host() {
             Some(url::Host::Domain(d)) => d.to_owned(),
             Some(url::Host::Ipv4(ip)) => ip.to_string(),
@@ -106,7 +110,8 @@ impl BackendTarget {
                 "{shown:?}: a WebSocket URL has no fragment (#...); write a # in it as %23"
             ));
         }
-        let port = parsed.port().unwrap_or(80);
+        // `url` leaves a scheme's default port out (`wss://h:443/` has none).
+        let port = parsed.port_or_known_default().unwrap_or(80);
         if port == 0 {
             return Err(format!("{shown:?}: port 0 cannot be connected to"));
         }
@@ -124,6 +129,7 @@ impl BackendTarget {
         Ok(Self {
             id: Arc::from(id),
             url: url.to_owned(),
+            tls: secure.then(|| host.clone()),
             host,
             port,
             host_header,
@@ -263,8 +269,20 @@ mod tests {
             (v6.host.as_str(), v6.host_header.as_str()),
             ("::1", "[::1]:9")
         );
+        assert_eq!(t.tls, None);
         assert!(BackendTarget::parse("B", "http://x/").is_err());
-        assert!(BackendTarget::parse("B", "wss://x/").is_err());
+        let secure = BackendTarget::parse("B", "wss://x/")?;
+        assert_eq!(
+            (
+                secure.port,
+                secure.tls.as_deref(),
+                secure.host_header.as_str()
+            ),
+            (443, Some("x"), "x")
+        );
+        let ip = BackendTarget::parse("B", "wss://[::1]:8443/p")?;
+        assert_eq!((ip.port, ip.tls.as_deref()), (8443, Some("::1")));
+        assert_eq!(BackendTarget::parse("B", "ws://x/")?.port, 80);
         Ok(())
     }
 

@@ -21,6 +21,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::auth::AuthError;
 use crate::backend::{self, BackendConn};
+use crate::backend_tls::BackendStream;
 use crate::checks;
 use crate::credentials;
 use crate::limits::{Admission, LimitHit, Slot};
@@ -530,7 +531,6 @@ fn start_session(
     active: ActiveSession,
 ) {
     let shared = active.shared.clone();
-    let lease = backend.lease;
     let parts = match upgraded.downcast::<TokioIo<TlsStream>>() {
         Ok(parts) => parts,
         Err(_) => {
@@ -539,7 +539,11 @@ fn start_session(
         }
     };
     let (client_read, client_write) = tokio::io::split(parts.io.into_inner());
-    let (backend_read, backend_write) = backend.stream.into_split();
+    let client = Side {
+        read: client_read,
+        write: client_write,
+        leftover: parts.read_buf,
+    };
     let config = shared.config();
     let mut opts = session::SessionOptions::from_config(&config);
     let deflate = backend.extensions.is_some();
@@ -552,19 +556,82 @@ fn start_session(
     });
     let share = rand::Rng::gen_range(&mut rand::thread_rng(), 0.9..=1.0);
     opts.ends_at = session::deadline(tokio::time::Instant::now(), token_left, max_session, share);
+    let end = SessionEnd {
+        conn_id,
+        peer,
+        deflate,
+        slot,
+        active,
+    };
+    let (lease, leftover) = (backend.lease, backend.leftover);
+    // A plain backend's socket splits without a lock; a TLS one shares its state.
+    match backend.stream {
+        BackendStream::Plain(tcp) => {
+            let (read, write) = tcp.into_split();
+            run_session(
+                client,
+                Side {
+                    read,
+                    write,
+                    leftover,
+                },
+                opts,
+                lease,
+                end,
+            );
+        }
+        BackendStream::Tls(tls) => {
+            let (read, write) = tokio::io::split(*tls);
+            run_session(
+                client,
+                Side {
+                    read,
+                    write,
+                    leftover,
+                },
+                opts,
+                lease,
+                end,
+            );
+        }
+    }
+}
+
+/// What a session's task keeps for its end: who it was, for the log line, and what it
+/// holds until then (its connection-limit slot, its place among the active sessions).
+struct SessionEnd {
+    conn_id: u64,
+    peer: SocketAddr,
+    deflate: bool,
+    slot: Option<Slot>,
+    active: ActiveSession,
+}
+
+/// Spawns the task that proxies `client` and `backend` and logs and counts the session
+/// at its end.
+fn run_session<BR, BW>(
+    client: Side<ClientRead, ClientWrite>,
+    backend: Side<BR, BW>,
+    opts: session::SessionOptions,
+    lease: Option<crate::pool::Lease>,
+    end: SessionEnd,
+) where
+    BR: tokio::io::AsyncRead + Unpin + Send + 'static,
+    BW: tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let SessionEnd {
+        conn_id,
+        peer,
+        deflate,
+        slot,
+        active,
+    } = end;
+    let shared = active.shared.clone();
     // Boxed: awaiting a future held by value stores it twice in the awaiting future (the
     // captured value and the awaited one), which was ~2 KiB per idle session.
     let proxy = Box::pin(session::proxy(
-        Side {
-            read: client_read,
-            write: client_write,
-            leftover: parts.read_buf,
-        },
-        Side {
-            read: backend_read,
-            write: backend_write,
-            leftover: backend.leftover,
-        },
+        client,
+        backend,
         opts,
         shared.shutdown_rx.clone(),
         // Counts this session against its pool instance while its backend connection lasts.
@@ -597,6 +664,10 @@ fn start_session(
         .in_current_span(),
     );
 }
+
+/// The client side's halves of a session.
+type ClientRead = tokio::io::ReadHalf<TlsStream>;
+type ClientWrite = tokio::io::WriteHalf<TlsStream>;
 
 /// One connection counted in `Shared::handshaking` until its HTTP phase ends (refused,
 /// upgraded, or dropped); an upgraded one is counted in `Shared::active` by then.

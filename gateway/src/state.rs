@@ -28,6 +28,8 @@ pub struct Parts {
     pub verifier: Verifier,
     /// TLS server config.
     pub tls: Arc<ServerConfig>,
+    /// TLS client config for `wss://` backends (`None`: none is `wss://`).
+    pub backend_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// State shared by the listener and every connection.
@@ -84,13 +86,18 @@ impl Shared {
             config,
             verifier,
             tls,
+            backend_tls,
         } = parts;
         let limiter = ConnLimiter::from_config(&config.limits);
         let metrics = Metrics::new();
         let table = RouteTable::from_specs(&config.backends, &metrics.pools, None);
         let resolver = Resolver::with_lookup(lookup);
         for pool in table.pools() {
-            pool.start_tasks(resolver.lookup(), config.timeouts.backend_connect);
+            pool.start_tasks(
+                resolver.lookup(),
+                config.timeouts.backend_connect,
+                backend_tls.clone(),
+            );
         }
         let router = Router::new(table);
         let config_path = config.loaded_from.clone();
@@ -122,6 +129,7 @@ impl Shared {
             config,
             verifier,
             tls,
+            backend_tls,
         } = parts;
         let table = RouteTable::from_specs(
             &config.backends,
@@ -129,7 +137,11 @@ impl Shared {
             Some(&self.router.current()),
         );
         for pool in table.pools() {
-            pool.start_tasks(self.resolver.lookup(), config.timeouts.backend_connect);
+            pool.start_tasks(
+                self.resolver.lookup(),
+                config.timeouts.backend_connect,
+                backend_tls.clone(),
+            );
         }
         self.router.replace(table);
         let old = self.config.load();

@@ -31,27 +31,7 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, (&'static str
             ),
         ));
     }
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .and_then(|it| it.collect::<Result<_, _>>())
-        .map_err(|e| {
-            (
-                "cert",
-                format!(
-                    "{}: {}",
-                    cert.display(),
-                    pem_problem(&e, cert, "certificate")
-                ),
-            )
-        })?;
-    if certs.is_empty() {
-        return Err(("cert", format!("{}: no certificate in PEM", cert.display())));
-    }
-    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
-        (
-            "key",
-            format!("{}: {}", key.display(), pem_problem(&e, key, "private key")),
-        )
-    })?;
+    let (certs, key_der) = chain_and_key(cert, key)?;
     let mut provider = rustls::crypto::aws_lc_rs::default_provider();
     if !tls.cipher_suites.is_empty() {
         provider.cipher_suites = chosen_suites(&provider.cipher_suites, &tls.cipher_suites)
@@ -99,6 +79,36 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, (&'static str
         config.ticketer = ticketer().map_err(|e| ("session_tickets", e))?;
     }
     Ok(Arc::new(config))
+}
+
+/// The certificate chain (leaf first) and private key in the PEM files `cert` and `key`.
+/// Errors name the key (`cert` or `key`) and the problem.
+pub(crate) fn chain_and_key(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), (&'static str, String)> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<_, _>>())
+        .map_err(|e| {
+            (
+                "cert",
+                format!(
+                    "{}: {}",
+                    cert.display(),
+                    pem_problem(&e, cert, "certificate")
+                ),
+            )
+        })?;
+    if certs.is_empty() {
+        return Err(("cert", format!("{}: no certificate in PEM", cert.display())));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        (
+            "key",
+            format!("{}: {}", key.display(), pem_problem(&e, key, "private key")),
+        )
+    })?;
+    Ok((certs, key_der))
 }
 
 /// The process's session ticket keys (AES-256 + HMAC-SHA256, rotated every 6 hours,
@@ -212,6 +222,24 @@ pub fn trust_roots(path: &std::path::Path) -> Result<rustls::RootCertStore, Stri
     let (added, _ignored) = roots.add_parsable_certificates(certs);
     if added == 0 {
         return Err(format!("CA file {shown}: no usable certificate"));
+    }
+    Ok(roots)
+}
+
+/// The CAs of `ca` as trust roots, or without it the system's; `no_roots` is the
+/// problem when the system has none.
+pub fn roots_or_system(
+    ca: Option<&std::path::Path>,
+    no_roots: &str,
+) -> Result<rustls::RootCertStore, String> {
+    if let Some(path) = ca {
+        return trust_roots(path);
+    }
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        return Err(no_roots.to_owned());
     }
     Ok(roots)
 }

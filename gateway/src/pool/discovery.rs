@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{info, warn};
 
 use super::{now_ms, Instance, Pool};
@@ -57,13 +58,20 @@ impl Pool {
     }
 
     /// Starts the pool's background tasks (once each; needs a tokio runtime): DNS refresh,
-    /// and the health check when `health_interval` is set, each probe under `timeout`. A
-    /// pool kept across a reload is called again: its probes take the new `timeout`.
-    pub fn start_tasks(self: &Arc<Self>, lookup: &Arc<dyn Lookup>, timeout: Duration) {
+    /// and the health check when `health_interval` is set, each probe under `timeout`,
+    /// and puts `tls` in force for its `wss://` instances. A pool kept across a reload is
+    /// called again: its probes and connects take the new `timeout` and `tls`.
+    pub fn start_tasks(
+        self: &Arc<Self>,
+        lookup: &Arc<dyn Lookup>,
+        timeout: Duration,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) {
         self.probe_timeout_ms.store(
             u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
+        self.tls.store(tls);
         self.start_discovery(lookup);
         let Some(interval) = self.spec.health_interval else {
             return;
@@ -83,7 +91,7 @@ impl Pool {
                 // took (at most `timeout`, which is at most `interval`): the others are
                 // probed as often as configured.
                 let next_round = tokio::time::Instant::now() + interval;
-                let Some((list, timeout, eject)) = pool.upgrade().map(|p| {
+                let Some((list, timeout, eject, tls)) = pool.upgrade().map(|p| {
                     let ms = p.probe_timeout_ms.load(Ordering::Relaxed);
                     let timeout = Duration::from_millis(ms).min(interval);
                     // Out until a probe answers, even if `eject` is shorter than the wait
@@ -91,16 +99,16 @@ impl Pool {
                     // started (at most that after this probe failed) and takes up to
                     // `timeout` itself.
                     let eject = p.spec.eject.max(interval + 2 * timeout);
-                    (p.instances(), timeout, eject)
+                    (p.instances(), timeout, eject, p.tls())
                 }) else {
                     return; // replaced by a reload
                 };
                 // All at once: a round takes one probe's time, however many are silent.
                 let mut probes = tokio::task::JoinSet::new();
                 for i in list.iter() {
-                    let (i, lookup) = (i.clone(), lookup.clone());
+                    let (i, lookup, tls) = (i.clone(), lookup.clone(), tls.clone());
                     probes.spawn(async move {
-                        match probe(&i, check, lookup.as_ref(), timeout).await {
+                        match probe(&i, check, tls, lookup.as_ref(), timeout).await {
                             Ok(()) => i.answered_probe(),
                             // The gateway's own shortage says nothing of the instance.
                             Err(e) if crate::backend::out_of_local_resources(&e) => {
@@ -121,7 +129,11 @@ impl Pool {
     /// last known instances (logged once until a lookup works again).
     pub async fn refresh(&self, lookup: &dyn Lookup) {
         let Members::Dns {
-            host, port, path, ..
+            host,
+            port,
+            path,
+            tls,
+            ..
         } = &self.spec.members
         else {
             return;
@@ -170,7 +182,7 @@ impl Pool {
                     .find(|i| dns_addr(i) == Some(*a))
                     .cloned()
                     .unwrap_or_else(|| {
-                        let target = dns_target(&self.spec.id, host, *port, path, *a);
+                        let target = dns_target(&self.spec.id, host, *port, path, *tls, *a);
                         self.take_back_retired(&target)
                             .unwrap_or_else(|| Arc::new(Instance::new(target, &self.metrics)))
                     })
@@ -193,10 +205,11 @@ impl Pool {
 
 /// One health probe under `timeout`, to every address of the instance at once (up if one
 /// answers): a TCP connect, then for [`HealthCheck::WebSocket`] the upgrade (see
-/// [`upgrade`]).
+/// [`upgrade`]), after the TLS handshake with `tls` for a `wss://` instance.
 async fn probe(
     i: &Instance,
     check: HealthCheck,
+    tls: Option<Arc<rustls::ClientConfig>>,
     lookup: &dyn Lookup,
     timeout: Duration,
 ) -> std::io::Result<()> {
@@ -210,12 +223,18 @@ async fn probe(
         // the whole instance out.
         let mut probes = tokio::task::JoinSet::new();
         for addr in addrs {
-            let target = i.target.clone();
+            let (target, tls) = (i.target.clone(), tls.clone());
             probes.spawn(async move {
                 let tcp = tokio::net::TcpStream::connect(addr).await?;
-                match check {
-                    HealthCheck::Tcp => Ok(()),
-                    HealthCheck::WebSocket => upgrade(tcp, &target).await,
+                match (check, &target.tls) {
+                    (HealthCheck::Tcp, _) => Ok(()),
+                    (HealthCheck::WebSocket, None) => upgrade(tcp, &target).await,
+                    (HealthCheck::WebSocket, Some(name)) => {
+                        let stream = crate::backend_tls::handshake(tls.as_ref(), name, tcp)
+                            .await
+                            .map_err(std::io::Error::other)?;
+                        upgrade(stream, &target).await
+                    }
                 }
             });
         }
@@ -244,7 +263,10 @@ async fn probe(
 /// other status (a 5xx, a 2xx or 3xx from something that is not a WebSocket server), a
 /// broken handshake or silence, down. After a 101 the probe closes the session as a
 /// client should (see [`close`]), on its own task, so that the verdict does not wait.
-async fn upgrade(mut tcp: tokio::net::TcpStream, target: &BackendTarget) -> std::io::Result<()> {
+async fn upgrade<S>(mut stream: S, target: &BackendTarget) -> std::io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let req = ClientRequest {
         host: &target.host_header,
         path: &target.path,
@@ -252,9 +274,9 @@ async fn upgrade(mut tcp: tokio::net::TcpStream, target: &BackendTarget) -> std:
         headers: &[("User-Agent", "wsgate-health-check")],
         refusal_body: false,
     };
-    match wsclient::handshake(&mut tcp, &req).await {
+    match wsclient::handshake(&mut stream, &req).await {
         Ok(_) => {
-            tokio::spawn(close(tcp));
+            tokio::spawn(close(stream));
             Ok(())
         }
         Err(HandshakeError::Refused { status, .. })
@@ -269,11 +291,11 @@ async fn upgrade(mut tcp: tokio::net::TcpStream, target: &BackendTarget) -> std:
 /// Ends a probe's session: a close (1000), then whatever the backend still sends is read
 /// and dropped until it closes (for at most [`CLOSE_WAIT`]), so that the backend sees a
 /// clean close rather than a reset.
-async fn close(mut tcp: tokio::net::TcpStream) {
+async fn close<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S) {
     use tokio::io::AsyncReadExt;
     let drain = async {
         // Masked, as a client's frames must be: the writer a session's backend side uses.
-        let mut writer = FrameWriter::new(&mut tcp, fastwebsockets::Role::Client, 64);
+        let mut writer = FrameWriter::new(&mut stream, fastwebsockets::Role::Client, 64);
         send_close(
             &mut writer,
             CloseMsg {
@@ -284,7 +306,7 @@ async fn close(mut tcp: tokio::net::TcpStream) {
         .await?;
         writer.shutdown().await?;
         let mut sink = [0u8; 512];
-        while tcp.read(&mut sink).await? > 0 {}
+        while stream.read(&mut sink).await? > 0 {}
         std::io::Result::Ok(())
     };
     let _ = tokio::time::timeout(CLOSE_WAIT, drain).await;
@@ -299,7 +321,14 @@ fn dns_addr(i: &Instance) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, i.target.port))
 }
 
-fn dns_target(id: &Arc<str>, host: &str, port: u16, path: &str, addr: SocketAddr) -> BackendTarget {
+fn dns_target(
+    id: &Arc<str>,
+    host: &str,
+    port: u16,
+    path: &str,
+    tls: bool,
+    addr: SocketAddr,
+) -> BackendTarget {
     let host_header = if host.contains(':') {
         format!("[{host}]:{port}")
     } else {
@@ -307,10 +336,12 @@ fn dns_target(id: &Arc<str>, host: &str, port: u16, path: &str, addr: SocketAddr
     };
     BackendTarget {
         id: id.clone(),
-        url: format!("ws://{addr}{path}"),
+        url: format!("{}://{addr}{path}", if tls { "wss" } else { "ws" }),
         host: addr.ip().to_string(),
         port: addr.port(),
         host_header,
         path: path.to_owned(),
+        // The certificate is checked against the name looked up, not the address.
+        tls: tls.then(|| host.to_owned()),
     }
 }

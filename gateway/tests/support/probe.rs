@@ -70,6 +70,24 @@ pub enum Event {
     Flooded(u64),
 }
 
+/// A TLS handshake a [`Probe::start_tls`] probe completed.
+#[derive(Debug, Clone)]
+pub struct TlsSeen {
+    /// The SNI the client sent.
+    pub sni: Option<String>,
+    /// The ALPN protocol agreed.
+    pub alpn: Option<Vec<u8>>,
+    /// Whether the client presented a certificate.
+    pub client_cert: bool,
+}
+
+/// TLS handshakes of a [`Probe::start_tls`] probe, shared with the test.
+#[derive(Debug, Default)]
+struct TlsLog {
+    done: Mutex<Vec<TlsSeen>>,
+    failed: AtomicU64,
+}
+
 /// Progress of the probe's floods, shared with the test.
 #[derive(Debug, Default)]
 struct FloodState {
@@ -114,6 +132,7 @@ pub struct Probe {
     task: tokio::task::JoinHandle<()>,
     tasks: Arc<Mutex<Vec<AbortHandle>>>,
     flood: Arc<FloodState>,
+    tls: Arc<TlsLog>,
 }
 
 impl Drop for Probe {
@@ -136,6 +155,23 @@ impl Probe {
     /// Starts a probe on `addr` (`SO_REUSEADDR` set, so a stopped probe's port can be
     /// taken again while its old connections linger in TIME_WAIT).
     pub async fn start_on(addr: SocketAddr, mode: Mode) -> anyhow::Result<Probe> {
+        Self::serve(addr, mode, None).await
+    }
+
+    /// Starts a probe on `addr` that speaks WebSocket over TLS with `config` (`wss://`).
+    pub async fn start_tls(
+        addr: SocketAddr,
+        mode: Mode,
+        config: Arc<rustls::ServerConfig>,
+    ) -> anyhow::Result<Probe> {
+        Self::serve(addr, mode, Some(tokio_rustls::TlsAcceptor::from(config))).await
+    }
+
+    async fn serve(
+        addr: SocketAddr,
+        mode: Mode,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> anyhow::Result<Probe> {
         let socket = if addr.is_ipv4() {
             TcpSocket::new_v4()?
         } else {
@@ -153,6 +189,8 @@ impl Probe {
             flood: Arc::new(FloodState::default()),
         };
         let (tasks, flood) = (ctx.tasks.clone(), ctx.flood.clone());
+        let tls_log = Arc::new(TlsLog::default());
+        let log = tls_log.clone();
         let held = Arc::new(Mutex::new(Vec::new()));
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
@@ -165,11 +203,31 @@ impl Probe {
                     continue;
                 }
                 let conn_ctx = ctx.clone();
+                let (acceptor, log) = (tls.clone(), log.clone());
                 ctx.spawn(async move {
                     let svc_ctx = conn_ctx.clone();
                     let svc = service_fn(move |req| answer(req, svc_ctx.clone()));
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(tcp), svc)
+                    let http = http1::Builder::new();
+                    let Some(acceptor) = acceptor else {
+                        let _ = http
+                            .serve_connection(TokioIo::new(tcp), svc)
+                            .with_upgrades()
+                            .await;
+                        return;
+                    };
+                    let Ok(stream) = acceptor.accept(tcp).await else {
+                        log.failed.fetch_add(1, Ordering::SeqCst);
+                        return;
+                    };
+                    let (_, conn) = stream.get_ref();
+                    let seen = TlsSeen {
+                        sni: conn.server_name().map(str::to_owned),
+                        alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
+                        client_cert: conn.peer_certificates().is_some_and(|c| !c.is_empty()),
+                    };
+                    log.done.lock().map(|mut d| d.push(seen)).ok();
+                    let _ = http
+                        .serve_connection(TokioIo::new(stream), svc)
                         .with_upgrades()
                         .await;
                 });
@@ -181,12 +239,23 @@ impl Probe {
             task,
             tasks,
             flood,
+            tls: tls_log,
         })
     }
 
     /// The probe's URL for a backend table.
     pub fn url(&self) -> String {
         format!("ws://{}/probe", self.addr)
+    }
+
+    /// TLS handshakes completed so far ([`Probe::start_tls`]).
+    pub fn tls_seen(&self) -> Vec<TlsSeen> {
+        self.tls.done.lock().map(|d| d.clone()).unwrap_or_default()
+    }
+
+    /// TLS handshakes that failed so far ([`Probe::start_tls`]).
+    pub fn tls_failed(&self) -> u64 {
+        self.tls.failed.load(Ordering::SeqCst)
     }
 
     /// Next event within the deadline.

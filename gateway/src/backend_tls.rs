@@ -1,0 +1,226 @@
+//! TLS toward `wss://` backends: the rustls client config built from `[backend_tls]`, the
+//! handshake, and the stream a backend connection runs on, plain or TLS.
+//!
+//! A backend connection over TLS costs a second encryption per message; the plain stream
+//! stays a bare `TcpStream` so `ws://` sessions keep their split without a lock.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+use crate::config::BackendTlsConfig;
+
+/// Builds the client config for `wss://` backends from `[backend_tls]`. `needed`: some
+/// backend is `wss://`; without one and without settings there is nothing to build
+/// (`None`). Errors name the key (`ca`, `cert` or `key`) and the problem.
+///
+/// Resumption is rustls's default, an in-memory cache of 256 sessions: a reconnect to
+/// the same backend skips its certificate check and signature.
+pub fn client_config(
+    cfg: &BackendTlsConfig,
+    needed: bool,
+) -> Result<Option<Arc<ClientConfig>>, (&'static str, String)> {
+    let configured = cfg.ca.is_some() || cfg.cert.is_some() || cfg.key.is_some();
+    if !needed && !configured {
+        return Ok(None);
+    }
+    let roots = crate::tls::roots_or_system(
+        cfg.ca.as_deref(),
+        "no trusted root certificates on this system: set ca (the CAs of the wss:// backends)",
+    )
+    .map_err(|e| ("ca", e))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ("ca", format!("TLS setup: {e}")))?
+        .with_root_certificates(roots);
+    let mut config = match (&cfg.cert, &cfg.key) {
+        (None, None) => builder.with_no_client_auth(),
+        (Some(cert), Some(key)) => {
+            let (chain, key_der) = crate::tls::chain_and_key(cert, key)?;
+            builder.with_client_auth_cert(chain, key_der).map_err(|e| {
+                (
+                    "key",
+                    format!("{} does not match the certificate: {e}", key.display()),
+                )
+            })?
+        }
+        (Some(_), None) => return Err(("key", "cert needs key too".into())),
+        (None, Some(_)) => return Err(("cert", "key needs cert too".into())),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Some(Arc::new(config)))
+}
+
+/// Whether a TLS handshake failed for want of the gateway's own setup (no client config
+/// at all), as opposed to anything the backend did.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    /// The backend is `wss://` but no client config is in force.
+    #[error("no TLS settings for a wss:// backend")]
+    NotConfigured,
+    /// `name` is neither a DNS name nor an IP address.
+    #[error("{0:?} is not a name a certificate can be checked against")]
+    BadName(String),
+    /// The handshake itself failed: refused certificate, wrong protocol, reset.
+    #[error("backend TLS handshake failed: {0}")]
+    Failed(io::Error),
+}
+
+/// The TLS handshake on `tcp` with a backend whose certificate must be valid for `name`
+/// (sent as SNI when it is a DNS name).
+pub async fn handshake(
+    config: Option<&Arc<ClientConfig>>,
+    name: &str,
+    tcp: TcpStream,
+) -> Result<TlsStream<TcpStream>, HandshakeError> {
+    let config = config.ok_or(HandshakeError::NotConfigured)?;
+    let server_name = ServerName::try_from(name.to_owned())
+        .map_err(|_| HandshakeError::BadName(name.to_owned()))?;
+    tokio_rustls::TlsConnector::from(config.clone())
+        .connect(server_name, tcp)
+        .await
+        .map_err(HandshakeError::Failed)
+}
+
+/// A backend connection: plain (`ws://`) or TLS (`wss://`).
+#[derive(Debug)]
+pub enum BackendStream {
+    /// `ws://`.
+    Plain(TcpStream),
+    /// `wss://` (boxed: the TLS state is ~1 KiB, and most backends are plain).
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for BackendStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            BackendStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            BackendStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for BackendStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            BackendStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            BackendStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            BackendStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            BackendStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            BackendStream::Plain(s) => s.is_write_vectored(),
+            BackendStream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            BackendStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            BackendStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            BackendStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            BackendStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::dev_certs;
+
+    #[test]
+    fn nothing_is_built_without_a_wss_backend_or_settings() -> Result<(), (&'static str, String)> {
+        assert!(client_config(&BackendTlsConfig::default(), false)?.is_none());
+        let dir = dev_certs();
+        let with_ca = BackendTlsConfig {
+            ca: Some(dir.join("ca.crt")),
+            ..Default::default()
+        };
+        let built = client_config(&with_ca, true)?;
+        assert!(built.is_some_and(|c| c.alpn_protocols == [b"http/1.1".to_vec()]));
+        // Settings are checked even before a wss:// backend needs them.
+        assert!(client_config(&with_ca, false)?.is_some());
+        Ok(())
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let dir = dev_certs();
+        let key = |cfg: BackendTlsConfig| client_config(&cfg, true).err().map(|(k, _)| k);
+        let ca = Some(dir.join("ca.crt"));
+        assert_eq!(
+            key(BackendTlsConfig {
+                ca: Some(dir.join("missing.pem")),
+                ..Default::default()
+            }),
+            Some("ca")
+        );
+        assert_eq!(
+            key(BackendTlsConfig {
+                ca: ca.clone(),
+                cert: Some(dir.join("client.crt")),
+                key: None,
+            }),
+            Some("key")
+        );
+        assert_eq!(
+            key(BackendTlsConfig {
+                ca: ca.clone(),
+                cert: None,
+                key: Some(dir.join("client.key")),
+            }),
+            Some("cert")
+        );
+        // The server's key with the client's certificate.
+        assert_eq!(
+            key(BackendTlsConfig {
+                ca: ca.clone(),
+                cert: Some(dir.join("client.crt")),
+                key: Some(dir.join("server.key")),
+            }),
+            Some("key")
+        );
+        assert_eq!(
+            key(BackendTlsConfig {
+                ca,
+                cert: Some(dir.join("client.crt")),
+                key: Some(dir.join("client.key")),
+            }),
+            None
+        );
+    }
+}

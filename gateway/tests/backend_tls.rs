@@ -1,0 +1,326 @@
+//! `wss://` backends: the gateway's connection to a backend over TLS, the certificate
+//! checked against `[backend_tls] ca` and the URL's host, a client certificate for
+//! backends that ask for one, the health check over TLS, and a reload of the settings.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use fastwebsockets::{Frame, OpCode, Payload};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use support::probe::{self, Mode, Probe};
+use support::process::{client_options, GatewayProc, ProcOptions};
+use support::{certs, DEADLINE};
+
+/// The probe's server config: the dev server certificate (localhost, 127.0.0.1, ::1),
+/// asking for a client certificate from the dev CA when `client_auth`.
+fn server_config(client_auth: bool) -> Result<Arc<rustls::ServerConfig>> {
+    let dir = certs();
+    let chain =
+        CertificateDer::pem_file_iter(dir.join("server.crt"))?.collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(dir.join("server.key"))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let builder = if client_auth {
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in CertificateDer::pem_file_iter(dir.join("ca.crt"))? {
+            roots.add(ca?)?;
+        }
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()?;
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    };
+    let mut config = builder.with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// A TLS probe on `ip`, port 0, echoing.
+async fn tls_probe(ip: [u8; 4], client_auth: bool) -> Result<Probe> {
+    Probe::start_tls(
+        SocketAddr::from((ip, 0)),
+        Mode::Accept { protocol: None },
+        server_config(client_auth)?,
+    )
+    .await
+}
+
+/// `[backend_tls]` trusting the CA file `ca` of the dev certs folder, with the gateway's
+/// client certificate when `client_cert`.
+fn backend_tls(ca: &str, client_cert: bool) -> String {
+    let dir = certs();
+    let mut toml = format!("\n[backend_tls]\nca = {:?}\n", dir.join(ca));
+    if client_cert {
+        toml.push_str(&format!(
+            "cert = {:?}\nkey = {:?}\n",
+            dir.join("client.crt"),
+            dir.join("client.key")
+        ));
+    }
+    toml
+}
+
+/// The headers of the next upgrade request that reached `probe`.
+async fn handshake(probe: &mut Probe) -> Result<Vec<(String, String)>> {
+    match probe.next().await? {
+        probe::Event::Handshake(headers) => Ok(headers),
+        other => bail!("expected the handshake, got {other:?}"),
+    }
+}
+
+/// A client of `id` through `gw` that is refused; its status and reason.
+async fn refused(gw: &GatewayProc, id: &str) -> Result<(u16, String)> {
+    support::refused(&client_options(&gw.url(), id)?).await
+}
+
+/// Waits until `probe` has seen a failed TLS handshake.
+async fn tls_failure(probe: &Probe) -> Result<()> {
+    let started = Instant::now();
+    while probe.tls_failed() == 0 {
+        ensure!(
+            started.elapsed() < DEADLINE,
+            "the backend saw no failed TLS handshake"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_wss_backend_is_reached_over_tls_and_messages_pass_both_ways_intact() -> Result<()> {
+    let mut probe = tls_probe([127, 0, 0, 1], false).await?;
+    let url = format!("wss://localhost:{}/probe?x=1", probe.addr.port());
+    let gw = GatewayProc::start(ProcOptions {
+        backends: vec![("Backend_TLS".into(), url)],
+        extra_toml: backend_tls("ca.crt", false),
+        ..ProcOptions::default()
+    })
+    .await?;
+    let mut c = loadgen::client::connect(&client_options(&gw.url(), "Backend_TLS")?).await?;
+    let headers = handshake(&mut probe).await?;
+    let host = format!("localhost:{}", probe.addr.port());
+    ensure!(
+        probe::values(&headers, "host") == [host.as_str()],
+        "backend got {headers:?}"
+    );
+    let seen = probe.tls_seen();
+    ensure!(seen.len() == 1, "TLS handshakes: {seen:?}");
+    ensure!(
+        seen[0].sni.as_deref() == Some("localhost")
+            && seen[0].alpn.as_deref() == Some(b"http/1.1".as_slice())
+            && !seen[0].client_cert,
+        "{seen:?}"
+    );
+
+    support::send(&mut c.ws, Frame::text(Payload::Borrowed(b"over TLS"))).await?;
+    let (op, payload) = probe.next_frame().await?;
+    ensure!(op == OpCode::Text && payload == b"over TLS", "{op:?}");
+    let echoed = support::next_frame(&mut c.ws).await?;
+    ensure!(&echoed.payload[..] == b"over TLS");
+    // Larger than a TLS record and than the 64 KiB a frame is held whole below.
+    let big: Vec<u8> = (0..300_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
+    support::send(&mut c.ws, Frame::binary(Payload::Borrowed(&big))).await?;
+    let (op, payload) = probe.next_frame().await?;
+    ensure!(
+        op == OpCode::Binary && payload == big,
+        "{op:?} {}",
+        payload.len()
+    );
+    let echoed = support::next_frame(&mut c.ws).await?;
+    ensure!(
+        echoed.payload[..] == big[..],
+        "{} bytes back",
+        echoed.payload.len()
+    );
+
+    ensure!(support::close_cleanly(&mut c.ws).await? == 1000);
+    let (code, _) = probe.next_close().await?;
+    ensure!(code == 1000, "backend got close {code}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_certificate_not_valid_for_the_url_or_no_tls_at_all_is_a_502_and_others_are_served(
+) -> Result<()> {
+    // The certificate names 127.0.0.1 and localhost, not 127.0.0.2.
+    let wrong_name = tls_probe([127, 0, 0, 2], false).await?;
+    // A plain ws:// backend behind a wss:// URL.
+    let plain = Probe::start(Mode::Accept { protocol: None }).await?;
+    let mut good = tls_probe([127, 0, 0, 1], false).await?;
+    let gw = GatewayProc::start(ProcOptions {
+        backends: vec![
+            (
+                "Backend_NAME".into(),
+                format!("wss://127.0.0.2:{}/probe", wrong_name.addr.port()),
+            ),
+            (
+                "Backend_PLAIN".into(),
+                format!("wss://127.0.0.1:{}/probe", plain.addr.port()),
+            ),
+            (
+                "Backend_GOOD".into(),
+                format!("wss://127.0.0.1:{}/probe", good.addr.port()),
+            ),
+        ],
+        extra_toml: backend_tls("ca.crt", false),
+        ..ProcOptions::default()
+    })
+    .await?;
+
+    let (status, reason) = refused(&gw, "Backend_NAME").await?;
+    ensure!(
+        status == 502 && reason.contains("TLS") && reason.contains("not valid for name"),
+        "{status} {reason:?}"
+    );
+    tls_failure(&wrong_name).await?;
+    let started = Instant::now();
+    let (status, reason) = refused(&gw, "Backend_PLAIN").await?;
+    ensure!(
+        status == 502 && reason.contains("TLS handshake failed"),
+        "{status} {reason:?}"
+    );
+    ensure!(
+        started.elapsed() < Duration::from_secs(5),
+        "a backend without TLS took {:?} to refuse",
+        started.elapsed()
+    );
+
+    let mut c = loadgen::client::connect(&client_options(&gw.url(), "Backend_GOOD")?).await?;
+    handshake(&mut good).await?;
+    support::echo(&mut c.ws, b"still served").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_backend_certificate_from_another_ca_is_refused_until_a_reload_trusts_its_ca(
+) -> Result<()> {
+    let mut probe = tls_probe([127, 0, 0, 1], false).await?;
+    let url = format!("wss://localhost:{}/probe", probe.addr.port());
+    // The server certificate itself as the only root: the probe's chain goes to the
+    // dev CA, which is not trusted then.
+    let gw = GatewayProc::start(ProcOptions {
+        backends: vec![("Backend_TLS".into(), url)],
+        extra_toml: backend_tls("server.crt", false),
+        ..ProcOptions::default()
+    })
+    .await?;
+    let (status, reason) = refused(&gw, "Backend_TLS").await?;
+    ensure!(
+        status == 502 && reason.contains("UnknownIssuer"),
+        "{status} {reason:?}"
+    );
+    tls_failure(&probe).await?;
+    ensure!(probe.tls_seen().is_empty(), "{:?}", probe.tls_seen());
+
+    // The same backend table, so the pool is kept across the reload: it must take the
+    // new [backend_tls] all the same.
+    let config = std::fs::read_to_string(gw.config_path())?;
+    let (untrusted, trusted) = (
+        format!("ca = {:?}", certs().join("server.crt")),
+        format!("ca = {:?}", certs().join("ca.crt")),
+    );
+    ensure!(config.contains(&untrusted), "{config}");
+    std::fs::write(gw.config_path(), config.replace(&untrusted, &trusted))?;
+    gw.hangup()?;
+    gw.log_line("config reloaded").await?;
+    let mut c = loadgen::client::connect(&client_options(&gw.url(), "Backend_TLS")?).await?;
+    handshake(&mut probe).await?;
+    support::echo(&mut c.ws, b"trusted now").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_backend_that_asks_for_a_client_certificate_gets_the_configured_one() -> Result<()> {
+    let mut probe = tls_probe([127, 0, 0, 1], true).await?;
+    let url = format!("wss://localhost:{}/probe", probe.addr.port());
+    let without = GatewayProc::start(ProcOptions {
+        backends: vec![("Backend_MTLS".into(), url.clone())],
+        extra_toml: backend_tls("ca.crt", false),
+        ..ProcOptions::default()
+    })
+    .await?;
+    let (status, reason) = refused(&without, "Backend_MTLS").await?;
+    ensure!(status == 502, "{status} {reason:?}");
+    tls_failure(&probe).await?;
+
+    let with = GatewayProc::start(ProcOptions {
+        backends: vec![("Backend_MTLS".into(), url)],
+        extra_toml: backend_tls("ca.crt", true),
+        ..ProcOptions::default()
+    })
+    .await?;
+    let mut c = loadgen::client::connect(&client_options(&with.url(), "Backend_MTLS")?).await?;
+    handshake(&mut probe).await?;
+    let seen = probe.tls_seen();
+    ensure!(
+        seen.len() == 1 && seen[0].client_cert,
+        "TLS handshakes completed: {seen:?}"
+    );
+    support::echo(&mut c.ws, b"mutual").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_health_check_of_a_wss_instance_speaks_tls() -> Result<()> {
+    let mut probe = tls_probe([127, 0, 0, 1], false).await?;
+    let url = format!("wss://localhost:{}/probe", probe.addr.port());
+    let _gw = GatewayProc::start(ProcOptions {
+        extra_toml: format!(
+            "Backend_TLS = {{ urls = [{url:?}], health_interval = \"100ms\" }}\n{}",
+            backend_tls("ca.crt", false)
+        ),
+        ..ProcOptions::default()
+    })
+    .await?;
+    // No client has connected: this upgrade is the health check's, over TLS.
+    let headers = handshake(&mut probe)
+        .await
+        .context("no health probe came")?;
+    ensure!(
+        probe::values(&headers, "user-agent") == ["wsgate-health-check"],
+        "{headers:?}"
+    );
+    ensure!(
+        probe
+            .tls_seen()
+            .first()
+            .is_some_and(|s| s.sni.as_deref() == Some("localhost")),
+        "{:?}",
+        probe.tls_seen()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_client_certificate_without_its_key_stops_start_up_naming_the_key() -> Result<()> {
+    let dir = certs();
+    let started = GatewayProc::start(ProcOptions {
+        backends: vec![("Backend_TLS".into(), "wss://localhost:1/".into())],
+        extra_toml: format!(
+            "\n[backend_tls]\nca = {:?}\ncert = {:?}\n",
+            dir.join("ca.crt"),
+            dir.join("client.crt")
+        ),
+        ..ProcOptions::default()
+    })
+    .await;
+    let Err(e) = started else {
+        bail!("the gateway started with a client certificate and no key");
+    };
+    let msg = format!("{e:#}");
+    ensure!(
+        msg.contains("exit status: 64") && msg.contains("backend_tls.key"),
+        "{msg}"
+    );
+    Ok(())
+}
