@@ -1,6 +1,7 @@
 //! The library's one error type.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 /// Why the demo services could not start or keep serving.
 ///
@@ -31,4 +32,38 @@ pub enum DemoError {
     /// The listener handed to [`serve`](crate::serve) has no local address (not bound).
     #[error("listener has no local address")]
     LocalAddr(#[source] std::io::Error),
+    /// `--tls-cert` without `--tls-key` or the other way round: TLS needs both.
+    #[error("{given} needs {missing} as well (give both for wss://, neither for ws://)")]
+    TlsFlagsUnpaired {
+        /// The flag that was given.
+        given: &'static str,
+        /// The flag that was not.
+        missing: &'static str,
+    },
+    /// The TLS certificate file could not be read or holds no PEM certificate.
+    #[error("TLS certificate {}: {reason}", path.display())]
+    TlsCert {
+        /// The `--tls-cert` file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The TLS private key file could not be read or holds no PEM private key.
+    #[error("TLS private key {}: {reason}", path.display())]
+    TlsKey {
+        /// The `--tls-key` file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// rustls refused the certificate and key (e.g. a key that is not the certificate's).
+    #[error("TLS certificate {} with key {}: {source}", cert.display(), key.display())]
+    TlsConfig {
+        /// The `--tls-cert` file.
+        cert: PathBuf,
+        /// The `--tls-key` file.
+        key: PathBuf,
+        /// rustls's reason.
+        source: rustls::Error,
+    },
 }

@@ -9,8 +9,9 @@
 //! Modules, in the order a connection meets them:
 //!
 //! - [`backend`] — the [`Backend`] enum: names, IDs, ports, paths, push text.
-//! - `server` — [`serve`]: accept loop, HTTP/1 handshake and upgrade, one task per
-//!   connection, shutdown.
+//! - [`tls`] — the acceptor of a `wss://` backend (`--tls-cert` / `--tls-key`).
+//! - `server` — [`serve`]: accept loop, TLS handshake ([`serve_with_tls`]), HTTP/1
+//!   handshake and upgrade, one task per connection, shutdown.
 //! - `session` — one upgraded connection: echo, ping/close answers, push timer,
 //!   flushing only when the reader would wait.
 //! - [`batch`] — [`BatchWriter`], the write buffer that turns many echoes into one
@@ -19,7 +20,8 @@
 //!   code).
 //! - `request_log` — rate-limited logging of `RequestMessage`s.
 //! - [`message`] — the [`RequestMessage`] type.
-//! - `testing` — [`spawn_for_test`] / [`RunningBackend`] for other crates' tests.
+//! - `testing` — [`spawn_for_test`] / [`spawn_tls_for_test`] / [`RunningBackend`] for
+//!   other crates' tests.
 //! - [`duration`] — `2s` / `500ms` parsing for the CLI.
 //! - `error` — [`DemoError`].
 
@@ -33,12 +35,13 @@ mod request_log;
 mod server;
 mod session;
 mod testing;
+pub mod tls;
 
 pub use backend::Backend;
 pub use batch::BatchWriter;
 pub use error::DemoError;
 pub use message::RequestMessage;
 pub use request_log::LOG_LINES_PER_SECOND;
-pub use server::{bind, serve, serve_counted, ServiceOptions, SessionCounts};
+pub use server::{bind, serve, serve_counted, serve_with_tls, ServiceOptions, SessionCounts};
 pub use session::MAX_FRAME_SIZE;
-pub use testing::{spawn_for_test, spawn_for_test_on, RunningBackend};
+pub use testing::{spawn_for_test, spawn_for_test_on, spawn_tls_for_test, RunningBackend};

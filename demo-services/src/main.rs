@@ -2,13 +2,16 @@
 //! Ctrl-C / SIGTERM.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use demo_services::duration::parse_duration;
-use demo_services::{bind, serve, Backend, ServiceOptions};
+use demo_services::tls::{self, TlsFiles};
+use demo_services::{bind, serve_with_tls, Backend, DemoError, ServiceOptions};
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 use tracing_subscriber::EnvFilter;
 
 #[global_allocator]
@@ -42,6 +45,13 @@ struct Cli {
     /// connection, e.g. 2s or 500ms; 0 disables pushing.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     push_interval: Duration,
+    /// PEM certificate chain: with --tls-key, every backend serves wss:// instead of ws://
+    /// (TLS 1.2/1.3, ALPN http/1.1). Give both or neither.
+    #[arg(long, value_name = "PATH")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert's certificate (unencrypted).
+    #[arg(long, value_name = "PATH")]
+    tls_key: Option<PathBuf>,
 }
 
 /// `--only` values.
@@ -56,6 +66,14 @@ enum BackendArg {
 }
 
 impl Cli {
+    /// The TLS acceptor every backend shares, or `None` for plain ws://. Fails on one
+    /// flag without the other and on certificate or key files that do not load.
+    fn tls(&self) -> Result<Option<TlsAcceptor>, DemoError> {
+        TlsFiles::from_flags(self.tls_cert.clone(), self.tls_key.clone())?
+            .map(|files| tls::acceptor(&files))
+            .transpose()
+    }
+
     /// The selected backends with the address each should bind.
     fn backends(&self) -> Vec<(Backend, SocketAddr)> {
         Backend::ALL
@@ -86,12 +104,19 @@ impl Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    let tls = match cli.tls() {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("demo-services: {e}");
+            return ExitCode::from(64);
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
-    match run(cli).await {
+    match run(cli, tls).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -100,9 +125,9 @@ async fn main() -> ExitCode {
     }
 }
 
-/// Binds every selected backend (all or none start), serves them until a stop signal,
-/// then waits for each to close its connections.
-async fn run(cli: Cli) -> anyhow::Result<()> {
+/// Binds every selected backend (all or none start), serves them (over TLS with `tls`)
+/// until a stop signal, then waits for each to close its connections.
+async fn run(cli: Cli, tls: Option<TlsAcceptor>) -> anyhow::Result<()> {
     let push_interval = (!cli.push_interval.is_zero()).then_some(cli.push_interval);
     let mut listeners = Vec::new();
     for (backend, addr) in cli.backends() {
@@ -120,7 +145,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             backend,
             push_interval,
         };
-        servers.push(tokio::spawn(serve(listener, opts, shutdown)));
+        servers.push(tokio::spawn(serve_with_tls(
+            listener,
+            opts,
+            tls.clone(),
+            shutdown,
+            Default::default(),
+        )));
     }
 
     stop_signal().await?;

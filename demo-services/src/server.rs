@@ -1,5 +1,6 @@
-//! Accept loop and HTTP upgrade: one task per TCP connection, which answers the
-//! handshake and then runs the WebSocket session.
+//! Accept loop and HTTP upgrade: one task per TCP connection, which makes the TLS
+//! handshake when the backend serves `wss://`, answers the HTTP upgrade and then runs
+//! the WebSocket session.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -15,11 +16,14 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, UPGRADE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
+use hyper::upgrade::Upgraded;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
 use tracing::{debug, error, info, warn, Instrument};
 
 use crate::request_log::{RequestLog, LOG_LINES_PER_SECOND};
@@ -28,6 +32,9 @@ use crate::{Backend, DemoError};
 
 /// How long a client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client of a `wss://` backend may take over its TLS handshake (the header
+/// timeout starts after it), so a stalled handshake cannot hold its task forever.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// First and longest pause after a failed `accept` (e.g. out of file descriptors).
 const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
 
@@ -87,6 +94,8 @@ struct Shared {
     log: RequestLog,
     /// Sessions served, for tests.
     counts: Arc<SessionCounts>,
+    /// `Some` when the backend serves `wss://`: every connection starts with a handshake.
+    tls: Option<TlsAcceptor>,
 }
 
 /// Binds a TCP listener on `addr`, naming the address in the error (for the CLI).
@@ -116,19 +125,35 @@ pub async fn serve_counted(
     shutdown: impl Future<Output = ()> + Send + 'static,
     counts: Arc<SessionCounts>,
 ) -> Result<(), DemoError> {
+    serve_with_tls(listener, opts, None, shutdown, counts).await
+}
+
+/// Like [`serve_counted`]; with `tls` (from [`crate::tls::acceptor`]) the backend serves
+/// `wss://`: each connection's task first makes the TLS handshake, then the same HTTP
+/// upgrade and session run over the TLS stream. A client whose handshake fails or stalls
+/// is dropped (logged at debug) without affecting the others. `None` is plain `ws://`.
+pub async fn serve_with_tls(
+    listener: TcpListener,
+    opts: ServiceOptions,
+    tls: Option<TlsAcceptor>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    counts: Arc<SessionCounts>,
+) -> Result<(), DemoError> {
     let addr = listener.local_addr().map_err(DemoError::LocalAddr)?;
     let backend = opts.backend;
+    let scheme = if tls.is_some() { "wss" } else { "ws" };
     info!(
         backend = backend.name(),
-        %addr,
-        path = backend.path(),
         push_interval = ?opts.push_interval,
-        "listening"
+        "{} listening on {scheme}://{addr}{}",
+        backend.id(),
+        backend.path(),
     );
     let shared = Arc::new(Shared {
         log: RequestLog::new(backend, LOG_LINES_PER_SECOND),
         opts,
         counts,
+        tls,
     });
     let _reporter = AbortOnDrop(tokio::spawn({
         let shared = Arc::clone(&shared);
@@ -174,20 +199,70 @@ pub async fn serve_counted(
     Ok(())
 }
 
-/// Serves one TCP connection: HTTP/1 until a WebSocket upgrade, then the session.
+/// Serves one TCP connection: the TLS handshake for a `wss://` backend, HTTP/1 until a
+/// WebSocket upgrade, then the session.
 ///
-/// The service only stores the upgrade future and returns the 101; the connection
-/// future completes once hyper has written it and handed the socket over, and this same
-/// task then runs the session (one task per connection, so shutdown can abort it).
+/// Either way the upgraded connection is unwrapped back to its own stream type, so the
+/// session reads and writes the socket (or the TLS stream) without hyper in between.
 async fn handle_connection(stream: TcpStream, shared: Arc<Shared>) {
     // Batching happens above the socket; Nagle would only add latency to each flush.
     if let Err(e) = stream.set_nodelay(true) {
         debug!(error = %e, "set_nodelay failed");
     }
+    let Some(acceptor) = &shared.tls else {
+        let Some(upgraded) = http_upgrade(stream, shared.opts.backend).await else {
+            return;
+        };
+        return match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                // Fast path: the bare socket, split without a lock. Bytes hyper read past
+                // the request go in front of the reader (copied, so hyper's buffer is freed).
+                let (read, write) = parts.io.into_inner().into_split();
+                let early = Bytes::copy_from_slice(&parts.read_buf);
+                run_session(std::io::Cursor::new(early).chain(read), write, &shared).await;
+            }
+            Err(upgraded) => run_upgraded(upgraded, &shared).await,
+        };
+    };
+    let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            debug!(error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            debug!(timeout = ?TLS_HANDSHAKE_TIMEOUT, "TLS handshake timed out");
+            return;
+        }
+    };
+    let Some(upgraded) = http_upgrade(stream, shared.opts.backend).await else {
+        return;
+    };
+    match upgraded.downcast::<TokioIo<TlsStream<TcpStream>>>() {
+        Ok(parts) => {
+            // A TLS stream has no owned halves; tokio's split shares it behind a lock.
+            let (read, write) = tokio::io::split(parts.io.into_inner());
+            let early = Bytes::copy_from_slice(&parts.read_buf);
+            run_session(std::io::Cursor::new(early).chain(read), write, &shared).await;
+        }
+        Err(upgraded) => run_upgraded(upgraded, &shared).await,
+    }
+}
+
+/// Serves HTTP/1 on `io` until a WebSocket upgrade and returns the upgraded connection;
+/// `None` when the connection ended without one (a refusal, a plain request, an error).
+///
+/// The service only stores the upgrade future and returns the 101; the connection
+/// future completes once hyper has written it and handed the stream over, and the
+/// caller's task then runs the session (one task per connection, so shutdown can abort
+/// it).
+async fn http_upgrade<S>(io: S, backend: Backend) -> Option<Upgraded>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let pending: Arc<Mutex<Option<UpgradeFut>>> = Arc::default();
     let service = {
         let pending = Arc::clone(&pending);
-        let backend = shared.opts.backend;
         service_fn(move |req| {
             std::future::ready(Ok::<_, Infallible>(respond(req, backend, &pending)))
         })
@@ -195,27 +270,39 @@ async fn handle_connection(stream: TcpStream, shared: Arc<Shared>) {
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     if let Err(e) = connection.await {
         debug!(error = %e, "http connection failed");
-        return;
+        return None;
     }
     let upgrade = match pending.lock() {
         Ok(mut slot) => slot.take(),
         Err(poisoned) => poisoned.into_inner().take(),
     };
-    let Some(upgrade) = upgrade else {
-        return; // a plain HTTP connection that ended
-    };
-    let upgraded = match upgrade.await {
-        Ok(ws) => ws.into_inner().into_inner(),
+    // None: a plain HTTP connection that ended.
+    match upgrade?.await {
+        Ok(ws) => Some(ws.into_inner().into_inner()),
         Err(e) => {
             debug!(error = %e, "upgrade failed");
-            return;
+            None
         }
-    };
+    }
+}
 
+/// The session over hyper's upgraded connection, when it is not the stream type the
+/// caller expected (hyper keeps the bytes it read past the request itself).
+async fn run_upgraded(upgraded: Upgraded, shared: &Shared) {
+    let (read, write) = tokio::io::split(TokioIo::new(upgraded));
+    run_session(read, write, shared).await;
+}
+
+/// Runs one WebSocket session, counted as open while it lasts, and logs its end.
+async fn run_session<R, W>(read: R, write: W, shared: &Shared)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let started = Instant::now();
     let _open = OpenSession::new(&shared.counts);
     let cfg = SessionConfig {
@@ -223,19 +310,7 @@ async fn handle_connection(stream: TcpStream, shared: Arc<Shared>) {
         push_interval: shared.opts.push_interval,
         log: &shared.log,
     };
-    let (outcome, summary) = match upgraded.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) => {
-            // Fast path: the bare socket, split without a lock. Bytes hyper read past the
-            // request go in front of the reader (copied, so hyper's buffer is freed).
-            let (read, write) = parts.io.into_inner().into_split();
-            let early = Bytes::copy_from_slice(&parts.read_buf);
-            session::run(std::io::Cursor::new(early).chain(read), write, &cfg).await
-        }
-        Err(upgraded) => {
-            let (read, write) = tokio::io::split(TokioIo::new(upgraded));
-            session::run(read, write, &cfg).await
-        }
-    };
+    let (outcome, summary) = session::run(read, write, &cfg).await;
     debug!(
         %outcome,
         frames = summary.frames,

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 
-use crate::server::{serve_counted, SessionCounts};
+use crate::server::{serve_with_tls, SessionCounts};
 use crate::{Backend, DemoError, ServiceOptions};
 
 /// Binds `127.0.0.1:0`, spawns [`serve`] on the current tokio runtime and returns a
@@ -25,15 +26,34 @@ pub async fn spawn_for_test_on(
     addr: SocketAddr,
     opts: ServiceOptions,
 ) -> std::io::Result<RunningBackend> {
+    spawn(addr, opts, None).await
+}
+
+/// Like [`spawn_for_test`], serving `wss://` with `tls` (see [`crate::tls::acceptor`]).
+pub async fn spawn_tls_for_test(
+    opts: ServiceOptions,
+    tls: TlsAcceptor,
+) -> std::io::Result<RunningBackend> {
+    spawn(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), opts, Some(tls)).await
+}
+
+/// Binds `addr` and spawns the server, plain or TLS.
+async fn spawn(
+    addr: SocketAddr,
+    opts: ServiceOptions,
+    tls: Option<TlsAcceptor>,
+) -> std::io::Result<RunningBackend> {
+    let scheme = if tls.is_some() { "wss" } else { "ws" };
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let counts = Arc::new(SessionCounts::default());
     let backend = opts.backend;
     let (stop, stopped) = oneshot::channel::<()>();
     // A dropped sender also resolves `stopped`: dropping the handle stops the server.
-    let task = tokio::spawn(serve_counted(
+    let task = tokio::spawn(serve_with_tls(
         listener,
         opts,
+        tls,
         async move {
             let _ = stopped.await;
         },
@@ -42,6 +62,7 @@ pub async fn spawn_for_test_on(
     Ok(RunningBackend {
         addr,
         backend,
+        scheme,
         counts,
         _stop: stop,
         task,
@@ -56,6 +77,8 @@ pub struct RunningBackend {
     addr: SocketAddr,
     /// Which backend it serves (for its path).
     backend: Backend,
+    /// "ws", or "wss" when started by [`spawn_tls_for_test`] (for its URL).
+    scheme: &'static str,
     /// Sessions it served.
     counts: Arc<SessionCounts>,
     /// Dropping this tells the server to shut down.
@@ -85,9 +108,10 @@ impl RunningBackend {
         self.counts.open()
     }
 
-    /// The WebSocket URL to connect to, e.g. `ws://127.0.0.1:40123/backend/abc`.
+    /// The WebSocket URL to connect to, e.g. `ws://127.0.0.1:40123/backend/abc`
+    /// (`wss://` for a TLS backend).
     pub fn url(&self) -> String {
-        format!("ws://{}{}", self.addr, self.backend.path())
+        format!("{}://{}{}", self.scheme, self.addr, self.backend.path())
     }
 
     /// Stops the server: the listener closes and open WebSocket connections are dropped

@@ -1,22 +1,30 @@
-//! Test support: start a backend on port 0, connect a fastwebsockets client, wait with
-//! deadlines.
+//! Test support: start a backend on port 0 (plain or TLS), connect a fastwebsockets
+//! client (over TCP or TLS), wait with deadlines.
 
 #![allow(dead_code)] // each test file uses a different subset
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use demo_services::{spawn_for_test, Backend, RunningBackend, ServiceOptions};
+use demo_services::tls::TlsFiles;
+use demo_services::{spawn_for_test, spawn_tls_for_test, Backend, RunningBackend, ServiceOptions};
 use fastwebsockets::{handshake, Frame, OpCode, WebSocket, WebSocketError};
 use http_body_util::Empty;
 use hyper::header::{CONNECTION, HOST, UPGRADE};
 use hyper::upgrade::Upgraded;
 use hyper::Request;
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
 
 /// Generous upper bound for anything a test waits on; never a synchronisation sleep.
 pub const DEADLINE: Duration = Duration::from_secs(10);
@@ -56,9 +64,72 @@ pub async fn start(
     .await?)
 }
 
+/// The repository's development certificates (`certs/`).
+pub fn dev_certs() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../certs")
+}
+
+/// The dev server certificate and key (SAN localhost, 127.0.0.1; signed by certs/ca.crt).
+pub fn dev_tls_files() -> TlsFiles {
+    TlsFiles {
+        cert: dev_certs().join("server.crt"),
+        key: dev_certs().join("server.key"),
+    }
+}
+
+/// Starts `backend` serving `wss://` with the dev certificate on a free port.
+pub async fn start_tls(
+    backend: Backend,
+    push_interval: Option<Duration>,
+) -> anyhow::Result<RunningBackend> {
+    let acceptor = demo_services::tls::acceptor(&dev_tls_files())?;
+    let opts = ServiceOptions {
+        backend,
+        push_interval,
+    };
+    Ok(spawn_tls_for_test(opts, acceptor).await?)
+}
+
+/// A TLS client trusting only certs/ca.crt, on the aws-lc-rs provider, offering ALPN
+/// http/1.1 as the gateway does.
+pub fn tls_connector() -> anyhow::Result<TlsConnector> {
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_file_iter(dev_certs().join("ca.crt"))? {
+        roots.add(ca?)?;
+    }
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+/// A TLS connection to `addr`, checking the certificate is valid for "localhost".
+pub async fn tls_stream(addr: SocketAddr) -> anyhow::Result<TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    let name = ServerName::try_from("localhost")?;
+    Ok(within("TLS handshake", tls_connector()?.connect(name, tcp)).await??)
+}
+
+/// WebSocket client handshake over TLS to `addr` + `path`.
+pub async fn connect_tls(addr: SocketAddr, path: &str) -> anyhow::Result<Client> {
+    let stream = tls_stream(addr).await?;
+    Ok(within("handshake", handshake_on(stream, addr, path)).await??)
+}
+
 /// WebSocket client handshake to `addr` + `path`.
 pub async fn connect(addr: SocketAddr, path: &str) -> Result<Client, WebSocketError> {
     let stream = TcpStream::connect(addr).await?;
+    handshake_on(stream, addr, path).await
+}
+
+/// WebSocket client handshake for `path` on an open stream to `addr`.
+async fn handshake_on<S>(stream: S, addr: SocketAddr, path: &str) -> Result<Client, WebSocketError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let request = Request::builder()
         .method("GET")
         .uri(format!("http://{addr}{path}"))
