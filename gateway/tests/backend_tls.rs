@@ -324,3 +324,55 @@ async fn a_client_certificate_without_its_key_stops_start_up_naming_the_key() ->
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_backend_that_never_answers_the_tls_handshake_is_a_504_within_backend_connect(
+) -> Result<()> {
+    let silent = Probe::start(Mode::Hang).await?;
+    let gw = GatewayProc::start(ProcOptions {
+        backends: vec![(
+            "Backend_SILENT".into(),
+            format!("wss://localhost:{}/probe", silent.addr.port()),
+        )],
+        extra_toml: format!(
+            "{}\n[timeouts]\nbackend_connect = \"500ms\"\n",
+            backend_tls("ca.crt", false)
+        ),
+        ..ProcOptions::default()
+    })
+    .await?;
+    let started = Instant::now();
+    let (status, reason) = refused(&gw, "Backend_SILENT").await?;
+    let took = started.elapsed();
+    ensure!(status == 504, "{status} {reason:?}");
+    ensure!(
+        took >= Duration::from_millis(450) && took < Duration::from_secs(5),
+        "refused after {took:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_wss_backend_that_dies_mid_session_gets_its_client_a_1011() -> Result<()> {
+    let mut probe = tls_probe([127, 0, 0, 1], false).await?;
+    let gw = GatewayProc::start(ProcOptions {
+        backends: vec![(
+            "Backend_TLS".into(),
+            format!("wss://localhost:{}/probe", probe.addr.port()),
+        )],
+        extra_toml: backend_tls("ca.crt", false),
+        ..ProcOptions::default()
+    })
+    .await?;
+    let mut c = loadgen::client::connect(&client_options(&gw.url(), "Backend_TLS")?).await?;
+    handshake(&mut probe).await?;
+    support::echo(&mut c.ws, b"before").await?;
+    // Every connection goes at once, without a close frame or TLS close_notify.
+    drop(probe);
+    let (code, reason) = support::expect_close(&mut c.ws).await?;
+    ensure!(
+        code == 1011 && reason.contains("backend"),
+        "got close {code} {reason:?}"
+    );
+    Ok(())
+}
