@@ -1,6 +1,7 @@
 """Third-party peers for the interop test: Python's `websockets` as client and server.
 
-server: an echo server on 127.0.0.1:0 at any path; prints its port, then serves.
+server [CERT KEY]: an echo server on 127.0.0.1:0 at any path (over TLS with CERT and KEY,
+OpenSSL's, when given); prints its port, then serves.
 client URL CA ID TOKEN [CIPHER]: connects through the gateway over TLS (OpenSSL, through
 Python's ssl; with CIPHER, TLS 1.2 only and that OpenSSL cipher), prints the extensions
 negotiated (permessage-deflate, both ends' default), checks text and binary round trips
@@ -13,12 +14,16 @@ import sys
 import websockets
 
 
-async def serve():
+async def serve(cert=None, key=None):
     async def echo(ws, *args):
         async for message in ws:
             await ws.send(message)
 
-    async with websockets.serve(echo, "127.0.0.1", 0) as server:
+    tls = None
+    if cert:
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(cert, key)
+    async with websockets.serve(echo, "127.0.0.1", 0, ssl=tls) as server:
         port = next(iter(server.sockets)).getsockname()[1]
         print(port, flush=True)
         await asyncio.Future()
@@ -61,6 +66,6 @@ async def client(url, ca, backend, token, cipher=None):
 
 if __name__ == "__main__":
     if sys.argv[1] == "server":
-        asyncio.run(serve())
+        asyncio.run(serve(*sys.argv[2:4]))
     else:
         asyncio.run(client(*sys.argv[2:7]))

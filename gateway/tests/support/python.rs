@@ -31,14 +31,32 @@ pub fn ready() -> Result<bool> {
 pub struct EchoServer {
     /// Its port on 127.0.0.1.
     pub port: u16,
+    /// Serving over TLS (OpenSSL's, with the dev server certificate).
+    tls: bool,
     _child: Child,
 }
 
 impl EchoServer {
     /// Starts the server and waits for the port it prints.
     pub async fn start() -> Result<EchoServer> {
+        Self::spawn(false).await
+    }
+
+    /// Starts the server over TLS with the dev server certificate (`localhost`), and
+    /// waits for the port it prints.
+    pub async fn start_tls() -> Result<EchoServer> {
+        Self::spawn(true).await
+    }
+
+    async fn spawn(tls: bool) -> Result<EchoServer> {
+        let mut args = vec![SCRIPT.to_owned(), "server".to_owned()];
+        if tls {
+            let certs = super::certs();
+            args.push(certs.join("server.crt").display().to_string());
+            args.push(certs.join("server.key").display().to_string());
+        }
         let mut child = Command::new("python3")
-            .args([SCRIPT, "server"])
+            .args(&args)
             .stdout(Stdio::piped())
             .kill_on_drop(true)
             .spawn()?;
@@ -50,12 +68,16 @@ impl EchoServer {
         let port: u16 = port_line.trim().parse().context("server port line")?;
         Ok(EchoServer {
             port,
+            tls,
             _child: child,
         })
     }
 
     /// Its URL for a backend table.
     pub fn url(&self) -> String {
-        format!("ws://127.0.0.1:{}/echo", self.port)
+        match self.tls {
+            false => format!("ws://127.0.0.1:{}/echo", self.port),
+            true => format!("wss://localhost:{}/echo", self.port),
+        }
     }
 }
