@@ -1,7 +1,8 @@
 //! Interop with software we did not write: Python's `websockets` as the client (over TLS,
-//! OpenSSL's, 1.3 and each TLS 1.2 suite, with a token) and as the backend echo server,
-//! through the real gateway binary's code, also over TLS (OpenSSL's) as a `wss://` backend. Both negotiate `permessage-deflate` through the
-//! gateway (their default), so compressed messages cross it as they were sent.
+//! OpenSSL's, 1.3 and each TLS 1.2 suite, with a token) and as the backend echo server
+//! (plain, and over OpenSSL's TLS as a `wss://` backend), through the real gateway binary's
+//! code. Both negotiate `permessage-deflate` through the gateway (their default), so
+//! compressed messages cross it as they were sent.
 //!
 //! Needs `python3` with `websockets` (.ci/run installs it). Set WSGATE_SKIP_INTEROP=1 to
 //! skip where it cannot be installed; otherwise a missing module fails the test.
