@@ -359,11 +359,12 @@ impl Pool {
                 tls,
                 ..
             } => {
-                // Same name, port, path and scheme: the old answer holds until the next
-                // lookup.
+                // Same name, port, path, scheme and certificate name: the old answer holds
+                // until the next lookup.
                 let same = previous.is_some_and(|p| {
-                    matches!(&p.spec.members, Members::Dns { host: h, port: o, path: q, tls: s, .. }
-                        if h == host && o == port && q == path && s == tls)
+                    p.spec.tls_name == spec.tls_name
+                        && matches!(&p.spec.members, Members::Dns { host: h, port: o, path: q, tls: s, .. }
+                            if h == host && o == port && q == path && s == tls)
                 });
                 if same {
                     let resolved = previous.is_some_and(|p| p.resolved.load(Ordering::Relaxed));
@@ -538,6 +539,7 @@ mod tests {
             health_check: Default::default(),
             required_scopes: Vec::new(),
             max_sessions,
+            tls_name: None,
             single: false,
         };
         Pool::new(spec, &PoolMetrics::default(), None)

@@ -118,6 +118,10 @@ pub struct PoolSpec {
     /// as nginx's `max_conns` and HAProxy's `maxconn` on a server; with every instance
     /// at it, new clients get 503. `None`: no cap.
     pub max_sessions: Option<usize>,
+    /// `tls_name`: the name its TLS instances' certificates are checked against (and
+    /// sent as SNI when it is a DNS name), instead of each URL's host or the `dns` name;
+    /// for instances reached by address whose certificates name a host.
+    pub tls_name: Option<String>,
     /// Written as one URL string, so [`PoolSpec::describe`] writes it back that way.
     pub single: bool,
 }
@@ -140,7 +144,7 @@ fn at(key: &str, problem: impl Into<String>) -> SpecError {
     }
 }
 
-const KEYS: &str = "urls, dns, path, refresh, tls, balance, eject, connect_attempts, \
+const KEYS: &str = "urls, dns, path, refresh, tls, tls_name, balance, eject, connect_attempts, \
                     health_interval, health_check, required_scopes, max_sessions";
 
 impl PoolSpec {
@@ -156,6 +160,7 @@ impl PoolSpec {
             health_check: HealthCheck::default(),
             required_scopes: Vec::new(),
             max_sessions: None,
+            tls_name: None,
             single: true,
         }
     }
@@ -280,7 +285,19 @@ impl PoolSpec {
                 ))
             }
         };
-        let members = match (table.get("urls"), string("dns")?) {
+        let tls_name = string("tls_name")?
+            .map(|name| {
+                rustls::pki_types::ServerName::try_from(name)
+                    .map(|_| name.to_owned())
+                    .map_err(|_| {
+                        at(
+                            "tls_name",
+                            format!("{name:?}: not a DNS name or an IP address"),
+                        )
+                    })
+            })
+            .transpose()?;
+        let mut members = match (table.get("urls"), string("dns")?) {
             (Some(_), Some(_)) => return Err(at("dns", "give either urls or dns, not both")),
             (None, None) => {
                 return Err(whole(
@@ -336,6 +353,22 @@ impl PoolSpec {
                 }
             }
         };
+        if let Some(name) = &tls_name {
+            match &mut members {
+                Members::Urls(targets) if targets.iter().any(|t| t.tls.is_some()) => {
+                    for t in targets.iter_mut().filter(|t| t.tls.is_some()) {
+                        t.tls = Some(name.clone());
+                    }
+                }
+                Members::Dns { tls: true, .. } => {}
+                _ => {
+                    return Err(at(
+                        "tls_name",
+                        "only with wss:// URLs or dns with tls = true",
+                    ))
+                }
+            }
+        }
         Ok(Self {
             id: Arc::from(id),
             members,
@@ -346,6 +379,7 @@ impl PoolSpec {
             health_check,
             required_scopes,
             max_sessions,
+            tls_name,
             single: false,
         })
     }
@@ -426,6 +460,9 @@ impl PoolSpec {
         }
         if let Some(n) = self.max_sessions {
             let _ = write!(o, ", max_sessions = {n}");
+        }
+        if let Some(name) = &self.tls_name {
+            let _ = write!(o, ", tls_name = {}", q(name));
         }
         o.push_str(" }");
         o
@@ -520,6 +557,17 @@ mod tests {
         );
         let secure = parse("{ dns = \"abc.svc:8443\", tls = true }")?;
         assert!(matches!(secure.members, Members::Dns { tls: true, .. }));
+        let named = parse(
+            "{ urls = [\"wss://10.0.0.2:8443/a\", \"ws://10.0.0.3:80/a\"], tls_name = \"b.internal\" }",
+        )?;
+        let Members::Urls(targets) = &named.members else {
+            return Err(at("urls", "expected urls"));
+        };
+        assert_eq!(
+            targets.iter().map(|t| t.tls.as_deref()).collect::<Vec<_>>(),
+            [Some("b.internal"), None],
+            "the name is for the wss:// instances only"
+        );
         assert_eq!(
             urls.health_check,
             HealthCheck::WebSocket,
@@ -533,7 +581,7 @@ mod tests {
             parse("{ dns = \"abc.svc:8081\", required_scopes = [\"billing\", \"write\"] }")?;
         assert_eq!(scoped.required_scopes, ["billing", "write"]);
         assert!(urls.required_scopes.is_empty());
-        for spec in [one, urls, dns, tcp, scoped, secure] {
+        for spec in [one, urls, dns, tcp, scoped, secure, named] {
             assert_eq!(parse(&spec.describe())?, spec, "{}", spec.describe());
         }
         Ok(())
@@ -583,6 +631,17 @@ mod tests {
                 key(tls).map(|k| k.0),
                 Some(Some(String::from("tls"))),
                 "{tls}"
+            );
+        }
+        for named in [
+            "{ urls = [\"ws://a:1/\"], tls_name = \"a\" }",
+            "{ dns = \"a:1\", tls_name = \"a\" }",
+            "{ urls = [\"wss://a:1/\"], tls_name = \"not a name\" }",
+        ] {
+            assert_eq!(
+                key(named).map(|k| k.0),
+                Some(Some(String::from("tls_name"))),
+                "{named}"
             );
         }
         assert_eq!(

@@ -376,3 +376,38 @@ async fn a_wss_backend_that_dies_mid_session_gets_its_client_a_1011() -> Result<
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn tls_name_checks_an_instance_reached_by_address_against_a_host_name() -> Result<()> {
+    // Reached at 127.0.0.1; checked as `localhost`, which the certificate names too.
+    let mut probe = tls_probe([127, 0, 0, 1], false).await?;
+    let url = format!("wss://127.0.0.1:{}/probe", probe.addr.port());
+    let gw = GatewayProc::start(ProcOptions {
+        extra_toml: format!(
+            "Backend_NAMED = {{ urls = [{url:?}], tls_name = \"localhost\" }}\n\
+             Backend_OTHER = {{ urls = [{url:?}], tls_name = \"backend.example\" }}\n{}",
+            backend_tls("ca.crt", false)
+        ),
+        ..ProcOptions::default()
+    })
+    .await?;
+    let mut c = loadgen::client::connect(&client_options(&gw.url(), "Backend_NAMED")?).await?;
+    handshake(&mut probe).await?;
+    ensure!(
+        probe
+            .tls_seen()
+            .first()
+            .is_some_and(|s| s.sni.as_deref() == Some("localhost")),
+        "{:?}",
+        probe.tls_seen()
+    );
+    support::echo(&mut c.ws, b"named").await?;
+
+    // A name the certificate does not hold is refused, though the address is in it.
+    let (status, reason) = refused(&gw, "Backend_OTHER").await?;
+    ensure!(
+        status == 502 && reason.contains("not valid for name"),
+        "{status} {reason:?}"
+    );
+    Ok(())
+}

@@ -138,6 +138,8 @@ impl Pool {
         else {
             return;
         };
+        // The name TLS instances' certificates are checked against.
+        let tls_name = tls.then(|| self.spec.tls_name.as_deref().unwrap_or(host));
         let answer = lookup.lookup(host, *port).await;
         let backend = &*self.spec.id;
         let mut addrs = match answer {
@@ -182,7 +184,7 @@ impl Pool {
                     .find(|i| dns_addr(i) == Some(*a))
                     .cloned()
                     .unwrap_or_else(|| {
-                        let target = dns_target(&self.spec.id, host, *port, path, *tls, *a);
+                        let target = dns_target(&self.spec.id, host, *port, path, tls_name, *a);
                         self.take_back_retired(&target)
                             .unwrap_or_else(|| Arc::new(Instance::new(target, &self.metrics)))
                     })
@@ -326,7 +328,7 @@ fn dns_target(
     host: &str,
     port: u16,
     path: &str,
-    tls: bool,
+    tls_name: Option<&str>,
     addr: SocketAddr,
 ) -> BackendTarget {
     let host_header = if host.contains(':') {
@@ -336,12 +338,61 @@ fn dns_target(
     };
     BackendTarget {
         id: id.clone(),
-        url: format!("{}://{addr}{path}", if tls { "wss" } else { "ws" }),
+        url: format!(
+            "{}://{addr}{path}",
+            if tls_name.is_some() { "wss" } else { "ws" }
+        ),
         host: addr.ip().to_string(),
         port: addr.port(),
         host_header,
         path: path.to_owned(),
-        // The certificate is checked against the name looked up, not the address.
-        tls: tls.then(|| host.to_owned()),
+        // The certificate is checked against the name looked up (or `tls_name`), not the
+        // address.
+        tls: tls_name.map(str::to_owned),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::PoolMetrics;
+    use crate::pool_config::PoolSpec;
+    use crate::resolve::SystemLookup;
+
+    /// The TLS names of a DNS pool's instances after a lookup of `localhost`.
+    async fn names(entry: &str) -> Result<Vec<(String, Option<String>)>, String> {
+        let value: toml::Value = toml::from_str::<toml::Table>(&format!("e = {entry}"))
+            .map_err(|e| e.to_string())?
+            .get("e")
+            .cloned()
+            .ok_or("no entry")?;
+        let spec = PoolSpec::parse("B", &value).map_err(|e| e.problem)?;
+        let pool = Pool::new(spec, &PoolMetrics::default(), None);
+        pool.refresh(&SystemLookup).await;
+        Ok(pool
+            .instances()
+            .iter()
+            .map(|i| (i.target.url.clone(), i.target.tls.clone()))
+            .collect())
+    }
+
+    #[tokio::test]
+    async fn a_tls_dns_pool_checks_its_instances_against_the_name_or_tls_name() -> Result<(), String>
+    {
+        let plain = names("{ dns = \"localhost:8443\" }").await?;
+        assert!(!plain.is_empty(), "localhost did not resolve");
+        assert!(plain
+            .iter()
+            .all(|(url, tls)| url.starts_with("ws://") && tls.is_none()));
+        let secure = names("{ dns = \"localhost:8443\", tls = true }").await?;
+        assert!(secure
+            .iter()
+            .all(|(url, tls)| url.starts_with("wss://") && tls.as_deref() == Some("localhost")));
+        let named =
+            names("{ dns = \"localhost:8443\", tls = true, tls_name = \"b.internal\" }").await?;
+        assert!(named
+            .iter()
+            .all(|(_, tls)| tls.as_deref() == Some("b.internal")));
+        Ok(())
     }
 }
