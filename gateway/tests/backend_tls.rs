@@ -10,45 +10,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use fastwebsockets::{Frame, OpCode, Payload};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use support::probe::{self, Mode, Probe};
 use support::process::{client_options, GatewayProc, ProcOptions};
 use support::{certs, DEADLINE};
-
-/// The probe's server config: the dev server certificate (localhost, 127.0.0.1, ::1),
-/// asking for a client certificate from the dev CA when `client_auth`.
-fn server_config(client_auth: bool) -> Result<Arc<rustls::ServerConfig>> {
-    let dir = certs();
-    let chain =
-        CertificateDer::pem_file_iter(dir.join("server.crt"))?.collect::<Result<Vec<_>, _>>()?;
-    let key = PrivateKeyDer::from_pem_file(dir.join("server.key"))?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()?;
-    let builder = if client_auth {
-        let mut roots = rustls::RootCertStore::empty();
-        for ca in CertificateDer::pem_file_iter(dir.join("ca.crt"))? {
-            roots.add(ca?)?;
-        }
-        let verifier =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .build()?;
-        builder.with_client_cert_verifier(verifier)
-    } else {
-        builder.with_no_client_auth()
-    };
-    let mut config = builder.with_single_cert(chain, key)?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
-}
 
 /// A TLS probe on `ip`, port 0, echoing.
 async fn tls_probe(ip: [u8; 4], client_auth: bool) -> Result<Probe> {
     Probe::start_tls(
         SocketAddr::from((ip, 0)),
         Mode::Accept { protocol: None },
-        server_config(client_auth)?,
+        probe::tls_server_config(client_auth)?,
     )
     .await
 }
@@ -408,6 +379,74 @@ async fn tls_name_checks_an_instance_reached_by_address_against_a_host_name() ->
     ensure!(
         status == 502 && reason.contains("not valid for name"),
         "{status} {reason:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_wss_backend_that_pings_but_never_reads_is_closed_as_not_reading() -> Result<()> {
+    // As idle::a_backend_that_pings_but_never_reads_is_closed_as_not_reading, with the
+    // TLS library's own send buffer between the gateway's writes and the socket: the
+    // backlog must still be seen for what it is.
+    let probe = Probe::start_tls(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        Mode::Deaf {
+            every: Duration::from_millis(200),
+        },
+        probe::tls_server_config(false)?,
+    )
+    .await?;
+    let gw = GatewayProc::start(ProcOptions {
+        backends: vec![(
+            "Backend_DEAF".into(),
+            format!("wss://localhost:{}/probe", probe.addr.port()),
+        )],
+        extra_toml: format!(
+            "{}\n[timeouts]\nidle = \"1s\"\nclose = \"1s\"\n",
+            backend_tls("ca.crt", false)
+        ),
+        ..ProcOptions::default()
+    })
+    .await?;
+    let mut c = loadgen::client::connect(&client_options(&gw.url(), "Backend_DEAF")?).await?;
+    c.ws.set_auto_pong(false);
+    c.ws.set_auto_close(false);
+    let base_kib = gw.stats()?.rss_kib;
+    // Send until every buffer on the way to the backend is full.
+    let started = Instant::now();
+    let mut sent = 0usize;
+    loop {
+        let frame = Frame::binary(Payload::Owned(vec![7u8; 16 * 1024]));
+        match tokio::time::timeout(Duration::from_millis(500), c.ws.write_frame(frame)).await {
+            Ok(Ok(())) => sent += 1,
+            Ok(Err(e)) => bail!("the connection failed after {sent} frames: {e}"),
+            Err(_) => break,
+        }
+        ensure!(
+            started.elapsed() < DEADLINE,
+            "{sent} frames taken: the backend's buffers never filled"
+        );
+    }
+    let grown_kib = gw.stats()?.rss_kib.saturating_sub(base_kib);
+    ensure!(
+        grown_kib < 2048,
+        "the gateway held {grown_kib} KiB for one blocked session ({sent} frames of 16 KiB sent)"
+    );
+    let (code, reason) = tokio::time::timeout(DEADLINE, async {
+        loop {
+            let f = support::next_frame(&mut c.ws).await?;
+            match f.opcode {
+                OpCode::Close => break support::close_of(&f),
+                OpCode::Ping => {}
+                other => bail!("unexpected {other:?} frame"),
+            }
+        }
+    })
+    .await
+    .context("no close while the backend went on pinging")??;
+    ensure!(
+        (code, reason.as_str()) == (1001, "backend not reading"),
+        "client got close {code} {reason:?} after {sent} frames"
     );
     Ok(())
 }

@@ -74,11 +74,45 @@ async fn slow_readers_under_flood(
     meanwhile: WhileNotReading,
     frame: usize,
 ) -> Result<()> {
-    let flood = Probe::start(Mode::Flood {
+    slow_readers_under_flood_from(
+        false,
+        slow_clients,
+        hold,
+        bound_per_conn_kib,
+        meanwhile,
+        frame,
+    )
+    .await
+}
+
+/// [`slow_readers_under_flood`], the flooding backend behind a `wss://` URL when `tls`.
+async fn slow_readers_under_flood_from(
+    tls: bool,
+    slow_clients: usize,
+    hold: Duration,
+    bound_per_conn_kib: u64,
+    meanwhile: WhileNotReading,
+    frame: usize,
+) -> Result<()> {
+    let mode = Mode::Flood {
         size: frame,
         count: None,
-    })
-    .await?;
+    };
+    let (flood, flood_url, backend_tls) = if tls {
+        let probe = Probe::start_tls(
+            std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            mode,
+            support::probe::tls_server_config(false)?,
+        )
+        .await?;
+        let url = format!("wss://localhost:{}/probe", probe.addr.port());
+        let ca = format!("\n[backend_tls]\nca = {:?}\n", certs().join("ca.crt"));
+        (probe, url, ca)
+    } else {
+        let probe = Probe::start(mode).await?;
+        let url = probe.url();
+        (probe, url, String::new())
+    };
     let demo = demo_services::spawn_for_test(ServiceOptions {
         backend: Backend::Abc,
         push_interval: None,
@@ -86,9 +120,10 @@ async fn slow_readers_under_flood(
     .await?;
     let gw = GatewayProc::start(ProcOptions {
         backends: vec![
-            ("Backend_FLOOD".into(), flood.url()),
+            ("Backend_FLOOD".into(), flood_url),
             ("Backend_ABC".into(), demo.url()),
         ],
+        extra_toml: backend_tls,
         ..ProcOptions::default()
     })
     .await?;
@@ -199,6 +234,21 @@ async fn slow_readers_under_flood(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_readers_for_3s_hold_the_flood_back_without_gateway_memory() -> Result<()> {
     slow_readers_under_flood(
+        SLOW_READERS,
+        Duration::from_secs(3),
+        BOUND_PER_CONN_KIB,
+        WhileNotReading::Silent,
+        FRAME,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_readers_of_a_wss_backend_hold_its_flood_back_without_gateway_memory() -> Result<()> {
+    // The backend's bytes come through the TLS library's buffers: the flood must still be
+    // held back at the backend, not in the gateway.
+    slow_readers_under_flood_from(
+        true,
         SLOW_READERS,
         Duration::from_secs(3),
         BOUND_PER_CONN_KIB,

@@ -17,6 +17,8 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::mpsc;
@@ -68,6 +70,33 @@ pub enum Event {
     Raw(Vec<u8>),
     /// A flood ended after this many frames were written (Mode::Flood).
     Flooded(u64),
+}
+
+/// A server config for [`Probe::start_tls`]: the dev server certificate (localhost, 127.0.0.1, ::1),
+/// asking for a client certificate from the dev CA when `client_auth`.
+pub fn tls_server_config(client_auth: bool) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let dir = super::certs();
+    let chain =
+        CertificateDer::pem_file_iter(dir.join("server.crt"))?.collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(dir.join("server.key"))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let builder = if client_auth {
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in CertificateDer::pem_file_iter(dir.join("ca.crt"))? {
+            roots.add(ca?)?;
+        }
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()?;
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    };
+    let mut config = builder.with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// A TLS handshake a [`Probe::start_tls`] probe completed.
