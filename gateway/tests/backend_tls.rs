@@ -449,3 +449,26 @@ async fn a_wss_backend_that_pings_but_never_reads_is_closed_as_not_reading() -> 
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_second_session_to_a_wss_backend_resumes_the_first_ones_tls_session() -> Result<()> {
+    let mut probe = tls_probe([127, 0, 0, 1], false).await?;
+    let gw = GatewayProc::start(ProcOptions {
+        backends: vec![(
+            "Backend_TLS".into(),
+            format!("wss://localhost:{}/probe", probe.addr.port()),
+        )],
+        extra_toml: backend_tls("ca.crt", false),
+        ..ProcOptions::default()
+    })
+    .await?;
+    for n in 0..3 {
+        let mut c = loadgen::client::connect(&client_options(&gw.url(), "Backend_TLS")?).await?;
+        // The frames of the session before may still be reported first.
+        while !matches!(probe.next().await?, probe::Event::Handshake(_)) {}
+        support::echo(&mut c.ws, format!("session {n}").as_bytes()).await?;
+    }
+    let resumed: Vec<bool> = probe.tls_seen().iter().map(|s| s.resumed).collect();
+    ensure!(resumed == [false, true, true], "resumed: {resumed:?}");
+    Ok(())
+}

@@ -108,6 +108,8 @@ pub struct TlsSeen {
     pub alpn: Option<Vec<u8>>,
     /// Whether the client presented a certificate.
     pub client_cert: bool,
+    /// Whether the client resumed an earlier session (no certificate exchanged).
+    pub resumed: bool,
 }
 
 /// TLS handshakes of a [`Probe::start_tls`] probe, shared with the test.
@@ -253,6 +255,7 @@ impl Probe {
                         sni: conn.server_name().map(str::to_owned),
                         alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
                         client_cert: conn.peer_certificates().is_some_and(|c| !c.is_empty()),
+                        resumed: conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
                     };
                     log.done.lock().map(|mut d| d.push(seen)).ok();
                     let _ = http
