@@ -1,5 +1,6 @@
 //! Backend connect: TCP (then TLS for `wss://`) plus the WebSocket client handshake, under
-//! one timeout, made before the client is answered so that a dead backend is a 502/504, not a broken session.
+//! one timeout, made before the client is answered so that a dead backend is a 502/504,
+//! not a broken session.
 //!
 //! [`connect_pool`] picks an instance of the backend's pool and, when it fails to connect,
 //! ejects it and tries another, so one dead instance costs the client nothing.
@@ -15,7 +16,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::backend_tls::{self, BackendStream};
-
 use crate::checks::has_token;
 use crate::pool::{now_ms, Lease, Pool};
 use crate::refusal::Refusal;
