@@ -16,6 +16,10 @@ use prometheus_client::registry::Registry;
 
 use crate::session::SessionReport;
 
+mod backend_sessions;
+
+pub use backend_sessions::BackendSessions;
+
 /// Labels: the backend ID.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BackendLabel {
@@ -170,8 +174,9 @@ pub struct Metrics {
     registry: Registry,
     /// TCP connections accepted.
     pub accepted: Counter,
-    /// Sessions open now, per backend.
-    pub active: Family<BackendLabel, Gauge>,
+    /// Sessions open now, per backend; a backend a reload removed keeps its line only
+    /// while it has sessions.
+    pub active: BackendSessions,
     /// Sessions ended, per backend and outcome.
     pub sessions: Family<OutcomeLabels, Counter>,
     /// Upgrades refused, per status and reason.
@@ -214,7 +219,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("wsgate");
         let m = Self {
             accepted: Counter::default(),
-            active: Family::default(),
+            active: BackendSessions::default(),
             sessions: Family::default(),
             refusals: Family::default(),
             messages: Family::default(),
@@ -265,7 +270,7 @@ impl Metrics {
         registry.register(
             "sessions_active",
             "Proxied sessions open now",
-            m.active.clone(),
+            m.active.family(),
         );
         registry.register(
             "sessions",

@@ -214,6 +214,11 @@ impl RouteTable {
     pub fn pools(&self) -> impl Iterator<Item = &Arc<Pool>> {
         self.routes.values()
     }
+
+    /// Every backend ID it routes, in no particular order.
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.routes.keys().map(|id| &**id)
+    }
 }
 
 /// The live route table, swappable while connections use it.

@@ -722,7 +722,6 @@ impl Drop for Requested {
 /// failed upgrade.
 struct ActiveSession {
     shared: Arc<Shared>,
-    gauge: prometheus_client::metrics::gauge::Gauge,
     conn_id: u64,
     backend: Arc<str>,
 }
@@ -730,17 +729,12 @@ struct ActiveSession {
 impl ActiveSession {
     fn start(shared: &Arc<Shared>, conn_id: u64, backend: &Arc<str>) -> Self {
         shared.active.fetch_add(1, Ordering::Relaxed);
-        let gauge = shared
-            .metrics
-            .active
-            .get_or_create(&BackendLabel {
-                backend: backend.to_string(),
-            })
-            .clone();
-        gauge.inc();
+        // By name, not a gauge handle kept for the session's life: the line of a backend
+        // a reload removes goes with its last session, and one that came back since is
+        // another gauge.
+        shared.metrics.active.opened(backend);
         Self {
             shared: shared.clone(),
-            gauge,
             conn_id,
             backend: backend.clone(),
         }
@@ -750,7 +744,7 @@ impl ActiveSession {
 impl Drop for ActiveSession {
     fn drop(&mut self) {
         self.shared.active.fetch_sub(1, Ordering::Relaxed);
-        self.gauge.dec();
+        self.shared.metrics.active.closed(&self.backend);
         if self.shared.drain_over.load(Ordering::Relaxed) {
             warn!(
                 conn = self.conn_id,

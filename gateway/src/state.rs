@@ -99,6 +99,7 @@ impl Shared {
                 backend_tls.clone(),
             );
         }
+        metrics.active.listed(table.ids());
         let router = Router::new(table);
         let config_path = config.loaded_from.clone();
         let config = Arc::new(config);
@@ -143,6 +144,9 @@ impl Shared {
                 backend_tls.clone(),
             );
         }
+        // Backends the new table drops keep their sessions-open line until their last
+        // session ends (in either order: see `BackendSessions`).
+        self.metrics.active.listed(table.ids());
         self.router.replace(table);
         let old = self.config.load();
         if old.limits.max_connections != config.limits.max_connections

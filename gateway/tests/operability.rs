@@ -41,14 +41,19 @@ async fn admin_response(proc: &GatewayProc, method: &str, path: &str) -> Result<
     Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
-/// The value of a metric sample line starting with `prefix` (name and labels).
+/// The value of a metric sample line starting with `prefix` (name and labels), 0 when
+/// there is none.
 fn sample(metrics: &str, prefix: &str) -> f64 {
+    sample_line(metrics, prefix).unwrap_or(0.0)
+}
+
+/// The value of a metric sample line starting with `prefix`, `None` when there is none.
+fn sample_line(metrics: &str, prefix: &str) -> Option<f64> {
     metrics
         .lines()
         .find(|l| l.starts_with(prefix))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
 }
 
 async fn backends() -> Result<Vec<demo_services::RunningBackend>> {
@@ -331,6 +336,66 @@ async fn reload_by_signal_adds_and_removes_backends_without_touching_sessions() 
 #[tokio::test]
 async fn reload_by_admin_endpoint_and_bad_files_are_rejected() -> Result<()> {
     reload_case(false).await
+}
+
+#[tokio::test]
+async fn a_removed_backends_sessions_active_line_stays_while_it_has_sessions_then_goes(
+) -> Result<()> {
+    let bs = backends().await?;
+    let url = |i: usize| bs[i].url();
+    let proc = GatewayProc::start(ProcOptions {
+        backends: vec![
+            ("Backend_ABC".into(), url(0)),
+            ("Backend_PQR".into(), url(1)),
+        ],
+        ..ProcOptions::default()
+    })
+    .await?;
+    const A: &str = "wsgate_sessions_active{backend=\"Backend_ABC\"}";
+    const B: &str = "wsgate_sessions_active{backend=\"Backend_PQR\"}";
+    let mut on_a = loadgen::client::connect(&proc.connect_options("Backend_ABC")?).await?;
+    let mut on_b = loadgen::client::connect(&proc.connect_options("Backend_PQR")?).await?;
+    let m = proc.metrics().await?;
+    ensure!(
+        (sample_line(&m, A), sample_line(&m, B)) == (Some(1.0), Some(1.0)),
+        "{m}"
+    );
+
+    // A reload removes Backend_ABC while its session is open.
+    let path = proc.config_path();
+    let text = std::fs::read_to_string(&path)?;
+    let new_text = text.replace(&format!("Backend_ABC = \"{}\"", url(0)), "");
+    ensure!(new_text != text, "the test could not edit the config");
+    std::fs::write(&path, &new_text)?;
+    proc.hangup()?;
+    proc.log_line("config reloaded").await?;
+    let (status, _) = refused(&proc.connect_options("Backend_ABC")?).await?;
+    ensure!(status == 404, "removed backend gave {status}");
+    let m = proc.metrics().await?;
+    ensure!(
+        (sample_line(&m, A), sample_line(&m, B)) == (Some(1.0), Some(1.0)),
+        "the open sessions stopped being counted:\n{m}"
+    );
+    echo(&mut on_a.ws, b"still routed").await?;
+
+    // Its last session ends: its line goes; Backend_PQR's stays as it was.
+    close_cleanly(&mut on_a.ws).await?;
+    let gone = wait_for("Backend_ABC's line to go", DEADLINE, || {
+        let proc = &proc;
+        async move { Ok(sample_line(&proc.metrics().await?, A).is_none()) }
+    })
+    .await;
+    ensure!(gone.is_ok(), "{}", proc.metrics().await?);
+    let m = proc.metrics().await?;
+    ensure!(sample_line(&m, B) == Some(1.0), "{m}");
+    // A backend still listed keeps its line at 0 once its sessions end.
+    close_cleanly(&mut on_b.ws).await?;
+    wait_for("Backend_PQR's line at 0", DEADLINE, || {
+        let proc = &proc;
+        async move { Ok(sample_line(&proc.metrics().await?, B) == Some(0.0)) }
+    })
+    .await?;
+    Ok(())
 }
 
 /// `opts` with `token` as its bearer token instead of the dev RS256 one.
