@@ -21,8 +21,8 @@ use crate::config::BackendTlsConfig;
 /// backend is `wss://`; without one and without settings there is nothing to build
 /// (`None`). Errors name the key (`ca`, `cert` or `key`) and the problem.
 ///
-/// Resumption is rustls's default, an in-memory cache of 256 sessions: a reconnect to
-/// the same backend skips its certificate check and signature.
+/// Sessions are resumed from [`crate::backend_tickets`]: a connect that finds a ticket
+/// skips the backend's certificate check and signature.
 pub fn client_config(
     cfg: &BackendTlsConfig,
     needed: bool,
@@ -56,6 +56,8 @@ pub fn client_config(
         (None, Some(_)) => return Err(("cert", "key needs cert too".into())),
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.resumption =
+        rustls::client::Resumption::store(Arc::new(crate::backend_tickets::Tickets::default()));
     Ok(Some(Arc::new(config)))
 }
 

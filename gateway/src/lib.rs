@@ -43,6 +43,7 @@
 pub mod admin;
 pub mod auth;
 pub mod backend;
+pub mod backend_tickets;
 pub mod backend_tls;
 pub mod batch;
 pub mod checks;

@@ -5,6 +5,7 @@
 mod support;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -470,5 +471,67 @@ async fn a_second_session_to_a_wss_backend_resumes_the_first_ones_tls_session() 
     }
     let resumed: Vec<bool> = probe.tls_seen().iter().map(|s| s.resumed).collect();
     ensure!(resumed == [false, true, true], "resumed: {resumed:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn more_sessions_resume_than_rustls_alone_keeps_tickets_for() -> Result<()> {
+    // Two probes behind one name (`localhost`), sharing the server's session cache: the
+    // first hands out 2 tickets per handshake, the second none. So the gateway's
+    // sessions to the second can resume only on tickets its store kept from the first.
+    let issuing = probe::tls_server_config(false)?;
+    let mut silent_config = (*issuing).clone();
+    silent_config.send_tls13_tickets = 0;
+    let mut first = Probe::start_tls(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        Mode::Accept { protocol: None },
+        issuing,
+    )
+    .await?;
+    let mut second = Probe::start_tls(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        Mode::Accept { protocol: None },
+        Arc::new(silent_config),
+    )
+    .await?;
+    let gw = GatewayProc::start(ProcOptions {
+        backends: vec![
+            (
+                "Backend_FIRST".into(),
+                format!("wss://localhost:{}/probe", first.addr.port()),
+            ),
+            (
+                "Backend_SECOND".into(),
+                format!("wss://localhost:{}/probe", second.addr.port()),
+            ),
+        ],
+        extra_toml: backend_tls("ca.crt", false),
+        ..ProcOptions::default()
+    })
+    .await?;
+    // Each session takes a ticket (but the first) and brings two: 12 leave 13.
+    const SESSIONS: usize = 12;
+    for (probe, id) in [
+        (&mut first, "Backend_FIRST"),
+        (&mut second, "Backend_SECOND"),
+    ] {
+        for n in 0..SESSIONS {
+            let mut c = loadgen::client::connect(&client_options(&gw.url(), id)?).await?;
+            while !matches!(probe.next().await?, probe::Event::Handshake(_)) {}
+            support::echo(&mut c.ws, format!("session {n}").as_bytes()).await?;
+        }
+    }
+    let resumed = |p: &Probe| p.tls_seen().iter().filter(|s| s.resumed).count();
+    ensure!(
+        resumed(&first) == SESSIONS - 1,
+        "first backend: {} of {SESSIONS} resumed",
+        resumed(&first)
+    );
+    // rustls's own store would have kept 8.
+    ensure!(
+        resumed(&second) == SESSIONS,
+        "second backend: {} of {SESSIONS} resumed on the tickets kept",
+        resumed(&second)
+    );
     Ok(())
 }
