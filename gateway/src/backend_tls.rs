@@ -92,13 +92,26 @@ pub async fn handshake(
         .map_err(HandshakeError::Failed)
 }
 
-/// A backend connection: plain (`ws://`) or TLS (`wss://`).
+/// A backend connection: plain (`ws://`) or TLS (`wss://`). (loadgen's client stream is
+/// this type too.)
+///
+/// Over TLS, written bytes may stay in rustls until the stream is flushed.
 #[derive(Debug)]
 pub enum BackendStream {
     /// `ws://`.
     Plain(TcpStream),
     /// `wss://` (boxed: the TLS state is ~1 KiB, and most backends are plain).
     Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl BackendStream {
+    /// The underlying TCP stream (for addresses and socket options).
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            BackendStream::Plain(s) => s,
+            BackendStream::Tls(s) => s.get_ref().0,
+        }
+    }
 }
 
 impl AsyncRead for BackendStream {
