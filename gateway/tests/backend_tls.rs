@@ -39,6 +39,21 @@ fn backend_tls(ca: &str, client_cert: bool) -> String {
     toml
 }
 
+/// The `wss://` URL of `probe` by the name its certificate holds.
+fn wss_url(probe: &Probe) -> String {
+    format!("wss://localhost:{}/probe", probe.addr.port())
+}
+
+/// A gateway routing `id` to `url`, with `extra_toml` (such as [`backend_tls`]'s).
+async fn gateway_to(id: &str, url: String, extra_toml: String) -> Result<GatewayProc> {
+    GatewayProc::start(ProcOptions {
+        backends: vec![(id.into(), url)],
+        extra_toml,
+        ..ProcOptions::default()
+    })
+    .await
+}
+
 /// The headers of the next upgrade request that reached `probe`.
 async fn handshake(probe: &mut Probe) -> Result<Vec<(String, String)>> {
     match probe.next().await? {
@@ -69,12 +84,7 @@ async fn tls_failure(probe: &Probe) -> Result<()> {
 async fn a_wss_backend_is_reached_over_tls_and_messages_pass_both_ways_intact() -> Result<()> {
     let mut probe = tls_probe([127, 0, 0, 1], false).await?;
     let url = format!("wss://localhost:{}/probe?x=1", probe.addr.port());
-    let gw = GatewayProc::start(ProcOptions {
-        backends: vec![("Backend_TLS".into(), url)],
-        extra_toml: backend_tls("ca.crt", false),
-        ..ProcOptions::default()
-    })
-    .await?;
+    let gw = gateway_to("Backend_TLS", url, backend_tls("ca.crt", false)).await?;
     let mut c = loadgen::client::connect(&client_options(&gw.url(), "Backend_TLS")?).await?;
     let headers = handshake(&mut probe).await?;
     let host = format!("localhost:{}", probe.addr.port());
@@ -176,15 +186,10 @@ async fn a_certificate_not_valid_for_the_url_or_no_tls_at_all_is_a_502_and_other
 async fn a_backend_certificate_from_another_ca_is_refused_until_a_reload_trusts_its_ca(
 ) -> Result<()> {
     let mut probe = tls_probe([127, 0, 0, 1], false).await?;
-    let url = format!("wss://localhost:{}/probe", probe.addr.port());
+    let url = wss_url(&probe);
     // The server certificate itself as the only root: the probe's chain goes to the
     // dev CA, which is not trusted then.
-    let gw = GatewayProc::start(ProcOptions {
-        backends: vec![("Backend_TLS".into(), url)],
-        extra_toml: backend_tls("server.crt", false),
-        ..ProcOptions::default()
-    })
-    .await?;
+    let gw = gateway_to("Backend_TLS", url, backend_tls("server.crt", false)).await?;
     let (status, reason) = refused(&gw, "Backend_TLS").await?;
     ensure!(
         status == 502 && reason.contains("UnknownIssuer"),
@@ -213,23 +218,13 @@ async fn a_backend_certificate_from_another_ca_is_refused_until_a_reload_trusts_
 #[tokio::test]
 async fn a_backend_that_asks_for_a_client_certificate_gets_the_configured_one() -> Result<()> {
     let mut probe = tls_probe([127, 0, 0, 1], true).await?;
-    let url = format!("wss://localhost:{}/probe", probe.addr.port());
-    let without = GatewayProc::start(ProcOptions {
-        backends: vec![("Backend_MTLS".into(), url.clone())],
-        extra_toml: backend_tls("ca.crt", false),
-        ..ProcOptions::default()
-    })
-    .await?;
+    let url = wss_url(&probe);
+    let without = gateway_to("Backend_MTLS", url.clone(), backend_tls("ca.crt", false)).await?;
     let (status, reason) = refused(&without, "Backend_MTLS").await?;
     ensure!(status == 502, "{status} {reason:?}");
     tls_failure(&probe).await?;
 
-    let with = GatewayProc::start(ProcOptions {
-        backends: vec![("Backend_MTLS".into(), url)],
-        extra_toml: backend_tls("ca.crt", true),
-        ..ProcOptions::default()
-    })
-    .await?;
+    let with = gateway_to("Backend_MTLS", url, backend_tls("ca.crt", true)).await?;
     let mut c = loadgen::client::connect(&client_options(&with.url(), "Backend_MTLS")?).await?;
     handshake(&mut probe).await?;
     let seen = probe.tls_seen();
@@ -244,7 +239,7 @@ async fn a_backend_that_asks_for_a_client_certificate_gets_the_configured_one() 
 #[tokio::test]
 async fn the_health_check_of_a_wss_instance_speaks_tls() -> Result<()> {
     let mut probe = tls_probe([127, 0, 0, 1], false).await?;
-    let url = format!("wss://localhost:{}/probe", probe.addr.port());
+    let url = wss_url(&probe);
     let _gw = GatewayProc::start(ProcOptions {
         extra_toml: format!(
             "Backend_TLS = {{ urls = [{url:?}], health_interval = \"100ms\" }}\n{}",
@@ -275,15 +270,15 @@ async fn the_health_check_of_a_wss_instance_speaks_tls() -> Result<()> {
 #[tokio::test]
 async fn a_client_certificate_without_its_key_stops_start_up_naming_the_key() -> Result<()> {
     let dir = certs();
-    let started = GatewayProc::start(ProcOptions {
-        backends: vec![("Backend_TLS".into(), "wss://localhost:1/".into())],
-        extra_toml: format!(
+    let started = gateway_to(
+        "Backend_TLS",
+        "wss://localhost:1/".into(),
+        format!(
             "\n[backend_tls]\nca = {:?}\ncert = {:?}\n",
             dir.join("ca.crt"),
             dir.join("client.crt")
         ),
-        ..ProcOptions::default()
-    })
+    )
     .await;
     let Err(e) = started else {
         bail!("the gateway started with a client certificate and no key");
@@ -300,17 +295,14 @@ async fn a_client_certificate_without_its_key_stops_start_up_naming_the_key() ->
 async fn a_backend_that_never_answers_the_tls_handshake_is_a_504_within_backend_connect(
 ) -> Result<()> {
     let silent = Probe::start(Mode::Hang).await?;
-    let gw = GatewayProc::start(ProcOptions {
-        backends: vec![(
-            "Backend_SILENT".into(),
-            format!("wss://localhost:{}/probe", silent.addr.port()),
-        )],
-        extra_toml: format!(
+    let gw = gateway_to(
+        "Backend_SILENT",
+        wss_url(&silent),
+        format!(
             "{}\n[timeouts]\nbackend_connect = \"500ms\"\n",
             backend_tls("ca.crt", false)
         ),
-        ..ProcOptions::default()
-    })
+    )
     .await?;
     let started = Instant::now();
     let (status, reason) = refused(&gw, "Backend_SILENT").await?;
@@ -326,15 +318,7 @@ async fn a_backend_that_never_answers_the_tls_handshake_is_a_504_within_backend_
 #[tokio::test]
 async fn a_wss_backend_that_dies_mid_session_gets_its_client_a_1011() -> Result<()> {
     let mut probe = tls_probe([127, 0, 0, 1], false).await?;
-    let gw = GatewayProc::start(ProcOptions {
-        backends: vec![(
-            "Backend_TLS".into(),
-            format!("wss://localhost:{}/probe", probe.addr.port()),
-        )],
-        extra_toml: backend_tls("ca.crt", false),
-        ..ProcOptions::default()
-    })
-    .await?;
+    let gw = gateway_to("Backend_TLS", wss_url(&probe), backend_tls("ca.crt", false)).await?;
     let mut c = loadgen::client::connect(&client_options(&gw.url(), "Backend_TLS")?).await?;
     handshake(&mut probe).await?;
     support::echo(&mut c.ws, b"before").await?;
@@ -396,54 +380,29 @@ async fn a_wss_backend_that_pings_but_never_reads_is_closed_as_not_reading() -> 
         probe::tls_server_config(false)?,
     )
     .await?;
-    let gw = GatewayProc::start(ProcOptions {
-        backends: vec![(
-            "Backend_DEAF".into(),
-            format!("wss://localhost:{}/probe", probe.addr.port()),
-        )],
-        extra_toml: format!(
+    let gw = gateway_to(
+        "Backend_DEAF",
+        wss_url(&probe),
+        format!(
             "{}\n[timeouts]\nidle = \"1s\"\nclose = \"1s\"\n",
             backend_tls("ca.crt", false)
         ),
-        ..ProcOptions::default()
-    })
+    )
     .await?;
     let mut c = loadgen::client::connect(&client_options(&gw.url(), "Backend_DEAF")?).await?;
     c.ws.set_auto_pong(false);
     c.ws.set_auto_close(false);
     let base_kib = gw.stats()?.rss_kib;
     // Send until every buffer on the way to the backend is full.
-    let started = Instant::now();
-    let mut sent = 0usize;
-    loop {
-        let frame = Frame::binary(Payload::Owned(vec![7u8; 16 * 1024]));
-        match tokio::time::timeout(Duration::from_millis(500), c.ws.write_frame(frame)).await {
-            Ok(Ok(())) => sent += 1,
-            Ok(Err(e)) => bail!("the connection failed after {sent} frames: {e}"),
-            Err(_) => break,
-        }
-        ensure!(
-            started.elapsed() < DEADLINE,
-            "{sent} frames taken: the backend's buffers never filled"
-        );
-    }
+    let sent = support::send_until_blocked(&mut c.ws).await?;
     let grown_kib = gw.stats()?.rss_kib.saturating_sub(base_kib);
     ensure!(
         grown_kib < 2048,
         "the gateway held {grown_kib} KiB for one blocked session ({sent} frames of 16 KiB sent)"
     );
-    let (code, reason) = tokio::time::timeout(DEADLINE, async {
-        loop {
-            let f = support::next_frame(&mut c.ws).await?;
-            match f.opcode {
-                OpCode::Close => break support::close_of(&f),
-                OpCode::Ping => {}
-                other => bail!("unexpected {other:?} frame"),
-            }
-        }
-    })
-    .await
-    .context("no close while the backend went on pinging")??;
+    let (code, reason) = support::close_after_pings(&mut c.ws)
+        .await
+        .context("no close while the backend went on pinging")?;
     ensure!(
         (code, reason.as_str()) == (1001, "backend not reading"),
         "client got close {code} {reason:?} after {sent} frames"
@@ -454,15 +413,7 @@ async fn a_wss_backend_that_pings_but_never_reads_is_closed_as_not_reading() -> 
 #[tokio::test]
 async fn a_second_session_to_a_wss_backend_resumes_the_first_ones_tls_session() -> Result<()> {
     let mut probe = tls_probe([127, 0, 0, 1], false).await?;
-    let gw = GatewayProc::start(ProcOptions {
-        backends: vec![(
-            "Backend_TLS".into(),
-            format!("wss://localhost:{}/probe", probe.addr.port()),
-        )],
-        extra_toml: backend_tls("ca.crt", false),
-        ..ProcOptions::default()
-    })
-    .await?;
+    let gw = gateway_to("Backend_TLS", wss_url(&probe), backend_tls("ca.crt", false)).await?;
     for n in 0..3 {
         let mut c = loadgen::client::connect(&client_options(&gw.url(), "Backend_TLS")?).await?;
         // The frames of the session before may still be reported first.

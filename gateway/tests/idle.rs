@@ -287,33 +287,11 @@ async fn a_backend_that_pings_but_never_reads_is_closed_as_not_reading() -> Resu
     c.ws.set_auto_pong(false);
     c.ws.set_auto_close(false);
     // Send until every buffer on the way to the backend is full.
-    let started = Instant::now();
-    let mut sent = 0usize;
-    loop {
-        let frame = Frame::binary(Payload::Owned(vec![7u8; 16 * 1024]));
-        match tokio::time::timeout(Duration::from_millis(500), c.ws.write_frame(frame)).await {
-            Ok(Ok(())) => sent += 1,
-            Ok(Err(e)) => bail!("the connection failed after {sent} frames: {e}"),
-            Err(_) => break,
-        }
-        ensure!(
-            started.elapsed() < DEADLINE,
-            "{sent} frames taken: the backend's buffers never filled"
-        );
-    }
+    let sent = send_until_blocked(&mut c.ws).await?;
     // The backend's pings come through; then the close saying why.
-    let (code, reason) = tokio::time::timeout(DEADLINE, async {
-        loop {
-            let f = next_frame(&mut c.ws).await?;
-            match f.opcode {
-                OpCode::Close => break close_of(&f),
-                OpCode::Ping => {}
-                other => bail!("unexpected {other:?} frame"),
-            }
-        }
-    })
-    .await
-    .context("no close while the backend went on pinging")??;
+    let (code, reason) = close_after_pings(&mut c.ws)
+        .await
+        .context("no close while the backend went on pinging")?;
     ensure!(
         (code, reason.as_str()) == (1001, "backend not reading"),
         "client got close {code} {reason:?} after {sent} frames"

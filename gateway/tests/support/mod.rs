@@ -12,12 +12,46 @@ pub mod python;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use base64::Engine as _;
-use fastwebsockets::{Frame, OpCode, WebSocket};
+use fastwebsockets::{Frame, OpCode, Payload, WebSocket};
 use loadgen::client::{connect, ConnectError, ConnectOptions, Connected, WsStream};
 use loadgen::testbed::{Testbed, TestbedOptions};
 use serde_json::Value;
+
+/// Sends 16 KiB binary frames until one is not taken within 500 ms, when every buffer on
+/// the way to a peer that does not read is full; returns how many were taken.
+pub async fn send_until_blocked(ws: &mut WebSocket<WsStream>) -> Result<usize> {
+    let started = Instant::now();
+    let mut sent = 0usize;
+    loop {
+        let frame = Frame::binary(Payload::Owned(vec![7u8; 16 * 1024]));
+        match tokio::time::timeout(Duration::from_millis(500), ws.write_frame(frame)).await {
+            Ok(Ok(())) => sent += 1,
+            Ok(Err(e)) => bail!("the connection failed after {sent} frames: {e}"),
+            Err(_) => return Ok(sent),
+        }
+        ensure!(
+            started.elapsed() < DEADLINE,
+            "{sent} frames taken: the peer's buffers never filled"
+        );
+    }
+}
+
+/// The close frame that comes after any pings, within the deadline: its code and reason.
+pub async fn close_after_pings(ws: &mut WebSocket<WsStream>) -> Result<(u16, String)> {
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            let f = next_frame(ws).await?;
+            match f.opcode {
+                OpCode::Close => break close_of(&f),
+                OpCode::Ping => {}
+                other => bail!("unexpected {other:?} frame"),
+            }
+        }
+    })
+    .await?
+}
 
 /// Generous deadline for anything that should happen "promptly".
 pub const DEADLINE: Duration = Duration::from_secs(10);
