@@ -36,11 +36,7 @@ pub fn client_config(
         "no trusted root certificates on this system: set ca (the CAs of the wss:// backends)",
     )
     .map_err(|e| ("ca", e))?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let builder = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ("ca", format!("TLS setup: {e}")))?
-        .with_root_certificates(roots);
+    let builder = crate::tls::client_builder(roots).map_err(|e| ("ca", e))?;
     let mut config = match (&cfg.cert, &cfg.key) {
         (None, None) => builder.with_no_client_auth(),
         (Some(cert), Some(key)) => {
@@ -55,7 +51,7 @@ pub fn client_config(
         (Some(_), None) => return Err(("key", "cert needs key too".into())),
         (None, Some(_)) => return Err(("cert", "key needs cert too".into())),
     };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    crate::tls::offer_http1(&mut config);
     config.resumption =
         rustls::client::Resumption::store(Arc::new(crate::backend_tickets::Tickets::default()));
     Ok(Some(Arc::new(config)))
@@ -68,9 +64,6 @@ pub enum HandshakeError {
     /// The backend is `wss://` but no client config is in force.
     #[error("no TLS settings for a wss:// backend")]
     NotConfigured,
-    /// `name` is neither a DNS name nor an IP address.
-    #[error("{0:?} is not a name a certificate can be checked against")]
-    BadName(String),
     /// The handshake itself failed: refused certificate, wrong protocol, reset.
     #[error("backend TLS handshake failed: {0}")]
     Failed(io::Error),
@@ -80,14 +73,12 @@ pub enum HandshakeError {
 /// (sent as SNI when it is a DNS name).
 pub async fn handshake(
     config: Option<&Arc<ClientConfig>>,
-    name: &str,
+    name: &ServerName<'static>,
     tcp: TcpStream,
 ) -> Result<TlsStream<TcpStream>, HandshakeError> {
     let config = config.ok_or(HandshakeError::NotConfigured)?;
-    let server_name = ServerName::try_from(name.to_owned())
-        .map_err(|_| HandshakeError::BadName(name.to_owned()))?;
     tokio_rustls::TlsConnector::from(config.clone())
-        .connect(server_name, tcp)
+        .connect(name.clone(), tcp)
         .await
         .map_err(HandshakeError::Failed)
 }

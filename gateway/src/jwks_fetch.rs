@@ -180,13 +180,8 @@ fn client_config(ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String>
         ca,
         "no trusted root certificates on this system: set jwks_ca",
     )?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let mut config = crate::tls::client_builder(roots)?.with_no_client_auth();
+    crate::tls::offer_http1(&mut config);
     Ok(Arc::new(config))
 }
 

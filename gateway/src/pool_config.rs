@@ -287,14 +287,9 @@ impl PoolSpec {
         };
         let tls_name = string("tls_name")?
             .map(|name| {
-                rustls::pki_types::ServerName::try_from(name)
-                    .map(|_| name.to_owned())
-                    .map_err(|_| {
-                        at(
-                            "tls_name",
-                            format!("{name:?}: not a DNS name or an IP address"),
-                        )
-                    })
+                crate::route::certificate_name(name)
+                    .map(|checked| (name.to_owned(), checked))
+                    .map_err(|e| at("tls_name", e))
             })
             .transpose()?;
         let mut members = match (table.get("urls"), string("dns")?) {
@@ -353,11 +348,22 @@ impl PoolSpec {
                 }
             }
         };
-        if let Some(name) = &tls_name {
+        // A DNS pool's instances are checked against its name, unless `tls_name` says
+        // otherwise: that name must be one a certificate can hold.
+        if let (
+            Members::Dns {
+                host, tls: true, ..
+            },
+            None,
+        ) = (&members, &tls_name)
+        {
+            crate::route::certificate_name(host).map_err(|e| at("dns", e))?;
+        }
+        if let Some((_, checked)) = &tls_name {
             match &mut members {
                 Members::Urls(targets) if targets.iter().any(|t| t.tls.is_some()) => {
                     for t in targets.iter_mut().filter(|t| t.tls.is_some()) {
-                        t.tls = Some(name.clone());
+                        t.tls = Some(checked.clone());
                     }
                 }
                 Members::Dns { tls: true, .. } => {}
@@ -379,7 +385,7 @@ impl PoolSpec {
             health_check,
             required_scopes,
             max_sessions,
-            tls_name,
+            tls_name: tls_name.map(|(name, _)| name),
             single: false,
         })
     }
@@ -564,8 +570,11 @@ mod tests {
             return Err(at("urls", "expected urls"));
         };
         assert_eq!(
-            targets.iter().map(|t| t.tls.as_deref()).collect::<Vec<_>>(),
-            [Some("b.internal"), None],
+            targets
+                .iter()
+                .map(|t| t.tls.as_ref().map(|n| n.to_str().into_owned()))
+                .collect::<Vec<_>>(),
+            [Some("b.internal".to_owned()), None],
             "the name is for the wss:// instances only"
         );
         assert_eq!(
@@ -623,6 +632,13 @@ mod tests {
             key("{ urls = [\"ws://a:1/\"], path = \"/x\" }").map(|k| k.0),
             Some(Some(String::from("path")))
         );
+        // A DNS pool over TLS checks certificates against its name: one no certificate
+        // can hold is refused at load, not at every connect.
+        assert_eq!(
+            key("{ dns = \"-x-:1\", tls = true }").map(|k| k.0),
+            Some(Some(String::from("dns")))
+        );
+        assert!(key("{ dns = \"-x-:1\", tls = true, tls_name = \"x\" }").is_none());
         for tls in [
             "{ urls = [\"wss://a:1/\"], tls = true }",
             "{ dns = \"a:1\", tls = 1 }",

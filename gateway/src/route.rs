@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use rustls::pki_types::ServerName;
 
 use crate::metrics::PoolMetrics;
 use crate::pool::{Instance, Pool};
@@ -30,7 +31,14 @@ pub struct BackendTarget {
     pub path: String,
     /// `wss://`: the name the backend's certificate must be valid for (the URL's host,
     /// also sent as SNI when it is a DNS name). `None`: plain `ws://`.
-    pub tls: Option<String>,
+    pub tls: Option<ServerName<'static>>,
+}
+
+/// `name` as a name a backend certificate is checked against: a DNS name or an IP
+/// address, checked once when the config is loaded rather than at every connect.
+pub fn certificate_name(name: &str) -> Result<ServerName<'static>, String> {
+    ServerName::try_from(name.to_owned())
+        .map_err(|_| format!("{name:?}: not a DNS name or an IP address a certificate can name"))
 }
 
 /// Checks a backend ID: an HTTP token (RFC 9110 section 5.6.2), as it travels in the
@@ -111,6 +119,10 @@ impl BackendTarget {
             ));
         }
         // `url` leaves a scheme's default port out (`wss://h:443/` has none).
+        let tls = secure
+            .then(|| certificate_name(&host))
+            .transpose()
+            .map_err(|e| format!("{shown:?}: {e}"))?;
         let port = parsed.port_or_known_default().unwrap_or(80);
         if port == 0 {
             return Err(format!("{shown:?}: port 0 cannot be connected to"));
@@ -129,7 +141,7 @@ impl BackendTarget {
         Ok(Self {
             id: Arc::from(id),
             url: url.to_owned(),
-            tls: secure.then(|| host.clone()),
+            tls,
             host,
             port,
             host_header,
@@ -277,16 +289,10 @@ mod tests {
         assert_eq!(t.tls, None);
         assert!(BackendTarget::parse("B", "http://x/").is_err());
         let secure = BackendTarget::parse("B", "wss://x/")?;
-        assert_eq!(
-            (
-                secure.port,
-                secure.tls.as_deref(),
-                secure.host_header.as_str()
-            ),
-            (443, Some("x"), "x")
-        );
+        assert_eq!((secure.port, secure.host_header.as_str()), (443, "x"));
+        assert_eq!(secure.tls, Some(certificate_name("x")?));
         let ip = BackendTarget::parse("B", "wss://[::1]:8443/p")?;
-        assert_eq!((ip.port, ip.tls.as_deref()), (8443, Some("::1")));
+        assert_eq!((ip.port, ip.tls), (8443, Some(certificate_name("::1")?)));
         assert_eq!(BackendTarget::parse("B", "ws://x/")?.port, 80);
         Ok(())
     }

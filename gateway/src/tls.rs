@@ -226,6 +226,24 @@ pub fn trust_roots(path: &std::path::Path) -> Result<rustls::RootCertStore, Stri
     Ok(roots)
 }
 
+/// The builder of the gateway's own TLS clients (key set fetches, `wss://` backends):
+/// aws-lc, TLS 1.3 and 1.2, trusting `roots`. Finish it with the client certificate (or
+/// none), then [`offer_http1`].
+pub fn client_builder(
+    roots: rustls::RootCertStore,
+) -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>, String> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_root_certificates(roots))
+}
+
+/// Offers ALPN `http/1.1` only, what every HTTP exchange of the gateway's clients is.
+pub fn offer_http1(config: &mut rustls::ClientConfig) {
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+}
+
 /// The CAs of `ca` as trust roots, or without it the system's; `no_roots` is the
 /// problem when the system has none.
 pub fn roots_or_system(

@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{info, warn};
 
@@ -138,8 +139,18 @@ impl Pool {
         else {
             return;
         };
-        // The name TLS instances' certificates are checked against.
-        let tls_name = tls.then(|| self.spec.tls_name.as_deref().unwrap_or(host));
+        // The name TLS instances' certificates are checked against (checked when the
+        // config was loaded).
+        let tls_name = match tls
+            .then(|| crate::route::certificate_name(self.spec.tls_name.as_deref().unwrap_or(host)))
+            .transpose()
+        {
+            Ok(name) => name,
+            Err(error) => {
+                warn!(backend = &*self.spec.id, %error, "backend name cannot be checked against a certificate");
+                return;
+            }
+        };
         let answer = lookup.lookup(host, *port).await;
         let backend = &*self.spec.id;
         let mut addrs = match answer {
@@ -184,7 +195,8 @@ impl Pool {
                     .find(|i| dns_addr(i) == Some(*a))
                     .cloned()
                     .unwrap_or_else(|| {
-                        let target = dns_target(&self.spec.id, host, *port, path, tls_name, *a);
+                        let target =
+                            dns_target(&self.spec.id, host, *port, path, tls_name.as_ref(), *a);
                         self.take_back_retired(&target)
                             .unwrap_or_else(|| Arc::new(Instance::new(target, &self.metrics)))
                     })
@@ -328,7 +340,7 @@ fn dns_target(
     host: &str,
     port: u16,
     path: &str,
-    tls_name: Option<&str>,
+    tls_name: Option<&ServerName<'static>>,
     addr: SocketAddr,
 ) -> BackendTarget {
     let host_header = if host.contains(':') {
@@ -348,7 +360,7 @@ fn dns_target(
         path: path.to_owned(),
         // The certificate is checked against the name looked up (or `tls_name`), not the
         // address.
-        tls: tls_name.map(str::to_owned),
+        tls: tls_name.cloned(),
     }
 }
 
@@ -372,7 +384,10 @@ mod tests {
         Ok(pool
             .instances()
             .iter()
-            .map(|i| (i.target.url.clone(), i.target.tls.clone()))
+            .map(|i| {
+                let tls = i.target.tls.as_ref().map(|n| n.to_str().into_owned());
+                (i.target.url.clone(), tls)
+            })
             .collect())
     }
 
