@@ -46,8 +46,17 @@ fn wss_url(probe: &Probe) -> String {
 
 /// A gateway routing `id` to `url`, with `extra_toml` (such as [`backend_tls`]'s).
 async fn gateway_to(id: &str, url: String, extra_toml: String) -> Result<GatewayProc> {
+    gateway_for(&[(id, url)], extra_toml).await
+}
+
+/// A gateway routing each `(ID, URL)` of `backends`, with `extra_toml` (table entries go
+/// first: it is appended inside `[backends]`).
+async fn gateway_for(backends: &[(&str, String)], extra_toml: String) -> Result<GatewayProc> {
     GatewayProc::start(ProcOptions {
-        backends: vec![(id.into(), url)],
+        backends: backends
+            .iter()
+            .map(|(id, url)| ((*id).to_owned(), url.clone()))
+            .collect(),
         extra_toml,
         ..ProcOptions::default()
     })
@@ -138,24 +147,23 @@ async fn a_certificate_not_valid_for_the_url_or_no_tls_at_all_is_a_502_and_other
     // A plain ws:// backend behind a wss:// URL.
     let plain = Probe::start(Mode::Accept { protocol: None }).await?;
     let mut good = tls_probe([127, 0, 0, 1], false).await?;
-    let gw = GatewayProc::start(ProcOptions {
-        backends: vec![
+    let gw = gateway_for(
+        &[
             (
-                "Backend_NAME".into(),
+                "Backend_NAME",
                 format!("wss://127.0.0.2:{}/probe", wrong_name.addr.port()),
             ),
             (
-                "Backend_PLAIN".into(),
+                "Backend_PLAIN",
                 format!("wss://127.0.0.1:{}/probe", plain.addr.port()),
             ),
             (
-                "Backend_GOOD".into(),
+                "Backend_GOOD",
                 format!("wss://127.0.0.1:{}/probe", good.addr.port()),
             ),
         ],
-        extra_toml: backend_tls("ca.crt", false),
-        ..ProcOptions::default()
-    })
+        backend_tls("ca.crt", false),
+    )
     .await?;
 
     let (status, reason) = refused(&gw, "Backend_NAME").await?;
@@ -240,13 +248,13 @@ async fn a_backend_that_asks_for_a_client_certificate_gets_the_configured_one() 
 async fn the_health_check_of_a_wss_instance_speaks_tls() -> Result<()> {
     let mut probe = tls_probe([127, 0, 0, 1], false).await?;
     let url = wss_url(&probe);
-    let _gw = GatewayProc::start(ProcOptions {
-        extra_toml: format!(
+    let _gw = gateway_for(
+        &[],
+        format!(
             "Backend_TLS = {{ urls = [{url:?}], health_interval = \"100ms\" }}\n{}",
             backend_tls("ca.crt", false)
         ),
-        ..ProcOptions::default()
-    })
+    )
     .await?;
     // No client has connected: this upgrade is the health check's, over TLS.
     let headers = handshake(&mut probe)
@@ -337,14 +345,14 @@ async fn tls_name_checks_an_instance_reached_by_address_against_a_host_name() ->
     // Reached at 127.0.0.1; checked as `localhost`, which the certificate names too.
     let mut probe = tls_probe([127, 0, 0, 1], false).await?;
     let url = format!("wss://127.0.0.1:{}/probe", probe.addr.port());
-    let gw = GatewayProc::start(ProcOptions {
-        extra_toml: format!(
+    let gw = gateway_for(
+        &[],
+        format!(
             "Backend_NAMED = {{ urls = [{url:?}], tls_name = \"localhost\" }}\n\
-             Backend_OTHER = {{ urls = [{url:?}], tls_name = \"backend.example\" }}\n{}",
+         Backend_OTHER = {{ urls = [{url:?}], tls_name = \"backend.example\" }}\n{}",
             backend_tls("ca.crt", false)
         ),
-        ..ProcOptions::default()
-    })
+    )
     .await?;
     let mut c = loadgen::client::connect(&client_options(&gw.url(), "Backend_NAMED")?).await?;
     handshake(&mut probe).await?;
@@ -445,20 +453,13 @@ async fn more_sessions_resume_than_rustls_alone_keeps_tickets_for() -> Result<()
         Arc::new(silent_config),
     )
     .await?;
-    let gw = GatewayProc::start(ProcOptions {
-        backends: vec![
-            (
-                "Backend_FIRST".into(),
-                format!("wss://localhost:{}/probe", first.addr.port()),
-            ),
-            (
-                "Backend_SECOND".into(),
-                format!("wss://localhost:{}/probe", second.addr.port()),
-            ),
+    let gw = gateway_for(
+        &[
+            ("Backend_FIRST", wss_url(&first)),
+            ("Backend_SECOND", wss_url(&second)),
         ],
-        extra_toml: backend_tls("ca.crt", false),
-        ..ProcOptions::default()
-    })
+        backend_tls("ca.crt", false),
+    )
     .await?;
     // Each session takes a ticket (but the first) and brings two: 12 leave 13.
     const SESSIONS: usize = 12;
