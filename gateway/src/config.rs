@@ -286,6 +286,21 @@ pub struct TlsConfig {
     /// keys made at start-up that rotate every 6 hours; clients hold them, the gateway
     /// keeps no state per ticket.
     pub session_tickets: usize,
+    /// More certificates, each served to the clients whose server name (SNI) it holds (its
+    /// subjectAltName DNS names, wildcards included) and whose signature schemes fit its
+    /// key; `cert` goes to every other client. Several host names on one gateway, or one
+    /// name with an ECDSA and an RSA certificate.
+    pub certs: Vec<CertPair>,
+}
+
+/// A certificate chain and its key, PEM files relative to the config file's folder.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertPair {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Private key of the leaf.
+    pub key: PathBuf,
 }
 
 impl Default for TlsConfig {
@@ -295,6 +310,7 @@ impl Default for TlsConfig {
             key: "certs/server.key".into(),
             cipher_suites: Vec::new(),
             session_tickets: 2,
+            certs: Vec::new(),
         }
     }
 }
@@ -825,6 +841,10 @@ impl Config {
         let mut tls = raw.tls;
         tls.cert = resolve(&tls.cert);
         tls.key = resolve(&tls.key);
+        for pair in &mut tls.certs {
+            pair.cert = resolve(&pair.cert);
+            pair.key = resolve(&pair.key);
+        }
         let mut backend_tls = raw.backend_tls;
         backend_tls.ca = backend_tls.ca.as_ref().map(resolve);
         backend_tls.cert = backend_tls.cert.as_ref().map(resolve);
@@ -899,11 +919,21 @@ impl Config {
         );
         let _ = writeln!(
             o,
-            "[tls]\ncert = {}\nkey = {}\ncipher_suites = {}\nsession_tickets = {}\n",
+            "[tls]\ncert = {}\nkey = {}\ncipher_suites = {}\nsession_tickets = {}\ncerts = [{}]\n",
             q(&self.tls.cert.display().to_string()),
             q(&self.tls.key.display().to_string()),
             list(&self.tls.cipher_suites),
-            self.tls.session_tickets
+            self.tls.session_tickets,
+            self.tls
+                .certs
+                .iter()
+                .map(|p| format!(
+                    "{{ cert = {}, key = {} }}",
+                    q(&p.cert.display().to_string()),
+                    q(&p.key.display().to_string())
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         let path = |p: &Path| q(&p.display().to_string());
         let bt = &self.backend_tls;
@@ -1048,6 +1078,10 @@ fn line_of_offset(text: &str, offset: usize) -> usize {
 
 /// The line on which `key` is set inside `[section]`, if it is.
 fn find_key_line(text: &str, section: &str, key: &str) -> Option<usize> {
+    if let Some((array, item)) = key.split_once('[') {
+        return find_item_key_line(text, section, array, item)
+            .or_else(|| find_key_line(text, section, array));
+    }
     let mut current = String::new();
     for (i, line) in text.lines().enumerate() {
         let t = line.trim();
@@ -1063,6 +1097,29 @@ fn find_key_line(text: &str, section: &str, key: &str) -> Option<usize> {
             if k == key {
                 return Some(i + 1);
             }
+        }
+    }
+    None
+}
+
+/// The line of `field` in the `n`th `[[section.array]]` table, for a key `array[n].field`
+/// (`item` is `n].field`); `None` when the array is written inline (`array = [{ … }]`).
+fn find_item_key_line(text: &str, section: &str, array: &str, item: &str) -> Option<usize> {
+    let (n, field) = item.split_once("].")?;
+    let n: usize = n.parse().ok()?;
+    let header = format!("[[{section}.{array}]]");
+    let (mut seen, mut inside) = (0, false);
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            inside = t == header && {
+                seen += 1;
+                seen == n + 1
+            };
+            continue;
+        }
+        if inside && t.split('=').next().unwrap_or("").trim().trim_matches('"') == field {
+            return Some(i + 1);
         }
     }
     None
@@ -1088,6 +1145,16 @@ mod tests {
     use super::*;
 
     const MINIMAL: &str = "[backends]\nBackend_ABC = \"ws://localhost:8081/backend/abc\"\n";
+
+    #[test]
+    fn a_key_of_an_array_item_is_found_in_its_table_or_at_the_inline_array() {
+        let tables = "[tls]\ncert = \"a\"\n[[tls.certs]]\ncert = \"b\"\nkey = \"c\"\n[[tls.certs]]\ncert = \"d\"\nkey = \"e\"\n[auth]\n";
+        assert_eq!(find_key_line(tables, "tls", "certs[0].key"), Some(5));
+        assert_eq!(find_key_line(tables, "tls", "certs[1].cert"), Some(7));
+        assert_eq!(find_key_line(tables, "tls", "cert"), Some(2));
+        let inline = "[tls]\ncert = \"a\"\ncerts = [{ cert = \"b\", key = \"c\" }]\n";
+        assert_eq!(find_key_line(inline, "tls", "certs[0].key"), Some(3));
+    }
 
     /// The key a config with `server_line` in `[server]` is refused for, if refused.
     fn refused_key(server_line: &str) -> Option<String> {

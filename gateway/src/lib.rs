@@ -12,6 +12,7 @@
 //! | [`tcp_opts`] | options on client and backend sockets: no Nagle, a cap on unsent bytes |
 //! | [`proxy_header`] | PROXY protocol v1/v2 header from a TCP load balancer: the client's address |
 //! | [`tls`] | rustls server config from PEM, ALPN `http/1.1` |
+//! | [`server_certs`] | which of the gateway's certificates a handshake gets: by SNI and key kind |
 //! | [`tls_stream`] | TLS on rustls's unbuffered API: no buffers held while idle |
 //! | [`service`] | TLS handshake, hyper HTTP/1 with upgrades, the handshake phases |
 //! | [`checks`] | path, method, WebSocket upgrade headers |
@@ -69,6 +70,7 @@ pub mod refusal;
 pub mod reload;
 pub mod resolve;
 pub mod route;
+pub mod server_certs;
 pub mod service;
 pub mod session;
 pub mod state;

@@ -32,7 +32,7 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 /// Builds every reloadable part from `config`, loading the files it names.
 pub fn build_parts(config: Config) -> Result<Parts, ConfigError> {
     let tls = crate::tls::server_config(&config.tls)
-        .map_err(|(key, problem)| config.error("tls", key, problem))?;
+        .map_err(|(key, problem)| config.error("tls", &key, problem))?;
     let needed = config.backends.values().any(PoolSpec::uses_tls);
     let backend_tls = crate::backend_tls::client_config(&config.backend_tls, needed)
         .map_err(|(key, problem)| config.error("backend_tls", key, problem))?;

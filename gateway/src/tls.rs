@@ -5,67 +5,84 @@ use std::sync::{Arc, OnceLock};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{NoServerSessionStorage, ProducesTickets};
+use rustls::sign::CertifiedKey;
 use rustls::{ServerConfig, SupportedCipherSuite};
 
 use crate::config::TlsConfig;
+use crate::server_certs::ServerCerts;
 
 /// Most session tickets `[tls] session_tickets` may ask for per handshake.
 pub const MAX_SESSION_TICKETS: usize = 8;
 
 /// Builds the server config. Errors name the offending key (`cert`, `key`,
-/// `cipher_suites` or `session_tickets`) and problem.
+/// `certs[N].cert`, `certs[N].key`, `cipher_suites` or `session_tickets`) and problem.
 ///
 /// `tls.cipher_suites` (names as in [`suite_names`]) restricts and orders the cipher
 /// suites, and the gateway's order then wins over the client's; empty leaves every suite
 /// on and the client choosing, which is what browsers' own order (AES-128-GCM first) is
 /// best served by. `tls.session_tickets` tickets go out after each handshake, sealed
-/// with the process's ticket keys ([`ticketer`]).
-pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, (&'static str, String)> {
-    let (cert, key) = (tls.cert.as_path(), tls.key.as_path());
+/// with the process's ticket keys ([`ticketer`]). `tls.certs` are served by the name a
+/// client asks for ([`ServerCerts`]), `tls.cert` to the others.
+pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, (String, String)> {
     if tls.session_tickets > MAX_SESSION_TICKETS {
         return Err((
-            "session_tickets",
+            "session_tickets".into(),
             format!(
                 "{} is more than {MAX_SESSION_TICKETS} (0 turns resumption off)",
                 tls.session_tickets
             ),
         ));
     }
-    let (certs, key_der) = chain_and_key(cert, key)?;
     let mut provider = rustls::crypto::aws_lc_rs::default_provider();
     if !tls.cipher_suites.is_empty() {
         provider.cipher_suites = chosen_suites(&provider.cipher_suites, &tls.cipher_suites)
-            .map_err(|e| ("cipher_suites", e))?;
-        // TLS 1.2 suites are tied to a kind of key: listing only those of another kind
-        // would fail every handshake. (A key that does not load is reported below.)
-        if let Ok(signer) = provider.key_provider.load_private_key(key_der.clone_key()) {
-            let alg = signer.algorithm();
-            if !provider
-                .cipher_suites
-                .iter()
-                .any(|s| s.usable_for_signature_algorithm(alg))
-            {
-                return Err((
-                    "cipher_suites",
-                    format!(
-                        "none of them can be used with the {alg:?} key {}: add a TLS 1.3 suite or one for that key",
-                        key.display()
-                    ),
-                ));
-            }
-        }
+            .map_err(|e| ("cipher_suites".into(), e))?;
     }
-    let mut config = ServerConfig::builder_with_provider(Arc::new(provider))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ("cipher_suites", e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key_der)
-        .map_err(|e| {
+    let pair_key = |i: usize, which: &str| match i {
+        0 => which.to_owned(),
+        i => format!("certs[{}].{which}", i - 1),
+    };
+    let pairs = std::iter::once((tls.cert.as_path(), tls.key.as_path())).chain(
+        tls.certs
+            .iter()
+            .map(|p| (p.cert.as_path(), p.key.as_path())),
+    );
+    let mut keys = Vec::with_capacity(1 + tls.certs.len());
+    for (i, (cert, key)) in pairs.enumerate() {
+        let (chain, key_der) =
+            chain_and_key(cert, key).map_err(|(which, e)| (pair_key(i, which), e))?;
+        let certified = CertifiedKey::from_der(chain, key_der, &provider).map_err(|e| {
             (
-                "key",
+                pair_key(i, "key"),
                 format!("{} does not match the certificate: {e}", key.display()),
             )
         })?;
+        // TLS 1.2 suites are tied to a kind of key: listing only those of another kind
+        // would fail every handshake that gets this certificate.
+        let alg = certified.key.algorithm();
+        if !tls.cipher_suites.is_empty()
+            && !provider
+                .cipher_suites
+                .iter()
+                .any(|s| s.usable_for_signature_algorithm(alg))
+        {
+            return Err((
+                "cipher_suites".into(),
+                format!(
+                    "none of them can be used with the {alg:?} key {}: add a TLS 1.3 suite or one for that key",
+                    key.display()
+                ),
+            ));
+        }
+        keys.push(certified);
+    }
+    let default = keys.remove(0);
+    let certs = ServerCerts::new(default, keys).map_err(|(i, e)| (pair_key(i, "cert"), e))?;
+    let mut config = ServerConfig::builder_with_provider(Arc::new(provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ("cipher_suites".into(), e.to_string()))?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(certs));
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     // TLS 1.3 records are sealed and opened by `records` once the handshake is done.
     config.enable_secret_extraction = true;
@@ -76,7 +93,7 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, (&'static str
         // No TLS 1.2 session-ID cache either: no resumption of any kind.
         config.session_storage = Arc::new(NoServerSessionStorage {});
     } else {
-        config.ticketer = ticketer().map_err(|e| ("session_tickets", e))?;
+        config.ticketer = ticketer().map_err(|e| ("session_tickets".into(), e))?;
     }
     Ok(Arc::new(config))
 }
@@ -288,7 +305,7 @@ mod tests {
     const AES128: SupportedCipherSuite = cipher_suite::TLS13_AES_128_GCM_SHA256;
     const AES256: SupportedCipherSuite = cipher_suite::TLS13_AES_256_GCM_SHA384;
 
-    fn server(suites: &[&str]) -> Result<Arc<ServerConfig>, (&'static str, String)> {
+    fn server(suites: &[&str]) -> Result<Arc<ServerConfig>, (String, String)> {
         server_config(&TlsConfig {
             cipher_suites: suites.iter().map(|s| (*s).to_owned()).collect(),
             ..dev_tls()

@@ -159,6 +159,36 @@ fn bad_tls_settings() -> Result<()> {
 }
 
 #[test]
+fn a_bad_certificate_of_tls_certs_is_named_by_its_place() -> Result<()> {
+    let c = certs();
+    let config = |certs: &str| {
+        format!(
+            "[tls]\ncert = \"{c}/server.crt\"\nkey = \"{c}/server.key\"\n{certs}\n[auth]\npublic_key = \"{c}/jwt-public.pem\"\n[backends]\nA = \"ws://localhost:1/\"\n"
+        )
+    };
+    // The dev client certificate names no host: no server name could pick it.
+    check(
+        &config(&format!(
+            "certs = [{{ cert = \"{c}/client.crt\", key = \"{c}/client.key\" }}]"
+        )),
+        &["Config.toml:4", "tls.certs[0].cert", "names no DNS host"],
+    )?;
+    check(
+        &config(&format!(
+            "certs = [{{ cert = \"{c}/server.crt\", key = \"{c}/server.key\" }}, {{ cert = \"{c}/server.crt\", key = \"{c}/client.key\" }}]"
+        )),
+        &["Config.toml:4", "tls.certs[1].key", "does not match the certificate"],
+    )?;
+    // Written as tables, the line is the key's own.
+    check(
+        &config(&format!(
+            "[[tls.certs]]\ncert = \"{c}/server.crt\"\nkey = \"{c}/server.key\"\n[[tls.certs]]\ncert = \"/nonexistent/b.crt\"\nkey = \"{c}/server.key\""
+        )),
+        &["Config.toml:8", "tls.certs[1].cert", "/nonexistent/b.crt"],
+    )
+}
+
+#[test]
 fn wrong_key_type() -> Result<()> {
     let c = certs();
     let config = format!(

@@ -9,16 +9,15 @@ mod support;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use anyhow::{bail, ensure, Context, Result};
-use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocket};
+use anyhow::{bail, ensure, Result};
 use rustls::client::{ClientSessionMemoryCache, ClientSessionStore, Resumption};
 use rustls::crypto::aws_lc_rs::{cipher_suite as cs, default_provider};
 use rustls::pki_types::ServerName;
 use rustls::{CipherSuite, ClientConfig, HandshakeKind, ProtocolVersion, SupportedCipherSuite};
 use support::probe::{Mode, Probe};
 use support::process::{GatewayProc, ProcOptions};
+use support::tls_client::{tls_session, Negotiated};
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A session store that counts the TLS 1.3 tickets the client was sent, and once
 /// `frozen` keeps no more of them (so that what it holds is one handshake's tickets).
@@ -106,68 +105,9 @@ fn store() -> Arc<CountingStore> {
     })
 }
 
-/// What one connection negotiated.
-#[derive(Debug)]
-struct Negotiated {
-    version: Option<ProtocolVersion>,
-    suite: Option<CipherSuite>,
-    kind: Option<HandshakeKind>,
-}
-
-/// Connects with `config`, upgrades to the probe and echoes a frame through it.
+/// Connects with `config` as `localhost`, upgrades to the probe and echoes a frame.
 async fn session(gw: &GatewayProc, config: Arc<ClientConfig>) -> Result<Negotiated> {
-    let tcp = tokio::net::TcpStream::connect(gw.addr).await?;
-    let name = ServerName::try_from("localhost")?;
-    let mut tls = tokio::time::timeout(
-        DEADLINE,
-        tokio_rustls::TlsConnector::from(config).connect(name, tcp),
-    )
-    .await
-    .context("TLS handshake timed out")?
-    .context("TLS handshake")?;
-    let token = rs256(&claims_with(|_| {}))?;
-    let head = format!(
-        "GET /gateway HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
-         ID: Backend_PROBE\r\nAuthorization: Bearer {token}\r\n\r\n"
-    );
-    tls.write_all(head.as_bytes()).await?;
-    tls.flush().await?;
-    // Byte by byte, so that nothing past the head is taken from the WebSocket.
-    let mut answer = Vec::new();
-    let mut byte = [0u8; 1];
-    while !answer.ends_with(b"\r\n\r\n") {
-        let n = tokio::time::timeout(DEADLINE, tls.read(&mut byte)).await??;
-        ensure!(
-            n == 1,
-            "closed inside the answer: {}",
-            String::from_utf8_lossy(&answer)
-        );
-        answer.push(byte[0]);
-    }
-    ensure!(
-        answer.starts_with(b"HTTP/1.1 101"),
-        "answer {}",
-        String::from_utf8_lossy(&answer)
-    );
-    let (_, conn) = tls.get_ref();
-    let negotiated = Negotiated {
-        version: conn.protocol_version(),
-        suite: conn.negotiated_cipher_suite().map(|s| s.suite()),
-        kind: conn.handshake_kind(),
-    };
-    let mut ws = WebSocket::after_handshake(tls, Role::Client);
-    ws.write_frame(Frame::binary(Payload::Borrowed(b"through")))
-        .await?;
-    let frame = tokio::time::timeout(DEADLINE, ws.read_frame()).await??;
-    ensure!(
-        frame.opcode == OpCode::Binary && frame.payload[..] == b"through"[..],
-        "echo {:?} {:?}",
-        frame.opcode,
-        &frame.payload[..]
-    );
-    ws.write_frame(Frame::close(1000, b"")).await?;
-    Ok(negotiated)
+    tls_session(gw.addr, config, "localhost").await
 }
 
 /// A gateway with `tls_toml` in `[tls]`, in front of an echoing probe.

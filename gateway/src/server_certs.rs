@@ -1,0 +1,218 @@
+//! The gateway's own certificates, and which one a handshake gets: the one whose names
+//! hold the server name the client asked for (SNI), of a kind of key the client can
+//! verify; else the default (`[tls] cert`). One gateway can so serve several host names,
+//! or one name with both an ECDSA and an RSA certificate, as nginx and HAProxy can.
+
+use std::sync::Arc;
+
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::SignatureScheme;
+
+/// Every signature scheme rustls knows a server key to sign handshakes with.
+const SCHEMES: [SignatureScheme; 12] = [
+    SignatureScheme::ECDSA_NISTP256_SHA256,
+    SignatureScheme::ECDSA_NISTP384_SHA384,
+    SignatureScheme::ECDSA_NISTP521_SHA512,
+    SignatureScheme::ED25519,
+    SignatureScheme::ED448,
+    SignatureScheme::RSA_PSS_SHA256,
+    SignatureScheme::RSA_PSS_SHA384,
+    SignatureScheme::RSA_PSS_SHA512,
+    SignatureScheme::RSA_PKCS1_SHA256,
+    SignatureScheme::RSA_PKCS1_SHA384,
+    SignatureScheme::RSA_PKCS1_SHA512,
+    SignatureScheme::RSA_PKCS1_SHA1,
+];
+
+/// One certificate with what choosing it takes.
+#[derive(Debug)]
+struct Candidate {
+    key: Arc<CertifiedKey>,
+    /// The DNS names of its subjectAltName, lower case; `*.example.com` holds one label.
+    names: Vec<String>,
+    /// The schemes its key signs with.
+    schemes: Vec<SignatureScheme>,
+}
+
+impl Candidate {
+    fn new(key: CertifiedKey) -> Result<Self, String> {
+        let leaf = key
+            .end_entity_cert()
+            .map_err(|e| format!("no certificate: {e}"))?;
+        let parsed = webpki::EndEntityCert::try_from(leaf)
+            .map_err(|e| format!("cannot read the certificate: {e}"))?;
+        let names = parsed
+            .valid_dns_names()
+            .map(str::to_ascii_lowercase)
+            .collect();
+        let schemes = SCHEMES
+            .into_iter()
+            .filter(|s| key.key.choose_scheme(&[*s]).is_some())
+            .collect();
+        Ok(Self {
+            key: Arc::new(key),
+            names,
+            schemes,
+        })
+    }
+
+    /// Whether the client can verify a signature of this key.
+    fn fits(&self, offered: &[SignatureScheme]) -> bool {
+        offered.iter().any(|s| self.schemes.contains(s))
+    }
+
+    fn holds(&self, name: &str) -> bool {
+        self.names.iter().any(|n| name_matches(n, name))
+    }
+}
+
+/// Whether a certificate name (`host.example.com`, or `*.example.com` for one label more)
+/// covers `name`.
+fn name_matches(pattern: &str, name: &str) -> bool {
+    match pattern.strip_prefix("*.") {
+        Some(parent) => name
+            .split_once('.')
+            .is_some_and(|(label, rest)| !label.is_empty() && rest.eq_ignore_ascii_case(parent)),
+        None => pattern.eq_ignore_ascii_case(name),
+    }
+}
+
+/// The certificates of `[tls]`: `cert` (the default) first, then `certs` in their order.
+#[derive(Debug)]
+pub struct ServerCerts {
+    candidates: Vec<Candidate>,
+}
+
+/// Why a certificate cannot be one of the gateway's: its index (0 for the default) and
+/// the problem.
+pub type CertProblem = (usize, String);
+
+impl ServerCerts {
+    /// The default certificate and the others. Every other one must name at least one DNS
+    /// host, or no client's server name could ever pick it.
+    pub fn new(default: CertifiedKey, more: Vec<CertifiedKey>) -> Result<Self, CertProblem> {
+        let mut candidates = vec![Candidate::new(default).map_err(|e| (0, e))?];
+        for (i, key) in more.into_iter().enumerate() {
+            let candidate = Candidate::new(key).map_err(|e| (i + 1, e))?;
+            if candidate.names.is_empty() {
+                return Err((
+                    i + 1,
+                    "the certificate names no DNS host (subjectAltName), so no client's server name could pick it".into(),
+                ));
+            }
+            candidates.push(candidate);
+        }
+        Ok(Self { candidates })
+    }
+
+    /// The certificate for a client that asked for `name` (if it sent one) and verifies
+    /// signatures of the `offered` schemes: the first that holds the name and fits; else
+    /// the default if it fits; else the first that fits (an RSA-only client without a
+    /// name); else the default, whose handshake then fails as it would with it alone.
+    fn pick(&self, name: Option<&str>, offered: &[SignatureScheme]) -> &Arc<CertifiedKey> {
+        let default = &self.candidates[0];
+        if self.candidates.len() == 1 {
+            return &default.key;
+        }
+        let by_name = name.and_then(|name| {
+            self.candidates
+                .iter()
+                .find(|c| c.holds(name) && c.fits(offered))
+        });
+        let chosen = by_name
+            .or_else(|| default.fits(offered).then_some(default))
+            .or_else(|| self.candidates.iter().find(|c| c.fits(offered)))
+            .unwrap_or(default);
+        &chosen.key
+    }
+}
+
+impl ResolvesServerCert for ServerCerts {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.pick(hello.server_name(), hello.signature_schemes())
+                .clone(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wildcard_covers_exactly_one_label() {
+        assert!(name_matches("*.example.com", "a.example.com"));
+        assert!(name_matches("*.example.com", "A.Example.COM"));
+        assert!(!name_matches("*.example.com", "example.com"));
+        assert!(!name_matches("*.example.com", "a.b.example.com"));
+        assert!(!name_matches("*.example.com", ".example.com"));
+        assert!(name_matches("ws.example.com", "WS.example.com"));
+        assert!(!name_matches("ws.example.com", "ws.example.co"));
+        assert!(!name_matches("ws.example.com", "x.ws.example.com"));
+    }
+
+    type TestResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+    fn candidate(names: &[&str], schemes: &[SignatureScheme], tag: &[u8]) -> TestResult<Candidate> {
+        let provider = rustls::crypto::aws_lc_rs::default_provider();
+        let dir = crate::tls::dev_certs();
+        let (chain, key) =
+            crate::tls::chain_and_key(&dir.join("server.crt"), &dir.join("server.key"))
+                .map_err(|(_, e)| e)?;
+        let mut key = CertifiedKey::from_der(chain, key, &provider)?;
+        // Told apart by their OCSP field, which `pick` never looks at.
+        key.ocsp = Some(tag.to_vec());
+        Ok(Candidate {
+            key: Arc::new(key),
+            names: names.iter().map(|n| n.to_string()).collect(),
+            schemes: schemes.to_vec(),
+        })
+    }
+
+    const EC: SignatureScheme = SignatureScheme::ECDSA_NISTP256_SHA256;
+    const RSA: SignatureScheme = SignatureScheme::RSA_PSS_SHA256;
+
+    fn picked(certs: &ServerCerts, name: Option<&str>, offered: &[SignatureScheme]) -> Vec<u8> {
+        certs.pick(name, offered).ocsp.clone().unwrap_or_default()
+    }
+
+    #[test]
+    fn the_name_then_the_key_kind_then_the_default_decide() -> TestResult<()> {
+        let certs = ServerCerts {
+            candidates: vec![
+                candidate(&["localhost"], &[EC], b"default")?,
+                candidate(&["a.example.test"], &[EC], b"a")?,
+                candidate(&["*.b.example.test"], &[EC], b"b-ec")?,
+                candidate(&["*.b.example.test", "localhost"], &[RSA], b"b-rsa")?,
+            ],
+        };
+        assert_eq!(picked(&certs, Some("a.example.test"), &[EC, RSA]), b"a");
+        assert_eq!(
+            picked(&certs, Some("x.b.example.test"), &[RSA, EC]),
+            b"b-ec"
+        );
+        assert_eq!(picked(&certs, Some("x.b.example.test"), &[RSA]), b"b-rsa");
+        assert_eq!(picked(&certs, Some("unknown.test"), &[EC]), b"default");
+        assert_eq!(picked(&certs, None, &[EC]), b"default");
+        // An RSA-only client: the RSA certificate of its name, or the first RSA one.
+        assert_eq!(picked(&certs, Some("localhost"), &[RSA]), b"b-rsa");
+        assert_eq!(picked(&certs, None, &[RSA]), b"b-rsa");
+        // Nothing fits: the default, as with one certificate.
+        assert_eq!(
+            picked(&certs, Some("a.example.test"), &[SignatureScheme::ED25519]),
+            b"default"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn the_dev_certificate_names_localhost_and_signs_with_ecdsa() -> TestResult<()> {
+        let c = candidate(&[], &[], b"")?;
+        let c = Candidate::new(CertifiedKey::clone(&c.key))?;
+        assert_eq!(c.names, ["localhost"]);
+        assert!(c.fits(&[EC]) && !c.fits(&[RSA]));
+        Ok(())
+    }
+}

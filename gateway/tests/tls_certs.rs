@@ -1,0 +1,266 @@
+//! `[tls] certs`: more certificates than the default one, each served by the server name a
+//! client asks for (SNI) and the kind of key it can verify, through the gateway binary over
+//! real sockets. The certificates are made here (rcgen) for names the dev CA's server
+//! certificate does not hold; the clients trust their CA and the dev CA, check names as
+//! any client does, and note the certificate they were shown.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+use support::probe::{Mode, Probe};
+use support::process::{temp_dir, GatewayProc, ProcOptions};
+use support::tls_client::tls_session;
+use support::*;
+
+/// A CA of the test's own and the PEM files of the certificates it signed.
+struct TestCa {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+    dir: std::path::PathBuf,
+}
+
+impl TestCa {
+    fn new() -> Result<Self> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        Ok(Self {
+            issuer: CertifiedIssuer::self_signed(params, KeyPair::generate()?)?,
+            dir: temp_dir("sni-certs")?,
+        })
+    }
+
+    /// A certificate for `names` with a new key of `alg`, written as `<file>.crt` and
+    /// `<file>.key`; returns its DER and the TOML of the pair for `[tls] certs`.
+    fn issue(
+        &self,
+        file: &str,
+        names: &[&str],
+        alg: &'static rcgen::SignatureAlgorithm,
+    ) -> Result<(Vec<u8>, String)> {
+        let key = KeyPair::generate_for(alg)?;
+        let params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        let (crt, pem_key) = (
+            self.dir.join(format!("{file}.crt")),
+            self.dir.join(format!("{file}.key")),
+        );
+        std::fs::write(&crt, cert.pem())?;
+        std::fs::write(&pem_key, key.serialize_pem())?;
+        Ok((
+            cert.der().to_vec(),
+            format!("{{ cert = {crt:?}, key = {pem_key:?} }}"),
+        ))
+    }
+}
+
+/// Checks the server's certificate as rustls's own verifier does, against the test CA and
+/// the dev CA, after noting it; offers only `schemes` when given (an RSA-only client).
+#[derive(Debug)]
+struct Noting {
+    inner: Arc<WebPkiServerVerifier>,
+    seen: Mutex<Option<Vec<u8>>>,
+    schemes: Option<Vec<SignatureScheme>>,
+}
+
+impl ServerCertVerifier for Noting {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if let Ok(mut seen) = self.seen.lock() {
+            *seen = Some(end_entity.to_vec());
+        }
+        self.inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.schemes
+            .clone()
+            .unwrap_or_else(|| self.inner.supported_verify_schemes())
+    }
+}
+
+/// A client trusting `ca` and the dev CA that notes the certificate it is shown.
+fn client(
+    ca: &TestCa,
+    schemes: Option<Vec<SignatureScheme>>,
+) -> Result<(Arc<ClientConfig>, Arc<Noting>)> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.issuer.der().clone())?;
+    for dev in CertificateDer::pem_file_iter(certs().join("ca.crt"))? {
+        roots.add(dev?)?;
+    }
+    let noting = Arc::new(Noting {
+        inner: WebPkiServerVerifier::builder(Arc::new(roots)).build()?,
+        seen: Mutex::new(None),
+        schemes,
+    });
+    let mut config = ClientConfig::builder()
+        .dangerous()
+        .with_custom_certificate_verifier(noting.clone())
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // Every handshake a full one, so that every one is shown a certificate.
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok((Arc::new(config), noting))
+}
+
+/// The certificate a session asking for `name` was shown, and whether the session (TLS,
+/// upgrade, one echo through the probe) worked.
+async fn shown(
+    gw: &GatewayProc,
+    config: &(Arc<ClientConfig>, Arc<Noting>),
+    name: &str,
+) -> Result<(Vec<u8>, Result<()>)> {
+    let (config, noting) = config;
+    if let Ok(mut seen) = noting.seen.lock() {
+        *seen = None;
+    }
+    let session = tls_session(gw.addr, config.clone(), name).await.map(|_| ());
+    let seen = noting.seen.lock().ok().and_then(|s| s.clone());
+    Ok((seen.context("no certificate was shown")?, session))
+}
+
+/// The dev server certificate's DER (`[tls] cert`, the default).
+fn default_cert() -> Result<Vec<u8>> {
+    use rustls::pki_types::pem::PemObject;
+    Ok(CertificateDer::from_pem_file(certs().join("server.crt"))?.to_vec())
+}
+
+async fn gateway(certs_toml: &str) -> Result<(GatewayProc, Probe)> {
+    let probe = Probe::start(Mode::Accept { protocol: None }).await?;
+    let gw = GatewayProc::start(ProcOptions {
+        backends: vec![("Backend_PROBE".into(), probe.url())],
+        tls_toml: format!("certs = [{certs_toml}]"),
+        ..ProcOptions::default()
+    })
+    .await?;
+    Ok((gw, probe))
+}
+
+#[tokio::test]
+async fn each_name_gets_its_certificate_and_every_other_client_the_default() -> Result<()> {
+    let ca = TestCa::new()?;
+    let (a, a_toml) = ca.issue("a", &["a.example.test"], &rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let (b, b_toml) = ca.issue("b", &["*.b.example.test"], &rcgen::PKCS_ECDSA_P384_SHA384)?;
+    let (gw, _probe) = gateway(&format!("{a_toml}, {b_toml}")).await?;
+    let client = client(&ca, None)?;
+
+    for (name, want, which) in [
+        ("a.example.test", &a, "a's"),
+        ("x.b.example.test", &b, "the wildcard's"),
+        ("localhost", &default_cert()?, "the default"),
+    ] {
+        let (seen, session) = shown(&gw, &client, name).await?;
+        ensure!(&seen == want, "{name} was not shown {which} certificate");
+        session.with_context(|| format!("a session as {name}"))?;
+    }
+    // A name no certificate holds, and no name at all (an address): the default, which
+    // the client then finds not valid for the name it wanted.
+    for name in ["nobody.example.test", "a.b.c.example.test", "127.0.0.1"] {
+        let (seen, session) = shown(&gw, &client, name).await?;
+        ensure!(seen == default_cert()?, "{name} was not shown the default");
+        if name == "127.0.0.1" {
+            session.context("the default holds 127.0.0.1")?;
+        } else {
+            let err = format!(
+                "{:#}",
+                session.err().context("a session with the wrong name")?
+            );
+            ensure!(err.contains("not valid for name"), "{name}: {err}");
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn one_name_with_ecdsa_and_rsa_certificates_serves_each_client_the_kind_it_verifies(
+) -> Result<()> {
+    let ca = TestCa::new()?;
+    let (ec, ec_toml) = ca.issue("ec", &["dual.example.test"], &rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let (rsa, rsa_toml) = ca.issue("rsa", &["dual.example.test"], &rcgen::PKCS_RSA_SHA256)?;
+    let (gw, _probe) = gateway(&format!("{ec_toml}, {rsa_toml}")).await?;
+
+    let (seen, session) = shown(&gw, &client(&ca, None)?, "dual.example.test").await?;
+    ensure!(
+        seen == ec,
+        "a client of every scheme was not shown the ECDSA certificate (listed first)"
+    );
+    session?;
+    let rsa_only = vec![
+        SignatureScheme::RSA_PSS_SHA256,
+        SignatureScheme::RSA_PSS_SHA384,
+        SignatureScheme::RSA_PKCS1_SHA256,
+    ];
+    let rsa_client = client(&ca, Some(rsa_only))?;
+    let (seen, session) = shown(&gw, &rsa_client, "dual.example.test").await?;
+    ensure!(
+        seen == rsa,
+        "an RSA-only client was not shown the RSA certificate"
+    );
+    session.context("an RSA-only client's session")?;
+    // Without a name (an address), the RSA-only client still gets the one key it can
+    // verify rather than a handshake failure; that certificate does not hold the address.
+    let (seen, _) = shown(&gw, &rsa_client, "127.0.0.1").await?;
+    ensure!(
+        seen == rsa,
+        "an RSA-only client without a name was not shown the RSA certificate"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_reload_puts_a_new_certificate_in_force_for_new_handshakes() -> Result<()> {
+    let ca = TestCa::new()?;
+    let (a, a_toml) = ca.issue("a", &["a.example.test"], &rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let (gw, _probe) = gateway("").await?;
+    let client = client(&ca, None)?;
+    let (seen, session) = shown(&gw, &client, "a.example.test").await?;
+    ensure!(
+        seen == default_cert()? && session.is_err(),
+        "before: the default"
+    );
+
+    let config = std::fs::read_to_string(gw.config_path())?;
+    ensure!(config.contains("certs = []"), "{config}");
+    std::fs::write(
+        gw.config_path(),
+        config.replace("certs = []", &format!("certs = [{a_toml}]")),
+    )?;
+    gw.hangup()?;
+    wait_for("the new certificate", Duration::from_secs(10), || async {
+        Ok(shown(&gw, &client, "a.example.test").await?.0 == a)
+    })
+    .await?;
+    let (_, session) = shown(&gw, &client, "a.example.test").await?;
+    session.context("a session on the reloaded certificate")
+}
