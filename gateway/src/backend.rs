@@ -488,7 +488,7 @@ pub(crate) async fn connect_any(
 /// CGI-style servers do (`X_Auth_Subject` and `X-Auth-Subject` are both
 /// `HTTP_X_AUTH_SUBJECT`), so a client cannot pass an identity header off under the other
 /// spelling.
-fn same_name(a: &str, b: &str) -> bool {
+pub(crate) fn same_name(a: &str, b: &str) -> bool {
     let fold = |c: u8| {
         if c == b'_' {
             b'-'

@@ -291,6 +291,39 @@ pub struct TlsConfig {
     /// key; `cert` goes to every other client. Several host names on one gateway, or one
     /// name with an ECDSA and an RSA certificate.
     pub certs: Vec<CertPair>,
+    /// CAs a client's certificate must chain to (PEM). Set, clients authenticate with a
+    /// certificate too (mutual TLS), besides the token; `None` (the default): no client
+    /// certificate is asked for.
+    pub client_ca: Option<PathBuf>,
+    /// With `client_ca`: whether a client without a certificate is refused in the TLS
+    /// handshake (`required`, the default) or let on to the token check (`optional`); a
+    /// certificate it does present must chain to `client_ca` either way.
+    pub client_cert: ClientCertMode,
+    /// With `client_ca`: the request header that tells the backend which certificate the
+    /// client presented (its hash, subject and names; see [`crate::client_cert`]). A
+    /// client's own header of that name is dropped.
+    pub client_cert_header: Option<String>,
+}
+
+/// `[tls] client_cert`: whether a client certificate is a must.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientCertMode {
+    /// A client without a certificate fails the TLS handshake.
+    #[default]
+    Required,
+    /// A client may present none; one it presents is checked.
+    Optional,
+}
+
+impl ClientCertMode {
+    /// The name used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientCertMode::Required => "required",
+            ClientCertMode::Optional => "optional",
+        }
+    }
 }
 
 /// A certificate chain and its key, PEM files relative to the config file's folder.
@@ -311,6 +344,9 @@ impl Default for TlsConfig {
             cipher_suites: Vec::new(),
             session_tickets: 2,
             certs: Vec::new(),
+            client_ca: None,
+            client_cert: ClientCertMode::Required,
+            client_cert_header: None,
         }
     }
 }
@@ -720,6 +756,34 @@ impl Config {
                 ));
             }
         }
+        if let Some(header_name) = &raw.tls.client_cert_header {
+            let problem = if raw.tls.client_ca.is_none() {
+                Some("needs tls.client_ca: without it no client presents a certificate")
+            } else if hyper::header::HeaderName::from_bytes(header_name.as_bytes()).is_err() {
+                Some("not a valid header name")
+            } else if !crate::backend::claim_header_allowed(header_name) {
+                Some("a header the gateway writes itself or one of the connection's own; name it otherwise (X-Client-Cert)")
+            } else if raw
+                .auth
+                .forward_claims
+                .keys()
+                .any(|h| crate::backend::same_name(h, header_name))
+            {
+                Some("also a header of auth.forward_claims")
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                return Err(err("tls", "client_cert_header", problem.into()));
+            }
+        }
+        if raw.tls.client_cert == ClientCertMode::Optional && raw.tls.client_ca.is_none() {
+            return Err(err(
+                "tls",
+                "client_cert",
+                "needs tls.client_ca: the CAs a client's certificate must chain to".into(),
+            ));
+        }
         for alg in &raw.auth.algorithms {
             crate::auth::parse_algorithm(alg).map_err(|p| err("auth", "algorithms", p))?;
         }
@@ -841,6 +905,7 @@ impl Config {
         let mut tls = raw.tls;
         tls.cert = resolve(&tls.cert);
         tls.key = resolve(&tls.key);
+        tls.client_ca = tls.client_ca.as_ref().map(resolve);
         for pair in &mut tls.certs {
             pair.cert = resolve(&pair.cert);
             pair.key = resolve(&pair.key);
@@ -919,7 +984,7 @@ impl Config {
         );
         let _ = writeln!(
             o,
-            "[tls]\ncert = {}\nkey = {}\ncipher_suites = {}\nsession_tickets = {}\ncerts = [{}]\n",
+            "[tls]\ncert = {}\nkey = {}\ncipher_suites = {}\nsession_tickets = {}\ncerts = [{}]\n{}\n",
             q(&self.tls.cert.display().to_string()),
             q(&self.tls.key.display().to_string()),
             list(&self.tls.cipher_suites),
@@ -933,7 +998,16 @@ impl Config {
                     q(&p.key.display().to_string())
                 ))
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(", "),
+            match &self.tls.client_ca {
+                None => "# client_ca is off: no client certificate asked for".to_owned(),
+                Some(ca) => format!(
+                    "client_ca = {}\nclient_cert = {}\n{}",
+                    q(&ca.display().to_string()),
+                    q(self.tls.client_cert.as_str()),
+                    opt("client_cert_header", &self.tls.client_cert_header)
+                ),
+            }
         );
         let path = |p: &Path| q(&p.display().to_string());
         let bt = &self.backend_tls;

@@ -13,6 +13,7 @@
 //! | [`proxy_header`] | PROXY protocol v1/v2 header from a TCP load balancer: the client's address |
 //! | [`tls`] | rustls server config from PEM, ALPN `http/1.1` |
 //! | [`server_certs`] | which of the gateway's certificates a handshake gets: by SNI and key kind |
+//! | [`client_cert`] | a client's certificate (mutual TLS) described to its backend |
 //! | [`tls_stream`] | TLS on rustls's unbuffered API: no buffers held while idle |
 //! | [`service`] | TLS handshake, hyper HTTP/1 with upgrades, the handshake phases |
 //! | [`checks`] | path, method, WebSocket upgrade headers |
@@ -48,6 +49,7 @@ pub mod backend_tickets;
 pub mod backend_tls;
 pub mod batch;
 pub mod checks;
+pub mod client_cert;
 pub mod config;
 pub mod credentials;
 pub mod extensions;

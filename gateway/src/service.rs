@@ -79,11 +79,12 @@ pub async fn serve_connection(
             }
         }
     };
-    let tls = match tokio::time::timeout_at(deadline, tls_stream::accept(shared.tls(), tcp)).await {
-        Ok(Ok(tls)) => {
+    let accepting = tls_stream::accept_client(shared.tls(), tcp);
+    let (tls, client_cert) = match tokio::time::timeout_at(deadline, accepting).await {
+        Ok(Ok((tls, client_cert))) => {
             let resumed = tls.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
             shared.metrics.tls_handshake(resumed);
-            tls
+            (tls, client_cert)
         }
         // Counted, and logged at debug only: scanners and port checks fail handshakes
         // all day (nginx logs them at info, below its default level).
@@ -106,6 +107,10 @@ pub async fn serve_connection(
             return;
         }
     };
+    // Described once per connection, for every request on it; only if a backend is told.
+    let client_cert: Option<Arc<str>> = client_cert
+        .filter(|_| config.tls.client_cert_header.is_some())
+        .map(|leaf| crate::client_cert::describe(&leaf).into());
     let (slot, limit_hit) = match slot {
         Ok(slot) => (Some(slot), None),
         Err(hit) => (None, Some(hit)),
@@ -122,8 +127,14 @@ pub async fn serve_connection(
         // Only upgrade requests carry one; `handle` takes its own on the way to a 101.
         let on_upgrade = req.extensions().get::<hyper::upgrade::OnUpgrade>().cloned();
         let refused_upgrade = svc_refused_upgrade.clone();
+        let client_cert = client_cert.clone();
         async move {
-            let response = handle(shared, req, peer, conn_id, permit, limit_hit).await;
+            let from = Client {
+                peer,
+                conn_id,
+                client_cert,
+            };
+            let response = handle(shared, req, from, permit, limit_hit).await;
             if response.status() != StatusCode::SWITCHING_PROTOCOLS {
                 refused_upgrade.keep(on_upgrade);
             }
@@ -221,11 +232,15 @@ type PermitSlot = Arc<std::sync::Mutex<Option<Slot>>>;
 async fn handle(
     shared: Arc<Shared>,
     mut req: Request<Incoming>,
-    peer: SocketAddr,
-    conn_id: u64,
+    from: Client,
     permit: PermitSlot,
     limit_hit: Option<LimitHit>,
 ) -> Response<Body> {
+    let Client {
+        peer,
+        conn_id,
+        client_cert,
+    } = from;
     let started = std::time::Instant::now();
     if let Some(hit) = limit_hit {
         return refuse(&shared, hit.refusal(), conn_id, peer, &req);
@@ -246,7 +261,7 @@ async fn handle(
         peer,
         req: &req,
     };
-    let prepared = prepare(&shared, &req, peer).await;
+    let prepared = prepare(&shared, &req, peer, client_cert.as_deref()).await;
     waiting.answered();
     match prepared {
         Ok(Prepared {
@@ -367,10 +382,19 @@ struct Prepared {
 }
 
 /// Runs every phase up to the 101: checks, auth, route, backend connect, accept.
+/// Who sent a request: the client's address, its connection, and the certificate it
+/// authenticated with as its backend is told of it ([`crate::client_cert`]).
+struct Client {
+    peer: SocketAddr,
+    conn_id: u64,
+    client_cert: Option<Arc<str>>,
+}
+
 async fn prepare(
     shared: &Shared,
     req: &Request<Incoming>,
     peer: SocketAddr,
+    client_cert: Option<&str>,
 ) -> Result<Prepared, Refusal> {
     let config = shared.config();
     let upgrade = checks::check(req, &config.server.path)?;
@@ -400,8 +424,15 @@ async fn prepare(
         .close_at_expiry
         .then(|| crate::auth::expires_at(&claims, verifier.auth().leeway_secs))
         .flatten();
-    let identity = crate::auth::claim_headers(&config.auth.forward_claims, &claims);
-    let identity_names: Vec<String> = config.auth.forward_claims.keys().cloned().collect();
+    let mut identity = crate::auth::claim_headers(&config.auth.forward_claims, &claims);
+    let mut identity_names: Vec<String> = config.auth.forward_claims.keys().cloned().collect();
+    if let Some(name) = &config.tls.client_cert_header {
+        // A client's own header of that name is dropped whether or not it has a certificate.
+        identity_names.push(name.clone());
+        if let Some(described) = client_cert {
+            identity.push((name.clone(), described.to_owned()));
+        }
+    }
     let pool = shared
         .router
         .lookup(&creds.backend_id)

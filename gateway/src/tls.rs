@@ -4,25 +4,26 @@ use std::sync::{Arc, OnceLock};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{NoServerSessionStorage, ProducesTickets};
+use rustls::server::{NoServerSessionStorage, ProducesTickets, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{ServerConfig, SupportedCipherSuite};
 
-use crate::config::TlsConfig;
+use crate::config::{ClientCertMode, TlsConfig};
 use crate::server_certs::ServerCerts;
 
 /// Most session tickets `[tls] session_tickets` may ask for per handshake.
 pub const MAX_SESSION_TICKETS: usize = 8;
 
 /// Builds the server config. Errors name the offending key (`cert`, `key`,
-/// `certs[N].cert`, `certs[N].key`, `cipher_suites` or `session_tickets`) and problem.
+/// `certs[N].cert`, `certs[N].key`, `client_ca`, `cipher_suites` or `session_tickets`) and problem.
 ///
 /// `tls.cipher_suites` (names as in [`suite_names`]) restricts and orders the cipher
 /// suites, and the gateway's order then wins over the client's; empty leaves every suite
 /// on and the client choosing, which is what browsers' own order (AES-128-GCM first) is
 /// best served by. `tls.session_tickets` tickets go out after each handshake, sealed
 /// with the process's ticket keys ([`ticketer`]). `tls.certs` are served by the name a
-/// client asks for ([`ServerCerts`]), `tls.cert` to the others.
+/// client asks for ([`ServerCerts`]), `tls.cert` to the others. With `tls.client_ca`,
+/// clients are asked for a certificate chaining to it (`tls.client_cert`: a must or not).
 pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, (String, String)> {
     if tls.session_tickets > MAX_SESSION_TICKETS {
         return Err((
@@ -78,11 +79,26 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, (String, Stri
     }
     let default = keys.remove(0);
     let certs = ServerCerts::new(default, keys).map_err(|(i, e)| (pair_key(i, "cert"), e))?;
-    let mut config = ServerConfig::builder_with_provider(Arc::new(provider))
+    let provider = Arc::new(provider);
+    let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| ("cipher_suites".into(), e.to_string()))?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(certs));
+        .map_err(|e| ("cipher_suites".into(), e.to_string()))?;
+    let builder = match &tls.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let roots = trust_roots(ca).map_err(|e| ("client_ca".to_owned(), e))?;
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let verifier = match tls.client_cert {
+                ClientCertMode::Required => verifier,
+                ClientCertMode::Optional => verifier.allow_unauthenticated(),
+            };
+            let verifier = verifier
+                .build()
+                .map_err(|e| ("client_ca".to_owned(), format!("{}: {e}", ca.display())))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(certs));
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     // TLS 1.3 records are sealed and opened by `records` once the handshake is done.
     config.enable_secret_extraction = true;
@@ -100,7 +116,7 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, (String, Stri
 
 /// The certificate chain (leaf first) and private key in the PEM files `cert` and `key`.
 /// Errors name the key (`cert` or `key`) and the problem.
-pub(crate) fn chain_and_key(
+pub fn chain_and_key(
     cert: &std::path::Path,
     key: &std::path::Path,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), (&'static str, String)> {

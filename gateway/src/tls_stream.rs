@@ -20,6 +20,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
+use rustls::pki_types::CertificateDer;
 use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{ConnectionState, EncodeError, UnbufferedStatus};
 use rustls::{AlertDescription, HandshakeKind, ServerConfig};
@@ -93,6 +94,15 @@ impl std::fmt::Debug for TlsStream {
 
 /// Runs the server side of a TLS handshake on `tcp`. Bounding its time is the caller's.
 pub async fn accept(config: Arc<ServerConfig>, tcp: TcpStream) -> io::Result<TlsStream> {
+    Ok(accept_client(config, tcp).await?.0)
+}
+
+/// [`accept`], also returning the certificate the client authenticated with (mutual
+/// TLS: a `config` that asks for one), which the stream itself does not keep.
+pub async fn accept_client(
+    config: Arc<ServerConfig>,
+    tcp: TcpStream,
+) -> io::Result<(TlsStream, Option<CertificateDer<'static>>)> {
     let mut stream = TlsStream::starting(config, tcp)?;
     if let Err(e) = std::future::poll_fn(|cx| stream.poll_handshake(cx)).await {
         // The alert saying why goes out before the connection is closed: without it the
@@ -107,6 +117,10 @@ pub async fn accept(config: Arc<ServerConfig>, tcp: TcpStream) -> io::Result<Tls
         ));
     };
     stream.kind = conn.handshake_kind();
+    let client_cert = conn
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|leaf| leaf.clone().into_owned());
     stream.conn = Conn::Records(Box::new(
         Records::take_over(*conn, &mut stream.out).map_err(invalid)?,
     ));
@@ -117,7 +131,7 @@ pub async fn accept(config: Arc<ServerConfig>, tcp: TcpStream) -> io::Result<Tls
         stream.process_received(None, None)?;
     }
     std::future::poll_fn(|cx| stream.poll_send(cx)).await?;
-    Ok(stream)
+    Ok((stream, client_cert))
 }
 
 fn invalid(e: rustls::Error) -> io::Error {

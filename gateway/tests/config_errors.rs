@@ -189,6 +189,43 @@ fn a_bad_certificate_of_tls_certs_is_named_by_its_place() -> Result<()> {
 }
 
 #[test]
+fn client_certificate_settings_that_cannot_work_are_refused() -> Result<()> {
+    let c = certs();
+    for (lines, expect) in [
+        (
+            "client_cert_header = \"X-Client-Cert\"".to_owned(),
+            ["tls.client_cert_header", "needs tls.client_ca"],
+        ),
+        (
+            "client_cert = \"optional\"".to_owned(),
+            ["tls.client_cert", "needs tls.client_ca"],
+        ),
+        (
+            format!("client_ca = \"{c}/ca.crt\"\nclient_cert_header = \"Host\""),
+            ["tls.client_cert_header", "gateway writes itself"],
+        ),
+        (
+            format!("client_ca = \"{c}/ca.crt\"\nclient_cert_header = \"X Cert\""),
+            ["tls.client_cert_header", "not a valid header name"],
+        ),
+        (
+            "client_ca = \"/nonexistent/ca.crt\"".to_owned(),
+            ["tls.client_ca", "/nonexistent/ca.crt"],
+        ),
+        (
+            format!("client_ca = \"{c}/ca.crt\"\nclient_cert = \"sometimes\""),
+            ["tls.client_cert", "sometimes"],
+        ),
+    ] {
+        let config = format!(
+            "[tls]\ncert = \"{c}/server.crt\"\nkey = \"{c}/server.key\"\n{lines}\n[auth]\npublic_key = \"{c}/jwt-public.pem\"\n[backends]\nA = \"ws://localhost:1/\"\n"
+        );
+        check(&config, &expect)?;
+    }
+    Ok(())
+}
+
+#[test]
 fn wrong_key_type() -> Result<()> {
     let c = certs();
     let config = format!(

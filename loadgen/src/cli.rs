@@ -71,6 +71,13 @@ pub struct TargetArgs {
     /// Accept any server certificate (development only).
     #[arg(long)]
     pub insecure: bool,
+    /// PEM certificate chain to present to a gateway that asks clients for one
+    /// (`[tls] client_ca`), e.g. certs/client.crt; with --client-key.
+    #[arg(long, value_name = "PATH", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of --client-cert.
+    #[arg(long, value_name = "PATH", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
     /// Bearer token to send as is (default: mint one with --jwt-key).
     #[arg(long, conflicts_with = "jwt_key")]
     pub token: Option<String>,
@@ -86,6 +93,14 @@ pub struct TargetArgs {
 }
 
 impl TargetArgs {
+    /// The client certificate to present, if --client-cert and --client-key name one.
+    pub fn client_cert(&self) -> Option<crate::tls::ClientCert> {
+        Some(crate::tls::ClientCert {
+            cert: self.client_cert.clone()?,
+            key: self.client_key.clone()?,
+        })
+    }
+
     /// Where the token comes from: --token, --jwt-key, or the default key if it exists.
     pub fn token_source(&self) -> TokenSource {
         const DEFAULT_KEY: &str = "certs/jwt-private.pem";
@@ -274,6 +289,7 @@ impl LoadArgs {
             connect_concurrency: self.connect_concurrency,
             ca: Some(t.ca.clone()),
             insecure: t.insecure,
+            client_cert: t.client_cert(),
             resume: self.resume,
             proxy_header: self.proxy_protocol,
             token: t.token_source(),
@@ -303,6 +319,7 @@ impl DemoArgs {
             backend: self.backend.clone(),
             ca: Some(t.ca.clone()),
             insecure: t.insecure,
+            client_cert: t.client_cert(),
             token: t.token_source(),
             interval: self.interval,
             count: self.count,
@@ -575,6 +592,29 @@ mod tests {
         assert!(Cli::try_parse_from(["loadgen", "--reconnect-attempts", "3"]).is_err());
         assert!(Cli::try_parse_from(["loadgen", "--header", "bad header"]).is_err());
         assert!(Cli::try_parse_from(["loadgen", "--token", "a", "--jwt-key", "k"]).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn a_client_certificate_takes_both_files_in_either_mode() -> anyhow::Result<()> {
+        let both = ["--client-cert", "c.crt", "--client-key", "c.key"];
+        let want = Some(crate::tls::ClientCert {
+            cert: "c.crt".into(),
+            key: "c.key".into(),
+        });
+        let load = Cli::try_parse_from(["loadgen"].into_iter().chain(both))?;
+        assert_eq!(load.load.options().client_cert, want);
+        let demo = Cli::try_parse_from(["loadgen", "demo"].into_iter().chain(both))?;
+        let Some(Command::Demo(args)) = demo.command else {
+            anyhow::bail!("not the demo");
+        };
+        assert_eq!(args.options().client_cert, want);
+        assert_eq!(
+            Cli::try_parse_from(["loadgen"])?.load.options().client_cert,
+            None
+        );
+        assert!(Cli::try_parse_from(["loadgen", "--client-cert", "c.crt"]).is_err());
+        assert!(Cli::try_parse_from(["loadgen", "demo", "--client-key", "c.key"]).is_err());
         Ok(())
     }
 }

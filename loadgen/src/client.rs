@@ -36,6 +36,8 @@ pub struct ConnectOptions {
     pub ca: Option<PathBuf>,
     /// Accept any server certificate (development only).
     pub insecure: bool,
+    /// A client certificate to present (a gateway with `[tls] client_ca`).
+    pub client_cert: Option<crate::tls::ClientCert>,
     /// Extra request headers, e.g. `ID` and `Authorization`.
     pub headers: Vec<(String, String)>,
     /// `Sec-WebSocket-Protocol` to offer.
@@ -64,6 +66,7 @@ impl ConnectOptions {
             url: url.into(),
             ca: None,
             insecure: false,
+            client_cert: None,
             headers: Vec::new(),
             protocols: None,
             local_addr: None,
@@ -252,8 +255,12 @@ impl Connector {
             path.push_str(q);
         }
         let tls = if secure {
-            let mut config = tls::client_config(opts.ca.as_deref(), opts.insecure)
-                .map_err(ConnectError::Config)?;
+            let mut config = tls::client_config_with(
+                opts.ca.as_deref(),
+                opts.insecure,
+                opts.client_cert.as_ref(),
+            )
+            .map_err(ConnectError::Config)?;
             if opts.resume {
                 let mut resuming = (*config).clone();
                 resuming.resumption = rustls::client::Resumption::in_memory_sessions(256);

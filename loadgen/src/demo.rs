@@ -30,6 +30,8 @@ pub struct DemoOptions {
     pub ca: Option<PathBuf>,
     /// Accept any server certificate.
     pub insecure: bool,
+    /// A client certificate to present.
+    pub client_cert: Option<crate::tls::ClientCert>,
     /// Bearer token source.
     pub token: TokenSource,
     /// Pause between two messages (the first goes at once).
@@ -141,6 +143,7 @@ pub async fn run<W: Write>(
     let mut copts = ConnectOptions::new(&opts.url).header("ID", backend);
     copts.ca = opts.ca.clone();
     copts.insecure = opts.insecure;
+    copts.client_cert = opts.client_cert.clone();
     copts.connect_timeout = opts.connect_timeout;
     if let Some(token) = opts
         .token

@@ -57,6 +57,8 @@ pub struct LoadOptions {
     pub ca: Option<PathBuf>,
     /// Accept any server certificate.
     pub insecure: bool,
+    /// A client certificate every connection presents.
+    pub client_cert: Option<crate::tls::ClientCert>,
     /// Resume TLS sessions across the run's connections, as one client reconnecting
     /// would (off: each connection stands for a distinct client, full handshake).
     pub resume: bool,
@@ -102,6 +104,7 @@ impl Default for LoadOptions {
             connect_concurrency: 64,
             ca: Some(PathBuf::from("certs/ca.crt")),
             insecure: false,
+            client_cert: None,
             resume: false,
             proxy_header: None,
             token: TokenSource::Mint(PathBuf::from("certs/jwt-private.pem")),
@@ -257,6 +260,7 @@ pub async fn run(
         url: opts.url.clone(),
         ca: opts.ca.clone(),
         insecure: opts.insecure,
+        client_cert: opts.client_cert.clone(),
         headers,
         protocols: None,
         local_addr: None,

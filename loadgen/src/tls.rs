@@ -18,28 +18,54 @@ use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 /// are offered in browsers' order ([`browser_order`]), so a server that follows the
 /// client's preference picks what it would pick for a browser.
 pub fn client_config(ca: Option<&Path>, insecure: bool) -> Result<Arc<ClientConfig>, String> {
+    client_config_with(ca, insecure, None)
+}
+
+/// [`client_config`], presenting the certificate chain and key in the PEM files
+/// `client_cert` (for a gateway that asks clients for one: `[tls] client_ca`).
+pub fn client_config_with(
+    ca: Option<&Path>,
+    insecure: bool,
+    client_cert: Option<&ClientCert>,
+) -> Result<Arc<ClientConfig>, String> {
     let mut provider = rustls::crypto::aws_lc_rs::default_provider();
     browser_order(&mut provider.cipher_suites);
     let provider = Arc::new(provider);
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup: {e}"))?;
-    let mut config = if insecure {
+    let builder = if insecure {
         builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
-            .with_no_client_auth()
     } else {
         let Some(ca) = ca else {
             return Err("wss:// needs a CA to trust (--ca FILE) or --insecure".to_owned());
         };
-        builder
-            .with_root_certificates(gateway::tls::trust_roots(ca)?)
-            .with_no_client_auth()
+        builder.with_root_certificates(gateway::tls::trust_roots(ca)?)
+    };
+    let mut config = match client_cert {
+        None => builder.with_no_client_auth(),
+        Some(ClientCert { cert, key }) => {
+            let (chain, key_der) = gateway::tls::chain_and_key(cert, key)
+                .map_err(|(which, e)| format!("client {which}: {e}"))?;
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|e| format!("client key {}: {e}", key.display()))?
+        }
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     config.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(config))
+}
+
+/// A client certificate to present: PEM chain (leaf first) and its private key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCert {
+    /// Certificate chain, leaf first.
+    pub cert: std::path::PathBuf,
+    /// Its private key.
+    pub key: std::path::PathBuf,
 }
 
 /// Orders `suites` as Chrome and Firefox offer them: TLS 1.3 before 1.2, and within each

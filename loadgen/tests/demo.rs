@@ -14,6 +14,7 @@ fn options(tb: &Testbed, backend: &str) -> DemoOptions {
         backend: backend.to_owned(),
         ca: Some(tb.certs_dir().join("ca.crt")),
         insecure: false,
+        client_cert: None,
         token: TokenSource::Mint(tb.certs_dir().join("jwt-private.pem")),
         interval: Duration::from_millis(100),
         count: Some(2),

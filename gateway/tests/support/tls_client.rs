@@ -27,6 +27,17 @@ pub async fn tls_session(
     config: Arc<ClientConfig>,
     server_name: &str,
 ) -> Result<Negotiated> {
+    tls_session_with(addr, config, server_name, "").await
+}
+
+/// [`tls_session`] with `extra_head` (whole header lines, each ending in `\r\n`) in the
+/// upgrade request.
+pub async fn tls_session_with(
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+    server_name: &str,
+    extra_head: &str,
+) -> Result<Negotiated> {
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     let name = ServerName::try_from(server_name.to_owned())?;
     let mut tls = tokio::time::timeout(
@@ -40,7 +51,7 @@ pub async fn tls_session(
     let head = format!(
         "GET /gateway HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
-         ID: Backend_PROBE\r\nAuthorization: Bearer {token}\r\n\r\n"
+         ID: Backend_PROBE\r\nAuthorization: Bearer {token}\r\n{extra_head}\r\n"
     );
     tls.write_all(head.as_bytes()).await?;
     tls.flush().await?;
