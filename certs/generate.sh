@@ -5,7 +5,8 @@
 #   ca.crt / ca.key          dev CA (ECDSA P-256) that signs the server cert
 #   server.crt / server.key  gateway TLS cert (ECDSA P-256), SAN localhost, 127.0.0.1, ::1
 #   client.crt / client.key  client cert (ECDSA P-256, clientAuth) the gateway may present to
-#                            wss:// backends that ask for one ([backend_tls] cert/key)
+#                            wss:// backends that ask for one ([backend_tls] cert/key), and
+#                            loadgen to a gateway that asks clients for one ([tls] client_ca)
 #   jwt-private.pem          RSA 2048 key the demo client / loadgen sign RS256 tokens with
 #   jwt-public.pem           its public half, which the gateway verifies tokens with
 #   jwt-es256-private.pem    ECDSA P-256 key for ES256 tokens (tests, benchmarks)

@@ -20,6 +20,7 @@ import os
 import platform
 import re
 import resource
+import shlex
 import shutil
 import signal
 import socket
@@ -408,6 +409,8 @@ class Target:
 # Extra lines for the gateway's [server] table (`--gateway-server`), e.g. threading = "shared".
 GATEWAY_SERVER_EXTRA = ""
 GATEWAY_TLS_EXTRA = ""
+# Extra loadgen arguments for every run (--loadgen-args).
+LOADGEN_EXTRA: list[str] = []
 
 
 def gateway_config(tmp: Path, port: int, bports: list[int], admin_key: bool = True) -> Path:
@@ -876,7 +879,7 @@ class Harness:
             argv += ["--token", token]
         if rate is not None:
             argv += ["--rate", f"{rate:.3f}"]
-        return argv + (extra or []), out
+        return argv + LOADGEN_EXTRA + (extra or []), out
 
     @staticmethod
     def read_json(path: Path) -> dict | None:
@@ -1370,7 +1373,8 @@ def render(meta: dict, res: dict, auth: list[dict], goals: list[dict]) -> str:
     L.append(f"Machine: {meta['machine']}. Versions: {meta['versions']}. Mode: {meta['mode']} "
              f"({meta['rounds']} round(s) interleaved, medians; {meta['duration_s']} s per closed/open-loop run)."
              + (f" Gateway `[server]` extra: `{meta['gateway_server']}`." if meta.get("gateway_server") else "")
-             + (f" Gateway `[tls]` extra: `{meta['gateway_tls']}`." if meta.get("gateway_tls") else ""))
+             + (f" Gateway `[tls]` extra: `{meta['gateway_tls']}`." if meta.get("gateway_tls") else "")
+             + (f" loadgen extra: `{meta['loadgen_args']}`." if meta.get("loadgen_args") else ""))
     L.append("")
     L.append("| Scen. | Target | JWT checked | msgs/s | RTT p50 | RTT p99 | RTT p99.9 | proxy CPU µs/fwd msg | proxy RSS KiB/conn | new conns/s | proxy CPU µs/conn | errors |")
     L.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -1524,10 +1528,15 @@ def main() -> int:
                     help='extra lines for the gateway\'s [server] table, e.g. \'threading = "shared"\'')
     ap.add_argument("--gateway-tls", default="", metavar="TOML",
                     help="extra lines for the gateway's [tls] table, e.g. 'session_tickets = 0'")
+    ap.add_argument("--loadgen-args", default="", metavar="ARGS",
+                    help="extra arguments for every loadgen run (shell words), e.g. "
+                         "'--client-cert certs/client.crt --client-key certs/client.key' with "
+                         "--gateway-tls 'client_ca = \"…/certs/ca.crt\"'")
     a = ap.parse_args()
-    global GATEWAY_SERVER_EXTRA, GATEWAY_TLS_EXTRA
+    global GATEWAY_SERVER_EXTRA, GATEWAY_TLS_EXTRA, LOADGEN_EXTRA
     GATEWAY_SERVER_EXTRA = a.gateway_server
     GATEWAY_TLS_EXTRA = a.gateway_tls
+    LOADGEN_EXTRA = shlex.split(a.loadgen_args)
     a.targets = [t.strip() for t in a.targets.split(",") if t.strip()]
     unknown = set(a.targets) - set(TARGETS)
     if unknown:
@@ -1597,6 +1606,7 @@ def main() -> int:
         "wall_s": round(time.monotonic() - t_start, 1),
         "gateway_server": GATEWAY_SERVER_EXTRA,
         "gateway_tls": GATEWAY_TLS_EXTRA,
+        "loadgen_args": " ".join(LOADGEN_EXTRA),
     }
     md = render(meta, res, auth, goals)
     out = Path(a.out)
