@@ -299,6 +299,10 @@ pub struct TlsConfig {
     /// handshake (`required`, the default) or let on to the token check (`optional`); a
     /// certificate it does present must chain to `client_ca` either way.
     pub client_cert: ClientCertMode,
+    /// With `client_ca`: certificate revocation lists (PEM, one file, one or more CRLs): a
+    /// client certificate they list is refused. Given, every client certificate's status
+    /// must be known, so the file holds a CRL of each CA that issues them.
+    pub client_crl: Option<PathBuf>,
     /// With `client_ca`: the request header that tells the backend which certificate the
     /// client presented (its hash, subject and names; see [`crate::client_cert`]). A
     /// client's own header of that name is dropped.
@@ -346,6 +350,7 @@ impl Default for TlsConfig {
             certs: Vec::new(),
             client_ca: None,
             client_cert: ClientCertMode::Required,
+            client_crl: None,
             client_cert_header: None,
         }
     }
@@ -777,6 +782,13 @@ impl Config {
                 return Err(err("tls", "client_cert_header", problem.into()));
             }
         }
+        if raw.tls.client_crl.is_some() && raw.tls.client_ca.is_none() {
+            return Err(err(
+                "tls",
+                "client_crl",
+                "needs tls.client_ca: revocation lists are of client certificates".into(),
+            ));
+        }
         if raw.tls.client_cert == ClientCertMode::Optional && raw.tls.client_ca.is_none() {
             return Err(err(
                 "tls",
@@ -906,6 +918,7 @@ impl Config {
         tls.cert = resolve(&tls.cert);
         tls.key = resolve(&tls.key);
         tls.client_ca = tls.client_ca.as_ref().map(resolve);
+        tls.client_crl = tls.client_crl.as_ref().map(resolve);
         for pair in &mut tls.certs {
             pair.cert = resolve(&pair.cert);
             pair.key = resolve(&pair.key);
@@ -1002,9 +1015,13 @@ impl Config {
             match &self.tls.client_ca {
                 None => "# client_ca is off: no client certificate asked for".to_owned(),
                 Some(ca) => format!(
-                    "client_ca = {}\nclient_cert = {}\n{}",
+                    "client_ca = {}\nclient_cert = {}\n{}\n{}",
                     q(&ca.display().to_string()),
                     q(self.tls.client_cert.as_str()),
+                    opt(
+                        "client_crl",
+                        &self.tls.client_crl.as_ref().map(|p| p.display().to_string())
+                    ),
                     opt("client_cert_header", &self.tls.client_cert_header)
                 ),
             }

@@ -92,9 +92,18 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, (String, Stri
                 ClientCertMode::Required => verifier,
                 ClientCertMode::Optional => verifier.allow_unauthenticated(),
             };
-            let verifier = verifier
-                .build()
-                .map_err(|e| ("client_ca".to_owned(), format!("{}: {e}", ca.display())))?;
+            let verifier = match &tls.client_crl {
+                None => verifier,
+                Some(path) => verifier
+                    .with_crls(revocation_lists(path).map_err(|e| ("client_crl".to_owned(), e))?),
+            };
+            let verifier = verifier.build().map_err(|e| match e {
+                rustls::server::VerifierBuilderError::InvalidCrl(_) => (
+                    "client_crl".to_owned(),
+                    format!("{}: {e}", tls.client_crl.as_deref().unwrap_or(ca).display()),
+                ),
+                e => ("client_ca".to_owned(), format!("{}: {e}", ca.display())),
+            })?;
             builder.with_client_cert_verifier(verifier)
         }
     };
@@ -257,6 +266,20 @@ pub fn trust_roots(path: &std::path::Path) -> Result<rustls::RootCertStore, Stri
         return Err(format!("CA file {shown}: no usable certificate"));
     }
     Ok(roots)
+}
+
+/// The certificate revocation lists in the PEM file at `path`: at least one.
+fn revocation_lists(
+    path: &std::path::Path,
+) -> Result<Vec<rustls::pki_types::CertificateRevocationListDer<'static>>, String> {
+    let shown = path.display();
+    let crls = rustls::pki_types::CertificateRevocationListDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{shown}: {}", pem_problem(&e, path, "X509 CRL")))?;
+    if crls.is_empty() {
+        return Err(format!("{shown}: no X509 CRL in PEM"));
+    }
+    Ok(crls)
 }
 
 /// The builder of the gateway's own TLS clients (key set fetches, `wss://` backends):

@@ -13,6 +13,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ClientConfig;
 use support::probe::{values, Event, Mode, Probe};
 use support::process::{GatewayProc, ProcOptions};
+use support::test_ca::TestCa;
 use support::tls_client::tls_session_with;
 use support::*;
 
@@ -61,8 +62,12 @@ fn dev_described() -> Result<String> {
 }
 
 async fn gateway(tls_toml: &str) -> Result<(GatewayProc, Probe)> {
+    gateway_with(&certs().join("ca.crt"), tls_toml).await
+}
+
+/// A gateway trusting `ca` for client certificates, with `tls_toml` in `[tls]`.
+async fn gateway_with(ca: &std::path::Path, tls_toml: &str) -> Result<(GatewayProc, Probe)> {
     let probe = Probe::start(Mode::Accept { protocol: None }).await?;
-    let ca = certs().join("ca.crt");
     let gw = GatewayProc::start(ProcOptions {
         backends: vec![("Backend_PROBE".into(), probe.url())],
         tls_toml: format!("client_ca = {ca:?}\n{tls_toml}"),
@@ -112,17 +117,23 @@ async fn a_required_certificate_refuses_clients_without_one_of_the_ca_and_tells_
     );
 
     // The good client is served after them, and its forged header does not reach the backend.
-    tls_session_with(
-        gw.addr,
-        client(Some(dev_client_cert()?))?,
-        "localhost",
-        FORGED,
-    )
-    .await
-    .context("the dev client certificate")?;
+    let good = client(Some(dev_client_cert()?))?;
+    tls_session_with(gw.addr, good.clone(), "localhost", FORGED)
+        .await
+        .context("the dev client certificate")?;
     ensure!(
         told(&mut probe).await? == [dev_described()?],
         "the backend was told otherwise"
+    );
+    // A session resumed on a ticket of that one carries its certificate along.
+    let again = tls_session_with(gw.addr, good, "localhost", "").await?;
+    ensure!(
+        again.kind == Some(rustls::HandshakeKind::Resumed),
+        "{again:?}"
+    );
+    ensure!(
+        told(&mut probe).await? == [dev_described()?],
+        "a resumed session's backend"
     );
     wait_for("2 refused handshakes counted", DEADLINE, || async {
         let name = "wsgate_tls_handshake_failures_total{reason=\"refused\"}";
@@ -195,4 +206,42 @@ async fn loadgen_presents_the_certificate_it_is_given() -> Result<()> {
         "the backend was told otherwise"
     );
     Ok(())
+}
+
+#[tokio::test]
+async fn a_revoked_certificate_is_refused_and_a_reload_reads_the_list_again() -> Result<()> {
+    let ca = TestCa::new()?;
+    let (revoked, kept) = (
+        ca.issue_client("revoked", 42)?,
+        ca.issue_client("kept", 43)?,
+    );
+    let crl = ca.crl("clients", &[42])?;
+    let (gw, _probe) = gateway_with(&ca.ca_file()?, &format!("client_crl = {crl:?}")).await?;
+
+    let refused = tls_session_with(
+        gw.addr,
+        client(Some(revoked.client_auth()))?,
+        "localhost",
+        "",
+    )
+    .await;
+    let err = format!(
+        "{:#}",
+        refused.err().context("a revoked certificate got in")?
+    );
+    ensure!(err.contains("CertificateRevoked"), "{err}");
+    tls_session_with(gw.addr, client(Some(kept.client_auth()))?, "localhost", "")
+        .await
+        .context("a certificate the list does not name")?;
+
+    // The list no longer names it: after a reload, it gets in.
+    ca.crl("clients", &[])?;
+    gw.hangup()?;
+    let again = client(Some(revoked.client_auth()))?;
+    wait_for("the reloaded list", DEADLINE, || async {
+        Ok(tls_session_with(gw.addr, again.clone(), "localhost", "")
+            .await
+            .is_ok())
+    })
+    .await
 }

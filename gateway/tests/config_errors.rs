@@ -209,6 +209,14 @@ fn client_certificate_settings_that_cannot_work_are_refused() -> Result<()> {
             ["tls.client_cert_header", "not a valid header name"],
         ),
         (
+            format!("client_crl = \"{c}/ca.crt\""),
+            ["tls.client_crl", "needs tls.client_ca"],
+        ),
+        (
+            format!("client_ca = \"{c}/ca.crt\"\nclient_crl = \"{c}/ca.crt\""),
+            ["tls.client_crl", "no X509 CRL"],
+        ),
+        (
             "client_ca = \"/nonexistent/ca.crt\"".to_owned(),
             ["tls.client_ca", "/nonexistent/ca.crt"],
         ),

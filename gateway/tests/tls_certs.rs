@@ -10,56 +10,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use support::probe::{Mode, Probe};
-use support::process::{temp_dir, GatewayProc, ProcOptions};
+use support::process::{GatewayProc, ProcOptions};
+use support::test_ca::TestCa;
 use support::tls_client::tls_session;
 use support::*;
-
-/// A CA of the test's own and the PEM files of the certificates it signed.
-struct TestCa {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-    dir: std::path::PathBuf,
-}
-
-impl TestCa {
-    fn new() -> Result<Self> {
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        Ok(Self {
-            issuer: CertifiedIssuer::self_signed(params, KeyPair::generate()?)?,
-            dir: temp_dir("sni-certs")?,
-        })
-    }
-
-    /// A certificate for `names` with a new key of `alg`, written as `<file>.crt` and
-    /// `<file>.key`; returns its DER and the TOML of the pair for `[tls] certs`.
-    fn issue(
-        &self,
-        file: &str,
-        names: &[&str],
-        alg: &'static rcgen::SignatureAlgorithm,
-    ) -> Result<(Vec<u8>, String)> {
-        let key = KeyPair::generate_for(alg)?;
-        let params =
-            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
-        let cert = params.signed_by(&key, &self.issuer)?;
-        let (crt, pem_key) = (
-            self.dir.join(format!("{file}.crt")),
-            self.dir.join(format!("{file}.key")),
-        );
-        std::fs::write(&crt, cert.pem())?;
-        std::fs::write(&pem_key, key.serialize_pem())?;
-        Ok((
-            cert.der().to_vec(),
-            format!("{{ cert = {crt:?}, key = {pem_key:?} }}"),
-        ))
-    }
-}
 
 /// Checks the server's certificate as rustls's own verifier does, against the test CA and
 /// the dev CA, after noting it; offers only `schemes` when given (an RSA-only client).
@@ -170,18 +129,18 @@ async fn gateway(certs_toml: &str) -> Result<(GatewayProc, Probe)> {
 #[tokio::test]
 async fn each_name_gets_its_certificate_and_every_other_client_the_default() -> Result<()> {
     let ca = TestCa::new()?;
-    let (a, a_toml) = ca.issue("a", &["a.example.test"], &rcgen::PKCS_ECDSA_P256_SHA256)?;
-    let (b, b_toml) = ca.issue("b", &["*.b.example.test"], &rcgen::PKCS_ECDSA_P384_SHA384)?;
-    let (gw, _probe) = gateway(&format!("{a_toml}, {b_toml}")).await?;
+    let a = ca.issue("a", &["a.example.test"], &rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let b = ca.issue("b", &["*.b.example.test"], &rcgen::PKCS_ECDSA_P384_SHA384)?;
+    let (gw, _probe) = gateway(&format!("{}, {}", a.toml(), b.toml())).await?;
     let client = client(&ca, None)?;
 
     for (name, want, which) in [
-        ("a.example.test", &a, "a's"),
-        ("x.b.example.test", &b, "the wildcard's"),
-        ("localhost", &default_cert()?, "the default"),
+        ("a.example.test", a.der.to_vec(), "a's"),
+        ("x.b.example.test", b.der.to_vec(), "the wildcard's"),
+        ("localhost", default_cert()?, "the default"),
     ] {
         let (seen, session) = shown(&gw, &client, name).await?;
-        ensure!(&seen == want, "{name} was not shown {which} certificate");
+        ensure!(seen == want, "{name} was not shown {which} certificate");
         session.with_context(|| format!("a session as {name}"))?;
     }
     // A name no certificate holds, and no name at all (an address): the default, which
@@ -206,13 +165,13 @@ async fn each_name_gets_its_certificate_and_every_other_client_the_default() -> 
 async fn one_name_with_ecdsa_and_rsa_certificates_serves_each_client_the_kind_it_verifies(
 ) -> Result<()> {
     let ca = TestCa::new()?;
-    let (ec, ec_toml) = ca.issue("ec", &["dual.example.test"], &rcgen::PKCS_ECDSA_P256_SHA256)?;
-    let (rsa, rsa_toml) = ca.issue("rsa", &["dual.example.test"], &rcgen::PKCS_RSA_SHA256)?;
-    let (gw, _probe) = gateway(&format!("{ec_toml}, {rsa_toml}")).await?;
+    let ec = ca.issue("ec", &["dual.example.test"], &rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let rsa = ca.issue("rsa", &["dual.example.test"], &rcgen::PKCS_RSA_SHA256)?;
+    let (gw, _probe) = gateway(&format!("{}, {}", ec.toml(), rsa.toml())).await?;
 
     let (seen, session) = shown(&gw, &client(&ca, None)?, "dual.example.test").await?;
     ensure!(
-        seen == ec,
+        seen == ec.der.to_vec(),
         "a client of every scheme was not shown the ECDSA certificate (listed first)"
     );
     session?;
@@ -224,7 +183,7 @@ async fn one_name_with_ecdsa_and_rsa_certificates_serves_each_client_the_kind_it
     let rsa_client = client(&ca, Some(rsa_only))?;
     let (seen, session) = shown(&gw, &rsa_client, "dual.example.test").await?;
     ensure!(
-        seen == rsa,
+        seen == rsa.der.to_vec(),
         "an RSA-only client was not shown the RSA certificate"
     );
     session.context("an RSA-only client's session")?;
@@ -232,7 +191,7 @@ async fn one_name_with_ecdsa_and_rsa_certificates_serves_each_client_the_kind_it
     // verify rather than a handshake failure; that certificate does not hold the address.
     let (seen, _) = shown(&gw, &rsa_client, "127.0.0.1").await?;
     ensure!(
-        seen == rsa,
+        seen == rsa.der.to_vec(),
         "an RSA-only client without a name was not shown the RSA certificate"
     );
     Ok(())
@@ -241,7 +200,7 @@ async fn one_name_with_ecdsa_and_rsa_certificates_serves_each_client_the_kind_it
 #[tokio::test]
 async fn a_reload_puts_a_new_certificate_in_force_for_new_handshakes() -> Result<()> {
     let ca = TestCa::new()?;
-    let (a, a_toml) = ca.issue("a", &["a.example.test"], &rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let a = ca.issue("a", &["a.example.test"], &rcgen::PKCS_ECDSA_P256_SHA256)?;
     let (gw, _probe) = gateway("").await?;
     let client = client(&ca, None)?;
     let (seen, session) = shown(&gw, &client, "a.example.test").await?;
@@ -254,11 +213,11 @@ async fn a_reload_puts_a_new_certificate_in_force_for_new_handshakes() -> Result
     ensure!(config.contains("certs = []"), "{config}");
     std::fs::write(
         gw.config_path(),
-        config.replace("certs = []", &format!("certs = [{a_toml}]")),
+        config.replace("certs = []", &format!("certs = [{}]", a.toml())),
     )?;
     gw.hangup()?;
     wait_for("the new certificate", Duration::from_secs(10), || async {
-        Ok(shown(&gw, &client, "a.example.test").await?.0 == a)
+        Ok(shown(&gw, &client, "a.example.test").await?.0 == a.der.to_vec())
     })
     .await?;
     let (_, session) = shown(&gw, &client, "a.example.test").await?;

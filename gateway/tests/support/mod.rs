@@ -8,6 +8,7 @@ pub mod idp;
 pub mod probe;
 pub mod process;
 pub mod python;
+pub mod test_ca;
 pub mod tls_client;
 
 use std::future::Future;

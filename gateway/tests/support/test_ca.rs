@@ -1,0 +1,128 @@
+//! A CA of a test's own (rcgen): certificates for names, key kinds and serial numbers the
+//! dev certificates do not have, and revocation lists, written as PEM files the gateway's
+//! config can name.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use rcgen::{
+    date_time_ymd, BasicConstraints, CertificateParams, CertificateRevocationListParams,
+    CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair, RevokedCertParams,
+    SerialNumber,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use super::process::temp_dir;
+
+/// The CA and the folder its files go to.
+pub struct TestCa {
+    pub issuer: CertifiedIssuer<'static, KeyPair>,
+    pub dir: PathBuf,
+}
+
+/// A certificate the CA signed: its DER, and its PEM files.
+pub struct Issued {
+    pub der: CertificateDer<'static>,
+    pub key: PrivateKeyDer<'static>,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+impl Issued {
+    /// The pair as a `[tls] certs` entry.
+    pub fn toml(&self) -> String {
+        format!(
+            "{{ cert = {:?}, key = {:?} }}",
+            self.cert_file, self.key_file
+        )
+    }
+
+    /// The chain and key for a rustls client certificate.
+    pub fn client_auth(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        (vec![self.der.clone()], self.key.clone_key())
+    }
+}
+
+impl TestCa {
+    pub fn new() -> Result<Self> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        Ok(Self {
+            issuer: CertifiedIssuer::self_signed(params, KeyPair::generate()?)?,
+            dir: temp_dir("test-ca")?,
+        })
+    }
+
+    /// The CA's certificate as a PEM file (for `client_ca`).
+    pub fn ca_file(&self) -> Result<PathBuf> {
+        let path = self.dir.join("ca.crt");
+        std::fs::write(&path, self.issuer.pem())?;
+        Ok(path)
+    }
+
+    /// A server certificate for `names` with a new key of `alg`, as `<file>.crt`/`.key`.
+    pub fn issue(
+        &self,
+        file: &str,
+        names: &[&str],
+        alg: &'static rcgen::SignatureAlgorithm,
+    ) -> Result<Issued> {
+        let params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
+        self.sign(file, params, alg)
+    }
+
+    /// A client certificate (clientAuth) with serial number `serial`, ECDSA P-256.
+    pub fn issue_client(&self, file: &str, serial: u64) -> Result<Issued> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.serial_number = Some(SerialNumber::from(serial));
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.sign(file, params, &rcgen::PKCS_ECDSA_P256_SHA256)
+    }
+
+    fn sign(
+        &self,
+        file: &str,
+        params: CertificateParams,
+        alg: &'static rcgen::SignatureAlgorithm,
+    ) -> Result<Issued> {
+        let key = KeyPair::generate_for(alg)?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        let (cert_file, key_file) = (
+            self.dir.join(format!("{file}.crt")),
+            self.dir.join(format!("{file}.key")),
+        );
+        std::fs::write(&cert_file, cert.pem())?;
+        std::fs::write(&key_file, key.serialize_pem())?;
+        Ok(Issued {
+            der: cert.der().clone(),
+            key: PrivateKeyDer::try_from(key.serialize_der()).map_err(anyhow::Error::msg)?,
+            cert_file,
+            key_file,
+        })
+    }
+
+    /// A revocation list of the CA revoking the certificates of `serials`, as `<file>.crl`.
+    pub fn crl(&self, file: &str, serials: &[u64]) -> Result<PathBuf> {
+        let params = CertificateRevocationListParams {
+            this_update: date_time_ymd(2025, 1, 1),
+            next_update: date_time_ymd(2099, 1, 1),
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|s| RevokedCertParams {
+                    serial_number: SerialNumber::from(*s),
+                    revocation_time: date_time_ymd(2025, 6, 1),
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        let crl = params.signed_by(&self.issuer)?;
+        let path = self.dir.join(format!("{file}.crl"));
+        std::fs::write(&path, crl.pem()?)?;
+        Ok(path)
+    }
+}
