@@ -411,6 +411,9 @@ GATEWAY_SERVER_EXTRA = ""
 GATEWAY_TLS_EXTRA = ""
 # Extra loadgen arguments for every run (--loadgen-args).
 LOADGEN_EXTRA: list[str] = []
+# --client-certs: every proxy requires a client certificate from the dev CA (mutual TLS),
+# and loadgen presents the dev client certificate.
+CLIENT_CERTS = False
 
 
 def gateway_config(tmp: Path, port: int, bports: list[int], admin_key: bool = True) -> Path:
@@ -428,6 +431,7 @@ path = "/gateway"
 [tls]
 cert = "{CERTS / 'server.crt'}"
 key = "{CERTS / 'server.key'}"
+{f'client_ca = "{CERTS / "ca.crt"}"' if CLIENT_CERTS else ""}
 {GATEWAY_TLS_EXTRA}
 
 [auth]
@@ -494,6 +498,7 @@ http {{
         ssl_certificate     {CERTS / 'server.crt'};
         ssl_certificate_key {CERTS / 'server.key'};
         ssl_protocols TLSv1.2 TLSv1.3;
+        {f"ssl_client_certificate {CERTS / 'ca.crt'}; ssl_verify_client on;" if CLIENT_CERTS else ""}
 
         location = /gateway {{
             if ($http_id = "") {{ return 400; }}
@@ -580,7 +585,7 @@ defaults
     timeout server-fin 5s
 
 frontend fe_gateway
-    bind 127.0.0.1:{port} ssl crt {pem} alpn http/1.1
+    bind 127.0.0.1:{port} ssl crt {pem} alpn http/1.1{f" ca-file {CERTS / 'ca.crt'} verify required" if CLIENT_CERTS else ""}
     http-request deny deny_status 404 unless {{ path /gateway }}
 
     # The bearer token: present, RS256, signature valid under jwt-public.pem.
@@ -879,6 +884,8 @@ class Harness:
             argv += ["--token", token]
         if rate is not None:
             argv += ["--rate", f"{rate:.3f}"]
+        if CLIENT_CERTS:
+            argv += ["--client-cert", str(CERTS / "client.crt"), "--client-key", str(CERTS / "client.key")]
         return argv + LOADGEN_EXTRA + (extra or []), out
 
     @staticmethod
@@ -1374,7 +1381,9 @@ def render(meta: dict, res: dict, auth: list[dict], goals: list[dict]) -> str:
              f"({meta['rounds']} round(s) interleaved, medians; {meta['duration_s']} s per closed/open-loop run)."
              + (f" Gateway `[server]` extra: `{meta['gateway_server']}`." if meta.get("gateway_server") else "")
              + (f" Gateway `[tls]` extra: `{meta['gateway_tls']}`." if meta.get("gateway_tls") else "")
-             + (f" loadgen extra: `{meta['loadgen_args']}`." if meta.get("loadgen_args") else ""))
+             + (f" loadgen extra: `{meta['loadgen_args']}`." if meta.get("loadgen_args") else "")
+             + (" **Mutual TLS** (`--client-certs`): every proxy requires a client certificate"
+                " from the dev CA and loadgen presents one." if meta.get("client_certs") else ""))
     L.append("")
     L.append("| Scen. | Target | JWT checked | msgs/s | RTT p50 | RTT p99 | RTT p99.9 | proxy CPU µs/fwd msg | proxy RSS KiB/conn | new conns/s | proxy CPU µs/conn | errors |")
     L.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -1532,8 +1541,13 @@ def main() -> int:
                     help="extra arguments for every loadgen run (shell words), e.g. "
                          "'--client-cert certs/client.crt --client-key certs/client.key' with "
                          "--gateway-tls 'client_ca = \"…/certs/ca.crt\"'")
+    ap.add_argument("--client-certs", action="store_true",
+                    help="mutual TLS: every proxy requires a client certificate from the dev CA "
+                         "(gateway client_ca, nginx ssl_verify_client, HAProxy verify required) "
+                         "and loadgen presents certs/client.crt")
     a = ap.parse_args()
-    global GATEWAY_SERVER_EXTRA, GATEWAY_TLS_EXTRA, LOADGEN_EXTRA
+    global GATEWAY_SERVER_EXTRA, GATEWAY_TLS_EXTRA, LOADGEN_EXTRA, CLIENT_CERTS
+    CLIENT_CERTS = a.client_certs
     GATEWAY_SERVER_EXTRA = a.gateway_server
     GATEWAY_TLS_EXTRA = a.gateway_tls
     LOADGEN_EXTRA = shlex.split(a.loadgen_args)
@@ -1607,6 +1621,7 @@ def main() -> int:
         "gateway_server": GATEWAY_SERVER_EXTRA,
         "gateway_tls": GATEWAY_TLS_EXTRA,
         "loadgen_args": " ".join(LOADGEN_EXTRA),
+        "client_certs": CLIENT_CERTS,
     }
     md = render(meta, res, auth, goals)
     out = Path(a.out)

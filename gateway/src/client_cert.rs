@@ -1,11 +1,65 @@
-//! What a backend is told of the certificate a client authenticated with (`[tls]
-//! client_cert_header`): the elements of Envoy's `x-forwarded-client-cert` that name the
-//! certificate, so backends written for Envoy read it as they are.
+//! Client certificates (mutual TLS): how they are checked (`[tls] client_ca`,
+//! `client_cert`, `client_crl`), and what a backend is told of the one a client
+//! authenticated with (`client_cert_header`): the elements of Envoy's
+//! `x-forwarded-client-cert` that name the certificate, so backends written for Envoy read
+//! it as they are.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 
-use rustls::pki_types::CertificateDer;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::{VerifierBuilderError, WebPkiClientVerifier};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+use crate::config::{ClientCertMode, TlsConfig};
+
+/// The verifier of client certificates `[tls]` asks for: `None` without `client_ca`.
+/// Errors name the key (`client_ca` or `client_crl`) and the problem.
+pub fn verifier(
+    tls: &TlsConfig,
+    provider: Arc<CryptoProvider>,
+) -> Result<Option<Arc<dyn ClientCertVerifier>>, (String, String)> {
+    let Some(ca) = &tls.client_ca else {
+        return Ok(None);
+    };
+    let roots = crate::tls::trust_roots(ca).map_err(|e| ("client_ca".to_owned(), e))?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+    let verifier = match tls.client_cert {
+        ClientCertMode::Required => verifier,
+        ClientCertMode::Optional => verifier.allow_unauthenticated(),
+    };
+    let verifier = match &tls.client_crl {
+        None => verifier,
+        Some(path) => {
+            verifier.with_crls(revocation_lists(path).map_err(|e| ("client_crl".to_owned(), e))?)
+        }
+    };
+    let built = verifier.build().map_err(|e| match e {
+        VerifierBuilderError::InvalidCrl(_) => (
+            "client_crl".to_owned(),
+            format!("{}: {e}", tls.client_crl.as_deref().unwrap_or(ca).display()),
+        ),
+        e => ("client_ca".to_owned(), format!("{}: {e}", ca.display())),
+    })?;
+    Ok(Some(built))
+}
+
+/// The certificate revocation lists in the PEM file at `path`: at least one.
+fn revocation_lists(
+    path: &std::path::Path,
+) -> Result<Vec<CertificateRevocationListDer<'static>>, String> {
+    let shown = path.display();
+    let crls = CertificateRevocationListDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{shown}: {}", crate::tls::pem_problem(&e, path, "X509 CRL")))?;
+    if crls.is_empty() {
+        return Err(format!("{shown}: no X509 CRL in PEM"));
+    }
+    Ok(crls)
+}
 
 /// `Hash=<SHA-256 of the DER, hex>;Subject="<DN>";URI=<SAN URI>;DNS=<SAN DNS name>`, one
 /// `URI`/`DNS` element per name (a SPIFFE ID is a URI name). Values holding `,`, `;`, `=`
@@ -71,7 +125,6 @@ fn push_clean_char(out: &mut String, c: char) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rustls::pki_types::pem::PemObject;
 
     #[test]
     fn the_dev_client_certificate_is_named_by_hash_and_subject(

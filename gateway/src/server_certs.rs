@@ -5,9 +5,13 @@
 
 use std::sync::Arc;
 
+use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::SignatureScheme;
+
+use crate::config::TlsConfig;
+use crate::tls::chain_and_key;
 
 /// Every signature scheme rustls knows a server key to sign handshakes with.
 const SCHEMES: [SignatureScheme; 12] = [
@@ -104,6 +108,53 @@ impl ServerCerts {
             candidates.push(candidate);
         }
         Ok(Self { candidates })
+    }
+
+    /// The certificates `[tls]` names (`cert`/`key`, then `certs`), loaded and checked:
+    /// each key matches its certificate and, with `cipher_suites`, can be used by one of
+    /// `provider`'s suites. Errors name the key (`cert`, `key`, `certs[N].cert`,
+    /// `certs[N].key` or `cipher_suites`) and the problem.
+    pub fn load(tls: &TlsConfig, provider: &CryptoProvider) -> Result<Self, (String, String)> {
+        let pair_key = |i: usize, which: &str| match i {
+            0 => which.to_owned(),
+            i => format!("certs[{}].{which}", i - 1),
+        };
+        let pairs = std::iter::once((tls.cert.as_path(), tls.key.as_path())).chain(
+            tls.certs
+                .iter()
+                .map(|p| (p.cert.as_path(), p.key.as_path())),
+        );
+        let mut keys = Vec::with_capacity(1 + tls.certs.len());
+        for (i, (cert, key)) in pairs.enumerate() {
+            let (chain, key_der) =
+                chain_and_key(cert, key).map_err(|(which, e)| (pair_key(i, which), e))?;
+            let certified = CertifiedKey::from_der(chain, key_der, provider).map_err(|e| {
+                (
+                    pair_key(i, "key"),
+                    format!("{} does not match the certificate: {e}", key.display()),
+                )
+            })?;
+            // TLS 1.2 suites are tied to a kind of key: listing only those of another kind
+            // would fail every handshake that gets this certificate.
+            let alg = certified.key.algorithm();
+            if !tls.cipher_suites.is_empty()
+                && !provider
+                    .cipher_suites
+                    .iter()
+                    .any(|s| s.usable_for_signature_algorithm(alg))
+            {
+                return Err((
+                                "cipher_suites".into(),
+                                format!(
+                                        "none of them can be used with the {alg:?} key {}: add a TLS 1.3 suite or one for that key",
+                                        key.display()
+                                ),
+                        ));
+            }
+            keys.push(certified);
+        }
+        let default = keys.remove(0);
+        Self::new(default, keys).map_err(|(i, e)| (pair_key(i, "cert"), e))
     }
 
     /// The certificate for a client that asked for `name` (if it sent one) and verifies

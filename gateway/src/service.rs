@@ -381,7 +381,6 @@ struct Prepared {
     token_expiry: Option<std::time::SystemTime>,
 }
 
-/// Runs every phase up to the 101: checks, auth, route, backend connect, accept.
 /// Who sent a request: the client's address, its connection, and the certificate it
 /// authenticated with as its backend is told of it ([`crate::client_cert`]).
 struct Client {
@@ -390,6 +389,7 @@ struct Client {
     client_cert: Option<Arc<str>>,
 }
 
+/// Runs every phase up to the 101: checks, auth, route, backend connect, accept.
 async fn prepare(
     shared: &Shared,
     req: &Request<Incoming>,

@@ -4,18 +4,18 @@ use std::sync::{Arc, OnceLock};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{NoServerSessionStorage, ProducesTickets, WebPkiClientVerifier};
-use rustls::sign::CertifiedKey;
+use rustls::server::{NoServerSessionStorage, ProducesTickets};
 use rustls::{ServerConfig, SupportedCipherSuite};
 
-use crate::config::{ClientCertMode, TlsConfig};
+use crate::config::TlsConfig;
 use crate::server_certs::ServerCerts;
 
 /// Most session tickets `[tls] session_tickets` may ask for per handshake.
 pub const MAX_SESSION_TICKETS: usize = 8;
 
 /// Builds the server config. Errors name the offending key (`cert`, `key`,
-/// `certs[N].cert`, `certs[N].key`, `client_ca`, `cipher_suites` or `session_tickets`) and problem.
+/// `certs[N].cert`, `certs[N].key`, `client_ca`, `client_crl`, `cipher_suites` or
+/// `session_tickets`) and problem.
 ///
 /// `tls.cipher_suites` (names as in [`suite_names`]) restricts and orders the cipher
 /// suites, and the gateway's order then wins over the client's; empty leaves every suite
@@ -23,7 +23,7 @@ pub const MAX_SESSION_TICKETS: usize = 8;
 /// best served by. `tls.session_tickets` tickets go out after each handshake, sealed
 /// with the process's ticket keys ([`ticketer`]). `tls.certs` are served by the name a
 /// client asks for ([`ServerCerts`]), `tls.cert` to the others. With `tls.client_ca`,
-/// clients are asked for a certificate chaining to it (`tls.client_cert`: a must or not).
+/// clients are asked for a certificate ([`crate::client_cert::verifier`]).
 pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, (String, String)> {
     if tls.session_tickets > MAX_SESSION_TICKETS {
         return Err((
@@ -39,73 +39,14 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, (String, Stri
         provider.cipher_suites = chosen_suites(&provider.cipher_suites, &tls.cipher_suites)
             .map_err(|e| ("cipher_suites".into(), e))?;
     }
-    let pair_key = |i: usize, which: &str| match i {
-        0 => which.to_owned(),
-        i => format!("certs[{}].{which}", i - 1),
-    };
-    let pairs = std::iter::once((tls.cert.as_path(), tls.key.as_path())).chain(
-        tls.certs
-            .iter()
-            .map(|p| (p.cert.as_path(), p.key.as_path())),
-    );
-    let mut keys = Vec::with_capacity(1 + tls.certs.len());
-    for (i, (cert, key)) in pairs.enumerate() {
-        let (chain, key_der) =
-            chain_and_key(cert, key).map_err(|(which, e)| (pair_key(i, which), e))?;
-        let certified = CertifiedKey::from_der(chain, key_der, &provider).map_err(|e| {
-            (
-                pair_key(i, "key"),
-                format!("{} does not match the certificate: {e}", key.display()),
-            )
-        })?;
-        // TLS 1.2 suites are tied to a kind of key: listing only those of another kind
-        // would fail every handshake that gets this certificate.
-        let alg = certified.key.algorithm();
-        if !tls.cipher_suites.is_empty()
-            && !provider
-                .cipher_suites
-                .iter()
-                .any(|s| s.usable_for_signature_algorithm(alg))
-        {
-            return Err((
-                "cipher_suites".into(),
-                format!(
-                    "none of them can be used with the {alg:?} key {}: add a TLS 1.3 suite or one for that key",
-                    key.display()
-                ),
-            ));
-        }
-        keys.push(certified);
-    }
-    let default = keys.remove(0);
-    let certs = ServerCerts::new(default, keys).map_err(|(i, e)| (pair_key(i, "cert"), e))?;
+    let certs = ServerCerts::load(tls, &provider)?;
     let provider = Arc::new(provider);
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| ("cipher_suites".into(), e.to_string()))?;
-    let builder = match &tls.client_ca {
+    let builder = match crate::client_cert::verifier(tls, provider)? {
         None => builder.with_no_client_auth(),
-        Some(ca) => {
-            let roots = trust_roots(ca).map_err(|e| ("client_ca".to_owned(), e))?;
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
-            let verifier = match tls.client_cert {
-                ClientCertMode::Required => verifier,
-                ClientCertMode::Optional => verifier.allow_unauthenticated(),
-            };
-            let verifier = match &tls.client_crl {
-                None => verifier,
-                Some(path) => verifier
-                    .with_crls(revocation_lists(path).map_err(|e| ("client_crl".to_owned(), e))?),
-            };
-            let verifier = verifier.build().map_err(|e| match e {
-                rustls::server::VerifierBuilderError::InvalidCrl(_) => (
-                    "client_crl".to_owned(),
-                    format!("{}: {e}", tls.client_crl.as_deref().unwrap_or(ca).display()),
-                ),
-                e => ("client_ca".to_owned(), format!("{}: {e}", ca.display())),
-            })?;
-            builder.with_client_cert_verifier(verifier)
-        }
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
     };
     let mut config = builder.with_cert_resolver(Arc::new(certs));
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -208,7 +149,11 @@ fn chosen_suites(
 
 /// What is wrong with the PEM file at `path`, which should hold a `wanted`, in words
 /// (the parser's own names the end line it looked for as a list of bytes).
-fn pem_problem(e: &rustls::pki_types::pem::Error, path: &std::path::Path, wanted: &str) -> String {
+pub(crate) fn pem_problem(
+    e: &rustls::pki_types::pem::Error,
+    path: &std::path::Path,
+    wanted: &str,
+) -> String {
     use rustls::pki_types::pem::Error;
     match e {
         // What the parser quotes is shown only when it is a PEM label: in a file whose
@@ -266,20 +211,6 @@ pub fn trust_roots(path: &std::path::Path) -> Result<rustls::RootCertStore, Stri
         return Err(format!("CA file {shown}: no usable certificate"));
     }
     Ok(roots)
-}
-
-/// The certificate revocation lists in the PEM file at `path`: at least one.
-fn revocation_lists(
-    path: &std::path::Path,
-) -> Result<Vec<rustls::pki_types::CertificateRevocationListDer<'static>>, String> {
-    let shown = path.display();
-    let crls = rustls::pki_types::CertificateRevocationListDer::pem_file_iter(path)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("{shown}: {}", pem_problem(&e, path, "X509 CRL")))?;
-    if crls.is_empty() {
-        return Err(format!("{shown}: no X509 CRL in PEM"));
-    }
-    Ok(crls)
 }
 
 /// The builder of the gateway's own TLS clients (key set fetches, `wss://` backends):
