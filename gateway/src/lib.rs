@@ -37,7 +37,8 @@
 //! | [`utf8`] | UTF-8 checks of text messages, whole or fragment by fragment |
 //!
 //! Operations: [`admin`] (metrics, health, readiness, reload endpoint), [`metrics`]
-//! (Prometheus), [`reload`] (re-read the config file).
+//! (Prometheus), [`reload`] (re-read the config file), [`cert_expiry`] (when the
+//! gateway's certificates expire).
 //!
 //! Support: [`config`] (Config.toml), [`pool_config`] (one `[backends]` entry), [`state`] (what connections share), [`wsclient`]
 //! (client handshake, also used by the load generator), [`prefixed`] (bytes read ahead).
@@ -48,6 +49,7 @@ pub mod backend;
 pub mod backend_tickets;
 pub mod backend_tls;
 pub mod batch;
+pub mod cert_expiry;
 pub mod checks;
 pub mod client_cert;
 pub mod config;

@@ -42,6 +42,15 @@ pub struct HandshakeLabel {
     pub kind: String,
 }
 
+/// Labels: one of the gateway's own certificates.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertLabels {
+    /// The config key naming it: `tls.cert`, `tls.certs[N].cert`, `backend_tls.cert`.
+    pub key: String,
+    /// Its file.
+    pub file: String,
+}
+
 /// Labels: why a TLS handshake did not complete.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HandshakeFailureLabel {
@@ -203,6 +212,8 @@ pub struct Metrics {
     pub proxy_header_refusals: Counter,
     /// Refreshes of the `jwks_url` key set, by result.
     pub jwks_fetches: Family<FetchLabel, Counter>,
+    /// When each of the gateway's certificates in force expires (Unix time).
+    pub cert_expiry: Family<CertLabels, Gauge>,
     /// Per-instance metrics of backend pools.
     pub pools: PoolMetrics,
 }
@@ -233,6 +244,7 @@ impl Metrics {
             tls_handshake_failures: Family::default(),
             proxy_header_refusals: Counter::default(),
             jwks_fetches: Family::default(),
+            cert_expiry: Family::default(),
             pools: PoolMetrics::default(),
             registry: Registry::default(),
         };
@@ -251,6 +263,12 @@ impl Metrics {
             "TLS handshakes that did not complete: timeout, client_closed, refused (not TLS, or \
              TLS the gateway does not speak), io",
             m.tls_handshake_failures.clone(),
+        );
+        registry.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "When each certificate of the gateway in force expires (its notAfter, Unix time): \
+             tls.cert, tls.certs[N].cert, backend_tls.cert",
+            m.cert_expiry.clone(),
         );
         registry.register(
             "proxy_header_refusals",
@@ -360,6 +378,19 @@ impl Metrics {
         self.tls_handshakes
             .get_or_create(&HandshakeLabel { kind: kind.into() })
             .inc();
+    }
+
+    /// The certificates in force are `certs`: a line each, and none for those no longer.
+    pub fn certificates(&self, certs: &[crate::cert_expiry::CertExpiry]) {
+        self.cert_expiry.clear();
+        for cert in certs {
+            self.cert_expiry
+                .get_or_create(&CertLabels {
+                    key: cert.key.clone(),
+                    file: cert.file.display().to_string(),
+                })
+                .set(cert.not_after);
+        }
     }
 
     /// Counts a TLS handshake that did not complete, for `reason` (see

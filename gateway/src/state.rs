@@ -90,6 +90,7 @@ impl Shared {
         } = parts;
         let limiter = ConnLimiter::from_config(&config.limits);
         let metrics = Metrics::new();
+        certificates_in_force(&metrics, &config);
         let table = RouteTable::from_specs(&config.backends, &metrics.pools, None);
         let resolver = Resolver::with_lookup(lookup);
         for pool in table.pools() {
@@ -159,6 +160,7 @@ impl Shared {
         }
         self.verifier.store(Arc::new(verifier));
         self.tls.store(tls);
+        certificates_in_force(&self.metrics, &config);
         self.config.store(Arc::new(config));
     }
 
@@ -195,4 +197,11 @@ impl Shared {
     pub fn limiter(&self) -> Arc<ConnLimiter> {
         self.limiter.load_full()
     }
+}
+
+/// Shows when `config`'s certificates expire (metric), and warns of those that soon do.
+fn certificates_in_force(metrics: &Metrics, config: &Config) {
+    let certs = crate::cert_expiry::of_config(config);
+    metrics.certificates(&certs);
+    crate::cert_expiry::warn_if_soon(&certs, std::time::SystemTime::now());
 }

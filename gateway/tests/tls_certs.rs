@@ -223,3 +223,48 @@ async fn a_reload_puts_a_new_certificate_in_force_for_new_handshakes() -> Result
     let (_, session) = shown(&gw, &client, "a.example.test").await?;
     session.context("a session on the reloaded certificate")
 }
+
+#[tokio::test]
+async fn each_certificates_expiry_is_a_metric_and_an_expired_one_is_warned_of() -> Result<()> {
+    let ca = TestCa::new()?;
+    let old = ca.issue_expired("old", &["old.example.test"])?;
+    let (gw, _probe) = gateway(&old.toml()).await?;
+    let line = |key: &str, file: &std::path::Path| {
+        format!(
+            "wsgate_tls_certificate_expiry_timestamp_seconds{{key=\"{key}\",file=\"{}\"}}",
+            file.display()
+        )
+    };
+    let old_line = line("tls.certs[0].cert", &old.cert_file);
+    // 2020-01-01T00:00:00Z.
+    ensure!(
+        gw.metric(&old_line).await? == 1_577_836_800.0,
+        "{}",
+        gw.metrics().await?
+    );
+    let dev = gw
+        .metric(&line("tls.cert", &certs().join("server.crt")))
+        .await?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+    ensure!(
+        dev > now.as_secs_f64(),
+        "the dev certificate's expiry: {dev}"
+    );
+    let warned = gw.log_line("certificate has expired").await?;
+    ensure!(warned.contains("tls.certs[0].cert"), "{warned}");
+
+    // Gone from the config, gone from the metrics.
+    let config = std::fs::read_to_string(gw.config_path())?;
+    std::fs::write(gw.config_path(), config.replace(&old.toml(), ""))?;
+    gw.hangup()?;
+    wait_for("the reload", DEADLINE, || async {
+        Ok(!gw.metrics().await?.contains("tls.certs[0].cert"))
+    })
+    .await?;
+    ensure!(
+        gw.metric(&line("tls.cert", &certs().join("server.crt")))
+            .await?
+            == dev
+    );
+    Ok(())
+}

@@ -72,6 +72,15 @@ impl TestCa {
         self.sign(file, params, alg)
     }
 
+    /// [`TestCa::issue`] of a certificate that expired at the start of 2020 (ECDSA P-256).
+    pub fn issue_expired(&self, file: &str, names: &[&str]) -> Result<Issued> {
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
+        params.not_before = date_time_ymd(2019, 1, 1);
+        params.not_after = date_time_ymd(2020, 1, 1);
+        self.sign(file, params, &rcgen::PKCS_ECDSA_P256_SHA256)
+    }
+
     /// A client certificate (clientAuth) with serial number `serial`, ECDSA P-256.
     pub fn issue_client(&self, file: &str, serial: u64) -> Result<Issued> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
