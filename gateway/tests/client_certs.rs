@@ -11,10 +11,10 @@ use anyhow::{ensure, Context, Result};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ClientConfig;
-use support::probe::{values, Event, Mode, Probe};
-use support::process::{GatewayProc, ProcOptions};
+use support::probe::{values, Event, Probe};
+use support::process::GatewayProc;
 use support::test_ca::TestCa;
-use support::tls_client::tls_session_with;
+use support::tls_client::{probe_gateway, tls_session_with};
 use support::*;
 
 /// A client trusting the dev CA, presenting `cert` (chain and key) if given.
@@ -67,14 +67,7 @@ async fn gateway(tls_toml: &str) -> Result<(GatewayProc, Probe)> {
 
 /// A gateway trusting `ca` for client certificates, with `tls_toml` in `[tls]`.
 async fn gateway_with(ca: &std::path::Path, tls_toml: &str) -> Result<(GatewayProc, Probe)> {
-    let probe = Probe::start(Mode::Accept { protocol: None }).await?;
-    let gw = GatewayProc::start(ProcOptions {
-        backends: vec![("Backend_PROBE".into(), probe.url())],
-        tls_toml: format!("client_ca = {ca:?}\n{tls_toml}"),
-        ..ProcOptions::default()
-    })
-    .await?;
-    Ok((gw, probe))
+    probe_gateway(&format!("client_ca = {ca:?}\n{tls_toml}")).await
 }
 
 /// The `x-client-cert` values of the next upgrade the probe saw.

@@ -14,10 +14,10 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
-use support::probe::{Mode, Probe};
-use support::process::{GatewayProc, ProcOptions};
+use support::probe::Probe;
+use support::process::GatewayProc;
 use support::test_ca::TestCa;
-use support::tls_client::tls_session;
+use support::tls_client::{probe_gateway, tls_session};
 use support::*;
 
 /// Checks the server's certificate as rustls's own verifier does, against the test CA and
@@ -116,14 +116,7 @@ fn default_cert() -> Result<Vec<u8>> {
 }
 
 async fn gateway(certs_toml: &str) -> Result<(GatewayProc, Probe)> {
-    let probe = Probe::start(Mode::Accept { protocol: None }).await?;
-    let gw = GatewayProc::start(ProcOptions {
-        backends: vec![("Backend_PROBE".into(), probe.url())],
-        tls_toml: format!("certs = [{certs_toml}]"),
-        ..ProcOptions::default()
-    })
-    .await?;
-    Ok((gw, probe))
+    probe_gateway(&format!("certs = [{certs_toml}]")).await
 }
 
 #[tokio::test]

@@ -14,9 +14,9 @@ use rustls::client::{ClientSessionMemoryCache, ClientSessionStore, Resumption};
 use rustls::crypto::aws_lc_rs::{cipher_suite as cs, default_provider};
 use rustls::pki_types::ServerName;
 use rustls::{CipherSuite, ClientConfig, HandshakeKind, ProtocolVersion, SupportedCipherSuite};
-use support::probe::{Mode, Probe};
-use support::process::{GatewayProc, ProcOptions};
-use support::tls_client::{tls_session, Negotiated};
+use support::probe::Probe;
+use support::process::GatewayProc;
+use support::tls_client::{probe_gateway, tls_session, Negotiated};
 use support::*;
 
 /// A session store that counts the TLS 1.3 tickets the client was sent, and once
@@ -112,14 +112,7 @@ async fn session(gw: &GatewayProc, config: Arc<ClientConfig>) -> Result<Negotiat
 
 /// A gateway with `tls_toml` in `[tls]`, in front of an echoing probe.
 async fn gateway(tls_toml: &str) -> Result<(GatewayProc, Probe)> {
-    let probe = Probe::start(Mode::Accept { protocol: None }).await?;
-    let gw = GatewayProc::start(ProcOptions {
-        backends: vec![("Backend_PROBE".into(), probe.url())],
-        tls_toml: tls_toml.into(),
-        ..ProcOptions::default()
-    })
-    .await?;
-    Ok((gw, probe))
+    probe_gateway(tls_toml).await
 }
 
 const TLS13: &rustls::SupportedProtocolVersion = &rustls::version::TLS13;

@@ -10,7 +10,22 @@ use rustls::pki_types::ServerName;
 use rustls::{CipherSuite, ClientConfig, HandshakeKind, ProtocolVersion};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::probe::{Mode, Probe};
+use super::process::{GatewayProc, ProcOptions};
 use super::{claims_with, rs256, DEADLINE};
+
+/// A gateway with `tls_toml` in `[tls]`, in front of an echoing probe as `Backend_PROBE`
+/// (what [`tls_session`] upgrades to).
+pub async fn probe_gateway(tls_toml: &str) -> Result<(GatewayProc, Probe)> {
+    let probe = Probe::start(Mode::Accept { protocol: None }).await?;
+    let gw = GatewayProc::start(ProcOptions {
+        backends: vec![("Backend_PROBE".into(), probe.url())],
+        tls_toml: tls_toml.into(),
+        ..ProcOptions::default()
+    })
+    .await?;
+    Ok((gw, probe))
+}
 
 /// What one connection negotiated.
 #[derive(Debug)]
