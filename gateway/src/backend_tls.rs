@@ -57,6 +57,64 @@ pub fn client_config(
     Ok(Some(Arc::new(config)))
 }
 
+/// The client configs for `wss://` backends: `[backend_tls]`'s, and one per pool that
+/// sets TLS files of its own (`tls_ca`, `tls_cert`/`tls_key`).
+#[derive(Debug, Clone, Default)]
+pub struct BackendTlsConfigs {
+    /// From `[backend_tls]` (`None`: no backend is `wss://` and nothing is set).
+    pub default: Option<Arc<ClientConfig>>,
+    /// By backend ID, for pools with files of their own.
+    pub pools: std::collections::HashMap<Arc<str>, Arc<ClientConfig>>,
+}
+
+impl BackendTlsConfigs {
+    /// Builds every config `config` asks for. Errors name the section and key
+    /// (`backend_tls`, `ca`; or `backends.ID`, `tls_ca`) and the problem.
+    pub fn from_config(
+        config: &crate::config::Config,
+    ) -> Result<Self, (String, &'static str, String)> {
+        let needed = config
+            .backends
+            .values()
+            .any(|spec| spec.uses_tls() && !spec.tls_files.any());
+        let default = client_config(&config.backend_tls, needed)
+            .map_err(|(key, problem)| ("backend_tls".to_owned(), key, problem))?;
+        let mut pools = std::collections::HashMap::new();
+        for (id, spec) in &config.backends {
+            let own = &spec.tls_files;
+            if !own.any() {
+                continue;
+            }
+            let global = &config.backend_tls;
+            let (cert, key) = match &own.cert {
+                Some(_) => (own.cert.clone(), own.key.clone()),
+                None => (global.cert.clone(), global.key.clone()),
+            };
+            let merged = BackendTlsConfig {
+                ca: own.ca.clone().or_else(|| global.ca.clone()),
+                cert,
+                key,
+            };
+            let pool_key = |key: &'static str| match key {
+                "ca" => "tls_ca",
+                "cert" => "tls_cert",
+                _ => "tls_key",
+            };
+            if let Some(built) = client_config(&merged, true)
+                .map_err(|(key, problem)| (format!("backends.{id}"), pool_key(key), problem))?
+            {
+                pools.insert(Arc::from(id.as_str()), built);
+            }
+        }
+        Ok(Self { default, pools })
+    }
+
+    /// The config for the pool `id`: its own, or `[backend_tls]`'s.
+    pub fn for_pool(&self, id: &str) -> Option<Arc<ClientConfig>> {
+        self.pools.get(id).or(self.default.as_ref()).cloned()
+    }
+}
+
 /// Whether a TLS handshake failed for want of the gateway's own setup (no client config
 /// at all), as opposed to anything the backend did.
 #[derive(Debug, thiserror::Error)]

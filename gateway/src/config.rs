@@ -923,6 +923,12 @@ impl Config {
             pair.cert = resolve(&pair.cert);
             pair.key = resolve(&pair.key);
         }
+        for spec in backends.values_mut() {
+            let files = &mut spec.tls_files;
+            for file in [&mut files.ca, &mut files.cert, &mut files.key] {
+                *file = file.as_ref().map(resolve);
+            }
+        }
         let mut backend_tls = raw.backend_tls;
         backend_tls.ca = backend_tls.ca.as_ref().map(resolve);
         backend_tls.cert = backend_tls.cert.as_ref().map(resolve);
@@ -950,9 +956,14 @@ impl Config {
     /// An error about `section.key` of this config, located in its source file if readable.
     pub fn error(&self, section: &str, key: &str, problem: impl Into<String>) -> ConfigError {
         let text = std::fs::read_to_string(&self.source).unwrap_or_default();
+        // A key of a backend's inline table is on the backend's own line.
+        let entry_line = || {
+            let id = section.strip_prefix("backends.")?;
+            find_key_line(&text, "backends", id)
+        };
         ConfigError {
             file: self.source.clone(),
-            line: find_key_line(&text, section, key),
+            line: find_key_line(&text, section, key).or_else(entry_line),
             key: Some(format!("{section}.{key}")),
             problem: problem.into(),
         }

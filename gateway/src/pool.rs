@@ -540,6 +540,7 @@ mod tests {
             required_scopes: Vec::new(),
             max_sessions,
             tls_name: None,
+            tls_files: Default::default(),
             single: false,
         };
         Pool::new(spec, &PoolMetrics::default(), None)

@@ -122,8 +122,30 @@ pub struct PoolSpec {
     /// sent as SNI when it is a DNS name), instead of each URL's host or the `dns` name;
     /// for instances reached by address whose certificates name a host.
     pub tls_name: Option<String>,
+    /// `tls_ca`, `tls_cert`/`tls_key`: this pool's own `[backend_tls]` `ca`, and `cert`
+    /// with `key` (files, relative to the config file's folder), in place of the global
+    /// ones: backends under a CA of their own, or asking for another client certificate.
+    pub tls_files: PoolTlsFiles,
     /// Written as one URL string, so [`PoolSpec::describe`] writes it back that way.
     pub single: bool,
+}
+
+/// A pool's own TLS files (see [`PoolSpec::tls_files`]); each `None` takes `[backend_tls]`'s.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PoolTlsFiles {
+    /// CAs its instances' certificates must chain to.
+    pub ca: Option<std::path::PathBuf>,
+    /// Certificate chain the gateway shows its instances, with `key`.
+    pub cert: Option<std::path::PathBuf>,
+    /// Private key of `cert`.
+    pub key: Option<std::path::PathBuf>,
+}
+
+impl PoolTlsFiles {
+    /// Whether the pool sets any of its own.
+    pub fn any(&self) -> bool {
+        self.ca.is_some() || self.cert.is_some() || self.key.is_some()
+    }
 }
 
 /// A problem with a `[backends]` entry: the key under the ID (`None`: the entry itself)
@@ -144,8 +166,9 @@ fn at(key: &str, problem: impl Into<String>) -> SpecError {
     }
 }
 
-const KEYS: &str = "urls, dns, path, refresh, tls, tls_name, balance, eject, connect_attempts, \
-                    health_interval, health_check, required_scopes, max_sessions";
+const KEYS: &str = "urls, dns, path, refresh, tls, tls_name, tls_ca, tls_cert, tls_key, balance, \
+                    eject, connect_attempts, health_interval, health_check, required_scopes, \
+                    max_sessions";
 
 impl PoolSpec {
     /// One instance at `target`: the sample's `ID = "ws://..."` form.
@@ -161,6 +184,7 @@ impl PoolSpec {
             required_scopes: Vec::new(),
             max_sessions: None,
             tls_name: None,
+            tls_files: PoolTlsFiles::default(),
             single: true,
         }
     }
@@ -359,6 +383,30 @@ impl PoolSpec {
         {
             crate::route::certificate_name(host).map_err(|e| at("dns", e))?;
         }
+        let tls_files = PoolTlsFiles {
+            ca: string("tls_ca")?.map(Into::into),
+            cert: string("tls_cert")?.map(Into::into),
+            key: string("tls_key")?.map(Into::into),
+        };
+        match (&tls_files.cert, &tls_files.key) {
+            (Some(_), None) => return Err(at("tls_key", "tls_cert needs tls_key too")),
+            (None, Some(_)) => return Err(at("tls_cert", "tls_key needs tls_cert too")),
+            _ => {}
+        }
+        let secure = match &members {
+            Members::Urls(targets) => targets.iter().any(|t| t.tls.is_some()),
+            Members::Dns { tls, .. } => *tls,
+        };
+        if !secure {
+            for (key, set) in [
+                ("tls_ca", tls_files.ca.is_some()),
+                ("tls_cert", tls_files.cert.is_some()),
+            ] {
+                if set {
+                    return Err(at(key, "only with wss:// URLs or dns with tls = true"));
+                }
+            }
+        }
         if let Some((_, checked)) = &tls_name {
             match &mut members {
                 Members::Urls(targets) if targets.iter().any(|t| t.tls.is_some()) => {
@@ -386,6 +434,7 @@ impl PoolSpec {
             required_scopes,
             max_sessions,
             tls_name: tls_name.map(|(name, _)| name),
+            tls_files,
             single: false,
         })
     }
@@ -469,6 +518,15 @@ impl PoolSpec {
         }
         if let Some(name) = &self.tls_name {
             let _ = write!(o, ", tls_name = {}", q(name));
+        }
+        for (key, file) in [
+            ("tls_ca", &self.tls_files.ca),
+            ("tls_cert", &self.tls_files.cert),
+            ("tls_key", &self.tls_files.key),
+        ] {
+            if let Some(file) = file {
+                let _ = write!(o, ", {key} = {}", q(&file.display().to_string()));
+            }
         }
         o.push_str(" }");
         o
@@ -695,6 +753,38 @@ mod tests {
         );
         assert!(key("{ balance = \"least_conn\" }").is_some());
         assert!(key("3").is_some());
+    }
+
+    #[test]
+    fn a_pools_tls_files_parse_in_pairs_on_tls_pools_and_round_trip() -> Result<(), SpecError> {
+        let spec = parse(
+            "{ dns = \"a:1\", tls = true, tls_ca = \"ca.pem\", tls_cert = \"c.pem\", tls_key = \"k.pem\" }",
+        )?;
+        let want = PoolTlsFiles {
+            ca: Some("ca.pem".into()),
+            cert: Some("c.pem".into()),
+            key: Some("k.pem".into()),
+        };
+        assert_eq!(spec.tls_files, want);
+        assert_eq!(parse(&spec.describe())?.tls_files, want);
+        assert!(!parse("\"wss://a:1/\"")?.tls_files.any());
+        for (entry, key) in [
+            ("{ urls = [\"wss://a:1/\"], tls_key = \"k\" }", "tls_cert"),
+            ("{ urls = [\"wss://a:1/\"], tls_cert = \"c\" }", "tls_key"),
+            ("{ urls = [\"ws://a:1/\"], tls_ca = \"ca\" }", "tls_ca"),
+            (
+                "{ dns = \"a:1\", tls_cert = \"c\", tls_key = \"k\" }",
+                "tls_cert",
+            ),
+            ("{ urls = [\"wss://a:1/\"], tls_ca = 1 }", "tls_ca"),
+        ] {
+            assert_eq!(
+                parse(entry).err().map(|e| e.key),
+                Some(Some(key.to_owned())),
+                "{entry}"
+            );
+        }
+        Ok(())
     }
 
     #[test]

@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tracing::{info, warn};
 
 use crate::config::{Config, ConfigError};
-use crate::pool_config::PoolSpec;
 use crate::state::{Parts, Shared};
 
 /// Why a reload changed nothing.
@@ -33,9 +32,8 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 pub fn build_parts(config: Config) -> Result<Parts, ConfigError> {
     let tls = crate::tls::server_config(&config.tls)
         .map_err(|(key, problem)| config.error("tls", &key, problem))?;
-    let needed = config.backends.values().any(PoolSpec::uses_tls);
-    let backend_tls = crate::backend_tls::client_config(&config.backend_tls, needed)
-        .map_err(|(key, problem)| config.error("backend_tls", key, problem))?;
+    let backend_tls = crate::backend_tls::BackendTlsConfigs::from_config(&config)
+        .map_err(|(section, key, problem)| config.error(&section, key, problem))?;
     let verifier = crate::auth::Verifier::from_config(&config.auth)
         .map_err(|(key, problem)| config.error("auth", key, problem))?;
     Ok(Parts {

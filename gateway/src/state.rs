@@ -28,8 +28,8 @@ pub struct Parts {
     pub verifier: Verifier,
     /// TLS server config.
     pub tls: Arc<ServerConfig>,
-    /// TLS client config for `wss://` backends (`None`: none is `wss://`).
-    pub backend_tls: Option<Arc<rustls::ClientConfig>>,
+    /// TLS client configs for `wss://` backends: `[backend_tls]`'s and pools' own.
+    pub backend_tls: crate::backend_tls::BackendTlsConfigs,
 }
 
 /// State shared by the listener and every connection.
@@ -97,7 +97,7 @@ impl Shared {
             pool.start_tasks(
                 resolver.lookup(),
                 config.timeouts.backend_connect,
-                backend_tls.clone(),
+                backend_tls.for_pool(pool.id()),
             );
         }
         metrics.active.listed(table.ids());
@@ -142,7 +142,7 @@ impl Shared {
             pool.start_tasks(
                 self.resolver.lookup(),
                 config.timeouts.backend_connect,
-                backend_tls.clone(),
+                backend_tls.for_pool(pool.id()),
             );
         }
         // Backends the new table drops keep their sessions-open line until their last

@@ -487,3 +487,90 @@ async fn more_sessions_resume_than_rustls_alone_keeps_tickets_for() -> Result<()
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_pools_own_ca_and_client_certificate_take_the_place_of_backend_tls() -> Result<()> {
+    // One backend under a CA of its own, one that asks for the dev client certificate;
+    // [backend_tls] trusts the dev CA only and shows no certificate.
+    let ca = support::test_ca::TestCa::new()?;
+    let own = ca.issue("own", &["localhost"], &rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let own_config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![own.der.clone()], own.key.clone_key())?;
+    let mut own_config = own_config;
+    own_config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let own_ca = Probe::start_tls(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        Mode::Accept { protocol: None },
+        Arc::new(own_config),
+    )
+    .await?;
+    let mut asks = tls_probe([127, 0, 0, 1], true).await?;
+    let dir = certs();
+    let (own_url, asks_url) = (wss_url(&own_ca), wss_url(&asks));
+    let gw = gateway_for(
+        &[
+            ("Plain_OWN", own_url.clone()),
+            ("Plain_ASKS", asks_url.clone()),
+        ],
+        format!(
+            "Backend_OWN = {{ urls = [{own_url:?}], tls_ca = {:?} }}\n\
+             Backend_ASKS = {{ urls = [{asks_url:?}], tls_cert = {:?}, tls_key = {:?} }}\n{}",
+            ca.ca_file()?,
+            dir.join("client.crt"),
+            dir.join("client.key"),
+            backend_tls("ca.crt", false)
+        ),
+    )
+    .await?;
+
+    let mut c = loadgen::client::connect(&client_options(&gw.url(), "Backend_OWN")?).await?;
+    support::echo(&mut c.ws, b"own CA").await?;
+    let mut c = loadgen::client::connect(&client_options(&gw.url(), "Backend_ASKS")?).await?;
+    handshake(&mut asks).await?;
+    ensure!(
+        asks.tls_seen().iter().any(|s| s.client_cert),
+        "{:?}",
+        asks.tls_seen()
+    );
+    support::echo(&mut c.ws, b"own certificate").await?;
+    // The same backends under [backend_tls] alone: not trusted, no certificate shown.
+    for id in ["Plain_OWN", "Plain_ASKS"] {
+        let (status, reason) = refused(&gw, id).await?;
+        ensure!(status == 502, "{id}: {status} {reason:?}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_pools_tls_files_that_cannot_work_stop_start_up_naming_the_key() -> Result<()> {
+    let dir = certs();
+    for (entry, key) in [
+        (
+            format!(
+                "{{ urls = [\"wss://localhost:1/\"], tls_cert = {:?} }}",
+                dir.join("client.crt")
+            ),
+            "backends.Backend_X.tls_key",
+        ),
+        (
+            "{ urls = [\"ws://localhost:1/\"], tls_ca = \"ca.crt\" }".to_owned(),
+            "backends.Backend_X.tls_ca",
+        ),
+        (
+            "{ urls = [\"wss://localhost:1/\"], tls_ca = \"/nonexistent/ca.crt\" }".to_owned(),
+            "backends.Backend_X.tls_ca",
+        ),
+    ] {
+        let started = gateway_for(&[], format!("Backend_X = {entry}\n")).await;
+        let Err(e) = started else {
+            bail!("the gateway started with {entry}");
+        };
+        let msg = format!("{e:#}");
+        ensure!(
+            msg.contains("exit status: 64") && msg.contains(key),
+            "{entry}: {msg}"
+        );
+    }
+    Ok(())
+}
