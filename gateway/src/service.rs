@@ -107,10 +107,10 @@ pub async fn serve_connection(
             return;
         }
     };
-    // Described once per connection, for every request on it; only if a backend is told.
-    let client_cert: Option<Arc<str>> = client_cert
-        .filter(|_| config.tls.client_cert_header.is_some())
-        .map(|leaf| crate::client_cert::describe(&leaf).into());
+    // Described once per connection, for every request on it: its log lines name it, and
+    // a backend is told of it if `client_cert_header` says so.
+    let client_cert: Option<Arc<str>> =
+        client_cert.map(|leaf| crate::client_cert::describe(&leaf).into());
     let (slot, limit_hit) = match slot {
         Ok(slot) => (Some(slot), None),
         Err(hit) => (None, Some(hit)),
@@ -236,21 +236,16 @@ async fn handle(
     permit: PermitSlot,
     limit_hit: Option<LimitHit>,
 ) -> Response<Body> {
-    let Client {
-        peer,
-        conn_id,
-        client_cert,
-    } = from;
+    let (peer, conn_id) = (from.peer, from.conn_id);
     let started = std::time::Instant::now();
     if let Some(hit) = limit_hit {
-        return refuse(&shared, hit.refusal(), conn_id, peer, &req);
+        return refuse(&shared, hit.refusal(), &from, &req);
     }
     if shared.draining.load(Ordering::Relaxed) {
         return refuse(
             &shared,
             Refusal::Unavailable("gateway is shutting down"),
-            conn_id,
-            peer,
+            &from,
             &req,
         );
     }
@@ -261,7 +256,8 @@ async fn handle(
         peer,
         req: &req,
     };
-    let prepared = prepare(&shared, &req, peer, client_cert.as_deref()).await;
+    let client_cert = from.client_cert.as_deref();
+    let prepared = prepare(&shared, &req, peer, client_cert).await;
     waiting.answered();
     match prepared {
         Ok(Prepared {
@@ -280,10 +276,10 @@ async fn handle(
             let handshake_ms = started.elapsed().as_secs_f64() * 1e3;
             let instance = conn.lease.as_ref().map(|l| l.instance().addr.clone());
             let deflate = conn.extensions.is_some();
-            debug!(conn = conn_id, %peer, backend = %target, instance = instance.as_deref(), handshake_ms, deflate, "upgrading");
+            debug!(conn = conn_id, %peer, backend = %target, instance = instance.as_deref(), client_cert, handshake_ms, deflate, "upgrading");
             // A root span carrying the connection's fields itself: as a child it would keep
             // the connection's span (and its formatted fields) alive for the session's life.
-            let span = tracing::info_span!(parent: None, "session", conn = conn_id, %peer, backend = %target, instance = instance.as_deref());
+            let span = tracing::info_span!(parent: None, "session", conn = conn_id, %peer, backend = %target, instance = instance.as_deref(), client_cert);
             // Counted from the moment the 101 goes out, so a drain that starts before the
             // session task runs still waits for it and closes it with 1001.
             let active = ActiveSession::start(&shared, conn_id, &target);
@@ -315,27 +311,22 @@ async fn handle(
             );
             response
         }
-        Err(refusal) => refuse(&shared, refusal, conn_id, peer, &req),
+        Err(refusal) => refuse(&shared, refusal, &from, &req),
     }
 }
 
 /// Answers `req` with `refusal`, counted and logged with the backend ID it named (cut to
 /// a log-sized length: the client chose it).
-fn refuse<B>(
-    shared: &Shared,
-    refusal: Refusal,
-    conn_id: u64,
-    peer: SocketAddr,
-    req: &Request<B>,
-) -> Response<Body> {
+fn refuse<B>(shared: &Shared, refusal: Refusal, from: &Client, req: &Request<B>) -> Response<Body> {
+    let (conn_id, peer, client_cert) = (from.conn_id, from.peer, from.client_cert.as_deref());
     let status = refusal.status().as_u16();
     shared.metrics.refused(status, refusal.label());
     let backend = credentials::logged_backend(req, &shared.config().browser);
     let backend = backend.as_deref();
     if refusal.status().is_server_error() {
-        warn!(conn = conn_id, %peer, backend, status, reason = %refusal, "refused");
+        warn!(conn = conn_id, %peer, backend, client_cert, status, reason = %refusal, "refused");
     } else {
-        info!(conn = conn_id, %peer, backend, status, reason = %refusal, "refused");
+        info!(conn = conn_id, %peer, backend, client_cert, status, reason = %refusal, "refused");
     }
     refusal.into_response()
 }

@@ -198,6 +198,16 @@ async fn loadgen_presents_the_certificate_it_is_given() -> Result<()> {
         told(&mut probe).await? == [dev_described()?],
         "the backend was told otherwise"
     );
+    // The log names the certificate: a refusal's line, and the session's.
+    let mut unknown = gw.connect_options("Backend_NONE")?;
+    unknown.client_cert = opts.client_cert.clone();
+    let (status, _) = refused(&unknown).await?;
+    ensure!(status == 404, "{status}");
+    let line = gw.log_line("refused").await?;
+    ensure!(line.contains("CN=wsgate dev gateway client"), "{line}");
+    close_cleanly(&mut connected.ws).await?;
+    let line = gw.log_line("session ended").await?;
+    ensure!(line.contains("CN=wsgate dev gateway client"), "{line}");
     Ok(())
 }
 
