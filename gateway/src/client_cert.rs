@@ -47,6 +47,16 @@ pub fn verifier(
     Ok(Some(built))
 }
 
+/// Whether a TLS handshake failed on the client's certificate: none where one is required,
+/// or one that is not trusted, revoked, expired or not for client use.
+pub fn refused(e: &std::io::Error) -> bool {
+    matches!(
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+        Some(rustls::Error::NoCertificatesPresented | rustls::Error::InvalidCertificate(_))
+    )
+}
+
 /// The certificate revocation lists in the PEM file at `path`: at least one.
 fn revocation_lists(
     path: &std::path::Path,

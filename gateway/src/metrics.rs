@@ -54,7 +54,8 @@ pub struct CertLabels {
 /// Labels: why a TLS handshake did not complete.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HandshakeFailureLabel {
-    /// `timeout`, `client_closed`, `refused` (not TLS, or TLS the gateway does not
+    /// `timeout`, `client_closed`, `client_cert` (the client's certificate: missing where
+    /// required, not trusted, revoked), `refused` (not TLS, or TLS the gateway does not
     /// speak: an alert says why) or `io`.
     pub reason: String,
 }
@@ -260,8 +261,9 @@ impl Metrics {
         );
         registry.register(
             "tls_handshake_failures",
-            "TLS handshakes that did not complete: timeout, client_closed, refused (not TLS, or \
-             TLS the gateway does not speak), io",
+            "TLS handshakes that did not complete: timeout, client_closed, client_cert (no client \
+             certificate where one is required, or one not trusted or revoked), refused (not \
+             TLS, or TLS the gateway does not speak), io",
             m.tls_handshake_failures.clone(),
         );
         registry.register(

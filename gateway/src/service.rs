@@ -90,6 +90,7 @@ pub async fn serve_connection(
         // all day (nginx logs them at info, below its default level).
         Ok(Err(e)) => {
             let reason = match e.kind() {
+                std::io::ErrorKind::InvalidData if crate::client_cert::refused(&e) => "client_cert",
                 std::io::ErrorKind::InvalidData => "refused",
                 std::io::ErrorKind::UnexpectedEof
                 | std::io::ErrorKind::ConnectionReset

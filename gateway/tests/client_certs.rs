@@ -128,10 +128,14 @@ async fn a_required_certificate_refuses_clients_without_one_of_the_ca_and_tells_
         told(&mut probe).await? == [dev_described()?],
         "a resumed session's backend"
     );
-    wait_for("2 refused handshakes counted", DEADLINE, || async {
-        let name = "wsgate_tls_handshake_failures_total{reason=\"refused\"}";
-        Ok(gw.metric(name).await? >= 2.0)
-    })
+    wait_for(
+        "2 client certificate refusals counted",
+        DEADLINE,
+        || async {
+            let name = "wsgate_tls_handshake_failures_total{reason=\"client_cert\"}";
+            Ok(gw.metric(name).await? >= 2.0)
+        },
+    )
     .await
 }
 
