@@ -746,40 +746,31 @@ impl Config {
             ));
         }
         for header_name in raw.auth.forward_claims.keys() {
-            if hyper::header::HeaderName::from_bytes(header_name.as_bytes()).is_err() {
-                return Err(err(
-                    "auth.forward_claims",
-                    header_name,
-                    "not a valid header name".into(),
-                ));
-            }
-            if !crate::backend::claim_header_allowed(header_name) {
-                return Err(err(
-                    "auth.forward_claims",
-                    header_name,
-                    "a header the gateway writes itself or one of the connection's own; name the claim's header otherwise (X-Auth-…)".into(),
-                ));
+            if let Some(problem) =
+                added_header_problem(header_name, "name the claim's header otherwise (X-Auth-…)")
+            {
+                return Err(err("auth.forward_claims", header_name, problem));
             }
         }
         if let Some(header_name) = &raw.tls.client_cert_header {
             let problem = if raw.tls.client_ca.is_none() {
-                Some("needs tls.client_ca: without it no client presents a certificate")
-            } else if hyper::header::HeaderName::from_bytes(header_name.as_bytes()).is_err() {
-                Some("not a valid header name")
-            } else if !crate::backend::claim_header_allowed(header_name) {
-                Some("a header the gateway writes itself or one of the connection's own; name it otherwise (X-Client-Cert)")
+                Some("needs tls.client_ca: without it no client presents a certificate".into())
+            } else if let Some(problem) =
+                added_header_problem(header_name, "name it otherwise (X-Client-Cert)")
+            {
+                Some(problem)
             } else if raw
                 .auth
                 .forward_claims
                 .keys()
                 .any(|h| crate::backend::same_name(h, header_name))
             {
-                Some("also a header of auth.forward_claims")
+                Some("also a header of auth.forward_claims".into())
             } else {
                 None
             };
             if let Some(problem) = problem {
-                return Err(err("tls", "client_cert_header", problem.into()));
+                return Err(err("tls", "client_cert_header", problem));
             }
         }
         if raw.tls.client_crl.is_some() && raw.tls.client_ca.is_none() {
@@ -1176,6 +1167,17 @@ fn one_line(text: &str, fallback: &str) -> String {
 
 fn line_of_offset(text: &str, offset: usize) -> usize {
     text.get(..offset).map_or(0, |t| t.matches('\n').count()) + 1
+}
+
+/// Why `name` cannot name a header the gateway adds to a backend's upgrade request (a
+/// claim's, the client certificate's), if it cannot; `instead` says what to do.
+fn added_header_problem(name: &str, instead: &str) -> Option<String> {
+    if hyper::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+        return Some("not a valid header name".into());
+    }
+    (!crate::backend::claim_header_allowed(name)).then(|| {
+        format!("a header the gateway writes itself or one of the connection's own; {instead}")
+    })
 }
 
 /// The line on which `key` is set inside `[section]`, if it is.
