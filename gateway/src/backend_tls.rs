@@ -39,15 +39,7 @@ pub fn client_config(
     let builder = crate::tls::client_builder(roots).map_err(|e| ("ca", e))?;
     let mut config = match (&cfg.cert, &cfg.key) {
         (None, None) => builder.with_no_client_auth(),
-        (Some(cert), Some(key)) => {
-            let (chain, key_der) = crate::tls::chain_and_key(cert, key)?;
-            builder.with_client_auth_cert(chain, key_der).map_err(|e| {
-                (
-                    "key",
-                    format!("{} does not match the certificate: {e}", key.display()),
-                )
-            })?
-        }
+        (Some(cert), Some(key)) => crate::tls::with_client_cert(builder, cert, key)?,
         (Some(_), None) => return Err(("key", "cert needs key too".into())),
         (None, Some(_)) => return Err(("cert", "key needs cert too".into())),
     };

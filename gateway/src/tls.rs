@@ -226,6 +226,23 @@ pub fn client_builder(
         .with_root_certificates(roots))
 }
 
+/// Finishes a TLS client config with the certificate chain and key in the PEM files `cert`
+/// and `key`, shown to servers that ask for one (mutual TLS). Errors name the key (`cert`
+/// or `key`) and the problem.
+pub fn with_client_cert(
+    builder: rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<rustls::ClientConfig, (&'static str, String)> {
+    let (chain, key_der) = chain_and_key(cert, key)?;
+    builder.with_client_auth_cert(chain, key_der).map_err(|e| {
+        (
+            "key",
+            format!("{} does not match the certificate: {e}", key.display()),
+        )
+    })
+}
+
 /// Offers ALPN `http/1.1` only, what every HTTP exchange of the gateway's clients is.
 pub fn offer_http1(config: &mut rustls::ClientConfig) {
     config.alpn_protocols = vec![b"http/1.1".to_vec()];

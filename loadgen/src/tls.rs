@@ -46,13 +46,8 @@ pub fn client_config_with(
     };
     let mut config = match client_cert {
         None => builder.with_no_client_auth(),
-        Some(ClientCert { cert, key }) => {
-            let (chain, key_der) = gateway::tls::chain_and_key(cert, key)
-                .map_err(|(which, e)| format!("client {which}: {e}"))?;
-            builder
-                .with_client_auth_cert(chain, key_der)
-                .map_err(|e| format!("client key {}: {e}", key.display()))?
-        }
+        Some(ClientCert { cert, key }) => gateway::tls::with_client_cert(builder, cert, key)
+            .map_err(|(which, e)| format!("client {which}: {e}"))?,
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     config.resumption = rustls::client::Resumption::disabled();
