@@ -56,6 +56,19 @@ fn sample_line(metrics: &str, prefix: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// A gateway routing `Backend_ABC` and `Backend_PQR` to the first two of `bs` (a reload
+/// may then change the table).
+async fn abc_and_pqr_gateway(bs: &[demo_services::RunningBackend]) -> Result<GatewayProc> {
+    GatewayProc::start(ProcOptions {
+        backends: vec![
+            ("Backend_ABC".into(), bs[0].url()),
+            ("Backend_PQR".into(), bs[1].url()),
+        ],
+        ..ProcOptions::default()
+    })
+    .await
+}
+
 async fn backends() -> Result<Vec<demo_services::RunningBackend>> {
     let mut out = Vec::new();
     for backend in demo_services::Backend::ALL {
@@ -255,14 +268,7 @@ async fn reload(proc: &GatewayProc, via_signal: bool) -> Result<()> {
 async fn reload_case(via_signal: bool) -> Result<()> {
     let bs = backends().await?;
     let url = |i: usize| bs[i].url();
-    let proc = GatewayProc::start(ProcOptions {
-        backends: vec![
-            ("Backend_ABC".into(), url(0)),
-            ("Backend_PQR".into(), url(1)),
-        ],
-        ..ProcOptions::default()
-    })
-    .await?;
+    let proc = abc_and_pqr_gateway(&bs).await?;
     let mut old = loadgen::client::connect(&proc.connect_options("Backend_PQR")?).await?;
 
     // New table: PQR removed, XYZ added.
@@ -343,14 +349,7 @@ async fn a_removed_backends_sessions_active_line_stays_while_it_has_sessions_the
 ) -> Result<()> {
     let bs = backends().await?;
     let url = |i: usize| bs[i].url();
-    let proc = GatewayProc::start(ProcOptions {
-        backends: vec![
-            ("Backend_ABC".into(), url(0)),
-            ("Backend_PQR".into(), url(1)),
-        ],
-        ..ProcOptions::default()
-    })
-    .await?;
+    let proc = abc_and_pqr_gateway(&bs).await?;
     const A: &str = "wsgate_sessions_active{backend=\"Backend_ABC\"}";
     const B: &str = "wsgate_sessions_active{backend=\"Backend_PQR\"}";
     let mut on_a = loadgen::client::connect(&proc.connect_options("Backend_ABC")?).await?;

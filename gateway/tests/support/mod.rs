@@ -40,8 +40,22 @@ pub async fn send_until_blocked(ws: &mut WebSocket<WsStream>) -> Result<usize> {
     }
 }
 
+/// Expects the close a client gets when its backend pings but never reads (1001 "backend
+/// not reading"), after any pings; `sent` is how many frames the client sent, for the
+/// message.
+pub async fn closed_as_not_reading(ws: &mut WebSocket<WsStream>, sent: usize) -> Result<()> {
+    let (code, reason) = close_after_pings(ws)
+        .await
+        .context("no close while the backend went on pinging")?;
+    ensure!(
+        (code, reason.as_str()) == (1001, "backend not reading"),
+        "client got close {code} {reason:?} after {sent} frames"
+    );
+    Ok(())
+}
+
 /// The close frame that comes after any pings, within the deadline: its code and reason.
-pub async fn close_after_pings(ws: &mut WebSocket<WsStream>) -> Result<(u16, String)> {
+async fn close_after_pings(ws: &mut WebSocket<WsStream>) -> Result<(u16, String)> {
     tokio::time::timeout(DEADLINE, async {
         loop {
             let f = next_frame(ws).await?;
