@@ -11,7 +11,7 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
 use crate::config::AuthConfig;
@@ -235,7 +235,6 @@ impl Verifier {
     /// Verifies a bare token; returns its claims.
     pub fn verify(&self, token: &str) -> Result<Map<String, Value>, AuthError> {
         use jsonwebtoken::errors::ErrorKind as K;
-        use jsonwebtoken::AlgorithmFamily;
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
         // The checks and keys of the token's algorithm family; none for an algorithm not
         // accepted (HS*, none, one of a family `[auth] algorithms` does not name).
@@ -263,27 +262,22 @@ impl Verifier {
         };
         let kid = if self.by_kid { header.kid } else { None };
         let claims = match kid {
-            // The key it names, and no other.
-            Some(kid) => {
-                let (_, key) = self
-                    .keys
-                    .iter()
-                    .find(|(k, _)| k.as_deref() == Some(kid.as_str()))
-                    .ok_or(AuthError::UnknownKey)?;
-                decode(key)?.claims
-            }
-            // No `kid` (or one key): each key of its family in turn, until one's signature
-            // verifies.
-            None => {
-                let mut result = Err(AuthError::BadSignature);
-                for (_, key) in self.keys.iter().filter(|(_, k)| k.family() == family) {
-                    result = decode(key);
-                    if !matches!(result, Err(AuthError::BadSignature)) {
-                        break;
-                    }
-                }
-                result?.claims
-            }
+            // The key it names, and no other; when the set has no such key, its keys without
+            // a `kid` (RFC 7517 makes `kid` optional; Envoy tries them too). A token none of
+            // them verifies names a key the set lacks: `UnknownKey`, which a `jwks_url`
+            // answers by fetching the set again.
+            Some(kid) => match self.keys.iter().find(|(k, _)| k.as_deref() == Some(&*kid)) {
+                Some((_, key)) => decode(key)?.claims,
+                None => self
+                    .first_verified(family, |k| k.is_none(), decode)
+                    .map_err(|e| match e {
+                        AuthError::BadSignature => AuthError::UnknownKey,
+                        other => other,
+                    })?
+                    .claims,
+            },
+            // No `kid` (or one key): each key of its family in turn.
+            None => self.first_verified(family, |_| true, decode)?.claims,
         };
         // jsonwebtoken also takes an array `iss` holding the issuer; RFC 7519 section 4.1.1
         // makes it one string.
@@ -292,6 +286,26 @@ impl Verifier {
         }
         self.check_scopes(&claims, &self.auth.required_scopes)?;
         Ok(claims)
+    }
+
+    /// Tries the keys of `family` whose `kid` passes `which`, in order, until one's
+    /// signature verifies (or the token fails on something other than its signature).
+    /// `BadSignature` when none verifies it, or there is none to try.
+    fn first_verified<T>(
+        &self,
+        family: AlgorithmFamily,
+        which: impl Fn(&Option<String>) -> bool,
+        decode: impl Fn(&DecodingKey) -> Result<T, AuthError>,
+    ) -> Result<T, AuthError> {
+        let mut result = Err(AuthError::BadSignature);
+        let keys = self.keys.iter().filter(|(kid, k)| k.family() == family && which(kid));
+        for (_, key) in keys {
+            result = decode(key);
+            if !matches!(result, Err(AuthError::BadSignature)) {
+                break;
+            }
+        }
+        result
     }
 
     /// Checks that verified `claims` hold every scope of `required` (a backend's own,

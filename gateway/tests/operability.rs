@@ -525,6 +525,31 @@ fn a_key_set_verifies_with_the_key_the_kid_names_so_keys_can_rotate() -> Result<
 }
 
 #[test]
+fn a_key_without_a_kid_is_tried_for_a_token_whose_kid_the_set_lacks() -> Result<()> {
+    // Some identity providers publish keys without a `kid` (RFC 7517 makes it optional)
+    // while their tokens carry one; Envoy tries such keys too.
+    use gateway::auth::AuthError;
+    let (named_key, named) = es256_key("named", "sig")?;
+    let (bare_key, mut bare) = es256_key("unused", "sig")?;
+    bare.as_object_mut().context("jwk is an object")?.remove("kid");
+    let (stranger_key, _) = es256_key("stranger", "sig")?;
+    let set = verifier_on(&[&named, &bare])?
+        .map_err(|(key, problem)| anyhow::anyhow!("{key}: {problem}"))?;
+    let verify = |pkcs8: &[u8], kid: Option<&str>| {
+        es256_token(pkcs8, kid).map(|t| set.verify(&t).err())
+    };
+    ensure!(verify(&bare_key, Some("issued-by-the-idp"))?.is_none());
+    ensure!(verify(&bare_key, None)?.is_none());
+    // A kid the set holds still picks that key alone.
+    ensure!(verify(&named_key, Some("named"))?.is_none());
+    ensure!(verify(&bare_key, Some("named"))? == Some(AuthError::BadSignature));
+    // A key neither named nor without a kid: the set lacks it (a jwks_url fetches again).
+    ensure!(verify(&named_key, Some("other"))? == Some(AuthError::UnknownKey));
+    ensure!(verify(&stranger_key, Some("stranger"))? == Some(AuthError::UnknownKey));
+    Ok(())
+}
+
+#[test]
 fn a_key_set_of_rsa_and_ec_keys_verifies_tokens_of_both_families() -> Result<()> {
     // An identity provider publishing an RSA and an EC key (both signing): RSA and EC
     // algorithms could not be named together, so one family's tokens were all refused.
