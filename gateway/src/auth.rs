@@ -268,13 +268,14 @@ impl Verifier {
             // answers by fetching the set again.
             Some(kid) => match self.keys.iter().find(|(k, _)| k.as_deref() == Some(&*kid)) {
                 Some((_, key)) => decode(key)?.claims,
-                None => self
-                    .first_verified(family, |k| k.is_none(), decode)
-                    .map_err(|e| match e {
-                        AuthError::BadSignature => AuthError::UnknownKey,
-                        other => other,
-                    })?
-                    .claims,
+                None => {
+                    self.first_verified(family, |k| k.is_none(), decode)
+                        .map_err(|e| match e {
+                            AuthError::BadSignature => AuthError::UnknownKey,
+                            other => other,
+                        })?
+                        .claims
+                }
             },
             // No `kid` (or one key): each key of its family in turn.
             None => self.first_verified(family, |_| true, decode)?.claims,
@@ -298,7 +299,10 @@ impl Verifier {
         decode: impl Fn(&DecodingKey) -> Result<T, AuthError>,
     ) -> Result<T, AuthError> {
         let mut result = Err(AuthError::BadSignature);
-        let keys = self.keys.iter().filter(|(kid, k)| k.family() == family && which(kid));
+        let keys = self
+            .keys
+            .iter()
+            .filter(|(kid, k)| k.family() == family && which(kid));
         for (_, key) in keys {
             result = decode(key);
             if !matches!(result, Err(AuthError::BadSignature)) {

@@ -531,13 +531,14 @@ fn a_key_without_a_kid_is_tried_for_a_token_whose_kid_the_set_lacks() -> Result<
     use gateway::auth::AuthError;
     let (named_key, named) = es256_key("named", "sig")?;
     let (bare_key, mut bare) = es256_key("unused", "sig")?;
-    bare.as_object_mut().context("jwk is an object")?.remove("kid");
+    bare.as_object_mut()
+        .context("jwk is an object")?
+        .remove("kid");
     let (stranger_key, _) = es256_key("stranger", "sig")?;
     let set = verifier_on(&[&named, &bare])?
         .map_err(|(key, problem)| anyhow::anyhow!("{key}: {problem}"))?;
-    let verify = |pkcs8: &[u8], kid: Option<&str>| {
-        es256_token(pkcs8, kid).map(|t| set.verify(&t).err())
-    };
+    let verify =
+        |pkcs8: &[u8], kid: Option<&str>| es256_token(pkcs8, kid).map(|t| set.verify(&t).err());
     ensure!(verify(&bare_key, Some("issued-by-the-idp"))?.is_none());
     ensure!(verify(&bare_key, None)?.is_none());
     // A kid the set holds still picks that key alone.
