@@ -91,7 +91,7 @@ pub async fn connect_pool(
     let max = pool.spec().max_sessions;
     for _ in 0..attempts {
         let now = now_ms();
-        let Some(i) = pool.pick(&list, tried, now) else {
+        let Some(i) = pool.pick(&list, tried, now, req.affinity) else {
             break;
         };
         // Every instance is ejected: if this one, which failed longest ago, does not
@@ -230,6 +230,8 @@ pub struct BackendRequest<'a> {
     /// The cookie that carries the gateway's token (`[browser] token_cookie`): taken out
     /// of the `Cookie` headers passed on, as `Authorization` is never passed on.
     pub token_cookie: Option<&'a str>,
+    /// The hash of the client's `hash_key`, for a `balance = "hash"` pool.
+    pub affinity: Option<u64>,
 }
 
 async fn connect_inner(
@@ -308,6 +310,7 @@ async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
         identity,
         identity_names,
         token_cookie,
+        affinity: _,
     } = *req;
     // Every line the client sent, in order, then the client: the chain as nginx's
     // `$proxy_add_x_forwarded_for` builds it.

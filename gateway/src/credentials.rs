@@ -182,7 +182,7 @@ fn cookie<'r>(headers: &'r hyper::HeaderMap, name: &str) -> Option<Cow<'r, str>>
 }
 
 /// The first non-empty value of the query parameter `name`.
-fn query_param<'q>(query: &'q str, name: &str) -> Option<Cow<'q, str>> {
+pub(crate) fn query_param<'q>(query: &'q str, name: &str) -> Option<Cow<'q, str>> {
     url::form_urlencoded::parse(query.as_bytes())
         .find(|(k, v)| k == name && !v.is_empty())
         .map(|(_, v)| v)

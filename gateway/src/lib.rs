@@ -23,6 +23,7 @@
 //! | [`jwks_fetch`] | an identity provider's key set from `jwks_url`, kept fresh |
 //! | [`route`] | `ID` -> backend pool, in an atomically swappable table |
 //! | [`pool`] | a backend's instances: balancing, ejection, DNS discovery |
+//! | [`affinity`] | which instance a `balance = "hash"` pool gives a client |
 //! | [`backend`] | TCP + WebSocket client handshake to an instance, retried on another |
 //! | [`resolve`] | backend name lookups, cached briefly, last good address first |
 //! | [`refusal`] | every pre-upgrade failure -> HTTP status and one-line reason |
@@ -44,6 +45,7 @@
 //! (client handshake, also used by the load generator), [`prefixed`] (bytes read ahead).
 
 pub mod admin;
+pub mod affinity;
 pub mod auth;
 pub mod backend;
 pub mod backend_tickets;

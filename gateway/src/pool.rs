@@ -420,8 +420,16 @@ impl Pool {
 
     /// Picks an instance of `list` not in `tried` (bit i = index i) and not at its
     /// `max_sessions`: a healthy one by the pool's policy, else (all ejected) the one that
-    /// failed longest ago. `None` when every instance was tried or is full.
-    pub fn pick(&self, list: &[Arc<Instance>], tried: u64, now: u64) -> Option<usize> {
+    /// failed longest ago. `affinity`: the hash of the client's `hash_key`, for a `hash`
+    /// pool (without one, it takes its instances in turn). `None` when every instance was
+    /// tried or is full.
+    pub fn pick(
+        &self,
+        list: &[Arc<Instance>],
+        tried: u64,
+        now: u64,
+        affinity: Option<u64>,
+    ) -> Option<usize> {
         let n = list.len().min(MAX_INSTANCES);
         if n == 0 {
             return None;
@@ -435,26 +443,27 @@ impl Pool {
                 && !list[i].full(max)
                 && !list[i].retired.load(Ordering::Relaxed)
         };
-        let mut best: Option<(usize, usize)> = None;
+        // least_conn and hash: the lowest cost wins (ties: the first in turn).
+        let mut best: Option<(usize, u64)> = None;
         for k in 0..n {
             let i = (start + k) % n;
             if !untried(i) || !list[i].available(now) {
                 continue;
             }
-            match self.spec.balance {
-                Balance::RoundRobin => {
+            let cost = match (self.spec.balance, affinity) {
+                (Balance::LeastConn, _) => list[i].live() as u64,
+                // The instance the key ranks highest.
+                (Balance::Hash, Some(key)) => !crate::affinity::score(key, &list[i].target.url),
+                (Balance::RoundRobin | Balance::Hash, _) => {
                     // Skipped ejected instances do not hand their turns to the next one.
                     if k > 0 {
                         self.cursor.fetch_add(k, Ordering::Relaxed);
                     }
                     return Some(i);
                 }
-                Balance::LeastConn => {
-                    let live = list[i].live();
-                    if best.is_none_or(|(_, fewest)| live < fewest) {
-                        best = Some((i, live));
-                    }
-                }
+            };
+            if best.is_none_or(|(_, lowest)| cost < lowest) {
+                best = Some((i, cost));
             }
         }
         if let Some((i, _)) = best {
@@ -533,6 +542,7 @@ mod tests {
             id: Arc::from("B"),
             members: Members::Urls(targets),
             balance,
+            hash_key: (balance == Balance::Hash).then_some(crate::affinity::HashKey::Ip),
             eject: DEFAULT_EJECT,
             connect_attempts: None,
             health_interval: None,
@@ -548,7 +558,9 @@ mod tests {
 
     fn picks(p: &Pool, count: usize, now: u64) -> Vec<usize> {
         let list = p.instances();
-        (0..count).filter_map(|_| p.pick(&list, 0, now)).collect()
+        (0..count)
+            .filter_map(|_| p.pick(&list, 0, now, None))
+            .collect()
     }
 
     #[test]
@@ -557,16 +569,20 @@ mod tests {
         let list = p.instances();
         let held: Vec<Lease> = (0..4)
             .filter_map(|_| {
-                let i = p.pick(&list, 0, 1)?;
+                let i = p.pick(&list, 0, 1, None)?;
                 Lease::try_new(list[i].clone(), Some(2))
             })
             .collect();
         assert_eq!(held.len(), 4);
         assert_eq!((list[0].live(), list[1].live()), (2, 2));
-        assert_eq!(p.pick(&list, 0, 1), None, "a full instance was picked");
+        assert_eq!(
+            p.pick(&list, 0, 1, None),
+            None,
+            "a full instance was picked"
+        );
         // Not even as the all-ejected fallback.
         list[0].failed(1, Duration::from_secs(60), &"refused");
-        assert_eq!(p.pick(&list, 0, 2), None);
+        assert_eq!(p.pick(&list, 0, 2, None), None);
         assert!(Lease::try_new(list[1].clone(), Some(2)).is_none());
         assert_eq!(list[1].live(), 2, "a refused lease was counted");
         // Uncapped, the same instance takes more.
@@ -576,7 +592,7 @@ mod tests {
         drop(held);
         assert_eq!((list[0].live(), list[1].live()), (0, 0));
         assert_eq!(
-            p.pick(&list, 0, 3),
+            p.pick(&list, 0, 3, None),
             Some(1),
             "a freed instance is picked again"
         );
@@ -641,7 +657,7 @@ mod tests {
             router.replace(next);
         }
         assert_eq!(
-            pool.pick(&list, 1, 0),
+            pool.pick(&list, 1, 0, None),
             None,
             "a dropped instance was picked"
         );
@@ -692,17 +708,68 @@ mod tests {
     }
 
     #[test]
+    fn hash_keeps_a_key_on_its_instance_and_moves_it_only_while_that_one_cannot_take_it() {
+        let p = pool_capped(4, Balance::Hash, Some(2));
+        let list = p.instances();
+        let keys: Vec<u64> = (0..64u64)
+            .map(|k| k.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+            .collect();
+        let home = |key: u64, now: u64| p.pick(&list, 0, now, Some(key));
+        let homes: Vec<Option<usize>> = keys.iter().map(|&k| home(k, 1)).collect();
+        // The same key, the same instance, every time; and the keys spread over all four.
+        for _ in 0..3 {
+            assert_eq!(keys.iter().map(|&k| home(k, 1)).collect::<Vec<_>>(), homes);
+        }
+        for i in 0..4 {
+            assert!(
+                homes.contains(&Some(i)),
+                "instance {i} is no key's home: {homes:?}"
+            );
+        }
+        // Ejected: its keys go elsewhere, the others stay; readmitted: they come back.
+        let Some(first) = homes[0] else {
+            panic!("no pick")
+        };
+        list[first].failed(1, Duration::from_secs(1), &"refused");
+        for (&k, &was) in keys.iter().zip(&homes) {
+            let now = home(k, 2);
+            assert!(now.is_some() && now != Some(first));
+            if was != Some(first) {
+                assert_eq!(now, was, "a key of a healthy instance moved");
+            }
+        }
+        list[first].succeeded();
+        assert_eq!(home(keys[0], 3), Some(first));
+        // Tried (its connect failed): the key's next choice, which is the same each time.
+        let second = p.pick(&list, 1 << first, 3, Some(keys[0]));
+        assert!(second.is_some() && second != Some(first));
+        assert_eq!(p.pick(&list, 1 << first, 3, Some(keys[0])), second);
+        // Full: the same next choice.
+        let held: Vec<Lease> = (0..2)
+            .filter_map(|_| Lease::try_new(list[first].clone(), Some(2)))
+            .collect();
+        assert_eq!(held.len(), 2);
+        assert_eq!(home(keys[0], 3), second);
+        drop(held);
+        // No key: in turn.
+        let turns: Vec<Option<usize>> = (0..4).map(|_| p.pick(&list, 0, 3, None)).collect();
+        let mut seen = turns.clone();
+        seen.sort();
+        assert_eq!(seen, vec![Some(0), Some(1), Some(2), Some(3)], "{turns:?}");
+    }
+
+    #[test]
     fn tried_instances_are_skipped_and_all_ejected_falls_back_to_the_oldest_failure() {
         let p = pool(3, Balance::RoundRobin);
         let list = p.instances();
-        assert_eq!(p.pick(&list, 0b011, 1), Some(2));
-        assert_eq!(p.pick(&list, 0b111, 1), None);
+        assert_eq!(p.pick(&list, 0b011, 1, None), Some(2));
+        assert_eq!(p.pick(&list, 0b111, 1, None), None);
         let eject = Duration::from_secs(10);
         list[0].failed(30, eject, &"x");
         list[1].failed(10, eject, &"x");
         list[2].failed(20, eject, &"x");
-        assert_eq!(p.pick(&list, 0, 40), Some(1));
-        assert_eq!(p.pick(&list, 0b010, 40), Some(2));
+        assert_eq!(p.pick(&list, 0, 40, None), Some(1));
+        assert_eq!(p.pick(&list, 0b010, 40, None), Some(2));
         // Readmission clears the back-off at once.
         list[0].succeeded();
         assert!(list[0].available(40));
@@ -800,7 +867,7 @@ mod tests {
         );
         assert_eq!(back.live(), 2);
         assert_eq!(
-            third.pick(&third.instances(), 0, 1),
+            third.pick(&third.instances(), 0, 1, None),
             None,
             "a full instance was picked"
         );

@@ -37,6 +37,9 @@ pub enum Balance {
     RoundRobin,
     /// The instance with the fewest live sessions (ties in turn).
     LeastConn,
+    /// The instance the client's key ranks first ([`crate::affinity`], `hash_key`), so a
+    /// user, room or device keeps landing on the same one.
+    Hash,
 }
 
 impl Balance {
@@ -45,6 +48,7 @@ impl Balance {
         match self {
             Balance::RoundRobin => "round_robin",
             Balance::LeastConn => "least_conn",
+            Balance::Hash => "hash",
         }
     }
 }
@@ -101,6 +105,8 @@ pub struct PoolSpec {
     pub members: Members,
     /// How a healthy instance is picked.
     pub balance: Balance,
+    /// `hash_key`, with `balance = "hash"`: what is hashed.
+    pub hash_key: Option<crate::affinity::HashKey>,
     /// How long an instance that failed to connect takes no new connections (while a
     /// healthy one is left).
     pub eject: Duration,
@@ -167,7 +173,7 @@ fn at(key: &str, problem: impl Into<String>) -> SpecError {
 }
 
 const KEYS: &str = "urls, dns, path, refresh, tls, tls_name, tls_ca, tls_cert, tls_key, balance, \
-                    eject, connect_attempts, health_interval, health_check, required_scopes, \
+                    hash_key, eject, connect_attempts, health_interval, health_check, required_scopes, \
                     max_sessions";
 
 impl PoolSpec {
@@ -177,6 +183,7 @@ impl PoolSpec {
             id: target.id.clone(),
             members: Members::Urls(vec![target]),
             balance: Balance::default(),
+            hash_key: None,
             eject: DEFAULT_EJECT,
             connect_attempts: None,
             health_interval: None,
@@ -227,12 +234,29 @@ impl PoolSpec {
         let balance = match string("balance")? {
             None | Some("round_robin") => Balance::RoundRobin,
             Some("least_conn") => Balance::LeastConn,
+            Some("hash") => Balance::Hash,
             Some(other) => {
                 return Err(at(
                     "balance",
-                    format!("{other:?}: expected \"round_robin\" or \"least_conn\""),
+                    format!("{other:?}: expected \"round_robin\", \"least_conn\" or \"hash\""),
                 ))
             }
+        };
+        let hash_key = match (string("hash_key")?, balance) {
+            (Some(text), Balance::Hash) => {
+                Some(crate::affinity::HashKey::parse(text).map_err(|e| at("hash_key", e))?)
+            }
+            (None, Balance::Hash) => {
+                return Err(at(
+                    "hash_key",
+                    format!(
+                        "balance = \"hash\" needs hash_key: {}",
+                        crate::affinity::FORMS
+                    ),
+                ))
+            }
+            (Some(_), _) => return Err(at("hash_key", "only with balance = \"hash\"")),
+            (None, _) => None,
         };
         let eject = duration("eject")?.unwrap_or(DEFAULT_EJECT);
         let health_interval = duration("health_interval")?;
@@ -427,6 +451,7 @@ impl PoolSpec {
             id: Arc::from(id),
             members,
             balance,
+            hash_key,
             eject,
             connect_attempts,
             health_interval,
@@ -498,6 +523,9 @@ impl PoolSpec {
             q(self.balance.as_str()),
             secs(self.eject)
         );
+        if let Some(key) = &self.hash_key {
+            let _ = write!(o, ", hash_key = {}", q(&key.describe()));
+        }
         if let Some(n) = self.connect_attempts {
             let _ = write!(o, ", connect_attempts = {n}");
         }
@@ -753,6 +781,38 @@ mod tests {
         );
         assert!(key("{ balance = \"least_conn\" }").is_some());
         assert!(key("3").is_some());
+    }
+
+    #[test]
+    fn a_hash_pool_needs_its_key_and_round_trips() -> Result<(), SpecError> {
+        let spec = parse("{ urls = [\"ws://a:1/\", \"ws://b:1/\"], balance = \"hash\", hash_key = \"claim:sub\" }")?;
+        let key = Some(crate::affinity::HashKey::Claim("sub".into()));
+        assert_eq!((spec.balance, &spec.hash_key), (Balance::Hash, &key));
+        let again = parse(&spec.describe())?;
+        assert_eq!((again.balance, again.hash_key), (Balance::Hash, key));
+        for (entry, problem) in [
+            (
+                "{ urls = [\"ws://a:1/\"], balance = \"hash\" }",
+                "needs hash_key",
+            ),
+            (
+                "{ urls = [\"ws://a:1/\"], hash_key = \"ip\" }",
+                "only with balance",
+            ),
+            (
+                "{ urls = [\"ws://a:1/\"], balance = \"hash\", hash_key = \"cookie:a\" }",
+                "expected \"ip\"",
+            ),
+        ] {
+            let err = parse(entry).err();
+            assert!(
+                err.as_ref().is_some_and(
+                    |e| e.key.as_deref() == Some("hash_key") && e.problem.contains(problem)
+                ),
+                "{entry}: {err:?}"
+            );
+        }
+        Ok(())
     }
 
     #[test]

@@ -445,6 +445,11 @@ async fn prepare(
         identity: &identity,
         identity_names: &identity_names,
         token_cookie: config.browser.token_cookie.as_deref(),
+        affinity: pool
+            .spec()
+            .hash_key
+            .as_ref()
+            .and_then(|key| key.of(req, peer, &claims)),
     };
     // A shutdown does not wait for a backend that is slow to answer: the client gets its
     // 503 now, not a dropped connection when the drain runs out.

@@ -116,6 +116,10 @@ fn bad_pool_entries_name_the_backend_and_key() -> Result<()> {
         &["Config.toml:3", "backends.B.balance", "least_conn"],
     )?;
     check(
+        "[backends]\nA = \"ws://a:1/\"\n\n[backends.B]\nurls = [\"ws://b:1/\"]\nbalance = \"hash\"\nhash_key = \"claim\"\n",
+        &["Config.toml:7", "backends.B.hash_key", "claim:NAME"],
+    )?;
+    check(
         "[backends]\nA = \"ws://a:1/\"\n\n[backends.B]\ndns = \"b.svc:8081\"\nweight = 3\n",
         &["Config.toml:6", "backends.B.weight", "unknown key"],
     )?;

@@ -298,6 +298,19 @@ async fn session_on(gw: &Gw, inst: &Instances) -> Result<(Connected, usize)> {
     }
 }
 
+/// Opens a session with `opts` (checked with an echo) and says which instance took it.
+async fn session_with_on(inst: &Instances, opts: &ConnectOptions) -> Result<(Connected, usize)> {
+    let before = inst.started();
+    let mut c = connect(opts).await.context("connect through the gateway")?;
+    echo(&mut c.ws, b"hello pool").await?;
+    let after = inst.started();
+    let rose: Vec<usize> = (0..3).filter(|&i| after[i] > before[i]).collect();
+    match rose[..] {
+        [i] => Ok((c, i)),
+        _ => bail!("expected one instance to take the session: {before:?} -> {after:?}"),
+    }
+}
+
 fn urls_entry(inst: &Instances, idx: &[usize], extra: &str) -> String {
     let urls: Vec<String> = idx.iter().map(|&i| format!("{:?}", inst.url(i))).collect();
     format!("{ID} = {{ urls = [{}]{extra} }}\n", urls.join(", "))
@@ -1263,5 +1276,90 @@ async fn an_instance_place_is_free_once_its_backend_connection_is_gone() -> Resu
     // The next client gets the place, not a 503.
     let _second = gw.session().await?;
     drop(first);
+    Ok(())
+}
+
+#[tokio::test]
+async fn hash_sends_each_key_to_its_own_instance_and_only_a_dead_ones_keys_move() -> Result<()> {
+    let mut inst = Instances::start().await?;
+    let entry = urls_entry(
+        &inst,
+        &[0, 1, 2],
+        ", balance = \"hash\", hash_key = \"header:X-Room\", eject = \"1m\"",
+    );
+    let gw = Gw::start(&entry, Arc::default(), None).await?;
+    let room = |n: usize| -> Result<ConnectOptions> {
+        Ok(gw.options()?.header("X-Room", format!("room-{n}")))
+    };
+    // Each room lands where it landed before, every time; the rooms spread.
+    let mut home = Vec::new();
+    for n in 0..12 {
+        let (mut c, i) = session_with_on(&inst, &room(n)?).await?;
+        close_cleanly(&mut c.ws).await?;
+        home.push(i);
+    }
+    for _ in 0..2 {
+        for (n, &was) in home.iter().enumerate() {
+            let (mut c, i) = session_with_on(&inst, &room(n)?).await?;
+            close_cleanly(&mut c.ws).await?;
+            ensure!(i == was, "room-{n} went to {i}, before to {was}");
+        }
+    }
+    let mut used = home.clone();
+    used.sort();
+    used.dedup();
+    ensure!(used.len() >= 2, "12 rooms all on one instance: {home:?}");
+    // Without the header: in turn, as round robin.
+    for _ in 0..3 {
+        gw.session().await?;
+    }
+    // Room 0's instance dies: its rooms are served by others (the client sees nothing),
+    // and every other room stays where it was.
+    let dead = home[0];
+    inst.kill(dead).await?;
+    for (n, &was) in home.iter().enumerate() {
+        let (mut c, i) = session_with_on(&inst, &room(n)?).await?;
+        close_cleanly(&mut c.ws).await?;
+        ensure!(i != dead, "room-{n} sent to the dead instance");
+        if was != dead {
+            ensure!(
+                i == was,
+                "room-{n} moved from {was} to {i} though {was} is up"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn hash_by_a_token_claim_keeps_one_user_on_one_instance() -> Result<()> {
+    let inst = Instances::start().await?;
+    let entry = urls_entry(
+        &inst,
+        &[0, 1, 2],
+        ", balance = \"hash\", hash_key = \"claim:sub\"",
+    );
+    let gw = Gw::start(&entry, Arc::default(), None).await?;
+    let pem = std::fs::read(certs().join("jwt-private.pem"))?;
+    let as_user = |sub: &str| -> Result<ConnectOptions> {
+        let mut claims = loadgen::token::sample_claims();
+        claims["sub"] = serde_json::Value::from(sub);
+        let token = loadgen::token::mint(&claims, &pem)?;
+        let mut opts = gw.options()?;
+        opts.set_header("Authorization", format!("Bearer {token}"));
+        Ok(opts)
+    };
+    let mut home = Vec::new();
+    for n in 0..12 {
+        // Two sessions of one user, open at once, share an instance.
+        let (_a, i) = session_with_on(&inst, &as_user(&format!("user-{n}"))?).await?;
+        let (_b, j) = session_with_on(&inst, &as_user(&format!("user-{n}"))?).await?;
+        ensure!(i == j, "user-{n}'s two sessions went to {i} and {j}");
+        home.push(i);
+    }
+    let mut used = home.clone();
+    used.sort();
+    used.dedup();
+    ensure!(used.len() >= 2, "12 users all on one instance: {home:?}");
     Ok(())
 }
