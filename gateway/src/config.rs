@@ -446,6 +446,10 @@ pub struct LimitsConfig {
     /// limit); more get 429. A client stuck in a reconnect loop then costs each backend
     /// a few connects a second, not one per attempt.
     pub max_connection_rate_per_ip: u32,
+    /// Most sessions open at once whose tokens name one subject (`sub`), in this process;
+    /// more get 503 before any backend is asked (0: no limit). One user, or one leaked
+    /// token, cannot hold thousands of backend connections.
+    pub max_sessions_per_subject: usize,
     /// Leading bits of an IPv6 client address that the two per-IP limits count as one
     /// client (64 by default: a host commonly has a whole /64 to pick addresses from;
     /// 128 counts each address). IPv4 addresses are always counted whole.
@@ -465,6 +469,7 @@ impl Default for LimitsConfig {
             max_connections: 100_000,
             max_connections_per_ip: 0,
             max_connection_rate_per_ip: 0,
+            max_sessions_per_subject: 0,
             ipv6_prefix: crate::limits::DEFAULT_IPV6_PREFIX,
             max_message_size: 16 << 20,
             max_frame_size: 16 << 20,
@@ -1079,8 +1084,8 @@ impl Config {
         let l = &self.limits;
         let _ = writeln!(
             o,
-            "[limits]\nmax_connections = {}\nmax_connections_per_ip = {}\nmax_connection_rate_per_ip = {}\nipv6_prefix = {}\nmax_message_size = {}\nmax_frame_size = {}\nmax_header_bytes = {}\n",
-            l.max_connections, l.max_connections_per_ip, l.max_connection_rate_per_ip, l.ipv6_prefix, l.max_message_size, l.max_frame_size, l.max_header_bytes
+            "[limits]\nmax_connections = {}\nmax_connections_per_ip = {}\nmax_connection_rate_per_ip = {}\nmax_sessions_per_subject = {}\nipv6_prefix = {}\nmax_message_size = {}\nmax_frame_size = {}\nmax_header_bytes = {}\n",
+            l.max_connections, l.max_connections_per_ip, l.max_connection_rate_per_ip, l.max_sessions_per_subject, l.ipv6_prefix, l.max_message_size, l.max_frame_size, l.max_header_bytes
         );
         let t = &self.timeouts;
         let _ = writeln!(

@@ -1,6 +1,7 @@
 //! Connection limits: a total cap (a slot per connection), an optional cap per
 //! client IP, and an optional rate of new connections per client IP. A slot is held for
-//! the connection's whole life, session included.
+//! the connection's whole life, session included. And an optional cap on the sessions of
+//! one token subject, whose place is held from the token check to the session's end.
 //!
 //! An IPv6 client is counted by its network, not its full address (`[limits]
 //! ipv6_prefix`, a /64 unless set): a host is commonly given a whole /64 and can pick a
@@ -24,6 +25,8 @@ pub enum LimitHit {
     PerIp,
     /// This address opened `max_connection_rate_per_ip` connections in the last second.
     Rate,
+    /// `max_sessions_per_subject` sessions are open with tokens of this subject.
+    PerSubject,
 }
 
 impl LimitHit {
@@ -33,6 +36,7 @@ impl LimitHit {
             LimitHit::Total => "over the connection limit",
             LimitHit::PerIp => "over the per-address connection limit",
             LimitHit::Rate => "over the per-address connection rate",
+            LimitHit::PerSubject => "over the per-subject session limit",
         }
     }
 
@@ -60,6 +64,9 @@ pub enum Admission {
 /// Open connections per client address.
 type IpCounts = Arc<Mutex<HashMap<IpAddr, usize>>>;
 
+/// Open sessions (and connects under way) per token subject.
+type SubjectCounts = Arc<Mutex<HashMap<Arc<str>, usize>>>;
+
 /// Hands out connection slots. Its counts of open connections outlive it: a limiter
 /// rebuilt by a reload ([`ConnLimiter::reconfigured`]) goes on counting the connections
 /// the old one let in.
@@ -73,6 +80,9 @@ pub struct ConnLimiter {
     rate: Option<Arc<Rate>>,
     /// Leading bits of an IPv6 address that name the client.
     ipv6_prefix: u8,
+    /// 0: no per-subject cap (counted all the same, as `per_ip` is).
+    max_per_subject: usize,
+    per_subject: SubjectCounts,
 }
 
 /// IPv6 clients are counted per /64 unless `[limits] ipv6_prefix` says otherwise.
@@ -104,6 +114,26 @@ struct Rate {
 /// Every this many rate checks, addresses whose allowance is whole again are dropped, so
 /// the table holds only the addresses of the last second or so.
 const RATE_SWEEP_EVERY: u32 = 4096;
+
+/// A held place among one subject's sessions; dropping it frees the place.
+#[derive(Debug)]
+pub struct SubjectSlot {
+    subject: Arc<str>,
+    counts: SubjectCounts,
+}
+
+impl Drop for SubjectSlot {
+    fn drop(&mut self) {
+        if let Ok(mut counts) = self.counts.lock() {
+            if let Some(n) = counts.get_mut(&self.subject) {
+                *n -= 1;
+                if *n == 0 {
+                    counts.remove(&self.subject);
+                }
+            }
+        }
+    }
+}
 
 /// A held connection slot; dropping it frees the slot.
 #[derive(Debug)]
@@ -152,7 +182,15 @@ impl ConnLimiter {
             per_ip: IpCounts::default(),
             rate: NonZeroU32::new(rate_per_ip).map(|n| Arc::new(Rate::new(n))),
             ipv6_prefix: DEFAULT_IPV6_PREFIX,
+            max_per_subject: 0,
+            per_subject: SubjectCounts::default(),
         }
+    }
+
+    /// At most `max` sessions per token subject (0: no cap).
+    pub fn with_max_per_subject(mut self, max: usize) -> Self {
+        self.max_per_subject = max;
+        self
     }
 
     /// Counts IPv6 clients by their first `bits` bits (128: by full address).
@@ -169,6 +207,7 @@ impl ConnLimiter {
             limits.max_connection_rate_per_ip,
         )
         .with_ipv6_prefix(limits.ipv6_prefix)
+        .with_max_per_subject(limits.max_sessions_per_subject)
     }
 
     /// The limits `[limits]` asks for, counting the connections this limiter let in (and
@@ -189,7 +228,29 @@ impl ConnLimiter {
             per_ip: self.per_ip.clone(),
             rate,
             ipv6_prefix: limits.ipv6_prefix,
+            max_per_subject: limits.max_sessions_per_subject,
+            per_subject: self.per_subject.clone(),
         }
+    }
+
+    /// A place for a session of a token whose subject is `subject`, if the per-subject
+    /// cap allows it.
+    pub fn try_subject(&self, subject: &str) -> Result<SubjectSlot, LimitHit> {
+        let mut map = self.per_subject.lock().map_err(|_| LimitHit::PerSubject)?;
+        let subject: Arc<str> = match map.get_key_value(subject) {
+            Some((kept, _)) => kept.clone(),
+            None => Arc::from(subject),
+        };
+        let n = map.entry(subject.clone()).or_insert(0);
+        if self.max_per_subject > 0 && *n >= self.max_per_subject {
+            return Err(LimitHit::PerSubject);
+        }
+        *n += 1;
+        drop(map);
+        Ok(SubjectSlot {
+            subject,
+            counts: self.per_subject.clone(),
+        })
     }
 
     /// A slot for a connection from `ip`, if the rate and both caps allow it.
@@ -271,6 +332,31 @@ mod tests {
         assert_eq!(key("203.0.113.9", 64), ip("203.0.113.9"));
         assert_eq!(key("::ffff:203.0.113.9", 64), ip("203.0.113.9"));
         assert_eq!(key("::1", 64), ip("::"));
+    }
+
+    #[test]
+    fn subject_places_are_counted_across_a_reload_and_freed_when_dropped() {
+        let l = ConnLimiter::new(10, 0, 0).with_max_per_subject(2);
+        let held = [l.try_subject("alice"), l.try_subject("alice")];
+        assert!(held.iter().all(Result::is_ok));
+        assert_eq!(l.try_subject("alice").err(), Some(LimitHit::PerSubject));
+        assert!(l.try_subject("bob").is_ok());
+        // A reload that raises the cap counts the sessions already open.
+        let limits = crate::config::LimitsConfig {
+            max_sessions_per_subject: 3,
+            ..Default::default()
+        };
+        let raised = l.reconfigured(&limits);
+        let third = raised.try_subject("alice");
+        assert!(third.is_ok());
+        assert_eq!(raised.try_subject("alice").err(), Some(LimitHit::PerSubject));
+        drop(held);
+        drop(third);
+        assert!(l.per_subject.lock().is_ok_and(|m| m.is_empty()));
+        // Without a cap, any number.
+        let open = ConnLimiter::new(10, 0, 0);
+        let many: Vec<_> = (0..50).map(|_| open.try_subject("alice")).collect();
+        assert!(many.iter().all(Result::is_ok));
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::backend::{self, BackendConn};
 use crate::backend_tls::BackendStream;
 use crate::checks;
 use crate::credentials;
-use crate::limits::{Admission, LimitHit, Slot};
+use crate::limits::{Admission, LimitHit, Slot, SubjectSlot};
 use crate::metrics::{BackendLabel, Metrics};
 use crate::proxy_header;
 use crate::refusal::Refusal;
@@ -266,9 +266,13 @@ async fn handle(
             conn,
             response,
             token_expiry,
+            subject,
         }) => {
             let on_upgrade = hyper::upgrade::on(&mut req);
-            let slot = permit.lock().ok().and_then(|mut p| p.take());
+            let places = Places {
+                _conn: permit.lock().ok().and_then(|mut p| p.take()),
+                _subject: subject,
+            };
             Metrics::observe(
                 &shared.metrics.handshake_seconds,
                 &target,
@@ -291,7 +295,7 @@ async fn handle(
                     match on_upgrade.await {
                         Ok(upgraded) => {
                             let ids = (conn_id, peer);
-                            start_session(upgraded, conn, ids, token_expiry, slot, active)
+                            start_session(upgraded, conn, ids, token_expiry, places, active)
                         }
                         Err(e) => {
                             // The client left as its 101 went out: the backend, already
@@ -371,6 +375,8 @@ struct Prepared {
     response: Response<Body>,
     /// When the session must end because its token expires (`[auth] close_at_expiry`).
     token_expiry: Option<std::time::SystemTime>,
+    /// Its place among its token subject's sessions (`max_sessions_per_subject`).
+    subject: Option<SubjectSlot>,
 }
 
 /// Who sent a request: the client's address, its connection, and the certificate it
@@ -430,6 +436,16 @@ async fn prepare(
         .lookup(&creds.backend_id)
         .ok_or(Refusal::UnknownBackend)?;
     verifier.check_scopes(&claims, &pool.spec().required_scopes)?;
+    // Counted from here to the session's end: a refused subject costs no backend connect.
+    let subject = match claims.get("sub").and_then(serde_json::Value::as_str) {
+        Some(sub) => Some(
+            shared
+                .limiter()
+                .try_subject(sub)
+                .map_err(LimitHit::refusal)?,
+        ),
+        None => None,
+    };
     let target = pool.id().clone();
     let connect_started = std::time::Instant::now();
     let deflate_offers = config
@@ -498,6 +514,7 @@ async fn prepare(
         conn,
         response,
         token_expiry,
+        subject,
     })
 }
 
@@ -547,15 +564,22 @@ fn accept(
         .map_err(|_| Refusal::BadGateway("could not build the upgrade response".into()))
 }
 
+/// The places under `[limits]` a session holds until its end: its connection's slot, and
+/// its place among its token subject's sessions.
+struct Places {
+    _conn: Option<Slot>,
+    _subject: Option<SubjectSlot>,
+}
+
 /// Starts the session of an upgraded connection in a task of its own, which holds only
-/// what the session needs for its life (the proxy future, the connection-limit `slot`, the
-/// bookkeeping at its end), not what waiting for the upgrade needed.
+/// what the session needs for its life (the proxy future, its `places` under the limits,
+/// the bookkeeping at its end), not what waiting for the upgrade needed.
 fn start_session(
     upgraded: hyper::upgrade::Upgraded,
     backend: BackendConn,
     (conn_id, peer): (u64, SocketAddr),
     token_expiry: Option<std::time::SystemTime>,
-    slot: Option<Slot>,
+    places: Places,
     active: ActiveSession,
 ) {
     let shared = active.shared.clone();
@@ -588,7 +612,7 @@ fn start_session(
         conn_id,
         peer,
         deflate,
-        slot,
+        places,
         active,
     };
     let (lease, leftover) = (backend.lease, backend.leftover);
@@ -626,12 +650,12 @@ fn start_session(
 }
 
 /// What a session's task keeps for its end: who it was, for the log line, and what it
-/// holds until then (its connection-limit slot, its place among the active sessions).
+/// holds until then (its places under the limits, its place among the active sessions).
 struct SessionEnd {
     conn_id: u64,
     peer: SocketAddr,
     deflate: bool,
-    slot: Option<Slot>,
+    places: Places,
     active: ActiveSession,
 }
 
@@ -651,7 +675,7 @@ fn run_session<BR, BW>(
         conn_id,
         peer,
         deflate,
-        slot,
+        places,
         active,
     } = end;
     let shared = active.shared.clone();
@@ -668,7 +692,7 @@ fn run_session<BR, BW>(
     let backend_id = active.backend.clone();
     tokio::spawn(
         async move {
-            let _slot = slot;
+            let _places = places;
             let report = proxy.await;
             drop(active);
             shared.metrics.session_ended(&backend_id, &report);

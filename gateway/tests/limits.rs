@@ -234,6 +234,45 @@ async fn over_max_connections_per_ip_is_503_for_that_address_only() -> Result<()
 }
 
 #[tokio::test]
+async fn over_max_sessions_per_subject_is_503_for_that_subject_only_until_one_ends() -> Result<()> {
+    let tb = testbed_with_toml(&[], "[limits]\nmax_sessions_per_subject = 2\n").await?;
+    let pem = std::fs::read(certs().join("jwt-private.pem"))?;
+    let as_user = |sub: &str, backend: &str| -> Result<ConnectOptions> {
+        let mut claims = loadgen::token::sample_claims();
+        claims["sub"] = serde_json::Value::from(sub);
+        let token = loadgen::token::mint(&claims, &pem)?;
+        let mut opts = tb.connect_options(backend)?;
+        opts.set_header("Authorization", format!("Bearer {token}"));
+        Ok(opts)
+    };
+    // Counted across backends: a subject's sessions anywhere.
+    let mut a = connect(&as_user("alice", "Backend_ABC")?).await?;
+    let mut b = connect(&as_user("alice", "Backend_PQR")?).await?;
+    let (status, reason) = refused(&as_user("alice", "Backend_XYZ")?).await?;
+    ensure!(
+        status == 503,
+        "alice's third session got {status} {reason:?}"
+    );
+    ensure!(
+        reason.contains("per-subject"),
+        "503 reason {reason:?} does not name the per-subject limit"
+    );
+    // Another subject is not affected, and alice's two sessions are untouched.
+    let mut other = connect(&as_user("bob", "Backend_XYZ")?).await?;
+    echo(&mut other.ws, b"bob").await.context("bob")?;
+    echo(&mut a.ws, b"a").await.context("a")?;
+    echo(&mut b.ws, b"b").await.context("b")?;
+    // One of alice's ends: her place is free again.
+    ensure!(close_cleanly(&mut a.ws).await.context("a close")? == 1000);
+    drop(a);
+    let mut c = connect_when_free(&as_user("alice", "Backend_XYZ")?).await?;
+    echo(&mut c.ws, b"c").await.context("c")?;
+    let (status, _) = refused(&as_user("alice", "Backend_ABC")?).await?;
+    ensure!(status == 503, "alice over the limit again, got {status}");
+    Ok(())
+}
+
+#[tokio::test]
 async fn over_max_connection_rate_per_ip_is_429_for_that_address_until_a_second_passes(
 ) -> Result<()> {
     let tb = testbed_with_toml(&[], "[limits]\nmax_connection_rate_per_ip = 3\n").await?;
