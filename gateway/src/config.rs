@@ -195,6 +195,13 @@ pub struct ServerConfig {
     /// back, so messages stay compressed end to end (the gateway forwards them as they
     /// are, never inflating them). Off: no extension is negotiated on either side.
     pub permessage_deflate: bool,
+    /// A header that carries a fresh id for each upgrade request (a UUID): sent to the
+    /// backend with its handshake, given back to the client with its answer (101 or
+    /// refusal) and written on the gateway's log lines of the request and its session,
+    /// so one connection can be followed through the client's, the gateway's and the
+    /// backend's logs (Envoy's `x-request-id`, nginx's `$request_id`). A client's own
+    /// header of that name is dropped. `None`: no id.
+    pub request_id_header: Option<String>,
 }
 
 impl ServerConfig {
@@ -263,6 +270,7 @@ impl Default for ServerConfig {
             proxy_protocol: false,
             proxy_protocol_from: Vec::new(),
             permessage_deflate: true,
+            request_id_header: None,
         }
     }
 }
@@ -757,6 +765,27 @@ impl Config {
                 return Err(err("auth.forward_claims", header_name, problem));
             }
         }
+        if let Some(header_name) = &raw.server.request_id_header {
+            let problem = added_header_problem(header_name, "name it otherwise (X-Request-Id)")
+                .or_else(|| {
+                    let taken = raw
+                        .auth
+                        .forward_claims
+                        .keys()
+                        .any(|h| crate::backend::same_name(h, header_name))
+                        || raw
+                            .tls
+                            .client_cert_header
+                            .as_deref()
+                            .is_some_and(|h| crate::backend::same_name(h, header_name));
+                    taken.then(|| {
+                        "also a header of auth.forward_claims or tls.client_cert_header".into()
+                    })
+                });
+            if let Some(problem) = problem {
+                return Err(err("server", "request_id_header", problem));
+            }
+        }
         if let Some(header_name) = &raw.tls.client_cert_header {
             let problem = if raw.tls.client_ca.is_none() {
                 Some("needs tls.client_ca: without it no client presents a certificate".into())
@@ -987,7 +1016,7 @@ impl Config {
         };
         let _ = writeln!(
             o,
-            "[server]\nlisten = {}\npath = {}\nreuse_port = {}\nworkers = {}{}\nthreading = {}\nproxy_protocol = {}\nproxy_protocol_from = {}\npermessage_deflate = {}\n",
+            "[server]\nlisten = {}\npath = {}\nreuse_port = {}\nworkers = {}{}\nthreading = {}\nproxy_protocol = {}\nproxy_protocol_from = {}\npermessage_deflate = {}\n{}\n",
             q(&self.server.listen.to_string()),
             q(&self.server.path),
             self.server.reuse_port,
@@ -1000,7 +1029,8 @@ impl Config {
             q(self.server.threading.as_str()),
             self.server.proxy_protocol,
             list(&self.server.proxy_protocol_from.iter().map(ToString::to_string).collect::<Vec<_>>()),
-            self.server.permessage_deflate
+            self.server.permessage_deflate,
+            opt("request_id_header", &self.server.request_id_header)
         );
         let _ = writeln!(
             o,

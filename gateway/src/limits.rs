@@ -349,7 +349,10 @@ mod tests {
         let raised = l.reconfigured(&limits);
         let third = raised.try_subject("alice");
         assert!(third.is_ok());
-        assert_eq!(raised.try_subject("alice").err(), Some(LimitHit::PerSubject));
+        assert_eq!(
+            raised.try_subject("alice").err(),
+            Some(LimitHit::PerSubject)
+        );
         drop(held);
         drop(third);
         assert!(l.per_subject.lock().is_ok_and(|m| m.is_empty()));

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderValue};
+use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
@@ -134,6 +134,7 @@ pub async fn serve_connection(
                 peer,
                 conn_id,
                 client_cert,
+                request_id: None,
             };
             let response = handle(shared, req, from, permit, limit_hit).await;
             if response.status() != StatusCode::SWITCHING_PROTOCOLS {
@@ -239,15 +240,21 @@ async fn handle(
 ) -> Response<Body> {
     let (peer, conn_id) = (from.peer, from.conn_id);
     let started = std::time::Instant::now();
+    let request_id = RequestId::new(&shared);
+    let from = &Client {
+        request_id: request_id.as_ref().map(|r| r.value.clone()),
+        ..from
+    };
     if let Some(hit) = limit_hit {
-        return refuse(&shared, hit.refusal(), &from, &req);
+        return refuse(&shared, hit.refusal(), from, &req, request_id.as_ref());
     }
     if shared.draining.load(Ordering::Relaxed) {
         return refuse(
             &shared,
             Refusal::Unavailable("gateway is shutting down"),
-            &from,
+            from,
             &req,
+            request_id.as_ref(),
         );
     }
     // The one wait: what a client that leaves leaves during.
@@ -256,9 +263,10 @@ async fn handle(
         conn_id,
         peer,
         req: &req,
+        request_id: from.request_id.as_deref(),
     };
     let client_cert = from.client_cert.as_deref();
-    let prepared = prepare(&shared, &req, peer, client_cert).await;
+    let prepared = prepare(&shared, &req, peer, client_cert, request_id.as_ref()).await;
     waiting.answered();
     match prepared {
         Ok(Prepared {
@@ -281,10 +289,11 @@ async fn handle(
             let handshake_ms = started.elapsed().as_secs_f64() * 1e3;
             let instance = conn.lease.as_ref().map(|l| l.instance().addr.clone());
             let deflate = conn.extensions.is_some();
-            debug!(conn = conn_id, %peer, backend = %target, instance = instance.as_deref(), client_cert, handshake_ms, deflate, "upgrading");
+            let request_id = from.request_id.as_deref();
+            debug!(conn = conn_id, %peer, backend = %target, instance = instance.as_deref(), client_cert, request_id, handshake_ms, deflate, "upgrading");
             // A root span carrying the connection's fields itself: as a child it would keep
             // the connection's span (and its formatted fields) alive for the session's life.
-            let span = tracing::info_span!(parent: None, "session", conn = conn_id, %peer, backend = %target, instance = instance.as_deref(), client_cert);
+            let span = tracing::info_span!(parent: None, "session", conn = conn_id, %peer, backend = %target, instance = instance.as_deref(), client_cert, request_id);
             // Counted from the moment the 101 goes out, so a drain that starts before the
             // session task runs still waits for it and closes it with 1001.
             let active = ActiveSession::start(&shared, conn_id, &target);
@@ -316,24 +325,61 @@ async fn handle(
             );
             response
         }
-        Err(refusal) => refuse(&shared, refusal, &from, &req),
+        Err(refusal) => refuse(&shared, refusal, from, &req, request_id.as_ref()),
     }
 }
 
 /// Answers `req` with `refusal`, counted and logged with the backend ID it named (cut to
 /// a log-sized length: the client chose it).
-fn refuse<B>(shared: &Shared, refusal: Refusal, from: &Client, req: &Request<B>) -> Response<Body> {
+fn refuse<B>(
+    shared: &Shared,
+    refusal: Refusal,
+    from: &Client,
+    req: &Request<B>,
+    request_id: Option<&RequestId>,
+) -> Response<Body> {
     let (conn_id, peer, client_cert) = (from.conn_id, from.peer, from.client_cert.as_deref());
+    let request_id_text = from.request_id.as_deref();
     let status = refusal.status().as_u16();
     shared.metrics.refused(status, refusal.label());
     let backend = credentials::logged_backend(req, &shared.config().browser);
     let backend = backend.as_deref();
     if refusal.status().is_server_error() {
-        warn!(conn = conn_id, %peer, backend, client_cert, status, reason = %refusal, "refused");
+        warn!(conn = conn_id, %peer, backend, client_cert, request_id = request_id_text, status, reason = %refusal, "refused");
     } else {
-        info!(conn = conn_id, %peer, backend, client_cert, status, reason = %refusal, "refused");
+        info!(conn = conn_id, %peer, backend, client_cert, request_id = request_id_text, status, reason = %refusal, "refused");
     }
-    refusal.into_response()
+    let mut response = refusal.into_response();
+    if let Some(id) = request_id {
+        id.answer(response.headers_mut());
+    }
+    response
+}
+
+/// The id of one upgrade request (`[server] request_id_header`): sent to the backend,
+/// given back to the client, and on the log lines of the request and its session.
+struct RequestId {
+    name: HeaderName,
+    value: Arc<str>,
+}
+
+impl RequestId {
+    /// A fresh id, when the config in force asks for one.
+    fn new(shared: &Shared) -> Option<Self> {
+        let config = shared.config();
+        let name = config.server.request_id_header.as_deref()?;
+        Some(Self {
+            name: HeaderName::from_bytes(name.as_bytes()).ok()?,
+            value: uuid::Uuid::new_v4().to_string().into(),
+        })
+    }
+
+    /// Puts the id on an answer to the client.
+    fn answer(&self, headers: &mut hyper::HeaderMap) {
+        if let Ok(value) = HeaderValue::from_str(&self.value) {
+            headers.insert(self.name.clone(), value);
+        }
+    }
 }
 
 /// A request waiting for its answer (the token check, the backend connect). Dropped
@@ -346,6 +392,7 @@ struct ClientWaiting<'r, B> {
     peer: SocketAddr,
     /// The request, for the backend ID it named.
     req: &'r Request<B>,
+    request_id: Option<&'r str>,
 }
 
 impl<B> ClientWaiting<'_, B> {
@@ -361,7 +408,7 @@ impl<B> Drop for ClientWaiting<'_, B> {
         };
         shared.metrics.refused(499, "client_closed");
         let backend = credentials::logged_backend(self.req, &shared.config().browser);
-        info!(conn = self.conn_id, peer = %self.peer, backend = backend.as_deref(), status = 499, "client left before its answer");
+        info!(conn = self.conn_id, peer = %self.peer, backend = backend.as_deref(), request_id = self.request_id, status = 499, "client left before its answer");
     }
 }
 
@@ -385,6 +432,8 @@ struct Client {
     peer: SocketAddr,
     conn_id: u64,
     client_cert: Option<Arc<str>>,
+    /// The id of the request being answered (`[server] request_id_header`).
+    request_id: Option<Arc<str>>,
 }
 
 /// Runs every phase up to the 101: checks, auth, route, backend connect, accept.
@@ -393,6 +442,7 @@ async fn prepare(
     req: &Request<Incoming>,
     peer: SocketAddr,
     client_cert: Option<&str>,
+    request_id: Option<&RequestId>,
 ) -> Result<Prepared, Refusal> {
     let config = shared.config();
     let upgrade = checks::check(req, &config.server.path)?;
@@ -430,6 +480,11 @@ async fn prepare(
         if let Some(described) = client_cert {
             identity.push((name.clone(), described.to_owned()));
         }
+    }
+    if let Some(id) = request_id {
+        // A client's own header of that name is dropped; the backend gets the gateway's.
+        identity_names.push(id.name.as_str().to_owned());
+        identity.push((id.name.as_str().to_owned(), id.value.to_string()));
     }
     let pool = shared
         .router
@@ -503,12 +558,15 @@ async fn prepare(
             return Err(refusal);
         }
     };
-    let response = accept(
+    let mut response = accept(
         upgrade.key,
         creds.backend_protocols.as_deref(),
         creds.token_protocol,
         &conn,
     )?;
+    if let Some(id) = request_id {
+        id.answer(response.headers_mut());
+    }
     Ok(Prepared {
         target,
         conn,

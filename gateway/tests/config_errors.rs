@@ -193,6 +193,29 @@ fn a_bad_certificate_of_tls_certs_is_named_by_its_place() -> Result<()> {
 }
 
 #[test]
+fn a_request_id_header_the_gateway_cannot_write_is_refused() -> Result<()> {
+    let c = certs();
+    for (name, extra, expect) in [
+        ("Authorization", "", "gateway writes itself"),
+        ("X Id", "", "not a valid header name"),
+        (
+            "X-Auth-Subject",
+            "[auth.forward_claims]\nX-Auth-Subject = \"sub\"\n",
+            "also a header",
+        ),
+    ] {
+        let config = format!(
+            "[server]\nrequest_id_header = {name:?}\n[tls]\ncert = \"{c}/server.crt\"\nkey = \"{c}/server.key\"\n[auth]\npublic_key = \"{c}/jwt-public.pem\"\n{extra}[backends]\nA = \"ws://localhost:1/\"\n"
+        );
+        check(
+            &config,
+            &["Config.toml:2", "server.request_id_header", expect],
+        )?;
+    }
+    Ok(())
+}
+
+#[test]
 fn client_certificate_settings_that_cannot_work_are_refused() -> Result<()> {
     let c = certs();
     for (lines, expect) in [

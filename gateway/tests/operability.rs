@@ -1388,3 +1388,53 @@ async fn a_reload_waiting_on_its_provider_does_not_hold_up_the_exit() -> Result<
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_request_id_goes_to_the_backend_the_client_and_the_log_lines() -> Result<()> {
+    let mut probe =
+        support::probe::Probe::start(support::probe::Mode::Accept { protocol: None }).await?;
+    let gw = GatewayProc::start(ProcOptions {
+        backends: vec![("Backend_PROBE".into(), probe.url())],
+        server_toml: "request_id_header = \"X-Request-Id\"\n".into(),
+        ..ProcOptions::default()
+    })
+    .await?;
+    let config = loadgen::tls::client_config(Some(&certs().join("ca.crt")), false)
+        .map_err(anyhow::Error::msg)?;
+    let id_in = |head: &str| -> Option<String> {
+        head.lines().find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("x-request-id")
+                .then(|| value.trim().to_owned())
+        })
+    };
+    // The client's own id is replaced: a fresh one reaches the backend and comes back.
+    let forged = "X-Request-Id: forged\r\n";
+    let session =
+        support::tls_client::tls_session_with(gw.addr, config.clone(), "localhost", forged).await?;
+    let answered = id_in(&session.head).context("no id in the 101")?;
+    ensure!(
+        uuid::Uuid::parse_str(&answered).is_ok(),
+        "not a UUID: {answered:?}"
+    );
+    let support::probe::Event::Handshake(headers) = probe.next().await? else {
+        bail!("expected the handshake")
+    };
+    let told = support::probe::values(&headers, "x-request-id");
+    ensure!(told == [answered.as_str()], "the backend was told {told:?}");
+    let line = gw.log_line("session ended").await?;
+    ensure!(line.contains(&answered), "{line}");
+    // A refusal carries one too, and its log line names it; each request gets its own.
+    let mut tls = tls_connect_to(gw.addr).await?;
+    tls.write_all(b"GET /elsewhere HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(DEADLINE, tls.read_to_end(&mut answer)).await??;
+    let answer = String::from_utf8_lossy(&answer);
+    ensure!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    let refused_id = id_in(&answer).context("no id in the 404")?;
+    ensure!(refused_id != answered, "two requests, one id");
+    let line = gw.log_line("refused").await?;
+    ensure!(line.contains(&refused_id), "{line}");
+    Ok(())
+}

@@ -33,6 +33,8 @@ pub struct Negotiated {
     pub version: Option<ProtocolVersion>,
     pub suite: Option<CipherSuite>,
     pub kind: Option<HandshakeKind>,
+    /// The gateway's answer head (the 101), status line and headers.
+    pub head: String,
 }
 
 /// Connects to the gateway at `addr` with `config`, asking for `server_name` (SNI, when
@@ -92,6 +94,7 @@ pub async fn tls_session_with(
         version: conn.protocol_version(),
         suite: conn.negotiated_cipher_suite().map(|s| s.suite()),
         kind: conn.handshake_kind(),
+        head: String::from_utf8_lossy(&answer).into_owned(),
     };
     let mut ws = WebSocket::after_handshake(tls, Role::Client);
     ws.write_frame(Frame::binary(Payload::Borrowed(b"through")))
