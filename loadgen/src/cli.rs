@@ -157,9 +157,17 @@ pub struct LoadArgs {
     /// with `[server] proxy_protocol = true`.
     #[arg(long, value_name = "VERSION", value_parser = parse_proxy_protocol)]
     pub proxy_protocol: Option<ProxyHeader>,
-    /// Extra request header `Name: value` (repeatable).
+    /// Extra request header `Name: value` (repeatable). `{conn}` in the value is each
+    /// connection's number: `--header "X-Room: room-{conn}"` gives every connection a key
+    /// of its own, for a gateway pool with `balance = "hash"`.
     #[arg(long = "header", value_name = "NAME: VALUE", value_parser = parse_header)]
     pub headers: Vec<(String, String)>,
+    /// Mint N tokens, of subjects (`sub`) `loadgen-0` to `loadgen-<N-1>`, and give
+    /// connection i the one of subject i mod N: N users rather than one, for a pool that
+    /// hashes `claim:sub` or a gateway with `max_sessions_per_subject`. Only when loadgen
+    /// mints its tokens (not with --token or --no-token).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub subjects: Option<u32>,
     /// Write the report as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -294,6 +302,7 @@ impl LoadArgs {
             proxy_header: self.proxy_protocol,
             token: t.token_source(),
             headers: self.headers.clone(),
+            subjects: self.subjects,
             source_addrs: self.source_addrs.clone(),
             connect_timeout: t.connect_timeout,
             echo_timeout: self.echo_timeout,

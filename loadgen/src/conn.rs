@@ -70,6 +70,38 @@ pub struct Shared {
     pub live: Live,
     /// Reopen streams the server ends (`None`: such a connection just ends).
     pub reconnect: Option<Reconnect>,
+    /// Request headers that differ from one connection to the next.
+    pub per_conn: PerConn,
+}
+
+/// What `{conn}` in a `--header` value stands for: the connection's number.
+pub const CONN_PLACEHOLDER: &str = "{conn}";
+
+/// Request headers that differ from one connection to the next.
+#[derive(Debug, Clone, Default)]
+pub struct PerConn {
+    /// Headers whose value holds [`CONN_PLACEHOLDER`].
+    pub headers: Vec<(String, String)>,
+    /// Bearer tokens of distinct subjects (`--subjects`): connection i sends the one at
+    /// i mod their count. Empty: the one token in the connector's headers, if any.
+    pub tokens: Vec<String>,
+}
+
+impl PerConn {
+    /// The headers of connection `id`, after `ID: backend`.
+    fn for_conn(&self, id: u32, backend: &str) -> Vec<(String, String)> {
+        let mut out = Vec::with_capacity(2 + self.headers.len());
+        out.push(("ID".to_owned(), backend.to_owned()));
+        let n = id.to_string();
+        for (name, value) in &self.headers {
+            out.push((name.clone(), value.replace(CONN_PLACEHOLDER, &n)));
+        }
+        if !self.tokens.is_empty() {
+            let token = &self.tokens[id as usize % self.tokens.len()];
+            out.push(("Authorization".to_owned(), format!("Bearer {token}")));
+        }
+        out
+    }
 }
 
 /// How a connection whose stream the server ended opens a new one.
@@ -251,10 +283,12 @@ pub async fn run(
 /// One TCP (+ TLS) connect and upgrade for `plan`.
 async fn open(shared: &Shared, plan: Plan) -> Result<WsStream, crate::client::ConnectError> {
     let id = shared.backends.get(plan.backend).map_or("", String::as_str);
-    let upgraded = shared
-        .connector
-        .connect_raw(&[("ID", id)], plan.local)
-        .await?;
+    let headers = shared.per_conn.for_conn(plan.id, id);
+    let headers: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let upgraded = shared.connector.connect_raw(&headers, plan.local).await?;
     Ok(upgraded.stream)
 }
 
@@ -340,6 +374,26 @@ pub fn describe_close(payload: &[u8]) -> (u16, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn per_connection_headers_carry_the_connection_number_and_its_subjects_token() {
+        let per = PerConn {
+            headers: vec![("X-Room".into(), "room-{conn}".into())],
+            tokens: vec!["t0".into(), "t1".into()],
+        };
+        let got = per.for_conn(7, "Backend_ABC");
+        let want: Vec<(String, String)> = [
+            ("ID", "Backend_ABC"),
+            ("X-Room", "room-7"),
+            ("Authorization", "Bearer t1"),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+        assert_eq!(got, want);
+        let plain = PerConn::default().for_conn(7, "Backend_ABC");
+        assert_eq!(plain, vec![("ID".to_owned(), "Backend_ABC".to_owned())]);
+    }
 
     #[test]
     fn pushes_are_recognised() {

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::client::{ConnectOptions, Connector};
-use crate::conn::{self, End, Outcome, Phase, Plan, Reconnect, Shared};
+use crate::conn::{self, End, Outcome, Phase, Plan, Reconnect, Shared, CONN_PLACEHOLDER};
 use crate::progress::Progress;
 use crate::proxy_header::ProxyHeader;
 use crate::report::{self, Report, Usage};
@@ -67,8 +67,10 @@ pub struct LoadOptions {
     pub proxy_header: Option<ProxyHeader>,
     /// Bearer token source.
     pub token: TokenSource,
-    /// Extra request headers.
+    /// Extra request headers; `{conn}` in a value is each connection's number.
     pub headers: Vec<(String, String)>,
+    /// Mint this many tokens of distinct subjects, one per connection in turn.
+    pub subjects: Option<u32>,
     /// Source address policy.
     pub source_addrs: SourceAddrs,
     /// Limit on one connection's TCP + TLS + upgrade.
@@ -109,6 +111,7 @@ impl Default for LoadOptions {
             proxy_header: None,
             token: TokenSource::Mint(PathBuf::from("certs/jwt-private.pem")),
             headers: Vec::new(),
+            subjects: None,
             source_addrs: SourceAddrs::Auto,
             connect_timeout: Duration::from_secs(10),
             echo_timeout: Duration::from_secs(10),
@@ -247,14 +250,28 @@ pub async fn run(
             opts.conns
         );
     }
-    let mut headers = opts.headers.clone();
+    // Headers the same for every connection, and ones with a value per connection.
+    let (per_conn_headers, mut headers): (Vec<_>, Vec<_>) = opts
+        .headers
+        .iter()
+        .cloned()
+        .partition(|(_, v)| v.contains(CONN_PLACEHOLDER));
     // A key file that does not make a token is a bad option, as a missing one is.
-    let token = opts
-        .token
-        .token()
-        .map_err(|e| UsageError(format!("{e:#}")))?;
-    if let Some(token) = token {
-        headers.push(("Authorization".to_owned(), format!("Bearer {token}")));
+    let subject_tokens = match opts.subjects {
+        Some(n) => opts
+            .token
+            .tokens_for_subjects(n)
+            .map_err(|e| UsageError(format!("--subjects: {e:#}")))?,
+        None => Vec::new(),
+    };
+    if subject_tokens.is_empty() {
+        let token = opts
+            .token
+            .token()
+            .map_err(|e| UsageError(format!("{e:#}")))?;
+        if let Some(token) = token {
+            headers.push(("Authorization".to_owned(), format!("Bearer {token}")));
+        }
     }
     let connect_opts = ConnectOptions {
         url: opts.url.clone(),
@@ -294,6 +311,10 @@ pub async fn run(
         recorder: Recorder::new(opts.backends.len()),
         live: Live::new(opts.backends.len()),
         reconnect: opts.reconnect,
+        per_conn: crate::conn::PerConn {
+            headers: per_conn_headers,
+            tokens: subject_tokens,
+        },
     });
     let (phase_tx, phase_rx) = watch::channel(Phase::Connecting);
     let mut progress = Progress::new(opts.progress);

@@ -82,6 +82,25 @@ impl TokenSource {
             }
         }
     }
+
+    /// `n` sample tokens whose subjects are `loadgen-0` to `loadgen-<n-1>`; only a
+    /// minting source can make them.
+    pub fn tokens_for_subjects(&self, n: u32) -> anyhow::Result<Vec<String>> {
+        let TokenSource::Mint(path) = self else {
+            anyhow::bail!("needs loadgen to mint its tokens (not --token or --no-token)");
+        };
+        // The same checks and messages as for one token.
+        self.token()?;
+        let pem = std::fs::read(path)
+            .with_context(|| format!("reading the JWT signing key {}", path.display()))?;
+        (0..n)
+            .map(|i| {
+                let mut claims = sample_claims();
+                claims["sub"] = serde_json::Value::from(format!("loadgen-{i}"));
+                mint(&claims, &pem)
+            })
+            .collect()
+    }
 }
 
 /// What the first PEM block in `pem` holds, when it is not a private key: "a public key"

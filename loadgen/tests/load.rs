@@ -260,3 +260,57 @@ async fn the_connect_phase_is_measured_not_rounded_to_the_progress_tick() -> any
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subjects_spread_the_connections_over_that_many_token_subjects() -> anyhow::Result<()> {
+    // A gateway that lets each subject hold two sessions: one subject per two connections
+    // gets all six in, two subjects only four.
+    let tb = Testbed::start(TestbedOptions {
+        extra_toml: "[limits]\nmax_sessions_per_subject = 2\n".into(),
+        ..Default::default()
+    })
+    .await?;
+    let certs = tb.certs_dir();
+    for (subjects, opened) in [(3, 6), (2, 4)] {
+        let opts = LoadOptions {
+            url: tb.url(),
+            ca: Some(certs.join("ca.crt")),
+            token: loadgen::token::TokenSource::Mint(certs.join("jwt-private.pem")),
+            backends: vec!["Backend_ABC".into()],
+            conns: 6,
+            subjects: Some(subjects),
+            duration: Duration::from_millis(300),
+            ..Default::default()
+        };
+        let run = tokio::time::timeout(
+            Duration::from_secs(60),
+            loadgen::load::run(&opts, tokio::sync::mpsc::unbounded_channel().1),
+        )
+        .await??;
+        let c = &run.report.total.connections;
+        assert_eq!(c.opened, opened, "{subjects} subjects: {c:?}");
+        if opened < 6 {
+            let failures = &run.report.backends[0].connections.failures;
+            assert!(
+                failures.iter().all(|f| f.reason.contains("503")),
+                "{failures:?}"
+            );
+        }
+    }
+    // Only a minting source can make them.
+    let given = LoadOptions {
+        url: tb.url(),
+        token: loadgen::token::TokenSource::Given("abc".into()),
+        subjects: Some(2),
+        ..Default::default()
+    };
+    let err = loadgen::load::run(&given, tokio::sync::mpsc::unbounded_channel().1)
+        .await
+        .err()
+        .map(|e| format!("{e:#}"));
+    assert!(
+        err.as_deref().is_some_and(|e| e.contains("--subjects")),
+        "{err:?}"
+    );
+    Ok(())
+}
