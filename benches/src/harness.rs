@@ -111,7 +111,14 @@ impl Session {
             write: gw_backend_tx,
             leftover: Default::default(),
         };
-        let task = rt.spawn(session::proxy(client, backend, opts, shutdown_rx, ()));
+        let task = rt.spawn(session::proxy(
+            client,
+            backend,
+            opts,
+            shutdown_rx,
+            gateway::registry::CloseOrder::never(),
+            (),
+        ));
         Self {
             upstream: Pipe::new(client_tx, backend_rx),
             downstream: Pipe::new(backend_tx, client_rx),

@@ -209,6 +209,7 @@ fuzz_target!(|data: &[u8]| {
             },
             opts,
             rx,
+            gateway::registry::CloseOrder::never(),
             (),
         );
         let signal = async {

@@ -6,6 +6,7 @@
 //! | `GET /healthz` | 200 while the process runs |
 //! | `GET /readyz` | 200 when accepting; 503 while draining |
 //! | `POST /reload` | re-read the config file: 200 (naming start-up-only keys the file changed), or 400 with the reason (old config kept) |
+//! | `POST /sessions/close?backend=&instance=&subject=&max=&code=` | close the open sessions that match (`all=true`: every one), the client hearing `code` (1001 unless set): 200 with how many |
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -24,6 +25,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tracing::debug;
 
+use crate::registry::Filter;
 use crate::state::Shared;
 
 /// Admin connections open at once. Scrapers, health checks and reloads need a few; what
@@ -201,10 +203,26 @@ async fn answer(shared: &Arc<Shared>, req: &Request<Incoming>) -> Response<Full<
             ),
             Err(e) => text(StatusCode::BAD_REQUEST, &e.to_string()),
         },
+        (&Method::POST, "/sessions/close") => match close_order(req.uri().query()) {
+            Ok((filter, code)) => {
+                let closed = shared.sessions.close(&filter, code);
+                tracing::info!(
+                    closed,
+                    code,
+                    backend = filter.backend.as_deref(),
+                    instance = filter.instance.as_deref(),
+                    subject = filter.subject.as_deref(),
+                    max = filter.max,
+                    "sessions closed by the operator"
+                );
+                text(StatusCode::OK, &format!("closing {closed} sessions"))
+            }
+            Err(why) => text(StatusCode::BAD_REQUEST, &why),
+        },
         // RFC 9110 section 15.5.6: a 405 lists the methods the resource takes.
-        (_, path @ ("/metrics" | "/healthz" | "/readyz" | "/reload")) => {
+        (_, path @ ("/metrics" | "/healthz" | "/readyz" | "/reload" | "/sessions/close")) => {
             let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
-            let allow = if path == "/reload" {
+            let allow = if matches!(path, "/reload" | "/sessions/close") {
                 "POST"
             } else {
                 "GET, HEAD"
@@ -214,6 +232,58 @@ async fn answer(shared: &Arc<Shared>, req: &Request<Incoming>) -> Response<Full<
             r
         }
         _ => text(StatusCode::NOT_FOUND, "not found"),
+    }
+}
+
+/// The sessions `POST /sessions/close` is to close, and the code their clients hear, from
+/// its query: `backend`, `instance`, `subject` (each at most once, all that are given must
+/// match), `max`, `code`; with none of the three, `all=true` must say so.
+fn close_order(query: Option<&str>) -> Result<(Filter, u16), String> {
+    let mut filter = Filter::default();
+    let (mut code, mut all) = (1001u16, false);
+    let mut seen = std::collections::HashSet::new();
+    for (key, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        if !seen.insert(key.clone()) {
+            return Err(format!("{key} given twice"));
+        }
+        let number = |what: &str| {
+            value
+                .parse::<u64>()
+                .map_err(|_| format!("{what}: {value:?} is not a number"))
+        };
+        match &*key {
+            "backend" => filter.backend = Some(value.into_owned()),
+            "instance" => filter.instance = Some(value.into_owned()),
+            "subject" => filter.subject = Some(value.into_owned()),
+            "max" => filter.max = Some(usize::try_from(number("max")?).unwrap_or(usize::MAX)),
+            "code" => {
+                code = u16::try_from(number("code")?)
+                    .ok()
+                    .filter(|c| crate::registry::allowed_code(*c))
+                    .ok_or_else(|| {
+                        format!("code {value}: one of 1000, 1001, 1008, 1012, 1013 or 3000-4999")
+                    })?;
+            }
+            "all" => match &*value {
+                "true" => all = true,
+                "false" => {}
+                other => return Err(format!("all: {other:?}: expected true or false")),
+            },
+            other => {
+                return Err(format!(
+                "unknown parameter {other:?} (expected backend, instance, subject, max, code, all)"
+            ))
+            }
+        }
+    }
+    let narrowed =
+        filter.backend.is_some() || filter.instance.is_some() || filter.subject.is_some();
+    match (narrowed, all) {
+        (false, false) => {
+            Err("name backend, instance or subject (or all=true for every session)".into())
+        }
+        (true, true) => Err("all=true with backend, instance or subject: say one".into()),
+        _ => Ok((filter, code)),
     }
 }
 
@@ -232,4 +302,44 @@ fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<
         r.headers_mut().insert(header::CONTENT_TYPE, v);
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_close_order_names_what_it_closes_and_refuses_what_it_cannot_do() {
+        let parsed = close_order(Some(
+            "backend=Backend_ABC&instance=10.0.0.2%3A8081&max=5&code=4001",
+        ));
+        let want = Filter {
+            backend: Some("Backend_ABC".into()),
+            instance: Some("10.0.0.2:8081".into()),
+            subject: None,
+            max: Some(5),
+        };
+        assert_eq!(parsed, Ok((want, 4001)));
+        assert_eq!(
+            close_order(Some("subject=alice")).map(|(f, code)| (f.subject, code)),
+            Ok((Some("alice".into()), 1001))
+        );
+        assert_eq!(close_order(Some("all=true")), Ok((Filter::default(), 1001)));
+        for (query, problem) in [
+            (None, "name backend"),
+            (Some("max=3"), "name backend"),
+            (Some("all=true&subject=a"), "say one"),
+            (Some("subject=a&code=1011"), "one of 1000"),
+            (Some("subject=a&code=x"), "not a number"),
+            (Some("subject=a&subject=b"), "twice"),
+            (Some("subject=a&sub=b"), "unknown parameter"),
+            (Some("all=yes"), "expected true or false"),
+        ] {
+            let got = close_order(query);
+            assert!(
+                got.as_ref().is_err_and(|e| e.contains(problem)),
+                "{query:?}: {got:?}"
+            );
+        }
+    }
 }

@@ -37,8 +37,9 @@
 //! | [`batch`] | frames re-keyed in place and written at once; the rest kept in a batch |
 //! | [`utf8`] | UTF-8 checks of text messages, whole or fragment by fragment |
 //!
-//! Operations: [`admin`] (metrics, health, readiness, reload endpoint), [`metrics`]
-//! (Prometheus), [`reload`] (re-read the config file), [`cert_expiry`] (when the
+//! Operations: [`admin`] (metrics, health, readiness, reload and session-closing
+//! endpoints), [`metrics`] (Prometheus), [`reload`] (re-read the config file),
+//! [`registry`] (the open sessions, for an operator to close), [`cert_expiry`] (when the
 //! gateway's certificates expire).
 //!
 //! Support: [`config`] (Config.toml), [`pool_config`] (one `[backends]` entry), [`state`] (what connections share), [`wsclient`]
@@ -73,6 +74,7 @@ pub mod proxy_header;
 pub mod reader;
 pub mod records;
 pub mod refusal;
+pub mod registry;
 pub mod reload;
 pub mod resolve;
 pub mod route;

@@ -122,6 +122,13 @@ pub struct SubjectSlot {
     counts: SubjectCounts,
 }
 
+impl SubjectSlot {
+    /// The subject whose place this is.
+    pub fn subject(&self) -> &Arc<str> {
+        &self.subject
+    }
+}
+
 impl Drop for SubjectSlot {
     fn drop(&mut self) {
         if let Ok(mut counts) = self.counts.lock() {

@@ -28,6 +28,7 @@ use crate::limits::{Admission, LimitHit, Slot, SubjectSlot};
 use crate::metrics::{BackendLabel, Metrics};
 use crate::proxy_header;
 use crate::refusal::Refusal;
+use crate::registry::{CloseOrder, SessionInfo};
 use crate::session::{self, Side};
 use crate::state::Shared;
 use crate::tls_stream::{self, TlsStream};
@@ -277,6 +278,7 @@ async fn handle(
             subject,
         }) => {
             let on_upgrade = hyper::upgrade::on(&mut req);
+            let subject_name = subject.as_ref().map(|s| s.subject().clone());
             let places = Places {
                 _conn: permit.lock().ok().and_then(|mut p| p.take()),
                 _subject: subject,
@@ -296,7 +298,15 @@ async fn handle(
             let span = tracing::info_span!(parent: None, "session", conn = conn_id, %peer, backend = %target, instance = instance.as_deref(), client_cert, request_id);
             // Counted from the moment the 101 goes out, so a drain that starts before the
             // session task runs still waits for it and closes it with 1001.
-            let active = ActiveSession::start(&shared, conn_id, &target);
+            let active = ActiveSession::start(
+                &shared,
+                conn_id,
+                SessionInfo {
+                    backend: target.clone(),
+                    instance: instance.clone(),
+                    subject: subject_name,
+                },
+            );
             // This task only waits for the upgrade; the session gets a task of its own
             // (see `start_session`), so what is needed here is not held for its life.
             tokio::spawn(
@@ -734,8 +744,9 @@ fn run_session<BR, BW>(
         peer,
         deflate,
         places,
-        active,
+        mut active,
     } = end;
+    let close_order = active.close_order.take().unwrap_or_else(CloseOrder::never);
     let shared = active.shared.clone();
     // Boxed: awaiting a future held by value stores it twice in the awaiting future (the
     // captured value and the awaited one), which was ~2 KiB per idle session.
@@ -744,6 +755,7 @@ fn run_session<BR, BW>(
         backend,
         opts,
         shared.shutdown_rx.clone(),
+        close_order,
         // Counts this session against its pool instance while its backend connection lasts.
         lease,
     ));
@@ -834,25 +846,31 @@ struct ActiveSession {
     shared: Arc<Shared>,
     conn_id: u64,
     backend: Arc<str>,
+    /// What an operator closing it sends it; taken by the session when it starts.
+    close_order: Option<CloseOrder>,
 }
 
 impl ActiveSession {
-    fn start(shared: &Arc<Shared>, conn_id: u64, backend: &Arc<str>) -> Self {
+    fn start(shared: &Arc<Shared>, conn_id: u64, info: SessionInfo) -> Self {
         shared.active.fetch_add(1, Ordering::Relaxed);
         // By name, not a gauge handle kept for the session's life: the line of a backend
         // a reload removes goes with its last session, and one that came back since is
         // another gauge.
-        shared.metrics.active.opened(backend);
+        shared.metrics.active.opened(&info.backend);
+        let backend = info.backend.clone();
+        let close_order = shared.sessions.insert(conn_id, info);
         Self {
             shared: shared.clone(),
             conn_id,
-            backend: backend.clone(),
+            backend,
+            close_order: Some(close_order),
         }
     }
 }
 
 impl Drop for ActiveSession {
     fn drop(&mut self) {
+        self.shared.sessions.remove(self.conn_id);
         self.shared.active.fetch_sub(1, Ordering::Relaxed);
         self.shared.metrics.active.closed(&self.backend);
         if self.shared.drain_over.load(Ordering::Relaxed) {

@@ -21,6 +21,7 @@ use crate::forward::{
 use crate::frames::{self, Parsed};
 use crate::pair::{Either, Pair};
 use crate::reader::{FrameReader, Stop};
+use crate::registry::CloseOrder;
 use crate::ticker::Ticker;
 
 /// Sent to the backend when the client vanishes without a close.
@@ -69,13 +70,21 @@ pub const SESSION_LIMIT: CloseMsg = CloseMsg {
     reason: "session time limit",
 };
 
-/// Why a session has a deadline of its own.
+/// Sent to the backend when an operator closes the session (`POST /sessions/close`).
+pub const CLIENT_CLOSED_BY_OPERATOR: CloseMsg = CloseMsg {
+    code: 1001,
+    reason: "client closed by the gateway operator",
+};
+
+/// Why a session has a deadline of its own, or ends as one would.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeadlineKind {
     /// The client's token expires then (`[auth] close_at_expiry`).
     TokenExpiry,
     /// `[timeouts] max_session`.
     SessionLimit,
+    /// An operator closed it (`POST /sessions/close`), the client to hear this code.
+    Operator(u16),
 }
 
 impl DeadlineKind {
@@ -84,6 +93,13 @@ impl DeadlineKind {
         match self {
             DeadlineKind::TokenExpiry => (TOKEN_EXPIRED, CLIENT_TOKEN_EXPIRED),
             DeadlineKind::SessionLimit => (SESSION_LIMIT, SESSION_LIMIT),
+            DeadlineKind::Operator(code) => (
+                CloseMsg {
+                    code,
+                    reason: "closed by the gateway operator",
+                },
+                CLIENT_CLOSED_BY_OPERATOR,
+            ),
         }
     }
 }
@@ -180,7 +196,8 @@ pub struct SessionReport {
     pub closes_sent: (Option<u16>, Option<u16>),
     /// Whether a gateway shutdown ended the session.
     pub shutdown: bool,
-    /// The session's deadline ended it (the token's expiry or its time limit).
+    /// The session's deadline ended it (the token's expiry or its time limit), or an
+    /// operator did.
     pub deadline: Option<DeadlineKind>,
     /// Session duration.
     pub duration: Duration,
@@ -201,7 +218,8 @@ impl SessionReport {
 
     /// A short outcome label: `client_closed`, `backend_closed`, `client_lost`,
     /// `backend_lost`, `client_error`, `backend_error`, `client_idle`, `backend_idle`,
-    /// `client_stalled`, `backend_stalled`, `shutdown`, `token_expired`, `session_limit`.
+    /// `client_stalled`, `backend_stalled`, `shutdown`, `token_expired`, `session_limit`,
+    /// `closed_by_operator`.
     pub fn outcome(&self) -> &'static str {
         if self.shutdown {
             return "shutdown";
@@ -209,6 +227,7 @@ impl SessionReport {
         match self.deadline {
             Some(DeadlineKind::TokenExpiry) => return "token_expired",
             Some(DeadlineKind::SessionLimit) => return "session_limit",
+            Some(DeadlineKind::Operator(_)) => return "closed_by_operator",
             None => {}
         }
         match self.first {
@@ -261,8 +280,9 @@ pub struct Side<R, W> {
 }
 
 /// Proxies frames between a client (server role) and a backend (client role) until the
-/// session ends or `shutdown` changes. `backend_hold` (the backend connection's place in
-/// its pool) is dropped with the backend connection, which may be before the session ends.
+/// session ends, `shutdown` changes or `close_order` comes. `backend_hold` (the backend
+/// connection's place in its pool) is dropped with the backend connection, which may be
+/// before the session ends.
 ///
 /// Not an `async fn`: one keeps its arguments in its state for the session's whole life,
 /// beside what they were turned into (the sides' readers and writers, the limits), and
@@ -272,6 +292,7 @@ pub fn proxy<CR, CW, BR, BW, H>(
     backend: Side<BR, BW>,
     opts: SessionOptions,
     mut shutdown: watch::Receiver<bool>,
+    mut close_order: CloseOrder,
     backend_hold: H,
 ) -> impl Future<Output = SessionReport>
 where
@@ -341,6 +362,10 @@ where
                     Ok(()) = shutdown_signal(&mut shutdown) => (Direction::Upstream, PumpEnd::Stopped),
                     () = deadline_passed(&mut deadline) => {
                         ended_by = ends_at.map(|(_, kind)| kind);
+                        (Direction::Upstream, PumpEnd::Stopped)
+                    }
+                    code = &mut close_order => {
+                        ended_by = Some(DeadlineKind::Operator(code));
                         (Direction::Upstream, PumpEnd::Stopped)
                     }
                 }
@@ -694,7 +719,10 @@ mod tests {
             write: bw,
             leftover: Bytes::new(),
         };
-        (proxy(client, backend, opts, rx, ()), tx)
+        (
+            proxy(client, backend, opts, rx, CloseOrder::never(), ()),
+            tx,
+        )
     }
 
     /// A masked binary frame head from a client, for a payload of `len` bytes.
@@ -780,6 +808,70 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_operators_order_closes_the_client_with_its_code_and_the_backend_with_1001() {
+        let (client_gw, mut client_peer) = tokio::io::duplex(1 << 16);
+        let (backend_gw, mut backend_peer) = tokio::io::duplex(1 << 16);
+        let (cr, cw) = tokio::io::split(client_gw);
+        let (br, bw) = tokio::io::split(backend_gw);
+        let opts = SessionOptions {
+            max_message_size: 1 << 20,
+            max_frame_size: 1 << 20,
+            close_timeout: Duration::from_secs(10),
+            keepalive: None,
+            ends_at: None,
+            permessage_deflate: false,
+        };
+        let (_tx, rx) = watch::channel(false);
+        let registry = crate::registry::Registry::default();
+        let order = registry.insert(7, crate::registry::SessionInfo::default());
+        let side = |read, write| Side {
+            read,
+            write,
+            leftover: Bytes::new(),
+        };
+        let run = tokio::spawn(proxy(side(cr, cw), side(br, bw), opts, rx, order, ()));
+        let all = crate::registry::Filter::default();
+        assert_eq!(registry.close(&all, 4001), 1);
+        // To the client, unmasked: code 4001 and the reason.
+        let reason = b"closed by the gateway operator";
+        let mut got = vec![0u8; 4 + reason.len()];
+        client_peer
+            .read_exact(&mut got)
+            .await
+            .expect("client close");
+        assert_eq!(got[..4], [0x88, 2 + reason.len() as u8, 0x0F, 0xA1]);
+        assert_eq!(&got[4..], reason);
+        // To the backend, masked: 1001.
+        let reason = CLIENT_CLOSED_BY_OPERATOR.reason.as_bytes();
+        let mut head = [0u8; 6];
+        backend_peer
+            .read_exact(&mut head)
+            .await
+            .expect("backend close");
+        assert_eq!(head[..2], [0x88, 0x80 | (2 + reason.len() as u8)]);
+        let mut body = vec![0u8; 2 + reason.len()];
+        backend_peer
+            .read_exact(&mut body)
+            .await
+            .expect("close body");
+        crate::frames::apply_mask(&mut body, [head[2], head[3], head[4], head[5]]);
+        assert_eq!(body[..2], [0x03, 0xE9]);
+        assert_eq!(&body[2..], reason);
+        // Both answer; the session ends as the operator's.
+        client_peer
+            .write_all(&[0x88, 0x82, 0, 0, 0, 0, 0x0F, 0xA1])
+            .await
+            .expect("answer");
+        backend_peer
+            .write_all(&[0x88, 0x02, 0x03, 0xE9])
+            .await
+            .expect("answer");
+        drop((client_peer, backend_peer));
+        let report = run.await.expect("session");
+        assert_eq!(report.outcome(), "closed_by_operator");
+    }
+
+    #[tokio::test]
     async fn a_deadline_inside_a_large_client_frame_lets_it_finish_then_closes() {
         // The session's time limit comes while the client is half-way through a 300 KB
         // frame (passed on in pieces): the backend gets the whole frame, then its 1001.
@@ -803,7 +895,14 @@ mod tests {
             write,
             leftover: Bytes::new(),
         };
-        let run = tokio::spawn(proxy(side(cr, cw), side(br, bw), opts, rx, ()));
+        let run = tokio::spawn(proxy(
+            side(cr, cw),
+            side(br, bw),
+            opts,
+            rx,
+            CloseOrder::never(),
+            (),
+        ));
         // A masked binary frame of 300,000 bytes, key 0 (the payload as it is).
         let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
         let mut frame = vec![0x82, 0xFF];

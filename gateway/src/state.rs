@@ -49,6 +49,8 @@ pub struct Shared {
     pub resolver: Resolver,
     /// Sessions proxying now (all backends), for the drain wait.
     pub active: AtomicU64,
+    /// The open sessions, for an operator to close (`POST /sessions/close`).
+    pub sessions: crate::registry::Registry,
     /// Connections not upgraded yet (TLS handshake, request, backend connect), for the
     /// drain wait too: a request that arrives while draining gets its 503.
     pub handshaking: AtomicU64,
@@ -114,6 +116,7 @@ impl Shared {
             metrics,
             resolver,
             active: AtomicU64::new(0),
+            sessions: crate::registry::Registry::default(),
             handshaking: AtomicU64::new(0),
             requested: AtomicU64::new(0),
             draining: AtomicBool::new(false),

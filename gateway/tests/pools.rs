@@ -1363,3 +1363,96 @@ async fn hash_by_a_token_claim_keeps_one_user_on_one_instance() -> Result<()> {
     ensure!(used.len() >= 2, "12 users all on one instance: {home:?}");
     Ok(())
 }
+
+impl Gw {
+    /// A POST to the admin listener; returns (status, body).
+    async fn post(&self, path_and_query: &str) -> Result<(u16, String)> {
+        let mut tcp = tokio::net::TcpStream::connect(self.admin).await?;
+        let req = format!(
+            "POST {path_and_query} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        tcp.write_all(req.as_bytes()).await?;
+        let mut out = Vec::new();
+        tokio::time::timeout(DEADLINE, tcp.read_to_end(&mut out)).await??;
+        let text = String::from_utf8_lossy(&out).into_owned();
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .context("no status")?;
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.trim().to_owned());
+        Ok((status, body.unwrap_or_default()))
+    }
+}
+
+#[tokio::test]
+async fn an_operator_closes_the_sessions_of_one_instance_and_of_one_subject() -> Result<()> {
+    let inst = Instances::start().await?;
+    let gw = Gw::start(&urls_entry(&inst, &[0, 1, 2], ""), Arc::default(), None).await?;
+    let mut on: Vec<Vec<Connected>> = vec![Vec::new(), Vec::new(), Vec::new()];
+    for _ in 0..6 {
+        let (c, i) = session_on(&gw, &inst).await?;
+        on[i].push(c);
+    }
+    ensure!(inst.open() == [2, 2, 2], "{:?}", inst.open());
+    // Instance 0's two sessions, to move them elsewhere: their clients hear 1001 (go
+    // reconnect), the backend's side ends too, the others go on.
+    let (status, body) = gw
+        .post(&format!(
+            "/sessions/close?backend={ID}&instance={}",
+            inst.label(0)
+        ))
+        .await?;
+    ensure!(
+        status == 200 && body == "closing 2 sessions",
+        "{status} {body}"
+    );
+    for c in &mut on[0] {
+        let (code, reason) = expect_close(&mut c.ws).await?;
+        ensure!(
+            code == 1001 && reason == "closed by the gateway operator",
+            "{code} {reason:?}"
+        );
+    }
+    wait_for("instance 0's sessions to end", DEADLINE, || async {
+        Ok(inst.open()[0] == 0)
+    })
+    .await?;
+    for c in on[1..].iter_mut().flatten() {
+        echo(&mut c.ws, b"still here").await?;
+    }
+    // One subject's sessions (every client here is the sample's `ballerina`), one at most,
+    // with the code for "access withdrawn".
+    let (status, body) = gw
+        .post("/sessions/close?subject=ballerina&max=1&code=1008")
+        .await?;
+    ensure!(
+        status == 200 && body == "closing 1 sessions",
+        "{status} {body}"
+    );
+    let (code, _) = expect_close(&mut on[1][0].ws).await?;
+    ensure!(code == 1008, "the oldest open session got {code}");
+    let (status, body) = gw.post("/sessions/close?subject=nobody").await?;
+    ensure!(
+        status == 200 && body == "closing 0 sessions",
+        "{status} {body}"
+    );
+    // Nothing named: refused, nothing closed.
+    let (status, body) = gw.post("/sessions/close").await?;
+    ensure!(
+        status == 400 && body.contains("all=true"),
+        "{status} {body}"
+    );
+    echo(&mut on[2][0].ws, b"untouched").await?;
+    let m = gw.metrics().await?;
+    let closed =
+        format!("wsgate_sessions_total{{backend=\"{ID}\",outcome=\"closed_by_operator\"}} 3");
+    wait_for("the closed sessions to be counted", DEADLINE, || async {
+        Ok(gw.metrics().await?.contains(&closed))
+    })
+    .await
+    .with_context(|| m.clone())?;
+    Ok(())
+}
