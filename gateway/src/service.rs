@@ -241,13 +241,12 @@ async fn handle(
 ) -> Response<Body> {
     let (peer, conn_id) = (from.peer, from.conn_id);
     let started = std::time::Instant::now();
-    let request_id = RequestId::new(&shared);
     let from = &Client {
-        request_id: request_id.as_ref().map(|r| r.value.clone()),
+        request_id: RequestId::new(&shared),
         ..from
     };
     if let Some(hit) = limit_hit {
-        return refuse(&shared, hit.refusal(), from, &req, request_id.as_ref());
+        return refuse(&shared, hit.refusal(), from, &req);
     }
     if shared.draining.load(Ordering::Relaxed) {
         return refuse(
@@ -255,7 +254,6 @@ async fn handle(
             Refusal::Unavailable("gateway is shutting down"),
             from,
             &req,
-            request_id.as_ref(),
         );
     }
     // The one wait: what a client that leaves leaves during.
@@ -264,10 +262,10 @@ async fn handle(
         conn_id,
         peer,
         req: &req,
-        request_id: from.request_id.as_deref(),
+        request_id: from.request_id.as_ref().map(|id| &*id.value),
     };
     let client_cert = from.client_cert.as_deref();
-    let prepared = prepare(&shared, &req, peer, client_cert, request_id.as_ref()).await;
+    let prepared = prepare(&shared, &req, peer, client_cert, from.request_id.as_ref()).await;
     waiting.answered();
     match prepared {
         Ok(Prepared {
@@ -291,7 +289,7 @@ async fn handle(
             let handshake_ms = started.elapsed().as_secs_f64() * 1e3;
             let instance = conn.lease.as_ref().map(|l| l.instance().addr.clone());
             let deflate = conn.extensions.is_some();
-            let request_id = from.request_id.as_deref();
+            let request_id = from.request_id.as_ref().map(|id| &*id.value);
             debug!(conn = conn_id, %peer, backend = %target, instance = instance.as_deref(), client_cert, request_id, handshake_ms, deflate, "upgrading");
             // A root span carrying the connection's fields itself: as a child it would keep
             // the connection's span (and its formatted fields) alive for the session's life.
@@ -335,21 +333,16 @@ async fn handle(
             );
             response
         }
-        Err(refusal) => refuse(&shared, refusal, from, &req, request_id.as_ref()),
+        Err(refusal) => refuse(&shared, refusal, from, &req),
     }
 }
 
 /// Answers `req` with `refusal`, counted and logged with the backend ID it named (cut to
 /// a log-sized length: the client chose it).
-fn refuse<B>(
-    shared: &Shared,
-    refusal: Refusal,
-    from: &Client,
-    req: &Request<B>,
-    request_id: Option<&RequestId>,
-) -> Response<Body> {
+fn refuse<B>(shared: &Shared, refusal: Refusal, from: &Client, req: &Request<B>) -> Response<Body> {
     let (conn_id, peer, client_cert) = (from.conn_id, from.peer, from.client_cert.as_deref());
-    let request_id_text = from.request_id.as_deref();
+    let request_id = from.request_id.as_ref();
+    let request_id_text = request_id.map(|id| &*id.value);
     let status = refusal.status().as_u16();
     shared.metrics.refused(status, refusal.label());
     let backend = credentials::logged_backend(req, &shared.config().browser);
@@ -443,7 +436,7 @@ struct Client {
     conn_id: u64,
     client_cert: Option<Arc<str>>,
     /// The id of the request being answered (`[server] request_id_header`).
-    request_id: Option<Arc<str>>,
+    request_id: Option<RequestId>,
 }
 
 /// Runs every phase up to the 101: checks, auth, route, backend connect, accept.
