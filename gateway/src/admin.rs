@@ -6,6 +6,7 @@
 //! | `GET /healthz` | 200 while the process runs |
 //! | `GET /readyz` | 200 when accepting; 503 while draining |
 //! | `POST /reload` | re-read the config file: 200 (naming start-up-only keys the file changed), or 400 with the reason (old config kept) |
+//! | `GET /sessions?backend=&instance=&subject=&max=` | the open sessions that match (all, without a filter), the oldest first, as JSON |
 //! | `POST /sessions/close?backend=&instance=&subject=&max=&code=` | close the open sessions that match (`all=true`: every one), the client hearing `code` (1001 unless set): 200 with how many |
 
 use std::collections::BTreeMap;
@@ -203,6 +204,14 @@ async fn answer(shared: &Arc<Shared>, req: &Request<Incoming>) -> Response<Full<
             ),
             Err(e) => text(StatusCode::BAD_REQUEST, &e.to_string()),
         },
+        (&Method::GET, "/sessions") => match session_filter(req.uri().query()) {
+            Ok(filter) => {
+                let (sessions, total) = shared.sessions.list(&filter);
+                let body = serde_json::json!({ "total": total, "sessions": sessions });
+                reply(StatusCode::OK, "application/json", format!("{body}\n"))
+            }
+            Err(why) => text(StatusCode::BAD_REQUEST, &why),
+        },
         (&Method::POST, "/sessions/close") => match close_order(req.uri().query()) {
             Ok((filter, code)) => {
                 let closed = shared.sessions.close(&filter, code);
@@ -220,7 +229,11 @@ async fn answer(shared: &Arc<Shared>, req: &Request<Incoming>) -> Response<Full<
             Err(why) => text(StatusCode::BAD_REQUEST, &why),
         },
         // RFC 9110 section 15.5.6: a 405 lists the methods the resource takes.
-        (_, path @ ("/metrics" | "/healthz" | "/readyz" | "/reload" | "/sessions/close")) => {
+        (
+            _,
+            path @ ("/metrics" | "/healthz" | "/readyz" | "/reload" | "/sessions"
+            | "/sessions/close"),
+        ) => {
             let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
             let allow = if matches!(path, "/reload" | "/sessions/close") {
                 "POST"
@@ -234,6 +247,23 @@ async fn answer(shared: &Arc<Shared>, req: &Request<Incoming>) -> Response<Full<
         _ => text(StatusCode::NOT_FOUND, "not found"),
     }
 }
+
+/// The sessions `GET /sessions` lists: `backend`, `instance`, `subject`, `max` as for
+/// [`close_order`], none of them needed.
+fn session_filter(query: Option<&str>) -> Result<Filter, String> {
+    match close_order(query) {
+        Ok((filter, _)) => Ok(filter),
+        Err(why) if why.starts_with(NOTHING_NAMED) => close_order(Some(&format!(
+            "all=true{}",
+            query.map(|q| format!("&{q}")).unwrap_or_default()
+        )))
+        .map(|(filter, _)| filter),
+        Err(why) => Err(why),
+    }
+}
+
+/// The start of the answer to a close order that names no session.
+const NOTHING_NAMED: &str = "name backend, instance or subject";
 
 /// The sessions `POST /sessions/close` is to close, and the code their clients hear, from
 /// its query: `backend`, `instance`, `subject` (each at most once, all that are given must
@@ -279,9 +309,7 @@ fn close_order(query: Option<&str>) -> Result<(Filter, u16), String> {
     let narrowed =
         filter.backend.is_some() || filter.instance.is_some() || filter.subject.is_some();
     match (narrowed, all) {
-        (false, false) => {
-            Err("name backend, instance or subject (or all=true for every session)".into())
-        }
+        (false, false) => Err(format!("{NOTHING_NAMED} (or all=true for every session)")),
         (true, true) => Err("all=true with backend, instance or subject: say one".into()),
         _ => Ok((filter, code)),
     }

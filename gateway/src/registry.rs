@@ -34,6 +34,27 @@ pub struct SessionInfo {
     pub instance: Option<Arc<str>>,
     /// Its token's subject (`sub`).
     pub subject: Option<Arc<str>>,
+    /// The client's address.
+    pub peer: Option<std::net::SocketAddr>,
+}
+
+/// One open session as `GET /sessions` lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Listed {
+    /// The connection id of the gateway's log lines.
+    pub conn: u64,
+    /// Backend ID.
+    pub backend: String,
+    /// Pool instance.
+    pub instance: Option<String>,
+    /// Token subject.
+    pub subject: Option<String>,
+    /// Client address.
+    pub peer: Option<String>,
+    /// Seconds since the session began.
+    pub age_s: u64,
+    /// An operator ordered it closed, and it is closing.
+    pub closing: bool,
 }
 
 /// Which sessions to close: each filter set must match; `None` matches any.
@@ -155,6 +176,33 @@ impl Registry {
         self.len() == 0
     }
 
+    /// The sessions `filter` picks, the oldest first (`max` of them, if set), and how many
+    /// it picks in all.
+    pub fn list(&self, filter: &Filter) -> (Vec<Listed>, usize) {
+        let now = Instant::now();
+        let open = self.lock();
+        let mut picked: Vec<(&u64, &Entry)> = open
+            .iter()
+            .filter(|(_, e)| filter.matches(&e.info))
+            .collect();
+        let total = picked.len();
+        picked.sort_by_key(|(_, e)| e.started);
+        picked.truncate(filter.max.unwrap_or(usize::MAX));
+        let listed = picked
+            .into_iter()
+            .map(|(conn, e)| Listed {
+                conn: *conn,
+                backend: e.info.backend.to_string(),
+                instance: e.info.instance.as_deref().map(str::to_owned),
+                subject: e.info.subject.as_deref().map(str::to_owned),
+                peer: e.info.peer.map(|p| p.to_string()),
+                age_s: now.saturating_duration_since(e.started).as_secs(),
+                closing: e.order.code.load(Ordering::Acquire) != 0,
+            })
+            .collect();
+        (listed, total)
+    }
+
     /// Orders the sessions `filter` picks to close, the client hearing `code`; returns
     /// how many were ordered (a session already ordered is not counted again).
     pub fn close(&self, filter: &Filter, code: u16) -> usize {
@@ -182,6 +230,7 @@ mod tests {
             backend: backend.into(),
             instance: Some(instance.into()),
             subject: subject.map(Into::into),
+            peer: None,
         }
     }
 
@@ -225,6 +274,18 @@ mod tests {
         assert_eq!(r.close(&one_of_instance, 1001), 1);
         assert_eq!(ordered(&mut orders[2]), Some(1001));
         assert_eq!(ordered(&mut orders[1]), None);
+        let (listed, total) = r.list(&Filter {
+            backend: Some("A".into()),
+            max: Some(2),
+            ..Filter::default()
+        });
+        assert_eq!(total, 3);
+        let conns: Vec<(u64, bool)> = listed.iter().map(|l| (l.conn, l.closing)).collect();
+        assert_eq!(
+            conns,
+            [(0, true), (1, false)],
+            "the oldest two of backend A"
+        );
         r.remove(1);
         assert_eq!(
             r.close(&Filter::default(), 1001),

@@ -303,6 +303,7 @@ async fn handle(
                     backend: target.clone(),
                     instance: instance.clone(),
                     subject: subject_name,
+                    peer: Some(peer),
                 },
             );
             // This task only waits for the upgrade; the session gets a task of its own

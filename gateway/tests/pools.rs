@@ -1367,9 +1367,14 @@ async fn hash_by_a_token_claim_keeps_one_user_on_one_instance() -> Result<()> {
 impl Gw {
     /// A POST to the admin listener; returns (status, body).
     async fn post(&self, path_and_query: &str) -> Result<(u16, String)> {
+        self.admin_request("POST", path_and_query).await
+    }
+
+    /// A request to the admin listener; returns (status, body).
+    async fn admin_request(&self, method: &str, path_and_query: &str) -> Result<(u16, String)> {
         let mut tcp = tokio::net::TcpStream::connect(self.admin).await?;
         let req = format!(
-            "POST {path_and_query} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            "{method} {path_and_query} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         );
         tcp.write_all(req.as_bytes()).await?;
         let mut out = Vec::new();
@@ -1397,6 +1402,23 @@ async fn an_operator_closes_the_sessions_of_one_instance_and_of_one_subject() ->
         on[i].push(c);
     }
     ensure!(inst.open() == [2, 2, 2], "{:?}", inst.open());
+    // What is open, and on which instance.
+    let (status, body) = gw.admin_request("GET", "/sessions").await?;
+    ensure!(status == 200, "{status} {body}");
+    let listed: serde_json::Value = serde_json::from_str(&body)?;
+    ensure!(listed["total"] == 6, "{listed}");
+    let first = &listed["sessions"][0];
+    ensure!(
+        first["backend"] == ID && first["subject"] == "ballerina" && first["closing"] == false,
+        "{first}"
+    );
+    let path = format!("/sessions?instance={}", inst.label(0));
+    let (_, body) = gw.admin_request("GET", &path).await?;
+    let on_0: serde_json::Value = serde_json::from_str(&body)?;
+    ensure!(
+        on_0["total"] == 2 && on_0["sessions"][1]["instance"] == inst.label(0).as_str(),
+        "{on_0}"
+    );
     // Instance 0's two sessions, to move them elsewhere: their clients hear 1001 (go
     // reconnect), the backend's side ends too, the others go on.
     let (status, body) = gw
