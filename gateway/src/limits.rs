@@ -115,37 +115,41 @@ struct Rate {
 /// the table holds only the addresses of the last second or so.
 const RATE_SWEEP_EVERY: u32 = 4096;
 
-/// A held place among one subject's sessions; dropping it frees the place.
+/// A place counted under `key` in a map of counts (connections per address, sessions per
+/// subject); dropping it takes the count down, and the key out at zero.
 #[derive(Debug)]
-pub struct SubjectSlot {
-    subject: Arc<str>,
-    counts: SubjectCounts,
+pub struct Counted<K: std::hash::Hash + Eq> {
+    key: K,
+    counts: Arc<Mutex<HashMap<K, usize>>>,
 }
 
-impl SubjectSlot {
-    /// The subject whose place this is.
-    pub fn subject(&self) -> &Arc<str> {
-        &self.subject
+impl<K: std::hash::Hash + Eq> Counted<K> {
+    /// What this place is counted under.
+    pub fn key(&self) -> &K {
+        &self.key
     }
 }
 
-impl Drop for SubjectSlot {
+impl<K: std::hash::Hash + Eq> Drop for Counted<K> {
     fn drop(&mut self) {
         if let Ok(mut counts) = self.counts.lock() {
-            if let Some(n) = counts.get_mut(&self.subject) {
+            if let Some(n) = counts.get_mut(&self.key) {
                 *n -= 1;
                 if *n == 0 {
-                    counts.remove(&self.subject);
+                    counts.remove(&self.key);
                 }
             }
         }
     }
 }
 
+/// A held place among one subject's sessions; dropping it frees the place.
+pub type SubjectSlot = Counted<Arc<str>>;
+
 /// A held connection slot; dropping it frees the slot.
 #[derive(Debug)]
 pub struct Slot {
-    _ip: IpSlot,
+    _ip: Counted<IpAddr>,
     _total: TotalSlot,
 }
 
@@ -155,25 +159,6 @@ struct TotalSlot(Arc<AtomicUsize>);
 impl Drop for TotalSlot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-#[derive(Debug)]
-struct IpSlot {
-    ip: IpAddr,
-    counts: IpCounts,
-}
-
-impl Drop for IpSlot {
-    fn drop(&mut self) {
-        if let Ok(mut counts) = self.counts.lock() {
-            if let Some(n) = counts.get_mut(&self.ip) {
-                *n -= 1;
-                if *n == 0 {
-                    counts.remove(&self.ip);
-                }
-            }
-        }
     }
 }
 
@@ -254,8 +239,8 @@ impl ConnLimiter {
         }
         *n += 1;
         drop(map);
-        Ok(SubjectSlot {
-            subject,
+        Ok(Counted {
+            key: subject,
             counts: self.per_subject.clone(),
         })
     }
@@ -283,8 +268,8 @@ impl ConnLimiter {
         *n += 1;
         drop(map);
         Ok(Slot {
-            _ip: IpSlot {
-                ip,
+            _ip: Counted {
+                key: ip,
                 counts: self.per_ip.clone(),
             },
             _total: total,

@@ -276,7 +276,7 @@ async fn handle(
             subject,
         }) => {
             let on_upgrade = hyper::upgrade::on(&mut req);
-            let subject_name = subject.as_ref().map(|s| s.subject().clone());
+            let subject_name = subject.as_ref().map(|s| s.key().clone());
             let places = Places {
                 _conn: permit.lock().ok().and_then(|mut p| p.take()),
                 _subject: subject,
