@@ -251,24 +251,24 @@ async fn answer(shared: &Arc<Shared>, req: &Request<Incoming>) -> Response<Full<
 /// The sessions `GET /sessions` lists: `backend`, `instance`, `subject`, `max` as for
 /// [`close_order`], none of them needed.
 fn session_filter(query: Option<&str>) -> Result<Filter, String> {
-    match close_order(query) {
-        Ok((filter, _)) => Ok(filter),
-        Err(why) if why.starts_with(NOTHING_NAMED) => close_order(Some(&format!(
-            "all=true{}",
-            query.map(|q| format!("&{q}")).unwrap_or_default()
-        )))
-        .map(|(filter, _)| filter),
-        Err(why) => Err(why),
-    }
+    session_query(query).map(|(filter, _, _)| filter)
 }
 
-/// The start of the answer to a close order that names no session.
-const NOTHING_NAMED: &str = "name backend, instance or subject";
-
 /// The sessions `POST /sessions/close` is to close, and the code their clients hear, from
-/// its query: `backend`, `instance`, `subject` (each at most once, all that are given must
-/// match), `max`, `code`; with none of the three, `all=true` must say so.
+/// its query (see [`session_query`]); with none of `backend`, `instance` and `subject`,
+/// `all=true` must say so.
 fn close_order(query: Option<&str>) -> Result<(Filter, u16), String> {
+    let (filter, code, all) = session_query(query)?;
+    if !filter.names_any() && !all {
+        return Err("name backend, instance or subject (or all=true for every session)".into());
+    }
+    Ok((filter, code))
+}
+
+/// A `/sessions` query: `backend`, `instance`, `subject` (each at most once, all that are
+/// given must match), `max`, `code` (1001 unless given), and whether `all=true` was given
+/// (not together with any of the three).
+fn session_query(query: Option<&str>) -> Result<(Filter, u16, bool), String> {
     let mut filter = Filter::default();
     let (mut code, mut all) = (1001u16, false);
     let mut seen = std::collections::HashSet::new();
@@ -306,13 +306,10 @@ fn close_order(query: Option<&str>) -> Result<(Filter, u16), String> {
             }
         }
     }
-    let narrowed =
-        filter.backend.is_some() || filter.instance.is_some() || filter.subject.is_some();
-    match (narrowed, all) {
-        (false, false) => Err(format!("{NOTHING_NAMED} (or all=true for every session)")),
-        (true, true) => Err("all=true with backend, instance or subject: say one".into()),
-        _ => Ok((filter, code)),
+    if all && filter.names_any() {
+        return Err("all=true with backend, instance or subject: say one".into());
     }
+    Ok((filter, code, all))
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
@@ -353,6 +350,12 @@ mod tests {
             Ok((Some("alice".into()), 1001))
         );
         assert_eq!(close_order(Some("all=true")), Ok((Filter::default(), 1001)));
+        // A listing needs no filter; the query's other rules are the same.
+        for query in [None, Some("all=false"), Some("all=true")] {
+            assert_eq!(session_filter(query), Ok(Filter::default()), "{query:?}");
+        }
+        assert!(session_filter(Some("all=true&subject=a")).is_err_and(|e| e.contains("say one")));
+        assert!(session_filter(Some("max=x")).is_err_and(|e| e.contains("not a number")));
         for (query, problem) in [
             (None, "name backend"),
             (Some("max=3"), "name backend"),

@@ -71,6 +71,11 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// Whether it names a backend, an instance or a subject (else it matches every session).
+    pub fn names_any(&self) -> bool {
+        self.backend.is_some() || self.instance.is_some() || self.subject.is_some()
+    }
+
     fn matches(&self, info: &SessionInfo) -> bool {
         let same = |want: &Option<String>, have: Option<&str>| {
             want.as_deref().is_none_or(|w| have == Some(w))
