@@ -64,22 +64,9 @@ impl TokenSource {
         match self {
             TokenSource::None => Ok(None),
             TokenSource::Given(t) => Ok(Some(t.clone())),
-            TokenSource::Mint(path) => {
-                let pem = std::fs::read(path)
-                    .with_context(|| format!("reading the JWT signing key {}", path.display()))?;
-                // jsonwebtoken takes any PEM block as an encoding key (a public key, a
-                // certificate) and fails only at signing, with a bare "signature error":
-                // say what the file holds instead.
-                if let Some(what) = not_a_private_key(&pem) {
-                    anyhow::bail!(
-                        "{} holds {what}: --jwt-key needs the RSA private key",
-                        path.display()
-                    );
-                }
-                mint_sample(&pem)
-                    .with_context(|| format!("minting a token with {}", path.display()))
-                    .map(Some)
-            }
+            TokenSource::Mint(path) => mint_sample(&signing_key(path)?)
+                .with_context(|| format!("minting a token with {}", path.display()))
+                .map(Some),
         }
     }
 
@@ -89,18 +76,32 @@ impl TokenSource {
         let TokenSource::Mint(path) = self else {
             anyhow::bail!("needs loadgen to mint its tokens (not --token or --no-token)");
         };
-        // The same checks and messages as for one token.
-        self.token()?;
-        let pem = std::fs::read(path)
-            .with_context(|| format!("reading the JWT signing key {}", path.display()))?;
+        let pem = signing_key(path)?;
         (0..n)
             .map(|i| {
                 let mut claims = sample_claims();
                 claims["sub"] = serde_json::Value::from(format!("loadgen-{i}"));
                 mint(&claims, &pem)
+                    .with_context(|| format!("minting a token with {}", path.display()))
             })
             .collect()
     }
+}
+
+/// The PEM of the RSA private key at `path`, read for minting tokens.
+fn signing_key(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    let pem = std::fs::read(path)
+        .with_context(|| format!("reading the JWT signing key {}", path.display()))?;
+    // jsonwebtoken takes any PEM block as an encoding key (a public key, a certificate)
+    // and fails only at signing, with a bare "signature error": say what the file holds
+    // instead.
+    if let Some(what) = not_a_private_key(&pem) {
+        anyhow::bail!(
+            "{} holds {what}: --jwt-key needs the RSA private key",
+            path.display()
+        );
+    }
+    Ok(pem)
 }
 
 /// What the first PEM block in `pem` holds, when it is not a private key: "a public key"
