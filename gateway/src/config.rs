@@ -422,6 +422,16 @@ pub struct AuthConfig {
     pub forward_claims: BTreeMap<String, String>,
 }
 
+impl AuthConfig {
+    /// Whether `[auth.forward_claims]` writes a header named `name` (in any case or
+    /// spelling a backend would take for it).
+    pub fn forwards_header(&self, name: &str) -> bool {
+        self.forward_claims
+            .keys()
+            .any(|h| crate::backend::same_name(h, name))
+    }
+}
+
 impl Default for AuthConfig {
     fn default() -> Self {
         Self {
@@ -768,11 +778,7 @@ impl Config {
         if let Some(header_name) = &raw.server.request_id_header {
             let problem = added_header_problem(header_name, "name it otherwise (X-Request-Id)")
                 .or_else(|| {
-                    let taken = raw
-                        .auth
-                        .forward_claims
-                        .keys()
-                        .any(|h| crate::backend::same_name(h, header_name))
+                    let taken = raw.auth.forwards_header(header_name)
                         || raw
                             .tls
                             .client_cert_header
@@ -793,12 +799,7 @@ impl Config {
                 added_header_problem(header_name, "name it otherwise (X-Client-Cert)")
             {
                 Some(problem)
-            } else if raw
-                .auth
-                .forward_claims
-                .keys()
-                .any(|h| crate::backend::same_name(h, header_name))
-            {
+            } else if raw.auth.forwards_header(header_name) {
                 Some("also a header of auth.forward_claims".into())
             } else {
                 None
