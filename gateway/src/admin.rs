@@ -7,7 +7,7 @@
 //! | `GET /readyz` | 200 when accepting; 503 while draining |
 //! | `POST /reload` | re-read the config file: 200 (naming start-up-only keys the file changed), or 400 with the reason (old config kept) |
 //! | `GET /sessions?backend=&instance=&subject=&max=` | the open sessions that match (all, without a filter), the oldest first, as JSON |
-//! | `POST /sessions/close?backend=&instance=&subject=&max=&code=` | close the open sessions that match (`all=true`: every one), the client hearing `code` (1001 unless set): 200 with how many |
+//! | `POST /sessions/close?backend=&instance=&subject=&max=&code=&spread=` | close the open sessions that match (`all=true`: every one), the client hearing `code` (1001 unless set), all at once or evenly over `spread` (e.g. `30s`): 200 with how many |
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -26,7 +26,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tracing::debug;
 
-use crate::registry::Filter;
+use crate::registry::{Closing, Filter};
 use crate::state::Shared;
 
 /// Admin connections open at once. Scrapers, health checks and reloads need a few; what
@@ -213,8 +213,23 @@ async fn answer(shared: &Arc<Shared>, req: &Request<Incoming>) -> Response<Full<
             Err(why) => text(StatusCode::BAD_REQUEST, &why),
         },
         (&Method::POST, "/sessions/close") => match close_order(req.uri().query()) {
-            Ok((filter, code)) => {
-                let closed = shared.sessions.close(&filter, code);
+            Ok(CloseRequest {
+                filter,
+                code,
+                spread,
+            }) => {
+                let picked = shared.sessions.pick(&filter);
+                let how = Closing::Operator(code);
+                let (closed, over) = if spread.is_zero() {
+                    (picked.close_now(how), String::new())
+                } else {
+                    let count = picked.len();
+                    tokio::spawn(picked.close_over(how, spread).run());
+                    (
+                        count,
+                        format!(" over {}", humantime::format_duration(spread)),
+                    )
+                };
                 tracing::info!(
                     closed,
                     code,
@@ -222,9 +237,10 @@ async fn answer(shared: &Arc<Shared>, req: &Request<Incoming>) -> Response<Full<
                     instance = filter.instance.as_deref(),
                     subject = filter.subject.as_deref(),
                     max = filter.max,
+                    spread = %humantime::format_duration(spread),
                     "sessions closed by the operator"
                 );
-                text(StatusCode::OK, &format!("closing {closed} sessions"))
+                text(StatusCode::OK, &format!("closing {closed} sessions{over}"))
             }
             Err(why) => text(StatusCode::BAD_REQUEST, &why),
         },
@@ -251,26 +267,57 @@ async fn answer(shared: &Arc<Shared>, req: &Request<Incoming>) -> Response<Full<
 /// The sessions `GET /sessions` lists: `backend`, `instance`, `subject`, `max` as for
 /// [`close_order`], none of them needed.
 fn session_filter(query: Option<&str>) -> Result<Filter, String> {
-    session_query(query).map(|(filter, _, _)| filter)
+    session_query(query).map(|q| q.filter)
 }
 
-/// The sessions `POST /sessions/close` is to close, and the code their clients hear, from
-/// its query (see [`session_query`]); with none of `backend`, `instance` and `subject`,
-/// `all=true` must say so.
-fn close_order(query: Option<&str>) -> Result<(Filter, u16), String> {
-    let (filter, code, all) = session_query(query)?;
+/// The longest `spread` a close order may ask for.
+const MAX_SPREAD: Duration = Duration::from_secs(24 * 3600);
+
+/// What `POST /sessions/close` is to do.
+#[derive(Debug, PartialEq, Eq)]
+struct CloseRequest {
+    /// The sessions to close.
+    filter: Filter,
+    /// What their clients hear.
+    code: u16,
+    /// Over how long their closes are spread (zero: all at once).
+    spread: Duration,
+}
+
+/// What `POST /sessions/close` is to do, from its query (see [`session_query`]); with none
+/// of `backend`, `instance` and `subject`, `all=true` must say so.
+fn close_order(query: Option<&str>) -> Result<CloseRequest, String> {
+    let SessionQuery {
+        filter,
+        code,
+        all,
+        spread,
+    } = session_query(query)?;
     if !filter.names_any() && !all {
         return Err("name backend, instance or subject (or all=true for every session)".into());
     }
-    Ok((filter, code))
+    Ok(CloseRequest {
+        filter,
+        code,
+        spread,
+    })
+}
+
+/// A `/sessions` query as given.
+struct SessionQuery {
+    filter: Filter,
+    code: u16,
+    all: bool,
+    spread: Duration,
 }
 
 /// A `/sessions` query: `backend`, `instance`, `subject` (each at most once, all that are
-/// given must match), `max`, `code` (1001 unless given), and whether `all=true` was given
-/// (not together with any of the three).
-fn session_query(query: Option<&str>) -> Result<(Filter, u16, bool), String> {
+/// given must match), `max`, `code` (1001 unless given), `spread` (a duration, at most a
+/// day; none unless given), and whether `all=true` was given (not together with any of
+/// the three).
+fn session_query(query: Option<&str>) -> Result<SessionQuery, String> {
     let mut filter = Filter::default();
-    let (mut code, mut all) = (1001u16, false);
+    let (mut code, mut all, mut spread) = (1001u16, false, Duration::ZERO);
     let mut seen = std::collections::HashSet::new();
     for (key, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         if !seen.insert(key.clone()) {
@@ -294,6 +341,13 @@ fn session_query(query: Option<&str>) -> Result<(Filter, u16, bool), String> {
                         format!("code {value}: one of 1000, 1001, 1008, 1012, 1013 or 3000-4999")
                     })?;
             }
+            "spread" => {
+                spread = crate::config::parse_duration(&value)
+                    .map_err(|e| format!("spread: {e}"))?;
+                if spread > MAX_SPREAD {
+                    return Err(format!("spread {value:?}: at most 1 day"));
+                }
+            }
             "all" => match &*value {
                 "true" => all = true,
                 "false" => {}
@@ -301,7 +355,7 @@ fn session_query(query: Option<&str>) -> Result<(Filter, u16, bool), String> {
             },
             other => {
                 return Err(format!(
-                "unknown parameter {other:?} (expected backend, instance, subject, max, code, all)"
+                "unknown parameter {other:?} (expected backend, instance, subject, max, code, spread, all)"
             ))
             }
         }
@@ -309,7 +363,12 @@ fn session_query(query: Option<&str>) -> Result<(Filter, u16, bool), String> {
     if all && filter.names_any() {
         return Err("all=true with backend, instance or subject: say one".into());
     }
-    Ok((filter, code, all))
+    Ok(SessionQuery {
+        filter,
+        code,
+        all,
+        spread,
+    })
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
@@ -344,12 +403,24 @@ mod tests {
             subject: None,
             max: Some(5),
         };
-        assert_eq!(parsed, Ok((want, 4001)));
+        let order = |filter, code, spread| CloseRequest {
+            filter,
+            code,
+            spread,
+        };
+        assert_eq!(parsed, Ok(order(want, 4001, Duration::ZERO)));
         assert_eq!(
-            close_order(Some("subject=alice")).map(|(f, code)| (f.subject, code)),
+            close_order(Some("subject=alice")).map(|o| (o.filter.subject, o.code)),
             Ok((Some("alice".into()), 1001))
         );
-        assert_eq!(close_order(Some("all=true")), Ok((Filter::default(), 1001)));
+        assert_eq!(
+            close_order(Some("all=true")),
+            Ok(order(Filter::default(), 1001, Duration::ZERO))
+        );
+        assert_eq!(
+            close_order(Some("all=true&spread=1m30s")),
+            Ok(order(Filter::default(), 1001, Duration::from_secs(90)))
+        );
         // A listing needs no filter; the query's other rules are the same.
         for query in [None, Some("all=false"), Some("all=true")] {
             assert_eq!(session_filter(query), Ok(Filter::default()), "{query:?}");
@@ -365,6 +436,8 @@ mod tests {
             (Some("subject=a&subject=b"), "twice"),
             (Some("subject=a&sub=b"), "unknown parameter"),
             (Some("all=yes"), "expected true or false"),
+            (Some("all=true&spread=soon"), "spread: "),
+            (Some("all=true&spread=2d"), "at most 1 day"),
         ] {
             let got = close_order(query);
             assert!(

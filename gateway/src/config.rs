@@ -521,6 +521,12 @@ pub struct TimeoutsConfig {
     /// before the process exits anyway.
     #[serde(with = "humane")]
     pub drain: Duration,
+    /// On SIGTERM/Ctrl-C: close the open sessions a few at a time over this period, the
+    /// oldest first, rather than all at once, so that their clients' reconnects reach the
+    /// other gateways and the backends as a trickle, not a storm (HAProxy's
+    /// `close-spread-time`). `"0s"`: all at once. Shorter than `drain`.
+    #[serde(with = "humane")]
+    pub drain_spread: Duration,
     /// The longest a session lives: at a moment drawn between 90 % and 100 % of it (so
     /// that sessions opened together do not all end together), both sides get 1001
     /// "session time limit" and the client reconnects — to wherever the load balancer
@@ -539,6 +545,7 @@ impl Default for TimeoutsConfig {
             close: Duration::from_secs(5),
             idle: Duration::from_secs(120),
             drain: Duration::from_secs(10),
+            drain_spread: Duration::ZERO,
             max_session: Duration::ZERO,
         }
     }
@@ -918,6 +925,17 @@ impl Config {
                 ),
             ));
         }
+        // The last sessions told must still have time to close before the drain ends.
+        if !raw.timeouts.drain_spread.is_zero() && raw.timeouts.drain_spread >= raw.timeouts.drain {
+            return Err(err(
+                "timeouts",
+                "drain_spread",
+                format!(
+                    "must be shorter than drain ({}), which also bounds the closes it spreads",
+                    humantime::format_duration(raw.timeouts.drain)
+                ),
+            ));
+        }
         let (admin, server) = (raw.admin.listen, raw.server.listen);
         if raw.admin.enabled && listeners_overlap(admin, server) {
             return Err(err(
@@ -1121,8 +1139,8 @@ impl Config {
         let t = &self.timeouts;
         let _ = writeln!(
             o,
-            "[timeouts]\ntls_handshake = {}\nheader_read = {}\nbackend_connect = {}\nclose = {}\nidle = {}\ndrain = {}\nmax_session = {}\n",
-            secs(t.tls_handshake), secs(t.header_read), secs(t.backend_connect), secs(t.close), secs(t.idle), secs(t.drain), secs(t.max_session)
+            "[timeouts]\ntls_handshake = {}\nheader_read = {}\nbackend_connect = {}\nclose = {}\nidle = {}\ndrain = {}\ndrain_spread = {}\nmax_session = {}\n",
+            secs(t.tls_handshake), secs(t.header_read), secs(t.backend_connect), secs(t.close), secs(t.idle), secs(t.drain), secs(t.drain_spread), secs(t.max_session)
         );
         let _ = writeln!(
             o,

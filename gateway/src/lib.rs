@@ -145,7 +145,10 @@ impl Reloader {
 /// A gateway ready to serve: config validated, keys and certificates loaded.
 pub struct Gateway {
     shared: Arc<Shared>,
+    /// Sessions close (see [`Shared::shutdown_rx`]).
     shutdown_tx: watch::Sender<bool>,
+    /// Handshakes waiting on backends give up (see [`Shared::handshakes_stop`]).
+    handshakes_stop_tx: watch::Sender<bool>,
 }
 
 impl Gateway {
@@ -174,11 +177,20 @@ impl Gateway {
             }
         }
         let parts = state::Parts { config, ..parts };
-        let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let shared = Shared::with_lookup(parts, shutdown_rx, lookup);
+        let (shutdown_tx, sessions) = watch::channel(false);
+        let (handshakes_stop_tx, handshakes) = watch::channel(false);
+        let shared = Shared::with_lookup(
+            parts,
+            state::Stops {
+                sessions,
+                handshakes,
+            },
+            lookup,
+        );
         Ok(Self {
             shared: Arc::new(shared),
             shutdown_tx,
+            handshakes_stop_tx,
         })
     }
 
@@ -223,9 +235,24 @@ impl Gateway {
         listener::run(listener, self.shared.clone(), &workers, shutdown).await;
         key_set_refresh.abort();
         self.shared.draining.store(true, Ordering::Relaxed);
-        let _ = self.shutdown_tx.send(true);
+        let _ = self.handshakes_stop_tx.send(true);
         // The drain in force now: a reload may have changed it since the start.
-        let deadline = tokio::time::Instant::now() + self.shared.config().timeouts.drain;
+        let timeouts = self.shared.config().timeouts.clone();
+        let deadline = tokio::time::Instant::now() + timeouts.drain;
+        // With a spread, the sessions open now are told in turn, and the shutdown signal
+        // (for sessions whose handshakes were under way) waits for its end.
+        let mut spread = if timeouts.drain_spread.is_zero() {
+            let _ = self.shutdown_tx.send(true);
+            None
+        } else {
+            let picked = self.shared.sessions.pick(&registry::Filter::default());
+            info!(
+                sessions = picked.len(),
+                over = %humantime::format_duration(timeouts.drain_spread),
+                "draining: closing the open sessions spread over drain_spread"
+            );
+            Some(picked.close_over(registry::Closing::Shutdown, timeouts.drain_spread))
+        };
         // Connections still in their handshake are waited for too: their requests get a
         // 503 (or, if already past the checks, a session closed at once with 1001). One
         // no request has come on yet only for a moment: a browser's pre-connection or a
@@ -240,8 +267,16 @@ impl Gateway {
             self.shared.active.load(Ordering::Relaxed) + connections
         };
         while busy() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            if spread
+                .as_mut()
+                .is_some_and(|s| s.close_due(tokio::time::Instant::now()))
+            {
+                spread = None;
+                let _ = self.shutdown_tx.send(true);
+            }
+            tokio::time::sleep(registry::SPREAD_STEP).await;
         }
+        let _ = self.shutdown_tx.send(true);
         let remaining = self.shared.active.load(Ordering::Relaxed);
         let handshaking = self.shared.handshaking.load(Ordering::Relaxed);
         if remaining > 0 {

@@ -420,7 +420,7 @@ impl Pool {
 
     /// Picks an instance of `list` not in `tried` (bit i = index i) and not at its
     /// `max_sessions`: a healthy one by the pool's policy, else (all ejected) the one that
-    /// failed longest ago. `affinity`: the hash of the client's `hash_key`, for a `hash`
+    /// failed longest ago, or in a `hash` pool the key's own choice. `affinity`: the hash of the client's `hash_key`, for a `hash`
     /// pool (without one, it takes its instances in turn). `None` when every instance was
     /// tried or is full.
     pub fn pick(
@@ -469,9 +469,16 @@ impl Pool {
         if let Some((i, _)) = best {
             return Some(i);
         }
-        (0..n)
-            .filter(|&i| untried(i))
-            .min_by_key(|&i| list[i].last_failure.load(Ordering::Relaxed))
+        let untried = (0..n).filter(|&i| untried(i));
+        match (self.spec.balance, affinity) {
+            // A key keeps its own order: when the whole pool went out together (a network
+            // blip), each key tries its own instance first, so that they spread as before
+            // rather than all landing on the one that failed longest ago.
+            (Balance::Hash, Some(key)) => {
+                untried.max_by_key(|&i| crate::affinity::score(key, &list[i].target.url))
+            }
+            _ => untried.min_by_key(|&i| list[i].last_failure.load(Ordering::Relaxed)),
+        }
     }
 
     /// Every instance of this pool that may still serve a session: its own and those
@@ -740,6 +747,21 @@ mod tests {
         }
         list[first].succeeded();
         assert_eq!(home(keys[0], 3), Some(first));
+        // All ejected at once: each key still tries its own first, not the one that failed
+        // longest ago.
+        for (i, instance) in list.iter().enumerate() {
+            instance.failed(4 + i as u64, Duration::from_secs(1), &"refused");
+        }
+        assert_eq!(
+            keys.iter().map(|&k| home(k, 10)).collect::<Vec<_>>(),
+            homes,
+            "all ejected: the keys left their instances"
+        );
+        let next = p.pick(&list, 1 << first, 10, Some(keys[0]));
+        assert!(next.is_some() && next != Some(first));
+        for instance in list.iter() {
+            instance.succeeded();
+        }
         // Tried (its connect failed): the key's next choice, which is the same each time.
         let second = p.pick(&list, 1 << first, 3, Some(keys[0]));
         assert!(second.is_some() && second != Some(first));

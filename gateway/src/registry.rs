@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use atomic_waker::AtomicWaker;
 
@@ -86,16 +86,63 @@ impl Filter {
     }
 }
 
+/// Why a session is told to close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closing {
+    /// An operator closed it: the client hears this code, "closed by the gateway operator".
+    Operator(u16),
+    /// The gateway is shutting down and spreads its closes (`[timeouts] drain_spread`):
+    /// closed as every session is at shutdown, 1001 "gateway shutting down" to both sides.
+    Shutdown,
+}
+
+/// [`Closing::Shutdown`] in [`Order::code`]: above every close code.
+const SHUTDOWN: u32 = 1 << 16;
+
+impl Closing {
+    fn encode(self) -> u32 {
+        match self {
+            Closing::Operator(code) => u32::from(code),
+            Closing::Shutdown => SHUTDOWN,
+        }
+    }
+
+    fn decode(value: u32) -> Self {
+        match u16::try_from(value) {
+            Ok(code) => Closing::Operator(code),
+            Err(_) => Closing::Shutdown,
+        }
+    }
+}
+
 /// The order to close, shared by a session and its registry entry.
 #[derive(Debug, Default)]
 struct Order {
-    /// 0: none yet; else the close code for the client.
+    /// 0: none yet; else [`Closing::encode`] of the first order given.
     code: AtomicU32,
     waker: AtomicWaker,
 }
 
-/// Resolves to the close code once an operator closes the session; never, for a session
-/// that is not registered.
+impl Order {
+    /// Gives the order unless one was already given; whether this one was.
+    fn give(&self, how: Closing) -> bool {
+        let given = self
+            .code
+            .compare_exchange(0, how.encode(), Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if given {
+            self.waker.wake();
+        }
+        given
+    }
+
+    fn given(&self) -> bool {
+        self.code.load(Ordering::Acquire) != 0
+    }
+}
+
+/// Resolves to why the session must close once it is told to; never, for a session that
+/// is not registered.
 #[derive(Debug)]
 pub struct CloseOrder(Option<Arc<Order>>);
 
@@ -107,20 +154,96 @@ impl CloseOrder {
 }
 
 impl Future for CloseOrder {
-    type Output = u16;
+    type Output = Closing;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<u16> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Closing> {
         let Some(order) = &self.0 else {
             return Poll::Pending;
         };
         let code = order.code.load(Ordering::Acquire);
         if code != 0 {
-            return Poll::Ready(code as u16);
+            return Poll::Ready(Closing::decode(code));
         }
         order.waker.register(cx.waker());
         match order.code.load(Ordering::Acquire) {
             0 => Poll::Pending,
-            code => Poll::Ready(code as u16),
+            code => Poll::Ready(Closing::decode(code)),
+        }
+    }
+}
+
+/// Sessions picked to be closed ([`Registry::pick`]), not yet told.
+#[derive(Debug, Default)]
+pub struct Picked(Vec<Arc<Order>>);
+
+impl Picked {
+    /// How many were picked.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether none was.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Tells them all now; returns how many were told (one told otherwise meanwhile, by
+    /// another order, is not counted).
+    pub fn close_now(self, how: Closing) -> usize {
+        self.0.iter().filter(|o| o.give(how)).count()
+    }
+
+    /// Tells them a few at a time, evenly over `over` (the oldest first), so that the
+    /// clients' reconnects do not all come at once (HAProxy's `close-spread-time`).
+    pub fn close_over(self, how: Closing, over: Duration) -> Spread {
+        Spread {
+            orders: self.0,
+            how,
+            start: tokio::time::Instant::now(),
+            over,
+            done: 0,
+        }
+    }
+}
+
+/// How often a [`Spread`] tells the next ones: its closes come in 50 steps a second.
+pub const SPREAD_STEP: Duration = Duration::from_millis(20);
+
+/// Closes under way, spread over a period ([`Picked::close_over`]).
+#[derive(Debug)]
+pub struct Spread {
+    orders: Vec<Arc<Order>>,
+    how: Closing,
+    start: tokio::time::Instant,
+    over: Duration,
+    done: usize,
+}
+
+impl Spread {
+    /// Tells the sessions whose turn has come by `now`: the i-th of n once i/n of the
+    /// period has passed. Returns whether every one has been told.
+    pub fn close_due(&mut self, now: tokio::time::Instant) -> bool {
+        let n = self.orders.len();
+        let due = if self.over.is_zero() {
+            n
+        } else {
+            let passed = now.saturating_duration_since(self.start).as_secs_f64();
+            let share = (passed / self.over.as_secs_f64()).min(1.0);
+            ((n as f64 * share).ceil() as usize).min(n)
+        };
+        if due > self.done {
+            for order in &self.orders[self.done..due] {
+                order.give(self.how);
+            }
+            self.done = due;
+        }
+        self.done == n
+    }
+
+    /// Tells them all, each in its turn, and ends with the last.
+    pub async fn run(mut self) {
+        while !self.close_due(tokio::time::Instant::now()) {
+            tokio::time::sleep(SPREAD_STEP).await;
         }
     }
 }
@@ -185,44 +308,51 @@ impl Registry {
     /// it picks in all.
     pub fn list(&self, filter: &Filter) -> (Vec<Listed>, usize) {
         let now = Instant::now();
-        let open = self.lock();
-        let mut picked: Vec<(&u64, &Entry)> = open
+        // Under the lock (which every session's start and end take) only the matching
+        // entries' handles are copied; sorting and formatting come after.
+        let mut picked: Vec<(u64, SessionInfo, Instant, bool)> = self
+            .lock()
             .iter()
             .filter(|(_, e)| filter.matches(&e.info))
+            .map(|(conn, e)| (*conn, e.info.clone(), e.started, e.order.given()))
             .collect();
         let total = picked.len();
-        picked.sort_by_key(|(_, e)| e.started);
+        picked.sort_unstable_by_key(|(conn, _, started, _)| (*started, *conn));
         picked.truncate(filter.max.unwrap_or(usize::MAX));
         let listed = picked
             .into_iter()
-            .map(|(conn, e)| Listed {
-                conn: *conn,
-                backend: e.info.backend.to_string(),
-                instance: e.info.instance.as_deref().map(str::to_owned),
-                subject: e.info.subject.as_deref().map(str::to_owned),
-                peer: e.info.peer.map(|p| p.to_string()),
-                age_s: now.saturating_duration_since(e.started).as_secs(),
-                closing: e.order.code.load(Ordering::Acquire) != 0,
+            .map(|(conn, info, started, closing)| Listed {
+                conn,
+                backend: info.backend.to_string(),
+                instance: info.instance.as_deref().map(str::to_owned),
+                subject: info.subject.as_deref().map(str::to_owned),
+                peer: info.peer.map(|p| p.to_string()),
+                age_s: now.saturating_duration_since(started).as_secs(),
+                closing,
             })
             .collect();
         (listed, total)
     }
 
-    /// Orders the sessions `filter` picks to close, the client hearing `code`; returns
+    /// The sessions `filter` picks that have not been told to close yet, the oldest first
+    /// (`max` of them, if set), to be closed with [`Picked::close_now`] or
+    /// [`Picked::close_over`].
+    pub fn pick(&self, filter: &Filter) -> Picked {
+        let mut picked: Vec<(Instant, u64, Arc<Order>)> = self
+            .lock()
+            .iter()
+            .filter(|(_, e)| !e.order.given() && filter.matches(&e.info))
+            .map(|(conn, e)| (e.started, *conn, e.order.clone()))
+            .collect();
+        picked.sort_unstable_by_key(|(started, conn, _)| (*started, *conn));
+        picked.truncate(filter.max.unwrap_or(usize::MAX));
+        Picked(picked.into_iter().map(|(_, _, order)| order).collect())
+    }
+
+    /// Orders the sessions `filter` picks to close now, the client hearing `code`; returns
     /// how many were ordered (a session already ordered is not counted again).
     pub fn close(&self, filter: &Filter, code: u16) -> usize {
-        let open = self.lock();
-        let mut picked: Vec<&Entry> = open
-            .values()
-            .filter(|e| e.order.code.load(Ordering::Acquire) == 0 && filter.matches(&e.info))
-            .collect();
-        picked.sort_by_key(|e| e.started);
-        picked.truncate(filter.max.unwrap_or(usize::MAX));
-        for e in &picked {
-            e.order.code.store(u32::from(code), Ordering::Release);
-            e.order.waker.wake();
-        }
-        picked.len()
+        self.pick(filter).close_now(Closing::Operator(code))
     }
 }
 
@@ -239,10 +369,12 @@ mod tests {
         }
     }
 
+    /// The code an operator's order gives the client, or 0 for a shutdown's order.
     fn ordered(order: &mut CloseOrder) -> Option<u16> {
         let waker = std::task::Waker::noop();
         match Pin::new(order).poll(&mut Context::from_waker(waker)) {
-            Poll::Ready(code) => Some(code),
+            Poll::Ready(Closing::Operator(code)) => Some(code),
+            Poll::Ready(Closing::Shutdown) => Some(0),
             Poll::Pending => None,
         }
     }
@@ -299,6 +431,85 @@ mod tests {
         );
         assert_eq!(r.len(), 3);
         assert_eq!(ordered(&mut CloseOrder::never()), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_spread_closes_the_oldest_first_evenly_over_its_period() {
+        let r = Registry::default();
+        let mut orders: Vec<CloseOrder> = (0..10)
+            .map(|i| r.insert(i, info("A", "10.0.0.1:80", None)))
+            .collect();
+        // One is told by an operator first: the spread's order does not replace it.
+        assert_eq!(
+            r.close(
+                &Filter {
+                    max: Some(1),
+                    ..Filter::default()
+                },
+                4000
+            ),
+            1
+        );
+        let start = tokio::time::Instant::now();
+        let mut spread = r
+            .pick(&Filter::default())
+            .close_over(Closing::Shutdown, Duration::from_secs(9));
+        let told = |orders: &mut Vec<CloseOrder>| -> Vec<Option<u16>> {
+            orders.iter_mut().map(ordered).collect()
+        };
+        assert!(!spread.close_due(start));
+        assert_eq!(told(&mut orders)[1..], [None; 9], "nothing at the start");
+        assert!(!spread.close_due(start + Duration::from_millis(10)));
+        assert_eq!(
+            told(&mut orders),
+            [
+                Some(4000),
+                Some(0),
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None
+            ],
+            "the oldest not yet told goes first"
+        );
+        assert!(!spread.close_due(start + Duration::from_millis(4500)));
+        assert_eq!(
+            told(&mut orders).iter().filter(|t| t.is_some()).count(),
+            1 + 5,
+            "half the period: half of the nine"
+        );
+        assert!(spread.close_due(start + Duration::from_secs(9)));
+        assert!(told(&mut orders).iter().all(|t| t.is_some()));
+        assert_eq!(
+            ordered(&mut orders[0]),
+            Some(4000),
+            "the first order stands"
+        );
+
+        // Run on its own, it ends when the period does.
+        let mut more: Vec<CloseOrder> = (10..14)
+            .map(|i| r.insert(i, info("B", "10.0.0.2:80", None)))
+            .collect();
+        let picked = r.pick(&Filter {
+            backend: Some("B".into()),
+            ..Filter::default()
+        });
+        assert_eq!(picked.len(), 4);
+        let began = tokio::time::Instant::now();
+        picked
+            .close_over(Closing::Operator(1012), Duration::from_secs(2))
+            .run()
+            .await;
+        let took = began.elapsed();
+        assert!(
+            took >= Duration::from_millis(1500) && took <= Duration::from_secs(2) + SPREAD_STEP,
+            "{took:?}"
+        );
+        assert!(more.iter_mut().all(|o| ordered(o) == Some(1012)));
     }
 
     #[test]

@@ -528,7 +528,7 @@ async fn prepare(
     };
     // A shutdown does not wait for a backend that is slow to answer: the client gets its
     // 503 now, not a dropped connection when the drain runs out.
-    let mut shutdown = shared.shutdown_rx.clone();
+    let mut shutdown = shared.handshakes_stop.clone();
     let conn = tokio::select! {
         conn = backend::connect_pool(
             &pool,

@@ -21,7 +21,7 @@ use crate::forward::{
 use crate::frames::{self, Parsed};
 use crate::pair::{Either, Pair};
 use crate::reader::{FrameReader, Stop};
-use crate::registry::CloseOrder;
+use crate::registry::{CloseOrder, Closing};
 use crate::ticker::Ticker;
 
 /// Sent to the backend when the client vanishes without a close.
@@ -366,8 +366,11 @@ where
                         ended_by = deadline_kind;
                         (Direction::Upstream, PumpEnd::Stopped)
                     }
-                    code = &mut close_order => {
-                        ended_by = Some(DeadlineKind::Operator(code));
+                    how = &mut close_order => {
+                        // A spread shutdown's turn is closed as every session is at shutdown.
+                        if let Closing::Operator(code) = how {
+                            ended_by = Some(DeadlineKind::Operator(code));
+                        }
                         (Direction::Upstream, PumpEnd::Stopped)
                     }
                 }
@@ -871,6 +874,70 @@ mod tests {
         drop((client_peer, backend_peer));
         let report = run.await.expect("session");
         assert_eq!(report.outcome(), "closed_by_operator");
+    }
+
+    #[tokio::test]
+    async fn a_spread_shutdowns_turn_closes_as_a_shutdown_does() {
+        let (client_gw, mut client_peer) = tokio::io::duplex(1 << 16);
+        let (backend_gw, mut backend_peer) = tokio::io::duplex(1 << 16);
+        let (cr, cw) = tokio::io::split(client_gw);
+        let (br, bw) = tokio::io::split(backend_gw);
+        let opts = SessionOptions {
+            max_message_size: 1 << 20,
+            max_frame_size: 1 << 20,
+            close_timeout: Duration::from_secs(10),
+            keepalive: None,
+            ends_at: None,
+            permessage_deflate: false,
+        };
+        // The shutdown signal itself never comes: only this session's turn does.
+        let (_tx, rx) = watch::channel(false);
+        let registry = crate::registry::Registry::default();
+        let order = registry.insert(7, crate::registry::SessionInfo::default());
+        let side = |read, write| Side {
+            read,
+            write,
+            leftover: Bytes::new(),
+        };
+        let run = tokio::spawn(proxy(side(cr, cw), side(br, bw), opts, rx, order, ()));
+        let picked = registry.pick(&crate::registry::Filter::default());
+        assert_eq!(picked.close_now(Closing::Shutdown), 1);
+        // The backend first, masked: 1001 "gateway shutting down".
+        let reason = SHUTTING_DOWN.reason.as_bytes();
+        let mut head = [0u8; 6];
+        backend_peer
+            .read_exact(&mut head)
+            .await
+            .expect("backend close");
+        assert_eq!(head[..2], [0x88, 0x80 | (2 + reason.len() as u8)]);
+        let mut body = vec![0u8; 2 + reason.len()];
+        backend_peer
+            .read_exact(&mut body)
+            .await
+            .expect("close body");
+        crate::frames::apply_mask(&mut body, [head[2], head[3], head[4], head[5]]);
+        assert_eq!(body[..2], [0x03, 0xE9]);
+        assert_eq!(&body[2..], reason);
+        // Its answer gets the client the gateway's own 1001.
+        backend_peer
+            .write_all(&[0x88, 0x02, 0x03, 0xE8])
+            .await
+            .expect("answer");
+        let mut got = vec![0u8; 4 + reason.len()];
+        client_peer
+            .read_exact(&mut got)
+            .await
+            .expect("client close");
+        assert_eq!(got[..4], [0x88, 2 + reason.len() as u8, 0x03, 0xE9]);
+        assert_eq!(&got[4..], reason);
+        client_peer
+            .write_all(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xE9])
+            .await
+            .expect("answer");
+        drop((client_peer, backend_peer));
+        let report = run.await.expect("session");
+        assert!(report.shutdown);
+        assert_eq!(report.outcome(), "shutdown");
     }
 
     #[tokio::test]

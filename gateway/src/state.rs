@@ -61,8 +61,13 @@ pub struct Shared {
     pub draining: AtomicBool,
     /// Set once the drain's time is up: a session still open then is cut, and says so.
     pub drain_over: AtomicBool,
-    /// Turns `true` when sessions must close with 1001.
+    /// Turns `true` when sessions must close with 1001: as the shutdown begins, or with
+    /// `[timeouts] drain_spread` once the spread is over (the sessions open before are
+    /// each told in turn through [`Shared::sessions`]).
     pub shutdown_rx: watch::Receiver<bool>,
+    /// Turns `true` as the shutdown begins: a handshake still waiting on its backend
+    /// gives up, and its client gets 503.
+    pub handshakes_stop: watch::Receiver<bool>,
     /// Source of connection ids.
     pub next_id: AtomicU64,
     /// The file a reload re-reads (`None`: config built from a string, no reload).
@@ -72,18 +77,23 @@ pub struct Shared {
     pub refetch: crate::jwks_fetch::Refetch,
 }
 
+/// What tells connections that the gateway is shutting down.
+#[derive(Debug, Clone)]
+pub struct Stops {
+    /// See [`Shared::shutdown_rx`].
+    pub sessions: watch::Receiver<bool>,
+    /// See [`Shared::handshakes_stop`].
+    pub handshakes: watch::Receiver<bool>,
+}
+
 impl Shared {
     /// Builds the shared state, looking backend names up with the system resolver.
-    pub fn new(parts: Parts, shutdown_rx: watch::Receiver<bool>) -> Self {
-        Self::with_lookup(parts, shutdown_rx, Arc::new(SystemLookup))
+    pub fn new(parts: Parts, stops: Stops) -> Self {
+        Self::with_lookup(parts, stops, Arc::new(SystemLookup))
     }
 
     /// Builds the shared state, looking backend names up with `lookup`.
-    pub fn with_lookup(
-        parts: Parts,
-        shutdown_rx: watch::Receiver<bool>,
-        lookup: Arc<dyn Lookup>,
-    ) -> Self {
+    pub fn with_lookup(parts: Parts, stops: Stops, lookup: Arc<dyn Lookup>) -> Self {
         let Parts {
             config,
             verifier,
@@ -121,7 +131,8 @@ impl Shared {
             requested: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             drain_over: AtomicBool::new(false),
-            shutdown_rx,
+            shutdown_rx: stops.sessions,
+            handshakes_stop: stops.handshakes,
             next_id: AtomicU64::new(1),
             config_path,
             refetch: crate::jwks_fetch::Refetch::default(),

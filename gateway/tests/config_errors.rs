@@ -393,6 +393,11 @@ fn settings_that_would_fail_every_client_or_crash_later_are_refused_at_start() -
         &base_with("[timeouts]\nidle = \"1ns\"\n"),
         &["timeouts.idle", "\"0s\" (none) or at least 100ms"],
     )?;
+    // A spread as long as the drain would leave its last sessions no time to close.
+    check(
+        &base_with("[timeouts]\ndrain = \"10s\"\ndrain_spread = \"10s\"\n"),
+        &["timeouts.drain_spread", "shorter than drain (10s)"],
+    )?;
     // A leeway beyond the Unix time would make every token expired.
     check(
         &base_with("").replace("[auth]\n", "[auth]\nleeway_secs = 2000000000\n"),

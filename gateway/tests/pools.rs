@@ -1461,9 +1461,37 @@ async fn an_operator_closes_the_sessions_of_one_instance_and_of_one_subject() ->
         "{status} {body}"
     );
     echo(&mut on[2][0].ws, b"untouched").await?;
+    // The three left, spread over 1.5 s: one at a time, a reconnect at a time.
+    let (status, body) = gw
+        .post("/sessions/close?all=true&spread=1500ms&code=4000")
+        .await?;
+    ensure!(
+        status == 200 && body == "closing 3 sessions over 1s 500ms",
+        "{status} {body}"
+    );
+    let asked = std::time::Instant::now();
+    let left: Vec<Connected> = on.into_iter().flatten().skip(3).collect();
+    ensure!(left.len() == 3);
+    let closes = left.into_iter().map(|mut c| {
+        tokio::spawn(async move {
+            let (code, _) = expect_close(&mut c.ws).await?;
+            Ok::<_, anyhow::Error>((code, asked.elapsed()))
+        })
+    });
+    let mut at = Vec::new();
+    for close in closes.collect::<Vec<_>>() {
+        let (code, when) = close.await??;
+        ensure!(code == 4000, "{code}");
+        at.push(when);
+    }
+    at.sort();
+    ensure!(
+        at[2] - at[0] >= std::time::Duration::from_millis(750),
+        "not spread over 1.5 s: {at:?}"
+    );
     let m = gw.metrics().await?;
     let closed =
-        format!("wsgate_sessions_total{{backend=\"{ID}\",outcome=\"closed_by_operator\"}} 3");
+        format!("wsgate_sessions_total{{backend=\"{ID}\",outcome=\"closed_by_operator\"}} 6");
     wait_for("the closed sessions to be counted", DEADLINE, || async {
         Ok(gw.metrics().await?.contains(&closed))
     })

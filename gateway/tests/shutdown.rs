@@ -453,3 +453,96 @@ async fn silent_connections_do_not_hold_the_exit_for_the_drain() -> Result<()> {
     ensure!(status.success(), "exit status {status}");
     Ok(())
 }
+
+/// With `[timeouts] drain_spread`, SIGTERM closes the open sessions one after another over
+/// that period, the oldest first, each as a shutdown closes it (1001 "gateway shutting
+/// down"), while the ones not yet told go on echoing; the process exits 0 once the last
+/// has closed.
+#[tokio::test]
+async fn a_spread_drain_closes_sessions_in_turn_while_the_rest_still_echo() -> Result<()> {
+    const CLIENTS: usize = 8;
+    let spread = Duration::from_secs(2);
+    let (_demo, mut gw) =
+        abc_gateway("[timeouts]\ndrain = \"8s\"\ndrain_spread = \"2s\"\nclose = \"2s\"\n").await?;
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        // Opened one after another: client i is the i-th oldest session.
+        let mut c = client(&gw, "Backend_ABC").await?;
+        echo(&mut c.ws, b"before").await?;
+        clients.push(c);
+    }
+    gw.terminate()?;
+    let signalled = Instant::now();
+    // Each client echoes until its close comes: when it came, and when its last echo did.
+    let runs = clients.into_iter().enumerate().map(|(i, mut c)| {
+        tokio::spawn(async move {
+            let mut last_echo = None;
+            loop {
+                c.ws.write_frame(Frame::binary(Payload::Owned(message(i, 0))))
+                    .await?;
+                c.ws.flush().await?;
+                let f = next_frame(&mut c.ws).await?;
+                match f.opcode {
+                    OpCode::Binary => {
+                        ensure!(f.payload[..] == message(i, 0)[..], "client {i}: echo");
+                        last_echo = Some(signalled.elapsed());
+                    }
+                    OpCode::Close => {
+                        let (code, reason) = close_of(&f)?;
+                        ensure!(
+                            code == 1001 && reason == "gateway shutting down",
+                            "client {i}: close {code} {reason:?}"
+                        );
+                        c.ws.write_frame(Frame::close(1001, b"")).await?;
+                        c.ws.flush().await?;
+                        return Ok::<_, anyhow::Error>((signalled.elapsed(), last_echo));
+                    }
+                    other => bail!("client {i}: unexpected {other:?}"),
+                }
+            }
+        })
+    });
+    let mut ended = Vec::new();
+    for run in runs.collect::<Vec<_>>() {
+        ended.push(tokio::time::timeout(DEADLINE, run).await???);
+    }
+    let closes: Vec<Duration> = ended.iter().map(|(at, _)| *at).collect();
+    println!("closes after SIGTERM: {closes:?}");
+    ensure!(
+        closes.windows(2).all(|w| w[0] < w[1]),
+        "not the oldest first: {closes:?}"
+    );
+    let (first, last) = (closes[0], closes[CLIENTS - 1]);
+    ensure!(
+        last - first >= spread / 2,
+        "closes not spread over {spread:?}: {closes:?}"
+    );
+    ensure!(
+        last < spread + Duration::from_secs(1),
+        "the last close came at {last:?}"
+    );
+    let served_late = ended.iter().filter_map(|(_, echo)| *echo).max();
+    ensure!(
+        served_late.is_some_and(|e| e > first),
+        "no session echoed after the first close ({first:?}): {served_late:?}"
+    );
+    // No newcomer meanwhile: the listener is closed.
+    match connect(&gw.connect_options("Backend_ABC")?).await {
+        Ok(_) => bail!("a client was admitted during the spread drain"),
+        Err(ConnectError::Refused { status, .. }) => ensure!(status == 503, "HTTP {status}"),
+        Err(_) => {}
+    }
+    let status = gw.wait_exit(DEADLINE).await?;
+    ensure!(status.success(), "exit status {status}:\n{}", gw.log());
+    let log = gw.log();
+    ensure!(
+        log.contains("closing the open sessions spread over drain_spread")
+            && log.contains("sessions=8"),
+        "{log}"
+    );
+    ensure!(
+        log.contains("remaining=0") && !log.contains("session cut"),
+        "{log}"
+    );
+    Ok(())
+}
