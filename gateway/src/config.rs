@@ -408,6 +408,11 @@ pub struct AuthConfig {
     pub jwks_ca: Option<PathBuf>,
     /// Claim that carries scopes (space-separated string or array of strings).
     pub scope_claim: String,
+    /// Claim that names whom a token is for (a string or a number): what
+    /// `[limits] max_sessions_per_subject` counts by and the admin listener's `/sessions`
+    /// show and filter as `subject`. `sub` by default; e.g. `oid` (Microsoft Entra ID),
+    /// `client_id`, or a tenant claim to cap sessions per tenant.
+    pub subject_claim: String,
     /// Scopes every token must hold.
     pub required_scopes: Vec<String>,
     /// Clock skew allowed on `exp` and `nbf`, in seconds (at most [`MAX_LEEWAY_SECS`]).
@@ -444,6 +449,7 @@ impl Default for AuthConfig {
             jwks_refresh: Duration::from_secs(300),
             jwks_ca: None,
             scope_claim: "scp".into(),
+            subject_claim: "sub".into(),
             required_scopes: vec!["admin".into()],
             leeway_secs: 5,
             close_at_expiry: false,
@@ -850,6 +856,9 @@ impl Config {
                 format!("at most {MAX_LEEWAY_SECS} (a day)"),
             ));
         }
+        if raw.auth.subject_claim.is_empty() {
+            return Err(err("auth", "subject_claim", "must name a claim".into()));
+        }
         if raw.auth.jwks_refresh < crate::jwks_fetch::MIN_REFRESH {
             return Err(err(
                 "auth",
@@ -1119,9 +1128,9 @@ impl Config {
         }
         let _ = writeln!(
             o,
-            "[auth]\nissuer = {}\naudience = {}\nalgorithms = {}\npublic_key = {}\n{key_set}scope_claim = {}\nrequired_scopes = {}\nleeway_secs = {}\nclose_at_expiry = {}\n",
+            "[auth]\nissuer = {}\naudience = {}\nalgorithms = {}\npublic_key = {}\n{key_set}scope_claim = {}\nsubject_claim = {}\nrequired_scopes = {}\nleeway_secs = {}\nclose_at_expiry = {}\n",
             q(&a.issuer), q(&a.audience), list(&a.algorithms), path(&a.public_key),
-            q(&a.scope_claim), list(&a.required_scopes), a.leeway_secs, a.close_at_expiry
+            q(&a.scope_claim), q(&a.subject_claim), list(&a.required_scopes), a.leeway_secs, a.close_at_expiry
         );
         if !a.forward_claims.is_empty() {
             let _ = writeln!(o, "[auth.forward_claims]");

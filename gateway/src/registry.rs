@@ -32,7 +32,7 @@ pub struct SessionInfo {
     pub backend: Arc<str>,
     /// The pool instance (`host:port`) its backend connection is on.
     pub instance: Option<Arc<str>>,
-    /// Its token's subject (`sub`).
+    /// Its token's subject (`[auth] subject_claim`, `sub` by default).
     pub subject: Option<Arc<str>>,
     /// The client's address.
     pub peer: Option<std::net::SocketAddr>,

@@ -398,6 +398,11 @@ fn settings_that_would_fail_every_client_or_crash_later_are_refused_at_start() -
         &base_with("[timeouts]\ndrain = \"10s\"\ndrain_spread = \"10s\"\n"),
         &["timeouts.drain_spread", "shorter than drain (10s)"],
     )?;
+    // A subject claim of no name would silently count no one.
+    check(
+        &base_with("").replace("[auth]\n", "[auth]\nsubject_claim = \"\"\n"),
+        &["auth.subject_claim", "must name a claim"],
+    )?;
     // A leeway beyond the Unix time would make every token expired.
     check(
         &base_with("").replace("[auth]\n", "[auth]\nleeway_secs = 2000000000\n"),

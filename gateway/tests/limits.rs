@@ -273,6 +273,50 @@ async fn over_max_sessions_per_subject_is_503_for_that_subject_only_until_one_en
 }
 
 #[tokio::test]
+async fn subject_claim_counts_sessions_by_another_claim_such_as_a_tenant() -> Result<()> {
+    let tb = testbed_with_toml(
+        &[],
+        "[limits]\nmax_sessions_per_subject = 2\n[auth]\nsubject_claim = \"tenant\"\n",
+    )
+    .await?;
+    let pem = std::fs::read(certs().join("jwt-private.pem"))?;
+    let as_user = |sub: &str, tenant: Option<serde_json::Value>| -> Result<ConnectOptions> {
+        let mut claims = loadgen::token::sample_claims();
+        claims["sub"] = serde_json::Value::from(sub);
+        if let Some(tenant) = tenant {
+            claims["tenant"] = tenant;
+        }
+        let token = loadgen::token::mint(&claims, &pem)?;
+        let mut opts = tb.connect_options("Backend_ABC")?;
+        opts.set_header("Authorization", format!("Bearer {token}"));
+        Ok(opts)
+    };
+    let acme = || Some(serde_json::Value::from("acme"));
+    // Three users of one tenant: the third is over the tenant's two.
+    let mut a = connect(&as_user("alice", acme())?).await?;
+    let mut b = connect(&as_user("bob", acme())?).await?;
+    let (status, reason) = refused(&as_user("carol", acme())?).await?;
+    ensure!(
+        status == 503 && reason.contains("per-subject"),
+        "acme's third user got {status} {reason:?}"
+    );
+    // Another tenant (a number is a name too), and tokens naming none, are not held back.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(connect(&as_user("carol", Some(42.into()))?).await?);
+    }
+    let (status, _) = refused(&as_user("dave", Some(42.into()))?).await?;
+    ensure!(status == 503, "tenant 42's third session got {status}");
+    for _ in 0..3 {
+        held.push(connect(&as_user("alice", None)?).await?);
+    }
+    for c in held.iter_mut().chain([&mut a, &mut b]) {
+        echo(&mut c.ws, b"open").await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
 async fn over_max_connection_rate_per_ip_is_429_for_that_address_until_a_second_passes(
 ) -> Result<()> {
     let tb = testbed_with_toml(&[], "[limits]\nmax_connection_rate_per_ip = 3\n").await?;
