@@ -1,4 +1,6 @@
-//! The admin listener: plain HTTP for operators, on loopback by default.
+//! The admin listener: plain HTTP for operators, on loopback by default. With
+//! `[admin] token_file`, `/reload` and `/sessions…` need the file's secret as a bearer
+//! token (401 without it); the probes and `/metrics` stay open.
 //!
 //! | route | answer |
 //! |---|---|
@@ -178,7 +180,26 @@ async fn answer(shared: &Arc<Shared>, req: &Request<Incoming>) -> Response<Full<
         &Method::HEAD => &Method::GET,
         other => other,
     };
-    match (method, req.uri().path()) {
+    let path = req.uri().path();
+    if matches!(path, "/reload" | "/sessions" | "/sessions/close") {
+        if let Some(token) = &shared.config().admin.token {
+            let authorization = req.headers().get(header::AUTHORIZATION);
+            if !token.admits(authorization.map(|v| v.as_bytes())) {
+                tracing::warn!(
+                    path,
+                    presented = authorization.is_some(),
+                    "admin request refused: no or wrong admin token"
+                );
+                let mut r = text(StatusCode::UNAUTHORIZED, "admin token required");
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer realm=\"wsgate-admin\""),
+                );
+                return r;
+            }
+        }
+    }
+    match (method, path) {
         (&Method::GET, "/metrics") => reply(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",

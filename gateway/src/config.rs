@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -150,6 +151,15 @@ pub struct AdminConfig {
     pub enabled: bool,
     /// Where it listens: keep it on loopback or a private network.
     pub listen: SocketAddr,
+    /// A file holding a secret that `POST /reload`, `GET /sessions` and
+    /// `POST /sessions/close` require as `Authorization: Bearer <secret>`, for an admin
+    /// listener others can reach (in Kubernetes the kubelet's probes need it on the pod's
+    /// address). `/metrics`, `/healthz` and `/readyz` stay open. Read at start and at
+    /// every reload (a new secret in the file takes over with the reload).
+    pub token_file: Option<PathBuf>,
+    /// The secret `token_file` holds, read by [`crate::reload::build_parts`].
+    #[serde(skip)]
+    pub token: Option<AdminToken>,
 }
 
 impl Default for AdminConfig {
@@ -157,7 +167,62 @@ impl Default for AdminConfig {
         Self {
             enabled: true,
             listen: SocketAddr::from(([127, 0, 0, 1], 9091)),
+            token_file: None,
+            token: None,
         }
+    }
+}
+
+/// The shortest admin secret taken: guessing one of 16 random characters is out of reach.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
+
+/// The admin listener's secret ([`AdminConfig::token_file`]); never shown.
+#[derive(Clone)]
+pub struct AdminToken(Arc<str>);
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
+}
+
+impl AdminToken {
+    /// Reads the secret from `path`'s contents, surrounding whitespace left out: at least
+    /// [`MIN_ADMIN_TOKEN_LEN`] visible ASCII characters, what a header carries.
+    pub fn read(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let token = text.trim();
+        if token.len() < MIN_ADMIN_TOKEN_LEN {
+            return Err(format!(
+                "{}: the secret must be at least {MIN_ADMIN_TOKEN_LEN} characters (e.g. `openssl rand -hex 32`)",
+                path.display()
+            ));
+        }
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!(
+                "{}: the secret must be visible ASCII characters only",
+                path.display()
+            ));
+        }
+        Ok(Self(token.into()))
+    }
+
+    /// Whether an `Authorization` header's value is `Bearer <this secret>`, compared in
+    /// time that does not depend on where they differ.
+    pub fn admits(&self, authorization: Option<&[u8]>) -> bool {
+        use subtle::ConstantTimeEq;
+        let Some(value) = authorization else {
+            return false;
+        };
+        let Some(given) = value
+            .get(..7)
+            .filter(|scheme| scheme.eq_ignore_ascii_case(b"bearer "))
+            .and(value.get(7..))
+        else {
+            return false;
+        };
+        bool::from(given.ct_eq(self.0.as_bytes()))
     }
 }
 
@@ -990,6 +1055,8 @@ impl Config {
         auth.public_key = resolve(&auth.public_key);
         auth.jwks = auth.jwks.as_ref().map(resolve);
         auth.jwks_ca = auth.jwks_ca.as_ref().map(resolve);
+        let mut admin = raw.admin;
+        admin.token_file = admin.token_file.as_ref().map(resolve);
 
         Ok(Config {
             server: raw.server,
@@ -999,7 +1066,7 @@ impl Config {
             backends,
             limits: raw.limits,
             timeouts: raw.timeouts,
-            admin: raw.admin,
+            admin,
             browser: raw.browser,
             loaded_from: None,
             source,
@@ -1153,9 +1220,13 @@ impl Config {
         );
         let _ = writeln!(
             o,
-            "[admin]\nenabled = {}\nlisten = {}\n",
+            "[admin]\nenabled = {}\nlisten = {}\n{}\n",
             self.admin.enabled,
-            q(&self.admin.listen.to_string())
+            q(&self.admin.listen.to_string()),
+            match &self.admin.token_file {
+                Some(p) => format!("token_file = {}", path(p)),
+                None => "# token_file is off".into(),
+            }
         );
         let b = &self.browser;
         let _ = writeln!(
@@ -1310,6 +1381,41 @@ fn listeners_overlap(a: SocketAddr, b: SocketAddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_admin_secret_is_read_trimmed_and_taken_only_as_a_whole_bearer_token() {
+        let dir = std::env::temp_dir().join(format!("wsgate-admin-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("token");
+        std::fs::write(&file, "  0123456789abcdef\n").expect("write");
+        let token = AdminToken::read(&file).expect("a good secret");
+        assert_eq!(format!("{token:?}"), "AdminToken(..)");
+        for good in [
+            "Bearer 0123456789abcdef",
+            "bearer 0123456789abcdef",
+            "BEARER 0123456789abcdef",
+        ] {
+            assert!(token.admits(Some(good.as_bytes())), "{good}");
+        }
+        for bad in [
+            "",
+            "Bearer",
+            "Bearer ",
+            "Bearer 0123456789abcde",
+            "Bearer 0123456789abcdefg",
+            "Bearer  0123456789abcdef",
+            "Basic 0123456789abcdef",
+            "0123456789abcdef",
+        ] {
+            assert!(!token.admits(Some(bad.as_bytes())), "{bad:?}");
+        }
+        assert!(!token.admits(None));
+        std::fs::write(&file, "0123456789abcde").expect("write");
+        assert!(AdminToken::read(&file).is_err_and(|e| e.contains("at least 16")));
+        std::fs::write(&file, "0123456789 abcdef").expect("write");
+        assert!(AdminToken::read(&file).is_err_and(|e| e.contains("visible ASCII")));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     const MINIMAL: &str = "[backends]\nBackend_ABC = \"ws://localhost:8081/backend/abc\"\n";
 

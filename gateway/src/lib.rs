@@ -161,11 +161,12 @@ impl Gateway {
     /// As [`Gateway::new`], looking backend names up with `lookup` instead of the system
     /// resolver (tests use this to change what a DNS-discovered pool sees).
     pub fn with_lookup(
-        mut config: Config,
+        config: Config,
         lookup: Arc<dyn resolve::Lookup>,
     ) -> Result<Self, GatewayError> {
         let fd_capacity = limits::fd_session_capacity();
-        let parts = reload::build_parts(config.clone())?;
+        let mut parts = reload::build_parts(config)?;
+        let config = &mut parts.config;
         if let Some(capacity) = fd_capacity {
             if capacity < config.limits.max_connections {
                 info!(
@@ -176,7 +177,6 @@ impl Gateway {
                 config.limits.max_connections = capacity.max(1);
             }
         }
-        let parts = state::Parts { config, ..parts };
         let (shutdown_tx, sessions) = watch::channel(false);
         let (handshakes_stop_tx, handshakes) = watch::channel(false);
         let shared = Shared::with_lookup(

@@ -29,7 +29,12 @@ pub enum ReloadError {
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// Builds every reloadable part from `config`, loading the files it names.
-pub fn build_parts(config: Config) -> Result<Parts, ConfigError> {
+pub fn build_parts(mut config: Config) -> Result<Parts, ConfigError> {
+    if let Some(file) = &config.admin.token_file {
+        let token = crate::config::AdminToken::read(file)
+            .map_err(|problem| config.error("admin", "token_file", problem))?;
+        config.admin.token = Some(token);
+    }
     let tls = crate::tls::server_config(&config.tls)
         .map_err(|(key, problem)| config.error("tls", &key, problem))?;
     let backend_tls = crate::backend_tls::BackendTlsConfigs::from_config(&config)

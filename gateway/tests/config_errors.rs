@@ -398,6 +398,11 @@ fn settings_that_would_fail_every_client_or_crash_later_are_refused_at_start() -
         &base_with("[timeouts]\ndrain = \"10s\"\ndrain_spread = \"10s\"\n"),
         &["timeouts.drain_spread", "shorter than drain (10s)"],
     )?;
+    // An admin secret that cannot be read, or is too short to be one, stops the start.
+    check(
+        &base_with("[admin]\ntoken_file = \"no-such-admin-token\"\n"),
+        &["admin.token_file", "cannot read", "no-such-admin-token"],
+    )?;
     // A subject claim of no name would silently count no one.
     check(
         &base_with("").replace("[auth]\n", "[auth]\nsubject_claim = \"\"\n"),

@@ -15,7 +15,17 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A plain HTTP/1.1 request to the admin listener; returns (status, body).
 async fn admin(proc: &GatewayProc, method: &str, path: &str) -> Result<(u16, String)> {
-    let text = admin_response(proc, method, path).await?;
+    admin_as(proc, method, path, "").await
+}
+
+/// [`admin`], with these header lines (each ending in `\r\n`) in the request.
+async fn admin_as(
+    proc: &GatewayProc,
+    method: &str,
+    path: &str,
+    headers: &str,
+) -> Result<(u16, String)> {
+    let text = admin_response_as(proc, method, path, headers).await?;
     let status: u16 = text
         .split_whitespace()
         .nth(1)
@@ -30,10 +40,20 @@ async fn admin(proc: &GatewayProc, method: &str, path: &str) -> Result<(u16, Str
 
 /// The whole answer of the admin listener, head and body.
 async fn admin_response(proc: &GatewayProc, method: &str, path: &str) -> Result<String> {
+    admin_response_as(proc, method, path, "").await
+}
+
+/// [`admin_response`], with these header lines in the request.
+async fn admin_response_as(
+    proc: &GatewayProc,
+    method: &str,
+    path: &str,
+    headers: &str,
+) -> Result<String> {
     let addr = proc.admin_addr().context("no admin address in the log")?;
     let mut tcp = tokio::net::TcpStream::connect(addr).await?;
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: admin\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n"
     );
     tcp.write_all(req.as_bytes()).await?;
     let mut out = Vec::new();
@@ -1436,5 +1456,106 @@ async fn a_request_id_goes_to_the_backend_the_client_and_the_log_lines() -> Resu
     ensure!(refused_id != answered, "two requests, one id");
     let line = gw.log_line("refused").await?;
     ensure!(line.contains(&refused_id), "{line}");
+    Ok(())
+}
+
+/// With `[admin] token_file`, reloads and the sessions' view and close need the secret as
+/// a bearer token; probes and metrics do not; the secret is never logged; a reload puts a
+/// new secret from the file in force.
+#[tokio::test]
+async fn an_admin_token_guards_reload_and_sessions_but_not_probes_or_metrics() -> Result<()> {
+    let dir = support::process::temp_dir("admin-token")?;
+    let file = dir.join("admin-token");
+    let first = "first-secret-0123456789abcdef";
+    std::fs::write(&file, format!("{first}\n"))?;
+    let demo = demo_services::spawn_for_test(demo_services::ServiceOptions {
+        backend: demo_services::Backend::Abc,
+        push_interval: None,
+    })
+    .await?;
+    let gw = GatewayProc::start(ProcOptions {
+        backends: vec![("Backend_ABC".into(), demo.url())],
+        admin_toml: format!("token_file = {file:?}\n"),
+        ..ProcOptions::default()
+    })
+    .await?;
+    let mut c = loadgen::client::connect(&gw.connect_options("Backend_ABC")?).await?;
+    let bearer = |secret: &str| format!("Authorization: Bearer {secret}\r\n");
+    for (method, path) in [
+        ("GET", "/sessions"),
+        ("POST", "/sessions/close?all=true"),
+        ("POST", "/reload"),
+    ] {
+        for headers in [
+            String::new(),
+            bearer("wrong-secret-0123456789abcdef"),
+            bearer(&first[..first.len() - 1]),
+            "Authorization: Basic Zmlyc3Q=\r\n".to_owned(),
+        ] {
+            let text = admin_response_as(&gw, method, path, &headers).await?;
+            ensure!(
+                text.starts_with("HTTP/1.1 401")
+                    && text.contains("admin token required")
+                    && text
+                        .to_ascii_lowercase()
+                        .contains("www-authenticate: bearer"),
+                "{method} {path} with {headers:?}: {text}"
+            );
+        }
+    }
+    echo(&mut c.ws, b"not closed by a refused order").await?;
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let (status, _) = admin(&gw, "GET", path).await?;
+        ensure!(status == 200, "{path} without the token: {status}");
+    }
+    let (status, body) = admin_as(&gw, "GET", "/sessions", &bearer(first)).await?;
+    ensure!(
+        status == 200 && body.contains("\"total\":1"),
+        "{status} {body}"
+    );
+    // The scheme's case does not matter (RFC 9110 section 11.1).
+    let (status, _) = admin_as(
+        &gw,
+        "GET",
+        "/sessions",
+        &format!("authorization: bearer {first}\r\n"),
+    )
+    .await?;
+    ensure!(status == 200, "lower-case bearer: {status}");
+    // A new secret in the file takes over with a reload.
+    let second = "second-secret-0123456789abcdef";
+    std::fs::write(&file, second)?;
+    let (status, body) = admin_as(&gw, "POST", "/reload", &bearer(first)).await?;
+    ensure!(
+        status == 200 && body.starts_with("reloaded"),
+        "{status} {body}"
+    );
+    let (status, _) = admin_as(&gw, "GET", "/sessions", &bearer(first)).await?;
+    ensure!(status == 401, "the old secret after the reload: {status}");
+    let (status, body) = admin_as(&gw, "POST", "/sessions/close?all=true", &bearer(second)).await?;
+    ensure!(
+        status == 200 && body.trim() == "closing 1 sessions",
+        "{status} {body}"
+    );
+    let (code, _) = expect_close(&mut c.ws).await?;
+    ensure!(code == 1001, "{code}");
+    // A secret too short to be one is refused at reload; the one in force stays.
+    std::fs::write(&file, "short")?;
+    let (status, body) = admin_as(&gw, "POST", "/reload", &bearer(second)).await?;
+    ensure!(
+        status == 400 && body.contains("admin.token_file") && body.contains("at least 16"),
+        "{status} {body}"
+    );
+    let (status, _) = admin_as(&gw, "GET", "/sessions", &bearer(second)).await?;
+    ensure!(
+        status == 200,
+        "the secret in force after a refused reload: {status}"
+    );
+    let log = gw.log();
+    ensure!(log.contains("admin request refused"), "{log}");
+    for secret in [first, second] {
+        ensure!(!log.contains(secret), "a secret reached the log:\n{log}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -34,6 +34,8 @@ pub struct ProcOptions {
     pub auth_toml: String,
     /// Extra lines for the `[tls]` table (e.g. `session_tickets = 0`).
     pub tls_toml: String,
+    /// Extra lines for the `[admin]` table (e.g. `token_file = "…"`).
+    pub admin_toml: String,
     /// Told the process id as soon as the process exists, before it is ready.
     pub spawned: Option<tokio::sync::mpsc::UnboundedSender<u32>>,
 }
@@ -81,9 +83,10 @@ impl GatewayProc {
             .listen
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
         let mut toml = format!(
-            "[server]\nlisten = \"{listen}\"\n{}\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+            "[server]\nlisten = \"{listen}\"\n{}\n\n[admin]\nlisten = \"127.0.0.1:0\"\n{}\n\n\
              [tls]\ncert = {:?}\nkey = {:?}\n{}\n\n[auth]\npublic_key = {:?}\n{}\n\n[backends]\n",
             opts.server_toml,
+            opts.admin_toml,
             certs.join("server.crt"),
             certs.join("server.key"),
             opts.tls_toml,
