@@ -812,10 +812,16 @@ mod tests {
         drop((tx, answer));
     }
 
-    #[tokio::test]
-    async fn an_operators_order_closes_the_client_with_its_code_and_the_backend_with_1001() {
-        let (client_gw, mut client_peer) = tokio::io::duplex(1 << 16);
-        let (backend_gw, mut backend_peer) = tokio::io::duplex(1 << 16);
+    /// A session registered (as connection 7) in the returned registry, running, whose
+    /// shutdown signal never comes; and the client's and the backend's ends of it.
+    fn registered_session() -> (
+        crate::registry::Registry,
+        tokio::task::JoinHandle<SessionReport>,
+        DuplexStream,
+        DuplexStream,
+    ) {
+        let (client_gw, client_peer) = tokio::io::duplex(1 << 16);
+        let (backend_gw, backend_peer) = tokio::io::duplex(1 << 16);
         let (cr, cw) = tokio::io::split(client_gw);
         let (br, bw) = tokio::io::split(backend_gw);
         let opts = SessionOptions {
@@ -826,7 +832,7 @@ mod tests {
             ends_at: None,
             permessage_deflate: false,
         };
-        let (_tx, rx) = watch::channel(false);
+        let (tx, rx) = watch::channel(false);
         let registry = crate::registry::Registry::default();
         let order = registry.insert(7, crate::registry::SessionInfo::default());
         let side = |read, write| Side {
@@ -834,7 +840,32 @@ mod tests {
             write,
             leftover: Bytes::new(),
         };
-        let run = tokio::spawn(proxy(side(cr, cw), side(br, bw), opts, rx, order, ()));
+        let session = proxy(side(cr, cw), side(br, bw), opts, rx, order, ());
+        let run = tokio::spawn(async move {
+            // The sender outlives the session, so its shutdown branch stays armed.
+            let report = session.await;
+            drop(tx);
+            report
+        });
+        (registry, run, client_peer, backend_peer)
+    }
+
+    /// The next frame `peer` gets, which must be a masked close of under 126 bytes: its
+    /// code and reason.
+    async fn masked_close(peer: &mut DuplexStream) -> (u16, Vec<u8>) {
+        let mut head = [0u8; 6];
+        peer.read_exact(&mut head).await.expect("close head");
+        assert_eq!(head[0], 0x88, "not a close: {head:?}");
+        assert!(head[1] & 0x80 != 0 && head[1] & 0x7F < 126, "{head:?}");
+        let mut body = vec![0u8; usize::from(head[1] & 0x7F)];
+        peer.read_exact(&mut body).await.expect("close body");
+        crate::frames::apply_mask(&mut body, [head[2], head[3], head[4], head[5]]);
+        (u16::from_be_bytes([body[0], body[1]]), body[2..].to_vec())
+    }
+
+    #[tokio::test]
+    async fn an_operators_order_closes_the_client_with_its_code_and_the_backend_with_1001() {
+        let (registry, run, mut client_peer, mut backend_peer) = registered_session();
         let all = crate::registry::Filter::default();
         assert_eq!(registry.close(&all, 4001), 1);
         // To the client, unmasked: code 4001 and the reason.
@@ -847,21 +878,10 @@ mod tests {
         assert_eq!(got[..4], [0x88, 2 + reason.len() as u8, 0x0F, 0xA1]);
         assert_eq!(&got[4..], reason);
         // To the backend, masked: 1001.
-        let reason = CLIENT_CLOSED_BY_OPERATOR.reason.as_bytes();
-        let mut head = [0u8; 6];
-        backend_peer
-            .read_exact(&mut head)
-            .await
-            .expect("backend close");
-        assert_eq!(head[..2], [0x88, 0x80 | (2 + reason.len() as u8)]);
-        let mut body = vec![0u8; 2 + reason.len()];
-        backend_peer
-            .read_exact(&mut body)
-            .await
-            .expect("close body");
-        crate::frames::apply_mask(&mut body, [head[2], head[3], head[4], head[5]]);
-        assert_eq!(body[..2], [0x03, 0xE9]);
-        assert_eq!(&body[2..], reason);
+        assert_eq!(
+            masked_close(&mut backend_peer).await,
+            (1001, CLIENT_CLOSED_BY_OPERATOR.reason.as_bytes().to_vec())
+        );
         // Both answer; the session ends as the operator's.
         client_peer
             .write_all(&[0x88, 0x82, 0, 0, 0, 0, 0x0F, 0xA1])
@@ -878,46 +898,16 @@ mod tests {
 
     #[tokio::test]
     async fn a_spread_shutdowns_turn_closes_as_a_shutdown_does() {
-        let (client_gw, mut client_peer) = tokio::io::duplex(1 << 16);
-        let (backend_gw, mut backend_peer) = tokio::io::duplex(1 << 16);
-        let (cr, cw) = tokio::io::split(client_gw);
-        let (br, bw) = tokio::io::split(backend_gw);
-        let opts = SessionOptions {
-            max_message_size: 1 << 20,
-            max_frame_size: 1 << 20,
-            close_timeout: Duration::from_secs(10),
-            keepalive: None,
-            ends_at: None,
-            permessage_deflate: false,
-        };
         // The shutdown signal itself never comes: only this session's turn does.
-        let (_tx, rx) = watch::channel(false);
-        let registry = crate::registry::Registry::default();
-        let order = registry.insert(7, crate::registry::SessionInfo::default());
-        let side = |read, write| Side {
-            read,
-            write,
-            leftover: Bytes::new(),
-        };
-        let run = tokio::spawn(proxy(side(cr, cw), side(br, bw), opts, rx, order, ()));
+        let (registry, run, mut client_peer, mut backend_peer) = registered_session();
         let picked = registry.pick(&crate::registry::Filter::default());
         assert_eq!(picked.close_now(Closing::Shutdown), 1);
         // The backend first, masked: 1001 "gateway shutting down".
         let reason = SHUTTING_DOWN.reason.as_bytes();
-        let mut head = [0u8; 6];
-        backend_peer
-            .read_exact(&mut head)
-            .await
-            .expect("backend close");
-        assert_eq!(head[..2], [0x88, 0x80 | (2 + reason.len() as u8)]);
-        let mut body = vec![0u8; 2 + reason.len()];
-        backend_peer
-            .read_exact(&mut body)
-            .await
-            .expect("close body");
-        crate::frames::apply_mask(&mut body, [head[2], head[3], head[4], head[5]]);
-        assert_eq!(body[..2], [0x03, 0xE9]);
-        assert_eq!(&body[2..], reason);
+        assert_eq!(
+            masked_close(&mut backend_peer).await,
+            (1001, reason.to_vec())
+        );
         // Its answer gets the client the gateway's own 1001.
         backend_peer
             .write_all(&[0x88, 0x02, 0x03, 0xE8])

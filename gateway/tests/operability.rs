@@ -1468,13 +1468,7 @@ async fn an_admin_token_guards_reload_and_sessions_but_not_probes_or_metrics() -
     let file = dir.join("admin-token");
     let first = "first-secret-0123456789abcdef";
     std::fs::write(&file, format!("{first}\n"))?;
-    let demo = demo_services::spawn_for_test(demo_services::ServiceOptions {
-        backend: demo_services::Backend::Abc,
-        push_interval: None,
-    })
-    .await?;
-    let gw = GatewayProc::start(ProcOptions {
-        backends: vec![("Backend_ABC".into(), demo.url())],
+    let (_demo, gw) = support::process::abc_gateway_with(ProcOptions {
         admin_toml: format!("token_file = {file:?}\n"),
         ..ProcOptions::default()
     })

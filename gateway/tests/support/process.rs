@@ -365,6 +365,18 @@ pub fn signal(pid: u32, name: &str) -> Result<()> {
 
 /// A demo Backend_ABC and a gateway in front of it with `extra_toml`.
 pub async fn abc_gateway(extra_toml: &str) -> Result<(demo_services::RunningBackend, GatewayProc)> {
+    abc_gateway_with(ProcOptions {
+        extra_toml: extra_toml.into(),
+        ..ProcOptions::default()
+    })
+    .await
+}
+
+/// A demo Backend_ABC and a gateway in front of it, run with `opts` (its `backends` are
+/// replaced by the one route).
+pub async fn abc_gateway_with(
+    opts: ProcOptions,
+) -> Result<(demo_services::RunningBackend, GatewayProc)> {
     let demo = demo_services::spawn_for_test(demo_services::ServiceOptions {
         backend: demo_services::Backend::Abc,
         push_interval: None,
@@ -372,8 +384,7 @@ pub async fn abc_gateway(extra_toml: &str) -> Result<(demo_services::RunningBack
     .await?;
     let gw = GatewayProc::start(ProcOptions {
         backends: vec![("Backend_ABC".into(), demo.url())],
-        extra_toml: extra_toml.into(),
-        ..ProcOptions::default()
+        ..opts
     })
     .await?;
     Ok((demo, gw))
