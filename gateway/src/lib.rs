@@ -254,7 +254,8 @@ impl Gateway {
             Some(picked.close_over(registry::Closing::Shutdown, timeouts.drain_spread))
         };
         // Connections still in their handshake are waited for too: their requests get a
-        // 503 (or, if already past the checks, a session closed at once with 1001). One
+        // 503 (or, if already past the checks, a session closed with 1001: at once, or
+        // with a spread at its end). One
         // no request has come on yet only for a moment: a browser's pre-connection or a
         // port check would otherwise hold every restart for the whole drain.
         let idle_grace_end = tokio::time::Instant::now() + IDLE_CONNECTION_GRACE;
