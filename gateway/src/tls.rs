@@ -1,6 +1,6 @@
 //! TLS: the rustls server config built from `[tls]`, offering only HTTP/1.1.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -59,7 +59,7 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, (String, Stri
         // No TLS 1.2 session-ID cache either: no resumption of any kind.
         config.session_storage = Arc::new(NoServerSessionStorage {});
     } else {
-        config.ticketer = ticketer().map_err(|e| ("session_tickets".into(), e))?;
+        config.ticketer = ticketer(client_trust(tls)).map_err(|e| ("session_tickets".into(), e))?;
     }
     Ok(Arc::new(config))
 }
@@ -95,17 +95,41 @@ pub fn chain_and_key(
 }
 
 /// The process's session ticket keys (AES-256 + HMAC-SHA256, rotated every 6 hours,
-/// tickets valid 12 hours), made once: a reload keeps the tickets clients hold valid.
+/// tickets valid 12 hours): a reload keeps the tickets clients hold valid, unless it
+/// changed which client certificates are trusted (`trust`, see [`client_trust`]). A
+/// resumed session skips the certificate check, so a ticket issued under a CA or a
+/// revocation list no longer in force would let a client revoked since resume with the
+/// certificate it carries: new keys then make every client show its certificate again.
 /// Each process of a `reuse_port` group has its own, so a ticket resumes only with the
 /// process that issued it; elsewhere the client makes a full handshake.
-fn ticketer() -> Result<Arc<dyn ProducesTickets>, String> {
-    static TICKETER: OnceLock<Arc<dyn ProducesTickets>> = OnceLock::new();
-    if let Some(ticketer) = TICKETER.get() {
-        return Ok(ticketer.clone());
+fn ticketer(trust: u64) -> Result<Arc<dyn ProducesTickets>, String> {
+    static TICKETER: Mutex<Option<(u64, Arc<dyn ProducesTickets>)>> = Mutex::new(None);
+    let mut kept = TICKETER.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some((for_trust, ticketer)) = kept.as_ref() {
+        if *for_trust == trust {
+            return Ok(ticketer.clone());
+        }
     }
     let made = rustls::crypto::aws_lc_rs::Ticketer::new()
         .map_err(|e| format!("cannot make ticket keys: {e}"))?;
-    Ok(TICKETER.get_or_init(|| made).clone())
+    *kept = Some((trust, made.clone()));
+    Ok(made)
+}
+
+/// What decides which client certificates are trusted, as a hash: the `client_ca` and
+/// `client_crl` files' contents and the `client_cert` mode (0 without `client_ca`).
+/// Files that cannot be read hash as empty: the verifier built from them reports that.
+fn client_trust(tls: &TlsConfig) -> u64 {
+    let Some(ca) = &tls.client_ca else {
+        return 0;
+    };
+    let mut input = std::fs::read(ca).unwrap_or_default();
+    input.push(0);
+    if let Some(crl) = &tls.client_crl {
+        input.extend(std::fs::read(crl).unwrap_or_default());
+    }
+    input.push(tls.client_cert as u8);
+    xxhash_rust::xxh3::xxh3_64(&input)
 }
 
 /// The names a suite may be given by in the config: rustls's (`TLS13_AES_128_GCM_SHA256`,
@@ -286,6 +310,37 @@ pub(crate) fn dev_tls() -> TlsConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_client_trust_changes_with_the_files_contents_and_the_mode() {
+        let dir = std::env::temp_dir().join(format!("wsgate-client-trust-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let (ca, crl) = (dir.join("ca.pem"), dir.join("crl.pem"));
+        std::fs::write(&ca, "ca one").expect("write");
+        std::fs::write(&crl, "list one").expect("write");
+        let mut tls = TlsConfig {
+            client_ca: Some(ca.clone()),
+            client_crl: Some(crl.clone()),
+            ..TlsConfig::default()
+        };
+        let first = client_trust(&tls);
+        assert_eq!(client_trust(&tls), first, "the same files, the same trust");
+        std::fs::write(&crl, "list two").expect("write");
+        let revoked_more = client_trust(&tls);
+        assert_ne!(revoked_more, first);
+        std::fs::write(&ca, "ca two").expect("write");
+        assert_ne!(client_trust(&tls), revoked_more);
+        let before = client_trust(&tls);
+        tls.client_cert = crate::config::ClientCertMode::Optional;
+        assert_ne!(client_trust(&tls), before);
+        tls.client_ca = None;
+        assert_eq!(
+            client_trust(&tls),
+            0,
+            "no client certificates, nothing to follow"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     use rustls::crypto::aws_lc_rs::{cipher_suite, default_provider};
     use rustls::{CipherSuite, ClientConfig, ClientConnection, RootCertStore, ServerConnection};
 

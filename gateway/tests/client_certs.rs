@@ -237,12 +237,27 @@ async fn a_revoked_certificate_is_refused_and_a_reload_reads_the_list_again() ->
         refused.err().context("a revoked certificate got in")?
     );
     ensure!(err.contains("CertificateRevoked"), "{err}");
-    tls_session_with(gw.addr, client(Some(kept.client_auth()))?, "localhost", "")
+    let kept_client = client(Some(kept.client_auth()))?;
+    tls_session_with(gw.addr, kept_client.clone(), "localhost", "")
         .await
         .context("a certificate the list does not name")?;
+    let resumed = tls_session_with(gw.addr, kept_client.clone(), "localhost", "").await?;
+    ensure!(
+        resumed.kind == Some(rustls::HandshakeKind::Resumed),
+        "{resumed:?}"
+    );
+    // A reload that leaves the client trust as it was keeps the tickets good.
+    gw.hangup()?;
+    gw.log_line("config reloaded").await?;
+    let resumed = tls_session_with(gw.addr, kept_client.clone(), "localhost", "").await?;
+    ensure!(
+        resumed.kind == Some(rustls::HandshakeKind::Resumed),
+        "after a reload that changed nothing: {resumed:?}"
+    );
 
-    // The list no longer names it: after a reload, it gets in.
-    ca.crl("clients", &[])?;
+    // The list no longer names the first, and names the second: after a reload, the
+    // first gets in.
+    ca.crl("clients", &[43])?;
     gw.hangup()?;
     let again = client(Some(revoked.client_auth()))?;
     wait_for("the reloaded list", DEADLINE, || async {
@@ -250,5 +265,16 @@ async fn a_revoked_certificate_is_refused_and_a_reload_reads_the_list_again() ->
             .await
             .is_ok())
     })
-    .await
+    .await?;
+    // The second, revoked since, cannot resume on a ticket it got before: it shows its
+    // certificate again, and is refused.
+    let after = tls_session_with(gw.addr, kept_client, "localhost", "").await;
+    let err = format!(
+        "{:#}",
+        after
+            .err()
+            .context("a certificate revoked since resumed its session")?
+    );
+    ensure!(err.contains("CertificateRevoked"), "{err}");
+    Ok(())
 }
