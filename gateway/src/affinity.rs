@@ -75,11 +75,9 @@ impl HashKey {
                 std::net::IpAddr::V4(ip) => xxh3_64(&ip.octets()),
                 std::net::IpAddr::V6(ip) => xxh3_64(&ip.octets()),
             }),
-            Self::Claim(name) => match claims.get(name)? {
-                Value::String(s) => Some(xxh3_64(s.as_bytes())),
-                Value::Number(n) => Some(xxh3_64(n.to_string().as_bytes())),
-                _ => None,
-            },
+            Self::Claim(name) => {
+                crate::auth::claim_name(claims, name).map(|value| xxh3_64(value.as_bytes()))
+            }
             Self::Header(name) => Some(xxh3_64(req.headers().get(name)?.as_bytes())),
             Self::Query(name) => {
                 let value = crate::credentials::query_param(req.uri().query()?, name)?;

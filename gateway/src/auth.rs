@@ -8,6 +8,7 @@
 //! token's `kid`, so that keys can be rotated without refusing anyone: from a file, or
 //! from the identity provider's URL (see [`crate::jwks_fetch`]).
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::path::Path;
 
@@ -341,6 +342,17 @@ pub fn expires_at(claims: &Map<String, Value>, leeway: u64) -> Option<std::time:
     })?;
     let end = secs.checked_add(leeway)?.checked_add(1)?;
     std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(end))
+}
+
+/// What a verified claim names (a user, a tenant, a room): a string as it is, a number as
+/// its decimal text; other kinds name nothing. What `[auth] subject_claim` and a pool's
+/// `hash_key = "claim:NAME"` read.
+pub fn claim_name<'c>(claims: &'c Map<String, Value>, claim: &str) -> Option<Cow<'c, str>> {
+    match claims.get(claim)? {
+        Value::String(s) => Some(Cow::Borrowed(s)),
+        Value::Number(n) => Some(Cow::Owned(n.to_string())),
+        _ => None,
+    }
 }
 
 /// The identity headers `[auth.forward_claims]` asks for, from verified `claims`: strings

@@ -496,7 +496,7 @@ async fn prepare(
         .ok_or(Refusal::UnknownBackend)?;
     verifier.check_scopes(&claims, &pool.spec().required_scopes)?;
     // Counted from here to the session's end: a refused subject costs no backend connect.
-    let subject = match subject_of(&claims, &config.auth.subject_claim) {
+    let subject = match crate::auth::claim_name(&claims, &config.auth.subject_claim) {
         Some(sub) => Some(
             shared
                 .limiter()
@@ -830,19 +830,6 @@ impl Drop for Requested {
         if *self.counted.get_mut() {
             self.shared.requested.fetch_sub(1, Ordering::Relaxed);
         }
-    }
-}
-
-/// Whom the token is for: its `[auth] subject_claim`, a string or a number (other kinds
-/// name no one).
-fn subject_of<'c>(
-    claims: &'c serde_json::Map<String, serde_json::Value>,
-    claim: &str,
-) -> Option<std::borrow::Cow<'c, str>> {
-    match claims.get(claim)? {
-        serde_json::Value::String(s) => Some(s.as_str().into()),
-        serde_json::Value::Number(n) => Some(n.to_string().into()),
-        _ => None,
     }
 }
 
