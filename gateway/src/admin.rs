@@ -234,10 +234,11 @@ async fn answer(shared: &Arc<Shared>, req: &Request<Incoming>) -> Response<Full<
             Err(why) => text(StatusCode::BAD_REQUEST, &why),
         },
         (&Method::POST, "/sessions/close") => match close_order(req.uri().query()) {
-            Ok(CloseRequest {
+            Ok(SessionQuery {
                 filter,
                 code,
                 spread,
+                ..
             }) => {
                 let picked = shared.sessions.pick(&filter);
                 let how = Closing::Operator(code);
@@ -294,41 +295,26 @@ fn session_filter(query: Option<&str>) -> Result<Filter, String> {
 /// The longest `spread` a close order may ask for.
 const MAX_SPREAD: Duration = Duration::from_secs(24 * 3600);
 
-/// What `POST /sessions/close` is to do.
-#[derive(Debug, PartialEq, Eq)]
-struct CloseRequest {
-    /// The sessions to close.
-    filter: Filter,
-    /// What their clients hear.
-    code: u16,
-    /// Over how long their closes are spread (zero: all at once).
-    spread: Duration,
-}
-
 /// What `POST /sessions/close` is to do, from its query (see [`session_query`]); with none
 /// of `backend`, `instance` and `subject`, `all=true` must say so.
-fn close_order(query: Option<&str>) -> Result<CloseRequest, String> {
-    let SessionQuery {
-        filter,
-        code,
-        all,
-        spread,
-    } = session_query(query)?;
-    if !filter.names_any() && !all {
+fn close_order(query: Option<&str>) -> Result<SessionQuery, String> {
+    let order = session_query(query)?;
+    if !order.filter.names_any() && !order.all {
         return Err("name backend, instance or subject (or all=true for every session)".into());
     }
-    Ok(CloseRequest {
-        filter,
-        code,
-        spread,
-    })
+    Ok(order)
 }
 
 /// A `/sessions` query as given.
+#[derive(Debug, PartialEq, Eq)]
 struct SessionQuery {
+    /// The sessions it picks.
     filter: Filter,
+    /// What their clients hear, if closed.
     code: u16,
+    /// `all=true`: every session, by intent.
     all: bool,
+    /// Over how long their closes are spread (zero: all at once).
     spread: Duration,
 }
 
@@ -424,23 +410,29 @@ mod tests {
             subject: None,
             max: Some(5),
         };
-        let order = |filter, code, spread| CloseRequest {
+        let order = |filter, code, all, spread| SessionQuery {
             filter,
             code,
+            all,
             spread,
         };
-        assert_eq!(parsed, Ok(order(want, 4001, Duration::ZERO)));
+        assert_eq!(parsed, Ok(order(want, 4001, false, Duration::ZERO)));
         assert_eq!(
             close_order(Some("subject=alice")).map(|o| (o.filter.subject, o.code)),
             Ok((Some("alice".into()), 1001))
         );
         assert_eq!(
             close_order(Some("all=true")),
-            Ok(order(Filter::default(), 1001, Duration::ZERO))
+            Ok(order(Filter::default(), 1001, true, Duration::ZERO))
         );
         assert_eq!(
             close_order(Some("all=true&spread=1m30s")),
-            Ok(order(Filter::default(), 1001, Duration::from_secs(90)))
+            Ok(order(
+                Filter::default(),
+                1001,
+                true,
+                Duration::from_secs(90)
+            ))
         );
         // A listing needs no filter; the query's other rules are the same.
         for query in [None, Some("all=false"), Some("all=true")] {
