@@ -255,9 +255,9 @@ impl Gateway {
         };
         // Connections still in their handshake are waited for too: their requests get a
         // 503 (or, if already past the checks, a session closed with 1001: at once, or
-        // with a spread at its end). One
-        // no request has come on yet only for a moment: a browser's pre-connection or a
-        // port check would otherwise hold every restart for the whole drain.
+        // with a spread at its end). One no request has come on yet only for a moment: a
+        // browser's pre-connection or a port check would otherwise hold every restart for
+        // the whole drain.
         let idle_grace_end = tokio::time::Instant::now() + IDLE_CONNECTION_GRACE;
         let busy = || {
             let connections = if tokio::time::Instant::now() < idle_grace_end {
@@ -277,7 +277,6 @@ impl Gateway {
             }
             tokio::time::sleep(registry::SPREAD_STEP).await;
         }
-        let _ = self.shutdown_tx.send(true);
         let remaining = self.shared.active.load(Ordering::Relaxed);
         let handshaking = self.shared.handshaking.load(Ordering::Relaxed);
         if remaining > 0 {

@@ -420,9 +420,9 @@ impl Pool {
 
     /// Picks an instance of `list` not in `tried` (bit i = index i) and not at its
     /// `max_sessions`: a healthy one by the pool's policy, else (all ejected) the one that
-    /// failed longest ago, or in a `hash` pool the key's own choice. `affinity`: the hash of the client's `hash_key`, for a `hash`
-    /// pool (without one, it takes its instances in turn). `None` when every instance was
-    /// tried or is full.
+    /// failed longest ago, or in a `hash` pool the key's own choice. `affinity`: the hash
+    /// of the client's `hash_key`, for a `hash` pool (without one, it takes its instances
+    /// in turn). `None` when every instance was tried or is full.
     pub fn pick(
         &self,
         list: &[Arc<Instance>],

@@ -310,6 +310,8 @@ pub(crate) fn dev_tls() -> TlsConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustls::crypto::aws_lc_rs::{cipher_suite, default_provider};
+    use rustls::{CipherSuite, ClientConfig, ClientConnection, RootCertStore, ServerConnection};
 
     #[test]
     fn the_client_trust_changes_with_the_files_contents_and_the_mode() {
@@ -341,8 +343,6 @@ mod tests {
         );
         let _ = std::fs::remove_dir_all(&dir);
     }
-    use rustls::crypto::aws_lc_rs::{cipher_suite, default_provider};
-    use rustls::{CipherSuite, ClientConfig, ClientConnection, RootCertStore, ServerConnection};
 
     const AES128: SupportedCipherSuite = cipher_suite::TLS13_AES_128_GCM_SHA256;
     const AES256: SupportedCipherSuite = cipher_suite::TLS13_AES_256_GCM_SHA384;
