@@ -863,20 +863,31 @@ mod tests {
         (u16::from_be_bytes([body[0], body[1]]), body[2..].to_vec())
     }
 
+    /// The next frame `peer` gets, which must be an unmasked close of under 126 bytes:
+    /// its code and reason.
+    async fn unmasked_close(peer: &mut DuplexStream) -> (u16, Vec<u8>) {
+        let mut head = [0u8; 2];
+        peer.read_exact(&mut head).await.expect("close head");
+        assert_eq!(head[0], 0x88, "not a close: {head:?}");
+        assert!(
+            head[1] & 0x80 == 0 && (2..126).contains(&head[1]),
+            "{head:?}"
+        );
+        let mut body = vec![0u8; usize::from(head[1])];
+        peer.read_exact(&mut body).await.expect("close body");
+        (u16::from_be_bytes([body[0], body[1]]), body[2..].to_vec())
+    }
+
     #[tokio::test]
     async fn an_operators_order_closes_the_client_with_its_code_and_the_backend_with_1001() {
         let (registry, run, mut client_peer, mut backend_peer) = registered_session();
         let all = crate::registry::Filter::default();
         assert_eq!(registry.close(&all, 4001), 1);
         // To the client, unmasked: code 4001 and the reason.
-        let reason = b"closed by the gateway operator";
-        let mut got = vec![0u8; 4 + reason.len()];
-        client_peer
-            .read_exact(&mut got)
-            .await
-            .expect("client close");
-        assert_eq!(got[..4], [0x88, 2 + reason.len() as u8, 0x0F, 0xA1]);
-        assert_eq!(&got[4..], reason);
+        assert_eq!(
+            unmasked_close(&mut client_peer).await,
+            (4001, b"closed by the gateway operator".to_vec())
+        );
         // To the backend, masked: 1001.
         assert_eq!(
             masked_close(&mut backend_peer).await,
@@ -913,13 +924,10 @@ mod tests {
             .write_all(&[0x88, 0x02, 0x03, 0xE8])
             .await
             .expect("answer");
-        let mut got = vec![0u8; 4 + reason.len()];
-        client_peer
-            .read_exact(&mut got)
-            .await
-            .expect("client close");
-        assert_eq!(got[..4], [0x88, 2 + reason.len() as u8, 0x03, 0xE9]);
-        assert_eq!(&got[4..], reason);
+        assert_eq!(
+            unmasked_close(&mut client_peer).await,
+            (1001, reason.to_vec())
+        );
         client_peer
             .write_all(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xE9])
             .await
