@@ -236,11 +236,10 @@ async fn over_max_connections_per_ip_is_503_for_that_address_only() -> Result<()
 #[tokio::test]
 async fn over_max_sessions_per_subject_is_503_for_that_subject_only_until_one_ends() -> Result<()> {
     let tb = testbed_with_toml(&[], "[limits]\nmax_sessions_per_subject = 2\n").await?;
-    let pem = std::fs::read(certs().join("jwt-private.pem"))?;
     let as_user = |sub: &str, backend: &str| -> Result<ConnectOptions> {
-        let mut claims = loadgen::token::sample_claims();
-        claims["sub"] = serde_json::Value::from(sub);
-        let token = loadgen::token::mint(&claims, &pem)?;
+        let token = rs256(&claims_with(|c| {
+            c.insert("sub".into(), sub.into());
+        }))?;
         let mut opts = tb.connect_options(backend)?;
         opts.set_header("Authorization", format!("Bearer {token}"));
         Ok(opts)
@@ -279,14 +278,13 @@ async fn subject_claim_counts_sessions_by_another_claim_such_as_a_tenant() -> Re
         "[limits]\nmax_sessions_per_subject = 2\n[auth]\nsubject_claim = \"tenant\"\n",
     )
     .await?;
-    let pem = std::fs::read(certs().join("jwt-private.pem"))?;
     let as_user = |sub: &str, tenant: Option<serde_json::Value>| -> Result<ConnectOptions> {
-        let mut claims = loadgen::token::sample_claims();
-        claims["sub"] = serde_json::Value::from(sub);
-        if let Some(tenant) = tenant {
-            claims["tenant"] = tenant;
-        }
-        let token = loadgen::token::mint(&claims, &pem)?;
+        let token = rs256(&claims_with(|c| {
+            c.insert("sub".into(), sub.into());
+            if let Some(tenant) = tenant {
+                c.insert("tenant".into(), tenant);
+            }
+        }))?;
         let mut opts = tb.connect_options("Backend_ABC")?;
         opts.set_header("Authorization", format!("Bearer {token}"));
         Ok(opts)
