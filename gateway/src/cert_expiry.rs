@@ -1,7 +1,9 @@
 //! When the gateway's own certificates expire: a gauge per certificate for alerts
 //! (`wsgate_tls_certificate_expiry_timestamp_seconds`), and a warning at start and at
 //! every reload for one that expires within [`SOON`] or has expired, so a renewal that did
-//! not happen is seen before clients or backends refuse the gateway.
+//! not happen is seen before clients or backends refuse the gateway. The same for the OCSP
+//! responses stapled to them (`wsgate_tls_ocsp_next_update_timestamp_seconds`, a warning
+//! within [`crate::ocsp::SOON`] of their nextUpdate).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -57,6 +59,59 @@ pub fn of_config(config: &Config) -> Vec<CertExpiry> {
         .collect()
 }
 
+/// The OCSP responses `config` staples (`tls.ocsp`, `tls.certs[N].ocsp`), with their
+/// nextUpdate as `not_after`, as of `now`. Left out: those without a nextUpdate (they do
+/// not lapse) and files that cannot be read or are not a current "good" response (loading
+/// the config refused those, so only a file changed since could be).
+pub fn staples_of_config(config: &Config, now: SystemTime) -> Vec<CertExpiry> {
+    let tls = &config.tls;
+    let named = std::iter::once((
+        "tls.ocsp".to_owned(),
+        tls.cert.as_path(),
+        tls.ocsp.as_deref(),
+    ))
+    .chain(tls.certs.iter().enumerate().map(|(i, p)| {
+        (
+            format!("tls.certs[{i}].ocsp"),
+            p.cert.as_path(),
+            p.ocsp.as_deref(),
+        )
+    }));
+    named
+        .filter_map(|(key, cert, ocsp)| {
+            let ocsp = ocsp?;
+            let chain = CertificateDer::pem_file_iter(cert)
+                .ok()?
+                .collect::<Result<Vec<_>, _>>()
+                .ok()?;
+            let staple = crate::ocsp::read(ocsp, &chain, now).ok()?;
+            Some(CertExpiry {
+                not_after: staple.next_update_unix()?,
+                file: ocsp.to_owned(),
+                key,
+            })
+        })
+        .collect()
+}
+
+/// Logs a warning for each OCSP response of `staples` whose nextUpdate is within
+/// [`crate::ocsp::SOON`] of `now` (one already past it was logged when loaded).
+pub fn warn_if_stale_soon(staples: &[CertExpiry], now: SystemTime) {
+    let now = unix(now);
+    for staple in staples {
+        let left = staple.not_after.saturating_sub(now);
+        if left > 0 && left < crate::ocsp::SOON.as_secs() as i64 {
+            warn!(key = %staple.key, file = %staple.file.display(), expires_in_minutes = left / 60,
+                "OCSP response lapses soon (its nextUpdate): fetch a fresh one and reload");
+        }
+    }
+}
+
+fn unix(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
 /// The notAfter of the first certificate in the PEM file at `path`.
 pub fn not_after(path: &Path) -> Option<i64> {
     let der = CertificateDer::from_pem_file(path).ok()?;
@@ -67,9 +122,7 @@ pub fn not_after(path: &Path) -> Option<i64> {
 /// Logs a warning for each certificate of `certs` that has expired or expires within
 /// [`SOON`] of `now`.
 pub fn warn_if_soon(certs: &[CertExpiry], now: SystemTime) {
-    let now = now
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let now = unix(now);
     for cert in certs {
         let left = cert.not_after.saturating_sub(now);
         let file = cert.file.display();

@@ -364,6 +364,11 @@ pub struct TlsConfig {
     /// key; `cert` goes to every other client. Several host names on one gateway, or one
     /// name with an ECDSA and an RSA certificate.
     pub certs: Vec<CertPair>,
+    /// An OCSP response for `cert` (DER, as `openssl ocsp -respout` or an ACME client
+    /// writes it), stapled to the handshakes that get `cert`, so clients learn it is not
+    /// revoked without asking its CA. Checked when read (start-up and reload); stapled only
+    /// until its nextUpdate. `None` (the default): nothing stapled.
+    pub ocsp: Option<PathBuf>,
     /// CAs a client's certificate must chain to (PEM). Set, clients authenticate with a
     /// certificate too (mutual TLS), besides the token; `None` (the default): no client
     /// certificate is asked for.
@@ -411,6 +416,9 @@ pub struct CertPair {
     pub cert: PathBuf,
     /// Private key of the leaf.
     pub key: PathBuf,
+    /// An OCSP response for this certificate, as `[tls] ocsp` is for `cert`.
+    #[serde(default)]
+    pub ocsp: Option<PathBuf>,
 }
 
 impl Default for TlsConfig {
@@ -421,6 +429,7 @@ impl Default for TlsConfig {
             cipher_suites: Vec::new(),
             session_tickets: 2,
             certs: Vec::new(),
+            ocsp: None,
             client_ca: None,
             client_cert: ClientCertMode::Required,
             client_crl: None,
@@ -1037,9 +1046,11 @@ impl Config {
         tls.key = resolve(&tls.key);
         tls.client_ca = tls.client_ca.as_ref().map(resolve);
         tls.client_crl = tls.client_crl.as_ref().map(resolve);
+        tls.ocsp = tls.ocsp.as_ref().map(resolve);
         for pair in &mut tls.certs {
             pair.cert = resolve(&pair.cert);
             pair.key = resolve(&pair.key);
+            pair.ocsp = pair.ocsp.as_ref().map(resolve);
         }
         for spec in backends.values_mut() {
             let files = &mut spec.tls_files;
@@ -1129,18 +1140,26 @@ impl Config {
         );
         let _ = writeln!(
             o,
-            "[tls]\ncert = {}\nkey = {}\ncipher_suites = {}\nsession_tickets = {}\ncerts = [{}]\n{}\n",
+            "[tls]\ncert = {}\nkey = {}\n{}\ncipher_suites = {}\nsession_tickets = {}\ncerts = [{}]\n{}\n",
             q(&self.tls.cert.display().to_string()),
             q(&self.tls.key.display().to_string()),
+            opt(
+                "ocsp",
+                &self.tls.ocsp.as_ref().map(|p| p.display().to_string())
+            ),
             list(&self.tls.cipher_suites),
             self.tls.session_tickets,
             self.tls
                 .certs
                 .iter()
                 .map(|p| format!(
-                    "{{ cert = {}, key = {} }}",
+                    "{{ cert = {}, key = {}{} }}",
                     q(&p.cert.display().to_string()),
-                    q(&p.key.display().to_string())
+                    q(&p.key.display().to_string()),
+                    p.ocsp
+                        .as_ref()
+                        .map(|o| format!(", ocsp = {}", q(&o.display().to_string())))
+                        .unwrap_or_default()
                 ))
                 .collect::<Vec<_>>()
                 .join(", "),

@@ -13,6 +13,7 @@
 //! | [`proxy_header`] | PROXY protocol v1/v2 header from a TCP load balancer: the client's address |
 //! | [`tls`] | rustls server config from PEM, ALPN `http/1.1` |
 //! | [`server_certs`] | which of the gateway's certificates a handshake gets: by SNI and key kind |
+//! | [`ocsp`] | OCSP responses stapled to a certificate's handshakes, checked, while fresh |
 //! | [`client_cert`] | a client's certificate (mutual TLS) described to its backend |
 //! | [`tls_stream`] | TLS on rustls's unbuffered API: no buffers held while idle |
 //! | [`service`] | TLS handshake, hyper HTTP/1 with upgrades, the handshake phases |
@@ -65,6 +66,7 @@ pub mod limits;
 pub mod listener;
 pub mod mailbox;
 pub mod metrics;
+pub mod ocsp;
 pub mod pacing;
 pub mod pair;
 pub mod pool;

@@ -215,6 +215,8 @@ pub struct Metrics {
     pub jwks_fetches: Family<FetchLabel, Counter>,
     /// When each of the gateway's certificates in force expires (Unix time).
     pub cert_expiry: Family<CertLabels, Gauge>,
+    /// When each stapled OCSP response stops being stapled (Unix time).
+    pub ocsp_next_update: Family<CertLabels, Gauge>,
     /// Per-instance metrics of backend pools.
     pub pools: PoolMetrics,
 }
@@ -246,6 +248,7 @@ impl Metrics {
             proxy_header_refusals: Counter::default(),
             jwks_fetches: Family::default(),
             cert_expiry: Family::default(),
+            ocsp_next_update: Family::default(),
             pools: PoolMetrics::default(),
             registry: Registry::default(),
         };
@@ -271,6 +274,12 @@ impl Metrics {
             "When each certificate of the gateway in force expires (its notAfter, Unix time): \
              tls.cert, tls.certs[N].cert, backend_tls.cert",
             m.cert_expiry.clone(),
+        );
+        registry.register(
+            "tls_ocsp_next_update_timestamp_seconds",
+            "When each OCSP response the gateway staples stops being stapled (its nextUpdate, \
+             Unix time): tls.ocsp, tls.certs[N].ocsp",
+            m.ocsp_next_update.clone(),
         );
         registry.register(
             "proxy_header_refusals",
@@ -384,15 +393,12 @@ impl Metrics {
 
     /// The certificates in force are `certs`: a line each, and none for those no longer.
     pub fn certificates(&self, certs: &[crate::cert_expiry::CertExpiry]) {
-        self.cert_expiry.clear();
-        for cert in certs {
-            self.cert_expiry
-                .get_or_create(&CertLabels {
-                    key: cert.key.clone(),
-                    file: cert.file.display().to_string(),
-                })
-                .set(cert.not_after);
-        }
+        set_expiries(&self.cert_expiry, certs);
+    }
+
+    /// The OCSP responses stapled now are `staples` (their nextUpdate as `not_after`).
+    pub fn staples(&self, staples: &[crate::cert_expiry::CertExpiry]) {
+        set_expiries(&self.ocsp_next_update, staples);
     }
 
     /// Counts a TLS handshake that did not complete, for `reason` (see
@@ -467,5 +473,18 @@ impl Metrics {
                 backend: backend.to_owned(),
             })
             .observe(took.as_secs_f64());
+    }
+}
+
+/// `family` holds a line for each of `expiries` and no other.
+fn set_expiries(family: &Family<CertLabels, Gauge>, expiries: &[crate::cert_expiry::CertExpiry]) {
+    family.clear();
+    for expiry in expiries {
+        family
+            .get_or_create(&CertLabels {
+                key: expiry.key.clone(),
+                file: expiry.file.display().to_string(),
+            })
+            .set(expiry.not_after);
     }
 }

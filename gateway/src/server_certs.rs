@@ -1,16 +1,21 @@
 //! The gateway's own certificates, and which one a handshake gets: the one whose names
 //! hold the server name the client asked for (SNI), of a kind of key the client can
 //! verify; else the default (`[tls] cert`). One gateway can so serve several host names,
-//! or one name with both an ECDSA and an RSA certificate, as nginx and HAProxy can.
+//! or one name with both an ECDSA and an RSA certificate, as nginx and HAProxy can. A
+//! certificate with an OCSP response ([`crate::ocsp`]) gets it stapled while it is fresh.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::SignatureScheme;
+use tracing::warn;
 
 use crate::config::TlsConfig;
+use crate::ocsp::Staple;
 use crate::tls::chain_and_key;
 
 /// Every signature scheme rustls knows a server key to sign handshakes with.
@@ -29,10 +34,34 @@ const SCHEMES: [SignatureScheme; 12] = [
     SignatureScheme::RSA_PKCS1_SHA1,
 ];
 
+/// A certificate as loaded, with the OCSP response to staple to it, if any.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The chain and its key.
+    pub key: CertifiedKey,
+    /// The response to staple, and the config key that named it (`tls.ocsp`,
+    /// `tls.certs[N].ocsp`) for the log.
+    pub staple: Option<(Staple, String)>,
+}
+
+/// The certificate with its OCSP response stapled, and until when to staple it.
+#[derive(Debug)]
+struct Stapled {
+    key: Arc<CertifiedKey>,
+    until: Option<SystemTime>,
+    /// The config key that named the response.
+    named_by: String,
+    /// Whether its lapse was logged.
+    lapsed: AtomicBool,
+}
+
 /// One certificate with what choosing it takes.
 #[derive(Debug)]
 struct Candidate {
+    /// The certificate without a staple.
     key: Arc<CertifiedKey>,
+    /// With one, while it is fresh.
+    stapled: Option<Stapled>,
     /// The DNS names of its subjectAltName, lower case; `*.example.com` holds one label.
     names: Vec<String>,
     /// The schemes its key signs with.
@@ -40,7 +69,8 @@ struct Candidate {
 }
 
 impl Candidate {
-    fn new(key: CertifiedKey) -> Result<Self, String> {
+    fn new(loaded: Loaded) -> Result<Self, String> {
+        let Loaded { key, staple } = loaded;
         let leaf = key
             .end_entity_cert()
             .map_err(|e| format!("no certificate: {e}"))?;
@@ -54,11 +84,38 @@ impl Candidate {
             .into_iter()
             .filter(|s| key.key.choose_scheme(&[*s]).is_some())
             .collect();
+        let stapled = staple.map(|(staple, named_by)| Stapled {
+            key: Arc::new(CertifiedKey {
+                ocsp: Some(staple.der),
+                ..key.clone()
+            }),
+            until: staple.next_update,
+            named_by,
+            lapsed: AtomicBool::new(false),
+        });
         Ok(Self {
             key: Arc::new(key),
+            stapled,
             names,
             schemes,
         })
+    }
+
+    /// The certificate as a handshake at `now` gets it: with its OCSP response while that
+    /// is fresh. The first handshake after it lapsed logs so.
+    fn served_at(&self, now: SystemTime) -> &Arc<CertifiedKey> {
+        if let Some(stapled) = &self.stapled {
+            if stapled.until.is_none_or(|until| now < until) {
+                return &stapled.key;
+            }
+            if !stapled.lapsed.swap(true, Ordering::Relaxed) {
+                warn!(
+                    key = %stapled.named_by,
+                    "OCSP response has passed its nextUpdate: handshakes go without it; fetch a fresh one and reload"
+                );
+            }
+        }
+        &self.key
     }
 
     /// Whether the client can verify a signature of this key.
@@ -95,10 +152,10 @@ pub type CertProblem = (usize, String);
 impl ServerCerts {
     /// The default certificate and the others. Every other one must name at least one DNS
     /// host, or no client's server name could ever pick it.
-    pub fn new(default: CertifiedKey, more: Vec<CertifiedKey>) -> Result<Self, CertProblem> {
+    pub fn new(default: Loaded, more: Vec<Loaded>) -> Result<Self, CertProblem> {
         let mut candidates = vec![Candidate::new(default).map_err(|e| (0, e))?];
-        for (i, key) in more.into_iter().enumerate() {
-            let candidate = Candidate::new(key).map_err(|e| (i + 1, e))?;
+        for (i, loaded) in more.into_iter().enumerate() {
+            let candidate = Candidate::new(loaded).map_err(|e| (i + 1, e))?;
             if candidate.names.is_empty() {
                 return Err((
                     i + 1,
@@ -110,22 +167,26 @@ impl ServerCerts {
         Ok(Self { candidates })
     }
 
-    /// The certificates `[tls]` names (`cert`/`key`, then `certs`), loaded and checked:
-    /// each key matches its certificate and, with `cipher_suites`, can be used by one of
-    /// `provider`'s suites. Errors name the key (`cert`, `key`, `certs[N].cert`,
-    /// `certs[N].key` or `cipher_suites`) and the problem.
+    /// The certificates `[tls]` names (`cert`/`key`/`ocsp`, then `certs`), loaded and
+    /// checked: each key matches its certificate and, with `cipher_suites`, can be used
+    /// by one of `provider`'s suites; each OCSP response is a current "good" one of its
+    /// certificate ([`crate::ocsp::check`]; one past its nextUpdate is logged and left
+    /// out). Errors name the key (`cert`, `key`, `ocsp`, `certs[N].cert`, `certs[N].key`,
+    /// `certs[N].ocsp` or `cipher_suites`) and the problem.
     pub fn load(tls: &TlsConfig, provider: &CryptoProvider) -> Result<Self, (String, String)> {
         let pair_key = |i: usize, which: &str| match i {
             0 => which.to_owned(),
             i => format!("certs[{}].{which}", i - 1),
         };
-        let pairs = std::iter::once((tls.cert.as_path(), tls.key.as_path())).chain(
-            tls.certs
-                .iter()
-                .map(|p| (p.cert.as_path(), p.key.as_path())),
-        );
+        let pairs = std::iter::once((tls.cert.as_path(), tls.key.as_path(), tls.ocsp.as_deref()))
+            .chain(
+                tls.certs
+                    .iter()
+                    .map(|p| (p.cert.as_path(), p.key.as_path(), p.ocsp.as_deref())),
+            );
+        let now = SystemTime::now();
         let mut keys = Vec::with_capacity(1 + tls.certs.len());
-        for (i, (cert, key)) in pairs.enumerate() {
+        for (i, (cert, key, ocsp)) in pairs.enumerate() {
             let (chain, key_der) =
                 chain_and_key(cert, key).map_err(|(which, e)| (pair_key(i, which), e))?;
             let certified = CertifiedKey::from_der(chain, key_der, provider).map_err(|e| {
@@ -151,7 +212,26 @@ impl ServerCerts {
                                 ),
                         ));
             }
-            keys.push(certified);
+            let staple = match ocsp {
+                None => None,
+                Some(file) => {
+                    let named_by = format!("tls.{}", pair_key(i, "ocsp"));
+                    let staple = crate::ocsp::read(file, &certified.cert, now)
+                        .map_err(|e| (pair_key(i, "ocsp"), format!("{}: {e}", file.display())))?;
+                    if staple.fresh_at(now) {
+                        Some((staple, named_by))
+                    } else {
+                        let next_update = staple.next_update.map(crate::ocsp::rfc3339);
+                        warn!(key = %named_by, file = %file.display(), next_update = next_update.as_deref().unwrap_or("-"),
+                            "OCSP response has passed its nextUpdate: the certificate goes without it; fetch a fresh one and reload");
+                        None
+                    }
+                }
+            };
+            keys.push(Loaded {
+                key: certified,
+                staple,
+            });
         }
         let default = keys.remove(0);
         Self::new(default, keys).map_err(|(i, e)| (pair_key(i, "cert"), e))
@@ -161,30 +241,27 @@ impl ServerCerts {
     /// signatures of the `offered` schemes: the first that holds the name and fits; else
     /// the default if it fits; else the first that fits (an RSA-only client without a
     /// name); else the default, whose handshake then fails as it would with it alone.
-    fn pick(&self, name: Option<&str>, offered: &[SignatureScheme]) -> &Arc<CertifiedKey> {
+    fn pick(&self, name: Option<&str>, offered: &[SignatureScheme]) -> &Candidate {
         let default = &self.candidates[0];
         if self.candidates.len() == 1 {
-            return &default.key;
+            return default;
         }
         let by_name = name.and_then(|name| {
             self.candidates
                 .iter()
                 .find(|c| c.holds(name) && c.fits(offered))
         });
-        let chosen = by_name
+        by_name
             .or_else(|| default.fits(offered).then_some(default))
             .or_else(|| self.candidates.iter().find(|c| c.fits(offered)))
-            .unwrap_or(default);
-        &chosen.key
+            .unwrap_or(default)
     }
 }
 
 impl ResolvesServerCert for ServerCerts {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(
-            self.pick(hello.server_name(), hello.signature_schemes())
-                .clone(),
-        )
+        let chosen = self.pick(hello.server_name(), hello.signature_schemes());
+        Some(chosen.served_at(SystemTime::now()).clone())
     }
 }
 
@@ -217,6 +294,7 @@ mod tests {
         key.ocsp = Some(tag.to_vec());
         Ok(Candidate {
             key: Arc::new(key),
+            stapled: None,
             names: names.iter().map(|n| n.to_string()).collect(),
             schemes: schemes.to_vec(),
         })
@@ -226,7 +304,12 @@ mod tests {
     const RSA: SignatureScheme = SignatureScheme::RSA_PSS_SHA256;
 
     fn picked(certs: &ServerCerts, name: Option<&str>, offered: &[SignatureScheme]) -> Vec<u8> {
-        certs.pick(name, offered).ocsp.clone().unwrap_or_default()
+        certs
+            .pick(name, offered)
+            .key
+            .ocsp
+            .clone()
+            .unwrap_or_default()
     }
 
     #[test]
@@ -259,9 +342,42 @@ mod tests {
     }
 
     #[test]
+    fn a_staple_goes_with_its_certificate_until_its_next_update() -> TestResult<()> {
+        let plain = candidate(&["localhost"], &[EC], b"")?;
+        let now = SystemTime::now();
+        let until = now + std::time::Duration::from_secs(3600);
+        let staple = Staple {
+            der: b"response".to_vec(),
+            next_update: Some(until),
+        };
+        let c = Candidate::new(Loaded {
+            key: CertifiedKey::clone(&plain.key),
+            staple: Some((staple, "tls.ocsp".into())),
+        })?;
+        let ocsp_at = |t: SystemTime| c.served_at(t).ocsp.clone().unwrap_or_default();
+        assert_eq!(ocsp_at(now), b"response");
+        assert!(!c
+            .stapled
+            .as_ref()
+            .is_some_and(|s| s.lapsed.load(Ordering::Relaxed)));
+        assert_eq!(ocsp_at(until), b"");
+        assert!(c
+            .stapled
+            .as_ref()
+            .is_some_and(|s| s.lapsed.load(Ordering::Relaxed)));
+        assert_eq!(ocsp_at(until + std::time::Duration::from_secs(1)), b"");
+        // The certificate is the same either way.
+        assert_eq!(c.served_at(now).cert, c.served_at(until).cert);
+        Ok(())
+    }
+
+    #[test]
     fn the_dev_certificate_names_localhost_and_signs_with_ecdsa() -> TestResult<()> {
         let c = candidate(&[], &[], b"")?;
-        let c = Candidate::new(CertifiedKey::clone(&c.key))?;
+        let c = Candidate::new(Loaded {
+            key: CertifiedKey::clone(&c.key),
+            staple: None,
+        })?;
         assert_eq!(c.names, ["localhost"]);
         assert!(c.fits(&[EC]) && !c.fits(&[RSA]));
         Ok(())

@@ -213,9 +213,14 @@ impl Shared {
     }
 }
 
-/// Shows when `config`'s certificates expire (metric), and warns of those that soon do.
+/// Shows when `config`'s certificates expire and its OCSP responses lapse (metrics), and
+/// warns of those that soon do.
 fn certificates_in_force(metrics: &Metrics, config: &Config) {
+    let now = std::time::SystemTime::now();
     let certs = crate::cert_expiry::of_config(config);
     metrics.certificates(&certs);
-    crate::cert_expiry::warn_if_soon(&certs, std::time::SystemTime::now());
+    crate::cert_expiry::warn_if_soon(&certs, now);
+    let staples = crate::cert_expiry::staples_of_config(config, now);
+    metrics.staples(&staples);
+    crate::cert_expiry::warn_if_stale_soon(&staples, now);
 }

@@ -6,91 +6,25 @@
 
 mod support;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::WebPkiServerVerifier;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::CertificateDer;
+use rustls::{ClientConfig, SignatureScheme};
+use support::noting::{noting_client, Noting};
 use support::probe::Probe;
 use support::process::GatewayProc;
 use support::test_ca::TestCa;
 use support::tls_client::{probe_gateway, tls_session};
 use support::*;
 
-/// Checks the server's certificate as rustls's own verifier does, against the test CA and
-/// the dev CA, after noting it; offers only `schemes` when given (an RSA-only client).
-#[derive(Debug)]
-struct Noting {
-    inner: Arc<WebPkiServerVerifier>,
-    seen: Mutex<Option<Vec<u8>>>,
-    schemes: Option<Vec<SignatureScheme>>,
-}
-
-impl ServerCertVerifier for Noting {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if let Ok(mut seen) = self.seen.lock() {
-            *seen = Some(end_entity.to_vec());
-        }
-        self.inner
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.schemes
-            .clone()
-            .unwrap_or_else(|| self.inner.supported_verify_schemes())
-    }
-}
-
 /// A client trusting `ca` and the dev CA that notes the certificate it is shown.
 fn client(
     ca: &TestCa,
     schemes: Option<Vec<SignatureScheme>>,
 ) -> Result<(Arc<ClientConfig>, Arc<Noting>)> {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.issuer.der().clone())?;
-    for dev in CertificateDer::pem_file_iter(certs().join("ca.crt"))? {
-        roots.add(dev?)?;
-    }
-    let noting = Arc::new(Noting {
-        inner: WebPkiServerVerifier::builder(Arc::new(roots)).build()?,
-        seen: Mutex::new(None),
-        schemes,
-    });
-    let mut config = ClientConfig::builder()
-        .dangerous()
-        .with_custom_certificate_verifier(noting.clone())
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    // Every handshake a full one, so that every one is shown a certificate.
-    config.resumption = rustls::client::Resumption::disabled();
-    Ok((Arc::new(config), noting))
+    noting_client(Some(ca), schemes, rustls::ALL_VERSIONS)
 }
 
 /// The certificate a session asking for `name` was shown, and whether the session (TLS,
@@ -101,12 +35,10 @@ async fn shown(
     name: &str,
 ) -> Result<(Vec<u8>, Result<()>)> {
     let (config, noting) = config;
-    if let Ok(mut seen) = noting.seen.lock() {
-        *seen = None;
-    }
+    noting.take();
     let session = tls_session(gw.addr, config.clone(), name).await.map(|_| ());
-    let seen = noting.seen.lock().ok().and_then(|s| s.clone());
-    Ok((seen.context("no certificate was shown")?, session))
+    let seen = noting.take().context("no certificate was shown")?;
+    Ok((seen.cert, session))
 }
 
 /// The dev server certificate's DER (`[tls] cert`, the default).

@@ -5,6 +5,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod idp;
+pub mod noting;
 pub mod probe;
 pub mod process;
 pub mod python;

@@ -2,9 +2,9 @@
 //! dev certificates do not have, and revocation lists, written as PEM files the gateway's
 //! config can name.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{ensure, Context, Result};
 use rcgen::{
     date_time_ymd, BasicConstraints, CertificateParams, CertificateRevocationListParams,
     CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair, RevokedCertParams,
@@ -134,4 +134,85 @@ impl TestCa {
         std::fs::write(&path, crl.pem()?)?;
         Ok(path)
     }
+}
+
+impl TestCa {
+    /// The CA's private key as a PEM file (for `openssl ocsp`).
+    pub fn key_file(&self) -> Result<PathBuf> {
+        let path = self.dir.join("ca.key");
+        std::fs::write(&path, self.issuer.key().serialize_pem())?;
+        Ok(path)
+    }
+}
+
+/// What an OCSP response says of a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OcspStatus {
+    Good,
+    Revoked,
+}
+
+/// An OCSP response by `openssl ocsp` (the CA of `ca_cert`/`ca_key` answering for
+/// itself, as a responder does) on the leaf in `cert`, with `status`, valid for a day,
+/// written to `out` (DER) and returned.
+pub fn openssl_ocsp(
+    ca_cert: &Path,
+    ca_key: &Path,
+    cert: &Path,
+    status: OcspStatus,
+    out: &Path,
+) -> Result<Vec<u8>> {
+    let serial = openssl(&["x509", "-in", path_str(cert)?, "-noout", "-serial"])?;
+    let serial = serial
+        .trim()
+        .strip_prefix("serial=")
+        .context("no serial from openssl x509")?;
+    let line = match status {
+        OcspStatus::Good => format!("V\t491231235959Z\t\t{serial}\tunknown\t/CN=test\n"),
+        OcspStatus::Revoked => {
+            format!("R\t491231235959Z\t250601000000Z\t{serial}\tunknown\t/CN=test\n")
+        }
+    };
+    let index = out.with_extension("index");
+    std::fs::write(&index, line)?;
+    openssl(&[
+        "ocsp",
+        "-index",
+        path_str(&index)?,
+        "-rsigner",
+        path_str(ca_cert)?,
+        "-rkey",
+        path_str(ca_key)?,
+        "-CA",
+        path_str(ca_cert)?,
+        "-issuer",
+        path_str(ca_cert)?,
+        "-cert",
+        path_str(cert)?,
+        "-no_nonce",
+        "-ndays",
+        "1",
+        "-respout",
+        path_str(out)?,
+    ])?;
+    Ok(std::fs::read(out)?)
+}
+
+fn path_str(path: &Path) -> Result<&str> {
+    path.to_str().context("a path that is not UTF-8")
+}
+
+/// Runs `openssl` with `args`; its stdout.
+fn openssl(args: &[&str]) -> Result<String> {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .output()
+        .context("running openssl (apt-get install openssl)")?;
+    ensure!(
+        out.status.success(),
+        "openssl {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

@@ -1,0 +1,385 @@
+//! OCSP stapling (`[tls] ocsp`, `certs[N].ocsp`): a response from a certificate's CA
+//! saying the certificate is not revoked, sent in the TLS handshake, so that clients need
+//! not ask the CA themselves (slower, and it tells the CA who visits) and clients that
+//! insist on one (OCSP must-staple) accept the certificate. As nginx's
+//! `ssl_stapling_file` and HAProxy's `.ocsp` files, the response is fetched by the
+//! operator (`openssl ocsp`, an ACME client) and read at start-up and every reload.
+//!
+//! A response is checked when read: a successful basic response, about this very
+//! certificate (serial number, issuer name and, with the issuer in the chain, issuer
+//! key), saying "good", and not issued in the future. Its signature is the client's to
+//! verify, against the CA it trusts. Past its nextUpdate a response is no longer stapled:
+//! clients refuse a stale one, while without one most ask the CA or go on.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::digest;
+use der::oid::db::rfc5912::{ID_SHA_1, ID_SHA_256, ID_SHA_384, ID_SHA_512};
+use der::oid::{AssociatedOid, ObjectIdentifier};
+use der::Decode;
+use rustls::pki_types::CertificateDer;
+use x509_ocsp::{BasicOcspResponse, CertId, CertStatus, OcspResponse, OcspResponseStatus};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+/// A staple whose nextUpdate is nearer than this is warned of (start-up, reload):
+/// responders issue new ones days before, so a file this old was not refreshed.
+pub const SOON: Duration = Duration::from_secs(24 * 3600);
+
+/// How far a response's thisUpdate may be ahead of this machine's clock: the responder's
+/// and this machine's clocks differ a little.
+const CLOCK_SKEW: Duration = Duration::from_secs(300);
+
+/// A checked OCSP response for one certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Staple {
+    /// The response as sent in handshakes (DER).
+    pub der: Vec<u8>,
+    /// When it stops being valid (its nextUpdate); `None`: the responder gave none, it
+    /// stays valid.
+    pub next_update: Option<SystemTime>,
+}
+
+impl Staple {
+    /// Whether clients would still accept it at `now`.
+    pub fn fresh_at(&self, now: SystemTime) -> bool {
+        self.next_update.is_none_or(|until| now < until)
+    }
+
+    /// Its nextUpdate in seconds since the Unix epoch, if it has one.
+    pub fn next_update_unix(&self) -> Option<i64> {
+        let until = self.next_update?.duration_since(UNIX_EPOCH).ok()?;
+        i64::try_from(until.as_secs()).ok()
+    }
+}
+
+/// Why a file cannot be stapled to a certificate.
+#[derive(Debug, thiserror::Error)]
+pub enum StapleError {
+    /// The file could not be read.
+    #[error("cannot read it: {0}")]
+    Read(#[from] std::io::Error),
+    /// PEM instead of DER.
+    #[error("it is PEM; an OCSP response file is DER (`openssl ocsp -respout` writes DER)")]
+    Pem,
+    /// Not an OCSP response at all.
+    #[error("not an OCSP response (DER): {0}")]
+    Malformed(String),
+    /// The responder refused to answer (tryLater, unauthorized, …).
+    #[error("the responder did not answer with a status but with {0}")]
+    NotSuccessful(&'static str),
+    /// A response of a type other than the basic one clients know.
+    #[error("not a basic OCSP response")]
+    NotBasic,
+    /// The leaf certificate itself could not be read.
+    #[error("cannot read the certificate it is for: {0}")]
+    Certificate(String),
+    /// No status in it is about this certificate.
+    #[error("it is about another certificate (none of its statuses has this certificate's serial number and issuer)")]
+    OtherCertificate,
+    /// The CA says the certificate is revoked: clients would refuse it.
+    #[error("it says the certificate was revoked ({0}): clients would refuse it")]
+    Revoked(String),
+    /// The responder does not know the certificate.
+    #[error("it says the certificate's status is unknown to the responder")]
+    Unknown,
+    /// Issued after now: a wrong clock here or at the responder.
+    #[error("it is not valid yet (thisUpdate {0})")]
+    NotYetValid(String),
+}
+
+/// Reads the OCSP response at `path` and checks it is a current "good" status of the
+/// leaf of `chain` (see [`check`]).
+pub fn read(
+    path: &Path,
+    chain: &[CertificateDer<'_>],
+    now: SystemTime,
+) -> Result<Staple, StapleError> {
+    check(std::fs::read(path)?, chain, now)
+}
+
+/// Checks that `der` is a successful basic OCSP response with a "good" status of the leaf
+/// of `chain` (matched by serial number and issuer name hash, and issuer key hash when
+/// the chain holds the issuer), issued no later than `now` (give or take
+/// [`CLOCK_SKEW`]). One past its nextUpdate is no error: it is stapled only while fresh.
+pub fn check(
+    der: Vec<u8>,
+    chain: &[CertificateDer<'_>],
+    now: SystemTime,
+) -> Result<Staple, StapleError> {
+    if der.starts_with(b"-----BEGIN") {
+        return Err(StapleError::Pem);
+    }
+    let response =
+        OcspResponse::from_der(&der).map_err(|e| StapleError::Malformed(e.to_string()))?;
+    if response.response_status != OcspResponseStatus::Successful {
+        return Err(StapleError::NotSuccessful(status_name(
+            response.response_status,
+        )));
+    }
+    let bytes = response.response_bytes.ok_or(StapleError::NotBasic)?;
+    if bytes.response_type != BasicOcspResponse::OID {
+        return Err(StapleError::NotBasic);
+    }
+    let basic = BasicOcspResponse::from_der(bytes.response.as_bytes())
+        .map_err(|e| StapleError::Malformed(e.to_string()))?;
+    let leaf = chain
+        .first()
+        .ok_or_else(|| StapleError::Certificate("no certificate".into()))?;
+    let (_, leaf) =
+        X509Certificate::from_der(leaf).map_err(|e| StapleError::Certificate(e.to_string()))?;
+    let issuer = chain
+        .get(1)
+        .and_then(|c| X509Certificate::from_der(c).ok())
+        .map(|(_, c)| c);
+    let single = basic
+        .tbs_response_data
+        .responses
+        .iter()
+        .find(|r| is_about(&r.cert_id, &leaf, issuer.as_ref()))
+        .ok_or(StapleError::OtherCertificate)?;
+    match &single.cert_status {
+        CertStatus::Good(_) => {}
+        CertStatus::Revoked(info) => {
+            return Err(StapleError::Revoked(format!(
+                "at {}",
+                rfc3339(to_system_time(&info.revocation_time.0))
+            )))
+        }
+        CertStatus::Unknown(_) => return Err(StapleError::Unknown),
+    }
+    let this_update = to_system_time(&single.this_update.0);
+    if this_update > now + CLOCK_SKEW {
+        return Err(StapleError::NotYetValid(rfc3339(this_update)));
+    }
+    let next_update = single.next_update.as_ref().map(|t| to_system_time(&t.0));
+    Ok(Staple { der, next_update })
+}
+
+/// Whether `id` names `leaf`: its serial number, the hash of its issuer's name and, when
+/// `issuer` is known, the hash of the issuer's public key.
+fn is_about(id: &CertId, leaf: &X509Certificate<'_>, issuer: Option<&X509Certificate<'_>>) -> bool {
+    if id.serial_number.as_bytes() != leaf.raw_serial() {
+        return false;
+    }
+    let Some(alg) = hash_algorithm(&id.hash_algorithm.oid) else {
+        return false;
+    };
+    let name_hash = digest::digest(alg, leaf.issuer().as_raw());
+    if name_hash.as_ref() != id.issuer_name_hash.as_bytes() {
+        return false;
+    }
+    issuer.is_none_or(|issuer| {
+        let key_hash = digest::digest(alg, &issuer.public_key().subject_public_key.data);
+        key_hash.as_ref() == id.issuer_key_hash.as_bytes()
+    })
+}
+
+/// The digest a CertID's hash algorithm names, of those responders use.
+fn hash_algorithm(oid: &ObjectIdentifier) -> Option<&'static digest::Algorithm> {
+    match *oid {
+        ID_SHA_1 => Some(&digest::SHA1_FOR_LEGACY_USE_ONLY),
+        ID_SHA_256 => Some(&digest::SHA256),
+        ID_SHA_384 => Some(&digest::SHA384),
+        ID_SHA_512 => Some(&digest::SHA512),
+        _ => None,
+    }
+}
+
+fn status_name(status: OcspResponseStatus) -> &'static str {
+    match status {
+        OcspResponseStatus::Successful => "successful",
+        OcspResponseStatus::MalformedRequest => "malformedRequest",
+        OcspResponseStatus::InternalError => "internalError",
+        OcspResponseStatus::TryLater => "tryLater",
+        OcspResponseStatus::SigRequired => "sigRequired",
+        OcspResponseStatus::Unauthorized => "unauthorized",
+    }
+}
+
+fn to_system_time(t: &der::asn1::GeneralizedTime) -> SystemTime {
+    UNIX_EPOCH + t.to_unix_duration()
+}
+
+/// `t` as `2026-12-08T10:00:00Z`, for messages.
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use der::asn1::{GeneralizedTime, Null, OctetString};
+    use der::Encode;
+    use rustls::pki_types::pem::PemObject;
+    use x509_ocsp::{OcspGeneralizedTime, ResponderId, ResponseData, RevokedInfo, SingleResponse};
+
+    type TestResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    fn dev_cert(name: &str) -> TestResult<CertificateDer<'static>> {
+        Ok(CertificateDer::from_pem_file(
+            crate::tls::dev_certs().join(name),
+        )?)
+    }
+
+    fn time(t: SystemTime) -> TestResult<OcspGeneralizedTime> {
+        Ok(OcspGeneralizedTime(GeneralizedTime::from_unix_duration(
+            t.duration_since(UNIX_EPOCH)?,
+        )?))
+    }
+
+    /// A response on `leaf` (issued by `issuer`) with `status` and the times given, signed
+    /// with nothing (`check` leaves the signature to clients), hashed with SHA-256.
+    fn response(
+        leaf: &CertificateDer<'_>,
+        issuer: &CertificateDer<'_>,
+        status: CertStatus,
+        this_update: SystemTime,
+        next_update: Option<SystemTime>,
+    ) -> TestResult<Vec<u8>> {
+        let (_, leaf) = X509Certificate::from_der(leaf)?;
+        let (_, issuer) = X509Certificate::from_der(issuer)?;
+        let sha256 = |data: &[u8]| digest::digest(&digest::SHA256, data).as_ref().to_vec();
+        let cert_id = CertId {
+            hash_algorithm: spki::AlgorithmIdentifierOwned {
+                oid: ID_SHA_256,
+                parameters: None,
+            },
+            issuer_name_hash: OctetString::new(sha256(leaf.issuer().as_raw()))?,
+            issuer_key_hash: OctetString::new(sha256(
+                &issuer.public_key().subject_public_key.data,
+            ))?,
+            serial_number: x509_cert::serial_number::SerialNumber::new(leaf.raw_serial())?,
+        };
+        let basic = BasicOcspResponse {
+            tbs_response_data: ResponseData {
+                version: x509_ocsp::Version::V1,
+                responder_id: ResponderId::ByKey(OctetString::new([7u8; 20])?),
+                produced_at: time(this_update)?,
+                responses: vec![SingleResponse {
+                    cert_id,
+                    cert_status: status,
+                    this_update: time(this_update)?,
+                    next_update: next_update.map(time).transpose()?,
+                    single_extensions: None,
+                }],
+                response_extensions: None,
+            },
+            signature_algorithm: spki::AlgorithmIdentifierOwned {
+                oid: der::oid::db::rfc5912::ECDSA_WITH_SHA_256,
+                parameters: None,
+            },
+            signature: der::asn1::BitString::from_bytes(&[0u8; 64])?,
+            certs: None,
+        };
+        Ok(OcspResponse::successful(basic)?.to_der()?)
+    }
+
+    #[test]
+    fn a_good_response_on_the_certificate_is_taken_with_its_next_update() -> TestResult<()> {
+        let (leaf, ca) = (dev_cert("server.crt")?, dev_cert("ca.crt")?);
+        let now = SystemTime::now();
+        let der = response(&leaf, &ca, CertStatus::good(), now, Some(now + DAY))?;
+        // The chain as most files have it (the leaf alone), and with its issuer.
+        for chain in [vec![leaf.clone()], vec![leaf.clone(), ca.clone()]] {
+            let staple = check(der.clone(), &chain, now)?;
+            assert_eq!(staple.der, der);
+            assert!(staple.fresh_at(now + DAY - Duration::from_secs(1)));
+            assert!(!staple.fresh_at(now + DAY));
+        }
+        // A response past its nextUpdate is read (and then not stapled).
+        let staple = check(der, &[leaf], now + 2 * DAY)?;
+        assert!(!staple.fresh_at(now + 2 * DAY));
+        Ok(())
+    }
+
+    #[test]
+    fn a_response_without_next_update_stays_fresh() -> TestResult<()> {
+        let (leaf, ca) = (dev_cert("server.crt")?, dev_cert("ca.crt")?);
+        let now = SystemTime::now();
+        let staple = check(
+            response(&leaf, &ca, CertStatus::good(), now, None)?,
+            &[leaf],
+            now,
+        )?;
+        assert!(staple.fresh_at(now + 3650 * DAY));
+        assert_eq!(staple.next_update_unix(), None);
+        Ok(())
+    }
+
+    #[test]
+    fn other_certificates_revoked_unknown_and_future_responses_are_refused() -> TestResult<()> {
+        let (leaf, ca, client) = (
+            dev_cert("server.crt")?,
+            dev_cert("ca.crt")?,
+            dev_cert("client.crt")?,
+        );
+        let now = SystemTime::now();
+        let good = response(&leaf, &ca, CertStatus::good(), now, Some(now + DAY))?;
+
+        // The dev client certificate has the same issuer, not the same serial number.
+        let err = check(good.clone(), std::slice::from_ref(&client), now).err();
+        assert!(
+            matches!(err, Some(StapleError::OtherCertificate)),
+            "{err:?}"
+        );
+        // An issuer in the chain whose key is not the one the response names.
+        let err = check(good.clone(), &[leaf.clone(), client.clone()], now).err();
+        assert!(
+            matches!(err, Some(StapleError::OtherCertificate)),
+            "{err:?}"
+        );
+
+        let revoked = CertStatus::revoked(RevokedInfo {
+            revocation_time: time(UNIX_EPOCH + 20_000 * DAY)?,
+            revocation_reason: None,
+        });
+        let err = check(
+            response(&leaf, &ca, revoked, now, None)?,
+            std::slice::from_ref(&leaf),
+            now,
+        )
+        .err();
+        assert!(
+            matches!(&err, Some(StapleError::Revoked(at)) if at == "at 2024-10-04T00:00:00Z"),
+            "{err:?}"
+        );
+        let unknown = CertStatus::Unknown(Null);
+        let err = check(
+            response(&leaf, &ca, unknown, now, None)?,
+            std::slice::from_ref(&leaf),
+            now,
+        )
+        .err();
+        assert!(matches!(err, Some(StapleError::Unknown)), "{err:?}");
+
+        // Made an hour ahead of this clock: not valid yet; five minutes are let pass.
+        let err = check(
+            good.clone(),
+            std::slice::from_ref(&leaf),
+            now - Duration::from_secs(3600),
+        )
+        .err();
+        assert!(matches!(err, Some(StapleError::NotYetValid(_))), "{err:?}");
+        check(
+            good,
+            std::slice::from_ref(&leaf),
+            now - Duration::from_secs(240),
+        )?;
+
+        // A responder's refusal is no status.
+        let later = OcspResponse::try_later().to_der()?;
+        let err = check(later, std::slice::from_ref(&leaf), now).err();
+        assert!(
+            matches!(err, Some(StapleError::NotSuccessful("tryLater"))),
+            "{err:?}"
+        );
+        let err = check(leaf.to_vec(), std::slice::from_ref(&leaf), now).err();
+        assert!(matches!(err, Some(StapleError::Malformed(_))), "{err:?}");
+        let err = check(b"-----BEGIN OCSP".to_vec(), &[leaf], now).err();
+        assert!(matches!(err, Some(StapleError::Pem)), "{err:?}");
+        Ok(())
+    }
+}
