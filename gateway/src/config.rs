@@ -369,6 +369,16 @@ pub struct TlsConfig {
     /// revoked without asking its CA. Checked when read (start-up and reload); stapled only
     /// until its nextUpdate. `None` (the default): nothing stapled.
     pub ocsp: Option<PathBuf>,
+    /// Fetch an OCSP response for each certificate without an `ocsp` file from the
+    /// responder its authorityInfoAccess names (`http://`), at start-up and then before
+    /// the response in force goes stale, and staple it (nginx's `ssl_stapling on`).
+    /// Default: off.
+    pub ocsp_fetch: bool,
+    /// With `ocsp_fetch`: the longest time between two fetches of a certificate's
+    /// response (sooner when its nextUpdate comes sooner; a failed fetch is tried again
+    /// after at most 5 minutes). Default 1 hour, as HAProxy's `ocsp-update`.
+    #[serde(with = "humane")]
+    pub ocsp_refresh: Duration,
     /// CAs a client's certificate must chain to (PEM). Set, clients authenticate with a
     /// certificate too (mutual TLS), besides the token; `None` (the default): no client
     /// certificate is asked for.
@@ -430,6 +440,8 @@ impl Default for TlsConfig {
             session_tickets: 2,
             certs: Vec::new(),
             ocsp: None,
+            ocsp_fetch: false,
+            ocsp_refresh: Duration::from_secs(3600),
             client_ca: None,
             client_cert: ClientCertMode::Required,
             client_crl: None,
@@ -933,6 +945,16 @@ impl Config {
         if raw.auth.subject_claim.is_empty() {
             return Err(err("auth", "subject_claim", "must name a claim".into()));
         }
+        if raw.tls.ocsp_refresh < crate::ocsp_fetch::MIN_REFRESH {
+            return Err(err(
+                "tls",
+                "ocsp_refresh",
+                format!(
+                    "at least {}",
+                    humantime::format_duration(crate::ocsp_fetch::MIN_REFRESH)
+                ),
+            ));
+        }
         if raw.auth.jwks_refresh < crate::jwks_fetch::MIN_REFRESH {
             return Err(err(
                 "auth",
@@ -1140,13 +1162,15 @@ impl Config {
         );
         let _ = writeln!(
             o,
-            "[tls]\ncert = {}\nkey = {}\n{}\ncipher_suites = {}\nsession_tickets = {}\ncerts = [{}]\n{}\n",
+            "[tls]\ncert = {}\nkey = {}\n{}\nocsp_fetch = {}\nocsp_refresh = {}\ncipher_suites = {}\nsession_tickets = {}\ncerts = [{}]\n{}\n",
             q(&self.tls.cert.display().to_string()),
             q(&self.tls.key.display().to_string()),
             opt(
                 "ocsp",
                 &self.tls.ocsp.as_ref().map(|p| p.display().to_string())
             ),
+            self.tls.ocsp_fetch,
+            secs(self.tls.ocsp_refresh),
             list(&self.tls.cipher_suites),
             self.tls.session_tickets,
             self.tls

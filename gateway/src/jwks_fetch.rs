@@ -92,7 +92,14 @@ fn parse_url(url: &str) -> Result<Url, String> {
 /// Fetches the key set at `url`, trusting the CAs in `ca` (or the system's roots) for
 /// `https://`. Returns the body.
 pub async fn fetch(url: &str, ca: Option<&Path>) -> Result<Bytes, FetchError> {
-    tokio::time::timeout(FETCH_TIMEOUT, fetch_inner(url, ca))
+    get(url, ca, "application/json, application/jwk-set+json").await
+}
+
+/// GETs `url` (`http://` or `https://`, trusting the CAs in `ca` or the system's roots)
+/// asking for the media types in `accept`, within a time limit; the body of a 200 (at
+/// most 1 MiB). Also what [`crate::ocsp_fetch`] asks responders with.
+pub async fn get(url: &str, ca: Option<&Path>, accept: &'static str) -> Result<Bytes, FetchError> {
+    tokio::time::timeout(FETCH_TIMEOUT, fetch_inner(url, ca, accept))
         .await
         .map_err(|_| FetchError::Timeout)?
 }
@@ -113,7 +120,11 @@ pub fn fetch_blocking(url: &str, ca: Option<&Path>) -> Result<Bytes, FetchError>
     })
 }
 
-async fn fetch_inner(url: &str, ca: Option<&Path>) -> Result<Bytes, FetchError> {
+async fn fetch_inner(
+    url: &str,
+    ca: Option<&Path>,
+    accept: &'static str,
+) -> Result<Bytes, FetchError> {
     let parsed = parse_url(url).map_err(FetchError::Setup)?;
     let host = parsed.host_str().unwrap_or_default();
     let port = parsed
@@ -131,7 +142,7 @@ async fn fetch_inner(url: &str, ca: Option<&Path>) -> Result<Bytes, FetchError> 
                 header::HOST,
                 &parsed[url::Position::BeforeHost..url::Position::AfterPort],
             )
-            .header(header::ACCEPT, "application/json, application/jwk-set+json")
+            .header(header::ACCEPT, accept)
             .header(header::USER_AGENT, "wsgate")
             .body(Empty::<Bytes>::new())
             .map_err(|e| FetchError::Http(e.to_string()))?;
@@ -168,7 +179,7 @@ where
     let body = Limited::new(answer.into_body(), MAX_BODY)
         .collect()
         .await
-        .map_err(|e| FetchError::Http(format!("reading the key set: {e}")))?
+        .map_err(|e| FetchError::Http(format!("reading the body: {e}")))?
         .to_bytes();
     driver.abort();
     Ok(body)

@@ -14,6 +14,7 @@
 //! | [`tls`] | rustls server config from PEM, ALPN `http/1.1` |
 //! | [`server_certs`] | which of the gateway's certificates a handshake gets: by SNI and key kind |
 //! | [`ocsp`] | OCSP responses stapled to a certificate's handshakes, checked, while fresh |
+//! | [`ocsp_fetch`] | OCSP responses fetched from each certificate's responder, kept fresh |
 //! | [`client_cert`] | a client's certificate (mutual TLS) described to its backend |
 //! | [`tls_stream`] | TLS on rustls's unbuffered API: no buffers held while idle |
 //! | [`service`] | TLS handshake, hyper HTTP/1 with upgrades, the handshake phases |
@@ -67,6 +68,7 @@ pub mod listener;
 pub mod mailbox;
 pub mod metrics;
 pub mod ocsp;
+pub mod ocsp_fetch;
 pub mod pacing;
 pub mod pair;
 pub mod pool;
@@ -234,8 +236,10 @@ impl Gateway {
             info!(backend = %id, to = %spec.describe(), "route");
         }
         let key_set_refresh = tokio::spawn(jwks_fetch::keep_fresh(self.shared.clone()));
+        let staples_refresh = tokio::spawn(ocsp_fetch::keep_stapled(self.shared.clone()));
         listener::run(listener, self.shared.clone(), &workers, shutdown).await;
         key_set_refresh.abort();
+        staples_refresh.abort();
         self.shared.draining.store(true, Ordering::Relaxed);
         let _ = self.handshakes_stop_tx.send(true);
         // The drain in force now: a reload may have changed it since the start.

@@ -217,6 +217,8 @@ pub struct Metrics {
     pub cert_expiry: Family<CertLabels, Gauge>,
     /// When each stapled OCSP response stops being stapled (Unix time).
     pub ocsp_next_update: Family<CertLabels, Gauge>,
+    /// Fetches of OCSP responses (`[tls] ocsp_fetch`), by result.
+    pub ocsp_fetches: Family<FetchLabel, Counter>,
     /// Per-instance metrics of backend pools.
     pub pools: PoolMetrics,
 }
@@ -249,6 +251,7 @@ impl Metrics {
             jwks_fetches: Family::default(),
             cert_expiry: Family::default(),
             ocsp_next_update: Family::default(),
+            ocsp_fetches: Family::default(),
             pools: PoolMetrics::default(),
             registry: Registry::default(),
         };
@@ -280,6 +283,12 @@ impl Metrics {
             "When each OCSP response the gateway staples stops being stapled (its nextUpdate, \
              Unix time): tls.ocsp, tls.certs[N].ocsp",
             m.ocsp_next_update.clone(),
+        );
+        registry.register(
+            "tls_ocsp_fetches",
+            "Fetches of OCSP responses from certificates' responders ([tls] ocsp_fetch), by \
+             result (error: the response in force stayed)",
+            m.ocsp_fetches.clone(),
         );
         registry.register(
             "proxy_header_refusals",
@@ -399,6 +408,27 @@ impl Metrics {
     /// The OCSP responses stapled now are `staples` (their nextUpdate as `not_after`).
     pub fn staples(&self, staples: &[crate::cert_expiry::CertExpiry]) {
         set_expiries(&self.ocsp_next_update, staples);
+    }
+
+    /// A fetched OCSP response for the certificate of config key `key`, from `responder`,
+    /// is stapled until `next_update` (Unix time).
+    pub fn staple_in_force(&self, key: &str, responder: &str, next_update: i64) {
+        self.ocsp_next_update
+            .get_or_create(&CertLabels {
+                key: key.to_owned(),
+                file: responder.to_owned(),
+            })
+            .set(next_update);
+    }
+
+    /// Counts a fetch of an OCSP response.
+    pub fn ocsp_fetch(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.ocsp_fetches
+            .get_or_create(&FetchLabel {
+                result: result.into(),
+            })
+            .inc();
     }
 
     /// Counts a TLS handshake that did not complete, for `reason` (see

@@ -3,12 +3,16 @@
 //! not ask the CA themselves (slower, and it tells the CA who visits) and clients that
 //! insist on one (OCSP must-staple) accept the certificate. As nginx's
 //! `ssl_stapling_file` and HAProxy's `.ocsp` files, the response is fetched by the
-//! operator (`openssl ocsp`, an ACME client) and read at start-up and every reload.
+//! operator (`openssl ocsp`, an ACME client) and read at start-up and every reload; or,
+//! with `[tls] ocsp_fetch`, fetched by the gateway from the responder the certificate names
+//! ([`crate::ocsp_fetch`]), as nginx's `ssl_stapling on` and HAProxy's `ocsp-update on`.
 //!
 //! A response is checked when read: a successful basic response, about this very
 //! certificate (serial number, issuer name and, with the issuer in the chain, issuer
-//! key), saying "good", and not issued in the future. Its signature is the client's to
-//! verify, against the CA it trusts. Past its nextUpdate a response is no longer stapled:
+//! key), saying "good", and not issued in the future. A file's signature is the client's
+//! to verify, against the CA it trusts; a fetched response, which came over plain HTTP,
+//! must be signed by the issuer or a responder the issuer named ([`check_signed`]). Past
+//! its nextUpdate a response is no longer stapled:
 //! clients refuse a stale one, while without one most ask the CA or go on.
 
 use std::path::Path;
@@ -17,7 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use aws_lc_rs::digest;
 use der::oid::db::rfc5912::{ID_SHA_1, ID_SHA_256, ID_SHA_384, ID_SHA_512};
 use der::oid::{AssociatedOid, ObjectIdentifier};
-use der::Decode;
+use der::{Decode, Encode};
 use rustls::pki_types::CertificateDer;
 use x509_ocsp::{BasicOcspResponse, CertId, CertStatus, OcspResponse, OcspResponseStatus};
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -86,6 +90,9 @@ pub enum StapleError {
     /// Issued after now: a wrong clock here or at the responder.
     #[error("it is not valid yet (thisUpdate {0})")]
     NotYetValid(String),
+    /// Not signed by the certificate's issuer, nor by a responder it named.
+    #[error("its signature is not the issuer's nor an OCSP responder's the issuer certified")]
+    Signature,
 }
 
 /// Reads the OCSP response at `path` and checks it is a current "good" status of the
@@ -107,6 +114,179 @@ pub fn check(
     chain: &[CertificateDer<'_>],
     now: SystemTime,
 ) -> Result<Staple, StapleError> {
+    Ok(parse_checked(der, chain, now)?.0)
+}
+
+/// [`check`], and that the response is signed by `issuer` (the CA of the leaf of `chain`)
+/// or by a delegated responder whose certificate, in the response, `issuer` signed for
+/// OCSP signing (RFC 6960 4.2.2.2).
+pub fn check_signed(
+    der: Vec<u8>,
+    chain: &[CertificateDer<'_>],
+    issuer: &CertificateDer<'_>,
+    now: SystemTime,
+) -> Result<Staple, StapleError> {
+    let (staple, basic) = parse_checked(der, chain, now)?;
+    let issuer = webpki::EndEntityCert::try_from(issuer)
+        .map_err(|e| StapleError::Certificate(e.to_string()))?;
+    let tbs = basic
+        .tbs_response_data
+        .to_der()
+        .map_err(|e| StapleError::Malformed(e.to_string()))?;
+    let signature = basic.signature.as_bytes().ok_or(StapleError::Signature)?;
+    if signed_by(&issuer, &basic.signature_algorithm, &tbs, signature) {
+        return Ok(staple);
+    }
+    for responder in basic.certs.iter().flatten() {
+        if is_delegated_responder(&issuer, responder) {
+            let Ok(der) = responder.to_der() else {
+                continue;
+            };
+            let der = CertificateDer::from(der);
+            let Ok(responder) = webpki::EndEntityCert::try_from(&der) else {
+                continue;
+            };
+            if signed_by(&responder, &basic.signature_algorithm, &tbs, signature) {
+                return Ok(staple);
+            }
+        }
+    }
+    Err(StapleError::Signature)
+}
+
+/// Whether `responder` is certified by `issuer` for OCSP signing: signed by it, with the
+/// OCSPSigning extended key usage.
+fn is_delegated_responder(
+    issuer: &webpki::EndEntityCert<'_>,
+    responder: &x509_cert::Certificate,
+) -> bool {
+    let Ok(der) = responder.to_der() else {
+        return false;
+    };
+    let for_ocsp = X509Certificate::from_der(&der).is_ok_and(|(_, cert)| {
+        cert.extended_key_usage()
+            .is_ok_and(|eku| eku.is_some_and(|eku| eku.value.ocsp_signing))
+    });
+    let Ok(tbs) = responder.tbs_certificate.to_der() else {
+        return false;
+    };
+    for_ocsp
+        && responder.signature.as_bytes().is_some_and(|signature| {
+            signed_by(issuer, &responder.signature_algorithm, &tbs, signature)
+        })
+}
+
+/// Whether `signature` of `message` by the key of `signer` verifies with an algorithm of
+/// rustls's provider that `algorithm` names.
+fn signed_by(
+    signer: &webpki::EndEntityCert<'_>,
+    algorithm: &spki::AlgorithmIdentifierOwned,
+    message: &[u8],
+    signature: &[u8],
+) -> bool {
+    // The provider's algorithms name themselves by the AlgorithmIdentifier's contents.
+    let Ok(full) = algorithm.to_der() else {
+        return false;
+    };
+    let Some(contents) = der_contents(&full) else {
+        return false;
+    };
+    rustls::crypto::aws_lc_rs::default_provider()
+        .signature_verification_algorithms
+        .all
+        .iter()
+        .filter(|alg| alg.signature_alg_id().as_ref() == contents)
+        .any(|alg| signer.verify_signature(*alg, message, signature).is_ok())
+}
+
+/// The contents of the DER element `der` (past its tag and length).
+fn der_contents(der: &[u8]) -> Option<&[u8]> {
+    let mut reader = der::SliceReader::new(der).ok()?;
+    let header = der::Header::decode(&mut reader).ok()?;
+    let len = usize::try_from(header.length).ok()?;
+    der.get(der.len().checked_sub(len)?..)
+}
+
+/// The OCSP responder the certificate `leaf` names (its authorityInfoAccess), if an
+/// `http://` one: OCSP is asked over plain HTTP.
+pub fn responder_url(leaf: &CertificateDer<'_>) -> Option<String> {
+    use x509_parser::extensions::{GeneralName, ParsedExtension};
+    let (_, cert) = X509Certificate::from_der(leaf).ok()?;
+    let url = cert
+        .extensions()
+        .iter()
+        .filter_map(|ext| match ext.parsed_extension() {
+            ParsedExtension::AuthorityInfoAccess(aia) => Some(aia),
+            _ => None,
+        })
+        .flat_map(|aia| aia.iter())
+        .filter(|desc| {
+            desc.access_method == x509_parser::oid_registry::OID_PKIX_ACCESS_DESCRIPTOR_OCSP
+        })
+        .find_map(|desc| match desc.access_location {
+            GeneralName::URI(uri) if uri.starts_with("http://") => Some(uri.to_owned()),
+            _ => None,
+        });
+    url
+}
+
+/// The URL that asks `responder` for the status of `leaf`, issued by `issuer`: an OCSP
+/// request (SHA-1 CertID, no nonce, as RFC 5019 has it, so responders and their caches
+/// answer it) in the path, base64 (RFC 6960 appendix A.1: a GET).
+pub fn request_url(
+    responder: &str,
+    leaf: &CertificateDer<'_>,
+    issuer: &CertificateDer<'_>,
+) -> Result<String, String> {
+    use base64::Engine as _;
+    use x509_ocsp::{OcspRequest, Request, TbsRequest};
+    let (_, leaf) = X509Certificate::from_der(leaf).map_err(|e| format!("the certificate: {e}"))?;
+    let (_, issuer) =
+        X509Certificate::from_der(issuer).map_err(|e| format!("its issuer's certificate: {e}"))?;
+    let sha1 = |data: &[u8]| digest::digest(&digest::SHA1_FOR_LEGACY_USE_ONLY, data);
+    let encoding = |e: der::Error| format!("cannot encode the request: {e}");
+    let cert_id = CertId {
+        hash_algorithm: spki::AlgorithmIdentifierOwned {
+            oid: ID_SHA_1,
+            parameters: None,
+        },
+        issuer_name_hash: der::asn1::OctetString::new(sha1(leaf.issuer().as_raw()).as_ref())
+            .map_err(encoding)?,
+        issuer_key_hash: der::asn1::OctetString::new(
+            sha1(&issuer.public_key().subject_public_key.data).as_ref(),
+        )
+        .map_err(encoding)?,
+        serial_number: x509_cert::serial_number::SerialNumber::new(leaf.raw_serial())
+            .map_err(encoding)?,
+    };
+    let request = OcspRequest {
+        tbs_request: TbsRequest {
+            version: x509_ocsp::Version::V1,
+            requestor_name: None,
+            request_list: vec![Request {
+                req_cert: cert_id,
+                single_request_extensions: None,
+            }],
+            request_extensions: None,
+        },
+        optional_signature: None,
+    };
+    let der = request.to_der().map_err(encoding)?;
+    let encoded = base64::engine::general_purpose::STANDARD
+        .encode(der)
+        .replace('+', "%2B")
+        .replace('/', "%2F")
+        .replace('=', "%3D");
+    let slash = if responder.ends_with('/') { "" } else { "/" };
+    Ok(format!("{responder}{slash}{encoded}"))
+}
+
+/// [`check`]'s work, with the parsed response for [`check_signed`].
+fn parse_checked(
+    der: Vec<u8>,
+    chain: &[CertificateDer<'_>],
+    now: SystemTime,
+) -> Result<(Staple, BasicOcspResponse), StapleError> {
     if der.starts_with(b"-----BEGIN") {
         return Err(StapleError::Pem);
     }
@@ -153,7 +333,7 @@ pub fn check(
         return Err(StapleError::NotYetValid(rfc3339(this_update)));
     }
     let next_update = single.next_update.as_ref().map(|t| to_system_time(&t.0));
-    Ok(Staple { der, next_update })
+    Ok((Staple { der, next_update }, basic))
 }
 
 /// Whether `id` names `leaf`: its serial number, the hash of its issuer's name and, when
@@ -231,7 +411,7 @@ mod tests {
     }
 
     /// A response on `leaf` (issued by `issuer`) with `status` and the times given, signed
-    /// with nothing (`check` leaves the signature to clients), hashed with SHA-256.
+    /// with the dev CA's key (ECDSA P-256, SHA-256), hashed with SHA-256.
     fn response(
         leaf: &CertificateDer<'_>,
         issuer: &CertificateDer<'_>,
@@ -253,25 +433,29 @@ mod tests {
             ))?,
             serial_number: x509_cert::serial_number::SerialNumber::new(leaf.raw_serial())?,
         };
+        let tbs_response_data = ResponseData {
+            version: x509_ocsp::Version::V1,
+            responder_id: ResponderId::ByKey(OctetString::new([7u8; 20])?),
+            produced_at: time(this_update)?,
+            responses: vec![SingleResponse {
+                cert_id,
+                cert_status: status,
+                this_update: time(this_update)?,
+                next_update: next_update.map(time).transpose()?,
+                single_extensions: None,
+            }],
+            response_extensions: None,
+        };
+        let ca_key = std::fs::read_to_string(crate::tls::dev_certs().join("ca.key"))?;
+        let ca_key = rcgen::KeyPair::from_pem(&ca_key)?;
+        let signature = rcgen::SigningKey::sign(&ca_key, &tbs_response_data.to_der()?)?;
         let basic = BasicOcspResponse {
-            tbs_response_data: ResponseData {
-                version: x509_ocsp::Version::V1,
-                responder_id: ResponderId::ByKey(OctetString::new([7u8; 20])?),
-                produced_at: time(this_update)?,
-                responses: vec![SingleResponse {
-                    cert_id,
-                    cert_status: status,
-                    this_update: time(this_update)?,
-                    next_update: next_update.map(time).transpose()?,
-                    single_extensions: None,
-                }],
-                response_extensions: None,
-            },
+            tbs_response_data,
             signature_algorithm: spki::AlgorithmIdentifierOwned {
                 oid: der::oid::db::rfc5912::ECDSA_WITH_SHA_256,
                 parameters: None,
             },
-            signature: der::asn1::BitString::from_bytes(&[0u8; 64])?,
+            signature: der::asn1::BitString::from_bytes(&signature)?,
             certs: None,
         };
         Ok(OcspResponse::successful(basic)?.to_der()?)
@@ -292,6 +476,64 @@ mod tests {
         // A response past its nextUpdate is read (and then not stapled).
         let staple = check(der, &[leaf], now + 2 * DAY)?;
         assert!(!staple.fresh_at(now + 2 * DAY));
+        Ok(())
+    }
+
+    #[test]
+    fn a_fetched_response_must_be_signed_by_the_issuer() -> TestResult<()> {
+        let (leaf, ca, client) = (
+            dev_cert("server.crt")?,
+            dev_cert("ca.crt")?,
+            dev_cert("client.crt")?,
+        );
+        let now = SystemTime::now();
+        let der = response(&leaf, &ca, CertStatus::good(), now, Some(now + DAY))?;
+        let chain = std::slice::from_ref(&leaf);
+        check_signed(der.clone(), chain, &ca, now)?;
+        // Signed by the dev CA, not by the client certificate's key.
+        let err = check_signed(der.clone(), chain, &client, now).err();
+        assert!(matches!(err, Some(StapleError::Signature)), "{err:?}");
+        // One bit of the signed data changed.
+        let mut tampered = der.clone();
+        let at = tampered
+            .windows(8)
+            .position(|w| w == [7u8; 8])
+            .ok_or("no responder id")?;
+        tampered[at] = 8;
+        assert!(check(tampered.clone(), chain, now).is_ok());
+        let err = check_signed(tampered, chain, &ca, now).err();
+        assert!(matches!(err, Some(StapleError::Signature)), "{err:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn the_responder_is_read_from_the_certificate_and_asked_with_a_get() -> TestResult<()> {
+        // The dev certificates name no responder.
+        assert_eq!(responder_url(&dev_cert("server.crt")?), None);
+        let (leaf, ca) = (dev_cert("server.crt")?, dev_cert("ca.crt")?);
+        let url = request_url("http://ocsp.example.test/", &leaf, &ca)?;
+        let encoded = url
+            .strip_prefix("http://ocsp.example.test/")
+            .ok_or("not below the responder")?;
+        assert!(!encoded.contains(['/', '+', '=']), "{encoded}");
+        use base64::Engine as _;
+        let der = base64::engine::general_purpose::STANDARD.decode(
+            encoded
+                .replace("%2B", "+")
+                .replace("%2F", "/")
+                .replace("%3D", "="),
+        )?;
+        let request = x509_ocsp::OcspRequest::from_der(&der)?;
+        let asked = &request.tbs_request.request_list[0].req_cert;
+        let (_, parsed) = X509Certificate::from_der(&leaf)?;
+        let (_, issuer) = X509Certificate::from_der(&ca)?;
+        assert_eq!(asked.hash_algorithm.oid, ID_SHA_1);
+        assert!(is_about(asked, &parsed, Some(&issuer)));
+        assert_eq!(
+            request_url("http://ocsp.example.test", &leaf, &ca)?,
+            url,
+            "a slash is put between"
+        );
         Ok(())
     }
 

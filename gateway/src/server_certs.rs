@@ -2,11 +2,14 @@
 //! hold the server name the client asked for (SNI), of a kind of key the client can
 //! verify; else the default (`[tls] cert`). One gateway can so serve several host names,
 //! or one name with both an ECDSA and an RSA certificate, as nginx and HAProxy can. A
-//! certificate with an OCSP response ([`crate::ocsp`]) gets it stapled while it is fresh.
+//! certificate with an OCSP response ([`crate::ocsp`]), read from a file or fetched
+//! ([`crate::ocsp_fetch`]), gets it stapled while it is fresh.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
+
+use arc_swap::ArcSwapOption;
 
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -34,7 +37,7 @@ const SCHEMES: [SignatureScheme; 12] = [
     SignatureScheme::RSA_PKCS1_SHA1,
 ];
 
-/// A certificate as loaded, with the OCSP response to staple to it, if any.
+/// A certificate as loaded, with where its OCSP response comes from, if anywhere.
 #[derive(Debug)]
 pub struct Loaded {
     /// The chain and its key.
@@ -42,6 +45,20 @@ pub struct Loaded {
     /// The response to staple, and the config key that named it (`tls.ocsp`,
     /// `tls.certs[N].ocsp`) for the log.
     pub staple: Option<(Staple, String)>,
+    /// Or the fetch that brings its responses.
+    pub fetch: Option<Arc<crate::ocsp_fetch::Target>>,
+}
+
+/// The OCSP response a certificate's handshakes get: put in force when read or fetched,
+/// left out once past its nextUpdate.
+#[derive(Debug)]
+pub struct StapleSlot {
+    current: ArcSwapOption<Stapled>,
+    /// What named the response, for the log: `tls.ocsp`, or the certificate's key
+    /// (`tls.cert`, `tls.certs[N].cert`) for a fetched one.
+    named_by: String,
+    /// Whether the lapse of the response in force was logged.
+    lapsed: AtomicBool,
 }
 
 /// The certificate with its OCSP response stapled, and until when to staple it.
@@ -49,10 +66,56 @@ pub struct Loaded {
 struct Stapled {
     key: Arc<CertifiedKey>,
     until: Option<SystemTime>,
-    /// The config key that named the response.
-    named_by: String,
-    /// Whether its lapse was logged.
-    lapsed: AtomicBool,
+}
+
+impl StapleSlot {
+    /// An empty slot; `named_by` names the response in the log.
+    pub fn new(named_by: String) -> Self {
+        Self {
+            current: ArcSwapOption::empty(),
+            named_by,
+            lapsed: AtomicBool::new(false),
+        }
+    }
+
+    /// Staples `staple` to the handshakes of `key` from now on.
+    pub fn put(&self, key: &CertifiedKey, staple: Staple) {
+        self.current.store(Some(Arc::new(Stapled {
+            key: Arc::new(CertifiedKey {
+                ocsp: Some(staple.der),
+                ..key.clone()
+            }),
+            until: staple.next_update,
+        })));
+        self.lapsed.store(false, Ordering::Relaxed);
+    }
+
+    /// The nextUpdate of the response in force, if one is and has one.
+    pub fn next_update(&self) -> Option<SystemTime> {
+        self.current.load().as_ref().and_then(|s| s.until)
+    }
+
+    /// What names the response in the log.
+    pub fn named_by(&self) -> &str {
+        &self.named_by
+    }
+
+    /// The certificate with the response stapled, if it is fresh at `now`. The first
+    /// handshake after it lapsed logs so.
+    fn served_at(&self, now: SystemTime) -> Option<Arc<CertifiedKey>> {
+        let current = self.current.load();
+        let stapled = current.as_ref()?;
+        if stapled.until.is_none_or(|until| now < until) {
+            return Some(stapled.key.clone());
+        }
+        if !self.lapsed.swap(true, Ordering::Relaxed) {
+            warn!(
+                key = %self.named_by,
+                "OCSP response has passed its nextUpdate: handshakes go without it; fetch a fresh one and reload"
+            );
+        }
+        None
+    }
 }
 
 /// One certificate with what choosing it takes.
@@ -60,8 +123,10 @@ struct Stapled {
 struct Candidate {
     /// The certificate without a staple.
     key: Arc<CertifiedKey>,
-    /// With one, while it is fresh.
-    stapled: Option<Stapled>,
+    /// Its OCSP response, if it has one.
+    staple: Option<Arc<StapleSlot>>,
+    /// The fetch that fills `staple`, kept going while this config is in force.
+    _fetch: Option<Arc<crate::ocsp_fetch::Target>>,
     /// The DNS names of its subjectAltName, lower case; `*.example.com` holds one label.
     names: Vec<String>,
     /// The schemes its key signs with.
@@ -70,7 +135,7 @@ struct Candidate {
 
 impl Candidate {
     fn new(loaded: Loaded) -> Result<Self, String> {
-        let Loaded { key, staple } = loaded;
+        let Loaded { key, staple, fetch } = loaded;
         let leaf = key
             .end_entity_cert()
             .map_err(|e| format!("no certificate: {e}"))?;
@@ -84,38 +149,31 @@ impl Candidate {
             .into_iter()
             .filter(|s| key.key.choose_scheme(&[*s]).is_some())
             .collect();
-        let stapled = staple.map(|(staple, named_by)| Stapled {
-            key: Arc::new(CertifiedKey {
-                ocsp: Some(staple.der),
-                ..key.clone()
-            }),
-            until: staple.next_update,
-            named_by,
-            lapsed: AtomicBool::new(false),
-        });
+        let slot = match (&fetch, staple) {
+            (Some(fetch), _) => Some(fetch.slot.clone()),
+            (None, Some((staple, named_by))) => {
+                let slot = StapleSlot::new(named_by);
+                slot.put(&key, staple);
+                Some(Arc::new(slot))
+            }
+            (None, None) => None,
+        };
         Ok(Self {
             key: Arc::new(key),
-            stapled,
+            staple: slot,
+            _fetch: fetch,
             names,
             schemes,
         })
     }
 
     /// The certificate as a handshake at `now` gets it: with its OCSP response while that
-    /// is fresh. The first handshake after it lapsed logs so.
-    fn served_at(&self, now: SystemTime) -> &Arc<CertifiedKey> {
-        if let Some(stapled) = &self.stapled {
-            if stapled.until.is_none_or(|until| now < until) {
-                return &stapled.key;
-            }
-            if !stapled.lapsed.swap(true, Ordering::Relaxed) {
-                warn!(
-                    key = %stapled.named_by,
-                    "OCSP response has passed its nextUpdate: handshakes go without it; fetch a fresh one and reload"
-                );
-            }
-        }
-        &self.key
+    /// is fresh.
+    fn served_at(&self, now: SystemTime) -> Arc<CertifiedKey> {
+        self.staple
+            .as_ref()
+            .and_then(|slot| slot.served_at(now))
+            .unwrap_or_else(|| self.key.clone())
     }
 
     /// Whether the client can verify a signature of this key.
@@ -171,7 +229,8 @@ impl ServerCerts {
     /// checked: each key matches its certificate and, with `cipher_suites`, can be used
     /// by one of `provider`'s suites; each OCSP response is a current "good" one of its
     /// certificate ([`crate::ocsp::check`]; one past its nextUpdate is logged and left
-    /// out). Errors name the key (`cert`, `key`, `ocsp`, `certs[N].cert`, `certs[N].key`,
+    /// out). With `ocsp_fetch`, the others get the fetch of their responder's answers
+    /// ([`crate::ocsp_fetch::target_for`]). Errors name the key (`cert`, `key`, `ocsp`, `certs[N].cert`, `certs[N].key`,
     /// `certs[N].ocsp` or `cipher_suites`) and the problem.
     pub fn load(tls: &TlsConfig, provider: &CryptoProvider) -> Result<Self, (String, String)> {
         let pair_key = |i: usize, which: &str| match i {
@@ -228,9 +287,19 @@ impl ServerCerts {
                     }
                 }
             };
+            let fetch = match (ocsp, tls.ocsp_fetch) {
+                (None, true) => crate::ocsp_fetch::target_for(
+                    &certified,
+                    format!("tls.{}", pair_key(i, "cert")),
+                    tls.ocsp_refresh,
+                )
+                .map_err(|e| (pair_key(i, "cert"), format!("{}: {e}", cert.display())))?,
+                _ => None,
+            };
             keys.push(Loaded {
                 key: certified,
                 staple,
+                fetch,
             });
         }
         let default = keys.remove(0);
@@ -261,7 +330,10 @@ impl ServerCerts {
 impl ResolvesServerCert for ServerCerts {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let chosen = self.pick(hello.server_name(), hello.signature_schemes());
-        Some(chosen.served_at(SystemTime::now()).clone())
+        Some(match chosen.staple {
+            None => chosen.key.clone(),
+            Some(_) => chosen.served_at(SystemTime::now()),
+        })
     }
 }
 
@@ -294,7 +366,8 @@ mod tests {
         key.ocsp = Some(tag.to_vec());
         Ok(Candidate {
             key: Arc::new(key),
-            stapled: None,
+            staple: None,
+            _fetch: None,
             names: names.iter().map(|n| n.to_string()).collect(),
             schemes: schemes.to_vec(),
         })
@@ -353,18 +426,18 @@ mod tests {
         let c = Candidate::new(Loaded {
             key: CertifiedKey::clone(&plain.key),
             staple: Some((staple, "tls.ocsp".into())),
+            fetch: None,
         })?;
         let ocsp_at = |t: SystemTime| c.served_at(t).ocsp.clone().unwrap_or_default();
+        let lapsed = || {
+            c.staple
+                .as_ref()
+                .is_some_and(|s| s.lapsed.load(Ordering::Relaxed))
+        };
         assert_eq!(ocsp_at(now), b"response");
-        assert!(!c
-            .stapled
-            .as_ref()
-            .is_some_and(|s| s.lapsed.load(Ordering::Relaxed)));
+        assert!(!lapsed());
         assert_eq!(ocsp_at(until), b"");
-        assert!(c
-            .stapled
-            .as_ref()
-            .is_some_and(|s| s.lapsed.load(Ordering::Relaxed)));
+        assert!(lapsed());
         assert_eq!(ocsp_at(until + std::time::Duration::from_secs(1)), b"");
         // The certificate is the same either way.
         assert_eq!(c.served_at(now).cert, c.served_at(until).cert);
@@ -377,6 +450,7 @@ mod tests {
         let c = Candidate::new(Loaded {
             key: CertifiedKey::clone(&c.key),
             staple: None,
+            fetch: None,
         })?;
         assert_eq!(c.names, ["localhost"]);
         assert!(c.fits(&[EC]) && !c.fits(&[RSA]));

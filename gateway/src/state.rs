@@ -220,7 +220,8 @@ fn certificates_in_force(metrics: &Metrics, config: &Config) {
     let certs = crate::cert_expiry::of_config(config);
     metrics.certificates(&certs);
     crate::cert_expiry::warn_if_soon(&certs, now);
-    let staples = crate::cert_expiry::staples_of_config(config, now);
+    let mut staples = crate::cert_expiry::staples_of_config(config, now);
+    staples.extend(crate::ocsp_fetch::in_force());
     metrics.staples(&staples);
     crate::cert_expiry::warn_if_stale_soon(&staples, now);
 }

@@ -2,7 +2,9 @@
 //! answering for itself) stapled to the handshakes of its certificate, over TLS 1.3 and
 //! 1.2, through the gateway binary over real sockets; a reload changes it; a response
 //! that is not a current "good" one of its certificate stops the start (exit 64) or is
-//! refused by a reload, with the key and the problem named.
+//! refused by a reload, with the key and the problem named. `[tls] ocsp_fetch`: the
+//! responses fetched from a responder on a loopback port (`openssl ocsp` answering each
+//! request), refreshed, and bad answers not stapled.
 
 mod support;
 
@@ -12,6 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{ensure, Context, Result};
 use rustls::SupportedProtocolVersion;
 use support::noting::{noting_client, Shown};
+use support::ocsp_responder::{Answer, OcspResponder};
 use support::process::{temp_dir, GatewayProc};
 use support::test_ca::{openssl_ocsp, OcspStatus, TestCa};
 use support::tls_client::{probe_gateway, tls_session};
@@ -231,4 +234,163 @@ async fn a_response_that_is_not_a_good_one_of_its_certificate_stops_the_start() 
     )
     .await?;
     Ok(())
+}
+
+/// The response a handshake for `a.example.test` was stapled with (empty: none).
+async fn a_staple(gw: &GatewayProc, ca: &TestCa) -> Result<Vec<u8>> {
+    Ok(shown(gw, ca, &rustls::version::TLS13, "a.example.test")
+        .await?
+        .ocsp)
+}
+
+/// `wsgate_tls_ocsp_fetches_total{result}`.
+async fn fetches(gw: &GatewayProc, result: &str) -> Result<f64> {
+    gw.metric(&format!(
+        "wsgate_tls_ocsp_fetches_total{{result=\"{result}\"}}"
+    ))
+    .await
+}
+
+/// Waits until `n` more fetches than `before` ended with `result`.
+async fn fetches_past(gw: &GatewayProc, result: &str, before: f64, n: f64) -> Result<()> {
+    wait_for(&format!("{n} more {result} fetches"), DEADLINE, || async {
+        Ok(fetches(gw, result).await? >= before + n)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn fetched_responses_are_stapled_refreshed_and_kept_through_bad_answers() -> Result<()> {
+    let ca = TestCa::new()?;
+    let responder = OcspResponder::start(&ca).await?;
+    let a = ca.issue_with_responder("a", &["a.example.test"], &responder.url())?;
+    let (gw, _probe) = probe_gateway(&format!(
+        "ocsp_fetch = true\nocsp_refresh = \"1s\"\ncerts = [{}]",
+        a.toml()
+    ))
+    .await?;
+    // The dev certificate names no responder: it goes without, and the log says so.
+    let line = gw.log_line("names no http:// OCSP responder").await?;
+    ensure!(line.contains("tls.cert"), "{line}");
+
+    let chain = {
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::CertificateDer::pem_file_iter(&a.cert_file)?
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    let good = |der: &[u8]| {
+        gateway::ocsp::check(der.to_vec(), &chain, SystemTime::now())
+            .is_ok_and(|s| s.fresh_at(SystemTime::now()))
+    };
+    wait_for("a fetched response stapled", DEADLINE, || async {
+        Ok(!a_staple(&gw, &ca).await?.is_empty())
+    })
+    .await?;
+    let first = a_staple(&gw, &ca).await?;
+    ensure!(
+        good(&first),
+        "the stapled response is not a good one of a's"
+    );
+    gw.log_line("OCSP response fetched and stapled").await?;
+    let dev = shown(&gw, &ca, &rustls::version::TLS13, "localhost").await?;
+    ensure!(dev.ocsp.is_empty(), "the dev certificate got a staple");
+
+    // `ocsp_refresh = "1s"`: a newer response (openssl signs each anew) within seconds.
+    wait_for("a refreshed response", DEADLINE, || async {
+        Ok(a_staple(&gw, &ca).await? != first)
+    })
+    .await?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs_f64();
+    let next_update = gw
+        .metric(&next_update_line(
+            "tls.certs[0].cert",
+            Path::new(&responder.url()),
+        ))
+        .await?;
+    ensure!(
+        (now + 86_000.0..now + 86_500.0).contains(&next_update),
+        "nextUpdate {next_update}, now {now}:\n{}",
+        gw.metrics().await?
+    );
+
+    // Answers that must not be stapled: a refusal, a revoked status, a signature of a
+    // CA that is not a's issuer, and of a certificate of a's CA not made for OCSP. Each
+    // fails the fetch, and the response in force stays.
+    let stranger_ca = TestCa::new()?;
+    let stranger = stranger_ca.issue_responder("stranger", true)?;
+    let not_for_ocsp = ca.issue_responder("web", false)?;
+    for (answer, logged) in [
+        (Answer::Fail, "answered HTTP 500"),
+        (Answer::Revoked, "revoked"),
+        (OcspResponder::signed_by(&stranger), "its signature is not"),
+        (
+            OcspResponder::signed_by(&not_for_ocsp),
+            "its signature is not",
+        ),
+    ] {
+        responder.answer(answer);
+        let errors = fetches(&gw, "error").await?;
+        fetches_past(&gw, "error", errors, 1.0).await?;
+        let in_force = a_staple(&gw, &ca).await?;
+        ensure!(good(&in_force), "a failed fetch took the response away");
+        fetches_past(&gw, "error", errors, 2.0).await?;
+        ensure!(
+            a_staple(&gw, &ca).await? == in_force,
+            "a failed fetch replaced the response"
+        );
+        let line = gw.log_line(logged).await?;
+        ensure!(line.contains("OCSP fetch failed"), "{line}");
+    }
+
+    // A reload while the responder fails keeps the response: the reloaded config shares
+    // the fetch of the same certificate.
+    let in_force = a_staple(&gw, &ca).await?;
+    gw.hangup()?;
+    gw.log_line("config reloaded").await?;
+    let errors = fetches(&gw, "error").await?;
+    fetches_past(&gw, "error", errors, 1.0).await?;
+    ensure!(
+        a_staple(&gw, &ca).await? == in_force,
+        "the reload lost the fetched response"
+    );
+
+    // A responder the CA delegated to (OCSPSigning): taken.
+    let delegated = ca.issue_responder("delegated", true)?;
+    responder.answer(OcspResponder::signed_by(&delegated));
+    let oks = fetches(&gw, "ok").await?;
+    fetches_past(&gw, "ok", oks, 1.0).await?;
+    wait_for("the delegated responder's answer", DEADLINE, || async {
+        let staple = a_staple(&gw, &ca).await?;
+        Ok(staple != in_force && good(&staple))
+    })
+    .await?;
+    ensure!(
+        responder.requests() >= 8,
+        "{} requests",
+        responder.requests()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn fetching_for_a_chain_without_its_issuer_stops_the_start() -> Result<()> {
+    let ca = TestCa::new()?;
+    // A responder URL, but the leaf alone in the file.
+    let a = ca.issue_with_responder("a", &["a.example.test"], "http://127.0.0.1:9/ocsp")?;
+    let leaf_only = {
+        let pem = std::fs::read_to_string(&a.cert_file)?;
+        let end = "-----END CERTIFICATE-----";
+        pem[..pem.find(end).context("no PEM")? + end.len()].to_owned() + "\n"
+    };
+    std::fs::write(&a.cert_file, leaf_only)?;
+    refused_at_start(
+        &format!("ocsp_fetch = true\ncerts = [{}]", a.toml()),
+        &["tls.certs[0].cert:", "issuer's certificate after the leaf"],
+    )
+    .await?;
+    refused_at_start(
+        "ocsp_fetch = true\nocsp_refresh = \"10ms\"",
+        &["tls.ocsp_refresh:", "at least 1s"],
+    )
+    .await
 }

@@ -6,6 +6,7 @@
 
 pub mod idp;
 pub mod noting;
+pub mod ocsp_responder;
 pub mod probe;
 pub mod process;
 pub mod python;

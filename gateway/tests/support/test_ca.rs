@@ -137,6 +137,59 @@ impl TestCa {
 }
 
 impl TestCa {
+    /// [`TestCa::issue`] (ECDSA P-256) of a certificate whose authorityInfoAccess names
+    /// the OCSP responder at `responder`; its `cert_file` holds the CA's certificate after
+    /// the leaf, as a chain from an ACME client does.
+    pub fn issue_with_responder(
+        &self,
+        file: &str,
+        names: &[&str],
+        responder: &str,
+    ) -> Result<Issued> {
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
+        // AuthorityInfoAccessSyntax: one AccessDescription, id-ad-ocsp, a URI.
+        let url = responder.as_bytes();
+        ensure!(
+            url.len() < 100,
+            "a responder URL this long needs long-form DER lengths"
+        );
+        let mut description = vec![0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x01];
+        description.push(0x86);
+        description.push(url.len() as u8);
+        description.extend_from_slice(url);
+        let mut access = vec![0x30, description.len() as u8];
+        access.extend(description);
+        let mut syntax = vec![0x30, access.len() as u8];
+        syntax.extend(access);
+        params
+            .custom_extensions
+            .push(rcgen::CustomExtension::from_oid_content(
+                &[1, 3, 6, 1, 5, 5, 7, 1, 1],
+                syntax,
+            ));
+        let issued = self.sign(file, params, &rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let chain = format!(
+            "{}{}",
+            std::fs::read_to_string(&issued.cert_file)?,
+            self.issuer.pem()
+        );
+        std::fs::write(&issued.cert_file, chain)?;
+        Ok(issued)
+    }
+
+    /// A certificate for an OCSP responder the CA delegates to: with the OCSPSigning
+    /// extended key usage if `for_ocsp`, else for servers only.
+    pub fn issue_responder(&self, file: &str, for_ocsp: bool) -> Result<Issued> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.extended_key_usages = vec![if for_ocsp {
+            ExtendedKeyUsagePurpose::OcspSigning
+        } else {
+            ExtendedKeyUsagePurpose::ServerAuth
+        }];
+        self.sign(file, params, &rcgen::PKCS_ECDSA_P256_SHA256)
+    }
+
     /// The CA's private key as a PEM file (for `openssl ocsp`).
     pub fn key_file(&self) -> Result<PathBuf> {
         let path = self.dir.join("ca.key");
