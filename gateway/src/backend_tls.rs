@@ -6,7 +6,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll};
 
 use rustls::pki_types::ServerName;
@@ -22,7 +22,11 @@ use crate::config::BackendTlsConfig;
 /// (`None`). Errors name the key (`ca`, `cert` or `key`) and the problem.
 ///
 /// Sessions are resumed from [`crate::backend_tickets`]: a connect that finds a ticket
-/// skips the backend's certificate check and signature.
+/// skips the backend's certificate check and signature. A config built before from files
+/// of the same contents ([`trust_of`]) and still in use is returned instead of the new
+/// one, tickets and all: rustls resumes only under the verifier and client certificate a
+/// ticket was issued under, so a reload that keeps them keeps the tickets, and one that
+/// changes them starts afresh.
 pub fn client_config(
     cfg: &BackendTlsConfig,
     needed: bool,
@@ -31,6 +35,7 @@ pub fn client_config(
     if !needed && !configured {
         return Ok(None);
     }
+    let trust = trust_of(cfg);
     let roots = crate::tls::roots_or_system(
         cfg.ca.as_deref(),
         "no trusted root certificates on this system: set ca (the CAs of the wss:// backends)",
@@ -46,7 +51,48 @@ pub fn client_config(
     crate::tls::offer_http1(&mut config);
     config.resumption =
         rustls::client::Resumption::store(Arc::new(crate::backend_tickets::Tickets::default()));
-    Ok(Some(Arc::new(config)))
+    // A file rewritten while it was read: this config is not known to hold either version.
+    if trust_of(cfg) != trust {
+        return Ok(Some(Arc::new(config)));
+    }
+    Ok(Some(in_use_or(trust, config)))
+}
+
+/// The config in use that was built from files hashing to `trust`, or `built`, kept as
+/// the one for `trust` from now on.
+fn in_use_or(trust: u64, built: ClientConfig) -> Arc<ClientConfig> {
+    static IN_USE: Mutex<Vec<(u64, Weak<ClientConfig>)>> = Mutex::new(Vec::new());
+    let mut in_use = IN_USE.lock().unwrap_or_else(PoisonError::into_inner);
+    in_use.retain(|(_, config)| config.strong_count() > 0);
+    if let Some(kept) = in_use
+        .iter()
+        .filter(|(for_trust, _)| *for_trust == trust)
+        .find_map(|(_, config)| config.upgrade())
+    {
+        return kept;
+    }
+    let built = Arc::new(built);
+    in_use.push((trust, Arc::downgrade(&built)));
+    built
+}
+
+/// What decides how backends are checked and what they are shown, as a hash: the
+/// contents of the `ca`, `cert` and `key` files (the system's roots when there is no
+/// `ca`), read before and after the config is built from them.
+fn trust_of(cfg: &BackendTlsConfig) -> u64 {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    for file in [&cfg.ca, &cfg.cert, &cfg.key] {
+        match file {
+            None => hasher.update(b"-"),
+            Some(path) => {
+                let contents = std::fs::read(path).unwrap_or_default();
+                hasher.update(b"+");
+                hasher.update(&(contents.len() as u64).to_le_bytes());
+                hasher.update(&contents);
+            }
+        }
+    }
+    hasher.digest()
 }
 
 /// The client configs for `wss://` backends: `[backend_tls]`'s, and one per pool that

@@ -431,6 +431,67 @@ async fn a_second_session_to_a_wss_backend_resumes_the_first_ones_tls_session() 
     Ok(())
 }
 
+/// A session through `gw` to `probe` (`Backend_TLS`) that echoes once; whether the
+/// gateway's TLS connect to the probe resumed.
+async fn session(gw: &GatewayProc, probe: &mut Probe, n: usize) -> Result<bool> {
+    let mut c = loadgen::client::connect(&client_options(&gw.url(), "Backend_TLS")?).await?;
+    while !matches!(probe.next().await?, probe::Event::Handshake(_)) {}
+    support::echo(&mut c.ws, format!("session {n}").as_bytes()).await?;
+    let resumed = probe.tls_seen().last().map(|s| s.resumed);
+    resumed.context("no TLS handshake seen")
+}
+
+#[tokio::test]
+async fn a_reload_keeps_the_backend_tickets_unless_the_cas_changed() -> Result<()> {
+    // The dev CA in a file of the test's own, rewritten in place below.
+    let dir = support::process::temp_dir("backend-cas")?;
+    let cas = dir.join("cas.pem");
+    let dev_ca = std::fs::read_to_string(certs().join("ca.crt"))?;
+    std::fs::write(&cas, &dev_ca)?;
+    let mut probe = tls_probe([127, 0, 0, 1], false).await?;
+    let gw = gateway_to(
+        "Backend_TLS",
+        wss_url(&probe),
+        format!("\n[backend_tls]\nca = {cas:?}\n"),
+    )
+    .await?;
+    ensure!(
+        !session(&gw, &mut probe, 0).await?,
+        "the first connect resumed"
+    );
+    // The same settings: the tickets stay.
+    gw.hangup()?;
+    gw.log_line("config reloaded").await?;
+    ensure!(
+        session(&gw, &mut probe, 1).await?,
+        "a connect after a reload made a full handshake: {:?}",
+        probe
+            .tls_seen()
+            .iter()
+            .map(|s| s.resumed)
+            .collect::<Vec<_>>()
+    );
+
+    // The same file with one more CA: a resumption would skip the check under the new
+    // CAs, so the tickets go; they come again.
+    let other = support::test_ca::TestCa::new()?;
+    std::fs::write(&cas, format!("{dev_ca}{}", other.issuer.pem()))?;
+    gw.hangup()?;
+    support::wait_for("the second reload", DEADLINE, || async {
+        Ok(gw.log().matches("config reloaded").count() >= 2)
+    })
+    .await?;
+    ensure!(
+        !session(&gw, &mut probe, 2).await?,
+        "a connect resumed on a ticket from before the CAs changed"
+    );
+    ensure!(
+        session(&gw, &mut probe, 3).await?,
+        "the connects under the new CAs did not resume"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn more_sessions_resume_than_rustls_alone_keeps_tickets_for() -> Result<()> {
     // Two probes behind one name (`localhost`), sharing the server's session cache: the
