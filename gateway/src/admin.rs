@@ -1,6 +1,7 @@
 //! The admin listener: plain HTTP for operators, on loopback by default. With
 //! `[admin] token_file`, `/reload` and `/sessions…` need the file's secret as a bearer
-//! token (401 without it); the probes and `/metrics` stay open.
+//! token (401 without it); the probes and `/metrics` stay open. With `read_token_file`
+//! too, that file's secret admits `GET /sessions` only (403 for the others).
 //!
 //! | route | answer |
 //! |---|---|
@@ -173,6 +174,56 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
+/// The answer to a request `[admin]`'s secrets do not admit, if it is one: `None` for
+/// open endpoints and admitted requests. Reads (`GET /sessions`) take either secret,
+/// the rest the admin secret only; the read-only secret on a write is a 403.
+fn refused_access(
+    admin: &crate::config::AdminConfig,
+    method: &Method,
+    path: &str,
+    req: &Request<Incoming>,
+) -> Option<Response<Full<Bytes>>> {
+    let read_only = match path {
+        "/sessions" => method == Method::GET,
+        "/reload" | "/sessions/close" => false,
+        _ => return None,
+    };
+    let token = admin.token.as_ref()?;
+    let authorization = req.headers().get(header::AUTHORIZATION);
+    let presented = authorization.map(|v| v.as_bytes());
+    if token.admits(presented) {
+        return None;
+    }
+    if admin
+        .read_token
+        .as_ref()
+        .is_some_and(|t| t.admits(presented))
+    {
+        if read_only {
+            return None;
+        }
+        tracing::warn!(
+            path,
+            "admin request refused: the read-only token may not write"
+        );
+        return Some(text(
+            StatusCode::FORBIDDEN,
+            "the read-only admin token admits GET /sessions only",
+        ));
+    }
+    tracing::warn!(
+        path,
+        presented = authorization.is_some(),
+        "admin request refused: no or wrong admin token"
+    );
+    let mut r = text(StatusCode::UNAUTHORIZED, "admin token required");
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer realm=\"wsgate-admin\""),
+    );
+    Some(r)
+}
+
 async fn answer(shared: &Arc<Shared>, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     // HEAD is GET without the body (RFC 9110 section 9.3.2), which hyper leaves out; some
     // balancers' health checks send it.
@@ -181,23 +232,8 @@ async fn answer(shared: &Arc<Shared>, req: &Request<Incoming>) -> Response<Full<
         other => other,
     };
     let path = req.uri().path();
-    if matches!(path, "/reload" | "/sessions" | "/sessions/close") {
-        if let Some(token) = &shared.config().admin.token {
-            let authorization = req.headers().get(header::AUTHORIZATION);
-            if !token.admits(authorization.map(|v| v.as_bytes())) {
-                tracing::warn!(
-                    path,
-                    presented = authorization.is_some(),
-                    "admin request refused: no or wrong admin token"
-                );
-                let mut r = text(StatusCode::UNAUTHORIZED, "admin token required");
-                r.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    header::HeaderValue::from_static("Bearer realm=\"wsgate-admin\""),
-                );
-                return r;
-            }
-        }
+    if let Some(refused) = refused_access(&shared.config().admin, method, path, req) {
+        return refused;
     }
     match (method, path) {
         (&Method::GET, "/metrics") => reply(

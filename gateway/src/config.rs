@@ -160,6 +160,13 @@ pub struct AdminConfig {
     /// The secret `token_file` holds, read by [`crate::reload::build_parts`].
     #[serde(skip)]
     pub token: Option<AdminToken>,
+    /// With `token_file`: a file holding a second secret that admits reads only
+    /// (`GET /sessions`), for dashboards and on-call tools that must not reload or close
+    /// sessions; with it, a write answers 403. Read as `token_file` is.
+    pub read_token_file: Option<PathBuf>,
+    /// The secret `read_token_file` holds.
+    #[serde(skip)]
+    pub read_token: Option<AdminToken>,
 }
 
 impl Default for AdminConfig {
@@ -169,6 +176,8 @@ impl Default for AdminConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9091)),
             token_file: None,
             token: None,
+            read_token_file: None,
+            read_token: None,
         }
     }
 }
@@ -183,6 +192,14 @@ pub struct AdminToken(Arc<str>);
 impl std::fmt::Debug for AdminToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("AdminToken(..)")
+    }
+}
+
+impl PartialEq for AdminToken {
+    /// Whether two secrets are the same (for telling configs apart, not for requests:
+    /// [`AdminToken::admits`] compares in constant time).
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
     }
 }
 
@@ -1049,6 +1066,13 @@ impl Config {
                 format!("{admin} overlaps server.listen {server}: give the admin listener a port of its own"),
             ));
         }
+        if raw.admin.read_token_file.is_some() && raw.admin.token_file.is_none() {
+            return Err(err(
+                "admin",
+                "read_token_file",
+                "needs token_file: without it, POST /reload and /sessions/close would be open to anyone".into(),
+            ));
+        }
         if raw.limits.max_connections == 0 {
             return Err(err(
                 "limits",
@@ -1090,6 +1114,7 @@ impl Config {
         auth.jwks_ca = auth.jwks_ca.as_ref().map(resolve);
         let mut admin = raw.admin;
         admin.token_file = admin.token_file.as_ref().map(resolve);
+        admin.read_token_file = admin.read_token_file.as_ref().map(resolve);
 
         Ok(Config {
             server: raw.server,
@@ -1266,9 +1291,11 @@ impl Config {
             "[admin]\nenabled = {}\nlisten = {}\n{}\n",
             self.admin.enabled,
             q(&self.admin.listen.to_string()),
-            match &self.admin.token_file {
-                Some(p) => format!("token_file = {}", path(p)),
-                None => "# token_file is off".into(),
+            match (&self.admin.token_file, &self.admin.read_token_file) {
+                (Some(p), Some(r)) =>
+                    format!("token_file = {}\nread_token_file = {}", path(p), path(r)),
+                (Some(p), None) => format!("token_file = {}", path(p)),
+                _ => "# token_file is off".into(),
             }
         );
         let b = &self.browser;

@@ -35,6 +35,18 @@ pub fn build_parts(mut config: Config) -> Result<Parts, ConfigError> {
             .map_err(|problem| config.error("admin", "token_file", problem))?;
         config.admin.token = Some(token);
     }
+    if let Some(file) = &config.admin.read_token_file {
+        let token = crate::config::AdminToken::read(file)
+            .map_err(|problem| config.error("admin", "read_token_file", problem))?;
+        if config.admin.token.as_ref() == Some(&token) {
+            return Err(config.error(
+                "admin",
+                "read_token_file",
+                "holds the same secret as token_file: a read-only secret must differ",
+            ));
+        }
+        config.admin.read_token = Some(token);
+    }
     let tls = crate::tls::server_config(&config.tls)
         .map_err(|(key, problem)| config.error("tls", &key, problem))?;
     let backend_tls = crate::backend_tls::BackendTlsConfigs::from_config(&config)

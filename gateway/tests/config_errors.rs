@@ -403,6 +403,10 @@ fn settings_that_would_fail_every_client_or_crash_later_are_refused_at_start() -
         &base_with("[admin]\ntoken_file = \"no-such-admin-token\"\n"),
         &["admin.token_file", "cannot read", "no-such-admin-token"],
     )?;
+    check(
+        &base_with("[admin]\nread_token_file = \"reader\"\n"),
+        &["admin.read_token_file", "needs token_file"],
+    )?;
     // A subject claim of no name would silently count no one.
     check(
         &base_with("").replace("[auth]\n", "[auth]\nsubject_claim = \"\"\n"),

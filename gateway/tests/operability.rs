@@ -1553,3 +1553,80 @@ async fn an_admin_token_guards_reload_and_sessions_but_not_probes_or_metrics() -
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// With `[admin] read_token_file` beside `token_file`, the read-only secret lists the
+/// sessions and nothing more (403 for a reload or a close, which closes nothing); the
+/// admin secret still does everything; the two must differ.
+#[tokio::test]
+async fn a_read_only_admin_token_lists_sessions_but_cannot_reload_or_close() -> Result<()> {
+    let dir = support::process::temp_dir("admin-read-token")?;
+    let (admin_file, read_file) = (dir.join("admin-token"), dir.join("read-token"));
+    let (admin_secret, read_secret) = (
+        "admin-secret-0123456789abcdef",
+        "reader-secret-0123456789abcdef",
+    );
+    std::fs::write(&admin_file, admin_secret)?;
+    std::fs::write(&read_file, format!("{read_secret}\n"))?;
+    let (_demo, gw) = support::process::abc_gateway_with(ProcOptions {
+        admin_toml: format!("token_file = {admin_file:?}\nread_token_file = {read_file:?}\n"),
+        ..ProcOptions::default()
+    })
+    .await?;
+    let mut c = loadgen::client::connect(&gw.connect_options("Backend_ABC")?).await?;
+    let bearer = |secret: &str| format!("Authorization: Bearer {secret}\r\n");
+
+    let (status, body) = admin_as(&gw, "GET", "/sessions", &bearer(read_secret)).await?;
+    ensure!(
+        status == 200 && body.contains("\"total\":1"),
+        "{status} {body}"
+    );
+    for (method, path) in [("POST", "/sessions/close?all=true"), ("POST", "/reload")] {
+        let (status, body) = admin_as(&gw, method, path, &bearer(read_secret)).await?;
+        ensure!(
+            status == 403 && body.contains("read-only"),
+            "{method} {path} with the read-only secret: {status} {body}"
+        );
+        let (status, _) = admin_as(&gw, method, path, "").await?;
+        ensure!(status == 401, "{method} {path} without a secret: {status}");
+    }
+    echo(&mut c.ws, b"not closed by the read-only secret").await?;
+    let (status, _) = admin_as(
+        &gw,
+        "GET",
+        "/sessions",
+        &bearer("reader-secret-0123456789abcdeX"),
+    )
+    .await?;
+    ensure!(status == 401, "a wrong read secret: {status}");
+
+    // The admin secret does everything.
+    let (status, _) = admin_as(&gw, "GET", "/sessions", &bearer(admin_secret)).await?;
+    ensure!(status == 200, "the admin secret listing: {status}");
+    // A read-only secret equal to the admin one is refused at reload.
+    std::fs::write(&read_file, admin_secret)?;
+    let (status, body) = admin_as(&gw, "POST", "/reload", &bearer(admin_secret)).await?;
+    ensure!(
+        status == 400 && body.contains("admin.read_token_file") && body.contains("must differ"),
+        "{status} {body}"
+    );
+    let (status, body) = admin_as(
+        &gw,
+        "POST",
+        "/sessions/close?all=true",
+        &bearer(admin_secret),
+    )
+    .await?;
+    ensure!(
+        status == 200 && body.trim() == "closing 1 sessions",
+        "{status} {body}"
+    );
+    let (code, _) = expect_close(&mut c.ws).await?;
+    ensure!(code == 1001, "{code}");
+    let log = gw.log();
+    ensure!(log.contains("the read-only token may not write"), "{log}");
+    for secret in [admin_secret, read_secret] {
+        ensure!(!log.contains(secret), "a secret reached the log:\n{log}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
