@@ -404,6 +404,20 @@ mod tests {
         )?)
     }
 
+    /// The dev server certificate, the dev CA's and the dev client certificate.
+    type Trio = (
+        CertificateDer<'static>,
+        CertificateDer<'static>,
+        CertificateDer<'static>,
+    );
+    fn dev_trio() -> TestResult<Trio> {
+        Ok((
+            dev_cert("server.crt")?,
+            dev_cert("ca.crt")?,
+            dev_cert("client.crt")?,
+        ))
+    }
+
     fn time(t: SystemTime) -> TestResult<OcspGeneralizedTime> {
         Ok(OcspGeneralizedTime(GeneralizedTime::from_unix_duration(
             t.duration_since(UNIX_EPOCH)?,
@@ -481,11 +495,7 @@ mod tests {
 
     #[test]
     fn a_fetched_response_must_be_signed_by_the_issuer() -> TestResult<()> {
-        let (leaf, ca, client) = (
-            dev_cert("server.crt")?,
-            dev_cert("ca.crt")?,
-            dev_cert("client.crt")?,
-        );
+        let (leaf, ca, client) = dev_trio()?;
         let now = SystemTime::now();
         let der = response(&leaf, &ca, CertStatus::good(), now, Some(now + DAY))?;
         let chain = std::slice::from_ref(&leaf);
@@ -553,11 +563,7 @@ mod tests {
 
     #[test]
     fn other_certificates_revoked_unknown_and_future_responses_are_refused() -> TestResult<()> {
-        let (leaf, ca, client) = (
-            dev_cert("server.crt")?,
-            dev_cert("ca.crt")?,
-            dev_cert("client.crt")?,
-        );
+        let (leaf, ca, client) = dev_trio()?;
         let now = SystemTime::now();
         let good = response(&leaf, &ca, CertStatus::good(), now, Some(now + DAY))?;
 
