@@ -404,12 +404,13 @@ mod tests {
         )?)
     }
 
-    /// The dev server certificate, the dev CA's and the dev client certificate.
     type Trio = (
         CertificateDer<'static>,
         CertificateDer<'static>,
         CertificateDer<'static>,
     );
+
+    /// The dev server certificate, the dev CA's and the dev client certificate.
     fn dev_trio() -> TestResult<Trio> {
         Ok((
             dev_cert("server.crt")?,
