@@ -207,6 +207,23 @@ fn der_contents(der: &[u8]) -> Option<&[u8]> {
     der.get(der.len().checked_sub(len)?..)
 }
 
+/// Whether the certificate `leaf` demands a stapled response (OCSP must-staple: the TLS
+/// feature extension of RFC 7633 listing `status_request`): clients that honour it, such
+/// as Firefox, refuse a handshake that comes without one.
+pub fn must_staple(leaf: &CertificateDer<'_>) -> bool {
+    // id-pe-tlsfeature.
+    const TLS_FEATURE: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.1.24");
+    const STATUS_REQUEST: u16 = 5;
+    let Ok((_, cert)) = X509Certificate::from_der(leaf) else {
+        return false;
+    };
+    cert.extensions().iter().any(|ext| {
+        ext.oid.to_id_string() == TLS_FEATURE.to_string()
+            && <Vec<u16> as Decode>::from_der(ext.value)
+                .is_ok_and(|features| features.contains(&STATUS_REQUEST))
+    })
+}
+
 /// The OCSP responder the certificate `leaf` names (its authorityInfoAccess), if an
 /// `http://` one: OCSP is asked over plain HTTP.
 pub fn responder_url(leaf: &CertificateDer<'_>) -> Option<String> {
@@ -545,6 +562,35 @@ mod tests {
             url,
             "a slash is put between"
         );
+        Ok(())
+    }
+
+    #[test]
+    fn a_must_staple_certificate_is_told_apart() -> TestResult<()> {
+        let issue = |features: Option<Vec<u8>>| -> TestResult<CertificateDer<'static>> {
+            let mut params = rcgen::CertificateParams::new(vec!["a.example.test".to_owned()])?;
+            if let Some(content) = features {
+                params
+                    .custom_extensions
+                    .push(rcgen::CustomExtension::from_oid_content(
+                        &[1, 3, 6, 1, 5, 5, 7, 1, 24],
+                        content,
+                    ));
+            }
+            let key = rcgen::KeyPair::generate()?;
+            Ok(params.self_signed(&key)?.der().clone())
+        };
+        // SEQUENCE { INTEGER 5 }: status_request.
+        assert!(must_staple(&issue(Some(vec![
+            0x30, 0x03, 0x02, 0x01, 0x05
+        ]))?));
+        // Another feature (status_request_v2), none, no extension.
+        assert!(!must_staple(&issue(Some(vec![
+            0x30, 0x03, 0x02, 0x01, 0x11
+        ]))?));
+        assert!(!must_staple(&issue(Some(vec![0x30, 0x00]))?));
+        assert!(!must_staple(&issue(None)?));
+        assert!(!must_staple(&dev_cert("server.crt")?));
         Ok(())
     }
 

@@ -287,6 +287,11 @@ impl ServerCerts {
                     }
                 }
             };
+            let leaf = certified.cert.first();
+            if ocsp.is_none() && !tls.ocsp_fetch && leaf.is_some_and(crate::ocsp::must_staple) {
+                warn!(key = %format!("tls.{}", pair_key(i, "cert")), file = %cert.display(),
+                    "the certificate demands a stapled OCSP response (must-staple) and none is configured: clients that honour it (Firefox) refuse the handshake; set ocsp or ocsp_fetch");
+            }
             let fetch = match (ocsp, tls.ocsp_fetch) {
                 (None, true) => crate::ocsp_fetch::target_for(
                     &certified,

@@ -394,3 +394,27 @@ async fn fetching_for_a_chain_without_its_issuer_stops_the_start() -> Result<()>
     )
     .await
 }
+
+#[tokio::test]
+async fn a_must_staple_certificate_without_a_response_is_warned_of() -> Result<()> {
+    let ca = TestCa::new()?;
+    let strict = ca.issue_must_staple("strict", &["strict.example.test"])?;
+    let plain = ca.issue(
+        "plain",
+        &["plain.example.test"],
+        &rcgen::PKCS_ECDSA_P256_SHA256,
+    )?;
+    let (gw, _probe) =
+        probe_gateway(&format!("certs = [{}, {}]", plain.toml(), strict.toml())).await?;
+    let line = gw.log_line("must-staple").await?;
+    ensure!(
+        line.contains("tls.certs[1].cert") && line.contains("set ocsp or ocsp_fetch"),
+        "{line}"
+    );
+    ensure!(
+        gw.log().matches("must-staple").count() == 1,
+        "a certificate without must-staple was warned of:\n{}",
+        gw.log()
+    );
+    Ok(())
+}

@@ -178,6 +178,20 @@ impl TestCa {
         Ok(issued)
     }
 
+    /// [`TestCa::issue`] (ECDSA P-256) of a certificate that demands a stapled OCSP
+    /// response (the TLS feature extension listing `status_request`).
+    pub fn issue_must_staple(&self, file: &str, names: &[&str]) -> Result<Issued> {
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
+        params
+            .custom_extensions
+            .push(rcgen::CustomExtension::from_oid_content(
+                &[1, 3, 6, 1, 5, 5, 7, 1, 24],
+                vec![0x30, 0x03, 0x02, 0x01, 0x05],
+            ));
+        self.sign(file, params, &rcgen::PKCS_ECDSA_P256_SHA256)
+    }
+
     /// A certificate for an OCSP responder the CA delegates to: with the OCSPSigning
     /// extended key usage if `for_ocsp`, else for servers only.
     pub fn issue_responder(&self, file: &str, for_ocsp: bool) -> Result<Issued> {
