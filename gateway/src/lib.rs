@@ -231,6 +231,7 @@ impl Gateway {
             self.shared.clone(),
         )
         .map_err(GatewayError::Workers)?;
+        ocsp_fetch::first_round(&self.shared).await;
         info!(listen = %listener.local_addr()?, path = %config.server.path, workers = workers.count(), threading = config.server.threading.as_str(), "wsgate listening");
         for (id, spec) in &config.backends {
             info!(backend = %id, to = %spec.describe(), "route");

@@ -33,6 +33,9 @@ pub const MIN_REFRESH: Duration = Duration::from_secs(1);
 /// shorter), as HAProxy's `ocsp-update.mindelay`.
 pub const RETRY: Duration = Duration::from_secs(300);
 
+/// How long the start waits for the first responses ([`first_round`]) at most.
+pub const FIRST_ROUND: Duration = Duration::from_secs(5);
+
 /// A fetched response is refreshed this long before its nextUpdate at the latest, so that
 /// a responder slow to answer leaves time for retries.
 const AHEAD_OF_NEXT_UPDATE: Duration = Duration::from_secs(3600);
@@ -159,6 +162,29 @@ pub fn in_force() -> Vec<crate::cert_expiry::CertExpiry> {
 fn unix(t: SystemTime) -> i64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Fetches every target's first response at once, waiting at most [`FIRST_ROUND`]: run
+/// before the listener accepts, so that the first clients get a staple too (a
+/// must-staple certificate's would otherwise be refused by Firefox until the first fetch).
+/// A fetch not done by then is left to [`keep_stapled`], which starts on it at once.
+pub async fn first_round(shared: &Arc<Shared>) {
+    let targets = live();
+    if targets.is_empty() {
+        return;
+    }
+    let mut fetches = tokio::task::JoinSet::new();
+    for target in targets {
+        let shared = shared.clone();
+        fetches.spawn(async move { fetch_into(&target, &shared.metrics).await });
+    }
+    let all = async { while fetches.join_next().await.is_some() {} };
+    if tokio::time::timeout(FIRST_ROUND, all).await.is_err() {
+        warn!(
+            waited = ?FIRST_ROUND,
+            "OCSP responders slow to answer: serving without waiting for the rest of the first responses"
+        );
+    }
 }
 
 /// Fetches each target's response when it is due, for as long as it runs (the gateway's
