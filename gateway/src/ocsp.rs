@@ -12,8 +12,8 @@
 //! key), saying "good", and not issued in the future. A file's signature is the client's
 //! to verify, against the CA it trusts; a fetched response, which came over plain HTTP,
 //! must be signed by the issuer or a responder the issuer named ([`check_signed`]). Past
-//! its nextUpdate a response is no longer stapled:
-//! clients refuse a stale one, while without one most ask the CA or go on.
+//! its nextUpdate a response is no longer stapled: clients refuse a stale one, while
+//! without one most ask the CA or go on.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -57,7 +57,7 @@ impl Staple {
     }
 }
 
-/// Why a file cannot be stapled to a certificate.
+/// Why a response (read from a file or fetched) cannot be stapled to a certificate.
 #[derive(Debug, thiserror::Error)]
 pub enum StapleError {
     /// The file could not be read.
