@@ -962,25 +962,24 @@ impl Config {
         if raw.auth.subject_claim.is_empty() {
             return Err(err("auth", "subject_claim", "must name a claim".into()));
         }
-        if raw.tls.ocsp_refresh < crate::ocsp_fetch::MIN_REFRESH {
-            return Err(err(
+        for (section, key, interval, min) in [
+            (
                 "tls",
                 "ocsp_refresh",
-                format!(
-                    "at least {}",
-                    humantime::format_duration(crate::ocsp_fetch::MIN_REFRESH)
-                ),
-            ));
-        }
-        if raw.auth.jwks_refresh < crate::jwks_fetch::MIN_REFRESH {
-            return Err(err(
+                raw.tls.ocsp_refresh,
+                crate::ocsp_fetch::MIN_REFRESH,
+            ),
+            (
                 "auth",
                 "jwks_refresh",
-                format!(
-                    "at least {}",
-                    humantime::format_duration(crate::jwks_fetch::MIN_REFRESH)
-                ),
-            ));
+                raw.auth.jwks_refresh,
+                crate::jwks_fetch::MIN_REFRESH,
+            ),
+        ] {
+            if interval < min {
+                let problem = format!("at least {}", humantime::format_duration(min));
+                return Err(err(section, key, problem));
+            }
         }
         if raw.limits.ipv6_prefix > 128 {
             return Err(err(
