@@ -22,11 +22,12 @@ use crate::config::BackendTlsConfig;
 /// (`None`). Errors name the key (`ca`, `cert` or `key`) and the problem.
 ///
 /// Sessions are resumed from [`crate::backend_tickets`]: a connect that finds a ticket
-/// skips the backend's certificate check and signature. A config built before from files
-/// of the same contents ([`trust_of`]) and still in use is returned instead of the new
-/// one, tickets and all: rustls resumes only under the verifier and client certificate a
-/// ticket was issued under, so a reload that keeps them keeps the tickets, and one that
-/// changes them starts afresh.
+/// skips the backend's certificate check and signature. A config built before with the
+/// same trusted roots and client certificate files ([`trust_of`]) and still in use is
+/// returned instead of the new one, tickets and all: rustls resumes only under the
+/// verifier and client certificate a ticket was issued under, so a reload that keeps them
+/// keeps the tickets, and one that changes them (the `ca` file, or the system's roots
+/// without one) starts afresh.
 pub fn client_config(
     cfg: &BackendTlsConfig,
     needed: bool,
@@ -35,12 +36,13 @@ pub fn client_config(
     if !needed && !configured {
         return Ok(None);
     }
-    let trust = trust_of(cfg);
+    let client_files = client_files_hash(cfg);
     let roots = crate::tls::roots_or_system(
         cfg.ca.as_deref(),
         "no trusted root certificates on this system: set ca (the CAs of the wss:// backends)",
     )
     .map_err(|e| ("ca", e))?;
+    let trust = trust_of(&roots, client_files);
     let builder = crate::tls::client_builder(roots).map_err(|e| ("ca", e))?;
     let mut config = match (&cfg.cert, &cfg.key) {
         (None, None) => builder.with_no_client_auth(),
@@ -51,8 +53,9 @@ pub fn client_config(
     crate::tls::offer_http1(&mut config);
     config.resumption =
         rustls::client::Resumption::store(Arc::new(crate::backend_tickets::Tickets::default()));
-    // A file rewritten while it was read: this config is not known to hold either version.
-    if trust_of(cfg) != trust {
+    // A client certificate file rewritten while it was read: this config is not known to
+    // hold either version.
+    if client_files_hash(cfg) != client_files {
         return Ok(Some(Arc::new(config)));
     }
     Ok(Some(in_use_or(trust, config)))
@@ -76,12 +79,30 @@ fn in_use_or(trust: u64, built: ClientConfig) -> Arc<ClientConfig> {
     built
 }
 
-/// What decides how backends are checked and what they are shown, as a hash: the
-/// contents of the `ca`, `cert` and `key` files (the system's roots when there is no
-/// `ca`), read before and after the config is built from them.
-fn trust_of(cfg: &BackendTlsConfig) -> u64 {
+/// What decides how backends are checked and what they are shown, as a hash: the trust
+/// anchors of `roots` (from `ca`, or the system's) and the client certificate files' hash.
+fn trust_of(roots: &rustls::RootCertStore, client_files: u64) -> u64 {
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-    for file in [&cfg.ca, &cfg.cert, &cfg.key] {
+    for anchor in &roots.roots {
+        let parts = [
+            anchor.subject.as_ref(),
+            anchor.subject_public_key_info.as_ref(),
+            anchor.name_constraints.as_deref().unwrap_or_default(),
+        ];
+        for part in parts {
+            hasher.update(&(part.len() as u64).to_le_bytes());
+            hasher.update(part);
+        }
+    }
+    hasher.update(&client_files.to_le_bytes());
+    hasher.digest()
+}
+
+/// The contents of the `cert` and `key` files, as a hash (read before and after the
+/// config is built from them).
+fn client_files_hash(cfg: &BackendTlsConfig) -> u64 {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    for file in [&cfg.cert, &cfg.key] {
         match file {
             None => hasher.update(b"-"),
             Some(path) => {
