@@ -111,7 +111,7 @@ impl StapleSlot {
         if !self.lapsed.swap(true, Ordering::Relaxed) {
             warn!(
                 key = %self.named_by,
-                "OCSP response has passed its nextUpdate: handshakes go without it; fetch a fresh one and reload"
+                "OCSP response has passed its nextUpdate: handshakes go without it until a fresh one is in force (a file: fetch one and reload; ocsp_fetch: see why the fetches fail)"
             );
         }
         None
