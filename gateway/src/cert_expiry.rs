@@ -107,7 +107,8 @@ pub fn warn_if_stale_soon(staples: &[CertExpiry], now: SystemTime) {
     }
 }
 
-fn unix(t: SystemTime) -> i64 {
+/// `t` in whole seconds since the Unix epoch (0 before it), as the gauges show times.
+pub fn unix(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }

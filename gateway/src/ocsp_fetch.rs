@@ -153,15 +153,10 @@ pub fn in_force() -> Vec<crate::cert_expiry::CertExpiry> {
             Some(crate::cert_expiry::CertExpiry {
                 key: t.slot.named_by().to_owned(),
                 file: t.responder.clone().into(),
-                not_after: unix(t.slot.next_update()?),
+                not_after: crate::cert_expiry::unix(t.slot.next_update()?),
             })
         })
         .collect()
-}
-
-fn unix(t: SystemTime) -> i64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// Fetches every target's first response at once, waiting at most [`FIRST_ROUND`]: run
@@ -243,7 +238,7 @@ async fn fetch_into(target: &Target, metrics: &Metrics) {
             let next_update = staple.next_update;
             let wait = next_fetch_after(next_update, SystemTime::now(), refresh);
             if let Some(at) = next_update {
-                metrics.staple_in_force(key, &target.responder, unix(at));
+                metrics.staple_in_force(key, &target.responder, crate::cert_expiry::unix(at));
             }
             target.slot.put(&target.key, staple);
             target.set_due(Instant::now() + wait);
