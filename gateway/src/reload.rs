@@ -30,23 +30,23 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// Builds every reloadable part from `config`, loading the files it names.
 pub fn build_parts(mut config: Config) -> Result<Parts, ConfigError> {
-    if let Some(file) = &config.admin.token_file {
-        let token = crate::config::AdminToken::read(file)
-            .map_err(|problem| config.error("admin", "token_file", problem))?;
-        config.admin.token = Some(token);
+    let secret = |file: &Option<std::path::PathBuf>, key: &str| {
+        file.as_deref()
+            .map(crate::config::AdminToken::read)
+            .transpose()
+            .map_err(|problem| config.error("admin", key, problem))
+    };
+    let token = secret(&config.admin.token_file, "token_file")?;
+    let read_token = secret(&config.admin.read_token_file, "read_token_file")?;
+    if read_token.is_some() && read_token == token {
+        return Err(config.error(
+            "admin",
+            "read_token_file",
+            "holds the same secret as token_file: a read-only secret must differ",
+        ));
     }
-    if let Some(file) = &config.admin.read_token_file {
-        let token = crate::config::AdminToken::read(file)
-            .map_err(|problem| config.error("admin", "read_token_file", problem))?;
-        if config.admin.token.as_ref() == Some(&token) {
-            return Err(config.error(
-                "admin",
-                "read_token_file",
-                "holds the same secret as token_file: a read-only secret must differ",
-            ));
-        }
-        config.admin.read_token = Some(token);
-    }
+    config.admin.token = token;
+    config.admin.read_token = read_token;
     let tls = crate::tls::server_config(&config.tls)
         .map_err(|(key, problem)| config.error("tls", &key, problem))?;
     let backend_tls = crate::backend_tls::BackendTlsConfigs::from_config(&config)
