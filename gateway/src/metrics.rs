@@ -413,12 +413,7 @@ impl Metrics {
     /// A fetched OCSP response for the certificate of config key `key`, from `responder`,
     /// is stapled until `next_update` (Unix time).
     pub fn staple_in_force(&self, key: &str, responder: &str, next_update: i64) {
-        self.ocsp_next_update
-            .get_or_create(&CertLabels {
-                key: key.to_owned(),
-                file: responder.to_owned(),
-            })
-            .set(next_update);
+        set_expiry(&self.ocsp_next_update, key, responder, next_update);
     }
 
     /// Counts a fetch of an OCSP response.
@@ -510,11 +505,17 @@ impl Metrics {
 fn set_expiries(family: &Family<CertLabels, Gauge>, expiries: &[crate::cert_expiry::CertExpiry]) {
     family.clear();
     for expiry in expiries {
-        family
-            .get_or_create(&CertLabels {
-                key: expiry.key.clone(),
-                file: expiry.file.display().to_string(),
-            })
-            .set(expiry.not_after);
+        let file = expiry.file.display().to_string();
+        set_expiry(family, &expiry.key, &file, expiry.not_after);
     }
+}
+
+/// `family`'s line for the config key `key` and `file` reads `at` (Unix time).
+fn set_expiry(family: &Family<CertLabels, Gauge>, key: &str, file: &str, at: i64) {
+    family
+        .get_or_create(&CertLabels {
+            key: key.to_owned(),
+            file: file.to_owned(),
+        })
+        .set(at);
 }
