@@ -218,7 +218,7 @@ pub fn must_staple(leaf: &CertificateDer<'_>) -> bool {
         return false;
     };
     cert.extensions().iter().any(|ext| {
-        ext.oid.to_id_string() == TLS_FEATURE.to_string()
+        ext.oid.as_bytes() == TLS_FEATURE.as_bytes()
             && <Vec<u16> as Decode>::from_der(ext.value)
                 .is_ok_and(|features| features.contains(&STATUS_REQUEST))
     })
