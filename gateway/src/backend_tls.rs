@@ -6,7 +6,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use rustls::pki_types::ServerName;
@@ -16,6 +16,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use crate::config::BackendTlsConfig;
+use crate::in_use::InUse;
 
 /// Builds the client config for `wss://` backends from `[backend_tls]`. `needed`: some
 /// backend is `wss://`; without one and without settings there is nothing to build
@@ -58,25 +59,10 @@ pub fn client_config(
     if client_files_hash(cfg) != client_files {
         return Ok(Some(Arc::new(config)));
     }
-    Ok(Some(in_use_or(trust, config)))
-}
-
-/// The config in use that was built from files hashing to `trust`, or `built`, kept as
-/// the one for `trust` from now on.
-fn in_use_or(trust: u64, built: ClientConfig) -> Arc<ClientConfig> {
-    static IN_USE: Mutex<Vec<(u64, Weak<ClientConfig>)>> = Mutex::new(Vec::new());
-    let mut in_use = IN_USE.lock().unwrap_or_else(PoisonError::into_inner);
-    in_use.retain(|(_, config)| config.strong_count() > 0);
-    if let Some(kept) = in_use
-        .iter()
-        .filter(|(for_trust, _)| *for_trust == trust)
-        .find_map(|(_, config)| config.upgrade())
-    {
-        return kept;
-    }
-    let built = Arc::new(built);
-    in_use.push((trust, Arc::downgrade(&built)));
-    built
+    // The config in use that was built with the same trust, or this one from now on.
+    static IN_USE: InUse<u64, ClientConfig> = InUse::new();
+    let (config, _) = IN_USE.get_or_make(trust, || Ok(config))?;
+    Ok(Some(config))
 }
 
 /// What decides how backends are checked and what they are shown, as a hash: the trust

@@ -13,6 +13,7 @@
 //! | [`proxy_header`] | PROXY protocol v1/v2 header from a TCP load balancer: the client's address |
 //! | [`tls`] | rustls server config from PEM, ALPN `http/1.1` |
 //! | [`server_certs`] | which of the gateway's certificates a handshake gets: by SNI and key kind |
+//! | [`in_use`] | values the configs using them share across reloads, by key |
 //! | [`ocsp`] | OCSP responses stapled to a certificate's handshakes, checked, while fresh |
 //! | [`ocsp_fetch`] | OCSP responses fetched from each certificate's responder, kept fresh |
 //! | [`client_cert`] | a client's certificate (mutual TLS) described to its backend |
@@ -62,6 +63,7 @@ pub mod credentials;
 pub mod extensions;
 pub mod forward;
 pub mod frames;
+pub mod in_use;
 pub mod jwks_fetch;
 pub mod limits;
 pub mod listener;

@@ -13,7 +13,7 @@
 //! its schedule. [`keep_stapled`] runs them for as long as a config in force holds them.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use rustls::pki_types::CertificateDer;
@@ -22,6 +22,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::in_use::InUse;
 use crate::metrics::Metrics;
 use crate::server_certs::StapleSlot;
 use crate::state::Shared;
@@ -78,9 +79,8 @@ impl Target {
     }
 }
 
-/// Every target a config built since start may still hold; [`keep_stapled`] drops those
-/// no config holds any more.
-static TARGETS: Mutex<Vec<Weak<Target>>> = Mutex::new(Vec::new());
+/// The targets the configs in force hold, by certificate (leaf), key name and responder.
+static TARGETS: InUse<(CertificateDer<'static>, String, String), Target> = InUse::new();
 
 /// Told when a target is added, so that [`keep_stapled`] fetches its response at once.
 static ADDED: Notify = Notify::const_new();
@@ -109,45 +109,32 @@ pub fn target_for(
         ));
     };
     let refresh_ms = u64::try_from(refresh.as_millis()).unwrap_or(u64::MAX);
-    let mut targets = TARGETS.lock().unwrap_or_else(PoisonError::into_inner);
-    targets.retain(|t| t.strong_count() > 0);
-    let kept = targets.iter().filter_map(Weak::upgrade).find(|t| {
-        t.key.cert.first() == Some(leaf)
-            && t.responder == responder
-            && t.slot.named_by() == named_by
-    });
-    if let Some(kept) = kept {
-        kept.refresh_ms.store(refresh_ms, Ordering::Relaxed);
-        return Ok(Some(kept));
+    let id = (leaf.clone(), named_by.clone(), responder.clone());
+    let (target, made) = TARGETS.get_or_make(id, || {
+        Ok::<_, String>(Target {
+            request: crate::ocsp::request_url(&responder, leaf, issuer)?,
+            slot: Arc::new(StapleSlot::new(named_by)),
+            key: key.clone(),
+            responder,
+            refresh_ms: AtomicU64::new(refresh_ms),
+            due: Mutex::new(Instant::now()),
+            quiet: AtomicBool::new(false),
+        })
+    })?;
+    if made {
+        ADDED.notify_one();
+    } else {
+        target.refresh_ms.store(refresh_ms, Ordering::Relaxed);
     }
-    let request = crate::ocsp::request_url(&responder, leaf, issuer)?;
-    let target = Arc::new(Target {
-        slot: Arc::new(StapleSlot::new(named_by)),
-        key: key.clone(),
-        responder,
-        request,
-        refresh_ms: AtomicU64::new(refresh_ms),
-        due: Mutex::new(Instant::now()),
-        quiet: AtomicBool::new(false),
-    });
-    targets.push(Arc::downgrade(&target));
-    drop(targets);
-    ADDED.notify_one();
     Ok(Some(target))
-}
-
-/// The targets a config still holds.
-fn live() -> Vec<Arc<Target>> {
-    let mut targets = TARGETS.lock().unwrap_or_else(PoisonError::into_inner);
-    targets.retain(|t| t.strong_count() > 0);
-    targets.iter().filter_map(Weak::upgrade).collect()
 }
 
 /// The fetched responses in force, as the certificate key that names each (`tls.cert`,
 /// `tls.certs[N].cert`), its responder, and its nextUpdate: for the metrics a reload
 /// rebuilds.
 pub fn in_force() -> Vec<crate::cert_expiry::CertExpiry> {
-    live()
+    TARGETS
+        .all()
         .iter()
         .filter_map(|t| {
             Some(crate::cert_expiry::CertExpiry {
@@ -164,7 +151,7 @@ pub fn in_force() -> Vec<crate::cert_expiry::CertExpiry> {
 /// must-staple certificate's would otherwise be refused by Firefox until the first fetch).
 /// A fetch not done by then is left to [`keep_stapled`], which starts on it at once.
 pub async fn first_round(shared: &Arc<Shared>) {
-    let targets = live();
+    let targets = TARGETS.all();
     if targets.is_empty() {
         return;
     }
@@ -190,7 +177,7 @@ pub async fn keep_stapled(shared: Arc<Shared>) {
         // Only the list's due times are kept across the wait: a target no config holds
         // any more must be let go.
         let next = {
-            let targets = live();
+            let targets = TARGETS.all();
             let now = Instant::now();
             if let Some(target) = targets.iter().find(|t| t.due() <= now) {
                 fetch_into(target, metrics).await;
